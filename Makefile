@@ -1,0 +1,46 @@
+# tracktalk — two commands: `make run` and `make test`. Everything else is installed here.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: run test lint typecheck pytest install install-test clean-db
+
+# The virtualenv and the project, reinstalled only when pyproject.toml changes.
+$(BIN)/tracktalk: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "tracktalk needs Python 3.11 or newer (found $$($(PYTHON) --version))"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	@# No PostgreSQL on this machine? Bring one through pip (see README, "Embedded PostgreSQL").
+	@if ! $(BIN)/python -m app.embedded --has-binaries; then \
+		echo "no PostgreSQL binaries found: installing pgserver"; \
+		$(BIN)/python -m pip install --quiet -e '.[pgserver]'; fi
+	touch $@
+
+$(VENV)/.test-deps: $(BIN)/tracktalk
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/tracktalk
+install-test: $(VENV)/.test-deps
+
+run: install
+	$(BIN)/tracktalk serve --host $(HOST) --port $(PORT)
+
+lint: install-test
+	$(BIN)/ruff check app tests bench
+	$(BIN)/ruff format --check app tests bench
+
+typecheck: install-test
+	$(BIN)/mypy
+
+pytest: install-test
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+clean-db:
+	rm -rf .tracktalk

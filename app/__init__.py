@@ -1,0 +1,1 @@
+"""tracktalk: realtime, time-coded comments for an audio-streaming app."""

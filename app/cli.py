@@ -1,0 +1,159 @@
+"""The `tracktalk` command: serve, migrate, token, demo."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from app.auth import DEFAULT_TTL, issue_token
+from app.config import ConfigError, Settings
+from app.db import SchemaError, check_schema, migrate
+
+log = logging.getLogger("app.cli")
+
+MAX_FRAME = 4096
+"""Largest WebSocket frame uvicorn reads from a client (the contract's 4 KiB)."""
+
+
+def home() -> Path:
+    """Where the embedded database and its secret live (TRACKTALK_HOME, default ./.tracktalk)."""
+    return Path(os.environ.get("TRACKTALK_HOME") or ".tracktalk")
+
+
+def embedded_secret(root: Path) -> str:
+    """The embedded mode's token key, made on first use and kept (mode 600) under `root`."""
+    path = root / "secret"
+    if not path.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+@contextlib.contextmanager
+def database() -> Iterator[tuple[str, bool]]:
+    """(DATABASE_URL, False), or an embedded server's URL and whether it was just created."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url, False
+        return
+    from app.embedded import EmbeddedPostgres
+
+    with EmbeddedPostgres(home()) as server:
+        yield server.url, server.created
+
+
+def secret_key() -> str:
+    """TRACKTALK_SECRET, or with no DATABASE_URL the embedded mode's own key."""
+    key = os.environ.get("TRACKTALK_SECRET")
+    if key:
+        return key
+    if os.environ.get("DATABASE_URL"):
+        raise ConfigError("TRACKTALK_SECRET is not set: set the same value the servers use")
+    return embedded_secret(home())
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    """Serve the API, the sockets and the page."""
+    import uvicorn
+
+    from app.main import create_app
+
+    embedded = not os.environ.get("DATABASE_URL")
+    with database() as (url, created):
+        if embedded:
+            migrate(url)
+            if created:
+                _load_demo(url)
+            settings = Settings.from_env(database_url=url, secret=secret_key(), demo=True)
+        else:
+            settings = Settings.from_env()
+            check_schema(settings.database_url)
+        config = uvicorn.Config(
+            create_app(settings),
+            host=args.host,
+            port=args.port,
+            ws="wsproto",
+            ws_max_size=MAX_FRAME,
+            lifespan="on",
+            log_level="info",
+            timeout_graceful_shutdown=8,
+            proxy_headers=True,
+        )
+        address = f"http://{args.host}:{args.port}/"
+        print(f"tracktalk: open {address}  (API schema: {address}schema/swagger)", flush=True)
+        if embedded:
+            print("tracktalk: a token for user 1: tracktalk token 1", flush=True)
+        uvicorn.Server(config).run()
+
+
+def _load_demo(url: str) -> None:
+    from app.demo import load_demo
+
+    summary = load_demo(url)
+    if not summary.already_loaded:
+        print(f"tracktalk: demo data loaded: users {summary.users}, tracks {summary.track_ids}", flush=True)
+
+
+def cmd_migrate(_: argparse.Namespace) -> None:
+    """Apply sql/schema.sql and sql/triggers.sql."""
+    with database() as (url, _created):
+        version = migrate(url)
+    print(f"tracktalk: schema version {version} applied")
+
+
+def cmd_token(args: argparse.Namespace) -> None:
+    """Print a token for a user."""
+    if args.user_id < 1:
+        raise ConfigError("USER_ID must be a user's id, a whole number >= 1")
+    if args.ttl < 1:
+        raise ConfigError("--ttl must be a number of seconds >= 1")
+    print(issue_token(secret_key(), args.user_id, args.ttl))
+
+
+def cmd_demo(_: argparse.Namespace) -> None:
+    """Load the demo data."""
+    from app.demo import load_demo
+
+    with database() as (url, _created):
+        migrate(url) if not os.environ.get("DATABASE_URL") else check_schema(url)
+        summary = load_demo(url)
+    state = "was already there" if summary.already_loaded else "loaded"
+    print(f"tracktalk: demo data {state}: users {summary.users}, tracks {summary.track_ids}")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line of the contract."""
+    top = argparse.ArgumentParser(prog="tracktalk", description="Realtime, time-coded track comments.")
+    commands = top.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the API, the WebSockets and the web page")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(run=cmd_serve)
+    commands.add_parser("migrate", help="apply sql/schema.sql and sql/triggers.sql").set_defaults(run=cmd_migrate)
+    token = commands.add_parser("token", help="print an access token for a user")
+    token.add_argument("user_id", type=int, metavar="USER_ID")
+    token.add_argument("--ttl", type=int, default=DEFAULT_TTL, metavar="SECONDS")
+    token.set_defaults(run=cmd_token)
+    commands.add_parser("demo", help="load the demo data").set_defaults(run=cmd_demo)
+    return top
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `tracktalk` console script."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.run(args)
+    except (ConfigError, SchemaError) as exc:
+        print(f"tracktalk: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,97 @@
+"""Settings, read once from the environment (see the README's table)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class ConfigError(Exception):
+    """The environment is missing or has a wrong value; the message names the variable."""
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not value > 0:
+        raise ConfigError(f"{name}={raw!r} must be greater than 0")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={raw!r}: use 1 or 0")
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app reads from outside."""
+
+    database_url: str
+    secret: str
+    listen_url: str = ""
+    demo: bool = False
+    """Offer the demo sign-in route (on with the embedded database, or TRACKTALK_DEMO=1)."""
+    pool_min: int = 2
+    pool_max: int = 10
+    pool_timeout: float = 5.0
+    """Seconds a request waits for a database connection before it answers 503."""
+    statement_timeout: float = 5.0
+    socket_queue: int = 256
+    """Frames a socket may have waiting before it is closed as too slow (1013)."""
+    allowed_origins: tuple[str, ...] = field(default_factory=tuple)
+    """Origins allowed to open a WebSocket; empty allows any."""
+    log_json: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.listen_url:
+            object.__setattr__(self, "listen_url", self.database_url)
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        database_url: str | None = None,
+        secret: str | None = None,
+        demo: bool = False,
+    ) -> Settings:
+        """Read the settings; `database_url` and `secret` override the environment (embedded mode)."""
+        env = os.environ if env is None else env
+        url = database_url or env.get("DATABASE_URL", "")
+        if not url:
+            raise ConfigError("DATABASE_URL is not set: set it, or run `tracktalk serve` without it")
+        key = secret or env.get("TRACKTALK_SECRET", "")
+        if len(key) < 32:
+            raise ConfigError(
+                "TRACKTALK_SECRET is missing or shorter than 32 characters: set it to a long random "
+                'string, e.g. python -c "import secrets; print(secrets.token_urlsafe(32))"'
+            )
+        return cls(
+            database_url=url,
+            secret=key,
+            listen_url=env.get("TRACKTALK_LISTEN_URL", "") or url,
+            demo=demo or _flag(env, "TRACKTALK_DEMO", False),
+            pool_max=int(_number(env, "TRACKTALK_POOL_MAX", 10)),
+            pool_timeout=_number(env, "TRACKTALK_POOL_TIMEOUT", 5.0),
+            statement_timeout=_number(env, "TRACKTALK_STATEMENT_TIMEOUT", 5.0),
+            socket_queue=int(_number(env, "TRACKTALK_SOCKET_QUEUE", 256)),
+            allowed_origins=_list(env, "TRACKTALK_ALLOWED_ORIGINS"),
+            log_json=_flag(env, "TRACKTALK_LOG_JSON", False),
+        )

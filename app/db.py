@@ -1,0 +1,93 @@
+"""The database: applying the SQL, checking its version, and the request pool."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import psycopg
+from psycopg.rows import tuple_row
+from psycopg_pool import AsyncConnectionPool
+
+from app.config import Settings
+
+log = logging.getLogger(__name__)
+
+Conn: TypeAlias = psycopg.AsyncConnection[Any]
+"""A connection from the request pool (autocommit)."""
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_FILES = ("schema.sql", "triggers.sql")
+
+SCHEMA_VERSION = 1
+"""The version that sql/triggers.sql stamps; the app refuses to serve any other."""
+
+_VERSION_QUERY = """
+    SELECT version FROM tracktalk.schema_version
+    WHERE to_regclass('tracktalk.schema_version') IS NOT NULL
+"""
+
+
+class SchemaError(Exception):
+    """The database's schema is missing or not the version this code needs."""
+
+
+def migrate(conninfo: str) -> int:
+    """Apply sql/schema.sql then sql/triggers.sql in one transaction; return the version."""
+    with psycopg.connect(conninfo, autocommit=False) as conn:
+        # One migration at a time, even from several replicas starting together.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('tracktalk.migrate'))")
+        conn.execute("SET LOCAL client_min_messages = warning")
+        for name in SQL_FILES:
+            conn.execute((SQL_DIR / name).read_text(encoding="utf-8").encode())
+        version = _read_version(conn)
+    log.info("schema version %s applied", version)
+    return version if version is not None else 0
+
+
+def _read_version(conn: psycopg.Connection[tuple[object, ...]]) -> int | None:
+    try:
+        row = conn.execute("SELECT version FROM tracktalk.schema_version").fetchone()
+    except psycopg.errors.UndefinedTable:
+        return None
+    return int(str(row[0])) if row else None
+
+
+def check_schema(conninfo: str) -> None:
+    """Raise SchemaError, saying to run `tracktalk migrate`, unless the schema is current."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        found = _read_version(conn)
+    if found != SCHEMA_VERSION:
+        state = "has no tracktalk schema" if found is None else f"has schema version {found}"
+        raise SchemaError(
+            f"the database {state}; this tracktalk needs version {SCHEMA_VERSION}. "
+            "Run `tracktalk migrate` (or apply sql/schema.sql and sql/triggers.sql with psql), "
+            "then start again."
+        )
+
+
+async def schema_version(pool: AsyncConnectionPool) -> int | None:
+    """The schema version the database holds now (None when it has none)."""
+    async with pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(_VERSION_QUERY)
+        row = await cur.fetchone()
+    return int(row[0]) if row else None
+
+
+def create_pool(settings: Settings) -> AsyncConnectionPool:
+    """The request pool (not yet open: open it in the app's lifespan)."""
+    return AsyncConnectionPool(
+        settings.database_url,
+        min_size=settings.pool_min,
+        max_size=settings.pool_max,
+        timeout=settings.pool_timeout,
+        kwargs={
+            "autocommit": True,
+            "application_name": "tracktalk",
+            "options": f"-c statement_timeout={int(settings.statement_timeout * 1000)}",
+            "connect_timeout": max(1, int(settings.pool_timeout)),
+        },
+        name="tracktalk-requests",
+        open=False,
+    )

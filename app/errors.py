@@ -1,0 +1,95 @@
+"""Errors as the API answers them: JSON `{status_code, detail}`, the detail saying what to fix."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from litestar import MediaType, Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.types import ExceptionHandlersMap
+from psycopg_pool import PoolTimeout
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+"""Largest request body the API reads, in bytes."""
+
+
+def not_found(what: str) -> NotFoundException:
+    """404 for something that does not exist or that the caller may not see."""
+    return NotFoundException(detail=f"{what} not found")
+
+
+def unauthorized(detail: str = "sign in: send `Authorization: Bearer <token>`") -> NotAuthorizedException:
+    """401: no usable token."""
+    return NotAuthorizedException(detail=detail)
+
+
+def forbidden(detail: str) -> PermissionDeniedException:
+    """403: signed in, but not allowed."""
+    return PermissionDeniedException(detail=detail)
+
+
+def unprocessable(detail: str) -> HTTPException:
+    """422: the body is well-formed but its values are not acceptable."""
+    return HTTPException(status_code=422, detail=detail)
+
+
+def _json(status: int, detail: str, headers: dict[str, str] | None = None) -> Response[dict[str, Any]]:
+    return Response(
+        {"status_code": status, "detail": detail},
+        status_code=status,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    """Say which field is wrong and why, as 422 (400 when the body is not JSON at all)."""
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    parts = []
+    for problem in problems:
+        if isinstance(problem, dict):
+            key = problem.get("key")
+            message = str(problem.get("message", "invalid value"))
+            parts.append(f"{key}: {message}" if key else message)
+    if not parts:
+        detail = str(exc.detail)
+        status = 400 if "JSON" in detail or "decode" in detail.lower() else 422
+        return _json(status, "the body is not valid JSON" if status == 400 else detail)
+    return _json(422, "; ".join(parts))
+
+
+def _too_large(_: Request[Any, Any, Any], __: RequestEntityTooLarge) -> Response[dict[str, Any]]:
+    return _json(413, f"the request body is too large: send at most {MAX_BODY} bytes")
+
+
+def _database_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return _json(503, "the database is unavailable or too slow right now; try again shortly", {"Retry-After": "2"})
+
+
+def _database_refused(_: Request[Any, Any, Any], exc: psycopg.errors.IntegrityError) -> Response[dict[str, Any]]:
+    """A constraint the API's own checks did not catch (e.g. a row deleted meanwhile)."""
+    diag = exc.diag
+    log.info("constraint refused a write: %s", diag.constraint_name)
+    return _json(422, diag.message_primary or "the change conflicts with the data; reload and retry")
+
+
+exception_handlers: ExceptionHandlersMap = {
+    ValidationException: _validation,
+    RequestEntityTooLarge: _too_large,
+    PoolTimeout: _database_down,
+    psycopg.OperationalError: _database_down,
+    psycopg.errors.QueryCanceled: _database_down,
+    psycopg.errors.IntegrityError: _database_refused,
+}

@@ -1,0 +1,116 @@
+"""Puts each track's events in order for this replica's sockets: no gap, no duplicate.
+
+The listener hands over notices in commit order. For every watched track the feed knows the
+last seq delivered here; a batch that continues it is delivered as it came, a batch that
+leaves a gap (its events did not fit in the NOTIFY, or the listener was away) is read from
+the event log first. Joining a track and handling a batch take turns under one lock, so a new
+channel's starting seq and the batches after it cannot cross.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from app.events import EventLog
+from app.hub import Hub, TrackChannel
+from app.subscriber import Subscriber
+from app.wire import Ephemeral, Notice, Resync, TrackBatch, UserBatch, encoder
+
+log = logging.getLogger(__name__)
+
+_MAX_CATCH_UP = 1000
+"""A gap longer than this is not replayed live: the track's sockets get `resync` instead."""
+
+
+def resync_frame(track_id: str, seq: int) -> str:
+    """The `resync` message: reload with GET, then go on after `seq`."""
+    message = Resync(track_id=track_id, seq=seq, message="events were missed: reload the comments")
+    return encoder.encode(message).decode()
+
+
+class Feed:
+    """The listener's sink: routes notices to the hub in per-track seq order."""
+
+    def __init__(self, hub: Hub, events: EventLog) -> None:
+        self._hub = hub
+        self._events = events
+        self._lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def subscription(self, sub: Subscriber) -> AsyncIterator[int]:
+        """Register a socket for its track and user; yields the seq its live frames follow."""
+        async with self._lock:
+            channel = self._hub.tracks.get(sub.track_id)
+            start = channel.last_seq if channel else (await self._events.latest([sub.track_id]))[sub.track_id]
+            self._hub.add(sub, start)
+        try:
+            yield start
+        finally:
+            self._hub.remove(sub)
+
+    async def on_listen(self) -> None:
+        """The listener (re)connected: deliver what every watched track missed meanwhile."""
+        async with self._lock:
+            if not self._hub.tracks:
+                return
+            latest = await self._events.latest(list(self._hub.tracks))
+            for track_id, seq in latest.items():
+                channel = self._hub.tracks.get(track_id)
+                if channel is not None and seq > channel.last_seq:
+                    await self._fill(track_id, channel, seq)
+
+    async def on_notice(self, notice: Notice) -> None:
+        """Route one NOTIFY payload."""
+        match notice:
+            case TrackBatch():
+                async with self._lock:
+                    await self._track_batch(notice)
+            case UserBatch():
+                await self._user_batch(notice)
+            case Ephemeral(track_id=track_id, message=message):
+                self._hub.send_track(track_id, 0, bytes(message).decode())
+
+    async def _track_batch(self, batch: TrackBatch) -> None:
+        channel = self._hub.tracks.get(batch.track_id)
+        if channel is None or batch.last <= channel.last_seq:
+            return
+        if batch.events is None or batch.first > channel.last_seq + 1:
+            await self._fill(batch.track_id, channel, batch.last)
+            return
+        for seq, raw in enumerate(batch.events, start=batch.first):
+            if seq > channel.last_seq:
+                self._hub.send_track(batch.track_id, seq, bytes(raw).decode())
+        channel.last_seq = batch.last
+
+    async def _fill(self, track_id: str, channel: TrackChannel, through: int) -> None:
+        """Deliver events last_seq+1..through from the log, or `resync` when that is not possible."""
+        if through - channel.last_seq > _MAX_CATCH_UP:
+            self._resync(track_id, channel, through)
+            return
+        while channel.last_seq < through:
+            rows = await self._events.range(track_id, channel.last_seq, through)
+            if not rows or rows[0][0] != channel.last_seq + 1:
+                self._resync(track_id, channel, through)
+                return
+            for seq, frame in rows:
+                self._hub.send_track(track_id, seq, frame)
+                channel.last_seq = seq
+
+    def _resync(self, track_id: str, channel: TrackChannel, through: int) -> None:
+        log.info("track %s: %d events skipped, sockets told to resync", track_id, through - channel.last_seq)
+        channel.last_seq = through
+        self._hub.send_track(track_id, 0, resync_frame(track_id, through))
+
+    async def _user_batch(self, batch: UserBatch) -> None:
+        if not self._hub.users:
+            return
+        if batch.messages is not None:
+            for item in batch.messages:
+                if item.user_id in self._hub.users:
+                    self._hub.send_user(item.user_id, bytes(item.message).decode())
+            return
+        for user_id, frame in await self._events.user_messages(batch.ids):
+            self._hub.send_user(user_id, frame)

@@ -1,0 +1,1 @@
+"""HTTP and WebSocket handlers: each module owns its routes and nothing else."""

@@ -1,0 +1,100 @@
+"""Routes of comments and comment likes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import quote
+
+from litestar import Response, delete, get, post, put
+from litestar.params import Parameter
+
+from app import comments
+from app.deps import Viewer
+from app.errors import forbidden, unprocessable
+from app.handlers.validation import check_id, check_timestamp, check_track_id, clean_content
+from app.services import Services
+from app.tracks import visible_track
+from app.wire import Comment, CommentEdit, CommentIn, LikeState
+
+_TAG = ["comments"]
+
+
+@get("/api/tracks/{track_id:str}/comments", tags=_TAG)
+async def list_comments(
+    track_id: str,
+    services: Services,
+    viewer: Viewer | None,
+    limit: Annotated[int, Parameter(ge=1, le=500, description="Comments per page.")] = 100,
+    after_id: Annotated[int, Parameter(ge=0, le=2**63 - 1, description="Cursor: the last id of the previous page.")] = 0,
+) -> Response[list[Comment]]:
+    """A page of the track's comments, oldest first; a `Link: rel="next"` header points at the next page."""
+    check_track_id(track_id)
+    viewer_id = viewer.id if viewer else None
+    async with services.pool.connection() as conn:
+        await visible_track(conn, track_id, viewer_id)
+        items = await comments.page(conn, track_id, viewer_id, after_id=after_id, limit=limit)
+    headers = {}
+    if len(items) == limit:
+        next_page = f"/api/tracks/{quote(track_id, safe='')}/comments?after_id={items[-1].id}&limit={limit}"
+        headers["Link"] = f'<{next_page}>; rel="next"'
+    return Response(items, headers=headers)
+
+
+@post("/api/tracks/{track_id:str}/comments", status_code=201, tags=_TAG)
+async def create_comment(track_id: str, data: CommentIn, services: Services, user: Viewer) -> Comment:
+    """Post a comment at `timestamp` seconds into the track, or a reply to `parent_id`."""
+    check_track_id(track_id)
+    content = clean_content(data.content)
+    async with services.pool.connection() as conn:
+        track = await visible_track(conn, track_id, user.id)
+        check_timestamp(data.timestamp, track.duration_seconds)
+        if data.parent_id is not None and await comments.parent_track(conn, data.parent_id) != track_id:
+            raise unprocessable(f"parent_id: {data.parent_id} is not a comment of track {track_id!r}")
+        comment_id = await comments.insert(conn, track_id, user.id, content, data.timestamp, data.parent_id)
+        return await comments.get(conn, comment_id, user.id)
+
+
+@put("/api/comments/{comment_id:int}", tags=_TAG)
+async def edit_comment(comment_id: int, data: CommentEdit, services: Services, user: Viewer) -> Comment:
+    """Change a comment's content (its author only)."""
+    check_id("comment", comment_id)
+    content = clean_content(data.content)
+    async with services.pool.connection() as conn:
+        found = await comments.access(conn, comment_id, user.id)
+        if found.user_id != user.id:
+            raise forbidden("only the comment's author can edit it")
+        await comments.update_content(conn, comment_id, content)
+        return await comments.get(conn, comment_id, user.id)
+
+
+@delete("/api/comments/{comment_id:int}", status_code=204, tags=_TAG)
+async def delete_comment(comment_id: int, services: Services, user: Viewer) -> None:
+    """Delete a comment and its replies (its author, the track's creator or a team member)."""
+    check_id("comment", comment_id)
+    async with services.pool.connection() as conn:
+        found = await comments.access(conn, comment_id, user.id)
+        if user.id not in (found.user_id, found.creator_id) and not user.is_team:
+            raise forbidden("only the comment's author, the track's creator or a team member can delete it")
+        await comments.delete(conn, comment_id)
+
+
+@post("/api/comments/{comment_id:int}/like", status_code=200, tags=_TAG)
+async def like_comment(comment_id: int, services: Services, user: Viewer) -> LikeState:
+    """Like a comment (liking twice changes nothing)."""
+    return await _set_like(comment_id, services, user, liked=True)
+
+
+@delete("/api/comments/{comment_id:int}/like", status_code=200, tags=_TAG)
+async def unlike_comment(comment_id: int, services: Services, user: Viewer) -> LikeState:
+    """Take a like back (without one, nothing changes)."""
+    return await _set_like(comment_id, services, user, liked=False)
+
+
+async def _set_like(comment_id: int, services: Services, user: Viewer, *, liked: bool) -> LikeState:
+    check_id("comment", comment_id)
+    async with services.pool.connection() as conn:
+        await comments.access(conn, comment_id, user.id)
+        return await comments.set_like(conn, comment_id, user.id, liked=liked)
+
+
+route_handlers = [list_comments, create_comment, edit_comment, delete_comment, like_comment, unlike_comment]

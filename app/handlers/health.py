@@ -1,0 +1,40 @@
+"""Liveness and readiness, for load balancers and orchestrators."""
+
+from __future__ import annotations
+
+import asyncio
+
+from litestar import Response, get
+
+from app.db import SCHEMA_VERSION, schema_version
+from app.services import Services
+from app.wire import Health
+
+_DB_CHECK_TIMEOUT = 2.0
+"""Seconds /readyz waits for the database before calling it unreachable."""
+
+
+@get("/healthz", tags=["health"])
+async def healthz() -> Health:
+    """The process is alive."""
+    return Health(status="ok")
+
+
+@get("/readyz", tags=["health"])
+async def readyz(services: Services) -> Response[Health]:
+    """Ready: the database answers, the schema is current, the listener is connected and caught up."""
+    try:
+        version = await asyncio.wait_for(schema_version(services.pool), _DB_CHECK_TIMEOUT)
+        database = True
+    except Exception:
+        version, database = None, False
+    checks = {
+        "database": database,
+        "schema": version == SCHEMA_VERSION,
+        "listener": services.listener.ready,
+    }
+    ok = all(checks.values())
+    return Response(Health(status="ok" if ok else "unavailable", checks=checks), status_code=200 if ok else 503)
+
+
+route_handlers = [healthz, readyz]

@@ -1,0 +1,205 @@
+"""The WebSocket of a track: `/api/ws/track/{track_id}?token=…[&since=SEQ]`.
+
+Order on a new socket: check token and track (closing with 1008 and a reason, before anything is
+sent), register with the feed (which fixes the seq that live frames follow), send `connected`,
+replay `since` (or `resync`), then the queued live frames. A reader handles the client's frames
+meanwhile; a writer task is the only one that sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import msgspec
+from litestar import WebSocket, websocket
+from litestar.exceptions import HTTPException, WebSocketDisconnect
+
+from app.auth import TokenError, verify_token
+from app.deps import Viewer, load_viewer
+from app.feed import resync_frame
+from app.handlers.validation import check_track_id
+from app.services import Services
+from app.subscriber import Subscriber
+from app.tracks import visible_track
+from app.wire import (
+    Connected,
+    Ephemeral,
+    Error,
+    UserTyping,
+    client_envelope_decoder,
+    client_message_decoder,
+    encoder,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME = 4096
+"""Largest client frame, in bytes; a bigger one closes the socket with 1009."""
+CLOSE_POLICY = 1008
+CLOSE_UNSUPPORTED = 1003
+CLOSE_TOO_BIG = 1009
+CLOSE_TOKEN_EXPIRED = 4001
+_CLOSE_TIMEOUT = 2.0
+"""Seconds the writer waits to deliver a close frame before giving up on the client."""
+
+
+class Refused(Exception):
+    """The socket may not go on; the message is the close reason."""
+
+
+@websocket("/api/ws/track/{track_id:str}")
+async def track_socket(socket: WebSocket[Any, Any, Any], track_id: str, services: Services) -> None:
+    """Live events of a track and live messages for the socket's user."""
+    await socket.accept()
+    try:
+        viewer, since, expires_at = await _admit(socket, track_id, services)
+    except Refused as exc:
+        await socket.close(CLOSE_POLICY, str(exc))
+        return
+    sub = Subscriber(viewer.id, track_id, services.settings.socket_queue)
+    expiry = asyncio.get_running_loop().call_at(
+        asyncio.get_running_loop().time() + max(0.0, expires_at - time.time()),
+        sub.close,
+        CLOSE_TOKEN_EXPIRED,
+        "token expired: reconnect with a fresh token and since=<last seq>",
+    )
+    try:
+        async with services.feed.subscription(sub) as start:
+            writer = asyncio.create_task(_write(socket, sub, services, since, start))
+            reader = asyncio.create_task(_read(socket, sub, viewer, services))
+            try:
+                await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if reader.done() and not writer.done():
+                    # The client left, or broke a rule and sub.close() asked the writer to say so.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(writer), _CLOSE_TIMEOUT)
+            finally:
+                for task in (writer, reader):
+                    task.cancel()
+                await asyncio.gather(writer, reader, return_exceptions=True)
+    finally:
+        expiry.cancel()
+
+
+async def _admit(socket: WebSocket[Any, Any, Any], track_id: str, services: Services) -> tuple[Viewer, int | None, int]:
+    """Who is connecting, to which track, from which seq; Refused with the reason otherwise."""
+    origins = services.settings.allowed_origins
+    if origins and socket.headers.get("origin") not in origins:
+        raise Refused("origin not allowed")
+    token = socket.query_params.get("token")
+    if not token:
+        raise Refused("invalid token: pass ?token=<access token>")
+    since = _since(socket.query_params.get("since"))
+    try:
+        claims = verify_token(services.settings.secret, token)
+        viewer = await load_viewer(services, claims.user_id)
+        check_track_id(track_id)
+        async with services.pool.connection() as conn:
+            await visible_track(conn, track_id, viewer.id)
+    except TokenError as exc:
+        raise Refused(str(exc)) from None
+    except HTTPException:
+        raise Refused("track not found") from None
+    return viewer, since, claims.expires_at
+
+
+def _since(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise Refused("invalid since: give the last seq you received, a whole number >= 0")
+    return int(raw)
+
+
+async def _write(
+    socket: WebSocket[Any, Any, Any], sub: Subscriber, services: Services, since: int | None, start: int
+) -> None:
+    """The socket's only sender: connected, the replay, then live frames; then the close frame."""
+    send = socket.send_text
+    try:
+        hello = Connected(track_id=sub.track_id, message="Connected to comment updates", seq=start)
+        await send(encoder.encode(hello).decode())
+        if since is not None:
+            await _replay(sub, services, since, start, send)
+        async for frame in sub.frames():
+            await send(frame)
+        if sub.close_reason is not None:
+            code, reason = sub.close_reason
+            await asyncio.wait_for(socket.close(code, reason), _CLOSE_TIMEOUT)
+    except (OSError, RuntimeError, TimeoutError, WebSocketDisconnect) as exc:
+        log.debug("socket writer stopped: %s", type(exc).__name__)
+    finally:
+        sub.stopped.set()
+
+
+async def _replay(sub: Subscriber, services: Services, since: int, start: int, send: Any) -> None:
+    """Send the track's events since+1..start, or `resync` when some are no longer kept."""
+    if since >= start:
+        if since > start:
+            latest = (await services.events.latest([sub.track_id]))[sub.track_id]
+            if since > latest:
+                await send(resync_frame(sub.track_id, start))
+                return
+            sub.skip_through = since  # this replica is behind the client: skip what it has
+        return
+    after = since
+    while after < start:
+        rows = await services.events.range(sub.track_id, after, start)
+        if not rows or rows[0][0] != after + 1:
+            await send(resync_frame(sub.track_id, start))
+            return
+        for seq, frame in rows:
+            await send(frame)
+            after = seq
+
+
+async def _read(socket: WebSocket[Any, Any, Any], sub: Subscriber, viewer: Viewer, services: Services) -> None:
+    """Handle the client's frames until it leaves or breaks a rule."""
+    while sub.close_reason is None:
+        message = await socket.receive()
+        if message["type"] == "websocket.disconnect":
+            sub.close(1000, "client left")
+            return
+        text = message.get("text")
+        if text is None:
+            sub.close(CLOSE_UNSUPPORTED, "send JSON text frames")
+            return
+        if len(text) > MAX_FRAME or len(text.encode()) > MAX_FRAME:
+            sub.close(CLOSE_TOO_BIG, f"frames are limited to {MAX_FRAME} bytes")
+            return
+        try:
+            kind = client_envelope_decoder.decode(text).type
+        except msgspec.DecodeError:
+            sub.close(CLOSE_UNSUPPORTED, 'frames must be JSON objects like {"type": "typing", "is_typing": true}')
+            return
+        if kind != "typing":
+            _error(sub, f'unknown message type {kind[:40]!r}: send {{"type": "typing", "is_typing": true|false}}')
+            continue
+        try:
+            typing = client_message_decoder.decode(text)
+        except msgspec.DecodeError as exc:
+            _error(sub, f"bad typing message: {exc}")
+            continue
+        if services.typing.allow((viewer.id, sub.track_id)):
+            await _relay_typing(services, sub.track_id, viewer, typing.is_typing)
+
+
+def _error(sub: Subscriber, message: str) -> None:
+    sub.offer(0, encoder.encode(Error(message=message, track_id=sub.track_id)).decode())
+
+
+async def _relay_typing(services: Services, track_id: str, viewer: Viewer, is_typing: bool) -> None:
+    """Tell every replica's sockets of the track, through NOTIFY (not kept)."""
+    message = UserTyping(track_id=track_id, user_id=viewer.id, username=viewer.username, is_typing=is_typing)
+    payload = Ephemeral(track_id=track_id, message=msgspec.Raw(encoder.encode(message)))
+    try:
+        await services.events.notify(encoder.encode(payload).decode())
+    except Exception as exc:
+        log.warning("typing not relayed: %s", type(exc).__name__)
+
+
+route_handlers = [track_socket]

@@ -1,0 +1,77 @@
+"""This replica's sockets, by track and by user. Routing only: no I/O, no waiting."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from app.subscriber import Subscriber
+
+
+class TrackChannel:
+    """The sockets watching one track, and the last event delivered to them."""
+
+    __slots__ = ("last_seq", "subscribers")
+
+    def __init__(self, last_seq: int) -> None:
+        self.last_seq = last_seq
+        self.subscribers: set[Subscriber] = set()
+
+
+class Hub:
+    """`track id -> sockets` and `user id -> sockets`; every send is a non-blocking offer."""
+
+    def __init__(self) -> None:
+        self.tracks: dict[str, TrackChannel] = {}
+        self.users: dict[int, set[Subscriber]] = {}
+        self.delivered = 0
+        """Frames handed to sockets since start (for metrics)."""
+
+    def add(self, sub: Subscriber, last_seq: int) -> TrackChannel:
+        """Register a socket; a new track channel starts at `last_seq`."""
+        channel = self.tracks.get(sub.track_id)
+        if channel is None:
+            channel = self.tracks[sub.track_id] = TrackChannel(last_seq)
+        channel.subscribers.add(sub)
+        self.users.setdefault(sub.user_id, set()).add(sub)
+        return channel
+
+    def remove(self, sub: Subscriber) -> None:
+        """Forget a socket; a channel or user entry left empty goes too."""
+        channel = self.tracks.get(sub.track_id)
+        if channel is not None:
+            channel.subscribers.discard(sub)
+            if not channel.subscribers:
+                del self.tracks[sub.track_id]
+        mine = self.users.get(sub.user_id)
+        if mine is not None:
+            mine.discard(sub)
+            if not mine:
+                del self.users[sub.user_id]
+
+    def send_track(self, track_id: str, seq: int, frame: str) -> None:
+        """Offer a frame to every socket of a track (seq 0 for ephemeral frames)."""
+        channel = self.tracks.get(track_id)
+        if channel is not None:
+            self._offer(channel.subscribers, seq, frame)
+
+    def send_user(self, user_id: int, frame: str) -> None:
+        """Offer a frame to every socket of a user, whatever track it watches."""
+        mine = self.users.get(user_id)
+        if mine is not None:
+            self._offer(mine, 0, frame)
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Ask every socket to close (shutdown)."""
+        for channel in self.tracks.values():
+            for sub in channel.subscribers:
+                sub.close(code, reason)
+
+    @property
+    def sockets(self) -> int:
+        """How many sockets are open here."""
+        return sum(len(channel.subscribers) for channel in self.tracks.values())
+
+    def _offer(self, subs: Iterable[Subscriber], seq: int, frame: str) -> None:
+        for sub in subs:
+            if sub.offer(seq, frame):
+                self.delivered += 1

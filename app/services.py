@@ -1,0 +1,88 @@
+"""The parts of a running replica, made and torn down in one place (the app's lifespan)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from app.config import Settings
+from app.db import SCHEMA_VERSION, SchemaError, create_pool, schema_version
+from app.events import EventLog
+from app.feed import Feed
+from app.hub import Hub
+from app.listener import Listener
+from app.ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+_PRUNE_EVERY = 300.0
+"""Seconds between two prunings of the event log by this replica."""
+_POOL_OPEN_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Services:
+    """What handlers reach for: settings, the pool, the hub and its feed, the listener."""
+
+    settings: Settings
+    pool: AsyncConnectionPool
+    events: EventLog
+    hub: Hub
+    feed: Feed
+    listener: Listener
+    typing: RateLimiter
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Services]:
+    """Open the pool, check the schema, start the listener and the pruner; undo it all on exit."""
+    pool = create_pool(settings)
+    await pool.open(wait=True, timeout=_POOL_OPEN_TIMEOUT)
+    try:
+        found = await schema_version(pool)
+        if found != SCHEMA_VERSION:
+            raise SchemaError(
+                f"the database has schema version {found}, this tracktalk needs {SCHEMA_VERSION}: "
+                "run `tracktalk migrate`"
+            )
+        events = EventLog(pool)
+        hub = Hub()
+        feed = Feed(hub, events)
+        listener = Listener(settings.listen_url, feed)
+        services = Services(settings, pool, events, hub, feed, listener, RateLimiter(per_second=1.0))
+        async with _background(listener.run()), _background(_prune_forever(events)):
+            yield services
+            hub.close_all(1001, "server shutting down")
+    finally:
+        await pool.close()
+
+
+@asynccontextmanager
+async def _background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run `coro` as a task for the duration of the block; cancel it and wait at the end."""
+    task = asyncio.create_task(coro)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _prune_forever(events: EventLog) -> None:
+    while True:
+        await asyncio.sleep(_PRUNE_EVERY)
+        try:
+            gone = await events.prune()
+        except Exception as exc:
+            log.warning("pruning the event log failed: %s", type(exc).__name__)
+        else:
+            if gone:
+                log.info("pruned %d events past their retention", gone)

@@ -1,0 +1,323 @@
+"""Every shape that crosses a wire: HTTP bodies, WebSocket messages, NOTIFY payloads.
+
+The durable WebSocket messages (new_comment ... track_metrics) are built by the triggers in
+sql/triggers.sql and travel as JSON text straight from PostgreSQL to the sockets; the structs
+below describe them (for the OpenAPI schema, for clients, and for the tests that decode every
+frame with `server_message_decoder`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Raw, Struct
+
+# ---------------------------------------------------------------------------------------------
+# HTTP
+# ---------------------------------------------------------------------------------------------
+
+MAX_CONTENT = 5000
+"""Longest comment the API accepts, in characters (after trimming)."""
+
+UserId = Annotated[int, Meta(ge=1, le=2**63 - 1)]
+CommentId = Annotated[int, Meta(ge=1, le=2**63 - 1)]
+
+
+class CommentIn(Struct, forbid_unknown_fields=False):
+    """Body of POST /api/tracks/{track_id}/comments."""
+
+    content: str
+    timestamp: float
+    parent_id: CommentId | None = None
+
+
+class CommentEdit(Struct):
+    """Body of PUT /api/comments/{comment_id}."""
+
+    content: str
+
+
+class Comment(Struct):
+    """A comment as the API and the WebSocket show it."""
+
+    id: int
+    user_id: int
+    username: str
+    author_is_creator: bool
+    author_is_team: bool
+    track_id: str
+    parent_id: int | None
+    content: str
+    timestamp: float
+    is_edited: bool
+    created_at: datetime
+    last_edited_at: datetime | None
+    like_count: int
+    user_has_liked: bool
+
+
+class LikeState(Struct):
+    """Answer of POST and DELETE /api/comments/{comment_id}/like."""
+
+    comment_id: int
+    like_count: int
+    user_has_liked: bool
+
+
+class TrackMetrics(Struct):
+    """Answer of GET /api/tracks/{track_id}/metrics and of the track like and share routes."""
+
+    track_id: str
+    likes: int
+    comments: int
+    shares: int
+    user_has_liked: bool
+
+
+class Track(Struct):
+    """A track as the page lists it."""
+
+    id: str
+    title: str
+    album_id: int
+    album_title: str
+    duration_seconds: float | None
+    is_private: bool
+    audio_url: str | None
+
+
+class Notification(Struct):
+    """One row of the caller's notifications."""
+
+    id: int
+    user_id: int
+    kind: Literal["comment", "reply", "mention", "comment_like"]
+    actor_id: int
+    actor_username: str
+    track_id: str
+    track_title: str
+    comment_id: int | None
+    excerpt: str | None
+    created_at: datetime
+    read_at: datetime | None
+
+
+class NotificationPage(Struct):
+    """Answer of GET /api/notifications: newest first, and how many are unread in all."""
+
+    notifications: list[Notification]
+    unread: int
+
+
+class MarkRead(Struct):
+    """Body of POST /api/notifications/read: the ids to mark read, or none for all."""
+
+    ids: list[Annotated[int, Meta(ge=1)]] | None = None
+
+
+class UnreadCount(Struct):
+    """Answer of POST /api/notifications/read."""
+
+    unread: int
+
+
+class DemoUser(Struct):
+    """A user the demo sign-in offers."""
+
+    id: int
+    username: str
+    is_creator: bool
+    is_team: bool
+
+
+class DemoToken(Struct):
+    """A token for a demo user."""
+
+    token: str
+    user: DemoUser
+
+
+class Health(Struct):
+    """Answer of /healthz and /readyz."""
+
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, bool] = msgspec.field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# WebSocket, server -> client
+# ---------------------------------------------------------------------------------------------
+
+
+class Connected(Struct, tag_field="type", tag="connected"):
+    """First message on a socket; `seq` is the track's latest event number."""
+
+    track_id: str
+    message: str
+    seq: int
+
+
+class NewComment(Struct, tag_field="type", tag="new_comment"):
+    """A comment was posted."""
+
+    track_id: str
+    seq: int
+    comment: Comment
+
+
+class CommentEdited(Struct, tag_field="type", tag="comment_edited"):
+    """A comment's content or time changed."""
+
+    track_id: str
+    seq: int
+    comment_id: int
+    content: str
+    timestamp: float
+    is_edited: bool
+    last_edited_at: datetime | None
+
+
+class CommentDeleted(Struct, tag_field="type", tag="comment_deleted"):
+    """A comment is gone (its replies get their own message)."""
+
+    track_id: str
+    seq: int
+    comment_id: int
+
+
+class CommentLiked(Struct, tag_field="type", tag="comment_liked"):
+    """A comment's like count changed."""
+
+    track_id: str
+    seq: int
+    comment_id: int
+    like_count: int
+
+
+class TrackMetricsChanged(Struct, tag_field="type", tag="track_metrics"):
+    """The track's likes, comments or shares changed."""
+
+    track_id: str
+    seq: int
+    likes: int
+    comments: int
+    shares: int
+
+
+class UserTyping(Struct, tag_field="type", tag="user_typing"):
+    """Someone on the track is typing (ephemeral: no seq)."""
+
+    track_id: str
+    user_id: int
+    username: str
+    is_typing: bool
+
+
+class Mention(Struct, tag_field="type", tag="mention"):
+    """The socket's user was @mentioned, on whatever track."""
+
+    track_id: str
+    comment: Comment
+    from_user: str
+
+
+class NotificationMessage(Struct, tag_field="type", tag="notification"):
+    """The socket's user has a new notification."""
+
+    track_id: str
+    notification: Notification
+
+
+class Resync(Struct, tag_field="type", tag="resync"):
+    """Events were missed that can no longer be replayed: reload with GET, go on from `seq`."""
+
+    track_id: str
+    seq: int
+    message: str
+
+
+class Error(Struct, tag_field="type", tag="error"):
+    """The client sent something the server did not understand; the socket stays open."""
+
+    message: str
+    track_id: str | None = None
+
+
+ServerMessage = (
+    Connected
+    | NewComment
+    | CommentEdited
+    | CommentDeleted
+    | CommentLiked
+    | TrackMetricsChanged
+    | UserTyping
+    | Mention
+    | NotificationMessage
+    | Resync
+    | Error
+)
+
+# ---------------------------------------------------------------------------------------------
+# WebSocket, client -> server
+# ---------------------------------------------------------------------------------------------
+
+
+class Typing(Struct, tag_field="type", tag="typing"):
+    """The client's user started or stopped typing."""
+
+    is_typing: bool
+
+
+ClientMessage = Typing
+
+
+class ClientEnvelope(Struct):
+    """Just the `type` of a client frame, to tell an unknown type from a malformed frame."""
+
+    type: str
+
+
+# ---------------------------------------------------------------------------------------------
+# NOTIFY payloads on channel "tracktalk" (see the head of sql/triggers.sql)
+# ---------------------------------------------------------------------------------------------
+
+
+class TrackBatch(Struct, tag_field="k", tag="track"):
+    """Events first..last of a track; `events` is absent when they did not fit in the payload."""
+
+    track_id: str
+    first: int
+    last: int
+    events: list[Raw] | None = None
+
+
+class UserMessage(Struct):
+    """A message for every socket of one user."""
+
+    user_id: int
+    message: Raw
+
+
+class UserBatch(Struct, tag_field="k", tag="user"):
+    """New notifications; `messages` is absent when they did not fit in the payload."""
+
+    ids: list[int]
+    messages: list[UserMessage] | None = None
+
+
+class Ephemeral(Struct, tag_field="k", tag="ephemeral"):
+    """A message for a track's sockets that is not kept (typing)."""
+
+    track_id: str
+    message: Raw
+
+
+Notice = TrackBatch | UserBatch | Ephemeral
+
+notice_decoder = msgspec.json.Decoder(Notice)
+server_message_decoder = msgspec.json.Decoder(ServerMessage)
+client_envelope_decoder = msgspec.json.Decoder(ClientEnvelope)
+client_message_decoder = msgspec.json.Decoder(ClientMessage)
+encoder = msgspec.json.Encoder()

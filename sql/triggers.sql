@@ -1,0 +1,545 @@
+-- tracktalk: what makes a change go live, whoever makes it.
+--
+-- Apply after sql/schema.sql, in the same transaction (see the head of that file). Safe to run
+-- again and again: functions are replaced, triggers dropped and created anew.
+--
+-- How an event travels:
+--   1. A statement changes comments, comment_likes, track_likes or track_shares.
+--   2. Its AFTER ... FOR EACH STATEMENT trigger builds the WebSocket messages of the change and
+--      calls tracktalk.publish() once per track, in track order.
+--   3. publish() bumps the track's row in tracktalk.track_state (its lock, held to commit, makes
+--      writers to one track commit in the order of their numbers), numbers the messages `seq`,
+--      keeps them in tracktalk.events, and sends ONE pg_notify on channel 'tracktalk' for them:
+--      the messages themselves when they fit in NOTIFY's 8000 bytes, else only their numbers.
+--   4. Each replica's listener gets the NOTIFY at commit (never on rollback) and hands the
+--      messages to the sockets of that track; what did not fit is read from tracktalk.events.
+-- New notifications rows are announced the same way, per recipient (kind "user").
+--
+-- NOTIFY payloads on channel 'tracktalk' (JSON, read by app/listener.py):
+--   {"k":"track","track_id":T,"first":F,"last":L[,"events":[message F, ..., message L]]}
+--   {"k":"user","ids":[notification ids][,"messages":[{"user_id":U,"message":{...}}, ...]]}
+--   {"k":"ephemeral","track_id":T,"message":{...}}          (sent by the app: typing)
+
+-- Largest NOTIFY payload we send; PostgreSQL refuses 8000 bytes and more.
+CREATE OR REPLACE FUNCTION tracktalk.max_payload() RETURNS integer
+LANGUAGE sql IMMUTABLE AS $$ SELECT 7900 $$;
+
+---------------------------------------------------------------------------------------------
+-- Publishing
+---------------------------------------------------------------------------------------------
+
+-- Numbers `messages` as the next events of `track`, applies the counter deltas, appends a
+-- track_metrics message when a counter changed, keeps them all in tracktalk.events and
+-- notifies the listeners once.
+CREATE OR REPLACE FUNCTION tracktalk.publish(
+    track           text,
+    messages        jsonb[],
+    comments_delta  bigint DEFAULT 0,
+    likes_delta     bigint DEFAULT 0,
+    shares_delta    bigint DEFAULT 0
+) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    metrics_changed constant boolean := comments_delta <> 0 OR likes_delta <> 0 OR shares_delta <> 0;
+    n constant integer := coalesce(cardinality(messages), 0) + metrics_changed::integer;
+    state tracktalk.track_state;
+    first_seq bigint;
+    texts text[];
+    payload text;
+BEGIN
+    IF n = 0 THEN
+        RETURN;
+    END IF;
+    FOR attempt IN 1..2 LOOP
+        UPDATE tracktalk.track_state AS s
+           SET last_seq = s.last_seq + n,
+               comments = greatest(s.comments + comments_delta, 0),
+               likes = greatest(s.likes + likes_delta, 0),
+               shares = greatest(s.shares + shares_delta, 0)
+         WHERE s.track_id = track
+        RETURNING s.* INTO state;
+        EXIT WHEN FOUND;
+        -- No row: the track is being deleted (nothing to tell), or it was made while the
+        -- triggers were off (count it now, then number from there).
+        IF NOT EXISTS (SELECT 1 FROM tracks WHERE id = track) THEN
+            RETURN;
+        END IF;
+        PERFORM tracktalk.recount(track);
+    END LOOP;
+
+    first_seq := state.last_seq - n + 1;
+    SELECT array_agg((m || jsonb_build_object('seq', first_seq + o - 1, 'track_id', track))::text ORDER BY o)
+      INTO texts
+      FROM unnest(messages) WITH ORDINALITY AS u (m, o);
+    IF metrics_changed THEN
+        texts := coalesce(texts, '{}') || jsonb_build_object(
+            'type', 'track_metrics', 'track_id', track, 'seq', state.last_seq,
+            'likes', state.likes, 'comments', state.comments, 'shares', state.shares)::text;
+    END IF;
+
+    INSERT INTO tracktalk.events (track_id, seq, message)
+    SELECT track, first_seq + o - 1, t::json
+      FROM unnest(texts) WITH ORDINALITY AS u (t, o);
+
+    payload := format('{"k":"track","track_id":%s,"first":%s,"last":%s',
+                      to_json(track), first_seq, state.last_seq);
+    IF octet_length(payload) + (SELECT sum(octet_length(t) + 1) FROM unnest(texts) AS t) + 12
+       <= tracktalk.max_payload() THEN
+        payload := payload || ',"events":[' || array_to_string(texts, ',') || ']}';
+    ELSE
+        payload := payload || '}';
+    END IF;
+    PERFORM pg_notify('tracktalk', payload);
+END
+$$;
+
+-- Announces notifications rows to their recipients' sockets: a `notification` message each,
+-- and a `mention` message for mentions.
+CREATE OR REPLACE FUNCTION tracktalk.announce_notifications(ids bigint[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    chunk bigint[];
+    messages text;
+    payload text;
+BEGIN
+    -- At most 400 ids a NOTIFY, so that even the ids alone always fit.
+    FOR i IN 1..coalesce(cardinality(ids), 0) BY 400 LOOP
+        chunk := ids[i:i + 399];
+        SELECT string_agg(jsonb_build_object('user_id', m.user_id, 'message', m.message)::text, ',')
+          INTO messages
+          FROM tracktalk.user_messages(chunk) AS m;
+        payload := '{"k":"user","ids":' || to_json(chunk)::text;
+        IF octet_length(payload) + coalesce(octet_length(messages), 0) + 16 <= tracktalk.max_payload() THEN
+            payload := payload || ',"messages":[' || coalesce(messages, '') || ']}';
+        ELSE
+            payload := payload || '}';
+        END IF;
+        PERFORM pg_notify('tracktalk', payload);
+    END LOOP;
+END
+$$;
+
+-- The messages that tell recipients about notifications `ids`, in id order.
+CREATE OR REPLACE FUNCTION tracktalk.user_messages(ids bigint[])
+RETURNS TABLE (user_id bigint, message jsonb)
+LANGUAGE sql STABLE AS $$
+    SELECT m.user_id, m.message
+    FROM (
+        SELECT n.id, 1 AS part, n.user_id,
+               jsonb_build_object('type', 'notification', 'track_id', n.track_id,
+                                  'notification', to_jsonb(n)) AS message
+          FROM tracktalk.notification_objects n
+         WHERE n.id = ANY (ids)
+        UNION ALL
+        SELECT n.id, 2, n.user_id,
+               jsonb_build_object('type', 'mention', 'track_id', n.track_id,
+                                  'comment', to_jsonb(c) || '{"user_has_liked": false}',
+                                  'from_user', n.actor_username)
+          FROM tracktalk.notification_objects n
+          JOIN tracktalk.comment_objects c ON c.id = n.comment_id
+         WHERE n.id = ANY (ids) AND n.kind = 'mention'
+    ) AS m
+    ORDER BY m.id, m.part
+$$;
+
+-- Sets a track's counters from its rows (one scan). For a track made while the triggers were
+-- off, or by a DBA who suspects drift: SELECT tracktalk.recount(id) FROM tracks;
+CREATE OR REPLACE FUNCTION tracktalk.recount(track text) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO tracktalk.track_state AS s (track_id, comments, likes, shares)
+    SELECT t.id,
+           (SELECT count(*) FROM comments WHERE track_id = t.id),
+           (SELECT count(*) FROM track_likes WHERE track_id = t.id),
+           (SELECT count(*) FROM track_shares WHERE track_id = t.id)
+      FROM tracks t
+     WHERE t.id = track
+    ON CONFLICT (track_id) DO UPDATE
+       SET comments = excluded.comments, likes = excluded.likes, shares = excluded.shares
+$$;
+
+-- Deletes the events older than settings.event_retention; returns how many. Every replica
+-- calls it every few minutes; a DBA may schedule it instead (pg_cron).
+CREATE OR REPLACE FUNCTION tracktalk.prune_events() RETURNS bigint
+LANGUAGE sql AS $$
+    WITH gone AS (
+        DELETE FROM tracktalk.events
+         WHERE created_at < now() - (SELECT event_retention FROM tracktalk.settings)
+        RETURNING 1
+    )
+    SELECT count(*) FROM gone
+$$;
+
+-- Can `viewer` see `track`? Private tracks are for their album's creator and team members.
+CREATE OR REPLACE FUNCTION tracktalk.can_see(viewer bigint, track text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT NOT t.is_private
+           OR a.created_by_id = viewer
+           OR EXISTS (SELECT 1 FROM users u WHERE u.id = viewer AND u.is_team)
+      FROM tracks t
+      JOIN albums a ON a.id = t.album_id
+     WHERE t.id = track
+$$;
+
+-- Usernames @mentioned in `content`, lower-cased, each once. An @ inside a word (mail
+-- addresses) is no mention.
+CREATE OR REPLACE FUNCTION tracktalk.mentioned_names(content text) RETURNS SETOF text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT DISTINCT lower(m[1])
+      FROM regexp_matches(content, '(?<![A-Za-z0-9_])@([A-Za-z0-9_]{1,64})', 'g') AS m
+$$;
+
+---------------------------------------------------------------------------------------------
+-- comments
+---------------------------------------------------------------------------------------------
+
+-- Row checks that a constraint cannot make, and the edit marks of the contract.
+CREATE OR REPLACE FUNCTION tracktalk.comments_before_write() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    duration double precision;
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.content IS DISTINCT FROM OLD.content THEN
+        NEW.is_edited := true;
+        NEW.last_edited_at := now();
+    END IF;
+    IF TG_OP = 'INSERT' OR NEW."timestamp" IS DISTINCT FROM OLD."timestamp" THEN
+        SELECT duration_seconds INTO duration FROM tracks WHERE id = NEW.track_id;
+        IF NEW."timestamp" > duration THEN
+            RAISE EXCEPTION 'comment timestamp % is past the end of track % (% seconds)',
+                NEW."timestamp", NEW.track_id, duration
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'comments_timestamp_within_track';
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+DROP TRIGGER IF EXISTS comments_before_write ON comments;
+CREATE TRIGGER comments_before_write
+    BEFORE INSERT OR UPDATE ON comments
+    FOR EACH ROW EXECUTE FUNCTION tracktalk.comments_before_write();
+
+-- A deleted comment takes its unread notifications with it (before the foreign key sets
+-- comment_id to NULL on the read ones).
+CREATE OR REPLACE FUNCTION tracktalk.comments_before_delete() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM notifications WHERE comment_id = OLD.id AND read_at IS NULL;
+    RETURN OLD;
+END
+$$;
+
+DROP TRIGGER IF EXISTS comments_before_delete ON comments;
+CREATE TRIGGER comments_before_delete
+    BEFORE DELETE ON comments
+    FOR EACH ROW EXECUTE FUNCTION tracktalk.comments_before_delete();
+
+-- Notifies about comments `ids` (new ones, or edited ones when `only_new_mentions`): the
+-- album's creator, team members (settings.notify_team), the parent's author and each
+-- @mentioned user; never the writer, never someone who cannot see the track, and one
+-- notification per person and comment, the most specific kind.
+CREATE OR REPLACE FUNCTION tracktalk.notify_comment_readers(
+    ids bigint[], old_contents text[] DEFAULT NULL
+) RETURNS void
+LANGUAGE sql AS $$
+    WITH c AS (
+        SELECT c.id, c.track_id, c.user_id, c.parent_id, c.content, a.created_by_id AS creator_id,
+               old.content AS old_content
+          FROM unnest(ids, old_contents) AS old (id, content)
+          JOIN comments c ON c.id = old.id
+          JOIN tracks t ON t.id = c.track_id
+          JOIN albums a ON a.id = t.album_id
+    ),
+    candidate (comment_id, user_id, kind, rank) AS (
+        SELECT c.id, u.id, 'mention', 3
+          FROM c
+         CROSS JOIN LATERAL tracktalk.mentioned_names(c.content) AS name
+          JOIN users u ON lower(u.username) = name
+         WHERE c.old_content IS NULL
+            OR name NOT IN (SELECT tracktalk.mentioned_names(c.old_content))
+        UNION ALL
+        SELECT c.id, p.user_id, 'reply', 2
+          FROM c JOIN comments p ON p.id = c.parent_id
+         WHERE c.old_content IS NULL
+        UNION ALL
+        SELECT c.id, c.creator_id, 'comment', 1
+          FROM c
+         WHERE c.old_content IS NULL
+        UNION ALL
+        SELECT c.id, u.id, 'comment', 1
+          FROM c JOIN users u ON u.is_team
+         WHERE c.old_content IS NULL AND (SELECT notify_team FROM tracktalk.settings)
+    ),
+    best AS (
+        SELECT DISTINCT ON (k.comment_id, k.user_id) k.comment_id, k.user_id, k.kind, k.rank
+          FROM candidate k
+         ORDER BY k.comment_id, k.user_id, k.rank DESC
+    )
+    INSERT INTO notifications (user_id, kind, actor_id, track_id, comment_id)
+    SELECT b.user_id, b.kind, c.user_id, c.track_id, c.id
+      FROM best b
+      JOIN c ON c.id = b.comment_id
+     WHERE b.user_id <> c.user_id
+       AND tracktalk.can_see(b.user_id, c.track_id)
+     ORDER BY c.id, b.user_id
+    ON CONFLICT (user_id, comment_id) WHERE kind IN ('comment', 'reply', 'mention')
+    DO UPDATE SET kind = excluded.kind, created_at = now(), read_at = NULL
+        WHERE excluded.kind = 'mention' AND notifications.kind <> 'mention'
+$$;
+
+CREATE OR REPLACE FUNCTION tracktalk.comments_after_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT n.track_id,
+               array_agg(jsonb_build_object('type', 'new_comment',
+                                            'comment', to_jsonb(o) || '{"user_has_liked": false}')
+                         ORDER BY n.id) AS messages,
+               count(*) AS added
+          FROM new_rows n
+          JOIN tracktalk.comment_objects o ON o.id = n.id
+         GROUP BY n.track_id
+         ORDER BY n.track_id
+    LOOP
+        PERFORM tracktalk.publish(r.track_id, r.messages, comments_delta => r.added);
+    END LOOP;
+    PERFORM tracktalk.notify_comment_readers(array_agg(id), NULL) FROM new_rows;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tracktalk.comments_after_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT n.track_id,
+               array_agg(jsonb_build_object('type', 'comment_edited', 'comment_id', n.id,
+                                            'content', n.content, 'timestamp', n."timestamp",
+                                            'is_edited', n.is_edited,
+                                            'last_edited_at', n.last_edited_at)
+                         ORDER BY n.id) AS messages
+          FROM new_rows n
+          JOIN old_rows o ON o.id = n.id
+         WHERE n.content IS DISTINCT FROM o.content
+            OR n."timestamp" IS DISTINCT FROM o."timestamp"
+         GROUP BY n.track_id
+         ORDER BY n.track_id
+    LOOP
+        PERFORM tracktalk.publish(r.track_id, r.messages);
+    END LOOP;
+    PERFORM tracktalk.notify_comment_readers(array_agg(n.id), array_agg(o.content))
+       FROM new_rows n
+       JOIN old_rows o ON o.id = n.id
+      WHERE n.content IS DISTINCT FROM o.content;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tracktalk.comments_after_delete() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT o.track_id,
+               array_agg(jsonb_build_object('type', 'comment_deleted', 'comment_id', o.id)
+                         ORDER BY o.id) AS messages,
+               count(*) AS removed
+          FROM old_rows o
+         GROUP BY o.track_id
+         ORDER BY o.track_id
+    LOOP
+        PERFORM tracktalk.publish(r.track_id, r.messages, comments_delta => -r.removed);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS comments_after_insert ON comments;
+CREATE TRIGGER comments_after_insert
+    AFTER INSERT ON comments REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.comments_after_insert();
+
+DROP TRIGGER IF EXISTS comments_after_update ON comments;
+CREATE TRIGGER comments_after_update
+    AFTER UPDATE ON comments REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.comments_after_update();
+
+DROP TRIGGER IF EXISTS comments_after_delete ON comments;
+CREATE TRIGGER comments_after_delete
+    AFTER DELETE ON comments REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.comments_after_delete();
+
+---------------------------------------------------------------------------------------------
+-- comment_likes
+---------------------------------------------------------------------------------------------
+
+-- Keeps comment_stats, sends comment_liked with the fresh count, and tells a comment's author
+-- of a like (once per liker: unlike then like again tells nobody twice).
+CREATE OR REPLACE FUNCTION tracktalk.comment_likes_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    sign constant integer := CASE TG_OP WHEN 'INSERT' THEN 1 ELSE -1 END;
+    r record;
+BEGIN
+    FOR r IN
+        WITH counted AS (
+            INSERT INTO tracktalk.comment_stats AS s (comment_id, likes)
+            SELECT d.comment_id, greatest(sign * count(*), 0)
+              FROM changed_rows d
+             -- A comment being deleted takes its likes along: nothing to count or tell then.
+             WHERE EXISTS (SELECT 1 FROM comments c WHERE c.id = d.comment_id)
+             GROUP BY d.comment_id
+             ORDER BY d.comment_id
+            ON CONFLICT (comment_id) DO UPDATE
+               SET likes = greatest(s.likes + sign * (SELECT count(*) FROM changed_rows d
+                                                       WHERE d.comment_id = s.comment_id), 0)
+            RETURNING s.comment_id, s.likes
+        )
+        SELECT c.track_id,
+               array_agg(jsonb_build_object('type', 'comment_liked', 'comment_id', k.comment_id,
+                                            'like_count', k.likes)
+                         ORDER BY k.comment_id) AS messages
+          FROM counted k
+          JOIN comments c ON c.id = k.comment_id
+         GROUP BY c.track_id
+         ORDER BY c.track_id
+    LOOP
+        PERFORM tracktalk.publish(r.track_id, r.messages);
+    END LOOP;
+
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO notifications (user_id, kind, actor_id, track_id, comment_id)
+        SELECT c.user_id, 'comment_like', n.user_id, c.track_id, c.id
+          FROM changed_rows n
+          JOIN comments c ON c.id = n.comment_id
+         WHERE c.user_id <> n.user_id
+           AND tracktalk.can_see(c.user_id, c.track_id)
+         ORDER BY c.id, n.user_id
+        ON CONFLICT (user_id, comment_id, actor_id) WHERE kind = 'comment_like' DO NOTHING;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS comment_likes_after_insert ON comment_likes;
+CREATE TRIGGER comment_likes_after_insert
+    AFTER INSERT ON comment_likes REFERENCING NEW TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.comment_likes_changed();
+
+DROP TRIGGER IF EXISTS comment_likes_after_delete ON comment_likes;
+CREATE TRIGGER comment_likes_after_delete
+    AFTER DELETE ON comment_likes REFERENCING OLD TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.comment_likes_changed();
+
+---------------------------------------------------------------------------------------------
+-- track_likes, track_shares, tracks
+---------------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION tracktalk.track_counts_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    sign constant integer := CASE TG_OP WHEN 'INSERT' THEN 1 ELSE -1 END;
+    r record;
+BEGIN
+    FOR r IN
+        SELECT track_id, count(*) AS n FROM changed_rows GROUP BY track_id ORDER BY track_id
+    LOOP
+        IF TG_TABLE_NAME = 'track_likes' THEN
+            PERFORM tracktalk.publish(r.track_id, NULL, likes_delta => sign * r.n);
+        ELSE
+            PERFORM tracktalk.publish(r.track_id, NULL, shares_delta => sign * r.n);
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS track_likes_after_insert ON track_likes;
+CREATE TRIGGER track_likes_after_insert
+    AFTER INSERT ON track_likes REFERENCING NEW TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.track_counts_changed();
+DROP TRIGGER IF EXISTS track_likes_after_delete ON track_likes;
+CREATE TRIGGER track_likes_after_delete
+    AFTER DELETE ON track_likes REFERENCING OLD TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.track_counts_changed();
+DROP TRIGGER IF EXISTS track_shares_after_insert ON track_shares;
+CREATE TRIGGER track_shares_after_insert
+    AFTER INSERT ON track_shares REFERENCING NEW TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.track_counts_changed();
+DROP TRIGGER IF EXISTS track_shares_after_delete ON track_shares;
+CREATE TRIGGER track_shares_after_delete
+    AFTER DELETE ON track_shares REFERENCING OLD TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.track_counts_changed();
+
+-- A new track starts its numbering and counters at zero.
+CREATE OR REPLACE FUNCTION tracktalk.tracks_after_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO tracktalk.track_state (track_id)
+    SELECT id FROM new_rows ORDER BY id
+    ON CONFLICT (track_id) DO NOTHING;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS tracks_after_insert ON tracks;
+CREATE TRIGGER tracks_after_insert
+    AFTER INSERT ON tracks REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.tracks_after_insert();
+
+---------------------------------------------------------------------------------------------
+-- notifications
+---------------------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION tracktalk.notifications_after_insert() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM tracktalk.announce_notifications(array_agg(id ORDER BY id)) FROM new_rows;
+    RETURN NULL;
+END
+$$;
+
+-- An existing notification that becomes a mention (an edit added an @) is news again.
+CREATE OR REPLACE FUNCTION tracktalk.notifications_after_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM tracktalk.announce_notifications(array_agg(n.id ORDER BY n.id))
+       FROM new_rows n JOIN old_rows o ON o.id = n.id
+      WHERE n.kind IS DISTINCT FROM o.kind;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS notifications_after_insert ON notifications;
+CREATE TRIGGER notifications_after_insert
+    AFTER INSERT ON notifications REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.notifications_after_insert();
+
+DROP TRIGGER IF EXISTS notifications_after_update ON notifications;
+CREATE TRIGGER notifications_after_update
+    AFTER UPDATE ON notifications REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.notifications_after_update();
+
+---------------------------------------------------------------------------------------------
+-- Counters for rows that existed before these triggers, then the version stamp (last).
+---------------------------------------------------------------------------------------------
+
+INSERT INTO tracktalk.track_state (track_id, comments, likes, shares)
+SELECT t.id,
+       (SELECT count(*) FROM comments WHERE track_id = t.id),
+       (SELECT count(*) FROM track_likes WHERE track_id = t.id),
+       (SELECT count(*) FROM track_shares WHERE track_id = t.id)
+  FROM tracks t
+ON CONFLICT (track_id) DO NOTHING;
+
+INSERT INTO tracktalk.comment_stats (comment_id, likes)
+SELECT comment_id, count(*) FROM comment_likes GROUP BY comment_id
+ON CONFLICT (comment_id) DO NOTHING;
+
+INSERT INTO tracktalk.schema_version (version) VALUES (1)
+ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, applied_at = now();
