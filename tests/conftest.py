@@ -1,0 +1,76 @@
+"""One embedded PostgreSQL for the whole session; a fresh database per module or test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from app.db import migrate
+from app.embedded import EmbeddedPostgres
+from tests.support import Replica, World, replicas, seed
+
+TEMPLATE = "tracktalk_template"
+
+
+@pytest.fixture(scope="session")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """The session's PostgreSQL server (the same starter `tracktalk serve` uses)."""
+    with EmbeddedPostgres(tmp_path_factory.mktemp("pg"), fast=True) as server:
+        with psycopg.connect(server.url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {TEMPLATE}")
+        migrate(server.url_for(TEMPLATE))
+        yield server
+
+
+@pytest.fixture(scope="session")
+def new_database(pg: EmbeddedPostgres) -> Iterator[Callable[[], str]]:
+    """Make a database with the schema applied (a copy of the migrated template); dropped at the end."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+        made.append(name)
+        return pg.url_for(name)
+
+    yield make
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        for name in made:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
+def db_url(new_database: Callable[[], str]) -> str:
+    """A database of this test module's own."""
+    return new_database()
+
+
+@pytest.fixture(scope="module")
+def world(db_url: str) -> World:
+    """Seed users and tracks in the module's database."""
+    return seed(db_url)
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the replicas' logs go."""
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="module")
+def replica(db_url: str, world: World, log_dir: Path) -> Iterator[Replica]:
+    """One `tracktalk serve` process over the module's database."""
+    with replicas(db_url, log_dir, 1) as started:
+        yield started[0]
+
+
+@pytest.fixture(scope="module")
+def pair(db_url: str, world: World, log_dir: Path) -> Iterator[list[Replica]]:
+    """Two `tracktalk serve` processes over the module's one database."""
+    with replicas(db_url, log_dir, 2) as started:
+        yield started

@@ -1,0 +1,247 @@
+"""Test helpers: server processes, WebSocket clients, seed data. Every wait has a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from websockets.asyncio.client import ClientConnection, connect
+
+from app.auth import issue_token
+from app.wire import server_message_decoder
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "test-secret-0123456789-abcdefghijklmnop"
+START_TIMEOUT = 30.0
+RECV_TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
+    """Poll `check` until it is true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+async def async_wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
+    """Poll an async or sync `check` until it returns a truthy value; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class Replica:
+    """A `tracktalk serve` process over a database."""
+
+    database_url: str
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self, log_dir: Path) -> Replica:
+        self.log_path = log_dir / f"replica-{self.port}.log"
+        env = {**os.environ, "DATABASE_URL": self.database_url, "TRACKTALK_SECRET": SECRET, **self.env}
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app", "serve", "--port", str(self.port)],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.wait_ready()
+        return self
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.http}/readyz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        def up() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"replica exited with {self.process.returncode}:\n{self.log()}")
+            return self.ready()
+
+        wait_until(up, timeout, f"replica on port {self.port} to be ready")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+            raise AssertionError(f"replica did not stop within {timeout}s:\n{self.log()}") from None
+
+
+@contextlib.contextmanager
+def replicas(database_url: str, log_dir: Path, count: int = 1, **env: str) -> Iterator[list[Replica]]:
+    """`count` replicas over one database, stopped at the end."""
+    started: list[Replica] = []
+    try:
+        for _ in range(count):
+            started.append(Replica(database_url, env=dict(env)).start(log_dir))
+        yield started
+    finally:
+        for replica in started:
+            with contextlib.suppress(AssertionError):
+                replica.stop()
+
+
+class Socket:
+    """A WebSocket client that decodes (and so checks) every server frame."""
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+        self.received: list[dict[str, Any]] = []
+
+    async def recv(self, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+        raw = await asyncio.wait_for(self.conn.recv(), timeout)
+        assert isinstance(raw, str), f"expected a text frame, got {raw!r:.80}"
+        server_message_decoder.decode(raw)  # every frame must match the wire types
+        message: dict[str, Any] = json.loads(raw)
+        self.received.append(message)
+        return message
+
+    async def expect(self, kind: str, timeout: float = RECV_TIMEOUT, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The next message of type `kind`, failing on any other type not in `ignore`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            message = await self.recv(max(0.01, deadline - time.monotonic()))
+            if message["type"] == kind:
+                return message
+            assert message["type"] in ignore, f"expected {kind}, got {message}"
+
+    async def events(self, count: int, timeout: float = RECV_TIMEOUT) -> list[dict[str, Any]]:
+        """The next `count` durable events (messages with a seq), skipping the others."""
+        deadline = time.monotonic() + timeout
+        got: list[dict[str, Any]] = []
+        while len(got) < count:
+            message = await self.recv(max(0.01, deadline - time.monotonic()))
+            if "seq" in message and message["type"] not in ("connected", "resync"):
+                got.append(message)
+        return got
+
+    async def closed(self, timeout: float = RECV_TIMEOUT) -> tuple[int | None, str | None]:
+        """Wait for the server to close; (code, reason). Messages before the close are kept."""
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(Exception):
+            while time.monotonic() < deadline:
+                await self.recv(max(0.01, deadline - time.monotonic()))
+        await asyncio.wait_for(self.conn.wait_closed(), max(0.01, deadline - time.monotonic()))
+        return self.conn.close_code, self.conn.close_reason
+
+    async def send(self, message: Any) -> None:
+        await self.conn.send(message if isinstance(message, (str, bytes)) else json.dumps(message))
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+
+@contextlib.asynccontextmanager
+async def open_socket(base: str, track_id: str, token: str | None, since: int | None = None, **kw: Any):  # type: ignore[no-untyped-def]
+    """A socket on a track (not yet past `connected`: call expect('connected'))."""
+    query = []
+    if token is not None:
+        query.append(f"token={token}")
+    if since is not None:
+        query.append(f"since={since}")
+    url = f"{base}/api/ws/track/{track_id}" + ("?" + "&".join(query) if query else "")
+    async with connect(url, open_timeout=RECV_TIMEOUT, close_timeout=2, max_size=2**22, **kw) as conn:
+        yield Socket(conn)
+
+
+@dataclass(frozen=True)
+class World:
+    """Seed data: users by name, their tokens, tracks."""
+
+    users: dict[str, int]
+    tokens: dict[str, str]
+    public: str = "t-public"
+    other: str = "t-other"
+    private: str = "t-private"
+    timed: str = "t-timed"
+
+    def auth(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[name]}"}
+
+
+def seed(database_url: str) -> World:
+    """carol (creator of the album), tina (team), alice, bob, dave; four tracks."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        users = {}
+        for name, creator, team in [
+            ("carol", True, False),
+            ("tina", False, True),
+            ("alice", False, False),
+            ("bob", False, False),
+            ("dave", False, False),
+        ]:
+            row = conn.execute(
+                "INSERT INTO users (username, is_creator, is_team) VALUES (%s, %s, %s) RETURNING id",
+                (name, creator, team),
+            ).fetchone()
+            assert row is not None
+            users[name] = int(row[0])
+        album = conn.execute(
+            "INSERT INTO albums (title, created_by_id) VALUES ('Album', %s) RETURNING id", (users["carol"],)
+        ).fetchone()
+        assert album is not None
+        conn.execute(
+            """
+            INSERT INTO tracks (id, album_id, title, duration_seconds, is_private) VALUES
+              ('t-public', %(a)s, 'Public', NULL, false),
+              ('t-other', %(a)s, 'Other', NULL, false),
+              ('t-private', %(a)s, 'Private', 100, true),
+              ('t-timed', %(a)s, 'Timed', 60, false)
+            """,
+            {"a": album[0]},
+        )
+    tokens = {name: issue_token(SECRET, uid, 3600) for name, uid in users.items()}
+    return World(users=users, tokens=tokens)
