@@ -21,8 +21,9 @@ from app.wire import Ephemeral, Notice, Resync, TrackBatch, UserBatch, encoder
 
 log = logging.getLogger(__name__)
 
-_MAX_CATCH_UP = 1000
-"""A gap longer than this is not replayed live: the track's sockets get `resync` instead."""
+_MAX_CATCH_UP = 200
+"""A gap longer than this is not replayed live: the track's sockets get `resync` instead
+(kept below the sockets' queue bound, so that a catch-up alone never overflows a socket)."""
 
 
 def resync_frame(track_id: str, seq: int) -> str:

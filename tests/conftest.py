@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,13 +19,20 @@ TEMPLATE = "tracktalk_template"
 
 
 @pytest.fixture(scope="session")
-def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+def pg() -> Iterator[EmbeddedPostgres]:
     """The session's PostgreSQL server (the same starter `tracktalk serve` uses)."""
-    with EmbeddedPostgres(tmp_path_factory.mktemp("pg"), fast=True) as server:
-        with psycopg.connect(server.url, autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {TEMPLATE}")
-        migrate(server.url_for(TEMPLATE))
-        yield server
+    # A root the server's unprivileged user can enter (pytest's own temp folders are private
+    # to root), so that the data stays in it and goes with it.
+    root = Path(tempfile.mkdtemp(prefix="tracktalk-test-"))
+    root.chmod(0o755)
+    try:
+        with EmbeddedPostgres(root, fast=True) as server:
+            with psycopg.connect(server.url, autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {TEMPLATE}")
+            migrate(server.url_for(TEMPLATE))
+            yield server
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,10 @@ import json
 import os
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -45,7 +47,9 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: f
         time.sleep(interval)
 
 
-async def async_wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
+async def async_wait_until(
+    check: Callable[[], Any], timeout: float, what: str, interval: float = 0.02
+) -> Any:
     """Poll an async or sync `check` until it returns a truthy value; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -149,7 +153,9 @@ class Socket:
         self.received.append(message)
         return message
 
-    async def expect(self, kind: str, timeout: float = RECV_TIMEOUT, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    async def expect(
+        self, kind: str, timeout: float = RECV_TIMEOUT, ignore: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
         """The next message of type `kind`, failing on any other type not in `ignore`."""
         deadline = time.monotonic() + timeout
         while True:
@@ -185,8 +191,19 @@ class Socket:
 
 
 @contextlib.asynccontextmanager
-async def open_socket(base: str, track_id: str, token: str | None, since: int | None = None, **kw: Any):  # type: ignore[no-untyped-def]
-    """A socket on a track (not yet past `connected`: call expect('connected'))."""
+async def open_socket(  # type: ignore[no-untyped-def]
+    base: str, track_id: str, token: str | None, since: int | None = None, rcvbuf: int | None = None, **kw: Any
+):
+    """A socket on a track (not yet past `connected`: call expect('connected')).
+
+    `rcvbuf` fixes the client's TCP receive buffer (no autotuning), for a client that reads slowly.
+    """
+    if rcvbuf is not None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        host, port = base.removeprefix("ws://").split(":")
+        sock.connect((host, int(port)))
+        kw["sock"] = sock
     query = []
     if token is not None:
         query.append(f"token={token}")
@@ -245,3 +262,58 @@ def seed(database_url: str) -> World:
         )
     tokens = {name: issue_token(SECRET, uid, 3600) for name, uid in users.items()}
     return World(users=users, tokens=tokens)
+
+
+class TcpProxy:
+    """A real TCP forwarder that a test can cut and restore: a network outage on demand."""
+
+    def __init__(self, target_port: int, port: int | None = None) -> None:
+        self.target_port = target_port
+        self.port = port or free_port()
+        self._server: socketserver.ThreadingTCPServer | None = None
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def start(self) -> TcpProxy:
+        proxy = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                proxy._forward(self.request)
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def cut(self) -> None:
+        """Stop accepting and drop every open connection."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._sockets.clear()
+
+    def _forward(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+        upstream.settimeout(None)
+        with self._lock:
+            self._sockets.update((client, upstream))
+        pipe = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+        pipe.start()
+        _pump(client, upstream)
+        pipe.join(5)
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)

@@ -9,7 +9,6 @@ meanwhile; a writer task is the only one that sends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -43,8 +42,8 @@ CLOSE_POLICY = 1008
 CLOSE_UNSUPPORTED = 1003
 CLOSE_TOO_BIG = 1009
 CLOSE_TOKEN_EXPIRED = 4001
-_CLOSE_TIMEOUT = 2.0
-"""Seconds the writer waits to deliver a close frame before giving up on the client."""
+_CLOSE_TIMEOUT = 5.0
+"""Seconds a stopping socket's writer may take to flush and send the close frame."""
 
 
 class Refused(Exception):
@@ -69,23 +68,33 @@ async def track_socket(socket: WebSocket[Any, Any, Any], track_id: str, services
     )
     try:
         async with services.feed.subscription(sub) as start:
-            writer = asyncio.create_task(_write(socket, sub, services, since, start))
-            reader = asyncio.create_task(_read(socket, sub, viewer, services))
-            try:
-                await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if reader.done() and not writer.done():
-                    # The client left, or broke a rule and sub.close() asked the writer to say so.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(writer), _CLOSE_TIMEOUT)
-            finally:
-                for task in (writer, reader):
-                    task.cancel()
-                await asyncio.gather(writer, reader, return_exceptions=True)
+            await _serve(socket, sub, viewer, services, since, start)
     finally:
         expiry.cancel()
 
 
-async def _admit(socket: WebSocket[Any, Any, Any], track_id: str, services: Services) -> tuple[Viewer, int | None, int]:
+async def _serve(
+    socket: WebSocket[Any, Any, Any], sub: Subscriber, viewer: Viewer, services: Services, since: int | None, start: int
+) -> None:
+    """Run the writer and the reader until the client leaves or the subscriber is stopped."""
+    writer = asyncio.create_task(_write(socket, sub, services, since, start))
+    reader = asyncio.create_task(_read(socket, sub, viewer, services))
+    stopped = asyncio.create_task(sub.stopped.wait())
+    tasks = (writer, reader, stopped)
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if not writer.done():
+            # Let the writer say goodbye; a client that reads nothing may never let it.
+            await asyncio.wait({writer}, timeout=_CLOSE_TIMEOUT)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _admit(
+    socket: WebSocket[Any, Any, Any], track_id: str, services: Services
+) -> tuple[Viewer, int | None, int]:
     """Who is connecting, to which track, from which seq; Refused with the reason otherwise."""
     origins = services.settings.allowed_origins
     if origins and socket.headers.get("origin") not in origins:
@@ -129,7 +138,7 @@ async def _write(
             await send(frame)
         if sub.close_reason is not None:
             code, reason = sub.close_reason
-            await asyncio.wait_for(socket.close(code, reason), _CLOSE_TIMEOUT)
+            await socket.close(code, reason)
     except (OSError, RuntimeError, TimeoutError, WebSocketDisconnect) as exc:
         log.debug("socket writer stopped: %s", type(exc).__name__)
     finally:
@@ -157,7 +166,9 @@ async def _replay(sub: Subscriber, services: Services, since: int, start: int, s
             after = seq
 
 
-async def _read(socket: WebSocket[Any, Any, Any], sub: Subscriber, viewer: Viewer, services: Services) -> None:
+async def _read(
+    socket: WebSocket[Any, Any, Any], sub: Subscriber, viewer: Viewer, services: Services
+) -> None:
     """Handle the client's frames until it leaves or breaks a rule."""
     while sub.close_reason is None:
         message = await socket.receive()
@@ -165,7 +176,7 @@ async def _read(socket: WebSocket[Any, Any, Any], sub: Subscriber, viewer: Viewe
             sub.close(1000, "client left")
             return
         text = message.get("text")
-        if text is None:
+        if not isinstance(text, str):
             sub.close(CLOSE_UNSUPPORTED, "send JSON text frames")
             return
         if len(text) > MAX_FRAME or len(text.encode()) > MAX_FRAME:
@@ -174,10 +185,14 @@ async def _read(socket: WebSocket[Any, Any, Any], sub: Subscriber, viewer: Viewe
         try:
             kind = client_envelope_decoder.decode(text).type
         except msgspec.DecodeError:
-            sub.close(CLOSE_UNSUPPORTED, 'frames must be JSON objects like {"type": "typing", "is_typing": true}')
+            sub.close(
+                CLOSE_UNSUPPORTED, 'frames must be JSON objects like {"type": "typing", "is_typing": true}'
+            )
             return
         if kind != "typing":
-            _error(sub, f'unknown message type {kind[:40]!r}: send {{"type": "typing", "is_typing": true|false}}')
+            _error(
+                sub, f'unknown message type {kind[:40]!r}: send {{"type": "typing", "is_typing": true|false}}'
+            )
             continue
         try:
             typing = client_message_decoder.decode(text)

@@ -1,0 +1,53 @@
+"""A socket that stops reading is cut off at its queue bound and resumes without loss;
+the other sockets of its track are not delayed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import Replica, World, open_socket, replicas
+from tests.test_realtime import insert_comment
+
+QUEUE = 8
+BIG = "x" * 60_000
+
+
+@pytest.fixture(scope="module")
+def small_queues(db_url: str, world: World, log_dir: Path) -> Iterator[Replica]:
+    with replicas(db_url, log_dir, 1, TRACKTALK_SOCKET_QUEUE=str(QUEUE)) as started:
+        yield started[0]
+
+
+async def test_a_stalled_socket_is_closed_with_1013_and_resumes_with_since(
+    small_queues: Replica, world: World, db_url: str
+) -> None:
+    # The slow client's library stops reading from TCP once a frame is waiting (max_queue=1),
+    # and its kernel buffer is small: the server's writes soon block.
+    async with (
+        open_socket(small_queues.ws, world.public, world.tokens["alice"], max_queue=1, rcvbuf=32_768) as slow,
+        open_socket(small_queues.ws, world.public, world.tokens["bob"]) as fast,
+    ):
+        start = (await slow.expect("connected"))["seq"]
+        await fast.expect("connected")
+        written = 150
+
+        async def write() -> None:
+            for i in range(written):
+                await insert_comment(db_url, world.public, world.users["dave"], f"{i} {BIG}")
+
+        # The fast socket gets everything while the slow one sits on its frames.
+        _, got_fast = await asyncio.gather(write(), fast.events(2 * written, timeout=60))
+        assert [e["seq"] for e in got_fast] == list(range(start + 1, start + 2 * written + 1))
+        code, reason = await slow.closed(timeout=30)
+    assert code == 1013 and reason and "since=" in reason
+    seen = [m["seq"] for m in slow.received if m["type"] not in ("connected",)]
+    assert seen == list(range(start + 1, start + 1 + len(seen)))
+    assert len(seen) < 2 * written, "the slow socket was not cut off"
+    async with open_socket(small_queues.ws, world.public, world.tokens["alice"], since=seen[-1]) as back:
+        await back.expect("connected")
+        rest = await back.events(start + 2 * written - seen[-1], timeout=60)
+    assert [e["seq"] for e in rest] == list(range(seen[-1] + 1, start + 2 * written + 1))
