@@ -3,40 +3,21 @@
 from __future__ import annotations
 
 import io
-import os
-import uuid
 import wave
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from app.demo import DemoSummary, load_demo, synthesize_wav
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
-ADMIN_URL = os.environ.get("TRACKTALK_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:55432/postgres")
 COUNTED_TABLES = ("users", "albums", "tracks", "comments", "comment_likes", "track_likes", "track_shares")
 
 
 @pytest.fixture(scope="module")
-def demo_db_url() -> Iterator[str]:
-    """A scratch database with sql/schema.sql and sql/triggers.sql applied, dropped afterwards."""
-    name = "demo_scratch_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_conninfo(ADMIN_URL, dbname=name)
-    try:
-        with psycopg.connect(url) as conn:
-            conn.execute("SET LOCAL client_min_messages = warning")
-            for file in ("schema.sql", "triggers.sql"):
-                conn.execute((SQL_DIR / file).read_text(encoding="utf-8").encode())
-        yield url
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+def demo_db_url(db_url: str) -> str:
+    """The module's own database (schema applied), for the demo alone."""
+    return db_url
 
 
 @pytest.fixture(scope="module")
