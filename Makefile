@@ -30,9 +30,11 @@ install-test: $(VENV)/.test-deps
 run: install
 	$(BIN)/tracktalk serve --host $(HOST) --port $(PORT)
 
+PY_DIRS := $(wildcard app tests bench)
+
 lint: install-test
-	$(BIN)/ruff check app tests bench
-	$(BIN)/ruff format --check app tests bench
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 
 typecheck: install-test
 	$(BIN)/mypy
