@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from psycopg.errors import ForeignKeyViolation
 from psycopg.rows import class_row, tuple_row
 
 from app.db import Conn
-from app.errors import not_found
+from app.errors import not_found, unprocessable
 from app.wire import Comment, LikeState
 
 _SELECT = """
@@ -82,14 +83,19 @@ async def insert(
 ) -> int:
     """Write a comment; return its id. The triggers make it go live."""
     async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute(
-            """
-            INSERT INTO comments (track_id, user_id, parent_id, content, "timestamp")
-            VALUES (%s, %s, %s, %s, %s)
-            RETURNING id
-            """,
-            (track_id, user_id, parent_id, content, timestamp),
-        )
+        try:
+            await cur.execute(
+                """
+                INSERT INTO comments (track_id, user_id, parent_id, content, "timestamp")
+                VALUES (%s, %s, %s, %s, %s)
+                RETURNING id
+                """,
+                (track_id, user_id, parent_id, content, timestamp),
+            )
+        except ForeignKeyViolation as exc:
+            if exc.diag.constraint_name != "comments_parent_same_track_fkey":
+                raise
+            raise unprocessable(f"parent_id: comment {parent_id} was just deleted") from None
         row = await cur.fetchone()
     assert row is not None
     return int(row[0])
@@ -110,10 +116,13 @@ async def delete(conn: Conn, comment_id: int) -> bool:
 async def set_like(conn: Conn, comment_id: int, user_id: int, *, liked: bool) -> LikeState:
     """Like or unlike (idempotent: a second like or unlike changes nothing) and say the result."""
     if liked:
-        await conn.execute(
-            "INSERT INTO comment_likes (comment_id, user_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-            (comment_id, user_id),
-        )
+        try:
+            await conn.execute(
+                "INSERT INTO comment_likes (comment_id, user_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (comment_id, user_id),
+            )
+        except ForeignKeyViolation:  # the comment was deleted since the handler's check
+            raise not_found(f"comment {comment_id}") from None
     else:
         await conn.execute(
             "DELETE FROM comment_likes WHERE comment_id = %s AND user_id = %s", (comment_id, user_id)

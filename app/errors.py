@@ -61,6 +61,10 @@ def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response
         if isinstance(problem, dict):
             key = problem.get("key")
             message = str(problem.get("message", "invalid value"))
+            if key == "data":  # Litestar's name for the whole body
+                key = "body"
+                if message == "'data'":  # no body at all (Litestar's KeyError)
+                    message = "it is empty: send the fields as a JSON object or a form"
             parts.append(f"{key}: {message}" if key else message)
     if not parts:
         detail = str(exc.detail)
@@ -75,10 +79,14 @@ def _too_large(_: Request[Any, Any, Any], __: RequestEntityTooLarge) -> Response
 
 def _database_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.warning("database unavailable: %s", type(exc).__name__)
-    return _json(503, "the database is unavailable or too slow right now; try again shortly", {"Retry-After": "2"})
+    return _json(
+        503, "the database is unavailable or too slow right now; try again shortly", {"Retry-After": "2"}
+    )
 
 
-def _database_refused(_: Request[Any, Any, Any], exc: psycopg.errors.IntegrityError) -> Response[dict[str, Any]]:
+def _database_refused(
+    _: Request[Any, Any, Any], exc: psycopg.errors.IntegrityError
+) -> Response[dict[str, Any]]:
     """A constraint the API's own checks did not catch (e.g. a row deleted meanwhile)."""
     diag = exc.diag
     log.info("constraint refused a write: %s", diag.constraint_name)

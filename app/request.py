@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request
+from litestar.exceptions import ClientException, SerializationException
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -13,8 +14,12 @@ class TracktalkRequest(Request[Any, Any, Any]):
     """Accepts the seed client's form-encoded POST and PUT bodies wherever JSON is expected."""
 
     async def json(self) -> Any:
-        """The body as JSON, or the form's fields (strings, converted by the handler's types)."""
+        """The body as JSON, or the form's non-empty fields (strings, converted by the handler's types)."""
         if self.content_type[0] == FORM:
             form = await self.form()
-            return {key: value for key, value in form.items()}
-        return await super().json()
+            # An empty field (a form's blank `parent_id`) is an absent one.
+            return {key: value for key, value in form.items() if value != ""}
+        try:
+            return await super().json()
+        except SerializationException as exc:
+            raise ClientException(detail=f"the body is not valid JSON: {exc.detail}") from None

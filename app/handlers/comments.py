@@ -25,7 +25,9 @@ async def list_comments(
     services: Services,
     viewer: Viewer | None,
     limit: Annotated[int, Parameter(ge=1, le=500, description="Comments per page.")] = 100,
-    after_id: Annotated[int, Parameter(ge=0, le=2**63 - 1, description="Cursor: the last id of the previous page.")] = 0,
+    after_id: Annotated[
+        int, Parameter(ge=0, le=2**63 - 1, description="Cursor: the last id of the previous page.")
+    ] = 0,
 ) -> Response[list[Comment]]:
     """A page of the track's comments, oldest first; a `Link: rel="next"` header points at the next page."""
     check_track_id(track_id)
@@ -45,7 +47,8 @@ async def create_comment(track_id: str, data: CommentIn, services: Services, use
     """Post a comment at `timestamp` seconds into the track, or a reply to `parent_id`."""
     check_track_id(track_id)
     content = clean_content(data.content)
-    async with services.pool.connection() as conn:
+    # One transaction: a parent deleted meanwhile waits for the reply, not the reply's read-back for it.
+    async with services.pool.connection() as conn, conn.transaction():
         track = await visible_track(conn, track_id, user.id)
         check_timestamp(data.timestamp, track.duration_seconds)
         if data.parent_id is not None and await comments.parent_track(conn, data.parent_id) != track_id:
