@@ -17,9 +17,6 @@ from app.db import SchemaError, check_schema, migrate
 
 log = logging.getLogger("app.cli")
 
-MAX_FRAME = 4096
-"""Largest WebSocket frame uvicorn reads from a client (the contract's 4 KiB)."""
-
 
 def home() -> Path:
     """Where the embedded database and its secret live (TRACKTALK_HOME, default ./.tracktalk)."""
@@ -62,9 +59,8 @@ def secret_key() -> str:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     """Serve the API, the sockets and the page."""
-    import uvicorn
-
     from app.main import create_app
+    from app.server import serve
 
     embedded = not os.environ.get("DATABASE_URL")
     with database() as (url, created):
@@ -76,25 +72,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
         else:
             settings = Settings.from_env()
             check_schema(settings.database_url)
-        config = uvicorn.Config(
-            create_app(settings),
-            host=args.host,
-            port=args.port,
-            ws="wsproto",
-            ws_max_size=MAX_FRAME,
-            # Off: deflate compresses every frame again for every socket (the bytes are no longer
-            # shared) and about triples the memory of an idle socket. See docs/performance.md.
-            ws_per_message_deflate=False,
-            lifespan="on",
-            log_level="info",
-            timeout_graceful_shutdown=8,
-            proxy_headers=True,
-        )
         address = f"http://{args.host}:{args.port}/"
         print(f"tracktalk: open {address}  (API schema: {address}schema/swagger)", flush=True)
         if embedded:
             print("tracktalk: a token for user 1: tracktalk token 1", flush=True)
-        uvicorn.Server(config).run()
+        serve(create_app(settings), args.host, args.port)
 
 
 def _load_demo(url: str) -> None:

@@ -25,6 +25,8 @@ class Hub:
         self.users: dict[int, set[Subscriber]] = {}
         self.delivered = 0
         """Frames handed to sockets since start (for metrics)."""
+        self.closing = False
+        """Set at shutdown: new sockets are turned away."""
 
     def add(self, sub: Subscriber, last_seq: int) -> TrackChannel:
         """Register a socket; a new track channel starts at `last_seq`."""
@@ -61,7 +63,8 @@ class Hub:
             self._offer(mine, 0, frame)
 
     def close_all(self, code: int, reason: str) -> None:
-        """Ask every socket to close (shutdown)."""
+        """Turn new sockets away and ask every open one to close (shutdown)."""
+        self.closing = True
         for channel in self.tracks.values():
             for sub in channel.subscribers:
                 sub.close(code, reason)

@@ -18,6 +18,7 @@ from typing import Protocol
 import msgspec
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from app.events import CHANNEL
 from app.wire import Notice, notice_decoder
@@ -84,13 +85,13 @@ class Listener:
             await asyncio.sleep(random.uniform(delay / 2, delay))
 
     async def _session(self) -> None:
-        conn = await psycopg.AsyncConnection.connect(
+        conninfo = make_conninfo(
             self._conninfo,
-            autocommit=True,
             application_name="tracktalk-listener",
             connect_timeout=_CONNECT_TIMEOUT,
             **_KEEPALIVE,
         )
+        conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
         async with conn:
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
             self.backend_pid = conn.info.backend_pid

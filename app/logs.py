@@ -35,4 +35,6 @@ def configure_logging(*, json: bool = False, level: int = logging.INFO) -> None:
         handler._tracktalk = True  # type: ignore[attr-defined]
         root.addHandler(handler)
         root.propagate = False
-    handler.setFormatter(JsonFormatter() if json else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter() if json else logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from litestar import Litestar
 from litestar.di import Provide
@@ -29,7 +30,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             app.state.services = services
             yield
 
-    handlers = [
+    handlers: list[Any] = [
         *comments.route_handlers,
         *tracks.route_handlers,
         *notifications.route_handlers,

@@ -18,7 +18,16 @@ class Subscriber:
     `seq`; those at or below `skip_through` (already seen by the client) are dropped.
     """
 
-    __slots__ = ("_frames", "_limit", "_wakeup", "close_reason", "skip_through", "stopped", "track_id", "user_id")
+    __slots__ = (
+        "_frames",
+        "_limit",
+        "_wakeup",
+        "close_reason",
+        "skip_through",
+        "stopped",
+        "track_id",
+        "user_id",
+    )
 
     def __init__(self, user_id: int, track_id: str, limit: int) -> None:
         self.user_id = user_id

@@ -110,6 +110,8 @@ async def share(conn: Conn, track_id: str, user_id: int) -> None:
 async def audio(conn: Conn, track_id: str) -> tuple[str, bytes] | None:
     """The content type and bytes of audio that tracktalk serves itself for the track."""
     async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute("SELECT content_type, data FROM tracktalk.track_audio WHERE track_id = %s", (track_id,))
+        await cur.execute(
+            "SELECT content_type, data FROM tracktalk.track_audio WHERE track_id = %s", (track_id,)
+        )
         row = await cur.fetchone()
     return (str(row[0]), bytes(row[1])) if row else None

@@ -192,7 +192,12 @@ class Socket:
 
 @contextlib.asynccontextmanager
 async def open_socket(  # type: ignore[no-untyped-def]
-    base: str, track_id: str, token: str | None, since: int | None = None, rcvbuf: int | None = None, **kw: Any
+    base: str,
+    track_id: str,
+    token: str | None,
+    since: int | None = None,
+    rcvbuf: int | None = None,
+    **kw: Any,
 ):
     """A socket on a track (not yet past `connected`: call expect('connected')).
 

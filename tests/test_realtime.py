@@ -35,7 +35,9 @@ async def insert_comment(db_url: str, track: str, user_id: int, content: str, ts
 async def post_comment(replica: Replica, world: World, who: str, track: str, content: str) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=replica.http, timeout=10) as client:
         answer = await client.post(
-            f"/api/tracks/{track}/comments", json={"content": content, "timestamp": 2.5}, headers=world.auth(who)
+            f"/api/tracks/{track}/comments",
+            json={"content": content, "timestamp": 2.5},
+            headers=world.auth(who),
         )
     assert answer.status_code == 201, answer.text
     result: dict[str, Any] = answer.json()
@@ -76,7 +78,11 @@ async def test_api_and_sql_writes_reach_both_replicas_with_the_same_seq(
         # The socket on another track saw none of it: its first event is its own track's.
         marker = await insert_comment(db_url, world.other, world.users["dave"], "marker")
         first = (await elsewhere.events(1))[0]
-        assert (first["type"], first["track_id"], first["comment"]["id"]) == ("new_comment", world.other, marker)
+        assert (first["type"], first["track_id"], first["comment"]["id"]) == (
+            "new_comment",
+            world.other,
+            marker,
+        )
 
 
 async def test_edit_delete_like_and_unlike_arrive(pair: list[Replica], world: World, db_url: str) -> None:
@@ -87,12 +93,22 @@ async def test_edit_delete_like_and_unlike_arrive(pair: list[Replica], world: Wo
         await watcher.events(2)
         async with httpx.AsyncClient(base_url=a.http, timeout=10) as client:
             cid = comment["id"]
-            assert (await client.put(f"/api/comments/{cid}", json={"content": "changed"}, headers=world.auth("alice"))).is_success
+            assert (
+                await client.put(
+                    f"/api/comments/{cid}", json={"content": "changed"}, headers=world.auth("alice")
+                )
+            ).is_success
             assert (await client.post(f"/api/comments/{cid}/like", headers=world.auth("bob"))).is_success
-            await sql(db_url, "INSERT INTO comment_likes (comment_id, user_id) VALUES (%s, %s)", (cid, world.users["dave"]))
+            await sql(
+                db_url,
+                "INSERT INTO comment_likes (comment_id, user_id) VALUES (%s, %s)",
+                (cid, world.users["dave"]),
+            )
             assert (await client.delete(f"/api/comments/{cid}/like", headers=world.auth("bob"))).is_success
             await sql(db_url, "UPDATE comments SET content = 'by psql' WHERE id = %s", (cid,))
-            assert (await client.delete(f"/api/comments/{cid}", headers=world.auth("alice"))).status_code == 204
+            assert (
+                await client.delete(f"/api/comments/{cid}", headers=world.auth("alice"))
+            ).status_code == 204
         got = await watcher.events(7)
     assert [e["type"] for e in got] == [
         "comment_edited",
@@ -138,7 +154,10 @@ async def test_fifty_concurrent_writers_give_every_socket_the_same_gapless_order
         start = (await on_a.expect("connected"))["seq"]
         await on_b.expect("connected")
         await asyncio.gather(
-            *(insert_comment(db_url, world.timed, world.users["dave"], f"writer {i}", i) for i in range(writers))
+            *(
+                insert_comment(db_url, world.timed, world.users["dave"], f"writer {i}", i)
+                for i in range(writers)
+            )
         )
         got_a, got_b = await on_a.events(2 * writers), await on_b.events(2 * writers)
     assert [e["seq"] for e in got_a] == list(range(start + 1, start + 2 * writers + 1))
@@ -181,7 +200,11 @@ async def test_resume_while_others_keep_writing_has_no_gap_or_duplicate_at_the_s
         async with open_socket(b.ws, world.other, world.tokens["alice"], since=left_at) as back:
             await back.expect("connected")
             await writing
-            latest = (await sql(db_url, "SELECT last_seq FROM tracktalk.track_state WHERE track_id = %s", (world.other,)))[0][0]
+            latest = (
+                await sql(
+                    db_url, "SELECT last_seq FROM tracktalk.track_state WHERE track_id = %s", (world.other,)
+                )
+            )[0][0]
             got = await back.events(latest - left_at)
     finally:
         writing.cancel()
@@ -190,11 +213,17 @@ async def test_resume_while_others_keep_writing_has_no_gap_or_duplicate_at_the_s
     assert [e["seq"] for e in got] == list(range(left_at + 1, latest + 1))
 
 
-async def test_since_older_than_what_is_kept_gets_resync(pair: list[Replica], world: World, db_url: str) -> None:
+async def test_since_older_than_what_is_kept_gets_resync(
+    pair: list[Replica], world: World, db_url: str
+) -> None:
     a, _ = pair
     await insert_comment(db_url, world.other, world.users["bob"], "soon pruned")
-    latest = (await sql(db_url, "SELECT last_seq FROM tracktalk.track_state WHERE track_id = %s", (world.other,)))[0][0]
-    await sql(db_url, "DELETE FROM tracktalk.events WHERE track_id = %s AND seq <= %s", (world.other, latest - 1))
+    latest = (
+        await sql(db_url, "SELECT last_seq FROM tracktalk.track_state WHERE track_id = %s", (world.other,))
+    )[0][0]
+    await sql(
+        db_url, "DELETE FROM tracktalk.events WHERE track_id = %s AND seq <= %s", (world.other, latest - 1)
+    )
     async with open_socket(a.ws, world.other, world.tokens["alice"], since=0) as late:
         await late.expect("connected")
         resync = await late.expect("resync")
@@ -237,7 +266,9 @@ async def test_events_committed_while_the_listener_was_killed_still_arrive(
         replica.wait_ready(10)
 
 
-async def test_a_60kb_comment_written_by_sql_arrives_whole(pair: list[Replica], world: World, db_url: str) -> None:
+async def test_a_60kb_comment_written_by_sql_arrives_whole(
+    pair: list[Replica], world: World, db_url: str
+) -> None:
     a, b = pair
     content = "🎵 long " + "x" * 60_000
     async with (
@@ -266,7 +297,11 @@ async def test_one_update_of_10000_comments_neither_breaks_the_listener_nor_floo
             (world.timed, world.users["dave"]),
         )
         await sql(db_url, "UPDATE comments SET content = content || ' (edited)' WHERE content LIKE 'bulk %%'")
-        latest = (await sql(db_url, "SELECT last_seq FROM tracktalk.track_state WHERE track_id = %s", (world.timed,)))[0][0]
+        latest = (
+            await sql(
+                db_url, "SELECT last_seq FROM tracktalk.track_state WHERE track_id = %s", (world.timed,)
+            )
+        )[0][0]
         # Too many to replay live: the socket is told to reload, up to the latest seq.
         told = await watcher.expect("resync")
         if told["seq"] < latest:
@@ -284,7 +319,9 @@ def _rss_kib(replica: Replica) -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
 
 
-async def test_typing_crosses_replicas_once_a_second_at_most(pair: list[Replica], world: World, db_url: str) -> None:
+async def test_typing_crosses_replicas_once_a_second_at_most(
+    pair: list[Replica], world: World, db_url: str
+) -> None:
     a, b = pair
     async with (
         open_socket(a.ws, world.other, world.tokens["alice"]) as typist,
@@ -299,11 +336,19 @@ async def test_typing_crosses_replicas_once_a_second_at_most(pair: list[Replica]
         await typist.expect("error", ignore=("user_typing",))
         marker = await insert_comment(db_url, world.other, world.users["dave"], "marker")
         typing = await reader.expect("user_typing")
-        assert (typing["user_id"], typing["username"], typing["is_typing"]) == (world.users["alice"], "alice", True)
+        assert (typing["user_id"], typing["username"], typing["is_typing"]) == (
+            world.users["alice"],
+            "alice",
+            True,
+        )
         assert "seq" not in typing
         nxt = await reader.recv()
-        assert (nxt["type"], nxt["comment"]["id"]) == ("new_comment", marker), "more than one typing frame was relayed"
-    stored = await sql(db_url, "SELECT count(*) FROM tracktalk.events WHERE message::text LIKE '%%user_typing%%'")
+        assert (nxt["type"], nxt["comment"]["id"]) == ("new_comment", marker), (
+            "more than one typing frame was relayed"
+        )
+    stored = await sql(
+        db_url, "SELECT count(*) FROM tracktalk.events WHERE message::text LIKE '%%user_typing%%'"
+    )
     assert stored == [(0,)]
 
 

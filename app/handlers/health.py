@@ -34,7 +34,9 @@ async def readyz(services: Services) -> Response[Health]:
         "listener": services.listener.ready,
     }
     ok = all(checks.values())
-    return Response(Health(status="ok" if ok else "unavailable", checks=checks), status_code=200 if ok else 503)
+    return Response(
+        Health(status="ok" if ok else "unavailable", checks=checks), status_code=200 if ok else 503
+    )
 
 
 route_handlers = [healthz, readyz]

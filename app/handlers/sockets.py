@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_FRAME = 4096
 """Largest client frame, in bytes; a bigger one closes the socket with 1009."""
+CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_UNSUPPORTED = 1003
 CLOSE_TOO_BIG = 1009
@@ -54,6 +55,9 @@ class Refused(Exception):
 async def track_socket(socket: WebSocket[Any, Any, Any], track_id: str, services: Services) -> None:
     """Live events of a track and live messages for the socket's user."""
     await socket.accept()
+    if services.hub.closing:
+        await socket.close(CLOSE_GOING_AWAY, "server shutting down: try another replica")
+        return
     try:
         viewer, since, expires_at = await _admit(socket, track_id, services)
     except Refused as exc:
@@ -74,7 +78,12 @@ async def track_socket(socket: WebSocket[Any, Any, Any], track_id: str, services
 
 
 async def _serve(
-    socket: WebSocket[Any, Any, Any], sub: Subscriber, viewer: Viewer, services: Services, since: int | None, start: int
+    socket: WebSocket[Any, Any, Any],
+    sub: Subscriber,
+    viewer: Viewer,
+    services: Services,
+    since: int | None,
+    start: int,
 ) -> None:
     """Run the writer and the reader until the client leaves or the subscriber is stopped."""
     writer = asyncio.create_task(_write(socket, sub, services, since, start))

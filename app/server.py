@@ -1,0 +1,68 @@
+"""uvicorn, set up for tracktalk, and a shutdown that says goodbye to the sockets first."""
+
+from __future__ import annotations
+
+import asyncio
+from types import FrameType
+
+import uvicorn
+from litestar import Litestar
+
+from app.handlers.sockets import CLOSE_GOING_AWAY, MAX_FRAME
+
+_DRAIN_GRACE = 0.5
+"""Seconds the sockets get to receive their 1001 before uvicorn closes what is left."""
+
+
+class Server(uvicorn.Server):
+    """On SIGTERM or Ctrl-C: refuse new sockets, close open ones with 1001, then let uvicorn
+    finish the requests in flight and stop (within its graceful timeout)."""
+
+    def __init__(self, config: uvicorn.Config, app: Litestar) -> None:
+        super().__init__(config)
+        self._app = app
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+
+    async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+        """Remember the loop, then serve as uvicorn does."""
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)  # type: ignore[arg-type]
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """First signal: drain the sockets, then exit; a second one exits at once."""
+        if self._draining or self._loop is None:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        self._loop.call_soon_threadsafe(self._drain, sig, frame)
+
+    def _drain(self, sig: int, frame: FrameType | None) -> None:
+        services = getattr(self._app.state, "services", None)
+        if services is not None:
+            services.hub.close_all(CLOSE_GOING_AWAY, "server shutting down: reconnect with since=<last seq>")
+        assert self._loop is not None
+        self._loop.call_later(_DRAIN_GRACE, super().handle_exit, sig, frame)
+
+
+def config(app: Litestar, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's settings for tracktalk."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        ws="wsproto",
+        ws_max_size=MAX_FRAME,
+        # Off: deflate compresses every frame again for every socket (the bytes are no longer
+        # shared) and about triples the memory of an idle socket. See docs/performance.md.
+        ws_per_message_deflate=False,
+        lifespan="on",
+        log_level="info",
+        timeout_graceful_shutdown=8,
+        proxy_headers=True,
+    )
+
+
+def serve(app: Litestar, host: str, port: int) -> None:
+    """Serve until SIGTERM or Ctrl-C."""
+    Server(config(app, host, port), app).run()
