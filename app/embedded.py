@@ -769,6 +769,19 @@ class EmbeddedPostgres:
             raise EmbeddedError("the embedded PostgreSQL has not been started: use it in a `with` block")
         return self._layout.data
 
+    def restart(self) -> None:
+        """Stop the server and start it again on the same data and port: its clients see what a
+        server restart does to them (the tests of recovery use this)."""
+        bindir = find_bindir()
+        if self._proc is None or self._layout is None or bindir is None:
+            raise EmbeddedError(
+                "the embedded PostgreSQL is not running: start it with `with EmbeddedPostgres(...)`"
+            )
+        _stop_process(self._proc)
+        with _open_log(self._layout.log) as log_file:
+            self._launch(bindir, self._layout, _server_user(), log_file, log_file.tell())
+        log.info("PostgreSQL restarted (PID %s)", self.pid)
+
     def _start(self) -> None:
         """Find the binaries, take the lock, initdb if needed, start postgres and wait for it."""
         bindir = find_bindir()

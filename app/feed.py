@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from app.events import EventLog
@@ -35,10 +36,11 @@ def resync_frame(track_id: str, seq: int) -> str:
 class Feed:
     """The listener's sink: routes notices to the hub in per-track seq order."""
 
-    def __init__(self, hub: Hub, events: EventLog) -> None:
+    def __init__(self, hub: Hub, events: EventLog, on_lag: Callable[[float], None] | None = None) -> None:
         self._hub = hub
         self._events = events
         self._lock = asyncio.Lock()
+        self._on_lag = on_lag
 
     @asynccontextmanager
     async def subscription(self, sub: Subscriber) -> AsyncIterator[int]:
@@ -69,6 +71,8 @@ class Feed:
             case TrackBatch():
                 async with self._lock:
                     await self._track_batch(notice)
+                if self._on_lag is not None and notice.at:
+                    self._on_lag(max(0.0, time.time() - notice.at))
             case UserBatch():
                 await self._user_batch(notice)
             case Ephemeral(track_id=track_id, message=message):

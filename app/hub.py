@@ -25,6 +25,8 @@ class Hub:
         self.users: dict[int, set[Subscriber]] = {}
         self.delivered = 0
         """Frames handed to sockets since start (for metrics)."""
+        self.dropped_slow = 0
+        """Sockets asked to close for not keeping up (1013)."""
         self.closing = False
         """Set at shutdown: new sockets are turned away."""
 
@@ -76,5 +78,8 @@ class Hub:
 
     def _offer(self, subs: Iterable[Subscriber], seq: int, frame: str) -> None:
         for sub in subs:
+            was_open = sub.close_reason is None
             if sub.offer(seq, frame):
                 self.delivered += 1
+            elif was_open:
+                self.dropped_slow += 1

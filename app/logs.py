@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import msgspec
 
 _encoder = msgspec.json.Encoder()
+_TOKEN = re.compile(r"(token=|Bearer\s+)[^&\s\"']+", re.IGNORECASE)
+
+
+class RedactTokens(logging.Filter):
+    """Replaces access tokens (a socket's `?token=`, a `Bearer` header) with `***` in a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _TOKEN.sub(r"\1***", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,6 +42,8 @@ def configure_logging(*, json: bool = False, level: int = logging.INFO) -> None:
     """Send the app's logs to stderr, once (calling again only changes the format)."""
     root = logging.getLogger("app")
     root.setLevel(level)
+    if not any(isinstance(f, RedactTokens) for f in root.filters):
+        root.addFilter(RedactTokens())
     handler = next((h for h in root.handlers if getattr(h, "_tracktalk", False)), None)
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
@@ -38,3 +53,14 @@ def configure_logging(*, json: bool = False, level: int = logging.INFO) -> None:
     handler.setFormatter(
         JsonFormatter() if json else logging.Formatter("%(levelname)s %(name)s: %(message)s")
     )
+
+
+def tame_uvicorn(*, json: bool = False) -> None:
+    """Keep tokens out of uvicorn's lines (its access and WebSocket lines show the query string)."""
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
+        if json:
+            for handler in logger.handlers:
+                handler.setFormatter(JsonFormatter())

@@ -9,6 +9,7 @@ import uvicorn
 from litestar import Litestar
 
 from app.handlers.sockets import CLOSE_GOING_AWAY, MAX_FRAME
+from app.logs import tame_uvicorn
 
 _DRAIN_GRACE = 0.5
 """Seconds the sockets get to receive their 1001 before uvicorn closes what is left."""
@@ -63,6 +64,8 @@ def config(app: Litestar, host: str, port: int) -> uvicorn.Config:
     )
 
 
-def serve(app: Litestar, host: str, port: int) -> None:
+def serve(app: Litestar, host: str, port: int, *, json_logs: bool = False) -> None:
     """Serve until SIGTERM or Ctrl-C."""
-    Server(config(app, host, port), app).run()
+    settings = config(app, host, port)  # configures uvicorn's loggers: tame them after
+    tame_uvicorn(json=json_logs)
+    Server(settings, app).run()

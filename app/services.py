@@ -18,6 +18,7 @@ from app.events import EventLog
 from app.feed import Feed
 from app.hub import Hub
 from app.listener import Listener
+from app.metrics import Metrics
 from app.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class Services:
     feed: Feed
     listener: Listener
     typing: RateLimiter
+    metrics: Metrics
 
 
 @asynccontextmanager
@@ -54,9 +56,11 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             )
         events = EventLog(pool)
         hub = Hub()
-        feed = Feed(hub, events)
+        metrics = Metrics(hub)
+        feed = Feed(hub, events, on_lag=metrics.lag.observe)
         listener = Listener(settings.listen_url, feed)
-        services = Services(settings, pool, events, hub, feed, listener, RateLimiter(per_second=1.0))
+        metrics.watch(listener)
+        services = Services(settings, pool, events, hub, feed, listener, RateLimiter(per_second=1.0), metrics)
         async with _background(listener.run()), _background(_prune_forever(events)):
             yield services
             hub.close_all(1001, "server shutting down")

@@ -290,6 +290,8 @@ class TrackBatch(Struct, tag_field="k", tag="track"):
     track_id: str
     first: int
     last: int
+    at: float = 0.0
+    """When the trigger made the events (seconds since the epoch, the database's clock)."""
     events: list[Raw] | None = None
 
 

@@ -16,7 +16,7 @@
 -- New notifications rows are announced the same way, per recipient (kind "user").
 --
 -- NOTIFY payloads on channel 'tracktalk' (JSON, read by app/listener.py):
---   {"k":"track","track_id":T,"first":F,"last":L[,"events":[message F, ..., message L]]}
+--   {"k":"track","track_id":T,"first":F,"last":L,"at":EPOCH[,"events":[message F, ..., message L]]}
 --   {"k":"user","ids":[notification ids][,"messages":[{"user_id":U,"message":{...}}, ...]]}
 --   {"k":"ephemeral","track_id":T,"message":{...}}          (sent by the app: typing)
 
@@ -81,8 +81,10 @@ BEGIN
     SELECT track, first_seq + o - 1, t::json
       FROM unnest(texts) WITH ORDINALITY AS u (t, o);
 
-    payload := format('{"k":"track","track_id":%s,"first":%s,"last":%s',
-                      to_json(track), first_seq, state.last_seq);
+    -- "at": when the event was made (seconds since the epoch), for the delivery-lag metric.
+    payload := format('{"k":"track","track_id":%s,"first":%s,"last":%s,"at":%s',
+                      to_json(track), first_seq, state.last_seq,
+                      round(extract(epoch FROM clock_timestamp()), 6));
     IF octet_length(payload) + (SELECT sum(octet_length(t) + 1) FROM unnest(texts) AS t) + 12
        <= tracktalk.max_payload() THEN
         payload := payload || ',"events":[' || array_to_string(texts, ',') || ']}';

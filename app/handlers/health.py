@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from litestar import Response, get
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.db import SCHEMA_VERSION, schema_version
 from app.services import Services
@@ -39,4 +40,15 @@ async def readyz(services: Services) -> Response[Health]:
     )
 
 
-route_handlers = [healthz, readyz]
+@get("/metrics", tags=["health"], media_type=CONTENT_TYPE_LATEST)
+async def metrics(services: Services) -> Response[bytes]:
+    """Prometheus metrics: sockets, deliveries, listener, lag, NOTIFY queue usage."""
+    try:
+        usage = await asyncio.wait_for(services.events.queue_usage(), _DB_CHECK_TIMEOUT)
+        services.metrics.notify_queue_usage = usage
+    except Exception:
+        pass  # keep the last reading; /readyz tells whether the database answers
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+route_handlers = [healthz, readyz, metrics]

@@ -1,0 +1,75 @@
+"""Prometheus metrics of a replica, read from its parts when scraped (GET /metrics)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from app.hub import Hub
+from app.listener import Listener
+
+log = logging.getLogger(__name__)
+
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """The replica's registry: live counters from the hub and listener, and the lag histogram."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.lag = Histogram(
+            "tracktalk_delivery_lag_seconds",
+            "From the trigger that made an event to its hand-over to this replica's sockets.",
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
+        self.notify_queue_usage = 0.0
+        """pg_notification_queue_usage() as last read (every scrape of /metrics reads it)."""
+
+    def watch(self, listener: Listener) -> None:
+        """Report the hub's and the listener's live counters."""
+        self.registry.register(_Live(self._hub, listener, self))
+
+
+class _Live(Collector):
+    def __init__(self, hub: Hub, listener: Listener, metrics: Metrics) -> None:
+        self._hub = hub
+        self._listener = listener
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "tracktalk_open_sockets", "WebSockets open on this replica.", value=self._hub.sockets
+        )
+        yield GaugeMetricFamily(
+            "tracktalk_watched_tracks", "Tracks with sockets on this replica.", value=len(self._hub.tracks)
+        )
+        yield CounterMetricFamily(
+            "tracktalk_events_delivered", "Frames handed to sockets.", value=self._hub.delivered
+        )
+        yield CounterMetricFamily(
+            "tracktalk_sockets_dropped_slow",
+            "Sockets closed with 1013 for not keeping up.",
+            value=self._hub.dropped_slow,
+        )
+        yield CounterMetricFamily(
+            "tracktalk_listener_reconnects",
+            "Times the LISTEN connection was lost and made again.",
+            value=self._listener.reconnects,
+        )
+        yield GaugeMetricFamily(
+            "tracktalk_listener_ready",
+            "1 when the listener is connected and caught up.",
+            value=float(self._listener.ready),
+        )
+        yield GaugeMetricFamily(
+            "tracktalk_notify_queue_usage",
+            "pg_notification_queue_usage(): the fraction of PostgreSQL's NOTIFY queue in use.",
+            value=self._metrics.notify_queue_usage,
+        )

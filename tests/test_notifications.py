@@ -1,0 +1,500 @@
+"""Notifications (issue 4): who the database notifies, the inbox API, and live delivery.
+
+Every rule is checked for a change made through the HTTP API and for the same change made with
+plain SQL (the `writer` fixture), because the triggers make the notifications in the writer's
+own transaction, whoever the writer is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+import psycopg
+import pytest
+
+from app.auth import issue_token
+from tests.support import SECRET, Replica, World, open_socket
+
+# ---------------------------------------------------------------------------------------------
+# People, writers and readers
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class People:
+    """The seeded users plus the ones a test adds, by name."""
+
+    db_url: str
+    ids: dict[str, int]
+    tokens: dict[str, str]
+
+    def auth(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[name]}"}
+
+    def add(self, name: str) -> int:
+        """A new user (by SQL) with a token."""
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            row = conn.execute("INSERT INTO users (username) VALUES (%s) RETURNING id", (name,)).fetchone()
+        assert row is not None
+        self.ids[name] = int(row[0])
+        self.tokens[name] = issue_token(SECRET, self.ids[name], 3600)
+        return self.ids[name]
+
+
+class Writer(Protocol):
+    """Changes comments as a user, either through the API or with plain SQL."""
+
+    def comment(self, who: str, track: str, content: str, parent: int | None = None) -> int: ...
+    def edit(self, who: str, comment_id: int, content: str) -> None: ...
+    def like(self, who: str, comment_id: int) -> None: ...
+    def unlike(self, who: str, comment_id: int) -> None: ...
+    def delete(self, who: str, comment_id: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class ApiWriter:
+    """Writes through a replica's HTTP API."""
+
+    def __init__(self, base: str, people: People) -> None:
+        self.client = httpx.Client(base_url=base, timeout=10)
+        self.people = people
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _call(self, method: str, url: str, who: str, expect: int, body: Any = None) -> httpx.Response:
+        response = self.client.request(method, url, json=body, headers=self.people.auth(who))
+        assert response.status_code == expect, response.text
+        return response
+
+    def comment(self, who: str, track: str, content: str, parent: int | None = None) -> int:
+        body = {"content": content, "timestamp": 1.0, "parent_id": parent}
+        return int(self._call("POST", f"/api/tracks/{track}/comments", who, 201, body).json()["id"])
+
+    def edit(self, who: str, comment_id: int, content: str) -> None:
+        self._call("PUT", f"/api/comments/{comment_id}", who, 200, {"content": content})
+
+    def like(self, who: str, comment_id: int) -> None:
+        self._call("POST", f"/api/comments/{comment_id}/like", who, 200)
+
+    def unlike(self, who: str, comment_id: int) -> None:
+        self._call("DELETE", f"/api/comments/{comment_id}/like", who, 200)
+
+    def delete(self, who: str, comment_id: int) -> None:
+        self._call("DELETE", f"/api/comments/{comment_id}", who, 204)
+
+
+class SqlWriter:
+    """Writes the rows directly, as psql or another service would."""
+
+    def __init__(self, db_url: str, people: People) -> None:
+        self.db_url = db_url
+        self.people = people
+
+    def close(self) -> None:
+        pass
+
+    def _run(self, sql: str, *params: Any) -> Any:
+        rows = query(self.db_url, sql, *params)
+        return rows[0] if rows else None
+
+    def comment(self, who: str, track: str, content: str, parent: int | None = None) -> int:
+        row = self._run(
+            "INSERT INTO comments (track_id, user_id, content, timestamp, parent_id)"
+            " VALUES (%s, %s, %s, 1.0, %s) RETURNING id",
+            track,
+            self.people.ids[who],
+            content,
+            parent,
+        )
+        return int(row[0])
+
+    def edit(self, who: str, comment_id: int, content: str) -> None:
+        self._run("UPDATE comments SET content = %s WHERE id = %s", content, comment_id)
+
+    def like(self, who: str, comment_id: int) -> None:
+        self._run(
+            "INSERT INTO comment_likes (comment_id, user_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            comment_id,
+            self.people.ids[who],
+        )
+
+    def unlike(self, who: str, comment_id: int) -> None:
+        self._run(
+            "DELETE FROM comment_likes WHERE comment_id = %s AND user_id = %s",
+            comment_id,
+            self.people.ids[who],
+        )
+
+    def delete(self, who: str, comment_id: int) -> None:
+        self._run("DELETE FROM comments WHERE id = %s", comment_id)
+
+
+def query(db_url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """One statement in its own autocommit connection; its rows, if it returns any."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+def notified(db_url: str, comment_id: int) -> dict[str, str]:
+    """Who holds a comment/reply/mention notification of the comment, and of which kind."""
+    rows = query(
+        db_url,
+        "SELECT u.username, n.kind FROM notifications n JOIN users u ON u.id = n.user_id"
+        " WHERE n.comment_id = %s AND n.kind <> 'comment_like' ORDER BY u.username",
+        comment_id,
+    )
+    names = [name for name, _ in rows]
+    assert len(names) == len(set(names)), f"someone got two notifications of one comment: {rows}"
+    return dict(rows)
+
+
+def like_notices(db_url: str, comment_id: int) -> list[tuple[str, str]]:
+    """(recipient, liker) of every comment_like notification of the comment."""
+    rows = query(
+        db_url,
+        "SELECT r.username, a.username FROM notifications n"
+        " JOIN users r ON r.id = n.user_id JOIN users a ON a.id = n.actor_id"
+        " WHERE n.comment_id = %s AND n.kind = 'comment_like' ORDER BY a.username",
+        comment_id,
+    )
+    return [(str(r), str(a)) for r, a in rows]
+
+
+def inbox(client: httpx.Client, people: People, who: str, **params: Any) -> httpx.Response:
+    """GET /api/notifications as `who`."""
+    response = client.get("/api/notifications", params=params, headers=people.auth(who))
+    assert response.status_code == 200, response.text
+    return response
+
+
+def mark_read(client: httpx.Client, people: People, who: str, **kw: Any) -> int:
+    """POST /api/notifications/read as `who`; the unread count it answers."""
+    response = client.post("/api/notifications/read", headers=people.auth(who), **kw)
+    assert response.status_code == 200, response.text
+    return int(response.json()["unread"])
+
+
+def notification_ids(db_url: str, who_id: int) -> list[int]:
+    """Ids of the user's notifications, oldest first."""
+    return [
+        int(r[0])
+        for r in query(db_url, "SELECT id FROM notifications WHERE user_id = %s ORDER BY id", who_id)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def people(db_url: str, world: World) -> People:
+    return People(db_url, dict(world.users), dict(world.tokens))
+
+
+@pytest.fixture(scope="module")
+def api(replica: Replica) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=replica.http, timeout=10) as client:
+        yield client
+
+
+def make_writer(via: str, base: str, db_url: str, people: People) -> ApiWriter | SqlWriter:
+    """A writer through the API of the replica at `base`, or one with plain SQL."""
+    return ApiWriter(base, people) if via == "api" else SqlWriter(db_url, people)
+
+
+@pytest.fixture(params=["api", "sql"])
+def writer(request: pytest.FixtureRequest, db_url: str, people: People) -> Iterator[Writer]:
+    """The same change made through the HTTP API, then with plain SQL."""
+    base = request.getfixturevalue("replica").http if request.param == "api" else ""
+    with contextlib.closing(make_writer(request.param, base, db_url, people)) as made:
+        yield made
+
+
+@contextlib.contextmanager
+def team_notifications_off(db_url: str) -> Iterator[None]:
+    """tracktalk.settings.notify_team switched off, then back on (also when the test fails)."""
+    query(db_url, "UPDATE tracktalk.settings SET notify_team = false")
+    try:
+        yield
+    finally:
+        query(db_url, "UPDATE tracktalk.settings SET notify_team = true")
+
+
+# ---------------------------------------------------------------------------------------------
+# Who is notified
+# ---------------------------------------------------------------------------------------------
+
+
+def test_album_creator_and_team_hear_of_every_comment_but_their_own(db_url: str, writer: Writer) -> None:
+    by_alice = writer.comment("alice", "t-public", "nice bassline")
+    assert notified(db_url, by_alice) == {"carol": "comment", "tina": "comment"}
+
+    by_carol = writer.comment("carol", "t-public", "thanks for listening")
+    assert notified(db_url, by_carol) == {"tina": "comment"}
+
+    by_tina = writer.comment("tina", "t-other", "pinned")
+    assert notified(db_url, by_tina) == {"carol": "comment"}
+
+
+def test_team_notifications_can_be_switched_off(db_url: str, writer: Writer) -> None:
+    with team_notifications_off(db_url):
+        muted = writer.comment("alice", "t-public", "while the team is muted")
+        assert notified(db_url, muted) == {"carol": "comment"}
+
+    heard = writer.comment("alice", "t-public", "the team hears this again")
+    assert notified(db_url, heard) == {"carol": "comment", "tina": "comment"}
+
+
+def test_reply_notifies_the_parent_author(db_url: str, writer: Writer) -> None:
+    parent = writer.comment("bob", "t-public", "what synth is this?")
+    reply = writer.comment("alice", "t-public", "a Juno, I think", parent)
+    assert notified(db_url, reply) == {"bob": "reply", "carol": "comment", "tina": "comment"}
+
+    own_reply = writer.comment("bob", "t-public", "thanks!", parent)
+    assert notified(db_url, own_reply) == {"carol": "comment", "tina": "comment"}
+
+
+def test_each_mentioned_user_is_notified_once(db_url: str, writer: Writer) -> None:
+    comment_id = writer.comment(
+        "alice", "t-public", "@BOB listen, @bob again, ask @Dave; not @nobody_here; me: @alice"
+    )
+    assert notified(db_url, comment_id) == {
+        "bob": "mention",
+        "dave": "mention",
+        "carol": "comment",
+        "tina": "comment",
+    }
+
+
+def test_mail_address_is_no_mention(db_url: str, writer: Writer) -> None:
+    comment_id = writer.comment("alice", "t-public", "write to a@bob.com or dave@example.org")
+    assert notified(db_url, comment_id) == {"carol": "comment", "tina": "comment"}
+
+
+def test_most_specific_kind_wins(db_url: str, writer: Writer) -> None:
+    parent = writer.comment("bob", "t-public", "anyone?")
+    reply = writer.comment("alice", "t-public", "@bob yes, and @carol @tina should hear this", parent)
+    assert notified(db_url, reply) == {"bob": "mention", "carol": "mention", "tina": "mention"}
+
+    by_creator = writer.comment("carol", "t-public", "new mix is up")
+    answer = writer.comment("alice", "t-public", "love it", by_creator)
+    assert notified(db_url, answer) == {"carol": "reply", "tina": "comment"}
+
+
+def test_edit_notifies_only_newly_added_mentions(
+    db_url: str, writer: Writer, api: httpx.Client, people: People
+) -> None:
+    comment_id = writer.comment("alice", "t-public", "hi @bob")
+    before = notified(db_url, comment_id)
+    assert before == {"bob": "mention", "carol": "comment", "tina": "comment"}
+    bobs = query(
+        db_url,
+        "SELECT id FROM notifications WHERE comment_id = %s AND user_id = %s",
+        comment_id,
+        people.ids["bob"],
+    )
+    mark_read(api, people, "bob", json={"ids": [bobs[0][0]]})
+
+    writer.edit("alice", comment_id, "hi @bob, and @dave and @carol too")
+
+    assert notified(db_url, comment_id) == {
+        "bob": "mention",
+        "carol": "mention",
+        "dave": "mention",
+        "tina": "comment",
+    }
+    unread = query(
+        db_url,
+        "SELECT u.username FROM notifications n JOIN users u ON u.id = n.user_id"
+        " WHERE n.comment_id = %s AND n.read_at IS NULL ORDER BY 1",
+        comment_id,
+    )
+    # bob was mentioned before the edit too: his (read) notification is not news again.
+    assert [r[0] for r in unread] == ["carol", "dave", "tina"]
+
+
+def test_like_notifies_the_author_once_per_liker(db_url: str, writer: Writer) -> None:
+    comment_id = writer.comment("bob", "t-public", "like this if you agree")
+    writer.like("alice", comment_id)
+    assert like_notices(db_url, comment_id) == [("bob", "alice")]
+
+    writer.like("bob", comment_id)  # a self-like tells nobody
+    writer.unlike("alice", comment_id)
+    writer.like("alice", comment_id)  # liked again: not news twice
+    assert like_notices(db_url, comment_id) == [("bob", "alice")]
+
+    writer.like("dave", comment_id)
+    assert like_notices(db_url, comment_id) == [("bob", "alice"), ("bob", "dave")]
+
+
+def test_mentions_on_a_private_track_skip_who_cannot_see_it(db_url: str, writer: Writer) -> None:
+    comment_id = writer.comment("tina", "t-private", "@alice @bob @carol: the unreleased mix")
+    assert notified(db_url, comment_id) == {"carol": "mention"}
+
+
+def test_deleting_a_comment_removes_its_unread_notifications_only(
+    db_url: str, writer: Writer, api: httpx.Client, people: People
+) -> None:
+    comment_id = writer.comment("alice", "t-public", "@bob @dave: soon gone")
+    reply = writer.comment("dave", "t-public", "ok", comment_id)
+    rows = dict(query(db_url, "SELECT user_id, id FROM notifications WHERE comment_id = %s", comment_id))
+    reply_rows = [r[0] for r in query(db_url, "SELECT id FROM notifications WHERE comment_id = %s", reply)]
+    assert len(reply_rows) == 3  # alice (reply), carol and tina
+    bobs = rows[people.ids["bob"]]
+    mark_read(api, people, "bob", json={"ids": [bobs]})
+
+    writer.delete("alice", comment_id)
+
+    left = query(
+        db_url,
+        "SELECT id, comment_id, read_at IS NOT NULL FROM notifications WHERE id = ANY(%s)",
+        [*rows.values(), *reply_rows],
+    )
+    assert left == [(bobs, None, True)]
+    listed = {n["id"]: n for n in inbox(api, people, "bob", limit=200).json()["notifications"]}
+    assert listed[bobs]["comment_id"] is None
+    assert listed[bobs]["read_at"] is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# The inbox API
+# ---------------------------------------------------------------------------------------------
+
+
+def mention(db_url: str, people: People, who: str, count: int) -> list[int]:
+    """`count` comments by alice (SQL) that mention `who`; the ids of the notifications, newest first."""
+    sql = SqlWriter(db_url, people)
+    for i in range(count):
+        sql.comment("alice", "t-other", f"@{who} take {i}")
+    return notification_ids(db_url, people.ids[who])[::-1]
+
+
+def test_inbox_is_newest_first_and_pages_with_link(db_url: str, api: httpx.Client, people: People) -> None:
+    people.add("nina")
+    expected = mention(db_url, people, "nina", 5)
+
+    pages, url = [], "/api/notifications?limit=2"
+    while url:
+        response = api.get(url, headers=people.auth("nina"))
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["unread"] == 5
+        pages.append([n["id"] for n in body["notifications"]])
+        url = response.links.get("next", {}).get("url", "")
+
+    assert pages == [expected[0:2], expected[2:4], expected[4:5]]
+    first = inbox(api, people, "nina", limit=1).json()["notifications"][0]
+    assert first["kind"] == "mention"
+    assert first["user_id"] == people.ids["nina"]
+    assert first["actor_username"] == "alice"
+    assert first["track_id"] == "t-other"
+    assert first["excerpt"] == "@nina take 4"
+    assert first["read_at"] is None
+    older = inbox(api, people, "nina", before_id=expected[1], limit=10).json()["notifications"]
+    assert [n["id"] for n in older] == expected[2:]
+
+
+def test_mark_some_then_all_read(db_url: str, api: httpx.Client, people: People) -> None:
+    people.add("olga")
+    ids = mention(db_url, people, "olga", 4)
+
+    assert mark_read(api, people, "olga", json={"ids": []}) == 4  # no ids: none marked
+    assert mark_read(api, people, "olga", json={"ids": ids[:2]}) == 2
+    listed = inbox(api, people, "olga").json()
+    assert listed["unread"] == 2
+    assert [n["read_at"] is not None for n in listed["notifications"]] == [True, True, False, False]
+
+    assert mark_read(api, people, "olga") == 0
+    assert inbox(api, people, "olga").json()["unread"] == 0
+
+    mention(db_url, people, "olga", 1)
+    assert inbox(api, people, "olga").json()["unread"] == 1
+    assert mark_read(api, people, "olga", json={}) == 0
+
+    mention(db_url, people, "olga", 1)  # marked read by SQL: the API agrees
+    query(db_url, "UPDATE notifications SET read_at = now() WHERE user_id = %s", people.ids["olga"])
+    assert inbox(api, people, "olga").json()["unread"] == 0
+
+
+def test_inbox_needs_a_token(api: httpx.Client) -> None:
+    assert api.get("/api/notifications").status_code == 401
+    assert api.post("/api/notifications/read").status_code == 401
+    bad = {"Authorization": "Bearer not-a-token"}
+    assert api.get("/api/notifications", headers=bad).status_code == 401
+    assert api.post("/api/notifications/read", headers=bad, json={}).status_code == 401
+
+
+def test_nobody_sees_or_marks_another_users_notifications(
+    db_url: str, api: httpx.Client, people: People
+) -> None:
+    people.add("pia")
+    people.add("quinn")
+    pias = mention(db_url, people, "pia", 2)
+    mention(db_url, people, "quinn", 1)
+
+    quinns = inbox(api, people, "quinn", limit=200).json()
+    assert {n["user_id"] for n in quinns["notifications"]} == {people.ids["quinn"]}
+    assert mark_read(api, people, "quinn", json={"ids": pias}) == 1  # quinn's own still unread
+    assert mark_read(api, people, "quinn") == 0
+
+    assert inbox(api, people, "pia").json()["unread"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Live delivery, across two replicas
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("via", ["sql", "api"])
+async def test_mention_reaches_the_users_socket_on_another_track_and_replica(
+    via: str, pair: list[Replica], db_url: str, people: People
+) -> None:
+    a, b = pair
+    with contextlib.closing(make_writer(via, a.http, db_url, people)) as write:
+        comment_id = await live_mention(write, a, b, people)
+
+    # After the live hint, the inbox is the truth (asked of either replica).
+    for replica in pair:
+        async with httpx.AsyncClient(base_url=replica.http, timeout=10) as client:
+            newest = (await client.get("/api/notifications?limit=1", headers=people.auth("bob"))).json()
+        assert newest["unread"] >= 1
+        assert [(n["kind"], n["comment_id"]) for n in newest["notifications"]] == [("mention", comment_id)]
+
+
+async def live_mention(write: Writer, a: Replica, b: Replica, people: People) -> int:
+    """bob (socket on t-other, replica b) is mentioned by alice on t-public; dave's socket hears nothing of it."""
+    async with (
+        open_socket(b.ws, "t-other", people.tokens["bob"]) as bob,
+        open_socket(a.ws, "t-other", people.tokens["dave"]) as dave,
+    ):
+        await bob.expect("connected")
+        await dave.expect("connected")
+
+        comment_id = await asyncio.to_thread(write.comment, "alice", "t-public", "@bob hear the bridge")
+
+        note = (await bob.expect("notification"))["notification"]
+        assert (note["kind"], note["comment_id"], note["user_id"]) == (
+            "mention",
+            comment_id,
+            people.ids["bob"],
+        )
+        assert (note["actor_username"], note["track_id"]) == ("alice", "t-public")
+        hint = await bob.expect("mention")
+        assert hint["from_user"] == "alice"
+        assert hint["track_id"] == "t-public"
+        assert (hint["comment"]["id"], hint["comment"]["content"]) == (comment_id, "@bob hear the bridge")
+
+        # dave was not mentioned: the first thing his socket gets is his own later mention.
+        for_dave = await asyncio.to_thread(write.comment, "alice", "t-public", "@dave yours")
+        first = await dave.recv()
+        assert first["type"] == "notification"
+        assert first["notification"]["comment_id"] == for_dave
+    return comment_id

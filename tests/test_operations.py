@@ -1,0 +1,203 @@
+"""Running a replica: schema checks, migrations, metrics, logs, stopping and failing over."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from app.embedded import EmbeddedPostgres
+from tests.support import ROOT, SECRET, Replica, World, open_socket, replicas
+from tests.test_realtime import insert_comment, sql
+
+
+def tracktalk(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": database_url, "TRACKTALK_SECRET": SECRET}
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def get(url: str, **kw: object) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=5) as client:
+        return await client.get(url, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def empty_db_url(pg: EmbeddedPostgres) -> str:
+    """A database with no tracktalk schema at all."""
+    name = f"empty_{os.getpid()}_{time.monotonic_ns()}"
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return pg.url_for(name)
+
+
+def test_serve_refuses_a_database_without_the_schema_and_migrate_fixes_it(
+    empty_db_url: str, log_dir: Path
+) -> None:
+    refused = tracktalk("serve", "--port", "1", database_url=empty_db_url)
+    assert refused.returncode == 2
+    assert "run `tracktalk migrate`" in refused.stderr.lower()
+    for _ in range(2):  # safe to run again and again
+        migrated = tracktalk("migrate", database_url=empty_db_url)
+        assert migrated.returncode == 0, migrated.stderr
+        assert "schema version 1 applied" in migrated.stdout
+    with replicas(empty_db_url, log_dir, 1) as (replica,):
+        assert httpx.get(f"{replica.http}/readyz", timeout=5).json()["checks"]["schema"] is True
+
+
+def test_serve_refuses_an_older_schema(empty_db_url: str) -> None:
+    assert tracktalk("migrate", database_url=empty_db_url).returncode == 0
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        conn.execute("UPDATE tracktalk.schema_version SET version = 0")
+    refused = tracktalk("serve", "--port", "1", database_url=empty_db_url)
+    assert refused.returncode == 2
+    assert "schema version 0" in refused.stderr and "tracktalk migrate" in refused.stderr
+
+
+def test_token_prints_a_token_the_api_accepts(replica: Replica, world: World) -> None:
+    made = tracktalk("token", str(world.users["bob"]), "--ttl", "60", database_url="postgresql://unused")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    answer = httpx.post(
+        f"{replica.http}/api/tracks/{world.public}/comments",
+        json={"content": "with a CLI token", "timestamp": 1},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert answer.status_code == 201 and answer.json()["username"] == "bob"
+
+
+async def test_metrics_count_sockets_deliveries_and_lag(replica: Replica, world: World, db_url: str) -> None:
+    async with open_socket(replica.ws, world.other, world.tokens["carol"]) as sock:
+        await sock.expect("connected")
+        await insert_comment(db_url, world.other, world.users["bob"], "counted")
+        await sock.events(2)
+        text = (await get(f"{replica.http}/metrics")).text
+    values = _metric_values(text)
+    assert values["tracktalk_open_sockets"] >= 1
+    assert values["tracktalk_events_delivered_total"] >= 2
+    assert values["tracktalk_delivery_lag_seconds_count"] >= 1
+    assert values["tracktalk_listener_ready"] == 1
+    assert 0 <= values["tracktalk_notify_queue_usage"] < 1
+    assert (
+        "tracktalk_sockets_dropped_slow_total" in values and "tracktalk_listener_reconnects_total" in values
+    )
+
+
+def _metric_values(text: str) -> dict[str, float]:
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+async def test_no_token_appears_in_the_logs(replica: Replica, world: World) -> None:
+    async with open_socket(replica.ws, world.public, world.tokens["dave"], since=0) as sock:
+        await sock.expect("connected")
+    await get(f"{replica.http}/api/notifications", headers=world.auth("dave"))
+    assert replica.log_path is not None
+    log = replica.log_path.read_text()
+    assert "token=***" in log  # the socket's line is there, redacted
+    for token in world.tokens.values():
+        assert token not in log and token.split(".")[2] not in log
+
+
+def test_prune_events_drops_only_what_is_past_the_retention(world: World, db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO comments (track_id, user_id, content) VALUES (%s, %s, 'old'), (%s, %s, 'new')",
+            (world.timed, world.users["bob"], world.timed, world.users["bob"]),
+        )
+        kept_before = conn.execute("SELECT count(*) FROM tracktalk.events").fetchone()
+        conn.execute(
+            "UPDATE tracktalk.events SET created_at = now() - interval '25 hours' WHERE track_id = %s AND seq = 1",
+            (world.timed,),
+        )
+        gone = conn.execute("SELECT tracktalk.prune_events()").fetchone()
+        kept_after = conn.execute("SELECT count(*) FROM tracktalk.events").fetchone()
+    assert gone == (1,)
+    assert kept_before is not None and kept_after == (kept_before[0] - 1,)
+
+
+async def test_sigterm_closes_sockets_with_1001_and_exits_within_10_s(
+    db_url: str, world: World, log_dir: Path
+) -> None:
+    with replicas(db_url, log_dir, 1) as (stopping,):
+        async with open_socket(stopping.ws, world.public, world.tokens["alice"]) as sock:
+            await sock.expect("connected")
+            assert stopping.process is not None
+            began = time.monotonic()
+            stopping.process.send_signal(signal.SIGTERM)
+            code, reason = await sock.closed()
+        assert code == 1001 and reason and "since=" in reason
+        stopping.process.wait(10)
+        assert time.monotonic() - began < 10
+
+
+async def test_a_killed_replicas_clients_resume_on_the_other_and_miss_nothing(
+    db_url: str, world: World, log_dir: Path
+) -> None:
+    with replicas(db_url, log_dir, 2) as (doomed, survivor):
+        async with open_socket(doomed.ws, world.public, world.tokens["alice"]) as sock:
+            await sock.expect("connected")
+            await insert_comment(db_url, world.public, world.users["bob"], "before")
+            last_seen = (await sock.events(2))[-1]["seq"]
+            assert doomed.process is not None
+            doomed.process.kill()
+            doomed.process.wait(10)
+            await sock.closed()
+        missed = [
+            await insert_comment(db_url, world.public, world.users["bob"], f"while away {i}")
+            for i in range(2)
+        ]
+        async with open_socket(survivor.ws, world.public, world.tokens["alice"], since=last_seen) as back:
+            await back.expect("connected")
+            got = await back.events(4)
+    assert [e["seq"] for e in got] == list(range(last_seen + 1, last_seen + 5))
+    assert [e["comment"]["id"] for e in got if e["type"] == "new_comment"] == missed
+
+
+async def test_the_database_restarting_is_survived_without_loss(
+    new_database: Callable[[], str], pg: EmbeddedPostgres, log_dir: Path
+) -> None:
+    """PostgreSQL restarts under running replicas: they recover by themselves and lose nothing."""
+    from tests.support import seed
+
+    url = new_database()
+    world = seed(url)
+    with replicas(url, log_dir, 2) as (a, b):
+        async with (
+            open_socket(a.ws, world.public, world.tokens["alice"]) as on_a,
+            open_socket(b.ws, world.public, world.tokens["bob"]) as on_b,
+        ):
+            start = (await on_a.expect("connected"))["seq"]
+            await on_b.expect("connected")
+            before = await insert_comment(url, world.public, world.users["dave"], "before the restart")
+            await on_a.events(2)
+            pg.restart()
+            after = await insert_comment(url, world.public, world.users["dave"], "after the restart")
+            for replica in (a, b):
+                replica.wait_ready(30)
+            got_b = await on_b.events(4, timeout=30)
+            got_a = await on_a.events(2, timeout=30)
+    assert [e["seq"] for e in got_b] == list(range(start + 1, start + 5))
+    assert [e["comment"]["id"] for e in got_b if e["type"] == "new_comment"] == [before, after]
+    assert got_a[0]["comment"]["id"] == after
+    await sql(url, "SELECT 1")
