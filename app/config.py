@@ -55,6 +55,10 @@ class Settings:
     statement_timeout: float = 5.0
     socket_queue: int = 256
     """Frames a socket may have waiting before it is closed as too slow (1013)."""
+    comments_per_minute: int = 30
+    """Comments (and replies) one user may post per minute through one replica; more get 429."""
+    sockets_per_user: int = 20
+    """WebSockets one user may have open on one replica; more are closed with 1008."""
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     """Origins allowed to open a WebSocket; empty allows any."""
     log_json: bool = False
@@ -62,6 +66,7 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.listen_url:
             object.__setattr__(self, "listen_url", self.database_url)
+        object.__setattr__(self, "pool_min", min(self.pool_min, self.pool_max))
 
     @classmethod
     def from_env(
@@ -92,6 +97,8 @@ class Settings:
             pool_timeout=_number(env, "TRACKTALK_POOL_TIMEOUT", 5.0),
             statement_timeout=_number(env, "TRACKTALK_STATEMENT_TIMEOUT", 5.0),
             socket_queue=int(_number(env, "TRACKTALK_SOCKET_QUEUE", 256)),
+            comments_per_minute=int(_number(env, "TRACKTALK_COMMENTS_PER_MINUTE", 30)),
+            sockets_per_user=int(_number(env, "TRACKTALK_SOCKETS_PER_USER", 20)),
             allowed_origins=_list(env, "TRACKTALK_ALLOWED_ORIGINS"),
             log_json=_flag(env, "TRACKTALK_LOG_JSON", False),
         )

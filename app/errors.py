@@ -39,6 +39,11 @@ def forbidden(detail: str) -> PermissionDeniedException:
     return PermissionDeniedException(detail=detail)
 
 
+def too_many(detail: str, retry_after: int) -> HTTPException:
+    """429: slow down."""
+    return HTTPException(status_code=429, detail=detail, headers={"Retry-After": str(retry_after)})
+
+
 def unprocessable(detail: str) -> HTTPException:
     """422: the body is well-formed but its values are not acceptable."""
     return HTTPException(status_code=422, detail=detail)

@@ -39,6 +39,7 @@ class Services:
     feed: Feed
     listener: Listener
     typing: RateLimiter
+    comments: RateLimiter
     metrics: Metrics
 
 
@@ -60,7 +61,17 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
         feed = Feed(hub, events, on_lag=metrics.lag.observe)
         listener = Listener(settings.listen_url, feed)
         metrics.watch(listener)
-        services = Services(settings, pool, events, hub, feed, listener, RateLimiter(per_second=1.0), metrics)
+        services = Services(
+            settings,
+            pool,
+            events,
+            hub,
+            feed,
+            listener,
+            typing=RateLimiter(1, seconds=1.0),
+            comments=RateLimiter(settings.comments_per_minute, seconds=60.0),
+            metrics=metrics,
+        )
         async with _background(listener.run()), _background(_prune_forever(events)):
             yield services
             hub.close_all(1001, "server shutting down")

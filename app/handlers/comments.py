@@ -10,7 +10,7 @@ from litestar.params import Parameter
 
 from app import comments
 from app.deps import Viewer
-from app.errors import forbidden, unprocessable
+from app.errors import forbidden, too_many, unprocessable
 from app.handlers.validation import check_id, check_timestamp, check_track_id, clean_content
 from app.services import Services
 from app.tracks import visible_track
@@ -47,6 +47,9 @@ async def create_comment(track_id: str, data: CommentIn, services: Services, use
     """Post a comment at `timestamp` seconds into the track, or a reply to `parent_id`."""
     check_track_id(track_id)
     content = clean_content(data.content)
+    if not services.comments.allow(user.id):
+        limit = services.settings.comments_per_minute
+        raise too_many(f"at most {limit} comments a minute: wait a few seconds and post again", retry_after=5)
     # One transaction: a parent deleted meanwhile waits for the reply, not the reply's read-back for it.
     async with services.pool.connection() as conn, conn.transaction():
         track = await visible_track(conn, track_id, user.id)

@@ -122,6 +122,10 @@ async def _admit(
         raise Refused(str(exc)) from None
     except HTTPException:
         raise Refused("track not found") from None
+    if len(services.hub.users.get(viewer.id, ())) >= services.settings.sockets_per_user:
+        raise Refused(
+            f"too many sockets: at most {services.settings.sockets_per_user} per user; close one first"
+        )
     return viewer, since, claims.expires_at
 
 

@@ -1,0 +1,158 @@
+"""Who gets in, and how much they may do: tokens, origins, private tracks, rate limits, a slow database."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from app.auth import issue_token
+from tests.support import SECRET, Replica, World, open_socket, replicas
+from tests.test_realtime import insert_comment
+
+
+def forge(header: dict[str, str], claims: dict[str, object], key: bytes) -> str:
+    """A JWT with any header, signed with HMAC-SHA256 under `key`."""
+
+    def part(value: object) -> bytes:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=")
+
+    signing_input = part(header) + b"." + part(claims)
+    signature = base64.urlsafe_b64encode(hmac.new(key, signing_input, hashlib.sha256).digest()).rstrip(b"=")
+    return (signing_input + b"." + signature).decode()
+
+
+@pytest.fixture(scope="module")
+def strict(db_url: str, world: World, log_dir: Path) -> Iterator[Replica]:
+    """A replica with tight limits and an Origin allow-list."""
+    env = {
+        "TRACKTALK_COMMENTS_PER_MINUTE": "3",
+        "TRACKTALK_SOCKETS_PER_USER": "2",
+        "TRACKTALK_ALLOWED_ORIGINS": "https://app.example, https://other.example",
+        "TRACKTALK_STATEMENT_TIMEOUT": "1",
+    }
+    with replicas(db_url, log_dir, 1, **env) as started:
+        yield started[0]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [{"alg": "HS512", "typ": "JWT"}, {"alg": "RS256", "typ": "JWT"}, {"alg": "none", "typ": "JWT"}],
+    ids=["hs512", "rs256-confusion", "none"],
+)
+def test_tokens_in_another_algorithm_are_refused_even_with_the_right_key(
+    replica: Replica, world: World, header: dict[str, str]
+) -> None:
+    token = forge(header, {"sub": str(world.users["alice"]), "exp": int(time.time()) + 600}, SECRET.encode())
+    answer = httpx.post(
+        f"{replica.http}/api/tracks/{world.public}/comments",
+        json={"content": "forged", "timestamp": 1},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert (answer.status_code, answer.json()["detail"]) == (401, "invalid token")
+
+
+async def test_a_socket_is_closed_with_4001_when_its_token_expires_and_can_come_back(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    short = issue_token(SECRET, world.users["alice"], 2)
+    async with open_socket(replica.ws, world.public, short) as sock:
+        seq = (await sock.expect("connected"))["seq"]
+        code, reason = await sock.closed(timeout=15)
+    assert code == 4001 and reason and reason.startswith("token expired")
+    missed = await insert_comment(db_url, world.public, world.users["bob"], "while the token was renewed")
+    async with open_socket(replica.ws, world.public, world.tokens["alice"], since=seq) as again:
+        await again.expect("connected")
+        assert (await again.events(1))[0]["comment"]["id"] == missed
+
+
+async def test_the_origin_allow_list_guards_the_handshake(strict: Replica, world: World) -> None:
+    async with open_socket(
+        strict.ws, world.public, world.tokens["bob"], origin="https://evil.example"
+    ) as evil:
+        code, reason = await evil.closed()
+    assert (code, reason, evil.received) == (1008, "origin not allowed", [])
+    async with open_socket(
+        strict.ws, world.public, world.tokens["bob"], origin="https://other.example"
+    ) as good:
+        await good.expect("connected")
+
+
+async def test_private_tracks_stay_private_through_since_replays(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    await insert_comment(db_url, world.private, world.users["carol"], "for the team only")
+    async with open_socket(replica.ws, world.private, world.tokens["alice"], since=0) as outsider:
+        code, reason = await outsider.closed()
+    assert (code, reason, outsider.received) == (1008, "track not found", [])
+
+
+def test_comments_per_user_per_minute_are_limited_with_429(strict: Replica, world: World) -> None:
+    def post(who: str) -> httpx.Response:
+        return httpx.post(
+            f"{strict.http}/api/tracks/{world.public}/comments",
+            json={"content": "again", "timestamp": 1},
+            headers=world.auth(who),
+            timeout=10,
+        )
+
+    assert [post("dave").status_code for _ in range(3)] == [201, 201, 201]
+    refused = post("dave")
+    assert refused.status_code == 429
+    assert "at most 3 comments a minute" in refused.json()["detail"]
+    assert int(refused.headers["retry-after"]) > 0
+    assert post("bob").status_code == 201  # others are not slowed down
+
+
+async def test_sockets_per_user_are_limited(strict: Replica, world: World) -> None:
+    origin = {"origin": "https://app.example"}
+    async with (
+        open_socket(strict.ws, world.public, world.tokens["tina"], **origin) as first,
+        open_socket(strict.ws, world.other, world.tokens["tina"], **origin) as second,
+    ):
+        await first.expect("connected")
+        await second.expect("connected")
+        async with open_socket(strict.ws, world.timed, world.tokens["tina"], **origin) as third:
+            code, reason = await third.closed()
+        assert code == 1008 and reason and reason.startswith("too many sockets")
+    async with open_socket(strict.ws, world.timed, world.tokens["tina"], **origin) as later:
+        await later.expect("connected")
+
+
+async def test_a_locked_table_gives_503_in_bounded_time_and_the_listener_carries_on(
+    strict: Replica, world: World, db_url: str
+) -> None:
+    async with (
+        open_socket(strict.ws, world.timed, world.tokens["carol"], origin="https://app.example") as sock,
+        await psycopg.AsyncConnection.connect(db_url) as locker,
+    ):
+        await sock.expect("connected")
+        await locker.execute("LOCK TABLE comments IN ACCESS EXCLUSIVE MODE")
+        began = time.monotonic()
+        async with httpx.AsyncClient(timeout=30) as client:
+            answer = await client.post(
+                f"{strict.http}/api/tracks/{world.timed}/comments",
+                json={"content": "blocked", "timestamp": 1},
+                headers=world.auth("carol"),
+            )
+        took = time.monotonic() - began
+        assert answer.status_code == 503 and "try again" in answer.json()["detail"]
+        assert took < 5
+        # Meanwhile, writes elsewhere still go live.
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as other:
+            await other.execute(
+                "INSERT INTO track_likes (track_id, user_id) VALUES (%s, %s)",
+                (world.timed, world.users["bob"]),
+            )
+        metrics = await sock.expect("track_metrics")
+        assert metrics["likes"] >= 1
+        await locker.rollback()
