@@ -4,21 +4,26 @@ the other sockets of its track are not delayed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.support import Replica, World, open_socket, replicas
-from tests.test_realtime import insert_comment
+from tests.support import Replica, World, async_wait_until, open_socket, replicas
+from tests.test_realtime import _rss_kib, insert_comment
 
 QUEUE = 8
 BIG = "x" * 60_000
+HUGE = "🎵" * 100_000  # the longest comment SQL may write: 400 KB of UTF-8
 
 
 @pytest.fixture(scope="module")
 def small_queues(db_url: str, world: World, log_dir: Path) -> Iterator[Replica]:
-    with replicas(db_url, log_dir, 1, TRACKTALK_SOCKET_QUEUE=str(QUEUE)) as started:
+    with replicas(
+        db_url, log_dir, 1, TRACKTALK_SOCKET_QUEUE=str(QUEUE), TRACKTALK_SOCKETS_PER_USER="1000"
+    ) as started:
         yield started[0]
 
 
@@ -51,3 +56,41 @@ async def test_a_stalled_socket_is_closed_with_1013_and_resumes_with_since(
         await back.expect("connected")
         rest = await back.events(start + 2 * written - seen[-1], timeout=60)
     assert [e["seq"] for e in rest] == list(range(seen[-1] + 1, start + 2 * written + 1))
+
+
+async def test_many_stalled_sockets_cost_bounded_memory(
+    small_queues: Replica, world: World, db_url: str
+) -> None:
+    """100 clients that read nothing: each is cut off once the kernel's send buffer (Linux grows it
+    to 4 MB) and its queue are full, and the replica's memory stays far below what buffering
+    everything for them would take (100 x 14 x 400 KB = 560 MB)."""
+    clients, writes = 100, 14
+    before = _rss_kib(small_queues)
+    async with contextlib.AsyncExitStack() as stack:
+        stalled = [
+            await stack.enter_async_context(
+                open_socket(small_queues.ws, world.other, world.tokens["dave"], max_queue=1, rcvbuf=4096)
+            )
+            for _ in range(clients)
+        ]
+        for sock in stalled:
+            await sock.expect("connected")
+        for _ in range(writes):
+            await insert_comment(db_url, world.other, world.users["bob"], HUGE)
+
+        async def all_cut_off() -> bool:
+            return await _dropped_slow(small_queues) >= clients
+
+        await async_wait_until(all_cut_off, 60, "every stalled socket to be cut off")
+        grown_mib = (_rss_kib(small_queues) - before) / 1024
+    print(f"\n{clients} stalled sockets x {writes} frames of 400 KB: replica RSS grew by {grown_mib:.1f} MiB")
+    assert grown_mib < 150
+
+
+async def _dropped_slow(replica: Replica) -> float:
+    async with httpx.AsyncClient(timeout=5) as client:
+        text = (await client.get(f"{replica.http}/metrics")).text
+    line = next(
+        line for line in text.splitlines() if line.startswith("tracktalk_sockets_dropped_slow_total ")
+    )
+    return float(line.split()[1])
