@@ -89,5 +89,7 @@ def create_pool(settings: Settings) -> AsyncConnectionPool:
             "connect_timeout": max(1, int(settings.pool_timeout)),
         },
         name="tracktalk-requests",
+        # A connection the server dropped (a restart, a failover) is replaced, not handed out.
+        check=AsyncConnectionPool.check_connection,
         open=False,
     )

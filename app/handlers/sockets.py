@@ -14,8 +14,10 @@ import time
 from typing import Any
 
 import msgspec
+import psycopg
 from litestar import WebSocket, websocket
 from litestar.exceptions import HTTPException, WebSocketDisconnect
+from psycopg_pool import PoolTimeout
 
 from app.auth import TokenError, verify_token
 from app.deps import Viewer, load_viewer
@@ -42,7 +44,10 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_UNSUPPORTED = 1003
 CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN = 1013
 CLOSE_TOKEN_EXPIRED = 4001
+DATABASE_DOWN = (psycopg.OperationalError, PoolTimeout)
+"""What a socket meets when the database cannot be reached in time."""
 _CLOSE_TIMEOUT = 5.0
 """Seconds a stopping socket's writer may take to flush and send the close frame."""
 
@@ -63,6 +68,9 @@ async def track_socket(socket: WebSocket[Any, Any, Any], track_id: str, services
     except Refused as exc:
         await socket.close(CLOSE_POLICY, str(exc))
         return
+    except DATABASE_DOWN:
+        await socket.close(CLOSE_TRY_AGAIN, "database unavailable: reconnect in a few seconds")
+        return
     sub = Subscriber(viewer.id, track_id, services.settings.socket_queue)
     expiry = asyncio.get_running_loop().call_at(
         asyncio.get_running_loop().time() + max(0.0, expires_at - time.time()),
@@ -73,6 +81,8 @@ async def track_socket(socket: WebSocket[Any, Any, Any], track_id: str, services
     try:
         async with services.feed.subscription(sub) as start:
             await _serve(socket, sub, viewer, services, since, start)
+    except DATABASE_DOWN:
+        await socket.close(CLOSE_TRY_AGAIN, "database unavailable: reconnect in a few seconds")
     finally:
         expiry.cancel()
 
@@ -146,7 +156,10 @@ async def _write(
         hello = Connected(track_id=sub.track_id, message="Connected to comment updates", seq=start)
         await send(encoder.encode(hello).decode())
         if since is not None:
-            await _replay(sub, services, since, start, send)
+            try:
+                await _replay(sub, services, since, start, send)
+            except DATABASE_DOWN:
+                sub.close(CLOSE_TRY_AGAIN, "database unavailable: reconnect with since=<last seq> shortly")
         async for frame in sub.frames():
             await send(frame)
         if sub.close_reason is not None:
