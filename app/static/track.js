@@ -1,0 +1,268 @@
+// The track page: player, timeline, comments, metrics, typing; live through the track's socket.
+
+import { allComments, api, ApiError } from "./api.js";
+import { CommentList } from "./comments.js";
+import { Composer } from "./composer.js";
+import { byId, formatTime, replaceChildren, h, toast, icon } from "./dom.js";
+import { LiveSocket } from "./live.js";
+import { Player } from "./player.js";
+import { refreshToken, session, signOut } from "./session.js";
+import { CommentStore } from "./store.js";
+import { Timeline } from "./timeline.js";
+import { TypingIndicator, TypingSender } from "./typing.js";
+
+const enc = encodeURIComponent;
+
+/** Like/share buttons and the counters. */
+class Metrics {
+  constructor(trackId, call) {
+    this.trackId = trackId;
+    this.call = call;
+    this.liked = false;
+    this.likeButton = byId("track-like");
+    this.likeButton.addEventListener("click", () => this.toggleLike().catch(ignore));
+    byId("track-share").addEventListener("click", () => this.share().catch(ignore));
+  }
+
+  /** Counters from GET, an HTTP answer or a track_metrics message (which has no user_has_liked). */
+  set(m) {
+    if ("user_has_liked" in m) this.liked = m.user_has_liked;
+    byId("likes-count").textContent = String(m.likes);
+    byId("shares-count").textContent = String(m.shares);
+    byId("comments-count").textContent = String(m.comments);
+    this.likeButton.classList.toggle("liked", this.liked);
+    this.likeButton.setAttribute("aria-pressed", String(this.liked));
+  }
+
+  async toggleLike() {
+    const method = this.liked ? "DELETE" : "POST";
+    this.set(await this.call(() => api(`/api/tracks/${enc(this.trackId)}/like`, { method })));
+  }
+
+  async share() {
+    this.set(await this.call(() => api(`/api/tracks/${enc(this.trackId)}/share`, { method: "POST" })));
+    const copied = await navigator.clipboard?.writeText(location.href).then(() => true, () => false);
+    toast(copied ? "Link copied — thanks for sharing!" : "Thanks for sharing!");
+  }
+}
+
+export class TrackPage {
+  constructor(track, app) {
+    this.track = track;
+    this.app = app;
+    this.store = new CommentStore();
+    this.buffer = null; // durable messages that arrive while a reload is in flight
+    this.loaded = false;
+    this.live = null;
+    this.player = new Player(track);
+    this.timeline = new Timeline(this.player, { onPick: (c) => this.list.flash(c.id) });
+    this.typingIn = new TypingIndicator(() => session.user);
+    this.typingOut = new TypingSender((message) => Boolean(this.live && this.live.send(message)));
+    this.metrics = new Metrics(track.id, (fn) => this.call(fn));
+    this.list = new CommentList(byId("comments"), this.store, this.actions());
+    this.composer = new Composer(this.player, {
+      post: (text, timestamp) => this.post(text, timestamp),
+      typing: this.typingOut,
+      needSignIn: (loud) => app.needSignIn(loud),
+    });
+    this.store.subscribe(() => this.commentsChanged());
+  }
+
+  /** What the comment list may do. */
+  actions() {
+    return {
+      me: () => session.user,
+      needSignIn: () => this.app.needSignIn(true),
+      typing: this.typingOut,
+      seek: (c) => this.player.seek(c.timestamp),
+      like: (c) => this.like(c).catch(ignore),
+      reply: (c, text) => this.post(text, c.timestamp, c.id),
+      edit: (c, text) => this.edit(c, text),
+      remove: (c) => this.remove(c).catch(ignore),
+    };
+  }
+
+  async start() {
+    this.showHeader();
+    this.player.load().then((bytes) => this.timeline.loadWave(this.track, bytes));
+    if (session.token) this.startLive();
+    else await this.reload();
+  }
+
+  showHeader() {
+    document.title = `${this.track.title} · tracktalk`;
+    byId("track-title").textContent = this.track.title;
+    byId("track-album").textContent = this.track.album_title;
+    byId("track-private").hidden = !this.track.is_private;
+    byId("time-total").textContent = formatTime(this.player.duration);
+  }
+
+  // ---- live --------------------------------------------------------------------------------
+
+  startLive() {
+    if (this.live) return this.live.connect();
+    this.live = new LiveSocket({
+      trackId: this.track.id,
+      token: () => session.token,
+      onMessage: (m) => this.receive(m),
+      onState: (state, detail) => this.app.setConnection(state, detail),
+      onRefused: (code, reason) => this.refused(code, reason),
+    });
+    this.live.connect();
+    window.addEventListener("online", () => this.live.nudge());
+    document.addEventListener("visibilitychange", () => document.hidden || this.live.nudge());
+    window.addEventListener("pagehide", () => this.live.stop());
+    window.addEventListener("pageshow", (event) => event.persisted && location.reload()); // from the bfcache
+  }
+
+  receive(m) {
+    if (m.type === "connected") return this.connected();
+    if (m.type === "resync") return this.reload();
+    if (this.buffer && typeof m.seq === "number") return void this.buffer.push(m);
+    this.handle(m);
+  }
+
+  connected() {
+    if (!this.loaded) return this.reload(); // the first load follows the socket's seq: nothing missed
+    this.app.bell.reload().catch(() => {}); // hints may have been missed; GET is the truth
+  }
+
+  handle(m) {
+    const handler = MESSAGE_HANDLERS[m.type];
+    if (handler) handler(this, m);
+    else console.info("unhandled message", m.type);
+  }
+
+  async refused(code, reason) {
+    if (code === 4001 || reason.startsWith("token expired")) {
+      if (await refreshToken()) return true;
+      toast("Your session expired: sign in again.", "error", 10000);
+    } else if (reason.startsWith("invalid token") && session.demoUsers) {
+      signOut();
+      this.app.renderWho();
+      toast("Signed out: the token was not accepted. Pick a user.", "error", 10000);
+    } else {
+      toast(`Live updates are off: ${reason}`, "error", 10000);
+    }
+    return false;
+  }
+
+  /** Load the comments and metrics anew; socket events meanwhile wait and are applied after. */
+  async reload() {
+    this.buffer = this.buffer || [];
+    try {
+      const [comments, metrics] = await Promise.all([
+        allComments(this.track.id),
+        api(`/api/tracks/${enc(this.track.id)}/metrics`),
+      ]);
+      this.store.reset(comments);
+      this.metrics.set(metrics);
+      this.firstLoad();
+    } catch (error) {
+      toast(`Could not load the comments: ${error.message}`, "error");
+    } finally {
+      const waiting = this.buffer;
+      this.buffer = null;
+      waiting.forEach((m) => this.handle(m));
+    }
+  }
+
+  firstLoad() {
+    if (this.loaded) return;
+    this.loaded = true;
+    const wanted = /^#comment-(\d+)$/.exec(location.hash);
+    if (wanted) this.list.flash(Number(wanted[1]));
+  }
+
+  commentsChanged() {
+    const all = this.store.all();
+    this.timeline.setComments(all);
+    if (all.length) this.player.fitDuration(all[all.length - 1].timestamp);
+    byId("comment-total").textContent = `${all.length} ${all.length === 1 ? "comment" : "comments"}`;
+  }
+
+  // ---- HTTP actions --------------------------------------------------------------------------
+
+  /** Run an API call; on 401 get a fresh demo token and try once more; tell the user on failure. */
+  async call(fn) {
+    if (!this.app.needSignIn(true)) throw new Error("not signed in");
+    try {
+      return await fn();
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 401 && (await refreshToken())) return fn().catch(explain);
+      return explain(error);
+    }
+  }
+
+  async post(content, timestamp, parentId = null) {
+    const path = `/api/tracks/${enc(this.track.id)}/comments`;
+    const body = { content, timestamp, ...(parentId === null ? {} : { parent_id: parentId }) };
+    const comment = await this.call(() => api(path, { method: "POST", body }));
+    this.store.upsert(comment, { own: true });
+    if (parentId === null) this.list.flash(comment.id);
+  }
+
+  async edit(c, content) {
+    const comment = await this.call(() => api(`/api/comments/${c.id}`, { method: "PUT", body: { content } }));
+    this.store.upsert(comment, { own: true });
+  }
+
+  async remove(c) {
+    await this.call(() => api(`/api/comments/${c.id}`, { method: "DELETE" }));
+    this.store.remove(c.id);
+  }
+
+  async like(c) {
+    const method = c.user_has_liked ? "DELETE" : "POST";
+    const state = await this.call(() => api(`/api/comments/${c.id}/like`, { method }));
+    this.store.patch(c.id, state);
+  }
+}
+
+/** For a failure that explain() already showed. */
+function ignore() {}
+
+function explain(error) {
+  const detail = error instanceof ApiError ? error.detail : "the server cannot be reached";
+  toast(detail, "error");
+  throw error;
+}
+
+/** What each server message does to the page; each is idempotent by comment id. */
+const MESSAGE_HANDLERS = {
+  new_comment: (page, m) => {
+    page.store.upsert(m.comment);
+    page.typingIn.posted(m.comment.user_id);
+  },
+  comment_edited: (page, m) => page.store.patch(m.comment_id, m),
+  comment_deleted: (page, m) => page.store.remove(m.comment_id),
+  comment_liked: (page, m) => page.store.patch(m.comment_id, { like_count: m.like_count }),
+  track_metrics: (page, m) => page.metrics.set(m),
+  user_typing: (page, m) => page.typingIn.update(m),
+  mention: (page, m) => toast(`${m.from_user} mentioned you: “${m.comment.content.slice(0, 80)}”`, "info", 8000),
+  notification: (page, m) => page.app.bell.add(m.notification),
+  error: (page, m) => console.warn("server:", m.message),
+};
+
+/** Show the track `trackId`, or say why not. */
+export async function showTrack(trackId, app) {
+  byId("track-view").hidden = false;
+  let track;
+  try {
+    track = await api(`/api/tracks/${enc(trackId)}`);
+  } catch (error) {
+    return showMissing(error);
+  }
+  const page = new TrackPage(track, app);
+  await page.start();
+  return page;
+}
+
+function showMissing(error) {
+  const text = error.status === 404 ? "This track does not exist, or it is private." : error.message;
+  replaceChildren(
+    byId("track-view"),
+    h("div", { class: "missing" }, icon("lock", "icon big"), h("p", { text }), h("a", { href: "/" }, "All tracks")),
+  );
+  return null;
+}
