@@ -201,3 +201,27 @@ async def test_the_database_restarting_is_survived_without_loss(
     assert [e["comment"]["id"] for e in got_b if e["type"] == "new_comment"] == [before, after]
     assert got_a[0]["comment"]["id"] == after
     await sql(url, "SELECT 1")
+
+
+async def test_a_stalled_listener_does_not_wedge_the_writers(
+    db_url: str, world: World, log_dir: Path
+) -> None:
+    """A replica frozen with SIGSTOP reads no notifications: writers go on regardless, and the
+    replica delivers everything in order when it wakes."""
+    with replicas(db_url, log_dir, 1) as (frozen,):
+        async with open_socket(frozen.ws, world.other, world.tokens["bob"]) as sock:
+            start = (await sock.expect("connected"))["seq"]
+            assert frozen.process is not None
+            frozen.process.send_signal(signal.SIGSTOP)
+            try:
+                began = time.monotonic()
+                for i in range(300):
+                    await insert_comment(
+                        db_url, world.other, world.users["dave"], f"while frozen {i} " + "x" * 3000
+                    )
+                took = time.monotonic() - began
+            finally:
+                frozen.process.send_signal(signal.SIGCONT)
+            got = await sock.events(600, timeout=60)
+    assert took < 30, f"300 commits took {took:.1f} s with a stalled listener"
+    assert [e["seq"] for e in got] == list(range(start + 1, start + 601))
