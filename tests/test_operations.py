@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import psycopg
 import pytest
 
 from app.embedded import EmbeddedPostgres
-from tests.support import ROOT, SECRET, Replica, World, open_socket, replicas
+from tests.support import ROOT, SECRET, Replica, World, async_wait_until, open_socket, replicas
 from tests.test_realtime import insert_comment, sql
 
 
@@ -225,3 +226,37 @@ async def test_a_stalled_listener_does_not_wedge_the_writers(
             got = await sock.events(600, timeout=60)
     assert took < 30, f"300 commits took {took:.1f} s with a stalled listener"
     assert [e["seq"] for e in got] == list(range(start + 1, start + 601))
+
+
+async def test_sigterm_finishes_the_requests_in_flight(db_url: str, world: World, log_dir: Path) -> None:
+    with replicas(db_url, log_dir, 1) as (stopping,):
+        assert stopping.process is not None
+        async with (
+            await psycopg.AsyncConnection.connect(db_url) as locker,
+            httpx.AsyncClient(base_url=stopping.http, timeout=30) as client,
+        ):
+            await locker.execute("LOCK TABLE comments IN ACCESS EXCLUSIVE MODE")
+            in_flight = asyncio.create_task(
+                client.post(
+                    f"/api/tracks/{world.public}/comments",
+                    json={"content": "caught in the shutdown", "timestamp": 1},
+                    headers=world.auth("alice"),
+                )
+            )
+            await async_wait_until(lambda: _waiting_on_lock(db_url), 10, "the request to wait on the lock")
+            stopping.process.send_signal(signal.SIGTERM)
+            await async_wait_until(
+                lambda: "Shutting down" in stopping.log(), 10, "uvicorn to start shutting down"
+            )
+            await locker.rollback()  # the request may go on now, while the server stops
+            answer = await in_flight
+        assert answer.status_code == 201, answer.text
+        assert stopping.process.wait(10) is not None
+
+
+async def _waiting_on_lock(db_url: str) -> bool:
+    rows = await sql(
+        db_url,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tracktalk' AND wait_event_type = 'Lock'",
+    )
+    return bool(rows[0][0])
