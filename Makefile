@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint typecheck pytest install install-test clean-db
+.PHONY: run test lint typecheck pytest install install-test clean-db bench bench-quick
 
 # The virtualenv and the project, reinstalled only when pyproject.toml changes.
 $(BIN)/tracktalk: pyproject.toml
@@ -46,3 +46,17 @@ test: lint typecheck pytest
 
 clean-db:
 	rm -rf .tracktalk
+
+# Benchmarks (bench/README.md): bench-only packages, and Debian's redis-server for the Redis baseline.
+BENCH_DEPS = $(BIN)/python -c 'import picows, redis, matplotlib, psutil, websockets, httpx' 2>/dev/null || \
+	$(BIN)/python -m pip install --quiet -e '.[bench]'; \
+	command -v redis-server >/dev/null || { apt-get install -y -qq redis-server >/dev/null || \
+	{ apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }; }
+
+bench: install
+	@$(BENCH_DEPS)
+	$(BIN)/python -m bench.run --profile $(BENCH_ARGS)
+
+bench-quick: install
+	@$(BENCH_DEPS)
+	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)

@@ -1,0 +1,1163 @@
+"""tracktalk's benchmark: latency, fan-out, memory and write cost, side by side with the baselines.
+
+    python -m bench.run [--quick] [--only SCENARIO,...] [--designs tracktalk,floor,redis,channels]
+
+Starts PostgreSQL (the embedded one, under bench/results/pg, unless DATABASE_URL is set), makes a
+fresh database, migrates and seeds it, then runs each scenario with real server processes and
+picows client processes, and writes bench/results/bench-<time>.json and .png. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+import psycopg
+
+from app.auth import issue_token
+from app.db import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+SECRET = "bench-secret-0123456789-abcdefghijklmnop"
+PY = sys.executable
+DESIGNS = ("tracktalk", "floor", "redis", "channels")
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sizes:
+    idle_sockets: int
+    idle_tracks: int
+    lat_replicas: int
+    lat_sockets: int
+    lat_tracks: int
+    lat_rate: float
+    fan_sockets: int
+    fan_rate: float
+    duration: float
+    write_seconds: float
+    write_workers: int
+    deflate_sockets: int
+    clients: int
+    users: int
+    settle: float = 1.0
+    """Seconds between the last socket opened and the RSS reading, and for the last frames to arrive."""
+
+
+FULL = Sizes(
+    idle_sockets=10_000,
+    idle_tracks=1_000,
+    lat_replicas=2,
+    lat_sockets=2_000,
+    lat_tracks=200,
+    lat_rate=200,
+    fan_sockets=5_000,
+    fan_rate=5,
+    duration=20,
+    write_seconds=10,
+    write_workers=4,
+    deflate_sockets=2_000,
+    clients=2,
+    users=200,
+)
+QUICK = Sizes(
+    idle_sockets=800,
+    idle_tracks=100,
+    lat_replicas=2,
+    lat_sockets=200,
+    lat_tracks=20,
+    lat_rate=100,
+    fan_sockets=300,
+    fan_rate=20,
+    duration=2.0,
+    write_seconds=1.5,
+    write_workers=2,
+    deflate_sockets=300,
+    clients=2,
+    users=40,
+    settle=0.5,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}): {log.read_text()[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} did not start: {log.read_text()[-2000:]}")
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    grace: float = 15.0
+    """Seconds to wait after SIGTERM (the baselines do not close their sockets: they get 1 s)."""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(self.grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def stop_all(servers: list[Server]) -> None:
+    for server in servers:
+        if server.proc.poll() is None:
+            server.proc.send_signal(signal.SIGTERM)
+    for server in servers:
+        server.stop()
+
+
+def start_server(args: list[str], env: dict[str, str], logdir: Path, name: str) -> Server:
+    port = free_port()
+    log = logdir / f"{name}-{port}.log"
+    argv = [a.replace("{port}", str(port)) for a in args]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+        )
+    server = Server(proc, port, log)
+    wait_port(port, proc, log)
+    return server
+
+
+def start_tracktalk(url: str, logdir: Path, deflate: bool = False) -> Server:
+    env = {
+        "DATABASE_URL": url,
+        "TRACKTALK_SECRET": SECRET,
+        "TRACKTALK_COMMENTS_PER_MINUTE": "10000000",
+        "TRACKTALK_SOCKETS_PER_USER": "1000000",
+    }
+    args = [PY, "-m", "bench.serve", "--port", "{port}"] + (["--deflate"] if deflate else [])
+    server = start_server(args, env, logdir, "tracktalk")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{server.port}/readyz", timeout=1).status_code == 200:
+                return server
+        time.sleep(0.1)
+    raise RuntimeError(f"tracktalk not ready: {server.log.read_text()[-2000:]}")
+
+
+class Clients:
+    """The picows load-client processes, sockets spread over them."""
+
+    def __init__(self, urls: list[str], count: int, workdir: Path, lib: str = "picows") -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+        self.outs: list[str] = []
+        self.frames = [0] * count
+        self.closed = [0] * count
+        self.ready: list[tuple[int, int]] = []
+        for i in range(count):
+            out = str(workdir / f"client-{i}-{time.monotonic_ns()}.json")
+            config = {"urls": urls[i::count], "out": out, "concurrency": 40, "lib": lib}
+            path = out + ".config"
+            Path(path).write_text(json.dumps(config))
+            module = "bench.client" if lib == "picows" else "bench.wsclient"
+            proc = subprocess.Popen(
+                [PY, "-m", module, path], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
+            self.procs.append(proc)
+            self.outs.append(out)
+        for proc in self.procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline().split()
+            if not line or line[0] != "ready":
+                raise RuntimeError(f"client failed to start: {line}")
+            self.ready.append((int(line[1]), int(line[2])))
+        for i, proc in enumerate(self.procs):
+            threading.Thread(target=self._read, args=(i, proc), daemon=True).start()
+
+    def _read(self, i: int, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            parts = line.split()
+            if parts and parts[0] == "stat":
+                self.frames[i] = int(parts[1])
+                self.closed[i] = int(parts[2])
+
+    @property
+    def opened(self) -> int:
+        return sum(r[0] for r in self.ready)
+
+    @property
+    def failed(self) -> int:
+        return sum(r[1] for r in self.ready)
+
+    def command(self, text: str) -> None:
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write(text + "\n")
+            proc.stdin.flush()
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p.pid) for p in self.procs)
+
+    def stop(self) -> dict[str, Any]:
+        self.command("stop")
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        frames = closed = 0
+        ids: list[np.ndarray] = []
+        times: list[np.ndarray] = []
+        for out in self.outs:
+            with contextlib.suppress(FileNotFoundError):
+                data = json.loads(Path(out).read_text())
+                frames += data["frames"]
+                closed += data["closed"]
+                ids.append(np.fromfile(out + ".ids", dtype=np.int64))
+                times.append(np.fromfile(out + ".times", dtype=np.float64))
+        return {
+            "frames": frames,
+            "closed": closed,
+            "ids": np.concatenate(ids) if ids else np.zeros(0, np.int64),
+            "times": np.concatenate(times) if times else np.zeros(0),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Database
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    url: str
+    tracks: list[str]
+    users: list[int]
+    tokens: dict[int, str]
+    commit_ts: bool
+    """The server records commit timestamps (track_commit_timestamp): latency is measured from them."""
+    postmaster: int | None = None
+
+
+PLAIN_TABLE = """
+CREATE TABLE IF NOT EXISTS bench_plain_comments (LIKE comments INCLUDING DEFAULTS INCLUDING CONSTRAINTS
+                                                 INCLUDING INDEXES INCLUDING IDENTITY);
+ALTER TABLE bench_plain_comments DROP CONSTRAINT IF EXISTS bench_plain_track_fk;
+ALTER TABLE bench_plain_comments ADD CONSTRAINT bench_plain_track_fk
+    FOREIGN KEY (track_id) REFERENCES tracks (id) ON DELETE CASCADE;
+ALTER TABLE bench_plain_comments DROP CONSTRAINT IF EXISTS bench_plain_user_fk;
+ALTER TABLE bench_plain_comments ADD CONSTRAINT bench_plain_user_fk
+    FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE CASCADE;
+"""
+"""The comments table without tracktalk's triggers (same columns, checks, indexes and foreign keys)."""
+
+
+def seed(url: str, n_tracks: int, n_users: int) -> tuple[list[str], list[int]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO users (username, is_creator) VALUES ('bench-creator', true) RETURNING id"
+        ).fetchone()
+        assert row is not None
+        album = conn.execute(
+            "INSERT INTO albums (title, created_by_id) VALUES ('Bench', %s) RETURNING id", (row[0],)
+        ).fetchone()
+        assert album is not None
+        users = [
+            int(r[0])
+            for r in conn.execute(
+                "INSERT INTO users (username) SELECT 'listener' || g FROM generate_series(1, %s) g RETURNING id",
+                (n_users,),
+            ).fetchall()
+        ]
+        tracks = [f"bt-{i:05d}" for i in range(n_tracks)]
+        conn.execute(
+            "INSERT INTO tracks (id, album_id, title) SELECT t, %s, t FROM unnest(%s::text[]) t",
+            (album[0], tracks),
+        )
+        conn.execute(PLAIN_TABLE)
+    return tracks, users
+
+
+@contextlib.contextmanager
+def database(n_tracks: int, n_users: int) -> Iterator[World]:
+    """A fresh, migrated, seeded database on the embedded server (or on DATABASE_URL's server)."""
+    name = f"bench_{int(time.time())}_{os.getpid()}"
+    external = os.environ.get("DATABASE_URL")
+    with contextlib.ExitStack() as stack:
+        postmaster = None
+        if external:
+            admin = external
+        else:
+            from app import embedded
+
+            # Commit timestamps, so that latency runs from the commit the database recorded.
+            embedded._FAST_SETTINGS = (*embedded._FAST_SETTINGS, "track_commit_timestamp=on")
+            pg = stack.enter_context(embedded.EmbeddedPostgres(RESULTS / "pg", fast=True))
+            admin = pg.url_for("postgres")
+            postmaster = pg.pid
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+            commit_ts = conn.execute("SHOW track_commit_timestamp").fetchone() == ("on",)
+        url = _with_db(admin, name)
+        try:
+            migrate(url)
+            tracks, users = seed(url, n_tracks, n_users)
+            tokens = {u: issue_token(SECRET, u, 3 * 3600) for u in users}
+            yield World(url, tracks, users, tokens, commit_ts, postmaster)
+        finally:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _with_db(url: str, name: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(url)
+    params["dbname"] = name
+    return make_conninfo(**params)
+
+
+def db_cpu(world: World) -> float:
+    """CPU seconds of the PostgreSQL server processes alive now (embedded server only)."""
+    if world.postmaster is None:
+        return 0.0
+    try:
+        procs = [psutil.Process(world.postmaster), *psutil.Process(world.postmaster).children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    return sum(cpu_seconds(p.pid) for p in procs)
+
+
+def commit_times(world: World, table: str, ids: list[int]) -> dict[int, float]:
+    if not world.commit_ts or not ids:
+        return {}
+    with psycopg.connect(world.url, autocommit=True) as conn:
+        rows = conn.execute(
+            f"SELECT id, extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8 FROM {table} WHERE id = ANY(%s)",
+            (ids,),
+        ).fetchall()
+    return {int(i): float(t) for i, t in rows if t is not None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Writers: comments at a steady rate, half by SQL and half through the API
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Written:
+    sent: int = 0
+    errors: int = 0
+    writer_time: dict[int, float] = field(default_factory=dict)
+    """comment id -> time.time() right after the commit returned (SQL) or the POST answered (API)."""
+    via_api: set[int] = field(default_factory=set)
+    table: str = "comments"
+
+
+def frames_for(comment_id: int, track_id: str, user_id: int, seq: int) -> list[str]:
+    """What the baselines send for a comment: the same two frames tracktalk sends (jsonb's layout)."""
+    comment = {
+        "id": comment_id,
+        "user_id": user_id,
+        "username": f"listener{user_id}",
+        "author_is_creator": False,
+        "author_is_team": False,
+        "track_id": track_id,
+        "parent_id": None,
+        "content": "bench comment",
+        "timestamp": 1.0,
+        "is_edited": False,
+        "created_at": "2025-01-01T00:00:00+00:00",
+        "last_edited_at": None,
+        "like_count": 0,
+        "user_has_liked": False,
+    }
+    new = {"seq": seq, "type": "new_comment", "comment": comment, "track_id": track_id}
+    metrics = {
+        "seq": seq + 1,
+        "type": "track_metrics",
+        "track_id": track_id,
+        "likes": 0,
+        "comments": seq,
+        "shares": 0,
+    }
+    return [json.dumps(new), json.dumps(metrics)]
+
+
+class Writer:
+    """Writes `rate` comments a second for `duration` seconds on random tracks, for one design."""
+
+    def __init__(self, design: str, world: World, tracks: list[str], api: list[str], extra: dict[str, Any]):
+        self.design = design
+        self.world = world
+        self.tracks = tracks
+        self.api = api
+        self.extra = extra
+        self.out = Written(table="comments" if design == "tracktalk" else "bench_plain_comments")
+        self.seq: dict[str, int] = {}
+
+    async def run(self, rate: float, duration: float) -> Written:
+        conns = [await psycopg.AsyncConnection.connect(self.world.url, autocommit=True) for _ in range(4)]
+        free: asyncio.Queue[psycopg.AsyncConnection[Any]] = asyncio.Queue()
+        for c in conns:
+            free.put_nowait(c)
+        redis_client = None
+        floor_ws = None
+        if self.design == "redis":
+            import redis.asyncio as aioredis
+
+            redis_client = aioredis.from_url(self.extra["redis_url"])
+        if self.design == "floor":
+            from websockets.asyncio.client import connect
+
+            floor_ws = await connect(f"ws://127.0.0.1:{self.extra['floor_port']}/publish", compression=None)
+        http = httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=16))
+        tasks: set[asyncio.Task[None]] = set()
+        sem = asyncio.Semaphore(32)
+        start = time.monotonic()
+        n = int(rate * duration)
+        try:
+            for i in range(n):
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await sem.acquire()
+                task = asyncio.create_task(self._one(i, free, http, redis_client, floor_ws))
+                task.add_done_callback(lambda _t: sem.release())
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.wait(tasks, timeout=15)
+        finally:
+            await http.aclose()
+            for c in conns:
+                await c.close()
+            if redis_client is not None:
+                await redis_client.aclose()
+            if floor_ws is not None:
+                await floor_ws.close()
+        return self.out
+
+    async def _one(
+        self, i: int, free: Any, http: httpx.AsyncClient, redis_client: Any, floor_ws: Any
+    ) -> None:
+        track = random.choice(self.tracks)
+        user = random.choice(self.world.users)
+        self.out.sent += 1
+        try:
+            if self.design == "floor":
+                cid = 10_000_000 + i
+                seq = self.seq[track] = self.seq.get(track, 0) + 2
+                payload = json.dumps({"track_id": track, "frames": frames_for(cid, track, user, seq)})
+                self.out.writer_time[cid] = time.time()
+                await floor_ws.send(payload)
+                return
+            if self.design == "tracktalk" and i % 2 == 1:
+                base = self.api[i // 2 % len(self.api)]
+                r = await http.post(
+                    f"{base}/api/tracks/{track}/comments",
+                    json={"content": f"bench api {i}", "timestamp": 1.0},
+                    headers={"Authorization": f"Bearer {self.world.tokens[user]}"},
+                )
+                done = time.time()
+                if r.status_code != 201:
+                    self.out.errors += 1
+                    return
+                cid = int(r.json()["id"])
+                self.out.writer_time[cid] = done
+                self.out.via_api.add(cid)
+                return
+            conn = await free.get()
+            try:
+                if self.design == "tracktalk":
+                    cur = await conn.execute(
+                        "INSERT INTO comments (track_id, user_id, content, timestamp) VALUES (%s, %s, %s, 1) RETURNING id",
+                        (track, user, f"bench sql {i}"),
+                    )
+                    row = await cur.fetchone()
+                    self.out.writer_time[int(row[0])] = time.time()
+                    return
+                seq = self.seq[track] = self.seq.get(track, 0) + 2
+                async with conn.transaction():
+                    cur = await conn.execute(
+                        "INSERT INTO bench_plain_comments (track_id, user_id, content, timestamp) VALUES (%s, %s, %s, 1) RETURNING id",
+                        (track, user, f"bench {i}"),
+                    )
+                    row = await cur.fetchone()
+                    cid = int(row[0])
+                    frames = frames_for(cid, track, user, seq)
+                    if self.design == "channels":
+                        for frame in frames:
+                            await conn.execute("SELECT pg_notify(%s, %s)", (f"track_{track}", frame))
+                committed = time.time()
+                if self.design == "redis":
+                    await redis_client.publish("comments", json.dumps({"track_id": track, "frames": frames}))
+                self.out.writer_time[cid] = committed
+            finally:
+                free.put_nowait(conn)
+        except Exception as exc:
+            self.out.errors += 1
+            if self.out.errors <= 3:
+                print(f"  writer error: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+# ---------------------------------------------------------------------------------------------
+
+
+def pct(values: np.ndarray, q: float) -> float | None:
+    return round(float(np.percentile(values, q)) * 1000, 2) if values.size else None
+
+
+def latencies(got: dict[str, Any], written: Written, world: World) -> dict[str, Any]:
+    ids, times = got["ids"], got["times"]
+    db = commit_times(world, written.table, list(written.writer_time)) if written.table else {}
+    source = "database commit timestamp" if db else "writer clock after commit"
+    reference = db or written.writer_time
+    if not reference or ids.size == 0:
+        return {"samples": 0, "source": source}
+    keys = np.fromiter(reference.keys(), dtype=np.int64)
+    vals = np.fromiter(reference.values(), dtype=np.float64)
+    order = np.argsort(keys)
+    keys, vals = keys[order], vals[order]
+    pos = np.clip(np.searchsorted(keys, ids), 0, len(keys) - 1)
+    known = keys[pos] == ids
+    lat = times[known] - vals[pos[known]]
+    api_ids = np.fromiter(written.via_api, dtype=np.int64) if written.via_api else np.zeros(0, np.int64)
+    is_api = np.isin(ids[known], api_ids)
+    out = {
+        "source": source,
+        "samples": int(lat.size),
+        "p50_ms": pct(lat, 50),
+        "p90_ms": pct(lat, 90),
+        "p99_ms": pct(lat, 99),
+        "max_ms": round(float(lat.max()) * 1000, 2) if lat.size else None,
+    }
+    if api_ids.size:
+        out["sql_p50_ms"] = pct(lat[~is_api], 50)
+        out["api_p50_ms"] = pct(lat[is_api], 50)
+    return out
+
+
+def queue_sampler(world: World, stop: threading.Event, peak: list[float]) -> None:
+    with contextlib.suppress(psycopg.Error), psycopg.connect(world.url, autocommit=True) as conn:
+        while not stop.is_set():
+            row = conn.execute("SELECT pg_notification_queue_usage()").fetchone()
+            peak[0] = max(peak[0], float(row[0]) if row else 0.0)
+            stop.wait(0.25)
+
+
+@dataclass
+class Env:
+    world: World
+    logdir: Path
+    sizes: Sizes
+    redis_url: str = ""
+
+
+def start_design(design: str, env: Env, replicas: int, deflate: bool = False) -> list[Server]:
+    if design == "tracktalk":
+        return [start_tracktalk(env.world.url, env.logdir, deflate) for _ in range(replicas)]
+    base = [PY, "-m", "bench.baselines", design, "--port", "{port}"]
+    if design == "redis":
+        base += ["--redis-url", env.redis_url]
+    if design == "channels":
+        base += ["--database-url", env.world.url]
+    if design == "floor":
+        replicas = 1  # the floor has no way between replicas: one process
+    servers = [start_server(base, {}, env.logdir, design) for _ in range(replicas)]
+    for server in servers:
+        server.grace = 0.3
+    return servers
+
+
+def socket_urls(design: str, servers: list[Server], tracks: list[str], world: World, count: int) -> list[str]:
+    urls = []
+    for i in range(count):
+        server = servers[i % len(servers)]
+        track = tracks[i % len(tracks)]
+        if design == "tracktalk":
+            user = world.users[i % len(world.users)]
+            urls.append(f"ws://127.0.0.1:{server.port}/api/ws/track/{track}?token={world.tokens[user]}")
+        else:
+            urls.append(f"ws://127.0.0.1:{server.port}/ws/{track}")
+    return urls
+
+
+def load(
+    env: Env,
+    scenario: str,
+    design: str,
+    replicas: int,
+    sockets: int,
+    tracks: list[str],
+    rate: float,
+    duration: float,
+    lib: str = "picows",
+    deflate: bool = False,
+    profile: bool = False,
+) -> dict[str, Any]:
+    """One run: servers up, sockets open (RSS before/after), writes at `rate`, then the figures."""
+    world = env.world
+    servers = start_design(design, env, replicas, deflate)
+    result: dict[str, Any] = {
+        "scenario": scenario,
+        "design": design,
+        "replicas": len(servers),
+        "sockets": sockets,
+        "tracks": len(tracks),
+        "rate": rate,
+        "duration": duration,
+        "client": lib,
+        "deflate": deflate,
+    }
+    clients = None
+    began = time.monotonic()
+    try:
+        time.sleep(0.3)
+        rss_before = [rss_kib(s.pid) for s in servers]
+        t0 = time.monotonic()
+        clients = Clients(
+            socket_urls(design, servers, tracks, world, sockets), env.sizes.clients, env.logdir, lib
+        )
+        result["open_seconds"] = round(time.monotonic() - t0, 2)
+        result["opened"], result["failed"] = clients.opened, clients.failed
+        time.sleep(env.sizes.settle)
+        rss_after = [rss_kib(s.pid) for s in servers]
+        result["rss_before_mib"] = round(sum(rss_before) / 1024, 1)
+        result["rss_after_mib"] = round(sum(rss_after) / 1024, 1)
+        result["rss_per_socket_kib"] = round((sum(rss_after) - sum(rss_before)) / max(1, clients.opened), 1)
+        if rate <= 0:
+            return result
+        clients.command("mark")
+        cpu0 = [cpu_seconds(s.pid) for s in servers]
+        ccpu0, dcpu0 = clients.cpu(), db_cpu(world)
+        stop, peak = threading.Event(), [0.0]
+        sampler = threading.Thread(target=queue_sampler, args=(world, stop, peak), daemon=True)
+        sampler.start()
+        spy = start_profile(servers[0].pid, env.logdir, scenario, duration) if profile else None
+        writer = Writer(
+            design,
+            world,
+            tracks,
+            [f"http://127.0.0.1:{s.port}" for s in servers],
+            {"redis_url": env.redis_url, "floor_port": servers[0].port},
+        )
+        progress = threading.Event()
+
+        def show() -> None:
+            start = time.monotonic()
+            last = 0
+            while not progress.wait(1.0):
+                frames = sum(clients.frames) if clients else 0
+                print(
+                    f"\r  {scenario:<9} {design:<9} {time.monotonic() - start:5.1f}s  "
+                    f"comments {writer.out.sent:>6}  frames {frames:>9}  ({frames - last:>7}/s)  "
+                    f"closed {sum(clients.closed) if clients else 0}   ",
+                    end="",
+                    flush=True,
+                )
+                last = frames
+
+        shower = threading.Thread(target=show, daemon=True)
+        shower.start()
+        t_start = time.monotonic()
+        written = asyncio.run(writer.run(rate, duration))
+        time.sleep(env.sizes.settle)  # let the last frames arrive
+        elapsed = time.monotonic() - t_start
+        cpu1 = [cpu_seconds(s.pid) for s in servers]
+        ccpu1, dcpu1 = clients.cpu(), db_cpu(world)
+        progress.set()
+        stop.set()
+        print()
+        got = clients.stop()
+        clients = None
+        if spy is not None:
+            result["profile"] = finish_profile(spy)
+        server_cpu = sum(cpu1) - sum(cpu0)
+        result.update(
+            comments=written.sent,
+            write_errors=written.errors,
+            frames=got["frames"],
+            closed_during=got["closed"],
+            window_s=round(elapsed, 2),
+            messages_per_s=round(got["frames"] / elapsed),
+            server_cpu_s=round(server_cpu, 2),
+            server_cpu_pct=round(100 * server_cpu / elapsed, 1),
+            cpu_us_per_message=round(1e6 * server_cpu / got["frames"], 2) if got["frames"] else None,
+            client_cpu_s=round(ccpu1 - ccpu0, 2),
+            client_cpu_pct=round(100 * (ccpu1 - ccpu0) / elapsed, 1),
+            db_cpu_s=round(dcpu1 - dcpu0, 2),
+            notify_queue_peak=peak[0],
+            latency=latencies(got, written, world),
+        )
+        return result
+    finally:
+        if clients is not None:
+            clients.stop()
+        stop_all(servers)
+        result["wall_s"] = round(time.monotonic() - began, 1)
+
+
+def start_profile(pid: int, logdir: Path, scenario: str, duration: float) -> dict[str, Any] | None:
+    spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+    if not Path(spy).exists():
+        return None
+    out = RESULTS / f"profile-{scenario}.txt"
+    raw = logdir / f"profile-{scenario}.raw"
+    proc = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(max(2, duration))),
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--rate",
+            "200",
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    return {"proc": proc, "raw": raw, "out": out}
+
+
+def finish_profile(spy: dict[str, Any]) -> dict[str, Any]:
+    proc: subprocess.Popen[bytes] = spy["proc"]
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return {"error": "py-spy did not finish"}
+    raw: Path = spy["raw"]
+    if not raw.exists():
+        return {"error": (err or b"").decode(errors="replace")[-500:]}
+    own: dict[str, int] = {}
+    total_fn: dict[str, int] = {}
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        frames = stack.split(";")
+        leaf = frames[-1]
+        own[leaf] = own.get(leaf, 0) + n
+        for f in set(frames):
+            total_fn[f] = total_fn.get(f, 0) + n
+    top_own = sorted(own.items(), key=lambda kv: -kv[1])[:25]
+    top_total = sorted(total_fn.items(), key=lambda kv: -kv[1])[:40]
+    lines = [f"py-spy record, {samples} samples", "", "own time (leaf functions):"]
+    lines += [f"{100 * n / samples:6.1f}%  {name}" for name, n in top_own]
+    lines += ["", "total time (function on the stack):"]
+    lines += [f"{100 * n / samples:6.1f}%  {name}" for name, n in top_total]
+    spy["out"].write_text("\n".join(lines) + "\n")
+    shutil.copy(raw, spy["out"].with_suffix(".raw"))
+    return {"samples": samples, "file": str(spy["out"].relative_to(ROOT)), "top_own": top_own[:10]}
+
+
+def write_cost(env: Env) -> dict[str, Any]:
+    """Comments/s by SQL into comments (triggers) vs the same inserts into bench_plain_comments."""
+    world, sizes = env.world, env.sizes
+    out: dict[str, Any] = {
+        "scenario": "write",
+        "workers": sizes.write_workers,
+        "seconds": sizes.write_seconds,
+    }
+
+    async def sql_rate(table: str) -> float:
+        stop_at = time.monotonic() + sizes.write_seconds
+        count = 0
+
+        async def worker() -> None:
+            nonlocal count
+            async with await psycopg.AsyncConnection.connect(world.url, autocommit=True) as conn:
+                while time.monotonic() < stop_at:
+                    await conn.execute(
+                        f"INSERT INTO {table} (track_id, user_id, content, timestamp) VALUES (%s, %s, 'bench write', 1)",
+                        (random.choice(world.tracks), random.choice(world.users)),
+                    )
+                    count += 1
+
+        start = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(sizes.write_workers)))
+        return count / (time.monotonic() - start)
+
+    for table, key in (("bench_plain_comments", "sql_plain_per_s"), ("comments", "sql_triggers_per_s")):
+        out[key] = round(asyncio.run(sql_rate(table)))
+        print(f"  write     {table:<22} {out[key]:>8} comments/s")
+    out["trigger_cost_pct"] = round(100 * (1 - out["sql_triggers_per_s"] / out["sql_plain_per_s"]), 1)
+
+    server = start_tracktalk(world.url, env.logdir)
+    try:
+
+        async def api_rate() -> float:
+            stop_at = time.monotonic() + sizes.write_seconds
+            count = 0
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=10) as http:
+
+                async def worker(k: int) -> None:
+                    nonlocal count
+                    while time.monotonic() < stop_at:
+                        user = world.users[k % len(world.users)]
+                        r = await http.post(
+                            f"/api/tracks/{random.choice(world.tracks)}/comments",
+                            json={"content": "bench api write", "timestamp": 1.0},
+                            headers={"Authorization": f"Bearer {world.tokens[user]}"},
+                        )
+                        if r.status_code == 201:
+                            count += 1
+
+                start = time.monotonic()
+                await asyncio.gather(*(worker(k) for k in range(4 * sizes.write_workers)))
+                return count / (time.monotonic() - start)
+
+        cpu0 = cpu_seconds(server.pid)
+        out["api_per_s"] = round(asyncio.run(api_rate()))
+        out["api_server_cpu_s"] = round(cpu_seconds(server.pid) - cpu0, 2)
+        print(f"  write     {'API (1 replica)':<22} {out['api_per_s']:>8} comments/s")
+    finally:
+        server.stop()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'scenario':<9} {'design':<9} {'repl':>4} {'sockets':>7} {'tracks':>6} {'rate/s':>6} "
+        f"{'msgs/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'cpu %':>6} {'us/msg':>7} {'KiB/sock':>8} "
+        f"{'client%':>7} {'closed':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        if r["scenario"] == "write":
+            continue
+        lat = r.get("latency", {})
+        lines.append(
+            f"{r['scenario']:<9} {r['design'] + ('+defl' if r.get('deflate') else ''):<9} {r['replicas']:>4} "
+            f"{r.get('opened', 0):>7} {r['tracks']:>6} {r['rate']:>6g} "
+            f"{_f(r.get('messages_per_s')):>8} {_f(lat.get('p50_ms')):>7} {_f(lat.get('p99_ms')):>7} "
+            f"{_f(r.get('server_cpu_pct')):>6} {_f(r.get('cpu_us_per_message')):>7} "
+            f"{_f(r.get('rss_per_socket_kib')):>8} {_f(r.get('client_cpu_pct')):>7} {_f(r.get('closed_during')):>6}"
+        )
+    for r in results:
+        if r["scenario"] == "write":
+            lines.append(
+                f"write cost: SQL {r['sql_plain_per_s']}/s without triggers, {r['sql_triggers_per_s']}/s with "
+                f"({r['trigger_cost_pct']}% cost); API {r.get('api_per_s')}/s on one replica "
+                f"({r['workers']} SQL connections, {r['seconds']} s each)"
+            )
+    return "\n".join(lines)
+
+
+def _f(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.1f}" if v < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for scenario in ("latency", "fanout"):
+        ours = next((r for r in results if r["scenario"] == scenario and r["design"] == "tracktalk"), None)
+        if ours is None:
+            continue
+        for r in results:
+            if r["scenario"] != scenario or r["design"] == "tracktalk" or r.get("deflate"):
+                continue
+            row: dict[str, Any] = {"scenario": scenario, "versus": r["design"]}
+            for key, get in (
+                ("messages_per_s", lambda x: x.get("messages_per_s")),
+                ("p50_ms", lambda x: x.get("latency", {}).get("p50_ms")),
+                ("p99_ms", lambda x: x.get("latency", {}).get("p99_ms")),
+                ("cpu_us_per_message", lambda x: x.get("cpu_us_per_message")),
+                ("rss_per_socket_kib", lambda x: x.get("rss_per_socket_kib")),
+            ):
+                a, b = get(ours), get(r)
+                row[key] = round(a / b, 2) if a is not None and b else None
+            out.append(row)
+    return out
+
+
+def chart(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"tracktalk": "#2b6cb0", "floor": "#718096", "redis": "#c53030", "channels": "#2f855a"}
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.4))
+    panels = [
+        (
+            "latency",
+            "commit → receive p50 / p99 (ms)",
+            lambda r: (r.get("latency", {}).get("p50_ms"), r.get("latency", {}).get("p99_ms")),
+        ),
+        ("fanout", "fan-out: delivered messages/s", lambda r: (r.get("messages_per_s"), None)),
+        ("fanout", "fan-out: server CPU µs per message", lambda r: (r.get("cpu_us_per_message"), None)),
+        ("latency", "server RSS per socket (KiB)", lambda r: (r.get("rss_per_socket_kib"), None)),
+    ]
+    for ax, (scenario, title, get) in zip(axes, panels, strict=True):
+        rows = [r for r in results if r["scenario"] == scenario and not r.get("deflate")]
+        names = [r["design"] for r in rows]
+        first = [get(r)[0] or 0 for r in rows]
+        ax.bar(names, first, color=[colors.get(n, "#999") for n in names])
+        second = [get(r)[1] for r in rows]
+        if any(v is not None for v in second):
+            ax.scatter(
+                names, [v or 0 for v in second], color="black", marker="_", s=300, zorder=3, label="p99"
+            )
+            ax.legend(fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def redis_server(logdir: Path) -> Iterator[str]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError(
+            "redis-server not found: apt-get install redis-server (or --designs without redis)"
+        )
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(logdir),
+        ],
+        stdout=(logdir / "redis.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_port(port, proc, logdir / "redis.log")  # type: ignore[arg-type]
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_at_start": os.getloadavg(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small numbers, under a minute")
+    parser.add_argument("--only", default="idle,latency,fanout,write,deflate", help="scenarios to run")
+    parser.add_argument("--designs", default=",".join(DESIGNS), help="designs to compare")
+    parser.add_argument("--profile", action="store_true", help="py-spy record a replica during fan-out")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else FULL
+    only = set(args.only.split(","))
+    designs = [d for d in args.designs.split(",") if d]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    info = {"machine": machine(), "quick": args.quick, "sizes": sizes.__dict__, "started": stamp}
+    print(
+        f"tracktalk bench ({'quick' if args.quick else 'full'}) on {info['machine']['cpu']}, "
+        f"{info['machine']['cores']} cores, load {info['machine']['load_at_start'][0]:.2f}"
+    )
+    results: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        # Logs and the clients' files, kept for a look after the run (git-ignored, like all of results/).
+        logdir = RESULTS / f"run-{stamp}"
+        logdir.mkdir()
+        n_tracks = max(sizes.idle_tracks, sizes.lat_tracks, 1)
+        world = stack.enter_context(database(n_tracks, sizes.users))
+        info["latency_clock"] = (
+            "database commit timestamp" if world.commit_ts else "writer clock after commit"
+        )
+        env = Env(world, logdir, sizes)
+        if "redis" in designs and ({"latency", "fanout"} & only):
+            env.redis_url = stack.enter_context(redis_server(logdir))
+        if "idle" in only:
+            print(f"idle capacity: 1 replica, {sizes.idle_sockets} sockets over {sizes.idle_tracks} tracks")
+            r = load(env, "idle", "tracktalk", 1, sizes.idle_sockets, world.tracks[: sizes.idle_tracks], 0, 0)
+            print(
+                f"  {r['opened']} open ({r['failed']} failed) in {r['open_seconds']} s: "
+                f"{r['rss_per_socket_kib']} KiB per socket (RSS {r['rss_before_mib']} -> {r['rss_after_mib']} MiB)"
+            )
+            results.append(r)
+        if "latency" in only:
+            tracks = world.tracks[: sizes.lat_tracks]
+            print(
+                f"latency: {sizes.lat_replicas} replicas, {sizes.lat_sockets} sockets over {len(tracks)} tracks, "
+                f"{sizes.lat_rate:g} comments/s for {sizes.duration:g} s"
+            )
+            for design in designs:
+                results.append(
+                    load(
+                        env,
+                        "latency",
+                        design,
+                        sizes.lat_replicas,
+                        sizes.lat_sockets,
+                        tracks,
+                        sizes.lat_rate,
+                        sizes.duration,
+                    )
+                )
+        if "fanout" in only:
+            print(
+                f"fan-out: 1 replica, {sizes.fan_sockets} sockets on one track, {sizes.fan_rate:g} comments/s"
+            )
+            for design in designs:
+                results.append(
+                    load(
+                        env,
+                        "fanout",
+                        design,
+                        1,
+                        sizes.fan_sockets,
+                        world.tracks[:1],
+                        sizes.fan_rate,
+                        sizes.duration,
+                        profile=args.profile and design == "tracktalk",
+                    )
+                )
+        if "deflate" in only:
+            print(
+                f"deflate: 1 replica, {sizes.deflate_sockets} idle sockets (websockets client, offers deflate)"
+            )
+            for deflate in (False, True):
+                r = load(
+                    env,
+                    "deflate",
+                    "tracktalk",
+                    1,
+                    sizes.deflate_sockets,
+                    world.tracks[: sizes.lat_tracks],
+                    0,
+                    0,
+                    lib="websockets",
+                    deflate=deflate,
+                )
+                print(f"  deflate {'on ' if deflate else 'off'}: {r['rss_per_socket_kib']} KiB per socket")
+                results.append(r)
+        if "write" in only:
+            print(f"write cost: {sizes.write_workers} SQL connections, {sizes.write_seconds:g} s each")
+            results.append(write_cost(env))
+    info["results"] = results
+    info["ratios"] = ratios(results)
+    out = RESULTS / f"bench-{stamp}{'-quick' if args.quick else ''}.json"
+    out.write_text(json.dumps(info, indent=2, default=str))
+    png = out.with_suffix(".png")
+    if any(r["scenario"] in ("latency", "fanout") for r in results):
+        chart(results, png)
+    print()
+    print(table(results))
+    if info["ratios"]:
+        print("\ntracktalk / other (msgs/s: >1 is better; latency, CPU, memory: <1 is better)")
+        for row in info["ratios"]:
+            print("  " + "  ".join(f"{k}={v}" for k, v in row.items()))
+    print(f"\nwrote {out.relative_to(ROOT)}" + (f" and {png.relative_to(ROOT)}" if png.exists() else ""))
+
+
+if __name__ == "__main__":
+    main()
