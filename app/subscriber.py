@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
 
 CLOSE_TOO_SLOW = 1013
 """Close code for a socket whose queue overflowed (RFC 6455: try again later)."""
@@ -24,7 +23,6 @@ class Subscriber:
         "_wakeup",
         "close_reason",
         "skip_through",
-        "stopped",
         "track_id",
         "user_id",
     )
@@ -34,7 +32,6 @@ class Subscriber:
         self.track_id = track_id
         self.skip_through = 0
         self.close_reason: tuple[int, str] | None = None
-        self.stopped = asyncio.Event()
         self._frames: deque[tuple[int, str]] = deque()
         self._limit = limit
         self._wakeup = asyncio.Event()
@@ -56,17 +53,15 @@ class Subscriber:
             self.close_reason = (code, reason)
             self._frames.clear()
         self._wakeup.set()
-        self.stopped.set()
 
-    async def frames(self) -> AsyncIterator[str]:
-        """The queued frames in order, until `close` is called."""
-        while self.close_reason is None:
-            while self._frames:
-                seq, frame = self._frames.popleft()
-                if seq and seq <= self.skip_through:
-                    continue
-                yield frame
-                if self.close_reason is not None:
-                    return
+    def take(self) -> list[str]:
+        """Every queued frame the client does not have yet, in order (and empty the queue)."""
+        frames = [frame for seq, frame in self._frames if not seq or seq > self.skip_through]
+        self._frames.clear()
+        return frames
+
+    async def wait(self) -> None:
+        """Until there is a frame to take, or the subscriber is asked to stop."""
+        while not self._frames and self.close_reason is None:
             self._wakeup.clear()
             await self._wakeup.wait()

@@ -124,7 +124,9 @@ $$;
 -- The messages that tell recipients about notifications `ids`, in id order.
 CREATE OR REPLACE FUNCTION tracktalk.user_messages(ids bigint[])
 RETURNS TABLE (user_id bigint, message jsonb)
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY
     SELECT m.user_id, m.message
     FROM (
         SELECT n.id, 1 AS part, n.user_id,
@@ -141,7 +143,8 @@ LANGUAGE sql STABLE AS $$
           JOIN tracktalk.comment_objects c ON c.id = n.comment_id
          WHERE n.id = ANY (ids) AND n.kind = 'mention'
     ) AS m
-    ORDER BY m.id, m.part
+    ORDER BY m.id, m.part;
+END
 $$;
 
 -- Sets a track's counters from its rows (one scan). For a track made while the triggers were
@@ -243,10 +246,13 @@ CREATE TRIGGER comments_before_delete
 CREATE OR REPLACE FUNCTION tracktalk.notify_comment_readers(
     ids bigint[], old_contents text[] DEFAULT NULL
 ) RETURNS void
-LANGUAGE sql AS $$
+-- PL/pgSQL, not SQL: its statement's plan is kept for the session instead of being made again
+-- for every comment (the visibility test is written out below for the same reason).
+LANGUAGE plpgsql AS $$
+BEGIN
     WITH c AS (
         SELECT c.id, c.track_id, c.user_id, c.parent_id, c.content, a.created_by_id AS creator_id,
-               old.content AS old_content
+               t.is_private, old.content AS old_content
           FROM unnest(ids, old_contents) AS old (id, content)
           JOIN comments c ON c.id = old.id
           JOIN tracks t ON t.id = c.track_id
@@ -257,8 +263,9 @@ LANGUAGE sql AS $$
           FROM c
          CROSS JOIN LATERAL tracktalk.mentioned_names(c.content) AS name
           JOIN users u ON lower(u.username) = name
-         WHERE c.old_content IS NULL
-            OR name NOT IN (SELECT tracktalk.mentioned_names(c.old_content))
+         WHERE c.content LIKE '%@%'
+           AND (c.old_content IS NULL
+                OR name NOT IN (SELECT tracktalk.mentioned_names(c.old_content)))
         UNION ALL
         SELECT c.id, p.user_id, 'reply', 2
           FROM c JOIN comments p ON p.id = c.parent_id
@@ -281,12 +288,15 @@ LANGUAGE sql AS $$
     SELECT b.user_id, b.kind, c.user_id, c.track_id, c.id
       FROM best b
       JOIN c ON c.id = b.comment_id
+      JOIN users reader ON reader.id = b.user_id
      WHERE b.user_id <> c.user_id
-       AND tracktalk.can_see(b.user_id, c.track_id)
+       -- tracktalk.can_see(reader, track), written out
+       AND (NOT c.is_private OR reader.id = c.creator_id OR reader.is_team)
      ORDER BY c.id, b.user_id
     ON CONFLICT (user_id, comment_id) WHERE kind IN ('comment', 'reply', 'mention')
     DO UPDATE SET kind = excluded.kind, created_at = now(), read_at = NULL
-        WHERE excluded.kind = 'mention' AND notifications.kind <> 'mention'
+        WHERE excluded.kind = 'mention' AND notifications.kind <> 'mention';
+END
 $$;
 
 CREATE OR REPLACE FUNCTION tracktalk.comments_after_insert() RETURNS trigger
@@ -419,8 +429,12 @@ BEGIN
         SELECT c.user_id, 'comment_like', n.user_id, c.track_id, c.id
           FROM changed_rows n
           JOIN comments c ON c.id = n.comment_id
+          JOIN tracks t ON t.id = c.track_id
+          JOIN albums a ON a.id = t.album_id
+          JOIN users author ON author.id = c.user_id
          WHERE c.user_id <> n.user_id
-           AND tracktalk.can_see(c.user_id, c.track_id)
+           -- tracktalk.can_see(author, track), written out
+           AND (NOT t.is_private OR author.id = a.created_by_id OR author.is_team)
          ORDER BY c.id, n.user_id
         ON CONFLICT (user_id, comment_id, actor_id) WHERE kind = 'comment_like' DO NOTHING;
     END IF;

@@ -17,6 +17,7 @@ import msgspec
 import psycopg
 from litestar import WebSocket, websocket
 from litestar.exceptions import HTTPException, WebSocketDisconnect
+from litestar.types import WebSocketSendEvent
 from psycopg_pool import PoolTimeout
 
 from app.auth import TokenError, verify_token
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 MAX_FRAME = 4096
 """Largest client frame, in bytes; a bigger one closes the socket with 1009."""
+CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_UNSUPPORTED = 1003
@@ -95,20 +97,15 @@ async def _serve(
     since: int | None,
     start: int,
 ) -> None:
-    """Run the writer and the reader until the client leaves or the subscriber is stopped."""
+    """Read the client's frames here while a writer task sends; stop when the client leaves."""
     writer = asyncio.create_task(_write(socket, sub, services, since, start))
-    reader = asyncio.create_task(_read(socket, sub, viewer, services))
-    stopped = asyncio.create_task(sub.stopped.wait())
-    tasks = (writer, reader, stopped)
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        if not writer.done():
-            # Let the writer say goodbye; a client that reads nothing may never let it.
-            await asyncio.wait({writer}, timeout=_CLOSE_TIMEOUT)
+        await _read(socket, sub, viewer, services)
+        # Let the writer say goodbye when a rule was broken; a client that left needs none.
+        await asyncio.wait({writer}, timeout=_CLOSE_TIMEOUT)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
 
 
 async def _admit(
@@ -151,7 +148,11 @@ async def _write(
     socket: WebSocket[Any, Any, Any], sub: Subscriber, services: Services, since: int | None, start: int
 ) -> None:
     """The socket's only sender: connected, the replay, then live frames; then the close frame."""
-    send = socket.send_text
+
+    async def send(frame: str) -> None:
+        event: WebSocketSendEvent = {"type": "websocket.send", "text": frame, "bytes": None}
+        await socket.send(event)
+
     try:
         hello = Connected(track_id=sub.track_id, message="Connected to comment updates", seq=start)
         await send(encoder.encode(hello).decode())
@@ -160,15 +161,15 @@ async def _write(
                 await _replay(sub, services, since, start, send)
             except DATABASE_DOWN:
                 sub.close(CLOSE_TRY_AGAIN, "database unavailable: reconnect with since=<last seq> shortly")
-        async for frame in sub.frames():
-            await send(frame)
-        if sub.close_reason is not None:
-            code, reason = sub.close_reason
+        while sub.close_reason is None:
+            for frame in sub.take():
+                await send(frame)
+            await sub.wait()
+        code, reason = sub.close_reason
+        if code != CLOSE_NORMAL:
             await socket.close(code, reason)
     except (OSError, RuntimeError, TimeoutError, WebSocketDisconnect) as exc:
         log.debug("socket writer stopped: %s", type(exc).__name__)
-    finally:
-        sub.stopped.set()
 
 
 async def _replay(sub: Subscriber, services: Services, since: int, start: int, send: Any) -> None:
@@ -199,7 +200,7 @@ async def _read(
     while sub.close_reason is None:
         message = await socket.receive()
         if message["type"] == "websocket.disconnect":
-            sub.close(1000, "client left")
+            sub.close(CLOSE_NORMAL, "client left")
             return
         text = message.get("text")
         if not isinstance(text, str):
