@@ -13,6 +13,10 @@
 -- triggers of sql/triggers.sql exactly like the API's. Bookkeeping that belongs to tracktalk
 -- alone lives in the schema "tracktalk".
 
+-- The contract's tables belong in public, whoever runs this: for a role named "tracktalk" the
+-- default search_path ("$user", public) would otherwise put them in the schema "tracktalk".
+SET search_path = public;
+
 CREATE SCHEMA IF NOT EXISTS tracktalk;
 
 -- People. is_creator and is_team come from the host app: a team member sees private tracks,

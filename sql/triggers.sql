@@ -20,6 +20,10 @@
 --   {"k":"user","ids":[notification ids][,"messages":[{"user_id":U,"message":{...}}, ...]]}
 --   {"k":"ephemeral","track_id":T,"message":{...}}          (sent by the app: typing)
 
+-- The contract's tables belong in public, whoever runs this: for a role named "tracktalk" the
+-- default search_path ("$user", public) would otherwise put them in the schema "tracktalk".
+SET search_path = public;
+
 -- Largest NOTIFY payload we send; PostgreSQL refuses 8000 bytes and more.
 CREATE OR REPLACE FUNCTION tracktalk.max_payload() RETURNS integer
 LANGUAGE sql IMMUTABLE AS $$ SELECT 7900 $$;

@@ -57,6 +57,13 @@ def test_serve_refuses_a_database_without_the_schema_and_migrate_fixes_it(
         migrated = tracktalk("migrate", database_url=empty_db_url)
         assert migrated.returncode == 0, migrated.stderr
         assert "schema version 1 applied" in migrated.stdout
+    with psycopg.connect(empty_db_url) as conn:  # as the role "tracktalk", like the schema
+        places = conn.execute(
+            "SELECT DISTINCT table_schema FROM information_schema.tables"
+            " WHERE table_name IN ('users', 'albums', 'tracks', 'comments', 'comment_likes',"
+            " 'track_likes', 'track_shares', 'notifications')"
+        ).fetchall()
+    assert places == [("public",)], "the contract's tables must be in the schema public"
     with replicas(empty_db_url, log_dir, 1) as (replica,):
         assert httpx.get(f"{replica.http}/readyz", timeout=5).json()["checks"]["schema"] is True
 
