@@ -30,7 +30,7 @@ install-test: $(VENV)/.test-deps
 run: install
 	$(BIN)/tracktalk serve --host $(HOST) --port $(PORT)
 
-PY_DIRS := $(wildcard app tests bench)
+PY_DIRS := $(wildcard app tests bench deploy)
 
 lint: install-test
 	$(BIN)/ruff check $(PY_DIRS)

@@ -62,8 +62,14 @@ class Feed:
             latest = await self._events.latest(list(self._hub.tracks))
             for track_id, seq in latest.items():
                 channel = self._hub.tracks.get(track_id)
-                if channel is not None and seq > channel.last_seq:
+                if channel is None:
+                    continue
+                if seq > channel.last_seq:
                     await self._fill(track_id, channel, seq)
+                elif seq < channel.last_seq:
+                    # The database went back in time (a failover that lost commits): what the
+                    # sockets saw no longer exists; they must reload, and numbers go on from there.
+                    self._resync(track_id, channel, seq)
 
     async def on_notice(self, notice: Notice) -> None:
         """Route one NOTIFY payload."""
@@ -105,8 +111,10 @@ class Feed:
                 channel.last_seq = seq
 
     def _resync(self, track_id: str, channel: TrackChannel, through: int) -> None:
-        log.info("track %s: %d events skipped, sockets told to resync", track_id, through - channel.last_seq)
+        log.info("track %s: seq %d -> %d, sockets told to resync", track_id, channel.last_seq, through)
         channel.last_seq = through
+        for sub in channel.subscribers:
+            sub.skip_through = min(sub.skip_through, through)
         self._hub.send_track(track_id, 0, resync_frame(track_id, through))
 
     async def _user_batch(self, batch: UserBatch) -> None:

@@ -439,3 +439,31 @@ async def test_an_unknown_type_gets_an_error_and_the_socket_stays_open(
         assert "typing" in (await sock.expect("error"))["message"]
         cid = await insert_comment(db_url, world.other, world.users["dave"], "still open")
         assert (await sock.events(1))[0]["comment"]["id"] == cid
+
+
+async def test_a_database_that_went_back_in_time_makes_sockets_resync(
+    pair: list[Replica], world: World, db_url: str
+) -> None:
+    """As after a failover that lost commits: the track's numbers go back; sockets are told to
+    reload, and the events numbered anew reach them instead of being taken for duplicates."""
+    a, _ = pair
+    track = world.timed
+    for i in range(3):
+        await insert_comment(db_url, track, world.users["bob"], f"soon lost {i}")
+    async with open_socket(a.ws, track, world.tokens["alice"]) as sock:
+        seen = (await sock.expect("connected"))["seq"]
+        back_to = seen - 4
+        await sql(db_url, "DELETE FROM tracktalk.events WHERE track_id = %s AND seq > %s", (track, back_to))
+        await sql(
+            db_url, "UPDATE tracktalk.track_state SET last_seq = %s WHERE track_id = %s", (back_to, track)
+        )
+        await sql(
+            db_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'tracktalk-listener' AND datname = current_database()",
+        )
+        told = await sock.expect("resync")
+        assert told["seq"] == back_to
+        fresh = await insert_comment(db_url, track, world.users["bob"], "after the failover")
+        event = (await sock.events(1))[0]
+    assert (event["seq"], event["comment"]["id"]) == (back_to + 1, fresh)

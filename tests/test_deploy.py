@@ -1,0 +1,392 @@
+"""The production topology without containers, and the database roles of docs/dba.md.
+
+docker-compose.yml runs nginx (deploy/nginx.conf) in front of two replicas. No Docker engine runs
+here, so the same deploy/nginx.conf, filled the way the nginx image fills it, runs in Debian's
+nginx as a child process in front of two real `tracktalk serve` processes. Then a fresh database
+gets the two roles of sql/roles.sql, is migrated by the owner, and a replica serves as the app role.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import yaml
+from psycopg import errors
+
+from app.db import migrate
+from app.embedded import EmbeddedPostgres
+from tests.support import ROOT, Replica, World, free_port, open_socket, replicas, seed, wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+TEMPLATE = ROOT / "deploy" / "nginx.conf"
+ROLES_SQL = ROOT / "sql" / "roles.sql"
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    """Fill `${NAME}` as the nginx image's envsubst does; every placeholder must have a value."""
+    missing = set(PLACEHOLDER.findall(template)) - set(values)
+    assert not missing, f"no value for {sorted(missing)}"
+    return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+    if found is None:
+        pytest.fail("nginx is not installed: apt-get install nginx (.ci/run does it)")
+    return found
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Nginx:
+    """Debian's nginx in the foreground, with deploy/nginx.conf in front of `upstreams`."""
+
+    def __init__(self, upstreams: list[int]) -> None:
+        self.port = free_port()
+        # A prefix the workers (nobody, when we are root) can enter: pytest's folders are private.
+        self.prefix = Path(tempfile.mkdtemp(prefix="tracktalk-nginx-"))
+        self.prefix.chmod(0o755)
+        self.error_log = self.prefix / "error.log"
+        self.access_log = self.prefix / "access.log"
+        site = render(
+            TEMPLATE.read_text(),
+            {
+                "TRACKTALK_LISTEN": f"127.0.0.1:{self.port}",
+                "TRACKTALK_REPLICA_1": f"127.0.0.1:{upstreams[0]}",
+                "TRACKTALK_REPLICA_2": f"127.0.0.1:{upstreams[1]}",
+            },
+        )
+        (self.prefix / "tracktalk.conf").write_text(site)
+        user = ""
+        if os.geteuid() == 0:
+            nobody = pwd.getpwnam("nobody")
+            user = f"user nobody {grp.getgrgid(nobody.pw_gid).gr_name};"
+        # The only part that is not deploy/nginx.conf: what the nginx image's own nginx.conf does.
+        temp = " ".join(
+            f"{kind}_temp_path {self.prefix}/{kind};"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        (self.prefix / "nginx.conf").write_text(
+            f"""
+            {user}
+            worker_processes 1;
+            events {{ worker_connections 256; }}
+            http {{
+                log_format upstream '$upstream_addr $status "$request"';
+                access_log {self.access_log} upstream;
+                {temp}
+                include {self.prefix}/tracktalk.conf;
+            }}
+            """
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.error_log.read_text(errors="replace")[-3000:] if self.error_log.exists() else ""
+
+    def start(self) -> Nginx:
+        nginx = nginx_binary()
+        conf = str(self.prefix / "nginx.conf")
+        check = subprocess.run(
+            [nginx, "-t", "-q", "-p", str(self.prefix), "-e", str(self.error_log), "-c", conf],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert check.returncode == 0, f"nginx -t refused the config:\n{check.stderr}{self.log()}"
+        self.process = subprocess.Popen(
+            [
+                nginx,
+                *("-p", str(self.prefix), "-e", str(self.error_log), "-c", conf),
+                *("-g", f"daemon off; pid {self.prefix / 'nginx.pid'};"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def up() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"nginx exited with {self.process.returncode}:\n{self.log()}")
+            return port_open(self.port)
+
+        wait_until(up, 15, "nginx to listen")
+        return self
+
+    def stop(self) -> int | None:
+        """Graceful stop (SIGQUIT: finish what is in flight); the exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGQUIT)
+        try:
+            return self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+            raise AssertionError(f"nginx did not stop within 15 s:\n{self.log()}") from None
+
+    def upstreams(self) -> list[str]:
+        """The replica (host:port) of each logged request, in order."""
+        if not self.access_log.exists():
+            return []
+        return [line.split(" ", 1)[0] for line in self.access_log.read_text().splitlines()]
+
+    def cleanup(self) -> None:
+        with contextlib.suppress(AssertionError):
+            self.stop()
+        shutil.rmtree(self.prefix, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def nginx(pair: list[Replica]) -> Iterator[Nginx]:
+    """nginx in front of the module's two replicas."""
+    proxy = Nginx([replica.port for replica in pair])
+    try:
+        yield proxy.start()
+    finally:
+        proxy.cleanup()
+
+
+async def post(base: str, world: World, who: str, track: str, content: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        answer = await client.post(
+            f"/api/tracks/{track}/comments",
+            json={"content": content, "timestamp": 3.0},
+            headers=world.auth(who),
+        )
+    assert answer.status_code == 201, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+# --- the files Docker would use (no engine here: read, not built) ---------------------------
+
+
+def test_compose_runs_the_topology_that_is_tested_here() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert services["postgres"]["image"] == "postgres:16"
+    assert "healthcheck" in services["postgres"]
+    assert services["migrate"]["command"] == ["migrate"]
+    replica_names = [name for name in services if name.startswith("tracktalk-")]
+    assert len(replica_names) == 2
+    for name in replica_names:
+        service = services[name]
+        assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert {"DATABASE_URL", "TRACKTALK_SECRET", "TRACKTALK_DEMO"} <= set(service["environment"])
+    front = services["nginx"]
+    assert "127.0.0.1:8080:80" in front["ports"]
+    assert "./deploy/nginx.conf:/etc/nginx/templates/default.conf.template:ro" in front["volumes"]
+    # The image fills exactly the placeholders that this module fills, with the replicas' names.
+    placeholders = set(PLACEHOLDER.findall(TEMPLATE.read_text()))
+    assert placeholders == {key for key in front["environment"] if key.startswith("TRACKTALK_")}
+    upstreams = {front["environment"][f"TRACKTALK_REPLICA_{n}"] for n in (1, 2)}
+    assert upstreams == {f"{name}:8000" for name in replica_names}
+
+
+def test_the_image_gets_what_the_service_reads() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
+    assert re.search(r"^USER 10001", dockerfile, re.M), "the service must not run as root"
+    copied = re.findall(r"^COPY (.+) \S+$", dockerfile, re.M)
+    sources = {item for line in copied for item in line.split()}
+    assert {"pyproject.toml", "README.md", "app", "sql"} <= sources
+    allowed = {line[1:] for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")}
+    assert sources <= allowed
+
+
+# --- nginx in front of two replicas -------------------------------------------------------
+
+
+async def test_http_through_nginx_reaches_both_replicas(nginx: Nginx, world: World) -> None:
+    async with httpx.AsyncClient(base_url=nginx.http, timeout=10) as client:
+        for _ in range(4):
+            answer = await client.get(f"/api/tracks/{world.public}/comments")
+            assert answer.status_code == 200, answer.text
+            assert isinstance(answer.json(), list)
+        assert (await client.get("/readyz")).status_code == 200
+        # Metrics are per replica, scraped directly: not offered to the world.
+        assert (await client.get("/metrics")).status_code == 404
+        # Bodies over the API's limit reach the API, which answers with its JSON error.
+        big = await client.post(
+            f"/api/tracks/{world.public}/comments",
+            content=b"x" * (70 * 1024),
+            headers={**world.auth("alice"), "content-type": "application/json"},
+        )
+        assert big.status_code == 413 and big.json()["status_code"] == 413
+    # No sticky sessions: round robin over both.
+    wait_until(lambda: len(nginx.upstreams()) >= 6, 5, "nginx's access log")
+    assert len(set(nginx.upstreams()[:4])) == 2, nginx.upstreams()
+
+
+async def test_a_socket_through_nginx_gets_comments_posted_anywhere(
+    nginx: Nginx, pair: list[Replica], world: World
+) -> None:
+    before = len(nginx.upstreams())
+    async with open_socket(nginx.ws, world.public, world.tokens["bob"]) as sock:
+        await sock.expect("connected")
+        posted = [
+            await post(pair[0].http, world, "alice", world.public, "posted to replica 1"),
+            await post(pair[1].http, world, "alice", world.public, "posted to replica 2"),
+            await post(nginx.http, world, "alice", world.public, "posted through nginx"),
+        ]
+        events = await sock.events(6)  # each comment: new_comment, then track_metrics
+        got = [e["comment"]["id"] for e in events if e["type"] == "new_comment"]
+        assert got == [comment["id"] for comment in posted]
+        seqs = [e["seq"] for e in events]
+        assert seqs == list(range(seqs[0], seqs[0] + 6))
+    # The socket's request is logged when it ends: which replica held it? The comment posted
+    # directly to the other one came all the same (through that one's LISTEN connection).
+    wait_until(lambda: len(nginx.upstreams()) > before, 5, "the socket's access log line")
+    socket_line = next(
+        line for line in nginx.access_log.read_text().splitlines()[before:] if "/api/ws/track/" in line
+    )
+    assert " 101 " in socket_line, socket_line
+    held_by = int(socket_line.split(" ", 1)[0].rsplit(":", 1)[1])
+    assert held_by in {replica.port for replica in pair}
+
+
+async def test_a_refused_socket_through_nginx_still_says_why(nginx: Nginx, world: World) -> None:
+    async with open_socket(nginx.ws, world.public, "not-a-token") as sock:
+        code, reason = await sock.closed()
+    assert code == 1008 and reason == "invalid token"
+
+
+def test_nginx_stops_cleanly(nginx: Nginx) -> None:
+    assert nginx.stop() == 0, nginx.log()
+    assert not port_open(nginx.port)
+    assert "[emerg]" not in nginx.log() and "[alert]" not in nginx.log(), nginx.log()
+
+
+# --- the owner and app roles of sql/roles.sql ---------------------------------------------
+
+
+def as_role(url: str, role: str) -> str:
+    prefix = "postgresql://tracktalk@"
+    assert url.startswith(prefix), url
+    return url.replace(prefix, f"postgresql://{role}@", 1)
+
+
+def run_sql_file(url: str, path: Path) -> None:
+    """What `psql --single-transaction -f path` does."""
+    with psycopg.connect(url) as conn:
+        conn.execute(path.read_text().encode())
+
+
+@pytest.fixture
+def fresh_database(pg: EmbeddedPostgres) -> Iterator[str]:
+    """A database with nothing in it (not the suite's migrated template); dropped at the end."""
+    name = f"t_roles_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield pg.url_for(name)
+    finally:
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("DROP ROLE IF EXISTS tracktalk_app")
+                conn.execute("DROP ROLE IF EXISTS tracktalk_owner")
+
+
+async def test_the_service_runs_as_the_app_role_which_cannot_change_the_schema(
+    fresh_database: str, log_dir: Path
+) -> None:
+    admin = fresh_database
+    owner, app = as_role(admin, "tracktalk_owner"), as_role(admin, "tracktalk_app")
+    run_sql_file(admin, ROLES_SQL)  # the roles, before there is anything to grant on
+    assert migrate(owner) >= 1
+    run_sql_file(admin, ROLES_SQL)  # the grants on what the owner made
+    run_sql_file(admin, ROLES_SQL)  # and again: idempotent
+    world = seed(owner)
+
+    with psycopg.connect(admin, autocommit=True) as conn:
+        owners = conn.execute(
+            """SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class c
+               WHERE c.relnamespace IN ('public'::regnamespace, 'tracktalk'::regnamespace)"""
+        ).fetchall()
+        assert owners == [("tracktalk_owner",)]
+        # Every table and view (including any added to schema.sql later) is in sql/roles.sql.
+        forgotten = conn.execute(
+            """SELECT c.oid::regclass::text FROM pg_class c
+               WHERE c.relnamespace IN ('public'::regnamespace, 'tracktalk'::regnamespace)
+                 AND c.relkind IN ('r', 'p', 'v')
+                 AND NOT has_table_privilege('tracktalk_app', c.oid, 'SELECT')"""
+        ).fetchall()
+        assert forgotten == [], f"add these to sql/roles.sql: {forgotten}"
+
+    with replicas(app, log_dir, 2) as (a, b):
+        async with (
+            open_socket(b.ws, world.public, world.tokens["bob"]) as watcher,
+            httpx.AsyncClient(timeout=10) as client,
+        ):
+            await watcher.expect("connected")
+            comment = await post(a.http, world, "alice", world.public, "hello @bob, as the app role")
+            message = await watcher.expect("new_comment", ignore=("mention", "notification", "track_metrics"))
+            assert message["comment"]["id"] == comment["id"]
+            cid, bob, alice = comment["id"], world.auth("bob"), world.auth("alice")
+            for method, url, headers, status in [
+                ("POST", f"{a.http}/api/comments/{cid}/like", bob, 200),
+                ("DELETE", f"{b.http}/api/comments/{cid}/like", bob, 200),
+                ("PUT", f"{a.http}/api/comments/{cid}", alice, 200),
+                ("POST", f"{b.http}/api/tracks/{world.public}/like", bob, 200),
+                ("POST", f"{a.http}/api/tracks/{world.public}/share", bob, 200),
+                ("GET", f"{b.http}/api/notifications", bob, 200),
+                ("POST", f"{a.http}/api/notifications/read", bob, 200),
+                ("GET", f"{a.http}/api/tracks/{world.public}/metrics", bob, 200),
+                ("DELETE", f"{b.http}/api/comments/{cid}", alice, 204),
+            ]:
+                body = {"content": "edited @bob"} if method == "PUT" else None
+                answer = await client.request(method, url, headers=headers, json=body)
+                assert answer.status_code == status, (method, url, answer.text)
+            assert (await client.get(f"{a.http}/readyz")).status_code == 200
+        for replica in (a, b):
+            assert "permission denied" not in replica.log(), replica.log()
+
+    with psycopg.connect(app, autocommit=True) as conn:
+        # What the replicas do on a schedule, and a DBA's recount, work as the app role ...
+        conn.execute("SELECT tracktalk.prune_events()")
+        conn.execute("SELECT tracktalk.recount(%s)", (world.public,))
+        # ... and nothing that changes the schema does.
+        for statement in [
+            "CREATE TABLE mine (id int)",
+            "CREATE TABLE tracktalk.mine (id int)",
+            "DROP TABLE comments",
+            "ALTER TABLE comments DISABLE TRIGGER USER",
+            "TRUNCATE tracktalk.events",
+            "CREATE OR REPLACE FUNCTION tracktalk.max_payload() RETURNS integer LANGUAGE sql AS 'SELECT 1'",
+            "UPDATE tracktalk.settings SET notify_team = false",
+        ]:
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute(statement)
