@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 
 CLOSE_TOO_SLOW = 1013
 """Close code for a socket whose queue overflowed (RFC 6455: try again later)."""
@@ -14,37 +13,33 @@ class Subscriber:
 
     The hub calls `offer` from its fan-out loop: it never blocks, and when the queue is full the
     subscriber asks to be closed (1013) instead of delaying anyone. Durable frames carry their
-    `seq`; those at or below `skip_through` (already seen by the client) are dropped.
+    `seq`; those at or below `skip_through` (already seen by the client) are not queued.
     """
 
-    __slots__ = (
-        "_frames",
-        "_limit",
-        "_wakeup",
-        "close_reason",
-        "skip_through",
-        "track_id",
-        "user_id",
-    )
+    __slots__ = ("_frames", "_limit", "_waiter", "close_reason", "skip_through", "track_id", "user_id")
 
-    def __init__(self, user_id: int, track_id: str, limit: int) -> None:
+    def __init__(self, user_id: int, track_id: str, limit: int, skip_through: int = 0) -> None:
         self.user_id = user_id
         self.track_id = track_id
-        self.skip_through = 0
+        self.skip_through = skip_through
         self.close_reason: tuple[int, str] | None = None
-        self._frames: deque[tuple[int, str]] = deque()
+        # A plain list and a future made only while the writer waits: an idle socket costs
+        # little (a deque and an asyncio.Event would cost about 1 KiB more each).
+        self._frames: list[str] = []
         self._limit = limit
-        self._wakeup = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, seq: int, frame: str) -> bool:
         """Queue a frame (seq 0: not durable); False when the subscriber is stopping or too slow."""
         if self.close_reason is not None:
             return False
+        if seq and seq <= self.skip_through:
+            return True  # the client has it already
         if len(self._frames) >= self._limit:
             self.close(CLOSE_TOO_SLOW, "too slow: reconnect with since=<last seq you got>")
             return False
-        self._frames.append((seq, frame))
-        self._wakeup.set()
+        self._frames.append(frame)
+        self._wake()
         return True
 
     def close(self, code: int, reason: str) -> None:
@@ -52,16 +47,22 @@ class Subscriber:
         if self.close_reason is None:
             self.close_reason = (code, reason)
             self._frames.clear()
-        self._wakeup.set()
+        self._wake()
 
     def take(self) -> list[str]:
-        """Every queued frame the client does not have yet, in order (and empty the queue)."""
-        frames = [frame for seq, frame in self._frames if not seq or seq > self.skip_through]
-        self._frames.clear()
+        """Every queued frame, in order (and empty the queue)."""
+        frames, self._frames = self._frames, []
         return frames
 
     async def wait(self) -> None:
         """Until there is a frame to take, or the subscriber is asked to stop."""
         while not self._frames and self.close_reason is None:
-            self._wakeup.clear()
-            await self._wakeup.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)

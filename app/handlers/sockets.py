@@ -73,7 +73,9 @@ async def track_socket(socket: WebSocket[Any, Any, Any], track_id: str, services
     except DATABASE_DOWN:
         await socket.close(CLOSE_TRY_AGAIN, "database unavailable: reconnect in a few seconds")
         return
-    sub = Subscriber(viewer.id, track_id, services.settings.socket_queue)
+    # A client that resumes may be ahead of this replica (it came from a faster one): live
+    # frames up to its `since` are not sent again.
+    sub = Subscriber(viewer.id, track_id, services.settings.socket_queue, skip_through=since or 0)
     expiry = asyncio.get_running_loop().call_at(
         asyncio.get_running_loop().time() + max(0.0, expires_at - time.time()),
         sub.close,
@@ -177,10 +179,9 @@ async def _replay(sub: Subscriber, services: Services, since: int, start: int, s
     if since >= start:
         if since > start:
             latest = (await services.events.latest([sub.track_id]))[sub.track_id]
-            if since > latest:
+            if since > latest:  # a seq the track never had: the client must reload
+                sub.skip_through = 0
                 await send(resync_frame(sub.track_id, start))
-                return
-            sub.skip_through = since  # this replica is behind the client: skip what it has
         return
     after = since
     while after < start:
