@@ -102,7 +102,9 @@ async def open_one(url: str, sem: asyncio.Semaphore, first_frame: bool) -> WSTra
         return transport if ok else None
 
 
-async def main(config: dict[str, Any]) -> None:
+async def follow_commands(out: str) -> None:
+    """Print the counts every 0.5 s and obey stdin (`mark` resets them, `stop` or its end stops);
+    then write the results to `out`. Shared by this client and bench/wsclient.py."""
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[str] = asyncio.Queue()
 
@@ -111,28 +113,28 @@ async def main(config: dict[str, Any]) -> None:
             loop.call_soon_threadsafe(commands.put_nowait, line.strip())
         loop.call_soon_threadsafe(commands.put_nowait, "stop")
 
+    async def report() -> None:
+        while True:
+            print(f"stat {STATS.frames} {STATS.closed}", flush=True)
+            await asyncio.sleep(0.5)
+
     threading.Thread(target=read_stdin, daemon=True).start()
+    reporter = asyncio.create_task(report())
+    while (command := await commands.get()) != "stop":
+        if command == "mark":
+            STATS.reset()
+    reporter.cancel()
+    write_results(out)
+
+
+async def main(config: dict[str, Any]) -> None:
     sem = asyncio.Semaphore(int(config.get("concurrency", 50)))
     # The first frame is `connected` for tracktalk (and for the baselines): wait for it, so that
     # "ready" means subscribed, and do not count it.
     opened = await asyncio.gather(*(open_one(url, sem, True) for url in config["urls"]))
     transports = [t for t in opened if t is not None]
     print(f"ready {len(transports)} {len(opened) - len(transports)}", flush=True)
-
-    async def report() -> None:
-        while True:
-            print(f"stat {STATS.frames} {STATS.closed}", flush=True)
-            await asyncio.sleep(0.5)
-
-    reporter = asyncio.create_task(report())
-    while True:
-        command = await commands.get()
-        if command == "mark":
-            STATS.reset()
-        elif command == "stop":
-            break
-    reporter.cancel()
-    write_results(config["out"])
+    await follow_commands(config["out"])
     for transport in transports:
         transport.disconnect()
     print("done", flush=True)

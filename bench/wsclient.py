@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import threading
 import time
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench.client import _COMMENT_ID, STATS, write_results
+from bench.client import _COMMENT_ID, STATS, follow_commands
 
 
 async def reader(conn: ClientConnection) -> None:
@@ -45,35 +44,12 @@ async def open_one(url: str, sem: asyncio.Semaphore) -> ClientConnection | None:
 
 
 async def main(config: dict[str, Any]) -> None:
-    loop = asyncio.get_running_loop()
-    commands: asyncio.Queue[str] = asyncio.Queue()
-
-    def read_stdin() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(commands.put_nowait, line.strip())
-        loop.call_soon_threadsafe(commands.put_nowait, "stop")
-
-    threading.Thread(target=read_stdin, daemon=True).start()
     sem = asyncio.Semaphore(int(config.get("concurrency", 50)))
     opened = await asyncio.gather(*(open_one(url, sem) for url in config["urls"]))
     conns = [c for c in opened if c is not None]
     readers = [asyncio.create_task(reader(c)) for c in conns]
     print(f"ready {len(conns)} {len(opened) - len(conns)}", flush=True)
-
-    async def report() -> None:
-        while True:
-            print(f"stat {STATS.frames} {STATS.closed}", flush=True)
-            await asyncio.sleep(0.5)
-
-    reporter = asyncio.create_task(report())
-    while True:
-        command = await commands.get()
-        if command == "mark":
-            STATS.reset()
-        elif command == "stop":
-            break
-    reporter.cancel()
-    write_results(config["out"])
+    await follow_commands(config["out"])
     for task in readers:
         task.cancel()
     print("done", flush=True)
