@@ -21,7 +21,6 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
@@ -32,6 +31,7 @@ from psycopg import errors
 from app.db import migrate
 from app.embedded import EmbeddedPostgres
 from tests.support import ROOT, Replica, World, free_port, open_socket, replicas, seed, wait_until
+from tests.test_realtime import post_comment
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -178,18 +178,6 @@ def nginx(pair: list[Replica]) -> Iterator[Nginx]:
         proxy.cleanup()
 
 
-async def post(base: str, world: World, who: str, track: str, content: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
-        answer = await client.post(
-            f"/api/tracks/{track}/comments",
-            json={"content": content, "timestamp": 3.0},
-            headers=world.auth(who),
-        )
-    assert answer.status_code == 201, answer.text
-    result: dict[str, Any] = answer.json()
-    return result
-
-
 # --- the files Docker would use (no engine here: read, not built) ---------------------------
 
 
@@ -257,9 +245,9 @@ async def test_a_socket_through_nginx_gets_comments_posted_anywhere(
     async with open_socket(nginx.ws, world.public, world.tokens["bob"]) as sock:
         await sock.expect("connected")
         posted = [
-            await post(pair[0].http, world, "alice", world.public, "posted to replica 1"),
-            await post(pair[1].http, world, "alice", world.public, "posted to replica 2"),
-            await post(nginx.http, world, "alice", world.public, "posted through nginx"),
+            await post_comment(pair[0].http, world, "alice", world.public, "posted to replica 1"),
+            await post_comment(pair[1].http, world, "alice", world.public, "posted to replica 2"),
+            await post_comment(nginx.http, world, "alice", world.public, "posted through nginx"),
         ]
         events = await sock.events(6)  # each comment: new_comment, then track_metrics
         got = [e["comment"]["id"] for e in events if e["type"] == "new_comment"]
@@ -352,7 +340,7 @@ async def test_the_service_runs_as_the_app_role_which_cannot_change_the_schema(
             httpx.AsyncClient(timeout=10) as client,
         ):
             await watcher.expect("connected")
-            comment = await post(a.http, world, "alice", world.public, "hello @bob, as the app role")
+            comment = await post_comment(a.http, world, "alice", world.public, "hello @bob, as the app role")
             message = await watcher.expect("new_comment", ignore=("mention", "notification", "track_metrics"))
             assert message["comment"]["id"] == comment["id"]
             cid, bob, alice = comment["id"], world.auth("bob"), world.auth("alice")

@@ -32,8 +32,9 @@ async def insert_comment(db_url: str, track: str, user_id: int, content: str, ts
     return int(rows[0][0])
 
 
-async def post_comment(replica: Replica, world: World, who: str, track: str, content: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=replica.http, timeout=10) as client:
+async def post_comment(base: str, world: World, who: str, track: str, content: str) -> dict[str, Any]:
+    """POST a comment as `who` to the server at `base`; the comment object."""
+    async with httpx.AsyncClient(base_url=base, timeout=10) as client:
         answer = await client.post(
             f"/api/tracks/{track}/comments",
             json={"content": content, "timestamp": 2.5},
@@ -62,7 +63,7 @@ async def test_api_and_sql_writes_reach_both_replicas_with_the_same_seq(
         assert (await on_b.expect("connected"))["seq"] == start
         await elsewhere.expect("connected")
 
-        by_api = await post_comment(a, world, "alice", world.public, "through the API")
+        by_api = await post_comment(a.http, world, "alice", world.public, "through the API")
         by_sql = await insert_comment(db_url, world.public, world.users["bob"], "through psql")
 
         got_a, got_b = await on_a.events(4), await on_b.events(4)
@@ -89,7 +90,7 @@ async def test_edit_delete_like_and_unlike_arrive(pair: list[Replica], world: Wo
     a, b = pair
     async with open_socket(b.ws, world.public, world.tokens["bob"]) as watcher:
         await watcher.expect("connected")
-        comment = await post_comment(a, world, "alice", world.public, "to be changed")
+        comment = await post_comment(a.http, world, "alice", world.public, "to be changed")
         await watcher.events(2)
         async with httpx.AsyncClient(base_url=a.http, timeout=10) as client:
             cid = comment["id"]
