@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from app.subscriber import Subscriber
+from app.subscriber import CLOSE_TOKEN_EXPIRED, Subscriber
 
 
 class TrackChannel:
@@ -70,6 +70,16 @@ class Hub:
         for channel in self.tracks.values():
             for sub in channel.subscribers:
                 sub.close(code, reason)
+
+    def close_expired(self, now: float) -> None:
+        """Close the sockets whose token expired by `now` (one sweep instead of a timer each)."""
+        for channel in self.tracks.values():
+            for sub in channel.subscribers:
+                if sub.expires_at <= now:
+                    sub.close(
+                        CLOSE_TOKEN_EXPIRED,
+                        "token expired: reconnect with a fresh token and since=<last seq>",
+                    )
 
     @property
     def sockets(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 _PRUNE_EVERY = 300.0
 """Seconds between two prunings of the event log by this replica."""
+_EXPIRY_SWEEP = 1.0
+"""Seconds between two looks for sockets whose token expired (they close within that much)."""
 _POOL_OPEN_TIMEOUT = 30.0
 
 
@@ -72,7 +75,11 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             comments=RateLimiter(settings.comments_per_minute, seconds=60.0),
             metrics=metrics,
         )
-        async with _background(listener.run()), _background(_prune_forever(events)):
+        async with (
+            _background(listener.run()),
+            _background(_prune_forever(events)),
+            _background(_expire_forever(hub)),
+        ):
             yield services
             hub.close_all(1001, "server shutting down")
     finally:
@@ -89,6 +96,12 @@ async def _background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def _expire_forever(hub: Hub) -> None:
+    while True:
+        await asyncio.sleep(_EXPIRY_SWEEP)
+        hub.close_expired(time.time())
 
 
 async def _prune_forever(events: EventLog) -> None:

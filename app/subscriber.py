@@ -6,6 +6,8 @@ import asyncio
 
 CLOSE_TOO_SLOW = 1013
 """Close code for a socket whose queue overflowed (RFC 6455: try again later)."""
+CLOSE_TOKEN_EXPIRED = 4001
+"""Close code for a socket whose access token expired."""
 
 
 class Subscriber:
@@ -16,11 +18,24 @@ class Subscriber:
     `seq`; those at or below `skip_through` (already seen by the client) are not queued.
     """
 
-    __slots__ = ("_frames", "_limit", "_waiter", "close_reason", "skip_through", "track_id", "user_id")
+    __slots__ = (
+        "_frames",
+        "_limit",
+        "_waiter",
+        "close_reason",
+        "expires_at",
+        "skip_through",
+        "track_id",
+        "user_id",
+    )
 
-    def __init__(self, user_id: int, track_id: str, limit: int, skip_through: int = 0) -> None:
+    def __init__(
+        self, user_id: int, track_id: str, limit: int, skip_through: int = 0, expires_at: float = float("inf")
+    ) -> None:
         self.user_id = user_id
         self.track_id = track_id
+        self.expires_at = expires_at
+        """When the socket's token expires (time.time()); the hub closes it then, with 4001."""
         self.skip_through = skip_through
         self.close_reason: tuple[int, str] | None = None
         # A plain list and a future made only while the writer waits: an idle socket costs
@@ -54,14 +69,13 @@ class Subscriber:
         frames, self._frames = self._frames, []
         return frames
 
-    async def wait(self) -> None:
-        """Until there is a frame to take, or the subscriber is asked to stop."""
-        while not self._frames and self.close_reason is None:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+    def waiter(self) -> asyncio.Future[None]:
+        """A future done when there is a frame to take or the subscriber must stop (awaited
+        directly by the writer: an idle socket keeps no coroutine frame for it)."""
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        if self._frames or self.close_reason is not None:
+            waiter.set_result(None)
+        return waiter
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import msgspec
@@ -47,7 +46,6 @@ CLOSE_POLICY = 1008
 CLOSE_UNSUPPORTED = 1003
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN = 1013
-CLOSE_TOKEN_EXPIRED = 4001
 DATABASE_DOWN = (psycopg.OperationalError, PoolTimeout)
 """What a socket meets when the database cannot be reached in time."""
 _CLOSE_TIMEOUT = 5.0
@@ -75,20 +73,14 @@ async def track_socket(socket: WebSocket[Any, Any, Any], track_id: str, services
         return
     # A client that resumes may be ahead of this replica (it came from a faster one): live
     # frames up to its `since` are not sent again.
-    sub = Subscriber(viewer.id, track_id, services.settings.socket_queue, skip_through=since or 0)
-    expiry = asyncio.get_running_loop().call_at(
-        asyncio.get_running_loop().time() + max(0.0, expires_at - time.time()),
-        sub.close,
-        CLOSE_TOKEN_EXPIRED,
-        "token expired: reconnect with a fresh token and since=<last seq>",
+    sub = Subscriber(
+        viewer.id, track_id, services.settings.socket_queue, skip_through=since or 0, expires_at=expires_at
     )
     try:
         async with services.feed.subscription(sub) as start:
             await _serve(socket, sub, viewer, services, since, start)
     except DATABASE_DOWN:
         await socket.close(CLOSE_TRY_AGAIN, "database unavailable: reconnect in a few seconds")
-    finally:
-        expiry.cancel()
 
 
 async def _serve(
@@ -151,22 +143,20 @@ async def _write(
 ) -> None:
     """The socket's only sender: connected, the replay, then live frames; then the close frame."""
 
-    async def send(frame: str) -> None:
-        event: WebSocketSendEvent = {"type": "websocket.send", "text": frame, "bytes": None}
-        await socket.send(event)
-
     try:
         hello = Connected(track_id=sub.track_id, message="Connected to comment updates", seq=start)
-        await send(encoder.encode(hello).decode())
+        await _send(socket, encoder.encode(hello).decode())
         if since is not None:
             try:
-                await _replay(sub, services, since, start, send)
+                await _replay(socket, sub, services, since, start)
             except DATABASE_DOWN:
                 sub.close(CLOSE_TRY_AGAIN, "database unavailable: reconnect with since=<last seq> shortly")
         while sub.close_reason is None:
-            for frame in sub.take():
-                await send(frame)
-            await sub.wait()
+            frames = sub.take()
+            if not frames:
+                await sub.waiter()
+            for frame in frames:
+                await _send(socket, frame)
         code, reason = sub.close_reason
         if code != CLOSE_NORMAL:
             await socket.close(code, reason)
@@ -174,23 +164,31 @@ async def _write(
         log.debug("socket writer stopped: %s", type(exc).__name__)
 
 
-async def _replay(sub: Subscriber, services: Services, since: int, start: int, send: Any) -> None:
+async def _send(socket: WebSocket[Any, Any, Any], frame: str) -> None:
+    """One text frame, as a bare ASGI event (the same str object for every socket)."""
+    event: WebSocketSendEvent = {"type": "websocket.send", "text": frame, "bytes": None}
+    await socket.send(event)
+
+
+async def _replay(
+    socket: WebSocket[Any, Any, Any], sub: Subscriber, services: Services, since: int, start: int
+) -> None:
     """Send the track's events since+1..start, or `resync` when some are no longer kept."""
     if since >= start:
         if since > start:
             latest = (await services.events.latest([sub.track_id]))[sub.track_id]
             if since > latest:  # a seq the track never had: the client must reload
                 sub.skip_through = 0
-                await send(resync_frame(sub.track_id, start))
+                await _send(socket, resync_frame(sub.track_id, start))
         return
     after = since
     while after < start:
         rows = await services.events.range(sub.track_id, after, start)
         if not rows or rows[0][0] != after + 1:
-            await send(resync_frame(sub.track_id, start))
+            await _send(socket, resync_frame(sub.track_id, start))
             return
         for seq, frame in rows:
-            await send(frame)
+            await _send(socket, frame)
             after = seq
 
 
