@@ -128,7 +128,7 @@ $$;
 -- The messages that tell recipients about notifications `ids`, in id order.
 CREATE OR REPLACE FUNCTION tracktalk.user_messages(ids bigint[])
 RETURNS TABLE (user_id bigint, message jsonb)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
     RETURN QUERY
     SELECT m.user_id, m.message
@@ -250,9 +250,10 @@ CREATE TRIGGER comments_before_delete
 CREATE OR REPLACE FUNCTION tracktalk.notify_comment_readers(
     ids bigint[], old_contents text[] DEFAULT NULL
 ) RETURNS void
--- PL/pgSQL, not SQL: its statement's plan is kept for the session instead of being made again
--- for every comment (the visibility test is written out below for the same reason).
-LANGUAGE plpgsql AS $$
+-- PL/pgSQL, not SQL, with a generic plan: its statement is planned once per session instead of
+-- for every comment (planning cost three times the work). The visibility test is written out
+-- below for the same reason.
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
     WITH c AS (
         SELECT c.id, c.track_id, c.user_id, c.parent_id, c.content, a.created_by_id AS creator_id,
