@@ -76,6 +76,7 @@ class Nginx:
                 "TRACKTALK_LISTEN": f"127.0.0.1:{self.port}",
                 "TRACKTALK_REPLICA_1": f"127.0.0.1:{upstreams[0]}",
                 "TRACKTALK_REPLICA_2": f"127.0.0.1:{upstreams[1]}",
+                "TRACKTALK_ACCESS_LOG": str(self.access_log),
             },
         )
         (self.prefix / "tracktalk.conf").write_text(site)
@@ -94,8 +95,6 @@ class Nginx:
             worker_processes 1;
             events {{ worker_connections 256; }}
             http {{
-                log_format upstream '$upstream_addr $status "$request"';
-                access_log {self.access_log} upstream;
                 {temp}
                 include {self.prefix}/tracktalk.conf;
             }}
@@ -261,6 +260,7 @@ async def test_a_socket_through_nginx_gets_comments_posted_anywhere(
         line for line in nginx.access_log.read_text().splitlines()[before:] if "/api/ws/track/" in line
     )
     assert " 101 " in socket_line, socket_line
+    assert "token" not in nginx.access_log.read_text(), "a socket's token reached nginx's access log"
     held_by = int(socket_line.split(" ", 1)[0].rsplit(":", 1)[1])
     assert held_by in {replica.port for replica in pair}
 
