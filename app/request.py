@@ -17,8 +17,10 @@ class TracktalkRequest(Request[Any, Any, Any]):
         """The body as JSON, or the form's non-empty fields (strings, converted by the handler's types)."""
         if self.content_type[0] == FORM:
             form = await self.form()
-            # An empty field (a form's blank `parent_id`) is an absent one.
-            return {key: value for key, value in form.items() if value != ""}
+            # An empty field (a form's blank `parent_id`) is an absent one; a repeated field
+            # (`ids=1&ids=2`) is a list.
+            fields = {key: [v for v in form.getall(key) if v != ""] for key in form}
+            return {key: values if len(values) > 1 else values[0] for key, values in fields.items() if values}
         try:
             return await super().json()
         except SerializationException as exc:

@@ -111,10 +111,18 @@ class NotificationPage(Struct):
     unread: int
 
 
-class MarkRead(Struct):
-    """Body of POST /api/notifications/read: the ids to mark read, or none for all."""
+NotificationId = Annotated[int, Meta(ge=1, le=2**63 - 1)]
 
-    ids: list[Annotated[int, Meta(ge=1)]] | None = None
+
+class MarkRead(Struct):
+    """Body of POST /api/notifications/read: the ids to mark read, or none for all (a form may
+    send `ids=1&ids=2`, or a single `ids=1`)."""
+
+    ids: list[NotificationId] | NotificationId | None = None
+
+    def id_list(self) -> list[int] | None:
+        """The ids as a list (None: all)."""
+        return [self.ids] if isinstance(self.ids, int) else self.ids
 
 
 class UnreadCount(Struct):

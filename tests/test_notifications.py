@@ -424,6 +424,14 @@ def test_mark_some_then_all_read(db_url: str, api: httpx.Client, people: People)
     assert inbox(api, people, "olga").json()["unread"] == 0
 
 
+def test_mark_read_takes_form_fields_too(db_url: str, api: httpx.Client, people: People) -> None:
+    people.add("xena")
+    ids = mention(db_url, people, "xena", 4)
+    assert mark_read(api, people, "xena", data={"ids": str(ids[0])}) == 3  # one id
+    assert mark_read(api, people, "xena", data={"ids": [str(i) for i in ids[1:3]]}) == 1  # ids=..&ids=..
+    assert mark_read(api, people, "xena", data={}) == 0  # no field: all
+
+
 def test_inbox_needs_a_token(api: httpx.Client) -> None:
     assert api.get("/api/notifications").status_code == 401
     assert api.post("/api/notifications/read").status_code == 401

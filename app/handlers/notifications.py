@@ -37,7 +37,7 @@ async def list_notifications(
 @post("/api/notifications/read", status_code=200, tags=_TAG)
 async def mark_read(services: Services, user: Viewer, data: MarkRead | None = None) -> UnreadCount:
     """Mark some notifications (`ids`) or all of them read; answer how many stay unread."""
-    ids = data.ids if data is not None else None
+    ids = data.id_list() if data is not None else None
     async with services.pool.connection() as conn:
         await notifications.mark_read(conn, user.id, ids)
         return UnreadCount(unread=await notifications.unread(conn, user.id))
