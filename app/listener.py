@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from typing import Protocol
 
 import msgspec
@@ -54,8 +53,6 @@ class Listener:
         self.reconnects = 0
         """Times the connection was lost and made again."""
         self.backend_pid: int | None = None
-        self.last_notice_at = 0.0
-        """time.time() of the last payload, for the lag metric."""
 
     @property
     def ready(self) -> bool:
@@ -99,7 +96,6 @@ class Listener:
             self._ready = True
             log.info("listening on channel %r (backend pid %s)", CHANNEL, self.backend_pid)
             async for notify in conn.notifies():
-                self.last_notice_at = time.time()
                 try:
                     notice = notice_decoder.decode(notify.payload)
                 except msgspec.DecodeError as exc:

@@ -21,7 +21,6 @@ from msgspec import Meta, Raw, Struct
 MAX_CONTENT = 5000
 """Longest comment the API accepts, in characters (after trimming)."""
 
-UserId = Annotated[int, Meta(ge=1, le=2**63 - 1)]
 CommentId = Annotated[int, Meta(ge=1, le=2**63 - 1)]
 
 
