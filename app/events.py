@@ -42,7 +42,7 @@ class EventLog:
             return [(int(seq), str(text)) for seq, text in await cur.fetchall()]
 
     async def user_messages(self, notification_ids: list[int]) -> list[tuple[int, str]]:
-        """The (user id, message) pairs that announce notifications too big for a NOTIFY."""
+        """The (user id, message) pairs that announce notifications `notification_ids`."""
         async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute(
                 "SELECT user_id, message::text FROM tracktalk.user_messages(%s::bigint[])",

@@ -22,6 +22,12 @@ from app.wire import Ephemeral, Notice, Resync, TrackBatch, UserBatch, encoder
 
 log = logging.getLogger(__name__)
 
+_USER_LANE = 10_000
+"""Notification batches waiting to be read for this replica's users; more are not sent live
+(they stay in the inbox), so that a slow database never stalls the listener."""
+_USER_READ = 500
+"""Notification ids read per query by the user lane."""
+
 _MAX_CATCH_UP = 200
 """A gap longer than this is not replayed live: the track's sockets get `resync` instead
 (kept below the sockets' queue bound, so that a catch-up alone never overflows a socket)."""
@@ -41,6 +47,7 @@ class Feed:
         self._events = events
         self._lock = asyncio.Lock()
         self._on_lag = on_lag
+        self._user_lane: asyncio.Queue[list[int]] = asyncio.Queue(_USER_LANE)
 
     @asynccontextmanager
     async def subscription(self, sub: Subscriber) -> AsyncIterator[int]:
@@ -80,7 +87,7 @@ class Feed:
                 if self._on_lag is not None and notice.at:
                     self._on_lag(max(0.0, time.time() - notice.at))
             case UserBatch():
-                await self._user_batch(notice)
+                self._user_batch(notice)
             case Ephemeral(track_id=track_id, message=message):
                 self._hub.send_track(track_id, 0, bytes(message).decode())
 
@@ -117,13 +124,37 @@ class Feed:
             sub.skip_through = min(sub.skip_through, through)
         self._hub.send_track(track_id, 0, resync_frame(track_id, through))
 
-    async def _user_batch(self, batch: UserBatch) -> None:
-        if not self._hub.users:
+    def _user_batch(self, batch: UserBatch) -> None:
+        """Queue the notifications whose recipients have a socket here for the user lane."""
+        users = self._hub.users
+        if not users:
             return
-        if batch.messages is not None:
-            for item in batch.messages:
-                if item.user_id in self._hub.users:
-                    self._hub.send_user(item.user_id, bytes(item.message).decode())
+        if batch.users is None:
+            wanted = batch.ids
+        else:
+            wanted = [id_ for id_, user in zip(batch.ids, batch.users, strict=False) if user in users]
+        if not wanted:
             return
-        for user_id, frame in await self._events.user_messages(batch.ids):
-            self._hub.send_user(user_id, frame)
+        try:
+            self._user_lane.put_nowait(wanted)
+        except asyncio.QueueFull:
+            log.warning("user lane full: %d notifications not sent live (they are in the inbox)", len(wanted))
+
+    async def deliver_user_messages(self) -> None:
+        """The user lane: read queued notifications' messages and send them, in order, forever.
+
+        Off the listener's path, so that reading them never holds up the tracks' events.
+        """
+        while True:
+            ids = await self._user_lane.get()
+            while len(ids) < _USER_READ and not self._user_lane.empty():
+                ids = ids + self._user_lane.get_nowait()
+            try:
+                messages = await self._events.user_messages(ids)
+            except Exception as exc:
+                log.warning(
+                    "reading %d notifications failed, not sent live: %s", len(ids), type(exc).__name__
+                )
+                continue
+            for user_id, frame in messages:
+                self._hub.send_user(user_id, frame)

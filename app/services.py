@@ -77,6 +77,7 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
         )
         async with (
             _background(listener.run()),
+            _background(feed.deliver_user_messages()),
             _background(_prune_forever(events)),
             _background(_expire_forever(hub)),
         ):

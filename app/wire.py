@@ -302,18 +302,15 @@ class TrackBatch(Struct, tag_field="k", tag="track"):
     events: list[Raw] | None = None
 
 
-class UserMessage(Struct):
-    """A message for every socket of one user."""
-
-    user_id: int
-    message: Raw
-
-
 class UserBatch(Struct, tag_field="k", tag="user"):
-    """New notifications; `messages` is absent when they did not fit in the payload."""
+    """New notifications: their ids, and their recipients in the same order.
+
+    The messages themselves are read by the replicas where a recipient has a socket.
+    (`users` is absent in payloads of triggers older than 2026-11-26: then every id is read.)
+    """
 
     ids: list[int]
-    messages: list[UserMessage] | None = None
+    users: list[int] | None = None
 
 
 class Ephemeral(Struct, tag_field="k", tag="ephemeral"):

@@ -824,8 +824,21 @@ def finish_profile(spy: dict[str, Any]) -> dict[str, Any]:
     return {"samples": samples, "file": str(spy["out"].relative_to(ROOT)), "top_own": top_own[:10]}
 
 
+@contextlib.contextmanager
+def comment_triggers(url: str, enabled: bool) -> Iterator[None]:
+    """tracktalk's triggers on `comments` on or off (ALTER TABLE ... DISABLE TRIGGER USER: the
+    foreign keys' own triggers stay); always on again at the end."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE comments {'ENABLE' if enabled else 'DISABLE'} TRIGGER USER")
+    try:
+        yield
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE comments ENABLE TRIGGER USER")
+
+
 def write_cost(env: Env) -> dict[str, Any]:
-    """Comments/s by SQL into comments (triggers) vs the same inserts into bench_plain_comments."""
+    """Comments/s into `comments` by SQL and through the API, without tracktalk's triggers then with them."""
     world, sizes = env.world, env.sizes
     out: dict[str, Any] = {
         "scenario": "write",
@@ -833,7 +846,7 @@ def write_cost(env: Env) -> dict[str, Any]:
         "seconds": sizes.write_seconds,
     }
 
-    async def sql_rate(table: str) -> float:
+    async def sql_rate() -> float:
         stop_at = time.monotonic() + sizes.write_seconds
         count = 0
 
@@ -842,7 +855,7 @@ def write_cost(env: Env) -> dict[str, Any]:
             async with await psycopg.AsyncConnection.connect(world.url, autocommit=True) as conn:
                 while time.monotonic() < stop_at:
                     await conn.execute(
-                        f"INSERT INTO {table} (track_id, user_id, content, timestamp) VALUES (%s, %s, 'bench write', 1)",
+                        "INSERT INTO comments (track_id, user_id, content, timestamp) VALUES (%s, %s, 'bench write', 1)",
                         (random.choice(world.tracks), random.choice(world.users)),
                     )
                     count += 1
@@ -851,41 +864,41 @@ def write_cost(env: Env) -> dict[str, Any]:
         await asyncio.gather(*(worker() for _ in range(sizes.write_workers)))
         return count / (time.monotonic() - start)
 
-    for table, key in (("bench_plain_comments", "sql_plain_per_s"), ("comments", "sql_triggers_per_s")):
-        out[key] = round(asyncio.run(sql_rate(table)))
-        print(f"  write     {table:<22} {out[key]:>8} comments/s")
-    out["trigger_cost_pct"] = round(100 * (1 - out["sql_triggers_per_s"] / out["sql_plain_per_s"]), 1)
+    async def api_rate(port: int) -> float:
+        stop_at = time.monotonic() + sizes.write_seconds
+        count = 0
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+
+            async def worker(k: int) -> None:
+                nonlocal count
+                while time.monotonic() < stop_at:
+                    user = world.users[k % len(world.users)]
+                    r = await http.post(
+                        f"/api/tracks/{random.choice(world.tracks)}/comments",
+                        json={"content": "bench api write", "timestamp": 1.0},
+                        headers={"Authorization": f"Bearer {world.tokens[user]}"},
+                    )
+                    if r.status_code == 201:
+                        count += 1
+
+            start = time.monotonic()
+            await asyncio.gather(*(worker(k) for k in range(4 * sizes.write_workers)))
+            return count / (time.monotonic() - start)
 
     server = start_tracktalk(world.url, env.logdir)
     try:
-
-        async def api_rate() -> float:
-            stop_at = time.monotonic() + sizes.write_seconds
-            count = 0
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=10) as http:
-
-                async def worker(k: int) -> None:
-                    nonlocal count
-                    while time.monotonic() < stop_at:
-                        user = world.users[k % len(world.users)]
-                        r = await http.post(
-                            f"/api/tracks/{random.choice(world.tracks)}/comments",
-                            json={"content": "bench api write", "timestamp": 1.0},
-                            headers={"Authorization": f"Bearer {world.tokens[user]}"},
-                        )
-                        if r.status_code == 201:
-                            count += 1
-
-                start = time.monotonic()
-                await asyncio.gather(*(worker(k) for k in range(4 * sizes.write_workers)))
-                return count / (time.monotonic() - start)
-
-        cpu0 = cpu_seconds(server.pid)
-        out["api_per_s"] = round(asyncio.run(api_rate()))
-        out["api_server_cpu_s"] = round(cpu_seconds(server.pid) - cpu0, 2)
-        print(f"  write     {'API (1 replica)':<22} {out['api_per_s']:>8} comments/s")
+        for enabled, name in ((False, "plain"), (True, "triggers")):
+            with comment_triggers(world.url, enabled):
+                out[f"sql_{name}_per_s"] = round(asyncio.run(sql_rate()))
+                print(f"  write     SQL, {name:<17} {out[f'sql_{name}_per_s']:>8} comments/s")
+                cpu0 = cpu_seconds(server.pid)
+                out[f"api_{name}_per_s"] = round(asyncio.run(api_rate(server.port)))
+                out[f"api_{name}_server_cpu_s"] = round(cpu_seconds(server.pid) - cpu0, 2)
+                print(f"  write     API, {name:<17} {out[f'api_{name}_per_s']:>8} comments/s")
     finally:
         server.stop()
+    out["trigger_cost_pct"] = round(100 * (1 - out["sql_triggers_per_s"] / out["sql_plain_per_s"]), 1)
+    out["api_trigger_cost_pct"] = round(100 * (1 - out["api_triggers_per_s"] / out["api_plain_per_s"]), 1)
     return out
 
 
@@ -916,8 +929,9 @@ def table(results: list[dict[str, Any]]) -> str:
         if r["scenario"] == "write":
             lines.append(
                 f"write cost: SQL {r['sql_plain_per_s']}/s without triggers, {r['sql_triggers_per_s']}/s with "
-                f"({r['trigger_cost_pct']}% cost); API {r.get('api_per_s')}/s on one replica "
-                f"({r['workers']} SQL connections, {r['seconds']} s each)"
+                f"({r['trigger_cost_pct']}% cost; {r['workers']} connections); API on one replica "
+                f"{r['api_plain_per_s']}/s without, {r['api_triggers_per_s']}/s with ({r['api_trigger_cost_pct']}% cost; "
+                f"{4 * r['workers']} clients); {r['seconds']} s each"
             )
     return "\n".join(lines)
 

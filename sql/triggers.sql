@@ -13,11 +13,12 @@
 --      the messages themselves when they fit in NOTIFY's 8000 bytes, else only their numbers.
 --   4. Each replica's listener gets the NOTIFY at commit (never on rollback) and hands the
 --      messages to the sockets of that track; what did not fit is read from tracktalk.events.
--- New notifications rows are announced the same way, per recipient (kind "user").
+-- New notifications rows are announced by id and recipient (kind "user"); a replica where a
+-- recipient has a socket reads the messages with tracktalk.user_messages() after the commit.
 --
 -- NOTIFY payloads on channel 'tracktalk' (JSON, read by app/listener.py):
 --   {"k":"track","track_id":T,"first":F,"last":L,"at":EPOCH[,"events":[message F, ..., message L]]}
---   {"k":"user","ids":[notification ids][,"messages":[{"user_id":U,"message":{...}}, ...]]}
+--   {"k":"user","ids":[notification ids],"users":[their recipients, in the same order]}
 --   {"k":"ephemeral","track_id":T,"message":{...}}          (sent by the app: typing)
 
 -- The contract's tables belong in public, whoever runs this: for a role named "tracktalk" the
@@ -99,28 +100,18 @@ BEGIN
 END
 $$;
 
--- Announces notifications rows to their recipients' sockets: a `notification` message each,
--- and a `mention` message for mentions.
-CREATE OR REPLACE FUNCTION tracktalk.announce_notifications(ids bigint[]) RETURNS void
+-- Announces notifications rows to their recipients' sockets: their ids and recipients only.
+-- The replicas where a recipient has a socket read the messages (tracktalk.user_messages)
+-- after the commit, so the writer never pays for building messages that nobody may read.
+DROP FUNCTION IF EXISTS tracktalk.announce_notifications(bigint[]);  -- before 2026-11-26
+CREATE OR REPLACE FUNCTION tracktalk.announce_notifications(ids bigint[], recipients bigint[])
+RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE
-    chunk bigint[];
-    messages text;
-    payload text;
 BEGIN
-    -- At most 400 ids a NOTIFY, so that even the ids alone always fit.
-    FOR i IN 1..coalesce(cardinality(ids), 0) BY 400 LOOP
-        chunk := ids[i:i + 399];
-        SELECT string_agg(jsonb_build_object('user_id', m.user_id, 'message', m.message)::text, ',')
-          INTO messages
-          FROM tracktalk.user_messages(chunk) AS m;
-        payload := '{"k":"user","ids":' || to_json(chunk)::text;
-        IF octet_length(payload) + coalesce(octet_length(messages), 0) + 16 <= tracktalk.max_payload() THEN
-            payload := payload || ',"messages":[' || coalesce(messages, '') || ']}';
-        ELSE
-            payload := payload || '}';
-        END IF;
-        PERFORM pg_notify('tracktalk', payload);
+    -- 150 pairs a NOTIFY: even 19-digit ids fit in the payload.
+    FOR i IN 1..coalesce(cardinality(ids), 0) BY 150 LOOP
+        PERFORM pg_notify('tracktalk', format('{"k":"user","ids":%s,"users":%s}',
+                                              to_json(ids[i:i + 149]), to_json(recipients[i:i + 149])));
     END LOOP;
 END
 $$;
@@ -128,7 +119,7 @@ $$;
 -- The messages that tell recipients about notifications `ids`, in id order.
 CREATE OR REPLACE FUNCTION tracktalk.user_messages(ids bigint[])
 RETURNS TABLE (user_id bigint, message jsonb)
-LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN QUERY
     SELECT m.user_id, m.message
@@ -243,38 +234,44 @@ CREATE TRIGGER comments_before_delete
     BEFORE DELETE ON comments
     FOR EACH ROW EXECUTE FUNCTION tracktalk.comments_before_delete();
 
--- Notifies about comments `ids` (new ones, or edited ones when `only_new_mentions`): the
--- album's creator, team members (settings.notify_team), the parent's author and each
--- @mentioned user; never the writer, never someone who cannot see the track, and one
--- notification per person and comment, the most specific kind.
+-- Notifies about the comments `written` (new ones; or edited ones, as they were in `previous`):
+-- the album's creator, team members (settings.notify_team), the parent's author and each
+-- @mentioned user (on an edit, only the newly mentioned); never the writer, never someone who
+-- cannot see the track, and one notification per person and comment, the most specific kind.
+DROP FUNCTION IF EXISTS tracktalk.notify_comment_readers(bigint[], text[]);  -- before 2026-11-26
+DROP FUNCTION IF EXISTS tracktalk.notify_comment_readers(comments[], text[]);
 CREATE OR REPLACE FUNCTION tracktalk.notify_comment_readers(
-    ids bigint[], old_contents text[] DEFAULT NULL
+    written comments[], previous comments[] DEFAULT NULL
 ) RETURNS void
--- PL/pgSQL, not SQL, with a generic plan: its statement is planned once per session instead of
--- for every comment (planning cost three times the work). The visibility test is written out
--- below for the same reason.
+-- PL/pgSQL with a generic plan: the statement is planned once per session, not at every
+-- comment (planning cost three times the work). A generic plan outlives the table sizes it was
+-- made for, so the rows come in as arguments and the tables that grow with every comment
+-- (comments, users) are only reached through per-row subqueries, which stay index lookups;
+-- a join there could stay a sequential scan made when the table was small.
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
     WITH c AS (
-        SELECT c.id, c.track_id, c.user_id, c.parent_id, c.content, a.created_by_id AS creator_id,
-               t.is_private, old.content AS old_content
-          FROM unnest(ids, old_contents) AS old (id, content)
-          JOIN comments c ON c.id = old.id
-          JOIN tracks t ON t.id = c.track_id
+        SELECT w.id, w.track_id, w.user_id, w.parent_id, w.content, old.content AS old_content,
+               a.created_by_id AS creator_id, t.is_private
+          FROM unnest(written) AS w
+          LEFT JOIN unnest(previous) AS old ON old.id = w.id
+          JOIN tracks t ON t.id = w.track_id
           JOIN albums a ON a.id = t.album_id
     ),
     candidate (comment_id, user_id, kind, rank) AS (
-        SELECT c.id, u.id, 'mention', 3
+        SELECT c.id, mentioned.id, 'mention', 3
           FROM c
          CROSS JOIN LATERAL tracktalk.mentioned_names(c.content) AS name
-          JOIN users u ON lower(u.username) = name
+         CROSS JOIN LATERAL (SELECT u.id FROM users u WHERE lower(u.username) = name
+                             OFFSET 0  -- keeps this a per-name index lookup
+                            ) AS mentioned
          WHERE c.content LIKE '%@%'
            AND (c.old_content IS NULL
                 OR name NOT IN (SELECT tracktalk.mentioned_names(c.old_content)))
         UNION ALL
-        SELECT c.id, p.user_id, 'reply', 2
-          FROM c JOIN comments p ON p.id = c.parent_id
-         WHERE c.old_content IS NULL
+        SELECT c.id, (SELECT p.user_id FROM comments p WHERE p.id = c.parent_id), 'reply', 2
+          FROM c
+         WHERE c.old_content IS NULL AND c.parent_id IS NOT NULL
         UNION ALL
         SELECT c.id, c.creator_id, 'comment', 1
           FROM c
@@ -293,10 +290,10 @@ BEGIN
     SELECT b.user_id, b.kind, c.user_id, c.track_id, c.id
       FROM best b
       JOIN c ON c.id = b.comment_id
-      JOIN users reader ON reader.id = b.user_id
+     CROSS JOIN LATERAL (SELECT r.is_team FROM users r WHERE r.id = b.user_id OFFSET 0) AS reader
      WHERE b.user_id <> c.user_id
        -- tracktalk.can_see(reader, track), written out
-       AND (NOT c.is_private OR reader.id = c.creator_id OR reader.is_team)
+       AND (NOT c.is_private OR b.user_id = c.creator_id OR reader.is_team)
      ORDER BY c.id, b.user_id
     ON CONFLICT (user_id, comment_id) WHERE kind IN ('comment', 'reply', 'mention')
     DO UPDATE SET kind = excluded.kind, created_at = now(), read_at = NULL
@@ -322,7 +319,7 @@ BEGIN
     LOOP
         PERFORM tracktalk.publish(r.track_id, r.messages, comments_delta => r.added);
     END LOOP;
-    PERFORM tracktalk.notify_comment_readers(array_agg(id), NULL) FROM new_rows;
+    PERFORM tracktalk.notify_comment_readers(array_agg(n::comments ORDER BY n.id)) FROM new_rows n;
     RETURN NULL;
 END
 $$;
@@ -348,7 +345,7 @@ BEGIN
     LOOP
         PERFORM tracktalk.publish(r.track_id, r.messages);
     END LOOP;
-    PERFORM tracktalk.notify_comment_readers(array_agg(n.id), array_agg(o.content))
+    PERFORM tracktalk.notify_comment_readers(array_agg(n::comments ORDER BY n.id), array_agg(o::comments ORDER BY n.id))
        FROM new_rows n
        JOIN old_rows o ON o.id = n.id
       WHERE n.content IS DISTINCT FROM o.content;
@@ -520,7 +517,8 @@ CREATE TRIGGER tracks_after_insert
 CREATE OR REPLACE FUNCTION tracktalk.notifications_after_insert() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM tracktalk.announce_notifications(array_agg(id ORDER BY id)) FROM new_rows;
+    PERFORM tracktalk.announce_notifications(array_agg(id ORDER BY id), array_agg(user_id ORDER BY id))
+       FROM new_rows;
     RETURN NULL;
 END
 $$;
@@ -529,7 +527,7 @@ $$;
 CREATE OR REPLACE FUNCTION tracktalk.notifications_after_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM tracktalk.announce_notifications(array_agg(n.id ORDER BY n.id))
+    PERFORM tracktalk.announce_notifications(array_agg(n.id ORDER BY n.id), array_agg(n.user_id ORDER BY n.id))
        FROM new_rows n JOIN old_rows o ON o.id = n.id
       WHERE n.kind IS DISTINCT FROM o.kind;
     RETURN NULL;

@@ -506,3 +506,56 @@ async def live_mention(write: Writer, a: Replica, b: Replica, people: People) ->
         assert first["type"] == "notification"
         assert first["notification"]["comment_id"] == for_dave
     return comment_id
+
+
+async def test_hundreds_of_mentions_in_one_comment_reach_exactly_their_recipients(
+    pair: list[Replica], db_url: str, people: People
+) -> None:
+    """320 mentions: announced in several NOTIFYs (150 a payload), each read by the replica
+    where its recipient has a socket; a socket whose user is not mentioned hears nothing."""
+    a, b = pair
+    crowd = [f"crowd{i:03d}" for i in range(320)]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "INSERT INTO users (username) SELECT unnest(%s::text[]) RETURNING id, username", (crowd,)
+        ).fetchall()
+    ids = {str(name): int(id_) for id_, name in rows}
+    listening = {"crowd000": a, "crowd200": b, "crowd319": b}
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = {
+            name: await stack.enter_async_context(
+                open_socket(replica.ws, "t-other", issue_token(SECRET, ids[name], 3600))
+            )
+            for name, replica in listening.items()
+        }
+        dave = await stack.enter_async_context(open_socket(a.ws, "t-other", people.tokens["dave"]))
+        for socket in [*sockets.values(), dave]:
+            await socket.expect("connected")
+
+        content = "shout-out to " + " ".join(f"@{name}" for name in crowd)
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            row = conn.execute(
+                "INSERT INTO comments (track_id, user_id, content, timestamp) VALUES ('t-public', %s, %s, 3)"
+                " RETURNING id",
+                (people.ids["alice"], content),
+            ).fetchone()
+        assert row is not None
+        comment_id = int(row[0])
+
+        for name, socket in sockets.items():
+            note = (await socket.expect("notification"))["notification"]
+            assert (note["user_id"], note["kind"], note["comment_id"]) == (ids[name], "mention", comment_id)
+            assert (await socket.expect("mention"))["comment"]["id"] == comment_id
+
+        # dave's first message is his own later mention: nothing of the crowd's reached him.
+        for_dave = await asyncio.to_thread(
+            SqlWriter(db_url, people).comment, "alice", "t-public", "@dave and nobody else"
+        )
+        first = await dave.recv()
+        assert (first["type"], first["notification"]["comment_id"]) == ("notification", for_dave)
+
+    with psycopg.connect(db_url) as conn:
+        count = conn.execute(
+            "SELECT count(*) FROM notifications WHERE comment_id = %s AND kind = 'mention'", (comment_id,)
+        ).fetchone()
+    assert count == (320,)
