@@ -50,6 +50,7 @@ DECLARE
     state tracktalk.track_state;
     first_seq bigint;
     texts text[];
+    joined text;
     payload text;
 BEGIN
     IF n = 0 THEN
@@ -90,9 +91,9 @@ BEGIN
     payload := format('{"k":"track","track_id":%s,"first":%s,"last":%s,"at":%s',
                       to_json(track), first_seq, state.last_seq,
                       round(extract(epoch FROM clock_timestamp()), 6));
-    IF octet_length(payload) + (SELECT sum(octet_length(t) + 1) FROM unnest(texts) AS t) + 12
-       <= tracktalk.max_payload() THEN
-        payload := payload || ',"events":[' || array_to_string(texts, ',') || ']}';
+    joined := array_to_string(texts, ',');
+    IF octet_length(payload) + octet_length(joined) + 13 <= tracktalk.max_payload() THEN
+        payload := payload || ',"events":[' || joined || ']}';
     ELSE
         payload := payload || '}';
     END IF;
@@ -235,69 +236,87 @@ CREATE TRIGGER comments_before_delete
     FOR EACH ROW EXECUTE FUNCTION tracktalk.comments_before_delete();
 
 -- Notifies about the comments `written` (new ones; or edited ones, as they were in `previous`):
--- the album's creator, team members (settings.notify_team), the parent's author and each
--- @mentioned user (on an edit, only the newly mentioned); never the writer, never someone who
--- cannot see the track, and one notification per person and comment, the most specific kind.
+-- each @mentioned user (on an edit, only the newly mentioned), the parent's author, the album's
+-- creator and team members (settings.notify_team); never the writer, never someone who cannot
+-- see the track, and one notification per person and comment, of the most specific kind: the
+-- rules run in that order, and the unique index notifications_one_per_comment turns away what
+-- a later, less specific rule finds again.
 DROP FUNCTION IF EXISTS tracktalk.notify_comment_readers(bigint[], text[]);  -- before 2026-11-26
 DROP FUNCTION IF EXISTS tracktalk.notify_comment_readers(comments[], text[]);
 CREATE OR REPLACE FUNCTION tracktalk.notify_comment_readers(
     written comments[], previous comments[] DEFAULT NULL
 ) RETURNS void
--- PL/pgSQL with a generic plan: the statement is planned once per session, not at every
--- comment (planning cost three times the work). A generic plan outlives the table sizes it was
--- made for, so the rows come in as arguments and the tables that grow with every comment
--- (comments, users) are only reached through per-row subqueries, which stay index lookups;
--- a join there could stay a sequential scan made when the table was small.
+-- PL/pgSQL with generic plans: each statement is planned once per session, not at every comment
+-- (planning cost more than the work). A generic plan outlives the table sizes it was made for,
+-- so the rows come in as arguments, and the tables that grow (comments, users) are reached only
+-- through per-row subqueries, which stay index lookups where a join could stay a sequential
+-- scan chosen when the table was small.
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    edited constant boolean := previous IS NOT NULL;
+    any_mention boolean;
+    any_reply boolean;
 BEGIN
-    WITH c AS (
-        SELECT w.id, w.track_id, w.user_id, w.parent_id, w.content, old.content AS old_content,
-               a.created_by_id AS creator_id, t.is_private
+    SELECT bool_or(w.content LIKE '%@%'), bool_or(w.parent_id IS NOT NULL)
+      INTO any_mention, any_reply
+      FROM unnest(written) AS w;
+
+    IF any_mention THEN
+        INSERT INTO notifications (user_id, kind, actor_id, track_id, comment_id)
+        SELECT mentioned.id, 'mention', w.user_id, w.track_id, w.id
           FROM unnest(written) AS w
-          LEFT JOIN unnest(previous) AS old ON old.id = w.id
           JOIN tracks t ON t.id = w.track_id
           JOIN albums a ON a.id = t.album_id
-    ),
-    candidate (comment_id, user_id, kind, rank) AS (
-        SELECT c.id, mentioned.id, 'mention', 3
-          FROM c
-         CROSS JOIN LATERAL tracktalk.mentioned_names(c.content) AS name
-         CROSS JOIN LATERAL (SELECT u.id FROM users u WHERE lower(u.username) = name
+         CROSS JOIN LATERAL tracktalk.mentioned_names(w.content) AS name
+         CROSS JOIN LATERAL (SELECT u.id, u.is_team FROM users u WHERE lower(u.username) = name
                              OFFSET 0  -- keeps this a per-name index lookup
                             ) AS mentioned
-         WHERE c.content LIKE '%@%'
-           AND (c.old_content IS NULL
-                OR name NOT IN (SELECT tracktalk.mentioned_names(c.old_content)))
-        UNION ALL
-        SELECT c.id, (SELECT p.user_id FROM comments p WHERE p.id = c.parent_id), 'reply', 2
-          FROM c
-         WHERE c.old_content IS NULL AND c.parent_id IS NOT NULL
-        UNION ALL
-        SELECT c.id, c.creator_id, 'comment', 1
-          FROM c
-         WHERE c.old_content IS NULL
-        UNION ALL
-        SELECT c.id, u.id, 'comment', 1
-          FROM c JOIN users u ON u.is_team
-         WHERE c.old_content IS NULL AND (SELECT notify_team FROM tracktalk.settings)
-    ),
-    best AS (
-        SELECT DISTINCT ON (k.comment_id, k.user_id) k.comment_id, k.user_id, k.kind, k.rank
-          FROM candidate k
-         ORDER BY k.comment_id, k.user_id, k.rank DESC
-    )
+         WHERE w.content LIKE '%@%'
+           AND mentioned.id <> w.user_id
+           -- tracktalk.can_see(mentioned, track), written out
+           AND (NOT t.is_private OR mentioned.id = a.created_by_id OR mentioned.is_team)
+           AND NOT (edited AND name IN (SELECT tracktalk.mentioned_names(old.content)
+                                          FROM unnest(previous) AS old WHERE old.id = w.id))
+         ORDER BY w.id, mentioned.id
+        ON CONFLICT (user_id, comment_id) WHERE kind IN ('comment', 'reply', 'mention')
+        -- An edit that mentions someone already told of the comment makes it news again.
+        DO UPDATE SET kind = excluded.kind, created_at = now(), read_at = NULL
+            WHERE notifications.kind <> 'mention';
+    END IF;
+    IF edited THEN
+        RETURN;
+    END IF;
+
+    IF any_reply THEN
+        INSERT INTO notifications (user_id, kind, actor_id, track_id, comment_id)
+        SELECT parent.user_id, 'reply', w.user_id, w.track_id, w.id
+          FROM unnest(written) AS w
+          JOIN tracks t ON t.id = w.track_id
+          JOIN albums a ON a.id = t.album_id
+         CROSS JOIN LATERAL (SELECT p.user_id, u.is_team FROM comments p JOIN users u ON u.id = p.user_id
+                              WHERE p.id = w.parent_id
+                             OFFSET 0  -- keeps this a per-row index lookup
+                            ) AS parent
+         WHERE parent.user_id <> w.user_id
+           -- tracktalk.can_see(parent author, track), written out
+           AND (NOT t.is_private OR parent.user_id = a.created_by_id OR parent.is_team)
+         ORDER BY w.id
+        ON CONFLICT (user_id, comment_id) WHERE kind IN ('comment', 'reply', 'mention') DO NOTHING;
+    END IF;
+
+    -- The creator and the team see every track: no visibility test.
     INSERT INTO notifications (user_id, kind, actor_id, track_id, comment_id)
-    SELECT b.user_id, b.kind, c.user_id, c.track_id, c.id
-      FROM best b
-      JOIN c ON c.id = b.comment_id
-     CROSS JOIN LATERAL (SELECT r.is_team FROM users r WHERE r.id = b.user_id OFFSET 0) AS reader
-     WHERE b.user_id <> c.user_id
-       -- tracktalk.can_see(reader, track), written out
-       AND (NOT c.is_private OR b.user_id = c.creator_id OR reader.is_team)
-     ORDER BY c.id, b.user_id
-    ON CONFLICT (user_id, comment_id) WHERE kind IN ('comment', 'reply', 'mention')
-    DO UPDATE SET kind = excluded.kind, created_at = now(), read_at = NULL
-        WHERE excluded.kind = 'mention' AND notifications.kind <> 'mention';
+    SELECT reader.id, 'comment', w.user_id, w.track_id, w.id
+      FROM unnest(written) AS w
+      JOIN tracks t ON t.id = w.track_id
+      JOIN albums a ON a.id = t.album_id
+     CROSS JOIN LATERAL (SELECT a.created_by_id
+                         UNION
+                         SELECT u.id FROM users u
+                          WHERE u.is_team AND (SELECT notify_team FROM tracktalk.settings)) AS reader (id)
+     WHERE reader.id <> w.user_id
+     ORDER BY w.id, reader.id
+    ON CONFLICT (user_id, comment_id) WHERE kind IN ('comment', 'reply', 'mention') DO NOTHING;
 END
 $$;
 
