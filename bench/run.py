@@ -23,18 +23,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import numpy as np
 import psutil
 import psycopg
 
 from app.auth import issue_token
 from app.db import migrate
+from bench.httpload import post_until
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -864,26 +866,26 @@ def write_cost(env: Env) -> dict[str, Any]:
         await asyncio.gather(*(worker() for _ in range(sizes.write_workers)))
         return count / (time.monotonic() - start)
 
-    async def api_rate(port: int) -> float:
+    async def api_rate(port: int) -> tuple[float, dict[int, int]]:
         stop_at = time.monotonic() + sizes.write_seconds
-        count = 0
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        body = msgspec.json.encode({"content": "bench api write", "timestamp": 1.0})
 
-            async def worker(k: int) -> None:
-                nonlocal count
-                while time.monotonic() < stop_at:
-                    user = world.users[k % len(world.users)]
-                    r = await http.post(
-                        f"/api/tracks/{random.choice(world.tracks)}/comments",
-                        json={"content": "bench api write", "timestamp": 1.0},
-                        headers={"Authorization": f"Bearer {world.tokens[user]}"},
-                    )
-                    if r.status_code == 201:
-                        count += 1
+        def request_as(user: int) -> Callable[[], tuple[str, bytes, str]]:
+            token = world.tokens[user]
+            return lambda: (f"/api/tracks/{random.choice(world.tracks)}/comments", body, token)
 
-            start = time.monotonic()
-            await asyncio.gather(*(worker(k) for k in range(4 * sizes.write_workers)))
-            return count / (time.monotonic() - start)
+        start = time.monotonic()
+        per_client = await asyncio.gather(
+            *(
+                post_until("127.0.0.1", port, stop_at, request_as(world.users[k % len(world.users)]))
+                for k in range(4 * sizes.write_workers)
+            )
+        )
+        statuses: dict[int, int] = {}
+        for counts in per_client:
+            for status, n in counts.items():
+                statuses[status] = statuses.get(status, 0) + n
+        return statuses.get(201, 0) / (time.monotonic() - start), statuses
 
     server = start_tracktalk(world.url, env.logdir)
     try:
@@ -891,10 +893,17 @@ def write_cost(env: Env) -> dict[str, Any]:
             with comment_triggers(world.url, enabled):
                 out[f"sql_{name}_per_s"] = round(asyncio.run(sql_rate()))
                 print(f"  write     SQL, {name:<17} {out[f'sql_{name}_per_s']:>8} comments/s")
-                cpu0 = cpu_seconds(server.pid)
-                out[f"api_{name}_per_s"] = round(asyncio.run(api_rate(server.port)))
+                cpu0, client0 = cpu_seconds(server.pid), cpu_seconds(os.getpid())
+                rate, statuses = asyncio.run(api_rate(server.port))
+                out[f"api_{name}_per_s"] = round(rate)
+                out[f"api_{name}_statuses"] = statuses
                 out[f"api_{name}_server_cpu_s"] = round(cpu_seconds(server.pid) - cpu0, 2)
-                print(f"  write     API, {name:<17} {out[f'api_{name}_per_s']:>8} comments/s")
+                out[f"api_{name}_client_cpu_s"] = round(cpu_seconds(os.getpid()) - client0, 2)
+                print(
+                    f"  write     API, {name:<17} {out[f'api_{name}_per_s']:>8} comments/s  "
+                    f"(server CPU {out[f'api_{name}_server_cpu_s']} s, client CPU {out[f'api_{name}_client_cpu_s']} s, "
+                    f"statuses {statuses})"
+                )
     finally:
         server.stop()
     out["trigger_cost_pct"] = round(100 * (1 - out["sql_triggers_per_s"] / out["sql_plain_per_s"]), 1)
