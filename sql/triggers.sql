@@ -108,11 +108,14 @@ DROP FUNCTION IF EXISTS tracktalk.announce_notifications(bigint[]);  -- before 2
 CREATE OR REPLACE FUNCTION tracktalk.announce_notifications(ids bigint[], recipients bigint[])
 RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    payload text;
 BEGIN
     -- 150 pairs a NOTIFY: even 19-digit ids fit in the payload.
     FOR i IN 1..coalesce(cardinality(ids), 0) BY 150 LOOP
-        PERFORM pg_notify('tracktalk', format('{"k":"user","ids":%s,"users":%s}',
-                                              to_json(ids[i:i + 149]), to_json(recipients[i:i + 149])));
+        payload := format('{"k":"user","ids":%s,"users":%s}',
+                          to_json(ids[i:i + 149]), to_json(recipients[i:i + 149]));
+        PERFORM pg_notify('tracktalk', payload);
     END LOOP;
 END
 $$;
