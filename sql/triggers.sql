@@ -23,6 +23,8 @@
 
 -- The contract's tables belong in public, whoever runs this: for a role named "tracktalk" the
 -- default search_path ("$user", public) would otherwise put them in the schema "tracktalk".
+-- Function bodies are resolved when they run, with the writer's search_path, so they name the
+-- tables public.<table>: a service whose search_path lacks public writes all the same.
 SET search_path = public;
 
 -- Largest NOTIFY payload we send; PostgreSQL refuses 8000 bytes and more.
@@ -67,7 +69,7 @@ BEGIN
         EXIT WHEN FOUND;
         -- No row: the track is being deleted (nothing to tell), or it was made while the
         -- triggers were off (count it now, then number from there).
-        IF NOT EXISTS (SELECT 1 FROM tracks WHERE id = track) THEN
+        IF NOT EXISTS (SELECT 1 FROM public.tracks WHERE id = track) THEN
             RETURN;
         END IF;
         PERFORM tracktalk.recount(track);
@@ -152,10 +154,10 @@ CREATE OR REPLACE FUNCTION tracktalk.recount(track text) RETURNS void
 LANGUAGE sql AS $$
     INSERT INTO tracktalk.track_state AS s (track_id, comments, likes, shares)
     SELECT t.id,
-           (SELECT count(*) FROM comments WHERE track_id = t.id),
-           (SELECT count(*) FROM track_likes WHERE track_id = t.id),
-           (SELECT count(*) FROM track_shares WHERE track_id = t.id)
-      FROM tracks t
+           (SELECT count(*) FROM public.comments WHERE track_id = t.id),
+           (SELECT count(*) FROM public.track_likes WHERE track_id = t.id),
+           (SELECT count(*) FROM public.track_shares WHERE track_id = t.id)
+      FROM public.tracks t
      WHERE t.id = track
     ON CONFLICT (track_id) DO UPDATE
        SET comments = excluded.comments, likes = excluded.likes, shares = excluded.shares
@@ -178,9 +180,9 @@ CREATE OR REPLACE FUNCTION tracktalk.can_see(viewer bigint, track text) RETURNS 
 LANGUAGE sql STABLE AS $$
     SELECT NOT t.is_private
            OR a.created_by_id = viewer
-           OR EXISTS (SELECT 1 FROM users u WHERE u.id = viewer AND u.is_team)
-      FROM tracks t
-      JOIN albums a ON a.id = t.album_id
+           OR EXISTS (SELECT 1 FROM public.users u WHERE u.id = viewer AND u.is_team)
+      FROM public.tracks t
+      JOIN public.albums a ON a.id = t.album_id
      WHERE t.id = track
 $$;
 
@@ -207,7 +209,7 @@ BEGIN
         NEW.last_edited_at := now();
     END IF;
     IF TG_OP = 'INSERT' OR NEW."timestamp" IS DISTINCT FROM OLD."timestamp" THEN
-        SELECT duration_seconds INTO duration FROM tracks WHERE id = NEW.track_id;
+        SELECT duration_seconds INTO duration FROM public.tracks WHERE id = NEW.track_id;
         IF NEW."timestamp" > duration THEN
             RAISE EXCEPTION 'comment timestamp % is past the end of track % (% seconds)',
                 NEW."timestamp", NEW.track_id, duration
@@ -228,7 +230,7 @@ CREATE TRIGGER comments_before_write
 CREATE OR REPLACE FUNCTION tracktalk.comments_before_delete() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    DELETE FROM notifications WHERE comment_id = OLD.id AND read_at IS NULL;
+    DELETE FROM public.notifications WHERE comment_id = OLD.id AND read_at IS NULL;
     RETURN OLD;
 END
 $$;
@@ -265,13 +267,13 @@ BEGIN
       FROM unnest(written) AS w;
 
     IF any_mention THEN
-        INSERT INTO notifications (user_id, kind, actor_id, track_id, comment_id)
+        INSERT INTO public.notifications (user_id, kind, actor_id, track_id, comment_id)
         SELECT mentioned.id, 'mention', w.user_id, w.track_id, w.id
           FROM unnest(written) AS w
-          JOIN tracks t ON t.id = w.track_id
-          JOIN albums a ON a.id = t.album_id
+          JOIN public.tracks t ON t.id = w.track_id
+          JOIN public.albums a ON a.id = t.album_id
          CROSS JOIN LATERAL tracktalk.mentioned_names(w.content) AS name
-         CROSS JOIN LATERAL (SELECT u.id, u.is_team FROM users u WHERE lower(u.username) = name
+         CROSS JOIN LATERAL (SELECT u.id, u.is_team FROM public.users u WHERE lower(u.username) = name
                              OFFSET 0  -- keeps this a per-name index lookup
                             ) AS mentioned
          WHERE w.content LIKE '%@%'
@@ -291,12 +293,12 @@ BEGIN
     END IF;
 
     IF any_reply THEN
-        INSERT INTO notifications (user_id, kind, actor_id, track_id, comment_id)
+        INSERT INTO public.notifications (user_id, kind, actor_id, track_id, comment_id)
         SELECT parent.user_id, 'reply', w.user_id, w.track_id, w.id
           FROM unnest(written) AS w
-          JOIN tracks t ON t.id = w.track_id
-          JOIN albums a ON a.id = t.album_id
-         CROSS JOIN LATERAL (SELECT p.user_id, u.is_team FROM comments p JOIN users u ON u.id = p.user_id
+          JOIN public.tracks t ON t.id = w.track_id
+          JOIN public.albums a ON a.id = t.album_id
+         CROSS JOIN LATERAL (SELECT p.user_id, u.is_team FROM public.comments p JOIN public.users u ON u.id = p.user_id
                               WHERE p.id = w.parent_id
                              OFFSET 0  -- keeps this a per-row index lookup
                             ) AS parent
@@ -308,14 +310,14 @@ BEGIN
     END IF;
 
     -- The creator and the team see every track: no visibility test.
-    INSERT INTO notifications (user_id, kind, actor_id, track_id, comment_id)
+    INSERT INTO public.notifications (user_id, kind, actor_id, track_id, comment_id)
     SELECT reader.id, 'comment', w.user_id, w.track_id, w.id
       FROM unnest(written) AS w
-      JOIN tracks t ON t.id = w.track_id
-      JOIN albums a ON a.id = t.album_id
+      JOIN public.tracks t ON t.id = w.track_id
+      JOIN public.albums a ON a.id = t.album_id
      CROSS JOIN LATERAL (SELECT a.created_by_id
                          UNION
-                         SELECT u.id FROM users u
+                         SELECT u.id FROM public.users u
                           WHERE u.is_team AND (SELECT notify_team FROM tracktalk.settings)) AS reader (id)
      WHERE reader.id <> w.user_id
      ORDER BY w.id, reader.id
@@ -341,7 +343,7 @@ BEGIN
     LOOP
         PERFORM tracktalk.publish(r.track_id, r.messages, comments_delta => r.added);
     END LOOP;
-    PERFORM tracktalk.notify_comment_readers(array_agg(n::comments ORDER BY n.id)) FROM new_rows n;
+    PERFORM tracktalk.notify_comment_readers(array_agg(n::public.comments ORDER BY n.id)) FROM new_rows n;
     RETURN NULL;
 END
 $$;
@@ -367,7 +369,7 @@ BEGIN
     LOOP
         PERFORM tracktalk.publish(r.track_id, r.messages);
     END LOOP;
-    PERFORM tracktalk.notify_comment_readers(array_agg(n::comments ORDER BY n.id), array_agg(o::comments ORDER BY n.id))
+    PERFORM tracktalk.notify_comment_readers(array_agg(n::public.comments ORDER BY n.id), array_agg(o::public.comments ORDER BY n.id))
        FROM new_rows n
        JOIN old_rows o ON o.id = n.id
       WHERE n.content IS DISTINCT FROM o.content;
@@ -428,7 +430,7 @@ BEGIN
             SELECT d.comment_id, greatest(sign * count(*), 0)
               FROM changed_rows d
              -- A comment being deleted takes its likes along: nothing to count or tell then.
-             WHERE EXISTS (SELECT 1 FROM comments c WHERE c.id = d.comment_id)
+             WHERE EXISTS (SELECT 1 FROM public.comments c WHERE c.id = d.comment_id)
              GROUP BY d.comment_id
              ORDER BY d.comment_id
             ON CONFLICT (comment_id) DO UPDATE
@@ -441,7 +443,7 @@ BEGIN
                                             'like_count', k.likes)
                          ORDER BY k.comment_id) AS messages
           FROM counted k
-          JOIN comments c ON c.id = k.comment_id
+          JOIN public.comments c ON c.id = k.comment_id
          GROUP BY c.track_id
          ORDER BY c.track_id
     LOOP
@@ -449,13 +451,13 @@ BEGIN
     END LOOP;
 
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO notifications (user_id, kind, actor_id, track_id, comment_id)
+        INSERT INTO public.notifications (user_id, kind, actor_id, track_id, comment_id)
         SELECT c.user_id, 'comment_like', n.user_id, c.track_id, c.id
           FROM changed_rows n
-          JOIN comments c ON c.id = n.comment_id
-          JOIN tracks t ON t.id = c.track_id
-          JOIN albums a ON a.id = t.album_id
-          JOIN users author ON author.id = c.user_id
+          JOIN public.comments c ON c.id = n.comment_id
+          JOIN public.tracks t ON t.id = c.track_id
+          JOIN public.albums a ON a.id = t.album_id
+          JOIN public.users author ON author.id = c.user_id
          WHERE c.user_id <> n.user_id
            -- tracktalk.can_see(author, track), written out
            AND (NOT t.is_private OR author.id = a.created_by_id OR author.is_team)

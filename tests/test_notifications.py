@@ -559,3 +559,44 @@ async def test_hundreds_of_mentions_in_one_comment_reach_exactly_their_recipient
             "SELECT count(*) FROM notifications WHERE comment_id = %s AND kind = 'mention'", (comment_id,)
         ).fetchone()
     assert count == (320,)
+
+
+async def test_a_writer_whose_search_path_lacks_public_goes_live_all_the_same(
+    replica: Replica, db_url: str, people: People
+) -> None:
+    """Another service's connection, search_path without public: its writes, named public.<table>,
+    run the triggers (which resolve tables at run time) and go live like anyone's."""
+    expected = {
+        "new_comment": 1,
+        "track_metrics": 2,
+        "notification": 1,
+        "mention": 1,
+        "comment_edited": 1,
+        "comment_liked": 1,
+        "comment_deleted": 1,
+    }
+    async with open_socket(replica.ws, "t-public", people.tokens["bob"]) as bob:
+        await bob.expect("connected")
+
+        def write() -> None:
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                conn.execute("SET search_path = pg_catalog")
+                row = conn.execute(
+                    "INSERT INTO public.comments (track_id, user_id, content, timestamp)"
+                    " VALUES ('t-public', %s, '@bob from another service', 2) RETURNING id",
+                    (people.ids["alice"],),
+                ).fetchone()
+                assert row is not None
+                conn.execute("UPDATE public.comments SET content = content || ', edited' WHERE id = %s", row)
+                conn.execute(
+                    "INSERT INTO public.comment_likes (comment_id, user_id) VALUES (%s, %s)",
+                    (row[0], people.ids["bob"]),
+                )
+                conn.execute("DELETE FROM public.comments WHERE id = %s", row)
+
+        await asyncio.to_thread(write)
+        seen: dict[str, int] = {}
+        while seen != expected:
+            kind = (await bob.recv())["type"]
+            seen[kind] = seen.get(kind, 0) + 1
+            assert seen[kind] <= expected.get(kind, 0), f"unexpected {kind}: {bob.received}"
