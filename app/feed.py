@@ -27,6 +27,9 @@ _USER_LANE = 10_000
 (they stay in the inbox), so that a slow database never stalls the listener."""
 _USER_READ = 500
 """Notification ids read per query by the user lane."""
+_USER_STALE = 30.0
+"""Seconds after which a queued notification is no longer sent live (the inbox has it): after
+a database outage the lane does not replay minutes-old news."""
 
 _MAX_CATCH_UP = 200
 """A gap longer than this is not replayed live: the track's sockets get `resync` instead
@@ -47,7 +50,7 @@ class Feed:
         self._events = events
         self._lock = asyncio.Lock()
         self._on_lag = on_lag
-        self._user_lane: asyncio.Queue[list[int]] = asyncio.Queue(_USER_LANE)
+        self._user_lane: asyncio.Queue[tuple[float, list[int]]] = asyncio.Queue(_USER_LANE)
 
     @asynccontextmanager
     async def subscription(self, sub: Subscriber) -> AsyncIterator[int]:
@@ -136,25 +139,29 @@ class Feed:
         if not wanted:
             return
         try:
-            self._user_lane.put_nowait(wanted)
+            self._user_lane.put_nowait((time.monotonic(), wanted))
         except asyncio.QueueFull:
             log.warning("user lane full: %d notifications not sent live (they are in the inbox)", len(wanted))
 
     async def deliver_user_messages(self) -> None:
         """The user lane: read queued notifications' messages and send them, in order, forever.
 
-        Off the listener's path, so that reading them never holds up the tracks' events.
+        Off the listener's path, so that reading them never holds up the tracks' events. A batch
+        that cannot be read is not sent live (it stays in the inbox); the lane goes on.
         """
         while True:
-            ids = await self._user_lane.get()
+            queued_at, ids = await self._user_lane.get()
             while len(ids) < _USER_READ and not self._user_lane.empty():
-                ids = ids + self._user_lane.get_nowait()
+                queued_at, more = self._user_lane.get_nowait()
+                ids = ids + more
             try:
-                messages = await self._events.user_messages(ids)
-            except Exception as exc:
-                log.warning(
-                    "reading %d notifications failed, not sent live: %s", len(ids), type(exc).__name__
-                )
-                continue
-            for user_id, frame in messages:
-                self._hub.send_user(user_id, frame)
+                await self._deliver_user_messages(ids, queued_at)
+            except Exception:
+                log.exception("%d notifications not sent live", len(ids))
+
+    async def _deliver_user_messages(self, ids: list[int], queued_at: float) -> None:
+        if time.monotonic() - queued_at > _USER_STALE:
+            log.warning("%d notifications queued for over %.0f s: not sent live", len(ids), _USER_STALE)
+            return
+        for user_id, frame in await self._events.user_messages(ids):
+            self._hub.send_user(user_id, frame)

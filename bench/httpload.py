@@ -31,7 +31,10 @@ async def post_until(
                 ).encode()
                 + body
             )
-            status = int((await reader.readline()).split(b" ", 2)[1])
+            status_line = await reader.readline()
+            if not status_line:
+                raise HttpError(f"the server closed the connection after {sum(counts.values())} requests")
+            status = int(status_line.split(b" ", 2)[1])
             length = None
             while (line := await reader.readline()) not in (b"\r\n", b""):
                 name, _, value = line.partition(b":")

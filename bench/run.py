@@ -829,7 +829,8 @@ def finish_profile(spy: dict[str, Any]) -> dict[str, Any]:
 @contextlib.contextmanager
 def comment_triggers(url: str, enabled: bool) -> Iterator[None]:
     """tracktalk's triggers on `comments` on or off (ALTER TABLE ... DISABLE TRIGGER USER: the
-    foreign keys' own triggers stay); always on again at the end."""
+    foreign keys' own triggers stay, comments_before_write's row checks go with the rest);
+    always on again at the end, and the track counters recounted."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"ALTER TABLE comments {'ENABLE' if enabled else 'DISABLE'} TRIGGER USER")
     try:
@@ -837,6 +838,8 @@ def comment_triggers(url: str, enabled: bool) -> Iterator[None]:
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("ALTER TABLE comments ENABLE TRIGGER USER")
+            if not enabled:
+                conn.execute("SELECT tracktalk.recount(id) FROM tracks")
 
 
 def write_cost(env: Env) -> dict[str, Any]:

@@ -240,36 +240,33 @@ CREATE TRIGGER comments_before_delete
     BEFORE DELETE ON comments
     FOR EACH ROW EXECUTE FUNCTION tracktalk.comments_before_delete();
 
--- Notifies about the comments `written` (new ones; or edited ones, as they were in `previous`):
--- each @mentioned user (on an edit, only the newly mentioned), the parent's author, the album's
--- creator and team members (settings.notify_team); never the writer, never someone who cannot
--- see the track, and one notification per person and comment, of the most specific kind: the
--- rules run in that order, and the unique index notifications_one_per_comment turns away what
--- a later, less specific rule finds again.
+-- Notifies about comments (new ones; or edited ones, with their `old_contents`), given column
+-- by column: each @mentioned user (on an edit, only the newly mentioned), the parent's author,
+-- the album's creator and team members (settings.notify_team); never the writer, never someone
+-- who cannot see the track, and one notification per person and comment, of the most specific
+-- kind: the rules run in that order, and the unique index notifications_one_per_comment turns
+-- away what a later, less specific rule finds again.
 DROP FUNCTION IF EXISTS tracktalk.notify_comment_readers(bigint[], text[]);  -- before 2026-11-26
-DROP FUNCTION IF EXISTS tracktalk.notify_comment_readers(comments[], text[]);
+DROP FUNCTION IF EXISTS tracktalk.notify_comment_readers(comments[], comments[]);  -- 2026-11-26
 CREATE OR REPLACE FUNCTION tracktalk.notify_comment_readers(
-    written comments[], previous comments[] DEFAULT NULL
+    ids bigint[], track_ids text[], user_ids bigint[], parent_ids bigint[], contents text[],
+    old_contents text[] DEFAULT NULL
 ) RETURNS void
 -- PL/pgSQL with generic plans: each statement is planned once per session, not at every comment
 -- (planning cost more than the work). A generic plan outlives the table sizes it was made for,
--- so the rows come in as arguments, and the tables that grow (comments, users) are reached only
+-- so the comments come in as arrays (plain columns: a row type would tie the cached plans to the
+-- table's columns of the day), and the tables that grow (comments, users) are reached only
 -- through per-row subqueries, which stay index lookups where a join could stay a sequential
 -- scan chosen when the table was small.
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
-    edited constant boolean := previous IS NOT NULL;
-    any_mention boolean;
-    any_reply boolean;
+    edited constant boolean := old_contents IS NOT NULL;
 BEGIN
-    SELECT bool_or(w.content LIKE '%@%'), bool_or(w.parent_id IS NOT NULL)
-      INTO any_mention, any_reply
-      FROM unnest(written) AS w;
-
-    IF any_mention THEN
+    IF array_to_string(contents, ' ') LIKE '%@%' THEN
         INSERT INTO public.notifications (user_id, kind, actor_id, track_id, comment_id)
         SELECT mentioned.id, 'mention', w.user_id, w.track_id, w.id
-          FROM unnest(written) AS w
+          FROM unnest(ids, track_ids, user_ids, contents, old_contents)
+               AS w (id, track_id, user_id, content, old_content)
           JOIN public.tracks t ON t.id = w.track_id
           JOIN public.albums a ON a.id = t.album_id
          CROSS JOIN LATERAL tracktalk.mentioned_names(w.content) AS name
@@ -280,8 +277,7 @@ BEGIN
            AND mentioned.id <> w.user_id
            -- tracktalk.can_see(mentioned, track), written out
            AND (NOT t.is_private OR mentioned.id = a.created_by_id OR mentioned.is_team)
-           AND NOT (edited AND name IN (SELECT tracktalk.mentioned_names(old.content)
-                                          FROM unnest(previous) AS old WHERE old.id = w.id))
+           AND NOT (edited AND name IN (SELECT tracktalk.mentioned_names(w.old_content)))
          ORDER BY w.id, mentioned.id
         ON CONFLICT (user_id, comment_id) WHERE kind IN ('comment', 'reply', 'mention')
         -- An edit that mentions someone already told of the comment makes it news again.
@@ -292,10 +288,10 @@ BEGIN
         RETURN;
     END IF;
 
-    IF any_reply THEN
+    IF cardinality(array_remove(parent_ids, NULL)) > 0 THEN
         INSERT INTO public.notifications (user_id, kind, actor_id, track_id, comment_id)
         SELECT parent.user_id, 'reply', w.user_id, w.track_id, w.id
-          FROM unnest(written) AS w
+          FROM unnest(ids, track_ids, user_ids, parent_ids) AS w (id, track_id, user_id, parent_id)
           JOIN public.tracks t ON t.id = w.track_id
           JOIN public.albums a ON a.id = t.album_id
          CROSS JOIN LATERAL (SELECT p.user_id, u.is_team FROM public.comments p JOIN public.users u ON u.id = p.user_id
@@ -312,7 +308,7 @@ BEGIN
     -- The creator and the team see every track: no visibility test.
     INSERT INTO public.notifications (user_id, kind, actor_id, track_id, comment_id)
     SELECT reader.id, 'comment', w.user_id, w.track_id, w.id
-      FROM unnest(written) AS w
+      FROM unnest(ids, track_ids, user_ids) AS w (id, track_id, user_id)
       JOIN public.tracks t ON t.id = w.track_id
       JOIN public.albums a ON a.id = t.album_id
      CROSS JOIN LATERAL (SELECT a.created_by_id
@@ -343,17 +339,24 @@ BEGIN
     LOOP
         PERFORM tracktalk.publish(r.track_id, r.messages, comments_delta => r.added);
     END LOOP;
-    PERFORM tracktalk.notify_comment_readers(array_agg(n::public.comments ORDER BY n.id)) FROM new_rows n;
+    PERFORM tracktalk.notify_comment_readers(
+                array_agg(n.id ORDER BY n.id), array_agg(n.track_id ORDER BY n.id),
+                array_agg(n.user_id ORDER BY n.id), array_agg(n.parent_id ORDER BY n.id),
+                array_agg(n.content ORDER BY n.id))
+       FROM new_rows n;
     RETURN NULL;
 END
 $$;
 
+-- Its statements join the two transition tables, so they run through EXECUTE: planned for each
+-- statement's rows, where a plan kept from a one-row edit (a nested loop) would compare every
+-- old row with every new one in a 10,000-row UPDATE.
 CREATE OR REPLACE FUNCTION tracktalk.comments_after_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     r record;
 BEGIN
-    FOR r IN
+    FOR r IN EXECUTE $q$
         SELECT n.track_id,
                array_agg(jsonb_build_object('type', 'comment_edited', 'comment_id', n.id,
                                             'content', n.content, 'timestamp', n."timestamp",
@@ -366,13 +369,19 @@ BEGIN
             OR n."timestamp" IS DISTINCT FROM o."timestamp"
          GROUP BY n.track_id
          ORDER BY n.track_id
+    $q$
     LOOP
         PERFORM tracktalk.publish(r.track_id, r.messages);
     END LOOP;
-    PERFORM tracktalk.notify_comment_readers(array_agg(n::public.comments ORDER BY n.id), array_agg(o::public.comments ORDER BY n.id))
-       FROM new_rows n
-       JOIN old_rows o ON o.id = n.id
-      WHERE n.content IS DISTINCT FROM o.content;
+    EXECUTE $q$
+        SELECT tracktalk.notify_comment_readers(
+                   array_agg(n.id ORDER BY n.id), array_agg(n.track_id ORDER BY n.id),
+                   array_agg(n.user_id ORDER BY n.id), array_agg(n.parent_id ORDER BY n.id),
+                   array_agg(n.content ORDER BY n.id), array_agg(o.content ORDER BY n.id))
+          FROM new_rows n
+          JOIN old_rows o ON o.id = n.id
+         WHERE n.content IS DISTINCT FROM o.content
+    $q$;
     RETURN NULL;
 END
 $$;
@@ -548,12 +557,16 @@ END
 $$;
 
 -- An existing notification that becomes a mention (an edit added an @) is news again.
+-- (Through EXECUTE, like comments_after_update: a join of the two transition tables.)
 CREATE OR REPLACE FUNCTION tracktalk.notifications_after_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM tracktalk.announce_notifications(array_agg(n.id ORDER BY n.id), array_agg(n.user_id ORDER BY n.id))
-       FROM new_rows n JOIN old_rows o ON o.id = n.id
-      WHERE n.kind IS DISTINCT FROM o.kind;
+    EXECUTE $q$
+        SELECT tracktalk.announce_notifications(array_agg(n.id ORDER BY n.id),
+                                                array_agg(n.user_id ORDER BY n.id))
+          FROM new_rows n JOIN old_rows o ON o.id = n.id
+         WHERE n.kind IS DISTINCT FROM o.kind
+    $q$;
     RETURN NULL;
 END
 $$;

@@ -267,3 +267,42 @@ async def _waiting_on_lock(db_url: str) -> bool:
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tracktalk' AND wait_event_type = 'Lock'",
     )
     return bool(rows[0][0])
+
+
+def test_writes_on_a_long_lived_connection_survive_a_column_added_then_dropped(
+    world: World, db_url: str
+) -> None:
+    """A DBA's migration adds a column to comments and drops it again while a pooled connection
+    writes: the triggers' plans cached in between must not break that connection's next writes."""
+    alice, bob = world.users["alice"], world.users["bob"]
+    with (
+        psycopg.connect(db_url, autocommit=True) as writer,
+        psycopg.connect(db_url, autocommit=True) as dba,
+    ):
+
+        def write(tag: str) -> None:
+            row = writer.execute(
+                "INSERT INTO comments (track_id, user_id, content, timestamp)"
+                " VALUES ('t-public', %s, %s, 1) RETURNING id",
+                (alice, f"{tag} @bob"),
+            ).fetchone()
+            assert row is not None
+            writer.execute("UPDATE comments SET content = content || ' edited @dave' WHERE id = %s", row)
+            writer.execute("INSERT INTO comment_likes (comment_id, user_id) VALUES (%s, %s)", (row[0], bob))
+
+        dba.execute("ALTER TABLE comments ADD COLUMN scratch integer")
+        write("while the column exists")  # the writer's first trigger run: its plans see the column
+        dba.execute("ALTER TABLE comments DROP COLUMN scratch")
+        write("after it is gone")
+        notified = writer.execute(
+            "SELECT u.username, n.kind FROM comments c JOIN notifications n ON n.comment_id = c.id"
+            " JOIN users u ON u.id = n.user_id WHERE c.content LIKE 'after it is gone%' ORDER BY 1, 2"
+        ).fetchall()
+    # The creator and the team, both mentions (the second added by the edit), the like.
+    assert notified == [
+        ("alice", "comment_like"),
+        ("bob", "mention"),
+        ("carol", "comment"),
+        ("dave", "mention"),
+        ("tina", "comment"),
+    ]
