@@ -150,18 +150,21 @@ class Feed:
         that cannot be read is not sent live (it stays in the inbox); the lane goes on.
         """
         while True:
-            queued_at, ids = await self._user_lane.get()
+            ids = _fresh(*await self._user_lane.get())
             while len(ids) < _USER_READ and not self._user_lane.empty():
-                queued_at, more = self._user_lane.get_nowait()
-                ids = ids + more
+                ids += _fresh(*self._user_lane.get_nowait())
+            if not ids:
+                continue
             try:
-                await self._deliver_user_messages(ids, queued_at)
+                for user_id, frame in await self._events.user_messages(ids):
+                    self._hub.send_user(user_id, frame)
             except Exception:
                 log.exception("%d notifications not sent live", len(ids))
 
-    async def _deliver_user_messages(self, ids: list[int], queued_at: float) -> None:
-        if time.monotonic() - queued_at > _USER_STALE:
-            log.warning("%d notifications queued for over %.0f s: not sent live", len(ids), _USER_STALE)
-            return
-        for user_id, frame in await self._events.user_messages(ids):
-            self._hub.send_user(user_id, frame)
+
+def _fresh(queued_at: float, ids: list[int]) -> list[int]:
+    """`ids`, unless they waited in the user lane for longer than _USER_STALE."""
+    if time.monotonic() - queued_at <= _USER_STALE:
+        return ids
+    log.warning("%d notifications queued for over %.0f s: not sent live", len(ids), _USER_STALE)
+    return []
