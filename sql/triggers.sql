@@ -262,7 +262,7 @@ LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     edited constant boolean := old_contents IS NOT NULL;
 BEGIN
-    IF array_to_string(contents, ' ') LIKE '%@%' THEN
+    IF EXISTS (SELECT 1 FROM unnest(contents) AS c WHERE c LIKE '%@%') THEN
         INSERT INTO public.notifications (user_id, kind, actor_id, track_id, comment_id)
         SELECT mentioned.id, 'mention', w.user_id, w.track_id, w.id
           FROM unnest(ids, track_ids, user_ids, contents, old_contents)
