@@ -63,15 +63,10 @@ async def async_wait_until(
         await asyncio.sleep(interval)
 
 
-@dataclass
-class Replica:
-    """A `tracktalk serve` process over a database."""
+class LocalServer:
+    """Base URLs of a server listening on 127.0.0.1:`port`."""
 
-    database_url: str
-    env: dict[str, str] = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
+    port: int
 
     @property
     def http(self) -> str:
@@ -80,6 +75,17 @@ class Replica:
     @property
     def ws(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Replica(LocalServer):
+    """A `tracktalk serve` process over a database."""
+
+    database_url: str
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
 
     def start(self, log_dir: Path) -> Replica:
         self.log_path = log_dir / f"replica-{self.port}.log"

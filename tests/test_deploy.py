@@ -30,7 +30,17 @@ from psycopg import errors
 
 from app.db import migrate
 from app.embedded import EmbeddedPostgres
-from tests.support import ROOT, Replica, World, free_port, open_socket, replicas, seed, wait_until
+from tests.support import (
+    ROOT,
+    LocalServer,
+    Replica,
+    World,
+    free_port,
+    open_socket,
+    replicas,
+    seed,
+    wait_until,
+)
 from tests.test_realtime import post_comment
 
 pytestmark = pytest.mark.timeout(180)
@@ -60,7 +70,7 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-class Nginx:
+class Nginx(LocalServer):
     """Debian's nginx in the foreground, with deploy/nginx.conf in front of `upstreams`."""
 
     def __init__(self, upstreams: list[int]) -> None:
@@ -101,14 +111,6 @@ class Nginx:
             """
         )
         self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
 
     def log(self) -> str:
         return self.error_log.read_text(errors="replace")[-3000:] if self.error_log.exists() else ""
