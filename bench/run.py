@@ -842,6 +842,26 @@ def comment_triggers(url: str, enabled: bool) -> Iterator[None]:
                 conn.execute("SELECT tracktalk.recount(id) FROM tracks")
 
 
+async def sql_insert_rate(world: World, workers: int, seconds: float) -> float:
+    """Comments/s from `workers` connections of single-row autocommit INSERTs on random tracks."""
+    stop_at = time.monotonic() + seconds
+    count = 0
+
+    async def worker() -> None:
+        nonlocal count
+        async with await psycopg.AsyncConnection.connect(world.url, autocommit=True) as conn:
+            while time.monotonic() < stop_at:
+                await conn.execute(
+                    "INSERT INTO comments (track_id, user_id, content, timestamp) VALUES (%s, %s, 'bench write', 1)",
+                    (random.choice(world.tracks), random.choice(world.users)),
+                )
+                count += 1
+
+    start = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return count / (time.monotonic() - start)
+
+
 def write_cost(env: Env) -> dict[str, Any]:
     """Comments/s into `comments` by SQL and through the API, without tracktalk's triggers then with them."""
     world, sizes = env.world, env.sizes
@@ -850,24 +870,6 @@ def write_cost(env: Env) -> dict[str, Any]:
         "workers": sizes.write_workers,
         "seconds": sizes.write_seconds,
     }
-
-    async def sql_rate() -> float:
-        stop_at = time.monotonic() + sizes.write_seconds
-        count = 0
-
-        async def worker() -> None:
-            nonlocal count
-            async with await psycopg.AsyncConnection.connect(world.url, autocommit=True) as conn:
-                while time.monotonic() < stop_at:
-                    await conn.execute(
-                        "INSERT INTO comments (track_id, user_id, content, timestamp) VALUES (%s, %s, 'bench write', 1)",
-                        (random.choice(world.tracks), random.choice(world.users)),
-                    )
-                    count += 1
-
-        start = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(sizes.write_workers)))
-        return count / (time.monotonic() - start)
 
     async def api_rate(port: int) -> tuple[float, dict[int, int]]:
         stop_at = time.monotonic() + sizes.write_seconds
@@ -894,7 +896,9 @@ def write_cost(env: Env) -> dict[str, Any]:
     try:
         for enabled, name in ((False, "plain"), (True, "triggers")):
             with comment_triggers(world.url, enabled):
-                out[f"sql_{name}_per_s"] = round(asyncio.run(sql_rate()))
+                out[f"sql_{name}_per_s"] = round(
+                    asyncio.run(sql_insert_rate(world, sizes.write_workers, sizes.write_seconds))
+                )
                 print(f"  write     SQL, {name:<17} {out[f'sql_{name}_per_s']:>8} comments/s")
                 cpu0, client0 = cpu_seconds(server.pid), cpu_seconds(os.getpid())
                 rate, statuses = asyncio.run(api_rate(server.port))

@@ -19,13 +19,11 @@ and prints comments/s and the cost against the baseline.
 from __future__ import annotations
 
 import asyncio
-import random
 import sys
-import time
 
 import psycopg
 
-from bench.run import comment_triggers, database
+from bench.run import comment_triggers, database, sql_insert_rate
 
 SECONDS = 4.0
 WORKERS = 4
@@ -69,37 +67,18 @@ CREATE TRIGGER comments_after_insert
 """
 
 
-async def _rate(url: str, tracks: list[str], users: list[int]) -> float:
-    stop_at = time.monotonic() + SECONDS
-    count = 0
-
-    async def worker() -> None:
-        nonlocal count
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            while time.monotonic() < stop_at:
-                await conn.execute(
-                    "INSERT INTO comments (track_id, user_id, content, timestamp) VALUES (%s, %s, 'floor', 1)",
-                    (random.choice(tracks), random.choice(users)),
-                )
-                count += 1
-
-    start = time.monotonic()
-    await asyncio.gather(*(worker() for _ in range(WORKERS)))
-    return count / (time.monotonic() - start)
-
-
 def main() -> None:
     print(f"{WORKERS} connections, {SECONDS:g} s each, single-row autocommit INSERTs", file=sys.stderr)
     with database(1000, 200) as world:
         with comment_triggers(world.url, enabled=False):
-            baseline = asyncio.run(_rate(world.url, world.tracks, world.users))
+            baseline = asyncio.run(sql_insert_rate(world, WORKERS, SECONDS))
         print(f"{'none':<10} {baseline:>8.0f} comments/s")
-        real = asyncio.run(_rate(world.url, world.tracks, world.users))
+        real = asyncio.run(sql_insert_rate(world, WORKERS, SECONDS))
         steps = list(_STEPS)
         for i in range(len(steps)):
             with psycopg.connect(world.url, autocommit=True) as conn:
                 conn.execute(_stand_in(steps[: i + 1]))
-            rate = asyncio.run(_rate(world.url, world.tracks, world.users))
+            rate = asyncio.run(sql_insert_rate(world, WORKERS, SECONDS))
             print(f"{steps[i]:<10} {rate:>8.0f} comments/s   cost {100 * (1 - rate / baseline):5.1f} %")
         print(f"{'tracktalk':<10} {real:>8.0f} comments/s   cost {100 * (1 - real / baseline):5.1f} %")
 
