@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import GC_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -23,6 +23,10 @@ class Metrics:
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
         self.registry = CollectorRegistry(auto_describe=True)
+        # The process's memory and CPU, and the garbage collector's passes by generation
+        # (app/server.py tunes it: a rising generation="2" count is worth a look).
+        self.registry.register(PROCESS_COLLECTOR)
+        self.registry.register(GC_COLLECTOR)
         self.lag = Histogram(
             "tracktalk_delivery_lag_seconds",
             "From the trigger that made an event to its hand-over to this replica's sockets.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from types import FrameType
 
 import uvicorn
@@ -13,6 +14,8 @@ from app.logs import tame_uvicorn
 
 _DRAIN_GRACE = 0.5
 """Seconds the sockets get to receive their 1001 before uvicorn closes what is left."""
+GC_THRESHOLDS = (50_000, 10, 10)
+"""The cyclic garbage collector's thresholds for a server (Python's default: 700, 10, 10)."""
 
 
 class Server(uvicorn.Server):
@@ -64,8 +67,23 @@ def config(app: Litestar, host: str, port: int) -> uvicorn.Config:
     )
 
 
+def tune_gc() -> None:
+    """Collect garbage cycles less often, and never look at what startup made again.
+
+    Each live event makes a few short-lived objects per socket (a future, a task step, the
+    ASGI message); with Python's default threshold of 700 they outlive the young generations
+    and pile into the oldest, whose full collections scan every socket's objects: measured in
+    the bench's fan-out (5,000 sockets), 17 full collections took 5.0 s of CPU in 25 s, up to
+    0.44 s each. With these thresholds they die young (the whole run: ~0.5 s of collections,
+    none of the oldest generation), and idle memory per socket did not change.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def serve(app: Litestar, host: str, port: int, *, json_logs: bool = False) -> None:
     """Serve until SIGTERM or Ctrl-C."""
     settings = config(app, host, port)  # configures uvicorn's loggers: tame them after
     tame_uvicorn(json=json_logs)
+    tune_gc()
     Server(settings, app).run()

@@ -105,6 +105,8 @@ async def test_metrics_count_sockets_deliveries_and_lag(replica: Replica, world:
     assert (
         "tracktalk_sockets_dropped_slow_total" in values and "tracktalk_listener_reconnects_total" in values
     )
+    assert values["process_resident_memory_bytes"] > 0
+    assert 'python_gc_collections_total{generation="2"}' in text
 
 
 def _metric_values(text: str) -> dict[str, float]:
