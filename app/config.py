@@ -68,6 +68,14 @@ class Settings:
             object.__setattr__(self, "listen_url", self.database_url)
         object.__setattr__(self, "pool_min", min(self.pool_min, self.pool_max))
 
+    @property
+    def pooled(self) -> bool:
+        """DATABASE_URL leads to a transaction-mode pooler (PgBouncer): the contract's reason for
+        a TRACKTALK_LISTEN_URL of its own. Its server sessions are shared between transactions,
+        so the request pool keeps no session state there (no prepared statements, no startup
+        options); the statement timeout is then the role's (docs/dba.md)."""
+        return self.listen_url != self.database_url
+
     @classmethod
     def from_env(
         cls,

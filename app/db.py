@@ -67,6 +67,21 @@ def check_schema(conninfo: str) -> None:
         )
 
 
+async def warn_without_statement_timeout(pool: AsyncConnectionPool) -> None:
+    """Behind a pooler the statement timeout is the role's: say so when there is none."""
+    async with pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute("SELECT current_setting('statement_timeout'), current_user")
+        row = await cur.fetchone()
+    if row is not None and row[0] == "0":
+        log.warning(
+            "DATABASE_URL goes through a pooler (TRACKTALK_LISTEN_URL is set) and its role %s has no "
+            "statement_timeout: a locked table would hold requests until the pool times out. "
+            "Set one: ALTER ROLE %s SET statement_timeout = '5s'",
+            row[1],
+            row[1],
+        )
+
+
 async def schema_version(pool: AsyncConnectionPool) -> int | None:
     """The schema version the database holds now (None when it has none)."""
     async with pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
@@ -77,17 +92,24 @@ async def schema_version(pool: AsyncConnectionPool) -> int | None:
 
 def create_pool(settings: Settings) -> AsyncConnectionPool:
     """The request pool (not yet open: open it in the app's lifespan)."""
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        "application_name": "tracktalk",
+        "connect_timeout": max(1, int(settings.pool_timeout)),
+    }
+    if settings.pooled:
+        # A transaction-mode pooler hands each transaction whichever server session is free: a
+        # statement prepared on one is missing on the next ("prepared statement … does not
+        # exist"), and PgBouncer refuses the startup parameter `options`.
+        kwargs["prepare_threshold"] = None
+    else:
+        kwargs["options"] = f"-c statement_timeout={int(settings.statement_timeout * 1000)}"
     return AsyncConnectionPool(
         settings.database_url,
         min_size=settings.pool_min,
         max_size=settings.pool_max,
         timeout=settings.pool_timeout,
-        kwargs={
-            "autocommit": True,
-            "application_name": "tracktalk",
-            "options": f"-c statement_timeout={int(settings.statement_timeout * 1000)}",
-            "connect_timeout": max(1, int(settings.pool_timeout)),
-        },
+        kwargs=kwargs,
         name="tracktalk-requests",
         # A connection the server dropped (a restart, a failover) is replaced, not handed out.
         check=AsyncConnectionPool.check_connection,

@@ -98,7 +98,14 @@ def _database_refused(
     return _json(422, diag.message_primary or "the change conflicts with the data; reload and retry")
 
 
+def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """Anything unforeseen: logged with its traceback (Litestar logs it only in debug mode)."""
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return _json(500, "the server failed on this request (it is logged); try again shortly")
+
+
 exception_handlers: ExceptionHandlersMap = {
+    500: _internal,
     ValidationException: _validation,
     RequestEntityTooLarge: _too_large,
     PoolTimeout: _database_down,

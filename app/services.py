@@ -14,7 +14,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
-from app.db import SCHEMA_VERSION, SchemaError, create_pool, schema_version
+from app.db import SCHEMA_VERSION, SchemaError, create_pool, schema_version, warn_without_statement_timeout
 from app.events import EventLog
 from app.feed import Feed
 from app.hub import Hub
@@ -58,6 +58,9 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
                 f"the database has schema version {found}, this tracktalk needs {SCHEMA_VERSION}: "
                 "run `tracktalk migrate`"
             )
+        if settings.pooled:
+            log.info("DATABASE_URL is taken to be a transaction-mode pooler: no prepared statements")
+            await warn_without_statement_timeout(pool)
         events = EventLog(pool)
         hub = Hub()
         metrics = Metrics(hub)

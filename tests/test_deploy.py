@@ -2,8 +2,10 @@
 
 docker-compose.yml runs nginx (deploy/nginx.conf) in front of two replicas. No Docker engine runs
 here, so the same deploy/nginx.conf, filled the way the nginx image fills it, runs in Debian's
-nginx as a child process in front of two real `tracktalk serve` processes. Then a fresh database
-gets the two roles of sql/roles.sql, is migrated by the owner, and a replica serves as the app role.
+nginx as a child process in front of two real `tracktalk serve` processes. Debian's PgBouncer, in
+transaction mode, stands in front of two replicas' request pools as docs/dba.md describes. Then a
+fresh database gets the two roles of sql/roles.sql, is migrated by the owner, and a replica serves
+as the app role.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import socket
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -27,6 +29,7 @@ import psycopg
 import pytest
 import yaml
 from psycopg import errors
+from psycopg.conninfo import conninfo_to_dict
 
 from app.db import migrate
 from app.embedded import EmbeddedPostgres
@@ -41,7 +44,7 @@ from tests.support import (
     seed,
     wait_until,
 )
-from tests.test_realtime import post_comment
+from tests.test_realtime import insert_comment, post_comment
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -277,6 +280,118 @@ def test_nginx_stops_cleanly(nginx: Nginx) -> None:
     assert nginx.stop() == 0, nginx.log()
     assert not port_open(nginx.port)
     assert "[emerg]" not in nginx.log() and "[alert]" not in nginx.log(), nginx.log()
+
+
+# --- PgBouncer in transaction mode in front of the request pools ----------------------------
+
+
+class PgBouncer:
+    """Debian's PgBouncer in the foreground: transaction pooling, two server sessions per
+    database (so that every client shares them), its stock settings otherwise (in particular
+    no `ignore_startup_parameters`)."""
+
+    def __init__(self, server_url: str) -> None:
+        target = conninfo_to_dict(server_url)
+        self.server_port = str(target["port"])
+        self.port = free_port()
+        self.prefix = Path(tempfile.mkdtemp(prefix="tracktalk-pgbouncer-"))
+        self.prefix.chmod(0o777)  # it runs as nobody when we are root, and logs here
+        (self.prefix / "users.txt").write_text(f'"{target["user"]}" ""\n')
+        (self.prefix / "pgbouncer.ini").write_text(
+            f"""
+            [databases]
+            * = host={target["host"]} port={self.server_port}
+            [pgbouncer]
+            listen_addr = 127.0.0.1
+            listen_port = {self.port}
+            unix_socket_dir =
+            auth_type = trust
+            auth_file = {self.prefix}/users.txt
+            pool_mode = transaction
+            default_pool_size = 2
+            logfile = {self.prefix}/pgbouncer.log
+            """.replace("\n            ", "\n")
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url_for(self, direct_url: str) -> str:
+        """`direct_url` (a database on the server), through PgBouncer."""
+        return direct_url.replace(f":{self.server_port}/", f":{self.port}/", 1)
+
+    def log(self) -> str:
+        path = self.prefix / "pgbouncer.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def start(self) -> PgBouncer:
+        binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        if not os.access(binary, os.X_OK):
+            pytest.fail("pgbouncer is not installed: apt-get install pgbouncer (.ci/run does it)")
+        user = ["-u", "nobody"] if os.geteuid() == 0 else []  # it refuses to run as root
+        self.process = subprocess.Popen(
+            [binary, *user, str(self.prefix / "pgbouncer.ini")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def up() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"pgbouncer exited with {self.process.returncode}:\n{self.log()}")
+            return port_open(self.port)
+
+        wait_until(up, 15, "pgbouncer to listen")
+        return self
+
+    def cleanup(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(15)
+        shutil.rmtree(self.prefix, ignore_errors=True)
+
+
+@pytest.fixture
+def pgbouncer(pg: EmbeddedPostgres) -> Iterator[PgBouncer]:
+    bouncer = PgBouncer(pg.url)
+    try:
+        yield bouncer.start()
+    finally:
+        bouncer.cleanup()
+
+
+async def test_replicas_whose_requests_go_through_pgbouncer_in_transaction_mode(
+    pgbouncer: PgBouncer, new_database: Callable[[], str], log_dir: Path
+) -> None:
+    direct = new_database()
+    world = seed(direct)
+    pooled = pgbouncer.url_for(direct)
+    # As docs/dba.md says: DATABASE_URL through PgBouncer, the LISTEN connection direct.
+    with replicas(pooled, log_dir, 2, TRACKTALK_LISTEN_URL=direct) as (a, b):
+        async with (
+            open_socket(b.ws, world.public, world.tokens["bob"]) as watcher,
+            httpx.AsyncClient(timeout=10) as client,
+        ):
+            await watcher.expect("connected")
+            # More of each statement than psycopg's prepare threshold (5), over two server
+            # sessions shared by both replicas' pools.
+            written = []
+            for n in range(8):
+                comment = await post_comment(a.http, world, "alice", world.public, f"through pgbouncer {n}")
+                written.append(comment["id"])
+                for replica in (a, b):
+                    answer = await client.get(f"{replica.http}/api/tracks/{world.public}/comments")
+                    assert answer.status_code == 200, answer.text
+            # Another service's write through PgBouncer goes live all the same.
+            written.append(await insert_comment(pooled, world.public, world.users["carol"], "by SQL, pooled"))
+            arrived = [
+                (await watcher.expect("new_comment", ignore=("track_metrics",)))["comment"]["id"]
+                for _ in written
+            ]
+            assert arrived == written
+        for replica in (a, b):
+            log = replica.log()
+            assert " 500 " not in log and "does not exist" not in log, log
+            # The statement timeout is left to the role then: the replica says it has none.
+            assert "ALTER ROLE tracktalk SET statement_timeout" in log, log
 
 
 # --- the owner and app roles of sql/roles.sql ---------------------------------------------

@@ -16,7 +16,17 @@ import psycopg
 import pytest
 
 from app.embedded import EmbeddedPostgres
-from tests.support import ROOT, SECRET, Replica, World, async_wait_until, open_socket, replicas
+from tests.support import (
+    ROOT,
+    SECRET,
+    Replica,
+    World,
+    async_wait_until,
+    open_socket,
+    replicas,
+    seed,
+    wait_until,
+)
 from tests.test_realtime import insert_comment, sql
 
 
@@ -107,6 +117,27 @@ async def test_metrics_count_sockets_deliveries_and_lag(replica: Replica, world:
     )
     assert values["process_resident_memory_bytes"] > 0
     assert 'python_gc_collections_total{generation="2"}' in text
+
+
+async def test_an_unforeseen_failure_answers_json_and_is_logged_with_its_traceback(
+    new_database: Callable[[], str], log_dir: Path
+) -> None:
+    url = new_database()
+    world = seed(url)
+    with replicas(url, log_dir, 1) as (replica,):
+        with psycopg.connect(url, autocommit=True) as conn:  # a DBA's slip
+            conn.execute("ALTER TABLE notifications RENAME TO notifications_old")
+        async with httpx.AsyncClient(timeout=10) as client:
+            failed = await client.post(f"{replica.http}/api/notifications/read", headers=world.auth("bob"))
+            assert failed.status_code == 500
+            assert failed.json() == {
+                "status_code": 500,
+                "detail": "the server failed on this request (it is logged); try again shortly",
+            }
+            wait_until(lambda: "UndefinedTable" in replica.log(), 5, "the traceback in the replica's log")
+            assert "POST /api/notifications/read failed" in replica.log()
+            # Nobody else is harmed.
+            assert (await client.get(f"{replica.http}/api/tracks/{world.public}/comments")).status_code == 200
 
 
 def _metric_values(text: str) -> dict[str, float]:
