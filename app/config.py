@@ -11,6 +11,16 @@ class ConfigError(Exception):
     """The environment is missing or has a wrong value; the message names the variable."""
 
 
+def _limit(env: Mapping[str, str], name: str, default: int) -> int:
+    """A whole number >= 0, where 0 means no limit."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.strip().isdigit():
+        raise ConfigError(f"{name}={raw!r} must be a whole number >= 0 (0: no limit)")
+    return int(raw)
+
+
 def _number(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -56,7 +66,8 @@ class Settings:
     socket_queue: int = 256
     """Frames a socket may have waiting before it is closed as too slow (1013)."""
     comments_per_minute: int = 30
-    """Comments (and replies) one user may post per minute through one replica; more get 429."""
+    """Comments (and replies) one user may post per minute, counted across replicas; more get 429
+    (0: no limit)."""
     sockets_per_user: int = 20
     """WebSockets one user may have open on one replica; more are closed with 1008."""
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
@@ -105,7 +116,7 @@ class Settings:
             pool_timeout=_number(env, "TRACKTALK_POOL_TIMEOUT", 5.0),
             statement_timeout=_number(env, "TRACKTALK_STATEMENT_TIMEOUT", 5.0),
             socket_queue=int(_number(env, "TRACKTALK_SOCKET_QUEUE", 256)),
-            comments_per_minute=int(_number(env, "TRACKTALK_COMMENTS_PER_MINUTE", 30)),
+            comments_per_minute=_limit(env, "TRACKTALK_COMMENTS_PER_MINUTE", 30),
             sockets_per_user=int(_number(env, "TRACKTALK_SOCKETS_PER_USER", 20)),
             allowed_origins=_list(env, "TRACKTALK_ALLOWED_ORIGINS"),
             log_json=_flag(env, "TRACKTALK_LOG_JSON", False),

@@ -1,4 +1,4 @@
-"""Per-key rate limits of one replica (typing, comments): a token bucket per key."""
+"""Per-key rate limits of one replica (typing): a token bucket per key."""
 
 from __future__ import annotations
 

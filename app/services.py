@@ -42,7 +42,6 @@ class Services:
     feed: Feed
     listener: Listener
     typing: RateLimiter
-    comments: RateLimiter
     metrics: Metrics
 
 
@@ -75,7 +74,6 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             feed,
             listener,
             typing=RateLimiter(1, seconds=1.0),
-            comments=RateLimiter(settings.comments_per_minute, seconds=60.0),
             metrics=metrics,
         )
         async with (

@@ -77,7 +77,10 @@ CREATE TABLE IF NOT EXISTS comments (
 );
 CREATE INDEX IF NOT EXISTS comments_track_timeline ON comments (track_id, "timestamp", id);
 CREATE INDEX IF NOT EXISTS comments_parent_id ON comments (parent_id) WHERE parent_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS comments_user_id ON comments (user_id);
+-- A user's comments, newest last: the foreign key's cascade, and tracktalk.comment_wait (the
+-- comments-per-minute limit). It replaced comments_user_id (user_id) on 2026-11-26; a database
+-- made before keeps that one too, which a DBA may drop (docs/dba.md).
+CREATE INDEX IF NOT EXISTS comments_user_created ON comments (user_id, created_at);
 
 CREATE TABLE IF NOT EXISTS comment_likes (
     comment_id  bigint NOT NULL REFERENCES comments (id) ON DELETE CASCADE,

@@ -192,6 +192,31 @@ BEGIN
 END
 $$;
 
+-- Seconds until `author` may post another comment through the API: 0 while they have written
+-- fewer than `most` comments within `per`, else until the oldest of those leaves that window.
+-- The count is the database's, so it holds across every replica; and one author's posts wait
+-- for each other here (a transaction-level advisory lock, held to commit), so that replicas
+-- answering at the same moment cannot both let the last one through.
+CREATE OR REPLACE FUNCTION tracktalk.comment_wait(author bigint, most integer, per interval)
+RETURNS double precision
+LANGUAGE plpgsql AS $$
+DECLARE
+    oldest timestamptz;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('tracktalk.comment_wait'), hashint8(author));
+    SELECT min(r.created_at) INTO oldest
+      FROM (SELECT c.created_at FROM public.comments c
+             WHERE c.user_id = author AND c.created_at > now() - per
+             ORDER BY c.created_at DESC
+             LIMIT most) AS r
+    HAVING count(*) >= most;
+    IF oldest IS NULL THEN
+        RETURN 0;  -- fewer than `most`
+    END IF;
+    RETURN greatest(extract(epoch FROM oldest + per - now())::double precision, 0.001);
+END
+$$;
+
 -- Usernames @mentioned in `content`, lower-cased, each once. An @ inside a word (mail
 -- addresses) is no mention.
 CREATE OR REPLACE FUNCTION tracktalk.mentioned_names(content text) RETURNS SETOF text

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,7 @@ import psycopg
 import pytest
 
 from app.auth import issue_token
-from tests.support import SECRET, Replica, World, open_socket, replicas
+from tests.support import SECRET, Replica, World, open_socket, replicas, seed
 from tests.test_realtime import insert_comment
 
 
@@ -111,6 +112,37 @@ def test_comments_per_user_per_minute_are_limited_with_429(strict: Replica, worl
     assert "at most 3 comments a minute" in refused.json()["detail"]
     assert int(refused.headers["retry-after"]) > 0
     assert post("bob").status_code == 201  # others are not slowed down
+
+
+async def test_the_comment_limit_holds_across_replicas_and_concurrent_posts(
+    new_database: Callable[[], str], log_dir: Path
+) -> None:
+    url = new_database()
+    world = seed(url)
+    with replicas(url, log_dir, 2, TRACKTALK_COMMENTS_PER_MINUTE="4") as pair:
+        async with httpx.AsyncClient(timeout=10) as client:
+
+            async def post(replica: Replica, who: str = "dave") -> httpx.Response:
+                return await client.post(
+                    f"{replica.http}/api/tracks/{world.public}/comments",
+                    json={"content": "as fast as I can", "timestamp": 1},
+                    headers=world.auth(who),
+                )
+
+            # Ten at once, spread over both replicas: exactly four get through.
+            answers = await asyncio.gather(*(post(pair[k % 2]) for k in range(10)))
+            assert sorted(a.status_code for a in answers) == [201] * 4 + [429] * 6
+            for replica in pair:
+                refused = await post(replica)
+                assert refused.status_code == 429, refused.text
+                assert 0 < int(refused.headers["retry-after"]) <= 60
+                assert "at most 4 comments a minute" in refused.json()["detail"]
+            assert (await post(pair[1], "bob")).status_code == 201  # others are not slowed down
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM comments WHERE user_id = %s", (world.users["dave"],)
+        ).fetchone()
+    assert row == (4,)
 
 
 async def test_sockets_per_user_are_limited(strict: Replica, world: World) -> None:

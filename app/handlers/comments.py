@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 from urllib.parse import quote
 
@@ -47,11 +48,16 @@ async def create_comment(track_id: str, data: CommentIn, services: Services, use
     """Post a comment at `timestamp` seconds into the track, or a reply to `parent_id`."""
     check_track_id(track_id)
     content = clean_content(data.content)
-    if not services.comments.allow(user.id):
-        limit = services.settings.comments_per_minute
-        raise too_many(f"at most {limit} comments a minute: wait a few seconds and post again", retry_after=5)
-    # One transaction: a parent deleted meanwhile waits for the reply, not the reply's read-back for it.
+    # One transaction: a parent deleted meanwhile waits for the reply, not the reply's read-back
+    # for it; and the author's next post waits for this one's commit to be counted.
     async with services.pool.connection() as conn, conn.transaction():
+        limit = services.settings.comments_per_minute
+        wait = await comments.seconds_until_allowed(conn, user.id, limit, 60.0) if limit else 0.0
+        if wait > 0:
+            seconds = math.ceil(wait)
+            raise too_many(
+                f"at most {limit} comments a minute: post again in {seconds} s", retry_after=seconds
+            )
         track = await visible_track(conn, track_id, user.id)
         check_timestamp(data.timestamp, track.duration_seconds)
         if data.parent_id is not None and await comments.parent_track(conn, data.parent_id) != track_id:
