@@ -19,6 +19,7 @@ import random
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -864,17 +865,26 @@ async def sql_insert_rate(world: World, workers: int, seconds: float) -> float:
     return count / (time.monotonic() - start)
 
 
+WRITE_ROUNDS = 3
+"""The write scenario alternates without/with the triggers this many times (each phase gets
+write_seconds / WRITE_ROUNDS a round): a machine whose speed drifts during the run (shared
+cores, a background job) then shifts both sides alike. The medians are reported."""
+
+
 def write_cost(env: Env) -> dict[str, Any]:
-    """Comments/s into `comments` by SQL and through the API, without tracktalk's triggers then with them."""
+    """Comments/s into `comments` by SQL and through the API, without tracktalk's triggers then
+    with them, in alternating rounds."""
     world, sizes = env.world, env.sizes
+    seconds = sizes.write_seconds / WRITE_ROUNDS
     out: dict[str, Any] = {
         "scenario": "write",
         "workers": sizes.write_workers,
         "seconds": sizes.write_seconds,
+        "rounds": WRITE_ROUNDS,
     }
 
-    async def api_rate(port: int) -> tuple[float, dict[int, int]]:
-        stop_at = time.monotonic() + sizes.write_seconds
+    async def api_rate(port: int, seconds: float = seconds) -> tuple[float, dict[int, int]]:
+        stop_at = time.monotonic() + seconds
         body = msgspec.json.encode({"content": "bench api write", "timestamp": 1.0})
 
         def request_as(user: int) -> Callable[[], tuple[str, bytes, str]]:
@@ -894,29 +904,49 @@ def write_cost(env: Env) -> dict[str, Any]:
                 statuses[status] = statuses.get(status, 0) + n
         return statuses.get(201, 0) / (time.monotonic() - start), statuses
 
+    rounds: dict[str, list[float]] = {}
     server = start_tracktalk(world.url, env.logdir)
     try:
-        for enabled, name in ((False, "plain"), (True, "triggers")):
-            with comment_triggers(world.url, enabled):
-                out[f"sql_{name}_per_s"] = round(
-                    asyncio.run(sql_insert_rate(world, sizes.write_workers, sizes.write_seconds))
-                )
-                print(f"  write     SQL, {name:<17} {out[f'sql_{name}_per_s']:>8} comments/s")
-                cpu0, client0 = cpu_seconds(server.pid), cpu_seconds(os.getpid())
-                rate, statuses = asyncio.run(api_rate(server.port))
-                out[f"api_{name}_per_s"] = round(rate)
-                out[f"api_{name}_statuses"] = statuses
-                out[f"api_{name}_server_cpu_s"] = round(cpu_seconds(server.pid) - cpu0, 2)
-                out[f"api_{name}_client_cpu_s"] = round(cpu_seconds(os.getpid()) - client0, 2)
+        # Warm up (not measured): the server's pool and code paths, PostgreSQL's caches.
+        asyncio.run(sql_insert_rate(world, sizes.write_workers, 0.5))
+        asyncio.run(api_rate(server.port, 0.5))
+        for round_ in range(1, WRITE_ROUNDS + 1):
+            for enabled, name in ((False, "plain"), (True, "triggers")):
+                with comment_triggers(world.url, enabled):
+                    sql_rate = asyncio.run(sql_insert_rate(world, sizes.write_workers, seconds))
+                    cpu0, client0 = cpu_seconds(server.pid), cpu_seconds(os.getpid())
+                    api, statuses = asyncio.run(api_rate(server.port))
+                    server_cpu = cpu_seconds(server.pid) - cpu0
+                    client_cpu = cpu_seconds(os.getpid()) - client0
+                for key, value in (
+                    (f"sql_{name}", sql_rate),
+                    (f"api_{name}", api),
+                    (f"api_{name}_server_cpu_s", server_cpu),
+                    (f"api_{name}_client_cpu_s", client_cpu),
+                ):
+                    rounds.setdefault(key, []).append(value)
+                for status, n in statuses.items():
+                    tally = out.setdefault(f"api_{name}_statuses", {})
+                    tally[status] = tally.get(status, 0) + n
                 print(
-                    f"  write     API, {name:<17} {out[f'api_{name}_per_s']:>8} comments/s  "
-                    f"(server CPU {out[f'api_{name}_server_cpu_s']} s, client CPU {out[f'api_{name}_client_cpu_s']} s, "
+                    f"  write     round {round_}/{WRITE_ROUNDS}, {name:<8}  SQL {sql_rate:>7.0f}/s  "
+                    f"API {api:>6.0f}/s  (server CPU {server_cpu:.2f} s, client CPU {client_cpu:.2f} s, "
                     f"statuses {statuses})"
                 )
     finally:
         server.stop()
+    for key, values in rounds.items():
+        name = key if key.endswith("_s") else f"{key}_per_s"
+        out[name] = round(statistics.median(values), 2 if key.endswith("_s") else None)
+        out[f"{key}_rounds"] = [round(v, 2) for v in values]
     out["trigger_cost_pct"] = round(100 * (1 - out["sql_triggers_per_s"] / out["sql_plain_per_s"]), 1)
     out["api_trigger_cost_pct"] = round(100 * (1 - out["api_triggers_per_s"] / out["api_plain_per_s"]), 1)
+    out["api_trigger_cost_pct_rounds"] = [
+        round(100 * (1 - t / p), 1) for p, t in zip(rounds["api_plain"], rounds["api_triggers"], strict=True)
+    ]
+    out["trigger_cost_pct_rounds"] = [
+        round(100 * (1 - t / p), 1) for p, t in zip(rounds["sql_plain"], rounds["sql_triggers"], strict=True)
+    ]
     return out
 
 
@@ -949,7 +979,8 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"write cost: SQL {r['sql_plain_per_s']}/s without triggers, {r['sql_triggers_per_s']}/s with "
                 f"({r['trigger_cost_pct']}% cost; {r['workers']} connections); API on one replica "
                 f"{r['api_plain_per_s']}/s without, {r['api_triggers_per_s']}/s with ({r['api_trigger_cost_pct']}% cost; "
-                f"{4 * r['workers']} clients); {r['seconds']} s each"
+                f"{4 * r['workers']} clients); {r['seconds']} s each, in {r.get('rounds', 1)} alternating rounds "
+                f"(cost per round: SQL {r.get('trigger_cost_pct_rounds')}, API {r.get('api_trigger_cost_pct_rounds')})"
             )
     return "\n".join(lines)
 
