@@ -11,13 +11,16 @@ class ConfigError(Exception):
     """The environment is missing or has a wrong value; the message names the variable."""
 
 
+_MAX_LIMIT = 1_000_000
+
+
 def _limit(env: Mapping[str, str], name: str, default: int) -> int:
-    """A whole number >= 0, where 0 means no limit."""
+    """A whole number from 0 (no limit) to 1,000,000."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.strip().isdigit():
-        raise ConfigError(f"{name}={raw!r} must be a whole number >= 0 (0: no limit)")
+    if not raw.strip().isascii() or not raw.strip().isdigit() or int(raw) > _MAX_LIMIT:
+        raise ConfigError(f"{name}={raw!r} must be a whole number from 0 (no limit) to {_MAX_LIMIT:,}")
     return int(raw)
 
 

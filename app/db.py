@@ -20,8 +20,16 @@ Conn: TypeAlias = psycopg.AsyncConnection[Any]
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 SQL_FILES = ("schema.sql", "triggers.sql")
 
-SCHEMA_VERSION = 1
-"""The version that sql/triggers.sql stamps; the app refuses to serve any other."""
+SCHEMA_VERSION = 2
+"""The version that sql/triggers.sql stamps. The app serves it or a newer one (each version
+keeps what the one before it uses, so that replicas can be upgraded one at a time after the
+SQL), and refuses an older one."""
+
+
+def serves(found: int | None) -> bool:
+    """Can this code serve a database whose schema is version `found`?"""
+    return found is not None and found >= SCHEMA_VERSION
+
 
 _VERSION_QUERY = """
     SELECT version FROM tracktalk.schema_version
@@ -58,10 +66,10 @@ def check_schema(conninfo: str) -> None:
     """Raise SchemaError, saying to run `tracktalk migrate`, unless the schema is current."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
         found = _read_version(conn)
-    if found != SCHEMA_VERSION:
+    if not serves(found):
         state = "has no tracktalk schema" if found is None else f"has schema version {found}"
         raise SchemaError(
-            f"the database {state}; this tracktalk needs version {SCHEMA_VERSION}. "
+            f"the database {state}; this tracktalk needs version {SCHEMA_VERSION} or newer. "
             "Run `tracktalk migrate` (or apply sql/schema.sql and sql/triggers.sql with psql), "
             "then start again."
         )
@@ -90,6 +98,12 @@ async def schema_version(pool: AsyncConnectionPool) -> int | None:
     return int(row[0]) if row else None
 
 
+async def _read_committed(conn: Conn) -> None:
+    # The triggers' counter rows and the comment limit's lock expect each statement to see what
+    # committed before it; a role whose default is REPEATABLE READ would not.
+    await conn.set_isolation_level(psycopg.IsolationLevel.READ_COMMITTED)
+
+
 def create_pool(settings: Settings) -> AsyncConnectionPool:
     """The request pool (not yet open: open it in the app's lifespan)."""
     kwargs: dict[str, Any] = {
@@ -110,6 +124,7 @@ def create_pool(settings: Settings) -> AsyncConnectionPool:
         max_size=settings.pool_max,
         timeout=settings.pool_timeout,
         kwargs=kwargs,
+        configure=_read_committed,
         name="tracktalk-requests",
         # A connection the server dropped (a restart, a failover) is replaced, not handed out.
         check=AsyncConnectionPool.check_connection,

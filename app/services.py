@@ -14,7 +14,14 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
-from app.db import SCHEMA_VERSION, SchemaError, create_pool, schema_version, warn_without_statement_timeout
+from app.db import (
+    SCHEMA_VERSION,
+    SchemaError,
+    create_pool,
+    schema_version,
+    serves,
+    warn_without_statement_timeout,
+)
 from app.events import EventLog
 from app.feed import Feed
 from app.hub import Hub
@@ -52,9 +59,9 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
     await pool.open(wait=True, timeout=_POOL_OPEN_TIMEOUT)
     try:
         found = await schema_version(pool)
-        if found != SCHEMA_VERSION:
+        if not serves(found):
             raise SchemaError(
-                f"the database has schema version {found}, this tracktalk needs {SCHEMA_VERSION}: "
+                f"the database has schema version {found}, this tracktalk needs {SCHEMA_VERSION} or newer: "
                 "run `tracktalk migrate`"
             )
         if settings.pooled:

@@ -77,10 +77,7 @@ CREATE TABLE IF NOT EXISTS comments (
 );
 CREATE INDEX IF NOT EXISTS comments_track_timeline ON comments (track_id, "timestamp", id);
 CREATE INDEX IF NOT EXISTS comments_parent_id ON comments (parent_id) WHERE parent_id IS NOT NULL;
--- A user's comments, newest last: the foreign key's cascade, and tracktalk.comment_wait (the
--- comments-per-minute limit). It replaced comments_user_id (user_id) on 2026-11-26; a database
--- made before keeps that one too, which a DBA may drop (docs/dba.md).
-CREATE INDEX IF NOT EXISTS comments_user_created ON comments (user_id, created_at);
+CREATE INDEX IF NOT EXISTS comments_user_id ON comments (user_id);
 
 CREATE TABLE IF NOT EXISTS comment_likes (
     comment_id  bigint NOT NULL REFERENCES comments (id) ON DELETE CASCADE,
@@ -176,6 +173,16 @@ CREATE TABLE IF NOT EXISTS tracktalk.events (
     PRIMARY KEY (track_id, seq)
 );
 CREATE INDEX IF NOT EXISTS events_created_at ON tracktalk.events (created_at);
+
+-- The comments each user posted through the API lately: what the comments-per-minute limit
+-- counts (tracktalk.comment_wait), on every replica alike. Posts, not comments: deleting a
+-- comment gives no room back. UNLOGGED (no WAL): after a crash it starts empty, which forgives
+-- at most a minute of posting. Pruned with the events (tracktalk.prune_events).
+CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.comment_posts (
+    user_id  bigint NOT NULL,
+    at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS comment_posts_user_at ON tracktalk.comment_posts (user_id, at);
 
 -- Audio for tracks whose audio_url points at tracktalk itself (the demo's tracks).
 CREATE TABLE IF NOT EXISTS tracktalk.track_audio (

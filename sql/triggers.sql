@@ -163,16 +163,18 @@ LANGUAGE sql AS $$
        SET comments = excluded.comments, likes = excluded.likes, shares = excluded.shares
 $$;
 
--- Deletes the events older than settings.event_retention; returns how many. Every replica
--- calls it every few minutes; a DBA may schedule it instead (pg_cron).
+-- Deletes the events older than settings.event_retention; returns how many. Also forgets the
+-- API's comment posts older than an hour (tracktalk.comment_posts). Every replica calls it
+-- every few minutes; a DBA may schedule it instead (pg_cron).
 CREATE OR REPLACE FUNCTION tracktalk.prune_events() RETURNS bigint
 LANGUAGE sql AS $$
+    DELETE FROM tracktalk.comment_posts WHERE at < now() - interval '1 hour';
     WITH gone AS (
         DELETE FROM tracktalk.events
          WHERE created_at < now() - (SELECT event_retention FROM tracktalk.settings)
         RETURNING 1
     )
-    SELECT count(*) FROM gone
+    SELECT count(*) FROM gone;
 $$;
 
 -- Can `viewer` see `track`? Private tracks are for their album's creator and team members
@@ -192,28 +194,31 @@ BEGIN
 END
 $$;
 
--- Seconds until `author` may post another comment through the API: 0 while they have written
--- fewer than `most` comments within `per`, else until the oldest of those leaves that window.
--- The count is the database's, so it holds across every replica; and one author's posts wait
--- for each other here (a transaction-level advisory lock, held to commit), so that replicas
--- answering at the same moment cannot both let the last one through.
+-- Seconds until `author` may post another comment through the API: 0 while they posted fewer
+-- than `most` within `per`, and then the post is counted (in tracktalk.comment_posts, in the
+-- caller's transaction: a post that fails is not counted); else until the `most`-th newest of
+-- those leaves the window. One author's posts are taken in turn here (a transaction-level
+-- advisory lock, held to commit), so that replicas answering at the same moment cannot both
+-- let the last one through. Expects READ COMMITTED (PostgreSQL's default; the app's pool sets it).
 CREATE OR REPLACE FUNCTION tracktalk.comment_wait(author bigint, most integer, per interval)
 RETURNS double precision
 LANGUAGE plpgsql AS $$
 DECLARE
-    oldest timestamptz;
+    nth timestamptz;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('tracktalk.comment_wait'), hashint8(author));
-    SELECT min(r.created_at) INTO oldest
-      FROM (SELECT c.created_at FROM public.comments c
-             WHERE c.user_id = author AND c.created_at > now() - per
-             ORDER BY c.created_at DESC
-             LIMIT most) AS r
-    HAVING count(*) >= most;
-    IF oldest IS NULL THEN
-        RETURN 0;  -- fewer than `most`
+    DELETE FROM tracktalk.comment_posts WHERE user_id = author AND at <= now() - per;
+    SELECT p.at INTO nth
+      FROM tracktalk.comment_posts p
+     WHERE p.user_id = author
+     ORDER BY p.at DESC
+    OFFSET greatest(most, 1) - 1
+     LIMIT 1;
+    IF nth IS NOT NULL THEN
+        RETURN greatest(extract(epoch FROM nth + per - now())::double precision, 0.001);
     END IF;
-    RETURN greatest(extract(epoch FROM oldest + per - now())::double precision, 0.001);
+    INSERT INTO tracktalk.comment_posts (user_id) VALUES (author);
+    RETURN 0;
 END
 $$;
 
@@ -628,5 +633,7 @@ INSERT INTO tracktalk.comment_stats (comment_id, likes)
 SELECT comment_id, count(*) FROM comment_likes GROUP BY comment_id
 ON CONFLICT (comment_id) DO NOTHING;
 
-INSERT INTO tracktalk.schema_version (version) VALUES (1)
+-- 2 (2026-11-26): tracktalk.comment_posts and comment_wait. A replica serves a schema of its
+-- own version or newer (each version keeps what the one before it uses).
+INSERT INTO tracktalk.schema_version (version) VALUES (2)
 ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, applied_at = now();

@@ -287,8 +287,8 @@ def test_nginx_stops_cleanly(nginx: Nginx) -> None:
 
 class PgBouncer:
     """Debian's PgBouncer in the foreground: transaction pooling, two server sessions per
-    database (so that every client shares them), its stock settings otherwise (in particular
-    no `ignore_startup_parameters`)."""
+    database handed out in turn (so that a client's next transaction often gets the other one),
+    its stock settings otherwise (in particular no `ignore_startup_parameters`)."""
 
     def __init__(self, server_url: str) -> None:
         target = conninfo_to_dict(server_url)
@@ -309,6 +309,7 @@ class PgBouncer:
             auth_file = {self.prefix}/users.txt
             pool_mode = transaction
             default_pool_size = 2
+            server_round_robin = 1
             logfile = {self.prefix}/pgbouncer.log
             """.replace("\n            ", "\n")
         )
@@ -364,15 +365,16 @@ async def test_replicas_whose_requests_go_through_pgbouncer_in_transaction_mode(
     direct = new_database()
     world = seed(direct)
     pooled = pgbouncer.url_for(direct)
-    # As docs/dba.md says: DATABASE_URL through PgBouncer, the LISTEN connection direct.
-    with replicas(pooled, log_dir, 2, TRACKTALK_LISTEN_URL=direct) as (a, b):
+    # As docs/dba.md says: DATABASE_URL through PgBouncer, the LISTEN connection direct. One
+    # connection in each replica's pool, so that its statements pass psycopg's prepare threshold.
+    with replicas(pooled, log_dir, 2, TRACKTALK_LISTEN_URL=direct, TRACKTALK_POOL_MAX="1") as (a, b):
         async with (
             open_socket(b.ws, world.public, world.tokens["bob"]) as watcher,
             httpx.AsyncClient(timeout=10) as client,
         ):
             await watcher.expect("connected")
-            # More of each statement than psycopg's prepare threshold (5), over two server
-            # sessions shared by both replicas' pools.
+            # More of each statement than psycopg's prepare threshold (5) on one client
+            # connection, over two server sessions shared by both replicas.
             written = []
             for n in range(8):
                 comment = await post_comment(a.http, world, "alice", world.public, f"through pgbouncer {n}")
@@ -388,7 +390,8 @@ async def test_replicas_whose_requests_go_through_pgbouncer_in_transaction_mode(
             ]
             assert arrived == written
         for replica in (a, b):
-            log = replica.log()
+            assert replica.log_path is not None
+            log = replica.log_path.read_text()
             assert " 500 " not in log and "does not exist" not in log, log
             # The statement timeout is left to the role then: the replica says it has none.
             assert "ALTER ROLE tracktalk SET statement_timeout" in log, log

@@ -15,6 +15,7 @@ import httpx
 import psycopg
 import pytest
 
+from app.db import SCHEMA_VERSION
 from app.embedded import EmbeddedPostgres
 from tests.support import (
     ROOT,
@@ -66,7 +67,7 @@ def test_serve_refuses_a_database_without_the_schema_and_migrate_fixes_it(
     for _ in range(2):  # safe to run again and again
         migrated = tracktalk("migrate", database_url=empty_db_url)
         assert migrated.returncode == 0, migrated.stderr
-        assert "schema version 1 applied" in migrated.stdout
+        assert f"schema version {SCHEMA_VERSION} applied" in migrated.stdout
     with psycopg.connect(empty_db_url) as conn:  # as the role "tracktalk", like the schema
         places = conn.execute(
             "SELECT DISTINCT table_schema FROM information_schema.tables"

@@ -138,6 +138,15 @@ async def test_the_comment_limit_holds_across_replicas_and_concurrent_posts(
                 assert 0 < int(refused.headers["retry-after"]) <= 60
                 assert "at most 4 comments a minute" in refused.json()["detail"]
             assert (await post(pair[1], "bob")).status_code == 201  # others are not slowed down
+
+            # Posts are counted, not the comments left: deleting one gives no room back.
+            kept = (await post(pair[0], "alice")).json()
+            assert (await post(pair[1], "alice")).status_code == 201
+            gone = await client.delete(
+                f"{pair[0].http}/api/comments/{kept['id']}", headers=world.auth("alice")
+            )
+            assert gone.status_code == 204
+            assert [(await post(pair[k % 2], "alice")).status_code for k in range(3)] == [201, 201, 429]
     with psycopg.connect(url) as conn:
         row = conn.execute(
             "SELECT count(*) FROM comments WHERE user_id = %s", (world.users["dave"],)
