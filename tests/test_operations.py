@@ -141,6 +141,22 @@ async def test_an_unforeseen_failure_answers_json_and_is_logged_with_its_traceba
             assert (await client.get(f"{replica.http}/api/tracks/{world.public}/comments")).status_code == 200
 
 
+async def test_a_socket_whose_writer_fails_is_closed_with_1011_and_the_failure_logged(
+    new_database: Callable[[], str], log_dir: Path
+) -> None:
+    url = new_database()
+    world = seed(url)
+    await insert_comment(url, world.public, world.users["bob"], "to replay")
+    with replicas(url, log_dir, 1) as (replica,):
+        with psycopg.connect(url, autocommit=True) as conn:  # a DBA's slip: replays now fail
+            conn.execute("ALTER TABLE tracktalk.events RENAME TO events_old")
+        async with open_socket(replica.ws, world.public, world.tokens["alice"], since=0) as sock:
+            await sock.expect("connected")
+            code, reason = await sock.closed()
+        assert code == 1011 and reason == "server error (logged): reconnect with since=<last seq>"
+        wait_until(lambda: "UndefinedTable" in replica.log(), 5, "the writer's traceback in the log")
+
+
 def _metric_values(text: str) -> dict[str, float]:
     values = {}
     for line in text.splitlines():

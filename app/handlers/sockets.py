@@ -9,6 +9,7 @@ meanwhile; a writer task is the only one that sends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -45,9 +46,11 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_UNSUPPORTED = 1003
 CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013
 DATABASE_DOWN = (psycopg.OperationalError, PoolTimeout)
 """What a socket meets when the database cannot be reached in time."""
+_SERVER_FAILED = "server error (logged): reconnect with since=<last seq>"
 _CLOSE_TIMEOUT = 5.0
 """Seconds a stopping socket's writer may take to flush and send the close frame."""
 
@@ -70,6 +73,10 @@ async def track_socket(socket: WebSocket[Any, Any, Any], track_id: str, services
         return
     except DATABASE_DOWN:
         await socket.close(CLOSE_TRY_AGAIN, "database unavailable: reconnect in a few seconds")
+        return
+    except Exception:
+        log.exception("socket for track %r refused: unforeseen failure", track_id[:100])
+        await socket.close(CLOSE_INTERNAL, _SERVER_FAILED)
         return
     # A client that resumes may be ahead of this replica (it came from a faster one): live
     # frames up to its `since` are not sent again.
@@ -162,6 +169,13 @@ async def _write(
             await socket.close(code, reason)
     except (OSError, RuntimeError, TimeoutError, WebSocketDisconnect) as exc:
         log.debug("socket writer stopped: %s", type(exc).__name__)
+    except Exception:
+        # Anything else would end the writer unseen and leave the client on a socket that
+        # says nothing more: log it, and close so that the client reconnects and resumes.
+        log.exception("socket writer for track %r failed", sub.track_id[:100])
+        sub.close(CLOSE_INTERNAL, _SERVER_FAILED)
+        with contextlib.suppress(Exception):
+            await socket.close(CLOSE_INTERNAL, _SERVER_FAILED)
 
 
 async def _send(socket: WebSocket[Any, Any, Any], frame: str) -> None:
