@@ -9,8 +9,9 @@ from types import FrameType
 import uvicorn
 from litestar import Litestar
 
-from app.handlers.sockets import CLOSE_GOING_AWAY, MAX_FRAME
+from app.handlers.sockets import MAX_FRAME
 from app.logs import tame_uvicorn
+from app.subscriber import CLOSE_GOING_AWAY
 
 _DRAIN_GRACE = 0.5
 """Seconds the sockets get to receive their 1001 before uvicorn closes what is left."""

@@ -28,6 +28,7 @@ from app.hub import Hub
 from app.listener import Listener
 from app.metrics import Metrics
 from app.ratelimit import RateLimiter
+from app.subscriber import CLOSE_GOING_AWAY
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             _background(_expire_forever(hub)),
         ):
             yield services
-            hub.close_all(1001, "server shutting down")
+            hub.close_all(CLOSE_GOING_AWAY, "server shutting down: reconnect with since=<last seq>")
     finally:
         await pool.close()
 

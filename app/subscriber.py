@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+CLOSE_GOING_AWAY = 1001
+"""Close code for the sockets of a replica that is shutting down (RFC 6455: going away)."""
 CLOSE_TOO_SLOW = 1013
 """Close code for a socket whose queue overflowed (RFC 6455: try again later)."""
 CLOSE_TOKEN_EXPIRED = 4001

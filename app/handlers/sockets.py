@@ -25,7 +25,7 @@ from app.deps import Viewer, load_viewer
 from app.feed import resync_frame
 from app.handlers.validation import check_track_id
 from app.services import Services
-from app.subscriber import Subscriber
+from app.subscriber import CLOSE_GOING_AWAY, Subscriber
 from app.tracks import visible_track
 from app.wire import (
     Connected,
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 MAX_FRAME = 4096
 """Largest client frame, in bytes; a bigger one closes the socket with 1009."""
 CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_UNSUPPORTED = 1003
 CLOSE_TOO_BIG = 1009
