@@ -75,18 +75,34 @@ def check_schema(conninfo: str) -> None:
         )
 
 
-async def warn_without_statement_timeout(pool: AsyncConnectionPool) -> None:
-    """Behind a pooler the statement timeout is the role's: say so when there is none."""
+async def check_role_settings(pool: AsyncConnectionPool) -> None:
+    """Behind a pooler the statement timeout and the isolation level are the role's: warn when
+    they are not what tracktalk needs."""
     async with pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute("SELECT current_setting('statement_timeout'), current_user")
+        await cur.execute(
+            "SELECT current_setting('statement_timeout'), current_setting('default_transaction_isolation'),"
+            " current_user"
+        )
         row = await cur.fetchone()
-    if row is not None and row[0] == "0":
+    if row is None:
+        return
+    timeout, isolation, role = row
+    if timeout == "0":
         log.warning(
             "DATABASE_URL goes through a pooler (TRACKTALK_LISTEN_URL is set) and its role %s has no "
             "statement_timeout: a locked table would hold requests until the pool times out. "
             "Set one: ALTER ROLE %s SET statement_timeout = '5s'",
-            row[1],
-            row[1],
+            role,
+            role,
+        )
+    if isolation != "read committed":
+        log.warning(
+            "DATABASE_URL goes through a pooler and its role %s defaults to %s: concurrent writes to "
+            "one track would fail with serialization errors. Set: ALTER ROLE %s SET "
+            "default_transaction_isolation = 'read committed'",
+            role,
+            isolation,
+            role,
         )
 
 
@@ -96,12 +112,6 @@ async def schema_version(pool: AsyncConnectionPool) -> int | None:
         await cur.execute(_VERSION_QUERY)
         row = await cur.fetchone()
     return int(row[0]) if row else None
-
-
-async def _read_committed(conn: Conn) -> None:
-    # The triggers' counter rows and the comment limit's lock expect each statement to see what
-    # committed before it; a role whose default is REPEATABLE READ would not.
-    await conn.set_isolation_level(psycopg.IsolationLevel.READ_COMMITTED)
 
 
 def create_pool(settings: Settings) -> AsyncConnectionPool:
@@ -117,14 +127,18 @@ def create_pool(settings: Settings) -> AsyncConnectionPool:
         # exist"), and PgBouncer refuses the startup parameter `options`.
         kwargs["prepare_threshold"] = None
     else:
-        kwargs["options"] = f"-c statement_timeout={int(settings.statement_timeout * 1000)}"
+        # READ COMMITTED whatever the role's default: the triggers' counter rows and the comment
+        # limit's lock expect each statement to see what committed before it.
+        kwargs["options"] = (
+            f"-c statement_timeout={int(settings.statement_timeout * 1000)}"
+            r" -c default_transaction_isolation=read\ committed"
+        )
     return AsyncConnectionPool(
         settings.database_url,
         min_size=settings.pool_min,
         max_size=settings.pool_max,
         timeout=settings.pool_timeout,
         kwargs=kwargs,
-        configure=_read_committed,
         name="tracktalk-requests",
         # A connection the server dropped (a restart, a failover) is replaced, not handed out.
         check=AsyncConnectionPool.check_connection,

@@ -17,17 +17,17 @@ from app.config import Settings
 from app.db import (
     SCHEMA_VERSION,
     SchemaError,
+    check_role_settings,
     create_pool,
     schema_version,
     serves,
-    warn_without_statement_timeout,
 )
 from app.events import EventLog
 from app.feed import Feed
 from app.hub import Hub
 from app.listener import Listener
 from app.metrics import Metrics
-from app.ratelimit import RateLimiter
+from app.ratelimit import RateLimiter, Refusals
 from app.subscriber import CLOSE_GOING_AWAY
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ class Services:
     feed: Feed
     listener: Listener
     typing: RateLimiter
+    refused: Refusals
+    """Authors told to wait by the comments-per-minute limit, until when."""
     metrics: Metrics
 
 
@@ -67,7 +69,7 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             )
         if settings.pooled:
             log.info("DATABASE_URL is taken to be a transaction-mode pooler: no prepared statements")
-            await warn_without_statement_timeout(pool)
+            await check_role_settings(pool)
         events = EventLog(pool)
         hub = Hub()
         metrics = Metrics(hub)
@@ -82,6 +84,7 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             feed,
             listener,
             typing=RateLimiter(1, seconds=1.0),
+            refused=Refusals(),
             metrics=metrics,
         )
         async with (

@@ -81,7 +81,7 @@ BEGIN
             ('tracktalk.track_state',           'SELECT, INSERT, UPDATE'),
             ('tracktalk.comment_stats',         'SELECT, INSERT, UPDATE'),
             ('tracktalk.events',                'SELECT, INSERT, DELETE'),
-            ('tracktalk.comment_posts',         'SELECT, INSERT, DELETE'),
+            ('tracktalk.comment_posts',         'SELECT'),  -- written by comment_wait, as owner
             ('tracktalk.track_audio',           'SELECT'),
             ('tracktalk.comment_objects',       'SELECT'),
             ('tracktalk.notification_objects',  'SELECT')

@@ -165,9 +165,9 @@ $$;
 
 -- Deletes the events older than settings.event_retention; returns how many. Also forgets the
 -- API's comment posts older than an hour (tracktalk.comment_posts). Every replica calls it
--- every few minutes; a DBA may schedule it instead (pg_cron).
+-- every few minutes; a DBA may schedule it instead (pg_cron). SECURITY DEFINER, as comment_wait.
 CREATE OR REPLACE FUNCTION tracktalk.prune_events() RETURNS bigint
-LANGUAGE sql AS $$
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM tracktalk.comment_posts WHERE at < now() - interval '1 hour';
     WITH gone AS (
         DELETE FROM tracktalk.events
@@ -200,9 +200,11 @@ $$;
 -- those leaves the window. One author's posts are taken in turn here (a transaction-level
 -- advisory lock, held to commit), so that replicas answering at the same moment cannot both
 -- let the last one through. Expects READ COMMITTED (PostgreSQL's default; the app's pool sets it).
+-- SECURITY DEFINER: it writes tracktalk.comment_posts as its owner, so the app role needs no
+-- grant on that table (and an upgrade works before sql/roles.sql is run again).
 CREATE OR REPLACE FUNCTION tracktalk.comment_wait(author bigint, most integer, per interval)
 RETURNS double precision
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     nth timestamptz;
 BEGIN
@@ -215,7 +217,7 @@ BEGIN
     OFFSET greatest(most, 1) - 1
      LIMIT 1;
     IF nth IS NOT NULL THEN
-        RETURN greatest(extract(epoch FROM nth + per - now())::double precision, 0.001);
+        RETURN greatest(extract(epoch FROM nth + per - clock_timestamp())::double precision, 0.001);
     END IF;
     INSERT INTO tracktalk.comment_posts (user_id) VALUES (author);
     RETURN 0;

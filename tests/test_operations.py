@@ -15,7 +15,8 @@ import httpx
 import psycopg
 import pytest
 
-from app.db import SCHEMA_VERSION
+from app.config import Settings
+from app.db import SCHEMA_VERSION, create_pool
 from app.embedded import EmbeddedPostgres
 from tests.support import (
     ROOT,
@@ -86,6 +87,36 @@ def test_serve_refuses_an_older_schema(empty_db_url: str) -> None:
     refused = tracktalk("serve", "--port", "1", database_url=empty_db_url)
     assert refused.returncode == 2
     assert "schema version 0" in refused.stderr and "tracktalk migrate" in refused.stderr
+
+
+def test_serve_accepts_a_newer_schema(new_database: Callable[[], str], log_dir: Path) -> None:
+    # A rolling upgrade: the SQL of the next version is applied while replicas of this one run.
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE tracktalk.schema_version SET version = version + 1")
+    with replicas(url, log_dir, 1) as (replica,):
+        ready = httpx.get(f"{replica.http}/readyz", timeout=5)
+    assert ready.status_code == 200 and ready.json()["checks"]["schema"] is True
+
+
+async def test_the_request_pool_reads_committed_whatever_the_database_default(
+    new_database: Callable[[], str],
+) -> None:
+    # A statement must see what committed before it (the track counter rows, the comment limit's
+    # lock); under REPEATABLE READ two writers to one track would fail with serialization errors.
+    url = new_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            f"ALTER DATABASE {conn.info.dbname} SET default_transaction_isolation = 'repeatable read'"
+        )
+    pool = create_pool(Settings(database_url=url, secret="s" * 32))
+    await pool.open(wait=True, timeout=10)
+    try:
+        async with pool.connection() as conn:
+            cur = await conn.execute("SHOW transaction_isolation")
+            assert await cur.fetchone() == ("read committed",)
+    finally:
+        await pool.close()
 
 
 def test_token_prints_a_token_the_api_accepts(replica: Replica, world: World) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated
 from urllib.parse import quote
 
 from litestar import Response, delete, get, post, put
+from litestar.exceptions import HTTPException
 from litestar.params import Parameter
 
 from app import comments
@@ -48,22 +49,26 @@ async def create_comment(track_id: str, data: CommentIn, services: Services, use
     """Post a comment at `timestamp` seconds into the track, or a reply to `parent_id`."""
     check_track_id(track_id)
     content = clean_content(data.content)
+    limit = services.settings.comments_per_minute
+    if limit and (wait := services.refused.wait(user.id)):
+        raise _too_many_comments(limit, wait)
     # One transaction: a parent deleted meanwhile waits for the reply, not the reply's read-back
     # for it; and the author's next post waits for this one's commit to be counted.
     async with services.pool.connection() as conn, conn.transaction():
-        limit = services.settings.comments_per_minute
-        wait = await comments.seconds_until_allowed(conn, user.id, limit, 60.0) if limit else 0.0
-        if wait > 0:
-            seconds = math.ceil(wait)
-            raise too_many(
-                f"at most {limit} comments a minute: post again in {seconds} s", retry_after=seconds
-            )
+        if limit and (wait := await comments.seconds_until_allowed(conn, user.id, limit, 60.0)):
+            services.refused.refuse(user.id, wait)
+            raise _too_many_comments(limit, wait)
         track = await visible_track(conn, track_id, user.id)
         check_timestamp(data.timestamp, track.duration_seconds)
         if data.parent_id is not None and await comments.parent_track(conn, data.parent_id) != track_id:
             raise unprocessable(f"parent_id: {data.parent_id} is not a comment of track {track_id!r}")
         comment_id = await comments.insert(conn, track_id, user.id, content, data.timestamp, data.parent_id)
         return await comments.get(conn, comment_id, user.id)
+
+
+def _too_many_comments(limit: int, wait: float) -> HTTPException:
+    seconds = math.ceil(wait)
+    return too_many(f"at most {limit} comments a minute: post again in {seconds} s", retry_after=seconds)
 
 
 @put("/api/comments/{comment_id:int}", tags=_TAG)
