@@ -60,11 +60,26 @@ def render(template: str, values: dict[str, str]) -> str:
     return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+def debian_binary(name: str) -> str:
+    """The path of Debian's `name` (in /usr/sbin, which root's PATH may lack); fails when missing."""
+    found = shutil.which(name) or (f"/usr/sbin/{name}" if os.access(f"/usr/sbin/{name}", os.X_OK) else None)
     if found is None:
-        pytest.fail("nginx is not installed: apt-get install nginx (.ci/run does it)")
+        pytest.fail(f"{name} is not installed: apt-get install {name} (.ci/run does it)")
     return found
+
+
+def launch(args: list[str], port: int, log: Callable[[], str]) -> subprocess.Popen[bytes]:
+    """Start a server in the foreground and wait until it listens on `port` (its `log` on failure)."""
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    name = Path(args[0]).name
+
+    def up() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"{name} exited with {process.returncode}:\n{log()}")
+        return port_open(port)
+
+    wait_until(up, 15, f"{name} to listen")
+    return process
 
 
 def port_open(port: int) -> bool:
@@ -119,7 +134,7 @@ class Nginx(LocalServer):
         return self.error_log.read_text(errors="replace")[-3000:] if self.error_log.exists() else ""
 
     def start(self) -> Nginx:
-        nginx = nginx_binary()
+        nginx = debian_binary("nginx")
         conf = str(self.prefix / "nginx.conf")
         check = subprocess.run(
             [nginx, "-t", "-q", "-p", str(self.prefix), "-e", str(self.error_log), "-c", conf],
@@ -129,23 +144,15 @@ class Nginx(LocalServer):
             check=False,
         )
         assert check.returncode == 0, f"nginx -t refused the config:\n{check.stderr}{self.log()}"
-        self.process = subprocess.Popen(
+        self.process = launch(
             [
                 nginx,
                 *("-p", str(self.prefix), "-e", str(self.error_log), "-c", conf),
                 *("-g", f"daemon off; pid {self.prefix / 'nginx.pid'};"),
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            self.port,
+            self.log,
         )
-
-        def up() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"nginx exited with {self.process.returncode}:\n{self.log()}")
-            return port_open(self.port)
-
-        wait_until(up, 15, "nginx to listen")
         return self
 
     def stop(self) -> int | None:
@@ -324,23 +331,10 @@ class PgBouncer:
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
     def start(self) -> PgBouncer:
-        binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-        if not os.access(binary, os.X_OK):
-            pytest.fail("pgbouncer is not installed: apt-get install pgbouncer (.ci/run does it)")
         user = ["-u", "nobody"] if os.geteuid() == 0 else []  # it refuses to run as root
-        self.process = subprocess.Popen(
-            [binary, *user, str(self.prefix / "pgbouncer.ini")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        self.process = launch(
+            [debian_binary("pgbouncer"), *user, str(self.prefix / "pgbouncer.ini")], self.port, self.log
         )
-
-        def up() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"pgbouncer exited with {self.process.returncode}:\n{self.log()}")
-            return port_open(self.port)
-
-        wait_until(up, 15, "pgbouncer to listen")
         return self
 
     def cleanup(self) -> None:
