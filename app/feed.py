@@ -132,10 +132,7 @@ class Feed:
         users = self._hub.users
         if not users:
             return
-        if batch.users is None:
-            wanted = batch.ids
-        else:
-            wanted = [id_ for id_, user in zip(batch.ids, batch.users, strict=False) if user in users]
+        wanted = [id_ for id_, user in zip(batch.ids, batch.users, strict=True) if user in users]
         if not wanted:
             return
         try:

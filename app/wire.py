@@ -306,11 +306,10 @@ class UserBatch(Struct, tag_field="k", tag="user"):
     """New notifications: their ids, and their recipients in the same order.
 
     The messages themselves are read by the replicas where a recipient has a socket.
-    (`users` is absent in payloads of triggers older than 2026-11-26: then every id is read.)
     """
 
     ids: list[int]
-    users: list[int] | None = None
+    users: list[int]
 
 
 class Ephemeral(Struct, tag_field="k", tag="ephemeral"):
