@@ -73,6 +73,8 @@ class TrackMetrics(Struct):
     comments: int
     shares: int
     user_has_liked: bool
+    listening: int = 0
+    """Distinct users with a socket open on the track, on any replica (anonymous sockets count one each)."""
 
 
 class Track(Struct):
@@ -166,12 +168,21 @@ class Connected(Struct, tag_field="type", tag="connected"):
     seq: int
 
 
+class Counters(Struct):
+    """A track's counters as they stand after a change (the `metrics` of an event)."""
+
+    likes: int
+    comments: int
+    shares: int
+
+
 class NewComment(Struct, tag_field="type", tag="new_comment"):
-    """A comment was posted."""
+    """A comment was posted; `metrics` are the track's counters after it (no track_metrics follows)."""
 
     track_id: str
     seq: int
     comment: Comment
+    metrics: Counters
 
 
 class CommentEdited(Struct, tag_field="type", tag="comment_edited"):
@@ -187,11 +198,12 @@ class CommentEdited(Struct, tag_field="type", tag="comment_edited"):
 
 
 class CommentDeleted(Struct, tag_field="type", tag="comment_deleted"):
-    """A comment is gone (its replies get their own message)."""
+    """A comment is gone (its replies get their own message); `metrics` are the counters after it."""
 
     track_id: str
     seq: int
     comment_id: int
+    metrics: Counters
 
 
 class CommentLiked(Struct, tag_field="type", tag="comment_liked"):
@@ -204,7 +216,7 @@ class CommentLiked(Struct, tag_field="type", tag="comment_liked"):
 
 
 class TrackMetricsChanged(Struct, tag_field="type", tag="track_metrics"):
-    """The track's likes, comments or shares changed."""
+    """A track like, unlike or share: the counters are the change."""
 
     track_id: str
     seq: int
@@ -220,6 +232,13 @@ class UserTyping(Struct, tag_field="type", tag="user_typing"):
     user_id: int
     username: str
     is_typing: bool
+
+
+class Presence(Struct, tag_field="type", tag="presence"):
+    """How many distinct users have a socket on the track, on any replica (ephemeral: no seq)."""
+
+    track_id: str
+    listening: int
 
 
 class Mention(Struct, tag_field="type", tag="mention"):
@@ -260,6 +279,7 @@ ServerMessage = (
     | CommentLiked
     | TrackMetricsChanged
     | UserTyping
+    | Presence
     | Mention
     | NotificationMessage
     | Resync

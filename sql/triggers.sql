@@ -35,9 +35,11 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT 7900 $$;
 -- Publishing
 ---------------------------------------------------------------------------------------------
 
--- Numbers `messages` as the next events of `track`, applies the counter deltas, appends a
--- track_metrics message when a counter changed, keeps them all in tracktalk.events and
--- notifies the listeners once.
+-- Numbers `messages` as the next events of `track`, applies the counter deltas, keeps the
+-- events in tracktalk.events and notifies the listeners once. One change, one event: when a
+-- counter changed, each message carries the counters as they stand after the statement
+-- (`metrics`); a change that is only counters (a track like, unlike or share) is one
+-- track_metrics event.
 CREATE OR REPLACE FUNCTION tracktalk.publish(
     track           text,
     messages        jsonb[],
@@ -48,7 +50,8 @@ CREATE OR REPLACE FUNCTION tracktalk.publish(
 LANGUAGE plpgsql AS $$
 DECLARE
     metrics_changed constant boolean := comments_delta <> 0 OR likes_delta <> 0 OR shares_delta <> 0;
-    n constant integer := coalesce(cardinality(messages), 0) + metrics_changed::integer;
+    n constant integer := greatest(coalesce(cardinality(messages), 0), metrics_changed::integer);
+    extra jsonb;
     state tracktalk.track_state;
     first_seq bigint;
     texts text[];
@@ -76,13 +79,19 @@ BEGIN
     END LOOP;
 
     first_seq := state.last_seq - n + 1;
-    SELECT array_agg((m || jsonb_build_object('seq', first_seq + o - 1, 'track_id', track))::text ORDER BY o)
-      INTO texts
-      FROM unnest(messages) WITH ORDINALITY AS u (m, o);
-    IF metrics_changed THEN
-        texts := coalesce(texts, '{}') || jsonb_build_object(
+    IF coalesce(cardinality(messages), 0) = 0 THEN
+        texts := ARRAY[jsonb_build_object(
             'type', 'track_metrics', 'track_id', track, 'seq', state.last_seq,
-            'likes', state.likes, 'comments', state.comments, 'shares', state.shares)::text;
+            'likes', state.likes, 'comments', state.comments, 'shares', state.shares)::text];
+    ELSE
+        extra := jsonb_build_object('track_id', track);
+        IF metrics_changed THEN
+            extra := extra || jsonb_build_object('metrics', jsonb_build_object(
+                'likes', state.likes, 'comments', state.comments, 'shares', state.shares));
+        END IF;
+        SELECT array_agg((m || extra || jsonb_build_object('seq', first_seq + o - 1))::text ORDER BY o)
+          INTO texts
+          FROM unnest(messages) WITH ORDINALITY AS u (m, o);
     END IF;
 
     INSERT INTO tracktalk.events (track_id, seq, message)

@@ -260,11 +260,11 @@ async def test_a_socket_through_nginx_gets_comments_posted_anywhere(
             await post_comment(pair[1].http, world, "alice", world.public, "posted to replica 2"),
             await post_comment(nginx.http, world, "alice", world.public, "posted through nginx"),
         ]
-        events = await sock.events(6)  # each comment: new_comment, then track_metrics
+        events = await sock.events(3)  # each comment: one new_comment
         got = [e["comment"]["id"] for e in events if e["type"] == "new_comment"]
         assert got == [comment["id"] for comment in posted]
         seqs = [e["seq"] for e in events]
-        assert seqs == list(range(seqs[0], seqs[0] + 6))
+        assert seqs == list(range(seqs[0], seqs[0] + 3))
     # The socket's request is logged when it ends: which replica held it? The comment posted
     # directly to the other one came all the same (through that one's LISTEN connection).
     wait_until(lambda: len(nginx.upstreams()) > before, 5, "the socket's access log line")
@@ -379,7 +379,7 @@ async def test_replicas_whose_requests_go_through_pgbouncer_in_transaction_mode(
             # Another service's write through PgBouncer goes live all the same.
             written.append(await insert_comment(pooled, world.public, world.users["carol"], "by SQL, pooled"))
             arrived = [
-                (await watcher.expect("new_comment", ignore=("track_metrics",)))["comment"]["id"]
+                (await watcher.expect("new_comment"))["comment"]["id"]
                 for _ in written
             ]
             assert arrived == written
@@ -455,7 +455,7 @@ async def test_the_service_runs_as_the_app_role_which_cannot_change_the_schema(
         ):
             await watcher.expect("connected")
             comment = await post_comment(a.http, world, "alice", world.public, "hello @bob, as the app role")
-            message = await watcher.expect("new_comment", ignore=("mention", "notification", "track_metrics"))
+            message = await watcher.expect("new_comment", ignore=("mention", "notification"))
             assert message["comment"]["id"] == comment["id"]
             cid, bob, alice = comment["id"], world.auth("bob"), world.auth("alice")
             for method, url, headers, status in [

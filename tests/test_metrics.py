@@ -1,8 +1,9 @@
 """Track metrics (issue 4): likes, shares and comment counts kept by the database.
 
 Counters live in tracktalk.track_state and are kept by the triggers in the writer's own
-transaction: they must be exact under concurrency, agree with the rows, go live as
-`track_metrics` to the track's sockets for API and SQL writes alike, and never need COUNT(*).
+transaction: they must be exact under concurrency, agree with the rows, go live to the track's
+sockets in the change's own frame (`metrics` inside `new_comment` and `comment_deleted`, or a
+`track_metrics` for a like, unlike or share) for API and SQL writes alike, and never need COUNT(*).
 """
 
 from __future__ import annotations
@@ -194,6 +195,7 @@ async def test_metrics_of_a_new_track(client: httpx.AsyncClient, track: str) -> 
         "comments": 0,
         "shares": 0,
         "user_has_liked": False,
+        "listening": 0,
     }
 
 
@@ -208,6 +210,7 @@ async def test_like_and_unlike_are_idempotent(client: httpx.AsyncClient, world: 
             "comments": 0,
             "shares": 0,
             "user_has_liked": True,
+            "listening": 0,
         }
     seen_by_bob = await get_metrics(client, track, world.auth("bob"))
     assert (seen_by_bob["likes"], seen_by_bob["user_has_liked"]) == (1, False)
@@ -238,7 +241,7 @@ async def test_track_writes_need_a_token_and_a_visible_track(client: httpx.Async
 
 
 # ---------------------------------------------------------------------------------------------
-# Live: track_metrics after every change, whoever makes it
+# Live: fresh counters with every change, whoever makes it, in the change's own frame
 # ---------------------------------------------------------------------------------------------
 
 
@@ -252,12 +255,12 @@ async def test_every_change_sends_fresh_metrics(
         received: list[dict[str, Any]] = []
 
         async def step(action: Any, durable: list[str], expected: dict[str, int]) -> Any:
-            """Do `action`; the next durable events are `durable`, their track_metrics says `expected`."""
+            """Do `action`; the next durable events are `durable`, and their counters say `expected`."""
             result = await action
             events = await sock.events(len(durable))
             assert [e["type"] for e in events] == durable
             received.extend(events)
-            sent = [only_counts(e) for e in events if e["type"] == "track_metrics"]
+            sent = [only_counts(e if e["type"] == "track_metrics" else e["metrics"]) for e in events]
             assert sent == ([expected] if durable else [])
             assert only_counts(await get_metrics(client, track)) == expected
             return result
@@ -265,8 +268,8 @@ async def test_every_change_sends_fresh_metrics(
         await step(act.like("alice"), ["track_metrics"], counts(1, 0, 0))
         await step(act.like("alice"), [], counts(1, 0, 0))  # already liked: nothing is sent ...
         await step(act.share("bob"), ["track_metrics"], counts(1, 0, 1))  # ... the next event is the share's
-        comment_id = await step(act.comment("bob"), ["new_comment", "track_metrics"], counts(1, 1, 1))
-        await step(act.uncomment("bob", comment_id), ["comment_deleted", "track_metrics"], counts(1, 0, 1))
+        comment_id = await step(act.comment("bob"), ["new_comment"], counts(1, 1, 1))
+        await step(act.uncomment("bob", comment_id), ["comment_deleted"], counts(1, 0, 1))
         await step(act.unlike("alice"), ["track_metrics"], counts(0, 0, 1))
         await step(act.unlike("alice"), [], counts(0, 0, 1))
         await step(act.share("alice"), ["track_metrics"], counts(0, 0, 2))
@@ -453,7 +456,7 @@ async def test_metrics_of_a_track_with_100k_comments_need_no_count(
     await client.post(f"/api/tracks/{track}/like", headers=world.auth("bob"))
 
     metrics = await get_metrics(client, track, world.auth("bob"))
-    assert metrics == {"track_id": track, "likes": 1, "comments": 100000, "shares": 0, "user_has_liked": True}
+    assert metrics == {"track_id": track, "likes": 1, "comments": 100000, "shares": 0, "user_has_liked": True, "listening": 0}
     assert counts_kept(db_url, track) == counts_by_rows(db_url, track)
 
     recorder = QueryRecorder()

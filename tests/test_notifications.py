@@ -568,7 +568,6 @@ async def test_a_writer_whose_search_path_lacks_public_goes_live_all_the_same(
     run the triggers (which resolve tables at run time) and go live like anyone's."""
     expected = {
         "new_comment": 1,
-        "track_metrics": 2,
         "notification": 1,
         "mention": 1,
         "comment_edited": 1,

@@ -136,11 +136,11 @@ async def test_metrics_count_sockets_deliveries_and_lag(replica: Replica, world:
     async with open_socket(replica.ws, world.other, world.tokens["carol"]) as sock:
         await sock.expect("connected")
         await insert_comment(db_url, world.other, world.users["bob"], "counted")
-        await sock.events(2)
+        await sock.events(1)
         text = (await get(f"{replica.http}/metrics")).text
     values = _metric_values(text)
     assert values["tracktalk_open_sockets"] >= 1
-    assert values["tracktalk_events_delivered_total"] >= 2
+    assert values["tracktalk_events_delivered_total"] >= 1
     assert values["tracktalk_delivery_lag_seconds_count"] >= 1
     assert values["tracktalk_listener_ready"] == 1
     assert 0 <= values["tracktalk_notify_queue_usage"] < 1
@@ -247,7 +247,7 @@ async def test_a_killed_replicas_clients_resume_on_the_other_and_miss_nothing(
         async with open_socket(doomed.ws, world.public, world.tokens["alice"]) as sock:
             await sock.expect("connected")
             await insert_comment(db_url, world.public, world.users["bob"], "before")
-            last_seen = (await sock.events(2))[-1]["seq"]
+            last_seen = (await sock.events(1))[-1]["seq"]
             assert doomed.process is not None
             doomed.process.kill()
             doomed.process.wait(10)
@@ -258,8 +258,8 @@ async def test_a_killed_replicas_clients_resume_on_the_other_and_miss_nothing(
         ]
         async with open_socket(survivor.ws, world.public, world.tokens["alice"], since=last_seen) as back:
             await back.expect("connected")
-            got = await back.events(4)
-    assert [e["seq"] for e in got] == list(range(last_seen + 1, last_seen + 5))
+            got = await back.events(2)
+    assert [e["seq"] for e in got] == list(range(last_seen + 1, last_seen + 3))
     assert [e["comment"]["id"] for e in got if e["type"] == "new_comment"] == missed
 
 
@@ -279,14 +279,14 @@ async def test_the_database_restarting_is_survived_without_loss(
             start = (await on_a.expect("connected"))["seq"]
             await on_b.expect("connected")
             before = await insert_comment(url, world.public, world.users["dave"], "before the restart")
-            await on_a.events(2)
+            await on_a.events(1)
             pg.restart()
             after = await insert_comment(url, world.public, world.users["dave"], "after the restart")
             for replica in (a, b):
                 replica.wait_ready(30)
-            got_b = await on_b.events(4, timeout=30)
-            got_a = await on_a.events(2, timeout=30)
-    assert [e["seq"] for e in got_b] == list(range(start + 1, start + 5))
+            got_b = await on_b.events(2, timeout=30)
+            got_a = await on_a.events(1, timeout=30)
+    assert [e["seq"] for e in got_b] == list(range(start + 1, start + 3))
     assert [e["comment"]["id"] for e in got_b if e["type"] == "new_comment"] == [before, after]
     assert got_a[0]["comment"]["id"] == after
     await sql(url, "SELECT 1")
@@ -311,9 +311,9 @@ async def test_a_stalled_listener_does_not_wedge_the_writers(
                 took = time.monotonic() - began
             finally:
                 frozen.process.send_signal(signal.SIGCONT)
-            got = await sock.events(600, timeout=60)
+            got = await sock.events(300, timeout=60)
     assert took < 30, f"300 commits took {took:.1f} s with a stalled listener"
-    assert [e["seq"] for e in got] == list(range(start + 1, start + 601))
+    assert [e["seq"] for e in got] == list(range(start + 1, start + 301))
 
 
 async def test_sigterm_finishes_the_requests_in_flight(db_url: str, world: World, log_dir: Path) -> None:

@@ -66,15 +66,17 @@ async def test_api_and_sql_writes_reach_both_replicas_with_the_same_seq(
         by_api = await post_comment(a.http, world, "alice", world.public, "through the API")
         by_sql = await insert_comment(db_url, world.public, world.users["bob"], "through psql")
 
-        got_a, got_b = await on_a.events(4), await on_b.events(4)
+        got_a, got_b = await on_a.events(2), await on_b.events(2)
         assert shape(got_a) == shape(got_b)
-        assert [e["seq"] for e in got_a] == list(range(start + 1, start + 5))
-        assert [e["type"] for e in got_a] == ["new_comment", "track_metrics"] * 2
+        # One change, one frame: each comment is one new_comment that carries the counters.
+        assert [e["seq"] for e in got_a] == [start + 1, start + 2]
+        assert [e["type"] for e in got_a] == ["new_comment", "new_comment"]
         assert got_a[0]["comment"]["id"] == by_api["id"]
         assert got_a[0]["comment"] == {**by_api, "created_at": got_a[0]["comment"]["created_at"]}
-        assert got_b[2]["comment"]["id"] == by_sql
-        assert got_b[2]["comment"]["content"] == "through psql"
-        assert got_b[2]["comment"]["username"] == "bob"
+        assert got_a[1]["metrics"]["comments"] == got_a[0]["metrics"]["comments"] + 1
+        assert got_b[1]["comment"]["id"] == by_sql
+        assert got_b[1]["comment"]["content"] == "through psql"
+        assert got_b[1]["comment"]["username"] == "bob"
 
         # The socket on another track saw none of it: its first event is its own track's.
         marker = await insert_comment(db_url, world.other, world.users["dave"], "marker")
@@ -91,7 +93,7 @@ async def test_edit_delete_like_and_unlike_arrive(pair: list[Replica], world: Wo
     async with open_socket(b.ws, world.public, world.tokens["bob"]) as watcher:
         await watcher.expect("connected")
         comment = await post_comment(a.http, world, "alice", world.public, "to be changed")
-        await watcher.events(2)
+        await watcher.events(1)
         async with httpx.AsyncClient(base_url=a.http, timeout=10) as client:
             cid = comment["id"]
             assert (
@@ -110,7 +112,7 @@ async def test_edit_delete_like_and_unlike_arrive(pair: list[Replica], world: Wo
             assert (
                 await client.delete(f"/api/comments/{cid}", headers=world.auth("alice"))
             ).status_code == 204
-        got = await watcher.events(7)
+        got = await watcher.events(6)
     assert [e["type"] for e in got] == [
         "comment_edited",
         "comment_liked",
@@ -118,7 +120,6 @@ async def test_edit_delete_like_and_unlike_arrive(pair: list[Replica], world: Wo
         "comment_liked",
         "comment_edited",
         "comment_deleted",
-        "track_metrics",
     ]
     edited = got[0]
     assert (edited["comment_id"], edited["content"], edited["is_edited"]) == (cid, "changed", True)
@@ -126,6 +127,8 @@ async def test_edit_delete_like_and_unlike_arrive(pair: list[Replica], world: Wo
     assert [e["like_count"] for e in got[1:4]] == [1, 2, 1]
     assert got[4]["content"] == "by psql" and got[4]["is_edited"] is True
     assert got[5]["comment_id"] == cid
+    assert "metrics" not in got[0] and "metrics" not in got[1]  # counters ride only on their changes
+    assert got[5]["metrics"]["comments"] >= 0
 
 
 async def test_a_rolled_back_insert_delivers_nothing(pair: list[Replica], world: World, db_url: str) -> None:
@@ -160,10 +163,10 @@ async def test_fifty_concurrent_writers_give_every_socket_the_same_gapless_order
                 for i in range(writers)
             )
         )
-        got_a, got_b = await on_a.events(2 * writers), await on_b.events(2 * writers)
-    assert [e["seq"] for e in got_a] == list(range(start + 1, start + 2 * writers + 1))
+        got_a, got_b = await on_a.events(writers), await on_b.events(writers)
+    assert [e["seq"] for e in got_a] == list(range(start + 1, start + writers + 1))
     assert shape(got_a) == shape(got_b)
-    counts = [e["comments"] for e in got_a if e["type"] == "track_metrics"]
+    counts = [e["metrics"]["comments"] for e in got_a]
     assert counts == sorted(counts) and len(set(counts)) == writers
 
 
@@ -176,11 +179,11 @@ async def test_resume_with_since_gets_exactly_the_missed_events_then_live(
     missed = [await insert_comment(db_url, world.public, world.users["bob"], f"missed {i}") for i in range(3)]
     async with open_socket(b.ws, world.public, world.tokens["alice"], since=left_at) as back:
         hello = await back.expect("connected")
-        assert hello["seq"] == left_at + 6
-        replayed = await back.events(6)
+        assert hello["seq"] == left_at + 3
+        replayed = await back.events(3)
         live = await insert_comment(db_url, world.public, world.users["bob"], "live")
-        after = await back.events(2)
-    assert [e["seq"] for e in replayed + after] == list(range(left_at + 1, left_at + 9))
+        after = await back.events(1)
+    assert [e["seq"] for e in replayed + after] == list(range(left_at + 1, left_at + 5))
     assert [e["comment"]["id"] for e in replayed + after if e["type"] == "new_comment"] == [*missed, live]
 
 
@@ -259,10 +262,10 @@ async def test_events_committed_while_the_listener_was_killed_still_arrive(
             await conn.commit()
         assert killed == (2,)
         after = await insert_comment(db_url, world.public, world.users["dave"], "after the gap")
-        got_a, got_b = await on_a.events(8), await on_b.events(8)
-    assert [e["seq"] for e in got_a] == list(range(start + 1, start + 9))
+        got_a, got_b = await on_a.events(4), await on_b.events(4)
+    assert [e["seq"] for e in got_a] == list(range(start + 1, start + 5))
     assert shape(got_a) == shape(got_b)
-    assert got_a[-2]["comment"]["id"] == after
+    assert got_a[-1]["comment"]["id"] == after
     for replica in pair:
         replica.wait_ready(10)
 
@@ -366,9 +369,9 @@ async def test_a_users_messages_reach_all_their_sockets_on_every_replica(
             await sock.expect("connected")
         cid = await insert_comment(db_url, world.public, world.users["alice"], "hey @BOB look")
         for sock in (bob_on_a, bob_on_b):
-            note = await sock.expect("notification", ignore=("new_comment", "track_metrics"))
+            note = await sock.expect("notification", ignore=("new_comment",))
             assert (note["notification"]["kind"], note["notification"]["comment_id"]) == ("mention", cid)
-            mention = await sock.expect("mention", ignore=("new_comment", "track_metrics"))
+            mention = await sock.expect("mention", ignore=("new_comment",))
             assert (mention["comment"]["id"], mention["from_user"]) == (cid, "alice")
         marker = await insert_comment(db_url, world.other, world.users["alice"], "for dave's track")
         first = await dave.recv()

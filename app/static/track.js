@@ -24,7 +24,7 @@ class Metrics {
     byId("track-share").addEventListener("click", () => this.share().catch(ignore));
   }
 
-  /** Counters from GET, an HTTP answer or a track_metrics message (which has no user_has_liked). */
+  /** Counters from GET, an HTTP answer, or an event's counters (which have no user_has_liked). */
   set(m) {
     if ("user_has_liked" in m) this.liked = m.user_has_liked;
     byId("likes-count").textContent = String(m.likes);
@@ -233,9 +233,13 @@ const MESSAGE_HANDLERS = {
   new_comment: (page, m) => {
     page.store.upsert(m.comment);
     page.typingIn.posted(m.comment.user_id);
+    page.metrics.set(m.metrics);
   },
   comment_edited: (page, m) => page.store.patch(m.comment_id, m),
-  comment_deleted: (page, m) => page.store.remove(m.comment_id),
+  comment_deleted: (page, m) => {
+    page.store.remove(m.comment_id);
+    page.metrics.set(m.metrics);
+  },
   comment_liked: (page, m) => page.store.patch(m.comment_id, { like_count: m.like_count }),
   track_metrics: (page, m) => page.metrics.set(m),
   user_typing: (page, m) => page.typingIn.update(m),
