@@ -378,10 +378,7 @@ async def test_replicas_whose_requests_go_through_pgbouncer_in_transaction_mode(
                     assert answer.status_code == 200, answer.text
             # Another service's write through PgBouncer goes live all the same.
             written.append(await insert_comment(pooled, world.public, world.users["carol"], "by SQL, pooled"))
-            arrived = [
-                (await watcher.expect("new_comment"))["comment"]["id"]
-                for _ in written
-            ]
+            arrived = [(await watcher.expect("new_comment"))["comment"]["id"] for _ in written]
             assert arrived == written
         for replica in (a, b):
             assert replica.log_path is not None

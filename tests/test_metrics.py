@@ -456,7 +456,14 @@ async def test_metrics_of_a_track_with_100k_comments_need_no_count(
     await client.post(f"/api/tracks/{track}/like", headers=world.auth("bob"))
 
     metrics = await get_metrics(client, track, world.auth("bob"))
-    assert metrics == {"track_id": track, "likes": 1, "comments": 100000, "shares": 0, "user_has_liked": True, "listening": 0}
+    assert metrics == {
+        "track_id": track,
+        "likes": 1,
+        "comments": 100000,
+        "shares": 0,
+        "user_has_liked": True,
+        "listening": 0,
+    }
     assert counts_kept(db_url, track) == counts_by_rows(db_url, track)
 
     recorder = QueryRecorder()
