@@ -66,8 +66,11 @@ class Settings:
     pool_timeout: float = 5.0
     """Seconds a request waits for a database connection before it answers 503."""
     statement_timeout: float = 5.0
-    socket_queue: int = 256
-    """Frames a socket may have waiting before it is closed as too slow (1013)."""
+    socket_buffer: int = 512 * 1024
+    """Bytes a socket may have unsent (written but not taken by the kernel, or held during its
+    replay) before it is closed as too slow (1013)."""
+    anonymous_sockets: bool = False
+    """Let sockets without a token watch public tracks, read-only (TRACKTALK_ANONYMOUS_SOCKETS)."""
     comments_per_minute: int = 30
     """Comments (and replies) one user may post per minute, counted across replicas; more get 429
     (0: no limit)."""
@@ -104,6 +107,11 @@ class Settings:
         url = database_url or env.get("DATABASE_URL", "")
         if not url:
             raise ConfigError("DATABASE_URL is not set: set it, or run `tracktalk serve` without it")
+        if env.get("TRACKTALK_SOCKET_QUEUE"):
+            raise ConfigError(
+                "TRACKTALK_SOCKET_QUEUE (frames) is replaced by TRACKTALK_SOCKET_BUFFER_KIB (unsent KiB "
+                "per socket, default 512): unset it"
+            )
         key = secret or env.get("TRACKTALK_SECRET", "")
         if len(key) < 32:
             raise ConfigError(
@@ -118,7 +126,8 @@ class Settings:
             pool_max=int(_number(env, "TRACKTALK_POOL_MAX", 10)),
             pool_timeout=_number(env, "TRACKTALK_POOL_TIMEOUT", 5.0),
             statement_timeout=_number(env, "TRACKTALK_STATEMENT_TIMEOUT", 5.0),
-            socket_queue=int(_number(env, "TRACKTALK_SOCKET_QUEUE", 256)),
+            socket_buffer=int(_number(env, "TRACKTALK_SOCKET_BUFFER_KIB", 512) * 1024),
+            anonymous_sockets=_flag(env, "TRACKTALK_ANONYMOUS_SOCKETS", False),
             comments_per_minute=_limit(env, "TRACKTALK_COMMENTS_PER_MINUTE", 30),
             sockets_per_user=int(_number(env, "TRACKTALK_SOCKETS_PER_USER", 20)),
             allowed_origins=_list(env, "TRACKTALK_ALLOWED_ORIGINS"),

@@ -1,144 +1,230 @@
-"""Puts each track's events in order for this replica's sockets: no gap, no duplicate.
+"""The resume protocol, in one place: each track's cursor, catch-up from the log, `since=` replays.
 
-The listener hands over notices in commit order. For every watched track the feed knows the
-last seq delivered here; a batch that continues it is delivered as it came, a batch that
-leaves a gap (its events did not fit in the NOTIFY, or the listener was away) is read from
-the event log first. Joining a track and handling a batch take turns under one lock, so a new
-channel's starting seq and the batches after it cannot cross.
+The listener hands over notices in commit order. For every watched track the feed knows the last
+seq delivered here (its cursor). A batch that continues it is delivered as it came; a batch that
+leaves a gap (its events were not in the payload, or the listener was away) makes the track
+catch up from the event log, page by page, in a task of its own: the track's later notices wait
+for it (only as the highest seq they name), every other track goes on live. No database call
+ever holds up events that are already in hand.
+
+A socket joins a track through `subscription`: the first socket of a track makes the listener
+LISTEN on its channel, then reads its latest seq (the cursor); the socket is registered and gets
+that seq as the point its live frames follow. `replay` then gives it the events after its
+`since=`, read from the log in pages, each row checked to follow the one before it: a hole (what
+is kept no longer reaches back that far) gives `resync` instead. The hub only routes and the
+socket handler only sends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from typing import Protocol
 
-from app.events import EventLog
-from app.hub import Hub, TrackChannel
-from app.subscriber import Subscriber
-from app.wire import Ephemeral, Notice, Resync, TrackBatch, UserBatch, encoder
+from app import close_codes
+from app.channels import Opened, track_channel, user_channel
+from app.events import PAGE
+from app.frames import text_frame
+from app.hub import Hub
+from app.subscriber import ANONYMOUS, Subscriber
+from app.wire import Ephemeral, Resync, Revoke, TrackBatch, UserBatch, encoder
 
 log = logging.getLogger(__name__)
 
+_FORGET_AFTER = 10.0
+"""Seconds a track or user without sockets stays listened to (a client that reconnects finds
+its cursor warm)."""
+_RETRY_FIRST = 0.1
+_RETRY_MAX = 5.0
+"""Back-off between failed reads of a catch-up (the database may be down: the listener's
+reconnection starts the catch-up afresh anyway)."""
+_PACE_MAX = 1.0
+"""A catch-up waits for its track's sockets to drain between pages, for at most this long per
+page: the healthy ones keep up, and one that does not is closed with 1013 on a later page."""
 _USER_LANE = 10_000
 """Notification batches waiting to be read for this replica's users; more are not sent live
 (they stay in the inbox), so that a slow database never stalls the listener."""
 _USER_READ = 500
 """Notification ids read per query by the user lane."""
 _USER_STALE = 30.0
-"""Seconds after which a queued notification is no longer sent live (the inbox has it): after
-a database outage the lane does not replay minutes-old news."""
+"""Seconds after which a notification is no longer sent live (the inbox has it): after a
+database outage the lane does not replay minutes-old news, nor a listener's replayed payload."""
+_SENT_KEPT = 50_000
+"""Notification ids remembered as sent live (a payload sent twice is sent once)."""
 
-_MAX_CATCH_UP = 200
-"""A gap longer than this is not replayed live: the track's sockets get `resync` instead
-(kept below the sockets' queue bound, so that a catch-up alone never overflows a socket)."""
+_RESYNC_MESSAGE = "events were missed: reload the comments"
 
 
-def resync_frame(track_id: str, seq: int) -> str:
-    """The `resync` message: reload with GET, then go on after `seq`."""
-    message = Resync(track_id=track_id, seq=seq, message="events were missed: reload the comments")
-    return encoder.encode(message).decode()
+class Log(Protocol):
+    """What the feed reads (app/events.py's EventLog; an in-memory one in the unit tests)."""
+
+    async def latest(self, track_ids: list[str]) -> dict[str, int]:
+        """The last seq of each track (0 if none)."""
+
+    async def after(
+        self, track_id: str, after: int, limit: int = PAGE, through: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        """Up to `limit` kept events with after < seq (<= through), in seq order."""
+
+    async def user_messages(self, notification_ids: list[int]) -> list[tuple[int, bytes]]:
+        """(user id, message) for notifications."""
+
+    async def visible(self, pairs: list[tuple[int, str]]) -> set[tuple[int, str]]:
+        """Which (user, track) pairs may still watch."""
+
+
+class Channels(Protocol):
+    """What the feed asks of the listener (app/listener.py)."""
+
+    async def listen(self, channels: Iterable[str]) -> None:
+        """LISTEN on `channels`; return once in place."""
+
+    def unlisten(self, channels: Iterable[str]) -> None:
+        """Stop listening on `channels`."""
+
+
+def resync_frame(track_id: str, seq: int) -> bytes:
+    """The `resync` message as a frame: reload with GET, then go on after `seq`."""
+    return text_frame(encoder.encode(Resync(track_id=track_id, seq=seq, message=_RESYNC_MESSAGE)))
+
+
+class _Track:
+    """A watched track: its cursor, and whether it is starting or catching up."""
+
+    __slots__ = ("filling", "forget", "last_seq", "ready", "sockets", "wanted")
+
+    def __init__(self) -> None:
+        self.last_seq = 0
+        """The last durable event delivered to this replica's sockets of the track."""
+        self.wanted = 0
+        """The highest seq a notice named: the log holds at least that much."""
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Done once the channel is listened on and the cursor read."""
+        self.filling = False
+        self.sockets = 0
+        self.forget: asyncio.TimerHandle | None = None
 
 
 class Feed:
     """The listener's sink: routes notices to the hub in per-track seq order."""
 
-    def __init__(self, hub: Hub, events: EventLog, on_lag: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        log: Log,
+        channels: Channels,
+        on_lag: Callable[[float], None] | None = None,
+        page: int = PAGE,
+    ) -> None:
         self._hub = hub
-        self._events = events
-        self._lock = asyncio.Lock()
+        self._log = log
+        self._channels = channels
         self._on_lag = on_lag
+        self._page = page
+        self._tracks: dict[str, _Track] = {}
+        self._users: dict[int, int] = {}
+        """Sockets per user here (the user's channel is listened on while any)."""
+        self._user_forget: dict[int, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._user_lane: asyncio.Queue[tuple[float, list[int]]] = asyncio.Queue(_USER_LANE)
+        self._sent: dict[int, None] = {}
+        self._recheck: set[tuple[int, str]] = set()
+        self._recheck_wake = asyncio.Event()
+
+    # -----------------------------------------------------------------------------------------
+    # Sockets
+    # -----------------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def subscription(self, sub: Subscriber) -> AsyncIterator[int]:
-        """Register a socket for its track and user; yields the seq its live frames follow."""
-        async with self._lock:
-            channel = self._hub.tracks.get(sub.track_id)
-            start = channel.last_seq if channel else (await self._events.latest([sub.track_id]))[sub.track_id]
-            self._hub.add(sub, start)
+    async def subscription(self, sub: Subscriber, wait: float) -> AsyncIterator[int]:
+        """Register a socket for its track and user; yields the seq its live frames follow.
+
+        Raises TimeoutError when the track's channel and cursor are not in place within `wait`
+        seconds, what the database raised when they cannot be, and hub.TooManySockets.
+        """
+        track = self._join_track(sub.track_id)
+        self._join_user(sub.user_id)
         try:
-            yield start
+            await asyncio.wait_for(self._joined(sub, track), wait)
+            self._hub.add(sub)  # counted and added in one step: see Hub.add
+            try:
+                yield track.last_seq
+            finally:
+                self._hub.remove(sub)
         finally:
-            self._hub.remove(sub)
+            self._leave_track(sub.track_id, track)
+            self._leave_user(sub.user_id)
+
+    async def replay(self, sub: Subscriber, since: int, start: int) -> AsyncIterator[bytes]:
+        """The frames a socket resuming after `since` needs before its live ones (which follow
+        `start`): the events since+1..start from the log, or `resync` when some are no longer
+        kept. A client ahead of this replica (it came from a faster one) gets nothing again."""
+        track_id = sub.track_id
+        if since > start:
+            if since > (await self._log.latest([track_id]))[track_id]:
+                yield resync_frame(track_id, start)  # a seq the track never had: reload
+            else:
+                sub.skip_through = since
+            return
+        after = since
+        while after < start:
+            frames, hole = await self._read(track_id, after, through=start)
+            if frames:
+                after = frames[-1][0]
+                sub.skip_through = after
+                yield b"".join(frame for _, frame in frames)
+            if hole or not frames:
+                yield resync_frame(track_id, start)
+                return
+
+    # -----------------------------------------------------------------------------------------
+    # The listener's sink
+    # -----------------------------------------------------------------------------------------
 
     async def on_listen(self) -> None:
-        """The listener (re)connected: deliver what every watched track missed meanwhile."""
-        async with self._lock:
-            if not self._hub.tracks:
-                return
-            latest = await self._events.latest(list(self._hub.tracks))
+        """The listener (re)connected: what did every watched track miss meanwhile? And may
+        every socket still see its track (a revocation may have passed unheard)?"""
+        tracks = {t: track for t, track in self._tracks.items() if _started(track)}
+        if tracks:
+            before = {t: track.last_seq for t, track in tracks.items()}
+            latest = await self._log.latest(list(tracks))
             for track_id, seq in latest.items():
-                channel = self._hub.tracks.get(track_id)
-                if channel is None:
+                track = tracks[track_id]
+                if self._tracks.get(track_id) is not track:
                     continue
-                if seq > channel.last_seq:
-                    await self._fill(track_id, channel, seq)
-                elif seq < channel.last_seq:
+                if seq < before[track_id]:
                     # The database went back in time (a failover that lost commits): what the
                     # sockets saw no longer exists; they must reload, and numbers go on from there.
-                    self._resync(track_id, channel, seq)
+                    self._resync(track_id, track, seq)
+                elif seq > track.last_seq:
+                    track.wanted = max(track.wanted, seq)
+                    self._fill(track_id, track)
+        self._ask_recheck((sub.user_id, sub.track_id) for sub in self._hub.all_sockets())
 
-    async def on_notice(self, notice: Notice) -> None:
-        """Route one NOTIFY payload."""
+    def on_notice(self, opened: Opened) -> None:
+        """Route one checked payload (synchronously: nothing here waits)."""
+        notice = opened.notice
         match notice:
             case TrackBatch():
-                async with self._lock:
-                    await self._track_batch(notice)
-                if self._on_lag is not None and notice.at:
-                    self._on_lag(max(0.0, time.time() - notice.at))
-            case UserBatch():
+                self._track_batch(notice, opened.verified)
+            case UserBatch() if opened.verified:
                 self._user_batch(notice)
-            case Ephemeral(track_id=track_id, message=message):
-                self._hub.send_track(track_id, 0, bytes(message).decode())
+            case Revoke(track_id=str(track_id), gone=gone):
+                if gone and (track := self._tracks.get(track_id)) is not None and _started(track):
+                    self._resync(track_id, track, track.last_seq)
+                self._ask_recheck((sub.user_id, track_id) for sub in self._hub.track_sockets(track_id))
+            case Revoke(user=int(user)):
+                self._ask_recheck((user, sub.track_id) for sub in self._hub.user_sockets(user))
+            case Ephemeral(track_id=track_id, message=message) if opened.verified:
+                self._hub.send_track(track_id, [(0, text_frame(bytes(message)))])
 
-    async def _track_batch(self, batch: TrackBatch) -> None:
-        channel = self._hub.tracks.get(batch.track_id)
-        if channel is None or batch.last <= channel.last_seq:
-            return
-        if batch.events is None or batch.first > channel.last_seq + 1:
-            await self._fill(batch.track_id, channel, batch.last)
-            return
-        for seq, raw in enumerate(batch.events, start=batch.first):
-            if seq > channel.last_seq:
-                self._hub.send_track(batch.track_id, seq, bytes(raw).decode())
-        channel.last_seq = batch.last
-
-    async def _fill(self, track_id: str, channel: TrackChannel, through: int) -> None:
-        """Deliver events last_seq+1..through from the log, or `resync` when that is not possible."""
-        if through - channel.last_seq > _MAX_CATCH_UP:
-            self._resync(track_id, channel, through)
-            return
-        while channel.last_seq < through:
-            rows = await self._events.range(track_id, channel.last_seq, through)
-            if not rows or rows[0][0] != channel.last_seq + 1:
-                self._resync(track_id, channel, through)
-                return
-            for seq, frame in rows:
-                self._hub.send_track(track_id, seq, frame)
-                channel.last_seq = seq
-
-    def _resync(self, track_id: str, channel: TrackChannel, through: int) -> None:
-        log.info("track %s: seq %d -> %d, sockets told to resync", track_id, channel.last_seq, through)
-        channel.last_seq = through
-        for sub in channel.subscribers:
-            sub.skip_through = min(sub.skip_through, through)
-        self._hub.send_track(track_id, 0, resync_frame(track_id, through))
-
-    def _user_batch(self, batch: UserBatch) -> None:
-        """Queue the notifications whose recipients have a socket here for the user lane."""
-        users = self._hub.users
-        if not users:
-            return
-        wanted = [id_ for id_, user in zip(batch.ids, batch.users, strict=True) if user in users]
-        if not wanted:
-            return
-        try:
-            self._user_lane.put_nowait((time.monotonic(), wanted))
-        except asyncio.QueueFull:
-            log.warning("user lane full: %d notifications not sent live (they are in the inbox)", len(wanted))
+    # -----------------------------------------------------------------------------------------
+    # Background work, run by the replica for as long as it serves
+    # -----------------------------------------------------------------------------------------
 
     async def deliver_user_messages(self) -> None:
         """The user lane: read queued notifications' messages and send them, in order, forever.
@@ -153,10 +239,243 @@ class Feed:
             if not ids:
                 continue
             try:
-                for user_id, frame in await self._events.user_messages(ids):
-                    self._hub.send_user(user_id, frame)
+                for user_id, message in await self._log.user_messages(ids):
+                    self._hub.send_user(user_id, text_frame(message))
             except Exception:
                 log.exception("%d notifications not sent live", len(ids))
+
+    async def enforce_access(self) -> None:
+        """Close the sockets whose user may no longer see their track, as revocations come in."""
+        while True:
+            await self._recheck_wake.wait()
+            self._recheck_wake.clear()
+            pairs, self._recheck = list(self._recheck), set()
+            try:
+                allowed = await self._log.visible(pairs)
+            except Exception as exc:
+                log.warning("access not checked again (will retry): %s", type(exc).__name__)
+                self._ask_recheck(pairs)
+                await asyncio.sleep(_RETRY_FIRST * 10)
+                continue
+            refused = set(pairs) - allowed
+            for sub in self._hub.all_sockets():
+                if (sub.user_id, sub.track_id) in refused:
+                    sub.close(close_codes.POLICY, close_codes.ACCESS_REVOKED)
+
+    async def stop(self) -> None:
+        """Cancel the catch-ups in flight."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -----------------------------------------------------------------------------------------
+    # Tracks
+    # -----------------------------------------------------------------------------------------
+
+    def _join_track(self, track_id: str) -> _Track:
+        track = self._tracks.get(track_id)
+        if track is None or (track.ready.done() and track.ready.exception() is not None):
+            track = self._tracks[track_id] = _Track()
+            self._spawn(self._start(track_id, track))
+        track.sockets += 1
+        if track.forget is not None:
+            track.forget.cancel()
+            track.forget = None
+        return track
+
+    async def _joined(self, sub: Subscriber, track: _Track) -> None:
+        await asyncio.shield(track.ready)
+        if sub.user_id != ANONYMOUS:
+            await self._channels.listen([user_channel(sub.user_id)])
+
+    def _leave_track(self, track_id: str, track: _Track) -> None:
+        track.sockets -= 1
+        if track.sockets == 0 and self._tracks.get(track_id) is track:
+            loop = asyncio.get_running_loop()
+            track.forget = loop.call_later(_FORGET_AFTER, self._forget_track, track_id, track)
+
+    def _forget_track(self, track_id: str, track: _Track) -> None:
+        if track.sockets == 0 and self._tracks.get(track_id) is track:
+            del self._tracks[track_id]
+            self._channels.unlisten([track_channel(track_id)])
+
+    async def _start(self, track_id: str, track: _Track) -> None:
+        """Listen on the track's channel, then read its cursor (in that order: an event that
+        commits in between is in the cursor, or notified, or both)."""
+        try:
+            await self._channels.listen([track_channel(track_id)])
+            latest = (await self._log.latest([track_id]))[track_id]
+        except BaseException as exc:
+            track.ready.set_exception(exc)
+            track.ready.exception()  # retrieved: the sockets waiting on it see it raised
+            if self._tracks.get(track_id) is track and track.sockets == 0:
+                del self._tracks[track_id]
+            raise
+        track.last_seq = latest
+        track.ready.set_result(None)
+        if track.wanted > latest:  # notices came while starting
+            self._fill(track_id, track)
+
+    def _track_batch(self, batch: TrackBatch, verified: bool) -> None:
+        track_id = batch.track_id
+        track = self._tracks.get(track_id)
+        if track is None:
+            return
+        if track.ready.done() and batch.last <= track.last_seq:
+            return  # seen already
+        track.wanted = max(track.wanted, batch.last)
+        if not _started(track) or track.filling:
+            return  # the start or the catch-up in flight reads it from the log
+        events = batch.events if verified else None
+        if events is None or batch.first > track.last_seq + 1 or len(events) != batch.last - batch.first + 1:
+            self._fill(track_id, track)
+            return
+        frames = [
+            (seq, text_frame(bytes(raw)))
+            for seq, raw in enumerate(events, batch.first)
+            if seq > track.last_seq
+        ]
+        self._hub.send_track(track_id, frames)
+        track.last_seq = batch.last
+        if self._on_lag is not None and batch.at:
+            self._on_lag(max(0.0, time.time() - batch.at))
+
+    def _fill(self, track_id: str, track: _Track) -> None:
+        """Catch the track up from the log, in a task of its own (one at a time per track)."""
+        if not track.filling:
+            track.filling = True
+            self._spawn(self._catch_up(track_id, track))
+
+    async def _catch_up(self, track_id: str, track: _Track) -> None:
+        delay = _RETRY_FIRST
+        try:
+            while self._tracks.get(track_id) is track:
+                try:
+                    frames, hole = await self._read(track_id, track.last_seq)
+                    if self._tracks.get(track_id) is not track:
+                        return
+                    if frames:
+                        self._hub.send_track(track_id, frames)
+                        track.last_seq = frames[-1][0]
+                        if len(frames) == self._page:
+                            await self._pace(track_id)
+                    if hole:
+                        # What is kept does not reach back far enough: reload from here.
+                        latest = (await self._log.latest([track_id]))[track_id]
+                        self._resync(track_id, track, max(latest, track.last_seq))
+                    elif len(frames) < self._page and track.last_seq >= track.wanted:
+                        return
+                    elif not frames:
+                        # A notice named more than the log holds: not one of our triggers' (a
+                        # forged hint), or the database went back in time.
+                        latest = (await self._log.latest([track_id]))[track_id]
+                        if latest < track.last_seq:
+                            self._resync(track_id, track, latest)
+                        track.wanted = min(track.wanted, max(latest, track.last_seq))
+                        if track.wanted <= track.last_seq:
+                            return
+                except Exception as exc:
+                    log.warning("track %r: catch-up failed (%s), retrying", track_id[:100], _one_line(exc))
+                    await asyncio.sleep(delay)
+                    delay = min(_RETRY_MAX, delay * 2)
+                else:
+                    delay = _RETRY_FIRST
+        finally:
+            track.filling = False
+
+    async def _pace(self, track_id: str) -> None:
+        """Between two pages of a catch-up: let the track's sockets that are behind drain
+        (for at most _PACE_MAX seconds)."""
+        behind = [asyncio.ensure_future(s.drained()) for s in self._hub.track_sockets(track_id) if s.behind()]
+        if behind:
+            _, pending = await asyncio.wait(behind, timeout=_PACE_MAX)
+            for waiting in pending:
+                waiting.cancel()
+
+    async def _read(
+        self, track_id: str, after: int, through: int | None = None
+    ) -> tuple[list[tuple[int, bytes]], bool]:
+        """The next page of a track's events after `after` as frames, every seq checked to follow
+        the one before; True with them when the log has a hole there (the rest is not kept)."""
+        rows = await self._log.after(track_id, after, self._page, through)
+        frames: list[tuple[int, bytes]] = []
+        for expected, (seq, message) in enumerate(rows, after + 1):
+            if seq != expected:
+                return frames, True
+            frames.append((seq, text_frame(message)))
+        return frames, False
+
+    def _resync(self, track_id: str, track: _Track, seq: int) -> None:
+        """Tell the track's sockets to reload; numbering goes on after `seq`."""
+        log.info("track %r: seq %d -> %d, sockets told to resync", track_id[:100], track.last_seq, seq)
+        track.last_seq = seq
+        track.wanted = max(track.wanted, seq)
+        for sub in self._hub.track_sockets(track_id):
+            sub.skip_through = min(sub.skip_through, seq)
+        self._hub.send_track(track_id, [(0, resync_frame(track_id, seq))])
+
+    # -----------------------------------------------------------------------------------------
+    # Users
+    # -----------------------------------------------------------------------------------------
+
+    def _join_user(self, user_id: int) -> None:
+        if user_id == ANONYMOUS:
+            return
+        self._users[user_id] = self._users.get(user_id, 0) + 1
+        if (handle := self._user_forget.pop(user_id, None)) is not None:
+            handle.cancel()
+
+    def _leave_user(self, user_id: int) -> None:
+        if user_id == ANONYMOUS:
+            return
+        left = self._users[user_id] = self._users[user_id] - 1
+        if left == 0:
+            loop = asyncio.get_running_loop()
+            self._user_forget[user_id] = loop.call_later(_FORGET_AFTER, self._forget_user, user_id)
+
+    def _forget_user(self, user_id: int) -> None:
+        self._user_forget.pop(user_id, None)
+        if self._users.get(user_id) == 0:
+            del self._users[user_id]
+            self._channels.unlisten([user_channel(user_id)])
+
+    def _user_batch(self, batch: UserBatch) -> None:
+        """Queue the user's new notifications for the user lane (once each, while fresh)."""
+        if batch.user not in self._hub.users or (batch.at and time.time() - batch.at > _USER_STALE):
+            return
+        ids = [id_ for id_ in batch.ids if id_ not in self._sent]
+        if not ids:
+            return
+        if len(self._sent) + len(ids) > _SENT_KEPT:
+            for old in list(self._sent)[: len(self._sent) // 2]:
+                del self._sent[old]
+        self._sent.update(dict.fromkeys(ids))
+        try:
+            self._user_lane.put_nowait((time.monotonic(), ids))
+        except asyncio.QueueFull:
+            log.warning("user lane full: %d notifications not sent live (they are in the inbox)", len(ids))
+
+    def _ask_recheck(self, pairs: Iterable[tuple[int, str]]) -> None:
+        self._recheck.update(pairs)
+        if self._recheck:
+            self._recheck_wake.set()
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_retrieve)
+
+
+def _started(track: _Track) -> bool:
+    return track.ready.done() and track.ready.exception() is None
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("feed task ended: %s", _one_line(task.exception()))
 
 
 def _fresh(queued_at: float, ids: list[int]) -> list[int]:
@@ -165,3 +484,8 @@ def _fresh(queued_at: float, ids: list[int]) -> list[int]:
         return ids
     log.warning("%d notifications queued for over %.0f s: not sent live", len(ids), _USER_STALE)
     return []
+
+
+def _one_line(exc: BaseException | None) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

@@ -1,95 +1,107 @@
-"""This replica's sockets, by track and by user. Routing only: no I/O, no waiting."""
+"""This replica's sockets, by track and by user. Routing only: no I/O of its own, no waiting."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
-from app.subscriber import CLOSE_TOKEN_EXPIRED, Subscriber
+from app import close_codes
+from app.subscriber import ANONYMOUS, Subscriber
 
 
-class TrackChannel:
-    """The sockets watching one track, and the last event delivered to them."""
-
-    __slots__ = ("last_seq", "subscribers")
-
-    def __init__(self, last_seq: int) -> None:
-        self.last_seq = last_seq
-        self.subscribers: set[Subscriber] = set()
+class TooManySockets(Exception):
+    """The user has as many sockets on this replica as they may; the message says so."""
 
 
 class Hub:
     """`track id -> sockets` and `user id -> sockets`; every send is a non-blocking offer."""
 
-    def __init__(self) -> None:
-        self.tracks: dict[str, TrackChannel] = {}
+    def __init__(self, sockets_per_user: int = 0) -> None:
+        self.tracks: dict[str, set[Subscriber]] = {}
         self.users: dict[int, set[Subscriber]] = {}
+        self._per_user = sockets_per_user
         self.delivered = 0
         """Frames handed to sockets since start (for metrics)."""
         self.dropped_slow = 0
-        """Sockets asked to close for not keeping up (1013)."""
+        """Sockets closed for not keeping up (1013), counted when they leave."""
         self.closing = False
         """Set at shutdown: new sockets are turned away."""
 
-    def add(self, sub: Subscriber, last_seq: int) -> TrackChannel:
-        """Register a socket; a new track channel starts at `last_seq`."""
-        channel = self.tracks.get(sub.track_id)
-        if channel is None:
-            channel = self.tracks[sub.track_id] = TrackChannel(last_seq)
-        channel.subscribers.add(sub)
-        self.users.setdefault(sub.user_id, set()).add(sub)
-        return channel
+    def add(self, sub: Subscriber) -> None:
+        """Register a socket; TooManySockets when its user already has the most allowed.
+
+        Counting and registering happen in one step, with no await between them, so that
+        sockets opened at the same moment cannot all pass the limit.
+        """
+        mine = self.users.get(sub.user_id)
+        if self._per_user and sub.user_id != ANONYMOUS and mine and len(mine) >= self._per_user:
+            raise TooManySockets(f"too many sockets: at most {self._per_user} per user; close one first")
+        if mine is None:
+            mine = self.users[sub.user_id] = set()
+        mine.add(sub)
+        self.tracks.setdefault(sub.track_id, set()).add(sub)
 
     def remove(self, sub: Subscriber) -> None:
-        """Forget a socket; a channel or user entry left empty goes too."""
-        channel = self.tracks.get(sub.track_id)
-        if channel is not None:
-            channel.subscribers.discard(sub)
-            if not channel.subscribers:
+        """Forget a socket; a track or user entry left empty goes too."""
+        subs = self.tracks.get(sub.track_id)
+        if subs is not None and sub in subs:
+            subs.discard(sub)
+            if not subs:
                 del self.tracks[sub.track_id]
+            if sub.too_slow:
+                self.dropped_slow += 1
         mine = self.users.get(sub.user_id)
         if mine is not None:
             mine.discard(sub)
             if not mine:
                 del self.users[sub.user_id]
 
-    def send_track(self, track_id: str, seq: int, frame: str) -> None:
-        """Offer a frame to every socket of a track (seq 0 for ephemeral frames)."""
-        channel = self.tracks.get(track_id)
-        if channel is not None:
-            self._offer(channel.subscribers, seq, frame)
+    def send_track(self, track_id: str, frames: list[tuple[int, bytes]]) -> None:
+        """Offer frames (seq, bytes; seq 0 for ephemeral ones) to every socket of a track, in
+        order; each socket writes them at once, in one write."""
+        subs = self.tracks.get(track_id)
+        if not subs:
+            return
+        sent = 0
+        if len(frames) == 1:
+            seq, frame = frames[0]
+            for sub in subs:
+                sent += sub.offer(seq, frame)
+        else:
+            for sub in subs:
+                sent += len(frames) * sub.offer_many(frames)
+        self.delivered += sent
 
-    def send_user(self, user_id: int, frame: str) -> None:
+    def send_user(self, user_id: int, frame: bytes) -> None:
         """Offer a frame to every socket of a user, whatever track it watches."""
-        mine = self.users.get(user_id)
-        if mine is not None:
-            self._offer(mine, 0, frame)
+        subs = self.users.get(user_id)
+        if subs and user_id != ANONYMOUS:
+            self.delivered += sum(sub.offer(0, frame) for sub in subs)
+
+    def track_sockets(self, track_id: str) -> Iterable[Subscriber]:
+        """The sockets of a track (a copy: safe to close them while iterating)."""
+        return list(self.tracks.get(track_id, ()))
+
+    def user_sockets(self, user_id: int) -> Iterable[Subscriber]:
+        """The sockets of a user (a copy)."""
+        return list(self.users.get(user_id, ()))
+
+    def all_sockets(self) -> Iterator[Subscriber]:
+        """Every socket (a copy)."""
+        return iter([sub for subs in self.tracks.values() for sub in subs])
 
     def close_all(self, code: int, reason: str) -> None:
-        """Turn new sockets away and ask every open one to close (shutdown)."""
+        """Turn new sockets away and close every open one (shutdown)."""
         self.closing = True
-        for channel in self.tracks.values():
-            for sub in channel.subscribers:
-                sub.close(code, reason)
+        for sub in self.all_sockets():
+            sub.close(code, reason)
 
     def close_expired(self, now: float) -> None:
         """Close the sockets whose token expired by `now` (one sweep instead of a timer each)."""
-        for channel in self.tracks.values():
-            for sub in channel.subscribers:
-                if sub.expires_at <= now:
-                    sub.close(
-                        CLOSE_TOKEN_EXPIRED,
-                        "token expired: reconnect with a fresh token and since=<last seq>",
-                    )
+        for sub in self.all_sockets():
+            if sub.expires_at <= now:
+                sub.close(close_codes.TOKEN_EXPIRED, close_codes.EXPIRED)
 
     @property
     def sockets(self) -> int:
         """How many sockets are open here."""
-        return sum(len(channel.subscribers) for channel in self.tracks.values())
-
-    def _offer(self, subs: Iterable[Subscriber], seq: int, frame: str) -> None:
-        for sub in subs:
-            was_open = sub.close_reason is None
-            if sub.offer(seq, frame):
-                self.delivered += 1
-            elif was_open:
-                self.dropped_slow += 1
+        return sum(len(subs) for subs in self.tracks.values())

@@ -1,10 +1,16 @@
 """The one LISTEN connection of this replica.
 
 It is its own autocommit connection (not from the request pool; through PgBouncer it must be a
-session-mode URL: TRACKTALK_LISTEN_URL). While iterating `notifies()` nothing else runs on it
-(psycopg #340). When the connection drops (network, pg_terminate_backend, a server restart)
-it reconnects with backoff and jitter, LISTENs again and only then lets the sink catch up on
-what committed meanwhile; until the catch-up is done the replica is not ready.
+session-mode URL: TRACKTALK_LISTEN_URL). It LISTENs only on the channels the feed asks for (the
+tracks and users with sockets here, see app/channels.py), adding and dropping channels in
+batches: one round trip for however many sockets arrived meanwhile.
+
+While idle it waits for the socket to be readable and takes every notification libpq has parsed
+in one go (psycopg's `notifies()` generator costs ~80 µs a notification; this, a few), hands each
+to the codec, then to the sink, synchronously: nothing on this path waits for anything. When the
+connection drops (network, pg_terminate_backend, a server restart) it reconnects with backoff and
+jitter, reads the channel key, LISTENs again and only then lets the sink catch up on what
+committed meanwhile; until the catch-up is done the replica is not ready.
 """
 
 from __future__ import annotations
@@ -12,15 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
-import msgspec
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
 
-from app.events import CHANNEL
-from app.wire import Notice, notice_decoder
+from app.channels import Codec, Opened
 
 log = logging.getLogger(__name__)
 
@@ -31,33 +36,70 @@ _BACKOFF_MAX = 5.0
 _KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
 """TCP keepalives, so that a peer that vanished without a word is noticed within ~25 s."""
 _CONNECT_TIMEOUT = 5
+_BATCH = 1000
+"""LISTEN or UNLISTEN statements sent in one round trip."""
+_REKEY_EVERY = 10.0
+"""Seconds between two readings of the channel key prompted by payloads that fail to verify."""
+KEY_QUERY = "SELECT key FROM tracktalk.channel_key"
 
 
 class NoticeSink(Protocol):
     """Where the listener delivers (the feed)."""
 
     async def on_listen(self) -> None:
-        """Called after each successful LISTEN: catch up on whatever was missed."""
+        """Called after each successful (re)LISTEN: catch up on whatever was missed."""
 
-    async def on_notice(self, notice: Notice) -> None:
-        """Called for each payload, in commit order."""
+    def on_notice(self, opened: Opened) -> None:
+        """Called for each payload, in commit order; must not wait for anything."""
 
 
 class Listener:
-    """Holds the LISTEN connection and feeds decoded payloads to a sink."""
+    """Holds the LISTEN connection and feeds checked payloads to a sink."""
 
-    def __init__(self, conninfo: str, sink: NoticeSink) -> None:
+    def __init__(self, conninfo: str, codec: Codec) -> None:
         self._conninfo = conninfo
-        self._sink = sink
+        self._codec = codec
+        self._sink: NoticeSink | None = None
         self._ready = False
+        self._wanted: set[str] = set()
+        self._listening: set[str] = set()
+        self._waiters: list[tuple[frozenset[str], asyncio.Future[None]]] = []
+        self._wake: asyncio.Future[None] | None = None
+        self._rekey_due = False
+        self._last_rekey = 0.0
         self.reconnects = 0
         """Times the connection was lost and made again."""
         self.backend_pid: int | None = None
+
+    def attach(self, sink: NoticeSink) -> None:
+        """Deliver to `sink` (the feed, made after the listener)."""
+        self._sink = sink
 
     @property
     def ready(self) -> bool:
         """Connected, listening and caught up."""
         return self._ready
+
+    @property
+    def channels(self) -> int:
+        """How many channels are listened on now."""
+        return len(self._listening)
+
+    async def listen(self, channels: Iterable[str]) -> None:
+        """LISTEN on `channels` too; return once that is in place (callers bound the wait)."""
+        wanted = frozenset(channels)
+        self._wanted |= wanted
+        if self._ready and wanted <= self._listening:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((wanted, waiter))
+        self._poke()
+        await waiter
+
+    def unlisten(self, channels: Iterable[str]) -> None:
+        """Stop listening on `channels` (soon, in a batch)."""
+        self._wanted.difference_update(channels)
+        self._poke()
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting whenever the connection is lost."""
@@ -75,6 +117,7 @@ class Listener:
                 # A session that got as far as ready starts the backoff afresh.
                 failures = 0 if self._ready else failures
                 self._ready = False
+                self._listening = set()
                 self.backend_pid = None
             failures += 1
             self.reconnects += 1
@@ -90,18 +133,105 @@ class Listener:
         )
         conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
         async with conn:
-            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+            # Notifications that arrive while a command runs on this connection come this way.
+            conn.add_notify_handler(lambda n: self._deliver(n.payload.encode()))
+            await self._read_key(conn)
+            await self._sync_channels(conn)
             self.backend_pid = conn.info.backend_pid
-            await self._sink.on_listen()
+            if self._sink is not None:
+                await self._sink.on_listen()
             self._ready = True
-            log.info("listening on channel %r (backend pid %s)", CHANNEL, self.backend_pid)
-            async for notify in conn.notifies():
-                try:
-                    notice = notice_decoder.decode(notify.payload)
-                except msgspec.DecodeError as exc:
-                    log.warning("ignored a NOTIFY on %r that is not tracktalk's: %s", CHANNEL, exc)
-                    continue
-                await self._sink.on_notice(notice)
+            self._resolve_waiters()
+            log.info("listening on %d channels (backend pid %s)", len(self._listening), self.backend_pid)
+            while True:
+                await self._idle(conn)
+                if self._rekey_due:
+                    await self._read_key(conn)
+                await self._sync_channels(conn)
+
+    async def _idle(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Deliver notifications as they come until there is a command to run; raise when the
+        connection is lost."""
+        loop = asyncio.get_running_loop()
+        pgconn = conn.pgconn
+        wake = self._wake = loop.create_future()
+        if self._wanted != self._listening or self._rekey_due:
+            wake.set_result(None)
+
+        def readable() -> None:
+            try:
+                pgconn.consume_input()
+            except psycopg.OperationalError as exc:
+                if not wake.done():
+                    wake.set_exception(exc)
+                return
+            while (notify := pgconn.notifies()) is not None:
+                self._deliver(notify.extra)
+            if pgconn.status != pq.ConnStatus.OK and not wake.done():
+                wake.set_exception(psycopg.OperationalError("the LISTEN connection was closed"))
+
+        fd = pgconn.socket
+        loop.add_reader(fd, readable)
+        try:
+            readable()  # anything that came with the last command's answer
+            await wake
+        finally:
+            loop.remove_reader(fd)
+            self._wake = None
+
+    async def _sync_channels(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """LISTEN and UNLISTEN until the connection listens on exactly the wanted channels."""
+        while (add := self._wanted - self._listening) | (drop := self._listening - self._wanted):
+            statements = [sql.SQL("LISTEN {}").format(sql.Identifier(c)) for c in sorted(add)[:_BATCH]]
+            statements += [sql.SQL("UNLISTEN {}").format(sql.Identifier(c)) for c in sorted(drop)[:_BATCH]]
+            await conn.execute(sql.SQL("; ").join(statements))
+            self._listening |= set(sorted(add)[:_BATCH])
+            self._listening -= set(sorted(drop)[:_BATCH])
+            self._resolve_waiters()
+
+    async def _read_key(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._rekey_due = False
+        self._last_rekey = asyncio.get_running_loop().time()
+        row = await (await conn.execute(KEY_QUERY)).fetchone()
+        if row is None:
+            raise RuntimeError("tracktalk.channel_key is empty: run `tracktalk migrate`")
+        self._codec.rekey(bytes(row[0]))
+
+    def _deliver(self, payload: bytes) -> None:
+        rejected = self._codec.rejected
+        opened = self._codec.open(payload)
+        if self._codec.rejected != rejected:
+            self._maybe_rekey()
+        if opened is None or self._sink is None:
+            return
+        try:
+            self._sink.on_notice(opened)
+        except Exception:
+            log.exception("a notification could not be delivered")
+
+    def _maybe_rekey(self) -> None:
+        """Payloads that fail to verify may mean the key was changed: read it again, at most
+        once every _REKEY_EVERY seconds (a forger cannot make us read it more often)."""
+        if asyncio.get_running_loop().time() - self._last_rekey >= _REKEY_EVERY:
+            self._rekey_due = True
+            self._poke()
+
+    def _poke(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    def _resolve_waiters(self) -> None:
+        if not self._ready:
+            return
+        pending = []
+        for channels, waiter in self._waiters:
+            if waiter.done():
+                continue
+            if channels <= self._listening or not channels <= self._wanted:
+                waiter.set_result(None)  # in place (or no longer wanted by anyone)
+            else:
+                pending.append((channels, waiter))
+        self._waiters = pending
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,4 +1,9 @@
-"""The Litestar application: `create_app()` builds it; nothing happens at import."""
+"""The application: `create_app()` builds it; nothing happens at import.
+
+Two parts behind one ASGI callable: the track sockets (`app/handlers/sockets.py`, a bare ASGI app:
+a replica holds them by the thousand and the framework's per-request machinery would cost ~3 KiB
+each) and everything else, Litestar's (HTTP routes, the page, the OpenAPI schema, the lifespan).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,47 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from app.config import Settings
 from app.deps import provide_services, provide_user, provide_viewer
 from app.errors import MAX_BODY, exception_handlers
-from app.handlers import comments, demo, health, notifications, pages, sockets, tracks
+from app.handlers import comments, demo, health, notifications, pages, tracks
+from app.handlers.sockets import PATH, TrackSockets
 from app.logs import configure_logging
 from app.request import TracktalkRequest
-from app.services import running
+from app.services import Services, running
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
+class Tracktalk:
+    """The ASGI app of a replica: track sockets to their handler, the rest to Litestar."""
+
+    def __init__(self, http: Litestar) -> None:
+        self.http = http
+        self.sockets = TrackSockets(lambda: self.services)
+
+    @property
+    def state(self) -> State:
+        """The Litestar app's state (where the lifespan keeps the services)."""
+        return self.http.state
+
+    @property
+    def services(self) -> Services:
+        """The running replica's services (made in the lifespan)."""
+        services: Services = self.http.state.services
+        return services
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Route one ASGI connection."""
+        if scope["type"] == "websocket" and scope["path"].startswith(PATH):
+            await self.sockets(scope, receive, send)
+        else:
+            await self.http(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> Tracktalk:
     """The app for `settings` (read from the environment when not given)."""
     settings = settings or Settings.from_env()
     configure_logging(json=settings.log_json)
@@ -34,13 +67,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         *comments.route_handlers,
         *tracks.route_handlers,
         *notifications.route_handlers,
-        *sockets.route_handlers,
         *health.route_handlers,
         *pages.route_handlers,
     ]
     if settings.demo:
         handlers += demo.route_handlers
-    return Litestar(
+    http = Litestar(
         route_handlers=handlers,
         lifespan=[lifespan],
         dependencies={
@@ -53,3 +85,4 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=MAX_BODY,
         openapi_config=OpenAPIConfig(title="tracktalk", version="0.1.0", path="/schema"),
     )
+    return Tracktalk(http)

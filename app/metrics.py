@@ -9,6 +9,7 @@ from prometheus_client import GC_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from app.channels import Codec
 from app.hub import Hub
 from app.listener import Listener
 
@@ -36,15 +37,16 @@ class Metrics:
         self.notify_queue_usage = 0.0
         """pg_notification_queue_usage() as last read (every scrape of /metrics reads it)."""
 
-    def watch(self, listener: Listener) -> None:
-        """Report the hub's and the listener's live counters."""
-        self.registry.register(_Live(self._hub, listener, self))
+    def watch(self, listener: Listener, codec: Codec) -> None:
+        """Report the hub's, the listener's and the codec's live counters."""
+        self.registry.register(_Live(self._hub, listener, codec, self))
 
 
 class _Live(Collector):
-    def __init__(self, hub: Hub, listener: Listener, metrics: Metrics) -> None:
+    def __init__(self, hub: Hub, listener: Listener, codec: Codec, metrics: Metrics) -> None:
         self._hub = hub
         self._listener = listener
+        self._codec = codec
         self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
@@ -66,6 +68,16 @@ class _Live(Collector):
             "tracktalk_listener_reconnects",
             "Times the LISTEN connection was lost and made again.",
             value=self._listener.reconnects,
+        )
+        yield GaugeMetricFamily(
+            "tracktalk_listened_channels",
+            "NOTIFY channels (tracks and users with sockets here) the listener listens on.",
+            value=self._listener.channels,
+        )
+        yield CounterMetricFamily(
+            "tracktalk_notify_rejected",
+            "NOTIFY payloads ignored: not signed or sealed with tracktalk's key, replayed, or malformed.",
+            value=self._codec.rejected,
         )
         yield GaugeMetricFamily(
             "tracktalk_listener_ready",

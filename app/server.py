@@ -7,11 +7,12 @@ import gc
 from types import FrameType
 
 import uvicorn
-from litestar import Litestar
 
+from app import close_codes
 from app.handlers.sockets import MAX_FRAME
 from app.logs import tame_uvicorn
-from app.subscriber import CLOSE_GOING_AWAY
+from app.main import Tracktalk
+from app.wsprotocol import FrameProtocol
 
 _DRAIN_GRACE = 0.5
 """Seconds the sockets get to receive their 1001 before uvicorn closes what is left."""
@@ -23,7 +24,7 @@ class Server(uvicorn.Server):
     """On SIGTERM or Ctrl-C: refuse new sockets, close open ones with 1001, then let uvicorn
     finish the requests in flight and stop (within its graceful timeout)."""
 
-    def __init__(self, config: uvicorn.Config, app: Litestar) -> None:
+    def __init__(self, config: uvicorn.Config, app: Tracktalk) -> None:
         super().__init__(config)
         self._app = app
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -45,18 +46,19 @@ class Server(uvicorn.Server):
     def _drain(self, sig: int, frame: FrameType | None) -> None:
         services = getattr(self._app.state, "services", None)
         if services is not None:
-            services.hub.close_all(CLOSE_GOING_AWAY, "server shutting down: reconnect with since=<last seq>")
+            services.hub.close_all(close_codes.GOING_AWAY, close_codes.SHUTTING_DOWN)
         assert self._loop is not None
         self._loop.call_later(_DRAIN_GRACE, super().handle_exit, sig, frame)
 
 
-def config(app: Litestar, host: str, port: int) -> uvicorn.Config:
+def config(app: Tracktalk, host: str, port: int) -> uvicorn.Config:
     """uvicorn's settings for tracktalk."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
-        ws="wsproto",
+        # wsproto's connection, plus the fast path for prepared frames (app/wsprotocol.py).
+        ws=FrameProtocol,
         ws_max_size=MAX_FRAME,
         # Off: deflate compresses every frame again for every socket (the bytes are no longer
         # shared) and about triples the memory of an idle socket. See docs/performance.md.
@@ -83,7 +85,7 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def serve(app: Litestar, host: str, port: int, *, json_logs: bool = False) -> None:
+def serve(app: Tracktalk, host: str, port: int, *, json_logs: bool = False) -> None:
     """Serve until SIGTERM or Ctrl-C."""
     settings = config(app, host, port)  # configures uvicorn's loggers: tame them after
     tame_uvicorn(json=json_logs)

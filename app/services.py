@@ -13,6 +13,8 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from app import close_codes
+from app.channels import Codec
 from app.config import Settings
 from app.db import (
     SCHEMA_VERSION,
@@ -28,7 +30,6 @@ from app.hub import Hub
 from app.listener import Listener
 from app.metrics import Metrics
 from app.ratelimit import RateLimiter, Refusals
-from app.subscriber import CLOSE_GOING_AWAY
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class Services:
     settings: Settings
     pool: AsyncConnectionPool
     events: EventLog
+    codec: Codec
+    """Signs, checks and seals what travels on the NOTIFY channels."""
     hub: Hub
     feed: Feed
     listener: Listener
@@ -71,15 +74,18 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             log.info("DATABASE_URL is taken to be a transaction-mode pooler: no prepared statements")
             await check_role_settings(pool)
         events = EventLog(pool)
-        hub = Hub()
+        codec = Codec(await events.channel_key())
+        hub = Hub(settings.sockets_per_user)
         metrics = Metrics(hub)
-        feed = Feed(hub, events, on_lag=metrics.lag.observe)
-        listener = Listener(settings.listen_url, feed)
-        metrics.watch(listener)
+        listener = Listener(settings.listen_url, codec)
+        feed = Feed(hub, events, listener, on_lag=metrics.lag.observe)
+        listener.attach(feed)
+        metrics.watch(listener, codec)
         services = Services(
             settings,
             pool,
             events,
+            codec,
             hub,
             feed,
             listener,
@@ -90,11 +96,13 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
         async with (
             _background(listener.run()),
             _background(feed.deliver_user_messages()),
+            _background(feed.enforce_access()),
             _background(_prune_forever(events)),
             _background(_expire_forever(hub)),
         ):
             yield services
-            hub.close_all(CLOSE_GOING_AWAY, "server shutting down: reconnect with since=<last seq>")
+            hub.close_all(close_codes.GOING_AWAY, close_codes.SHUTTING_DOWN)
+            await feed.stop()
     finally:
         await pool.close()
 

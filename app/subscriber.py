@@ -1,84 +1,147 @@
-"""One socket's place in the hub: a bounded queue of frames, and why it must stop."""
+"""One socket's place in the hub: frames written at once, or held while its replay runs.
+
+The hub offers each frame to every subscriber of a track in one loop that never waits: a live
+subscriber writes the frame to its socket there and then (`FrameSocket.write_frames`, one system
+call, no task woken), and a socket whose unsent bytes pass the bound is closed with 1013 instead
+of delaying anyone. While its `since=` replay runs, a new subscriber holds live frames (bounded
+as well) and `go_live` writes them after the replay, skipping what the replay already sent.
+"""
 
 from __future__ import annotations
 
-import asyncio
+from typing import Protocol
 
-CLOSE_GOING_AWAY = 1001
-"""Close code for the sockets of a replica that is shutting down (RFC 6455: going away)."""
-CLOSE_TOO_SLOW = 1013
-"""Close code for a socket whose queue overflowed (RFC 6455: try again later)."""
-CLOSE_TOKEN_EXPIRED = 4001
-"""Close code for a socket whose access token expired."""
+from app import close_codes
+
+ANONYMOUS = 0
+"""The user id of a socket without a token (never a users.id: ids start at 1)."""
+
+
+class FrameSocket(Protocol):
+    """Where a subscriber's frames go: the socket's connection (app/wsprotocol.py in a server)."""
+
+    def write_frames(self, data: bytes) -> bool:
+        """Write whole frames now; False when the socket is closing."""
+
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the kernel."""
+
+    async def drained(self) -> None:
+        """Wait until the socket's buffer is low again (used by a socket's own replay only)."""
+
+    def close_now(self, code: int, reason: str) -> None:
+        """Send the close frame and end the socket's handler (idempotent)."""
 
 
 class Subscriber:
-    """Frames for one socket, queued without ever waiting; its writer takes them out.
-
-    The hub calls `offer` from its fan-out loop: it never blocks, and when the queue is full the
-    subscriber asks to be closed (1013) instead of delaying anyone. Durable frames carry their
-    `seq`; those at or below `skip_through` (already seen by the client) are not queued.
-    """
+    """A socket of a user on a track, as the hub sees it."""
 
     __slots__ = (
-        "_frames",
+        "_held",
+        "_held_bytes",
         "_limit",
-        "_waiter",
-        "close_reason",
+        "_socket",
+        "closed_for",
         "expires_at",
+        "live",
         "skip_through",
         "track_id",
         "user_id",
     )
 
     def __init__(
-        self, user_id: int, track_id: str, limit: int, skip_through: int = 0, expires_at: float = float("inf")
+        self,
+        socket: FrameSocket,
+        user_id: int,
+        track_id: str,
+        limit: int,
+        expires_at: float = float("inf"),
     ) -> None:
+        self._socket = socket
         self.user_id = user_id
         self.track_id = track_id
+        self._limit = limit
+        """Unsent bytes (in the socket's buffer, or held) past which it is closed with 1013."""
         self.expires_at = expires_at
         """When the socket's token expires (time.time()); the hub closes it then, with 4001."""
-        self.skip_through = skip_through
-        self.close_reason: tuple[int, str] | None = None
-        # A plain list and a future made only while the writer waits: an idle socket costs
-        # little (a deque and an asyncio.Event would cost about 1 KiB more each).
-        self._frames: list[str] = []
-        self._limit = limit
-        self._waiter: asyncio.Future[None] | None = None
+        self.skip_through = 0
+        """Durable frames up to this seq are not sent (the client has them: its replay, or its
+        `since=` when it is ahead of this replica)."""
+        self.live = False
+        self.closed_for: str | None = None
+        """Why the socket was closed (its close reason); None while it is open."""
+        self._held: list[tuple[int, bytes]] | None = None
+        self._held_bytes = 0
 
-    def offer(self, seq: int, frame: str) -> bool:
-        """Queue a frame (seq 0: not durable); False when the subscriber is stopping or too slow."""
-        if self.close_reason is not None:
+    @property
+    def closed(self) -> bool:
+        """The socket was closed (or asked to close)."""
+        return self.closed_for is not None
+
+    @property
+    def too_slow(self) -> bool:
+        """The socket was closed for not keeping up."""
+        return self.closed_for is close_codes.TOO_SLOW
+
+    def offer(self, seq: int, frame: bytes) -> bool:
+        """Send one frame (seq 0: not durable); False when the subscriber is closed or too slow."""
+        if self.closed_for is not None:
             return False
         if seq and seq <= self.skip_through:
             return True  # the client has it already
-        if len(self._frames) >= self._limit:
-            self.close(CLOSE_TOO_SLOW, "too slow: reconnect with since=<last seq you got>")
+        if not self.live:
+            return self._hold(seq, frame)
+        if not self._socket.write_frames(frame):
+            self.closed_for = "socket closed"
             return False
-        self._frames.append(frame)
-        self._wake()
+        if self._socket.buffered() > self._limit:
+            self.close(close_codes.TRY_AGAIN, close_codes.TOO_SLOW)
+            return False
         return True
 
+    def offer_many(self, frames: list[tuple[int, bytes]]) -> bool:
+        """Send several frames in order, in one write when live; False when closed or too slow."""
+        if self.closed_for is not None:
+            return False
+        if not self.live:
+            return all(self.offer(seq, frame) for seq, frame in frames)
+        skip = self.skip_through
+        data = b"".join(frame for seq, frame in frames if not seq or seq > skip)
+        return self.offer(0, data) if data else True
+
+    def behind(self) -> bool:
+        """Open, live, and more than half its bound unsent (a catch-up lets it drain first)."""
+        return self.closed_for is None and self.live and self._socket.buffered() > self._limit // 2
+
+    def write_now(self, data: bytes) -> bool:
+        """Write frames of this socket's own (connected, its replay) ahead of everything held."""
+        return self.closed_for is None and self._socket.write_frames(data)
+
+    async def drained(self) -> None:
+        """Wait until this socket's buffer is low again (its own replay's pace)."""
+        await self._socket.drained()
+
+    def go_live(self) -> None:
+        """After the replay: write the held frames the client lacks, then write as frames come."""
+        held, self._held, self._held_bytes = self._held, None, 0
+        self.live = True
+        if held:
+            self.offer_many(held)
+
     def close(self, code: int, reason: str) -> None:
-        """Ask the writer to close the socket with `code` (the first reason wins)."""
-        if self.close_reason is None:
-            self.close_reason = (code, reason)
-            self._frames.clear()
-        self._wake()
+        """Close the socket with `code` and `reason` (the first close wins)."""
+        if self.closed_for is not None:
+            return
+        self.closed_for = reason
+        self._held = None
+        self._socket.close_now(code, reason)
 
-    def take(self) -> list[str]:
-        """Every queued frame, in order (and empty the queue)."""
-        frames, self._frames = self._frames, []
-        return frames
-
-    def waiter(self) -> asyncio.Future[None]:
-        """A future done when there is a frame to take or the subscriber must stop (awaited
-        directly by the writer: an idle socket keeps no coroutine frame for it)."""
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
-        if self._frames or self.close_reason is not None:
-            waiter.set_result(None)
-        return waiter
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+    def _hold(self, seq: int, frame: bytes) -> bool:
+        if self._held is None:
+            self._held = []
+        self._held.append((seq, frame))
+        self._held_bytes += len(frame)
+        if self._held_bytes > self._limit:
+            self.close(close_codes.TRY_AGAIN, close_codes.TOO_SLOW)
+            return False
+        return True

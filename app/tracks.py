@@ -37,6 +37,31 @@ async def visible_track(conn: Conn, track_id: str, viewer_id: int | None) -> Tra
     return track
 
 
+@dataclass(frozen=True, slots=True)
+class Watcher:
+    """Who opens a socket on a track, as the database sees them (one query per socket)."""
+
+    username: str | None
+    """None when there is no such user (or no user: an anonymous socket)."""
+    may_see: bool
+    """The track exists and the user (anyone, for an anonymous socket) may see it."""
+
+
+async def watcher(conn: Conn, track_id: str, user_id: int | None) -> Watcher:
+    """The user (None: anonymous) and whether they may watch the track."""
+    async with conn.cursor(row_factory=class_row(Watcher)) as cur:
+        await cur.execute(
+            """
+            SELECT u.username, coalesce(tracktalk.can_see(%(user)s, %(track)s), false) AS may_see
+              FROM (VALUES (1)) AS one (x) LEFT JOIN users u ON u.id = %(user)s
+            """,
+            {"user": user_id, "track": track_id},
+        )
+        found = await cur.fetchone()
+    assert found is not None
+    return found
+
+
 async def list_tracks(conn: Conn, viewer_id: int | None) -> list[Track]:
     """Every track the viewer may see, album by album."""
     async with conn.cursor(row_factory=class_row(Track)) as cur:

@@ -307,12 +307,13 @@ class ClientEnvelope(Struct):
 
 
 # ---------------------------------------------------------------------------------------------
-# NOTIFY payloads on channel "tracktalk" (see the head of sql/triggers.sql)
+# NOTIFY payloads (see app/channels.py and the head of sql/triggers.sql)
 # ---------------------------------------------------------------------------------------------
 
 
 class TrackBatch(Struct, tag_field="k", tag="track"):
-    """Events first..last of a track; `events` is absent when they did not fit in the payload."""
+    """Events first..last of a track; `events` is absent when they are not in the payload (a
+    private track's, or too many to fit): the replica reads them from tracktalk.events."""
 
     track_id: str
     first: int
@@ -323,23 +324,37 @@ class TrackBatch(Struct, tag_field="k", tag="track"):
 
 
 class UserBatch(Struct, tag_field="k", tag="user"):
-    """New notifications: their ids, and their recipients in the same order.
+    """New notifications of one user, by id: the replicas where the user has a socket read the
+    messages (tracktalk.user_messages) and send them."""
 
-    The messages themselves are read by the replicas where a recipient has a socket.
-    """
-
+    user: int
     ids: list[int]
-    users: list[int]
+    at: float = 0.0
+
+
+class Revoke(Struct, tag_field="k", tag="revoke"):
+    """Who may see what changed: the sockets of the track (a track made private, moved or
+    deleted) or of the user (no longer on the team, or deleted) are checked again. `gone`: the
+    track was deleted (one made again with its id goes on with its numbering: its sockets that
+    may still see it reload)."""
+
+    track_id: str | None = None
+    user: int | None = None
+    gone: bool = False
 
 
 class Ephemeral(Struct, tag_field="k", tag="ephemeral"):
-    """A message for a track's sockets that is not kept (typing)."""
+    """A message for a track's sockets that is not kept (typing), sent by a replica, sealed
+    (app/channels.py): `sender` and `n` (its counter) stop replays, `at` stale ones."""
 
     track_id: str
     message: Raw
+    sender: str = ""
+    n: int = 0
+    at: float = 0.0
 
 
-Notice = TrackBatch | UserBatch | Ephemeral
+Notice = TrackBatch | UserBatch | Revoke | Ephemeral
 
 notice_decoder = msgspec.json.Decoder(Notice)
 server_message_decoder = msgspec.json.Decoder(ServerMessage)

@@ -79,6 +79,8 @@ BEGIN
             ('tracktalk.schema_version',        'SELECT'),
             ('tracktalk.settings',              'SELECT'),
             ('tracktalk.track_state',           'SELECT, INSERT, UPDATE'),
+            -- signs what the triggers send (they run as the writer); read by every replica
+            ('tracktalk.channel_key',           'SELECT'),
             ('tracktalk.comment_stats',         'SELECT, INSERT, UPDATE'),
             ('tracktalk.events',                'SELECT, INSERT, DELETE'),
             ('tracktalk.comment_posts',         'SELECT'),  -- written by comment_wait, as owner

@@ -146,16 +146,19 @@ CREATE TABLE IF NOT EXISTS tracktalk.settings (
 );
 INSERT INTO tracktalk.settings DEFAULT VALUES ON CONFLICT (singleton) DO NOTHING;
 
--- One row per track: the last event number, and the counters behind track_metrics.
+-- One row per track: the last event number, and the track's counters (sent with its events).
 -- The triggers update this row for every change on the track, so concurrent writers to one
 -- track queue on its row lock and commit in the order of their numbers.
+-- The row outlives its track (no foreign key): a track deleted and made again with the same id
+-- goes on numbering where the old one stopped, so that no event number is ever used twice.
 CREATE TABLE IF NOT EXISTS tracktalk.track_state (
-    track_id  text PRIMARY KEY REFERENCES tracks (id) ON DELETE CASCADE,
+    track_id  text PRIMARY KEY,
     last_seq  bigint NOT NULL DEFAULT 0 CHECK (last_seq >= 0),
     comments  bigint NOT NULL DEFAULT 0 CHECK (comments >= 0),
     likes     bigint NOT NULL DEFAULT 0 CHECK (likes >= 0),
     shares    bigint NOT NULL DEFAULT 0 CHECK (shares >= 0)
 );
+ALTER TABLE tracktalk.track_state DROP CONSTRAINT IF EXISTS track_state_track_id_fkey;
 
 -- Like counts of comments, kept by the comment_likes trigger (no COUNT(*) per read).
 CREATE TABLE IF NOT EXISTS tracktalk.comment_stats (
@@ -183,6 +186,20 @@ CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.comment_posts (
     at       timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS comment_posts_user_at ON tracktalk.comment_posts (user_id, at);
+
+-- The key that signs what the triggers send on tracktalk's NOTIFY channels, and from which the
+-- replicas derive the key that seals what they send each other (app/channels.py). PostgreSQL
+-- lets any role that can connect LISTEN and NOTIFY on any channel: the key, readable only by
+-- tracktalk's roles, is what tells a real payload from a forged one. Made at random here, once;
+-- replace it with SELECT tracktalk.rotate_channel_key() (docs/security.md).
+-- inner_pad and outer_pad are the key XOR HMAC's ipad and opad (RFC 2104), kept so that
+-- signing costs two sha256() calls.
+CREATE TABLE IF NOT EXISTS tracktalk.channel_key (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    key        bytea NOT NULL CHECK (octet_length(key) BETWEEN 32 AND 64),
+    inner_pad  bytea NOT NULL CHECK (octet_length(inner_pad) = 64),
+    outer_pad  bytea NOT NULL CHECK (octet_length(outer_pad) = 64)
+);
 
 -- Audio for tracks whose audio_url points at tracktalk itself (the demo's tracks).
 CREATE TABLE IF NOT EXISTS tracktalk.track_audio (

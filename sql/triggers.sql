@@ -9,17 +9,27 @@
 --      calls tracktalk.publish() once per track, in track order.
 --   3. publish() bumps the track's row in tracktalk.track_state (its lock, held to commit, makes
 --      writers to one track commit in the order of their numbers), numbers the messages `seq`,
---      keeps them in tracktalk.events, and sends ONE pg_notify on channel 'tracktalk' for them:
---      the messages themselves when they fit in NOTIFY's 8000 bytes, else only their numbers.
---   4. Each replica's listener gets the NOTIFY at commit (never on rollback) and hands the
---      messages to the sockets of that track; what did not fit is read from tracktalk.events.
--- New notifications rows are announced by id and recipient (kind "user"); a replica where a
--- recipient has a socket reads the messages with tracktalk.user_messages() after the commit.
+--      keeps them in tracktalk.events, and sends ONE pg_notify for them on the track's own
+--      channel ('tracktalk:t:' || md5 of the track id): the messages themselves when the track is
+--      public and they fit in NOTIFY's 8000 bytes, else only their numbers.
+--   4. Each replica that has sockets on the track LISTENs on its channel, gets the NOTIFY at
+--      commit (never on rollback) and hands the messages to the sockets; what was not in the
+--      payload it reads from tracktalk.events.
+-- New notifications rows are announced by id on their recipient's channel ('tracktalk:u:' ||
+-- user id); a replica where the recipient has a socket reads the messages with
+-- tracktalk.user_messages() after the commit. A change of who may see a track (made private,
+-- moved, deleted; a user off the team, or deleted) sends a "revoke" on the track's or user's
+-- channel: the replicas check those sockets again and close the ones that lost access.
 --
--- NOTIFY payloads on channel 'tracktalk' (JSON, read by app/listener.py):
+-- Every payload is signed (tracktalk.sign: HMAC-SHA256 under tracktalk.channel_key), because
+-- PostgreSQL lets any role that can connect LISTEN and NOTIFY on any channel: the replicas do
+-- not believe what is not signed. Payloads (JSON after the 64 hex digits and a space; read by
+-- app/channels.py):
 --   {"k":"track","track_id":T,"first":F,"last":L,"at":EPOCH[,"events":[message F, ..., message L]]}
---   {"k":"user","ids":[notification ids],"users":[their recipients, in the same order]}
---   {"k":"ephemeral","track_id":T,"message":{...}}          (sent by the app: typing)
+--   {"k":"user","user":U,"ids":[notification ids],"at":EPOCH}
+--   {"k":"revoke","track_id":T[,"gone":true]}   or   {"k":"revoke","user":U}
+-- The replicas also send each other typing notices on a track's channel, sealed with a key
+-- derived from the same secret ("e:" and base64).
 
 -- The contract's tables belong in public, whoever runs this: for a role named "tracktalk" the
 -- default search_path ("$user", public) would otherwise put them in the schema "tracktalk".
@@ -30,6 +40,67 @@ SET search_path = public;
 -- Largest NOTIFY payload we send; PostgreSQL refuses 8000 bytes and more.
 CREATE OR REPLACE FUNCTION tracktalk.max_payload() RETURNS integer
 LANGUAGE sql IMMUTABLE AS $$ SELECT 7900 $$;
+
+---------------------------------------------------------------------------------------------
+-- Channels and their key
+---------------------------------------------------------------------------------------------
+
+-- The channel of a track's events (app/channels.py names it the same way).
+CREATE OR REPLACE FUNCTION tracktalk.track_channel(track text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 'tracktalk:t:' || md5(convert_to(track, 'UTF8')) $$;
+
+-- The channel of a user's notifications and access changes.
+CREATE OR REPLACE FUNCTION tracktalk.user_channel(user_id bigint) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 'tracktalk:u:' || user_id $$;
+
+-- `key`, padded to 64 bytes, XOR `pad` (HMAC's ipad 0x36 or opad 0x5c).
+CREATE OR REPLACE FUNCTION tracktalk.xor_pad(key bytea, pad integer) RETURNS bytea
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT decode(string_agg(lpad(to_hex(CASE WHEN i < octet_length(key) THEN get_byte(key, i) ELSE 0 END # pad),
+                                  2, '0'), '' ORDER BY i), 'hex')
+      FROM generate_series(0, 63) AS i
+$$;
+
+-- Puts a new random key in tracktalk.channel_key. The replicas read it again when payloads stop
+-- verifying (within about 10 s); what they get meanwhile they read from tracktalk.events.
+CREATE OR REPLACE FUNCTION tracktalk.rotate_channel_key() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    -- 32 bytes from two random UUIDs (PostgreSQL's strong random source; 244 random bits).
+    fresh constant bytea := decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex');
+BEGIN
+    INSERT INTO tracktalk.channel_key AS k (key, inner_pad, outer_pad)
+    VALUES (fresh, tracktalk.xor_pad(fresh, 54), tracktalk.xor_pad(fresh, 92))
+    ON CONFLICT (singleton) DO UPDATE
+       SET key = excluded.key, inner_pad = excluded.inner_pad, outer_pad = excluded.outer_pad;
+END
+$$;
+
+-- `body` signed: HMAC-SHA256 of its UTF-8 bytes under the channel key, in hex, a space, `body`.
+CREATE OR REPLACE FUNCTION tracktalk.sign(body text) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    k record;
+BEGIN
+    SELECT inner_pad, outer_pad INTO STRICT k FROM tracktalk.channel_key;
+    RETURN encode(sha256(k.outer_pad || sha256(k.inner_pad || convert_to(body, 'UTF8'))), 'hex') || ' ' || body;
+END
+$$;
+
+-- Tells the replicas to check again who may watch `track` (deleted: `gone`, and they resync).
+CREATE OR REPLACE FUNCTION tracktalk.revoke_track(track text, gone boolean DEFAULT false) RETURNS void
+LANGUAGE sql AS $$
+    SELECT pg_notify(tracktalk.track_channel(track),
+                     tracktalk.sign(format('{"k":"revoke","track_id":%s%s}', to_json(track),
+                                           CASE WHEN gone THEN ',"gone":true' ELSE '' END)))
+$$;
+
+-- Tells the replicas to check again what `user_id` may watch.
+CREATE OR REPLACE FUNCTION tracktalk.revoke_user(user_id bigint) RETURNS void
+LANGUAGE sql AS $$
+    SELECT pg_notify(tracktalk.user_channel(user_id),
+                     tracktalk.sign(format('{"k":"revoke","user":%s}', user_id)))
+$$;
 
 ---------------------------------------------------------------------------------------------
 -- Publishing
@@ -53,6 +124,7 @@ DECLARE
     n constant integer := greatest(coalesce(cardinality(messages), 0), metrics_changed::integer);
     extra jsonb;
     state tracktalk.track_state;
+    private boolean;
     first_seq bigint;
     texts text[];
     joined text;
@@ -60,6 +132,10 @@ DECLARE
 BEGIN
     IF n = 0 THEN
         RETURN;
+    END IF;
+    SELECT t.is_private INTO private FROM public.tracks t WHERE t.id = track;
+    IF NOT FOUND THEN
+        RETURN;  -- the track is being deleted: nothing to tell (tracks_after_delete tells its sockets)
     END IF;
     FOR attempt IN 1..2 LOOP
         UPDATE tracktalk.track_state AS s
@@ -70,11 +146,8 @@ BEGIN
          WHERE s.track_id = track
         RETURNING s.* INTO state;
         EXIT WHEN FOUND;
-        -- No row: the track is being deleted (nothing to tell), or it was made while the
-        -- triggers were off (count it now, then number from there).
-        IF NOT EXISTS (SELECT 1 FROM public.tracks WHERE id = track) THEN
-            RETURN;
-        END IF;
+        -- No row: the track was made while the triggers were off (count it now, then number
+        -- from there).
         PERFORM tracktalk.recount(track);
     END LOOP;
 
@@ -103,30 +176,40 @@ BEGIN
                       to_json(track), first_seq, state.last_seq,
                       round(extract(epoch FROM clock_timestamp()), 6));
     joined := array_to_string(texts, ',');
-    IF octet_length(payload) + octet_length(joined) + 13 <= tracktalk.max_payload() THEN
+    -- A private track's content never travels on a channel (anyone may LISTEN): its replicas
+    -- read it from tracktalk.events. 13 bytes of ',"events":[]}', 65 of the signature.
+    IF NOT private AND octet_length(payload) + octet_length(joined) + 13 + 65 <= tracktalk.max_payload() THEN
         payload := payload || ',"events":[' || joined || ']}';
     ELSE
         payload := payload || '}';
     END IF;
-    PERFORM pg_notify('tracktalk', payload);
+    PERFORM pg_notify(tracktalk.track_channel(track), tracktalk.sign(payload));
 END
 $$;
 
--- Announces notifications rows to their recipients' sockets: their ids and recipients only.
--- The replicas where a recipient has a socket read the messages (tracktalk.user_messages)
--- after the commit, so the writer never pays for building messages that nobody may read.
-DROP FUNCTION IF EXISTS tracktalk.announce_notifications(bigint[]);  -- before 2026-11-26
+-- Announces notifications rows on their recipients' channels: ids only. The replicas where a
+-- recipient has a socket read the messages (tracktalk.user_messages) after the commit, so the
+-- writer never pays for building messages that nobody may read.
+DROP FUNCTION IF EXISTS tracktalk.announce_notifications(bigint[]);
 CREATE OR REPLACE FUNCTION tracktalk.announce_notifications(ids bigint[], recipients bigint[])
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    payload text;
+    r record;
+    at constant numeric := round(extract(epoch FROM clock_timestamp()), 6);
 BEGIN
-    -- 150 pairs a NOTIFY: even 19-digit ids fit in the payload.
-    FOR i IN 1..coalesce(cardinality(ids), 0) BY 150 LOOP
-        payload := format('{"k":"user","ids":%s,"users":%s}',
-                          to_json(ids[i:i + 149]), to_json(recipients[i:i + 149]));
-        PERFORM pg_notify('tracktalk', payload);
+    FOR r IN
+        SELECT x.user_id, array_agg(x.id ORDER BY x.id) AS ids
+          FROM unnest(ids, recipients) AS x (id, user_id)
+         GROUP BY x.user_id
+         ORDER BY x.user_id
+    LOOP
+        -- 300 ids a NOTIFY: even 19-digit ids fit in the payload.
+        FOR i IN 1..cardinality(r.ids) BY 300 LOOP
+            PERFORM pg_notify(tracktalk.user_channel(r.user_id),
+                              tracktalk.sign(format('{"k":"user","user":%s,"ids":%s,"at":%s}',
+                                                    r.user_id, to_json(r.ids[i:i + 299]), at)));
+        END LOOP;
     END LOOP;
 END
 $$;
@@ -574,13 +657,15 @@ CREATE TRIGGER track_shares_after_delete
     AFTER DELETE ON track_shares REFERENCING OLD TABLE AS changed_rows
     FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.track_counts_changed();
 
--- A new track starts its numbering and counters at zero.
+-- A new track starts its counters at zero. Its numbering starts at zero too, or, for an id that
+-- a deleted track had, goes on where that one stopped (its track_state row outlived it): an
+-- event number is never used twice, so no replica or client can take a new event for an old one.
 CREATE OR REPLACE FUNCTION tracktalk.tracks_after_insert() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO tracktalk.track_state (track_id)
+    INSERT INTO tracktalk.track_state AS s (track_id)
     SELECT id FROM new_rows ORDER BY id
-    ON CONFLICT (track_id) DO NOTHING;
+    ON CONFLICT (track_id) DO UPDATE SET comments = 0, likes = 0, shares = 0;
     RETURN NULL;
 END
 $$;
@@ -589,6 +674,101 @@ DROP TRIGGER IF EXISTS tracks_after_insert ON tracks;
 CREATE TRIGGER tracks_after_insert
     AFTER INSERT ON tracks REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.tracks_after_insert();
+
+-- A deleted track: its events go from the log (they tell of comments that are gone), its
+-- counters to zero (its row stays, for the numbering), and its sockets are told: the replicas
+-- close them (the track is not found), or, if a track with the same id was made again in the
+-- same transaction, make them reload.
+CREATE OR REPLACE FUNCTION tracktalk.tracks_after_delete() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    dead text;
+BEGIN
+    FOR dead IN SELECT id FROM old_rows ORDER BY id LOOP
+        DELETE FROM tracktalk.events e WHERE e.track_id = dead;
+        UPDATE tracktalk.track_state s SET comments = 0, likes = 0, shares = 0 WHERE s.track_id = dead;
+        PERFORM tracktalk.revoke_track(dead, gone => true);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS tracks_after_delete ON tracks;
+CREATE TRIGGER tracks_after_delete
+    AFTER DELETE ON tracks REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.tracks_after_delete();
+
+-- Who may see a track changed (made private, moved to another album, its id changed): its
+-- sockets are checked again, on every replica.
+CREATE OR REPLACE FUNCTION tracktalk.tracks_access_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM tracktalk.revoke_track(OLD.id, gone => OLD.id IS DISTINCT FROM NEW.id);
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS tracks_access_changed ON tracks;
+CREATE TRIGGER tracks_access_changed
+    AFTER UPDATE ON tracks
+    FOR EACH ROW
+    WHEN (OLD.id IS DISTINCT FROM NEW.id
+          OR (NEW.is_private AND NOT OLD.is_private)
+          OR OLD.album_id IS DISTINCT FROM NEW.album_id)
+    EXECUTE FUNCTION tracktalk.tracks_access_changed();
+
+-- An album changed hands: the sockets of its private tracks are checked again.
+CREATE OR REPLACE FUNCTION tracktalk.albums_access_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM tracktalk.revoke_track(t.id) FROM public.tracks t WHERE t.album_id = NEW.id AND t.is_private;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS albums_access_changed ON albums;
+CREATE TRIGGER albums_access_changed
+    AFTER UPDATE ON albums
+    FOR EACH ROW
+    WHEN (OLD.created_by_id IS DISTINCT FROM NEW.created_by_id)
+    EXECUTE FUNCTION tracktalk.albums_access_changed();
+
+---------------------------------------------------------------------------------------------
+-- users
+---------------------------------------------------------------------------------------------
+
+-- A user left the team, or is gone: their sockets are checked again, on every replica.
+CREATE OR REPLACE FUNCTION tracktalk.users_access_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM tracktalk.revoke_user(o.id) FROM old_rows o ORDER BY o.id;
+    RETURN NULL;
+END
+$$;
+
+-- (Through EXECUTE: a join of the two transition tables, planned for each statement's rows.)
+CREATE OR REPLACE FUNCTION tracktalk.users_left_team() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE $q$
+        SELECT tracktalk.revoke_user(o.id)
+          FROM old_rows o JOIN new_rows n ON n.id = o.id
+         WHERE o.is_team AND NOT n.is_team
+         ORDER BY o.id
+    $q$;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS users_after_delete ON users;
+CREATE TRIGGER users_after_delete
+    AFTER DELETE ON users REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.users_access_changed();
+
+DROP TRIGGER IF EXISTS users_after_update ON users;
+CREATE TRIGGER users_after_update
+    AFTER UPDATE ON users REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.users_left_team();
 
 ---------------------------------------------------------------------------------------------
 -- notifications
@@ -644,7 +824,15 @@ INSERT INTO tracktalk.comment_stats (comment_id, likes)
 SELECT comment_id, count(*) FROM comment_likes GROUP BY comment_id
 ON CONFLICT (comment_id) DO NOTHING;
 
--- 2 (2026-11-26): tracktalk.comment_posts and comment_wait. A replica serves a schema of its
--- own version or newer (each version keeps what the one before it uses).
-INSERT INTO tracktalk.schema_version (version) VALUES (2)
+-- Events of tracks deleted while track_state rows still went with their track: their numbers
+-- would be used again by a track made with the same id.
+DELETE FROM tracktalk.events e
+ WHERE NOT EXISTS (SELECT 1 FROM tracktalk.track_state s WHERE s.track_id = e.track_id);
+
+-- The channel key, made once.
+SELECT tracktalk.rotate_channel_key() WHERE NOT EXISTS (SELECT 1 FROM tracktalk.channel_key);
+
+-- A replica serves a schema of its own version or newer (each version keeps what the one
+-- before it uses); docs/dba.md lists the versions.
+INSERT INTO tracktalk.schema_version (version) VALUES (3)
 ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, applied_at = now();

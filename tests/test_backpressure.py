@@ -14,7 +14,7 @@ import pytest
 from tests.support import Replica, World, async_wait_until, open_socket, replicas
 from tests.test_realtime import _rss_kib, insert_comment
 
-QUEUE = 8
+BUFFER_KIB = 256
 BIG = "x" * 60_000
 HUGE = "🎵" * 100_000  # the longest comment SQL may write: 400 KB of UTF-8
 
@@ -22,7 +22,7 @@ HUGE = "🎵" * 100_000  # the longest comment SQL may write: 400 KB of UTF-8
 @pytest.fixture(scope="module")
 def small_queues(db_url: str, world: World, log_dir: Path) -> Iterator[Replica]:
     with replicas(
-        db_url, log_dir, 1, TRACKTALK_SOCKET_QUEUE=str(QUEUE), TRACKTALK_SOCKETS_PER_USER="1000"
+        db_url, log_dir, 1, TRACKTALK_SOCKET_BUFFER_KIB=str(BUFFER_KIB), TRACKTALK_SOCKETS_PER_USER="1000"
     ) as started:
         yield started[0]
 

@@ -1,142 +1,149 @@
-"""The WebSocket of a track: `/api/ws/track/{track_id}?token=…[&since=SEQ]`.
+"""The WebSocket of a track: `/api/ws/track/{track_id}?token=…[&since=SEQ]`, as a bare ASGI app.
 
-Order on a new socket: check token and track (closing with 1008 and a reason, before anything is
-sent), register with the feed (which fixes the seq that live frames follow), send `connected`,
-replay `since` (or `resync`), then the queued live frames. A reader handles the client's frames
-meanwhile; a writer task is the only one that sends.
+Sockets are what a replica holds by the thousand, so this one route skips the framework:
+`app/main.py` sends its path here ahead of Litestar, whose per-request machinery would cost about
+3 KiB per idle socket (docs/performance.md). Frames go out through uvicorn's connection with
+`app/wsprotocol.py`'s fast path: the hub writes them there and then, so this handler has no
+writer task; it only reads the client's frames.
+
+Order on a new socket: accept; check origin, token, `since` and track (closing with 1008 and a
+reason before anything is sent); join the feed, which fixes the seq that live frames follow;
+send `connected`, then the replay of `since` (or `resync`) at the client's pace while live frames
+wait; then live.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 import msgspec
 import psycopg
-from litestar import WebSocket, websocket
-from litestar.exceptions import HTTPException, WebSocketDisconnect
-from litestar.types import WebSocketSendEvent
 from psycopg_pool import PoolTimeout
 
+from app import close_codes
 from app.auth import TokenError, verify_token
-from app.deps import Viewer, load_viewer
-from app.feed import resync_frame
-from app.handlers.validation import check_track_id
+from app.channels import track_channel
+from app.frames import text_frame
+from app.hub import TooManySockets
 from app.services import Services
-from app.subscriber import CLOSE_GOING_AWAY, Subscriber
-from app.tracks import visible_track
+from app.subscriber import ANONYMOUS, Subscriber
+from app.tracks import watcher
 from app.wire import (
     Connected,
-    Ephemeral,
     Error,
     UserTyping,
     client_envelope_decoder,
     client_message_decoder,
     encoder,
 )
+from app.wsprotocol import EXTENSION, FrameProtocol
 
 log = logging.getLogger(__name__)
 
+PATH = "/api/ws/track/"
+"""Where the track sockets live; the track id follows (URL-encoded)."""
 MAX_FRAME = 4096
 """Largest client frame, in bytes; a bigger one closes the socket with 1009."""
-CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008
-CLOSE_UNSUPPORTED = 1003
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_AGAIN = 1013
-DATABASE_DOWN = (psycopg.OperationalError, PoolTimeout)
+MAX_TRACK_ID = 200
+DATABASE_DOWN = (psycopg.OperationalError, PoolTimeout, TimeoutError)
 """What a socket meets when the database cannot be reached in time."""
-_SERVER_FAILED = "server error (logged): reconnect with since=<last seq>"
-_CLOSE_TIMEOUT = 5.0
-"""Seconds a stopping socket's writer may take to flush and send the close frame."""
+_TYPING_HELP = '{"type": "typing", "is_typing": true|false}'
 
 
 class Refused(Exception):
     """The socket may not go on; the message is the close reason."""
 
 
-@websocket("/api/ws/track/{track_id:str}")
-async def track_socket(socket: WebSocket[Any, Any, Any], track_id: str, services: Services) -> None:
-    """Live events of a track and live messages for the socket's user."""
-    await socket.accept()
+class TrackSockets:
+    """The ASGI app of the track sockets (`services_of` gives the running replica's services)."""
+
+    def __init__(self, services_of: Callable[[], Services]) -> None:
+        self._services_of = services_of
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Serve one socket, from its handshake to its end."""
+        if (await receive())["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept"})
+        conn: FrameProtocol | None = scope["extensions"].get(EXTENSION)
+        if conn is None:
+            log.error(
+                "track sockets need tracktalk's uvicorn protocol (app/wsprotocol.py): run `tracktalk serve`"
+            )
+            await send(
+                {"type": "websocket.close", "code": close_codes.INTERNAL, "reason": "server misconfigured"}
+            )
+            return
+        services = self._services_of()
+        track_id = scope["path"][len(PATH) :]
+        try:
+            await _serve(scope, receive, conn, track_id, services)
+        except Refused as exc:
+            conn.close_now(close_codes.POLICY, str(exc))
+        except DATABASE_DOWN:
+            conn.close_now(close_codes.TRY_AGAIN, close_codes.DATABASE_DOWN)
+        except Exception:
+            log.exception("socket of track %r failed", track_id[:100])
+            conn.close_now(close_codes.INTERNAL, close_codes.SERVER_FAILED)
+
+
+async def _serve(scope: Any, receive: Any, conn: FrameProtocol, track_id: str, services: Services) -> None:
     if services.hub.closing:
-        await socket.close(CLOSE_GOING_AWAY, "server shutting down: try another replica")
+        conn.close_now(close_codes.GOING_AWAY, close_codes.SHUTTING_DOWN)
         return
+    query = parse_qs(scope["query_string"].decode("latin-1"))
+    user_id, username, expires_at = await _admit(scope, query, track_id, services)
+    since = _since(query)
+    sub = Subscriber(conn, user_id, track_id, services.settings.socket_buffer, expires_at)
     try:
-        viewer, since, expires_at = await _admit(socket, track_id, services)
-    except Refused as exc:
-        await socket.close(CLOSE_POLICY, str(exc))
-        return
-    except DATABASE_DOWN:
-        await socket.close(CLOSE_TRY_AGAIN, "database unavailable: reconnect in a few seconds")
-        return
-    except Exception:
-        log.exception("socket for track %r refused: unforeseen failure", track_id[:100])
-        await socket.close(CLOSE_INTERNAL, _SERVER_FAILED)
-        return
-    # A client that resumes may be ahead of this replica (it came from a faster one): live
-    # frames up to its `since` are not sent again.
-    sub = Subscriber(
-        viewer.id, track_id, services.settings.socket_queue, skip_through=since or 0, expires_at=expires_at
-    )
-    try:
-        async with services.feed.subscription(sub) as start:
-            await _serve(socket, sub, viewer, services, since, start)
-    except DATABASE_DOWN:
-        await socket.close(CLOSE_TRY_AGAIN, "database unavailable: reconnect in a few seconds")
-
-
-async def _serve(
-    socket: WebSocket[Any, Any, Any],
-    sub: Subscriber,
-    viewer: Viewer,
-    services: Services,
-    since: int | None,
-    start: int,
-) -> None:
-    """Read the client's frames here while a writer task sends; stop when the client leaves."""
-    writer = asyncio.create_task(_write(socket, sub, services, since, start))
-    try:
-        await _read(socket, sub, viewer, services)
-        # Let the writer say goodbye when a rule was broken; a client that left needs none.
-        await asyncio.wait({writer}, timeout=_CLOSE_TIMEOUT)
-    finally:
-        writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
+        async with services.feed.subscription(sub, services.settings.pool_timeout) as start:
+            hello = Connected(track_id=track_id, message="Connected to comment updates", seq=start)
+            sub.write_now(text_frame(encoder.encode(hello)))
+            if since is not None:
+                async for frames in services.feed.replay(sub, since, start):
+                    if not sub.write_now(frames):
+                        return
+                    await sub.drained()  # this client's pace; live frames wait meanwhile
+            sub.go_live()
+            await _read(receive, sub, username, services)
+    except TooManySockets as exc:
+        raise Refused(str(exc)) from None
 
 
 async def _admit(
-    socket: WebSocket[Any, Any, Any], track_id: str, services: Services
-) -> tuple[Viewer, int | None, int]:
-    """Who is connecting, to which track, from which seq; Refused with the reason otherwise."""
-    origins = services.settings.allowed_origins
-    if origins and socket.headers.get("origin") not in origins:
+    scope: Any, query: dict[str, list[str]], track_id: str, services: Services
+) -> tuple[int, str | None, float]:
+    """Who is connecting (user id, username, token expiry), or Refused with the reason."""
+    settings = services.settings
+    if settings.allowed_origins and _header(scope, b"origin") not in settings.allowed_origins:
         raise Refused("origin not allowed")
-    token = socket.query_params.get("token")
-    if not token:
+    token = _one(query, "token")
+    if not token and not settings.anonymous_sockets:
         raise Refused("invalid token: pass ?token=<access token>")
-    since = _since(socket.query_params.get("since"))
-    try:
-        claims = verify_token(services.settings.secret, token)
-        viewer = await load_viewer(services, claims.user_id)
-        check_track_id(track_id)
-        async with services.pool.connection() as conn:
-            await visible_track(conn, track_id, viewer.id)
-    except TokenError as exc:
-        raise Refused(str(exc)) from None
-    except HTTPException:
-        raise Refused("track not found") from None
-    if len(services.hub.users.get(viewer.id, ())) >= services.settings.sockets_per_user:
-        raise Refused(
-            f"too many sockets: at most {services.settings.sockets_per_user} per user; close one first"
-        )
-    return viewer, since, claims.expires_at
+    _since(query)  # refuse a bad since before touching the database
+    user_id, expires_at = ANONYMOUS, float("inf")
+    if token:
+        try:
+            claims = verify_token(settings.secret, token)
+        except TokenError as exc:
+            raise Refused(str(exc)) from None
+        user_id, expires_at = claims.user_id, float(claims.expires_at)
+    if not track_id or "\x00" in track_id or len(track_id) > MAX_TRACK_ID:
+        raise Refused(close_codes.TRACK_NOT_FOUND)
+    async with services.pool.connection() as db:
+        found = await watcher(db, track_id, user_id or None)
+    if user_id != ANONYMOUS and found.username is None:
+        raise Refused("invalid token: its user does not exist")
+    if not found.may_see:
+        raise Refused(close_codes.TRACK_NOT_FOUND)
+    return user_id, found.username, expires_at
 
 
-def _since(raw: str | None) -> int | None:
+def _since(query: dict[str, list[str]]) -> int | None:
+    raw = _one(query, "since")
     if raw is None or raw == "":
         return None
     if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
@@ -144,116 +151,60 @@ def _since(raw: str | None) -> int | None:
     return int(raw)
 
 
-async def _write(
-    socket: WebSocket[Any, Any, Any], sub: Subscriber, services: Services, since: int | None, start: int
-) -> None:
-    """The socket's only sender: connected, the replay, then live frames; then the close frame."""
-
-    try:
-        hello = Connected(track_id=sub.track_id, message="Connected to comment updates", seq=start)
-        await _send(socket, encoder.encode(hello).decode())
-        if since is not None:
-            try:
-                await _replay(socket, sub, services, since, start)
-            except DATABASE_DOWN:
-                sub.close(CLOSE_TRY_AGAIN, "database unavailable: reconnect with since=<last seq> shortly")
-        while sub.close_reason is None:
-            frames = sub.take()
-            if not frames:
-                await sub.waiter()
-            for frame in frames:
-                await _send(socket, frame)
-        code, reason = sub.close_reason
-        if code != CLOSE_NORMAL:
-            await socket.close(code, reason)
-    except (OSError, RuntimeError, TimeoutError, WebSocketDisconnect) as exc:
-        log.debug("socket writer stopped: %s", type(exc).__name__)
-    except Exception:
-        # Anything else would end the writer unseen and leave the client on a socket that
-        # says nothing more: log it, and close so that the client reconnects and resumes.
-        log.exception("socket writer for track %r failed", sub.track_id[:100])
-        sub.close(CLOSE_INTERNAL, _SERVER_FAILED)
-        with contextlib.suppress(Exception):
-            await socket.close(CLOSE_INTERNAL, _SERVER_FAILED)
+def _one(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[-1] if values else None
 
 
-async def _send(socket: WebSocket[Any, Any, Any], frame: str) -> None:
-    """One text frame, as a bare ASGI event (the same str object for every socket)."""
-    event: WebSocketSendEvent = {"type": "websocket.send", "text": frame, "bytes": None}
-    await socket.send(event)
+def _header(scope: Any, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
-async def _replay(
-    socket: WebSocket[Any, Any, Any], sub: Subscriber, services: Services, since: int, start: int
-) -> None:
-    """Send the track's events since+1..start, or `resync` when some are no longer kept."""
-    if since >= start:
-        if since > start:
-            latest = (await services.events.latest([sub.track_id]))[sub.track_id]
-            if since > latest:  # a seq the track never had: the client must reload
-                sub.skip_through = 0
-                await _send(socket, resync_frame(sub.track_id, start))
-        return
-    after = since
-    while after < start:
-        rows = await services.events.range(sub.track_id, after, start)
-        if not rows or rows[0][0] != after + 1:
-            await _send(socket, resync_frame(sub.track_id, start))
-            return
-        for seq, frame in rows:
-            await _send(socket, frame)
-            after = seq
-
-
-async def _read(
-    socket: WebSocket[Any, Any, Any], sub: Subscriber, viewer: Viewer, services: Services
-) -> None:
-    """Handle the client's frames until it leaves or breaks a rule."""
-    while sub.close_reason is None:
-        message = await socket.receive()
-        if message["type"] == "websocket.disconnect":
-            sub.close(CLOSE_NORMAL, "client left")
+async def _read(receive: Any, sub: Subscriber, username: str | None, services: Services) -> None:
+    """Handle the client's frames until it leaves or breaks a rule (the close ends it too: the
+    connection answers `websocket.disconnect` then)."""
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect" or sub.closed:
             return
         text = message.get("text")
         if not isinstance(text, str):
-            sub.close(CLOSE_UNSUPPORTED, "send JSON text frames")
-            return
+            sub.close(close_codes.UNSUPPORTED, "send JSON text frames")
+            continue
         if len(text) > MAX_FRAME or len(text.encode()) > MAX_FRAME:
-            sub.close(CLOSE_TOO_BIG, f"frames are limited to {MAX_FRAME} bytes")
-            return
+            sub.close(close_codes.TOO_BIG, f"frames are limited to {MAX_FRAME} bytes")
+            continue
         try:
             kind = client_envelope_decoder.decode(text).type
         except msgspec.DecodeError:
-            sub.close(
-                CLOSE_UNSUPPORTED, 'frames must be JSON objects like {"type": "typing", "is_typing": true}'
-            )
-            return
+            sub.close(close_codes.UNSUPPORTED, f"frames must be JSON objects like {_TYPING_HELP}")
+            continue
         if kind != "typing":
-            _error(
-                sub, f'unknown message type {kind[:40]!r}: send {{"type": "typing", "is_typing": true|false}}'
-            )
+            _error(sub, f"unknown message type {kind[:40]!r}: send {_TYPING_HELP}")
             continue
         try:
             typing = client_message_decoder.decode(text)
         except msgspec.DecodeError as exc:
             _error(sub, f"bad typing message: {exc}")
             continue
-        if services.typing.allow((viewer.id, sub.track_id)):
-            await _relay_typing(services, sub.track_id, viewer, typing.is_typing)
+        if username is None:
+            _error(sub, "sign in to say you are typing: reconnect with ?token=<access token>")
+        elif services.typing.allow((sub.user_id, sub.track_id)):
+            await _relay_typing(services, sub, username, typing.is_typing)
 
 
 def _error(sub: Subscriber, message: str) -> None:
-    sub.offer(0, encoder.encode(Error(message=message, track_id=sub.track_id)).decode())
+    sub.offer(0, text_frame(encoder.encode(Error(message=message, track_id=sub.track_id))))
 
 
-async def _relay_typing(services: Services, track_id: str, viewer: Viewer, is_typing: bool) -> None:
-    """Tell every replica's sockets of the track, through NOTIFY (not kept)."""
-    message = UserTyping(track_id=track_id, user_id=viewer.id, username=viewer.username, is_typing=is_typing)
-    payload = Ephemeral(track_id=track_id, message=msgspec.Raw(encoder.encode(message)))
+async def _relay_typing(services: Services, sub: Subscriber, username: str, is_typing: bool) -> None:
+    """Tell every replica's sockets of the track, sealed, through NOTIFY (not kept)."""
+    message = UserTyping(track_id=sub.track_id, user_id=sub.user_id, username=username, is_typing=is_typing)
+    payload = services.codec.seal(sub.track_id, encoder.encode(message))
     try:
-        await services.events.notify(encoder.encode(payload).decode())
+        await services.events.notify(track_channel(sub.track_id), payload)
     except Exception as exc:
         log.warning("typing not relayed: %s", type(exc).__name__)
-
-
-route_handlers = [track_socket]

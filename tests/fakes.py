@@ -1,0 +1,148 @@
+"""In-memory stand-ins for the feed's unit tests: sockets, the event log, the listener's channels.
+
+Each implements the small Protocol the real part implements (app/subscriber.py's FrameSocket,
+app/feed.py's Log and Channels), and can be made slow, stuck or failing on demand, which the real
+server cannot be made to be at a chosen moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+from app.events import PAGE
+
+
+def parse_frames(data: bytes) -> list[dict[str, Any]]:
+    """The JSON messages in a run of unmasked text frames (what a server writes)."""
+    messages = []
+    at = 0
+    while at < len(data):
+        head, size = data[at], data[at + 1] & 0x7F
+        assert head == 0x81, f"not a whole text frame: {data[at : at + 8]!r}"
+        at += 2
+        if size == 126:
+            (size,) = struct.unpack_from("!H", data, at)
+            at += 2
+        elif size == 127:
+            (size,) = struct.unpack_from("!Q", data, at)
+            at += 8
+        messages.append(json.loads(data[at : at + size]))
+        at += size
+    return messages
+
+
+class FakeSocket:
+    """A socket's connection: records what is written, in writes; `backlog` plays a slow client."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.backlog = 0
+        """Bytes the kernel would not take: what buffered() answers."""
+        self.closed_with: tuple[int, str] | None = None
+
+    def write_frames(self, data: bytes) -> bool:
+        if self.closed_with is not None:
+            return False
+        self.writes.append(data)
+        return True
+
+    def buffered(self) -> int:
+        return self.backlog
+
+    async def drained(self) -> None:
+        return None
+
+    def close_now(self, code: int, reason: str) -> None:
+        if self.closed_with is None:
+            self.closed_with = (code, reason)
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return parse_frames(b"".join(self.writes))
+
+    @property
+    def seqs(self) -> list[int]:
+        return [m["seq"] for m in self.messages if m["type"] not in ("connected", "resync")]
+
+
+def event(track_id: str, seq: int, kind: str = "comment_liked") -> bytes:
+    """A durable message as the triggers make it."""
+    return json.dumps(
+        {"type": kind, "track_id": track_id, "seq": seq, "comment_id": seq, "like_count": 1}
+    ).encode()
+
+
+class MemoryLog:
+    """tracktalk.events and track_state in memory; `gate` holds reads of a track until set."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, dict[int, bytes]] = {}
+        self.last: dict[str, int] = {}
+        self.visible_pairs: set[tuple[int, str]] | None = None
+        """None: every pair may watch."""
+        self.messages: dict[int, tuple[int, bytes]] = {}
+        self.gate: dict[str, asyncio.Event] = {}
+        self.reads = 0
+        self.fail = False
+
+    def write(self, track_id: str, count: int = 1) -> list[tuple[int, bytes]]:
+        """Commit `count` new events of a track; their (seq, message)."""
+        made = []
+        for _ in range(count):
+            seq = self.last[track_id] = self.last.get(track_id, 0) + 1
+            message = self.events.setdefault(track_id, {})[seq] = event(track_id, seq)
+            made.append((seq, message))
+        return made
+
+    def prune(self, track_id: str, seqs: Iterable[int]) -> None:
+        for seq in seqs:
+            self.events[track_id].pop(seq, None)
+
+    async def latest(self, track_ids: list[str]) -> dict[str, int]:
+        self._check()
+        return {t: self.last.get(t, 0) for t in track_ids}
+
+    async def after(
+        self, track_id: str, after: int, limit: int = PAGE, through: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        if (gate := self.gate.get(track_id)) is not None:
+            await gate.wait()
+        self._check()
+        self.reads += 1
+        kept = self.events.get(track_id, {})
+        top = through if through is not None else 2**62
+        return [(seq, kept[seq]) for seq in sorted(kept) if after < seq <= top][:limit]
+
+    async def user_messages(self, notification_ids: list[int]) -> list[tuple[int, bytes]]:
+        self._check()
+        return [self.messages[i] for i in notification_ids if i in self.messages]
+
+    async def visible(self, pairs: list[tuple[int, str]]) -> set[tuple[int, str]]:
+        self._check()
+        if self.visible_pairs is None:
+            return set(pairs)
+        return set(pairs) & self.visible_pairs
+
+    def _check(self) -> None:
+        if self.fail:
+            raise OSError("the database is down")
+
+
+class FakeChannels:
+    """The listener's LISTEN set; `hold` keeps listen() from returning until released."""
+
+    def __init__(self) -> None:
+        self.listening: set[str] = set()
+        self.hold: asyncio.Event | None = None
+
+    async def listen(self, channels: Iterable[str]) -> None:
+        if self.hold is not None:
+            await self.hold.wait()
+        self.listening.update(channels)
+
+    def unlisten(self, channels: Iterable[str]) -> None:
+        self.listening.difference_update(channels)
