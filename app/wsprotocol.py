@@ -13,6 +13,7 @@ The app finds this object in `scope["extensions"][EXTENSION]`; see `app/handlers
 
 from __future__ import annotations
 
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 from wsproto import events
 from wsproto.utilities import LocalProtocolError
@@ -30,6 +31,23 @@ class FrameProtocol(WSProtocol):
         """Make the scope as uvicorn does, and put this protocol in its extensions."""
         super().handle_connect(event)
         self.scope["extensions"][EXTENSION] = self  # type: ignore[assignment]
+
+    def accept_with(self, data: bytes) -> bool:
+        """Complete the handshake (as the ASGI `websocket.accept` does) and write `data`, the
+        first frames, in the same write; False when the client is already gone."""
+        if self.handshake_complete or self.transport.is_closing():
+            return False
+        self.logger.info(
+            '%s - "WebSocket %s" [accepted]',
+            get_client_addr(self.scope),
+            get_path_with_query_string(self.scope),
+        )
+        self.handshake_complete = True
+        self.transport.write(
+            self.conn.send(events.AcceptConnection(extra_headers=self.default_headers)) + data
+        )
+        self.start_keepalive()
+        return True
 
     def write_frames(self, data: bytes) -> bool:
         """Write whole frames now (queued by the transport if the kernel cannot take them yet);

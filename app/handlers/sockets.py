@@ -54,7 +54,11 @@ _TYPING_HELP = '{"type": "typing", "is_typing": true|false}'
 
 
 class Refused(Exception):
-    """The socket may not go on; the message is the close reason."""
+    """The socket may not go on; the message is the close reason, `code` the close code."""
+
+    def __init__(self, reason: str, code: int = close_codes.POLICY) -> None:
+        super().__init__(reason)
+        self.code = code
 
 
 class TrackSockets:
@@ -67,12 +71,12 @@ class TrackSockets:
         """Serve one socket, from its handshake to its end."""
         if (await receive())["type"] != "websocket.connect":
             return
-        await send({"type": "websocket.accept"})
         conn: FrameProtocol | None = scope["extensions"].get(EXTENSION)
         if conn is None:
             log.error(
                 "track sockets need tracktalk's uvicorn protocol (app/wsprotocol.py): run `tracktalk serve`"
             )
+            await send({"type": "websocket.accept"})
             await send(
                 {"type": "websocket.close", "code": close_codes.INTERNAL, "reason": "server misconfigured"}
             )
@@ -82,18 +86,27 @@ class TrackSockets:
         try:
             await _serve(scope, receive, conn, track_id, services)
         except Refused as exc:
-            conn.close_now(close_codes.POLICY, str(exc))
+            await _close(send, conn, exc.code, str(exc))
         except DATABASE_DOWN:
-            conn.close_now(close_codes.TRY_AGAIN, close_codes.DATABASE_DOWN)
+            await _close(send, conn, close_codes.TRY_AGAIN, close_codes.DATABASE_DOWN)
         except Exception:
             log.exception("socket of track %r failed", track_id[:100])
-            conn.close_now(close_codes.INTERNAL, close_codes.SERVER_FAILED)
+            await _close(send, conn, close_codes.INTERNAL, close_codes.SERVER_FAILED)
+
+
+async def _close(send: Any, conn: FrameProtocol, code: int, reason: str) -> None:
+    """Close with a reason the browser can read: after the handshake (a refused handshake's
+    status is hidden from scripts)."""
+    if not conn.handshake_complete:
+        await send({"type": "websocket.accept"})
+    conn.close_now(code, reason)
 
 
 async def _serve(scope: Any, receive: Any, conn: FrameProtocol, track_id: str, services: Services) -> None:
+    """Admit the socket, join its track, then `connected` (with the handshake's answer, in one
+    write), its replay, and live frames while its own frames are read."""
     if services.hub.closing:
-        conn.close_now(close_codes.GOING_AWAY, close_codes.SHUTTING_DOWN)
-        return
+        raise Refused(close_codes.SHUTTING_DOWN, close_codes.GOING_AWAY)
     query = parse_qs(scope["query_string"].decode("latin-1"))
     user_id, username, expires_at = await _admit(scope, query, track_id, services)
     since = _since(query)
@@ -101,7 +114,8 @@ async def _serve(scope: Any, receive: Any, conn: FrameProtocol, track_id: str, s
     try:
         async with services.feed.subscription(sub, services.settings.pool_timeout) as start:
             hello = Connected(track_id=track_id, message="Connected to comment updates", seq=start)
-            sub.write_now(text_frame(encoder.encode(hello)))
+            if not conn.accept_with(text_frame(encoder.encode(hello))):
+                return  # the client left while it waited
             if since is not None:
                 async for frames in services.feed.replay(sub, since, start):
                     if not sub.write_now(frames):
