@@ -44,6 +44,7 @@ RESULTS = ROOT / "bench" / "results"
 SECRET = "bench-secret-0123456789-abcdefghijklmnop"
 PY = sys.executable
 DESIGNS = ("tracktalk", "floor", "redis", "channels")
+SCENARIOS = ("idle", "hot", "catalog", "fanout", "elsewhere", "write", "deflate")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,12 +56,18 @@ DESIGNS = ("tracktalk", "floor", "redis", "channels")
 class Sizes:
     idle_sockets: int
     idle_tracks: int
-    lat_replicas: int
-    lat_sockets: int
-    lat_tracks: int
-    lat_rate: float
+    idle_small_sockets: int
+    idle_small_tracks: int
+    hot_sockets: int
+    hot_rate: float
+    cat_replicas: int
+    cat_sockets: int
+    cat_tracks: int
+    cat_rate: float
     fan_sockets: int
     fan_rate: float
+    elsewhere_sockets: int
+    elsewhere_rate: float
     duration: float
     write_seconds: float
     write_workers: int
@@ -74,12 +81,18 @@ class Sizes:
 FULL = Sizes(
     idle_sockets=10_000,
     idle_tracks=1_000,
-    lat_replicas=2,
-    lat_sockets=2_000,
-    lat_tracks=200,
-    lat_rate=200,
+    idle_small_sockets=2_000,
+    idle_small_tracks=200,
+    hot_sockets=1_000,
+    hot_rate=50,
+    cat_replicas=2,
+    cat_sockets=2_000,
+    cat_tracks=200,
+    cat_rate=200,
     fan_sockets=5_000,
-    fan_rate=8,  # 80,000 frames/s offered: more than the 50,000 target, so that the figure is capacity
+    fan_rate=30,  # 150,000 frames/s offered: more than any design delivers here, so the figure is capacity
+    elsewhere_sockets=100,
+    elsewhere_rate=1_000,
     duration=20,
     write_seconds=10,
     write_workers=4,
@@ -90,12 +103,18 @@ FULL = Sizes(
 QUICK = Sizes(
     idle_sockets=800,
     idle_tracks=100,
-    lat_replicas=2,
-    lat_sockets=200,
-    lat_tracks=20,
-    lat_rate=100,
+    idle_small_sockets=400,
+    idle_small_tracks=40,
+    hot_sockets=300,
+    hot_rate=50,
+    cat_replicas=2,
+    cat_sockets=200,
+    cat_tracks=20,
+    cat_rate=100,
     fan_sockets=300,
-    fan_rate=20,
+    fan_rate=40,
+    elsewhere_sockets=20,
+    elsewhere_rate=300,
     duration=1.5,
     write_seconds=1.0,
     write_workers=2,
@@ -421,7 +440,8 @@ class Written:
 
 
 def frames_for(comment_id: int, track_id: str, user_id: int, seq: int) -> list[str]:
-    """What the baselines send for a comment: the same two frames tracktalk sends (jsonb's layout)."""
+    """What the baselines send for a comment: the one frame tracktalk sends (a new_comment that
+    carries the track's counters, in jsonb's layout)."""
     comment = {
         "id": comment_id,
         "user_id": user_id,
@@ -438,32 +458,41 @@ def frames_for(comment_id: int, track_id: str, user_id: int, seq: int) -> list[s
         "like_count": 0,
         "user_has_liked": False,
     }
-    new = {"seq": seq, "type": "new_comment", "comment": comment, "track_id": track_id}
-    metrics = {
-        "seq": seq + 1,
-        "type": "track_metrics",
-        "track_id": track_id,
-        "likes": 0,
-        "comments": seq,
-        "shares": 0,
-    }
-    return [json.dumps(new), json.dumps(metrics)]
+    metrics = {"likes": 0, "shares": 0, "comments": seq}
+    return [
+        json.dumps(
+            {"seq": seq, "type": "new_comment", "comment": comment, "metrics": metrics, "track_id": track_id}
+        )
+    ]
 
 
 class Writer:
-    """Writes `rate` comments a second for `duration` seconds on random tracks, for one design."""
+    """Writes `rate` comments a second for `duration` seconds on random tracks, for one design
+    (tracktalk: by SQL, or every other one through the API of the replicas in turn when `api`)."""
 
-    def __init__(self, design: str, world: World, tracks: list[str], api: list[str], extra: dict[str, Any]):
+    def __init__(
+        self,
+        design: str,
+        world: World,
+        tracks: list[str],
+        api: list[str],
+        extra: dict[str, Any],
+        connections: int = 4,
+    ):
         self.design = design
         self.world = world
         self.tracks = tracks
         self.api = api
         self.extra = extra
+        self.connections = connections
         self.out = Written(table="comments" if design == "tracktalk" else "bench_plain_comments")
         self.seq: dict[str, int] = {}
 
     async def run(self, rate: float, duration: float) -> Written:
-        conns = [await psycopg.AsyncConnection.connect(self.world.url, autocommit=True) for _ in range(4)]
+        conns = [
+            await psycopg.AsyncConnection.connect(self.world.url, autocommit=True)
+            for _ in range(self.connections)
+        ]
         free: asyncio.Queue[psycopg.AsyncConnection[Any]] = asyncio.Queue()
         for c in conns:
             free.put_nowait(c)
@@ -513,12 +542,12 @@ class Writer:
         try:
             if self.design == "floor":
                 cid = 10_000_000 + i
-                seq = self.seq[track] = self.seq.get(track, 0) + 2
+                seq = self.seq[track] = self.seq.get(track, 0) + 1
                 payload = json.dumps({"track_id": track, "frames": frames_for(cid, track, user, seq)})
                 self.out.writer_time[cid] = time.time()
                 await floor_ws.send(payload)
                 return
-            if self.design == "tracktalk" and i % 2 == 1:
+            if self.design == "tracktalk" and self.api and i % 2 == 1:
                 base = self.api[i // 2 % len(self.api)]
                 r = await http.post(
                     f"{base}/api/tracks/{track}/comments",
@@ -543,7 +572,7 @@ class Writer:
                     row = await cur.fetchone()
                     self.out.writer_time[int(row[0])] = time.time()
                     return
-                seq = self.seq[track] = self.seq.get(track, 0) + 2
+                seq = self.seq[track] = self.seq.get(track, 0) + 1
                 async with conn.transaction():
                     cur = await conn.execute(
                         "INSERT INTO bench_plain_comments (track_id, user_id, content, timestamp) VALUES (%s, %s, %s, 1) RETURNING id",
@@ -663,8 +692,11 @@ def load(
     lib: str = "picows",
     deflate: bool = False,
     profile: bool = False,
+    write_tracks: list[str] | None = None,
+    connections: int = 4,
 ) -> dict[str, Any]:
-    """One run: servers up, sockets open (RSS before/after), writes at `rate`, then the figures."""
+    """One run: servers up, sockets open (RSS before/after), writes at `rate` (on `write_tracks`,
+    by default the sockets' tracks), then the figures."""
     world = env.world
     servers = start_design(design, env, replicas, deflate)
     result: dict[str, Any] = {
@@ -706,9 +738,10 @@ def load(
         writer = Writer(
             design,
             world,
-            tracks,
-            [f"http://127.0.0.1:{s.port}" for s in servers],
+            write_tracks or tracks,
+            [],
             {"redis_url": env.redis_url, "floor_port": servers[0].port},
+            connections,
         )
         progress = threading.Event()
 
@@ -742,7 +775,11 @@ def load(
         if spy is not None:
             result["profile"] = finish_profile(spy)
         server_cpu = sum(cpu1) - sum(cpu0)
+        useful = int(got["ids"].size)
         result.update(
+            useful_deliveries=useful,
+            useful_per_cpu_s=round(useful / server_cpu) if server_cpu > 0 else None,
+            cpu_us_per_comment=round(1e6 * server_cpu / written.sent, 1) if written.sent else None,
             comments=written.sent,
             write_errors=written.errors,
             frames=got["frames"],
@@ -958,8 +995,8 @@ def write_cost(env: Env) -> dict[str, Any]:
 def table(results: list[dict[str, Any]]) -> str:
     head = (
         f"{'scenario':<9} {'design':<9} {'repl':>4} {'sockets':>7} {'tracks':>6} {'rate/s':>6} "
-        f"{'msgs/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'cpu %':>6} {'us/msg':>7} {'KiB/sock':>8} "
-        f"{'client%':>7} {'closed':>6}"
+        f"{'msgs/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'cpu %':>6} {'us/msg':>7} {'useful/cpu-s':>12} "
+        f"{'us/comment':>10} {'KiB/sock':>8} {'open s':>6} {'client%':>7} {'closed':>6}"
     )
     lines = [head, "-" * len(head)]
     for r in results:
@@ -971,7 +1008,9 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{r.get('opened', 0):>7} {r['tracks']:>6} {r['rate']:>6g} "
             f"{_f(r.get('messages_per_s')):>8} {_f(lat.get('p50_ms')):>7} {_f(lat.get('p99_ms')):>7} "
             f"{_f(r.get('server_cpu_pct')):>6} {_f(r.get('cpu_us_per_message')):>7} "
-            f"{_f(r.get('rss_per_socket_kib')):>8} {_f(r.get('client_cpu_pct')):>7} {_f(r.get('closed_during')):>6}"
+            f"{_f(r.get('useful_per_cpu_s')):>12} {_f(r.get('cpu_us_per_comment')):>10} "
+            f"{_f(r.get('rss_per_socket_kib')):>8} {_f(r.get('open_seconds')):>6} "
+            f"{_f(r.get('client_cpu_pct')):>7} {_f(r.get('closed_during')):>6}"
         )
     for r in results:
         if r["scenario"] == "write":
@@ -995,8 +1034,8 @@ def _f(v: Any) -> str:
 
 def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
-    for scenario in ("latency", "fanout"):
-        ours = next((r for r in results if r["scenario"] == scenario and r["design"] == "tracktalk"), None)
+    for scenario in ("hot", "catalog", "fanout"):
+        ours = _pick(results, scenario, "tracktalk")
         if ours is None:
             continue
         for r in results:
@@ -1005,6 +1044,7 @@ def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row: dict[str, Any] = {"scenario": scenario, "versus": r["design"]}
             for key, get in (
                 ("messages_per_s", lambda x: x.get("messages_per_s")),
+                ("useful_per_cpu_s", lambda x: x.get("useful_per_cpu_s")),
                 ("p50_ms", lambda x: x.get("latency", {}).get("p50_ms")),
                 ("p99_ms", lambda x: x.get("latency", {}).get("p99_ms")),
                 ("cpu_us_per_message", lambda x: x.get("cpu_us_per_message")),
@@ -1014,6 +1054,77 @@ def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 row[key] = round(a / b, 2) if a is not None and b else None
             out.append(row)
     return out
+
+
+def _pick(results: list[dict[str, Any]], scenario: str, design: str, **match: Any) -> dict[str, Any] | None:
+    return next(
+        (
+            r
+            for r in results
+            if r["scenario"] == scenario
+            and r["design"] == design
+            and not r.get("deflate")
+            and all(r.get(k) == v for k, v in match.items())
+        ),
+        None,
+    )
+
+
+def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 13's targets against this run: each row's figure, its target, and whether it is met."""
+    rows: list[dict[str, Any]] = []
+
+    def row(figure: str, measured: float | None, target: float, better: str, unit: str = "") -> None:
+        met = None if measured is None else (measured <= target if better == "lower" else measured >= target)
+        rows.append({"figure": figure, "measured": measured, "target": target, "unit": unit, "met": met})
+
+    def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> float | None:
+        x, y = (a or {}).get(key), (b or {}).get(key)
+        return round(x / y, 2) if x is not None and y else None
+
+    hot, cat = _pick(results, "hot", "tracktalk"), _pick(results, "catalog", "tracktalk")
+    if hot is not None:
+        row("hot: p99 commit -> socket", hot.get("latency", {}).get("p99_ms"), 20, "lower", "ms")
+        row(
+            "hot: useful/cpu-s vs channels",
+            ratio(hot, _pick(results, "hot", "channels"), "useful_per_cpu_s"),
+            1.5,
+            "higher",
+            "x",
+        )
+        row(
+            "hot: useful/cpu-s vs seed (redis)",
+            ratio(hot, _pick(results, "hot", "redis"), "useful_per_cpu_s"),
+            1.2,
+            "higher",
+            "x",
+        )
+    if cat is not None:
+        row(
+            "catalog: useful/cpu-s vs channels",
+            ratio(cat, _pick(results, "catalog", "channels"), "useful_per_cpu_s"),
+            1.5,
+            "higher",
+            "x",
+        )
+        row("catalog: p99 commit -> socket", cat.get("latency", {}).get("p99_ms"), 2, "lower", "ms")
+        row("catalog: open the sockets (2 replicas)", cat.get("open_seconds"), 1.5, "lower", "s")
+    fan = _pick(results, "fanout", "tracktalk")
+    if fan is not None:
+        row(
+            "fan-out: CPU per frame vs floor",
+            ratio(fan, _pick(results, "fanout", "floor"), "cpu_us_per_message"),
+            1.0,
+            "lower",
+            "x",
+        )
+    for r in results:
+        if r["scenario"] == "idle":
+            row(f"idle: KiB per socket at {r.get('opened')}", r.get("rss_per_socket_kib"), 20, "lower", "KiB")
+    away = _pick(results, "elsewhere", "tracktalk")
+    if away is not None:
+        row("elsewhere: CPU per comment on other tracks", away.get("cpu_us_per_comment"), 15, "lower", "us")
+    return rows
 
 
 def chart(results: list[dict[str, Any]], path: Path) -> None:
@@ -1026,13 +1137,13 @@ def chart(results: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.4))
     panels = [
         (
-            "latency",
-            "commit → receive p50 / p99 (ms)",
+            "hot",
+            "hot: commit → receive p50 / p99 (ms)",
             lambda r: (r.get("latency", {}).get("p50_ms"), r.get("latency", {}).get("p99_ms")),
         ),
-        ("fanout", "fan-out: delivered messages/s", lambda r: (r.get("messages_per_s"), None)),
-        ("fanout", "fan-out: server CPU µs per message", lambda r: (r.get("cpu_us_per_message"), None)),
-        ("latency", "server RSS per socket (KiB)", lambda r: (r.get("rss_per_socket_kib"), None)),
+        ("hot", "hot: new_comment deliveries per server CPU-s", lambda r: (r.get("useful_per_cpu_s"), None)),
+        ("catalog", "catalog: deliveries per server CPU-s", lambda r: (r.get("useful_per_cpu_s"), None)),
+        ("fanout", "fan-out: server CPU µs per frame", lambda r: (r.get("cpu_us_per_message"), None)),
     ]
     for ax, (scenario, title, get) in zip(axes, panels, strict=True):
         rows = [r for r in results if r["scenario"] == scenario and not r.get("deflate")]
@@ -1046,6 +1157,7 @@ def chart(results: list[dict[str, Any]], path: Path) -> None:
             )
             ax.legend(fontsize=7)
         ax.set_title(title, fontsize=9)
+        ax.set_yscale("log" if title.startswith("hot: commit") else "linear")
         ax.tick_params(labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -1112,7 +1224,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="small numbers, under a minute")
-    parser.add_argument("--only", default="idle,latency,fanout,write,deflate", help="scenarios to run")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help="scenarios to run")
     parser.add_argument("--designs", default=",".join(DESIGNS), help="designs to compare")
     parser.add_argument("--profile", action="store_true", help="py-spy record a replica during fan-out")
     args = parser.parse_args()
@@ -1131,44 +1243,67 @@ def main() -> None:
         # Logs and the clients' files, kept for a look after the run (git-ignored, like all of results/).
         logdir = RESULTS / f"run-{stamp}"
         logdir.mkdir()
-        n_tracks = max(sizes.idle_tracks, sizes.lat_tracks, 1)
+        n_tracks = max(sizes.idle_tracks, sizes.cat_tracks, sizes.idle_small_tracks, 1)
         world = stack.enter_context(database(n_tracks, sizes.users))
         info["latency_clock"] = (
             "database commit timestamp" if world.commit_ts else "writer clock after commit"
         )
         env = Env(world, logdir, sizes)
-        if "redis" in designs and ({"latency", "fanout"} & only):
+        if "redis" in designs and ({"hot", "catalog", "fanout"} & only):
             env.redis_url = stack.enter_context(redis_server(logdir))
         if "idle" in only:
-            print(f"idle capacity: 1 replica, {sizes.idle_sockets} sockets over {sizes.idle_tracks} tracks")
-            r = load(env, "idle", "tracktalk", 1, sizes.idle_sockets, world.tracks[: sizes.idle_tracks], 0, 0)
+            for count, spread in (
+                (sizes.idle_small_sockets, sizes.idle_small_tracks),
+                (sizes.idle_sockets, sizes.idle_tracks),
+            ):
+                print(f"idle: 1 replica, {count} sockets over {spread} tracks")
+                r = load(env, "idle", "tracktalk", 1, count, world.tracks[:spread], 0, 0)
+                print(
+                    f"  {r['opened']} open ({r['failed']} failed) in {r['open_seconds']} s: "
+                    f"{r['rss_per_socket_kib']} KiB per socket (RSS {r['rss_before_mib']} -> {r['rss_after_mib']} MiB)"
+                )
+                results.append(r)
+        if "hot" in only:
             print(
-                f"  {r['opened']} open ({r['failed']} failed) in {r['open_seconds']} s: "
-                f"{r['rss_per_socket_kib']} KiB per socket (RSS {r['rss_before_mib']} -> {r['rss_after_mib']} MiB)"
-            )
-            results.append(r)
-        if "latency" in only:
-            tracks = world.tracks[: sizes.lat_tracks]
-            print(
-                f"latency: {sizes.lat_replicas} replicas, {sizes.lat_sockets} sockets over {len(tracks)} tracks, "
-                f"{sizes.lat_rate:g} comments/s for {sizes.duration:g} s"
+                f"hot: 1 replica, {sizes.hot_sockets} sockets on one track, {sizes.hot_rate:g} comments/s by SQL "
+                f"for {sizes.duration:g} s"
             )
             for design in designs:
                 results.append(
                     load(
                         env,
-                        "latency",
+                        "hot",
                         design,
-                        sizes.lat_replicas,
-                        sizes.lat_sockets,
+                        1,
+                        sizes.hot_sockets,
+                        world.tracks[:1],
+                        sizes.hot_rate,
+                        sizes.duration,
+                    )
+                )
+        if "catalog" in only:
+            tracks = world.tracks[: sizes.cat_tracks]
+            print(
+                f"catalog: {sizes.cat_replicas} replicas, {sizes.cat_sockets} sockets over {len(tracks)} tracks, "
+                f"{sizes.cat_rate:g} comments/s by SQL for {sizes.duration:g} s"
+            )
+            for design in designs:
+                results.append(
+                    load(
+                        env,
+                        "catalog",
+                        design,
+                        sizes.cat_replicas,
+                        sizes.cat_sockets,
                         tracks,
-                        sizes.lat_rate,
+                        sizes.cat_rate,
                         sizes.duration,
                     )
                 )
         if "fanout" in only:
             print(
-                f"fan-out: 1 replica, {sizes.fan_sockets} sockets on one track, {sizes.fan_rate:g} comments/s"
+                f"fan-out: 1 replica, {sizes.fan_sockets} sockets on one track, {sizes.fan_rate:g} comments/s "
+                f"({sizes.fan_rate * sizes.fan_sockets:,.0f} frames/s offered)"
             )
             for design in designs:
                 results.append(
@@ -1184,6 +1319,28 @@ def main() -> None:
                         profile=args.profile and design == "tracktalk",
                     )
                 )
+        if "elsewhere" in only:
+            watched = world.tracks[:10]
+            print(
+                f"elsewhere: 1 replica, {sizes.elsewhere_sockets} sockets on {len(watched)} tracks; "
+                f"{sizes.elsewhere_rate:g} comments/s by SQL on {len(world.tracks) - len(watched)} other tracks"
+            )
+            r = load(
+                env,
+                "elsewhere",
+                "tracktalk",
+                1,
+                sizes.elsewhere_sockets,
+                watched,
+                sizes.elsewhere_rate,
+                sizes.duration,
+                write_tracks=world.tracks[len(watched) :],
+                connections=8,
+            )
+            print(
+                f"  {r['comments']} comments elsewhere: {r['cpu_us_per_comment']} µs of the replica's CPU each"
+            )
+            results.append(r)
         if "deflate" in only:
             print(
                 f"deflate: 1 replica, {sizes.deflate_sockets} idle sockets (websockets client, offers deflate)"
@@ -1195,7 +1352,7 @@ def main() -> None:
                     "tracktalk",
                     1,
                     sizes.deflate_sockets,
-                    world.tracks[: sizes.lat_tracks],
+                    world.tracks[: sizes.cat_tracks],
                     0,
                     0,
                     lib="websockets",
@@ -1208,17 +1365,25 @@ def main() -> None:
             results.append(write_cost(env))
     info["results"] = results
     info["ratios"] = ratios(results)
+    info["targets"] = targets(results)
     out = RESULTS / f"bench-{stamp}{'-quick' if args.quick else ''}.json"
     out.write_text(json.dumps(info, indent=2, default=str))
     png = out.with_suffix(".png")
-    if any(r["scenario"] in ("latency", "fanout") for r in results):
+    if any(r["scenario"] in ("hot", "catalog", "fanout") for r in results):
         chart(results, png)
     print()
     print(table(results))
     if info["ratios"]:
-        print("\ntracktalk / other (msgs/s: >1 is better; latency, CPU, memory: <1 is better)")
+        print("\ntracktalk / other (msgs/s, useful/cpu-s: >1 is better; latency, CPU, memory: <1 is better)")
         for row in info["ratios"]:
             print("  " + "  ".join(f"{k}={v}" for k, v in row.items()))
+    if info["targets"]:
+        print("\ntargets (issue 13)")
+        for t in info["targets"]:
+            verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+            print(
+                f"  {t['figure']:<45} {_f(t['measured']):>8} {t['unit']:<3} target {t['target']:g}  {verdict}"
+            )
     print(f"\nwrote {out.relative_to(ROOT)}" + (f" and {png.relative_to(ROOT)}" if png.exists() else ""))
 
 
