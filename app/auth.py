@@ -1,18 +1,38 @@
-"""Access tokens: HS256 JWTs with `sub` (the user id, a string) and `exp`."""
+"""Access tokens: what a verified one says (`Claims`), why one is refused, and tracktalk's own
+HS256 tokens (`sub`, the user id as a string, and `exp`), signed with TRACKTALK_SECRET.
+
+Tokens of the host's identity provider are checked by `app/tokens.py`.
+"""
 
 from __future__ import annotations
 
+import math
 import time
+from typing import Any
 
 import jwt
 
 ALGORITHM = "HS256"
 DEFAULT_TTL = 24 * 3600
 """Seconds a token from `tracktalk token` lives unless --ttl says otherwise."""
+_MAX_USER_ID_DIGITS = 18
+"""A user id is a positive bigint; 18 digits always fit."""
 
 
 class TokenError(Exception):
-    """The token cannot be trusted; the message is safe to show (`invalid token`, `token expired`)."""
+    """The token cannot be trusted; the message is safe to show (`invalid token…`, `token expired`)."""
+
+
+class IdentityProviderUnavailable(Exception):
+    """The token needs a key of the identity provider that cannot be fetched right now."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(
+            "identity provider unavailable: its keys cannot be fetched to check the token; "
+            "try again in a few seconds"
+        )
+        self.retry_after = max(1, math.ceil(retry_after))
+        """Seconds until tracktalk asks the identity provider again."""
 
 
 def issue_token(secret: str, user_id: int, ttl: int = DEFAULT_TTL) -> str:
@@ -32,7 +52,7 @@ class Claims:
 
 
 def verify_token(secret: str, token: str) -> Claims:
-    """Check signature, algorithm and expiry; return the claims or raise TokenError."""
+    """Check signature, algorithm and expiry of an HS256 token; return the claims or raise TokenError."""
     try:
         claims = jwt.decode(
             token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"], "verify_sub": False}
@@ -41,10 +61,23 @@ def verify_token(secret: str, token: str) -> Claims:
         raise TokenError("token expired") from None
     except jwt.PyJWTError:
         raise TokenError("invalid token") from None
-    sub = claims["sub"]
-    if not isinstance(sub, str) or not sub.isascii() or not sub.isdigit() or len(sub) > 18:
-        raise TokenError("invalid token")
-    return Claims(int(sub), int(claims["exp"]))
+    return claims_of(claims, "sub")
+
+
+def claims_of(payload: dict[str, Any], user_claim: str) -> Claims:
+    """The claims of a verified payload whose `user_claim` holds a tracktalk user id (`users.id`)."""
+    value = payload.get(user_claim)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if (
+        not isinstance(value, str)
+        or not value.isascii()
+        or not value.isdigit()
+        or len(value) > _MAX_USER_ID_DIGITS
+    ):
+        # A close reason holds 123 bytes at most: the claim's name is cut short.
+        raise TokenError(f"invalid token: its `{user_claim[:40]}` claim must be a user id (a whole number)")
+    return Claims(int(value), int(payload["exp"]))
 
 
 def bearer_token(header: str | None) -> str | None:

@@ -53,7 +53,10 @@ def secret_key() -> str:
     if key:
         return key
     if os.environ.get("DATABASE_URL"):
-        raise ConfigError("TRACKTALK_SECRET is not set: set the same value the servers use")
+        raise ConfigError(
+            "TRACKTALK_SECRET is not set: `tracktalk token` signs with it; set the same value the servers "
+            "use (tokens of your identity provider come from it, not from here)"
+        )
     return embedded_secret(home())
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from app.keys import key_from_pem
 
 
 class ConfigError(Exception):
@@ -53,11 +56,78 @@ def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class IdentityProvider:
+    """The host's identity provider, whose tokens are accepted besides tracktalk's own."""
+
+    jwks_url: str = ""
+    """TRACKTALK_JWKS_URL: where its keys are, by kid (or else `public_key`)."""
+    public_key: str = ""
+    """TRACKTALK_JWT_PUBLIC_KEY: its one key, as PEM."""
+    issuer: str = ""
+    """TRACKTALK_JWT_ISSUER: the `iss` its tokens must have; empty: not checked."""
+    audience: str = ""
+    """TRACKTALK_JWT_AUDIENCE: the `aud` its tokens must have; empty: not checked."""
+    user_claim: str = "sub"
+    """TRACKTALK_JWT_USER_CLAIM: the claim that holds the tracktalk user id."""
+    refresh: float = 300.0
+    """TRACKTALK_JWKS_REFRESH: seconds before the JWKS is fetched again (a removed key stops
+    working then)."""
+
+
+_IDENTITY_PROVIDER_OPTIONS = (
+    "TRACKTALK_JWT_ISSUER",
+    "TRACKTALK_JWT_AUDIENCE",
+    "TRACKTALK_JWT_USER_CLAIM",
+    "TRACKTALK_JWKS_REFRESH",
+)
+_SECRET_HINT = 'e.g. python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
+def _identity_provider(env: Mapping[str, str]) -> IdentityProvider | None:
+    """TRACKTALK_JWKS_URL or TRACKTALK_JWT_PUBLIC_KEY and what goes with them; None without either."""
+    url = env.get("TRACKTALK_JWKS_URL", "").strip()
+    pem = env.get("TRACKTALK_JWT_PUBLIC_KEY", "").strip()
+    if not url and not pem:
+        for name in _IDENTITY_PROVIDER_OPTIONS:
+            if env.get(name, "").strip():
+                raise ConfigError(
+                    f"{name} is set, but neither TRACKTALK_JWKS_URL nor TRACKTALK_JWT_PUBLIC_KEY: "
+                    "set one of them, or unset it"
+                )
+        return None
+    if url and pem:
+        raise ConfigError("TRACKTALK_JWKS_URL and TRACKTALK_JWT_PUBLIC_KEY are both set: keep one of them")
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"TRACKTALK_JWKS_URL={url!r} must be the http(s) URL of the identity provider's JWKS, "
+                "e.g. https://idp.example/.well-known/jwks.json"
+            )
+    if pem:
+        try:
+            key_from_pem(pem)
+        except ValueError as exc:
+            raise ConfigError(f"TRACKTALK_JWT_PUBLIC_KEY {exc}") from None
+    claim = env.get("TRACKTALK_JWT_USER_CLAIM", "").strip() or "sub"
+    return IdentityProvider(
+        jwks_url=url,
+        public_key=pem,
+        issuer=env.get("TRACKTALK_JWT_ISSUER", "").strip(),
+        audience=env.get("TRACKTALK_JWT_AUDIENCE", "").strip(),
+        user_claim=claim,
+        refresh=_number(env, "TRACKTALK_JWKS_REFRESH", 300.0),
+    )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the app reads from outside."""
 
     database_url: str
     secret: str
+    """TRACKTALK_SECRET, the key of tracktalk's own HS256 tokens; empty: none are accepted (only
+    with an identity provider)."""
     listen_url: str = ""
     demo: bool = False
     """Offer the demo sign-in route (on with the embedded database, or TRACKTALK_DEMO=1)."""
@@ -79,6 +149,8 @@ class Settings:
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     """Origins allowed to open a WebSocket; empty allows any."""
     log_json: bool = False
+    identity_provider: IdentityProvider | None = None
+    """Whose tokens are accepted besides tracktalk's own; None: tracktalk's only."""
 
     def __post_init__(self) -> None:
         if not self.listen_url:
@@ -113,16 +185,27 @@ class Settings:
                 "per socket, default 512): unset it"
             )
         key = secret or env.get("TRACKTALK_SECRET", "")
-        if len(key) < 32:
+        provider = _identity_provider(env)
+        demo = demo or _flag(env, "TRACKTALK_DEMO", False)
+        if not key and provider is None:
             raise ConfigError(
-                "TRACKTALK_SECRET is missing or shorter than 32 characters: set it to a long random "
-                'string, e.g. python -c "import secrets; print(secrets.token_urlsafe(32))"'
+                "TRACKTALK_SECRET is not set: set it to a long random string "
+                f"({_SECRET_HINT}), or set TRACKTALK_JWKS_URL or TRACKTALK_JWT_PUBLIC_KEY "
+                "to accept the tokens of your identity provider"
+            )
+        if not key and demo:
+            raise ConfigError(
+                "TRACKTALK_DEMO=1 needs TRACKTALK_SECRET: the demo sign-in hands out its tokens"
+            )
+        if key and len(key) < 32:
+            raise ConfigError(
+                f"TRACKTALK_SECRET is shorter than 32 characters: set it to a long random string, {_SECRET_HINT}"
             )
         return cls(
             database_url=url,
             secret=key,
             listen_url=env.get("TRACKTALK_LISTEN_URL", "") or url,
-            demo=demo or _flag(env, "TRACKTALK_DEMO", False),
+            demo=demo,
             pool_max=int(_number(env, "TRACKTALK_POOL_MAX", 10)),
             pool_timeout=_number(env, "TRACKTALK_POOL_TIMEOUT", 5.0),
             statement_timeout=_number(env, "TRACKTALK_STATEMENT_TIMEOUT", 5.0),
@@ -132,4 +215,5 @@ class Settings:
             sockets_per_user=int(_number(env, "TRACKTALK_SOCKETS_PER_USER", 20)),
             allowed_origins=_list(env, "TRACKTALK_ALLOWED_ORIGINS"),
             log_json=_flag(env, "TRACKTALK_LOG_JSON", False),
+            identity_provider=provider,
         )

@@ -9,7 +9,7 @@ from litestar import Request
 from litestar.datastructures import State
 from psycopg.rows import class_row
 
-from app.auth import TokenError, bearer_token, verify_token
+from app.auth import TokenError, bearer_token
 from app.errors import unauthorized
 from app.services import Services
 
@@ -45,7 +45,8 @@ async def provide_viewer(request: Request[Any, Any, Any], services: Services) ->
         token = bearer_token(request.headers.get("authorization"))
         if token is None:
             return None
-        return await load_viewer(services, verify_token(services.settings.secret, token).user_id)
+        claims = await services.tokens.verify(token)
+        return await load_viewer(services, claims.user_id)
     except TokenError as exc:
         raise unauthorized(str(exc)) from None
 

@@ -18,6 +18,8 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.types import ExceptionHandlersMap
 from psycopg_pool import PoolTimeout
 
+from app.auth import IdentityProviderUnavailable
+
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
@@ -89,6 +91,13 @@ def _database_down(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[s
     )
 
 
+def _identity_provider_down(
+    _: Request[Any, Any, Any], exc: IdentityProviderUnavailable
+) -> Response[dict[str, Any]]:
+    """A token whose key cannot be fetched now: 503, to be tried again (not 401, signed out)."""
+    return _json(503, str(exc), {"Retry-After": str(exc.retry_after)})
+
+
 def _database_refused(
     _: Request[Any, Any, Any], exc: psycopg.errors.IntegrityError
 ) -> Response[dict[str, Any]]:
@@ -112,4 +121,5 @@ exception_handlers: ExceptionHandlersMap = {
     psycopg.OperationalError: _database_down,
     psycopg.errors.QueryCanceled: _database_down,
     psycopg.errors.IntegrityError: _database_refused,
+    IdentityProviderUnavailable: _identity_provider_down,
 }

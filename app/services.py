@@ -30,6 +30,7 @@ from app.hub import Hub
 from app.listener import Listener
 from app.metrics import Metrics
 from app.ratelimit import RateLimiter, Refusals
+from app.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ _POOL_OPEN_TIMEOUT = 30.0
 
 @dataclass(frozen=True)
 class Services:
-    """What handlers reach for: settings, the pool, the hub and its feed, the listener."""
+    """What handlers reach for: settings, the pool, the hub and its feed, the listener, the tokens."""
 
     settings: Settings
     pool: AsyncConnectionPool
@@ -56,6 +57,8 @@ class Services:
     refused: Refusals
     """Authors told to wait by the comments-per-minute limit, until when."""
     metrics: Metrics
+    tokens: TokenVerifier
+    """Checks access tokens (tracktalk's own, and the identity provider's)."""
 
 
 @asynccontextmanager
@@ -81,6 +84,7 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
         feed = Feed(hub, events, listener, on_lag=metrics.lag.observe)
         listener.attach(feed)
         metrics.watch(listener, codec)
+        tokens = TokenVerifier.from_settings(settings)
         services = Services(
             settings,
             pool,
@@ -92,8 +96,10 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             typing=RateLimiter(1, seconds=1.0),
             refused=Refusals(),
             metrics=metrics,
+            tokens=tokens,
         )
         async with (
+            tokens,
             _background(listener.run()),
             _background(feed.deliver_user_messages()),
             _background(feed.enforce_access()),

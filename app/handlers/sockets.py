@@ -24,7 +24,7 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from app import close_codes
-from app.auth import TokenError, verify_token
+from app.auth import IdentityProviderUnavailable, TokenError
 from app.channels import track_channel
 from app.frames import text_frame
 from app.hub import TooManySockets
@@ -141,9 +141,11 @@ async def _admit(
     user_id, expires_at = ANONYMOUS, float("inf")
     if token:
         try:
-            claims = verify_token(settings.secret, token)
+            claims = await services.tokens.verify(token)
         except TokenError as exc:
             raise Refused(str(exc)) from None
+        except IdentityProviderUnavailable as exc:
+            raise Refused(str(exc), close_codes.TRY_AGAIN) from None
         user_id, expires_at = claims.user_id, float(claims.expires_at)
     if not track_id or "\x00" in track_id or len(track_id) > MAX_TRACK_ID:
         raise Refused(close_codes.TRACK_NOT_FOUND)
