@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint typecheck pytest install install-test clean-db bench bench-quick
+.PHONY: run test test-packages lint typecheck pytest install install-test clean-db bench bench-quick
 
 # The virtualenv and the project, reinstalled only when pyproject.toml changes.
 $(BIN)/tracktalk: pyproject.toml
@@ -39,10 +39,37 @@ lint: install-test
 typecheck: install-test
 	$(BIN)/mypy
 
+# Debian packages the tests drive as real processes (never downloaded binaries), and where the
+# tests look for them:
+#   chromium   $(CHROMIUM)           the browser tests (tests/test_browser.py)
+#   nginx      PATH or /usr/sbin     in front of two replicas (tests/test_deploy.py)
+#   pgbouncer  PATH or /usr/sbin     in front of the request pools (tests/test_deploy.py)
+# Missing ones are installed where that can be done (root, with apt-get); elsewhere `make test`
+# stops at once with the command that installs them. `make run` needs none of them.
+CHROMIUM ?= /usr/bin/chromium
+
+test-packages:
+	@missing=""; \
+	test -x $(CHROMIUM) || missing="$$missing chromium"; \
+	for tool in nginx pgbouncer; do \
+		command -v $$tool >/dev/null || test -x /usr/sbin/$$tool || missing="$$missing $$tool"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+		echo "make test: installing the Debian packages its tests drive:$$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq $$missing; \
+	else \
+		echo "make test: its tests drive Debian packages that are missing:$$missing" >&2; \
+		echo "install them, then run make test again:" >&2; \
+		echo "    sudo apt-get install -y$$missing" >&2; \
+		exit 1; \
+	fi
+
 pytest: install-test
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+test: test-packages lint typecheck pytest
 
 clean-db:
 	rm -rf .tracktalk

@@ -80,7 +80,7 @@ def servers(db_url: str, demo: DemoSummary, log_dir: Path) -> Iterator[list[Repl
 @pytest.fixture(scope="module")
 def chromium() -> str:
     """Debian's chromium: a missing one fails the tests (they are never skipped)."""
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)"
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium (make test does)"
     return CHROMIUM
 
 

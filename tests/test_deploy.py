@@ -64,7 +64,7 @@ def debian_binary(name: str) -> str:
     """The path of Debian's `name` (in /usr/sbin, which root's PATH may lack); fails when missing."""
     found = shutil.which(name) or (f"/usr/sbin/{name}" if os.access(f"/usr/sbin/{name}", os.X_OK) else None)
     if found is None:
-        pytest.fail(f"{name} is not installed: apt-get install {name} (.ci/run does it)")
+        pytest.fail(f"{name} is not installed: apt-get install {name} (make test does it)")
     return found
 
 
