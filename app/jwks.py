@@ -69,12 +69,18 @@ class JwksKeys:
         self._failed = False
         """Whether the last fetch failed."""
         self._fetch: asyncio.Task[None] | None = None
+        self.generation = 0
+        """Goes up whenever the key set changes (what was checked with the old set is checked again)."""
+
+    def refresh_if_due(self) -> None:
+        """Fetch the JWKS again in the background when the keys are older than `refresh`."""
+        if self._since_fetch() >= self.refresh:
+            self._start_fetch()
 
     async def key(self, kid: str) -> VerifyKey:
         """The key named `kid`; TokenError when the JWKS has none such, IdentityProviderUnavailable
         when it cannot be fetched to find out."""
-        if self._since_fetch() >= self.refresh:
-            self._start_fetch()  # in the background for a known kid
+        self.refresh_if_due()  # in the background for a known kid
         key = self._keys.get(kid)
         if key is not None:
             return key
@@ -123,6 +129,8 @@ class JwksKeys:
             gone = self._keys.keys() - keys.keys()
             if gone:
                 log.info("keys no longer in the JWKS, now refused: %s", ", ".join(sorted(gone)))
+            if keys != self._keys:
+                self.generation += 1
             self._keys = keys
         finally:
             self._fetch = None

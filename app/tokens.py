@@ -14,6 +14,7 @@ may be, so `none`, and an HS256 token signed with a public key, are refused.
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
 from typing import Any
 
@@ -24,6 +25,13 @@ from app.auth import ALGORITHM, Claims, TokenError, claims_of, verify_token
 from app.config import IdentityProvider, Settings
 from app.jwks import JwksKeys
 from app.keys import ALGORITHMS, VerifyKey, key_from_pem
+
+_REMEMBER = 60.0
+"""Seconds a verified token is taken again without checking its signature (never past its `exp`,
+nor past a change of the JWKS): a client's sockets and requests reuse one token, and checking it
+is about a tenth of a socket's connect."""
+_REMEMBERED = 10_000
+"""Verified tokens remembered at most (the oldest half is forgotten beyond)."""
 
 
 class TokenVerifier:
@@ -42,6 +50,8 @@ class TokenVerifier:
         if provider is not None:
             accepted += (self._public_key.algorithm,) if self._public_key else ALGORITHMS
         self._accepted = accepted
+        self._verified: dict[str, tuple[Claims, float, int]] = {}
+        """token -> (its claims, until when they are taken again unchecked, the JWKS generation)"""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenVerifier:
@@ -60,6 +70,22 @@ class TokenVerifier:
     async def verify(self, token: str) -> Claims:
         """The claims of a token that can be trusted; TokenError (401) otherwise, or
         IdentityProviderUnavailable (503) when the key it needs cannot be fetched now."""
+        now = time.time()
+        generation = 0
+        if self._jwks is not None:
+            self._jwks.refresh_if_due()
+            generation = self._jwks.generation
+        known = self._verified.get(token)
+        if known is not None and known[1] > now and known[2] == generation:
+            return known[0]
+        claims = await self._verify(token)
+        if len(self._verified) >= _REMEMBERED:
+            for old in list(self._verified)[: _REMEMBERED // 2]:
+                del self._verified[old]
+        self._verified[token] = (claims, min(now + _REMEMBER, claims.expires_at), generation)
+        return claims
+
+    async def _verify(self, token: str) -> Claims:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
