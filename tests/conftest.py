@@ -1,19 +1,21 @@
-"""One embedded PostgreSQL for the whole session; a fresh database per module or test."""
+"""One embedded PostgreSQL for the whole session; a fresh database per module or test; replicas,
+nginx in front of them, and a headless chromium for the modules that use them."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from playwright.async_api import Browser, async_playwright
 
 from app.db import migrate
 from app.embedded import EmbeddedPostgres
-from tests.support import Replica, World, replicas, seed
+from tests.support import CHROMIUM, CHROMIUM_ARGS, Nginx, Replica, World, replicas, seed
 
 TEMPLATE = "tracktalk_template"
 
@@ -83,3 +85,29 @@ def pair(db_url: str, world: World, log_dir: Path) -> Iterator[list[Replica]]:
     """Two `tracktalk serve` processes over the module's one database."""
     with replicas(db_url, log_dir, 2) as started:
         yield started
+
+
+@pytest.fixture(scope="module")
+def nginx(pair: list[Replica]) -> Iterator[Nginx]:
+    """nginx (deploy/nginx.conf) in front of the module's two replicas."""
+    proxy = Nginx([replica.port for replica in pair])
+    try:
+        yield proxy.start()
+    finally:
+        proxy.cleanup()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """Debian's chromium: a missing one fails the tests (they are never skipped)."""
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium (make test does)"
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+async def browser(chromium: str) -> AsyncIterator[Browser]:
+    """A headless chromium for the module's pages."""
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield launched
+        await launched.close()

@@ -13,27 +13,18 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Dialog, Locator, Page, async_playwright, expect
+from playwright.async_api import Browser, Dialog, Locator, Page, expect
 
 from app.auth import issue_token
 from app.demo import DemoSummary, load_demo
 from tests.support import ROOT, SECRET, Replica, replicas
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 WAIT_MS = 15_000
 """Deadline of each wait for something to show up in a page."""
 RECONNECT_MS = 45_000
@@ -75,21 +66,6 @@ def servers(db_url: str, demo: DemoSummary, log_dir: Path) -> Iterator[list[Repl
     """Two replicas over one database, with the demo sign-in on."""
     with replicas(db_url, log_dir, 2, TRACKTALK_DEMO="1") as started:
         yield started
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """Debian's chromium: a missing one fails the tests (they are never skipped)."""
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium (make test does)"
-    return CHROMIUM
-
-
-@pytest.fixture(scope="module")
-async def browser(chromium: str) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield launched
-        await launched.close()
 
 
 async def _visitor(browser: Browser, name: str, replica: Replica) -> Visitor:

@@ -11,13 +11,9 @@ as the app role.
 from __future__ import annotations
 
 import contextlib
-import grp
 import os
-import pwd
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -34,12 +30,17 @@ from psycopg.conninfo import conninfo_to_dict
 from app.db import migrate
 from app.embedded import EmbeddedPostgres
 from tests.support import (
+    NGINX_TEMPLATE,
+    PLACEHOLDER,
     ROOT,
-    LocalServer,
+    Nginx,
     Replica,
     World,
+    debian_binary,
     free_port,
+    launch,
     open_socket,
+    port_open,
     replicas,
     seed,
     wait_until,
@@ -48,145 +49,7 @@ from tests.test_realtime import insert_comment, post_comment
 
 pytestmark = pytest.mark.timeout(180)
 
-TEMPLATE = ROOT / "deploy" / "nginx.conf"
 ROLES_SQL = ROOT / "sql" / "roles.sql"
-PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def render(template: str, values: dict[str, str]) -> str:
-    """Fill `${NAME}` as the nginx image's envsubst does; every placeholder must have a value."""
-    missing = set(PLACEHOLDER.findall(template)) - set(values)
-    assert not missing, f"no value for {sorted(missing)}"
-    return PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
-
-
-def debian_binary(name: str) -> str:
-    """The path of Debian's `name` (in /usr/sbin, which root's PATH may lack); fails when missing."""
-    found = shutil.which(name) or (f"/usr/sbin/{name}" if os.access(f"/usr/sbin/{name}", os.X_OK) else None)
-    if found is None:
-        pytest.fail(f"{name} is not installed: apt-get install {name} (make test does it)")
-    return found
-
-
-def launch(args: list[str], port: int, log: Callable[[], str]) -> subprocess.Popen[bytes]:
-    """Start a server in the foreground and wait until it listens on `port` (its `log` on failure)."""
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    name = Path(args[0]).name
-
-    def up() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"{name} exited with {process.returncode}:\n{log()}")
-        return port_open(port)
-
-    wait_until(up, 15, f"{name} to listen")
-    return process
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-class Nginx(LocalServer):
-    """Debian's nginx in the foreground, with deploy/nginx.conf in front of `upstreams`."""
-
-    def __init__(self, upstreams: list[int]) -> None:
-        self.port = free_port()
-        # A prefix the workers (nobody, when we are root) can enter: pytest's folders are private.
-        self.prefix = Path(tempfile.mkdtemp(prefix="tracktalk-nginx-"))
-        self.prefix.chmod(0o755)
-        self.error_log = self.prefix / "error.log"
-        self.access_log = self.prefix / "access.log"
-        site = render(
-            TEMPLATE.read_text(),
-            {
-                "TRACKTALK_LISTEN": f"127.0.0.1:{self.port}",
-                "TRACKTALK_REPLICA_1": f"127.0.0.1:{upstreams[0]}",
-                "TRACKTALK_REPLICA_2": f"127.0.0.1:{upstreams[1]}",
-                "TRACKTALK_ACCESS_LOG": str(self.access_log),
-            },
-        )
-        (self.prefix / "tracktalk.conf").write_text(site)
-        user = ""
-        if os.geteuid() == 0:
-            nobody = pwd.getpwnam("nobody")
-            user = f"user nobody {grp.getgrgid(nobody.pw_gid).gr_name};"
-        # The only part that is not deploy/nginx.conf: what the nginx image's own nginx.conf does.
-        temp = " ".join(
-            f"{kind}_temp_path {self.prefix}/{kind};"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        (self.prefix / "nginx.conf").write_text(
-            f"""
-            {user}
-            worker_processes 1;
-            events {{ worker_connections 256; }}
-            http {{
-                {temp}
-                include {self.prefix}/tracktalk.conf;
-            }}
-            """
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def log(self) -> str:
-        return self.error_log.read_text(errors="replace")[-3000:] if self.error_log.exists() else ""
-
-    def start(self) -> Nginx:
-        nginx = debian_binary("nginx")
-        conf = str(self.prefix / "nginx.conf")
-        check = subprocess.run(
-            [nginx, "-t", "-q", "-p", str(self.prefix), "-e", str(self.error_log), "-c", conf],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        assert check.returncode == 0, f"nginx -t refused the config:\n{check.stderr}{self.log()}"
-        self.process = launch(
-            [
-                nginx,
-                *("-p", str(self.prefix), "-e", str(self.error_log), "-c", conf),
-                *("-g", f"daemon off; pid {self.prefix / 'nginx.pid'};"),
-            ],
-            self.port,
-            self.log,
-        )
-        return self
-
-    def stop(self) -> int | None:
-        """Graceful stop (SIGQUIT: finish what is in flight); the exit code."""
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        self.process.send_signal(signal.SIGQUIT)
-        try:
-            return self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-            raise AssertionError(f"nginx did not stop within 15 s:\n{self.log()}") from None
-
-    def upstreams(self) -> list[str]:
-        """The replica (host:port) of each logged request, in order."""
-        if not self.access_log.exists():
-            return []
-        return [line.split(" ", 1)[0] for line in self.access_log.read_text().splitlines()]
-
-    def cleanup(self) -> None:
-        with contextlib.suppress(AssertionError):
-            self.stop()
-        shutil.rmtree(self.prefix, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def nginx(pair: list[Replica]) -> Iterator[Nginx]:
-    """nginx in front of the module's two replicas."""
-    proxy = Nginx([replica.port for replica in pair])
-    try:
-        yield proxy.start()
-    finally:
-        proxy.cleanup()
 
 
 # --- the files Docker would use (no engine here: read, not built) ---------------------------
@@ -208,7 +71,7 @@ def test_compose_runs_the_topology_that_is_tested_here() -> None:
     assert "127.0.0.1:8080:80" in front["ports"]
     assert "./deploy/nginx.conf:/etc/nginx/templates/default.conf.template:ro" in front["volumes"]
     # The image fills exactly the placeholders that this module fills, with the replicas' names.
-    placeholders = set(PLACEHOLDER.findall(TEMPLATE.read_text()))
+    placeholders = set(PLACEHOLDER.findall(NGINX_TEMPLATE.read_text()))
     assert placeholders == {key for key in front["environment"] if key.startswith("TRACKTALK_")}
     upstreams = {front["environment"][f"TRACKTALK_REPLICA_{n}"] for n in (1, 2)}
     assert upstreams == {f"{name}:8000" for name in replica_names}
