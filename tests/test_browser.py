@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from playwright.async_api import Browser, Dialog, Locator, Page, expect
 
@@ -298,14 +299,18 @@ async def test_b_catches_up_after_its_replica_restarts(alice: Visitor, bob: Visi
     await bob.shot("08-caught-up")
 
 
-async def test_resync_reloads_the_list(alice: Visitor, bob: Visitor) -> None:
-    """A `since` the server cannot serve (here: from the future) gets `resync`: the page reloads."""
+async def test_resync_reloads_the_list(alice: Visitor, bob: Visitor, db_url: str, log_dir: Path) -> None:
+    """Events missed while away that are no longer kept get `resync`: the page reloads the list."""
     page = bob.page
-    await page.evaluate("() => { window.tracktalk.page.live.lastSeq = 1e12; }")  # live events now look old
+    bob.replica.stop()
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "reconnecting", timeout=WAIT_MS)
     await _post(alice, "Only a reload shows this one.")
-    await page.evaluate("() => window.tracktalk.socket.close()")
-    await expect(bob.comment("Only a reload shows this one.")).to_be_visible(timeout=WAIT_MS)
-    assert await page.evaluate("() => window.tracktalk.page.live.lastSeq") < 1e12
+    # As a retention shorter than bob's absence would: the events he missed are gone.
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM tracktalk.events WHERE track_id = %s", (TRACK,))
+    await asyncio.to_thread(bob.replica.start, log_dir)
+    await expect(bob.comment("Only a reload shows this one.")).to_be_visible(timeout=RECONNECT_MS)
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
     await _post(alice, "And live again after it.")
     await expect(bob.comment("And live again after it.")).to_be_visible(timeout=WAIT_MS)
 

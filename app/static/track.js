@@ -1,10 +1,10 @@
 // The track page: player, timeline, comments, metrics, typing; live through the track's socket.
 
+import { CloseCode, connect } from "/client/tracktalk.js";
 import { allComments, api, ApiError } from "./api.js";
 import { CommentList } from "./comments.js";
 import { Composer } from "./composer.js";
 import { byId, formatTime, replaceChildren, h, toast, icon } from "./dom.js";
-import { LiveSocket } from "./live.js";
 import { Player } from "./player.js";
 import { refreshToken, session, signOut } from "./session.js";
 import { CommentStore } from "./store.js";
@@ -53,11 +53,12 @@ export class TrackPage {
     this.store = new CommentStore();
     this.buffer = null; // durable messages that arrive while a reload is in flight
     this.loaded = false;
-    this.live = null;
+    this.live = null; // the track's feed (tracktalk.js)
+    this.unloadHooked = false; // pagehide and pageshow are listened to
     this.player = new Player(track);
     this.timeline = new Timeline(this.player, { onPick: (c) => this.list.flash(c.id) });
     this.typingIn = new TypingIndicator(() => session.user);
-    this.typingOut = new TypingSender((message) => Boolean(this.live && this.live.send(message)));
+    this.typingOut = new TypingSender(() => this.live);
     this.metrics = new Metrics(track.id, (fn) => this.call(fn));
     this.list = new CommentList(byId("comments"), this.store, this.actions());
     this.composer = new Composer(this.player, {
@@ -99,27 +100,34 @@ export class TrackPage {
 
   // ---- live --------------------------------------------------------------------------------
 
+  /** Open the track's feed; again with a new token (resuming where the last one was). */
   startLive() {
-    if (this.live) return this.live.connect();
-    this.live = new LiveSocket({
+    const since = this.live ? this.live.lastSeq : null;
+    if (this.live) this.live.close();
+    this.live = connect({
       trackId: this.track.id,
-      token: () => session.token,
+      since,
+      getToken: ({ expired }) => this.token(expired),
       onMessage: (m) => this.receive(m),
-      onState: (state, detail) => this.app.setConnection(state, detail),
-      onRefused: (code, reason) => this.refused(code, reason),
+      onResync: () => this.reload(),
+      onStatus: (status, detail) => this.status(status, detail),
+      onRefused: (refusal) => this.refused(refusal),
     });
-    this.live.connect();
-    window.addEventListener("online", () => this.live.nudge());
-    document.addEventListener("visibilitychange", () => document.hidden || this.live.nudge());
-    window.addEventListener("pagehide", () => this.live.stop());
+    if (this.unloadHooked) return;
+    this.unloadHooked = true;
+    window.addEventListener("pagehide", () => this.live.close());
     window.addEventListener("pageshow", (event) => event.persisted && location.reload()); // from the bfcache
   }
 
   receive(m) {
-    if (m.type === "connected") return this.connected();
-    if (m.type === "resync") return this.reload();
     if (this.buffer && typeof m.seq === "number") return void this.buffer.push(m);
     this.handle(m);
+  }
+
+  status(status, detail) {
+    if (status === "live") this.connected();
+    if (status === "closed" && detail.code === CloseCode.NORMAL) return; // closed here, e.g. for a new token
+    this.app.setConnection(status, statusText(status, detail));
   }
 
   connected() {
@@ -133,9 +141,14 @@ export class TrackPage {
     else console.info("unhandled message", m.type);
   }
 
-  async refused(code, reason) {
-    if (code === 4001 || reason.startsWith("token expired")) {
-      if (await refreshToken()) return true;
+  /** The token for the feed's next socket; a fresh one (from the demo sign-in) when it expired. */
+  async token(expired) {
+    if (expired && !(await refreshToken())) return null;
+    return session.token;
+  }
+
+  refused({ code, reason }) {
+    if (code === CloseCode.TOKEN_EXPIRED || reason.startsWith("token expired")) {
       toast("Your session expired: sign in again.", "error", 10000);
     } else if (reason.startsWith("invalid token") && session.demoUsers) {
       signOut();
@@ -144,7 +157,6 @@ export class TrackPage {
     } else {
       toast(`Live updates are off: ${reason}`, "error", 10000);
     }
-    return false;
   }
 
   /** Load the comments and metrics anew; socket events meanwhile wait and are applied after. */
@@ -219,6 +231,13 @@ export class TrackPage {
   }
 }
 
+/** The connection indicator's tooltip: when the next attempt is, or why it stopped. */
+function statusText(status, detail) {
+  if (status === "reconnecting" && detail.delayMs > 0) return `in ${Math.ceil(detail.delayMs / 1000)} s`;
+  if (status === "closed") return detail.reason || "";
+  return "";
+}
+
 /** For a failure that explain() already showed. */
 function ignore() {}
 
@@ -245,6 +264,7 @@ const MESSAGE_HANDLERS = {
   user_typing: (page, m) => page.typingIn.update(m),
   mention: (page, m) => toast(`${m.from_user} mentioned you: “${m.comment.content.slice(0, 80)}”`, "info", 8000),
   notification: (page, m) => page.app.bell.add(m.notification),
+  presence: () => {}, // how many listen: the page does not show it
   error: (page, m) => console.warn("server:", m.message),
 };
 

@@ -1,43 +1,29 @@
-// "alice is typing…": tell the others while this user types (throttled), and show who else does.
+// "alice is typing…": tell the others while this user types, and show who else does.
 
 import { byId } from "./dom.js";
 
-const SEND_EVERY_MS = 2000; // repeat "typing" this often while typing goes on (the server keeps 1/s)
 const IDLE_MS = 2500; // no key for this long: "stopped typing"
-const SERVER_GAP_MS = 1100; // the server drops a second message from a user within a second
 const SHOW_MS = 4000; // someone else's indicator goes away this long after their last message
 
-/** Sends {"type": "typing", "is_typing": …} for the user's keystrokes. */
+/** Tells the track's feed while the user types; the feed keeps to the server's rate limit. */
 export class TypingSender {
-  constructor(send) {
-    this.send = send;
-    this.typing = false;
-    this.lastSent = 0;
+  /** @param {() => object | null} feed  the page's current feed (tracktalk.js), or null */
+  constructor(feed) {
+    this.feed = feed;
     this.idle = null;
-    this.stopTimer = null;
   }
 
   /** A keystroke in one of the page's text fields. */
   input() {
     clearTimeout(this.idle);
-    clearTimeout(this.stopTimer);
     this.idle = setTimeout(() => this.stop(), IDLE_MS);
-    const now = Date.now();
-    if (!this.typing || now - this.lastSent >= SEND_EVERY_MS) this.post(true);
+    this.feed()?.typing(true);
   }
 
   /** The user stopped (sent, cancelled, or paused). */
   stop() {
     clearTimeout(this.idle);
-    if (!this.typing) return;
-    this.typing = false;
-    const wait = Math.max(0, this.lastSent + SERVER_GAP_MS - Date.now());
-    this.stopTimer = setTimeout(() => this.post(false), wait);
-  }
-
-  post(isTyping) {
-    if (this.send({ type: "typing", is_typing: isTyping })) this.lastSent = Date.now();
-    this.typing = isTyping;
+    this.feed()?.typing(false);
   }
 }
 

@@ -1,0 +1,308 @@
+// Types of tracktalk's browser client (/client/tracktalk.js) and of the messages it delivers.
+// The message shapes are the server's (app/wire.py); tests/test_client.py checks that every
+// interface here names exactly the fields of its wire type.
+
+// ---- HTTP answers ------------------------------------------------------------------------
+
+/** A comment as the API and the socket show it. */
+export interface Comment {
+  id: number;
+  user_id: number;
+  username: string;
+  author_is_creator: boolean;
+  author_is_team: boolean;
+  track_id: string;
+  parent_id: number | null;
+  content: string;
+  /** Seconds into the track. */
+  timestamp: number;
+  is_edited: boolean;
+  /** ISO 8601. */
+  created_at: string;
+  last_edited_at: string | null;
+  like_count: number;
+  /** Whether the caller liked it; false in socket messages (they are the same for everyone). */
+  user_has_liked: boolean;
+}
+
+/** GET /api/tracks/{track_id}/metrics, and the answer of the track like and share routes. */
+export interface TrackMetrics {
+  track_id: string;
+  likes: number;
+  comments: number;
+  shares: number;
+  user_has_liked: boolean;
+  /** Distinct users with a socket open on the track, on any replica (anonymous sockets count one each). */
+  listening: number;
+}
+
+/** POST and DELETE /api/comments/{comment_id}/like. */
+export interface LikeState {
+  comment_id: number;
+  like_count: number;
+  user_has_liked: boolean;
+}
+
+/** One of the caller's notifications. */
+export interface Notification {
+  id: number;
+  user_id: number;
+  kind: "comment" | "reply" | "mention" | "comment_like";
+  actor_id: number;
+  actor_username: string;
+  track_id: string;
+  track_title: string;
+  comment_id: number | null;
+  excerpt: string | null;
+  created_at: string;
+  read_at: string | null;
+}
+
+/** GET /api/notifications: newest first, and how many are unread in all. */
+export interface NotificationPage {
+  notifications: Notification[];
+  unread: number;
+}
+
+/** A track's counters after a change (the `metrics` of an event). */
+export interface Counters {
+  likes: number;
+  comments: number;
+  shares: number;
+}
+
+// ---- server -> client ----------------------------------------------------------------------
+
+/** First message on every socket; `seq` is the track's latest event number. Reported through onStatus("live"). */
+export interface Connected {
+  type: "connected";
+  track_id: string;
+  message: string;
+  seq: number;
+}
+
+/** A comment was posted; `metrics` are the track's counters after it. Durable. */
+export interface NewComment {
+  type: "new_comment";
+  track_id: string;
+  seq: number;
+  comment: Comment;
+  metrics: Counters;
+}
+
+/** A comment's content or time changed. Durable. */
+export interface CommentEdited {
+  type: "comment_edited";
+  track_id: string;
+  seq: number;
+  comment_id: number;
+  content: string;
+  timestamp: number;
+  is_edited: boolean;
+  last_edited_at: string | null;
+}
+
+/** A comment is gone (its replies get their own message); `metrics` are the counters after it. Durable. */
+export interface CommentDeleted {
+  type: "comment_deleted";
+  track_id: string;
+  seq: number;
+  comment_id: number;
+  metrics: Counters;
+}
+
+/** A comment's like count changed. Durable. */
+export interface CommentLiked {
+  type: "comment_liked";
+  track_id: string;
+  seq: number;
+  comment_id: number;
+  like_count: number;
+}
+
+/** A track like, unlike or share: the counters after it. Durable. */
+export interface TrackMetricsChanged {
+  type: "track_metrics";
+  track_id: string;
+  seq: number;
+  likes: number;
+  comments: number;
+  shares: number;
+}
+
+/** Someone on the track started or stopped typing. Ephemeral (no seq). */
+export interface UserTyping {
+  type: "user_typing";
+  track_id: string;
+  user_id: number;
+  username: string;
+  is_typing: boolean;
+}
+
+/** How many distinct users have a socket on the track, on any replica: on connect and on change. Ephemeral. */
+export interface Presence {
+  type: "presence";
+  track_id: string;
+  listening: number;
+}
+
+/** The socket's user was @mentioned, on whatever track. A live hint: GET /api/notifications is the truth. */
+export interface Mention {
+  type: "mention";
+  track_id: string;
+  comment: Comment;
+  from_user: string;
+}
+
+/** The socket's user has a new notification. A live hint: GET /api/notifications is the truth. */
+export interface NotificationMessage {
+  type: "notification";
+  track_id: string;
+  notification: Notification;
+}
+
+/** Events were missed that can no longer be replayed: reload with GET; the feed goes on after `seq`. */
+export interface Resync {
+  type: "resync";
+  track_id: string;
+  seq: number;
+  message: string;
+}
+
+/** The server did not understand a frame the client sent; the socket stays open. */
+export interface ErrorMessage {
+  type: "error";
+  message: string;
+  track_id?: string | null;
+}
+
+/** Every message the server sends. */
+export type ServerMessage =
+  | Connected
+  | NewComment
+  | CommentEdited
+  | CommentDeleted
+  | CommentLiked
+  | TrackMetricsChanged
+  | UserTyping
+  | Presence
+  | Mention
+  | NotificationMessage
+  | Resync
+  | ErrorMessage;
+
+/** The durable events: each has the track's `seq`, and is delivered exactly once, in order. */
+export type DurableEvent = NewComment | CommentEdited | CommentDeleted | CommentLiked | TrackMetricsChanged;
+
+/** What onMessage gets: everything but `connected` (onStatus) and `resync` (onResync). */
+export type FeedMessage = Exclude<ServerMessage, Connected | Resync>;
+
+// ---- client -> server ----------------------------------------------------------------------
+
+/** The only message a client sends; use `feed.typing()`, which keeps to the server's limit. */
+export interface Typing {
+  type: "typing";
+  is_typing: boolean;
+}
+
+export type ClientMessage = Typing;
+
+// ---- the client ----------------------------------------------------------------------------
+
+/** WebSocket close codes the server uses (RFC 6455, and 4001 of its own). */
+export declare const CloseCode: Readonly<{
+  /** The client left (or a proxy ended the socket): resume. */
+  NORMAL: 1000;
+  /** The replica is shutting down: resume at once, another replica takes over. */
+  GOING_AWAY: 1001;
+  /** A frame that is not JSON text: a client bug; resume. */
+  UNSUPPORTED: 1003;
+  /** No close frame at all (network, killed replica); set by the browser, never sent. */
+  ABNORMAL: 1006;
+  /** Refused: bad token, track not found or no longer visible, too many sockets; the reason says. */
+  POLICY: 1008;
+  /** A frame over 4 KiB: a client bug; resume. */
+  TOO_BIG: 1009;
+  /** The server failed unforeseen (it is logged): resume after a pause. */
+  INTERNAL: 1011;
+  /** Too slow to keep up, or the database is unavailable: resume. */
+  TRY_AGAIN: 1013;
+  /** The access token expired: resume with a fresh one. */
+  TOKEN_EXPIRED: 4001;
+}>;
+
+export type Status = "connecting" | "live" | "reconnecting" | "closed";
+
+/** What goes with a status: `seq`, `resumed` and `anonymous` with "live"; why with the others. */
+export interface StatusDetail {
+  /** live: the track's latest seq, as the server said in `connected`. */
+  seq?: number;
+  /** live: true when this socket continues from a seq the caller has (a reconnect, or `since`);
+   *  false on the first connection without `since`: load the comments with GET now. */
+  resumed?: boolean;
+  /** live: the socket has no token (read-only; typing is not sent). */
+  anonymous?: boolean;
+  /** reconnecting, closed: the close code of the socket that ended (4000: the client saw a gap). */
+  code?: number;
+  /** reconnecting, closed: the server's close reason. */
+  reason?: string;
+  /** reconnecting: milliseconds until the next attempt (0: at once). */
+  delayMs?: number;
+}
+
+/** Why the feed stopped for good: 1008 (with the server's reason), or 4001 without a fresh token. */
+export interface Refusal {
+  code: number;
+  reason: string;
+}
+
+export interface ConnectOptions {
+  /** The track to watch. */
+  trackId: string;
+  /** The tracktalk server, e.g. "https://tracktalk.example/" (http(s) or ws(s)); relative ones
+   *  resolve against the page. Default: the server this module was loaded from. */
+  baseUrl?: string | URL;
+  /**
+   * The access token for the next connection, called before each one. With `expired: true` the
+   * last one expired (4001): return a fresh one, or null to stop (onRefused is called then).
+   * Return null for no token: a read-only socket where the server allows anonymous sockets.
+   */
+  getToken?: (context: { expired: boolean }) => string | null | undefined | Promise<string | null | undefined>;
+  /** A fixed token, when there is no getToken (it cannot be renewed: 4001 stops the feed). */
+  token?: string | null;
+  /** The last seq the caller already has (e.g. kept from an earlier feed): the first socket
+   *  replays every durable event after it. Default: none, start from now. */
+  since?: number | null;
+  /** Every message but `connected` and `resync`: durable events exactly once and in seq order,
+   *  ephemeral ones (typing, presence, mention, notification, error) as they come. */
+  onMessage?: (message: FeedMessage) => void;
+  /** Events were missed that cannot be replayed: reload the track's state with GET. */
+  onResync?: (message: Resync) => void;
+  /** The connection's state changed. */
+  onStatus?: (status: Status, detail: StatusDetail) => void;
+  /** The server refused the socket (1008), or a token expired and no fresh one came: the feed
+   *  has stopped. `reason` is the server's, e.g. "invalid token", "track not found". */
+  onRefused?: (refusal: Refusal) => void;
+  /** Reconnect delays: the first ceiling and the largest (defaults 500 and 15000 ms); each
+   *  attempt waits a random time between half the ceiling and the ceiling, which doubles. */
+  backoff?: { firstMs?: number; maxMs?: number };
+}
+
+/** A track's live feed, open until `close()`. */
+export interface Feed {
+  /** The seq of the last durable event delivered (or `since`); null before the first `connected`. */
+  readonly lastSeq: number | null;
+  readonly status: Status;
+  /** The WebSocket in use, or null: for diagnostics only. */
+  readonly socket: WebSocket | null;
+  /** Whether the user is typing; call it freely: at most one message a second goes out, and the
+   *  final state always does. Ignored without a token. */
+  typing(isTyping: boolean): void;
+  /** Reconnect now if waiting to (done by itself when the browser comes back online or the tab is shown). */
+  reconnectNow(): void;
+  /** Close for good. */
+  close(): void;
+}
+
+/** Open the live feed of one track. */
+export declare function connect(options: ConnectOptions): Feed;

@@ -1,0 +1,343 @@
+// tracktalk's browser client: the live messages of one track over a WebSocket.
+//
+// A dependency-free ES module; its types are in tracktalk.d.ts beside it. It keeps the seq of the
+// last durable event it delivered and resumes with `since=` after every drop, so that each
+// durable event reaches the caller exactly once and in order, whichever replica the socket
+// lands on. The protocol it speaks is in tracktalk's repository (docs/protocol.md), and as a
+// schema at /schema/asyncapi.json.
+//
+//   import { connect } from "https://tracktalk.example/client/tracktalk.js";
+//   const feed = connect({
+//     trackId: "sunrise",
+//     getToken: async ({ expired }) => (expired ? await myApp.freshToken() : myApp.token),
+//     onMessage: (message) => render(message),
+//     onResync: () => reloadComments(),
+//     onStatus: (status, detail) => showConnection(status, detail),
+//     onRefused: ({ code, reason }) => showError(reason),
+//   });
+//   input.oninput = () => feed.typing(true);
+//   feed.close();
+
+/** WebSocket close codes the server uses (RFC 6455, and 4001 of its own). */
+export const CloseCode = Object.freeze({
+  /** The client left (or a proxy ended the socket): resume. */
+  NORMAL: 1000,
+  /** The replica is shutting down: resume at once, another replica takes over. */
+  GOING_AWAY: 1001,
+  /** A frame that is not JSON text: a client bug; resume. */
+  UNSUPPORTED: 1003,
+  /** No close frame at all (network, killed replica); set by the browser, never sent. */
+  ABNORMAL: 1006,
+  /** Refused: bad token, track not found or no longer visible, too many sockets; the reason says. */
+  POLICY: 1008,
+  /** A frame over 4 KiB: a client bug; resume. */
+  TOO_BIG: 1009,
+  /** The server failed unforeseen (it is logged): resume after a pause. */
+  INTERNAL: 1011,
+  /** Too slow to keep up, or the database is unavailable: resume. */
+  TRY_AGAIN: 1013,
+  /** The access token expired: resume with a fresh one. */
+  TOKEN_EXPIRED: 4001,
+});
+
+const BACKOFF_FIRST_MS = 500;
+const BACKOFF_MAX_MS = 15000;
+/** A connection that stayed live this long starts the backoff over. */
+const STABLE_MS = 10000;
+/** The server relays one typing message per second per user and track and drops the rest. */
+const TYPING_GAP_MS = 1100;
+/** While typing goes on, say so again this often (others forget a typist after a few seconds). */
+const TYPING_REPEAT_MS = 2000;
+/** The client's own close code when it saw a gap in the seqs and resumes to fill it. */
+const CLOSE_GAP = 4000;
+/** Drops after which the client resumes at once when the socket had been live (else: backoff). */
+const RESUME_AT_ONCE = new Set([CloseCode.GOING_AWAY, CloseCode.TRY_AGAIN]);
+
+/**
+ * Open the live feed of one track and keep it open until `close()`.
+ *
+ * @param {import("./tracktalk").ConnectOptions} options
+ * @returns {import("./tracktalk").Feed}
+ */
+export function connect(options) {
+  return new Feed(options);
+}
+
+/** The delay before reconnect attempt `attempt` (0, 1, 2…): doubling steps, "equal jitter". */
+function backoffDelay(attempt, { firstMs = BACKOFF_FIRST_MS, maxMs = BACKOFF_MAX_MS } = {}) {
+  const ceiling = Math.min(maxMs, firstMs * 2 ** attempt);
+  return ceiling / 2 + Math.random() * (ceiling / 2);
+}
+
+/** Where the server is: `baseUrl`, or by default the folder above this module's (…/client/). */
+function serverBase(baseUrl) {
+  const here = globalThis.location ? globalThis.location.href : undefined;
+  const base = new URL(baseUrl ?? new URL("../", import.meta.url), here);
+  if (!base.pathname.endsWith("/")) base.pathname += "/";
+  return base;
+}
+
+/** The socket's address: ws(s)://…/api/ws/track/{trackId}?token=…&since=… */
+function socketUrl(base, trackId, token, since) {
+  const url = new URL(`api/ws/track/${encodeURIComponent(trackId)}`, base);
+  if (url.protocol === "https:") url.protocol = "wss:";
+  else if (url.protocol === "http:") url.protocol = "ws:";
+  if (token) url.searchParams.set("token", token);
+  if (since !== null) url.searchParams.set("since", String(since));
+  return url.href;
+}
+
+/** Call a caller's hook; an exception in it is reported, and the feed goes on. */
+function callHook(hook, ...args) {
+  if (typeof hook !== "function") return undefined;
+  try {
+    return hook(...args);
+  } catch (error) {
+    if (typeof globalThis.reportError === "function") globalThis.reportError(error);
+    else setTimeout(() => { throw error; });
+    return undefined;
+  }
+}
+
+class Feed {
+  #options;
+  #base;
+  #socket = null;
+  #lastSeq;
+  #status = "connecting";
+  #attempt = 0; // reconnect attempts since the last stable connection
+  #timer = null; // the pending reconnect
+  #opening = false; // waiting for getToken()
+  #started = false; // the first socket was opened
+  #liveAt = 0; // when the current socket got `connected` (0: not live)
+  #renewed = false; // reconnected with a fresh token, not yet live again
+  #anonymous = false; // the current socket has no token (read-only)
+  #closed = false;
+  #typingWanted = false;
+  #typingSent = false;
+  #typingSentAt = -Infinity;
+  #typingTimer = null;
+  #onWake = () => this.reconnectNow();
+
+  constructor(options) {
+    const { trackId, since = null } = options || {};
+    if (typeof trackId !== "string" || trackId === "") throw new TypeError("connect: trackId must be a non-empty string");
+    if (since !== null && !(Number.isSafeInteger(since) && since >= 0)) {
+      throw new TypeError("connect: since must be a whole number >= 0 (the last seq you have), or null");
+    }
+    this.#options = options;
+    this.#base = serverBase(options.baseUrl);
+    this.#lastSeq = since;
+    if (globalThis.addEventListener) globalThis.addEventListener("online", this.#onWake);
+    if (globalThis.document) globalThis.document.addEventListener("visibilitychange", this.#onWake);
+    this.#open(false);
+  }
+
+  /** The seq of the last durable event delivered (or given as `since`); null before the first. */
+  get lastSeq() {
+    return this.#lastSeq;
+  }
+
+  /** "connecting" | "live" | "reconnecting" | "closed". */
+  get status() {
+    return this.#status;
+  }
+
+  /** The WebSocket in use, or null: for diagnostics (send with `typing()`, never on it directly). */
+  get socket() {
+    return this.#socket;
+  }
+
+  /**
+   * Say whether the user is typing. Call it as often as you like (e.g. true on every keystroke,
+   * false when they stop or send): it sends at most one message per second, repeats `true`
+   * every 2 s while typing goes on, and always sends the final state. Ignored on a socket
+   * without a token (read-only).
+   */
+  typing(isTyping) {
+    this.#typingWanted = Boolean(isTyping);
+    this.#flushTyping();
+  }
+
+  /** Reconnect now if waiting to (the client does it itself when the browser comes back online). */
+  reconnectNow() {
+    if (this.#timer === null || this.#closed) return;
+    clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#open(false);
+  }
+
+  /** Close for good: no reconnect; the last hook called is onStatus("closed"). */
+  close() {
+    if (this.#closed) return;
+    this.#shutDown();
+    this.#setStatus("closed", { code: CloseCode.NORMAL, reason: "closed by the client" });
+  }
+
+  // ---- connecting ------------------------------------------------------------------------
+
+  /** Get a token (a fresh one when `expired`), then open a socket. */
+  async #open(expired) {
+    this.#timer = null;
+    if (this.#closed || this.#opening) return;
+    this.#opening = true;
+    let token;
+    try {
+      token = await this.#token(expired);
+    } catch (error) {
+      this.#opening = false;
+      if (expired) return this.#refuse({ code: CloseCode.TOKEN_EXPIRED, reason: `token expired; getToken failed: ${error}` });
+      return this.#retry(this.#backoff(), { reason: `getToken failed: ${error}` });
+    }
+    this.#opening = false;
+    if (this.#closed) return;
+    if (expired && !token) return this.#refuse({ code: CloseCode.TOKEN_EXPIRED, reason: "token expired" });
+    if (!this.#started) this.#setStatus("connecting", {}); // later attempts were announced as "reconnecting"
+    this.#started = true;
+    this.#anonymous = !token;
+    const socket = new WebSocket(socketUrl(this.#base, this.#options.trackId, token, this.#lastSeq));
+    this.#socket = socket;
+    socket.addEventListener("message", (event) => this.#receive(socket, event));
+    socket.addEventListener("close", (event) => this.#dropped(socket, event));
+  }
+
+  async #token(expired) {
+    const { getToken, token } = this.#options;
+    if (typeof getToken === "function") return (await getToken({ expired })) || null;
+    return expired ? null : token || null;
+  }
+
+  // ---- receiving -------------------------------------------------------------------------
+
+  #receive(socket, event) {
+    if (socket !== this.#socket || this.#closed) return;
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch {
+      console.warn("tracktalk: a frame that is not JSON:", String(event.data).slice(0, 200));
+      return;
+    }
+    if (message === null || typeof message !== "object" || typeof message.type !== "string") return;
+    if (message.type === "connected") return this.#connected(message);
+    if (message.type === "resync") {
+      this.#lastSeq = message.seq;
+      return callHook(this.#options.onResync, message);
+    }
+    if (typeof message.seq === "number" && this.#lastSeq !== null) {
+      if (message.seq <= this.#lastSeq) return; // delivered already (a replay overlapping live frames)
+      if (message.seq > this.#lastSeq + 1) return this.#gap(socket, message.seq);
+    }
+    if (typeof message.seq === "number") this.#lastSeq = message.seq;
+    callHook(this.#options.onMessage, message);
+  }
+
+  #connected(message) {
+    const resumed = this.#lastSeq !== null;
+    if (!resumed) this.#lastSeq = message.seq;
+    this.#liveAt = Date.now();
+    this.#renewed = false;
+    this.#typingSent = false;
+    this.#setStatus("live", { seq: message.seq, resumed, anonymous: this.#anonymous });
+    if (this.#typingWanted) this.#flushTyping();
+  }
+
+  /** Events were skipped (the server guarantees they are not): resume from the last one seen. */
+  #gap(socket, seq) {
+    console.warn(`tracktalk: events ${this.#lastSeq + 1}..${seq - 1} missing; resuming with since=${this.#lastSeq}`);
+    this.#socket = null;
+    socket.close(CLOSE_GAP, "gap in seq: resuming");
+    this.#afterDrop({ code: CLOSE_GAP, reason: "gap in seq" }, true);
+  }
+
+  // ---- dropping --------------------------------------------------------------------------
+
+  #dropped(socket, event) {
+    if (socket !== this.#socket) return;
+    this.#socket = null;
+    if (this.#closed) return;
+    const why = { code: event.code, reason: event.reason || "" };
+    const tokenExpired =
+      event.code === CloseCode.TOKEN_EXPIRED || (event.code === CloseCode.POLICY && why.reason.startsWith("token expired"));
+    const wasLive = this.#liveAt !== 0;
+    if (tokenExpired) return this.#renew(why);
+    if (event.code === CloseCode.POLICY) return this.#refuse(why);
+    this.#afterDrop(why, wasLive && RESUME_AT_ONCE.has(event.code));
+  }
+
+  /** Reconnect: at once when `atOnce` (and not just done so), else after the backoff. */
+  #afterDrop(why, atOnce) {
+    if (this.#liveAt !== 0 && Date.now() - this.#liveAt >= STABLE_MS) this.#attempt = 0;
+    this.#liveAt = 0;
+    if (atOnce && this.#attempt === 0) {
+      this.#attempt = 1;
+      return this.#retry(0, why);
+    }
+    this.#retry(this.#backoff(), why);
+  }
+
+  #backoff() {
+    const delay = backoffDelay(this.#attempt, this.#options.backoff);
+    this.#attempt += 1;
+    return delay;
+  }
+
+  #retry(delayMs, why) {
+    this.#setStatus("reconnecting", { ...why, delayMs });
+    this.#timer = setTimeout(() => this.#open(false), delayMs);
+  }
+
+  /** The token expired: ask for a fresh one, once; stop if there is none or it did not help. */
+  #renew(why) {
+    this.#liveAt = 0;
+    if (this.#renewed) return this.#refuse(why);
+    this.#renewed = true;
+    this.#setStatus("reconnecting", { ...why, delayMs: 0 });
+    this.#open(true);
+  }
+
+  #refuse(refusal) {
+    this.#shutDown();
+    callHook(this.#options.onRefused, refusal);
+    this.#setStatus("closed", refusal);
+  }
+
+  #shutDown() {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    clearTimeout(this.#typingTimer);
+    this.#timer = null;
+    if (globalThis.removeEventListener) globalThis.removeEventListener("online", this.#onWake);
+    if (globalThis.document) globalThis.document.removeEventListener("visibilitychange", this.#onWake);
+    const socket = this.#socket;
+    this.#socket = null;
+    if (socket) socket.close(CloseCode.NORMAL, "client closed");
+  }
+
+  #setStatus(status, detail) {
+    this.#status = status;
+    callHook(this.#options.onStatus, status, detail);
+  }
+
+  // ---- typing ----------------------------------------------------------------------------
+
+  /** Send the wanted typing state when it is due and the server's limit allows; later otherwise. */
+  #flushTyping() {
+    clearTimeout(this.#typingTimer);
+    this.#typingTimer = null;
+    const socket = this.#socket;
+    if (this.#closed || this.#anonymous || !socket || socket.readyState !== WebSocket.OPEN) return;
+    const wanted = this.#typingWanted;
+    const now = Date.now();
+    const due = wanted !== this.#typingSent || (wanted && now - this.#typingSentAt >= TYPING_REPEAT_MS);
+    if (!due) return;
+    const wait = this.#typingSentAt + TYPING_GAP_MS - now;
+    if (wait > 0) {
+      this.#typingTimer = setTimeout(() => this.#flushTyping(), wait);
+      return;
+    }
+    socket.send(JSON.stringify({ type: "typing", is_typing: wanted }));
+    this.#typingSent = wanted;
+    this.#typingSentAt = now;
+  }
+}

@@ -1,0 +1,42 @@
+"""The browser client: /client/tracktalk.js (an ES module) and /client/tracktalk.d.ts (its types).
+
+Other sites import the module from here, and a browser fetches a module script in CORS mode, so
+both files are open to any origin (they hold nothing private). Their address carries no
+version: browsers revalidate them on every use (an ETag, answered 304 while unchanged), so that a
+page never runs a client older than the server it talks to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from litestar import Request, Response, get
+
+CLIENT = Path(__file__).resolve().parent.parent / "client"
+MEDIA_TYPES = {
+    "tracktalk.js": "text/javascript",  # Litestar adds "; charset=utf-8" to text types
+    "tracktalk.d.ts": "application/typescript; charset=utf-8",
+}
+"""The files served under /client/, and their content types."""
+
+
+@get([f"/client/{name}" for name in MEDIA_TYPES], include_in_schema=False)
+async def client_file(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """One of the client's files, or 304 when the browser's copy is current."""
+    name = request.url.path.rsplit("/", 1)[-1]
+    data = (CLIENT / name).read_bytes()
+    etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+    headers = {
+        "ETag": etag,
+        "Cache-Control": "no-cache",
+        "Access-Control-Allow-Origin": "*",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(b"", status_code=304, headers=headers)
+    return Response(data, media_type=MEDIA_TYPES[name], headers=headers)
+
+
+route_handlers = [client_file]
