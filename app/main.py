@@ -19,7 +19,7 @@ from litestar.openapi import OpenAPIConfig
 from app.config import Settings
 from app.deps import provide_services, provide_user, provide_viewer
 from app.errors import MAX_BODY, exception_handlers
-from app.handlers import client, comments, demo, health, notifications, pages, tracks
+from app.handlers import client, comments, demo, health, notifications, pages, schema, tracks
 from app.handlers.sockets import PATH, TrackSockets
 from app.logs import configure_logging
 from app.request import TracktalkRequest
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> Tracktalk:
         *health.route_handlers,
         *pages.route_handlers,
         *client.route_handlers,
+        *schema.route_handlers,
     ]
     if settings.demo:
         handlers += demo.route_handlers
