@@ -1,8 +1,10 @@
-"""The protocol as the repository states it: /schema/asyncapi.json.
+"""The protocol as the repository states it: /schema/asyncapi.json and docs/protocol.md.
 
 The AsyncAPI document is checked against what a real replica sends: sockets on a track, every
 kind of message provoked, each frame validated with a JSON Schema validator against the
 document's payload for its `type` (closed: a field the document does not name fails too).
+docs/protocol.md is checked for every route, close code and variable the code has, and its JSON
+examples against the same document.
 """
 
 from __future__ import annotations
@@ -10,17 +12,23 @@ from __future__ import annotations
 import copy
 import json
 import re
+import subprocess
 import time
+import warnings
+from collections.abc import Iterator
 from typing import Any, get_args
 
 import httpx
 import jsonschema
 import pytest
+from litestar.exceptions import LitestarDeprecationWarning
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
 from app import wire
-from app.asyncapi import ASYNCAPI_VERSION
+from app.asyncapi import ASYNCAPI_VERSION, CLOSE_CODES
+from app.config import Settings
+from app.main import create_app
 from tests.support import RECV_TIMEOUT, ROOT, Replica, Socket, World, open_socket
 from tests.test_realtime import post_comment
 
@@ -183,3 +191,75 @@ def test_the_validation_fails_a_frame_that_drifts_from_the_document(document: di
         {"type": "new_comment", "track_id": "t", "seq": 4, "comment": {"id": 1}, "metrics": {}},
     ]:
         assert sent.problems(drifted), drifted
+
+
+# --- docs/protocol.md -------------------------------------------------------------------------
+
+
+def doc_text() -> str:
+    assert DOC.exists(), "docs/protocol.md is missing"
+    return DOC.read_text()
+
+
+def section(text: str, heading: str) -> str:
+    """The text under `## heading`, up to the next `## `."""
+    found = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert found, f"docs/protocol.md has no section '## {heading}'"
+    return found.group(1)
+
+
+def json_examples(text: str) -> Iterator[Any]:
+    for block in re.findall(r"^```json\n(.*?)^```", text, re.M | re.S):
+        yield json.loads(block)
+
+
+def test_the_socket_examples_in_the_doc_match_the_document(document: dict[str, Any]) -> None:
+    sent, received = Messages(document, "sendTrackMessages"), Messages(document, "receiveClientMessages")
+    examples = list(json_examples(section(doc_text(), "Socket messages")))
+    for example in examples:
+        (received if example.get("type") == "typing" else sent).check(example)
+    assert {example["type"] for example in examples} == SENT | {"typing"}
+
+
+def routes() -> Iterator[str]:
+    """`METHOD /path` of every route the app serves (demo routes included)."""
+    with warnings.catch_warnings():  # built only to list its routes: Litestar's notes do not matter here
+        warnings.simplefilter("ignore", LitestarDeprecationWarning)
+        app = create_app(Settings(database_url="postgresql://unused/unused", secret="x" * 32, demo=True))
+    for route in app.routes:
+        if route.path.startswith("/schema") and route.path != "/schema/asyncapi.json":
+            continue  # Litestar's OpenAPI pages
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+        methods = sorted(getattr(route, "methods", set()) - {"OPTIONS", "HEAD"}) or ["WS"]
+        for method in methods:
+            yield f"{method} {path}"
+
+
+def test_the_doc_names_every_route_close_code_and_variable() -> None:
+    text = doc_text()
+    for route in routes():
+        assert f"`{route}`" in text, f"docs/protocol.md does not describe `{route}`"
+    for code in CLOSE_CODES:
+        assert re.search(rf"^\| `{code}` ", text, re.M), f"docs/protocol.md: no row for close code {code}"
+    used = set(
+        re.findall(
+            r'"((?:TRACKTALK|DATABASE)_[A-Z0-9_]+)"',
+            "".join(p.read_text() for p in (ROOT / "app").rglob("*.py")),
+        )
+    )
+    for name in used:
+        assert f"`{name}`" in text, f"docs/protocol.md does not explain {name}"
+
+
+def test_the_readme_links_the_protocol_and_nothing_points_outside_the_repository() -> None:
+    assert "(docs/protocol.md)" in (ROOT / "README.md").read_text()
+    outside_link = "shared" + "/"  # not written whole, or this file would point outside itself
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    outside = [
+        f"{name}:{n}"
+        for name in files.split()
+        if (ROOT / name).is_file() and not name.endswith(".png")
+        for n, line in enumerate((ROOT / name).read_text(errors="replace").splitlines(), 1)
+        if outside_link in line
+    ]
+    assert outside == []
