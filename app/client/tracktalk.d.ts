@@ -295,8 +295,9 @@ export interface Feed {
   readonly status: Status;
   /** The WebSocket in use, or null: for diagnostics only. */
   readonly socket: WebSocket | null;
-  /** Whether the user is typing; call it freely: at most one message a second goes out, and the
-   *  final state always does. Ignored without a token. */
+  /** Whether the user is typing; call it freely (true on every keystroke, false on a pause or a
+   *  send): at most one message a second goes out, `true` again every 2 s while the calls keep
+   *  coming, and the final state always does. Ignored without a token. */
   typing(isTyping: boolean): void;
   /** Reconnect now if waiting to (done by itself when the browser comes back online or the tab is shown). */
   reconnectNow(): void;

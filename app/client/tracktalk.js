@@ -150,9 +150,9 @@ class Feed {
 
   /**
    * Say whether the user is typing. Call it as often as you like (e.g. true on every keystroke,
-   * false when they stop or send): it sends at most one message per second, repeats `true`
-   * every 2 s while typing goes on, and always sends the final state. Ignored on a socket
-   * without a token (read-only).
+   * false when they stop or send): it sends at most one message per second, says `true` again
+   * every 2 s while the calls keep coming (others forget a silent typist), and always sends the
+   * final state. Ignored on a socket without a token (read-only).
    */
   typing(isTyping) {
     this.#typingWanted = Boolean(isTyping);
