@@ -16,33 +16,13 @@ from typing import Any, get_args
 import msgspec
 
 from app import wire
-from app.handlers.sockets import (
-    CLOSE_INTERNAL,
-    CLOSE_NORMAL,
-    CLOSE_POLICY,
-    CLOSE_TOO_BIG,
-    CLOSE_TRY_AGAIN,
-    CLOSE_UNSUPPORTED,
-    MAX_FRAME,
-)
-from app.subscriber import CLOSE_GOING_AWAY, CLOSE_TOKEN_EXPIRED
+from app.close_codes import WHAT_TO_DO
+from app.wire import MAX_FRAME
 
 ASYNCAPI_VERSION = "3.0.0"
 CHANNEL = "trackSocket"
 """The channel's key in the document."""
 SCHEMAS = "#/components/schemas/{name}"
-
-CLOSE_CODES = {
-    CLOSE_NORMAL: "the socket ended (the client left, or a proxy closed it): resume with since= if still wanted",
-    CLOSE_GOING_AWAY: "the replica is shutting down: resume at once with since= (another replica takes it)",
-    CLOSE_UNSUPPORTED: "the client sent a frame that is not JSON text: fix the client",
-    CLOSE_POLICY: "refused (the reason says why: invalid token, track not found, …): do not retry as is",
-    CLOSE_TOO_BIG: f"the client sent a frame over {MAX_FRAME} bytes: fix the client",
-    CLOSE_INTERNAL: "the server failed unforeseen (logged): resume with since= after a backoff",
-    CLOSE_TRY_AGAIN: "too slow to keep up, or the database is unavailable: resume with since= (backoff if it repeats)",
-    CLOSE_TOKEN_EXPIRED: "the access token expired: resume at once with a fresh token and since=",
-}
-"""Close codes the server uses, and what a client does after each."""
 
 
 def _members(union: Any) -> list[type[msgspec.Struct]]:
@@ -128,7 +108,7 @@ def document() -> dict[str, Any]:
                         },
                     }
                 },
-                "x-close-codes": {str(code): meaning for code, meaning in sorted(CLOSE_CODES.items())},
+                "x-close-codes": {str(code): meaning for code, meaning in sorted(WHAT_TO_DO.items())},
             }
         },
         "operations": {

@@ -6,6 +6,8 @@ what to do after each. A reason that asks the client to come back says how (`RES
 
 from __future__ import annotations
 
+from app.wire import MAX_FRAME
+
 NORMAL = 1000
 """The client left, or the server closed a socket that did nothing wrong."""
 GOING_AWAY = 1001
@@ -33,3 +35,15 @@ DATABASE_DOWN = f"database unavailable: {RESUME} in a few seconds"
 SERVER_FAILED = f"server error (logged): {RESUME}"
 TRACK_NOT_FOUND = "track not found"
 ACCESS_REVOKED = "track not found: access to it was taken away"
+
+WHAT_TO_DO = {
+    NORMAL: "the socket ended (the client left, or a proxy closed it): resume with since= if still wanted",
+    GOING_AWAY: "the replica is shutting down: resume at once with since= (another replica takes it)",
+    UNSUPPORTED: "the client sent a frame that is not JSON text: fix the client",
+    POLICY: "refused (the reason says why: invalid token, track not found, …): do not retry as is",
+    TOO_BIG: f"the client sent a frame over {MAX_FRAME} bytes: fix the client",
+    INTERNAL: "the server failed unforeseen (logged): resume with since= after a backoff",
+    TRY_AGAIN: "too slow to keep up, or the database is unavailable: resume with since= (backoff if it repeats)",
+    TOKEN_EXPIRED: "the access token expired: resume at once with a fresh token and since=",
+}
+"""What a client does after each close code (the AsyncAPI document's x-close-codes)."""

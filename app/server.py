@@ -9,9 +9,9 @@ from types import FrameType
 import uvicorn
 
 from app import close_codes
-from app.handlers.sockets import MAX_FRAME
 from app.logs import tame_uvicorn
 from app.main import Tracktalk
+from app.wire import MAX_FRAME
 from app.wsprotocol import FrameProtocol
 
 _DRAIN_GRACE = 0.5

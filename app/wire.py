@@ -21,6 +21,9 @@ from msgspec import Meta, Raw, Struct
 MAX_CONTENT = 5000
 """Longest comment the API accepts, in characters (after trimming)."""
 
+MAX_FRAME = 4096
+"""Largest frame a client may send on a socket, in bytes; a bigger one closes it with 1009."""
+
 CommentId = Annotated[int, Meta(ge=1, le=2**63 - 1)]
 
 

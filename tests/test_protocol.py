@@ -26,8 +26,10 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
 from app import wire
-from app.asyncapi import ASYNCAPI_VERSION, CLOSE_CODES
+from app.asyncapi import ASYNCAPI_VERSION
+from app.close_codes import WHAT_TO_DO
 from app.config import Settings
+from app.handlers.sockets import PATH as SOCKET_PATH
 from app.main import create_app
 from tests.support import RECV_TIMEOUT, ROOT, Replica, Socket, World, open_socket
 from tests.test_realtime import post_comment
@@ -226,7 +228,8 @@ def routes() -> Iterator[str]:
     with warnings.catch_warnings():  # built only to list its routes: Litestar's notes do not matter here
         warnings.simplefilter("ignore", LitestarDeprecationWarning)
         app = create_app(Settings(database_url="postgresql://unused/unused", secret="x" * 32, demo=True))
-    for route in app.routes:
+    yield f"WS {SOCKET_PATH}{{track_id}}"  # served in front of Litestar (app/main.py)
+    for route in app.http.routes:
         if route.path.startswith("/schema") and route.path != "/schema/asyncapi.json":
             continue  # Litestar's OpenAPI pages
         path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
@@ -239,7 +242,7 @@ def test_the_doc_names_every_route_close_code_and_variable() -> None:
     text = doc_text()
     for route in routes():
         assert f"`{route}`" in text, f"docs/protocol.md does not describe `{route}`"
-    for code in CLOSE_CODES:
+    for code in WHAT_TO_DO:
         assert re.search(rf"^\| `{code}` ", text, re.M), f"docs/protocol.md: no row for close code {code}"
     used = set(
         re.findall(

@@ -32,6 +32,7 @@ from app.services import Services
 from app.subscriber import ANONYMOUS, Subscriber
 from app.tracks import watcher
 from app.wire import (
+    MAX_FRAME,
     Connected,
     Error,
     UserTyping,
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 
 PATH = "/api/ws/track/"
 """Where the track sockets live; the track id follows (URL-encoded)."""
-MAX_FRAME = 4096
-"""Largest client frame, in bytes; a bigger one closes the socket with 1009."""
 MAX_TRACK_ID = 200
 DATABASE_DOWN = (psycopg.OperationalError, PoolTimeout, TimeoutError)
 """What a socket meets when the database cannot be reached in time."""
