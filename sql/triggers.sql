@@ -148,7 +148,7 @@ BEGIN
         EXIT WHEN FOUND;
         -- No row: the track was made while the triggers were off (count it now, then number
         -- from there).
-        PERFORM tracktalk.recount(track);
+        PERFORM tracktalk.recount(track, comments_delta, likes_delta, shares_delta);
     END LOOP;
 
     first_seq := state.last_seq - n + 1;
@@ -240,19 +240,33 @@ BEGIN
 END
 $$;
 
--- Sets a track's counters from its rows (one scan). For a track made while the triggers were
--- off, or by a DBA who suspects drift: SELECT tracktalk.recount(id) FROM tracks;
-CREATE OR REPLACE FUNCTION tracktalk.recount(track text) RETURNS void
-LANGUAGE sql AS $$
-    INSERT INTO tracktalk.track_state AS s (track_id, comments, likes, shares)
-    SELECT t.id,
-           (SELECT count(*) FROM public.comments WHERE track_id = t.id),
-           (SELECT count(*) FROM public.track_likes WHERE track_id = t.id),
-           (SELECT count(*) FROM public.track_shares WHERE track_id = t.id)
-      FROM public.tracks t
-     WHERE t.id = track
-    ON CONFLICT (track_id) DO UPDATE
-       SET comments = excluded.comments, likes = excluded.likes, shares = excluded.shares
+-- Sets a track's counters from its rows (one scan of each table), making its row in
+-- tracktalk.track_state if it has none. For a track made while the triggers were off, or by a
+-- DBA who suspects drift: SELECT tracktalk.recount(id) FROM tracks;
+-- Inside a statement whose trigger is about to add that statement's changes to the counters
+-- (publish() on a track without a row), pass those changes as the deltas: the rows already hold
+-- them, so they are left out here and counted once, by publish().
+-- It first takes the counter row's lock (writers to the track take it too, and hold it to
+-- commit), so that a writer still running finishes first and its rows are counted, and later
+-- writers wait; then counts from a fresh snapshot (READ COMMITTED: each statement takes one).
+DROP FUNCTION IF EXISTS tracktalk.recount(text);
+CREATE OR REPLACE FUNCTION tracktalk.recount(
+    track           text,
+    comments_delta  bigint DEFAULT 0,
+    likes_delta     bigint DEFAULT 0,
+    shares_delta    bigint DEFAULT 0
+) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO tracktalk.track_state AS s (track_id)
+    SELECT t.id FROM public.tracks t WHERE t.id = track
+    ON CONFLICT (track_id) DO UPDATE SET last_seq = s.last_seq;
+    UPDATE tracktalk.track_state AS s
+       SET comments = greatest((SELECT count(*) FROM public.comments WHERE track_id = track) - comments_delta, 0),
+           likes = greatest((SELECT count(*) FROM public.track_likes WHERE track_id = track) - likes_delta, 0),
+           shares = greatest((SELECT count(*) FROM public.track_shares WHERE track_id = track) - shares_delta, 0)
+     WHERE s.track_id = track;
+END
 $$;
 
 -- Deletes the events older than settings.event_retention; returns how many. Also forgets the
@@ -769,6 +783,58 @@ DROP TRIGGER IF EXISTS users_after_update ON users;
 CREATE TRIGGER users_after_update
     AFTER UPDATE ON users REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.users_left_team();
+
+---------------------------------------------------------------------------------------------
+-- Rows do not move: comments, likes and shares keep their track and owner
+---------------------------------------------------------------------------------------------
+
+-- An UPDATE that would move a comment, a like or a share to another track, comment or user
+-- would leave both sides' counters and events wrong (the triggers publish inserts and deletes,
+-- and edits of content and timestamp): refused, saying what to do instead. The triggers fire
+-- only when one of their columns changes (WHEN), so other updates cost nothing.
+-- Arguments: what the row is, where it cannot move to, then the columns that may not change.
+CREATE OR REPLACE FUNCTION tracktalk.refuse_move() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    old_row constant jsonb := to_jsonb(OLD);
+    new_row constant jsonb := to_jsonb(NEW);
+    changed text;
+BEGIN
+    SELECT string_agg(format('%s.%s from %s to %s', TG_TABLE_NAME, c, old_row -> c, new_row -> c), ', ')
+      INTO changed
+      FROM unnest(TG_ARGV[2:]) AS c
+     WHERE old_row -> c IS DISTINCT FROM new_row -> c;
+    RAISE EXCEPTION 'cannot change %: % cannot move to %', changed, TG_ARGV[0], TG_ARGV[1]
+        USING ERRCODE = 'feature_not_supported',
+              DETAIL = 'The counters and the events of both sides would be wrong for good.',
+              HINT = 'Delete the row and insert a new one instead (in one transaction, if you like): '
+                     'both sides then count it and hear of it.';
+END
+$$;
+
+DROP TRIGGER IF EXISTS comments_refuse_move ON comments;
+CREATE TRIGGER comments_refuse_move
+    BEFORE UPDATE OF id, track_id ON comments
+    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id OR OLD.track_id IS DISTINCT FROM NEW.track_id)
+    EXECUTE FUNCTION tracktalk.refuse_move('a comment', 'another track', 'id', 'track_id');
+
+DROP TRIGGER IF EXISTS comment_likes_refuse_move ON comment_likes;
+CREATE TRIGGER comment_likes_refuse_move
+    BEFORE UPDATE OF comment_id, user_id ON comment_likes
+    FOR EACH ROW WHEN (OLD.comment_id IS DISTINCT FROM NEW.comment_id OR OLD.user_id IS DISTINCT FROM NEW.user_id)
+    EXECUTE FUNCTION tracktalk.refuse_move('a like', 'another comment or user', 'comment_id', 'user_id');
+
+DROP TRIGGER IF EXISTS track_likes_refuse_move ON track_likes;
+CREATE TRIGGER track_likes_refuse_move
+    BEFORE UPDATE OF track_id, user_id ON track_likes
+    FOR EACH ROW WHEN (OLD.track_id IS DISTINCT FROM NEW.track_id OR OLD.user_id IS DISTINCT FROM NEW.user_id)
+    EXECUTE FUNCTION tracktalk.refuse_move('a like', 'another track or user', 'track_id', 'user_id');
+
+DROP TRIGGER IF EXISTS track_shares_refuse_move ON track_shares;
+CREATE TRIGGER track_shares_refuse_move
+    BEFORE UPDATE OF track_id ON track_shares
+    FOR EACH ROW WHEN (OLD.track_id IS DISTINCT FROM NEW.track_id)
+    EXECUTE FUNCTION tracktalk.refuse_move('a share', 'another track', 'track_id');
 
 ---------------------------------------------------------------------------------------------
 -- notifications

@@ -404,6 +404,133 @@ def test_counters_agree_with_the_rows_after_a_concurrent_burst(db_url: str, worl
 
 
 # ---------------------------------------------------------------------------------------------
+# Rows that would move between tracks; tracks the triggers never saw
+# ---------------------------------------------------------------------------------------------
+
+MOVES = {
+    "comments.track_id": "UPDATE comments SET track_id = %(dst)s WHERE id = %(comment)s",
+    "comments.id": "UPDATE comments SET id = id + 1000000 WHERE id = %(comment)s",
+    "comment_likes.comment_id": "UPDATE comment_likes SET comment_id = %(elsewhere)s WHERE comment_id = %(comment)s",
+    "comment_likes.user_id": "UPDATE comment_likes SET user_id = %(carol)s WHERE comment_id = %(comment)s",
+    "track_likes.track_id": "UPDATE track_likes SET track_id = %(dst)s WHERE track_id = %(src)s",
+    "track_likes.user_id": "UPDATE track_likes SET user_id = %(carol)s WHERE track_id = %(src)s",
+    "track_shares.track_id": "UPDATE track_shares SET track_id = %(dst)s WHERE track_id = %(src)s",
+}
+
+
+@pytest.mark.parametrize("column", MOVES)
+def test_moving_a_row_to_another_track_or_owner_is_refused_and_says_what_to_do(
+    db_url: str, world: World, column: str
+) -> None:
+    src, dst = new_track(db_url), new_track(db_url)
+    bob = world.users["bob"]
+    ((comment,),) = run(
+        db_url,
+        "INSERT INTO comments (track_id, user_id, content) VALUES (%s, %s, 'mine') RETURNING id",
+        src,
+        bob,
+    )
+    ((elsewhere,),) = run(
+        db_url,
+        "INSERT INTO comments (track_id, user_id, content) VALUES (%s, %s, 'there') RETURNING id",
+        dst,
+        bob,
+    )
+    run(db_url, "INSERT INTO comment_likes (comment_id, user_id) VALUES (%s, %s)", comment, bob)
+    run(db_url, "INSERT INTO track_likes (track_id, user_id) VALUES (%s, %s)", src, bob)
+    run(db_url, "INSERT INTO track_shares (track_id, user_id) VALUES (%s, %s)", src, bob)
+    params = {
+        "src": src,
+        "dst": dst,
+        "comment": comment,
+        "elsewhere": elsewhere,
+        "carol": world.users["carol"],
+    }
+
+    with (
+        psycopg.connect(db_url, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.FeatureNotSupported) as refused,
+    ):
+        conn.execute(MOVES[column], params)
+    diag = refused.value.diag
+    assert diag.sqlstate == "0A000"
+    assert column in (diag.message_primary or ""), diag.message_primary
+    assert "delete" in (diag.message_hint or "").lower() and "insert" in (diag.message_hint or "").lower()
+
+    for track in (src, dst):
+        assert counts_kept(db_url, track) == counts_by_rows(db_url, track)
+    # Writing a column with its own value, or a column that moves nothing, is fine.
+    run(db_url, "UPDATE comments SET track_id = track_id, content = 'still mine' WHERE id = %s", comment)
+    run(db_url, "UPDATE track_likes SET created_at = now() WHERE track_id = %s", src)
+
+
+def uncounted_track(db_url: str, comments: int = 0) -> str:
+    """A track (and `comments` comments on it) written with the triggers off, as a bulk load does:
+    no row in tracktalk.track_state."""
+    track_id = f"u-{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute(
+            "INSERT INTO tracks (id, album_id, title) SELECT %s, id, 'Bulk' FROM albums ORDER BY id LIMIT 1",
+            (track_id,),
+        )
+        conn.execute(
+            "INSERT INTO comments (track_id, user_id, content)"
+            " SELECT %s, (SELECT min(id) FROM users), 'loaded' FROM generate_series(1, %s)",
+            (track_id, comments),
+        )
+    assert run(db_url, "SELECT count(*) FROM tracktalk.track_state WHERE track_id = %s", track_id) == [(0,)]
+    return track_id
+
+
+STATEMENTS = {
+    "comments": "INSERT INTO comments (track_id, user_id, content) SELECT %s, id, 'bulk' FROM users ORDER BY id LIMIT 3",
+    "likes": "INSERT INTO track_likes (track_id, user_id) SELECT %s, id FROM users ORDER BY id LIMIT 3",
+    "shares": "INSERT INTO track_shares (track_id, user_id) SELECT %s, id FROM users ORDER BY id LIMIT 3",
+}
+
+
+@pytest.mark.parametrize("kind", STATEMENTS)
+async def test_a_statement_that_meets_an_uncounted_track_counts_its_rows_once(
+    kind: str, client: httpx.AsyncClient, replica: Replica, db_url: str, world: World
+) -> None:
+    track = uncounted_track(db_url, comments=2)
+    async with open_socket(replica.ws, track, world.tokens["dave"]) as sock:
+        await sock.expect("connected")
+        await asyncio.to_thread(run, db_url, STATEMENTS[kind], track)
+        events = await sock.events(3 if kind == "comments" else 1)
+    expected = counts(
+        likes=3 if kind == "likes" else 0,
+        comments=5 if kind == "comments" else 2,
+        shares=3 if kind == "shares" else 0,
+    )
+    assert counts_kept(db_url, track) == counts_by_rows(db_url, track) == expected
+    assert only_counts(await get_metrics(client, track)) == expected
+    assert [only_counts(e.get("metrics", e)) for e in events] == [expected] * len(events)
+
+
+def test_two_first_writers_of_an_uncounted_track_are_both_counted(db_url: str, world: World) -> None:
+    """The first writer counts the track's rows; the second, waiting for it, counts after it commits."""
+    track = uncounted_track(db_url)
+    alice, bob = world.users["alice"], world.users["bob"]
+    with psycopg.connect(db_url) as first, psycopg.connect(db_url, autocommit=True) as second:
+        first.execute(
+            "INSERT INTO comments (track_id, user_id, content) VALUES (%s, %s, 'one')", (track, alice)
+        )
+        waiting_pid = second.info.backend_pid
+        with ThreadPoolExecutor(1) as pool:
+            racing = pool.submit(
+                second.execute,
+                "INSERT INTO comments (track_id, user_id, content) SELECT %s, %s, 'three' FROM generate_series(1, 3)",
+                (track, bob),
+            )
+            wait_for_lock_wait(db_url, waiting_pid)
+            first.commit()
+            racing.result(timeout=10)
+    assert counts_kept(db_url, track) == counts_by_rows(db_url, track) == counts(0, 4, 0)
+
+
+# ---------------------------------------------------------------------------------------------
 # Cheap on a big track: counters, not COUNT(*)
 # ---------------------------------------------------------------------------------------------
 
