@@ -9,7 +9,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -223,6 +225,61 @@ def test_prune_events_drops_only_what_is_past_the_retention(world: World, db_url
         kept_after = conn.execute("SELECT count(*) FROM tracktalk.events").fetchone()
     assert gone == (1,)
     assert kept_before is not None and kept_after == (kept_before[0] - 1,)
+
+
+def test_pruning_keeps_a_contiguous_tail_of_each_track(new_database: Callable[[], str]) -> None:
+    """A transaction that began before another but numbered its event after it holds the higher
+    seq with the older created_at (its transaction's start): pruning by time alone deletes that
+    seq and keeps the one before it, a hole that replays would step over."""
+    url = new_database()
+    world = seed(url)
+
+    def last_event(conn: psycopg.Connection[Any], track: str) -> tuple[int, datetime]:
+        row = conn.execute(
+            "SELECT seq, created_at FROM tracktalk.events WHERE track_id = %s ORDER BY seq DESC LIMIT 1",
+            (track,),
+        ).fetchone()
+        assert row is not None
+        return int(row[0]), row[1]
+
+    insert = "INSERT INTO comments (track_id, user_id, content) VALUES (%s, %s, %s)"
+    bob = world.users["bob"]
+    with psycopg.connect(url, autocommit=True) as conn, psycopg.connect(url) as late:
+        for track in (world.public, world.timed):  # world.timed: only old events
+            conn.execute(insert, (track, bob, "old"))
+        row = late.execute("SELECT now()").fetchone()  # its transaction (and created_at) starts here
+        assert row is not None
+        began: datetime = row[0]
+        conn.execute(insert, (world.public, bob, "began later, committed first"))
+        first, first_at = last_event(conn, world.public)
+        late.execute(insert, (world.public, bob, "began first, committed later"))
+        late.commit()
+        second, second_at = last_event(conn, world.public)
+        conn.execute(insert, (world.public, bob, "new"))
+        conn.execute(insert, (world.other, bob, "new"))  # world.other: only new events
+        assert (second, second_at) == (first + 1, began) and second_at < first_at, "no interleaving"
+
+        # The retention's edge falls between the two transactions' starts.
+        edge = began + (first_at - began) / 2
+        with conn.transaction():
+            conn.execute("UPDATE tracktalk.settings SET event_retention = now() - %s", (edge,))
+            conn.execute("SELECT tracktalk.prune_events()")
+        kept = {
+            track: [
+                int(seq)
+                for (seq,) in conn.execute(
+                    "SELECT seq FROM tracktalk.events WHERE track_id = %s ORDER BY seq", (track,)
+                ).fetchall()
+            ]
+            for track in (world.public, world.timed, world.other)
+        }
+        latest = dict(conn.execute("SELECT track_id, last_seq FROM tracktalk.track_state").fetchall())
+    for track, seqs in kept.items():
+        # What is kept is a contiguous tail of each track: from some seq through its last one.
+        assert seqs == list(range(latest[track] - len(seqs) + 1, latest[track] + 1)), (track, seqs)
+    assert kept[world.public] == [second + 1]  # the hole's both sides went, the newest stayed
+    assert kept[world.timed] == []
+    assert kept[world.other] == [latest[world.other]]
 
 
 async def test_sigterm_closes_sockets_with_1001_and_exits_within_10_s(
