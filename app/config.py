@@ -144,6 +144,9 @@ class Settings:
     comments_per_minute: int = 30
     """Comments (and replies) one user may post per minute, counted across replicas; more get 429
     (0: no limit)."""
+    writes_per_minute: int = 120
+    """Edits, comment likes and unlikes, track likes, unlikes and shares one user may make per
+    minute, counted across replicas; more get 429 (0: no limit)."""
     sockets_per_user: int = 20
     """WebSockets one user may have open on one replica; more are closed with 1008."""
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
@@ -212,6 +215,7 @@ class Settings:
             socket_buffer=int(_number(env, "TRACKTALK_SOCKET_BUFFER_KIB", 512) * 1024),
             anonymous_sockets=_flag(env, "TRACKTALK_ANONYMOUS_SOCKETS", False),
             comments_per_minute=_limit(env, "TRACKTALK_COMMENTS_PER_MINUTE", 30),
+            writes_per_minute=_limit(env, "TRACKTALK_WRITES_PER_MINUTE", 120),
             sockets_per_user=int(_number(env, "TRACKTALK_SOCKETS_PER_USER", 20)),
             allowed_origins=_list(env, "TRACKTALK_ALLOWED_ORIGINS"),
             log_json=_flag(env, "TRACKTALK_LOG_JSON", False),

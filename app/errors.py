@@ -19,6 +19,7 @@ from litestar.types import ExceptionHandlersMap
 from psycopg_pool import PoolTimeout
 
 from app.auth import IdentityProviderUnavailable
+from app.writes import TooManyWrites
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,10 @@ def _database_refused(
     return _json(422, diag.message_primary or "the change conflicts with the data; reload and retry")
 
 
+def _too_many_writes(_: Request[Any, Any, Any], exc: TooManyWrites) -> Response[dict[str, Any]]:
+    return _json(429, str(exc), {"Retry-After": str(exc.retry_after)})
+
+
 def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """Anything unforeseen: logged with its traceback (Litestar logs it only in debug mode)."""
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
@@ -117,6 +122,7 @@ exception_handlers: ExceptionHandlersMap = {
     500: _internal,
     ValidationException: _validation,
     RequestEntityTooLarge: _too_large,
+    TooManyWrites: _too_many_writes,
     PoolTimeout: _database_down,
     psycopg.OperationalError: _database_down,
     psycopg.errors.QueryCanceled: _database_down,

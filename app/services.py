@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -59,6 +59,8 @@ class Services:
     metrics: Metrics
     tokens: TokenVerifier
     """Checks access tokens (tracktalk's own, and the identity provider's)."""
+    refused_writes: Refusals = field(default_factory=Refusals)
+    """Users told to wait by the writes-per-minute limit, until when."""
 
 
 @asynccontextmanager

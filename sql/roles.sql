@@ -84,6 +84,7 @@ BEGIN
             ('tracktalk.comment_stats',         'SELECT, INSERT, UPDATE'),
             ('tracktalk.events',                'SELECT, INSERT, DELETE'),
             ('tracktalk.comment_posts',         'SELECT'),  -- written by comment_wait, as owner
+            ('tracktalk.user_writes',           'SELECT'),  -- written by write_wait, as owner
             ('tracktalk.track_audio',           'SELECT'),
             ('tracktalk.comment_objects',       'SELECT'),
             ('tracktalk.notification_objects',  'SELECT')

@@ -201,6 +201,17 @@ CREATE TABLE IF NOT EXISTS tracktalk.channel_key (
     outer_pad  bytea NOT NULL CHECK (octet_length(outer_pad) = 64)
 );
 
+-- The writes each user made through the API lately (edits, comment and track likes and
+-- unlikes, shares): what the writes-per-minute limit counts (tracktalk.write_wait), on every
+-- replica alike. Its own table, beside comment_posts, so that each limit counts only its own
+-- requests and a replica of version 2 (which knows comment_posts only) keeps working during an
+-- upgrade. UNLOGGED and pruned like comment_posts.
+CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.user_writes (
+    user_id  bigint NOT NULL,
+    at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS user_writes_user_at ON tracktalk.user_writes (user_id, at);
+
 -- Audio for tracks whose audio_url points at tracktalk itself (the demo's tracks).
 CREATE TABLE IF NOT EXISTS tracktalk.track_audio (
     track_id      text PRIMARY KEY REFERENCES tracks (id) ON DELETE CASCADE,

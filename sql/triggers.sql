@@ -273,9 +273,9 @@ $$;
 -- per track, every event up to the newest expired one goes. (created_at is the writer's
 -- transaction start, seq is numbered later under the track's lock: an event that a long
 -- transaction numbered after others can be older than they are, and pruning by time alone would
--- cut a hole after them.) Also forgets the API's comment posts older than an hour
--- (tracktalk.comment_posts). Returns how many events went. Every replica calls it every few
--- minutes; a DBA may schedule it instead (pg_cron). SECURITY DEFINER, as comment_wait.
+-- cut a hole after them.) Also forgets the API's comment posts and writes older than an hour
+-- (tracktalk.comment_posts, user_writes). Returns how many events went. Every replica calls it
+-- every few minutes; a DBA may schedule it instead (pg_cron). SECURITY DEFINER, as comment_wait.
 -- The expired events come from the index events_created_at, and each track's are deleted as one
 -- range of the primary key: one DELETE per track, because a single join of the two would be
 -- planned without knowing how few events per track have expired (a third of the log, the planner
@@ -289,6 +289,7 @@ DECLARE
     gone bigint := 0;
 BEGIN
     DELETE FROM tracktalk.comment_posts WHERE at < now() - interval '1 hour';
+    DELETE FROM tracktalk.user_writes WHERE at < now() - interval '1 hour';
     FOR expired IN
         SELECT e.track_id, max(e.seq) AS through
           FROM tracktalk.events e
@@ -347,6 +348,33 @@ BEGIN
         RETURN greatest(extract(epoch FROM nth + per - clock_timestamp())::double precision, 0.001);
     END IF;
     INSERT INTO tracktalk.comment_posts (user_id) VALUES (author);
+    RETURN 0;
+END
+$$;
+
+-- Seconds until `author` may make another write through the API (an edit, a comment like or
+-- unlike, a track like, unlike or share): comment_wait's rule and lock, on its own table
+-- (tracktalk.user_writes) and its own lock key, so that a user's writes and comment posts are
+-- counted and queued apart. A write that changes nothing (a second like) counts: it is a request,
+-- and it costs one. SECURITY DEFINER, as comment_wait.
+CREATE OR REPLACE FUNCTION tracktalk.write_wait(author bigint, most integer, per interval)
+RETURNS double precision
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    nth timestamptz;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('tracktalk.write_wait'), hashint8(author));
+    DELETE FROM tracktalk.user_writes WHERE user_id = author AND at <= now() - per;
+    SELECT w.at INTO nth
+      FROM tracktalk.user_writes w
+     WHERE w.user_id = author
+     ORDER BY w.at DESC
+    OFFSET greatest(most, 1) - 1
+     LIMIT 1;
+    IF nth IS NOT NULL THEN
+        RETURN greatest(extract(epoch FROM nth + per - clock_timestamp())::double precision, 0.001);
+    END IF;
+    INSERT INTO tracktalk.user_writes (user_id) VALUES (author);
     RETURN 0;
 END
 $$;

@@ -113,7 +113,9 @@ class Replica(LocalServer):
             **os.environ,
             "DATABASE_URL": self.database_url,
             "TRACKTALK_SECRET": SECRET,
-            "TRACKTALK_COMMENTS_PER_MINUTE": "0",  # no limit: tests post fast; test_security checks it
+            # No limits: tests post and write fast; tests/test_security.py checks the limits.
+            "TRACKTALK_COMMENTS_PER_MINUTE": "0",
+            "TRACKTALK_WRITES_PER_MINUTE": "0",
             **self.env,
         }
         with self.log_path.open("wb") as log:

@@ -7,6 +7,9 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +19,7 @@ import psycopg
 import pytest
 
 from app.auth import issue_token
-from tests.support import SECRET, Replica, World, open_socket, replicas, seed
+from tests.support import ROOT, SECRET, Replica, World, free_port, open_socket, replicas, seed
 from tests.test_realtime import insert_comment
 
 
@@ -36,6 +39,7 @@ def strict(db_url: str, world: World, log_dir: Path) -> Iterator[Replica]:
     """A replica with tight limits and an Origin allow-list."""
     env = {
         "TRACKTALK_COMMENTS_PER_MINUTE": "3",
+        "TRACKTALK_WRITES_PER_MINUTE": "6",
         "TRACKTALK_SOCKETS_PER_USER": "2",
         "TRACKTALK_ALLOWED_ORIGINS": "https://app.example, https://other.example",
         "TRACKTALK_STATEMENT_TIMEOUT": "1",
@@ -152,6 +156,121 @@ async def test_the_comment_limit_holds_across_replicas_and_concurrent_posts(
             "SELECT count(*) FROM comments WHERE user_id = %s", (world.users["dave"],)
         ).fetchone()
     assert row == (4,)
+
+
+def writes_of_every_kind(base: str, world: World, who: str, comment_id: int) -> dict[str, httpx.Request]:
+    """One request of each route that TRACKTALK_WRITES_PER_MINUTE counts, as `who`."""
+    auth = world.auth(who)
+    return {
+        "edit": httpx.Request(
+            "PUT", f"{base}/api/comments/{comment_id}", json={"content": "edited"}, headers=auth
+        ),
+        "like comment": httpx.Request("POST", f"{base}/api/comments/{comment_id}/like", headers=auth),
+        "unlike comment": httpx.Request("DELETE", f"{base}/api/comments/{comment_id}/like", headers=auth),
+        "like track": httpx.Request("POST", f"{base}/api/tracks/{world.public}/like", headers=auth),
+        "unlike track": httpx.Request("DELETE", f"{base}/api/tracks/{world.public}/like", headers=auth),
+        "share": httpx.Request("POST", f"{base}/api/tracks/{world.public}/share", headers=auth),
+    }
+
+
+def test_writes_per_user_per_minute_are_limited_with_429(strict: Replica, world: World) -> None:
+    with httpx.Client(timeout=10) as client:
+
+        def post_comment(who: str) -> httpx.Response:
+            return client.post(
+                f"{strict.http}/api/tracks/{world.public}/comments",
+                json={"content": f"by {who} @bob", "timestamp": 1},
+                headers=world.auth(who),
+            )
+
+        mine = post_comment("alice")
+        assert mine.status_code == 201, mine.text
+        writes = writes_of_every_kind(strict.http, world, "alice", mine.json()["id"])
+        # Six writes, one of them a like that changes nothing: it is counted all the same.
+        for name in ["edit", "like comment", "like comment", "unlike comment", "like track", "share"]:
+            answer = client.send(writes[name])
+            assert answer.status_code == 200, (name, answer.text)
+        # The seventh write, whichever route: 429, and nothing written.
+        for name, request in writes.items():
+            refused = client.send(request)
+            assert refused.status_code == 429, (name, refused.text)
+            assert 0 < int(refused.headers["retry-after"]) <= 60
+            assert refused.json()["detail"].startswith("at most 6 writes a minute: try again in ")
+        metrics = client.get(f"{strict.http}/api/tracks/{world.public}/metrics", headers=world.auth("alice"))
+        assert metrics.json()["user_has_liked"] is True  # the refused unlike did not happen
+        # Comment posts keep their own limit; other users are not slowed down.
+        assert post_comment("alice").status_code == 201
+        for name, request in writes_of_every_kind(strict.http, world, "bob", mine.json()["id"]).items():
+            assert client.send(request).status_code == (403 if name == "edit" else 200), name
+
+
+async def test_the_write_limit_holds_across_replicas_and_concurrent_writes(
+    new_database: Callable[[], str], log_dir: Path
+) -> None:
+    url = new_database()
+    world = seed(url)
+    with replicas(url, log_dir, 2, TRACKTALK_WRITES_PER_MINUTE="4") as pair:
+        async with httpx.AsyncClient(timeout=10) as client:
+
+            async def share(replica: Replica, who: str = "dave") -> httpx.Response:
+                return await client.post(
+                    f"{replica.http}/api/tracks/{world.public}/share", headers=world.auth(who)
+                )
+
+            # Ten at once, spread over both replicas: exactly four get through.
+            answers = await asyncio.gather(*(share(pair[k % 2]) for k in range(10)))
+            assert sorted(a.status_code for a in answers) == [200] * 4 + [429] * 6
+            for replica in pair:
+                refused = await share(replica)
+                assert refused.status_code == 429, refused.text
+                assert 0 < int(refused.headers["retry-after"]) <= 60
+                assert "at most 4 writes a minute" in refused.json()["detail"]
+            assert (await share(pair[1], "bob")).status_code == 200  # others are not slowed down
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM track_shares WHERE user_id = %s", (world.users["dave"],)
+        ).fetchone()
+    assert row == (4,)
+
+
+def test_a_write_limit_of_0_lets_every_write_through(replica: Replica, world: World) -> None:
+    assert replica.env.get("TRACKTALK_WRITES_PER_MINUTE", "0") == "0"
+    with httpx.Client(timeout=10) as client:
+        answers = [
+            client.post(
+                f"{replica.http}/api/tracks/{world.other}/share", headers=world.auth("tina")
+            ).status_code
+            for _ in range(130)  # more than the default limit of 120
+        ]
+    assert answers == [200] * 130
+
+
+@pytest.mark.parametrize("value", ["-1", "lots", "2.5", "1000001"])
+def test_a_bad_write_limit_fails_at_start_naming_the_variable(db_url: str, value: str) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "TRACKTALK_SECRET": SECRET,
+        "TRACKTALK_WRITES_PER_MINUTE": value,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _, stderr = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise AssertionError(
+            f"TRACKTALK_WRITES_PER_MINUTE={value!r}: the server started all the same"
+        ) from None
+    assert process.returncode == 2, stderr[-2000:]
+    assert f"TRACKTALK_WRITES_PER_MINUTE={value!r}" in stderr
 
 
 async def test_sockets_per_user_are_limited(strict: Replica, world: World) -> None:

@@ -17,6 +17,7 @@ from app.handlers.validation import check_id, check_timestamp, check_track_id, c
 from app.services import Services
 from app.tracks import visible_track
 from app.wire import Comment, CommentEdit, CommentIn, LikeState
+from app.writes import counted_write
 
 _TAG = ["comments"]
 
@@ -76,7 +77,7 @@ async def edit_comment(comment_id: int, data: CommentEdit, services: Services, u
     """Change a comment's content (its author only)."""
     check_id("comment", comment_id)
     content = clean_content(data.content)
-    async with services.pool.connection() as conn:
+    async with counted_write(services, user.id) as conn:
         found = await comments.access(conn, comment_id, user.id)
         if found.user_id != user.id:
             raise forbidden("only the comment's author can edit it")
@@ -109,7 +110,7 @@ async def unlike_comment(comment_id: int, services: Services, user: Viewer) -> L
 
 async def _set_like(comment_id: int, services: Services, user: Viewer, *, liked: bool) -> LikeState:
     check_id("comment", comment_id)
-    async with services.pool.connection() as conn:
+    async with counted_write(services, user.id) as conn:
         await comments.access(conn, comment_id, user.id)
         return await comments.set_like(conn, comment_id, user.id, liked=liked)
 

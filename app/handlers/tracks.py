@@ -13,6 +13,7 @@ from app.errors import not_found
 from app.handlers.validation import check_track_id
 from app.services import Services
 from app.wire import Track, TrackMetrics
+from app.writes import counted_write
 
 _TAG = ["tracks"]
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
@@ -63,7 +64,7 @@ async def share_track(track_id: str, services: Services, user: Viewer) -> TrackM
 
 async def _change(track_id: str, services: Services, user: Viewer, action: Any) -> TrackMetrics:
     check_track_id(track_id)
-    async with services.pool.connection() as conn:
+    async with counted_write(services, user.id) as conn:
         await tracks.visible_track(conn, track_id, user.id)
         await action(conn, track_id, user.id)
         return await tracks.metrics(conn, track_id, user.id)
