@@ -35,7 +35,12 @@ from app.tokens import TokenVerifier
 log = logging.getLogger(__name__)
 
 _PRUNE_EVERY = 300.0
-"""Seconds between two prunings of the event log by this replica."""
+"""Seconds between two prunings of the event log and the notifications by this replica."""
+_PRUNE_AGAIN_FROM = 1_000
+"""A pruning call that deleted this many rows or more may have left some behind (each deletes at
+most a batch of 10,000 notifications, tracktalk.prune_notifications): call again at once."""
+_PRUNE_CALLS = 100
+"""Most calls in one pruning (each its own short transaction)."""
 _EXPIRY_SWEEP = 1.0
 """Seconds between two looks for sockets whose token expired (they close within that much)."""
 _POOL_OPEN_TIMEOUT = 30.0
@@ -137,9 +142,21 @@ async def _prune_forever(events: EventLog) -> None:
     while True:
         await asyncio.sleep(_PRUNE_EVERY)
         try:
-            gone = await events.prune()
+            gone = await prune(events)
         except Exception as exc:
             log.warning("pruning the event log failed: %s", type(exc).__name__)
         else:
             if gone:
-                log.info("pruned %d events past their retention", gone)
+                log.info("pruned %d events and notifications past their retention", gone)
+
+
+async def prune(events: EventLog) -> int:
+    """Delete what is past its retention (tracktalk.prune_events), call after call while they
+    find much; return how many rows went."""
+    gone = 0
+    for _ in range(_PRUNE_CALLS):
+        deleted = await events.prune()
+        gone += deleted
+        if deleted < _PRUNE_AGAIN_FROM:
+            break
+    return gone

@@ -85,6 +85,7 @@ BEGIN
             ('tracktalk.events',                'SELECT, INSERT, DELETE'),
             ('tracktalk.comment_posts',         'SELECT'),  -- written by comment_wait, as owner
             ('tracktalk.user_writes',           'SELECT'),  -- written by write_wait, as owner
+            ('tracktalk.comment_mentions',      'SELECT, INSERT'),
             ('tracktalk.track_audio',           'SELECT'),
             ('tracktalk.comment_objects',       'SELECT'),
             ('tracktalk.notification_objects',  'SELECT')

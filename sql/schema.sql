@@ -118,6 +118,8 @@ CREATE TABLE IF NOT EXISTS notifications (
 CREATE INDEX IF NOT EXISTS notifications_inbox ON notifications (user_id, id DESC);
 CREATE INDEX IF NOT EXISTS notifications_unread ON notifications (user_id) WHERE read_at IS NULL;
 CREATE INDEX IF NOT EXISTS notifications_comment_id ON notifications (comment_id);
+-- Pruning finds the oldest (tracktalk.prune_notifications).
+CREATE INDEX IF NOT EXISTS notifications_created_at ON notifications (created_at);
 -- One notification per person and comment (the most specific kind) ...
 CREATE UNIQUE INDEX IF NOT EXISTS notifications_one_per_comment
     ON notifications (user_id, comment_id) WHERE kind IN ('comment', 'reply', 'mention');
@@ -144,6 +146,10 @@ CREATE TABLE IF NOT EXISTS tracktalk.settings (
     -- How long tracktalk.events keeps an event for resume and catch-up.
     event_retention  interval NOT NULL DEFAULT '24 hours' CHECK (event_retention > interval '0')
 );
+-- How long a notification is kept, read or not (tracktalk.prune_notifications).
+ALTER TABLE tracktalk.settings ADD COLUMN IF NOT EXISTS
+    notification_retention interval NOT NULL DEFAULT '90 days'
+        CONSTRAINT settings_notification_retention_positive CHECK (notification_retention > interval '0');
 INSERT INTO tracktalk.settings DEFAULT VALUES ON CONFLICT (singleton) DO NOTHING;
 
 -- One row per track: the last event number, and the track's counters (sent with its events).
@@ -211,6 +217,27 @@ CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.user_writes (
     at       timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS user_writes_user_at ON tracktalk.user_writes (user_id, at);
+
+-- The users a comment has notified as mentioned, or passed over for being its author or unable
+-- to see the track: at most 10 per comment, its edits included (tracktalk.notify_comment_readers).
+-- Kept apart from notifications, which their recipients' deletions and pruning take away.
+CREATE TABLE IF NOT EXISTS tracktalk.comment_mentions (
+    comment_id  bigint NOT NULL REFERENCES comments (id) ON DELETE CASCADE,
+    user_id     bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    PRIMARY KEY (comment_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS comment_mentions_user_id ON tracktalk.comment_mentions (user_id);
+-- Upgrading from version 2 or older: the mentions made so far count toward their comment's ten.
+DO $$
+BEGIN
+    IF (SELECT version FROM tracktalk.schema_version) < 3 THEN
+        INSERT INTO tracktalk.comment_mentions (comment_id, user_id)
+        SELECT comment_id, user_id FROM notifications
+         WHERE kind = 'mention' AND comment_id IS NOT NULL
+        ON CONFLICT DO NOTHING;
+    END IF;
+END
+$$;
 
 -- Audio for tracks whose audio_url points at tracktalk itself (the demo's tracks).
 CREATE TABLE IF NOT EXISTS tracktalk.track_audio (

@@ -41,6 +41,13 @@ SET search_path = public;
 CREATE OR REPLACE FUNCTION tracktalk.max_payload() RETURNS integer
 LANGUAGE sql IMMUTABLE AS $$ SELECT 7900 $$;
 
+-- Most users one comment notifies as mentioned: the first this many distinct @names in its text
+-- that name a user (names of nobody are plain text and take no place), its edits counting
+-- toward the same number. The author and users who cannot see the track take their place but are
+-- not notified.
+CREATE OR REPLACE FUNCTION tracktalk.max_mentions() RETURNS integer
+LANGUAGE sql IMMUTABLE AS $$ SELECT 10 $$;
+
 ---------------------------------------------------------------------------------------------
 -- Channels and their key
 ---------------------------------------------------------------------------------------------
@@ -269,13 +276,42 @@ BEGIN
 END
 $$;
 
+-- Deletes at most `most` notifications past settings.notification_retention, read or not, the
+-- oldest first (index notifications_created_at), skipping rows that another transaction holds
+-- (a replica pruning at the same moment, a user marking them read): a short transaction that
+-- keeps few rows locked, however many have expired. Returns how many went. SECURITY DEFINER, as
+-- prune_events, which calls it. Planned for each call (force_custom_plan), with the cutoff known:
+-- a plan made for an unknown cutoff expects a third of the table to be past it.
+CREATE OR REPLACE FUNCTION tracktalk.prune_notifications(most integer DEFAULT 10000) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    cutoff constant timestamptz := now() - (SELECT notification_retention FROM tracktalk.settings);
+    gone bigint;
+BEGIN
+    -- The batch's ids, then each row by its primary key (`id IN (SELECT ...)` is planned as a
+    -- hash join over the whole table).
+    DELETE FROM public.notifications
+     WHERE id = ANY (ARRAY(SELECT n.id
+                             FROM public.notifications n
+                            WHERE n.created_at < cutoff
+                            ORDER BY n.created_at
+                            LIMIT most
+                              FOR UPDATE SKIP LOCKED));
+    GET DIAGNOSTICS gone = ROW_COUNT;
+    RETURN gone;
+END
+$$;
+
 -- Deletes the events past settings.event_retention, keeping a contiguous tail of each track:
 -- per track, every event up to the newest expired one goes. (created_at is the writer's
 -- transaction start, seq is numbered later under the track's lock: an event that a long
 -- transaction numbered after others can be older than they are, and pruning by time alone would
--- cut a hole after them.) Also forgets the API's comment posts and writes older than an hour
--- (tracktalk.comment_posts, user_writes). Returns how many events went. Every replica calls it
--- every few minutes; a DBA may schedule it instead (pg_cron). SECURITY DEFINER, as comment_wait.
+-- cut a hole after them.) Then one batch of the notifications past settings.notification_retention
+-- (tracktalk.prune_notifications), and the API's comment posts and writes older than an hour
+-- (tracktalk.comment_posts, user_writes). Returns how many events and notifications went.
+-- Every replica calls it every few minutes, and again at once while a call deleted many rows; a
+-- DBA may schedule it instead (pg_cron). SECURITY DEFINER, as comment_wait.
 -- The expired events come from the index events_created_at, and each track's are deleted as one
 -- range of the primary key: one DELETE per track, because a single join of the two would be
 -- planned without knowing how few events per track have expired (a third of the log, the planner
@@ -301,7 +337,7 @@ BEGIN
         GET DIAGNOSTICS deleted = ROW_COUNT;
         gone := gone + deleted;
     END LOOP;
-    RETURN gone;
+    RETURN gone + tracktalk.prune_notifications();
 END
 $$;
 
@@ -379,12 +415,15 @@ BEGIN
 END
 $$;
 
--- Usernames @mentioned in `content`, lower-cased, each once. An @ inside a word (mail
--- addresses) is no mention.
+-- Usernames @mentioned in `content`, lower-cased, each once, in the order of their first
+-- appearance (read it WITH ORDINALITY). An @ inside a word (mail addresses) is no mention.
 CREATE OR REPLACE FUNCTION tracktalk.mentioned_names(content text) RETURNS SETOF text
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT DISTINCT lower(m[1])
-      FROM regexp_matches(content, '(?<![A-Za-z0-9_])@([A-Za-z0-9_]{1,64})', 'g') AS m
+    SELECT name
+      FROM regexp_matches(content, '(?<![A-Za-z0-9_])@([A-Za-z0-9_]{1,64})', 'g') WITH ORDINALITY AS m (match, at)
+     CROSS JOIN LATERAL lower(m.match[1]) AS name
+     GROUP BY name
+     ORDER BY min(m.at)
 $$;
 
 ---------------------------------------------------------------------------------------------
@@ -434,11 +473,11 @@ CREATE TRIGGER comments_before_delete
     FOR EACH ROW EXECUTE FUNCTION tracktalk.comments_before_delete();
 
 -- Notifies about comments (new ones; or edited ones, with their `old_contents`), given column
--- by column: each @mentioned user (on an edit, only the newly mentioned), the parent's author,
--- the album's creator and team members (settings.notify_team); never the writer, never someone
--- who cannot see the track, and one notification per person and comment, of the most specific
--- kind: the rules run in that order, and the unique index notifications_one_per_comment turns
--- away what a later, less specific rule finds again.
+-- by column: each @mentioned user (at most max_mentions() per comment, its edits included), the
+-- parent's author, the album's creator and team members (settings.notify_team); never the
+-- writer, never someone who cannot see the track, and one notification per person and comment,
+-- of the most specific kind: the rules run in that order, and the unique index
+-- notifications_one_per_comment turns away what a later, less specific rule finds again.
 DROP FUNCTION IF EXISTS tracktalk.notify_comment_readers(bigint[], text[]);  -- before 2026-11-26
 DROP FUNCTION IF EXISTS tracktalk.notify_comment_readers(comments[], comments[]);  -- 2026-11-26
 CREATE OR REPLACE FUNCTION tracktalk.notify_comment_readers(
@@ -456,22 +495,44 @@ DECLARE
     edited constant boolean := old_contents IS NOT NULL;
 BEGIN
     IF EXISTS (SELECT 1 FROM unnest(contents) AS c WHERE c LIKE '%@%') THEN
+        -- The users each comment names that it has not named before, in text order, as many as
+        -- keep it within max_mentions() (tracktalk.comment_mentions remembers them, edits
+        -- included); of those, whoever may see the track and is not the writer is notified.
+        WITH named AS (
+            INSERT INTO tracktalk.comment_mentions (comment_id, user_id)
+            SELECT w.id, newly.id
+              FROM unnest(ids, contents) AS w (id, content)
+             CROSS JOIN LATERAL (
+                   SELECT u.id
+                     FROM tracktalk.mentioned_names(w.content) WITH ORDINALITY AS m (name, at)
+                    CROSS JOIN LATERAL (SELECT u.id FROM public.users u WHERE lower(u.username) = m.name
+                                        OFFSET 0  -- keeps this a per-name index lookup
+                                       ) AS u
+                    WHERE NOT EXISTS (SELECT 1 FROM tracktalk.comment_mentions c
+                                       WHERE c.comment_id = w.id AND c.user_id = u.id)
+                    ORDER BY m.at, u.id
+                    LIMIT greatest(tracktalk.max_mentions()
+                                   - (SELECT count(*) FROM tracktalk.comment_mentions c WHERE c.comment_id = w.id),
+                                   0)
+                   ) AS newly
+             WHERE w.content LIKE '%@%'
+             ORDER BY w.id, newly.id
+            ON CONFLICT DO NOTHING
+            RETURNING comment_id, user_id
+        )
         INSERT INTO public.notifications (user_id, kind, actor_id, track_id, comment_id)
-        SELECT mentioned.id, 'mention', w.user_id, w.track_id, w.id
-          FROM unnest(ids, track_ids, user_ids, contents, old_contents)
-               AS w (id, track_id, user_id, content, old_content)
+        SELECT named.user_id, 'mention', w.user_id, w.track_id, w.id
+          FROM named
+          JOIN unnest(ids, track_ids, user_ids) AS w (id, track_id, user_id) ON w.id = named.comment_id
           JOIN public.tracks t ON t.id = w.track_id
           JOIN public.albums a ON a.id = t.album_id
-         CROSS JOIN LATERAL tracktalk.mentioned_names(w.content) AS name
-         CROSS JOIN LATERAL (SELECT u.id, u.is_team FROM public.users u WHERE lower(u.username) = name
-                             OFFSET 0  -- keeps this a per-name index lookup
+         CROSS JOIN LATERAL (SELECT u.is_team FROM public.users u WHERE u.id = named.user_id
+                             OFFSET 0  -- keeps this a per-row index lookup
                             ) AS mentioned
-         WHERE w.content LIKE '%@%'
-           AND mentioned.id <> w.user_id
+         WHERE named.user_id <> w.user_id
            -- tracktalk.can_see(mentioned, track), written out
-           AND (NOT t.is_private OR mentioned.id = a.created_by_id OR mentioned.is_team)
-           AND NOT (edited AND name IN (SELECT tracktalk.mentioned_names(w.old_content)))
-         ORDER BY w.id, mentioned.id
+           AND (NOT t.is_private OR named.user_id = a.created_by_id OR mentioned.is_team)
+         ORDER BY w.id, named.user_id
         ON CONFLICT (user_id, comment_id) WHERE kind IN ('comment', 'reply', 'mention')
         -- An edit that mentions someone already told of the comment makes it news again.
         DO UPDATE SET kind = excluded.kind, created_at = now(), read_at = NULL

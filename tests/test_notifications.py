@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -16,8 +17,11 @@ from typing import Any, Protocol
 import httpx
 import psycopg
 import pytest
+from psycopg_pool import AsyncConnectionPool
 
 from app.auth import issue_token
+from app.events import EventLog
+from app.services import prune
 from tests.support import SECRET, Replica, World, open_socket
 
 # ---------------------------------------------------------------------------------------------
@@ -340,6 +344,48 @@ def test_mentions_on_a_private_track_skip_who_cannot_see_it(db_url: str, writer:
     assert notified(db_url, comment_id) == {"carol": "mention"}
 
 
+def crowd(people: People, count: int) -> list[str]:
+    """`count` new users with names of their own (a test may run once per writer)."""
+    prefix = f"m{uuid.uuid4().hex[:6]}"
+    names = [f"{prefix}_{i:02d}" for i in range(count)]
+    for name in names:
+        people.add(name)
+    return names
+
+
+def mentioned(db_url: str, comment_id: int) -> set[str]:
+    """Who holds a mention notification of the comment."""
+    return {name for name, kind in notified(db_url, comment_id).items() if kind == "mention"}
+
+
+def test_a_comment_notifies_only_the_first_ten_users_it_mentions(
+    db_url: str, writer: Writer, people: People
+) -> None:
+    names = crowd(people, 15)[::-1]  # text order is not the order of the users' ids
+    # A name of nobody takes no place among the ten; a name said twice (in any case) takes one.
+    text = f"@nobody_{names[0]} " + " ".join(f"@{name}" for name in names[:3])
+    text += f" @{names[1].upper()} " + " ".join(f"@{name}" for name in names[3:])
+    comment_id = writer.comment("alice", "t-public", text)
+    assert notified(db_url, comment_id) == {
+        **dict.fromkeys(names[:10], "mention"),
+        "carol": "comment",
+        "tina": "comment",
+    }
+
+
+def test_edits_cannot_push_a_comments_mentions_past_ten(db_url: str, writer: Writer, people: People) -> None:
+    names = crowd(people, 15)
+    comment_id = writer.comment("alice", "t-public", " ".join(f"@{n}" for n in names[:7]))
+    assert mentioned(db_url, comment_id) == set(names[:7])
+
+    writer.edit("alice", comment_id, " ".join(f"@{n}" for n in names[:13]))
+    assert mentioned(db_url, comment_id) == set(names[:10])  # three more: ten in all
+
+    # A fresh set of names makes no room: the ten told before still count.
+    writer.edit("alice", comment_id, f"@{names[13]} and @{names[14]} instead")
+    assert mentioned(db_url, comment_id) == set(names[:10])
+
+
 def test_deleting_a_comment_removes_its_unread_notifications_only(
     db_url: str, writer: Writer, api: httpx.Client, people: People
 ) -> None:
@@ -456,6 +502,54 @@ def test_nobody_sees_or_marks_another_users_notifications(
     assert inbox(api, people, "pia").json()["unread"] == 2
 
 
+def test_pruning_removes_notifications_past_their_retention(db_url: str, people: People) -> None:
+    people.add("ria")
+    newest_first = mention(db_url, people, "ria", 4)
+    query(
+        db_url,
+        "UPDATE notifications SET created_at = now() - interval '2 hours' WHERE id = ANY(%s)",
+        newest_first[1:],
+    )
+    query(
+        db_url,
+        "UPDATE notifications SET created_at = now() - interval '91 days' WHERE id = %s",
+        newest_first[3],
+    )
+
+    query(db_url, "SELECT tracktalk.prune_events()")  # what every replica runs every few minutes
+    assert notification_ids(db_url, people.ids["ria"]) == newest_first[:3][::-1]
+
+    query(db_url, "UPDATE tracktalk.settings SET notification_retention = '1 hour'")
+    try:
+        # At most a batch per call, the oldest first, so that one call never holds locks for long.
+        assert query(db_url, "SELECT tracktalk.prune_notifications(1)") == [(1,)]
+        assert notification_ids(db_url, people.ids["ria"]) == newest_first[:2][::-1]
+        query(db_url, "SELECT tracktalk.prune_events()")
+        assert notification_ids(db_url, people.ids["ria"]) == [newest_first[0]]
+    finally:
+        query(db_url, "UPDATE tracktalk.settings SET notification_retention = DEFAULT")
+
+
+async def test_a_replicas_pruning_calls_again_until_the_expired_notifications_are_gone(
+    db_url: str, people: People
+) -> None:
+    """Each call deletes at most a batch (10,000): the replica's pruning goes on while calls find much."""
+    sam = people.add("sam")
+    query(
+        db_url,
+        "INSERT INTO notifications (user_id, kind, actor_id, track_id, created_at)"
+        " SELECT %s, 'comment', %s, 't-other', now() - interval '100 days' FROM generate_series(1, 25000)",
+        sam,
+        people.ids["alice"],
+    )
+    async with AsyncConnectionPool(
+        db_url, min_size=1, max_size=1, kwargs={"autocommit": True}, open=False
+    ) as pool:
+        gone = await prune(EventLog(pool))
+    assert gone >= 25000
+    assert notification_ids(db_url, sam) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # Live delivery, across two replicas
 # ---------------------------------------------------------------------------------------------
@@ -508,11 +602,35 @@ async def live_mention(write: Writer, a: Replica, b: Replica, people: People) ->
     return comment_id
 
 
-async def test_hundreds_of_mentions_in_one_comment_reach_exactly_their_recipients(
+@pytest.mark.parametrize("via", ["sql", "api"])
+async def test_the_eleventh_user_mentioned_gets_no_live_push(
+    via: str, replica: Replica, db_url: str, people: People
+) -> None:
+    names = crowd(people, 11)
+    async with (
+        open_socket(replica.ws, "t-other", people.tokens[names[9]]) as tenth,
+        open_socket(replica.ws, "t-other", people.tokens[names[10]]) as eleventh,
+    ):
+        await tenth.expect("connected")
+        await eleventh.expect("connected")
+        with contextlib.closing(make_writer(via, replica.http, db_url, people)) as write:
+            text = " ".join(f"@{name}" for name in names)
+            comment_id = await asyncio.to_thread(write.comment, "alice", "t-public", text)
+            assert (await tenth.expect("notification"))["notification"]["comment_id"] == comment_id
+            assert (await tenth.expect("mention"))["comment"]["id"] == comment_id
+
+            # The eleventh's first message is a later mention of them alone: none came before it.
+            alone = await asyncio.to_thread(write.comment, "alice", "t-public", f"@{names[10]} now you")
+        first = await eleventh.recv()
+        assert (first["type"], first["notification"]["comment_id"]) == ("notification", alone)
+
+
+async def test_hundreds_of_mentions_in_one_statement_reach_exactly_their_recipients(
     pair: list[Replica], db_url: str, people: People
 ) -> None:
-    """320 mentions: announced in several NOTIFYs (150 a payload), each read by the replica
-    where its recipient has a socket; a socket whose user is not mentioned hears nothing."""
+    """320 mentions by one INSERT of 32 comments (ten each, the most one comment may notify):
+    announced in several NOTIFYs (150 a payload), each read by the replica where its recipient
+    has a socket; a socket whose user is not mentioned hears nothing."""
     a, b = pair
     crowd = [f"crowd{i:03d}" for i in range(320)]
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -532,20 +650,27 @@ async def test_hundreds_of_mentions_in_one_comment_reach_exactly_their_recipient
         for socket in [*sockets.values(), dave]:
             await socket.expect("connected")
 
-        content = "shout-out to " + " ".join(f"@{name}" for name in crowd)
+        contents = [
+            "shout-out to " + " ".join(f"@{name}" for name in crowd[k : k + 10]) for k in range(0, 320, 10)
+        ]
         with psycopg.connect(db_url, autocommit=True) as conn:
-            row = conn.execute(
-                "INSERT INTO comments (track_id, user_id, content, timestamp) VALUES ('t-public', %s, %s, 3)"
-                " RETURNING id",
-                (people.ids["alice"], content),
-            ).fetchone()
-        assert row is not None
-        comment_id = int(row[0])
+            rows = conn.execute(
+                "INSERT INTO comments (track_id, user_id, content, timestamp)"
+                " SELECT 't-public', %s, c, 3 FROM unnest(%s::text[]) WITH ORDINALITY AS u (c, o) ORDER BY o"
+                " RETURNING id, content",
+                (people.ids["alice"], contents),
+            ).fetchall()
+        comment_of = {name: int(id_) for id_, content in rows for name in listening if f"@{name}" in content}
+        comment_ids = [int(id_) for id_, _ in rows]
 
         for name, socket in sockets.items():
             note = (await socket.expect("notification"))["notification"]
-            assert (note["user_id"], note["kind"], note["comment_id"]) == (ids[name], "mention", comment_id)
-            assert (await socket.expect("mention"))["comment"]["id"] == comment_id
+            assert (note["user_id"], note["kind"], note["comment_id"]) == (
+                ids[name],
+                "mention",
+                comment_of[name],
+            )
+            assert (await socket.expect("mention"))["comment"]["id"] == comment_of[name]
 
         # dave's first message is his own later mention: nothing of the crowd's reached him.
         for_dave = await asyncio.to_thread(
@@ -556,7 +681,8 @@ async def test_hundreds_of_mentions_in_one_comment_reach_exactly_their_recipient
 
     with psycopg.connect(db_url) as conn:
         count = conn.execute(
-            "SELECT count(*) FROM notifications WHERE comment_id = %s AND kind = 'mention'", (comment_id,)
+            "SELECT count(*) FROM notifications WHERE comment_id = ANY(%s) AND kind = 'mention'",
+            (comment_ids,),
         ).fetchone()
     assert count == (320,)
 
