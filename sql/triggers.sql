@@ -1008,7 +1008,7 @@ DELETE FROM tracktalk.events e
 -- The channel key, made once.
 SELECT tracktalk.rotate_channel_key() WHERE NOT EXISTS (SELECT 1 FROM tracktalk.channel_key);
 
--- A replica serves a schema of its own version or newer (each version keeps what the one
--- before it uses); docs/dba.md lists the versions.
+-- A replica serves a schema of its own version or newer (each version keeps what the one before
+-- it uses); docs/dba.md lists what each version added.
 INSERT INTO tracktalk.schema_version (version) VALUES (3)
 ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, applied_at = now();
