@@ -7,6 +7,9 @@ from psycopg.rows import class_row, tuple_row
 from app.db import Conn
 from app.wire import Notification
 
+_MARK_BATCH = 10_000
+"""Notifications marked read by one statement when the user marks all of them read."""
+
 
 async def page(conn: Conn, user_id: int, *, before_id: int | None, limit: int) -> list[Notification]:
     """The user's notifications, newest first, `limit` of them older than `before_id`."""
@@ -34,12 +37,26 @@ async def unread(conn: Conn, user_id: int) -> int:
 
 
 async def mark_read(conn: Conn, user_id: int, ids: list[int] | None) -> None:
-    """Mark the user's notifications `ids` read, or all of them when `ids` is None."""
-    await conn.execute(
-        """
-        UPDATE notifications SET read_at = now()
-         WHERE user_id = %(user)s AND read_at IS NULL
-           AND (%(ids)s::bigint[] IS NULL OR id = ANY (%(ids)s::bigint[]))
-        """,
-        {"user": user_id, "ids": ids},
-    )
+    """Mark the user's notifications `ids` read, or all of them when `ids` is None (in batches of
+    _MARK_BATCH, each its own short statement: few rows locked at a time, and never past the
+    statement timeout, however many are unread)."""
+    if ids is not None:
+        await conn.execute(
+            "UPDATE notifications SET read_at = now() WHERE user_id = %s AND read_at IS NULL AND id = ANY (%s)",
+            (user_id, ids),
+        )
+        return
+    while True:
+        # The batch's ids from the unread index, then each row by its primary key (`IN (SELECT
+        # ...)` is planned as a scan of the whole table, expecting many rows).
+        cur = await conn.execute(
+            """
+            UPDATE notifications SET read_at = now()
+             WHERE id = ANY (ARRAY(SELECT id FROM notifications WHERE user_id = %(user)s AND read_at IS NULL
+                                    LIMIT %(batch)s))
+               AND read_at IS NULL
+            """,
+            {"user": user_id, "batch": _MARK_BATCH},
+        )
+        if cur.rowcount < _MARK_BATCH:
+            return
