@@ -227,10 +227,11 @@ CREATE TABLE IF NOT EXISTS tracktalk.comment_mentions (
     PRIMARY KEY (comment_id, user_id)
 );
 CREATE INDEX IF NOT EXISTS comment_mentions_user_id ON tracktalk.comment_mentions (user_id);
--- Upgrading from version 2 or older: the mentions made so far count toward their comment's ten.
+-- Upgrading from version 2 or older (the table is new, so empty): the mentions made so far count
+-- toward their comment's ten.
 DO $$
 BEGIN
-    IF (SELECT version FROM tracktalk.schema_version) < 3 THEN
+    IF NOT EXISTS (SELECT 1 FROM tracktalk.comment_mentions) THEN
         INSERT INTO tracktalk.comment_mentions (comment_id, user_id)
         SELECT comment_id, user_id FROM notifications
          WHERE kind = 'mention' AND comment_id IS NOT NULL
