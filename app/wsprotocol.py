@@ -9,9 +9,19 @@ and several queued frames in one write.
 
 The handshake, client frames, pings and the closing handshake stay uvicorn's and wsproto's.
 The app finds this object in `scope["extensions"][EXTENSION]`; see `app/handlers/sockets.py`.
+
+It also holds an idle socket in less memory (a replica holds them by the ten thousand, see
+docs/performance.md): uvicorn's per-connection asyncio.Queue and asyncio.Event carry four
+collections.deque of 624 bytes each whatever they hold, replaced here by a list and a future made
+only while someone waits; once the handshake is done, wsproto's HTTP/1.1 machinery for it and the
+scope's request headers and query string (which carries the token) are let go.
 """
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
 
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
@@ -24,8 +34,84 @@ CLOSE_TIMEOUT = 5.0
 """Seconds a client gets to answer the server's close frame before the connection is cut."""
 
 
+class _Inbox:
+    """What asyncio.Queue does for uvicorn's connection (put_nowait, get, empty), in a list."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+    def empty(self) -> bool:
+        return not self._items
+
+
+class _Flag:
+    """What asyncio.Event does for uvicorn's connection (set, clear, wait), without a deque."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        await waiter
+
+
+class _Done:
+    """Stands for wsproto's finished HTTP/1.1 handshake: it has no more events to give."""
+
+    __slots__ = ()
+
+    def events(self) -> Iterator[Any]:
+        return iter(())
+
+
+_DONE = _Done()
+
+
 class FrameProtocol(WSProtocol):
     """A WebSocket connection that also takes ready-made frames (`app.subscriber.FrameSocket`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = _Inbox()  # type: ignore[assignment]
+        self.writable = _Flag()  # type: ignore[assignment]
 
     def handle_connect(self, event: events.Request) -> None:
         """Make the scope as uvicorn does, and put this protocol in its extensions."""
