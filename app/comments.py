@@ -8,7 +8,7 @@ from psycopg.errors import ForeignKeyViolation
 from psycopg.rows import class_row, tuple_row
 
 from app.db import Conn
-from app.errors import not_found, unprocessable
+from app.problems import NotFound, Unprocessable
 from app.wire import Comment, LikeState
 
 _SELECT = """
@@ -47,7 +47,7 @@ async def get(conn: Conn, comment_id: int, viewer_id: int | None) -> Comment:
         await cur.execute(_SELECT + " WHERE o.id = %(id)s", {"viewer": viewer_id, "id": comment_id})
         comment = await cur.fetchone()
     if comment is None:
-        raise not_found(f"comment {comment_id}")
+        raise NotFound(f"comment {comment_id}")
     return comment
 
 
@@ -66,7 +66,7 @@ async def access(conn: Conn, comment_id: int, viewer_id: int | None) -> CommentA
         )
         found = await cur.fetchone()
     if found is None:
-        raise not_found(f"comment {comment_id}")
+        raise NotFound(f"comment {comment_id}")
     return found
 
 
@@ -95,7 +95,7 @@ async def insert(
         except ForeignKeyViolation as exc:
             if exc.diag.constraint_name != "comments_parent_same_track_fkey":
                 raise
-            raise unprocessable(f"parent_id: comment {parent_id} was just deleted") from None
+            raise Unprocessable(f"parent_id: comment {parent_id} was just deleted") from None
         row = await cur.fetchone()
     assert row is not None
     return int(row[0])
@@ -135,7 +135,7 @@ async def set_like(conn: Conn, comment_id: int, user_id: int, *, liked: bool) ->
                 (comment_id, user_id),
             )
         except ForeignKeyViolation:  # the comment was deleted since the handler's check
-            raise not_found(f"comment {comment_id}") from None
+            raise NotFound(f"comment {comment_id}") from None
     else:
         await conn.execute(
             "DELETE FROM comment_likes WHERE comment_id = %s AND user_id = %s", (comment_id, user_id)
@@ -154,5 +154,5 @@ async def set_like(conn: Conn, comment_id: int, user_id: int, *, liked: bool) ->
         )
         state = await cur.fetchone()
     if state is None:
-        raise not_found(f"comment {comment_id}")
+        raise NotFound(f"comment {comment_id}")
     return state

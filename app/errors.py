@@ -1,4 +1,7 @@
-"""Errors as the API answers them: JSON `{status_code, detail}`, the detail saying what to fix."""
+"""Errors as the API answers them: JSON `{status_code, detail}`, the detail saying what to fix.
+
+The one place where what went wrong (app/problems.py, the database, the identity provider)
+becomes an HTTP status."""
 
 from __future__ import annotations
 
@@ -7,19 +10,13 @@ from typing import Any
 
 import psycopg
 from litestar import MediaType, Request, Response
-from litestar.exceptions import (
-    HTTPException,
-    NotAuthorizedException,
-    NotFoundException,
-    PermissionDeniedException,
-    ValidationException,
-)
+from litestar.exceptions import NotAuthorizedException, ValidationException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.types import ExceptionHandlersMap
 from psycopg_pool import PoolTimeout
 
 from app.auth import IdentityProviderUnavailable
-from app.writes import TooManyWrites
+from app.problems import Forbidden, NotFound, Problem, TooMany, Unprocessable
 
 log = logging.getLogger(__name__)
 
@@ -27,29 +24,13 @@ MAX_BODY = 64 * 1024
 """Largest request body the API reads, in bytes."""
 
 
-def not_found(what: str) -> NotFoundException:
-    """404 for something that does not exist or that the caller may not see."""
-    return NotFoundException(detail=f"{what} not found")
-
-
 def unauthorized(detail: str = "sign in: send `Authorization: Bearer <token>`") -> NotAuthorizedException:
     """401: no usable token."""
     return NotAuthorizedException(detail=detail)
 
 
-def forbidden(detail: str) -> PermissionDeniedException:
-    """403: signed in, but not allowed."""
-    return PermissionDeniedException(detail=detail)
-
-
-def too_many(detail: str, retry_after: int) -> HTTPException:
-    """429: slow down."""
-    return HTTPException(status_code=429, detail=detail, headers={"Retry-After": str(retry_after)})
-
-
-def unprocessable(detail: str) -> HTTPException:
-    """422: the body is well-formed but its values are not acceptable."""
-    return HTTPException(status_code=422, detail=detail)
+_STATUS: dict[type[Problem], int] = {NotFound: 404, Forbidden: 403, Unprocessable: 422, TooMany: 429}
+"""The HTTP status of each kind of problem."""
 
 
 def _json(status: int, detail: str, headers: dict[str, str] | None = None) -> Response[dict[str, Any]]:
@@ -108,8 +89,11 @@ def _database_refused(
     return _json(422, diag.message_primary or "the change conflicts with the data; reload and retry")
 
 
-def _too_many_writes(_: Request[Any, Any, Any], exc: TooManyWrites) -> Response[dict[str, Any]]:
-    return _json(429, str(exc), {"Retry-After": str(exc.retry_after)})
+def _problem(_: Request[Any, Any, Any], exc: Problem) -> Response[dict[str, Any]]:
+    """What the data layer or a check found: its status, and its message as the detail."""
+    status = next(code for kind, code in _STATUS.items() if isinstance(exc, kind))
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooMany) else None
+    return _json(status, str(exc), headers)
 
 
 def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -122,7 +106,7 @@ exception_handlers: ExceptionHandlersMap = {
     500: _internal,
     ValidationException: _validation,
     RequestEntityTooLarge: _too_large,
-    TooManyWrites: _too_many_writes,
+    Problem: _problem,
     PoolTimeout: _database_down,
     psycopg.OperationalError: _database_down,
     psycopg.errors.QueryCanceled: _database_down,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from psycopg.rows import class_row, tuple_row
 
 from app.db import Conn
-from app.errors import not_found
+from app.problems import NotFound
 from app.wire import Track, TrackMetrics
 
 
@@ -33,7 +33,7 @@ async def visible_track(conn: Conn, track_id: str, viewer_id: int | None) -> Tra
         )
         track = await cur.fetchone()
     if track is None:
-        raise not_found(f"track {track_id!r}")
+        raise NotFound(f"track {track_id!r}")
     return track
 
 
@@ -47,19 +47,20 @@ class Watcher:
     """The track exists and the user (anyone, for an anonymous socket) may see it."""
 
 
-async def watcher(conn: Conn, track_id: str, user_id: int | None) -> Watcher:
-    """The user (None: anonymous) and whether they may watch the track."""
+async def watchers(conn: Conn, wanted: list[tuple[str, int | None]]) -> list[Watcher]:
+    """For each (track id, user id or None for anonymous): the user, and whether they may watch
+    the track; in the order asked (one query for many sockets: app/batch.py)."""
     async with conn.cursor(row_factory=class_row(Watcher)) as cur:
         await cur.execute(
             """
-            SELECT u.username, coalesce(tracktalk.can_see(%(user)s, %(track)s), false) AS may_see
-              FROM (VALUES (1)) AS one (x) LEFT JOIN users u ON u.id = %(user)s
+            SELECT u.username, coalesce(tracktalk.can_see(w.user_id, w.track_id), false) AS may_see
+              FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS w (track_id, user_id, i)
+              LEFT JOIN users u ON u.id = w.user_id
+             ORDER BY w.i
             """,
-            {"user": user_id, "track": track_id},
+            ([track for track, _ in wanted], [user for _, user in wanted]),
         )
-        found = await cur.fetchone()
-    assert found is not None
-    return found
+        return await cur.fetchall()
 
 
 async def list_tracks(conn: Conn, viewer_id: int | None) -> list[Track]:
@@ -93,7 +94,7 @@ async def get_track(conn: Conn, track_id: str, viewer_id: int | None) -> Track:
         )
         track = await cur.fetchone()
     if track is None:
-        raise not_found(f"track {track_id!r}")
+        raise NotFound(f"track {track_id!r}")
     return track
 
 

@@ -15,19 +15,19 @@ from contextlib import asynccontextmanager
 from psycopg.rows import tuple_row
 
 from app.db import Conn
+from app.problems import TooMany
 from app.services import Services
 
 _WINDOW = 60.0
 """Seconds over which the limit counts."""
 
 
-class TooManyWrites(Exception):
+class TooManyWrites(TooMany):
     """The user made as many writes within a minute as the limit allows (answered with 429)."""
 
     def __init__(self, most: int, wait: float) -> None:
-        self.retry_after = max(1, math.ceil(wait))
-        """Whole seconds until the next write may go (the Retry-After header)."""
-        super().__init__(f"at most {most} writes a minute: try again in {self.retry_after} s")
+        seconds = max(1, math.ceil(wait))
+        super().__init__(f"at most {most} writes a minute: try again in {seconds} s", seconds)
 
 
 async def seconds_until_allowed(conn: Conn, user_id: int, most: int) -> float:

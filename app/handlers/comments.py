@@ -7,13 +7,12 @@ from typing import Annotated
 from urllib.parse import quote
 
 from litestar import Response, delete, get, post, put
-from litestar.exceptions import HTTPException
 from litestar.params import Parameter
 
 from app import comments
 from app.deps import Viewer
-from app.errors import forbidden, too_many, unprocessable
 from app.handlers.validation import check_id, check_timestamp, check_track_id, clean_content
+from app.problems import Forbidden, TooMany, Unprocessable
 from app.services import Services
 from app.tracks import visible_track
 from app.wire import Comment, CommentEdit, CommentIn, LikeState
@@ -62,14 +61,14 @@ async def create_comment(track_id: str, data: CommentIn, services: Services, use
         track = await visible_track(conn, track_id, user.id)
         check_timestamp(data.timestamp, track.duration_seconds)
         if data.parent_id is not None and await comments.parent_track(conn, data.parent_id) != track_id:
-            raise unprocessable(f"parent_id: {data.parent_id} is not a comment of track {track_id!r}")
+            raise Unprocessable(f"parent_id: {data.parent_id} is not a comment of track {track_id!r}")
         comment_id = await comments.insert(conn, track_id, user.id, content, data.timestamp, data.parent_id)
         return await comments.get(conn, comment_id, user.id)
 
 
-def _too_many_comments(limit: int, wait: float) -> HTTPException:
+def _too_many_comments(limit: int, wait: float) -> TooMany:
     seconds = math.ceil(wait)
-    return too_many(f"at most {limit} comments a minute: post again in {seconds} s", retry_after=seconds)
+    return TooMany(f"at most {limit} comments a minute: post again in {seconds} s", retry_after=seconds)
 
 
 @put("/api/comments/{comment_id:int}", tags=_TAG)
@@ -80,7 +79,7 @@ async def edit_comment(comment_id: int, data: CommentEdit, services: Services, u
     async with counted_write(services, user.id) as conn:
         found = await comments.access(conn, comment_id, user.id)
         if found.user_id != user.id:
-            raise forbidden("only the comment's author can edit it")
+            raise Forbidden("only the comment's author can edit it")
         await comments.update_content(conn, comment_id, content)
         return await comments.get(conn, comment_id, user.id)
 
@@ -92,7 +91,7 @@ async def delete_comment(comment_id: int, services: Services, user: Viewer) -> N
     async with services.pool.connection() as conn:
         found = await comments.access(conn, comment_id, user.id)
         if user.id not in (found.user_id, found.creator_id) and not user.is_team:
-            raise forbidden("only the comment's author, the track's creator or a team member can delete it")
+            raise Forbidden("only the comment's author, the track's creator or a team member can delete it")
         await comments.delete(conn, comment_id)
 
 

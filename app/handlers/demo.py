@@ -7,8 +7,8 @@ from litestar import get, post
 from psycopg.rows import class_row
 
 from app.auth import issue_token
-from app.errors import not_found
 from app.handlers.validation import check_id
+from app.problems import NotFound
 from app.services import Services
 from app.wire import DemoToken, DemoUser
 
@@ -32,7 +32,7 @@ async def demo_token(user_id: int, services: Services) -> DemoToken:
         await cur.execute("SELECT id, username, is_creator, is_team FROM users WHERE id = %s", (user_id,))
         user = await cur.fetchone()
     if user is None:
-        raise not_found(f"user {user_id}")
+        raise NotFound(f"user {user_id}")
     return DemoToken(token=issue_token(services.settings.secret, user.id, _TTL), user=user)
 
 

@@ -30,7 +30,6 @@ from app.frames import text_frame
 from app.hub import TooManySockets
 from app.services import Services
 from app.subscriber import ANONYMOUS, Subscriber
-from app.tracks import watcher
 from app.wire import (
     MAX_FRAME,
     Connected,
@@ -148,8 +147,7 @@ async def _admit(
         user_id, expires_at = claims.user_id, float(claims.expires_at)
     if not track_id or "\x00" in track_id or len(track_id) > MAX_TRACK_ID:
         raise Refused(close_codes.TRACK_NOT_FOUND)
-    async with services.pool.connection() as db:
-        found = await watcher(db, track_id, user_id or None)
+    found = await services.watchers((track_id, user_id or None))
     if user_id != ANONYMOUS and found.username is None:
         raise Refused("invalid token: its user does not exist")
     if not found.may_see:

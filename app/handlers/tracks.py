@@ -9,8 +9,8 @@ from litestar import Request, Response, delete, get, post
 
 from app import tracks
 from app.deps import Viewer
-from app.errors import not_found
 from app.handlers.validation import check_track_id
+from app.problems import NotFound
 from app.services import Services
 from app.wire import Track, TrackMetrics
 from app.writes import counted_write
@@ -80,7 +80,7 @@ async def get_audio(
         await tracks.visible_track(conn, track_id, viewer.id if viewer else None)
         found = await tracks.audio(conn, track_id)
     if found is None:
-        raise not_found(f"audio of track {track_id!r}")
+        raise NotFound(f"audio of track {track_id!r}")
     content_type, data = found
     headers = {"Accept-Ranges": "bytes", "Cache-Control": "private, max-age=3600"}
     wanted = _RANGE.match(request.headers.get("range", ""))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from app.errors import not_found, unprocessable
+from app.problems import NotFound, Unprocessable
 from app.wire import MAX_CONTENT
 
 MAX_ID = 2**63 - 1
@@ -15,31 +15,31 @@ def clean_content(content: str) -> str:
     """The content trimmed; 422 unless 1 to MAX_CONTENT characters without NUL."""
     text = content.strip()
     if not text:
-        raise unprocessable("content: write something (it is empty after trimming spaces)")
+        raise Unprocessable("content: write something (it is empty after trimming spaces)")
     if len(text) > MAX_CONTENT:
-        raise unprocessable(f"content: at most {MAX_CONTENT} characters (got {len(text)})")
+        raise Unprocessable(f"content: at most {MAX_CONTENT} characters (got {len(text)})")
     if "\x00" in text:
-        raise unprocessable("content: the NUL character (\\u0000) is not allowed")
+        raise Unprocessable("content: the NUL character (\\u0000) is not allowed")
     return text
 
 
 def check_timestamp(timestamp: float, duration: float | None) -> None:
     """422 unless a finite number of seconds from 0 to the track's duration (when known)."""
     if not math.isfinite(timestamp) or timestamp < 0:
-        raise unprocessable("timestamp: give the seconds into the track, a finite number >= 0")
+        raise Unprocessable("timestamp: give the seconds into the track, a finite number >= 0")
     if duration is not None and timestamp > duration:
-        raise unprocessable(f"timestamp: {timestamp:g} is past the end of the track ({duration:g} seconds)")
+        raise Unprocessable(f"timestamp: {timestamp:g} is past the end of the track ({duration:g} seconds)")
 
 
 def check_id(kind: str, value: int) -> int:
     """404 for an id that no row can have (<= 0, or beyond bigint)."""
     if not 0 < value <= MAX_ID:
-        raise not_found(f"{kind} {value}")
+        raise NotFound(f"{kind} {value}")
     return value
 
 
 def check_track_id(track_id: str) -> str:
     """404 for a track id that no row can have."""
     if not track_id or "\x00" in track_id or len(track_id) > 200:
-        raise not_found(f"track {track_id[:50]!r}")
+        raise NotFound(f"track {track_id[:50]!r}")
     return track_id
