@@ -26,6 +26,7 @@ from contextlib import asynccontextmanager
 from typing import Protocol
 
 from app import close_codes
+from app.batch import Batched
 from app.channels import Opened, track_channel, user_channel
 from app.events import PAGE
 from app.frames import text_frame
@@ -134,6 +135,8 @@ class Feed:
         self._sent: dict[int, None] = {}
         self._recheck: set[tuple[int, str]] = set()
         self._recheck_wake = asyncio.Event()
+        self._cursor: Batched[str, int] = Batched(self._latest)
+        """A new track's cursor: the tracks that start together are read in one query."""
 
     # -----------------------------------------------------------------------------------------
     # Sockets
@@ -306,7 +309,7 @@ class Feed:
         commits in between is in the cursor, or notified, or both)."""
         try:
             await self._channels.listen([track_channel(track_id)])
-            latest = (await self._log.latest([track_id]))[track_id]
+            latest = await self._cursor(track_id)
         except BaseException as exc:
             track.ready.set_exception(exc)
             track.ready.exception()  # retrieved: the sockets waiting on it see it raised
@@ -384,6 +387,10 @@ class Feed:
                     delay = _RETRY_FIRST
         finally:
             track.filling = False
+
+    async def _latest(self, track_ids: list[str]) -> list[int]:
+        latest = await self._log.latest(track_ids)
+        return [latest[track_id] for track_id in track_ids]
 
     async def _pace(self, track_id: str) -> None:
         """Between two pages of a catch-up: let the track's sockets that are behind drain

@@ -14,6 +14,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from app import close_codes
+from app.batch import Batched
 from app.channels import Codec
 from app.config import Settings
 from app.db import (
@@ -31,6 +32,7 @@ from app.listener import Listener
 from app.metrics import Metrics
 from app.ratelimit import RateLimiter, Refusals
 from app.tokens import TokenVerifier
+from app.tracks import Watcher, watchers
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,9 @@ class Services:
     metrics: Metrics
     tokens: TokenVerifier
     """Checks access tokens (tracktalk's own, and the identity provider's)."""
+    watchers: Batched[tuple[str, int | None], Watcher]
+    """Who opens a socket on a track, and whether they may: one query for the sockets that
+    arrive together."""
     refused_writes: Refusals = field(default_factory=Refusals)
     """Users told to wait by the writes-per-minute limit, until when."""
 
@@ -104,6 +109,7 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             refused=Refusals(),
             metrics=metrics,
             tokens=tokens,
+            watchers=Batched(lambda wanted: _watchers(pool, wanted)),
         )
         async with (
             tokens,
@@ -118,6 +124,11 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             await feed.stop()
     finally:
         await pool.close()
+
+
+async def _watchers(pool: AsyncConnectionPool, wanted: list[tuple[str, int | None]]) -> list[Watcher]:
+    async with pool.connection() as conn:
+        return await watchers(conn, wanted)
 
 
 @asynccontextmanager

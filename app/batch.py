@@ -1,0 +1,57 @@
+"""One query for many callers: what arrives while a query is in flight goes in the next one.
+
+A replica that many sockets reach at once (a deploy, a listening party starting) would run one
+admission query per socket; each costs a round trip and ~150 µs of psycopg's CPU. `Batched`
+runs the first caller's query at once (no wait when it is alone) and gathers the callers that
+come meanwhile into the next, so that under load a query answers tens of sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+_MOST = 500
+"""Callers answered by one query at most."""
+
+
+class Batched(Generic[K, V]):
+    """`await batched(key)` answers `fetch([..., key, ...])[i]`; one fetch in flight at a time."""
+
+    def __init__(self, fetch: Callable[[list[K]], Awaitable[list[V]]], most: int = _MOST) -> None:
+        self._fetch = fetch
+        self._most = most
+        self._pending: list[tuple[K, asyncio.Future[V]]] = []
+        self._running: asyncio.Task[None] | None = None
+
+    async def __call__(self, key: K) -> V:
+        """The value for `key`; what `fetch` raised, if it failed."""
+        answer: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._pending.append((key, answer))
+        if self._running is None:
+            self._running = asyncio.create_task(self._run())
+        return await answer
+
+    async def _run(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[: self._most], self._pending[self._most :]
+                batch = [(key, answer) for key, answer in batch if not answer.done()]  # callers gone
+                if not batch:
+                    continue
+                try:
+                    values = await self._fetch([key for key, _ in batch])
+                except Exception as exc:
+                    for _, answer in batch:
+                        if not answer.done():
+                            answer.set_exception(exc)
+                    continue
+                for (_, answer), value in zip(batch, values, strict=True):
+                    if not answer.done():
+                        answer.set_result(value)
+        finally:
+            self._running = None

@@ -1,0 +1,67 @@
+"""app/batch.py: callers that come while a query is in flight share the next one."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app.batch import Batched
+
+
+async def test_a_lone_caller_is_answered_at_once_and_the_crowd_behind_it_in_one_query() -> None:
+    calls: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def fetch(keys: list[int]) -> list[int]:
+        calls.append(keys)
+        await gate.wait()
+        return [k * 10 for k in keys]
+
+    batched: Batched[int, int] = Batched(fetch)
+    first = asyncio.create_task(batched(1))
+    await asyncio.sleep(0)
+    crowd = [asyncio.create_task(batched(k)) for k in range(2, 7)]
+    await asyncio.sleep(0)
+    assert calls == [[1]]  # the first went alone, at once
+    gate.set()
+    assert await first == 10
+    assert await asyncio.gather(*crowd) == [20, 30, 40, 50, 60]
+    assert calls == [[1], [2, 3, 4, 5, 6]]
+
+
+async def test_a_failed_query_fails_its_callers_and_the_next_one_runs() -> None:
+    attempts = 0
+
+    async def fetch(keys: list[str]) -> list[str]:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise OSError("database down")
+        return [k.upper() for k in keys]
+
+    batched: Batched[str, str] = Batched(fetch)
+    with pytest.raises(OSError):
+        await batched("a")
+    assert await batched("b") == "B"
+
+
+async def test_a_caller_that_gave_up_is_left_out() -> None:
+    seen: list[list[str]] = []
+    gate = asyncio.Event()
+
+    async def fetch(keys: list[str]) -> list[str]:
+        seen.append(keys)
+        await gate.wait()
+        return keys
+
+    batched: Batched[str, str] = Batched(fetch)
+    first = asyncio.create_task(batched("first"))
+    await asyncio.sleep(0)
+    quitter = asyncio.create_task(batched("quitter"))
+    stayer = asyncio.create_task(batched("stayer"))
+    await asyncio.sleep(0)
+    quitter.cancel()
+    gate.set()
+    assert (await first, await stayer) == ("first", "stayer")
+    assert seen == [["first"], ["stayer"]]
