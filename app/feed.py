@@ -21,9 +21,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 from app import close_codes
 from app.batch import Batched
@@ -135,6 +135,8 @@ class Feed:
         self._sent: dict[int, None] = {}
         self._recheck: set[tuple[int, str]] = set()
         self._recheck_wake = asyncio.Event()
+        self._caught_up = True
+        self._reconnected: asyncio.Task[None] | None = None
         self._cursor: Batched[str, int] = Batched(self._latest)
         """A new track's cursor: the tracks that start together are read in one query."""
 
@@ -188,25 +190,51 @@ class Feed:
     # The listener's sink
     # -----------------------------------------------------------------------------------------
 
-    async def on_listen(self) -> None:
-        """The listener (re)connected: what did every watched track miss meanwhile? And may
-        every socket still see its track (a revocation may have passed unheard)?"""
-        tracks = {t: track for t, track in self._tracks.items() if _started(track)}
-        if tracks:
+    def on_listen(self) -> None:
+        """The listener (re)connected: catch up in the background, so that the listener goes on
+        reading (a database call here would hold up every event already on its way)."""
+        self._caught_up = False
+        if self._reconnected is not None:
+            self._reconnected.cancel()
+        self._reconnected = self._spawn(self._after_reconnect())
+
+    @property
+    def caught_up(self) -> bool:
+        """What the tracks missed while the listener was away has been delivered."""
+        return self._caught_up
+
+    async def _after_reconnect(self) -> None:
+        """What did every watched track miss meanwhile? And may every socket still see its track
+        (a revocation may have passed unheard)?"""
+        delay = _RETRY_FIRST
+        while True:
+            tracks = {t: track for t, track in self._tracks.items() if _started(track)}
             before = {t: track.last_seq for t, track in tracks.items()}
-            latest = await self._log.latest(list(tracks))
-            for track_id, seq in latest.items():
-                track = tracks[track_id]
-                if self._tracks.get(track_id) is not track:
-                    continue
-                if seq < before[track_id]:
-                    # The database went back in time (a failover that lost commits): what the
-                    # sockets saw no longer exists; they must reload, and numbers go on from there.
-                    self._resync(track_id, track, seq)
-                elif seq > track.last_seq:
-                    track.wanted = max(track.wanted, seq)
-                    self._fill(track_id, track)
+            try:
+                latest = await self._log.latest(list(tracks)) if tracks else {}
+            except Exception as exc:
+                log.warning("catching up after a reconnect failed (%s), retrying", _one_line(exc))
+                await asyncio.sleep(delay)
+                delay = min(_RETRY_MAX, delay * 2)
+                continue
+            break
+        catching_up = []
+        for track_id, seq in latest.items():
+            track = tracks[track_id]
+            if self._tracks.get(track_id) is not track:
+                continue
+            if seq < before[track_id]:
+                # The database went back in time (a failover that lost commits): what the
+                # sockets saw no longer exists; they must reload, and numbers go on from there.
+                self._resync(track_id, track, seq)
+            elif seq > track.last_seq:
+                track.wanted = max(track.wanted, seq)
+                if (task := self._fill(track_id, track)) is not None:
+                    catching_up.append(task)
         self._ask_recheck((sub.user_id, sub.track_id) for sub in self._hub.all_sockets())
+        if catching_up:
+            await asyncio.wait(catching_up)
+        self._caught_up = True
 
     def on_notice(self, opened: Opened) -> None:
         """Route one checked payload (synchronously: nothing here waits)."""
@@ -345,11 +373,13 @@ class Feed:
         if self._on_lag is not None and batch.at:
             self._on_lag(max(0.0, time.time() - batch.at))
 
-    def _fill(self, track_id: str, track: _Track) -> None:
-        """Catch the track up from the log, in a task of its own (one at a time per track)."""
-        if not track.filling:
-            track.filling = True
-            self._spawn(self._catch_up(track_id, track))
+    def _fill(self, track_id: str, track: _Track) -> asyncio.Task[None] | None:
+        """Catch the track up from the log, in a task of its own (one at a time per track); the
+        task, when this call started it."""
+        if track.filling:
+            return None
+        track.filling = True
+        return self._spawn(self._catch_up(track_id, track))
 
     async def _catch_up(self, track_id: str, track: _Track) -> None:
         delay = _RETRY_FIRST
@@ -469,11 +499,12 @@ class Feed:
         if self._recheck:
             self._recheck_wake.set()
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_retrieve)
+        return task
 
 
 def _started(track: _Track) -> bool:

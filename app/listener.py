@@ -10,7 +10,8 @@ in one go (psycopg's `notifies()` generator costs ~80 µs a notification; this, 
 to the codec, then to the sink, synchronously: nothing on this path waits for anything. When the
 connection drops (network, pg_terminate_backend, a server restart) it reconnects with backoff and
 jitter, reads the channel key, LISTENs again and only then lets the sink catch up on what
-committed meanwhile; until the catch-up is done the replica is not ready.
+committed meanwhile (the feed does it in the background; until it is done the replica is not
+ready).
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ KEY_QUERY = "SELECT key FROM tracktalk.channel_key"
 class NoticeSink(Protocol):
     """Where the listener delivers (the feed)."""
 
-    async def on_listen(self) -> None:
-        """Called after each successful (re)LISTEN: catch up on whatever was missed."""
+    def on_listen(self) -> None:
+        """Called after each successful (re)LISTEN: catch up on whatever was missed, in the
+        background (the listener goes on reading at once)."""
 
     def on_notice(self, opened: Opened) -> None:
         """Called for each payload, in commit order; must not wait for anything."""
@@ -139,7 +141,7 @@ class Listener:
             await self._sync_channels(conn)
             self.backend_pid = conn.info.backend_pid
             if self._sink is not None:
-                await self._sink.on_listen()
+                self._sink.on_listen()
             self._ready = True
             self._resolve_waiters()
             log.info("listening on %d channels (backend pid %s)", len(self._listening), self.backend_pid)

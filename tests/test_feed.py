@@ -217,7 +217,8 @@ async def test_a_database_that_went_back_in_time_makes_the_sockets_resync(world:
     world.notice(T, world.log.write(T, 5))
     world.log.last[T] = 3  # a failover lost commits 4 and 5
     world.log.prune(T, [4, 5])
-    await world.feed.on_listen()
+    world.feed.on_listen()
+    await until(lambda: world.feed.caught_up, "the check after the reconnect")
     assert sock.messages[-1]["type"] == "resync" and sock.messages[-1]["seq"] == 3
     world.notice(T, world.log.write(T, 1))  # the new 4
     assert sock.seqs == [1, 2, 3, 4, 5, 4]
@@ -228,8 +229,21 @@ async def test_after_a_reconnect_every_track_catches_up_on_what_it_missed(world:
     _, on_u, _ = await world.socket(U)
     world.log.write(T, 4)
     world.log.write(U, 2)
-    await world.feed.on_listen()
-    await until(lambda: on_t.seqs == [1, 2, 3, 4] and on_u.seqs == [1, 2], "both tracks caught up")
+    world.feed.on_listen()
+    assert not world.feed.caught_up
+    await until(lambda: world.feed.caught_up, "the catch-up after the reconnect")
+    assert on_t.seqs == [1, 2, 3, 4] and on_u.seqs == [1, 2]
+
+
+async def test_the_check_after_a_reconnect_holds_up_no_live_event(world: World) -> None:
+    _, on_t, _ = await world.socket(T)
+    world.log.fail = True  # the database is slow to answer (the pool is exhausted)
+    world.feed.on_listen()
+    world.notice(T, world.log.write(T, 1))
+    assert on_t.seqs == [1]  # delivered while the check waits
+    assert not world.feed.caught_up
+    world.log.fail = False
+    await until(lambda: world.feed.caught_up, "the check, retried", turns=100_000)
 
 
 async def test_a_catch_up_in_flight_holds_up_no_other_track(world: World) -> None:

@@ -32,7 +32,7 @@ async def readyz(services: Services) -> Response[Health]:
     checks = {
         "database": database,
         "schema": serves(version),
-        "listener": services.listener.ready,
+        "listener": services.listener.ready and services.feed.caught_up,
     }
     ok = all(checks.values())
     return Response(
