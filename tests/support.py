@@ -28,6 +28,7 @@ import httpx
 import psycopg
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from app.auth import issue_token
 from app.wire import server_message_decoder
@@ -198,20 +199,26 @@ class Socket:
                 return message
             assert message["type"] in ignore, f"expected {kind}, got {message}"
 
-    async def events(self, count: int, timeout: float = RECV_TIMEOUT) -> list[dict[str, Any]]:
-        """The next `count` durable events (messages with a seq), skipping the others."""
+    async def events(
+        self, count: int, timeout: float = RECV_TIMEOUT, resync: bool = False
+    ) -> list[dict[str, Any]]:
+        """The next `count` durable events (messages with a seq), skipping ephemeral ones; a
+        `resync` fails the test unless `resync` says one may come (it is then skipped too)."""
         deadline = time.monotonic() + timeout
         got: list[dict[str, Any]] = []
         while len(got) < count:
             message = await self.recv(max(0.01, deadline - time.monotonic()))
-            if "seq" in message and message["type"] not in ("connected", "resync"):
+            if message["type"] == "resync":
+                assert resync, f"an unexpected resync after {len(got)} of {count} events: {message}"
+            elif "seq" in message and message["type"] != "connected":
                 got.append(message)
         return got
 
     async def closed(self, timeout: float = RECV_TIMEOUT) -> tuple[int | None, str | None]:
-        """Wait for the server to close; (code, reason). Messages before the close are kept."""
+        """Wait for the server to close; (code, reason). Messages before the close are kept (and
+        checked: a malformed frame fails the test)."""
         deadline = time.monotonic() + timeout
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(ConnectionClosed):
             while time.monotonic() < deadline:
                 await self.recv(max(0.01, deadline - time.monotonic()))
         await asyncio.wait_for(self.conn.wait_closed(), max(0.01, deadline - time.monotonic()))

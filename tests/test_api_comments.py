@@ -25,7 +25,7 @@ import psycopg
 import pytest
 
 from app.auth import issue_token
-from tests.support import SECRET, Replica, World
+from tests.support import SECRET, Replica, World, async_wait_until
 
 TIMEOUT = 10.0
 MAX_PAGES = 200
@@ -763,25 +763,37 @@ async def test_different_users_liking_concurrently_all_count(
 
 
 async def race_with_delete(
-    replica: Replica,
-    world: World,
+    db_url: str,
     as_user: AsUser,
     track: str,
     write: Callable[[httpx.AsyncClient, int], Any],
+    replica: Replica,
 ) -> list[httpx.Response]:
-    """Rounds of three `write`s to a fresh comment of alice's, sent together with its deletion."""
-    answers: list[httpx.Response] = []
-    async with httpx.AsyncClient(base_url=replica.http, timeout=TIMEOUT) as http:
-        for round_ in range(5):
-            target = as_user("alice").post(track, f"going away {round_}")
-            gone = http.delete(comment_url(target["id"]), headers=world.auth("alice"))
-            *racing, deleted = await asyncio.gather(*(write(http, target["id"]) for _ in range(3)), gone)
-            assert deleted.status_code == 204, deleted.text
-            answers += racing
-    return answers
+    """Three `write`s that lose the race against the deletion of their comment, for certain: the
+    deletion is made and held uncommitted, the writes pass their checks and wait on the deleted
+    row's lock (seen in pg_stat_activity), then the deletion commits under them."""
+    target = as_user("alice").post(track, "going away")
+    async with (
+        await psycopg.AsyncConnection.connect(db_url) as deleter,
+        httpx.AsyncClient(base_url=replica.http, timeout=TIMEOUT) as http,
+    ):
+        await deleter.execute("DELETE FROM comments WHERE id = %s", (target["id"],))
+        racing = [asyncio.create_task(write(http, target["id"])) for _ in range(3)]
+
+        def writes_waiting() -> bool:
+            rows = sql_rows(
+                db_url,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name = 'tracktalk' AND wait_event_type = 'Lock'",
+            )
+            return int(rows[0][0]) >= 3
+
+        await async_wait_until(writes_waiting, TIMEOUT, "the writes to wait on the deleted comment")
+        await deleter.commit()
+        return list(await asyncio.gather(*racing))
 
 
-async def test_likes_racing_a_delete_are_200_or_404(
+async def test_likes_that_lose_the_race_against_a_delete_are_404(
     replica: Replica, world: World, db_url: str, as_user: AsUser, track: str
 ) -> None:
     """A like that loses the race against the comment's deletion is a 404, never a 422 or a 500."""
@@ -789,13 +801,12 @@ async def test_likes_racing_a_delete_are_200_or_404(
     def like(http: httpx.AsyncClient, comment_id: int) -> Any:
         return http.post(like_url(comment_id), headers=world.auth("bob"))
 
-    for answer in await race_with_delete(replica, world, as_user, track, like):
-        if answer.status_code != 200:
-            assert_error(answer, 404, "comment", "not found")
+    for answer in await race_with_delete(db_url, as_user, track, like, replica):
+        assert_error(answer, 404, "comment", "not found")
     assert count_comments(db_url, track) == 0  # and so no likes either (they cascade)
 
 
-async def test_replies_racing_a_delete_are_201_or_422(
+async def test_replies_that_lose_the_race_against_a_delete_are_422(
     replica: Replica, world: World, db_url: str, as_user: AsUser, track: str
 ) -> None:
     """A reply that loses the race against its parent's deletion is refused naming `parent_id`."""
@@ -804,9 +815,8 @@ async def test_replies_racing_a_delete_are_201_or_422(
         body = {"content": "too late?", "timestamp": 1, "parent_id": comment_id}
         return http.post(comments_url(track), json=body, headers=world.auth("bob"))
 
-    for answer in await race_with_delete(replica, world, as_user, track, reply):
-        if answer.status_code != 201:
-            assert_error(answer, 422, "parent_id")
+    for answer in await race_with_delete(db_url, as_user, track, reply, replica):
+        assert_error(answer, 422, "parent_id")
     assert count_comments(db_url, track) == 0
 
 

@@ -61,29 +61,48 @@ async def test_a_stalled_socket_is_closed_with_1013_and_resumes_with_since(
 async def test_many_stalled_sockets_cost_bounded_memory(
     small_queues: Replica, world: World, db_url: str
 ) -> None:
-    """100 clients that read nothing: each is cut off once the kernel's send buffer (Linux grows it
-    to 4 MB) and its queue are full, and the replica's memory stays far below what buffering
-    everything for them would take (100 x 28 x 400 KB = 1.1 GB)."""
+    """100 clients that read nothing: every one of them is cut off once the kernel's send buffer
+    (Linux grows it to 4 MB) and its bound are full, and the replica's memory at its highest,
+    while they are stalled, stays far below what buffering everything for them would take
+    (100 x 28 x 400 KB = 1.1 GB)."""
     clients, writes = 100, 28
     before = _rss_kib(small_queues)
-    async with contextlib.AsyncExitStack() as stack:
-        stalled = [
-            await stack.enter_async_context(
-                open_socket(small_queues.ws, world.other, world.tokens["dave"], max_queue=1, rcvbuf=4096)
-            )
-            for _ in range(clients)
-        ]
-        for sock in stalled:
-            await sock.expect("connected")
-        for _ in range(writes):
-            await insert_comment(db_url, world.other, world.users["bob"], HUGE)
+    dropped_before = await _dropped_slow(small_queues)
+    peak = [before]
+    sampling = asyncio.Event()
 
-        async def all_cut_off() -> bool:
-            return await _dropped_slow(small_queues) >= clients
+    async def sample_rss() -> None:
+        while not sampling.is_set():
+            peak[0] = max(peak[0], _rss_kib(small_queues))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sampling.wait(), 0.05)
 
-        await async_wait_until(all_cut_off, 60, "every stalled socket to be cut off")
-        grown_mib = (_rss_kib(small_queues) - before) / 1024
-    print(f"\n{clients} stalled sockets x {writes} frames of 400 KB: replica RSS grew by {grown_mib:.1f} MiB")
+    sampler = asyncio.create_task(sample_rss())
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            stalled = [
+                await stack.enter_async_context(
+                    open_socket(small_queues.ws, world.other, world.tokens["dave"], max_queue=1, rcvbuf=4096)
+                )
+                for _ in range(clients)
+            ]
+            for sock in stalled:
+                await sock.expect("connected")
+            for _ in range(writes):
+                await insert_comment(db_url, world.other, world.users["bob"], HUGE)
+
+            async def all_cut_off() -> bool:
+                return await _dropped_slow(small_queues) - dropped_before >= clients
+
+            await async_wait_until(all_cut_off, 60, "every one of the stalled sockets to be cut off")
+    finally:
+        sampling.set()
+        await sampler
+    grown_mib = (peak[0] - before) / 1024
+    print(
+        f"\n{clients} stalled sockets x {writes} frames of 400 KB: replica RSS peaked {grown_mib:.1f} MiB higher"
+    )
+    assert await _dropped_slow(small_queues) - dropped_before == clients
     assert grown_mib < 150
 
 

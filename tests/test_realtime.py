@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import httpx
@@ -343,10 +344,27 @@ async def test_typing_crosses_replicas_once_a_second_at_most(
             True,
         )
         assert "seq" not in typing
+        relayed_at = time.monotonic()
         nxt = await reader.recv()
         assert (nxt["type"], nxt["comment"]["id"]) == ("new_comment", marker), (
             "more than one typing frame was relayed"
         )
+
+        # Typing on (a user types, a frame every 0.1 s): relayed again once a second has passed.
+        async def keep_typing() -> None:
+            while True:
+                await typist.send({"type": "typing", "is_typing": False})
+                await asyncio.sleep(0.1)
+
+        typing_on = asyncio.create_task(keep_typing())
+        try:
+            again = await reader.expect("user_typing", timeout=3)
+        finally:
+            typing_on.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await typing_on
+        assert again["is_typing"] is False
+        assert time.monotonic() - relayed_at >= 0.9, "relayed again within a second"
     stored = await sql(
         db_url, "SELECT count(*) FROM tracktalk.events WHERE message::text LIKE '%%user_typing%%'"
     )
