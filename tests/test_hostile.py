@@ -224,6 +224,27 @@ async def test_a_track_deleted_and_remade_in_one_transaction_makes_open_sockets_
 
 
 # ---------------------------------------------------------------------------------------------
+# 3. A hole in the middle of what is kept
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_a_hole_in_the_middle_of_a_replay_page_gives_resync_not_a_silent_gap(
+    pair: list[Replica], world: World, db_url: str
+) -> None:
+    track = world.timed
+    left_at = await latest_seq(db_url, track)
+    for i in range(5):
+        await insert_comment(db_url, track, world.users["bob"], f"kept {i}")
+    await sql(db_url, "DELETE FROM tracktalk.events WHERE track_id = %s AND seq = %s", (track, left_at + 3))
+    async with open_socket(pair[0].ws, track, world.tokens["alice"], since=left_at) as back:
+        latest = (await back.expect("connected"))["seq"]
+        got = await back.events(2)
+        resync = await back.expect("resync")
+    assert [e["seq"] for e in got] == [left_at + 1, left_at + 2]  # up to the hole, then reload
+    assert resync["seq"] == latest
+
+
+# ---------------------------------------------------------------------------------------------
 # 6. Access taken away from open sockets
 # ---------------------------------------------------------------------------------------------
 
