@@ -60,8 +60,9 @@ def config(app: Tracktalk, host: str, port: int) -> uvicorn.Config:
         # wsproto's connection, plus the fast path for prepared frames (app/wsprotocol.py).
         ws=FrameProtocol,
         ws_max_size=MAX_FRAME,
-        # Off: deflate compresses every frame again for every socket (the bytes are no longer
-        # shared) and about triples the memory of an idle socket. See docs/performance.md.
+        # Off, and never negotiated (FrameProtocol.accept_with offers no extension): a track's
+        # frames are the same prepared bytes for every socket; deflate would compress each one
+        # again for each socket and multiply an idle socket's memory. See docs/performance.md.
         ws_per_message_deflate=False,
         lifespan="on",
         log_level="info",

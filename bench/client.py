@@ -104,7 +104,7 @@ async def open_one(url: str, sem: asyncio.Semaphore, first_frame: bool) -> WSTra
 
 async def follow_commands(out: str) -> None:
     """Print the counts every 0.5 s and obey stdin (`mark` resets them, `stop` or its end stops);
-    then write the results to `out`. Shared by this client and bench/wsclient.py."""
+    then write the results to `out`."""
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[str] = asyncio.Queue()
 

@@ -44,7 +44,7 @@ RESULTS = ROOT / "bench" / "results"
 SECRET = "bench-secret-0123456789-abcdefghijklmnop"
 PY = sys.executable
 DESIGNS = ("tracktalk", "floor", "redis", "channels")
-SCENARIOS = ("idle", "hot", "catalog", "fanout", "elsewhere", "write", "deflate")
+SCENARIOS = ("idle", "hot", "catalog", "fanout", "elsewhere", "write")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,7 +71,6 @@ class Sizes:
     duration: float
     write_seconds: float
     write_workers: int
-    deflate_sockets: int
     clients: int
     users: int
     settle: float = 1.0
@@ -96,7 +95,6 @@ FULL = Sizes(
     duration=20,
     write_seconds=10,
     write_workers=4,
-    deflate_sockets=2_000,
     clients=2,
     users=200,
 )
@@ -118,7 +116,6 @@ QUICK = Sizes(
     duration=1.5,
     write_seconds=1.0,
     write_workers=2,
-    deflate_sockets=300,
     clients=2,
     users=40,
     settle=0.5,
@@ -209,7 +206,7 @@ def start_server(args: list[str], env: dict[str, str], logdir: Path, name: str) 
     return server
 
 
-def start_tracktalk(url: str, logdir: Path, deflate: bool = False) -> Server:
+def start_tracktalk(url: str, logdir: Path) -> Server:
     env = {
         "DATABASE_URL": url,
         "TRACKTALK_SECRET": SECRET,
@@ -218,7 +215,7 @@ def start_tracktalk(url: str, logdir: Path, deflate: bool = False) -> Server:
         "TRACKTALK_COMMENTS_PER_MINUTE": "0",
         "TRACKTALK_SOCKETS_PER_USER": "1000000",
     }
-    args = [PY, "-m", "bench.serve", "--port", "{port}"] + (["--deflate"] if deflate else [])
+    args = [PY, "-m", "app", "serve", "--port", "{port}"]
     server = start_server(args, env, logdir, "tracktalk")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -232,7 +229,7 @@ def start_tracktalk(url: str, logdir: Path, deflate: bool = False) -> Server:
 class Clients:
     """The picows load-client processes, sockets spread over them."""
 
-    def __init__(self, urls: list[str], count: int, workdir: Path, lib: str = "picows") -> None:
+    def __init__(self, urls: list[str], count: int, workdir: Path) -> None:
         self.procs: list[subprocess.Popen[str]] = []
         self.outs: list[str] = []
         self.frames = [0] * count
@@ -240,12 +237,15 @@ class Clients:
         self.ready: list[tuple[int, int]] = []
         for i in range(count):
             out = str(workdir / f"client-{i}-{time.monotonic_ns()}.json")
-            config = {"urls": urls[i::count], "out": out, "concurrency": 40, "lib": lib}
+            config = {"urls": urls[i::count], "out": out, "concurrency": 40}
             path = out + ".config"
             Path(path).write_text(json.dumps(config))
-            module = "bench.client" if lib == "picows" else "bench.wsclient"
             proc = subprocess.Popen(
-                [PY, "-m", module, path], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+                [PY, "-m", "bench.client", path],
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
             )
             self.procs.append(proc)
             self.outs.append(out)
@@ -411,6 +411,18 @@ def db_cpu(world: World) -> float:
     except psutil.Error:
         return 0.0
     return sum(cpu_seconds(p.pid) for p in procs)
+
+
+def listener_backends(world: World) -> list[int]:
+    """The PIDs of the replicas' LISTEN sessions on the server (embedded server only)."""
+    if world.postmaster is None:
+        return []
+    with psycopg.connect(world.url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'tracktalk-listener'"
+            " AND datname = current_database()"
+        ).fetchall()
+    return [int(row[0]) for row in rows]
 
 
 def commit_times(world: World, table: str, ids: list[int]) -> dict[int, float]:
@@ -651,9 +663,9 @@ class Env:
     redis_url: str = ""
 
 
-def start_design(design: str, env: Env, replicas: int, deflate: bool = False) -> list[Server]:
+def start_design(design: str, env: Env, replicas: int) -> list[Server]:
     if design == "tracktalk":
-        return [start_tracktalk(env.world.url, env.logdir, deflate) for _ in range(replicas)]
+        return [start_tracktalk(env.world.url, env.logdir) for _ in range(replicas)]
     base = [PY, "-m", "bench.baselines", design, "--port", "{port}"]
     if design == "redis":
         base += ["--redis-url", env.redis_url]
@@ -689,8 +701,6 @@ def load(
     tracks: list[str],
     rate: float,
     duration: float,
-    lib: str = "picows",
-    deflate: bool = False,
     profile: bool = False,
     write_tracks: list[str] | None = None,
     connections: int = 4,
@@ -698,7 +708,7 @@ def load(
     """One run: servers up, sockets open (RSS before/after), writes at `rate` (on `write_tracks`,
     by default the sockets' tracks), then the figures."""
     world = env.world
-    servers = start_design(design, env, replicas, deflate)
+    servers = start_design(design, env, replicas)
     result: dict[str, Any] = {
         "scenario": scenario,
         "design": design,
@@ -707,8 +717,6 @@ def load(
         "tracks": len(tracks),
         "rate": rate,
         "duration": duration,
-        "client": lib,
-        "deflate": deflate,
     }
     clients = None
     began = time.monotonic()
@@ -716,9 +724,7 @@ def load(
         time.sleep(0.3)
         rss_before = [rss_kib(s.pid) for s in servers]
         t0 = time.monotonic()
-        clients = Clients(
-            socket_urls(design, servers, tracks, world, sockets), env.sizes.clients, env.logdir, lib
-        )
+        clients = Clients(socket_urls(design, servers, tracks, world, sockets), env.sizes.clients, env.logdir)
         result["open_seconds"] = round(time.monotonic() - t0, 2)
         result["opened"], result["failed"] = clients.opened, clients.failed
         time.sleep(env.sizes.settle)
@@ -731,6 +737,8 @@ def load(
         clients.command("mark")
         cpu0 = [cpu_seconds(s.pid) for s in servers]
         ccpu0, dcpu0 = clients.cpu(), db_cpu(world)
+        listeners = listener_backends(world) if design == "tracktalk" else []
+        lcpu0 = sum(cpu_seconds(pid) for pid in listeners)
         stop, peak = threading.Event(), [0.0]
         sampler = threading.Thread(target=queue_sampler, args=(world, stop, peak), daemon=True)
         sampler.start()
@@ -767,6 +775,7 @@ def load(
         elapsed = time.monotonic() - t_start
         cpu1 = [cpu_seconds(s.pid) for s in servers]
         ccpu1, dcpu1 = clients.cpu(), db_cpu(world)
+        lcpu1 = sum(cpu_seconds(pid) for pid in listeners)
         progress.set()
         stop.set()
         print()
@@ -792,6 +801,9 @@ def load(
             client_cpu_s=round(ccpu1 - ccpu0, 2),
             client_cpu_pct=round(100 * (ccpu1 - ccpu0) / elapsed, 1),
             db_cpu_s=round(dcpu1 - dcpu0, 2),
+            listener_backend_cpu_us_per_comment=(
+                round(1e6 * (lcpu1 - lcpu0) / written.sent, 1) if listeners and written.sent else None
+            ),
             notify_queue_peak=peak[0],
             latency=latencies(got, written, world),
         )
@@ -1004,7 +1016,7 @@ def table(results: list[dict[str, Any]]) -> str:
             continue
         lat = r.get("latency", {})
         lines.append(
-            f"{r['scenario']:<9} {r['design'] + ('+defl' if r.get('deflate') else ''):<9} {r['replicas']:>4} "
+            f"{r['scenario']:<9} {r['design']:<9} {r['replicas']:>4} "
             f"{r.get('opened', 0):>7} {r['tracks']:>6} {r['rate']:>6g} "
             f"{_f(r.get('messages_per_s')):>8} {_f(lat.get('p50_ms')):>7} {_f(lat.get('p99_ms')):>7} "
             f"{_f(r.get('server_cpu_pct')):>6} {_f(r.get('cpu_us_per_message')):>7} "
@@ -1039,7 +1051,7 @@ def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if ours is None:
             continue
         for r in results:
-            if r["scenario"] != scenario or r["design"] == "tracktalk" or r.get("deflate"):
+            if r["scenario"] != scenario or r["design"] == "tracktalk":
                 continue
             row: dict[str, Any] = {"scenario": scenario, "versus": r["design"]}
             for key, get in (
@@ -1063,7 +1075,6 @@ def _pick(results: list[dict[str, Any]], scenario: str, design: str, **match: An
             for r in results
             if r["scenario"] == scenario
             and r["design"] == design
-            and not r.get("deflate")
             and all(r.get(k) == v for k, v in match.items())
         ),
         None,
@@ -1146,7 +1157,7 @@ def chart(results: list[dict[str, Any]], path: Path) -> None:
         ("fanout", "fan-out: server CPU µs per frame", lambda r: (r.get("cpu_us_per_message"), None)),
     ]
     for ax, (scenario, title, get) in zip(axes, panels, strict=True):
-        rows = [r for r in results if r["scenario"] == scenario and not r.get("deflate")]
+        rows = [r for r in results if r["scenario"] == scenario]
         names = [r["design"] for r in rows]
         first = [get(r)[0] or 0 for r in rows]
         ax.bar(names, first, color=[colors.get(n, "#999") for n in names])
@@ -1338,28 +1349,10 @@ def main() -> None:
                 connections=8,
             )
             print(
-                f"  {r['comments']} comments elsewhere: {r['cpu_us_per_comment']} µs of the replica's CPU each"
+                f"  {r['comments']} comments elsewhere: {r['cpu_us_per_comment']} µs of the replica's CPU each, "
+                f"{r['listener_backend_cpu_us_per_comment']} µs of its LISTEN session's in PostgreSQL"
             )
             results.append(r)
-        if "deflate" in only:
-            print(
-                f"deflate: 1 replica, {sizes.deflate_sockets} idle sockets (websockets client, offers deflate)"
-            )
-            for deflate in (False, True):
-                r = load(
-                    env,
-                    "deflate",
-                    "tracktalk",
-                    1,
-                    sizes.deflate_sockets,
-                    world.tracks[: sizes.cat_tracks],
-                    0,
-                    0,
-                    lib="websockets",
-                    deflate=deflate,
-                )
-                print(f"  deflate {'on ' if deflate else 'off'}: {r['rss_per_socket_kib']} KiB per socket")
-                results.append(r)
         if "write" in only:
             print(f"write cost: {sizes.write_workers} SQL connections, {sizes.write_seconds:g} s each")
             results.append(write_cost(env))

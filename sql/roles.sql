@@ -60,6 +60,9 @@ DECLARE
     grant_ record;
 BEGIN
     IF to_regnamespace('tracktalk') IS NOT NULL THEN
+        -- tracktalk's roles only: the event log and the channel key live there (docs/dba.md,
+        -- "Who may listen").
+        REVOKE ALL ON SCHEMA tracktalk FROM PUBLIC;
         GRANT USAGE ON SCHEMA tracktalk TO tracktalk_app;
     END IF;
     FOR grant_ IN
