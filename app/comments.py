@@ -101,19 +101,6 @@ async def insert(
     return int(row[0])
 
 
-async def seconds_until_allowed(conn: Conn, user_id: int, most: int, per_seconds: float) -> float:
-    """0 when the user may post another comment now (and the post is counted, unless the
-    transaction rolls back), else how long to wait. See tracktalk.comment_wait: counted across
-    replicas; holds the author's lock to commit."""
-    async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute(
-            "SELECT tracktalk.comment_wait(%s::bigint, %s::integer, make_interval(secs => %s))",
-            (user_id, most, per_seconds),
-        )
-        row = await cur.fetchone()
-    return float(row[0]) if row and row[0] is not None else 0.0
-
-
 async def update_content(conn: Conn, comment_id: int, content: str) -> bool:
     """Replace a comment's content (the trigger marks it edited); False when it is gone."""
     cur = await conn.execute("UPDATE comments SET content = %s WHERE id = %s", (content, comment_id))

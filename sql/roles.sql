@@ -86,8 +86,7 @@ BEGIN
             ('tracktalk.channel_key',           'SELECT'),
             ('tracktalk.comment_stats',         'SELECT, INSERT, UPDATE'),
             ('tracktalk.events',                'SELECT, INSERT, DELETE'),
-            ('tracktalk.comment_posts',         'SELECT'),  -- written by comment_wait, as owner
-            ('tracktalk.user_writes',           'SELECT'),  -- written by write_wait, as owner
+            ('tracktalk.recent_writes',         'SELECT'),  -- written by wait_to_write, as owner
             ('tracktalk.comment_mentions',      'SELECT, INSERT'),
             ('tracktalk.track_audio',           'SELECT'),
             ('tracktalk.comment_objects',       'SELECT'),

@@ -183,15 +183,19 @@ CREATE TABLE IF NOT EXISTS tracktalk.events (
 );
 CREATE INDEX IF NOT EXISTS events_created_at ON tracktalk.events (created_at);
 
--- The comments each user posted through the API lately: what the comments-per-minute limit
--- counts (tracktalk.comment_wait), on every replica alike. Posts, not comments: deleting a
--- comment gives no room back. UNLOGGED (no WAL): after a crash it starts empty, which forgives
--- at most a minute of posting. Pruned with the events (tracktalk.prune_events).
-CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.comment_posts (
+-- What each user wrote through the API lately, by kind: comment posts ('comment', the
+-- comments-per-minute limit) and every other write ('write': edits, comment and track likes
+-- and unlikes, shares; the writes-per-minute limit). What the limits count
+-- (tracktalk.wait_to_write), on every replica alike. Posts, not comments: deleting a comment
+-- gives no room back. UNLOGGED (no WAL): after a crash it starts empty, which forgives at most a
+-- minute of writing. Pruned with the events (tracktalk.prune_events). (Version 2's
+-- tracktalk.comment_posts is no longer used: drop it when you like.)
+CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.recent_writes (
     user_id  bigint NOT NULL,
+    kind     text NOT NULL CHECK (kind IN ('comment', 'write')),
     at       timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS comment_posts_user_at ON tracktalk.comment_posts (user_id, at);
+CREATE INDEX IF NOT EXISTS recent_writes_user_kind_at ON tracktalk.recent_writes (user_id, kind, at);
 
 -- The key that signs what the triggers send on tracktalk's NOTIFY channels, and from which the
 -- replicas derive the key that seals what they send each other (app/channels.py). PostgreSQL
@@ -206,17 +210,6 @@ CREATE TABLE IF NOT EXISTS tracktalk.channel_key (
     inner_pad  bytea NOT NULL CHECK (octet_length(inner_pad) = 64),
     outer_pad  bytea NOT NULL CHECK (octet_length(outer_pad) = 64)
 );
-
--- The writes each user made through the API lately (edits, comment and track likes and
--- unlikes, shares): what the writes-per-minute limit counts (tracktalk.write_wait), on every
--- replica alike. Its own table, beside comment_posts, so that each limit counts only its own
--- requests and a replica of version 2 (which knows comment_posts only) keeps working during an
--- upgrade. UNLOGGED and pruned like comment_posts.
-CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.user_writes (
-    user_id  bigint NOT NULL,
-    at       timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX IF NOT EXISTS user_writes_user_at ON tracktalk.user_writes (user_id, at);
 
 -- The users a comment has notified as mentioned, or passed over for being its author or unable
 -- to see the track: at most 10 per comment, its edits included (tracktalk.notify_comment_readers).

@@ -308,10 +308,10 @@ $$;
 -- transaction start, seq is numbered later under the track's lock: an event that a long
 -- transaction numbered after others can be older than they are, and pruning by time alone would
 -- cut a hole after them.) Then one batch of the notifications past settings.notification_retention
--- (tracktalk.prune_notifications), and the API's comment posts and writes older than an hour
--- (tracktalk.comment_posts, user_writes). Returns how many events and notifications went.
+-- (tracktalk.prune_notifications), and the API's writes older than an hour
+-- (tracktalk.recent_writes). Returns how many events and notifications went.
 -- Every replica calls it every few minutes, and again at once while a call deleted many rows; a
--- DBA may schedule it instead (pg_cron). SECURITY DEFINER, as comment_wait.
+-- DBA may schedule it instead (pg_cron). SECURITY DEFINER, as wait_to_write.
 -- The expired events come from the index events_created_at, and each track's are deleted as one
 -- range of the primary key: one DELETE per track, because a single join of the two would be
 -- planned without knowing how few events per track have expired (a third of the log, the planner
@@ -324,8 +324,7 @@ DECLARE
     deleted bigint;
     gone bigint := 0;
 BEGIN
-    DELETE FROM tracktalk.comment_posts WHERE at < now() - interval '1 hour';
-    DELETE FROM tracktalk.user_writes WHERE at < now() - interval '1 hour';
+    DELETE FROM tracktalk.recent_writes WHERE at < now() - interval '1 hour';
     FOR expired IN
         SELECT e.track_id, max(e.seq) AS through
           FROM tracktalk.events e
@@ -358,59 +357,36 @@ BEGIN
 END
 $$;
 
--- Seconds until `author` may post another comment through the API: 0 while they posted fewer
--- than `most` within `per`, and then the post is counted (in tracktalk.comment_posts, in the
--- caller's transaction: a post that fails is not counted); else until the `most`-th newest of
--- those leaves the window. One author's posts are taken in turn here (a transaction-level
--- advisory lock, held to commit), so that replicas answering at the same moment cannot both
--- let the last one through. Expects READ COMMITTED (PostgreSQL's default; the app's pool sets it).
--- SECURITY DEFINER: it writes tracktalk.comment_posts as its owner, so the app role needs no
--- grant on that table (and an upgrade works before sql/roles.sql is run again).
-CREATE OR REPLACE FUNCTION tracktalk.comment_wait(author bigint, most integer, per interval)
+-- Seconds until `author` may write again through the API, by `kind` ('comment': a post;
+-- 'write': an edit, a comment like or unlike, a track like, unlike or share): 0 while they made
+-- fewer than `most` writes of that kind within `per`, and then this one is counted (in
+-- tracktalk.recent_writes, in the caller's transaction: a write that fails is not counted); else
+-- until the `most`-th newest of those leaves the window. One user's writes of a kind are taken in
+-- turn here (a transaction-level advisory lock, held to commit; each kind its own, so that posts
+-- and likes queue apart), so that replicas answering at the same moment cannot both let the last
+-- one through. A write that changes nothing (a second like) counts: it is a request, and it costs
+-- one. Expects READ COMMITTED (PostgreSQL's default; the app's pool sets it). SECURITY DEFINER: it
+-- writes tracktalk.recent_writes as its owner, so the app role needs no grant on that table.
+DROP FUNCTION IF EXISTS tracktalk.comment_wait(bigint, integer, interval);
+DROP FUNCTION IF EXISTS tracktalk.write_wait(bigint, integer, interval);
+CREATE OR REPLACE FUNCTION tracktalk.wait_to_write(author bigint, kind text, most integer, per interval)
 RETURNS double precision
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     nth timestamptz;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtext('tracktalk.comment_wait'), hashint8(author));
-    DELETE FROM tracktalk.comment_posts WHERE user_id = author AND at <= now() - per;
-    SELECT p.at INTO nth
-      FROM tracktalk.comment_posts p
-     WHERE p.user_id = author
-     ORDER BY p.at DESC
-    OFFSET greatest(most, 1) - 1
-     LIMIT 1;
-    IF nth IS NOT NULL THEN
-        RETURN greatest(extract(epoch FROM nth + per - clock_timestamp())::double precision, 0.001);
-    END IF;
-    INSERT INTO tracktalk.comment_posts (user_id) VALUES (author);
-    RETURN 0;
-END
-$$;
-
--- Seconds until `author` may make another write through the API (an edit, a comment like or
--- unlike, a track like, unlike or share): comment_wait's rule and lock, on its own table
--- (tracktalk.user_writes) and its own lock key, so that a user's writes and comment posts are
--- counted and queued apart. A write that changes nothing (a second like) counts: it is a request,
--- and it costs one. SECURITY DEFINER, as comment_wait.
-CREATE OR REPLACE FUNCTION tracktalk.write_wait(author bigint, most integer, per interval)
-RETURNS double precision
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    nth timestamptz;
-BEGIN
-    PERFORM pg_advisory_xact_lock(hashtext('tracktalk.write_wait'), hashint8(author));
-    DELETE FROM tracktalk.user_writes WHERE user_id = author AND at <= now() - per;
+    PERFORM pg_advisory_xact_lock(hashtext('tracktalk.wait_to_write ' || kind), hashint8(author));
+    DELETE FROM tracktalk.recent_writes w WHERE w.user_id = author AND w.kind = wait_to_write.kind AND w.at <= now() - per;
     SELECT w.at INTO nth
-      FROM tracktalk.user_writes w
-     WHERE w.user_id = author
+      FROM tracktalk.recent_writes w
+     WHERE w.user_id = author AND w.kind = wait_to_write.kind
      ORDER BY w.at DESC
     OFFSET greatest(most, 1) - 1
      LIMIT 1;
     IF nth IS NOT NULL THEN
         RETURN greatest(extract(epoch FROM nth + per - clock_timestamp())::double precision, 0.001);
     END IF;
-    INSERT INTO tracktalk.user_writes (user_id) VALUES (author);
+    INSERT INTO tracktalk.recent_writes (user_id, kind) VALUES (author, wait_to_write.kind);
     RETURN 0;
 END
 $$;

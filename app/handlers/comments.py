@@ -12,6 +12,7 @@ from litestar.params import Parameter
 from app import comments
 from app.deps import Viewer
 from app.handlers.validation import check_id, check_timestamp, check_track_id, clean_content
+from app.limits import seconds_until_allowed
 from app.problems import Forbidden, TooMany, Unprocessable
 from app.services import Services
 from app.tracks import visible_track
@@ -55,7 +56,7 @@ async def create_comment(track_id: str, data: CommentIn, services: Services, use
     # One transaction: a parent deleted meanwhile waits for the reply, not the reply's read-back
     # for it; and the author's next post waits for this one's commit to be counted.
     async with services.pool.connection() as conn, conn.transaction():
-        if limit and (wait := await comments.seconds_until_allowed(conn, user.id, limit, 60.0)):
+        if limit and (wait := await seconds_until_allowed(conn, user.id, "comment", limit)):
             services.refused.refuse(user.id, wait)
             raise _too_many_comments(limit, wait)
         track = await visible_track(conn, track_id, user.id)
