@@ -21,7 +21,7 @@ Conn: TypeAlias = psycopg.AsyncConnection[Any]
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 SQL_FILES = ("schema.sql", "triggers.sql")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The version that sql/triggers.sql stamps. The app serves it or a newer one (each version
 keeps what the one before it uses, so that replicas can be upgraded one at a time after the
 SQL), and refuses an older one."""

@@ -89,6 +89,9 @@ BEGIN
             ('tracktalk.recent_writes',         'SELECT'),  -- written by wait_to_write, as owner
             ('tracktalk.comment_mentions',      'SELECT, INSERT'),
             ('tracktalk.track_audio',           'SELECT'),
+            -- who is here: each replica's heartbeat and its listeners per track
+            ('tracktalk.replicas',              'SELECT, INSERT, UPDATE, DELETE'),
+            ('tracktalk.presence',              'SELECT, INSERT, UPDATE, DELETE'),
             ('tracktalk.comment_objects',       'SELECT'),
             ('tracktalk.notification_objects',  'SELECT')
         ) AS g (relation, privileges)

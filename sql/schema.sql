@@ -233,6 +233,40 @@ BEGIN
 END
 $$;
 
+-- Who is here (app/presence.py). Each replica keeps, per track it has sockets on, one row of the
+-- distinct users it has there and its anonymous sockets; it writes only the tracks whose set
+-- changed, at most every quarter second, all in one statement (a user's second tab, or 200
+-- sockets a second coming and going, is not a write each). The other replicas read the rows
+-- changed since their last read (`changed`, the writing transaction's id, compared with their
+-- last snapshot's xmin: nothing committed late is missed) and count |union of users| + the sum of
+-- anonymous. A row with no one in it (a replica left the track) stays a minute, so that every
+-- replica reads it, then goes. UNLOGGED (no WAL, nothing to replicate): after a crash the
+-- tables start empty and each replica writes its rows again within one heartbeat.
+CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.replicas (
+    -- TRACKTALK_REPLICA_ID: the same across a replica's restarts (default host name:port).
+    id          text PRIMARY KEY,
+    -- Random, new at each start: a restarted replica's old rows are told from its new ones.
+    instance    text NOT NULL,
+    -- The heartbeat, every 5 s; a replica not seen for 12 s counts no one, and after 10 minutes
+    -- its rows are deleted by the others.
+    seen_at     timestamptz NOT NULL DEFAULT now(),
+    started_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.presence (
+    replica     text NOT NULL,
+    track_id    text NOT NULL,
+    users       bigint[] NOT NULL DEFAULT '{}',
+    anonymous   integer NOT NULL DEFAULT 0 CHECK (anonymous >= 0),
+    changed     xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    changed_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (replica, track_id)
+);
+-- What the replicas read every quarter second: the rows changed since their last snapshot.
+CREATE INDEX IF NOT EXISTS presence_changed ON tracktalk.presence (changed);
+-- GET /api/tracks/{track_id}/metrics of a track that has no socket on the replica asked.
+CREATE INDEX IF NOT EXISTS presence_track_id ON tracktalk.presence (track_id);
+
 -- Audio for tracks whose audio_url points at tracktalk itself (the demo's tracks).
 CREATE TABLE IF NOT EXISTS tracktalk.track_audio (
     track_id      text PRIMARY KEY REFERENCES tracks (id) ON DELETE CASCADE,

@@ -984,5 +984,5 @@ SELECT tracktalk.rotate_channel_key() WHERE NOT EXISTS (SELECT 1 FROM tracktalk.
 
 -- A replica serves a schema of its own version or newer (each version keeps what the one before
 -- it uses); docs/dba.md lists what each version added.
-INSERT INTO tracktalk.schema_version (version) VALUES (3)
+INSERT INTO tracktalk.schema_version (version) VALUES (4)
 ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, applied_at = now();
