@@ -71,6 +71,10 @@ class Hub:
                 sent += len(frames) * sub.offer_many(frames)
         self.delivered += sent
 
+    def offer_each(self, subs: Iterable[Subscriber], frame: bytes) -> None:
+        """Offer one ephemeral frame to each of `subs` (some of a track's sockets, chosen)."""
+        self.delivered += sum(sub.offer(0, frame) for sub in subs)
+
     def send_user(self, user_id: int, frame: bytes) -> None:
         """Offer a frame to every socket of a user, whatever track it watches."""
         subs = self.users.get(user_id)
