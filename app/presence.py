@@ -356,8 +356,11 @@ class Presence:
         beat = await self._table.beat(self.replica, self._instance, self._timing.forget_replica)
         self.writes += 1
         if beat is Beat.LOST:
+            # The unlogged tables were emptied (a crash, a failover) or this replica was
+            # forgotten: write every row again, and read every row (xids may have gone back).
             log.warning("replica %r had no heartbeat row: writing its rows again", self.replica)
             self._write_all()
+            self._since = None
         elif beat is Beat.TAKEN:
             taken = self._roster.me
             self._roster.me = f"{taken}/{self._instance[:8]}"
