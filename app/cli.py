@@ -71,9 +71,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
             migrate(url)
             if created:
                 _load_demo(url)
-            settings = Settings.from_env(database_url=url, secret=secret_key(), demo=True)
+            settings = Settings.from_env(database_url=url, secret=secret_key(), demo=True, port=args.port)
         else:
-            settings = Settings.from_env()
+            settings = Settings.from_env(port=args.port)
             check_schema(settings.database_url)
         address = f"http://{args.host}:{args.port}/"
         print(f"tracktalk: open {address}  (API schema: {address}schema/swagger)", flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -53,6 +54,23 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+
+
+_MAX_REPLICA_ID = 200
+
+
+def _replica_id(env: Mapping[str, str], port: int | None) -> str:
+    """TRACKTALK_REPLICA_ID, or host name:port when `port` is known; empty otherwise."""
+    raw = env.get("TRACKTALK_REPLICA_ID", "").strip()
+    if not raw:
+        return f"{socket.gethostname()}:{port}" if port is not None else ""
+    if len(raw) > _MAX_REPLICA_ID or not raw.isprintable():
+        raise ConfigError(
+            f"TRACKTALK_REPLICA_ID must be at most {_MAX_REPLICA_ID} printable characters: a name of "
+            "this replica that stays the same across its restarts and differs from every other's "
+            "(unset: host name:port)"
+        )
+    return raw
 
 
 @dataclass(frozen=True)
@@ -154,6 +172,10 @@ class Settings:
     log_json: bool = False
     identity_provider: IdentityProvider | None = None
     """Whose tokens are accepted besides tracktalk's own; None: tracktalk's only."""
+    replica_id: str = ""
+    """TRACKTALK_REPLICA_ID: this replica's name in the presence tables, the same across its
+    restarts and different from every other replica's (default host name:port); empty: made up
+    at start (app/presence.py)."""
 
     def __post_init__(self) -> None:
         if not self.listen_url:
@@ -176,8 +198,10 @@ class Settings:
         database_url: str | None = None,
         secret: str | None = None,
         demo: bool = False,
+        port: int | None = None,
     ) -> Settings:
-        """Read the settings; `database_url` and `secret` override the environment (embedded mode)."""
+        """Read the settings; `database_url` and `secret` override the environment (embedded mode);
+        `port` is the one `tracktalk serve` listens on (the default replica id has it)."""
         env = os.environ if env is None else env
         url = database_url or env.get("DATABASE_URL", "")
         if not url:
@@ -220,4 +244,5 @@ class Settings:
             allowed_origins=_list(env, "TRACKTALK_ALLOWED_ORIGINS"),
             log_json=_flag(env, "TRACKTALK_LOG_JSON", False),
             identity_provider=provider,
+            replica_id=_replica_id(env, port),
         )

@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from app.channels import Codec
 from app.hub import Hub
 from app.listener import Listener
+from app.presence import Presence
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ class Metrics:
     def watch(self, listener: Listener, codec: Codec) -> None:
         """Report the hub's, the listener's and the codec's live counters."""
         self.registry.register(_Live(self._hub, listener, codec, self))
+
+    def count_presence(self, presence: Presence) -> None:
+        """Report presence's replicas and statements."""
+        self.registry.register(_Presence(presence))
 
 
 class _Live(Collector):
@@ -88,4 +93,26 @@ class _Live(Collector):
             "tracktalk_notify_queue_usage",
             "pg_notification_queue_usage(): the fraction of PostgreSQL's NOTIFY queue in use.",
             value=self._metrics.notify_queue_usage,
+        )
+
+
+class _Presence(Collector):
+    def __init__(self, presence: Presence) -> None:
+        self._presence = presence
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "tracktalk_presence_replicas",
+            "Replicas whose listeners are counted now (heartbeat within 12 s), this one included.",
+            value=self._presence.live_replicas,
+        )
+        yield CounterMetricFamily(
+            "tracktalk_presence_writes",
+            "Presence statements that write: rows of changed tracks, heartbeats.",
+            value=self._presence.writes,
+        )
+        yield CounterMetricFamily(
+            "tracktalk_presence_reads",
+            "Presence reads of the other replicas' rows.",
+            value=self._presence.reads,
         )

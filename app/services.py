@@ -30,6 +30,8 @@ from app.feed import Feed
 from app.hub import Hub
 from app.listener import Listener
 from app.metrics import Metrics
+from app.presence import Presence, made_up_replica_id
+from app.presence_table import PresenceTable
 from app.ratelimit import RateLimiter, Refusals
 from app.tokens import TokenVerifier
 from app.tracks import Watcher, watchers
@@ -69,13 +71,16 @@ class Services:
     watchers: Batched[tuple[str, int | None], Watcher]
     """Who opens a socket on a track, and whether they may: one query for the sockets that
     arrive together."""
+    presence: Presence
+    """Who is here: listeners per track across replicas, and the `presence` frames."""
     refused_writes: Refusals = field(default_factory=Refusals)
     """Users told to wait by the writes-per-minute limit, until when."""
 
 
 @asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Services]:
-    """Open the pool, check the schema, start the listener and the pruner; undo it all on exit."""
+    """Open the pool, check the schema, start the listener, the pruner and presence; undo it all on
+    exit."""
     pool = create_pool(settings)
     await pool.open(wait=True, timeout=_POOL_OPEN_TIMEOUT)
     try:
@@ -97,6 +102,8 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
         listener.attach(feed)
         metrics.watch(listener, codec)
         tokens = TokenVerifier.from_settings(settings)
+        presence = Presence(hub, PresenceTable(pool), settings.replica_id or made_up_replica_id())
+        metrics.count_presence(presence)
         services = Services(
             settings,
             pool,
@@ -110,6 +117,7 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             metrics=metrics,
             tokens=tokens,
             watchers=Batched(lambda wanted: _watchers(pool, wanted)),
+            presence=presence,
         )
         async with (
             tokens,
@@ -118,6 +126,7 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             _background(feed.enforce_access()),
             _background(_prune_forever(events)),
             _background(_expire_forever(hub)),
+            presence.running(),
         ):
             yield services
             hub.close_all(close_codes.GOING_AWAY, close_codes.SHUTTING_DOWN)

@@ -238,7 +238,8 @@ class UserTyping(Struct, tag_field="type", tag="user_typing"):
 
 
 class Presence(Struct, tag_field="type", tag="presence"):
-    """How many distinct users have a socket on the track, on any replica (ephemeral: no seq)."""
+    """How many distinct users have a socket on the track, on any replica, each anonymous socket
+    counting one (ephemeral: no seq): on connect, then on change, at most once a second per track."""
 
     track_id: str
     listening: int

@@ -174,19 +174,35 @@ def replicas(database_url: str, log_dir: Path, count: int = 1, **env: str) -> It
 
 
 class Socket:
-    """A WebSocket client that decodes (and so checks) every server frame."""
+    """A WebSocket client that decodes (and so checks) every server frame.
 
-    def __init__(self, conn: ClientConnection) -> None:
+    `presence` frames come on their own schedule (on connect, and as others come and go): they
+    are kept in `presence` and skipped by `recv`, unless the socket was opened with presence=True.
+    """
+
+    def __init__(self, conn: ClientConnection, presence: bool = False) -> None:
         self.conn = conn
         self.received: list[dict[str, Any]] = []
+        self.presence: list[dict[str, Any]] = []
+        """Every `presence` message, in order ..."""
+        self.presence_at: list[float] = []
+        """... and when each arrived (time.monotonic())."""
+        self._with_presence = presence
 
     async def recv(self, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
-        raw = await asyncio.wait_for(self.conn.recv(), timeout)
-        assert isinstance(raw, str), f"expected a text frame, got {raw!r:.80}"
-        server_message_decoder.decode(raw)  # every frame must match the wire types
-        message: dict[str, Any] = json.loads(raw)
-        self.received.append(message)
-        return message
+        deadline = time.monotonic() + timeout
+        while True:
+            raw = await asyncio.wait_for(self.conn.recv(), max(0.01, deadline - time.monotonic()))
+            assert isinstance(raw, str), f"expected a text frame, got {raw!r:.80}"
+            server_message_decoder.decode(raw)  # every frame must match the wire types
+            message: dict[str, Any] = json.loads(raw)
+            if message["type"] == "presence":
+                self.presence.append(message)
+                self.presence_at.append(time.monotonic())
+                if not self._with_presence:
+                    continue
+            self.received.append(message)
+            return message
 
     async def expect(
         self, kind: str, timeout: float = RECV_TIMEOUT, ignore: tuple[str, ...] = ()
@@ -238,11 +254,13 @@ async def open_socket(  # type: ignore[no-untyped-def]
     token: str | None,
     since: int | None = None,
     rcvbuf: int | None = None,
+    presence: bool = False,
     **kw: Any,
 ):
     """A socket on a track (not yet past `connected`: call expect('connected')).
 
-    `rcvbuf` fixes the client's TCP receive buffer (no autotuning), for a client that reads slowly.
+    `rcvbuf` fixes the client's TCP receive buffer (no autotuning), for a client that reads slowly;
+    `presence`: `recv` returns the `presence` messages too.
     """
     if rcvbuf is not None:
         sock = socket.socket()
@@ -257,7 +275,7 @@ async def open_socket(  # type: ignore[no-untyped-def]
         query.append(f"since={since}")
     url = f"{base}/api/ws/track/{track_id}" + ("?" + "&".join(query) if query else "")
     async with connect(url, open_timeout=RECV_TIMEOUT, close_timeout=2, max_size=2**22, **kw) as conn:
-        yield Socket(conn)
+        yield Socket(conn, presence)
 
 
 @dataclass(frozen=True)

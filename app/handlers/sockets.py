@@ -9,7 +9,8 @@ writer task; it only reads the client's frames.
 Order on a new socket: accept; check origin, token, `since` and track (closing with 1008 and a
 reason before anything is sent); join the feed, which fixes the seq that live frames follow;
 send `connected`, then the replay of `since` (or `resync`) at the client's pace while live frames
-wait; then live.
+wait; then live, starting with the track's `presence` (app/presence.py counts the socket from the
+moment the feed registers it).
 """
 
 from __future__ import annotations
@@ -111,16 +112,17 @@ async def _serve(scope: Any, receive: Any, conn: FrameProtocol, track_id: str, s
     sub = Subscriber(conn, user_id, track_id, services.settings.socket_buffer, expires_at)
     try:
         async with services.feed.subscription(sub, services.settings.pool_timeout) as start:
-            hello = Connected(track_id=track_id, message="Connected to comment updates", seq=start)
-            if not conn.accept_with(text_frame(encoder.encode(hello))):
-                return  # the client left while it waited
-            if since is not None:
-                async for frames in services.feed.replay(sub, since, start):
-                    if not sub.write_now(frames):
-                        return
-                    await sub.drained()  # this client's pace; live frames wait meanwhile
-            sub.go_live()
-            await _read(receive, sub, username, services)
+            with services.presence.present(sub):  # counted; its `presence` waits for go_live
+                hello = Connected(track_id=track_id, message="Connected to comment updates", seq=start)
+                if not conn.accept_with(text_frame(encoder.encode(hello))):
+                    return  # the client left while it waited
+                if since is not None:
+                    async for frames in services.feed.replay(sub, since, start):
+                        if not sub.write_now(frames):
+                            return
+                        await sub.drained()  # this client's pace; live frames wait meanwhile
+                sub.go_live()
+                await _read(receive, sub, username, services)
     except TooManySockets as exc:
         raise Refused(str(exc)) from None
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, delete, get, post
 
 from app import tracks
+from app.db import Conn
 from app.deps import Viewer
 from app.handlers.validation import check_track_id
 from app.problems import NotFound
@@ -36,12 +38,12 @@ async def get_track(track_id: str, services: Services, viewer: Viewer | None) ->
 
 @get("/api/tracks/{track_id:str}/metrics", tags=_TAG)
 async def get_metrics(track_id: str, services: Services, viewer: Viewer | None) -> TrackMetrics:
-    """Likes, comments and shares of the track, and whether the caller liked it."""
+    """Likes, comments and shares of the track, whether the caller liked it, and how many listen."""
     check_track_id(track_id)
     viewer_id = viewer.id if viewer else None
     async with services.pool.connection() as conn:
         await tracks.visible_track(conn, track_id, viewer_id)
-        return await tracks.metrics(conn, track_id, viewer_id)
+        return await _with_listening(services, conn, await tracks.metrics(conn, track_id, viewer_id))
 
 
 @post("/api/tracks/{track_id:str}/like", status_code=200, tags=_TAG)
@@ -67,7 +69,12 @@ async def _change(track_id: str, services: Services, user: Viewer, action: Any) 
     async with counted_write(services, user.id) as conn:
         await tracks.visible_track(conn, track_id, user.id)
         await action(conn, track_id, user.id)
-        return await tracks.metrics(conn, track_id, user.id)
+        return await _with_listening(services, conn, await tracks.metrics(conn, track_id, user.id))
+
+
+async def _with_listening(services: Services, conn: Conn, found: TrackMetrics) -> TrackMetrics:
+    """The metrics with `listening`, the track's count across replicas (app/presence.py)."""
+    return msgspec.structs.replace(found, listening=await services.presence.count(conn, found.track_id))
 
 
 @get("/api/tracks/{track_id:str}/audio", tags=_TAG, media_type="audio/wav")
