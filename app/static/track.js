@@ -13,12 +13,13 @@ import { TypingIndicator, TypingSender } from "./typing.js";
 
 const enc = encodeURIComponent;
 
-/** Like/share buttons and the counters. */
+/** Like/share buttons, the counters, and how many listen now. */
 class Metrics {
   constructor(trackId, call) {
     this.trackId = trackId;
     this.call = call;
     this.liked = false;
+    this.heard = false; // a `presence` came: the socket's count wins over an HTTP answer's
     this.likeButton = byId("track-like");
     this.likeButton.addEventListener("click", () => this.toggleLike().catch(ignore));
     byId("track-share").addEventListener("click", () => this.share().catch(ignore));
@@ -27,11 +28,23 @@ class Metrics {
   /** Counters from GET, an HTTP answer, or an event's counters (which have no user_has_liked). */
   set(m) {
     if ("user_has_liked" in m) this.liked = m.user_has_liked;
+    if ("listening" in m && !this.heard) this.showListening(m.listening);
     byId("likes-count").textContent = String(m.likes);
     byId("shares-count").textContent = String(m.shares);
     byId("comments-count").textContent = String(m.comments);
     this.likeButton.classList.toggle("liked", this.liked);
     this.likeButton.setAttribute("aria-pressed", String(this.liked));
+  }
+
+  /** The track's `presence`: distinct people on it now, on every replica. */
+  setListening(count) {
+    this.heard = true;
+    this.showListening(count);
+  }
+
+  showListening(count) {
+    byId("listening").hidden = false;
+    byId("listening-count").textContent = `${count} listening`;
   }
 
   async toggleLike() {
@@ -264,7 +277,7 @@ const MESSAGE_HANDLERS = {
   user_typing: (page, m) => page.typingIn.update(m),
   mention: (page, m) => toast(`${m.from_user} mentioned you: “${m.comment.content.slice(0, 80)}”`, "info", 8000),
   notification: (page, m) => page.app.bell.add(m.notification),
-  presence: () => {}, // how many listen: the page does not show it
+  presence: (page, m) => page.metrics.setListening(m.listening),
   error: (page, m) => console.warn("server:", m.message),
 };
 

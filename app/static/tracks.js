@@ -62,5 +62,6 @@ async function loadCounters(track) {
     node,
     h("span", { title: "likes" }, icon("heart"), String(m.likes)),
     h("span", { title: "comments" }, icon("comment"), String(m.comments)),
+    m.listening ? h("span", { class: "listening", title: "people on it now" }, `${m.listening} listening`) : null,
   );
 }
