@@ -181,9 +181,9 @@ class Roster:
         old = track.remote.get(replica, NOBODY)
         if old == listeners:
             return
-        if replica in self._alive:
-            track.release(old)
-            track.hold(listeners)
+        if replica in self._alive:  # only who came and went: a party's row changes by a few
+            track.release((old[0] - listeners[0], old[1]))
+            track.hold((listeners[0] - old[0], listeners[1]))
         if listeners == NOBODY:
             track.remote.pop(replica, None)
         else:
