@@ -112,8 +112,10 @@ async def test_two_users_on_two_replicas_count_two_on_both_and_one_within_2_s_of
             await until_listening(alice, 2, AGREE - (time.monotonic() - joined))
             await all_say(two, track, 2, AGREE)
         left = time.monotonic()
-        await until_listening(alice, 1, AGREE)
+        took = await until_listening(alice, 1, AGREE)
         await all_say(two, track, 1, AGREE - (time.monotonic() - left))
+        agreed = time.monotonic() - left
+    print(f"\nbob left: alice told in {took:.2f} s, both replicas' metrics agreed in {agreed:.2f} s")
     assert [m["listening"] for m in alice.presence] == [1, 2, 1]
 
 
@@ -305,6 +307,7 @@ async def test_a_replica_killed_under_its_sockets_drops_out_within_15_s(
             await until_listening(alice, 1, DEAD + 5)
             took = time.monotonic() - killed
             await all_say(two, track, 1, max(0.1, killed + DEAD - time.monotonic()))
+    print(f"\nSIGKILL: the replica's 2 listeners no longer counted {took:.1f} s after")
     assert took <= DEAD, took
 
 
