@@ -3,8 +3,9 @@
     python -m bench.presence [--seconds 20] [--rate 200] [--listeners 400] [--tracks 20]
 
 Two replicas over a fresh database on the embedded PostgreSQL (with pg_stat_statements), run
-twice: with presence, and without it (`bench.serve --no-presence`: the same server with the
-presence task and the socket hook made no-ops), each through the same three phases:
+twice: with presence, and without it (the same server with presence's task and its hook on each
+socket made no-ops: `python -m bench.presence --without serve --port P`), each through the same
+three phases:
 
 1. idle: `--listeners` sockets on replica B spread over `--tracks` tracks, nothing changes;
 2. churn: on replica A, `--rate` sockets a second open on those tracks (random users, a tenth
@@ -24,8 +25,9 @@ import asyncio
 import contextlib
 import json
 import random
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,7 @@ _PRESENCE_TABLES = ("tracktalk.presence", "tracktalk.replicas")
 
 
 def start_replica(world: World, logdir: Path, presence: bool) -> Server:
-    """`tracktalk serve` (through bench.serve), ready."""
+    """`tracktalk serve` (through `serve` below), ready."""
     env = {
         "DATABASE_URL": world.url,
         "TRACKTALK_SECRET": SECRET,
@@ -60,7 +62,7 @@ def start_replica(world: World, logdir: Path, presence: bool) -> Server:
         "TRACKTALK_SOCKETS_PER_USER": "1000000",
         "TRACKTALK_ANONYMOUS_SOCKETS": "1",
     }
-    args = [PY, "-m", "bench.serve", "--port", "{port}"] + ([] if presence else ["--no-presence"])
+    args = [PY, "-m", "bench.presence", *([] if presence else ["--without"]), "serve", "--port", "{port}"]
     server = start_server(args, env, logdir, "presence" if presence else "without")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -222,7 +224,28 @@ def run_mode(world: World, logdir: Path, presence: bool, args: argparse.Namespac
     return mode
 
 
+def serve(argv: list[str], presence: bool) -> None:
+    """`tracktalk serve`, with presence made a no-op unless `presence`."""
+    import app.presence
+    from app.cli import main as tracktalk
+
+    if not presence:
+
+        @contextlib.asynccontextmanager
+        async def running(self: Any) -> AsyncIterator[None]:
+            yield
+
+        app.presence.Presence.running = running  # type: ignore[method-assign]
+        app.presence.Presence.present = lambda self, sub: contextlib.nullcontext()  # type: ignore[method-assign,assignment,return-value]
+    tracktalk(["serve", *argv])
+
+
 def main() -> None:
+    argv = sys.argv[1:]
+    without = argv[:1] == ["--without"]
+    if argv[without:][:1] == ["serve"]:
+        serve(argv[without + 1 :], presence=not without)
+        return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
