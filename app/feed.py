@@ -56,6 +56,14 @@ _USER_STALE = 30.0
 database outage the lane does not replay minutes-old news, nor a listener's replayed payload."""
 _SENT_KEPT = 50_000
 """Notification ids remembered as sent live (a payload sent twice is sent once)."""
+_SIGNED_STALE = 30.0
+"""Seconds after which a signed track payload's events are not taken from it but read from the
+log (a payload captured and sent again later, after a failover that reused its numbers, must not
+pass for a new event). The database's clock and the replica's are assumed within seconds."""
+_REVOKE_STALE = 60.0
+"""Seconds after which a revocation is old news (a replayed one is dropped)."""
+_HINT_EVERY = 1.0
+"""Seconds between two readings of a track's log prompted by payloads that did not verify."""
 
 _RESYNC_MESSAGE = "events were missed: reload the comments"
 
@@ -96,7 +104,17 @@ def resync_frame(track_id: str, seq: int) -> bytes:
 class _Track:
     """A watched track: its cursor, and whether it is starting or catching up."""
 
-    __slots__ = ("filling", "forget", "last_seq", "ready", "sockets", "wanted")
+    __slots__ = (
+        "filling",
+        "forget",
+        "gone_at",
+        "hinted_at",
+        "last_seq",
+        "ready",
+        "reload",
+        "sockets",
+        "wanted",
+    )
 
     def __init__(self) -> None:
         self.last_seq = 0
@@ -106,6 +124,11 @@ class _Track:
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         """Done once the channel is listened on and the cursor read."""
         self.filling = False
+        self.reload = False
+        """The track was deleted (and may be made again): its catch-up first tells the sockets to
+        reload, from the latest seq."""
+        self.gone_at = 0.0
+        self.hinted_at = 0.0
         self.sockets = 0
         self.forget: asyncio.TimerHandle | None = None
 
@@ -127,6 +150,14 @@ class Feed:
         self._on_lag = on_lag
         self._page = page
         self._tracks: dict[str, _Track] = {}
+        self._by_channel: dict[str, str] = {}
+        """A watched track's channel -> its id (a payload that did not verify names only the
+        channel it came on)."""
+        self._reconnects = 0
+        self.access_epoch = 0
+        """Goes up whenever a revocation may have passed a socket being admitted: a revocation
+        heard, a reconnect, a channel newly listened on. The socket handler checks access again
+        when it moved during the admission."""
         self._users: dict[int, int] = {}
         """Sockets per user here (the user's channel is listened on while any)."""
         self._user_forget: dict[int, asyncio.TimerHandle] = {}
@@ -194,6 +225,8 @@ class Feed:
         """The listener (re)connected: catch up in the background, so that the listener goes on
         reading (a database call here would hold up every event already on its way)."""
         self._caught_up = False
+        self._reconnects += 1
+        self.access_epoch += 1
         if self._reconnected is not None:
             self._reconnected.cancel()
         self._reconnected = self._spawn(self._after_reconnect())
@@ -237,21 +270,40 @@ class Feed:
         self._caught_up = True
 
     def on_notice(self, opened: Opened) -> None:
-        """Route one checked payload (synchronously: nothing here waits)."""
+        """Route one payload that verified (synchronously: nothing here waits)."""
         notice = opened.notice
         match notice:
             case TrackBatch():
-                self._track_batch(notice, opened.verified)
-            case UserBatch() if opened.verified:
+                self._track_batch(notice)
+            case UserBatch():
                 self._user_batch(notice)
-            case Revoke(track_id=str(track_id), gone=gone):
-                if gone and (track := self._tracks.get(track_id)) is not None and _started(track):
-                    self._resync(track_id, track, track.last_seq)
+            case Revoke(at=at) if _stale(at, _REVOKE_STALE):
+                return  # old news, or sent again by someone listening
+            case Revoke(track_id=str(track_id), gone=gone, at=at):
+                self.access_epoch += 1
+                if gone:
+                    self._gone(track_id, at)
                 self._ask_recheck((sub.user_id, track_id) for sub in self._hub.track_sockets(track_id))
             case Revoke(user=int(user)):
+                self.access_epoch += 1
                 self._ask_recheck((user, sub.track_id) for sub in self._hub.user_sockets(user))
-            case Ephemeral(track_id=track_id, message=message) if opened.verified:
+            case Ephemeral(track_id=track_id, message=message):
                 self._hub.send_track(track_id, [(0, text_frame(bytes(message)))])
+
+    def on_hint(self, channel: str) -> None:
+        """A payload on a track's channel that did not verify: read the track's log, at most once
+        every _HINT_EVERY seconds (it was forged, or signed before a key change)."""
+        track_id = self._by_channel.get(channel)
+        track = self._tracks.get(track_id) if track_id is not None else None
+        if track_id is None or track is None:
+            return
+        now = time.monotonic()
+        if now - track.hinted_at < _HINT_EVERY:
+            return
+        track.hinted_at = now
+        track.wanted = max(track.wanted, track.last_seq + 1)
+        if _started(track):
+            self._fill(track_id, track)
 
     # -----------------------------------------------------------------------------------------
     # Background work, run by the replica for as long as it serves
@@ -309,6 +361,7 @@ class Feed:
         track = self._tracks.get(track_id)
         if track is None or (track.ready.done() and track.ready.exception() is not None):
             track = self._tracks[track_id] = _Track()
+            self._by_channel[track_channel(track_id)] = track_id
             self._spawn(self._start(track_id, track))
         track.sockets += 1
         if track.forget is not None:
@@ -320,6 +373,8 @@ class Feed:
         await asyncio.shield(track.ready)
         if sub.user_id != ANONYMOUS:
             await self._channels.listen([user_channel(sub.user_id)])
+            if self._users.get(sub.user_id) == 1:
+                self.access_epoch += 1  # its channel may be new: a revocation may have passed unheard
 
     def _leave_track(self, track_id: str, track: _Track) -> None:
         track.sockets -= 1
@@ -330,26 +385,32 @@ class Feed:
     def _forget_track(self, track_id: str, track: _Track) -> None:
         if track.sockets == 0 and self._tracks.get(track_id) is track:
             del self._tracks[track_id]
+            self._by_channel.pop(track_channel(track_id), None)
             self._channels.unlisten([track_channel(track_id)])
 
     async def _start(self, track_id: str, track: _Track) -> None:
         """Listen on the track's channel, then read its cursor (in that order: an event that
         commits in between is in the cursor, or notified, or both)."""
+        reconnects = self._reconnects
         try:
             await self._channels.listen([track_channel(track_id)])
+            self.access_epoch += 1  # a revocation before this LISTEN went unheard here
             latest = await self._cursor(track_id)
         except BaseException as exc:
             track.ready.set_exception(exc)
             track.ready.exception()  # retrieved: the sockets waiting on it see it raised
             if self._tracks.get(track_id) is track and track.sockets == 0:
                 del self._tracks[track_id]
+                self._by_channel.pop(track_channel(track_id), None)
             raise
         track.last_seq = latest
         track.ready.set_result(None)
-        if track.wanted > latest:  # notices came while starting
+        if self._reconnects != reconnects:  # the listener was away meanwhile: the log tells
+            track.wanted = max(track.wanted, latest + 1)
+        if track.wanted > latest or track.reload:  # notices came while starting
             self._fill(track_id, track)
 
-    def _track_batch(self, batch: TrackBatch, verified: bool) -> None:
+    def _track_batch(self, batch: TrackBatch) -> None:
         track_id = batch.track_id
         track = self._tracks.get(track_id)
         if track is None:
@@ -359,7 +420,7 @@ class Feed:
         track.wanted = max(track.wanted, batch.last)
         if not _started(track) or track.filling:
             return  # the start or the catch-up in flight reads it from the log
-        events = batch.events if verified else None
+        events = None if _stale(batch.at, _SIGNED_STALE) else batch.events
         if events is None or batch.first > track.last_seq + 1 or len(events) != batch.last - batch.first + 1:
             self._fill(track_id, track)
             return
@@ -372,6 +433,17 @@ class Feed:
         track.last_seq = batch.last
         if self._on_lag is not None and batch.at:
             self._on_lag(max(0.0, time.time() - batch.at))
+
+    def _gone(self, track_id: str, at: float) -> None:
+        """The track was deleted: its sockets reload (the ones that lost it are closed by the
+        recheck; a track made again goes on numbering after the old one's last seq)."""
+        track = self._tracks.get(track_id)
+        if track is None or at <= track.gone_at:
+            return  # not watched here, or this deletion was told already
+        track.gone_at = at
+        track.reload = True
+        if _started(track):
+            self._fill(track_id, track)
 
     def _fill(self, track_id: str, track: _Track) -> asyncio.Task[None] | None:
         """Catch the track up from the log, in a task of its own (one at a time per track); the
@@ -386,6 +458,10 @@ class Feed:
         try:
             while self._tracks.get(track_id) is track:
                 try:
+                    if track.reload:
+                        track.reload = False
+                        self._resync(track_id, track, (await self._log.latest([track_id]))[track_id])
+                        continue
                     frames, hole = await self._read(track_id, track.last_seq)
                     if self._tracks.get(track_id) is not track:
                         return
@@ -401,14 +477,15 @@ class Feed:
                     elif len(frames) < self._page and track.last_seq >= track.wanted:
                         return
                     elif not frames:
-                        # A notice named more than the log holds: not one of our triggers' (a
-                        # forged hint), or the database went back in time.
+                        # The log holds nothing after the cursor, though more was named: a hint
+                        # that was not ours (then the latest seq is the cursor), numbers whose
+                        # events went with a deleted track, or a database that went back in
+                        # time (then reload from the latest seq, whichever way it moved).
                         latest = (await self._log.latest([track_id]))[track_id]
-                        if latest < track.last_seq:
+                        if latest != track.last_seq:
                             self._resync(track_id, track, latest)
-                        track.wanted = min(track.wanted, max(latest, track.last_seq))
-                        if track.wanted <= track.last_seq:
-                            return
+                        track.wanted = track.last_seq
+                        return
                 except Exception as exc:
                     log.warning("track %r: catch-up failed (%s), retrying", track_id[:100], _one_line(exc))
                     await asyncio.sleep(delay)
@@ -505,6 +582,11 @@ class Feed:
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_retrieve)
         return task
+
+
+def _stale(at: float, seconds: float) -> bool:
+    """A signed payload made more than `seconds` ago (or without a time)."""
+    return time.time() - at > seconds
 
 
 def _started(track: _Track) -> bool:

@@ -26,7 +26,7 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
 
-from app.channels import Codec, Opened
+from app.channels import HINT, TRACK_PREFIX, Codec, Opened
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,10 @@ class NoticeSink(Protocol):
         background (the listener goes on reading at once)."""
 
     def on_notice(self, opened: Opened) -> None:
-        """Called for each payload, in commit order; must not wait for anything."""
+        """Called for each payload that verified, in commit order; must not wait for anything."""
+
+    def on_hint(self, channel: str) -> None:
+        """Called for a payload on a track's channel that did not verify: the track may have news."""
 
 
 class Listener:
@@ -65,6 +68,8 @@ class Listener:
         self._ready = False
         self._wanted: set[str] = set()
         self._listening: set[str] = set()
+        self._unlistening: set[str] = set()
+        """Channels an UNLISTEN in flight is dropping: not to be counted on."""
         self._waiters: list[tuple[frozenset[str], asyncio.Future[None]]] = []
         self._wake: asyncio.Future[None] | None = None
         self._rekey_due = False
@@ -91,7 +96,7 @@ class Listener:
         """LISTEN on `channels` too; return once that is in place (callers bound the wait)."""
         wanted = frozenset(channels)
         self._wanted |= wanted
-        if self._ready and wanted <= self._listening:
+        if self._ready and wanted <= self._listening and not wanted & self._unlistening:
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append((wanted, waiter))
@@ -130,13 +135,16 @@ class Listener:
         conninfo = make_conninfo(
             self._conninfo,
             application_name="tracktalk-listener",
+            # The triggers sign the payload's UTF-8 bytes: have them come as UTF-8, whatever the
+            # database's encoding.
+            client_encoding="UTF8",
             connect_timeout=_CONNECT_TIMEOUT,
             **_KEEPALIVE,
         )
         conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
         async with conn:
             # Notifications that arrive while a command runs on this connection come this way.
-            conn.add_notify_handler(lambda n: self._deliver(n.payload.encode()))
+            conn.add_notify_handler(lambda n: self._deliver(n.channel, n.payload.encode()))
             await self._read_key(conn)
             await self._sync_channels(conn)
             self.backend_pid = conn.info.backend_pid
@@ -168,7 +176,7 @@ class Listener:
                     wake.set_exception(exc)
                 return
             while (notify := pgconn.notifies()) is not None:
-                self._deliver(notify.extra)
+                self._deliver(notify.relname.decode(), notify.extra)
             if pgconn.status != pq.ConnStatus.OK and not wake.done():
                 wake.set_exception(psycopg.OperationalError("the LISTEN connection was closed"))
 
@@ -184,11 +192,15 @@ class Listener:
     async def _sync_channels(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """LISTEN and UNLISTEN until the connection listens on exactly the wanted channels."""
         while (add := self._wanted - self._listening) | (drop := self._listening - self._wanted):
-            statements = [sql.SQL("LISTEN {}").format(sql.Identifier(c)) for c in sorted(add)[:_BATCH]]
-            statements += [sql.SQL("UNLISTEN {}").format(sql.Identifier(c)) for c in sorted(drop)[:_BATCH]]
-            await conn.execute(sql.SQL("; ").join(statements))
-            self._listening |= set(sorted(add)[:_BATCH])
-            self._listening -= set(sorted(drop)[:_BATCH])
+            adding, dropping = sorted(add)[:_BATCH], sorted(drop)[:_BATCH]
+            statements = [sql.SQL("LISTEN {}").format(sql.Identifier(c)) for c in adding]
+            statements += [sql.SQL("UNLISTEN {}").format(sql.Identifier(c)) for c in dropping]
+            self._unlistening = set(dropping)
+            try:
+                await conn.execute(sql.SQL("; ").join(statements))
+            finally:
+                self._unlistening = set()
+            self._listening = (self._listening | set(adding)) - set(dropping)
             self._resolve_waiters()
 
     async def _read_key(self, conn: psycopg.AsyncConnection[Any]) -> None:
@@ -199,17 +211,21 @@ class Listener:
             raise RuntimeError("tracktalk.channel_key is empty: run `tracktalk migrate`")
         self._codec.rekey(bytes(row[0]))
 
-    def _deliver(self, payload: bytes) -> None:
-        rejected = self._codec.rejected
-        opened = self._codec.open(payload)
-        if self._codec.rejected != rejected:
-            self._maybe_rekey()
-        if opened is None or self._sink is None:
-            return
+    def _deliver(self, channel: str, payload: bytes) -> None:
+        """Check one payload and hand it over; nothing a payload holds may stop the listener."""
         try:
-            self._sink.on_notice(opened)
+            unverified = self._codec.unverified
+            opened = self._codec.open(payload)
+            if self._codec.unverified != unverified:
+                self._maybe_rekey()
+            if self._sink is None:
+                return
+            if isinstance(opened, Opened):
+                self._sink.on_notice(opened)
+            elif opened is HINT and channel.startswith(TRACK_PREFIX):
+                self._sink.on_hint(channel)
         except Exception:
-            log.exception("a notification could not be delivered")
+            log.exception("a notification on %r could not be delivered", channel[:80])
 
     def _maybe_rekey(self) -> None:
         """Payloads that fail to verify may mean the key was changed: read it again, at most

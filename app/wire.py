@@ -345,6 +345,8 @@ class Revoke(Struct, tag_field="k", tag="revoke"):
     track_id: str | None = None
     user: int | None = None
     gone: bool = False
+    at: float = 0.0
+    """When the change was made (seconds since the epoch, the database's clock)."""
 
 
 class Ephemeral(Struct, tag_field="k", tag="ephemeral"):

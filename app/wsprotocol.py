@@ -32,6 +32,8 @@ EXTENSION = "tracktalk.frames"
 """Key of this protocol in the ASGI scope's `extensions`."""
 CLOSE_TIMEOUT = 5.0
 """Seconds a client gets to answer the server's close frame before the connection is cut."""
+_PONG_BACKLOG = 64 * 1024
+"""Unsent bytes past which a client's pings are not answered."""
 
 
 class _Inbox:
@@ -112,6 +114,7 @@ class FrameProtocol(WSProtocol):
         super().__init__(*args, **kwargs)
         self.queue = _Inbox()  # type: ignore[assignment]
         self.writable = _Flag()  # type: ignore[assignment]
+        self._cut: asyncio.TimerHandle | None = None
 
     def handle_connect(self, event: events.Request) -> None:
         """Make the scope as uvicorn does, and put this protocol in its extensions."""
@@ -133,7 +136,56 @@ class FrameProtocol(WSProtocol):
             self.conn.send(events.AcceptConnection(extra_headers=self.default_headers)) + data
         )
         self.start_keepalive()
+        self._let_go_of_the_handshake()
         return True
+
+    def _let_go_of_the_handshake(self) -> None:
+        """Drop what only the handshake needed: wsproto's HTTP/1.1 machinery for it (once the
+        connection is made, `events()` is all that is asked of it), and the scope's request
+        headers and query string (which carries the token)."""
+        self.conn.handshake = _DONE  # type: ignore[assignment]
+        self.scope["headers"] = []
+        self.scope["query_string"] = b""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """As uvicorn does, and let go of this protocol's entry in its own scope (a reference
+        cycle that only the garbage collector's rare full passes would free)."""
+        super().connection_lost(exc)
+        if self._cut is not None:
+            self._cut.cancel()
+        self.scope["extensions"].pop(EXTENSION, None)
+
+    # uvicorn closes a connection with `transport.close()`, which waits until everything buffered
+    # has gone out: a client that stopped reading would keep the connection and its buffer for
+    # good. Wherever the server closes (or answers a close), a stuck connection is cut after
+    # CLOSE_TIMEOUT seconds; a connection that closes as it should cancels that.
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        self._cut_if_stuck()
+
+    def handle_close(self, event: events.CloseConnection) -> None:
+        super().handle_close(event)
+        self._cut_if_stuck()
+
+    def handle_message(self, event: events.TextMessage | events.BytesMessage) -> None:
+        super().handle_message(event)
+        if self.close_sent:  # too big: uvicorn closed it with 1009
+            self._cut_if_stuck()
+
+    def handle_ping(self, event: events.Ping) -> None:
+        """Answer, unless the client is not reading what it is sent (a flood of pings from a
+        client that reads nothing would grow the buffer without end)."""
+        if self.transport.get_write_buffer_size() < _PONG_BACKLOG:
+            super().handle_ping(event)
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self._cut_if_stuck()
+
+    def _cut_if_stuck(self) -> None:
+        if self._cut is None:
+            self._cut = self.loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
 
     def write_frames(self, data: bytes) -> bool:
         """Write whole frames now (queued by the transport if the kernel cannot take them yet);
@@ -161,6 +213,8 @@ class FrameProtocol(WSProtocol):
         buffer to drain: a stalled client would keep it in memory for good)."""
         transport = self.transport
         if self.close_sent or transport.is_closing() or not self.handshake_complete:
+            if self.handshake_complete:
+                self._cut_if_stuck()
             return
         self.close_sent = True
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
@@ -172,4 +226,5 @@ class FrameProtocol(WSProtocol):
         if self.read_paused:
             self.read_paused = False
             transport.resume_reading()
+        # uvicorn waits for the client's answer while a close timer is set; this one cuts.
         self.close_timer = self.loop.call_later(CLOSE_TIMEOUT, transport.abort)

@@ -27,7 +27,7 @@
 -- app/channels.py):
 --   {"k":"track","track_id":T,"first":F,"last":L,"at":EPOCH[,"events":[message F, ..., message L]]}
 --   {"k":"user","user":U,"ids":[notification ids],"at":EPOCH}
---   {"k":"revoke","track_id":T[,"gone":true]}   or   {"k":"revoke","user":U}
+--   {"k":"revoke","track_id":T,"at":EPOCH[,"gone":true]}   or   {"k":"revoke","user":U,"at":EPOCH}
 -- The replicas also send each other typing notices on a track's channel, sealed with a key
 -- derived from the same secret ("e:" and base64).
 
@@ -95,10 +95,12 @@ END
 $$;
 
 -- Tells the replicas to check again who may watch `track` (deleted: `gone`, and they resync).
+-- "at": when (the replicas drop a revocation that is old: one sent again by someone listening).
 CREATE OR REPLACE FUNCTION tracktalk.revoke_track(track text, gone boolean DEFAULT false) RETURNS void
 LANGUAGE sql AS $$
     SELECT pg_notify(tracktalk.track_channel(track),
-                     tracktalk.sign(format('{"k":"revoke","track_id":%s%s}', to_json(track),
+                     tracktalk.sign(format('{"k":"revoke","track_id":%s,"at":%s%s}', to_json(track),
+                                           round(extract(epoch FROM clock_timestamp()), 6),
                                            CASE WHEN gone THEN ',"gone":true' ELSE '' END)))
 $$;
 
@@ -106,7 +108,8 @@ $$;
 CREATE OR REPLACE FUNCTION tracktalk.revoke_user(user_id bigint) RETURNS void
 LANGUAGE sql AS $$
     SELECT pg_notify(tracktalk.user_channel(user_id),
-                     tracktalk.sign(format('{"k":"revoke","user":%s}', user_id)))
+                     tracktalk.sign(format('{"k":"revoke","user":%s,"at":%s}', user_id,
+                                           round(extract(epoch FROM clock_timestamp()), 6))))
 $$;
 
 ---------------------------------------------------------------------------------------------

@@ -88,6 +88,9 @@ class MemoryLog:
         self.gate: dict[str, asyncio.Event] = {}
         self.reads = 0
         self.fail = False
+        self.slow: asyncio.Event | None = None
+        """While set but not yet fired, `latest` waits for it (a database that does not answer)."""
+        self.waiting = 0
 
     def write(self, track_id: str, count: int = 1) -> list[tuple[int, bytes]]:
         """Commit `count` new events of a track; their (seq, message)."""
@@ -102,7 +105,16 @@ class MemoryLog:
         for seq in seqs:
             self.events[track_id].pop(seq, None)
 
+    def delete_track(self, track_id: str) -> None:
+        """As tracks_after_delete does: the events go, the numbering stays."""
+        self.events.pop(track_id, None)
+
     async def latest(self, track_ids: list[str]) -> dict[str, int]:
+        await asyncio.sleep(0)  # a database answers later: other work runs meanwhile
+        if self.slow is not None:
+            self.waiting += 1
+            await self.slow.wait()
+            self.waiting -= 1
         self._check()
         return {t: self.last.get(t, 0) for t in track_ids}
 
@@ -111,6 +123,7 @@ class MemoryLog:
     ) -> list[tuple[int, bytes]]:
         if (gate := self.gate.get(track_id)) is not None:
             await gate.wait()
+        await asyncio.sleep(0)
         self._check()
         self.reads += 1
         kept = self.events.get(track_id, {})
@@ -118,10 +131,12 @@ class MemoryLog:
         return [(seq, kept[seq]) for seq in sorted(kept) if after < seq <= top][:limit]
 
     async def user_messages(self, notification_ids: list[int]) -> list[tuple[int, bytes]]:
+        await asyncio.sleep(0)
         self._check()
         return [self.messages[i] for i in notification_ids if i in self.messages]
 
     async def visible(self, pairs: list[tuple[int, str]]) -> set[tuple[int, str]]:
+        await asyncio.sleep(0)
         self._check()
         if self.visible_pairs is None:
             return set(pairs)

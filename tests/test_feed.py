@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -45,16 +46,17 @@ class World:
     stack: contextlib.AsyncExitStack
 
     def notice(
-        self, track_id: str, rows: list[tuple[int, bytes]], verified: bool = True, events: bool = True
+        self, track_id: str, rows: list[tuple[int, bytes]], events: bool = True, at: float = 0.0
     ) -> None:
-        """The listener hands over the NOTIFY of a statement that made `rows`."""
+        """The listener hands over the signed NOTIFY of a statement that made `rows`."""
         batch = TrackBatch(
             track_id=track_id,
             first=rows[0][0],
             last=rows[-1][0],
+            at=at or time.time(),
             events=[msgspec.Raw(message) for _, message in rows] if events else None,
         )
-        self.feed.on_notice(Opened(batch, verified))
+        self.feed.on_notice(Opened(batch))
 
     async def socket(
         self, track_id: str = T, user: int = 1, since: int | None = None
@@ -174,29 +176,38 @@ async def test_a_gap_is_filled_from_the_log_in_order(world: World) -> None:
     world.log.write(T, 5)  # 1..5 committed; their NOTIFY was lost (the listener was away)
     world.notice(T, world.log.write(T, 1))  # 6 arrives: 1..5 are missing
     await until(lambda: sock.seqs == [1, 2, 3, 4, 5, 6], "the gap filled from the log")
-    world.notice(T, world.log.write(T, 1))
-    assert sock.seqs == list(range(1, 8))
+    world.notice(T, world.log.write(T, 1))  # live again (or read by the catch-up, if it is ending)
+    await until(lambda: sock.seqs == list(range(1, 8)), "the next event")
 
 
 async def test_a_payload_that_fails_its_signature_is_only_a_hint_to_read_the_log(world: World) -> None:
     _, sock, _ = await world.socket()
-    real = world.log.write(T, 1)
-    forged = [(1, b'{"type":"new_comment","seq":1,"track_id":"t1","comment":{"content":"fake"}}')]
-    world.notice(T, forged, verified=False)
+    world.log.write(T, 1)  # a real event whose NOTIFY was lost, and a forgery on the channel
+    world.feed.on_hint(track_channel(T))
     await until(lambda: sock.seqs == [1], "the real event, read from the log")
     assert sock.messages == [
         {"type": "comment_liked", "track_id": T, "seq": 1, "comment_id": 1, "like_count": 1}
     ]
-    assert real
 
 
-async def test_a_forged_jump_of_a_billion_neither_resyncs_nor_swallows_later_events(world: World) -> None:
+async def test_hints_read_the_log_at_most_once_a_second_and_change_nothing(world: World) -> None:
     _, sock, _ = await world.socket()
-    world.feed.on_notice(Opened(TrackBatch(track_id=T, first=10**9, last=10**9), False))
-    await until(lambda: world.log.reads >= 1 and not world.feed._tracks[T].filling, "the hint checked")
+    for _ in range(100):  # a flood of forgeries on the track's channel
+        world.feed.on_hint(track_channel(T))
+    world.feed.on_hint("tracktalk:t:" + "0" * 32)  # a channel nobody watches: nothing
+    await until(lambda: not world.feed._tracks[T].filling, "the one check")
+    assert world.log.reads == 1
     world.notice(T, world.log.write(T, 1))
-    await until(lambda: sock.seqs == [1], "the real next event")
-    assert [m["type"] for m in sock.messages] == ["comment_liked"]
+    assert sock.seqs == [1] and [m["type"] for m in sock.messages] == ["comment_liked"]
+
+
+async def test_an_old_signed_payload_is_read_from_the_log_not_believed(world: World) -> None:
+    _, sock, _ = await world.socket()
+    real = world.log.write(T, 1)
+    replayed = [(1, b'{"type":"comment_liked","track_id":"t1","seq":1,"comment_id":1,"like_count":99}')]
+    world.notice(T, replayed, at=time.time() - 3600)  # captured before a failover, sent again
+    await until(lambda: sock.seqs == [1], "the event, from the log")
+    assert sock.messages[0]["like_count"] == 1 and real
 
 
 async def test_a_hole_in_the_log_gives_resync_and_then_live_events(world: World) -> None:
@@ -209,7 +220,8 @@ async def test_a_hole_in_the_log_gives_resync_and_then_live_events(world: World)
     assert sock.seqs[:2] == [1, 2] and 4 not in sock.seqs  # nothing after the hole as if whole
     assert resync["seq"] == 7
     world.notice(T, world.log.write(T, 1))
-    assert sock.seqs[-1] == 8
+    await until(lambda: sock.seqs[-1] == 8, "the next event")
+    assert sock.seqs == [1, 2, 8]
 
 
 async def test_a_database_that_went_back_in_time_makes_the_sockets_resync(world: World) -> None:
@@ -237,13 +249,14 @@ async def test_after_a_reconnect_every_track_catches_up_on_what_it_missed(world:
 
 async def test_the_check_after_a_reconnect_holds_up_no_live_event(world: World) -> None:
     _, on_t, _ = await world.socket(T)
-    world.log.fail = True  # the database is slow to answer (the pool is exhausted)
+    world.log.slow = asyncio.Event()  # the database does not answer yet (the pool is exhausted)
     world.feed.on_listen()
+    await until(lambda: world.log.waiting > 0, "the check to wait on the database")
     world.notice(T, world.log.write(T, 1))
     assert on_t.seqs == [1]  # delivered while the check waits
     assert not world.feed.caught_up
-    world.log.fail = False
-    await until(lambda: world.feed.caught_up, "the check, retried", turns=100_000)
+    world.log.slow.set()
+    await until(lambda: world.feed.caught_up, "the check")
 
 
 async def test_a_catch_up_in_flight_holds_up_no_other_track(world: World) -> None:
@@ -261,11 +274,15 @@ async def test_a_catch_up_in_flight_holds_up_no_other_track(world: World) -> Non
 
 
 async def test_a_catch_up_of_2000_events_arrives_as_events_not_resync(world: World) -> None:
+    world.feed = Feed(world.hub, world.log, world.channels, page=500)  # pages as a replica reads them
     _, sock, _ = await world.socket()
     world.notice(T, world.log.write(T, 2000), events=False)  # too many for a payload
-    await until(lambda: len(sock.seqs) == 2000, "all 2000", turns=20_000)
+    await until(lambda: len(sock.seqs) == 2000, "all 2000")
     assert sock.seqs == list(range(1, 2001))
     assert not [m for m in sock.messages if m["type"] == "resync"]
+    await until(lambda: not world.feed._tracks[T].filling, "the catch-up to end")
+    assert world.log.reads == 5  # four full pages and the short one that ends it
+    await world.feed.stop()
 
 
 async def test_a_failing_database_read_is_retried(world: World) -> None:
@@ -380,24 +397,25 @@ async def test_notifications_are_read_once_and_sent_to_their_users_sockets(world
     world.log.messages[41] = (1, b'{"type":"notification","track_id":"t1","notification":{}}')
     lane = asyncio.create_task(world.feed.deliver_user_messages())
     try:
-        batch = UserBatch(user=1, ids=[41], at=0.0)
-        world.feed.on_notice(Opened(batch, True))
-        world.feed.on_notice(Opened(batch, True))  # replayed: not sent again
-        world.feed.on_notice(Opened(UserBatch(user=1, ids=[41], at=0.0), False))  # unsigned: dropped
+        world.log.messages[42] = (1, b'{"type":"notification","track_id":"t1","notification":{"id":42}}')
+        batch = UserBatch(user=1, ids=[41], at=time.time())
+        world.feed.on_notice(Opened(batch))
+        world.feed.on_notice(Opened(batch))  # replayed: not sent again
+        world.feed.on_notice(Opened(UserBatch(user=1, ids=[42], at=time.time() - 3600)))  # old news
         await until(lambda: bool(mine.messages), "the notification")
+        await until(world.feed._user_lane.empty, "the lane to go through its queue")
     finally:
         lane.cancel()
     assert [m["type"] for m in mine.messages] == ["notification"]
     assert theirs.messages == []
 
 
-async def test_typing_is_relayed_only_when_sealed(world: World) -> None:
+async def test_typing_that_opened_goes_to_the_tracks_sockets(world: World) -> None:
     _, sock, _ = await world.socket()
     typing = msgspec.Raw(
         b'{"type":"user_typing","track_id":"t1","user_id":2,"username":"b","is_typing":true}'
     )
-    world.feed.on_notice(Opened(Ephemeral(track_id=T, message=typing), False))
-    world.feed.on_notice(Opened(Ephemeral(track_id=T, message=typing), True))
+    world.feed.on_notice(Opened(Ephemeral(track_id=T, message=typing)))
     assert [m["type"] for m in sock.messages] == ["user_typing"]
 
 
@@ -408,7 +426,11 @@ async def test_revoked_access_closes_the_sockets_that_lost_it(world: World) -> N
     checker = asyncio.create_task(world.feed.enforce_access())
     try:
         world.log.visible_pairs = {(1, T)}
-        world.feed.on_notice(Opened(Revoke(track_id=T), True))
+        epoch = world.feed.access_epoch
+        world.feed.on_notice(Opened(Revoke(track_id=T, at=time.time() - 3600)))  # old: dropped
+        assert world.feed.access_epoch == epoch
+        world.feed.on_notice(Opened(Revoke(track_id=T, at=time.time())))
+        assert world.feed.access_epoch > epoch  # sockets being admitted check again
         await until(lambda: lost.closed_with is not None and anonymous.closed_with is not None, "the closes")
     finally:
         checker.cancel()
@@ -416,10 +438,41 @@ async def test_revoked_access_closes_the_sockets_that_lost_it(world: World) -> N
     assert kept.closed_with is None
 
 
-async def test_a_deleted_and_remade_track_makes_its_sockets_resync(world: World) -> None:
+async def test_a_socket_joining_a_new_track_moves_the_access_epoch(world: World) -> None:
+    epoch = world.feed.access_epoch
+    await world.socket()  # the track's channel was newly listened on: a revocation may have passed
+    assert world.feed.access_epoch > epoch
+    epoch = world.feed.access_epoch
+    await world.socket()  # the same track and user: nothing new listened on
+    assert world.feed.access_epoch == epoch
+
+
+async def test_a_deleted_and_remade_track_makes_its_sockets_resync_from_the_latest_seq(world: World) -> None:
     _, sock, _ = await world.socket()
     world.notice(T, world.log.write(T, 2))
-    world.feed.on_notice(Opened(Revoke(track_id=T, gone=True), True))
-    world.notice(T, world.log.write(T, 1))  # the new track's first event goes on from 2
-    assert [m["type"] for m in sock.messages][-2:] == ["resync", "comment_liked"]
-    assert sock.seqs == [1, 2, 3]
+    world.log.write(T, 3)  # more comments, then the track deleted in the same transaction
+    world.log.delete_track(T)  # (their events went with it; the numbering stays at 5)
+    world.feed.on_notice(Opened(Revoke(track_id=T, gone=True, at=time.time())))
+    await until(lambda: any(m["type"] == "resync" for m in sock.messages), "the resync")
+    assert sock.messages[-1] == {
+        "type": "resync",
+        "track_id": T,
+        "seq": 5,
+        "message": "events were missed: reload the comments",
+    }
+    world.notice(T, world.log.write(T, 1))  # the new track's first event goes on from 5
+    await until(lambda: sock.seqs == [1, 2, 6], "the new track's first event")
+    world.feed.on_notice(Opened(Revoke(track_id=T, gone=True, at=time.time() - 1)))  # seen: no more
+    assert [m["type"] for m in sock.messages].count("resync") == 1
+
+
+async def test_a_catch_up_ends_when_the_log_lacks_events_the_track_numbered(world: World) -> None:
+    """A track's events deleted with it (its numbering kept) while a replica was behind: the
+    catch-up finds nothing after its cursor, reloads from the latest seq and stops."""
+    _, sock, _ = await world.socket()
+    world.log.write(T, 4)  # 1..4 committed, their notices not yet here ...
+    world.log.delete_track(T)  # ... and gone with the track
+    world.feed.on_notice(Opened(TrackBatch(track_id=T, first=4, last=4, at=time.time())))
+    await until(lambda: not world.feed._tracks[T].filling, "the catch-up to end", turns=200)
+    assert [m["type"] for m in sock.messages] == ["resync"] and sock.messages[0]["seq"] == 4
+    assert world.log.reads <= 2

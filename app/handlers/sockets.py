@@ -15,6 +15,7 @@ moment the feed registers it).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 PATH = "/api/ws/track/"
 """Where the track sockets live; the track id follows (URL-encoded)."""
 MAX_TRACK_ID = 200
+REPLAY_STALL = 10.0
+"""Seconds a resuming client may leave its replay unread before it is closed as too slow."""
 DATABASE_DOWN = (psycopg.OperationalError, PoolTimeout, TimeoutError)
 """What a socket meets when the database cannot be reached in time."""
 _TYPING_HELP = '{"type": "typing", "is_typing": true|false}'
@@ -107,11 +110,16 @@ async def _serve(scope: Any, receive: Any, conn: FrameProtocol, track_id: str, s
     if services.hub.closing:
         raise Refused(close_codes.SHUTTING_DOWN, close_codes.GOING_AWAY)
     query = parse_qs(scope["query_string"].decode("latin-1"))
+    epoch = services.feed.access_epoch
     user_id, username, expires_at = await _admit(scope, query, track_id, services)
     since = _since(query)
     sub = Subscriber(conn, user_id, track_id, services.settings.socket_buffer, expires_at)
     try:
         async with services.feed.subscription(sub, services.settings.pool_timeout) as start:
+            if services.feed.access_epoch != epoch:
+                # A revocation may have passed between the admission and the join: ask again,
+                # before anything of the track is sent.
+                await _may_watch(track_id, user_id, services)
             with services.presence.present(sub):  # counted; its `presence` waits for go_live
                 hello = Connected(track_id=track_id, message="Connected to comment updates", seq=start)
                 if not conn.accept_with(text_frame(encoder.encode(hello))):
@@ -120,7 +128,11 @@ async def _serve(scope: Any, receive: Any, conn: FrameProtocol, track_id: str, s
                     async for frames in services.feed.replay(sub, since, start):
                         if not sub.write_now(frames):
                             return
-                        await sub.drained()  # this client's pace; live frames wait meanwhile
+                        try:  # this client's pace; live frames wait meanwhile
+                            await asyncio.wait_for(sub.drained(), REPLAY_STALL)
+                        except TimeoutError:
+                            sub.close(close_codes.TRY_AGAIN, close_codes.TOO_SLOW)
+                            return
                 sub.go_live()
                 await _read(receive, sub, username, services)
     except TooManySockets as exc:
@@ -149,12 +161,17 @@ async def _admit(
         user_id, expires_at = claims.user_id, float(claims.expires_at)
     if not track_id or "\x00" in track_id or len(track_id) > MAX_TRACK_ID:
         raise Refused(close_codes.TRACK_NOT_FOUND)
+    return user_id, await _may_watch(track_id, user_id, services), expires_at
+
+
+async def _may_watch(track_id: str, user_id: int, services: Services) -> str | None:
+    """The user's name (None: anonymous), if they exist and may watch the track; else Refused."""
     found = await services.watchers((track_id, user_id or None))
     if user_id != ANONYMOUS and found.username is None:
         raise Refused("invalid token: its user does not exist")
     if not found.may_see:
         raise Refused(close_codes.TRACK_NOT_FOUND)
-    return user_id, found.username, expires_at
+    return found.username
 
 
 def _since(query: dict[str, list[str]]) -> int | None:
