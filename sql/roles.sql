@@ -1,9 +1,16 @@
--- tracktalk: two roles for a shared PostgreSQL (see docs/dba.md).
+-- tracktalk: three roles for a shared PostgreSQL (see docs/dba.md).
 --
---   tracktalk_owner  owns the schema: runs `tracktalk migrate` (or applies schema.sql and
---                    triggers.sql with psql). Not a superuser; never used by the service.
---   tracktalk_app    what `tracktalk serve` connects as (DATABASE_URL, TRACKTALK_LISTEN_URL):
---                    reads and writes rows, LISTENs; no DDL, no TRUNCATE, no ownership.
+--   tracktalk_owner   owns the schema: runs `tracktalk migrate` (or applies schema.sql and
+--                     triggers.sql with psql). Not a superuser; never used by the service.
+--   tracktalk_writer  what any service that writes comments, likes or shares with SQL needs:
+--                     those four tables and nothing of tracktalk's (NOLOGIN: grant it to the
+--                     service's own role). The triggers run as the owner (SECURITY DEFINER), so
+--                     a writer can neither read the key that signs NOTIFY payloads nor write
+--                     the event log: it can only make real changes, which go live.
+--   tracktalk_app     what `tracktalk serve` connects as (DATABASE_URL, TRACKTALK_LISTEN_URL):
+--                     a writer, plus reading tracktalk's bookkeeping (the event log, the channel
+--                     key), marking notifications read, the presence tables; LISTENs; no DDL, no
+--                     TRUNCATE, no ownership.
 --
 -- Run it as a superuser (or a role with CREATEROLE that may grant on the database), connected
 -- to tracktalk's database, BEFORE and AFTER every migration; it is idempotent, and each run
@@ -23,9 +30,7 @@
 --     ALTER ROLE tracktalk_app   PASSWORD '<app-password>';
 -- replacing the <placeholders>. Re-running this file never changes a password.
 --
--- The app role needs INSERT/UPDATE/DELETE on tracktalk's bookkeeping tables because the
--- triggers run as the role that writes the row: any other service that writes comments,
--- likes or shares with SQL needs the same grants (GRANT tracktalk_app TO that_service).
+-- Another service that writes comments, likes or shares with SQL: GRANT tracktalk_writer TO it.
 
 -- Roles (cluster-wide): made once, left alone afterwards.
 DO $$
@@ -33,17 +38,21 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tracktalk_owner') THEN
         CREATE ROLE tracktalk_owner LOGIN;
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tracktalk_writer') THEN
+        CREATE ROLE tracktalk_writer NOLOGIN;
+    END IF;
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tracktalk_app') THEN
         CREATE ROLE tracktalk_app LOGIN;
     END IF;
 END
 $$;
+GRANT tracktalk_writer TO tracktalk_app;
 
 -- The database: the owner creates the schema "tracktalk" in it; the app only connects.
 DO $$
 BEGIN
     EXECUTE format('GRANT CONNECT, CREATE ON DATABASE %I TO tracktalk_owner', current_database());
-    EXECUTE format('GRANT CONNECT ON DATABASE %I TO tracktalk_app', current_database());
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO tracktalk_writer, tracktalk_app', current_database());
 END
 $$;
 
@@ -51,53 +60,56 @@ $$;
 -- servers let every role create tables there).
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 GRANT USAGE, CREATE ON SCHEMA public TO tracktalk_owner;
-GRANT USAGE ON SCHEMA public TO tracktalk_app;
+GRANT USAGE ON SCHEMA public TO tracktalk_writer, tracktalk_app;
 
--- Tables and views, once the owner has made them (skipped when they do not exist yet).
--- Every relation of sql/schema.sql is listed: tests/test_deploy.py fails when one is missing.
+-- Tables and views, once the owner has made them (skipped when they do not exist yet). Each run
+-- takes back what either role had on a relation, then grants what is listed: a privilege no
+-- longer listed goes. Every relation of sql/schema.sql is listed: tests/test_deploy.py fails
+-- when one is missing.
 DO $$
 DECLARE
     grant_ record;
 BEGIN
     IF to_regnamespace('tracktalk') IS NOT NULL THEN
         -- tracktalk's roles only: the event log and the channel key live there (docs/dba.md,
-        -- "Who may listen").
-        REVOKE ALL ON SCHEMA tracktalk FROM PUBLIC;
+        -- "Who may listen"). Not the writers: the triggers reach it as its owner.
+        REVOKE ALL ON SCHEMA tracktalk FROM PUBLIC, tracktalk_writer;
         GRANT USAGE ON SCHEMA tracktalk TO tracktalk_app;
     END IF;
     FOR grant_ IN
         SELECT * FROM (VALUES
-            -- the host app's rows: read only
-            ('public.users',                    'SELECT'),
-            ('public.albums',                   'SELECT'),
-            ('public.tracks',                   'SELECT'),
-            -- what listeners write
-            ('public.comments',                 'SELECT, INSERT, UPDATE, DELETE'),
-            ('public.comment_likes',            'SELECT, INSERT, DELETE'),
-            ('public.track_likes',              'SELECT, INSERT, DELETE'),
-            ('public.track_shares',             'SELECT, INSERT'),
+            -- the host app's rows: read
+            ('public.users',                    'SELECT', 'tracktalk_writer'),
+            ('public.albums',                   'SELECT', 'tracktalk_writer'),
+            ('public.tracks',                   'SELECT', 'tracktalk_writer'),
+            -- what listeners write (the triggers do the rest, as the owner)
+            ('public.comments',                 'SELECT, INSERT, UPDATE, DELETE', 'tracktalk_writer'),
+            ('public.comment_likes',            'SELECT, INSERT, DELETE', 'tracktalk_writer'),
+            ('public.track_likes',              'SELECT, INSERT, DELETE', 'tracktalk_writer'),
+            ('public.track_shares',             'SELECT, INSERT', 'tracktalk_writer'),
             -- made by the triggers; read and marked read by the API
-            ('public.notifications',            'SELECT, INSERT, UPDATE, DELETE'),
-            -- bookkeeping, written by the triggers and the pruner
-            ('tracktalk.schema_version',        'SELECT'),
-            ('tracktalk.settings',              'SELECT'),
-            ('tracktalk.track_state',           'SELECT, INSERT, UPDATE'),
-            -- signs what the triggers send (they run as the writer); read by every replica
-            ('tracktalk.channel_key',           'SELECT'),
-            ('tracktalk.comment_stats',         'SELECT, INSERT, UPDATE'),
-            ('tracktalk.events',                'SELECT, INSERT, DELETE'),
-            ('tracktalk.recent_writes',         'SELECT'),  -- written by wait_to_write, as owner
-            ('tracktalk.comment_mentions',      'SELECT, INSERT'),
-            ('tracktalk.track_audio',           'SELECT'),
+            ('public.notifications',            'SELECT, UPDATE', 'tracktalk_app'),
+            -- bookkeeping, written by the triggers and the SECURITY DEFINER functions; read by
+            -- the replicas (tracktalk.channel_key: to check what travels on the channels)
+            ('tracktalk.schema_version',        'SELECT', 'tracktalk_app'),
+            ('tracktalk.settings',              'SELECT', 'tracktalk_app'),
+            ('tracktalk.track_state',           'SELECT', 'tracktalk_app'),
+            ('tracktalk.channel_key',           'SELECT', 'tracktalk_app'),
+            ('tracktalk.comment_stats',         'SELECT', 'tracktalk_app'),
+            ('tracktalk.events',                'SELECT', 'tracktalk_app'),
+            ('tracktalk.recent_writes',         'SELECT', 'tracktalk_app'),
+            ('tracktalk.comment_mentions',      'SELECT', 'tracktalk_app'),
+            ('tracktalk.track_audio',           'SELECT', 'tracktalk_app'),
             -- who is here: each replica's heartbeat and its listeners per track
-            ('tracktalk.replicas',              'SELECT, INSERT, UPDATE, DELETE'),
-            ('tracktalk.presence',              'SELECT, INSERT, UPDATE, DELETE'),
-            ('tracktalk.comment_objects',       'SELECT'),
-            ('tracktalk.notification_objects',  'SELECT')
-        ) AS g (relation, privileges)
+            ('tracktalk.replicas',              'SELECT, INSERT, UPDATE, DELETE', 'tracktalk_app'),
+            ('tracktalk.presence',              'SELECT, INSERT, UPDATE, DELETE', 'tracktalk_app'),
+            ('tracktalk.comment_objects',       'SELECT', 'tracktalk_app'),
+            ('tracktalk.notification_objects',  'SELECT', 'tracktalk_app')
+        ) AS g (relation, privileges, grantee)
     LOOP
         IF to_regclass(grant_.relation) IS NOT NULL THEN
-            EXECUTE format('GRANT %s ON %s TO tracktalk_app', grant_.privileges, grant_.relation);
+            EXECUTE format('REVOKE ALL ON %s FROM tracktalk_writer, tracktalk_app', grant_.relation);
+            EXECUTE format('GRANT %s ON %s TO %I', grant_.privileges, grant_.relation, grant_.grantee);
         END IF;
     END LOOP;
 END

@@ -266,7 +266,7 @@ CREATE OR REPLACE FUNCTION tracktalk.recount(
     likes_delta     bigint DEFAULT 0,
     shares_delta    bigint DEFAULT 0
 ) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     INSERT INTO tracktalk.track_state AS s (track_id)
     SELECT t.id FROM public.tracks t WHERE t.id = track
@@ -439,7 +439,7 @@ CREATE TRIGGER comments_before_write
 -- A deleted comment takes its unread notifications with it (before the foreign key sets
 -- comment_id to NULL on the read ones).
 CREATE OR REPLACE FUNCTION tracktalk.comments_before_delete() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     DELETE FROM public.notifications WHERE comment_id = OLD.id AND read_at IS NULL;
     RETURN OLD;
@@ -556,7 +556,7 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION tracktalk.comments_after_insert() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
@@ -586,7 +586,7 @@ $$;
 -- statement's rows, where a plan kept from a one-row edit (a nested loop) would compare every
 -- old row with every new one in a 10,000-row UPDATE.
 CREATE OR REPLACE FUNCTION tracktalk.comments_after_update() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
@@ -621,7 +621,7 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION tracktalk.comments_after_delete() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
@@ -662,7 +662,7 @@ CREATE TRIGGER comments_after_delete
 -- Keeps comment_stats, sends comment_liked with the fresh count, and tells a comment's author
 -- of a like (once per liker: unlike then like again tells nobody twice).
 CREATE OR REPLACE FUNCTION tracktalk.comment_likes_changed() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     sign constant integer := CASE TG_OP WHEN 'INSERT' THEN 1 ELSE -1 END;
     r record;
@@ -726,7 +726,7 @@ CREATE TRIGGER comment_likes_after_delete
 ---------------------------------------------------------------------------------------------
 
 CREATE OR REPLACE FUNCTION tracktalk.track_counts_changed() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     sign constant integer := CASE TG_OP WHEN 'INSERT' THEN 1 ELSE -1 END;
     r record;
@@ -765,7 +765,7 @@ CREATE TRIGGER track_shares_after_delete
 -- a deleted track had, goes on where that one stopped (its track_state row outlived it): an
 -- event number is never used twice, so no replica or client can take a new event for an old one.
 CREATE OR REPLACE FUNCTION tracktalk.tracks_after_insert() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     INSERT INTO tracktalk.track_state AS s (track_id)
     SELECT id FROM new_rows ORDER BY id
@@ -784,7 +784,7 @@ CREATE TRIGGER tracks_after_insert
 -- close them (the track is not found), or, if a track with the same id was made again in the
 -- same transaction, make them reload.
 CREATE OR REPLACE FUNCTION tracktalk.tracks_after_delete() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     dead text;
 BEGIN
@@ -805,7 +805,7 @@ CREATE TRIGGER tracks_after_delete
 -- Who may see a track changed (made private, moved to another album, its id changed): its
 -- sockets are checked again, on every replica.
 CREATE OR REPLACE FUNCTION tracktalk.tracks_access_changed() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM tracktalk.revoke_track(OLD.id, gone => OLD.id IS DISTINCT FROM NEW.id);
     RETURN NULL;
@@ -823,7 +823,7 @@ CREATE TRIGGER tracks_access_changed
 
 -- An album changed hands: the sockets of its private tracks are checked again.
 CREATE OR REPLACE FUNCTION tracktalk.albums_access_changed() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM tracktalk.revoke_track(t.id) FROM public.tracks t WHERE t.album_id = NEW.id AND t.is_private;
     RETURN NULL;
@@ -843,7 +843,7 @@ CREATE TRIGGER albums_access_changed
 
 -- A user left the team, or is gone: their sockets are checked again, on every replica.
 CREATE OR REPLACE FUNCTION tracktalk.users_access_changed() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM tracktalk.revoke_user(o.id) FROM old_rows o ORDER BY o.id;
     RETURN NULL;
@@ -852,7 +852,7 @@ $$;
 
 -- (Through EXECUTE: a join of the two transition tables, planned for each statement's rows.)
 CREATE OR REPLACE FUNCTION tracktalk.users_left_team() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     EXECUTE $q$
         SELECT tracktalk.revoke_user(o.id)
@@ -931,7 +931,7 @@ CREATE TRIGGER track_shares_refuse_move
 ---------------------------------------------------------------------------------------------
 
 CREATE OR REPLACE FUNCTION tracktalk.notifications_after_insert() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM tracktalk.announce_notifications(array_agg(id ORDER BY id), array_agg(user_id ORDER BY id))
        FROM new_rows;
@@ -943,7 +943,7 @@ $$;
 -- trigger that fires only when `kind` changes: marking notifications read (100,000 at a time)
 -- must not pay for transition tables it never needs.
 CREATE OR REPLACE FUNCTION tracktalk.notifications_after_update() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM tracktalk.announce_notifications(ARRAY[NEW.id], ARRAY[NEW.user_id]);
     RETURN NULL;

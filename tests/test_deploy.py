@@ -277,9 +277,9 @@ def fresh_database(pg: EmbeddedPostgres) -> Iterator[str]:
     finally:
         with psycopg.connect(pg.url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            with contextlib.suppress(psycopg.Error):
-                conn.execute("DROP ROLE IF EXISTS tracktalk_app")
-                conn.execute("DROP ROLE IF EXISTS tracktalk_owner")
+            for role in ("other_service", "tracktalk_app", "tracktalk_writer", "tracktalk_owner"):
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 async def test_the_service_runs_as_the_app_role_which_cannot_change_the_schema(
@@ -349,6 +349,35 @@ async def test_the_service_runs_as_the_app_role_which_cannot_change_the_schema(
             "TRUNCATE tracktalk.events",
             "CREATE OR REPLACE FUNCTION tracktalk.max_payload() RETURNS integer LANGUAGE sql AS 'SELECT 1'",
             "UPDATE tracktalk.settings SET notify_team = false",
+            "INSERT INTO tracktalk.events (track_id, seq, message) VALUES ('x', 1, '{}')",
+        ]:
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute(statement)
+
+    # Another service that writes with SQL, granted tracktalk_writer: its comment goes live, and
+    # it can reach nothing of tracktalk's (the key that signs payloads, the log, the functions).
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("CREATE ROLE other_service LOGIN IN ROLE tracktalk_writer")
+    other = as_role(admin, "other_service")
+    with replicas(app, log_dir, 1) as (replica,):
+        async with open_socket(replica.ws, world.public, world.tokens["bob"]) as watcher:
+            await watcher.expect("connected")
+            with psycopg.connect(other, autocommit=True) as conn:
+                cid = conn.execute(
+                    "INSERT INTO comments (track_id, user_id, content) VALUES (%s, %s, 'from another service')"
+                    " RETURNING id",
+                    (world.public, world.users["dave"]),
+                ).fetchone()
+            message = await watcher.expect("new_comment", ignore=("mention", "notification"))
+            assert cid is not None and message["comment"]["id"] == cid[0]
+    with psycopg.connect(other, autocommit=True) as conn:
+        for statement in [
+            "SELECT key FROM tracktalk.channel_key",
+            "SELECT * FROM tracktalk.events",
+            "INSERT INTO tracktalk.events (track_id, seq, message) VALUES ('x', 1, '{}')",
+            "SELECT tracktalk.sign('forged')",
+            "SELECT tracktalk.publish('t-public', ARRAY['{}'::jsonb])",
+            "UPDATE notifications SET read_at = now()",
         ]:
             with pytest.raises(errors.InsufficientPrivilege):
                 conn.execute(statement)
