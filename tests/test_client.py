@@ -262,7 +262,7 @@ async def test_an_expired_token_is_renewed_through_get_token_and_nothing_is_miss
     await page.context.close()
 
 
-async def test_the_files_are_served_for_other_sites_with_their_types(
+async def test_the_files_are_served_for_other_sites_with_their_types_and_answer_head(
     pair: list[Replica], host_app: HostApp
 ) -> None:
     async with httpx.AsyncClient(base_url=pair[0].http, timeout=10) as client:
@@ -278,6 +278,10 @@ async def test_the_files_are_served_for_other_sites_with_their_types(
             assert answer.headers["x-content-type-options"] == "nosniff"
             again = await client.get(f"/client/{name}", headers={"If-None-Match": answer.headers["etag"]})
             assert (again.status_code, again.content) == (304, b"")
+            head = await client.head(f"/client/{name}")
+            assert (head.status_code, head.content) == (200, b"")
+            assert head.headers["content-length"] == str(len(answer.content))
+            assert head.headers["etag"] == answer.headers["etag"]
         assert (await client.get("/client/other.js")).status_code == 404
 
 

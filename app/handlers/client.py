@@ -12,7 +12,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from litestar import Request, Response, get
+from litestar import Request, Response, get, head
 
 CLIENT = Path(__file__).resolve().parent.parent / "client"
 MEDIA_TYPES = {
@@ -22,9 +22,12 @@ MEDIA_TYPES = {
 """The files served under /client/, and their content types."""
 
 
-@get([f"/client/{name}" for name in MEDIA_TYPES], include_in_schema=False)
-async def client_file(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """One of the client's files, or 304 when the browser's copy is current."""
+PATHS = [f"/client/{name}" for name in MEDIA_TYPES]
+
+
+def _answer(request: Request[Any, Any, Any], head: bool) -> Response[Any]:
+    """The file named by the path, or 304 when the browser's copy is current; for HEAD the
+    same headers (its length included) and no body."""
     name = request.url.path.rsplit("/", 1)[-1]
     data = (CLIENT / name).read_bytes()
     etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"'
@@ -36,7 +39,21 @@ async def client_file(request: Request[Any, Any, Any]) -> Response[bytes]:
     }
     if etag in request.headers.get("if-none-match", ""):
         return Response(b"", status_code=304, headers=headers)
-    return Response(data, media_type=MEDIA_TYPES[name], headers=headers)
+    if head:
+        headers["Content-Length"] = str(len(data))
+    return Response(b"" if head else data, media_type=MEDIA_TYPES[name], headers=headers)
 
 
-route_handlers = [client_file]
+@get(PATHS, include_in_schema=False)
+async def client_file(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """One of the client's files."""
+    return _answer(request, head=False)
+
+
+@head(PATHS, include_in_schema=False)
+async def client_file_head(request: Request[Any, Any, Any]) -> Response[None]:
+    """What GET would answer, without the body (link checkers, CDNs, `curl -I`)."""
+    return _answer(request, head=True)
+
+
+route_handlers = [client_file, client_file_head]
