@@ -48,6 +48,7 @@ from bench.run import (
     rss_kib,
     start_server,
     stop_all,
+    wait_ready,
 )
 
 _PRESENCE_TABLES = ("tracktalk.presence", "tracktalk.replicas")
@@ -63,14 +64,7 @@ def start_replica(world: World, logdir: Path, presence: bool) -> Server:
         "TRACKTALK_ANONYMOUS_SOCKETS": "1",
     }
     args = [PY, "-m", "bench.presence", *([] if presence else ["--without"]), "serve", "--port", "{port}"]
-    server = start_server(args, env, logdir, "presence" if presence else "without")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{server.port}/readyz", timeout=1).status_code == 200:
-                return server
-        time.sleep(0.1)
-    raise RuntimeError(f"replica not ready: {server.log.read_text()[-2000:]}")
+    return wait_ready(start_server(args, env, logdir, "presence" if presence else "without"))
 
 
 def socket_url(server: Server, track: str, token: str | None) -> str:

@@ -216,14 +216,18 @@ def start_tracktalk(url: str, logdir: Path) -> Server:
         "TRACKTALK_SOCKETS_PER_USER": "1000000",
     }
     args = [PY, "-m", "app", "serve", "--port", "{port}"]
-    server = start_server(args, env, logdir, "tracktalk")
-    deadline = time.monotonic() + 30
+    return wait_ready(start_server(args, env, logdir, "tracktalk"))
+
+
+def wait_ready(server: Server, timeout: float = 30) -> Server:
+    """`server` once its /readyz answers 200; an error with its log's end after `timeout` s."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"http://127.0.0.1:{server.port}/readyz", timeout=1).status_code == 200:
                 return server
         time.sleep(0.1)
-    raise RuntimeError(f"tracktalk not ready: {server.log.read_text()[-2000:]}")
+    raise RuntimeError(f"server not ready (log {server.log}): {server.log.read_text()[-2000:]}")
 
 
 class Clients:
@@ -1371,7 +1375,10 @@ def main() -> None:
         for row in info["ratios"]:
             print("  " + "  ".join(f"{k}={v}" for k, v in row.items()))
     if info["targets"]:
-        print("\ntargets (issue 13)")
+        print(
+            "\ntargets (issue 13)"
+            + (": set for the full sizes, only indicative at --quick's" if args.quick else "")
+        )
         for t in info["targets"]:
             verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
             print(
