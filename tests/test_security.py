@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -118,6 +118,24 @@ def test_comments_per_user_per_minute_are_limited_with_429(strict: Replica, worl
     assert post("bob").status_code == 201  # others are not slowed down
 
 
+async def _exactly_four_get_through(
+    pair: list[Replica],
+    write: Callable[..., Awaitable[httpx.Response]],
+    done: int,
+    detail: str,
+) -> None:
+    """Dave's ten writes at once, spread over both replicas: exactly four get through (`done`);
+    then each replica refuses him with 429, `Retry-After` and `detail`, and lets bob through."""
+    answers = await asyncio.gather(*(write(pair[k % 2]) for k in range(10)))
+    assert sorted(a.status_code for a in answers) == [done] * 4 + [429] * 6
+    for replica in pair:
+        refused = await write(replica)
+        assert refused.status_code == 429, refused.text
+        assert 0 < int(refused.headers["retry-after"]) <= 60
+        assert detail in refused.json()["detail"]
+    assert (await write(pair[1], "bob")).status_code == done  # others are not slowed down
+
+
 async def test_the_comment_limit_holds_across_replicas_and_concurrent_posts(
     new_database: Callable[[], str], log_dir: Path
 ) -> None:
@@ -133,15 +151,7 @@ async def test_the_comment_limit_holds_across_replicas_and_concurrent_posts(
                     headers=world.auth(who),
                 )
 
-            # Ten at once, spread over both replicas: exactly four get through.
-            answers = await asyncio.gather(*(post(pair[k % 2]) for k in range(10)))
-            assert sorted(a.status_code for a in answers) == [201] * 4 + [429] * 6
-            for replica in pair:
-                refused = await post(replica)
-                assert refused.status_code == 429, refused.text
-                assert 0 < int(refused.headers["retry-after"]) <= 60
-                assert "at most 4 comments a minute" in refused.json()["detail"]
-            assert (await post(pair[1], "bob")).status_code == 201  # others are not slowed down
+            await _exactly_four_get_through(pair, post, 201, "at most 4 comments a minute")
 
             # Posts are counted, not the comments left: deleting one gives no room back.
             kept = (await post(pair[0], "alice")).json()
@@ -217,15 +227,7 @@ async def test_the_write_limit_holds_across_replicas_and_concurrent_writes(
                     f"{replica.http}/api/tracks/{world.public}/share", headers=world.auth(who)
                 )
 
-            # Ten at once, spread over both replicas: exactly four get through.
-            answers = await asyncio.gather(*(share(pair[k % 2]) for k in range(10)))
-            assert sorted(a.status_code for a in answers) == [200] * 4 + [429] * 6
-            for replica in pair:
-                refused = await share(replica)
-                assert refused.status_code == 429, refused.text
-                assert 0 < int(refused.headers["retry-after"]) <= 60
-                assert "at most 4 writes a minute" in refused.json()["detail"]
-            assert (await share(pair[1], "bob")).status_code == 200  # others are not slowed down
+            await _exactly_four_get_through(pair, share, 200, "at most 4 writes a minute")
     with psycopg.connect(url) as conn:
         row = conn.execute(
             "SELECT count(*) FROM track_shares WHERE user_id = %s", (world.users["dave"],)
