@@ -74,9 +74,12 @@ def claims_of(payload: dict[str, Any], user_claim: str) -> Claims:
         or not value.isascii()
         or not value.isdigit()
         or len(value) > _MAX_USER_ID_DIGITS
+        or int(value) < 1  # 0 stands for "no user" on a socket (subscriber.ANONYMOUS)
     ):
         # A close reason holds 123 bytes at most: the claim's name is cut short.
-        raise TokenError(f"invalid token: its `{user_claim[:40]}` claim must be a user id (a whole number)")
+        raise TokenError(
+            f"invalid token: its `{user_claim[:40]}` claim must be a user id (a whole number from 1)"
+        )
     return Claims(int(value), int(payload["exp"]))
 
 

@@ -153,8 +153,15 @@ async def test_the_algorithm_is_the_keys_never_the_tokens(
 async def test_a_user_claim_that_is_not_a_user_id_is_an_invalid_token_that_says_so(
     hosted: Replica, world: World
 ) -> None:
+    detail = "invalid token: its `sub` claim must be a user id (a whole number from 1)"
     answer = await post(hosted.http, world.public, RSA.token({**claims(0), "sub": "auth0|5f7c8ec7"}))
-    assert refused(answer, "invalid token: its `sub` claim must be a user id (a whole number)"), answer.text
+    assert refused(answer, detail), answer.text
+    # 0 is no user: such a token must not pass for an anonymous listener on a socket.
+    zero = RSA.token({**claims(0), "sub": "0"})
+    assert refused(await post(hosted.http, world.public, zero), detail)
+    async with open_socket(hosted.ws, world.public, zero) as sock:
+        code, reason = await sock.closed()
+    assert (code, sock.received) == (1008, []) and reason is not None and reason.startswith(detail)
 
 
 async def test_an_identity_provider_token_expires_like_any_other(hosted: Replica, world: World) -> None:
