@@ -39,7 +39,7 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from app.wire import Ephemeral, Notice, encoder
+from app.wire import Ephemeral, Notice, encoder, notice_decoder
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,6 @@ _WINDOW = 64
 """A sealed notice may arrive this many behind its sender's newest (its replica sends them through
 different pool connections, whose commits can cross); each counter is taken once."""
 
-_decoder = msgspec.json.Decoder(Notice)
 
 HINT = object()
 """What `Codec.open` gives for a payload that does not verify: on a track's channel, a hint that
@@ -136,7 +135,7 @@ class Codec:
                 self.unverified += 1
                 self._reject("a payload whose signature does not match tracktalk.channel_key")
                 return HINT
-            return Opened(_decoder.decode(body))
+            return Opened(notice_decoder.decode(body))
         except Exception:
             self._reject("a payload that does not decode")
             return None
@@ -146,7 +145,7 @@ class Codec:
             raw = base64.b64decode(payload[len(_SEALED) :], validate=True)
             assert self._aead is not None
             plain = self._aead.decrypt(raw[:_NONCE], raw[_NONCE:], None)
-            notice = _decoder.decode(plain)
+            notice = notice_decoder.decode(plain)
         except (binascii.Error, InvalidTag, ValueError, msgspec.DecodeError):
             self.unverified += 1
             self._reject("a sealed payload that does not open with tracktalk's key")

@@ -37,13 +37,13 @@ TRACK_NOT_FOUND = "track not found"
 ACCESS_REVOKED = "track not found: access to it was taken away"
 
 WHAT_TO_DO = {
-    NORMAL: "the socket ended (the client left, or a proxy closed it): resume with since= if still wanted",
-    GOING_AWAY: "the replica is shutting down: resume at once with since= (another replica takes it)",
+    NORMAL: f"the socket ended (the client left, or a proxy closed it): {RESUME} if still wanted",
+    GOING_AWAY: f"the replica is shutting down: {RESUME} at once (another replica takes it)",
     UNSUPPORTED: "the client sent a frame that is not JSON text: fix the client",
     POLICY: "refused (the reason says why: invalid token, track not found, …): do not retry as is",
     TOO_BIG: f"the client sent a frame over {MAX_FRAME} bytes: fix the client",
-    INTERNAL: "the server failed unforeseen (logged): resume with since= after a backoff",
-    TRY_AGAIN: "too slow to keep up, or the database is unavailable: resume with since= (backoff if it repeats)",
-    TOKEN_EXPIRED: "the access token expired: resume at once with a fresh token and since=",
+    INTERNAL: f"the server failed unforeseen (logged): {RESUME} after a backoff",
+    TRY_AGAIN: f"too slow to keep up, or the database is unavailable: {RESUME} (back off if it repeats)",
+    TOKEN_EXPIRED: f"the access token expired: {RESUME} at once, with a fresh token",
 }
 """What a client does after each close code (the AsyncAPI document's x-close-codes)."""

@@ -1,10 +1,14 @@
 """The event log (tracktalk.events) and the other reads of the live path, through the request pool.
 
-Never the LISTEN connection: it only listens. Every query here is one short statement.
+EventLog never uses the LISTEN connection (it only listens; it reads the channel key with
+`read_channel_key` on its own). Every query here is one short statement.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from psycopg import AsyncConnection
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -73,12 +77,8 @@ class EventLog:
 
     async def channel_key(self) -> bytes:
         """The key that signs and seals what travels on tracktalk's channels."""
-        async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute("SELECT key FROM tracktalk.channel_key")
-            row = await cur.fetchone()
-        if row is None:
-            raise RuntimeError("tracktalk.channel_key is empty: run `tracktalk migrate`")
-        return bytes(row[0])
+        async with self._pool.connection() as conn:
+            return await read_channel_key(conn)
 
     async def notify(self, channel: str, payload: str) -> None:
         """Send a payload on a channel, to every replica that listens on it."""
@@ -98,3 +98,13 @@ class EventLog:
             await cur.execute("SELECT tracktalk.prune_events()")
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+
+async def read_channel_key(conn: AsyncConnection[Any]) -> bytes:
+    """The key that signs and seals what travels on tracktalk's channels, read on `conn`."""
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute("SELECT key FROM tracktalk.channel_key")
+        row = await cur.fetchone()
+    if row is None:
+        raise RuntimeError("tracktalk.channel_key is empty: run `tracktalk migrate`")
+    return bytes(row[0])

@@ -29,10 +29,11 @@ from app import close_codes
 from app.batch import Batched
 from app.channels import Opened, track_channel, user_channel
 from app.events import PAGE
-from app.frames import text_frame
+from app.frames import message_frame, text_frame
 from app.hub import Hub
+from app.logs import one_line
 from app.subscriber import ANONYMOUS, Subscriber
-from app.wire import Ephemeral, Resync, Revoke, TrackBatch, UserBatch, encoder
+from app.wire import Ephemeral, Resync, Revoke, TrackBatch, UserBatch
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,9 @@ class Log(Protocol):
 class Channels(Protocol):
     """What the feed asks of the listener (app/listener.py)."""
 
-    async def listen(self, channels: Iterable[str]) -> None:
-        """LISTEN on `channels`; return once in place."""
+    async def listen(self, channels: Iterable[str]) -> bool:
+        """LISTEN on `channels`; return once in place: True when some were not in place before
+        (a notice sent on them meanwhile was not heard here)."""
 
     def unlisten(self, channels: Iterable[str]) -> None:
         """Stop listening on `channels`."""
@@ -98,7 +100,7 @@ class Channels(Protocol):
 
 def resync_frame(track_id: str, seq: int) -> bytes:
     """The `resync` message as a frame: reload with GET, then go on after `seq`."""
-    return text_frame(encoder.encode(Resync(track_id=track_id, seq=seq, message=_RESYNC_MESSAGE)))
+    return message_frame(Resync(track_id=track_id, seq=seq, message=_RESYNC_MESSAGE))
 
 
 class _Track:
@@ -180,7 +182,7 @@ class Feed:
         """Register a socket for its track and user; yields the seq its live frames follow.
 
         Raises TimeoutError when the track's channel and cursor are not in place within `wait`
-        seconds, what the database raised when they cannot be, and hub.TooManySockets.
+        seconds, what the database raised when they cannot be, hub.TooManySockets and hub.ShuttingDown.
         """
         track = self._join_track(sub.track_id)
         self._join_user(sub.user_id)
@@ -246,7 +248,7 @@ class Feed:
             try:
                 latest = await self._log.latest(list(tracks)) if tracks else {}
             except Exception as exc:
-                log.warning("catching up after a reconnect failed (%s), retrying", _one_line(exc))
+                log.warning("catching up after a reconnect failed (%s), retrying", one_line(exc))
                 await asyncio.sleep(delay)
                 delay = min(_RETRY_MAX, delay * 2)
                 continue
@@ -340,10 +342,13 @@ class Feed:
                 self._ask_recheck(pairs)
                 await asyncio.sleep(_RETRY_FIRST * 10)
                 continue
-            refused = set(pairs) - allowed
-            for sub in self._hub.all_sockets():
-                if (sub.user_id, sub.track_id) in refused:
-                    sub.close(close_codes.POLICY, close_codes.ACCESS_REVOKED)
+            refused: dict[str, set[int]] = {}
+            for user_id, track_id in set(pairs) - allowed:
+                refused.setdefault(track_id, set()).add(user_id)
+            for track_id, users in refused.items():
+                for sub in self._hub.track_sockets(track_id):
+                    if sub.user_id in users:
+                        sub.close(close_codes.POLICY, close_codes.ACCESS_REVOKED)
 
     async def stop(self) -> None:
         """Cancel the catch-ups in flight."""
@@ -371,10 +376,8 @@ class Feed:
 
     async def _joined(self, sub: Subscriber, track: _Track) -> None:
         await asyncio.shield(track.ready)
-        if sub.user_id != ANONYMOUS:
-            await self._channels.listen([user_channel(sub.user_id)])
-            if self._users.get(sub.user_id) == 1:
-                self.access_epoch += 1  # its channel may be new: a revocation may have passed unheard
+        if sub.user_id != ANONYMOUS and await self._channels.listen([user_channel(sub.user_id)]):
+            self.access_epoch += 1  # a revocation before this LISTEN went unheard here
 
     def _leave_track(self, track_id: str, track: _Track) -> None:
         track.sockets -= 1
@@ -393,15 +396,13 @@ class Feed:
         commits in between is in the cursor, or notified, or both)."""
         reconnects = self._reconnects
         try:
-            await self._channels.listen([track_channel(track_id)])
-            self.access_epoch += 1  # a revocation before this LISTEN went unheard here
+            if await self._channels.listen([track_channel(track_id)]):
+                self.access_epoch += 1  # a revocation before this LISTEN went unheard here
             latest = await self._cursor(track_id)
         except BaseException as exc:
             track.ready.set_exception(exc)
             track.ready.exception()  # retrieved: the sockets waiting on it see it raised
-            if self._tracks.get(track_id) is track and track.sockets == 0:
-                del self._tracks[track_id]
-                self._by_channel.pop(track_channel(track_id), None)
+            self._forget_track(track_id, track)  # if no socket waits for it any more
             raise
         track.last_seq = latest
         track.ready.set_result(None)
@@ -487,7 +488,7 @@ class Feed:
                         track.wanted = track.last_seq
                         return
                 except Exception as exc:
-                    log.warning("track %r: catch-up failed (%s), retrying", track_id[:100], _one_line(exc))
+                    log.warning("track %r: catch-up failed (%s), retrying", track_id[:100], one_line(exc))
                     await asyncio.sleep(delay)
                     delay = min(_RETRY_MAX, delay * 2)
                 else:
@@ -557,7 +558,7 @@ class Feed:
 
     def _user_batch(self, batch: UserBatch) -> None:
         """Queue the user's new notifications for the user lane (once each, while fresh)."""
-        if batch.user not in self._hub.users or (batch.at and time.time() - batch.at > _USER_STALE):
+        if batch.user not in self._hub.users or _stale(batch.at, _USER_STALE):
             return
         ids = [id_ for id_ in batch.ids if id_ not in self._sent]
         if not ids:
@@ -595,7 +596,7 @@ def _started(track: _Track) -> bool:
 
 def _retrieve(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.debug("feed task ended: %s", _one_line(task.exception()))
+        log.debug("feed task ended: %s", one_line(task.exception()))
 
 
 def _fresh(queued_at: float, ids: list[int]) -> list[int]:
@@ -604,8 +605,3 @@ def _fresh(queued_at: float, ids: list[int]) -> list[int]:
         return ids
     log.warning("%d notifications queued for over %.0f s: not sent live", len(ids), _USER_STALE)
     return []
-
-
-def _one_line(exc: BaseException | None) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import struct
 
+import msgspec
+
+from app.wire import encoder
+
 _TEXT = 0x81
 """FIN + opcode 1 (text): a whole message in one frame."""
 
@@ -20,3 +24,8 @@ def text_frame(payload: bytes) -> bytes:
     if size < 1 << 16:
         return struct.pack("!BBH", _TEXT, 126, size) + payload
     return struct.pack("!BBQ", _TEXT, 127, size) + payload
+
+
+def message_frame(message: msgspec.Struct) -> bytes:
+    """A wire message (app/wire.py) as one text frame."""
+    return text_frame(encoder.encode(message))

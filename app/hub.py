@@ -12,6 +12,10 @@ class TooManySockets(Exception):
     """The user has as many sockets on this replica as they may; the message says so."""
 
 
+class ShuttingDown(Exception):
+    """The replica is shutting down: it takes no new socket."""
+
+
 class Hub:
     """`track id -> sockets` and `user id -> sockets`; every send is a non-blocking offer."""
 
@@ -27,11 +31,14 @@ class Hub:
         """Set at shutdown: new sockets are turned away."""
 
     def add(self, sub: Subscriber) -> None:
-        """Register a socket; TooManySockets when its user already has the most allowed.
+        """Register a socket; TooManySockets when its user already has the most allowed,
+        ShuttingDown after `close_all`.
 
         Counting and registering happen in one step, with no await between them, so that
         sockets opened at the same moment cannot all pass the limit.
         """
+        if self.closing:
+            raise ShuttingDown
         mine = self.users.get(sub.user_id)
         if self._per_user and sub.user_id != ANONYMOUS and mine and len(mine) >= self._per_user:
             raise TooManySockets(f"too many sockets: at most {self._per_user} per user; close one first")

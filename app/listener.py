@@ -27,6 +27,8 @@ from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
 
 from app.channels import HINT, TRACK_PREFIX, Codec, Opened
+from app.events import read_channel_key
+from app.logs import one_line
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,6 @@ _BATCH = 1000
 """LISTEN or UNLISTEN statements sent in one round trip."""
 _REKEY_EVERY = 10.0
 """Seconds between two readings of the channel key prompted by payloads that fail to verify."""
-KEY_QUERY = "SELECT key FROM tracktalk.channel_key"
 
 
 class NoticeSink(Protocol):
@@ -92,16 +93,19 @@ class Listener:
         """How many channels are listened on now."""
         return len(self._listening)
 
-    async def listen(self, channels: Iterable[str]) -> None:
-        """LISTEN on `channels` too; return once that is in place (callers bound the wait)."""
+    async def listen(self, channels: Iterable[str]) -> bool:
+        """LISTEN on `channels` too; return once that is in place (callers bound the wait): True
+        when some of them were not in place already (a notice sent on them before now was not
+        heard here), False when all were."""
         wanted = frozenset(channels)
         self._wanted |= wanted
         if self._ready and wanted <= self._listening and not wanted & self._unlistening:
-            return
+            return False
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append((wanted, waiter))
         self._poke()
         await waiter
+        return True
 
     def unlisten(self, channels: Iterable[str]) -> None:
         """Stop listening on `channels` (soon, in a batch)."""
@@ -117,7 +121,7 @@ class Listener:
             except asyncio.CancelledError:
                 raise
             except (psycopg.Error, OSError) as exc:
-                log.warning("listener connection lost: %s", _one_line(exc))
+                log.warning("listener connection lost: %s", one_line(exc))
             except Exception:
                 log.exception("listener failed; reconnecting to catch up")
             finally:
@@ -206,10 +210,7 @@ class Listener:
     async def _read_key(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._rekey_due = False
         self._last_rekey = asyncio.get_running_loop().time()
-        row = await (await conn.execute(KEY_QUERY)).fetchone()
-        if row is None:
-            raise RuntimeError("tracktalk.channel_key is empty: run `tracktalk migrate`")
-        self._codec.rekey(bytes(row[0]))
+        self._codec.rekey(await read_channel_key(conn))
 
     def _deliver(self, channel: str, payload: bytes) -> None:
         """Check one payload and hand it over; nothing a payload holds may stop the listener."""
@@ -250,8 +251,3 @@ class Listener:
             else:
                 pending.append((channels, waiter))
         self._waiters = pending
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"

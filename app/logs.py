@@ -64,3 +64,9 @@ def tame_uvicorn(*, json: bool = False) -> None:
         if json:
             for handler in logger.handlers:
                 handler.setFormatter(JsonFormatter())
+
+
+def one_line(exc: BaseException | None) -> str:
+    """An exception as a short log line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

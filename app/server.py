@@ -74,12 +74,13 @@ def config(app: Tracktalk, host: str, port: int) -> uvicorn.Config:
 def tune_gc() -> None:
     """Collect garbage cycles less often, and never look at what startup made again.
 
-    Each live event makes a few short-lived objects per socket (a future, a task step, the
-    ASGI message); with Python's default threshold of 700 they outlive the young generations
-    and pile into the oldest, whose full collections scan every socket's objects: measured in
-    the bench's fan-out (5,000 sockets), 17 full collections took 5.0 s of CPU in 25 s, up to
-    0.44 s each. With these thresholds they die young (the whole run: ~0.5 s of collections,
-    none of the oldest generation), and idle memory per socket did not change.
+    Measured when each socket still had a writer task and ASGI messages (a few short-lived
+    objects per socket per event): with Python's default threshold of 700 they piled into the
+    oldest generation, whose full collections scan every socket's objects (the bench's fan-out
+    to 5,000 sockets: 17 full collections, 5.0 s of CPU in 25 s, up to 0.44 s each); with these
+    thresholds, ~0.5 s of collections and none of the oldest. Frames are now written straight
+    to the transports, which makes far fewer such objects; the thresholds stay for what is left
+    (admissions, replays, requests), and the fan-out's profile shows no collection worth a line.
     """
     gc.collect()  # what startup left unreachable, before the rest is frozen for good
     gc.freeze()

@@ -27,7 +27,7 @@ class FrameSocket(Protocol):
         """Bytes written but not yet taken by the kernel."""
 
     async def drained(self) -> None:
-        """Wait until the socket's buffer is low again (used by a socket's own replay only)."""
+        """Wait until the socket's buffer is low again (the pace of a replay or a catch-up)."""
 
     def close_now(self, code: int, reason: str) -> None:
         """Send the close frame and end the socket's handler (idempotent)."""
@@ -118,7 +118,8 @@ class Subscriber:
         return self.closed_for is None and self._socket.write_frames(data)
 
     async def drained(self) -> None:
-        """Wait until this socket's buffer is low again (its own replay's pace)."""
+        """Wait until this socket's buffer is low again (its replay's pace, or its track's
+        catch-up's: app/feed.py)."""
         await self._socket.drained()
 
     def go_live(self) -> None:

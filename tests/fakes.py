@@ -153,11 +153,20 @@ class FakeChannels:
     def __init__(self) -> None:
         self.listening: set[str] = set()
         self.hold: asyncio.Event | None = None
+        self.held = 0
+        """listen() calls waiting on `hold`."""
 
-    async def listen(self, channels: Iterable[str]) -> None:
+    async def listen(self, channels: Iterable[str]) -> bool:
+        """As the listener: True when some of `channels` were not listened on yet."""
+        wanted = set(channels)
+        if wanted <= self.listening:
+            return False
         if self.hold is not None:
+            self.held += 1
             await self.hold.wait()
-        self.listening.update(channels)
+            self.held -= 1
+        self.listening.update(wanted)
+        return True
 
     def unlisten(self, channels: Iterable[str]) -> None:
         self.listening.difference_update(channels)

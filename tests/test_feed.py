@@ -19,7 +19,7 @@ import pytest
 from app import close_codes
 from app.channels import Opened, track_channel, user_channel
 from app.feed import Feed
-from app.hub import Hub, TooManySockets
+from app.hub import Hub, ShuttingDown, TooManySockets
 from app.subscriber import ANONYMOUS, Subscriber
 from app.wire import Ephemeral, Revoke, TrackBatch, UserBatch
 from tests.fakes import FakeChannels, FakeSocket, MemoryLog
@@ -445,6 +445,39 @@ async def test_a_socket_joining_a_new_track_moves_the_access_epoch(world: World)
     epoch = world.feed.access_epoch
     await world.socket()  # the same track and user: nothing new listened on
     assert world.feed.access_epoch == epoch
+
+
+def test_a_hub_that_closed_its_sockets_takes_no_new_one() -> None:
+    hub = Hub()
+    hub.close_all(close_codes.GOING_AWAY, close_codes.SHUTTING_DOWN)
+    with pytest.raises(ShuttingDown):
+        hub.add(Subscriber(FakeSocket(), 1, T, LIMIT))
+    assert hub.sockets == 0
+
+
+async def test_two_first_sockets_of_a_user_joining_at_once_both_move_the_access_epoch(world: World) -> None:
+    await world.socket(user=1)  # the track's channel is in place
+    epoch = world.feed.access_epoch
+    world.channels.hold = asyncio.Event()
+    joining = [asyncio.create_task(world.socket(user=5)) for _ in range(2)]
+    await until(lambda: world.channels.held == 2, "both to wait for the user's channel")
+    world.channels.hold.set()
+    await asyncio.gather(*joining)
+    # Their user's channel was new to both: a revocation sent before it was in place went unheard,
+    # and each of their admissions must ask again.
+    assert world.feed.access_epoch >= epoch + 2
+
+
+async def test_a_track_whose_start_failed_is_not_listened_on_once_its_sockets_gave_up(world: World) -> None:
+    world.log.slow = asyncio.Event()
+    sub = Subscriber(FakeSocket(), 1, T, LIMIT)
+    with pytest.raises(TimeoutError):
+        async with world.feed.subscription(sub, 0.05):
+            pass
+    assert track_channel(T) in world.channels.listening  # its start is still reading the cursor
+    world.log.fail = True
+    world.log.slow.set()
+    await until(lambda: track_channel(T) not in world.channels.listening, "the channel to be let go")
 
 
 async def test_a_deleted_and_remade_track_makes_its_sockets_resync_from_the_latest_seq(world: World) -> None:

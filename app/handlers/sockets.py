@@ -28,8 +28,8 @@ from psycopg_pool import PoolTimeout
 from app import close_codes
 from app.auth import IdentityProviderUnavailable, TokenError
 from app.channels import track_channel
-from app.frames import text_frame
-from app.hub import TooManySockets
+from app.frames import message_frame
+from app.hub import ShuttingDown, TooManySockets
 from app.services import Services
 from app.subscriber import ANONYMOUS, Subscriber
 from app.wire import (
@@ -50,7 +50,7 @@ PATH = "/api/ws/track/"
 MAX_TRACK_ID = 200
 REPLAY_STALL = 10.0
 """Seconds a resuming client may leave its replay unread before it is closed as too slow."""
-DATABASE_DOWN = (psycopg.OperationalError, PoolTimeout, TimeoutError)
+DATABASE_ERRORS = (psycopg.OperationalError, PoolTimeout, TimeoutError)
 """What a socket meets when the database cannot be reached in time."""
 _TYPING_HELP = '{"type": "typing", "is_typing": true|false}'
 
@@ -89,7 +89,7 @@ class TrackSockets:
             await _serve(scope, receive, conn, track_id, services)
         except Refused as exc:
             await _close(send, conn, exc.code, str(exc))
-        except DATABASE_DOWN:
+        except DATABASE_ERRORS:
             await _close(send, conn, close_codes.TRY_AGAIN, close_codes.DATABASE_DOWN)
         except Exception:
             log.exception("socket of track %r failed", track_id[:100])
@@ -110,9 +110,9 @@ async def _serve(scope: Any, receive: Any, conn: FrameProtocol, track_id: str, s
     if services.hub.closing:
         raise Refused(close_codes.SHUTTING_DOWN, close_codes.GOING_AWAY)
     query = parse_qs(scope["query_string"].decode("latin-1"))
+    since = _since(query)  # a bad one is refused before the database is asked anything
     epoch = services.feed.access_epoch
     user_id, username, expires_at = await _admit(scope, query, track_id, services)
-    since = _since(query)
     sub = Subscriber(conn, user_id, track_id, services.settings.socket_buffer, expires_at)
     try:
         async with services.feed.subscription(sub, services.settings.pool_timeout) as start:
@@ -122,7 +122,7 @@ async def _serve(scope: Any, receive: Any, conn: FrameProtocol, track_id: str, s
                 await _may_watch(track_id, user_id, services)
             with services.presence.present(sub):  # counted; its `presence` waits for go_live
                 hello = Connected(track_id=track_id, message="Connected to comment updates", seq=start)
-                if not conn.accept_with(text_frame(encoder.encode(hello))):
+                if not conn.accept_with(message_frame(hello)):
                     return  # the client left while it waited
                 if since is not None:
                     async for frames in services.feed.replay(sub, since, start):
@@ -137,6 +137,8 @@ async def _serve(scope: Any, receive: Any, conn: FrameProtocol, track_id: str, s
                 await _read(receive, sub, username, services)
     except TooManySockets as exc:
         raise Refused(str(exc)) from None
+    except ShuttingDown:
+        raise Refused(close_codes.SHUTTING_DOWN, close_codes.GOING_AWAY) from None
 
 
 async def _admit(
@@ -149,7 +151,6 @@ async def _admit(
     token = _one(query, "token")
     if not token and not settings.anonymous_sockets:
         raise Refused("invalid token: pass ?token=<access token>")
-    _since(query)  # refuse a bad since before touching the database
     user_id, expires_at = ANONYMOUS, float("inf")
     if token:
         try:
@@ -229,7 +230,7 @@ async def _read(receive: Any, sub: Subscriber, username: str | None, services: S
 
 
 def _error(sub: Subscriber, message: str) -> None:
-    sub.offer(0, text_frame(encoder.encode(Error(message=message, track_id=sub.track_id))))
+    sub.offer(0, message_frame(Error(message=message, track_id=sub.track_id)))
 
 
 async def _relay_typing(services: Services, sub: Subscriber, username: str, is_typing: bool) -> None:
