@@ -6,11 +6,12 @@ Tokens of the host's identity provider are checked by `app/tokens.py`.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 import jwt
+
+from app.problems import whole_seconds
 
 ALGORITHM = "HS256"
 DEFAULT_TTL = 24 * 3600
@@ -31,7 +32,7 @@ class IdentityProviderUnavailable(Exception):
             "identity provider unavailable: its keys cannot be fetched to check the token; "
             "try again in a few seconds"
         )
-        self.retry_after = max(1, math.ceil(retry_after))
+        self.retry_after = whole_seconds(retry_after)
         """Seconds until tracktalk asks the identity provider again."""
 
 

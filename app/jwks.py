@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -58,6 +60,12 @@ class JwksKeys:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
+        if _in_clear(url):
+            log.warning(
+                "TRACKTALK_JWKS_URL %s is plain http: whoever can change the traffic on its way can "
+                "put in keys of their own and sign any token; use https",
+                url,
+            )
         self.refresh = refresh
         self.cooldown = min(REFETCH_COOLDOWN, refresh)
         self._timeout = timeout
@@ -157,3 +165,17 @@ class JwksKeys:
         if not keys:
             log.warning("the JWKS at %s lists no key that tracktalk can use", self.url)
         return keys
+
+
+def _in_clear(url: str) -> bool:
+    """Whether the JWKS travels unprotected: plain http to another host than this one."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return False
+    host = parts.hostname or ""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True

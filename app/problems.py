@@ -6,6 +6,8 @@ its HTTP status, in one place. Every message is safe to show and says what to fi
 
 from __future__ import annotations
 
+import math
+
 
 class Problem(Exception):
     """A request that cannot be done as asked; the message says why."""
@@ -24,6 +26,11 @@ class Forbidden(Problem):
 
 class Unprocessable(Problem):
     """A well-formed request whose values cannot be accepted (422)."""
+
+
+def whole_seconds(wait: float) -> int:
+    """A wait as the whole seconds a `Retry-After` says (at least 1)."""
+    return max(1, math.ceil(wait))
 
 
 class TooMany(Problem):

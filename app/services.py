@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -64,7 +64,7 @@ class Services:
     listener: Listener
     typing: RateLimiter
     refused: Refusals
-    """Authors told to wait by the comments-per-minute limit, until when."""
+    """Users told to wait by a write limit, by (kind, user id): until when (app/writes.py)."""
     metrics: Metrics
     tokens: TokenVerifier
     """Checks access tokens (tracktalk's own, and the identity provider's)."""
@@ -73,8 +73,6 @@ class Services:
     arrive together."""
     presence: Presence
     """Who is here: listeners per track across replicas, and the `presence` frames."""
-    refused_writes: Refusals = field(default_factory=Refusals)
-    """Users told to wait by the writes-per-minute limit, until when."""
 
 
 @asynccontextmanager

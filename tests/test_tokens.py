@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from app.jwks import FETCH_TIMEOUT
+from app.jwks import FETCH_TIMEOUT, JwksKeys
 from tests.idp import JwksServer, SigningKey, claims, ec_key, ed_key, forge, jwks_server, rsa_key
 from tests.support import ROOT, SECRET, Replica, World, async_wait_until, open_socket, replicas
 
@@ -492,3 +492,25 @@ def test_tracktalk_token_needs_the_secret_even_with_an_identity_provider(db_url:
     assert run.stderr.startswith("tracktalk: TRACKTALK_SECRET is not set: `tracktalk token` signs with it")
     signed = tracktalk("token", "1", DATABASE_URL=db_url, TRACKTALK_SECRET=SECRET)
     assert signed.returncode == 0 and signed.stdout.count(".") == 2
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [
+        ("http://idp.internal/.well-known/jwks.json", True),
+        ("http://10.0.0.7:8080/jwks", True),
+        ("https://idp.example/.well-known/jwks.json", False),
+        ("http://127.0.0.1:8765/jwks.json", False),
+        ("http://localhost/jwks.json", False),
+        ("http://[::1]/jwks.json", False),
+    ],
+)
+async def test_a_jwks_fetched_in_clear_from_another_host_is_warned_about(
+    url: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = JwksKeys(url, 300)
+    await keys.aclose()
+    said = [r.getMessage() for r in caplog.records if r.name == "app.jwks"]
+    assert bool(said) == warned, said
+    if warned:
+        assert "use https" in said[0]

@@ -8,6 +8,7 @@ page never runs a client older than the server it talks to.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,18 @@ MEDIA_TYPES = {
 PATHS = [f"/client/{name}" for name in MEDIA_TYPES]
 
 
+@functools.cache
+def _file(name: str) -> tuple[bytes, str]:
+    """A client file's bytes and ETag, read once (they ship with the code)."""
+    data = (CLIENT / name).read_bytes()
+    return data, f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+
+
 def _answer(request: Request[Any, Any, Any], head: bool) -> Response[Any]:
     """The file named by the path, or 304 when the browser's copy is current; for HEAD the
     same headers (its length included) and no body."""
     name = request.url.path.rsplit("/", 1)[-1]
-    data = (CLIENT / name).read_bytes()
-    etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+    data, etag = _file(name)
     headers = {
         "ETag": etag,
         "Cache-Control": "no-cache",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 from urllib.parse import quote
 
@@ -12,8 +11,7 @@ from litestar.params import Parameter
 from app import comments
 from app.deps import Viewer
 from app.handlers.validation import check_id, check_timestamp, check_track_id, clean_content
-from app.limits import seconds_until_allowed
-from app.problems import Forbidden, TooMany, Unprocessable
+from app.problems import Forbidden, Unprocessable
 from app.services import Services
 from app.tracks import visible_track
 from app.wire import Comment, CommentEdit, CommentIn, LikeState
@@ -50,26 +48,15 @@ async def create_comment(track_id: str, data: CommentIn, services: Services, use
     """Post a comment at `timestamp` seconds into the track, or a reply to `parent_id`."""
     check_track_id(track_id)
     content = clean_content(data.content)
-    limit = services.settings.comments_per_minute
-    if limit and (wait := services.refused.wait(user.id)):
-        raise _too_many_comments(limit, wait)
     # One transaction: a parent deleted meanwhile waits for the reply, not the reply's read-back
     # for it; and the author's next post waits for this one's commit to be counted.
-    async with services.pool.connection() as conn, conn.transaction():
-        if limit and (wait := await seconds_until_allowed(conn, user.id, "comment", limit)):
-            services.refused.refuse(user.id, wait)
-            raise _too_many_comments(limit, wait)
+    async with counted_write(services, user.id, "comment") as conn:
         track = await visible_track(conn, track_id, user.id)
         check_timestamp(data.timestamp, track.duration_seconds)
         if data.parent_id is not None and await comments.parent_track(conn, data.parent_id) != track_id:
             raise Unprocessable(f"parent_id: {data.parent_id} is not a comment of track {track_id!r}")
         comment_id = await comments.insert(conn, track_id, user.id, content, data.timestamp, data.parent_id)
         return await comments.get(conn, comment_id, user.id)
-
-
-def _too_many_comments(limit: int, wait: float) -> TooMany:
-    seconds = math.ceil(wait)
-    return TooMany(f"at most {limit} comments a minute: post again in {seconds} s", retry_after=seconds)
 
 
 @put("/api/comments/{comment_id:int}", tags=_TAG)

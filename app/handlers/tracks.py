@@ -69,7 +69,10 @@ async def _change(track_id: str, services: Services, user: Viewer, action: Any) 
     async with counted_write(services, user.id) as conn:
         await tracks.visible_track(conn, track_id, user.id)
         await action(conn, track_id, user.id)
-        return await _with_listening(services, conn, await tracks.metrics(conn, track_id, user.id))
+        found = await tracks.metrics(conn, track_id, user.id)
+    # After the commit: the write's locks on the track's rows are not held for the count's query.
+    async with services.pool.connection() as conn:
+        return await _with_listening(services, conn, found)
 
 
 async def _with_listening(services: Services, conn: Conn, found: TrackMetrics) -> TrackMetrics:
