@@ -1,6 +1,7 @@
 -- tracktalk: tables.
 --
--- Safe to run again and again: every statement creates only what is missing and never drops.
+-- Safe to run again and again: every statement creates only what is missing, or turns what an
+-- older version made into what this one needs (no rows of the app's are dropped).
 -- Apply it, then sql/triggers.sql, in one transaction:
 --
 --     psql "$DATABASE_URL" -v ON_ERROR_STOP=1 --single-transaction \
@@ -188,8 +189,9 @@ CREATE INDEX IF NOT EXISTS events_created_at ON tracktalk.events (created_at);
 -- and unlikes, shares; the writes-per-minute limit). What the limits count
 -- (tracktalk.wait_to_write), on every replica alike. Posts, not comments: deleting a comment
 -- gives no room back. UNLOGGED (no WAL): after a crash it starts empty, which forgives at most a
--- minute of writing. Pruned with the events (tracktalk.prune_events). (Version 2's
--- tracktalk.comment_posts is no longer used: drop it when you like.)
+-- minute of writing. Pruned with the events (tracktalk.prune_events). It replaces
+-- tracktalk.comment_posts, which counted comment posts only.
+DROP TABLE IF EXISTS tracktalk.comment_posts;
 CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.recent_writes (
     user_id  bigint NOT NULL,
     kind     text NOT NULL CHECK (kind IN ('comment', 'write')),
@@ -220,8 +222,8 @@ CREATE TABLE IF NOT EXISTS tracktalk.comment_mentions (
     PRIMARY KEY (comment_id, user_id)
 );
 CREATE INDEX IF NOT EXISTS comment_mentions_user_id ON tracktalk.comment_mentions (user_id);
--- Upgrading from version 2 or older (the table is new, so empty): the mentions made so far count
--- toward their comment's ten.
+-- In a database that had mentions before this table (it is empty then), they count toward their
+-- comment's ten.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM tracktalk.comment_mentions) THEN

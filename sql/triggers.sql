@@ -977,15 +977,17 @@ INSERT INTO tracktalk.comment_stats (comment_id, likes)
 SELECT comment_id, count(*) FROM comment_likes GROUP BY comment_id
 ON CONFLICT (comment_id) DO NOTHING;
 
--- Events of tracks deleted while track_state rows still went with their track: their numbers
--- would be used again by a track made with the same id.
+-- Events of tracks deleted while track_state rows still went with their track (schema versions
+-- before 3): their numbers would be used again by a track made with the same id. Only then: on a
+-- newer schema there are none, and the scan of the whole log is not made.
 DELETE FROM tracktalk.events e
- WHERE NOT EXISTS (SELECT 1 FROM tracktalk.track_state s WHERE s.track_id = e.track_id);
+ WHERE (SELECT coalesce(max(version), 0) FROM tracktalk.schema_version) < 3
+   AND NOT EXISTS (SELECT 1 FROM tracktalk.track_state s WHERE s.track_id = e.track_id);
 
 -- The channel key, made once.
 SELECT tracktalk.rotate_channel_key() WHERE NOT EXISTS (SELECT 1 FROM tracktalk.channel_key);
 
--- A replica serves a schema of its own version or newer (each version keeps what the one before
--- it uses); docs/dba.md lists what each version added.
+-- A replica serves a schema of its own version or newer; docs/dba.md lists what each version
+-- added, and which upgrades need the old replicas stopped first (2 to 3).
 INSERT INTO tracktalk.schema_version (version) VALUES (4)
 ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, applied_at = now();

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from app.config import Settings
-from app.db import SCHEMA_VERSION, create_pool
+from app.db import SCHEMA_VERSION, create_pool, migrate
 from app.embedded import EmbeddedPostgres
 from tests.support import (
     ROOT,
@@ -444,3 +444,37 @@ def test_writes_on_a_long_lived_connection_survive_a_column_added_then_dropped(
         ("dave", "mention"),
         ("tina", "comment"),
     ]
+
+
+def test_the_sql_applied_again_changes_nothing_a_replica_relies_on(new_database: Callable[[], str]) -> None:
+    """DBAs apply sql/ on every upgrade, and may apply it twice: nothing made is lost or renumbered."""
+    url = new_database()
+    world = seed(url)
+    state = (
+        "SELECT (SELECT json_agg(s ORDER BY track_id) FROM tracktalk.track_state s),"
+        " (SELECT json_agg(json_build_array(track_id, seq, message::text) ORDER BY track_id, seq)"
+        "    FROM tracktalk.events),"
+        " (SELECT key FROM tracktalk.channel_key),"
+        " (SELECT count(*) FROM notifications)"
+    )
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO comments (track_id, user_id, content, timestamp) VALUES (%s, %s, 'kept', 1)",
+            (world.public, world.users["alice"]),
+        )
+        conn.execute(
+            "INSERT INTO track_likes (track_id, user_id) VALUES (%s, %s)", (world.public, world.users["bob"])
+        )
+        before = conn.execute(state).fetchone()
+    assert migrate(url) == SCHEMA_VERSION
+    assert migrate(url) == SCHEMA_VERSION
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute(state).fetchone() == before
+        conn.execute(
+            "INSERT INTO comments (track_id, user_id, content, timestamp) VALUES (%s, %s, 'after', 2)",
+            (world.public, world.users["alice"]),
+        )
+        seqs = conn.execute(
+            "SELECT array_agg(seq ORDER BY seq) FROM tracktalk.events WHERE track_id = %s", (world.public,)
+        ).fetchone()
+    assert seqs is not None and seqs[0] == list(range(1, len(seqs[0]) + 1))  # numbering went on
