@@ -16,7 +16,9 @@ quarter second:
 - heartbeat, every 5 s: a replica not seen for 12 s counts no one (a SIGKILL, a network cut), and
   is deleted with its rows after 10 minutes. A replica id is stable across restarts
   (TRACKTALK_REPLICA_ID, default host name:port): a restart deletes its old rows and changes its
-  `instance`, and the others drop the old instance's rows when they see the new one.
+  `instance`, and the others drop the old instance's rows when they see the new one. A write
+  takes effect only while its process holds the id: one whose id another live process claimed
+  writes nothing more under it, and moves to an id of its own (`id/instance`).
 
 The count of a track is |union of the live replicas' users| + the sum of their anonymous
 sockets (app/roster.py keeps it). A change goes out as `presence` at most once a second per
@@ -94,8 +96,9 @@ class Table(Protocol):
     async def beat(self, replica: str, instance: str, forget: float) -> Beat:
         """The heartbeat."""
 
-    async def write(self, replica: str, rows: list[Row], drop: list[str]) -> None:
-        """Write rows of tracks that changed; delete empty rows of `drop`."""
+    async def write(self, replica: str, instance: str, rows: list[Row], drop: list[str]) -> bool:
+        """Write rows of tracks that changed, delete empty rows of `drop`, if this process still
+        holds the replica id; False (nothing written) if it does not."""
 
     async def read(self, since: int, fresh: list[str]) -> Snapshot:
         """Heartbeats, rows changed since `since` (0: all), all rows of `fresh` tracks."""
@@ -394,11 +397,18 @@ class Presence:
         if not rows and not drop:
             return
         try:
-            await self._table.write(self.replica, rows, drop)
+            held = await self._table.write(self.replica, self._instance, rows, drop)
         except BaseException:
             self._dirty |= dirty
             raise
         self.writes += 1
+        if not held:
+            # The heartbeat row is gone, or another process claimed the id: nothing was written.
+            # The heartbeat finds which, and does what it does then (rows written again, or
+            # under an id of this process's own) without waiting for its turn.
+            self._dirty |= dirty
+            await self._beat()
+            return
         now = loop.time()
         for track_id in drop:
             del self._empty_rows[track_id]

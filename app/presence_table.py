@@ -56,10 +56,13 @@ class Snapshot:
 
 
 _CLAIM = """
-    WITH cleared AS (DELETE FROM tracktalk.presence WHERE replica = %(replica)s)
     INSERT INTO tracktalk.replicas AS r (id, instance) VALUES (%(replica)s, %(instance)s)
     ON CONFLICT (id) DO UPDATE SET instance = excluded.instance, seen_at = now(), started_at = now()
 """
+
+_CLEAR = "DELETE FROM tracktalk.presence WHERE replica = %(replica)s"
+"""After _CLAIM, in its transaction: a statement of its own, so that its snapshot comes after the
+claim took the heartbeat row, and so has every row that a write of the old holder committed."""
 
 _BEAT = """
     WITH forgotten AS (
@@ -77,18 +80,26 @@ _BEAT = """
 """
 
 _WRITE = """
-    WITH written AS (
+    WITH mine AS (
+        SELECT true FROM tracktalk.replicas
+         WHERE id = %(replica)s AND instance = %(instance)s
+           FOR SHARE
+    ), written AS (
         INSERT INTO tracktalk.presence AS p (replica, track_id, users, anonymous)
         SELECT %(replica)s, w.track_id, w.users::bigint[], w.anonymous
           FROM unnest(%(tracks)s::text[], %(users)s::text[], %(anonymous)s::int[])
                AS w (track_id, users, anonymous)
+         WHERE EXISTS (SELECT FROM mine)
         ON CONFLICT (replica, track_id) DO UPDATE
            SET users = excluded.users, anonymous = excluded.anonymous,
                changed = pg_current_xact_id(), changed_at = now()
+    ), dropped AS (
+        DELETE FROM tracktalk.presence
+         WHERE replica = %(replica)s AND track_id = ANY(%(drop)s::text[])
+           AND track_id <> ALL(%(tracks)s::text[]) AND users = '{}' AND anonymous = 0
+           AND EXISTS (SELECT FROM mine)
     )
-    DELETE FROM tracktalk.presence
-     WHERE replica = %(replica)s AND track_id = ANY(%(drop)s::text[]) AND track_id <> ALL(%(tracks)s::text[])
-       AND users = '{}' AND anonymous = 0
+    SELECT EXISTS (SELECT FROM mine)
 """
 
 _READ = """
@@ -122,15 +133,20 @@ _COUNT = """
 
 
 class PresenceTable:
-    """The statements of presence, each one round trip on a connection of the request pool."""
+    """The statements of presence, each one round trip on a connection of the request pool (but
+    the claim, once a start: a transaction of two statements)."""
 
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
 
     async def claim(self, replica: str, instance: str) -> None:
-        """Take `replica` for this process: its rows of an earlier run go, its heartbeat is now."""
-        async with self._pool.connection() as conn:
+        """Take `replica` for this process: its heartbeat is now, and every row under it goes (of
+        an earlier run, or of another process that held it: that one's writes stop at once)."""
+        async with self._pool.connection() as conn, conn.transaction():
+            # The heartbeat row first: it waits for a write of the old holder in flight (which
+            # locks the row), and every later write of the old holder finds it no longer its own.
             await conn.execute(_CLAIM, {"replica": replica, "instance": instance})
+            await conn.execute(_CLEAR, {"replica": replica})
 
     async def beat(self, replica: str, instance: str, forget: float) -> Beat:
         """The heartbeat; replicas silent for `forget` seconds are deleted with their rows."""
@@ -141,20 +157,25 @@ class PresenceTable:
             return Beat.TAKEN
         return Beat.LOST if row[0] else Beat.KEPT
 
-    async def write(self, replica: str, rows: list[Row], drop: list[str]) -> None:
+    async def write(self, replica: str, instance: str, rows: list[Row], drop: list[str]) -> bool:
         """Write this replica's rows of tracks whose listeners changed, and delete its empty rows
-        of `drop`, in one statement."""
-        async with self._pool.connection() as conn:
-            await conn.execute(
+        of `drop`, in one statement, if this process (`instance`) still holds `replica`. False
+        when it does not (the heartbeat row is gone, or another process claimed it): nothing
+        was written."""
+        async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(
                 _WRITE,
                 {
                     "replica": replica,
+                    "instance": instance,
                     "tracks": [row.track_id for row in rows],
                     "users": [_array(row.users) for row in rows],
                     "anonymous": [row.anonymous for row in rows],
                     "drop": drop,
                 },
             )
+            row = await cur.fetchone()
+        return bool(row and row[0])
 
     async def read(self, since: int, fresh: list[str]) -> Snapshot:
         """Every replica's heartbeat, the rows changed since `since` (a horizon; 0: all rows)

@@ -55,14 +55,17 @@ class Table:
         self.replicas[replica][1] = 0.0
         return Beat.KEPT
 
-    async def write(self, replica: str, rows: list[Row], drop: list[str]) -> None:
+    async def write(self, replica: str, instance: str, rows: list[Row], drop: list[str]) -> bool:
         self._run("write")
+        if self.replicas.get(replica, [None])[0] != instance:
+            return False
         self.xid += 1
         for row in rows:
             self.rows[(replica, row.track_id)] = (list(row.users), row.anonymous, self.xid)
         for track in drop:
             if self.rows.get((replica, track), ([1], 0, 0))[:2] == ([], 0):
                 del self.rows[(replica, track)]
+        return True
 
     async def read(self, since: int, fresh: list[str]) -> Snapshot:
         self._run("read")
@@ -327,6 +330,25 @@ async def test_a_replica_id_taken_by_another_live_process_is_left_for_a_unique_o
     assert me.presence.replica.startswith("me/")
     assert table.rows[(me.presence.replica, T)][:2] == ([ALICE], 0)
     assert "TRACKTALK_REPLICA_ID" in caplog.text
+
+
+async def test_a_write_that_finds_the_id_claimed_by_another_process_moves_to_its_own_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    table = Table()
+    me = Replica(table, timing=Timing(tick=0.0, heartbeat=3600.0, send_every=0.0))
+    me.join(ALICE)
+    await me.presence.tick()
+    assert table.rows[("me", T)][:2] == ([ALICE], 0)
+    await table.claim("me", "someone-else")  # another process starts with the same id
+    me.join(BOB)
+    await me.presence.tick()  # no heartbeat due: the write finds it out
+    assert ("me", T) not in table.rows  # nothing of this process's under the id it lost ...
+    assert me.presence.replica.startswith("me/")  # ... and it counts under its own at once
+    assert "TRACKTALK_REPLICA_ID" in caplog.text
+    await me.presence.tick()
+    assert table.rows[(me.presence.replica, T)][:2] == ([ALICE, BOB], 0)
+    assert table.replicas["me"][0] == "someone-else"
 
 
 async def test_shutdown_deletes_this_replicas_rows() -> None:
