@@ -2,7 +2,9 @@
 database (the schema applied by `migrate`), each test starting from empty tables.
 
 tests/test_presence_counting.py runs presence over an in-memory copy of these semantics; here
-they are the real ones: a write that takes effect only while its process holds the replica id.
+they are the real ones: the heartbeat's three answers, the 12 s a replica counts for, the 10
+minutes after which it is forgotten, the count, the transaction-id horizon of a read, a write
+that takes effect only while its process holds the replica id.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
 from app.db import create_pool
-from app.presence_table import Beat, PresenceTable, Row
+from app.presence_table import Beat, PresenceTable, Row, Snapshot
 from tests.support import async_wait_until
 
 FORGET = 600.0
 """The service's forget time (Timing.forget_replica)."""
+ALIVE = 12.0
+"""The service's dead-after time (Timing.dead_after)."""
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +63,146 @@ async def instances(pool: AsyncConnectionPool) -> dict[str, str]:
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT id, instance FROM tracktalk.replicas")
         return dict(await cur.fetchall())
+
+
+async def age(pool: AsyncConnectionPool, replica: str, seconds: float) -> None:
+    """Make a replica's last heartbeat `seconds` old."""
+    await run(
+        pool,
+        "UPDATE tracktalk.replicas SET seen_at = now() - %s * interval '1 second' WHERE id = %s",
+        seconds,
+        replica,
+    )
+
+
+async def count(table: PresenceTable, pool: AsyncConnectionPool, track: str, exclude: str) -> int:
+    async with pool.connection() as conn:
+        return await table.count(conn, track, exclude, ALIVE)
+
+
+def found(snapshot: Snapshot) -> dict[tuple[str, str], tuple[list[int], int]]:
+    return {(row.replica, row.track_id): (row.users, row.anonymous) for row in snapshot.rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# Heartbeats, writes, reads
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_claim_beat_write_and_read_round_trip(table: PresenceTable, pool: AsyncConnectionPool) -> None:
+    await table.claim("r1", "i1")
+    assert await table.beat("r1", "i1", FORGET) is Beat.KEPT
+    rows = [Row("r1", "x", [2, 1], 1), Row("r1", "y", [], 3)]
+    assert await table.write("r1", "i1", rows, []) is True
+    snapshot = await table.read(0, [])
+    assert set(snapshot.peers) == {"r1"} and snapshot.peers["r1"].instance == "i1"
+    assert 0 <= snapshot.peers["r1"].age < 5
+    assert found(snapshot) == {("r1", "x"): ([2, 1], 1), ("r1", "y"): ([], 3)}
+    assert await table.write("r1", "i1", [Row("r1", "x", [7], 0)], []) is True  # replaced whole
+    assert await stored(pool) == {("r1", "x"): ([7], 0), ("r1", "y"): ([], 3)}
+
+
+async def test_a_heartbeat_finds_its_row_kept_taken_or_lost(
+    table: PresenceTable, pool: AsyncConnectionPool
+) -> None:
+    await table.claim("r1", "i1")
+    assert await table.beat("r1", "i1", FORGET) is Beat.KEPT
+    assert await table.beat("r1", "someone-else", FORGET) is Beat.TAKEN
+    assert await instances(pool) == {"r1": "i1"}  # a heartbeat never takes the id
+    await run(pool, "DELETE FROM tracktalk.replicas")  # what a crash does to unlogged tables
+    assert await table.beat("r1", "i1", FORGET) is Beat.LOST
+    assert await instances(pool) == {"r1": "i1"}  # back
+    assert await table.beat("r1", "i1", FORGET) is Beat.KEPT
+
+
+async def test_a_write_deletes_only_the_empty_rows_it_is_told_to_drop(
+    table: PresenceTable, pool: AsyncConnectionPool
+) -> None:
+    await table.claim("r1", "i1")
+    await table.write("r1", "i1", [Row("r1", t, [], 0) for t in ("x", "y")] + [Row("r1", "z", [1], 0)], [])
+    assert await table.write("r1", "i1", [Row("r1", "y", [], 0)], ["x", "y", "z"]) is True
+    # x went; y was written in the same statement; z is not empty
+    assert await stored(pool) == {("r1", "y"): ([], 0), ("r1", "z"): ([1], 0)}
+
+
+async def test_a_read_returns_the_rows_changed_since_its_horizon_and_the_fresh_tracks(
+    table: PresenceTable, pool: AsyncConnectionPool, db_url: str
+) -> None:
+    await table.claim("r1", "i1")
+    await table.write("r1", "i1", [Row("r1", "x", [1], 0), Row("r1", "y", [2], 0)], [])
+    first = await table.read(0, [])
+    assert set(found(first)) == {("r1", "x"), ("r1", "y")}
+    assert found(await table.read(first.horizon, [])) == {}  # nothing changed since
+    await table.write("r1", "i1", [Row("r1", "x", [1, 3], 0)], [])
+    assert found(await table.read(first.horizon, [])) == {("r1", "x"): ([1, 3], 0)}
+    assert set(found(await table.read(first.horizon, ["y"]))) == {("r1", "x"), ("r1", "y")}
+    # A row whose transaction began before a read and commits after it is in the next read.
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as late:
+        async with late.transaction():
+            await late.execute(
+                "INSERT INTO tracktalk.presence (replica, track_id, users) VALUES ('r1', 'late', '{9}')"
+            )
+            during = await table.read(first.horizon, [])
+            assert ("r1", "late") not in found(during)
+        after = await table.read(during.horizon, [])
+    assert found(after)[("r1", "late")] == ([9], 0)
+
+
+async def test_release_deletes_this_process_heartbeat_and_rows_only(
+    table: PresenceTable, pool: AsyncConnectionPool
+) -> None:
+    for replica in ("r1", "r2"):
+        await table.claim(replica, f"{replica}-i")
+        await table.write(replica, f"{replica}-i", [Row(replica, "x", [1], 0)], [])
+    await table.release("r1", "another-process")  # not the one holding r1: nothing goes
+    assert set(await stored(pool)) == {("r1", "x"), ("r2", "x")}
+    await table.release("r1", "r1-i")
+    assert await instances(pool) == {"r2": "r2-i"}
+    assert set(await stored(pool)) == {("r2", "x")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Who counts
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_count_is_the_other_live_replicas_distinct_users_and_anonymous_sockets(
+    table: PresenceTable, pool: AsyncConnectionPool
+) -> None:
+    written = {"me": ([4], 5), "r2": ([1, 2], 1), "r3": ([2, 3], 2)}
+    for replica, (users, anonymous) in written.items():
+        await table.claim(replica, f"{replica}-i")
+        await table.write(replica, f"{replica}-i", [Row(replica, "x", users, anonymous)], [])
+    assert await count(table, pool, "x", "me") == 3 + 3  # 1, 2, 3 and 1 + 2 anonymous; not me's
+    assert await count(table, pool, "x", "r2") == 3 + 7  # 2, 3, 4 and 2 + 5
+    assert await count(table, pool, "nowhere", "me") == 0
+
+
+async def test_a_replica_not_seen_for_12_s_is_not_counted(
+    table: PresenceTable, pool: AsyncConnectionPool
+) -> None:
+    for replica, users in (("r2", [1, 2]), ("r3", [2, 3])):
+        await table.claim(replica, f"{replica}-i")
+        await table.write(replica, f"{replica}-i", [Row(replica, "x", users, 1)], [])
+    await age(pool, "r3", 11)
+    assert await count(table, pool, "x", "me") == 3 + 2
+    await age(pool, "r3", 13)
+    assert await count(table, pool, "x", "me") == 2 + 1  # r3's user 3 and anonymous socket went
+    assert (await table.read(0, [])).peers["r3"].age >= 13  # what the others' rosters go by
+
+
+async def test_a_replica_silent_for_the_forget_time_is_deleted_with_its_rows(
+    table: PresenceTable, pool: AsyncConnectionPool
+) -> None:
+    for replica in ("me", "r2", "r3"):
+        await table.claim(replica, f"{replica}-i")
+        await table.write(replica, f"{replica}-i", [Row(replica, "x", [1], 0)], [])
+    await age(pool, "r2", FORGET + 1)
+    await age(pool, "r3", FORGET - 60)
+    await age(pool, "me", FORGET + 100)  # a heartbeat never forgets its own replica
+    assert await table.beat("me", "me-i", FORGET) is Beat.KEPT
+    assert await instances(pool) == {"me": "me-i", "r3": "r3-i"}
+    assert set(await stored(pool)) == {("me", "x"), ("r3", "x")}
 
 
 # ---------------------------------------------------------------------------------------------
