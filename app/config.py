@@ -60,10 +60,12 @@ _MAX_REPLICA_ID = 200
 
 
 def _replica_id(env: Mapping[str, str], port: int | None) -> str:
-    """TRACKTALK_REPLICA_ID, or host name:port when `port` is known; empty otherwise."""
+    """TRACKTALK_REPLICA_ID, or host name:port when `port` is known; else host name:pid (not
+    stable across restarts: the old process's rows count until its heartbeat is 12 s old)."""
     raw = env.get("TRACKTALK_REPLICA_ID", "").strip()
     if not raw:
-        return f"{socket.gethostname()}:{port}" if port is not None else ""
+        where = port if port is not None else f"pid{os.getpid()}"
+        return f"{socket.gethostname()}:{where}"
     if len(raw) > _MAX_REPLICA_ID or not raw.isprintable():
         raise ConfigError(
             f"TRACKTALK_REPLICA_ID must be at most {_MAX_REPLICA_ID} printable characters: a name of "

@@ -42,20 +42,19 @@ import contextlib
 import logging
 import math
 import os
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 from app.db import Conn
-from app.frames import text_frame
+from app.frames import message_frame
 from app.hub import Hub
+from app.logs import one_line
 from app.presence_table import Beat, Row, Snapshot
 from app.roster import Roster, TrackListeners
 from app.subscriber import Subscriber
 from app.wire import Presence as PresenceMessage
-from app.wire import encoder
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +107,6 @@ class Table(Protocol):
 
     async def count(self, conn: Conn, track_id: str, exclude: str, alive: float) -> int:
         """The count of a track from the rows of the other live replicas."""
-
-
-def made_up_replica_id() -> str:
-    """A replica id for an app made without TRACKTALK_REPLICA_ID or a port (not stable across
-    restarts: its old rows count until its heartbeat is 12 s old)."""
-    return f"{socket.gethostname()}:pid{os.getpid()}"
 
 
 class _Track:
@@ -307,7 +300,7 @@ class Presence:
                         self._table.release(self.replica, self._instance), self._timing.release_timeout
                     )
                 except Exception as exc:
-                    log.warning("rows not deleted at shutdown (%s): the others drop them", _one_line(exc))
+                    log.warning("rows not deleted at shutdown (%s): the others drop them", one_line(exc))
 
     async def _run(self) -> None:
         while True:
@@ -342,7 +335,7 @@ class Presence:
             await self._read()
         except Exception as exc:
             if not self._failing:
-                log.warning("the database failed (%s): counts may lag until it answers", _one_line(exc))
+                log.warning("the database failed (%s): counts may lag until it answers", one_line(exc))
             self._failing = True
             self._since = None  # rows deleted meanwhile would be missed: read them all next time
         else:
@@ -437,9 +430,4 @@ class Presence:
 
 
 def _frame(track_id: str, listening: int) -> bytes:
-    return text_frame(encoder.encode(PresenceMessage(track_id=track_id, listening=listening)))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    return message_frame(PresenceMessage(track_id=track_id, listening=listening))

@@ -30,7 +30,7 @@ from app.feed import Feed
 from app.hub import Hub
 from app.listener import Listener
 from app.metrics import Metrics
-from app.presence import Presence, made_up_replica_id
+from app.presence import Presence
 from app.presence_table import PresenceTable
 from app.ratelimit import RateLimiter, Refusals
 from app.tokens import TokenVerifier
@@ -100,7 +100,7 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
         listener.attach(feed)
         metrics.watch(listener, codec)
         tokens = TokenVerifier.from_settings(settings)
-        presence = Presence(hub, PresenceTable(pool), settings.replica_id or made_up_replica_id())
+        presence = Presence(hub, PresenceTable(pool), settings.replica_id)
         metrics.count_presence(presence)
         services = Services(
             settings,
