@@ -88,6 +88,8 @@ class MemoryLog:
         self.gate: dict[str, asyncio.Event] = {}
         self.reads = 0
         self.fail = False
+        self.failures = 0
+        """Reads that raised because of `fail`."""
         self.slow: asyncio.Event | None = None
         """While set but not yet fired, `latest` waits for it (a database that does not answer)."""
         self.waiting = 0
@@ -144,6 +146,7 @@ class MemoryLog:
 
     def _check(self) -> None:
         if self.fail:
+            self.failures += 1
             raise OSError("the database is down")
 
 

@@ -23,6 +23,7 @@ from app.hub import Hub, ShuttingDown, TooManySockets
 from app.subscriber import ANONYMOUS, Subscriber
 from app.wire import Ephemeral, Revoke, TrackBatch, UserBatch
 from tests.fakes import FakeChannels, FakeSocket, MemoryLog
+from tests.support import async_wait_until
 
 LIMIT = 64 * 1024
 T, U = "t1", "t2"
@@ -289,9 +290,10 @@ async def test_a_failing_database_read_is_retried(world: World) -> None:
     _, sock, _ = await world.socket()
     world.log.fail = True
     world.notice(T, world.log.write(T, 2), events=False)
-    await asyncio.sleep(0)
+    await until(lambda: world.log.failures > 0, "a read to fail")
+    assert sock.seqs == []
     world.log.fail = False
-    await until(lambda: sock.seqs == [1, 2], "the retried read", turns=100_000)
+    await async_wait_until(lambda: sock.seqs == [1, 2], 5, "the retried read")  # after a real back-off
 
 
 # ---------------------------------------------------------------------------------------------
