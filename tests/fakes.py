@@ -77,7 +77,7 @@ def event(track_id: str, seq: int, kind: str = "comment_liked") -> bytes:
 
 
 class MemoryLog:
-    """tracktalk.events and track_state in memory; `gate` holds reads of a track until set."""
+    """tracktalk.events and track_state in memory; `gate` holds reads of a track's events until set."""
 
     def __init__(self) -> None:
         self.events: dict[str, dict[int, bytes]] = {}
@@ -86,6 +86,10 @@ class MemoryLog:
         """None: every pair may watch."""
         self.messages: dict[int, tuple[int, bytes]] = {}
         self.gate: dict[str, asyncio.Event] = {}
+        self.answer_gate: dict[str, asyncio.Event] = {}
+        """Holds `latest`'s answer for a track, once read, until set: the read took its snapshot
+        and a commit (and its notice) may come before the answer does."""
+        self.answers_held = 0
         self.reads = 0
         self.fail = False
         self.failures = 0
@@ -118,7 +122,13 @@ class MemoryLog:
             await self.slow.wait()
             self.waiting -= 1
         self._check()
-        return {t: self.last.get(t, 0) for t in track_ids}
+        answer = {t: self.last.get(t, 0) for t in track_ids}
+        for track_id in track_ids:
+            if (gate := self.answer_gate.get(track_id)) is not None:
+                self.answers_held += 1
+                await gate.wait()
+                self.answers_held -= 1
+        return answer
 
     async def after(
         self, track_id: str, after: int, limit: int = PAGE, through: int | None = None

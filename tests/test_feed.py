@@ -318,16 +318,19 @@ async def test_the_first_socket_listens_before_reading_the_cursor_and_loses_noth
 
 
 async def test_notices_that_come_while_a_track_starts_are_read_from_the_log(world: World) -> None:
-    world.log.gate[T] = asyncio.Event()
-    world.channels.hold = asyncio.Event()
-    joining = asyncio.create_task(world.socket())
-    await asyncio.sleep(0)
-    world.channels.hold.set()
-    await asyncio.sleep(0)
-    world.log.gate[T].set()
+    world.log.write(T, 2)
+    world.log.answer_gate[T] = asyncio.Event()
+    joining = asyncio.create_task(world.socket(since=2))  # a client that saw 2 comes back
+    await until(lambda: world.log.answers_held > 0, "the start to read the cursor (2)")
+    world.notice(T, world.log.write(T, 1))  # 3 commits and is notified before the cursor is known
+    assert world.log.reads == 0
+    world.log.answer_gate[T].set()
     _, sock, start = await joining
+    assert start in (2, 3)  # the cursor read, or after the catch-up of what the notice named
+    await until(lambda: sock.seqs == [3], "3, read from the log")
+    assert world.log.reads > 0
     world.notice(T, world.log.write(T, 1))
-    assert sock.seqs == [start + 1]
+    assert sock.seqs == [3, 4]  # once each, in order
 
 
 async def test_replay_sends_exactly_the_missed_events_in_pages_then_live(world: World) -> None:
