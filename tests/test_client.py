@@ -488,6 +488,8 @@ async def test_an_expired_token_without_a_fresh_one_stops_the_feed(
     closed = (await wait_status(page, "closed"))[0]
     assert closed["code"] in (4001, 1008) and closed["reason"].startswith("token expired")
     assert len(await page.evaluate("() => log.refusals")) == 1
+    # Closed for good (no reconnect is due: one after the backoff would come too late to be seen).
+    assert await page.evaluate("() => [feed.status, feed.socket]") == ["closed", None]
     scripted.assert_no_more()
 
 
