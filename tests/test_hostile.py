@@ -409,6 +409,20 @@ async def _write_steadily(url: str, track: str, user: int, rate: float, stop: as
     return written
 
 
+STEADY = 60
+"""Events written before an outage and after it (over half a second at 100 a second)."""
+
+
+async def _written_past(url: str, track: str, seq: int, when: str) -> None:
+    """Wait until the track's latest seq is STEADY past `seq`: the writer is in steady state."""
+
+    async def there() -> bool:
+        rows = await sql(url, "SELECT last_seq FROM tracktalk.track_state WHERE track_id = %s", (track,))
+        return bool(rows) and int(rows[0][0]) >= seq + STEADY
+
+    await async_wait_until(there, 30, f"{STEADY} comments written {when}", interval=0.05)
+
+
 async def _everyone_gets_everything(socks: list[Socket], starts: list[int], url: str, track: str) -> None:
     latest = await latest_seq(url, track)
     for sock, start in zip(socks, starts, strict=True):
@@ -447,14 +461,14 @@ async def test_an_outage_under_100_comments_a_second_ends_in_events_not_resync(
                 writer = asyncio.create_task(
                     _write_steadily(url, world.public, world.users["dave"], 100, stop)
                 )
-                await asyncio.sleep(1)  # steady state before the outage
+                await _written_past(url, world.public, max(starts), "before the outage")
                 if outage == "postgres restarts":
                     await asyncio.to_thread(pg.restart)
                 else:
                     proxy.cut()
-                    await asyncio.sleep(3)
+                    await asyncio.sleep(3)  # the outage's length
                     proxy.start()
-                await asyncio.sleep(1)
+                await _written_past(url, world.public, await latest_seq(url, world.public), "after it")
                 stop.set()
                 assert await writer > 100
                 for replica in [*started, *cut]:
