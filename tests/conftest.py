@@ -1,5 +1,6 @@
-"""One embedded PostgreSQL for the whole session; a fresh database per module or test; replicas,
-nginx in front of them, and a headless chromium for the modules that use them."""
+"""One embedded PostgreSQL for the whole session; a fresh database per module or test; replicas
+(plain, or over the demo album), nginx in front of them, and a headless chromium for the modules
+that use them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from playwright.async_api import Browser, async_playwright
 
 from app.db import migrate
+from app.demo import DemoSummary, load_demo
 from app.embedded import EmbeddedPostgres
 from tests.support import CHROMIUM, CHROMIUM_ARGS, Nginx, Replica, World, replicas, seed
 
@@ -84,6 +86,19 @@ def replica(db_url: str, world: World, log_dir: Path) -> Iterator[Replica]:
 def pair(db_url: str, world: World, log_dir: Path) -> Iterator[list[Replica]]:
     """Two `tracktalk serve` processes over the module's one database."""
     with replicas(db_url, log_dir, 2) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def demo(db_url: str) -> DemoSummary:
+    """The demo album (users, tracks with real audio, a thread) in the module's database."""
+    return load_demo(db_url)
+
+
+@pytest.fixture(scope="module")
+def servers(db_url: str, demo: DemoSummary, log_dir: Path) -> Iterator[list[Replica]]:
+    """Two replicas over the module's database, with the demo sign-in on."""
+    with replicas(db_url, log_dir, 2, TRACKTALK_DEMO="1") as started:
         yield started
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +22,8 @@ import pytest
 from playwright.async_api import Browser, Dialog, Locator, Page, expect
 
 from app.auth import issue_token
-from app.demo import DemoSummary, load_demo
-from tests.support import ROOT, SECRET, Replica, replicas
+from app.demo import DemoSummary
+from tests.support import ROOT, SECRET, Replica
 
 WAIT_MS = 15_000
 """Deadline of each wait for something to show up in a page."""
@@ -54,19 +53,6 @@ class Visitor:
     async def shot(self, name: str) -> None:
         SHOTS.mkdir(parents=True, exist_ok=True)
         await self.page.screenshot(path=SHOTS / f"{name}-{self.name}.png", full_page=True)
-
-
-@pytest.fixture(scope="module")
-def demo(db_url: str) -> DemoSummary:
-    """The demo album, tracks with real audio and a thread, in the module's database."""
-    return load_demo(db_url)
-
-
-@pytest.fixture(scope="module")
-def servers(db_url: str, demo: DemoSummary, log_dir: Path) -> Iterator[list[Replica]]:
-    """Two replicas over one database, with the demo sign-in on."""
-    with replicas(db_url, log_dir, 2, TRACKTALK_DEMO="1") as started:
-        yield started
 
 
 async def _visitor(browser: Browser, name: str, replica: Replica) -> Visitor:

@@ -8,15 +8,14 @@ would. Screenshots go to tests/screenshots/ (ignored by git).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
-from app.demo import DemoSummary, load_demo
-from tests.support import ROOT, Replica, replicas
+from app.demo import DemoSummary
+from tests.support import ROOT, Replica
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,19 +25,6 @@ AGREE_MS = 2_000
 """A window shows a change within 2 s (issue 16)."""
 TRACK = "sunrise"
 SHOTS = ROOT / "tests" / "screenshots"
-
-
-@pytest.fixture(scope="module")
-def demo(db_url: str) -> DemoSummary:
-    """The demo album and users in the module's database."""
-    return load_demo(db_url)
-
-
-@pytest.fixture(scope="module")
-def servers(db_url: str, demo: DemoSummary, log_dir: Path) -> Iterator[list[Replica]]:
-    """Two replicas over one database, with the demo sign-in on."""
-    with replicas(db_url, log_dir, 2, TRACKTALK_DEMO="1") as started:
-        yield started
 
 
 @pytest.fixture
