@@ -8,10 +8,9 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.support import Replica, World, async_wait_until, open_socket, replicas
+from tests.support import Replica, World, async_wait_until, metric, open_socket, replicas
 from tests.test_realtime import _rss_kib, insert_comment
 
 BUFFER_KIB = 256
@@ -107,9 +106,4 @@ async def test_many_stalled_sockets_cost_bounded_memory(
 
 
 async def _dropped_slow(replica: Replica) -> float:
-    async with httpx.AsyncClient(timeout=5) as client:
-        text = (await client.get(f"{replica.http}/metrics")).text
-    line = next(
-        line for line in text.splitlines() if line.startswith("tracktalk_sockets_dropped_slow_total ")
-    )
-    return float(line.split()[1])
+    return await metric(replica, "tracktalk_sockets_dropped_slow_total")

@@ -42,6 +42,7 @@ from tests.support import (
     World,
     async_wait_until,
     free_port,
+    metric,
 )
 from tests.test_realtime import insert_comment, post_comment
 
@@ -157,14 +158,6 @@ async def durable(page: Page) -> list[dict[str, Any]]:
 # --- against two real replicas behind nginx ------------------------------------------------
 
 
-def open_sockets(replica: Replica) -> int:
-    """The replica's tracktalk_open_sockets gauge."""
-    text = httpx.get(f"{replica.http}/metrics", timeout=5).text
-    found = re.search(r"^tracktalk_open_sockets (\S+)$", text, re.M)
-    assert found, text[:500]
-    return int(float(found.group(1)))
-
-
 async def stored_events(db_url: str, track: str, after: int) -> list[dict[str, Any]]:
     """The track's events after `after`, as the server keeps them (and replays them)."""
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
@@ -188,7 +181,9 @@ async def test_a_page_with_only_the_module_sees_every_event_in_order_across_a_ki
     await start(page, world.tokens["bob"], trackId=world.timed, baseUrl=nginx.http)
     first = (await wait_status(page, "live"))[0]
     assert first["resumed"] is False
-    holder = next(replica for replica in pair if open_sockets(replica) == 1)
+    open_sockets = [await metric(replica, "tracktalk_open_sockets") for replica in pair]
+    assert 1 in open_sockets, open_sockets
+    holder = pair[open_sockets.index(1)]
     survivor = next(replica for replica in pair if replica is not holder)
 
     async def write(count: int) -> None:
