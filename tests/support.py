@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -352,6 +353,19 @@ def seed(database_url: str) -> World:
         )
     tokens = {name: issue_token(SECRET, uid, 3600) for name, uid in users.items()}
     return World(users=users, tokens=tokens)
+
+
+def new_track(db_url: str, private: bool = False, track_id: str | None = None) -> str:
+    """A track on the seed album (carol's), public unless `private`: a fresh one, or `track_id`
+    (a deleted track made again). Its id."""
+    track_id = track_id or f"t-{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO tracks (id, album_id, title, is_private)"
+            " SELECT %s, id, 'New', %s FROM albums ORDER BY id LIMIT 1",
+            (track_id, private),
+        )
+    return track_id
 
 
 class TcpProxy:

@@ -33,6 +33,7 @@ from tests.support import (
     TcpProxy,
     World,
     async_wait_until,
+    new_track,
     open_socket,
     replicas,
     seed,
@@ -171,26 +172,18 @@ async def test_forged_payloads_neither_add_events_nor_hide_real_ones(
 # ---------------------------------------------------------------------------------------------
 
 
-async def make_track(db_url: str, world: World, track: str, private: bool = False) -> None:
-    await sql(
-        db_url,
-        "INSERT INTO tracks (id, album_id, title, is_private) SELECT %s, album_id, 'remade', %s FROM tracks WHERE id = %s",
-        (track, private, world.public),
-    )
-
-
 async def test_a_deleted_and_remade_track_works_at_once_for_api_sql_and_sockets(
     pair: list[Replica], world: World, db_url: str
 ) -> None:
     track = f"t-remade-{uuid.uuid4().hex[:6]}"
-    await make_track(db_url, world, track)
+    new_track(db_url, track_id=track)
     await post_comment(pair[0].http, world, "alice", track, "before the delete")
     async with open_socket(pair[1].ws, track, world.tokens["bob"]) as old:
         before = (await old.expect("connected"))["seq"]
         await sql(db_url, "DELETE FROM tracks WHERE id = %s", (track,))
         code, reason = await old.closed(timeout=5)
     assert (code, reason) == (1008, "track not found: access to it was taken away")
-    await make_track(db_url, world, track)
+    new_track(db_url, track_id=track)
     async with open_socket(pair[0].ws, track, world.tokens["bob"]) as fresh:
         start = (await fresh.expect("connected"))["seq"]
         assert start >= before  # numbering goes on: no seq is ever used twice
@@ -206,7 +199,7 @@ async def test_a_track_deleted_and_remade_in_one_transaction_makes_open_sockets_
     pair: list[Replica], world: World, db_url: str
 ) -> None:
     track = f"t-swap-{uuid.uuid4().hex[:6]}"
-    await make_track(db_url, world, track)
+    new_track(db_url, track_id=track)
     await insert_comment(db_url, track, world.users["alice"], "old")
     async with open_socket(pair[0].ws, track, world.tokens["bob"]) as sock:
         await sock.expect("connected")
@@ -496,7 +489,7 @@ async def test_live_events_flow_while_the_pool_is_exhausted(
     connection and comes back, which makes the feed check every track against the database, and
     a socket arrives for a track nobody watches here yet. Neither may hold up a live event."""
     track = f"t-pool-{uuid.uuid4().hex[:6]}"  # watched by this replica alone: its channel names its listener
-    await make_track(db_url, world, track)
+    new_track(db_url, track_id=track)
     channel = track_channel(track)
     async with open_socket(small_pool.ws, track, world.tokens["carol"]) as watcher:
         await watcher.expect("connected")

@@ -23,7 +23,7 @@ import pytest
 
 from app import tracks
 from app.auth import issue_token
-from tests.support import SECRET, Replica, Socket, World, open_socket, wait_until
+from tests.support import SECRET, Replica, Socket, World, new_track, open_socket, wait_until
 
 COUNTS = ("likes", "comments", "shares")
 
@@ -33,17 +33,6 @@ def run(db_url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(db_url, autocommit=True) as conn:
         cur = conn.execute(sql, params)
         return cur.fetchall() if cur.description else []
-
-
-def new_track(db_url: str) -> str:
-    """A fresh public track on carol's album, so that each test counts from zero."""
-    track_id = f"m-{uuid.uuid4().hex[:10]}"
-    run(
-        db_url,
-        "INSERT INTO tracks (id, album_id, title) SELECT %s, id, 'Metrics' FROM albums ORDER BY id LIMIT 1",
-        track_id,
-    )
-    return track_id
 
 
 def counts(likes: int, comments: int, shares: int) -> dict[str, int]:
