@@ -11,7 +11,6 @@ import contextlib
 import itertools
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,17 @@ import httpx
 import psycopg
 import pytest
 
-from tests.support import Replica, Socket, World, async_wait_until, free_port, open_socket, replicas
+from tests.support import (
+    Replica,
+    Socket,
+    World,
+    async_wait_until,
+    free_port,
+    metric,
+    new_track,
+    open_socket,
+    replicas,
+)
 from tests.test_realtime import insert_comment
 
 pytestmark = pytest.mark.timeout(180)
@@ -40,18 +49,6 @@ def two(db_url: str, world: World, log_dir: Path) -> Iterator[list[Replica]]:
         db_url, log_dir, 2, TRACKTALK_ANONYMOUS_SOCKETS="1", TRACKTALK_SOCKETS_PER_USER="1000"
     ) as started:
         yield started
-
-
-def new_track(db_url: str, private: bool = False) -> str:
-    """A track nobody listens to yet, on carol's album."""
-    track = f"t-{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO tracks (id, album_id, title, is_private)"
-            " SELECT %s, id, 'Who is here', %s FROM albums ORDER BY id LIMIT 1",
-            (track, private),
-        )
-    return track
 
 
 async def until_listening(sock: Socket, count: int, timeout: float = 5.0) -> float:
@@ -90,10 +87,7 @@ def gaps(sock: Socket) -> list[float]:
 
 async def presence_writes(replica: Replica) -> float:
     """tracktalk_presence_writes_total of the replica's /metrics."""
-    async with httpx.AsyncClient(timeout=10) as client:
-        text = (await client.get(f"{replica.http}/metrics")).text
-    [line] = [line for line in text.splitlines() if line.startswith("tracktalk_presence_writes_total ")]
-    return float(line.split()[1])
+    return await metric(replica, "tracktalk_presence_writes_total")
 
 
 async def test_two_users_on_two_replicas_count_two_on_both_and_one_within_2_s_of_leaving(
