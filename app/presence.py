@@ -47,6 +47,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
+from app.background import background
 from app.db import Conn
 from app.frames import message_frame
 from app.hub import Hub
@@ -287,13 +288,10 @@ class Presence:
     async def running(self) -> AsyncIterator[None]:
         """Claim the replica id, keep the tables and the counts up to date while the block runs,
         then delete this replica's rows."""
-        task = asyncio.create_task(self._run())
         try:
-            yield
+            async with background(self._run()):
+                yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             if self._claimed:
                 try:
                     await asyncio.wait_for(

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
 from app import close_codes
+from app.background import background
 from app.batch import Batched
 from app.channels import Codec
 from app.config import Settings
@@ -119,11 +118,11 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
         )
         async with (
             tokens,
-            _background(listener.run()),
-            _background(feed.deliver_user_messages()),
-            _background(feed.enforce_access()),
-            _background(_prune_forever(events)),
-            _background(_expire_forever(hub)),
+            background(listener.run()),
+            background(feed.deliver_user_messages()),
+            background(feed.enforce_access()),
+            background(_prune_forever(events)),
+            background(_expire_forever(hub)),
             presence.running(),
         ):
             yield services
@@ -136,18 +135,6 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
 async def _watchers(pool: AsyncConnectionPool, wanted: list[tuple[str, int | None]]) -> list[Watcher]:
     async with pool.connection() as conn:
         return await watchers(conn, wanted)
-
-
-@asynccontextmanager
-async def _background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
-    """Run `coro` as a task for the duration of the block; cancel it and wait at the end."""
-    task = asyncio.create_task(coro)
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _expire_forever(hub: Hub) -> None:
