@@ -43,16 +43,36 @@ class SchemaError(Exception):
     """The database's schema is missing or not the version this code needs."""
 
 
+_FIRST_MIGRATION_TRIES = 3
+"""Runs of a migration that met another one making the schema at the same moment."""
+
+
 def migrate(conninfo: str) -> int:
-    """Apply sql/schema.sql then sql/triggers.sql in one transaction; return the version."""
+    """Apply sql/schema.sql then sql/triggers.sql in one transaction; return the version.
+
+    One migration at a time: schema.sql locks tracktalk.schema_version first, a lock only the
+    schema's owner can take. Two first migrations at once both try to make the schema; the later
+    one fails on pg_namespace's unique index once the earlier commits, and runs again.
+    """
+    for attempt in range(1, _FIRST_MIGRATION_TRIES + 1):
+        try:
+            version = _apply(conninfo)
+        except psycopg.errors.UniqueViolation:
+            if attempt == _FIRST_MIGRATION_TRIES:
+                raise
+            log.info("another migration made the schema at the same moment: running again")
+        else:
+            log.info("schema version %s applied", version)
+            return version
+    raise AssertionError("unreachable")
+
+
+def _apply(conninfo: str) -> int:
     with psycopg.connect(conninfo, autocommit=False) as conn:
-        # One migration at a time, even from several replicas starting together.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('tracktalk.migrate'))")
         conn.execute("SET LOCAL client_min_messages = warning")
         for name in SQL_FILES:
             conn.execute((SQL_DIR / name).read_text(encoding="utf-8").encode())
         version = _read_version(conn)
-    log.info("schema version %s applied", version)
     return version if version is not None else 0
 
 

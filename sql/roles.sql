@@ -98,6 +98,7 @@ BEGIN
             ('tracktalk.comment_stats',         'SELECT', 'tracktalk_app'),
             ('tracktalk.events',                'SELECT', 'tracktalk_app'),
             ('tracktalk.recent_writes',         'SELECT', 'tracktalk_app'),
+            ('tracktalk.write_turns',           'SELECT', 'tracktalk_app'),
             ('tracktalk.comment_mentions',      'SELECT', 'tracktalk_app'),
             ('tracktalk.track_audio',           'SELECT', 'tracktalk_app'),
             -- who is here: each replica's heartbeat and its listeners per track
