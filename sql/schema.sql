@@ -321,7 +321,12 @@ FROM comments c
 JOIN users u ON u.id = c.user_id
 LEFT JOIN tracktalk.comment_stats s ON s.comment_id = c.id;
 
--- A notification as GET /api/notifications and the `notification` message show it.
+-- A notification as GET /api/notifications and the `notification` and `mention` messages show
+-- it: only while its recipient may see its track (tracktalk.can_see, written out). A notification
+-- made while they could (a team member's, say) is not shown once they cannot (off the team, the
+-- track made private): not its track's title, not the comment's text, which is read here as it is
+-- now, edits included. The row stays, and shows again if access comes back. The unread count
+-- leaves the same ones out (app/notifications.py).
 CREATE OR REPLACE VIEW tracktalk.notification_objects AS
 SELECT n.id,
        n.user_id,
@@ -337,4 +342,8 @@ SELECT n.id,
 FROM notifications n
 JOIN users a ON a.id = n.actor_id
 JOIN tracks t ON t.id = n.track_id
-LEFT JOIN comments c ON c.id = n.comment_id;
+JOIN albums al ON al.id = t.album_id
+LEFT JOIN comments c ON c.id = n.comment_id
+WHERE NOT t.is_private
+   OR al.created_by_id = n.user_id
+   OR EXISTS (SELECT 1 FROM users r WHERE r.id = n.user_id AND r.is_team);

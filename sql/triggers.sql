@@ -224,7 +224,8 @@ BEGIN
 END
 $$;
 
--- The messages that tell recipients about notifications `ids`, in id order.
+-- The messages that tell recipients about notifications `ids`, in id order: none for a recipient
+-- who may no longer see the track (tracktalk.notification_objects leaves those out).
 CREATE OR REPLACE FUNCTION tracktalk.user_messages(ids bigint[])
 RETURNS TABLE (user_id bigint, message jsonb)
 LANGUAGE plpgsql STABLE AS $$
