@@ -1,7 +1,11 @@
 """The database's side of issue 23, through real roles, real replicas and a real server.
 
-A role that may only connect can hold up no write and no migration. docs/security.md ("The holes
-of issue 23") lists the tests.
+A role that may only connect can hold up no write and no migration; a NOTIFY queue pinned by a
+session idle in a transaction fails /readyz and `tracktalk check`, both naming that session;
+`tracktalk check` on a careless database and on one set up as docs/dba.md says; /readyz answers
+at once while the database is away; a migration refused for want of a grant says so in one line;
+sql/roles.sql takes PUBLIC's CONNECT and TEMPORARY; a dump restored as docs/dba.md says is served
+and goes live. docs/security.md ("The holes of issue 23") lists them.
 """
 
 from __future__ import annotations
@@ -10,25 +14,31 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
 import pytest
 from psycopg import sql as pgsql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from app.db import SCHEMA_VERSION, migrate
 from app.embedded import EmbeddedPostgres
 from tests.support import (
     ROOT,
     Replica,
+    TcpProxy,
     World,
+    async_wait_until,
+    metric,
     replicas,
 )
+from tests.test_operations import tracktalk
+from tests.test_realtime import sql
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -181,3 +191,169 @@ def test_two_first_migrations_at_once_both_succeed(pg: EmbeddedPostgres) -> None
         with psycopg.connect(pg.url, autocommit=True) as conn:
             for name in names:
                 conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. A pinned NOTIFY queue, and `tracktalk check`
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_a_pinned_notify_queue_fails_readyz_and_check_naming_the_session_that_pins_it(
+    db_url: str, world: World, log_dir: Path
+) -> None:
+    """A stranger LISTENs, then sits idle in a transaction; 300 notifications of 7.9 kB fill about
+    0.03 % of the server's queue, past a limit lowered to 0.01 % for the test (the same code as at
+    50 %). When the session goes, the replica is ready again."""
+    limit = "0.0001"
+    with (
+        replicas(db_url, log_dir, 1, TRACKTALK_NOTIFY_QUEUE_LIMIT=limit) as (replica,),
+        stranger(db_url) as url,
+    ):
+        assert (await readyz(replica)).json()["checks"]["notify_queue"] is True
+        pinner = psycopg.connect(as_role(db_url, conninfo_to_dict(url)["user"], application_name="pinner"))
+        try:
+            pinner.execute("LISTEN anything")
+            pinner.commit()
+            pinner.execute("SELECT 1")  # and now idle in a transaction, for as long as it likes
+            pid = pinner.info.backend_pid
+            await sql(
+                db_url, "SELECT pg_notify('filler', i || repeat('x', 7900)) FROM generate_series(1, 300) i"
+            )
+            usage = float(one(db_url, "SELECT pg_notification_queue_usage()"))
+            assert usage > float(limit), usage
+
+            answer = await async_wait_until(lambda: readyz_with(replica, 503), 10, "/readyz to fail")
+            body = answer.json()
+            assert body["checks"] == {
+                "database": True,
+                "schema": True,
+                "listener": True,
+                "notify_queue": False,
+            }
+            held_by = body["notify_queue"]["held_by"]
+            assert (held_by["pid"], held_by["application_name"]) == (pid, "pinner"), body
+            assert held_by["state"] == "idle in transaction"
+            assert f"SELECT pg_terminate_backend({pid})" in body["detail"], body["detail"]
+            assert await metric(replica, "tracktalk_notify_queue_usage") >= usage
+
+            checked = await asyncio.to_thread(tracktalk, "check", "--queue-alert", limit, database_url=db_url)
+            assert checked.returncode == 1, checked.stdout + checked.stderr
+            queue_line = next(line for line in findings(checked.stdout) if "the NOTIFY queue is" in line)
+            assert f"pid {pid} (application 'pinner'" in queue_line, queue_line
+        finally:
+            pinner.close()
+        await async_wait_until(lambda: readyz_with(replica, 200), 10, "/readyz to pass again")
+
+
+def findings(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("FIX")]
+
+
+def test_check_reports_what_a_careless_database_leaves_open(new_database: Callable[[], str]) -> None:
+    """A database as the tests make it (migrated by a superuser, PUBLIC's CONNECT kept), with a
+    replica gone silent and a default isolation the replicas do not expect."""
+    url = new_database()
+    name = conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO tracktalk.replicas (id, instance, seen_at)"
+            " VALUES ('gone:8000', 'x', now() - interval '5 minutes')"
+        )
+        conn.execute(f"ALTER DATABASE {name} SET default_transaction_isolation = 'repeatable read'")
+    checked = tracktalk("check", database_url=url)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    found = "\n".join(findings(checked.stdout))
+    for expected in [
+        f"PUBLIC may connect to database {name}",
+        f"REVOKE CONNECT, TEMPORARY ON DATABASE {name} FROM PUBLIC",
+        "replica gone:8000 has not been heard from for 300 s",
+        "defaults to repeatable read",
+        "idle_in_transaction_session_timeout is off",
+        "SECURITY DEFINER functions of the schema tracktalk",
+    ]:
+        assert expected in found, f"{expected!r} not in:\n{checked.stdout}"
+    assert checked.stdout.rstrip().endswith('(docs/dba.md, "tracktalk check")')
+
+
+def test_check_finds_nothing_in_a_database_set_up_as_docs_dba_says(empty_database: str) -> None:
+    admin = empty_database
+    name = conninfo_to_dict(admin)["dbname"]
+    _, app = set_up_as_docs_say(admin)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {name} SET idle_in_transaction_session_timeout = '5min'")
+        conn.execute(f"ALTER ROLE tracktalk_app IN DATABASE {name} SET statement_timeout = '5s'")
+    for url in (admin, app):  # as the server's superuser, and as the app role
+        checked = tracktalk("check", database_url=url)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert findings(checked.stdout) == []
+        assert "no findings" in checked.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. What a DBA hit
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_readyz_answers_at_once_while_the_database_is_away_and_calls_the_schema_unknown(
+    pg: EmbeddedPostgres, db_url: str, world: World, log_dir: Path
+) -> None:
+    """The request pool reaches the database through a proxy that the test cuts (the LISTEN
+    connection goes direct, so only the database's check is at stake)."""
+    port = urlsplit(pg.url).port
+    assert port is not None
+    proxy = TcpProxy(port).start()
+    parts = urlsplit(db_url)
+    through_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+    try:
+        with replicas(through_proxy, log_dir, 1, TRACKTALK_LISTEN_URL=db_url) as (replica,):
+            proxy.cut()
+            await async_wait_until(lambda: readyz_with(replica, 503), 10, "/readyz to fail")
+            for _ in range(5):
+                began = time.monotonic()
+                answer = await readyz(replica)
+                took = time.monotonic() - began
+                assert answer.status_code == 503 and took < 0.5, f"{answer.status_code} after {took:.2f} s"
+                body = answer.json()
+                assert body["checks"] == {
+                    "database": False,
+                    "schema": None,
+                    "listener": True,
+                    "notify_queue": None,
+                }, body
+                assert body["detail"] == "the database does not answer"
+            proxy.start()
+            await async_wait_until(lambda: readyz_with(replica, 200), 15, "/readyz to pass again")
+    finally:
+        proxy.cut()
+
+
+def test_roles_sql_takes_connect_and_temp_from_public_and_locks_out_nobody_connected(
+    empty_database: str,
+) -> None:
+    admin = empty_database
+    name = conninfo_to_dict(admin)["dbname"]
+    public = f"SELECT has_database_privilege('public', '{name}', 'CONNECT'), has_database_privilege('public', '{name}', 'TEMPORARY')"
+    with stranger(admin) as url:
+        with psycopg.connect(url) as connected:  # connected now, through PUBLIC's grant
+            with pytest.raises(psycopg.errors.RaiseException) as stopped:
+                run_sql_file(admin, ROLES_SQL)
+            role = conninfo_to_dict(url)["user"]
+            assert f"these roles, connected now, have it only through PUBLIC: {role}" in str(stopped.value)
+            assert f"GRANT CONNECT ON DATABASE {name} TO <role>" in str(stopped.value.diag.message_hint)
+            assert one(admin, public) is True  # nothing changed: one transaction
+            connected.execute("SELECT 1")
+        owner, app = set_up_as_docs_say(admin)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            assert conn.execute(public).fetchone() == (False, False)
+        with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+            psycopg.connect(url).close()
+
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("CREATE ROLE other_service LOGIN IN ROLE tracktalk_writer")
+    for role_url in (owner, app, as_role(admin, "other_service")):
+        assert one(role_url, "SELECT current_setting('is_superuser')") == "off"
+    # docs/dba.md's settings: the owner changes them; the app role may only read them.
+    with psycopg.connect(owner, autocommit=True) as conn:
+        conn.execute("UPDATE tracktalk.settings SET event_retention = '6 hours'")
+    with psycopg.connect(app, autocommit=True) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("UPDATE tracktalk.settings SET notify_team = false")
