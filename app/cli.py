@@ -14,7 +14,7 @@ from pathlib import Path
 from app.auth import DEFAULT_TTL, issue_token
 from app.check import QUEUE_ALERT
 from app.config import ConfigError, Settings
-from app.db import SchemaError, check_schema, migrate
+from app.db import MigrateError, SchemaError, check_schema, migrate
 
 log = logging.getLogger("app.cli")
 
@@ -169,5 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, SchemaError) as exc:
         print(f"tracktalk: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except MigrateError as exc:
+        print(f"tracktalk: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         pass

@@ -8,6 +8,7 @@ from typing import Any, TypeAlias
 
 import psycopg
 from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -43,6 +44,10 @@ class SchemaError(Exception):
     """The database's schema is missing or not the version this code needs."""
 
 
+class MigrateError(Exception):
+    """The migration was refused (a permission): the message says which role to run it as."""
+
+
 _FIRST_MIGRATION_TRIES = 3
 """Runs of a migration that met another one making the schema at the same moment."""
 
@@ -61,6 +66,8 @@ def migrate(conninfo: str) -> int:
             if attempt == _FIRST_MIGRATION_TRIES:
                 raise
             log.info("another migration made the schema at the same moment: running again")
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise MigrateError(_refused(conninfo, exc)) from None
         else:
             log.info("schema version %s applied", version)
             return version
@@ -74,6 +81,37 @@ def _apply(conninfo: str) -> int:
             conn.execute((SQL_DIR / name).read_text(encoding="utf-8").encode())
         version = _read_version(conn)
     return version if version is not None else 0
+
+
+def _refused(conninfo: str, exc: psycopg.errors.InsufficientPrivilege) -> str:
+    """One line for a DBA: the role refused, what PostgreSQL said, and whom to run it as."""
+    reason = (exc.diag.message_primary or str(exc)).strip()
+    role, database, owner = _who(conninfo)
+    if owner and owner != role:
+        what = f'run it as {owner}, the owner of the schema tracktalk (docs/dba.md, "Three roles")'
+    else:
+        what = (
+            f"run it as a role that may: GRANT CREATE ON DATABASE {database} TO {role}; or, better, run "
+            'sql/roles.sql as a superuser and migrate as tracktalk_owner (docs/dba.md, "Three roles")'
+        )
+    return f"migrate as role {role} was refused ({reason}): {what}"
+
+
+def _who(conninfo: str) -> tuple[str, str, str | None]:
+    """The role and database of `conninfo`, and the owner of the schema tracktalk (None: none yet,
+    or it cannot be asked)."""
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT current_user, current_database(),"
+                " (SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'tracktalk')"
+            ).fetchone()
+    except psycopg.Error:
+        row = None
+    if row is None:
+        params = conninfo_to_dict(conninfo)
+        return str(params.get("user") or "?"), str(params.get("dbname") or "?"), None
+    return str(row[0]), str(row[1]), None if row[2] is None else str(row[2])
 
 
 def _read_version(conn: psycopg.Connection[tuple[object, ...]]) -> int | None:

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,7 +30,7 @@ from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from app.db import SCHEMA_VERSION, migrate
-from app.embedded import EmbeddedPostgres
+from app.embedded import EmbeddedPostgres, find_bindir
 from tests.support import (
     ROOT,
     Replica,
@@ -35,10 +38,12 @@ from tests.support import (
     World,
     async_wait_until,
     metric,
+    open_socket,
     replicas,
+    seed,
 )
 from tests.test_operations import tracktalk
-from tests.test_realtime import sql
+from tests.test_realtime import insert_comment, post_comment, sql
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -327,6 +332,25 @@ async def test_readyz_answers_at_once_while_the_database_is_away_and_calls_the_s
         proxy.cut()
 
 
+def test_a_migration_refused_for_want_of_a_grant_says_whom_to_run_it_as(empty_database: str) -> None:
+    admin = empty_database
+    name = conninfo_to_dict(admin)["dbname"]
+    with stranger(admin) as url:  # the first migration, as a role that may not create anything
+        refused = tracktalk("migrate", database_url=url)
+        role = conninfo_to_dict(url)["user"]
+    assert refused.returncode == 1
+    assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert f"migrate as role {role} was refused (permission denied for database {name})" in refused.stderr
+    assert f"GRANT CREATE ON DATABASE {name} TO {role}" in refused.stderr
+
+    _, app = set_up_as_docs_say(admin)  # a later one, as the app role
+    refused = tracktalk("migrate", database_url=app)
+    assert refused.returncode == 1
+    assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "migrate as role tracktalk_app was refused" in refused.stderr
+    assert "run it as tracktalk_owner, the owner of the schema tracktalk" in refused.stderr
+
+
 def test_roles_sql_takes_connect_and_temp_from_public_and_locks_out_nobody_connected(
     empty_database: str,
 ) -> None:
@@ -357,3 +381,87 @@ def test_roles_sql_takes_connect_and_temp_from_public_and_locks_out_nobody_conne
         conn.execute("UPDATE tracktalk.settings SET event_retention = '6 hours'")
     with psycopg.connect(app, autocommit=True) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("UPDATE tracktalk.settings SET notify_team = false")
+
+
+def run_client(name: str, *args: str) -> None:
+    """A PostgreSQL client program (pg_dump, pg_restore) of the server's own version."""
+    bindir = find_bindir()
+    assert bindir is not None
+    done = subprocess.run(
+        [str(bindir / name), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, f"{name} failed:\n{done.stderr}"
+
+
+@pytest.fixture
+def restore_folder() -> Iterator[Path]:
+    """Where the dump and the new server go: a folder the server's unprivileged user may enter
+    (pytest's own are private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="tracktalk-restore-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_a_dump_restored_as_docs_dba_says_is_served_and_goes_live(
+    empty_database: str, restore_folder: Path, log_dir: Path
+) -> None:
+    """pg_dump of a database set up with the three roles; in a new server: the database, the
+    roles (sql/roles.sql), pg_restore as a superuser (owners kept), sql/roles.sql again; then a
+    replica as the app role serves it and a comment goes live."""
+    source = empty_database
+    owner, _ = set_up_as_docs_say(source)
+    world = seed(owner)
+    before = await insert_comment(owner, world.public, world.users["alice"], "before the dump")
+    before_seq = int(
+        one(owner, "SELECT last_seq FROM tracktalk.track_state WHERE track_id = %s", (world.public,))
+    )
+
+    dump = restore_folder / "tracktalk.dump"
+    run_client("pg_dump", "--format=custom", f"--file={dump}", f"--dbname={source}")
+    with EmbeddedPostgres(restore_folder / "new-server", fast=True) as server:
+        with psycopg.connect(server.url, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE tracktalk_restored")
+        admin = server.url_for("tracktalk_restored")
+        run_sql_file(admin, ROLES_SQL)  # the roles first: the new server has none
+        run_client("pg_restore", "--exit-on-error", "--single-transaction", f"--dbname={admin}", str(dump))
+        run_sql_file(admin, ROLES_SQL)  # the database's grants, which the dump does not hold
+
+        with psycopg.connect(admin, autocommit=True) as conn:
+            owners = conn.execute(
+                """SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class c
+                    WHERE c.relnamespace IN ('public'::regnamespace, 'tracktalk'::regnamespace)
+                   UNION
+                   SELECT DISTINCT pg_get_userbyid(p.proowner) FROM pg_proc p
+                    WHERE p.pronamespace = 'tracktalk'::regnamespace"""
+            ).fetchall()
+        assert owners == [("tracktalk_owner",)], "the SECURITY DEFINER functions must not run as a superuser"
+        checked = tracktalk("check", database_url=admin)
+        assert not [line for line in findings(checked.stdout) if "SECURITY DEFINER" in line], checked.stdout
+
+        with replicas(as_role(admin, "tracktalk_app"), log_dir, 1) as (replica,):
+            async with (
+                open_socket(replica.ws, world.public, world.tokens["bob"]) as watcher,
+                httpx.AsyncClient(base_url=replica.http, timeout=10) as client,
+            ):
+                assert (await watcher.expect("connected"))["seq"] == before_seq
+                listed = await client.get(f"/api/tracks/{world.public}/comments")
+                assert [c["id"] for c in listed.json()] == [before]
+                posted = await post_comment(replica.http, world, "alice", world.public, "after the restore")
+                event = await watcher.expect("new_comment", ignore=("notification", "mention"))
+                assert (event["seq"], event["comment"]["id"]) == (before_seq + 1, posted["id"])
+
+
+def test_the_readme_names_every_database_setting(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'tracktalk'"
+            " AND table_name = 'settings' AND column_name <> 'singleton' ORDER BY ordinal_position"
+        ).fetchall()
+    columns = [str(name) for (name,) in rows]
+    readme = (ROOT / "README.md").read_text()
+    assert len(columns) >= 3
+    missing = [column for column in columns if f"tracktalk.settings.{column}" not in readme]
+    assert missing == [], f"the README does not name these settings: {missing}"
