@@ -405,12 +405,39 @@ def restore_folder() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+OWNERS = """
+    SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class c
+     WHERE c.relnamespace IN ('public'::regnamespace, 'tracktalk'::regnamespace)
+    UNION
+    SELECT DISTINCT pg_get_userbyid(p.proowner) FROM pg_proc p
+     WHERE p.pronamespace = 'tracktalk'::regnamespace
+"""
+"""Who owns tracktalk's tables, views and functions."""
+
+
+def restore(server: EmbeddedPostgres, name: str, dump: Path, *options: str, as_owner: bool = False) -> str:
+    """docs/dba.md's restore into a new database `name` of `server`: roles.sql, pg_restore (as the
+    server's superuser, or as tracktalk_owner), roles.sql again. Its URL as the superuser."""
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} ENCODING 'UTF8' TEMPLATE template0")
+    admin = server.url_for(name)
+    run_sql_file(admin, ROLES_SQL)  # the roles first: a new server has none
+    into = as_role(admin, "tracktalk_owner") if as_owner else admin
+    run_client(
+        "pg_restore", "--exit-on-error", "--single-transaction", *options, f"--dbname={into}", str(dump)
+    )
+    run_sql_file(admin, ROLES_SQL)  # the database's grants, which the dump does not hold
+    return admin
+
+
 async def test_a_dump_restored_as_docs_dba_says_is_served_and_goes_live(
     empty_database: str, restore_folder: Path, log_dir: Path
 ) -> None:
-    """pg_dump of a database set up with the three roles; in a new server: the database, the
-    roles (sql/roles.sql), pg_restore as a superuser (owners kept), sql/roles.sql again; then a
-    replica as the app role serves it and a comment goes live."""
+    """pg_dump of a database set up with the three roles, restored into a new server as a
+    superuser and, into another database, as the owner with --no-owner --role=tracktalk_owner:
+    everything is the owner's, and a replica as the app role serves it and takes a comment live.
+    A --no-owner restore by a superuser leaves the SECURITY DEFINER functions to the superuser:
+    tracktalk check says so."""
     source = empty_database
     owner, _ = set_up_as_docs_say(source)
     world = seed(owner)
@@ -418,30 +445,29 @@ async def test_a_dump_restored_as_docs_dba_says_is_served_and_goes_live(
     before_seq = int(
         one(owner, "SELECT last_seq FROM tracktalk.track_state WHERE track_id = %s", (world.public,))
     )
-
     dump = restore_folder / "tracktalk.dump"
     run_client("pg_dump", "--format=custom", f"--file={dump}", f"--dbname={source}")
+
     with EmbeddedPostgres(restore_folder / "new-server", fast=True) as server:
-        with psycopg.connect(server.url, autocommit=True) as conn:
-            conn.execute("CREATE DATABASE tracktalk_restored")
-        admin = server.url_for("tracktalk_restored")
-        run_sql_file(admin, ROLES_SQL)  # the roles first: the new server has none
-        run_client("pg_restore", "--exit-on-error", "--single-transaction", f"--dbname={admin}", str(dump))
-        run_sql_file(admin, ROLES_SQL)  # the database's grants, which the dump does not hold
+        restored = [
+            restore(server, "restored_by_superuser", dump),
+            restore(server, "restored_by_owner", dump, "--no-owner", "--role=tracktalk_owner", as_owner=True),
+        ]
+        for admin in restored:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                assert conn.execute(OWNERS).fetchall() == [("tracktalk_owner",)]
+            checked = tracktalk("check", database_url=admin)
+            assert not [line for line in findings(checked.stdout) if "SECURITY DEFINER" in line], (
+                checked.stdout
+            )
 
-        with psycopg.connect(admin, autocommit=True) as conn:
-            owners = conn.execute(
-                """SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class c
-                    WHERE c.relnamespace IN ('public'::regnamespace, 'tracktalk'::regnamespace)
-                   UNION
-                   SELECT DISTINCT pg_get_userbyid(p.proowner) FROM pg_proc p
-                    WHERE p.pronamespace = 'tracktalk'::regnamespace"""
-            ).fetchall()
-        assert owners == [("tracktalk_owner",)], "the SECURITY DEFINER functions must not run as a superuser"
-        checked = tracktalk("check", database_url=admin)
-        assert not [line for line in findings(checked.stdout) if "SECURITY DEFINER" in line], checked.stdout
+        careless = restore(server, "restored_without_owners", dump, "--no-owner")
+        with psycopg.connect(careless, autocommit=True) as conn:
+            assert ("tracktalk",) in conn.execute(OWNERS).fetchall()  # the superuser's, now
+        checked = tracktalk("check", database_url=careless)
+        assert [line for line in findings(checked.stdout) if "belong to the superuser tracktalk" in line]
 
-        with replicas(as_role(admin, "tracktalk_app"), log_dir, 1) as (replica,):
+        with replicas(as_role(restored[0], "tracktalk_app"), log_dir, 1) as (replica,):
             async with (
                 open_socket(replica.ws, world.public, world.tokens["bob"]) as watcher,
                 httpx.AsyncClient(base_url=replica.http, timeout=10) as client,
