@@ -30,8 +30,8 @@ CREATE TABLE IF NOT EXISTS tracktalk.schema_version (
 -- One migration at a time (`tracktalk migrate` from several places, or psql with
 -- --single-transaction): the second waits here until the first commits. A lock on a table of
 -- tracktalk's own, which only its owner (or a superuser) may take: never an advisory lock, whose
--- keys every role that can connect may take and hold. EXCLUSIVE mode leaves out ACCESS SHARE, the
--- one lock other roles can get on it (the replicas read it), so none of them can hold it up. Two
+-- keys every role that can connect may take and hold. EXCLUSIVE mode does not conflict with ACCESS
+-- SHARE, the one lock other roles can get on it (the replicas read it): none of them holds it up. Two
 -- first migrations at once cannot both make the schema: the second fails on pg_namespace's unique
 -- index, and `tracktalk migrate` runs again (app/db.py). In a DO block, so that psql without
 -- --single-transaction runs it too (the lock then lasts for the block only).
