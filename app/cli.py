@@ -1,4 +1,4 @@
-"""The `tracktalk` command: serve, migrate, token, demo."""
+"""The `tracktalk` command: serve, migrate, token, demo, check."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from app.auth import DEFAULT_TTL, issue_token
+from app.check import QUEUE_ALERT
 from app.config import ConfigError, Settings
-from app.db import SchemaError, check_schema, migrate
+from app.db import MigrateError, SchemaError, check_schema, migrate
 
 log = logging.getLogger("app.cli")
 
@@ -117,6 +118,18 @@ def cmd_demo(_: argparse.Namespace) -> None:
     print(f"tracktalk: demo data {state}: users {summary.users}, tracks {summary.track_ids}")
 
 
+def cmd_check(args: argparse.Namespace) -> None:
+    """Report the database's exposure; exit 1 on findings."""
+    from app.check import check, report
+
+    if not 0 < args.queue_alert <= 1:
+        raise ConfigError("--queue-alert must be a fraction of the NOTIFY queue: greater than 0, at most 1")
+    with database() as (url, _created):
+        text, code = report(check(url, args.queue_alert))
+    print(text)
+    raise SystemExit(code)
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line of the contract."""
     top = argparse.ArgumentParser(prog="tracktalk", description="Realtime, time-coded track comments.")
@@ -133,6 +146,17 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, default=DEFAULT_TTL, metavar="SECONDS")
     token.set_defaults(run=cmd_token)
     commands.add_parser("demo", help="load the demo data").set_defaults(run=cmd_demo)
+    check = commands.add_parser(
+        "check", help="report what in the database is open to other roles (exit 1 on findings)"
+    )
+    check.add_argument(
+        "--queue-alert",
+        type=float,
+        default=QUEUE_ALERT,
+        metavar="FRACTION",
+        help=f"report the NOTIFY queue from this fraction in use (default {QUEUE_ALERT})",
+    )
+    check.set_defaults(run=cmd_check)
     return top
 
 
@@ -145,5 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, SchemaError) as exc:
         print(f"tracktalk: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except MigrateError as exc:
+        print(f"tracktalk: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         pass

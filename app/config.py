@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from app.keys import key_from_pem
+from app.readiness import NOTIFY_QUEUE_LIMIT
 
 
 class ConfigError(Exception):
@@ -38,6 +39,14 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
     if not value > 0:
         raise ConfigError(f"{name}={raw!r} must be greater than 0")
+    return value
+
+
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    """A number greater than 0 and at most 1."""
+    value = _number(env, name, default)
+    if value > 1:
+        raise ConfigError(f"{name}={env.get(name)!r} must be a fraction: greater than 0, at most 1")
     return value
 
 
@@ -178,6 +187,9 @@ class Settings:
     """TRACKTALK_REPLICA_ID: this replica's name in the presence tables, the same across its
     restarts and different from every other replica's (default host name:port); empty: made up
     at start (app/presence.py)."""
+    notify_queue_limit: float = NOTIFY_QUEUE_LIMIT
+    """TRACKTALK_NOTIFY_QUEUE_LIMIT: the fraction of PostgreSQL's NOTIFY queue in use past which
+    /readyz fails (app/readiness.py)."""
 
     def __post_init__(self) -> None:
         if not self.listen_url:
@@ -247,4 +259,5 @@ class Settings:
             log_json=_flag(env, "TRACKTALK_LOG_JSON", False),
             identity_provider=provider,
             replica_id=_replica_id(env, port),
+            notify_queue_limit=_fraction(env, "TRACKTALK_NOTIFY_QUEUE_LIMIT", NOTIFY_QUEUE_LIMIT),
         )

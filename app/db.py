@@ -8,6 +8,7 @@ from typing import Any, TypeAlias
 
 import psycopg
 from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -43,17 +44,74 @@ class SchemaError(Exception):
     """The database's schema is missing or not the version this code needs."""
 
 
+class MigrateError(Exception):
+    """The migration was refused (a permission): the message says which role to run it as."""
+
+
+_FIRST_MIGRATION_TRIES = 3
+"""Runs of a migration that met another one making the schema at the same moment."""
+
+
 def migrate(conninfo: str) -> int:
-    """Apply sql/schema.sql then sql/triggers.sql in one transaction; return the version."""
+    """Apply sql/schema.sql then sql/triggers.sql in one transaction; return the version.
+
+    One migration at a time: schema.sql locks tracktalk.schema_version first, a lock only the
+    schema's owner can take. Two first migrations at once both try to make the schema; the later
+    one fails on pg_namespace's unique index once the earlier commits, and runs again.
+    """
+    for attempt in range(1, _FIRST_MIGRATION_TRIES + 1):
+        try:
+            version = _apply(conninfo)
+        except psycopg.errors.UniqueViolation:
+            if attempt == _FIRST_MIGRATION_TRIES:
+                raise
+            log.info("another migration made the schema at the same moment: running again")
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise MigrateError(_refused(conninfo, exc)) from None
+        else:
+            log.info("schema version %s applied", version)
+            return version
+    raise AssertionError("unreachable")
+
+
+def _apply(conninfo: str) -> int:
     with psycopg.connect(conninfo, autocommit=False) as conn:
-        # One migration at a time, even from several replicas starting together.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('tracktalk.migrate'))")
         conn.execute("SET LOCAL client_min_messages = warning")
         for name in SQL_FILES:
             conn.execute((SQL_DIR / name).read_text(encoding="utf-8").encode())
         version = _read_version(conn)
-    log.info("schema version %s applied", version)
     return version if version is not None else 0
+
+
+def _refused(conninfo: str, exc: psycopg.errors.InsufficientPrivilege) -> str:
+    """One line for a DBA: the role refused, what PostgreSQL said, and whom to run it as."""
+    reason = (exc.diag.message_primary or str(exc)).strip()
+    role, database, owner = _who(conninfo)
+    if owner and owner != role:
+        what = f'run it as {owner}, the owner of the schema tracktalk (docs/dba.md, "Three roles")'
+    else:
+        what = (
+            f"run it as a role that may: GRANT CREATE ON DATABASE {database} TO {role}; or, better, run "
+            'sql/roles.sql as a superuser and migrate as tracktalk_owner (docs/dba.md, "Three roles")'
+        )
+    return f"migrate as role {role} was refused ({reason}): {what}"
+
+
+def _who(conninfo: str) -> tuple[str, str, str | None]:
+    """The role and database of `conninfo`, and the owner of the schema tracktalk (None: none yet,
+    or it cannot be asked)."""
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT current_user, current_database(),"
+                " (SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'tracktalk')"
+            ).fetchone()
+    except psycopg.Error:
+        row = None
+    if row is None:
+        params = conninfo_to_dict(conninfo)
+        return str(params.get("user") or "?"), str(params.get("dbname") or "?"), None
+    return str(row[0]), str(row[1]), None if row[2] is None else str(row[2])
 
 
 def _read_version(conn: psycopg.Connection[tuple[object, ...]]) -> int | None:

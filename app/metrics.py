@@ -36,7 +36,12 @@ class Metrics:
             registry=self.registry,
         )
         self.notify_queue_usage = 0.0
-        """pg_notification_queue_usage() as last read (every scrape of /metrics reads it)."""
+        """pg_notification_queue_usage() as last read (every scrape of /metrics reads it, and the
+        readiness check every second)."""
+
+    def read_queue_usage(self, usage: float) -> None:
+        """Keep a new reading of pg_notification_queue_usage()."""
+        self.notify_queue_usage = usage
 
     def watch(self, listener: Listener, codec: Codec) -> None:
         """Report the hub's, the listener's and the codec's live counters."""

@@ -32,6 +32,7 @@ from app.metrics import Metrics
 from app.presence import Presence
 from app.presence_table import PresenceTable
 from app.ratelimit import RateLimiter, Refusals
+from app.readiness import Readiness
 from app.tokens import TokenVerifier
 from app.tracks import Watcher, watchers
 
@@ -72,6 +73,8 @@ class Services:
     arrive together."""
     presence: Presence
     """Who is here: listeners per track across replicas, and the `presence` frames."""
+    readiness: Readiness
+    """The database's last answer for /readyz (schema version, NOTIFY queue), read every second."""
 
 
 @asynccontextmanager
@@ -101,6 +104,8 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
         tokens = TokenVerifier.from_settings(settings)
         presence = Presence(hub, PresenceTable(pool), settings.replica_id)
         metrics.count_presence(presence)
+        readiness = Readiness(pool, settings.notify_queue_limit, on_usage=metrics.read_queue_usage)
+        await readiness.check()
         services = Services(
             settings,
             pool,
@@ -115,6 +120,7 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             tokens=tokens,
             watchers=Batched(lambda wanted: _watchers(pool, wanted)),
             presence=presence,
+            readiness=readiness,
         )
         async with (
             tokens,
@@ -123,6 +129,7 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             background(feed.enforce_access()),
             background(_prune_forever(events)),
             background(_expire_forever(hub)),
+            background(readiness.run()),
             presence.running(),
         ):
             yield services

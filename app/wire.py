@@ -151,11 +151,44 @@ class DemoToken(Struct):
     user: DemoUser
 
 
+class QueueHolder(Struct):
+    """The session most likely holding PostgreSQL's NOTIFY queue back: the oldest idle in a
+    transaction (pg_stat_activity; any database of the server, the queue is the server's)."""
+
+    pid: int
+    application_name: str
+    role: str | None
+    database: str | None
+    state: str | None
+    since: datetime | None
+    """When its transaction began (or, for one stuck writing to its client, when it went idle)."""
+
+
+class NotifyQueue(Struct, omit_defaults=True):
+    """pg_notification_queue_usage() and the limit past which /readyz fails."""
+
+    usage: float
+    limit: float
+    held_by: QueueHolder | None = None
+
+
 class Health(Struct):
-    """Answer of /healthz and /readyz."""
+    """Answer of /healthz."""
 
     status: Literal["ok", "unavailable"]
     checks: dict[str, bool] = msgspec.field(default_factory=dict)
+
+
+class Readiness(Struct):
+    """Answer of /readyz: each check true, false, or null when it could not be made (the schema
+    and the NOTIFY queue of a database that does not answer)."""
+
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, bool | None]
+    notify_queue: NotifyQueue | None
+    """None while the database does not answer."""
+    detail: str | None
+    """What is wrong and what to do about it; None when all is well."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -48,11 +48,36 @@ END
 $$;
 GRANT tracktalk_writer TO tracktalk_app;
 
--- The database: the owner creates the schema "tracktalk" in it; the app only connects.
+-- The database: the owner creates the schema "tracktalk" in it; the app and the writers only
+-- connect. PUBLIC's CONNECT and TEMPORARY go (least privilege): a role that can connect can LISTEN
+-- on tracktalk's channels and, by sitting idle in a transaction, pin the server's NOTIFY queue
+-- (docs/dba.md, "Who may listen"); none of tracktalk's roles makes temporary tables. The database's
+-- owner and superusers keep both. Any other role that connects through PUBLIC's grant (the host
+-- app's, a report's) needs a grant of its own: while such a role is connected, the file stops
+-- here and names it rather than lock it out.
 DO $$
+DECLARE
+    db constant text := current_database();
+    stranded text;
 BEGIN
-    EXECUTE format('GRANT CONNECT, CREATE ON DATABASE %I TO tracktalk_owner', current_database());
-    EXECUTE format('GRANT CONNECT ON DATABASE %I TO tracktalk_writer, tracktalk_app', current_database());
+    EXECUTE format('GRANT CONNECT, CREATE ON DATABASE %I TO tracktalk_owner', db);
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO tracktalk_writer, tracktalk_app', db);
+    SELECT string_agg(DISTINCT quote_ident(r.rolname), ', ' ORDER BY quote_ident(r.rolname)) INTO stranded
+      FROM pg_stat_activity a
+      JOIN pg_roles r ON r.oid = a.usesysid
+      JOIN pg_database d ON d.oid = a.datid
+     WHERE d.datname = db
+       AND NOT r.rolsuper
+       AND NOT EXISTS (SELECT FROM aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) g
+                        WHERE g.privilege_type = 'CONNECT' AND g.grantee <> 0
+                          AND pg_has_role(r.oid, g.grantee, 'MEMBER'));
+    IF stranded IS NOT NULL THEN
+        RAISE EXCEPTION 'sql/roles.sql takes CONNECT on database % from PUBLIC, and these roles, connected now, have it only through PUBLIC: %',
+                        db, stranded
+            USING HINT = format('Grant each one that belongs here its own (GRANT CONNECT ON DATABASE %I TO <role>;), '
+                                'end the sessions of the others, then run sql/roles.sql again.', db);
+    END IF;
+    EXECUTE format('REVOKE CONNECT, TEMPORARY ON DATABASE %I FROM PUBLIC', db);
 END
 $$;
 
@@ -98,6 +123,7 @@ BEGIN
             ('tracktalk.comment_stats',         'SELECT', 'tracktalk_app'),
             ('tracktalk.events',                'SELECT', 'tracktalk_app'),
             ('tracktalk.recent_writes',         'SELECT', 'tracktalk_app'),
+            ('tracktalk.write_turns',           'SELECT', 'tracktalk_app'),
             ('tracktalk.comment_mentions',      'SELECT', 'tracktalk_app'),
             ('tracktalk.track_audio',           'SELECT', 'tracktalk_app'),
             -- who is here: each replica's heartbeat and its listeners per track

@@ -20,6 +20,27 @@ SET search_path = public;
 
 CREATE SCHEMA IF NOT EXISTS tracktalk;
 
+-- Which version of these files the database holds; written last by sql/triggers.sql.
+CREATE TABLE IF NOT EXISTS tracktalk.schema_version (
+    singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    version     integer NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- One migration at a time (`tracktalk migrate` from several places, or psql with
+-- --single-transaction): the second waits here until the first commits. A lock on a table of
+-- tracktalk's own, which only its owner (or a superuser) may take: never an advisory lock, whose
+-- keys every role that can connect may take and hold. EXCLUSIVE mode does not conflict with ACCESS
+-- SHARE, the one lock other roles can get on it (the replicas read it): none of them holds it up. Two
+-- first migrations at once cannot both make the schema: the second fails on pg_namespace's unique
+-- index, and `tracktalk migrate` runs again (app/db.py). In a DO block, so that psql without
+-- --single-transaction runs it too (the lock then lasts for the block only).
+DO $$
+BEGIN
+    LOCK TABLE tracktalk.schema_version IN EXCLUSIVE MODE;
+END
+$$;
+
 -- People. is_creator and is_team come from the host app: a team member sees private tracks,
 -- may delete any comment, and is notified of comments when tracktalk.settings.notify_team is on.
 CREATE TABLE IF NOT EXISTS users (
@@ -132,13 +153,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS notifications_one_per_like
 -- tracktalk's own bookkeeping
 ---------------------------------------------------------------------------------------------
 
--- Which version of these files the database holds; written last by sql/triggers.sql.
-CREATE TABLE IF NOT EXISTS tracktalk.schema_version (
-    singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    version     integer NOT NULL,
-    applied_at  timestamptz NOT NULL DEFAULT now()
-);
-
 -- Knobs a DBA may turn with UPDATE; read by the triggers and by every replica.
 CREATE TABLE IF NOT EXISTS tracktalk.settings (
     singleton        boolean PRIMARY KEY DEFAULT true CHECK (singleton),
@@ -198,6 +212,18 @@ CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.recent_writes (
     at       timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS recent_writes_user_kind_at ON tracktalk.recent_writes (user_id, kind, at);
+
+-- One row per user and kind of write, made on the user's first write of that kind: what
+-- tracktalk.wait_to_write locks (FOR UPDATE, held to commit) to take one user's writes of a kind
+-- in turn. A row lock on a table of tracktalk's own can be taken only by tracktalk's owner (the
+-- functions that run as it): the advisory locks used before shared a key space with every role
+-- that may connect, and any of them could hold a user's key and stall that user's writes
+-- (docs/security.md, issue 23). UNLOGGED, as recent_writes: after a crash the rows are made again.
+CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.write_turns (
+    user_id  bigint NOT NULL,
+    kind     text NOT NULL CHECK (kind IN ('comment', 'write')),
+    PRIMARY KEY (user_id, kind)
+);
 
 -- The key that signs what the triggers send on tracktalk's NOTIFY channels, and from which the
 -- replicas derive the key that seals what they send each other (app/channels.py). PostgreSQL
@@ -295,7 +321,12 @@ FROM comments c
 JOIN users u ON u.id = c.user_id
 LEFT JOIN tracktalk.comment_stats s ON s.comment_id = c.id;
 
--- A notification as GET /api/notifications and the `notification` message show it.
+-- A notification as GET /api/notifications and the `notification` and `mention` messages show
+-- it: only while its recipient may see its track (tracktalk.can_see, written out). A notification
+-- made while they could (a team member's, say) is not shown once they cannot (off the team, the
+-- track made private): not its track's title, not the comment's text, which is read here as it is
+-- now, edits included. The row stays, and shows again if access comes back. The unread count
+-- leaves the same ones out (app/notifications.py).
 CREATE OR REPLACE VIEW tracktalk.notification_objects AS
 SELECT n.id,
        n.user_id,
@@ -311,4 +342,8 @@ SELECT n.id,
 FROM notifications n
 JOIN users a ON a.id = n.actor_id
 JOIN tracks t ON t.id = n.track_id
-LEFT JOIN comments c ON c.id = n.comment_id;
+JOIN albums al ON al.id = t.album_id
+LEFT JOIN comments c ON c.id = n.comment_id
+WHERE NOT t.is_private
+   OR al.created_by_id = n.user_id
+   OR EXISTS (SELECT 1 FROM users r WHERE r.id = n.user_id AND r.is_team);

@@ -224,7 +224,8 @@ BEGIN
 END
 $$;
 
--- The messages that tell recipients about notifications `ids`, in id order.
+-- The messages that tell recipients about notifications `ids`, in id order: none for a recipient
+-- who may no longer see the track (tracktalk.notification_objects leaves those out).
 CREATE OR REPLACE FUNCTION tracktalk.user_messages(ids bigint[])
 RETURNS TABLE (user_id bigint, message jsonb)
 LANGUAGE plpgsql STABLE AS $$
@@ -365,11 +366,14 @@ $$;
 -- fewer than `most` writes of that kind within `per`, and then this one is counted (in
 -- tracktalk.recent_writes, in the caller's transaction: a write that fails is not counted); else
 -- until the `most`-th newest of those leaves the window. One user's writes of a kind are taken in
--- turn here (a transaction-level advisory lock, held to commit; each kind its own, so that posts
--- and likes queue apart), so that replicas answering at the same moment cannot both let the last
--- one through. A write that changes nothing (a second like) counts: it is a request, and it costs
--- one. Expects READ COMMITTED (PostgreSQL's default; the app's pool sets it). SECURITY DEFINER: it
--- writes tracktalk.recent_writes as its owner, so the app role needs no grant on that table.
+-- turn here (the lock of the user's row of that kind in tracktalk.write_turns, held to commit;
+-- each kind its own, so that posts and likes queue apart), so that replicas answering at the same
+-- moment cannot both let the last one through. Only tracktalk's owner can take that lock: not an
+-- advisory lock, whose keys any role that can connect may compute and hold. A write that changes
+-- nothing (a second like) counts: it is a request, and it costs one. Expects READ COMMITTED
+-- (PostgreSQL's default; the app's pool sets it). SECURITY DEFINER: it writes
+-- tracktalk.recent_writes and tracktalk.write_turns as their owner, so the app role needs no grant
+-- on them.
 DROP FUNCTION IF EXISTS tracktalk.comment_wait(bigint, integer, interval);
 DROP FUNCTION IF EXISTS tracktalk.write_wait(bigint, integer, interval);
 CREATE OR REPLACE FUNCTION tracktalk.wait_to_write(author bigint, kind text, most integer, per interval)
@@ -378,7 +382,13 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     nth timestamptz;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtext('tracktalk.wait_to_write ' || kind), hashint8(author));
+    -- The user's turn: lock the row, made on the first write of the kind. A writer that finds no
+    -- row inserts it (a second one waits on that insert, finds it made, and locks it next).
+    LOOP
+        PERFORM FROM tracktalk.write_turns t WHERE t.user_id = author AND t.kind = wait_to_write.kind FOR UPDATE;
+        EXIT WHEN FOUND;
+        INSERT INTO tracktalk.write_turns (user_id, kind) VALUES (author, wait_to_write.kind) ON CONFLICT DO NOTHING;
+    END LOOP;
     DELETE FROM tracktalk.recent_writes w WHERE w.user_id = author AND w.kind = wait_to_write.kind AND w.at <= now() - per;
     SELECT w.at INTO nth
       FROM tracktalk.recent_writes w

@@ -52,7 +52,12 @@ async def test_a_network_outage_makes_the_replica_unready_and_loses_nothing(
         unready = await async_wait_until(
             lambda: answers(behind_proxy, 503), 15, "the replica to report not ready"
         )
-        assert unready.json()["checks"] == {"database": True, "schema": True, "listener": False}
+        assert unready.json()["checks"] == {
+            "database": True,
+            "schema": True,
+            "listener": False,
+            "notify_queue": True,
+        }
         during = [
             await insert_comment(db_url, world.public, world.users["bob"], f"during {i}") for i in range(3)
         ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from app.auth import issue_token
 from app.events import EventLog
 from app.services import prune
-from tests.support import SECRET, Replica, World, open_socket
+from tests.support import SECRET, Replica, World, new_track, open_socket
 
 # ---------------------------------------------------------------------------------------------
 # People, writers and readers
@@ -408,6 +409,78 @@ def test_deleting_a_comment_removes_its_unread_notifications_only(
     listed = {n["id"]: n for n in inbox(api, people, "bob", limit=200).json()["notifications"]}
     assert listed[bobs]["comment_id"] is None
     assert listed[bobs]["read_at"] is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# What the recipient may no longer see (issue 23)
+# ---------------------------------------------------------------------------------------------
+
+
+def live_messages(db_url: str, ids: list[int]) -> list[dict[str, Any]]:
+    """The messages a replica reads to push notifications `ids` to their recipient's sockets."""
+    rows = query(db_url, "SELECT message FROM tracktalk.user_messages(%s::bigint[])", ids)
+    return [message for (message,) in rows]
+
+
+def test_a_member_taken_off_the_team_reads_nothing_more_of_a_private_track(
+    db_url: str, api: httpx.Client, people: People
+) -> None:
+    """A team member hears of every comment, private tracks' too; off the team, the inbox and the
+    live push show neither the track's title nor the comment's text, an edit made afterwards
+    included. Back on the team, the notification is there again."""
+    tess = people.add("tess")
+    query(db_url, "UPDATE users SET is_team = true WHERE id = %s", tess)
+    try:
+        sql = SqlWriter(db_url, people)
+        secret = sql.comment("carol", "t-private", "the band splits up after this album")
+        heard = [n for n in inbox(api, people, "tess").json()["notifications"] if n["comment_id"] == secret]
+        assert [(n["track_title"], n["excerpt"]) for n in heard] == [
+            ("Private", "the band splits up after this album")
+        ]
+        ids = [n["id"] for n in heard]
+        assert [m["type"] for m in live_messages(db_url, ids)] == ["notification"]
+        unread = inbox(api, people, "tess").json()["unread"]
+
+        query(db_url, "UPDATE users SET is_team = false WHERE id = %s", tess)
+        sql.edit("carol", secret, "the band splits up: the edit made after she left")
+        after = inbox(api, people, "tess", limit=200).json()
+        shown = json.dumps(after)
+        assert "band splits" not in shown and "Private" not in shown and "t-private" not in shown, shown
+        assert after["unread"] == unread - 1
+        assert live_messages(db_url, ids) == []
+
+        query(db_url, "UPDATE users SET is_team = true WHERE id = %s", tess)
+        back = [n for n in inbox(api, people, "tess").json()["notifications"] if n["comment_id"] == secret]
+        assert [(n["track_title"], n["excerpt"]) for n in back] == [
+            ("Private", "the band splits up: the edit made after she left")
+        ]
+    finally:
+        query(db_url, "UPDATE users SET is_team = false WHERE id = %s", tess)
+
+
+def test_notifications_of_a_track_made_private_show_nothing_of_it(
+    db_url: str, api: httpx.Client, people: People
+) -> None:
+    """A mention (whose live push carries the whole comment) on a track that is then made
+    private: the listener who may no longer see the track reads nothing of it, the comment's
+    later edit included; the album's creator still does."""
+    track = new_track(db_url)
+    people.add("uma")
+    sql = SqlWriter(db_url, people)
+    mentioning = sql.comment("alice", track, "@uma listen to the bridge")
+    ids = [
+        n["id"] for n in inbox(api, people, "uma").json()["notifications"] if n["comment_id"] == mentioning
+    ]
+    assert [m["type"] for m in live_messages(db_url, ids)] == ["notification", "mention"]
+
+    query(db_url, "UPDATE tracks SET is_private = true WHERE id = %s", track)
+    sql.edit("alice", mentioning, "@uma the bridge, rewritten once the track was private")
+    assert inbox(api, people, "uma").json() == {"notifications": [], "unread": 0}
+    assert live_messages(db_url, ids) == []
+    carols = [
+        n for n in inbox(api, people, "carol", limit=200).json()["notifications"] if n["track_id"] == track
+    ]
+    assert [n["excerpt"] for n in carols] == ["@uma the bridge, rewritten once the track was private"]
 
 
 # ---------------------------------------------------------------------------------------------

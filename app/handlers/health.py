@@ -7,12 +7,13 @@ import asyncio
 from litestar import Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.db import schema_version, serves
+from app.db import serves
+from app.readiness import describe_holder
 from app.services import Services
-from app.wire import Health
+from app.wire import Health, NotifyQueue, Readiness
 
 _DB_CHECK_TIMEOUT = 2.0
-"""Seconds /readyz waits for the database before calling it unreachable."""
+"""Seconds /metrics waits for the database's NOTIFY queue usage before it keeps the last reading."""
 
 
 @get("/healthz", tags=["health"])
@@ -22,22 +23,46 @@ async def healthz() -> Health:
 
 
 @get("/readyz", tags=["health"])
-async def readyz(services: Services) -> Response[Health]:
-    """Ready: the database answers, its schema is this code's or newer, the listener is connected and caught up."""
-    try:
-        version = await asyncio.wait_for(schema_version(services.pool), _DB_CHECK_TIMEOUT)
-        database = True
-    except Exception:
-        version, database = None, False
-    checks = {
-        "database": database,
-        "schema": serves(version),
+async def readyz(services: Services) -> Response[Readiness]:
+    """Ready: the database answers, its schema is this code's or newer, its NOTIFY queue is below
+    the limit, the listener is connected and caught up. Answers at once, from the database's last
+    reading (taken every second in the background): null where the database could not be asked."""
+    reading = services.readiness.reading()
+    limit = services.readiness.queue_limit
+    queue = None if reading is None else NotifyQueue(reading.queue_usage, limit, reading.holder)
+    checks: dict[str, bool | None] = {
+        "database": reading is not None,
+        "schema": None if reading is None else serves(reading.version),
         "listener": services.listener.ready and services.feed.caught_up,
+        "notify_queue": None if queue is None else queue.usage < limit,
     }
-    ok = all(checks.values())
+    ok = all(value is True for value in checks.values())
     return Response(
-        Health(status="ok" if ok else "unavailable", checks=checks), status_code=200 if ok else 503
+        Readiness(
+            status="ok" if ok else "unavailable",
+            checks=checks,
+            notify_queue=queue,
+            detail=None if ok else _detail(checks, queue),
+        ),
+        status_code=200 if ok else 503,
     )
+
+
+def _detail(checks: dict[str, bool | None], queue: NotifyQueue | None) -> str:
+    """What is wrong, for a person reading the answer."""
+    wrong = []
+    if not checks["database"]:
+        wrong.append("the database does not answer")
+    elif not checks["schema"]:
+        wrong.append("the database's schema is missing or older than this code's: run `tracktalk migrate`")
+    if queue is not None and not checks["notify_queue"]:
+        wrong.append(
+            f"PostgreSQL's NOTIFY queue is {queue.usage:.2%} full (limit {queue.limit:.2%}); "
+            f"{describe_holder(queue.held_by)}"
+        )
+    if not checks["listener"]:
+        wrong.append("the listener is not connected, or still catching up")
+    return "; ".join(wrong)
 
 
 @get("/metrics", tags=["health"], media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,173 @@
+"""Is the database there for this replica? Asked in the background once a second, so that /readyz
+answers at once, down or not, from the last answer.
+
+Each reading is one statement on the request pool: the schema version and
+pg_notification_queue_usage(); past the queue's limit, also the session most likely holding the
+queue back (pg_stat_activity). PostgreSQL keeps one NOTIFY queue for the whole server, and a session
+that LISTENs (any role that may connect, to any database) and then sits idle in a transaction keeps
+every notification after that moment in it: at 100 % every transaction that notifies fails at
+commit, so every write of tracktalk does. PostgreSQL cannot stop that; a replica can see it coming
+and say who (docs/dba.md, "Watching the NOTIFY queue").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.rows import tuple_row
+from psycopg_pool import AsyncConnectionPool
+
+from app.wire import QueueHolder
+
+log = logging.getLogger(__name__)
+
+NOTIFY_QUEUE_LIMIT = 0.5
+"""Fraction of PostgreSQL's NOTIFY queue in use past which /readyz fails, naming the session that
+holds it back (TRACKTALK_NOTIFY_QUEUE_LIMIT). Every replica sees the same queue: past it they all
+report not ready, which is the point: someone must end that session before writes fail."""
+
+_CHECK_EVERY = 1.0
+"""Seconds between two readings."""
+_CHECK_TIMEOUT = 2.0
+"""Seconds a reading may take (a pool connection, then the statement) before it counts as failed."""
+_STALE_AFTER = 3.0
+"""A reading older than this says nothing: the database is taken to be away (a reading that hangs
+stops being believed this long after the last one came)."""
+
+_READING = """
+    SELECT (SELECT version FROM tracktalk.schema_version), pg_notification_queue_usage()
+"""
+
+HOLDER_QUERY = """
+    SELECT pid, application_name, usename, datname, state,
+           CASE WHEN xact_start IS NULL THEN state_change ELSE xact_start END AS since
+      FROM pg_stat_activity
+     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+       AND (xact_start IS NOT NULL OR wait_event = 'ClientWrite')
+     ORDER BY CASE WHEN state LIKE 'idle in transaction%' THEN 0
+                   WHEN wait_event = 'ClientWrite' THEN 1
+                   ELSE 2 END,
+              since
+     LIMIT 1
+"""
+"""The session most likely holding the NOTIFY queue back. Which sessions LISTEN cannot be seen
+from another session (pg_listening_channels() is the caller's own), but one that listens reads
+its notifications whenever it is outside a transaction and its client reads: so the holder is one
+that has been inside a transaction since before the oldest notification still queued (the oldest
+idle in a transaction first, then the oldest running one) or one stuck writing to a client that no
+longer reads (wait_event ClientWrite: a frozen process whose connection is still up). Every
+database of the server is looked at. Another role's sessions show only with pg_read_all_stats
+(or as a superuser): without it, none is named."""
+
+
+def holder_from_row(row: tuple[Any, ...] | None) -> QueueHolder | None:
+    """A row of HOLDER_QUERY as a QueueHolder."""
+    if row is None:
+        return None
+    pid, application, role, database, state, since = row
+    return QueueHolder(
+        pid=int(pid),
+        application_name=str(application or ""),
+        role=role,
+        database=database,
+        state=state,
+        since=since,
+    )
+
+
+def describe_holder(holder: QueueHolder | None) -> str:
+    """Who holds the queue back, and how to end it, for a person."""
+    if holder is None:
+        return (
+            "the session holding it back is not visible to this role (grant it pg_read_all_stats, or "
+            "look as a superuser: the oldest transaction in pg_stat_activity)"
+        )
+    since = f" since {holder.since:%Y-%m-%d %H:%M:%S%z}" if holder.since is not None else ""
+    return (
+        f"most likely held back by pid {holder.pid} (application {holder.application_name!r}, role "
+        f"{holder.role}, database {holder.database}, {holder.state or 'state unknown'}{since}): end it "
+        f"with SELECT pg_terminate_backend({holder.pid})"
+    )
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The database's answer at one moment."""
+
+    at: float
+    """time.monotonic() when it came."""
+    version: int | None
+    """The schema version (None: there is no tracktalk schema)."""
+    queue_usage: float
+    holder: QueueHolder | None
+    """Read only when the queue is past the limit."""
+
+
+class Readiness:
+    """The last reading of the database, kept fresh by `run()`."""
+
+    def __init__(
+        self, pool: AsyncConnectionPool, queue_limit: float, on_usage: Callable[[float], None]
+    ) -> None:
+        self._pool = pool
+        self.queue_limit = queue_limit
+        self._on_usage = on_usage
+        self._last: Reading | None = None
+        self._failed_at: float | None = None
+
+    def reading(self) -> Reading | None:
+        """The last reading, or None when the database did not answer the last time it was
+        asked, or has not answered for _STALE_AFTER seconds."""
+        last = self._last
+        if last is None or self._failed_at is not None:
+            return None
+        if time.monotonic() - last.at > _STALE_AFTER:
+            return None
+        return last
+
+    async def run(self) -> None:
+        """Read the database every _CHECK_EVERY seconds, for ever."""
+        while True:
+            await asyncio.sleep(_CHECK_EVERY)
+            await self.check()
+
+    async def check(self) -> None:
+        """Take one reading (a failure is kept as such: the database is away)."""
+        try:
+            reading = await asyncio.wait_for(self._read(), _CHECK_TIMEOUT)
+        except Exception as exc:
+            if self._failed_at is None:
+                log.warning("the database does not answer (%s): not ready", type(exc).__name__)
+            self._failed_at = time.monotonic()
+            return
+        if self._failed_at is not None:
+            log.info("the database answers again")
+        self._last, self._failed_at = reading, None
+        self._on_usage(reading.queue_usage)
+
+    async def _read(self) -> Reading:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            try:
+                await cur.execute(_READING)
+                row = await cur.fetchone()
+                version, usage = (row[0], row[1]) if row else (None, 0.0)
+            except psycopg.errors.UndefinedTable:  # no schema tracktalk, or no schema_version
+                await cur.execute("SELECT pg_notification_queue_usage()")
+                row = await cur.fetchone()
+                version, usage = None, row[0] if row else 0.0
+            holder = None
+            if float(usage) >= self.queue_limit:
+                await cur.execute(HOLDER_QUERY)
+                holder = holder_from_row(await cur.fetchone())
+        return Reading(
+            at=time.monotonic(),
+            version=None if version is None else int(version),
+            queue_usage=float(usage),
+            holder=holder,
+        )
