@@ -75,6 +75,19 @@ def _addresses(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> t
     return tuple(written)
 
 
+_MIN_METRICS_TOKEN = 16
+
+
+def _metrics_token(env: Mapping[str, str]) -> str:
+    raw = env.get("TRACKTALK_METRICS_TOKEN", "")
+    if raw and (len(raw) < _MIN_METRICS_TOKEN or not raw.isascii() or not raw.isprintable() or " " in raw):
+        raise ConfigError(
+            f"TRACKTALK_METRICS_TOKEN must be at least {_MIN_METRICS_TOKEN} printable ASCII characters "
+            f"without spaces (the scraper sends it as `Authorization: Bearer <token>`), {_SECRET_HINT}"
+        )
+    return raw
+
+
 _MAX_REPLICA_ID = 200
 
 
@@ -199,6 +212,8 @@ class Settings:
     """TRACKTALK_MAX_CONNECTIONS: client connections (requests and sockets) this replica holds;
     past it a new one is answered 503 (app/httpprotocol.py). 0: as many as the file limit allows
     (app/server.py)."""
+    metrics_token: str = ""
+    """TRACKTALK_METRICS_TOKEN: the bearer token /metrics asks for (401 without it); empty: open."""
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     """Origins allowed to open a WebSocket; empty allows any."""
     log_json: bool = False
@@ -282,6 +297,7 @@ class Settings:
             anonymous_sockets_per_address=_limit(env, "TRACKTALK_ANONYMOUS_SOCKETS_PER_ADDRESS", 10),
             trusted_proxies=_addresses(env, "TRACKTALK_TRUSTED_PROXIES", ("127.0.0.1",)),
             max_connections=_limit(env, "TRACKTALK_MAX_CONNECTIONS", 0),
+            metrics_token=_metrics_token(env),
             allowed_origins=_list(env, "TRACKTALK_ALLOWED_ORIGINS"),
             log_json=_flag(env, "TRACKTALK_LOG_JSON", False),
             identity_provider=provider,

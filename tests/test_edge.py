@@ -1,6 +1,6 @@
-"""The replica's edge, reached directly by plain TCP and WebSocket clients (issue 23, items 5, 6):
+"""The replica's edge, reached directly by plain TCP and WebSocket clients (issue 23, items 5, 6, 9):
 a deadline on each request, a cap on connections within the file limit, anonymous sockets per
-client address (and whose X-Forwarded-For says who the client is)."""
+client address (and whose X-Forwarded-For says who the client is), /metrics behind a bearer."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from tests.support import (
     open_socket,
 )
 
+METRICS_TOKEN = "scraper-token-0123456789abcdef"
 CAP = 4
 """TRACKTALK_MAX_CONNECTIONS of the `small` replica."""
 LOWERED_FILES = 4096
@@ -66,8 +67,10 @@ def started(db_url: str, log_dir: Path, **env: str) -> Iterator[Replica]:
 
 @pytest.fixture(scope="module")
 def edge(db_url: str, world: World, log_dir: Path) -> Iterator[Replica]:
-    """Default limits; anonymous sockets on."""
-    with started(db_url, log_dir, TRACKTALK_ANONYMOUS_SOCKETS="1") as replica:
+    """Default limits; anonymous sockets on; /metrics behind a token."""
+    with started(
+        db_url, log_dir, TRACKTALK_ANONYMOUS_SOCKETS="1", TRACKTALK_METRICS_TOKEN=METRICS_TOKEN
+    ) as replica:
         yield replica
 
 
@@ -413,6 +416,7 @@ SERVE_WITH_LOWERED_FILES = (
             "5000",
             "TRACKTALK_MAX_CONNECTIONS=5000 is more than the file limit (ulimit -n 4096)",
         ),
+        ("TRACKTALK_METRICS_TOKEN", "short", "TRACKTALK_METRICS_TOKEN must be at least 16"),
         ("FORWARDED_ALLOW_IPS", "*", "set that instead, and unset FORWARDED_ALLOW_IPS"),
     ],
 )
@@ -436,3 +440,28 @@ def test_a_bad_edge_setting_fails_at_start_naming_the_variable(
         raise AssertionError(f"{name}={value!r}: the server started all the same") from None
     assert process.returncode == 2, stderr[-2000:]
     assert says in stderr, stderr[-2000:]
+
+
+# --- item 9: /metrics behind a bearer token ---------------------------------------------------
+
+
+async def test_metrics_answer_only_the_scraper_with_the_token(edge: Replica) -> None:
+    async with httpx.AsyncClient(base_url=edge.http, timeout=RECV_TIMEOUT) as client:
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong-token-0123456789abcdef"},
+            {"Authorization": f"Basic {METRICS_TOKEN}"},
+            {"Authorization": f"Bearer {METRICS_TOKEN}x"},
+        ):
+            refused = await client.get("/metrics", headers=headers)
+            assert refused.status_code == 401, (headers, refused.text)
+            assert (
+                refused.json()["detail"] == "/metrics needs `Authorization: Bearer <TRACKTALK_METRICS_TOKEN>`"
+            )
+            assert refused.headers["www-authenticate"] == 'Bearer realm="metrics"'
+            assert "tracktalk_" not in refused.text
+        answer = await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        assert answer.status_code == 200
+        assert "tracktalk_open_sockets" in answer.text
+        assert (await client.get("/healthz")).status_code == 200  # the probes need no token
+        assert (await client.get("/readyz")).status_code == 200
