@@ -80,7 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print(f"tracktalk: open {address}  (API schema: {address}schema/swagger)", flush=True)
         if embedded:
             print("tracktalk: a token for user 1: tracktalk token 1", flush=True)
-        serve(create_app(settings), args.host, args.port, json_logs=settings.log_json)
+        serve(create_app(settings), settings, args.host, args.port)
 
 
 def _load_demo(url: str) -> None:

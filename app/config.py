@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
@@ -63,6 +64,37 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+
+
+def _addresses(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """Comma-separated IP addresses and networks (`10.0.0.7`, `10.0.0.0/8`, `fd00::/8`), each
+    written out as Python's ipaddress writes it."""
+    items = _list(env, name)
+    if not items:
+        return default
+    written = []
+    for item in items:
+        try:
+            written.append(str(ipaddress.ip_network(item) if "/" in item else ipaddress.ip_address(item)))
+        except ValueError as exc:
+            raise ConfigError(
+                f"{name}={env[name]!r}: {item!r} is not an IP address or network ({exc}); give "
+                "comma-separated addresses or networks, e.g. 127.0.0.1,10.0.0.0/8"
+            ) from None
+    return tuple(written)
+
+
+_MIN_METRICS_TOKEN = 16
+
+
+def _metrics_token(env: Mapping[str, str]) -> str:
+    raw = env.get("TRACKTALK_METRICS_TOKEN", "")
+    if raw and (len(raw) < _MIN_METRICS_TOKEN or not raw.isascii() or not raw.isprintable() or " " in raw):
+        raise ConfigError(
+            f"TRACKTALK_METRICS_TOKEN must be at least {_MIN_METRICS_TOKEN} printable ASCII characters "
+            f"without spaces (the scraper sends it as `Authorization: Bearer <token>`), {_SECRET_HINT}"
+        )
+    return raw
 
 
 _MAX_REPLICA_ID = 200
@@ -178,6 +210,19 @@ class Settings:
     minute, counted across replicas; more get 429 (0: no limit)."""
     sockets_per_user: int = 20
     """WebSockets one user may have open on one replica; more are closed with 1008."""
+    anonymous_sockets_per_address: int = 10
+    """Anonymous sockets one client address may hold on this replica (IPv6: one /64); more are
+    closed with 1008 (TRACKTALK_ANONYMOUS_SOCKETS_PER_ADDRESS; 0: no limit)."""
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1",)
+    """Addresses and networks whose X-Forwarded-For is believed (TRACKTALK_TRUSTED_PROXIES): the
+    client address is then the right-most one in it not in this set (app/server.py gives it to
+    uvicorn, which puts it in the ASGI scope for every route and socket)."""
+    max_connections: int = 0
+    """TRACKTALK_MAX_CONNECTIONS: client connections (requests and sockets) this replica holds;
+    past it a new one is answered 503 (app/httpprotocol.py). 0: as many as the file limit allows
+    (app/server.py)."""
+    metrics_token: str = ""
+    """TRACKTALK_METRICS_TOKEN: the bearer token /metrics asks for (401 without it); empty: open."""
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
     """Origins allowed to open a WebSocket; empty allows any."""
     log_json: bool = False
@@ -225,6 +270,12 @@ class Settings:
                 "TRACKTALK_SOCKET_QUEUE (frames) is replaced by TRACKTALK_SOCKET_BUFFER_KIB (unsent KiB "
                 "per socket, default 512): unset it"
             )
+        if env.get("FORWARDED_ALLOW_IPS"):
+            raise ConfigError(
+                "FORWARDED_ALLOW_IPS is uvicorn's, and tracktalk sets it from TRACKTALK_TRUSTED_PROXIES "
+                "(comma-separated addresses or networks of your proxies, default 127.0.0.1), so that the "
+                "client address is the same for every purpose: set that instead, and unset FORWARDED_ALLOW_IPS"
+            )
         key = secret or env.get("TRACKTALK_SECRET", "")
         provider = _identity_provider(env)
         demo = demo or _flag(env, "TRACKTALK_DEMO", False)
@@ -255,6 +306,10 @@ class Settings:
             comments_per_minute=_limit(env, "TRACKTALK_COMMENTS_PER_MINUTE", 30),
             writes_per_minute=_limit(env, "TRACKTALK_WRITES_PER_MINUTE", 120),
             sockets_per_user=int(_number(env, "TRACKTALK_SOCKETS_PER_USER", 20)),
+            anonymous_sockets_per_address=_limit(env, "TRACKTALK_ANONYMOUS_SOCKETS_PER_ADDRESS", 10),
+            trusted_proxies=_addresses(env, "TRACKTALK_TRUSTED_PROXIES", ("127.0.0.1",)),
+            max_connections=_limit(env, "TRACKTALK_MAX_CONNECTIONS", 0),
+            metrics_token=_metrics_token(env),
             allowed_origins=_list(env, "TRACKTALK_ALLOWED_ORIGINS"),
             log_json=_flag(env, "TRACKTALK_LOG_JSON", False),
             identity_provider=provider,

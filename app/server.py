@@ -1,19 +1,34 @@
-"""uvicorn, set up for tracktalk, and a shutdown that says goodbye to the sockets first."""
+"""uvicorn, set up for tracktalk: the replica's edge (a deadline on each request and a cap on
+connections, app/httpprotocol.py; the file limit raised and the cap fitted to it; the proxies
+whose X-Forwarded-For is believed), and a shutdown that says goodbye to the sockets first."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import logging
+import resource
 from types import FrameType
 
 import uvicorn
 
 from app import close_codes
+from app.config import ConfigError, Settings
+from app.httpprotocol import HEALTH_ROOM, EdgeProtocol
 from app.logs import tame_uvicorn
 from app.main import Tracktalk
 from app.wire import MAX_FRAME
 from app.wsprotocol import FrameProtocol
 
+log = logging.getLogger(__name__)
+
+_OTHER_FILES = 100
+"""File descriptors kept for what is not a client connection, besides the request pool: the
+listening socket, the LISTEN connection, the event loop's own, logs, the page's files, the
+identity provider's JWKS fetch."""
+_AS_MANY_FILES = 1 << 20
+"""The file limit taken for "unlimited" (which a soft limit cannot be set to)."""
 _DRAIN_GRACE = 0.5
 """Seconds the sockets get to receive their 1001 before uvicorn closes what is left."""
 GC_THRESHOLDS = (50_000, 10, 10)
@@ -51,12 +66,45 @@ class Server(uvicorn.Server):
         self._loop.call_later(_DRAIN_GRACE, super().handle_exit, sig, frame)
 
 
-def config(app: Tracktalk, host: str, port: int) -> uvicorn.Config:
-    """uvicorn's settings for tracktalk."""
+def raise_file_limit() -> int:
+    """Raise this process's soft limit on open files (RLIMIT_NOFILE) to its hard limit, each
+    client connection being one; the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    infinite = resource.RLIM_INFINITY
+    target = _AS_MANY_FILES if hard == infinite else hard
+    if soft != infinite and soft < target:
+        with contextlib.suppress(ValueError, OSError):  # a kernel that caps lower keeps the soft one
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return _AS_MANY_FILES if soft == infinite else int(soft)
+
+
+def max_connections(settings: Settings, files: int) -> int:
+    """The client connections a replica holds: TRACKTALK_MAX_CONNECTIONS, or as many as `files`
+    (the file limit) leaves room for once the pool, the other files and the connections read past
+    the cap (to answer /healthz) have theirs; ConfigError when that is not enough."""
+    room = files - _OTHER_FILES - settings.pool_max - HEALTH_ROOM
+    if room < 1:
+        raise ConfigError(
+            f"the file limit (ulimit -n) is {files}: too low for a replica; raise it to "
+            f"{_OTHER_FILES + settings.pool_max + HEALTH_ROOM + 1000} or more"
+        )
+    if settings.max_connections > room:
+        raise ConfigError(
+            f"TRACKTALK_MAX_CONNECTIONS={settings.max_connections} is more than the file limit (ulimit -n "
+            f"{files}) leaves room for ({room}): lower it, or raise the limit"
+        )
+    return settings.max_connections or room
+
+
+def config(app: Tracktalk, settings: Settings, host: str, port: int, connections: int) -> uvicorn.Config:
+    """uvicorn's settings for tracktalk: at most `connections` client connections."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
+        # h11 with a deadline on each request and the cap on connections (app/httpprotocol.py).
+        http=EdgeProtocol.limited(connections),
         # wsproto's connection, plus the fast path for prepared frames (app/wsprotocol.py).
         ws=FrameProtocol,
         ws_max_size=MAX_FRAME,
@@ -67,7 +115,10 @@ def config(app: Tracktalk, host: str, port: int) -> uvicorn.Config:
         lifespan="on",
         log_level="info",
         timeout_graceful_shutdown=8,
+        # The client address (X-Forwarded-For's right-most untrusted one) for every route and
+        # socket, from the one setting (the sockets' limit per address uses it too).
         proxy_headers=True,
+        forwarded_allow_ips=list(settings.trusted_proxies),
     )
 
 
@@ -87,9 +138,17 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def serve(app: Tracktalk, host: str, port: int, *, json_logs: bool = False) -> None:
-    """Serve until SIGTERM or Ctrl-C."""
-    settings = config(app, host, port)  # configures uvicorn's loggers: tame them after
-    tame_uvicorn(json=json_logs)
+def serve(app: Tracktalk, settings: Settings, host: str, port: int) -> None:
+    """Serve until SIGTERM or Ctrl-C; ConfigError when the file limit is too low."""
+    files = raise_file_limit()
+    connections = max_connections(settings, files)
+    uvicorn_config = config(app, settings, host, port, connections)  # sets uvicorn's loggers up
+    tame_uvicorn(json=settings.log_json)
+    log.info(
+        "file limit %d: up to %d client connections (requests and sockets)%s",
+        files,
+        connections,
+        " (TRACKTALK_MAX_CONNECTIONS)" if settings.max_connections else "",
+    )
     tune_gc()
-    Server(settings, app).run()
+    Server(uvicorn_config, app).run()

@@ -62,6 +62,7 @@ def start_replica(world: World, logdir: Path, presence: bool) -> Server:
         "TRACKTALK_COMMENTS_PER_MINUTE": "0",
         "TRACKTALK_SOCKETS_PER_USER": "1000000",
         "TRACKTALK_ANONYMOUS_SOCKETS": "1",
+        "TRACKTALK_ANONYMOUS_SOCKETS_PER_ADDRESS": "0",  # every socket comes from 127.0.0.1
     }
     args = [PY, "-m", "bench.presence", *([] if presence else ["--without"]), "serve", "--port", "{port}"]
     return wait_ready(start_server(args, env, logdir, "presence" if presence else "without"))

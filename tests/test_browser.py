@@ -353,6 +353,41 @@ async def test_a_refused_socket_shows_the_reason(
     await dave.page.context.close()
 
 
+async def test_a_link_with_another_users_token_does_not_switch_a_signed_in_tab(
+    browser: Browser, servers: list[Replica], demo: DemoSummary
+) -> None:
+    """`#token=` signs a tab in; it never makes a signed-in tab someone else. Anyone can write a
+    link (in a comment, say) with their own token in it: the tab that followed it would post as
+    them (issue 23, item 9)."""
+    other_track = next(track for track in demo.track_ids if track != TRACK)
+    own = issue_token(SECRET, demo.users["dave"], 600)
+    links = issue_token(SECRET, demo.users["tina"], 600)
+    dave = await _visitor(browser, "dave-link", servers[0])
+    page, me = dave.page, dave.page.locator("#who .me > span:not(.avatar)")
+    await page.goto(f"/tracks/{TRACK}#token={own}")
+    await expect(me).to_have_text("dave")
+    await page.goto(f"/tracks/{other_track}#token={links}")  # the same tab follows the link
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+    await expect(me).to_have_text("dave")
+    assert "token" not in page.url
+    assert await page.evaluate("() => sessionStorage.getItem('tracktalk.token')") == own
+    text = "Posted after following a link that carried someone else's token."
+    await _post(dave, text)
+    async with httpx.AsyncClient(base_url=servers[0].http, timeout=10) as client:
+        answer = await client.get(f"/api/tracks/{other_track}/comments", params={"sort": "newest"})
+    answer.raise_for_status()
+    assert [c["username"] for c in answer.json() if c["content"] == text] == ["dave"]
+    # A fresh token of the same user is taken: a host app renews the tab's token that way.
+    fresh = issue_token(SECRET, demo.users["dave"], 900)
+    await page.goto(f"/tracks/{TRACK}#token={fresh}")
+    await page.wait_for_function(
+        f"() => sessionStorage.getItem('tracktalk.token') === {fresh!r}", timeout=WAIT_MS
+    )
+    await expect(me).to_have_text("dave")
+    assert dave.errors == []
+    await page.context.close()
+
+
 async def test_no_script_errors(alice: Visitor, bob: Visitor) -> None:
     assert alice.errors == [] and bob.errors == []
     assert alice.dialogs == [] and bob.dialogs == []

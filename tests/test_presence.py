@@ -44,9 +44,15 @@ apart by the server's clock; the client's reading adds jitter)."""
 
 @pytest.fixture(scope="module")
 def two(db_url: str, world: World, log_dir: Path) -> Iterator[list[Replica]]:
-    """Two replicas that let sockets without a token in, and many sockets per user."""
+    """Two replicas that let sockets without a token in, and many sockets per user and per address
+    (every anonymous socket here comes from 127.0.0.1)."""
     with replicas(
-        db_url, log_dir, 2, TRACKTALK_ANONYMOUS_SOCKETS="1", TRACKTALK_SOCKETS_PER_USER="1000"
+        db_url,
+        log_dir,
+        2,
+        TRACKTALK_ANONYMOUS_SOCKETS="1",
+        TRACKTALK_SOCKETS_PER_USER="1000",
+        TRACKTALK_ANONYMOUS_SOCKETS_PER_ADDRESS="0",
     ) as started:
         yield started
 

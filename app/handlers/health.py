@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
+from typing import Any
 
-from litestar import Response, get
+from litestar import Request, Response, get
+from litestar.exceptions import NotAuthorizedException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.db import serves
@@ -66,14 +69,27 @@ def _detail(checks: dict[str, bool | None], queue: NotifyQueue | None) -> str:
 
 
 @get("/metrics", tags=["health"], media_type=CONTENT_TYPE_LATEST)
-async def metrics(services: Services) -> Response[bytes]:
-    """Prometheus metrics: sockets, deliveries, listener, lag, NOTIFY queue usage."""
+async def metrics(request: Request[Any, Any, Any], services: Services) -> Response[bytes]:
+    """Prometheus metrics: sockets, deliveries, listener, lag, NOTIFY queue usage. With
+    TRACKTALK_METRICS_TOKEN set, only for `Authorization: Bearer <that token>` (401 otherwise)."""
+    _check_scraper(request.headers.get("authorization"), services.settings.metrics_token)
     try:
         usage = await asyncio.wait_for(services.events.queue_usage(), _DB_CHECK_TIMEOUT)
         services.metrics.notify_queue_usage = usage
     except Exception:
         pass  # keep the last reading; /readyz tells whether the database answers
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _check_scraper(header: str | None, token: str) -> None:
+    if not token:
+        return
+    scheme, _, given = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise NotAuthorizedException(
+            detail="/metrics needs `Authorization: Bearer <TRACKTALK_METRICS_TOKEN>`",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
 
 
 route_handlers = [healthz, readyz, metrics]

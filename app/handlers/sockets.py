@@ -6,11 +6,12 @@ Sockets are what a replica holds by the thousand, so this one route skips the fr
 `app/wsprotocol.py`'s fast path: the hub writes them there and then, so this handler has no
 writer task; it only reads the client's frames.
 
-Order on a new socket: accept; check origin, token, `since` and track (closing with 1008 and a
-reason before anything is sent); join the feed, which fixes the seq that live frames follow;
-send `connected`, then the replay of `since` (or `resync`) at the client's pace while live frames
-wait; then live, starting with the track's `presence` (app/presence.py counts the socket from the
-moment the feed registers it).
+Order on a new socket: accept; check `since`, an anonymous socket's client address (at most
+TRACKTALK_ANONYMOUS_SOCKETS_PER_ADDRESS on this replica, app/addresses.py), origin, token and
+track (closing with 1008 and a reason before anything is sent); join the feed, which fixes the
+seq that live frames follow; send `connected`, then the replay of `since` (or `resync`) at the
+client's pace while live frames wait; then live, starting with the track's `presence`
+(app/presence.py counts the socket from the moment the feed registers it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from app import close_codes
+from app.addresses import PerAddress, client_key
 from app.auth import IdentityProviderUnavailable, TokenError
 from app.channels import track_channel
 from app.frames import message_frame
@@ -68,6 +70,8 @@ class TrackSockets:
 
     def __init__(self, services_of: Callable[[], Services]) -> None:
         self._services_of = services_of
+        self.anonymous = PerAddress()
+        """The anonymous sockets of each client address on this replica."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Serve one socket, from its handshake to its end."""
@@ -86,7 +90,7 @@ class TrackSockets:
         services = self._services_of()
         track_id = scope["path"][len(PATH) :]
         try:
-            await _serve(scope, receive, conn, track_id, services)
+            await _serve(scope, receive, conn, track_id, services, self.anonymous)
         except Refused as exc:
             await _close(send, conn, exc.code, str(exc))
         except DATABASE_ERRORS:
@@ -104,17 +108,20 @@ async def _close(send: Any, conn: FrameProtocol, code: int, reason: str) -> None
     conn.close_now(code, reason)
 
 
-async def _serve(scope: Any, receive: Any, conn: FrameProtocol, track_id: str, services: Services) -> None:
+async def _serve(
+    scope: Any, receive: Any, conn: FrameProtocol, track_id: str, services: Services, anonymous: PerAddress
+) -> None:
     """Admit the socket, join its track, then `connected` (with the handshake's answer, in one
     write), its replay, and live frames while its own frames are read."""
     if services.hub.closing:
         raise Refused(close_codes.SHUTTING_DOWN, close_codes.GOING_AWAY)
     query = parse_qs(scope["query_string"].decode("latin-1"))
     since = _since(query)  # a bad one is refused before the database is asked anything
-    epoch = services.feed.access_epoch
-    user_id, username, expires_at = await _admit(scope, query, track_id, services)
-    sub = Subscriber(conn, user_id, track_id, services.settings.socket_buffer, expires_at)
+    address = _count_anonymous(scope, query, services, anonymous)  # so is one too many
     try:
+        epoch = services.feed.access_epoch
+        user_id, username, expires_at = await _admit(scope, query, track_id, services)
+        sub = Subscriber(conn, user_id, track_id, services.settings.socket_buffer, expires_at)
         async with services.feed.subscription(sub, services.settings.pool_timeout) as start:
             if services.feed.access_epoch != epoch:
                 # A revocation may have passed between the admission and the join: ask again,
@@ -139,6 +146,24 @@ async def _serve(scope: Any, receive: Any, conn: FrameProtocol, track_id: str, s
         raise Refused(str(exc)) from None
     except ShuttingDown:
         raise Refused(close_codes.SHUTTING_DOWN, close_codes.GOING_AWAY) from None
+    finally:
+        if address is not None:
+            anonymous.give_back(address)
+
+
+def _count_anonymous(
+    scope: Any, query: dict[str, list[str]], services: Services, anonymous: PerAddress
+) -> str | None:
+    """The client address an anonymous socket is counted under (None for a socket with a token,
+    or where anonymous sockets are off); Refused when the address holds as many as it may."""
+    settings = services.settings
+    if not settings.anonymous_sockets or _one(query, "token"):
+        return None
+    address = client_key(scope)
+    limit = settings.anonymous_sockets_per_address
+    if not anonymous.take(address, limit):
+        raise Refused(f"too many anonymous sockets from your address: at most {limit}; sign in, or close one")
+    return address
 
 
 async def _admit(

@@ -3,9 +3,12 @@
 // Where the token comes from, first match wins:
 //   1. window.TRACKTALK_TOKEN — set by a host app that serves its own copy of index.html with a
 //      script before app.js (optionally window.TRACKTALK_USER = {id, username, is_creator, is_team}).
-//   2. #token=<token> in the address — for a host app that links to or embeds (iframe) this page;
-//      the page moves it into sessionStorage and takes it out of the address bar at once.
-//   3. sessionStorage — a token the page got before, in this tab.
+//   2. sessionStorage — a token the page got before, in this tab.
+//   3. #token=<token> in the address — for a host app that links to or embeds (iframe) this page,
+//      to sign the tab in: taken only by a tab that has no token yet, or as a fresh token of the
+//      user it already has (the same `sub`). Anyone can write a link, so a tab signed in as one
+//      user never becomes another through one (the link would make them post as its author); to
+//      switch users, sign out first. The page takes it out of the address bar at once, taken or not.
 //   4. The demo sign-in: GET /api/demo/users fills a user picker, POST /api/demo/token/{id} gives the
 //      token. Those routes exist only when the server runs with the embedded database or
 //      TRACKTALK_DEMO=1; elsewhere they answer 404, and the page is read-only until the host
@@ -24,10 +27,13 @@ export const session = {
   demoUsers: null,
 };
 
-/** Read the token from the host, the address or sessionStorage. */
+/** Read the token from the host, sessionStorage or the address. */
 export function loadSession() {
+  const own = window.TRACKTALK_TOKEN || sessionStorage.getItem(TOKEN_KEY);
   const fromHash = takeHashToken();
-  const token = window.TRACKTALK_TOKEN || fromHash || sessionStorage.getItem(TOKEN_KEY);
+  let token = own;
+  if (fromHash && (!own || sameSubject(fromHash, own))) token = fromHash;
+  else if (fromHash) console.warn("tracktalk: ignored a #token of another user: this tab is signed in; sign out first");
   if (!token) return session;
   const stored = readStoredUser();
   const hostUser = window.TRACKTALK_USER || null;
@@ -53,14 +59,29 @@ function readStoredUser() {
   }
 }
 
-/** The user id in a JWT's `sub` claim (the signature is the server's business). */
-export function tokenUserId(token) {
+/** A JWT's claims, unchecked (the signature is the server's business); null when unreadable. */
+function tokenClaims(token) {
   try {
     const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-    return Number(JSON.parse(atob(part)).sub) || null;
+    const claims = JSON.parse(atob(part));
+    return claims && typeof claims === "object" ? claims : null;
   } catch {
     return null;
   }
+}
+
+/** The user id in a JWT's `sub` claim. */
+export function tokenUserId(token) {
+  const claims = tokenClaims(token);
+  return (claims && Number(claims.sub)) || null;
+}
+
+/** Both tokens name the same subject. Unchecked claims suffice: another user's token that
+ * says otherwise has no valid signature, and the server refuses it. */
+function sameSubject(a, b) {
+  const first = tokenClaims(a);
+  const second = tokenClaims(b);
+  return Boolean(first && second && typeof first.sub === "string" && first.sub !== "" && first.sub === second.sub);
 }
 
 /** Use this token (and user, when known) from now on, in this tab. */
