@@ -24,6 +24,7 @@ from app.handlers.sockets import PATH, TrackSockets
 from app.logs import configure_logging
 from app.request import TracktalkRequest
 from app.services import Services, running
+from app.wire import PROTOCOL
 
 
 class Tracktalk:
@@ -85,6 +86,6 @@ def create_app(settings: Settings | None = None) -> Tracktalk:
         exception_handlers=exception_handlers,
         request_class=TracktalkRequest,
         request_max_body_size=MAX_BODY,
-        openapi_config=OpenAPIConfig(title="tracktalk", version="0.1.0", path="/schema"),
+        openapi_config=OpenAPIConfig(title="tracktalk", version=str(PROTOCOL), path="/schema"),
     )
     return Tracktalk(http)

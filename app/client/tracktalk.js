@@ -18,6 +18,9 @@
 //   input.oninput = () => feed.typing(true);
 //   feed.close();
 
+/** The protocol version this client speaks: `protocol` in `connected` (CHANGELOG.md). */
+export const PROTOCOL = 1;
+
 /** WebSocket close codes the server uses (RFC 6455, and 4001 of its own). */
 export const CloseCode = Object.freeze({
   /** The client left (or a proxy ended the socket): resume. */
@@ -69,12 +72,22 @@ function backoffDelay(attempt, { firstMs = BACKOFF_FIRST_MS, maxMs = BACKOFF_MAX
   return ceiling / 2 + Math.random() * (ceiling / 2);
 }
 
-/** Where the server is: `baseUrl`, or by default the folder above this module's (…/client/). */
+/** Where the server is: `baseUrl`, or by default where this module came from, less its
+ *  `client/…` part (…/client/tracktalk.js and …/client/v1/tracktalk.js alike). */
 function serverBase(baseUrl) {
   const here = globalThis.location ? globalThis.location.href : undefined;
-  const base = new URL(baseUrl ?? new URL("../", import.meta.url), here);
+  const base = new URL(baseUrl ?? moduleServer(), here);
   if (!base.pathname.endsWith("/")) base.pathname += "/";
   return base;
+}
+
+function moduleServer() {
+  const url = new URL(import.meta.url);
+  const at = url.pathname.lastIndexOf("/client/");
+  url.pathname = at >= 0 ? url.pathname.slice(0, at + 1) : new URL("../", url).pathname;
+  url.search = "";
+  url.hash = "";
+  return url;
 }
 
 /** The socket's address: ws(s)://…/api/ws/track/{trackId}?token=…&since=… */
@@ -238,7 +251,7 @@ class Feed {
     this.#liveAt = Date.now();
     this.#renewed = false;
     this.#typingSent = false;
-    this.#setStatus("live", { seq: message.seq, resumed, anonymous: this.#anonymous });
+    this.#setStatus("live", { seq: message.seq, resumed, anonymous: this.#anonymous, protocol: message.protocol });
     if (this.#typingWanted) this.#flushTyping();
   }
 
