@@ -56,6 +56,21 @@ def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
 
 
+def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    """TRACKTALK_ALLOWED_ORIGINS: each as a browser sends it in `Origin`, or it would never match."""
+    origins = _list(env, "TRACKTALK_ALLOWED_ORIGINS")
+    for origin in origins:
+        parts = urlsplit(origin)
+        exact = origin == f"{parts.scheme}://{parts.netloc}" and "*" not in origin
+        if parts.scheme not in ("http", "https") or not parts.netloc or not exact:
+            raise ConfigError(
+                f"TRACKTALK_ALLOWED_ORIGINS: {origin!r} is not an origin: write scheme://host[:port] as the "
+                "browser sends it in `Origin`, e.g. https://app.example or http://localhost:3000 (no path, "
+                "no trailing slash)"
+            )
+    return origins
+
+
 _MAX_REPLICA_ID = 200
 
 
@@ -170,7 +185,8 @@ class Settings:
     sockets_per_user: int = 20
     """WebSockets one user may have open on one replica; more are closed with 1008."""
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
-    """Origins allowed to open a WebSocket; empty allows any."""
+    """Origins allowed to open a WebSocket and to call the API from a browser (CORS, app/cors.py);
+    empty: sockets from any origin, no CORS on the API."""
     log_json: bool = False
     identity_provider: IdentityProvider | None = None
     """Whose tokens are accepted besides tracktalk's own; None: tracktalk's only."""
@@ -243,7 +259,7 @@ class Settings:
             comments_per_minute=_limit(env, "TRACKTALK_COMMENTS_PER_MINUTE", 30),
             writes_per_minute=_limit(env, "TRACKTALK_WRITES_PER_MINUTE", 120),
             sockets_per_user=int(_number(env, "TRACKTALK_SOCKETS_PER_USER", 20)),
-            allowed_origins=_list(env, "TRACKTALK_ALLOWED_ORIGINS"),
+            allowed_origins=_origins(env),
             log_json=_flag(env, "TRACKTALK_LOG_JSON", False),
             identity_provider=provider,
             replica_id=_replica_id(env, port),
