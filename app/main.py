@@ -14,7 +14,6 @@ from typing import Any
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
 
 from app.config import Settings
 from app.cors import Cors
@@ -25,7 +24,6 @@ from app.handlers.sockets import PATH, TrackSockets
 from app.logs import configure_logging
 from app.request import TracktalkRequest
 from app.services import Services, running
-from app.wire import PROTOCOL
 
 
 class Tracktalk:
@@ -89,6 +87,7 @@ def create_app(settings: Settings | None = None) -> Tracktalk:
         exception_handlers=exception_handlers,
         request_class=TracktalkRequest,
         request_max_body_size=MAX_BODY,
-        openapi_config=OpenAPIConfig(title="tracktalk", version=str(PROTOCOL), path="/schema"),
+        openapi_config=schema.openapi_config(),
     )
+    schema.complete(http)
     return Tracktalk(http, settings.allowed_origins)

@@ -33,6 +33,13 @@ MAX_FRAME = 4096
 CommentId = Annotated[int, Meta(ge=1, le=2**63 - 1)]
 
 
+class ErrorBody(Struct):
+    """What the API answers with an error status: the status again, and what to fix."""
+
+    status_code: int
+    detail: str
+
+
 class CommentIn(Struct, forbid_unknown_fields=False):
     """Body of POST /api/tracks/{track_id}/comments."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from litestar import Response, get
+from litestar.openapi import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.db import schema_version, serves
@@ -21,7 +22,17 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@get("/readyz", tags=["health"])
+@get(
+    "/readyz",
+    tags=["health"],
+    responses={
+        503: ResponseSpec(
+            data_container=Health,
+            description="Not ready: `checks` says which of database, schema and listener is not.",
+            generate_examples=False,
+        )
+    },
+)
 async def readyz(services: Services) -> Response[Health]:
     """Ready: the database answers, its schema is this code's or newer, the listener is connected and caught up."""
     try:
