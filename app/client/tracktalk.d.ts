@@ -17,7 +17,7 @@ export interface Comment {
   /** Seconds into the track. */
   timestamp: number;
   is_edited: boolean;
-  /** ISO 8601. */
+  /** RFC 3339 in UTC: "2026-11-30T00:47:54.698605Z" (no fraction when the microseconds are zero). */
   created_at: string;
   last_edited_at: string | null;
   like_count: number;
