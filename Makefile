@@ -27,8 +27,11 @@ $(VENV)/.test-deps: $(BIN)/tracktalk
 install: $(BIN)/tracktalk
 install-test: $(VENV)/.test-deps
 
+# tracktalk stops cleanly on SIGTERM or Ctrl-C and then ends by that signal, as uvicorn has it
+# (status 143 or 130): for `make run` that is the normal end, not an error to report.
 run: install
-	$(BIN)/tracktalk serve --host $(HOST) --port $(PORT)
+	@$(BIN)/tracktalk serve --host $(HOST) --port $(PORT) || { status=$$?; \
+		[ $$status -eq 143 ] || [ $$status -eq 130 ] || exit $$status; }
 
 PY_DIRS := $(wildcard app tests bench deploy)
 

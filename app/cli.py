@@ -11,6 +11,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
+
 from app.auth import DEFAULT_TTL, issue_token
 from app.config import ConfigError, Settings
 from app.db import SchemaError, check_schema, migrate
@@ -156,5 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, SchemaError) as exc:
         print(f"tracktalk: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except psycopg.OperationalError as exc:
+        # One line, not a traceback per restart of a container waiting for its database.
+        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"tracktalk: the database cannot be reached (DATABASE_URL): {reason}", file=sys.stderr)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         pass
