@@ -47,6 +47,10 @@ const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 15000;
 /** A connection that stayed live this long starts the backoff over. */
 const STABLE_MS = 10000;
+/** Live connections that end sooner than STABLE_MS, one after the other ("flaps"): after the
+ *  second, a drop no longer resumes at once, and each one starts the backoff a step higher, up
+ *  to this many (a server that accepts and then fails is knocked on every 7.5–15 s at most). */
+const MAX_FLAPS = 6;
 /** The server relays one typing message per second per user and track and drops the rest. */
 const TYPING_GAP_MS = 1100;
 /** While typing goes on, say so again this often (others forget a typist after a few seconds). */
@@ -118,7 +122,8 @@ class Feed {
   #socket = null;
   #lastSeq;
   #status = "connecting";
-  #attempt = 0; // reconnect attempts since the last stable connection
+  #attempt = 0; // reconnect attempts since the server last answered (or a flap's head start)
+  #flaps = 0; // live connections in a row that ended before STABLE_MS
   #timer = null; // the pending reconnect
   #opening = false; // waiting for getToken()
   #started = false; // the first socket was opened
@@ -278,12 +283,19 @@ class Feed {
     this.#afterDrop(why, wasLive && RESUME_AT_ONCE.has(event.code));
   }
 
-  /** Reconnect: at once when `atOnce` (and not just done so), else after the backoff. */
+  /** Reconnect: at once when `atOnce` (and the server has not been flapping), else after the
+   *  backoff. A socket that was live shows the server answered just now: the attempts count
+   *  afresh from there (from 0, or a step up for each short-lived socket before it), so that two
+   *  quick restarts do not leave the client waiting 15 s for a server that is back. */
   #afterDrop(why, atOnce) {
-    if (this.#liveAt !== 0 && Date.now() - this.#liveAt >= STABLE_MS) this.#attempt = 0;
+    if (this.#liveAt !== 0) {
+      const stable = Date.now() - this.#liveAt >= STABLE_MS;
+      this.#flaps = stable ? 0 : Math.min(this.#flaps + 1, MAX_FLAPS);
+      this.#attempt = Math.max(this.#flaps - 1, 0);
+    }
     this.#liveAt = 0;
-    if (atOnce && this.#attempt === 0) {
-      this.#attempt = 1;
+    if (atOnce && this.#flaps <= 2) {
+      this.#attempt += 1;
       return this.#retry(0, why);
     }
     this.#retry(this.#backoff(), why);
