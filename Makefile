@@ -27,8 +27,11 @@ $(VENV)/.test-deps: $(BIN)/tracktalk
 install: $(BIN)/tracktalk
 install-test: $(VENV)/.test-deps
 
+# tracktalk stops cleanly on SIGTERM or Ctrl-C and then ends by that signal, as uvicorn has it
+# (status 143 or 130): for `make run` that is the normal end, not an error to report.
 run: install
-	$(BIN)/tracktalk serve --host $(HOST) --port $(PORT)
+	@$(BIN)/tracktalk serve --host $(HOST) --port $(PORT) || { status=$$?; \
+		[ $$status -eq 143 ] || [ $$status -eq 130 ] || exit $$status; }
 
 PY_DIRS := $(wildcard app tests bench deploy)
 
@@ -44,6 +47,8 @@ typecheck: install-test
 #   chromium   $(CHROMIUM)           the browser tests (tests/test_browser.py)
 #   nginx      PATH or /usr/sbin     in front of two replicas (tests/test_deploy.py)
 #   pgbouncer  PATH or /usr/sbin     in front of the request pools (tests/test_deploy.py)
+#   nodejs npm PATH                  TypeScript from the OpenAPI document (tests/test_typescript.py:
+#                                    npm ci of tests/typescript/package-lock.json, then tsc)
 # Missing ones are installed where that can be done (root, with apt-get); elsewhere `make test`
 # stops at once with the command that installs them. `make run` needs none of them.
 CHROMIUM ?= /usr/bin/chromium
@@ -54,6 +59,7 @@ test-packages:
 	for tool in nginx pgbouncer; do \
 		command -v $$tool >/dev/null || test -x /usr/sbin/$$tool || missing="$$missing $$tool"; \
 	done; \
+	command -v node >/dev/null && command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
 		echo "make test: installing the Debian packages its tests drive:$$missing"; \

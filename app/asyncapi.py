@@ -10,7 +10,6 @@ for people.
 from __future__ import annotations
 
 import functools
-from importlib.metadata import version
 from typing import Any, get_args
 
 import msgspec
@@ -68,7 +67,7 @@ def document() -> dict[str, Any]:
         "asyncapi": ASYNCAPI_VERSION,
         "info": {
             "title": "tracktalk",
-            "version": version("tracktalk"),
+            "version": str(wire.PROTOCOL),
             "description": (
                 "Realtime time-coded comments: the WebSocket of a track, on the same host as this "
                 "document. Durable events carry `seq`, the track's event number (contiguous from 1, "

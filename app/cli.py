@@ -11,6 +11,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
+
 from app.auth import DEFAULT_TTL, issue_token
 from app.check import QUEUE_ALERT
 from app.config import ConfigError, Settings
@@ -48,8 +50,9 @@ def database() -> Iterator[tuple[str, bool]]:
         yield server.url, server.created
 
 
-def secret_key() -> str:
-    """TRACKTALK_SECRET, or with no DATABASE_URL the embedded mode's own key."""
+def secret_key(*, make: bool) -> str:
+    """TRACKTALK_SECRET, or with no DATABASE_URL the embedded mode's own key: made on first use
+    when `make` (serve), else only read (a token signed with a key no server has is refused)."""
     key = os.environ.get("TRACKTALK_SECRET")
     if key:
         return key
@@ -58,7 +61,15 @@ def secret_key() -> str:
             "TRACKTALK_SECRET is not set: `tracktalk token` signs with it; set the same value the servers "
             "use (tokens of your identity provider come from it, not from here)"
         )
-    return embedded_secret(home())
+    root = home()
+    if not make and not (root / "secret").is_file():
+        raise ConfigError(
+            f"no token key: TRACKTALK_SECRET is not set and there is no {(root / 'secret').absolute()} "
+            "(the key `tracktalk serve` makes for its embedded database). Run this command in the folder "
+            "where `tracktalk serve` runs, or set TRACKTALK_HOME to its .tracktalk folder, or set "
+            "TRACKTALK_SECRET to the key the servers use"
+        )
+    return embedded_secret(root)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -72,7 +83,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
             migrate(url)
             if created:
                 _load_demo(url)
-            settings = Settings.from_env(database_url=url, secret=secret_key(), demo=True, port=args.port)
+            settings = Settings.from_env(
+                database_url=url, secret=secret_key(make=True), demo=True, port=args.port
+            )
         else:
             settings = Settings.from_env(port=args.port)
             check_schema(settings.database_url)
@@ -104,7 +117,7 @@ def cmd_token(args: argparse.Namespace) -> None:
         raise ConfigError("USER_ID must be a user's id, a whole number >= 1")
     if args.ttl < 1:
         raise ConfigError("--ttl must be a number of seconds >= 1")
-    print(issue_token(secret_key(), args.user_id, args.ttl))
+    print(issue_token(secret_key(make=False), args.user_id, args.ttl))
 
 
 def cmd_demo(_: argparse.Namespace) -> None:
@@ -171,6 +184,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     except MigrateError as exc:
         print(f"tracktalk: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except psycopg.OperationalError as exc:
+        # One line, not a traceback per restart of a container waiting for its database.
+        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"tracktalk: the database cannot be reached (DATABASE_URL): {reason}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         pass

@@ -97,6 +97,21 @@ def _metrics_token(env: Mapping[str, str]) -> str:
     return raw
 
 
+def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    """TRACKTALK_ALLOWED_ORIGINS: each as a browser sends it in `Origin`, or it would never match."""
+    origins = _list(env, "TRACKTALK_ALLOWED_ORIGINS")
+    for origin in origins:
+        parts = urlsplit(origin)
+        exact = origin == f"{parts.scheme}://{parts.netloc}" and "*" not in origin
+        if parts.scheme not in ("http", "https") or not parts.netloc or not exact:
+            raise ConfigError(
+                f"TRACKTALK_ALLOWED_ORIGINS: {origin!r} is not an origin: write scheme://host[:port] as the "
+                "browser sends it in `Origin`, e.g. https://app.example or http://localhost:3000 (no path, "
+                "no trailing slash)"
+            )
+    return origins
+
+
 _MAX_REPLICA_ID = 200
 
 
@@ -224,7 +239,8 @@ class Settings:
     metrics_token: str = ""
     """TRACKTALK_METRICS_TOKEN: the bearer token /metrics asks for (401 without it); empty: open."""
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
-    """Origins allowed to open a WebSocket; empty allows any."""
+    """Origins allowed to open a WebSocket and to call the API from a browser (CORS, app/cors.py);
+    empty: sockets from any origin, no CORS on the API."""
     log_json: bool = False
     identity_provider: IdentityProvider | None = None
     """Whose tokens are accepted besides tracktalk's own; None: tracktalk's only."""
@@ -310,7 +326,7 @@ class Settings:
             trusted_proxies=_addresses(env, "TRACKTALK_TRUSTED_PROXIES", ("127.0.0.1",)),
             max_connections=_limit(env, "TRACKTALK_MAX_CONNECTIONS", 0),
             metrics_token=_metrics_token(env),
-            allowed_origins=_list(env, "TRACKTALK_ALLOWED_ORIGINS"),
+            allowed_origins=_origins(env),
             log_json=_flag(env, "TRACKTALK_LOG_JSON", False),
             identity_provider=provider,
             replica_id=_replica_id(env, port),

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import psycopg
 from psycopg import pq
+from psycopg.abc import Buffer
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import tuple_row
+from psycopg.types.datetime import TimestamptzBinaryLoader, TimestamptzLoader
 from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
@@ -174,6 +177,26 @@ async def schema_version(pool: AsyncConnectionPool) -> int | None:
     return int(row[0]) if row else None
 
 
+class UtcTimestamptzLoader(TimestamptzLoader):
+    """timestamptz as a datetime in UTC, whatever the session's TimeZone: the API writes times
+    as `…Z` (msgspec's RFC 3339), like the messages the triggers build (tracktalk.json_time)."""
+
+    def load(self, data: Buffer) -> datetime:
+        return super().load(data).astimezone(UTC)
+
+
+class UtcTimestamptzBinaryLoader(TimestamptzBinaryLoader):
+    """The same, for results in binary format."""
+
+    def load(self, data: Buffer) -> datetime:
+        return super().load(data).astimezone(UTC)
+
+
+async def _utc_times(conn: Conn) -> None:
+    conn.adapters.register_loader("timestamptz", UtcTimestamptzLoader)
+    conn.adapters.register_loader("timestamptz", UtcTimestamptzBinaryLoader)
+
+
 def create_pool(settings: Settings) -> AsyncConnectionPool:
     """The request pool (not yet open: open it in the app's lifespan)."""
     kwargs: dict[str, Any] = {
@@ -202,6 +225,7 @@ def create_pool(settings: Settings) -> AsyncConnectionPool:
         name="tracktalk-requests",
         # A connection the server dropped (a restart, a failover) is replaced, not handed out.
         check=check_alive,
+        configure=_utc_times,
         open=False,
     )
 

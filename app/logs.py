@@ -38,18 +38,41 @@ class JsonFormatter(logging.Formatter):
         return _encoder.encode(entry).decode()
 
 
+class OneLine(logging.Filter):
+    """A message written on one line (psycopg's connection errors take two: `…failed: Connection
+    refused` and `\tIs the server running…`); a traceback, if any, stays as it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "\n" in message:
+            record.msg, record.args = (
+                " ".join(part.strip() for part in message.splitlines() if part.strip()),
+                None,
+            )
+        return True
+
+
+LIBRARIES = ("psycopg", "psycopg_pool", "httpx", "httpcore")
+"""The libraries whose log lines go out like the app's (same handler, same format)."""
+
+
 def configure_logging(*, json: bool = False, level: int = logging.INFO) -> None:
-    """Send the app's logs to stderr, once (calling again only changes the format)."""
-    root = logging.getLogger("app")
-    root.setLevel(level)
-    if not any(isinstance(f, RedactTokens) for f in root.filters):
-        root.addFilter(RedactTokens())
-    handler = next((h for h in root.handlers if getattr(h, "_tracktalk", False)), None)
+    """Send the app's logs, and those of the libraries it drives, to stderr in one format, once
+    (calling again only changes the format)."""
+    app = logging.getLogger("app")
+    app.setLevel(level)
+    if not any(isinstance(f, RedactTokens) for f in app.filters):
+        app.addFilter(RedactTokens())
+    handler = next((h for h in app.handlers if getattr(h, "_tracktalk", False)), None)
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler._tracktalk = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-        root.propagate = False
+        handler.addFilter(RedactTokens())  # a logger's filter does not see its children's records
+        handler.addFilter(OneLine())
+    for logger in (app, *map(logging.getLogger, LIBRARIES)):
+        if handler not in logger.handlers:
+            logger.addHandler(handler)
+        logger.propagate = False
     handler.setFormatter(
         JsonFormatter() if json else logging.Formatter("%(levelname)s %(name)s: %(message)s")
     )

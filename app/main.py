@@ -14,9 +14,9 @@ from typing import Any
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
 
 from app.config import Settings
+from app.cors import Cors
 from app.deps import provide_services, provide_user, provide_viewer
 from app.errors import MAX_BODY, exception_handlers
 from app.handlers import client, comments, demo, health, notifications, pages, schema, tracks
@@ -29,9 +29,11 @@ from app.services import Services, running
 class Tracktalk:
     """The ASGI app of a replica: track sockets to their handler, the rest to Litestar."""
 
-    def __init__(self, http: Litestar) -> None:
+    def __init__(self, http: Litestar, allowed_origins: tuple[str, ...] = ()) -> None:
         self.http = http
         self.sockets = TrackSockets(lambda: self.services)
+        self._serve_http = Cors(http, allowed_origins)
+        """Litestar, behind the API's OPTIONS and CORS answers (app/cors.py)."""
 
     @property
     def state(self) -> State:
@@ -49,7 +51,7 @@ class Tracktalk:
         if scope["type"] == "websocket" and scope["path"].startswith(PATH):
             await self.sockets(scope, receive, send)
         else:
-            await self.http(scope, receive, send)
+            await self._serve_http(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> Tracktalk:
@@ -85,6 +87,7 @@ def create_app(settings: Settings | None = None) -> Tracktalk:
         exception_handlers=exception_handlers,
         request_class=TracktalkRequest,
         request_max_body_size=MAX_BODY,
-        openapi_config=OpenAPIConfig(title="tracktalk", version="0.1.0", path="/schema"),
+        openapi_config=schema.openapi_config(),
     )
-    return Tracktalk(http)
+    schema.complete(http)
+    return Tracktalk(http, settings.allowed_origins)

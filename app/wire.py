@@ -14,6 +14,12 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Raw, Struct
 
+PROTOCOL = 1
+"""The protocol's version: `protocol` in `connected`, `info.version` of /schema/openapi.json and
+/schema/asyncapi.json, the `v1` of /client/v1/. Fields and messages may be added within a version
+(a client ignores what it does not know); a change that would break a client of this version
+makes the next one. CHANGELOG.md says what each version has."""
+
 # ---------------------------------------------------------------------------------------------
 # HTTP
 # ---------------------------------------------------------------------------------------------
@@ -25,6 +31,13 @@ MAX_FRAME = 4096
 """Largest frame a client may send on a socket, in bytes; a bigger one closes it with 1009."""
 
 CommentId = Annotated[int, Meta(ge=1, le=2**63 - 1)]
+
+
+class ErrorBody(Struct):
+    """What the API answers with an error status: the status again, and what to fix."""
+
+    status_code: int
+    detail: str
 
 
 class CommentIn(Struct, forbid_unknown_fields=False):
@@ -197,11 +210,13 @@ class Readiness(Struct):
 
 
 class Connected(Struct, tag_field="type", tag="connected"):
-    """First message on a socket; `seq` is the track's latest event number."""
+    """First message on a socket; `seq` is the track's latest event number, `protocol` the
+    version of the protocol the server speaks."""
 
     track_id: str
     message: str
     seq: int
+    protocol: int = PROTOCOL
 
 
 class Counters(Struct):

@@ -224,6 +224,34 @@ BEGIN
 END
 $$;
 
+-- A time as the JSON of every message and answer writes it (HTTP answers are msgspec's, and
+-- this is exactly what msgspec writes for a UTC time): RFC 3339 in UTC with `Z`, microseconds
+-- as six digits, left out when they are zero. to_json would write the session's zone
+-- (`+00:00`) and drop trailing zeros (`.69860`).
+CREATE OR REPLACE FUNCTION tracktalk.json_time(t timestamptz) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+        || CASE WHEN extract(microseconds FROM t)::bigint % 1000000 = 0 THEN ''
+                ELSE to_char(t AT TIME ZONE 'UTC', '.US') END
+        || 'Z'
+$$;
+
+-- A comment of tracktalk.comment_objects as the messages carry it (the same for everyone:
+-- user_has_liked is false).
+CREATE OR REPLACE FUNCTION tracktalk.comment_json(o tracktalk.comment_objects) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT to_jsonb(o) || jsonb_build_object('user_has_liked', false,
+                                             'created_at', tracktalk.json_time(o.created_at),
+                                             'last_edited_at', tracktalk.json_time(o.last_edited_at))
+$$;
+
+-- A notification of tracktalk.notification_objects as the `notification` message carries it.
+CREATE OR REPLACE FUNCTION tracktalk.notification_json(n tracktalk.notification_objects) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT to_jsonb(n) || jsonb_build_object('created_at', tracktalk.json_time(n.created_at),
+                                             'read_at', tracktalk.json_time(n.read_at))
+$$;
+
 -- The messages that tell recipients about notifications `ids`, in id order: none for a recipient
 -- who may no longer see the track (tracktalk.notification_objects leaves those out).
 CREATE OR REPLACE FUNCTION tracktalk.user_messages(ids bigint[])
@@ -235,13 +263,13 @@ BEGIN
     FROM (
         SELECT n.id, 1 AS part, n.user_id,
                jsonb_build_object('type', 'notification', 'track_id', n.track_id,
-                                  'notification', to_jsonb(n)) AS message
+                                  'notification', tracktalk.notification_json(n)) AS message
           FROM tracktalk.notification_objects n
          WHERE n.id = ANY (ids)
         UNION ALL
         SELECT n.id, 2, n.user_id,
                jsonb_build_object('type', 'mention', 'track_id', n.track_id,
-                                  'comment', to_jsonb(c) || '{"user_has_liked": false}',
+                                  'comment', tracktalk.comment_json(c),
                                   'from_user', n.actor_username)
           FROM tracktalk.notification_objects n
           JOIN tracktalk.comment_objects c ON c.id = n.comment_id
@@ -573,7 +601,7 @@ BEGIN
     FOR r IN
         SELECT n.track_id,
                array_agg(jsonb_build_object('type', 'new_comment',
-                                            'comment', to_jsonb(o) || '{"user_has_liked": false}')
+                                            'comment', tracktalk.comment_json(o))
                          ORDER BY n.id) AS messages,
                count(*) AS added
           FROM new_rows n
@@ -605,7 +633,7 @@ BEGIN
                array_agg(jsonb_build_object('type', 'comment_edited', 'comment_id', n.id,
                                             'content', n.content, 'timestamp', n."timestamp",
                                             'is_edited', n.is_edited,
-                                            'last_edited_at', n.last_edited_at)
+                                            'last_edited_at', tracktalk.json_time(n.last_edited_at))
                          ORDER BY n.id) AS messages
           FROM new_rows n
           JOIN old_rows o ON o.id = n.id

@@ -17,7 +17,7 @@ export interface Comment {
   /** Seconds into the track. */
   timestamp: number;
   is_edited: boolean;
-  /** ISO 8601. */
+  /** RFC 3339 in UTC: "2026-11-30T00:47:54.698605Z" (no fraction when the microseconds are zero). */
   created_at: string;
   last_edited_at: string | null;
   like_count: number;
@@ -73,12 +73,14 @@ export interface Counters {
 
 // ---- server -> client ----------------------------------------------------------------------
 
-/** First message on every socket; `seq` is the track's latest event number. Reported through onStatus("live"). */
+/** First message on every socket; `seq` is the track's latest event number, `protocol` the
+ *  server's protocol version. Reported through onStatus("live"). */
 export interface Connected {
   type: "connected";
   track_id: string;
   message: string;
   seq: number;
+  protocol: number;
 }
 
 /** A comment was posted; `metrics` are the track's counters after it. Durable. */
@@ -209,6 +211,9 @@ export type ClientMessage = Typing;
 
 // ---- the client ----------------------------------------------------------------------------
 
+/** The protocol version this client speaks (CHANGELOG.md); the server says its own in `connected`. */
+export declare const PROTOCOL: 1;
+
 /** WebSocket close codes the server uses (RFC 6455, and 4001 of its own). */
 export declare const CloseCode: Readonly<{
   /** The client left (or a proxy ended the socket): resume. */
@@ -242,6 +247,8 @@ export interface StatusDetail {
   resumed?: boolean;
   /** live: the socket has no token (read-only; typing is not sent). */
   anonymous?: boolean;
+  /** live: the server's protocol version (`connected.protocol`); this client speaks PROTOCOL. */
+  protocol?: number;
   /** reconnecting, closed: the close code of the socket that ended (4000: the client saw a gap). */
   code?: number;
   /** reconnecting, closed: the server's close reason. */
@@ -260,7 +267,8 @@ export interface ConnectOptions {
   /** The track to watch. */
   trackId: string;
   /** The tracktalk server, e.g. "https://tracktalk.example/" (http(s) or ws(s)); relative ones
-   *  resolve against the page. Default: the server this module was loaded from. */
+   *  resolve against the page. Default: the server this module was loaded from (the address
+   *  of the module less its `client/…`). */
   baseUrl?: string | URL;
   /**
    * The access token for the next connection, called before each one. With `expired: true` the

@@ -18,6 +18,9 @@
 //   input.oninput = () => feed.typing(true);
 //   feed.close();
 
+/** The protocol version this client speaks: `protocol` in `connected` (CHANGELOG.md). */
+export const PROTOCOL = 1;
+
 /** WebSocket close codes the server uses (RFC 6455, and 4001 of its own). */
 export const CloseCode = Object.freeze({
   /** The client left (or a proxy ended the socket): resume. */
@@ -44,6 +47,10 @@ const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 15000;
 /** A connection that stayed live this long starts the backoff over. */
 const STABLE_MS = 10000;
+/** Live connections that end sooner than STABLE_MS, one after the other ("flaps"): after the
+ *  second, a drop no longer resumes at once, and each one starts the backoff a step higher, up
+ *  to this many (a server that accepts and then fails is knocked on every 7.5–15 s at most). */
+const MAX_FLAPS = 6;
 /** The server relays one typing message per second per user and track and drops the rest. */
 const TYPING_GAP_MS = 1100;
 /** While typing goes on, say so again this often (others forget a typist after a few seconds). */
@@ -69,12 +76,22 @@ function backoffDelay(attempt, { firstMs = BACKOFF_FIRST_MS, maxMs = BACKOFF_MAX
   return ceiling / 2 + Math.random() * (ceiling / 2);
 }
 
-/** Where the server is: `baseUrl`, or by default the folder above this module's (…/client/). */
+/** Where the server is: `baseUrl`, or by default where this module came from, less its
+ *  `client/…` part (…/client/tracktalk.js and …/client/v1/tracktalk.js alike). */
 function serverBase(baseUrl) {
   const here = globalThis.location ? globalThis.location.href : undefined;
-  const base = new URL(baseUrl ?? new URL("../", import.meta.url), here);
+  const base = new URL(baseUrl ?? moduleServer(), here);
   if (!base.pathname.endsWith("/")) base.pathname += "/";
   return base;
+}
+
+function moduleServer() {
+  const url = new URL(import.meta.url);
+  const at = url.pathname.lastIndexOf("/client/");
+  url.pathname = at >= 0 ? url.pathname.slice(0, at + 1) : new URL("../", url).pathname;
+  url.search = "";
+  url.hash = "";
+  return url;
 }
 
 /** The socket's address: ws(s)://…/api/ws/track/{trackId}?token=…&since=… */
@@ -105,7 +122,8 @@ class Feed {
   #socket = null;
   #lastSeq;
   #status = "connecting";
-  #attempt = 0; // reconnect attempts since the last stable connection
+  #attempt = 0; // reconnect attempts since the server last answered (or a flap's head start)
+  #flaps = 0; // live connections in a row that ended before STABLE_MS
   #timer = null; // the pending reconnect
   #opening = false; // waiting for getToken()
   #started = false; // the first socket was opened
@@ -238,7 +256,7 @@ class Feed {
     this.#liveAt = Date.now();
     this.#renewed = false;
     this.#typingSent = false;
-    this.#setStatus("live", { seq: message.seq, resumed, anonymous: this.#anonymous });
+    this.#setStatus("live", { seq: message.seq, resumed, anonymous: this.#anonymous, protocol: message.protocol });
     if (this.#typingWanted) this.#flushTyping();
   }
 
@@ -265,12 +283,19 @@ class Feed {
     this.#afterDrop(why, wasLive && RESUME_AT_ONCE.has(event.code));
   }
 
-  /** Reconnect: at once when `atOnce` (and not just done so), else after the backoff. */
+  /** Reconnect: at once when `atOnce` (and the server has not been flapping), else after the
+   *  backoff. A socket that was live shows the server answered just now: the attempts count
+   *  afresh from there (from 0, or a step up for each short-lived socket before it), so that two
+   *  quick restarts do not leave the client waiting 15 s for a server that is back. */
   #afterDrop(why, atOnce) {
-    if (this.#liveAt !== 0 && Date.now() - this.#liveAt >= STABLE_MS) this.#attempt = 0;
+    if (this.#liveAt !== 0) {
+      const stable = Date.now() - this.#liveAt >= STABLE_MS;
+      this.#flaps = stable ? 0 : Math.min(this.#flaps + 1, MAX_FLAPS);
+      this.#attempt = Math.max(this.#flaps - 1, 0);
+    }
     this.#liveAt = 0;
-    if (atOnce && this.#attempt === 0) {
-      this.#attempt = 1;
+    if (atOnce && this.#flaps <= 2) {
+      this.#attempt += 1;
       return this.#retry(0, why);
     }
     this.#retry(this.#backoff(), why);

@@ -1,9 +1,12 @@
-"""The browser client: /client/tracktalk.js (an ES module) and /client/tracktalk.d.ts (its types).
+"""The browser client: /client/tracktalk.js (an ES module) and /client/tracktalk.d.ts (its types),
+and the same files at the protocol's versioned path, /client/v1/.
 
 Other sites import the module from here, and a browser fetches a module script in CORS mode, so
-both files are open to any origin (they hold nothing private). Their address carries no
-version: browsers revalidate them on every use (an ETag, answered 304 while unchanged), so that a
-page never runs a client older than the server it talks to.
+both files are open to any origin (they hold nothing private). The unversioned address is
+revalidated on every use (an ETag, answered 304 while unchanged): a page that imports it always
+runs the client of the server it talks to. The versioned one may be kept for a week: any client
+of a protocol version works with any server of that version (app/wire.py, PROTOCOL), so a copy a
+few days old is still right, and pages load it without asking.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any
 
 from litestar import Request, Response, get, head
 
+from app.wire import PROTOCOL
+
 CLIENT = Path(__file__).resolve().parent.parent / "client"
 MEDIA_TYPES = {
     "tracktalk.js": "text/javascript",  # Litestar adds "; charset=utf-8" to text types
@@ -23,7 +28,12 @@ MEDIA_TYPES = {
 """The files served under /client/, and their content types."""
 
 
-PATHS = [f"/client/{name}" for name in MEDIA_TYPES]
+VERSIONED = f"/client/v{PROTOCOL}/"
+"""Where the files of this protocol version are served with long cache headers."""
+PATHS = [f"/client/{name}" for name in MEDIA_TYPES] + [VERSIONED + name for name in MEDIA_TYPES]
+CACHE_CONTROL = "no-cache"
+VERSIONED_CACHE_CONTROL = "public, max-age=604800"
+"""A week: any client of the version works with this server (see the module's docstring)."""
 
 
 @functools.cache
@@ -36,11 +46,12 @@ def _file(name: str) -> tuple[bytes, str]:
 def _answer(request: Request[Any, Any, Any], head: bool) -> Response[Any]:
     """The file named by the path, or 304 when the browser's copy is current; for HEAD the
     same headers (its length included) and no body."""
-    name = request.url.path.rsplit("/", 1)[-1]
+    path = request.url.path
+    name = path.rsplit("/", 1)[-1]
     data, etag = _file(name)
     headers = {
         "ETag": etag,
-        "Cache-Control": "no-cache",
+        "Cache-Control": VERSIONED_CACHE_CONTROL if path.startswith(VERSIONED) else CACHE_CONTROL,
         "Access-Control-Allow-Origin": "*",
         "X-Content-Type-Options": "nosniff",
     }

@@ -6,10 +6,12 @@ from typing import Annotated
 from urllib.parse import quote
 
 from litestar import Response, delete, get, post, put
+from litestar.datastructures import ResponseHeader
 from litestar.params import Parameter
 
 from app import comments
 from app.deps import Viewer
+from app.handlers.schema import SIGNED_IN, TOKEN_OPTIONAL, errors
 from app.handlers.validation import check_id, check_timestamp, check_track_id, clean_content
 from app.problems import Forbidden, Unprocessable
 from app.services import Services
@@ -18,9 +20,22 @@ from app.wire import Comment, CommentEdit, CommentIn, LikeState
 from app.writes import counted_write
 
 _TAG = ["comments"]
+_LIKE_ERRORS = errors(401, 404, 429, 503)
+LINK = ResponseHeader(
+    name="Link",
+    description='`<…>; rel="next"`: the next page, when there may be more.',
+    documentation_only=True,
+    required=False,
+)
 
 
-@get("/api/tracks/{track_id:str}/comments", tags=_TAG)
+@get(
+    "/api/tracks/{track_id:str}/comments",
+    tags=_TAG,
+    security=TOKEN_OPTIONAL,
+    responses=errors(401, 404, 422, 503),
+    response_headers=[LINK],
+)
 async def list_comments(
     track_id: str,
     services: Services,
@@ -43,7 +58,13 @@ async def list_comments(
     return Response(items, headers=headers)
 
 
-@post("/api/tracks/{track_id:str}/comments", status_code=201, tags=_TAG)
+@post(
+    "/api/tracks/{track_id:str}/comments",
+    status_code=201,
+    tags=_TAG,
+    security=SIGNED_IN,
+    responses=errors(400, 401, 404, 413, 422, 429, 503),
+)
 async def create_comment(track_id: str, data: CommentIn, services: Services, user: Viewer) -> Comment:
     """Post a comment at `timestamp` seconds into the track, or a reply to `parent_id`."""
     check_track_id(track_id)
@@ -59,7 +80,12 @@ async def create_comment(track_id: str, data: CommentIn, services: Services, use
         return await comments.get(conn, comment_id, user.id)
 
 
-@put("/api/comments/{comment_id:int}", tags=_TAG)
+@put(
+    "/api/comments/{comment_id:int}",
+    tags=_TAG,
+    security=SIGNED_IN,
+    responses=errors(400, 401, 403, 404, 413, 422, 429, 503),
+)
 async def edit_comment(comment_id: int, data: CommentEdit, services: Services, user: Viewer) -> Comment:
     """Change a comment's content (its author only)."""
     check_id("comment", comment_id)
@@ -72,7 +98,13 @@ async def edit_comment(comment_id: int, data: CommentEdit, services: Services, u
         return await comments.get(conn, comment_id, user.id)
 
 
-@delete("/api/comments/{comment_id:int}", status_code=204, tags=_TAG)
+@delete(
+    "/api/comments/{comment_id:int}",
+    status_code=204,
+    tags=_TAG,
+    security=SIGNED_IN,
+    responses=errors(401, 403, 404, 503),
+)
 async def delete_comment(comment_id: int, services: Services, user: Viewer) -> None:
     """Delete a comment and its replies (its author, the track's creator or a team member)."""
     check_id("comment", comment_id)
@@ -83,13 +115,25 @@ async def delete_comment(comment_id: int, services: Services, user: Viewer) -> N
         await comments.delete(conn, comment_id)
 
 
-@post("/api/comments/{comment_id:int}/like", status_code=200, tags=_TAG)
+@post(
+    "/api/comments/{comment_id:int}/like",
+    status_code=200,
+    tags=_TAG,
+    security=SIGNED_IN,
+    responses=_LIKE_ERRORS,
+)
 async def like_comment(comment_id: int, services: Services, user: Viewer) -> LikeState:
     """Like a comment (liking twice changes nothing)."""
     return await _set_like(comment_id, services, user, liked=True)
 
 
-@delete("/api/comments/{comment_id:int}/like", status_code=200, tags=_TAG)
+@delete(
+    "/api/comments/{comment_id:int}/like",
+    status_code=200,
+    tags=_TAG,
+    security=SIGNED_IN,
+    responses=_LIKE_ERRORS,
+)
 async def unlike_comment(comment_id: int, services: Services, user: Viewer) -> LikeState:
     """Take a like back (without one, nothing changes)."""
     return await _set_like(comment_id, services, user, liked=False)

@@ -7,6 +7,7 @@ from litestar import get, post
 from psycopg.rows import class_row
 
 from app.auth import issue_token
+from app.handlers.schema import errors
 from app.handlers.validation import check_id
 from app.problems import NotFound
 from app.services import Services
@@ -16,7 +17,7 @@ _TAG = ["demo"]
 _TTL = 12 * 3600
 
 
-@get("/api/demo/users", tags=_TAG)
+@get("/api/demo/users", tags=_TAG, responses=errors(503))
 async def demo_users(services: Services) -> list[DemoUser]:
     """The users one may sign in as."""
     async with services.pool.connection() as conn, conn.cursor(row_factory=class_row(DemoUser)) as cur:
@@ -24,7 +25,7 @@ async def demo_users(services: Services) -> list[DemoUser]:
         return await cur.fetchall()
 
 
-@post("/api/demo/token/{user_id:int}", status_code=200, tags=_TAG)
+@post("/api/demo/token/{user_id:int}", status_code=200, tags=_TAG, responses=errors(404, 503))
 async def demo_token(user_id: int, services: Services) -> DemoToken:
     """A token for a demo user."""
     check_id("user", user_id)

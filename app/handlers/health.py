@@ -8,6 +8,7 @@ from typing import Any
 
 from litestar import Request, Response, get
 from litestar.exceptions import NotAuthorizedException
+from litestar.openapi import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.db import serves
@@ -25,7 +26,18 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@get("/readyz", tags=["health"])
+@get(
+    "/readyz",
+    tags=["health"],
+    responses={
+        503: ResponseSpec(
+            data_container=Readiness,
+            description="Not ready: `checks` says which of database, schema, listener and notify_queue is not "
+            "(null: could not be asked), `detail` what to do.",
+            generate_examples=False,
+        )
+    },
+)
 async def readyz(services: Services) -> Response[Readiness]:
     """Ready: the database answers, its schema is this code's or newer, its NOTIFY queue is below
     the limit, the listener is connected and caught up. Answers at once, from the database's last

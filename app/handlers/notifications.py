@@ -9,13 +9,21 @@ from litestar.params import Parameter
 
 from app import notifications
 from app.deps import Viewer
+from app.handlers.comments import LINK
+from app.handlers.schema import SIGNED_IN, errors
 from app.services import Services
 from app.wire import MarkRead, NotificationPage, UnreadCount
 
 _TAG = ["notifications"]
 
 
-@get("/api/notifications", tags=_TAG)
+@get(
+    "/api/notifications",
+    tags=_TAG,
+    security=SIGNED_IN,
+    responses=errors(401, 422, 503),
+    response_headers=[LINK],
+)
 async def list_notifications(
     services: Services,
     user: Viewer,
@@ -34,7 +42,13 @@ async def list_notifications(
     return Response(NotificationPage(notifications=items, unread=unread), headers=headers)
 
 
-@post("/api/notifications/read", status_code=200, tags=_TAG)
+@post(
+    "/api/notifications/read",
+    status_code=200,
+    tags=_TAG,
+    security=SIGNED_IN,
+    responses=errors(400, 401, 413, 422, 503),
+)
 async def mark_read(services: Services, user: Viewer, data: MarkRead | None = None) -> UnreadCount:
     """Mark some notifications (`ids`) or all of them read; answer how many stay unread."""
     ids = data.id_list() if data is not None else None

@@ -7,10 +7,12 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, delete, get, post
+from litestar.openapi import ResponseSpec
 
 from app import tracks
 from app.db import Conn
 from app.deps import Viewer
+from app.handlers.schema import SIGNED_IN, TOKEN_OPTIONAL, errors
 from app.handlers.validation import check_track_id
 from app.problems import NotFound
 from app.services import Services
@@ -18,17 +20,19 @@ from app.wire import Track, TrackMetrics
 from app.writes import counted_write
 
 _TAG = ["tracks"]
+_READ_ERRORS = errors(401, 404, 503)
+_WRITE_ERRORS = errors(401, 404, 429, 503)
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
 
-@get("/api/tracks", tags=_TAG)
+@get("/api/tracks", tags=_TAG, security=TOKEN_OPTIONAL, responses=errors(401, 503))
 async def list_tracks(services: Services, viewer: Viewer | None) -> list[Track]:
     """The tracks the caller may see."""
     async with services.pool.connection() as conn:
         return await tracks.list_tracks(conn, viewer.id if viewer else None)
 
 
-@get("/api/tracks/{track_id:str}", tags=_TAG)
+@get("/api/tracks/{track_id:str}", tags=_TAG, security=TOKEN_OPTIONAL, responses=_READ_ERRORS)
 async def get_track(track_id: str, services: Services, viewer: Viewer | None) -> Track:
     """One track."""
     check_track_id(track_id)
@@ -36,7 +40,7 @@ async def get_track(track_id: str, services: Services, viewer: Viewer | None) ->
         return await tracks.get_track(conn, track_id, viewer.id if viewer else None)
 
 
-@get("/api/tracks/{track_id:str}/metrics", tags=_TAG)
+@get("/api/tracks/{track_id:str}/metrics", tags=_TAG, security=TOKEN_OPTIONAL, responses=_READ_ERRORS)
 async def get_metrics(track_id: str, services: Services, viewer: Viewer | None) -> TrackMetrics:
     """Likes, comments and shares of the track, whether the caller liked it, and how many listen."""
     check_track_id(track_id)
@@ -46,19 +50,29 @@ async def get_metrics(track_id: str, services: Services, viewer: Viewer | None) 
         return await _with_listening(services, conn, await tracks.metrics(conn, track_id, viewer_id))
 
 
-@post("/api/tracks/{track_id:str}/like", status_code=200, tags=_TAG)
+@post(
+    "/api/tracks/{track_id:str}/like", status_code=200, tags=_TAG, security=SIGNED_IN, responses=_WRITE_ERRORS
+)
 async def like_track(track_id: str, services: Services, user: Viewer) -> TrackMetrics:
     """Like the track (liking twice changes nothing)."""
     return await _change(track_id, services, user, tracks.like)
 
 
-@delete("/api/tracks/{track_id:str}/like", status_code=200, tags=_TAG)
+@delete(
+    "/api/tracks/{track_id:str}/like", status_code=200, tags=_TAG, security=SIGNED_IN, responses=_WRITE_ERRORS
+)
 async def unlike_track(track_id: str, services: Services, user: Viewer) -> TrackMetrics:
     """Take the like back."""
     return await _change(track_id, services, user, tracks.unlike)
 
 
-@post("/api/tracks/{track_id:str}/share", status_code=200, tags=_TAG)
+@post(
+    "/api/tracks/{track_id:str}/share",
+    status_code=200,
+    tags=_TAG,
+    security=SIGNED_IN,
+    responses=_WRITE_ERRORS,
+)
 async def share_track(track_id: str, services: Services, user: Viewer) -> TrackMetrics:
     """Count a share of the track."""
     return await _change(track_id, services, user, tracks.share)
@@ -80,7 +94,26 @@ async def _with_listening(services: Services, conn: Conn, found: TrackMetrics) -
     return msgspec.structs.replace(found, listening=await services.presence.count(conn, found.track_id))
 
 
-@get("/api/tracks/{track_id:str}/audio", tags=_TAG, media_type="audio/wav")
+@get(
+    "/api/tracks/{track_id:str}/audio",
+    tags=_TAG,
+    media_type="audio/wav",
+    security=TOKEN_OPTIONAL,
+    responses={
+        206: ResponseSpec(
+            data_container=bytes,
+            media_type="audio/wav",
+            description="The part a `Range: bytes=…` header asked for (`Content-Range` says which).",
+            generate_examples=False,
+        ),
+        416: ResponseSpec(
+            data_container=None,
+            description="A range past the end (`Content-Range: bytes */<size>`).",
+            generate_examples=False,
+        ),
+        **_READ_ERRORS,
+    },
+)
 async def get_audio(
     track_id: str, services: Services, viewer: Viewer | None, request: Request[Any, Any, Any]
 ) -> Response[bytes]:
