@@ -2,9 +2,10 @@
 
     python -m bench.reject [--payloads N]    (embedded PostgreSQL, or DATABASE_URL: a superuser URL)
 
-Any role that can connect may NOTIFY on any channel whose name it knows. A forger who knows a
-channel that a replica listens on can flood it; the replica's listener reads every payload and
-drops what does not verify. This measures that rate end to end (PostgreSQL's LISTEN session,
+Any role that can connect may NOTIFY on any channel whose name it knows. The names of the channels
+a replica listens on come from the channel key, so an outsider cannot name them; one that learned
+a name anyway (the worst case, measured here) can flood it, and the replica's listener reads every
+payload and drops what does not verify. This measures that rate end to end (PostgreSQL's LISTEN session,
 libpq, app/listener.py and app/channels.py): the forged payloads are sent in transactions of
 `--batch`, then one real signed payload; the rate is the payloads over the time from the first
 flood's commit to that real payload's arrival. Two kinds of forgery: unsigned JSON (a track batch
@@ -27,7 +28,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from app.channels import Codec, Opened, track_channel
+from app.channels import Codec, Opened, track_topic
 from app.db import migrate
 from app.embedded import EmbeddedPostgres
 from app.events import read_channel_key
@@ -45,7 +46,6 @@ class Sink:
     def __init__(self) -> None:
         self.marker = asyncio.Event()
         self.notices = 0
-        self.hints = 0
 
     def on_listen(self) -> None:
         pass
@@ -55,8 +55,8 @@ class Sink:
         if isinstance(opened.notice, TrackBatch) and opened.notice.track_id == MARKER:
             self.marker.set()
 
-    def on_hint(self, channel: str) -> None:
-        self.hints += 1
+    def catch_up(self) -> None:
+        pass
 
 
 @contextlib.contextmanager
@@ -118,18 +118,18 @@ async def run(url: str, payloads: int, batch: int, rounds: int) -> None:
         codec = Codec(await read_channel_key(conn))
     listener = Listener(url, codec)
     sink = Sink()
-    listener.attach(sink)  # type: ignore[arg-type]
+    listener.attach(sink)
     task = asyncio.create_task(listener.run())
     try:
-        channel = track_channel(TRACK)
-        await asyncio.wait_for(listener.listen([channel]), 30)
+        channel = codec.track_channel(TRACK)
+        await asyncio.wait_for(listener.listen([track_topic(TRACK)]), 30)
         for kind in FORGERIES:
             rates = [await flood(url, channel, kind, payloads, batch, codec, sink) for _ in range(rounds)]
             print(
                 f"{kind:>12}: {max(rates) / 1e3:.0f} k payloads/s rejected (best of {rounds}:"
                 f" {', '.join(f'{r / 1e3:.0f}k' for r in rates)}); {payloads:,} payloads a round"
             )
-        print(f"rejected {codec.rejected:,}; delivered {sink.notices} (the markers); hints {sink.hints}")
+        print(f"rejected {codec.rejected:,}; delivered {sink.notices} (the markers)")
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
