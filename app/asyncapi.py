@@ -71,7 +71,8 @@ def document() -> dict[str, Any]:
             "description": (
                 "Realtime time-coded comments: the WebSocket of a track, on the same host as this "
                 "document. Durable events carry `seq`, the track's event number (contiguous from 1, "
-                "the same on every replica); resume after a drop with `since=<last seq>`."
+                "the same on every replica), and `tag`, random, made with the event; resume after a drop "
+                "with `since=<last seq>&tag=<its tag>`."
             ),
         },
         "defaultContentType": "application/json",
@@ -102,6 +103,11 @@ def document() -> dict[str, Any]:
                                     "type": "string",
                                     "pattern": "^[0-9]{1,18}$",
                                     "description": "The last seq the client has: every durable event after it is sent first, or `resync`.",
+                                },
+                                "tag": {
+                                    "type": "string",
+                                    "pattern": "^[0-9a-f]{1,32}$",
+                                    "description": "With `since`: the tag of the client's event at that seq. When the server's event at that seq has another tag (a database failover lost the client's), the server sends `resync` instead of a replay.",
                                 },
                             },
                         },

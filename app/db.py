@@ -25,11 +25,11 @@ Conn: TypeAlias = psycopg.AsyncConnection[Any]
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 SQL_FILES = ("schema.sql", "triggers.sql")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The version that sql/triggers.sql stamps. The app serves it or a newer one, and refuses an
 older one: replicas can be upgraded one at a time after the SQL where a version keeps what the
-one before it uses (3 to 4 does; 2 to 3 does not, and needs the old replicas stopped first:
-docs/dba.md)."""
+one before it uses (3 to 4 does; 2 to 3 and 4 to 5 do not, and need the old replicas stopped
+first: docs/dba.md)."""
 
 
 def serves(found: int | None) -> bool:

@@ -1,12 +1,13 @@
 """The event log (tracktalk.events) and the other reads of the live path, through the request pool.
 
-EventLog never uses the LISTEN connection (it only listens; it reads the channel key with
-`read_channel_key` on its own). Every query here is one short statement.
+EventLog never uses the LISTEN connection (it only listens; it reads the channel key, and watches
+a change of it, with the functions at the end of this module). Every query here is one short
+statement: a page of events and the track's latest event come from one snapshot.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from psycopg import AsyncConnection
 from psycopg.rows import tuple_row
@@ -15,6 +16,24 @@ from psycopg_pool import AsyncConnectionPool
 PAGE = 500
 """Events read per query when replaying or catching up."""
 
+_NO_END = 2**63 - 1
+
+
+class Cursor(NamedTuple):
+    """A point in a track's history: an event's seq and its tag (None: no event yet, or one made
+    before events had tags). Two histories that share a seq differ in its tag."""
+
+    seq: int
+    tag: str | None = None
+
+
+class Page(NamedTuple):
+    """Events of a track read in one snapshot, with the track's latest event in that snapshot."""
+
+    rows: list[tuple[int, bytes, str | None, str | None]]
+    """(seq, message as UTF-8 JSON, tag, prev: the tag of the event before it), in seq order."""
+    latest: Cursor
+
 
 class EventLog:
     """Reads of the durable events, the notifications' messages and who may see what."""
@@ -22,31 +41,49 @@ class EventLog:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
 
-    async def latest(self, track_ids: list[str]) -> dict[str, int]:
-        """The last seq of each track (0 for a track with no events, or none at all)."""
+    async def latest(self, track_ids: list[str]) -> dict[str, Cursor]:
+        """The latest event of each track (seq 0 for a track with no events, or none at all)."""
         async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute(
-                "SELECT track_id, last_seq FROM tracktalk.track_state WHERE track_id = ANY (%s)",
+                "SELECT track_id, last_seq, last_tag FROM tracktalk.track_state WHERE track_id = ANY (%s)",
                 (track_ids,),
             )
-            found = {str(track): int(seq) for track, seq in await cur.fetchall()}
-        return {track: found.get(track, 0) for track in track_ids}
+            found = {str(track): Cursor(int(seq), tag) for track, seq, tag in await cur.fetchall()}
+        return {track: found.get(track, Cursor(0)) for track in track_ids}
 
-    async def after(
-        self, track_id: str, after: int, limit: int = PAGE, through: int | None = None
-    ) -> list[tuple[int, bytes]]:
-        """Up to `limit` events of a track with seq > `after` (and <= `through`), in order, as
-        UTF-8 JSON. What is kept may have holes (pruning): the caller checks every seq."""
+    async def page(self, track_id: str, after: int, limit: int = PAGE, through: int | None = None) -> Page:
+        """Up to `limit` events of a track after `after` (and up to `through`), with the track's
+        latest event: one statement, so one snapshot (the log and the latest seq agree: an event
+        the log lacks is not kept, not on its way). What is kept may have holes (pruning): the
+        caller checks every seq."""
         async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute(
                 """
-                SELECT seq, message::text FROM tracktalk.events
-                 WHERE track_id = %s AND seq > %s AND seq <= %s
-                 ORDER BY seq LIMIT %s
+                SELECT s.last_seq, s.last_tag, e.seq, e.message::text, e.tag, e.prev_tag
+                  FROM (VALUES (%(track)s::text)) AS w (track_id)
+                  LEFT JOIN tracktalk.track_state s ON s.track_id = w.track_id
+                  LEFT JOIN LATERAL (
+                        SELECT seq, message, tag, prev_tag FROM tracktalk.events
+                         WHERE track_id = w.track_id AND seq > %(after)s AND seq <= %(through)s
+                         ORDER BY seq LIMIT %(limit)s
+                       ) AS e ON true
+                 ORDER BY e.seq
                 """,
-                (track_id, after, through if through is not None else 2**63 - 1, limit),
+                {
+                    "track": track_id,
+                    "after": after,
+                    "through": through if through is not None else _NO_END,
+                    "limit": limit,
+                },
             )
-            return [(int(seq), str(text).encode()) for seq, text in await cur.fetchall()]
+            found = await cur.fetchall()
+        last_seq, last_tag = found[0][0], found[0][1]
+        rows = [
+            (int(seq), str(text).encode(), tag, prev)
+            for _, _, seq, text, tag, prev in found
+            if seq is not None
+        ]
+        return Page(rows, Cursor(int(last_seq or 0), last_tag))
 
     async def user_messages(self, notification_ids: list[int]) -> list[tuple[int, bytes]]:
         """The (user id, message) pairs that announce notifications `notification_ids`."""
@@ -102,9 +139,28 @@ class EventLog:
 
 async def read_channel_key(conn: AsyncConnection[Any]) -> bytes:
     """The key that signs and seals what travels on tracktalk's channels, read on `conn`."""
+    key, _ = await read_channel_key_and_snapshot(conn)
+    return key
+
+
+async def read_channel_key_and_snapshot(conn: AsyncConnection[Any]) -> tuple[bytes, str]:
+    """The channel key, and a snapshot of the transactions running as it was read (the ones
+    that may still send under the key it replaced: see `still_running`)."""
     async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute("SELECT key FROM tracktalk.channel_key")
+        await cur.execute("SELECT key, pg_current_snapshot()::text FROM tracktalk.channel_key")
         row = await cur.fetchone()
     if row is None:
         raise RuntimeError("tracktalk.channel_key is empty: run `tracktalk migrate`")
-    return bytes(row[0])
+    return bytes(row[0]), str(row[1])
+
+
+async def still_running(conn: AsyncConnection[Any], snapshot: str) -> int:
+    """How many of the transactions that were running at `snapshot` are running still."""
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(
+            "SELECT count(*) FROM pg_snapshot_xip(%s::pg_snapshot) AS x"
+            " WHERE NOT pg_visible_in_snapshot(x, pg_current_snapshot())",
+            (snapshot,),
+        )
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0

@@ -1,18 +1,27 @@
 """The resume protocol, in one place: each track's cursor, catch-up from the log, `since=` replays.
 
 The listener hands over notices in commit order. For every watched track the feed knows the last
-seq delivered here (its cursor). A batch that continues it is delivered as it came; a batch that
-leaves a gap (its events were not in the payload, or the listener was away) makes the track
-catch up from the event log, page by page, in a task of its own: the track's later notices wait
-for it (only as the highest seq they name), every other track goes on live. No database call
+event delivered here (its cursor: seq and tag). A batch that continues it is delivered as it came,
+if it says the event before it had the cursor's tag (`prev`); a batch that leaves a gap (its
+events were not in the payload, or the listener was away), or whose `prev` is another, makes the
+track catch up from the event log, page by page, in a task of its own: the track's later notices
+wait for it (only as the highest seq they name), every other track goes on live. No database call
 ever holds up events that are already in hand.
+
+Each read of the log is one statement, so one snapshot: the page (whose first event must name the
+cursor's tag as the one before it, or the log is another history: a failover lost what the
+sockets were sent) and the track's latest event. What the log lacks in that snapshot is not kept (pruned,
+deleted with its track) or never was: the sockets `resync` to the latest event. A notice that
+comes while a read is in flight makes it read again; nothing else ever moves what a track waits
+for, so nothing but a verified notice or the log itself can deliver, hold up or skip an event.
 
 A socket joins a track through `subscription`: the first socket of a track makes the listener
 LISTEN on its channel, then reads its latest seq (the cursor); the socket is registered and gets
-that seq as the point its live frames follow. `replay` then gives it the events after its
+that cursor as the point its live frames follow. `replay` then gives it the events after its
 `since=`, read from the log in pages, each row checked to follow the one before it: a hole (what
-is kept no longer reaches back that far) gives `resync` instead. The hub only routes and the
-socket handler only sends.
+is kept no longer reaches back that far), or a `tag=` that is not the tag of the log's event at
+`since` (the client holds events of a lost history), gives `resync` instead. The hub only routes
+and the socket handler only sends.
 """
 
 from __future__ import annotations
@@ -27,8 +36,8 @@ from typing import Any, Protocol
 
 from app import close_codes
 from app.batch import Batched
-from app.channels import Opened, track_channel, user_channel
-from app.events import PAGE
+from app.channels import Opened, track_topic, user_topic
+from app.events import PAGE, Cursor, Page
 from app.frames import message_frame, text_frame
 from app.hub import Hub
 from app.logs import one_line
@@ -59,12 +68,10 @@ _SENT_KEPT = 50_000
 """Notification ids remembered as sent live (a payload sent twice is sent once)."""
 _SIGNED_STALE = 30.0
 """Seconds after which a signed track payload's events are not taken from it but read from the
-log (a payload captured and sent again later, after a failover that reused its numbers, must not
-pass for a new event). The database's clock and the replica's are assumed within seconds."""
+log (a payload captured and sent again later need not be believed). The database's clock and the
+replica's are assumed within seconds."""
 _REVOKE_STALE = 60.0
 """Seconds after which a revocation is old news (a replayed one is dropped)."""
-_HINT_EVERY = 1.0
-"""Seconds between two readings of a track's log prompted by payloads that did not verify."""
 
 _RESYNC_MESSAGE = "events were missed: reload the comments"
 
@@ -72,13 +79,12 @@ _RESYNC_MESSAGE = "events were missed: reload the comments"
 class Log(Protocol):
     """What the feed reads (app/events.py's EventLog; an in-memory one in the unit tests)."""
 
-    async def latest(self, track_ids: list[str]) -> dict[str, int]:
-        """The last seq of each track (0 if none)."""
+    async def latest(self, track_ids: list[str]) -> dict[str, Cursor]:
+        """The latest event of each track (seq 0 if none)."""
 
-    async def after(
-        self, track_id: str, after: int, limit: int = PAGE, through: int | None = None
-    ) -> list[tuple[int, bytes]]:
-        """Up to `limit` kept events with after < seq (<= through), in seq order."""
+    async def page(self, track_id: str, after: int, limit: int = PAGE, through: int | None = None) -> Page:
+        """Up to `limit` kept events after `after` (<= through), in seq order, with the track's
+        latest event, all in one snapshot."""
 
     async def user_messages(self, notification_ids: list[int]) -> list[tuple[int, bytes]]:
         """(user id, message) for notifications."""
@@ -90,28 +96,49 @@ class Log(Protocol):
 class Channels(Protocol):
     """What the feed asks of the listener (app/listener.py)."""
 
-    async def listen(self, channels: Iterable[str]) -> bool:
-        """LISTEN on `channels`; return once in place: True when some were not in place before
-        (a notice sent on them meanwhile was not heard here)."""
+    async def listen(self, topics: Iterable[str]) -> bool:
+        """LISTEN on the channels of `topics`; return once in place: True when some were not in
+        place before (a notice sent on them meanwhile was not heard here)."""
 
-    def unlisten(self, channels: Iterable[str]) -> None:
-        """Stop listening on `channels`."""
+    def unlisten(self, topics: Iterable[str]) -> None:
+        """Stop listening on the channels of `topics`."""
 
 
-def resync_frame(track_id: str, seq: int) -> bytes:
-    """The `resync` message as a frame: reload with GET, then go on after `seq`."""
-    return message_frame(Resync(track_id=track_id, seq=seq, message=_RESYNC_MESSAGE))
+def resync_frame(track_id: str, at: Cursor) -> bytes:
+    """The `resync` message as a frame: reload with GET, then go on after `at`."""
+    return message_frame(Resync(track_id=track_id, seq=at.seq, tag=at.tag, message=_RESYNC_MESSAGE))
+
+
+class _Read:
+    """A page of a track's events from the log, as frames, checked against the reader's cursor."""
+
+    __slots__ = ("end", "frames", "full", "latest", "lost")
+
+    def __init__(self, frames: list[tuple[int, bytes]], end: Cursor, full: bool, lost: bool, latest: Cursor):
+        self.frames = frames
+        """The events that follow the cursor, up to the first one missing."""
+        self.end = end
+        """The last of them (the cursor, when none)."""
+        self.full = full
+        """The page was full: there may be more."""
+        self.lost = lost
+        """The log's history does not go through the cursor's event (the event after it names
+        another before it, the latest event has its seq and another tag, or the latest seq is below
+        it): what was sent up to the cursor is not the track's history (a failover lost it)."""
+        self.latest = latest
+        """The track's latest event, in the same snapshot."""
 
 
 class _Track:
     """A watched track: its cursor, and whether it is starting or catching up."""
 
     __slots__ = (
+        "check",
         "filling",
         "forget",
         "gone_at",
-        "hinted_at",
         "last_seq",
+        "last_tag",
         "ready",
         "reload",
         "sockets",
@@ -120,9 +147,14 @@ class _Track:
 
     def __init__(self) -> None:
         self.last_seq = 0
-        """The last durable event delivered to this replica's sockets of the track."""
+        """The last durable event delivered to this replica's sockets of the track ..."""
+        self.last_tag: str | None = None
+        """... and its tag."""
         self.wanted = 0
-        """The highest seq a notice named: the log holds at least that much."""
+        """The highest seq a verified notice named, or the log showed."""
+        self.check = False
+        """The log is to be read once more even if nothing more is wanted (the track's latest event
+        may not be the cursor's: a reconnect, renamed channels, a notice of another history)."""
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         """Done once the channel is listened on and the cursor read."""
         self.filling = False
@@ -130,9 +162,15 @@ class _Track:
         """The track was deleted (and may be made again): its catch-up first tells the sockets to
         reload, from the latest seq."""
         self.gone_at = 0.0
-        self.hinted_at = 0.0
         self.sockets = 0
         self.forget: asyncio.TimerHandle | None = None
+
+    @property
+    def cursor(self) -> Cursor:
+        return Cursor(self.last_seq, self.last_tag)
+
+    def move(self, to: Cursor) -> None:
+        self.last_seq, self.last_tag = to
 
 
 class Feed:
@@ -152,9 +190,6 @@ class Feed:
         self._on_lag = on_lag
         self._page = page
         self._tracks: dict[str, _Track] = {}
-        self._by_channel: dict[str, str] = {}
-        """A watched track's channel -> its id (a payload that did not verify names only the
-        channel it came on)."""
         self._reconnects = 0
         self.access_epoch = 0
         """Goes up whenever a revocation may have passed a socket being admitted: a revocation
@@ -170,7 +205,7 @@ class Feed:
         self._recheck_wake = asyncio.Event()
         self._caught_up = True
         self._reconnected: asyncio.Task[None] | None = None
-        self._cursor: Batched[str, int] = Batched(self._latest)
+        self._cursor: Batched[str, Cursor] = Batched(self._latest)
         """A new track's cursor: the tracks that start together are read in one query."""
 
     # -----------------------------------------------------------------------------------------
@@ -178,8 +213,8 @@ class Feed:
     # -----------------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def subscription(self, sub: Subscriber, wait: float) -> AsyncIterator[int]:
-        """Register a socket for its track and user; yields the seq its live frames follow.
+    async def subscription(self, sub: Subscriber, wait: float) -> AsyncIterator[Cursor]:
+        """Register a socket for its track and user; yields the event its live frames follow.
 
         Raises TimeoutError when the track's channel and cursor are not in place within `wait`
         seconds, what the database raised when they cannot be, hub.TooManySockets and hub.ShuttingDown.
@@ -190,33 +225,45 @@ class Feed:
             await asyncio.wait_for(self._joined(sub, track), wait)
             self._hub.add(sub)  # counted and added in one step: see Hub.add
             try:
-                yield track.last_seq
+                yield track.cursor
             finally:
                 self._hub.remove(sub)
         finally:
             self._leave_track(sub.track_id, track)
             self._leave_user(sub.user_id)
 
-    async def replay(self, sub: Subscriber, since: int, start: int) -> AsyncIterator[bytes]:
+    async def replay(
+        self, sub: Subscriber, since: int, start: Cursor, tag: str | None = None
+    ) -> AsyncIterator[bytes]:
         """The frames a socket resuming after `since` needs before its live ones (which follow
         `start`): the events since+1..start from the log, or `resync` when some are no longer
-        kept. A client ahead of this replica (it came from a faster one) gets nothing again."""
+        kept, or when `tag` (the client's tag of its event `since`) is not the log's (the client's
+        events are of a history a failover lost). A client ahead of this replica (it came from a
+        faster one) gets nothing again."""
         track_id = sub.track_id
-        if since > start:
-            if since > (await self._log.latest([track_id]))[track_id]:
-                yield resync_frame(track_id, start)  # a seq the track never had: reload
+        if since == start.seq:
+            if tag is not None and tag != start.tag:
+                yield resync_frame(track_id, start)
+            return
+        if since > start.seq:
+            read = await self._read(track_id, Cursor(since, tag), through=since + 1, check=tag is not None)
+            if read.lost:
+                yield resync_frame(track_id, start)  # a seq the track never had, or another event
             else:
                 sub.skip_through = since
             return
-        after = since
-        while after < start:
-            frames, hole = await self._read(track_id, after, through=start)
-            if frames:
-                after = frames[-1][0]
-                sub.skip_through = after
-                yield b"".join(frame for _, frame in frames)
-            if hole or not frames:
+        at, check = Cursor(since, tag), tag is not None
+        while at.seq < start.seq:
+            read = await self._read(track_id, at, through=start.seq, check=check)
+            if read.lost:
                 yield resync_frame(track_id, start)
+                return
+            if read.frames:
+                at, check = read.end, True
+                sub.skip_through = at.seq
+                yield b"".join(frame for _, frame in read.frames)
+            if not read.full and at.seq < start.seq:
+                yield resync_frame(track_id, start)  # the rest is not kept
                 return
 
     # -----------------------------------------------------------------------------------------
@@ -238,38 +285,49 @@ class Feed:
         """What the tracks missed while the listener was away has been delivered."""
         return self._caught_up
 
+    def catch_up(self) -> None:
+        """Notices may have gone by unheard (the channels were renamed): read every watched
+        track's log again, in the background."""
+        self._spawn(self._check_and_forget())
+
     async def _after_reconnect(self) -> None:
         """What did every watched track miss meanwhile? And may every socket still see its track
         (a revocation may have passed unheard)?"""
+        catching_up = await self._check_tracks()
+        self._ask_recheck((sub.user_id, sub.track_id) for sub in self._hub.all_sockets())
+        if catching_up:
+            await asyncio.wait(catching_up)
+        self._caught_up = True
+
+    async def _check_and_forget(self) -> None:
+        await self._check_tracks()
+
+    async def _check_tracks(self) -> list[asyncio.Task[None]]:
+        """Compare every watched track's cursor with its latest event in the log, and catch up
+        the tracks where they differ: events to read, or another history (a failover that lost
+        commits: the catch-up finds the cursor's event is not the log's, and the sockets reload).
+        The catch-ups it started."""
         delay = _RETRY_FIRST
         while True:
             tracks = {t: track for t, track in self._tracks.items() if _started(track)}
-            before = {t: track.last_seq for t, track in tracks.items()}
             try:
                 latest = await self._log.latest(list(tracks)) if tracks else {}
             except Exception as exc:
-                log.warning("catching up after a reconnect failed (%s), retrying", one_line(exc))
+                log.warning("catching up with the log failed (%s), retrying", one_line(exc))
                 await asyncio.sleep(delay)
                 delay = min(_RETRY_MAX, delay * 2)
                 continue
             break
         catching_up = []
-        for track_id, seq in latest.items():
+        for track_id, at in latest.items():
             track = tracks[track_id]
-            if self._tracks.get(track_id) is not track:
+            if self._tracks.get(track_id) is not track or at == track.cursor:
                 continue
-            if seq < before[track_id]:
-                # The database went back in time (a failover that lost commits): what the
-                # sockets saw no longer exists; they must reload, and numbers go on from there.
-                self._resync(track_id, track, seq)
-            elif seq > track.last_seq:
-                track.wanted = max(track.wanted, seq)
-                if (task := self._fill(track_id, track)) is not None:
-                    catching_up.append(task)
-        self._ask_recheck((sub.user_id, sub.track_id) for sub in self._hub.all_sockets())
-        if catching_up:
-            await asyncio.wait(catching_up)
-        self._caught_up = True
+            track.wanted = max(track.wanted, at.seq)
+            track.check = True
+            if (task := self._fill(track_id, track)) is not None:
+                catching_up.append(task)
+        return catching_up
 
     def on_notice(self, opened: Opened) -> None:
         """Route one payload that verified (synchronously: nothing here waits)."""
@@ -291,21 +349,6 @@ class Feed:
                 self._ask_recheck((user, sub.track_id) for sub in self._hub.user_sockets(user))
             case Ephemeral(track_id=track_id, message=message):
                 self._hub.send_track(track_id, [(0, text_frame(bytes(message)))])
-
-    def on_hint(self, channel: str) -> None:
-        """A payload on a track's channel that did not verify: read the track's log, at most once
-        every _HINT_EVERY seconds (it was forged, or signed before a key change)."""
-        track_id = self._by_channel.get(channel)
-        track = self._tracks.get(track_id) if track_id is not None else None
-        if track_id is None or track is None:
-            return
-        now = time.monotonic()
-        if now - track.hinted_at < _HINT_EVERY:
-            return
-        track.hinted_at = now
-        track.wanted = max(track.wanted, track.last_seq + 1)
-        if _started(track):
-            self._fill(track_id, track)
 
     # -----------------------------------------------------------------------------------------
     # Background work, run by the replica for as long as it serves
@@ -366,7 +409,6 @@ class Feed:
         track = self._tracks.get(track_id)
         if track is None or (track.ready.done() and track.ready.exception() is not None):
             track = self._tracks[track_id] = _Track()
-            self._by_channel[track_channel(track_id)] = track_id
             self._spawn(self._start(track_id, track))
         track.sockets += 1
         if track.forget is not None:
@@ -376,7 +418,7 @@ class Feed:
 
     async def _joined(self, sub: Subscriber, track: _Track) -> None:
         await asyncio.shield(track.ready)
-        if sub.user_id != ANONYMOUS and await self._channels.listen([user_channel(sub.user_id)]):
+        if sub.user_id != ANONYMOUS and await self._channels.listen([user_topic(sub.user_id)]):
             self.access_epoch += 1  # a revocation before this LISTEN went unheard here
 
     def _leave_track(self, track_id: str, track: _Track) -> None:
@@ -388,15 +430,14 @@ class Feed:
     def _forget_track(self, track_id: str, track: _Track) -> None:
         if track.sockets == 0 and self._tracks.get(track_id) is track:
             del self._tracks[track_id]
-            self._by_channel.pop(track_channel(track_id), None)
-            self._channels.unlisten([track_channel(track_id)])
+            self._channels.unlisten([track_topic(track_id)])
 
     async def _start(self, track_id: str, track: _Track) -> None:
         """Listen on the track's channel, then read its cursor (in that order: an event that
         commits in between is in the cursor, or notified, or both)."""
         reconnects = self._reconnects
         try:
-            if await self._channels.listen([track_channel(track_id)]):
+            if await self._channels.listen([track_topic(track_id)]):
                 self.access_epoch += 1  # a revocation before this LISTEN went unheard here
             latest = await self._cursor(track_id)
         except BaseException as exc:
@@ -404,11 +445,11 @@ class Feed:
             track.ready.exception()  # retrieved: the sockets waiting on it see it raised
             self._forget_track(track_id, track)  # if no socket waits for it any more
             raise
-        track.last_seq = latest
+        track.move(latest)
         track.ready.set_result(None)
         if self._reconnects != reconnects:  # the listener was away meanwhile: the log tells
-            track.wanted = max(track.wanted, latest + 1)
-        if track.wanted > latest or track.reload:  # notices came while starting
+            track.check = True
+        if track.wanted > latest.seq or track.reload or track.check:  # notices came while starting
             self._fill(track_id, track)
 
     def _track_batch(self, batch: TrackBatch) -> None:
@@ -416,22 +457,39 @@ class Feed:
         track = self._tracks.get(track_id)
         if track is None:
             return
-        if track.ready.done() and batch.last <= track.last_seq:
-            return  # seen already
-        track.wanted = max(track.wanted, batch.last)
         if not _started(track) or track.filling:
+            track.wanted = max(track.wanted, batch.last)
             return  # the start or the catch-up in flight reads it from the log
+        last_seq = track.last_seq
+        if batch.last < last_seq:
+            return  # seen already (or of another history: its later events tell)
+        # Does the batch continue what the sockets were sent? The event before its first, or the
+        # cursor's own event within it, must be the one sent (a failover that lost commits numbers
+        # new events with the seqs the sockets saw; the tags differ).
+        if batch.first > last_seq + 1:
+            same = True  # a gap: the log tells
+        elif batch.first == last_seq + 1:
+            same = batch.prev == track.last_tag
+        else:
+            same = batch.tag == track.last_tag
+            if same and batch.last == last_seq:
+                return  # seen already
         events = None if _stale(batch.at, _SIGNED_STALE) else batch.events
-        if events is None or batch.first > track.last_seq + 1 or len(events) != batch.last - batch.first + 1:
+        if (
+            not same
+            or events is None
+            or batch.first > last_seq + 1
+            or len(events) != batch.last - batch.first + 1
+        ):
+            track.wanted = max(track.wanted, batch.last)
+            track.check = not same
             self._fill(track_id, track)
             return
         frames = [
-            (seq, text_frame(bytes(raw)))
-            for seq, raw in enumerate(events, batch.first)
-            if seq > track.last_seq
+            (seq, text_frame(bytes(raw))) for seq, raw in enumerate(events, batch.first) if seq > last_seq
         ]
         self._hub.send_track(track_id, frames)
-        track.last_seq = batch.last
+        track.last_seq, track.last_tag = batch.last, batch.tag
         if self._on_lag is not None and batch.at:
             self._on_lag(max(0.0, time.time() - batch.at))
 
@@ -459,33 +517,7 @@ class Feed:
         try:
             while self._tracks.get(track_id) is track:
                 try:
-                    if track.reload:
-                        track.reload = False
-                        self._resync(track_id, track, (await self._log.latest([track_id]))[track_id])
-                        continue
-                    frames, hole = await self._read(track_id, track.last_seq)
-                    if self._tracks.get(track_id) is not track:
-                        return
-                    if frames:
-                        self._hub.send_track(track_id, frames)
-                        track.last_seq = frames[-1][0]
-                        if len(frames) == self._page:
-                            await self._pace(track_id)
-                    if hole:
-                        # What is kept does not reach back far enough: reload from here.
-                        latest = (await self._log.latest([track_id]))[track_id]
-                        self._resync(track_id, track, max(latest, track.last_seq))
-                    elif len(frames) < self._page and track.last_seq >= track.wanted:
-                        return
-                    elif not frames:
-                        # The log holds nothing after the cursor, though more was named: a hint
-                        # that was not ours (then the latest seq is the cursor), numbers whose
-                        # events went with a deleted track, or a database that went back in
-                        # time (then reload from the latest seq, whichever way it moved).
-                        latest = (await self._log.latest([track_id]))[track_id]
-                        if latest != track.last_seq:
-                            self._resync(track_id, track, latest)
-                        track.wanted = track.last_seq
+                    if not await self._catch_up_page(track_id, track):
                         return
                 except Exception as exc:
                     log.warning("track %r: catch-up failed (%s), retrying", track_id[:100], one_line(exc))
@@ -496,7 +528,37 @@ class Feed:
         finally:
             track.filling = False
 
-    async def _latest(self, track_ids: list[str]) -> list[int]:
+    async def _catch_up_page(self, track_id: str, track: _Track) -> bool:
+        """Read the log after the track's cursor once (one snapshot) and deliver what follows it;
+        False when the track is caught up."""
+        asked, track.check = track.wanted, False
+        reload, track.reload = track.reload, False
+        read = await self._read(track_id, track.cursor)
+        if self._tracks.get(track_id) is not track:
+            return False
+        if reload or read.lost:
+            # The track was deleted (and maybe made again), or the log is another history than
+            # what the sockets were sent (a failover lost commits): they reload, from the latest.
+            self._resync(track_id, track, read.latest)
+            return True
+        if read.frames:
+            self._hub.send_track(track_id, read.frames)
+            track.move(read.end)
+        if read.full:
+            await self._pace(track_id)
+            return True
+        if track.cursor != read.latest:
+            # The log holds nothing more after the cursor, though the track numbered more: those
+            # events are not kept (pruned, or deleted with the track). Reload from the latest.
+            self._resync(track_id, track, read.latest)
+        if track.wanted > asked or track.check:
+            return True  # a notice (or a check) came while the log was read: read it again
+        # Every notice counted in `asked` came before this read, whose snapshot is later: the log
+        # holds what they named, unless the database went back in time since. Nothing more to wait for.
+        track.wanted = min(track.wanted, track.last_seq)
+        return False
+
+    async def _latest(self, track_ids: list[str]) -> list[Cursor]:
         latest = await self._log.latest(track_ids)
         return [latest[track_id] for track_id in track_ids]
 
@@ -509,27 +571,36 @@ class Feed:
             for waiting in pending:
                 waiting.cancel()
 
-    async def _read(
-        self, track_id: str, after: int, through: int | None = None
-    ) -> tuple[list[tuple[int, bytes]], bool]:
-        """The next page of a track's events after `after` as frames, every seq checked to follow
-        the one before; True with them when the log has a hole there (the rest is not kept)."""
-        rows = await self._log.after(track_id, after, self._page, through)
+    async def _read(self, track_id: str, at: Cursor, through: int | None = None, check: bool = True) -> _Read:
+        """The next page of a track's events after `at` as frames, every seq checked to follow the
+        one before, and, with `check`, the event before the first checked to be `at`: its `prev`
+        tag is `at`'s (or, with nothing after `at`, the latest event is `at`)."""
+        page = await self._log.page(track_id, at.seq, self._page, through)
+        rows = page.rows
+        lost = page.latest.seq < at.seq  # a seq the track never had: the database went back in time
+        if check and not lost:
+            if rows and rows[0][0] == at.seq + 1:
+                lost = rows[0][3] != at.tag
+            elif not rows and page.latest.seq == at.seq:
+                lost = page.latest.tag != at.tag
+            # (Else what follows `at` is not kept: the caller resyncs to the latest event anyway.)
         frames: list[tuple[int, bytes]] = []
-        for expected, (seq, message) in enumerate(rows, after + 1):
+        end = at
+        for expected, (seq, message, tag, _) in enumerate(rows, at.seq + 1):
             if seq != expected:
-                return frames, True
+                break
             frames.append((seq, text_frame(message)))
-        return frames, False
+            end = Cursor(seq, tag)
+        return _Read(frames, end, len(rows) >= self._page and len(frames) == len(rows), lost, page.latest)
 
-    def _resync(self, track_id: str, track: _Track, seq: int) -> None:
-        """Tell the track's sockets to reload; numbering goes on after `seq`."""
-        log.info("track %r: seq %d -> %d, sockets told to resync", track_id[:100], track.last_seq, seq)
-        track.last_seq = seq
-        track.wanted = max(track.wanted, seq)
+    def _resync(self, track_id: str, track: _Track, at: Cursor) -> None:
+        """Tell the track's sockets to reload; numbering goes on after `at`."""
+        log.info("track %r: seq %d -> %d, sockets told to resync", track_id[:100], track.last_seq, at.seq)
+        track.move(at)
+        track.wanted = max(track.wanted, at.seq)
         for sub in self._hub.track_sockets(track_id):
-            sub.skip_through = min(sub.skip_through, seq)
-        self._hub.send_track(track_id, [(0, resync_frame(track_id, seq))])
+            sub.skip_through = min(sub.skip_through, at.seq)
+        self._hub.send_track(track_id, [(0, resync_frame(track_id, at))])
 
     # -----------------------------------------------------------------------------------------
     # Users
@@ -554,7 +625,7 @@ class Feed:
         self._user_forget.pop(user_id, None)
         if self._users.get(user_id) == 0:
             del self._users[user_id]
-            self._channels.unlisten([user_channel(user_id)])
+            self._channels.unlisten([user_topic(user_id)])
 
     def _user_batch(self, batch: UserBatch) -> None:
         """Queue the user's new notifications for the user lane (once each, while fresh)."""

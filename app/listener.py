@@ -1,17 +1,27 @@
 """The one LISTEN connection of this replica.
 
 It is its own autocommit connection (not from the request pool; through PgBouncer it must be a
-session-mode URL: TRACKTALK_LISTEN_URL). It LISTENs only on the channels the feed asks for (the
-tracks and users with sockets here, see app/channels.py), adding and dropping channels in
-batches: one round trip for however many sockets arrived meanwhile.
+session-mode URL: TRACKTALK_LISTEN_URL). It LISTENs only on the topics the feed asks for (the
+tracks and users with sockets here), under the names the channel key gives them (app/channels.py),
+adding and dropping channels in batches: one round trip for however many sockets arrived
+meanwhile. Nobody without the key can name these channels, so a flood of NOTIFYs on any name an
+outsider can compute never reaches this process.
 
 While idle it waits for the socket to be readable and takes every notification libpq has parsed
 in one go (psycopg's `notifies()` generator costs ~80 µs a notification; this, a few), hands each
-to the codec, then to the sink, synchronously: nothing on this path waits for anything. When the
-connection drops (network, pg_terminate_backend, a server restart) it reconnects with backoff and
-jitter, reads the channel key, LISTENs again and only then lets the sink catch up on what
-committed meanwhile (the feed does it in the background; until it is done the replica is not
-ready).
+to the codec, then to the sink, synchronously: nothing on this path waits for anything. A payload
+that does not verify costs one HMAC and is dropped. When the connection drops (network,
+pg_terminate_backend, a server restart) it reconnects with backoff and jitter, reads the channel
+key, LISTENs again and only then lets the sink catch up on what committed meanwhile (the feed does
+it in the background; until it is done the replica is not ready).
+
+A new channel key renames every channel. The listener hears of it on the `rekey` channel (told
+under the old key by a trigger on tracktalk.channel_key; it also reads the key every minute, and
+at each reconnect): it reads the new key, LISTENs under the new names and has the sink read from
+the log what committed under them before that. A transaction that signed under the old key but
+commits later sends on a name no longer listened on: the listener keeps a snapshot of the
+transactions running when it read the new key, and has the sink read the log again each time some
+of them end, until none is left. Nothing is lost, and the old key is trusted no longer.
 """
 
 from __future__ import annotations
@@ -26,9 +36,10 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
 
-from app.channels import HINT, TRACK_PREFIX, Codec, Opened
-from app.events import read_channel_key
+from app.channels import REKEY_TOPIC, Codec, Opened
+from app.events import read_channel_key_and_snapshot, still_running
 from app.logs import one_line
+from app.wire import Rekey
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +52,11 @@ _KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, 
 _CONNECT_TIMEOUT = 5
 _BATCH = 1000
 """LISTEN or UNLISTEN statements sent in one round trip."""
-_REKEY_EVERY = 10.0
-"""Seconds between two readings of the channel key prompted by payloads that fail to verify."""
+_KEY_CHECK_EVERY = 60.0
+"""Seconds between two readings of the channel key, besides the `rekey` notices (a key changed
+with the triggers off, by a restore or a replication apply, is followed within this)."""
+_RETIRED_CHECK_EVERY = 0.5
+"""Seconds between two looks at the transactions that may still send under a replaced key."""
 
 
 class NoticeSink(Protocol):
@@ -55,8 +69,9 @@ class NoticeSink(Protocol):
     def on_notice(self, opened: Opened) -> None:
         """Called for each payload that verified, in commit order; must not wait for anything."""
 
-    def on_hint(self, channel: str) -> None:
-        """Called for a payload on a track's channel that did not verify: the track may have news."""
+    def catch_up(self) -> None:
+        """Called when events may have gone by unheard while the connection stayed (the channels
+        were renamed): read every watched track's log again, in the background."""
 
 
 class Listener:
@@ -68,15 +83,23 @@ class Listener:
         self._sink: NoticeSink | None = None
         self._ready = False
         self._wanted: set[str] = set()
+        """Topics (app/channels.py's track_topic, user_topic) to listen on."""
         self._listening: set[str] = set()
+        """Channel names listened on."""
         self._unlistening: set[str] = set()
         """Channels an UNLISTEN in flight is dropping: not to be counted on."""
         self._waiters: list[tuple[frozenset[str], asyncio.Future[None]]] = []
         self._wake: asyncio.Future[None] | None = None
         self._rekey_due = False
-        self._last_rekey = 0.0
+        self._next_key_check = 0.0
+        self._retired: tuple[str, int | None] | None = None
+        """After a new key: a snapshot of the transactions then running (some may still send under
+        the old one), and how many of them were running at the last look (None: not looked yet)."""
+        self._next_retired_check = 0.0
         self.reconnects = 0
         """Times the connection was lost and made again."""
+        self.rekeys = 0
+        """Times a new channel key was taken."""
         self.backend_pid: int | None = None
 
     def attach(self, sink: NoticeSink) -> None:
@@ -93,13 +116,13 @@ class Listener:
         """How many channels are listened on now."""
         return len(self._listening)
 
-    async def listen(self, channels: Iterable[str]) -> bool:
-        """LISTEN on `channels` too; return once that is in place (callers bound the wait): True
-        when some of them were not in place already (a notice sent on them before now was not
-        heard here), False when all were."""
-        wanted = frozenset(channels)
+    async def listen(self, topics: Iterable[str]) -> bool:
+        """LISTEN on the channels of `topics` too; return once that is in place (callers bound the
+        wait): True when some of them were not in place already (a notice sent on them before now
+        was not heard here), False when all were."""
+        wanted = frozenset(topics)
         self._wanted |= wanted
-        if self._ready and wanted <= self._listening and not wanted & self._unlistening:
+        if self._ready and self._in_place(wanted):
             return False
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append((wanted, waiter))
@@ -107,9 +130,9 @@ class Listener:
         await waiter
         return True
 
-    def unlisten(self, channels: Iterable[str]) -> None:
-        """Stop listening on `channels` (soon, in a batch)."""
-        self._wanted.difference_update(channels)
+    def unlisten(self, topics: Iterable[str]) -> None:
+        """Stop listening on the channels of `topics` (soon, in a batch)."""
+        self._wanted.difference_update(topics)
         self._poke()
 
     async def run(self) -> None:
@@ -135,6 +158,21 @@ class Listener:
             delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** min(failures, 10))
             await asyncio.sleep(random.uniform(delay / 2, delay))
 
+    def deliver(self, payload: bytes) -> None:
+        """Check one payload and hand it over (what the connection does for each notification);
+        nothing a payload holds may stop the listener."""
+        try:
+            opened = self._codec.open(payload)
+            if opened is None:
+                return
+            if isinstance(opened.notice, Rekey):
+                self._rekey_due = True
+                self._poke()
+            elif self._sink is not None:
+                self._sink.on_notice(opened)
+        except Exception:
+            log.exception("a notification could not be delivered")
+
     async def _session(self) -> None:
         conninfo = make_conninfo(
             self._conninfo,
@@ -148,7 +186,7 @@ class Listener:
         conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
         async with conn:
             # Notifications that arrive while a command runs on this connection come this way.
-            conn.add_notify_handler(lambda n: self._deliver(n.channel, n.payload.encode()))
+            conn.add_notify_handler(lambda n: self.deliver(n.payload.encode()))
             await self._read_key(conn)
             await self._sync_channels(conn)
             self.backend_pid = conn.info.backend_pid
@@ -159,9 +197,15 @@ class Listener:
             log.info("listening on %d channels (backend pid %s)", len(self._listening), self.backend_pid)
             while True:
                 await self._idle(conn)
-                if self._rekey_due:
-                    await self._read_key(conn)
+                now = asyncio.get_running_loop().time()
+                renamed = False
+                if self._rekey_due or now >= self._next_key_check:
+                    renamed = await self._read_key(conn)
                 await self._sync_channels(conn)
+                if renamed and self._sink is not None:
+                    self._sink.catch_up()  # what committed under the new names before they were listened on
+                if self._retired is not None and now >= self._next_retired_check:
+                    await self._check_retired(conn)
 
     async def _idle(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Deliver notifications as they come until there is a command to run; raise when the
@@ -169,8 +213,9 @@ class Listener:
         loop = asyncio.get_running_loop()
         pgconn = conn.pgconn
         wake = self._wake = loop.create_future()
-        if self._wanted != self._listening or self._rekey_due:
+        if self._wanted_channels() != self._listening or self._rekey_due:
             wake.set_result(None)
+        deliver = self.deliver
 
         def readable() -> None:
             try:
@@ -180,10 +225,14 @@ class Listener:
                     wake.set_exception(exc)
                 return
             while (notify := pgconn.notifies()) is not None:
-                self._deliver(notify.relname.decode(), notify.extra)
+                deliver(notify.extra)
             if pgconn.status != pq.ConnStatus.OK and not wake.done():
                 wake.set_exception(psycopg.OperationalError("the LISTEN connection was closed"))
 
+        due = self._next_key_check
+        if self._retired is not None:
+            due = min(due, self._next_retired_check)
+        timer = loop.call_at(due, self._poke)
         fd = pgconn.socket
         loop.add_reader(fd, readable)
         try:
@@ -191,11 +240,28 @@ class Listener:
             await wake
         finally:
             loop.remove_reader(fd)
+            timer.cancel()
             self._wake = None
+
+    def _wanted_channels(self) -> set[str]:
+        """The channel names of the wanted topics under the key in use, and its `rekey` channel."""
+        channel = self._codec.channel
+        return {channel(topic) for topic in self._wanted} | {channel(REKEY_TOPIC)}
+
+    def _in_place(self, topics: frozenset[str]) -> bool:
+        for topic in topics:
+            name = self._codec.channel(topic)
+            if name not in self._listening or name in self._unlistening:
+                return False
+        return True
 
     async def _sync_channels(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """LISTEN and UNLISTEN until the connection listens on exactly the wanted channels."""
-        while (add := self._wanted - self._listening) | (drop := self._listening - self._wanted):
+        while True:
+            wanted = self._wanted_channels()
+            add, drop = wanted - self._listening, self._listening - wanted
+            if not add and not drop:
+                return
             adding, dropping = sorted(add)[:_BATCH], sorted(drop)[:_BATCH]
             statements = [sql.SQL("LISTEN {}").format(sql.Identifier(c)) for c in adding]
             statements += [sql.SQL("UNLISTEN {}").format(sql.Identifier(c)) for c in dropping]
@@ -207,33 +273,31 @@ class Listener:
             self._listening = (self._listening | set(adding)) - set(dropping)
             self._resolve_waiters()
 
-    async def _read_key(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    async def _read_key(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """Read the channel key; True when it changed (the channels are to be renamed)."""
         self._rekey_due = False
-        self._last_rekey = asyncio.get_running_loop().time()
-        self._codec.rekey(await read_channel_key(conn))
+        self._next_key_check = asyncio.get_running_loop().time() + _KEY_CHECK_EVERY
+        key, snapshot = await read_channel_key_and_snapshot(conn)
+        if key == self._codec.key:
+            return False
+        self._codec.rekey(key)
+        self.rekeys += 1
+        self._retired = (snapshot, None)
+        self._next_retired_check = asyncio.get_running_loop().time() + _RETIRED_CHECK_EVERY
+        log.info("the channel key changed: listening under the new channel names")
+        return True
 
-    def _deliver(self, channel: str, payload: bytes) -> None:
-        """Check one payload and hand it over; nothing a payload holds may stop the listener."""
-        try:
-            unverified = self._codec.unverified
-            opened = self._codec.open(payload)
-            if self._codec.unverified != unverified:
-                self._maybe_rekey()
-            if self._sink is None:
-                return
-            if isinstance(opened, Opened):
-                self._sink.on_notice(opened)
-            elif opened is HINT and channel.startswith(TRACK_PREFIX):
-                self._sink.on_hint(channel)
-        except Exception:
-            log.exception("a notification on %r could not be delivered", channel[:80])
-
-    def _maybe_rekey(self) -> None:
-        """Payloads that fail to verify may mean the key was changed: read it again, at most
-        once every _REKEY_EVERY seconds (a forger cannot make us read it more often)."""
-        if asyncio.get_running_loop().time() - self._last_rekey >= _REKEY_EVERY:
-            self._rekey_due = True
-            self._poke()
+    async def _check_retired(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Some transactions that were running when the key changed may have signed under the old
+        key, and send on a channel no longer listened on as they commit: each time some of them
+        have ended, the sink reads the log again; when none is left, the old key is done with."""
+        assert self._retired is not None
+        snapshot, before = self._retired
+        running = await still_running(conn, snapshot)
+        self._next_retired_check = asyncio.get_running_loop().time() + _RETIRED_CHECK_EVERY
+        if running != before and self._sink is not None:
+            self._sink.catch_up()
+        self._retired = (snapshot, running) if running else None
 
     def _poke(self) -> None:
         if self._wake is not None and not self._wake.done():
@@ -243,11 +307,11 @@ class Listener:
         if not self._ready:
             return
         pending = []
-        for channels, waiter in self._waiters:
+        for topics, waiter in self._waiters:
             if waiter.done():
                 continue
-            if channels <= self._listening or not channels <= self._wanted:
+            if not topics <= self._wanted or self._in_place(topics):
                 waiter.set_result(None)  # in place (or no longer wanted by anyone)
             else:
-                pending.append((channels, waiter))
+                pending.append((topics, waiter))
         self._waiters = pending

@@ -79,6 +79,11 @@ class _Live(Collector):
             "Times the LISTEN connection was lost and made again.",
             value=self._listener.reconnects,
         )
+        yield CounterMetricFamily(
+            "tracktalk_channel_key_changes",
+            "Times the listener took a new channel key (SELECT tracktalk.rotate_channel_key()) and renamed its channels.",
+            value=self._listener.rekeys,
+        )
         yield GaugeMetricFamily(
             "tracktalk_listened_channels",
             "NOTIFY channels (tracks and users with sockets here) the listener listens on.",

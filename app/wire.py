@@ -209,13 +209,21 @@ class Readiness(Struct):
 # ---------------------------------------------------------------------------------------------
 
 
+EventTag = Annotated[str, Meta(pattern="^[0-9a-f]{1,32}$")]
+"""A durable event's `tag`: random, made by the database with the event. Two events with one seq
+but different tags are from different histories (a failover that lost commits): resume with
+`since=SEQ&tag=TAG` and the server sends `resync` when its event SEQ is not that one."""
+
+
 class Connected(Struct, tag_field="type", tag="connected"):
-    """First message on a socket; `seq` is the track's latest event number, `protocol` the
-    version of the protocol the server speaks."""
+    """First message on a socket; `seq` is the track's latest event number, `tag` that event's tag
+    (null before the first event, or for an event older than tags), `protocol` the version of the
+    protocol the server speaks."""
 
     track_id: str
     message: str
     seq: int
+    tag: EventTag | None = None
     protocol: int = PROTOCOL
 
 
@@ -234,6 +242,8 @@ class NewComment(Struct, tag_field="type", tag="new_comment"):
     seq: int
     comment: Comment
     metrics: Counters
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
 
 
 class CommentEdited(Struct, tag_field="type", tag="comment_edited"):
@@ -246,6 +256,8 @@ class CommentEdited(Struct, tag_field="type", tag="comment_edited"):
     timestamp: float
     is_edited: bool
     last_edited_at: datetime | None
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
 
 
 class CommentDeleted(Struct, tag_field="type", tag="comment_deleted"):
@@ -255,6 +267,8 @@ class CommentDeleted(Struct, tag_field="type", tag="comment_deleted"):
     seq: int
     comment_id: int
     metrics: Counters
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
 
 
 class CommentLiked(Struct, tag_field="type", tag="comment_liked"):
@@ -264,6 +278,8 @@ class CommentLiked(Struct, tag_field="type", tag="comment_liked"):
     seq: int
     comment_id: int
     like_count: int
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
 
 
 class TrackMetricsChanged(Struct, tag_field="type", tag="track_metrics"):
@@ -274,6 +290,8 @@ class TrackMetricsChanged(Struct, tag_field="type", tag="track_metrics"):
     likes: int
     comments: int
     shares: int
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
 
 
 class UserTyping(Struct, tag_field="type", tag="user_typing"):
@@ -309,11 +327,13 @@ class NotificationMessage(Struct, tag_field="type", tag="notification"):
 
 
 class Resync(Struct, tag_field="type", tag="resync"):
-    """Events were missed that can no longer be replayed: reload with GET, go on from `seq`."""
+    """Events were missed that can no longer be replayed, or the client's were not the track's
+    (a failover lost them): reload with GET, go on from `seq` (whose tag is `tag`)."""
 
     track_id: str
     seq: int
     message: str
+    tag: EventTag | None = None
 
 
 class Error(Struct, tag_field="type", tag="error"):
@@ -373,6 +393,11 @@ class TrackBatch(Struct, tag_field="k", tag="track"):
     at: float = 0.0
     """When the trigger made the events (seconds since the epoch, the database's clock)."""
     events: list[Raw] | None = None
+    tag: str | None = None
+    """The tag of these events (one statement's events share it)."""
+    prev: str | None = None
+    """The tag of event first - 1 (null: none, or older than tags): a replica whose event
+    first - 1 had another tag holds events of another history."""
 
 
 class UserBatch(Struct, tag_field="k", tag="user"):
@@ -408,7 +433,14 @@ class Ephemeral(Struct, tag_field="k", tag="ephemeral"):
     at: float = 0.0
 
 
-Notice = TrackBatch | UserBatch | Revoke | Ephemeral
+class Rekey(Struct, tag_field="k", tag="rekey"):
+    """The channel key was changed (sent under the old one, on its `rekey` channel): read the new
+    one and LISTEN under the new names."""
+
+    at: float = 0.0
+
+
+Notice = TrackBatch | UserBatch | Revoke | Ephemeral | Rekey
 
 notice_decoder = msgspec.json.Decoder(Notice)
 server_message_decoder = msgspec.json.Decoder(ServerMessage)

@@ -180,6 +180,11 @@ CREATE TABLE IF NOT EXISTS tracktalk.track_state (
     shares    bigint NOT NULL DEFAULT 0 CHECK (shares >= 0)
 );
 ALTER TABLE tracktalk.track_state DROP CONSTRAINT IF EXISTS track_state_track_id_fkey;
+-- The tag of the track's latest event (tracktalk.events.tag), and of the one before the last
+-- statement's first (publish() reads it back: the UPDATE's SET sees the old row). NULL before the
+-- first event, or for events made before tags.
+ALTER TABLE tracktalk.track_state ADD COLUMN IF NOT EXISTS last_tag text;
+ALTER TABLE tracktalk.track_state ADD COLUMN IF NOT EXISTS prev_tag text;
 
 -- Like counts of comments, kept by the comment_likes trigger (no COUNT(*) per read).
 CREATE TABLE IF NOT EXISTS tracktalk.comment_stats (
@@ -197,6 +202,13 @@ CREATE TABLE IF NOT EXISTS tracktalk.events (
     PRIMARY KEY (track_id, seq)
 );
 CREATE INDEX IF NOT EXISTS events_created_at ON tracktalk.events (created_at);
+-- Random, made with the event (one per statement and track): after a failover that lost commits
+-- the new primary numbers new events with the seqs of lost ones, and their tags tell them apart.
+-- Every message carries it; a client resumes with since=SEQ&tag=TAG (docs/protocol.md). prev_tag
+-- is the tag of the event before (seq - 1), so that a reader can check that the log goes on from
+-- the event it has, even when that one is no longer kept. NULL for events made before tags.
+ALTER TABLE tracktalk.events ADD COLUMN IF NOT EXISTS tag text;
+ALTER TABLE tracktalk.events ADD COLUMN IF NOT EXISTS prev_tag text;
 
 -- What each user wrote through the API lately, by kind: comment posts ('comment', the
 -- comments-per-minute limit) and every other write ('write': edits, comment and track likes
@@ -225,11 +237,12 @@ CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.write_turns (
     PRIMARY KEY (user_id, kind)
 );
 
--- The key that signs what the triggers send on tracktalk's NOTIFY channels, and from which the
--- replicas derive the key that seals what they send each other (app/channels.py). PostgreSQL
--- lets any role that can connect LISTEN and NOTIFY on any channel: the key, readable only by
--- tracktalk's roles, is what tells a real payload from a forged one. Made at random here, once;
--- replace it with SELECT tracktalk.rotate_channel_key() (docs/security.md).
+-- The key that names tracktalk's NOTIFY channels and signs what the triggers send on them, and
+-- from which the replicas derive the key that seals what they send each other (app/channels.py).
+-- PostgreSQL lets any role that can connect LISTEN and NOTIFY on any channel whose name it knows:
+-- the key, readable only by tracktalk's roles, keeps the names unknown to others and tells a real
+-- payload from a forged one. Made at random here, once; replace it with
+-- SELECT tracktalk.rotate_channel_key() (docs/security.md).
 -- inner_pad and outer_pad are the key XOR HMAC's ipad and opad (RFC 2104), kept so that
 -- signing costs two sha256() calls.
 CREATE TABLE IF NOT EXISTS tracktalk.channel_key (

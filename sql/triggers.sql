@@ -9,25 +9,30 @@
 --      calls tracktalk.publish() once per track, in track order.
 --   3. publish() bumps the track's row in tracktalk.track_state (its lock, held to commit, makes
 --      writers to one track commit in the order of their numbers), numbers the messages `seq`,
---      keeps them in tracktalk.events, and sends ONE pg_notify for them on the track's own
---      channel ('tracktalk:t:' || md5 of the track id): the messages themselves when the track is
---      public and they fit in NOTIFY's 8000 bytes, else only their numbers.
+--      tags them (a random tag per statement and track: a failover that lost commits numbers new
+--      events with their seqs, and the tags tell the two apart), keeps them in tracktalk.events,
+--      and sends ONE pg_notify for them on the track's own channel: the messages themselves when
+--      the track is public and they fit in NOTIFY's 8000 bytes, else only their numbers.
 --   4. Each replica that has sockets on the track LISTENs on its channel, gets the NOTIFY at
 --      commit (never on rollback) and hands the messages to the sockets; what was not in the
 --      payload it reads from tracktalk.events.
--- New notifications rows are announced by id on their recipient's channel ('tracktalk:u:' ||
--- user id); a replica where the recipient has a socket reads the messages with
+-- New notifications rows are announced by id on their recipient's channel; a replica where the
+-- recipient has a socket reads the messages with
 -- tracktalk.user_messages() after the commit. A change of who may see a track (made private,
 -- moved, deleted; a user off the team, or deleted) sends a "revoke" on the track's or user's
 -- channel: the replicas check those sockets again and close the ones that lost access.
 --
--- Every payload is signed (tracktalk.sign: HMAC-SHA256 under tracktalk.channel_key), because
--- PostgreSQL lets any role that can connect LISTEN and NOTIFY on any channel: the replicas do
--- not believe what is not signed. Payloads (JSON after the 64 hex digits and a space; read by
--- app/channels.py):
---   {"k":"track","track_id":T,"first":F,"last":L,"at":EPOCH[,"events":[message F, ..., message L]]}
+-- PostgreSQL lets any role that can connect LISTEN and NOTIFY on any channel whose name it knows.
+-- So channels are named by tracktalk.channel_key ('tracktalk:' and 32 hex digits of the HMAC of
+-- the topic: 'track <id>', 'user <id>', 'rekey'; tracktalk.channel_name): nobody without the key
+-- can flood a channel a replica listens on. And every payload is signed (HMAC-SHA256 under the
+-- same key): the replicas do not believe what is not signed. Payloads (JSON after the 64 hex
+-- digits and a space; read by app/channels.py):
+--   {"k":"track","track_id":T,"first":F,"last":L,"at":EPOCH,"tag":G,"prev":P[,"events":[message F, ..., message L]]}
+--       (G: the events' tag; P: the tag of event F - 1, or null)
 --   {"k":"user","user":U,"ids":[notification ids],"at":EPOCH}
 --   {"k":"revoke","track_id":T,"at":EPOCH[,"gone":true]}   or   {"k":"revoke","user":U,"at":EPOCH}
+--   {"k":"rekey","at":EPOCH}   (on the old key's 'rekey' channel, signed with it: the key changed)
 -- The replicas also send each other typing notices on a track's channel, sealed with a key
 -- derived from the same secret ("e:" and base64).
 
@@ -52,13 +57,32 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT 10 $$;
 -- Channels and their key
 ---------------------------------------------------------------------------------------------
 
--- The channel of a track's events (app/channels.py names it the same way).
-CREATE OR REPLACE FUNCTION tracktalk.track_channel(track text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 'tracktalk:t:' || md5(convert_to(track, 'UTF8')) $$;
+-- HMAC-SHA256 of `body`'s UTF-8 bytes, in hex, under the key whose pads (tracktalk.channel_key's
+-- inner_pad and outer_pad) are given: two sha256() calls (RFC 2104).
+CREATE OR REPLACE FUNCTION tracktalk.hmac(inner_pad bytea, outer_pad bytea, body text) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT encode(sha256(outer_pad || sha256(inner_pad || convert_to(body, 'UTF8'))), 'hex')
+$$;
 
--- The channel of a user's notifications and access changes.
+-- The channel of `topic` ('track <id>', 'user <id>', 'rekey') under the key of those pads:
+-- 'tracktalk:' and 32 hex digits of its HMAC (app/channels.py names it the same way).
+CREATE OR REPLACE FUNCTION tracktalk.channel_name(inner_pad bytea, outer_pad bytea, topic text) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT 'tracktalk:' || left(tracktalk.hmac(inner_pad, outer_pad, topic), 32)
+$$;
+
+-- The channel of a track's events, under the current key (for DBAs: who may read the key may
+-- LISTEN there).
+CREATE OR REPLACE FUNCTION tracktalk.track_channel(track text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT tracktalk.channel_name(k.inner_pad, k.outer_pad, 'track ' || track) FROM tracktalk.channel_key k
+$$;
+
+-- The channel of a user's notifications and access changes, under the current key.
 CREATE OR REPLACE FUNCTION tracktalk.user_channel(user_id bigint) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 'tracktalk:u:' || user_id $$;
+LANGUAGE sql STABLE AS $$
+    SELECT tracktalk.channel_name(k.inner_pad, k.outer_pad, 'user ' || user_id) FROM tracktalk.channel_key k
+$$;
 
 -- `key`, padded to 64 bytes, XOR `pad` (HMAC's ipad 0x36 or opad 0x5c).
 CREATE OR REPLACE FUNCTION tracktalk.xor_pad(key bytea, pad integer) RETURNS bytea
@@ -68,8 +92,9 @@ LANGUAGE sql IMMUTABLE AS $$
       FROM generate_series(0, 63) AS i
 $$;
 
--- Puts a new random key in tracktalk.channel_key. The replicas read it again when payloads stop
--- verifying (within about 10 s); what they get meanwhile they read from tracktalk.events.
+-- Puts a new random key in tracktalk.channel_key: every channel gets a new name. The trigger
+-- below tells the replicas, which LISTEN under the new names and read from tracktalk.events what
+-- they missed meanwhile (docs/dba.md).
 CREATE OR REPLACE FUNCTION tracktalk.rotate_channel_key() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -83,6 +108,27 @@ BEGIN
 END
 $$;
 
+-- The key changed (rotate_channel_key, or any UPDATE of it): said on the OLD key's 'rekey'
+-- channel, signed with the old key, so that only the replicas, which listen there, hear it; they
+-- read the new key and LISTEN under the new names (app/listener.py). A key changed with the
+-- triggers off (session_replication_role = replica) is noticed by the replicas within a minute.
+CREATE OR REPLACE FUNCTION tracktalk.channel_key_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    body constant text := format('{"k":"rekey","at":%s}', round(extract(epoch FROM clock_timestamp()), 6));
+BEGIN
+    PERFORM pg_notify(tracktalk.channel_name(OLD.inner_pad, OLD.outer_pad, 'rekey'),
+                      tracktalk.hmac(OLD.inner_pad, OLD.outer_pad, body) || ' ' || body);
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS channel_key_changed ON tracktalk.channel_key;
+CREATE TRIGGER channel_key_changed
+    AFTER UPDATE ON tracktalk.channel_key
+    FOR EACH ROW WHEN (OLD.key IS DISTINCT FROM NEW.key)
+    EXECUTE FUNCTION tracktalk.channel_key_changed();
+
 -- `body` signed: HMAC-SHA256 of its UTF-8 bytes under the channel key, in hex, a space, `body`.
 CREATE OR REPLACE FUNCTION tracktalk.sign(body text) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
@@ -90,7 +136,22 @@ DECLARE
     k record;
 BEGIN
     SELECT inner_pad, outer_pad INTO STRICT k FROM tracktalk.channel_key;
-    RETURN encode(sha256(k.outer_pad || sha256(k.inner_pad || convert_to(body, 'UTF8'))), 'hex') || ' ' || body;
+    RETURN tracktalk.hmac(k.inner_pad, k.outer_pad, body) || ' ' || body;
+END
+$$;
+
+-- Sends `body`, signed, on the channel of `topic` ('track <id>', 'user <id>'): the key is read
+-- once for both. Its callers have written a row first (so their transaction has an id before it
+-- reads the key): a replica that takes a new key waits for the transactions then running, which
+-- may have read the old one, to end (app/listener.py).
+CREATE OR REPLACE FUNCTION tracktalk.send_signed(topic text, body text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    k record;
+BEGIN
+    SELECT inner_pad, outer_pad INTO STRICT k FROM tracktalk.channel_key;
+    PERFORM pg_notify(tracktalk.channel_name(k.inner_pad, k.outer_pad, topic),
+                      tracktalk.hmac(k.inner_pad, k.outer_pad, body) || ' ' || body);
 END
 $$;
 
@@ -98,26 +159,26 @@ $$;
 -- "at": when (the replicas drop a revocation that is old: one sent again by someone listening).
 CREATE OR REPLACE FUNCTION tracktalk.revoke_track(track text, gone boolean DEFAULT false) RETURNS void
 LANGUAGE sql AS $$
-    SELECT pg_notify(tracktalk.track_channel(track),
-                     tracktalk.sign(format('{"k":"revoke","track_id":%s,"at":%s%s}', to_json(track),
-                                           round(extract(epoch FROM clock_timestamp()), 6),
-                                           CASE WHEN gone THEN ',"gone":true' ELSE '' END)))
+    SELECT tracktalk.send_signed('track ' || track,
+                                 format('{"k":"revoke","track_id":%s,"at":%s%s}', to_json(track),
+                                        round(extract(epoch FROM clock_timestamp()), 6),
+                                        CASE WHEN gone THEN ',"gone":true' ELSE '' END))
 $$;
 
 -- Tells the replicas to check again what `user_id` may watch.
 CREATE OR REPLACE FUNCTION tracktalk.revoke_user(user_id bigint) RETURNS void
 LANGUAGE sql AS $$
-    SELECT pg_notify(tracktalk.user_channel(user_id),
-                     tracktalk.sign(format('{"k":"revoke","user":%s,"at":%s}', user_id,
-                                           round(extract(epoch FROM clock_timestamp()), 6))))
+    SELECT tracktalk.send_signed('user ' || user_id,
+                                 format('{"k":"revoke","user":%s,"at":%s}', user_id,
+                                        round(extract(epoch FROM clock_timestamp()), 6)))
 $$;
 
 ---------------------------------------------------------------------------------------------
 -- Publishing
 ---------------------------------------------------------------------------------------------
 
--- Numbers `messages` as the next events of `track`, applies the counter deltas, keeps the
--- events in tracktalk.events and notifies the listeners once. One change, one event: when a
+-- Numbers `messages` as the next events of `track`, tags them, applies the counter deltas, keeps
+-- the events in tracktalk.events and notifies the listeners once. One change, one event: when a
 -- counter changed, each message carries the counters as they stand after the statement
 -- (`metrics`); a change that is only counters (a track like, unlike or share) is one
 -- track_metrics event.
@@ -132,6 +193,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     metrics_changed constant boolean := comments_delta <> 0 OR likes_delta <> 0 OR shares_delta <> 0;
     n constant integer := greatest(coalesce(cardinality(messages), 0), metrics_changed::integer);
+    -- 64 random bits (of a version 4 UUID's 122), in hex.
+    event_tag constant text := left(md5(gen_random_uuid()::text), 16);
     extra jsonb;
     state tracktalk.track_state;
     private boolean;
@@ -150,6 +213,8 @@ BEGIN
     FOR attempt IN 1..2 LOOP
         UPDATE tracktalk.track_state AS s
            SET last_seq = s.last_seq + n,
+               prev_tag = s.last_tag,  -- the value before this statement (SET reads the old row)
+               last_tag = event_tag,
                comments = greatest(s.comments + comments_delta, 0),
                likes = greatest(s.likes + likes_delta, 0),
                shares = greatest(s.shares + shares_delta, 0)
@@ -164,10 +229,10 @@ BEGIN
     first_seq := state.last_seq - n + 1;
     IF coalesce(cardinality(messages), 0) = 0 THEN
         texts := ARRAY[jsonb_build_object(
-            'type', 'track_metrics', 'track_id', track, 'seq', state.last_seq,
+            'type', 'track_metrics', 'track_id', track, 'seq', state.last_seq, 'tag', event_tag,
             'likes', state.likes, 'comments', state.comments, 'shares', state.shares)::text];
     ELSE
-        extra := jsonb_build_object('track_id', track);
+        extra := jsonb_build_object('track_id', track, 'tag', event_tag);
         IF metrics_changed THEN
             extra := extra || jsonb_build_object('metrics', jsonb_build_object(
                 'likes', state.likes, 'comments', state.comments, 'shares', state.shares));
@@ -177,14 +242,17 @@ BEGIN
           FROM unnest(messages) WITH ORDINALITY AS u (m, o);
     END IF;
 
-    INSERT INTO tracktalk.events (track_id, seq, message)
-    SELECT track, first_seq + o - 1, t::json
+    INSERT INTO tracktalk.events (track_id, seq, message, tag, prev_tag)
+    SELECT track, first_seq + o - 1, t::json, event_tag, CASE WHEN o = 1 THEN state.prev_tag ELSE event_tag END
       FROM unnest(texts) WITH ORDINALITY AS u (t, o);
 
-    -- "at": when the event was made (seconds since the epoch), for the delivery-lag metric.
-    payload := format('{"k":"track","track_id":%s,"first":%s,"last":%s,"at":%s',
+    -- "at": when the event was made (seconds since the epoch), for the delivery-lag metric;
+    -- "prev": the tag of the event before these, so that a replica whose event first - 1 was
+    -- another (it has events a failover lost) knows it.
+    payload := format('{"k":"track","track_id":%s,"first":%s,"last":%s,"at":%s,"tag":"%s","prev":%s',
                       to_json(track), first_seq, state.last_seq,
-                      round(extract(epoch FROM clock_timestamp()), 6));
+                      round(extract(epoch FROM clock_timestamp()), 6), event_tag,
+                      coalesce(to_json(state.prev_tag)::text, 'null'));
     joined := array_to_string(texts, ',');
     -- A private track's content never travels on a channel (anyone may LISTEN): its replicas
     -- read it from tracktalk.events. 13 bytes of ',"events":[]}', 65 of the signature.
@@ -193,7 +261,7 @@ BEGIN
     ELSE
         payload := payload || '}';
     END IF;
-    PERFORM pg_notify(tracktalk.track_channel(track), tracktalk.sign(payload));
+    PERFORM tracktalk.send_signed('track ' || track, payload);
 END
 $$;
 
@@ -216,9 +284,9 @@ BEGIN
     LOOP
         -- 300 ids a NOTIFY: even 19-digit ids fit in the payload.
         FOR i IN 1..cardinality(r.ids) BY 300 LOOP
-            PERFORM pg_notify(tracktalk.user_channel(r.user_id),
-                              tracktalk.sign(format('{"k":"user","user":%s,"ids":%s,"at":%s}',
-                                                    r.user_id, to_json(r.ids[i:i + 299]), at)));
+            PERFORM tracktalk.send_signed('user ' || r.user_id,
+                                          format('{"k":"user","user":%s,"ids":%s,"at":%s}',
+                                                 r.user_id, to_json(r.ids[i:i + 299]), at));
         END LOOP;
     END LOOP;
 END
@@ -1026,6 +1094,6 @@ DELETE FROM tracktalk.events e
 SELECT tracktalk.rotate_channel_key() WHERE NOT EXISTS (SELECT 1 FROM tracktalk.channel_key);
 
 -- A replica serves a schema of its own version or newer; docs/dba.md lists what each version
--- added, and which upgrades need the old replicas stopped first (2 to 3).
-INSERT INTO tracktalk.schema_version (version) VALUES (4)
+-- added, and which upgrades need the old replicas stopped first (2 to 3, 4 to 5).
+INSERT INTO tracktalk.schema_version (version) VALUES (5)
 ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, applied_at = now();

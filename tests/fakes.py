@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import struct
 from collections.abc import Iterable
 from typing import Any
 
-from app.events import PAGE
+from app.events import PAGE, Cursor, Page
 
 
 def parse_frames(data: bytes) -> list[dict[str, Any]]:
@@ -68,11 +69,15 @@ class FakeSocket:
     def seqs(self) -> list[int]:
         return [m["seq"] for m in self.messages if m["type"] not in ("connected", "resync")]
 
+    @property
+    def resyncs(self) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] == "resync"]
 
-def event(track_id: str, seq: int, kind: str = "comment_liked") -> bytes:
+
+def event(track_id: str, seq: int, kind: str = "comment_liked", tag: str | None = None) -> bytes:
     """A durable message as the triggers make it."""
     return json.dumps(
-        {"type": kind, "track_id": track_id, "seq": seq, "comment_id": seq, "like_count": 1}
+        {"type": kind, "track_id": track_id, "seq": seq, "tag": tag, "comment_id": seq, "like_count": 1}
     ).encode()
 
 
@@ -81,14 +86,18 @@ class MemoryLog:
 
     def __init__(self) -> None:
         self.events: dict[str, dict[int, bytes]] = {}
+        self.tags: dict[str, dict[int, str]] = {}
+        """Every event's tag, kept or not (as the statement that made it: one per `write`) ..."""
+        self.prevs: dict[str, dict[int, str | None]] = {}
+        """... and the tag of the event before it."""
         self.last: dict[str, int] = {}
         self.visible_pairs: set[tuple[int, str]] | None = None
         """None: every pair may watch."""
         self.messages: dict[int, tuple[int, bytes]] = {}
         self.gate: dict[str, asyncio.Event] = {}
         self.answer_gate: dict[str, asyncio.Event] = {}
-        """Holds `latest`'s answer for a track, once read, until set: the read took its snapshot
-        and a commit (and its notice) may come before the answer does."""
+        """Holds a read's answer for a track (`latest`, `page`), once read, until set: the read
+        took its snapshot and a commit (and its notice) may come before the answer does."""
         self.answers_held = 0
         self.reads = 0
         self.fail = False
@@ -99,13 +108,30 @@ class MemoryLog:
         self.waiting = 0
 
     def write(self, track_id: str, count: int = 1) -> list[tuple[int, bytes]]:
-        """Commit `count` new events of a track; their (seq, message)."""
+        """Commit `count` new events of a track in one statement (one tag); their (seq, message)."""
+        tag = os.urandom(8).hex()
         made = []
         for _ in range(count):
             seq = self.last[track_id] = self.last.get(track_id, 0) + 1
-            message = self.events.setdefault(track_id, {})[seq] = event(track_id, seq)
+            message = self.events.setdefault(track_id, {})[seq] = event(track_id, seq, tag=tag)
+            self.prevs.setdefault(track_id, {})[seq] = self.tag(track_id, seq - 1)
+            self.tags.setdefault(track_id, {})[seq] = tag
             made.append((seq, message))
         return made
+
+    def tag(self, track_id: str, seq: int) -> str | None:
+        """The tag of event `seq` of the track (None for seq 0)."""
+        return self.tags.get(track_id, {}).get(seq)
+
+    def lose(self, track_id: str, count: int) -> None:
+        """A failover that lost the track's last `count` events: the new primary never had them,
+        and numbers its next events with their seqs (with other tags)."""
+        for _ in range(count):
+            seq = self.last[track_id]
+            self.events[track_id].pop(seq, None)
+            self.tags[track_id].pop(seq, None)
+            self.prevs[track_id].pop(seq, None)
+            self.last[track_id] = seq - 1
 
     def prune(self, track_id: str, seqs: Iterable[int]) -> None:
         for seq in seqs:
@@ -122,17 +148,12 @@ class MemoryLog:
             await self.slow.wait()
             self.waiting -= 1
         self._check()
-        answer = {t: self.last.get(t, 0) for t in track_ids}
+        answer = {t: self._latest(t) for t in track_ids}
         for track_id in track_ids:
-            if (gate := self.answer_gate.get(track_id)) is not None:
-                self.answers_held += 1
-                await gate.wait()
-                self.answers_held -= 1
+            await self._hold(track_id)
         return answer
 
-    async def after(
-        self, track_id: str, after: int, limit: int = PAGE, through: int | None = None
-    ) -> list[tuple[int, bytes]]:
+    async def page(self, track_id: str, after: int, limit: int = PAGE, through: int | None = None) -> Page:
         if (gate := self.gate.get(track_id)) is not None:
             await gate.wait()
         await asyncio.sleep(0)
@@ -140,7 +161,26 @@ class MemoryLog:
         self.reads += 1
         kept = self.events.get(track_id, {})
         top = through if through is not None else 2**62
-        return [(seq, kept[seq]) for seq in sorted(kept) if after < seq <= top][:limit]
+        prevs = self.prevs.get(track_id, {})
+        rows = [
+            (seq, kept[seq], self.tag(track_id, seq), prevs.get(seq))
+            for seq in sorted(kept)
+            if after < seq <= top
+        ]
+        rows = rows[:limit]
+        answer = Page(rows, self._latest(track_id))  # one snapshot, as the real one's statement
+        await self._hold(track_id)
+        return answer
+
+    def _latest(self, track_id: str) -> Cursor:
+        seq = self.last.get(track_id, 0)
+        return Cursor(seq, self.tag(track_id, seq))
+
+    async def _hold(self, track_id: str) -> None:
+        if (gate := self.answer_gate.get(track_id)) is not None:
+            self.answers_held += 1
+            await gate.wait()
+            self.answers_held -= 1
 
     async def user_messages(self, notification_ids: list[int]) -> list[tuple[int, bytes]]:
         await asyncio.sleep(0)

@@ -404,6 +404,29 @@ async def test_a_resync_is_handed_over_and_the_feed_goes_on_from_its_seq(
     assert (live["seq"], live["resumed"]) == (12, True)
 
 
+async def test_the_feed_keeps_each_events_tag_and_resumes_with_it(
+    page: Page, scripted: ScriptedServer
+) -> None:
+    """Issue 23, item 11: the tag of the last event goes back with since=, so that a server whose
+    event at that seq is another (a failover lost the client's) can say `resync`."""
+    sock = await open_scripted(page, scripted, since=4, tag="0a0b")
+    assert (sock.query["since"], sock.query["tag"]) == ("4", "0a0b")
+    await sock.send(wire.Connected(track_id=TRACK, message="m", seq=5, tag="05"))
+    await sock.send(wire.CommentLiked(track_id=TRACK, seq=5, comment_id=1, like_count=1, tag="5e"))
+    await page.wait_for_function("() => feed.lastSeq === 5", timeout=WAIT_MS)
+    assert await page.evaluate("() => feed.lastTag") == "5e"
+    await sock.close(1001, "going away")
+    again = await scripted.next()
+    assert (again.query["since"], again.query["tag"]) == ("5", "5e")
+    await again.send(wire.Connected(track_id=TRACK, message="m", seq=9, tag="09"))
+    await again.send(wire.Resync(track_id=TRACK, seq=9, tag="09", message="events were missed"))
+    await page.wait_for_function("() => log.resyncs.length === 1", timeout=WAIT_MS)
+    assert (await page.evaluate("() => [feed.lastSeq, feed.lastTag]")) == [9, "09"]
+    await again.close(1001, "going away")
+    third = await scripted.next()
+    assert (third.query["since"], third.query["tag"]) == ("9", "09")
+
+
 @pytest.mark.parametrize(
     ("code", "reason", "at_once"),
     [

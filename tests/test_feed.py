@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -18,16 +19,19 @@ import msgspec
 import pytest
 
 from app import close_codes
-from app.channels import Opened, track_channel, user_channel
+from app.channels import Codec, Opened, track_topic, user_topic
+from app.events import Cursor
 from app.feed import Feed
 from app.hub import Hub, ShuttingDown, TooManySockets
+from app.listener import Listener
 from app.subscriber import ANONYMOUS, Subscriber
-from app.wire import Ephemeral, Revoke, TrackBatch, UserBatch
+from app.wire import Ephemeral, Revoke, TrackBatch, UserBatch, encoder
 from tests.fakes import FakeChannels, FakeSocket, MemoryLog
 from tests.support import async_wait_until
 
 LIMIT = 64 * 1024
 T, U = "t1", "t2"
+KEY = os.urandom(32)
 
 
 async def until(check: Callable[[], object], what: str, turns: int = 2000) -> None:
@@ -47,28 +51,36 @@ class World:
     feed: Feed
     stack: contextlib.AsyncExitStack
 
+    def batch(
+        self, track_id: str, rows: list[tuple[int, bytes]], events: bool = True, at: float = 0.0
+    ) -> TrackBatch:
+        """The signed NOTIFY of the statement that made `rows` (its tag, and the tag before it)."""
+        first, last = rows[0][0], rows[-1][0]
+        return TrackBatch(
+            track_id=track_id,
+            first=first,
+            last=last,
+            at=at or time.time(),
+            events=[msgspec.Raw(message) for _, message in rows] if events else None,
+            tag=self.log.tag(track_id, last),
+            prev=self.log.tag(track_id, first - 1),
+        )
+
     def notice(
         self, track_id: str, rows: list[tuple[int, bytes]], events: bool = True, at: float = 0.0
     ) -> None:
         """The listener hands over the signed NOTIFY of a statement that made `rows`."""
-        batch = TrackBatch(
-            track_id=track_id,
-            first=rows[0][0],
-            last=rows[-1][0],
-            at=at or time.time(),
-            events=[msgspec.Raw(message) for _, message in rows] if events else None,
-        )
-        self.feed.on_notice(Opened(batch))
+        self.feed.on_notice(Opened(self.batch(track_id, rows, events, at)))
 
     async def socket(
-        self, track_id: str = T, user: int = 1, since: int | None = None
-    ) -> tuple[Subscriber, FakeSocket, int]:
+        self, track_id: str = T, user: int = 1, since: int | None = None, tag: str | None = None
+    ) -> tuple[Subscriber, FakeSocket, Cursor]:
         """A socket as app/handlers/sockets.py runs one: join, replay, go live."""
         sock = FakeSocket()
         sub = Subscriber(sock, user, track_id, LIMIT)
         start = await self.stack.enter_async_context(self.feed.subscription(sub, 1.0))
         if since is not None:
-            async for frames in self.feed.replay(sub, since, start):
+            async for frames in self.feed.replay(sub, since, start, tag):
                 sub.write_now(frames)
         sub.go_live()
         return sub, sock, start
@@ -169,7 +181,7 @@ async def test_a_batch_that_follows_the_cursor_is_delivered_as_it_came_and_once(
     rows = world.log.write(T, 2)
     world.notice(T, rows)
     world.notice(T, rows)  # the same payload again (a replay by someone listening): dropped
-    assert start == 0 and sock.seqs == [1, 2]
+    assert start == Cursor(0) and sock.seqs == [1, 2]
     assert world.log.reads == 0
 
 
@@ -180,27 +192,6 @@ async def test_a_gap_is_filled_from_the_log_in_order(world: World) -> None:
     await until(lambda: sock.seqs == [1, 2, 3, 4, 5, 6], "the gap filled from the log")
     world.notice(T, world.log.write(T, 1))  # live again (or read by the catch-up, if it is ending)
     await until(lambda: sock.seqs == list(range(1, 8)), "the next event")
-
-
-async def test_a_payload_that_fails_its_signature_is_only_a_hint_to_read_the_log(world: World) -> None:
-    _, sock, _ = await world.socket()
-    world.log.write(T, 1)  # a real event whose NOTIFY was lost, and a forgery on the channel
-    world.feed.on_hint(track_channel(T))
-    await until(lambda: sock.seqs == [1], "the real event, read from the log")
-    assert sock.messages == [
-        {"type": "comment_liked", "track_id": T, "seq": 1, "comment_id": 1, "like_count": 1}
-    ]
-
-
-async def test_hints_read_the_log_at_most_once_a_second_and_change_nothing(world: World) -> None:
-    _, sock, _ = await world.socket()
-    for _ in range(100):  # a flood of forgeries on the track's channel
-        world.feed.on_hint(track_channel(T))
-    world.feed.on_hint("tracktalk:t:" + "0" * 32)  # a channel nobody watches: nothing
-    await until(lambda: not world.feed._tracks[T].filling, "the one check")
-    assert world.log.reads == 1
-    world.notice(T, world.log.write(T, 1))
-    assert sock.seqs == [1] and [m["type"] for m in sock.messages] == ["comment_liked"]
 
 
 async def test_an_old_signed_payload_is_read_from_the_log_not_believed(world: World) -> None:
@@ -229,8 +220,7 @@ async def test_a_hole_in_the_log_gives_resync_and_then_live_events(world: World)
 async def test_a_database_that_went_back_in_time_makes_the_sockets_resync(world: World) -> None:
     _, sock, _ = await world.socket()
     world.notice(T, world.log.write(T, 5))
-    world.log.last[T] = 3  # a failover lost commits 4 and 5
-    world.log.prune(T, [4, 5])
+    world.log.lose(T, 2)  # a failover lost commits 4 and 5
     world.feed.on_listen()
     await until(lambda: world.feed.caught_up, "the check after the reconnect")
     assert sock.messages[-1]["type"] == "resync" and sock.messages[-1]["seq"] == 3
@@ -297,6 +287,151 @@ async def test_a_failing_database_read_is_retried(world: World) -> None:
     await async_wait_until(lambda: sock.seqs == [1, 2], 5, "the retried read")  # after a real back-off
 
 
+async def test_catch_up_reads_what_went_by_unheard(world: World) -> None:
+    _, sock, _ = await world.socket()
+    world.log.write(T, 2)  # committed under channel names not yet listened on (a new key)
+    world.feed.catch_up()
+    await until(lambda: sock.seqs == [1, 2], "the events, from the log")
+    assert not sock.resyncs
+
+
+# ---------------------------------------------------------------------------------------------
+# What a forged payload can do: nothing (issue 23, item 2)
+# ---------------------------------------------------------------------------------------------
+
+
+async def turns(count: int = 200) -> None:
+    """Let the loop run `count` turns (in-memory work that may or may not happen)."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def test_forged_payloads_while_a_writer_commits_read_nothing_hold_up_nothing_resync_nothing(
+    world: World,
+) -> None:
+    """A forger's payload on a busy track's channel made the feed read the log in two reads (the
+    events after the cursor, then the latest seq): a commit between them gave `resync`, and a real
+    notice that came meanwhile was dropped, its event left waiting for the next one. Here each read
+    of the log holds its answer once it has taken its snapshot, while a commit and its signed
+    notice arrive."""
+    codec = Codec(KEY)
+    listener = Listener("", codec)  # only deliver() runs: no connection
+    listener.attach(world.feed)
+    _, sock, _ = await world.socket()
+    world.log.answer_gate[T] = asyncio.Event()
+    body = b'{"k":"track","track_id":"t1","first":1,"last":1,"at":%.6f}' % time.time()
+    for forged in (body, b"0" * 64 + b" " + body, Codec(os.urandom(32)).sign(body)):
+        listener.deliver(forged)
+    await turns()
+    rows = world.log.write(T, 1)
+    listener.deliver(codec.sign(encoder.encode(world.batch(T, rows))))
+    assert sock.seqs == [1]  # at once
+    world.log.answer_gate[T].set()
+    await turns()
+    assert sock.seqs == [1] and not sock.resyncs
+    assert world.log.reads == 0 and codec.rejected == 3
+
+
+async def test_a_notice_that_comes_while_a_catch_up_reads_is_delivered_right_after_it(world: World) -> None:
+    _, sock, _ = await world.socket()
+    world.log.answer_gate[T] = asyncio.Event()
+    world.notice(T, world.log.write(T, 1), events=False)  # not in the payload: read from the log
+    await until(lambda: world.log.answers_held == 1, "the read to hold its answer (1 in it)")
+    world.notice(T, world.log.write(T, 1))  # 2 commits and is notified while that answer waits
+    world.log.answer_gate[T].set()
+    await until(lambda: sock.seqs == [1, 2], "1, then 2 (not left for a later event)")
+    assert not sock.resyncs and world.log.reads == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# A failover that lost commits (issue 23, item 11)
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_a_reconnect_to_a_history_that_lost_events_resyncs_even_past_the_old_last_seq(
+    world: World,
+) -> None:
+    """The new primary lost 4 and 5 and has written 4', 5', 6' by the time the listener is back:
+    its latest seq is past the sockets' 5, and only the tags tell."""
+    _, sock, _ = await world.socket()
+    for _ in range(5):
+        world.notice(T, world.log.write(T, 1))
+    world.log.lose(T, 2)
+    world.log.write(T, 3)
+    world.feed.on_listen()
+    await until(lambda: world.feed.caught_up, "the check after the reconnect")
+    assert sock.seqs == [1, 2, 3, 4, 5]  # none of 4', 5', 6' as if it followed 5
+    assert sock.resyncs == [{**sock.resyncs[0], "seq": 6, "tag": world.log.tag(T, 6)}]
+    world.notice(T, world.log.write(T, 1))
+    assert sock.seqs == [1, 2, 3, 4, 5, 7]
+
+
+async def test_a_live_batch_of_another_history_is_not_taken_for_the_next_events(world: World) -> None:
+    """Before the check after a reconnect has an answer, the new primary's next statement arrives:
+    its seqs follow the sockets' last one, its `prev` is not the sockets' last event."""
+    _, sock, _ = await world.socket()
+    for _ in range(3):
+        world.notice(T, world.log.write(T, 1))
+    world.log.lose(T, 1)
+    world.log.write(T, 1)  # 3'
+    world.log.slow = asyncio.Event()  # the reconnect's check waits on the database
+    world.feed.on_listen()
+    world.notice(T, world.log.write(T, 1))  # 4', whose prev is 3'
+    await until(lambda: bool(sock.resyncs), "the resync")
+    assert sock.seqs == [1, 2, 3] and sock.resyncs[0]["seq"] == 4
+    world.notice(T, world.log.write(T, 1))
+    await until(lambda: sock.seqs == [1, 2, 3, 5], "the next event")
+    world.log.slow.set()
+
+
+async def test_a_replayed_payload_of_a_lost_history_changes_nothing(world: World) -> None:
+    """A signed payload of events that a failover lost, sent again later (by someone listening):
+    its events are not the log's, and the sockets that have the log's keep them."""
+    _, sock, _ = await world.socket()
+    world.notice(T, world.log.write(T, 2))
+    lost = world.batch(T, world.log.write(T, 1))
+    world.log.lose(T, 1)
+    world.notice(T, world.log.write(T, 1))  # the new 3
+    world.feed.on_notice(Opened(lost))  # the old 3 again
+    world.notice(T, world.log.write(T, 1))
+    await turns()
+    assert sock.seqs == [1, 2, 3, 4] and not sock.resyncs
+    assert [m["tag"] for m in sock.messages] == [world.log.tag(T, seq) for seq in (1, 2, 3, 4)]
+
+
+async def test_events_that_follow_a_pruned_cursor_are_taken_as_following_it(world: World) -> None:
+    """The event at the cursor is no longer kept (a quiet track, pruned): the next one still says
+    which event came before it, so a catch-up needs no `resync`."""
+    _, sock, _ = await world.socket()
+    world.notice(T, world.log.write(T, 3))
+    world.log.prune(T, [1, 2, 3])
+    world.log.write(T, 2)  # 4 and 5 commit while the listener is away
+    world.feed.on_listen()
+    await until(lambda: world.feed.caught_up, "the catch-up after the reconnect")
+    assert sock.seqs == [1, 2, 3, 4, 5] and not sock.resyncs
+
+
+async def test_a_client_that_resumes_from_a_lost_event_gets_resync(world: World) -> None:
+    world.log.write(T, 5)
+    seen = world.log.tag(T, 5)  # a client had 1..5, then the failover lost 4 and 5
+    world.log.lose(T, 2)
+    world.log.write(T, 3)  # 4', 5', 6'
+    await world.socket()  # the replica's cursor: 6'
+    _, behind, _ = await world.socket(user=2, since=5, tag=seen)
+    assert [m["type"] for m in behind.messages] == ["resync"] and behind.resyncs[0]["seq"] == 6
+    _, same, _ = await world.socket(user=3, since=5, tag=world.log.tag(T, 5))  # a client that had 5'
+    assert same.seqs == [6] and not same.resyncs
+    _, blind, _ = await world.socket(user=4, since=5)  # no tag: nothing to compare with
+    assert blind.seqs == [6]
+    _, latest, _ = await world.socket(user=5, since=6, tag=seen)  # at the latest seq, another tag
+    assert [m["type"] for m in latest.messages] == ["resync"]
+    world.log.write(T, 1)  # 7 commits; its notice has not reached this replica
+    _, ahead, _ = await world.socket(user=6, since=7, tag="0" * 16)  # ahead of the replica: checked too
+    assert [m["type"] for m in ahead.messages] == ["resync"]
+    _, ahead_ok, _ = await world.socket(user=7, since=7, tag=world.log.tag(T, 7))
+    assert ahead_ok.messages == []
+
+
 # ---------------------------------------------------------------------------------------------
 # Joining a track, and since= replays
 # ---------------------------------------------------------------------------------------------
@@ -309,11 +444,11 @@ async def test_the_first_socket_listens_before_reading_the_cursor_and_loses_noth
     world.channels.hold = asyncio.Event()
     joining = asyncio.create_task(world.socket())
     await asyncio.sleep(0)
-    assert track_channel(T) not in world.channels.listening
+    assert track_topic(T) not in world.channels.listening
     world.channels.hold.set()
     _, sock, start = await joining
-    assert track_channel(T) in world.channels.listening and user_channel(1) in world.channels.listening
-    assert start == 3
+    assert track_topic(T) in world.channels.listening and user_topic(1) in world.channels.listening
+    assert start.seq == 3
     world.notice(T, world.log.write(T, 1))
     assert sock.seqs == [4]
 
@@ -327,7 +462,7 @@ async def test_notices_that_come_while_a_track_starts_are_read_from_the_log(worl
     assert world.log.reads == 0
     world.log.answer_gate[T].set()
     _, sock, start = await joining
-    assert start in (2, 3)  # the cursor read, or after the catch-up of what the notice named
+    assert start.seq in (2, 3)  # the cursor read, or after the catch-up of what the notice named
     await until(lambda: sock.seqs == [3], "3, read from the log")
     assert world.log.reads > 0
     world.notice(T, world.log.write(T, 1))
@@ -337,7 +472,7 @@ async def test_notices_that_come_while_a_track_starts_are_read_from_the_log(worl
 async def test_replay_sends_exactly_the_missed_events_in_pages_then_live(world: World) -> None:
     world.log.write(T, 10)
     _, first, start = await world.socket()
-    assert start == 10 and first.seqs == []
+    assert start.seq == 10 and first.seqs == []
     _, back, start = await world.socket(user=2, since=4)
     world.notice(T, world.log.write(T, 2))
     assert back.seqs == list(range(5, 13))
@@ -378,7 +513,7 @@ async def test_a_client_ahead_of_this_replica_gets_nothing_twice(world: World) -
     await world.socket()  # this replica's cursor: 3
     late = world.log.write(T, 2)  # 4 and 5 committed; their NOTIFY has not reached this replica
     sub, sock, start = await world.socket(user=2, since=5)  # the client saw 5 on another one
-    assert (start, sub.skip_through) == (3, 5)
+    assert (start.seq, sub.skip_through) == (3, 5)
     world.notice(T, late)
     world.notice(T, world.log.write(T, 1))
     assert sock.seqs == [6]
@@ -480,10 +615,10 @@ async def test_a_track_whose_start_failed_is_not_listened_on_once_its_sockets_ga
     with pytest.raises(TimeoutError):
         async with world.feed.subscription(sub, 0.05):
             pass
-    assert track_channel(T) in world.channels.listening  # its start is still reading the cursor
+    assert track_topic(T) in world.channels.listening  # its start is still reading the cursor
     world.log.fail = True
     world.log.slow.set()
-    await until(lambda: track_channel(T) not in world.channels.listening, "the channel to be let go")
+    await until(lambda: track_topic(T) not in world.channels.listening, "the channel to be let go")
 
 
 async def test_a_deleted_and_remade_track_makes_its_sockets_resync_from_the_latest_seq(world: World) -> None:
@@ -497,6 +632,7 @@ async def test_a_deleted_and_remade_track_makes_its_sockets_resync_from_the_late
         "type": "resync",
         "track_id": T,
         "seq": 5,
+        "tag": world.log.tag(T, 5),
         "message": "events were missed: reload the comments",
     }
     world.notice(T, world.log.write(T, 1))  # the new track's first event goes on from 5

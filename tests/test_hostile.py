@@ -1,15 +1,18 @@
 """Holes a hostile reader or a careless SQL writer would find, closed, through real replicas.
 
-The NOTIFY channels (any role that can connect may LISTEN and NOTIFY), re-created tracks, access
-taken away from open sockets, sockets opened all at once, statements and outages too big for a
-payload, and a pool that runs dry. docs/security.md lists each with its test.
+The NOTIFY channels (any role that can connect may LISTEN and NOTIFY on a channel it can name),
+re-created tracks, access taken away from open sockets, sockets opened all at once, statements
+and outages too big for a payload, and a pool that runs dry. docs/security.md lists each with its
+test.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,17 +25,22 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from app.auth import issue_token
-from app.channels import track_channel, user_channel
+from app.channels import Codec
 from app.embedded import EmbeddedPostgres
+from app.events import read_channel_key
 from tests.support import (
+    RECV_TIMEOUT,
     SECRET,
     Replica,
     Socket,
     TcpProxy,
     World,
     async_wait_until,
+    metric,
     new_track,
     open_socket,
     replicas,
@@ -65,6 +73,83 @@ async def latest_seq(db_url: str, track: str) -> int:
     )
 
 
+async def key_holder(db_url: str) -> Codec:
+    """What only tracktalk's roles have: the channel key (read here as the superuser), as a Codec
+    that names the channels and signs. The tests hand its channel names to the forger, as to one
+    that learned them somehow (the worst case): it still has no key to sign with."""
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        return Codec(await read_channel_key(conn))
+
+
+def outsiders_names(track_ids: list[str], user_ids: list[int]) -> list[str]:
+    """Every channel name an outsider could compute before names came from the key: the one
+    channel of old, the md5 of each track id, each user id."""
+    return [
+        "tracktalk",
+        *(f"tracktalk:t:{hashlib.md5(t.encode()).hexdigest()}" for t in track_ids),
+        *(f"tracktalk:u:{u}" for u in user_ids),
+    ]
+
+
+class Arrivals:
+    """A socket's messages with the moment each arrived (time.monotonic()), read by a task of
+    their own from the moment this is made (so the stamp is the arrival, not when a test looks)."""
+
+    def __init__(self, sock: Socket) -> None:
+        self.sock = sock
+        self.got: list[tuple[float, dict[str, Any]]] = []
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                message = await self.sock.recv(timeout=3600)
+                self.got.append((time.monotonic(), message))
+
+    def of(self, kind: str) -> list[tuple[float, dict[str, Any]]]:
+        return [(at, m) for at, m in self.got if m["type"] == kind]
+
+    async def comments(self, count: int, timeout: float) -> dict[int, float]:
+        """Wait for `count` new_comment messages; comment id -> arrival."""
+        await async_wait_until(lambda: len(self.of("new_comment")) >= count, timeout, f"{count} comments")
+        return {m["comment"]["id"]: at for at, m in self.of("new_comment")}
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+async def write_comments(
+    db_url: str, track: str, user: int, rate: float, stop: asyncio.Event
+) -> dict[int, float]:
+    """Comments on `track` at `rate` a second until `stop`: comment id -> when its commit
+    returned (time.monotonic())."""
+    committed: dict[int, float] = {}
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        began = time.monotonic()
+        while not stop.is_set():
+            cur = await conn.execute(
+                "INSERT INTO comments (track_id, user_id, content) VALUES (%s, %s, 'busy') RETURNING id",
+                (track, user),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            committed[int(row[0])] = time.monotonic()
+            wait = began + len(committed) / rate - time.monotonic()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), wait)
+    return committed
+
+
+def lateness(committed: dict[int, float], arrived: dict[int, float]) -> list[float]:
+    """Seconds from each comment's commit to its arrival (every committed one must have come)."""
+    missing = set(committed) - set(arrived)
+    assert not missing, f"{len(missing)} comments never arrived"
+    return sorted(arrived[c] - committed[c] for c in committed)
+
+
 # ---------------------------------------------------------------------------------------------
 # 1. The NOTIFY channels
 # ---------------------------------------------------------------------------------------------
@@ -79,11 +164,12 @@ async def test_a_role_without_grants_reads_no_private_content_from_any_channel(
     ):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             await spy.execute("SELECT * FROM tracktalk.events")
+        names = await key_holder(db_url)  # the spy is told the real names: the worst case
         for channel in (
-            track_channel(world.private),
-            user_channel(world.users["carol"]),
-            user_channel(world.users["tina"]),
-            "tracktalk",
+            names.track_channel(world.private),
+            names.user_channel(world.users["carol"]),
+            names.user_channel(world.users["tina"]),
+            *outsiders_names([world.private], [world.users["carol"], world.users["tina"]]),
         ):
             await spy.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel)))
         async with open_socket(pair[0].ws, world.private, world.tokens["carol"]) as carol:
@@ -111,49 +197,67 @@ async def test_a_role_without_grants_reads_no_private_content_from_any_channel(
 async def test_forged_payloads_neither_add_events_nor_hide_real_ones(
     pair: list[Replica], world: World, db_url: str
 ) -> None:
+    """Forgeries that would pass every other check (a fresh `at`, the right `prev` tag: the
+    forger listened), on the track's real channel (the forger learned its name), on the names of
+    old: unsigned, signed with zeros, signed with another key. Only the signature stops them."""
     track = world.other
+    names = await key_holder(db_url)
     async with (
         hostile_role(db_url) as url,
         await psycopg.AsyncConnection.connect(url, autocommit=True) as forger,
         open_socket(pair[0].ws, track, world.tokens["alice"]) as on_a,
         open_socket(pair[1].ws, track, world.tokens["bob"]) as on_b,
     ):
-        start = (await on_a.expect("connected"))["seq"]
-        await on_b.expect("connected")
+        hello = await on_a.expect("connected")
+        start, tag = hello["seq"], hello["tag"]
+        assert (await on_b.expect("connected"))["tag"] == tag
         fake = {
             "type": "new_comment",
             "track_id": track,
-            "comment": {"id": 999999, "content": "forged", "user_id": 1, "username": "x"},
+            "comment": {
+                "id": 999999,
+                "user_id": 1,
+                "username": "x",
+                "author_is_creator": False,
+                "author_is_team": False,
+                "track_id": track,
+                "parent_id": None,
+                "content": "forged",
+                "timestamp": 1.0,
+                "is_edited": False,
+                "created_at": "2026-01-01T00:00:00Z",
+                "last_edited_at": None,
+                "like_count": 0,
+                "user_has_liked": False,
+            },
             "metrics": {"likes": 0, "comments": 0, "shares": 0},
         }
-        channels = (track_channel(track), "tracktalk")  # the track's, and the one channel of old
         forgeries = [
-            # a jump of a billion, then the next seq with made-up content, signed or not
-            {"k": "track", "track_id": track, "first": start + 10**9, "last": start + 10**9},
+            # a jump of a billion, then the next seq with made-up content
+            {"k": "track", "track_id": track, "first": start + 10**9, "last": start + 10**9, "tag": "f" * 16},
             {
                 "k": "track",
                 "track_id": track,
                 "first": start + 1,
                 "last": start + 1,
-                "events": [{**fake, "seq": start + 1}],
+                "tag": "f" * 16,
+                "prev": tag,
+                "events": [{**fake, "seq": start + 1, "tag": "f" * 16}],
             },
         ]
-        for channel in channels:
+        stranger = Codec(os.urandom(32))
+        for channel in (names.track_channel(track), *outsiders_names([track], [])):
             for forged in forgeries:
-                body = json.dumps(forged)
-                for payload in (body, "0" * 64 + " " + body):
+                body = json.dumps({**forged, "at": time.time()})
+                for payload in (body, "0" * 64 + " " + body, stranger.sign(body.encode()).decode()):
                     await forger.execute("SELECT pg_notify(%s, %s)", (channel, payload))
             await forger.execute(
                 "SELECT pg_notify(%s, %s)",
                 (channel, "e:" + "A" * 80),  # a sealed typing notice without the key
             )
-        await forger.execute(
-            "SELECT pg_notify(%s, %s)",
-            (
-                user_channel(world.users["alice"]),
-                json.dumps({"k": "user", "user": world.users["alice"], "ids": [1]}),
-            ),
-        )
+        for channel in (names.user_channel(world.users["alice"]), f"tracktalk:u:{world.users['alice']}"):
+            body = json.dumps({"k": "user", "user": world.users["alice"], "ids": [1], "at": time.time()})
+            await forger.execute("SELECT pg_notify(%s, %s)", (channel, stranger.sign(body.encode()).decode()))
         real = [await insert_comment(db_url, track, world.users["dave"], f"real {i}") for i in range(3)]
         for sock in (on_a, on_b):
             got = await sock.events(3)
@@ -165,6 +269,197 @@ async def test_forged_payloads_neither_add_events_nor_hide_real_ones(
                 "new_comment",
                 "new_comment",
             ]
+
+
+async def test_a_forger_on_a_busy_tracks_channel_makes_no_resync_and_delays_nothing(
+    pair: list[Replica], world: World, db_url: str
+) -> None:
+    """Issue 23, item 2: a forged payload once a second on a busy track's channel (its real name:
+    the forger learned it) made the replicas read the log in two reads, and a commit between them
+    sent `resync` to every socket of the track (7 in 30 s at ~190 writes/s). Two tracks, 100
+    comments a second on each, a forger on each once a second, for 8 s: no `resync`, and no
+    comment later than 0.5 s after its commit."""
+    tracks = [new_track(db_url) for _ in range(2)]
+    names = await key_holder(db_url)
+    stop = asyncio.Event()
+    async with hostile_role(db_url) as url, contextlib.AsyncExitStack() as stack:
+        forger = await stack.enter_async_context(await psycopg.AsyncConnection.connect(url, autocommit=True))
+        watchers: list[tuple[str, Arrivals]] = []
+        for track in tracks:
+            for replica, who in zip(pair, ("alice", "bob"), strict=True):
+                sock = await stack.enter_async_context(open_socket(replica.ws, track, world.tokens[who]))
+                await sock.expect("connected")
+                watchers.append((track, Arrivals(sock)))
+        writers = [
+            asyncio.create_task(write_comments(db_url, track, world.users["dave"], 100, stop))
+            for track in tracks
+        ]
+        for second in range(8):
+            for track in tracks:
+                body = json.dumps({"k": "track", "track_id": track, "first": 1, "last": 1, "at": time.time()})
+                for channel in (names.track_channel(track), *outsiders_names([track], [])):
+                    await forger.execute("SELECT pg_notify(%s, %s)", (channel, body))
+            await asyncio.sleep(1.0)
+            assert not any(w.done() for w in writers), f"a writer stopped after {second} s"
+        stop.set()
+        committed = dict(zip(tracks, await asyncio.gather(*writers), strict=True))
+        worst = 0.0
+        for track, arrivals in watchers:
+            arrived = await arrivals.comments(len(committed[track]), timeout=30)
+            await arrivals.stop()
+            assert arrivals.of("resync") == []
+            worst = max(worst, lateness(committed[track], arrived)[-1])
+    assert sum(map(len, committed.values())) > 1200
+    assert worst <= 0.5, f"a comment arrived {worst:.2f} s after its commit"
+
+
+async def test_a_notify_flood_on_every_name_an_outsider_can_compute_delays_no_comment(
+    pair: list[Replica], world: World, db_url: str
+) -> None:
+    """Issue 23, item 3: channel names came from public ids (the md5 of a track's id, a user's id),
+    so a flood of 1M unsigned NOTIFYs on them reached every replica, which checked each: a comment
+    on another track arrived 1.5 s late. Now no outsider can name a channel a replica listens on:
+    1.5M NOTIFYs over every name an outsider can compute for the tracks and users in play (and
+    the one channel of old), then a comment on each track, which arrives within 0.5 s."""
+    watched, other = new_track(db_url), new_track(db_url)
+    users = [world.users[who] for who in ("alice", "bob", "carol", "dave")]
+    flooded = outsiders_names([watched, other, world.public], users)
+    async with hostile_role(db_url) as url, contextlib.AsyncExitStack() as stack:
+        flooder = await stack.enter_async_context(await psycopg.AsyncConnection.connect(url, autocommit=True))
+        arrivals = []
+        for replica, who, track in (
+            (pair[0], "alice", watched),
+            (pair[1], "bob", other),
+            (pair[1], "carol", watched),
+        ):
+            sock = await stack.enter_async_context(open_socket(replica.ws, track, world.tokens[who]))
+            await sock.expect("connected")
+            arrivals.append(Arrivals(sock))
+        async with flooder.transaction():  # one commit: the replicas meet the whole flood at once
+            for part in range(6):
+                await flooder.execute(
+                    'SELECT pg_notify((%s::text[])[1 + i %% %s], \'{"k":"track","track_id":"x","first":\''
+                    " || i || ',\"last\":' || i || ',\"at\":' || extract(epoch FROM now()) || '}')"
+                    " FROM generate_series(%s::bigint, %s::bigint) AS i",
+                    (flooded, len(flooded), part * 250_000 + 1, (part + 1) * 250_000),
+                )
+        committed = {}
+        for track in (watched, other):
+            comment = await insert_comment(db_url, track, world.users["dave"], "after the flood")
+            committed[comment] = time.monotonic()
+        for sock in arrivals:
+            arrived = await sock.comments(1, timeout=30)
+            await sock.stop()
+            late = [arrived[c] - committed[c] for c in arrived]
+            assert late and max(late) <= 0.5, f"a comment arrived {max(late):.2f} s after its commit"
+
+
+async def test_a_tag_that_is_not_an_events_is_refused_with_a_reason(
+    pair: list[Replica], world: World
+) -> None:
+    token = world.tokens["alice"]
+    for query, reason in (
+        ("tag=abc", "invalid tag: give it with since=, as the tag of the event at that seq"),
+        ("since=1&tag=XYZ", "invalid tag: give the tag of the event at since=, up to 32 hex digits"),
+        ("since=1&tag=" + "a" * 33, "invalid tag: give the tag of the event at since=, up to 32 hex digits"),
+    ):
+        url = f"{pair[0].ws}/api/ws/track/{world.public}?token={token}&{query}"
+        async with connect(url, open_timeout=RECV_TIMEOUT, close_timeout=2) as conn:
+            assert await Socket(conn).closed() == (1008, reason)
+
+
+async def test_the_channel_names_of_the_sql_are_the_replicas(db_url: str, world: World) -> None:
+    names = await key_holder(db_url)
+    rows = await sql(
+        db_url,
+        "SELECT tracktalk.track_channel(%s), tracktalk.track_channel('🎵'), tracktalk.user_channel(%s)",
+        (world.public, world.users["alice"]),
+    )
+    assert rows[0] == (
+        names.track_channel(world.public),
+        names.track_channel("🎵"),
+        names.user_channel(world.users["alice"]),
+    )
+
+
+async def test_rotating_the_channel_key_with_sockets_open_loses_nothing_and_delays_little(
+    pair: list[Replica], world: World, db_url: str
+) -> None:
+    """A new key renames every channel: the replicas must hear of it, LISTEN under the new names
+    and read what committed meanwhile. Two replicas, a writer at 50 comments a second through
+    `SELECT tracktalk.rotate_channel_key()`: every comment arrives, in order, none more than 2 s
+    after its commit; the old names are no longer listened on."""
+    track = new_track(db_url)
+    old_names = await key_holder(db_url)
+    reconnects = [await metric(r, "tracktalk_listener_reconnects_total") for r in pair]
+    stop = asyncio.Event()
+    async with contextlib.AsyncExitStack() as stack:
+        watching = []
+        for replica, who in zip(pair, ("alice", "bob"), strict=True):
+            sock = await stack.enter_async_context(open_socket(replica.ws, track, world.tokens[who]))
+            await sock.expect("connected")
+            watching.append(Arrivals(sock))
+        writer = asyncio.create_task(write_comments(db_url, track, world.users["dave"], 50, stop))
+        await asyncio.sleep(1.0)
+        await sql(db_url, "SELECT tracktalk.rotate_channel_key()")
+        await asyncio.sleep(2.0)
+        stop.set()
+        committed = await writer
+        for arrivals in watching:
+            arrived = await arrivals.comments(len(committed), timeout=30)
+            await arrivals.stop()
+            assert arrivals.of("resync") == []
+            seqs = [m["seq"] for _, m in arrivals.got if "seq" in m and m["type"] != "connected"]
+            assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
+            worst = lateness(committed, arrived)[-1]
+            assert worst <= 2.0, f"a comment arrived {worst:.2f} s after its commit"
+    assert (await key_holder(db_url)).track_channel(track) != old_names.track_channel(track)
+    for replica, before in zip(pair, reconnects, strict=True):
+        # Each followed the rotation through the notice (not its minute's reading), on the same
+        # connection (not by a reconnect's catch-up).
+        assert await metric(replica, "tracktalk_channel_key_changes_total") >= 1
+        assert await metric(replica, "tracktalk_listener_reconnects_total") == before
+
+
+async def test_a_comment_signed_before_a_rotation_and_committed_after_it_arrives(
+    pair: list[Replica], world: World, db_url: str
+) -> None:
+    """A transaction that wrote (and signed, under the old key) before the rotation and commits
+    after the replicas moved to the new names sends its NOTIFY where nobody listens any more: the
+    replicas read the log again as the transactions that were running at the rotation end."""
+    track = new_track(db_url)
+    async with contextlib.AsyncExitStack() as stack:
+        socks = []
+        for replica, who in zip(pair, ("alice", "bob"), strict=True):
+            sock = await stack.enter_async_context(open_socket(replica.ws, track, world.tokens[who]))
+            await sock.expect("connected")
+            socks.append(sock)
+        changes = [await metric(r, "tracktalk_channel_key_changes_total") for r in pair]
+        reconnects = [await metric(r, "tracktalk_listener_reconnects_total") for r in pair]
+        slow = await stack.enter_async_context(await psycopg.AsyncConnection.connect(db_url))
+        cur = await slow.execute(
+            "INSERT INTO comments (track_id, user_id, content) VALUES (%s, %s, 'slow') RETURNING id",
+            (track, world.users["dave"]),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        await sql(db_url, "SELECT tracktalk.rotate_channel_key()")
+        for replica, before in zip(pair, changes, strict=True):
+            await async_wait_until(
+                lambda r=replica, n=before: _more(r, n), 10, "the replica to take the new key"
+            )
+        await slow.commit()
+        committed = time.monotonic()
+        for sock in socks:
+            event = (await sock.events(1, timeout=10))[0]
+            assert event["comment"]["id"] == row[0]
+        assert time.monotonic() - committed < 3.0
+        # Read from the log as the transactions of the rotation ended, not by a reconnect.
+        assert [await metric(r, "tracktalk_listener_reconnects_total") for r in pair] == reconnects
+
+
+async def _more(replica: Replica, than: float) -> bool:
+    return await metric(replica, "tracktalk_channel_key_changes_total") > than
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,7 +785,7 @@ async def test_live_events_flow_while_the_pool_is_exhausted(
     a socket arrives for a track nobody watches here yet. Neither may hold up a live event."""
     track = f"t-pool-{uuid.uuid4().hex[:6]}"  # watched by this replica alone: its channel names its listener
     new_track(db_url, track_id=track)
-    channel = track_channel(track)
+    channel = (await key_holder(db_url)).track_channel(track)
     async with open_socket(small_pool.ws, track, world.tokens["carol"]) as watcher:
         await watcher.expect("connected")
         async with await psycopg.AsyncConnection.connect(db_url) as locker:

@@ -104,7 +104,7 @@ def test_the_asyncapi_document_describes_the_track_socket(replica: Replica, docu
     channel = document["channels"]["trackSocket"]
     assert channel["address"] == "/api/ws/track/{track_id}"
     assert set(channel["parameters"]) == {"track_id"}
-    assert set(channel["bindings"]["ws"]["query"]["properties"]) == {"token", "since"}
+    assert set(channel["bindings"]["ws"]["query"]["properties"]) == {"token", "since", "tag"}
     assert set(Messages(document, "sendTrackMessages").validators) == SENT
     assert set(Messages(document, "receiveClientMessages").validators) == {"typing"}
     assert {int(code) for code in channel["x-close-codes"]} == {

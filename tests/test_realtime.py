@@ -474,7 +474,11 @@ async def test_a_database_that_went_back_in_time_makes_sockets_resync(
         back_to = seen - 4
         await sql(db_url, "DELETE FROM tracktalk.events WHERE track_id = %s AND seq > %s", (track, back_to))
         await sql(
-            db_url, "UPDATE tracktalk.track_state SET last_seq = %s WHERE track_id = %s", (back_to, track)
+            db_url,
+            "UPDATE tracktalk.track_state SET last_seq = %(seq)s, last_tag ="
+            " (SELECT tag FROM tracktalk.events WHERE track_id = %(track)s AND seq = %(seq)s)"
+            " WHERE track_id = %(track)s",
+            {"seq": back_to, "track": track},
         )
         await sql(
             db_url,

@@ -73,13 +73,15 @@ export interface Counters {
 
 // ---- server -> client ----------------------------------------------------------------------
 
-/** First message on every socket; `seq` is the track's latest event number, `protocol` the
- *  server's protocol version. Reported through onStatus("live"). */
+/** First message on every socket; `seq` is the track's latest event number, `tag` that event's tag
+ *  (null before the first event), `protocol` the server's protocol version. Reported through
+ *  onStatus("live"). */
 export interface Connected {
   type: "connected";
   track_id: string;
   message: string;
   seq: number;
+  tag?: string | null;
   protocol: number;
 }
 
@@ -88,6 +90,8 @@ export interface NewComment {
   type: "new_comment";
   track_id: string;
   seq: number;
+  /** The event's tag: resume with since=seq&tag=tag (the feed does). */
+  tag?: string | null;
   comment: Comment;
   metrics: Counters;
 }
@@ -97,6 +101,8 @@ export interface CommentEdited {
   type: "comment_edited";
   track_id: string;
   seq: number;
+  /** The event's tag: resume with since=seq&tag=tag (the feed does). */
+  tag?: string | null;
   comment_id: number;
   content: string;
   timestamp: number;
@@ -109,6 +115,8 @@ export interface CommentDeleted {
   type: "comment_deleted";
   track_id: string;
   seq: number;
+  /** The event's tag: resume with since=seq&tag=tag (the feed does). */
+  tag?: string | null;
   comment_id: number;
   metrics: Counters;
 }
@@ -118,6 +126,8 @@ export interface CommentLiked {
   type: "comment_liked";
   track_id: string;
   seq: number;
+  /** The event's tag: resume with since=seq&tag=tag (the feed does). */
+  tag?: string | null;
   comment_id: number;
   like_count: number;
 }
@@ -127,6 +137,8 @@ export interface TrackMetricsChanged {
   type: "track_metrics";
   track_id: string;
   seq: number;
+  /** The event's tag: resume with since=seq&tag=tag (the feed does). */
+  tag?: string | null;
   likes: number;
   comments: number;
   shares: number;
@@ -163,11 +175,13 @@ export interface NotificationMessage {
   notification: Notification;
 }
 
-/** Events were missed that can no longer be replayed: reload with GET; the feed goes on after `seq`. */
+/** Events were missed that can no longer be replayed, or the ones the feed had were lost by a
+ *  database failover: reload with GET; the feed goes on after `seq` (whose tag is `tag`). */
 export interface Resync {
   type: "resync";
   track_id: string;
   seq: number;
+  tag?: string | null;
   message: string;
 }
 
@@ -281,6 +295,9 @@ export interface ConnectOptions {
   /** The last seq the caller already has (e.g. kept from an earlier feed): the first socket
    *  replays every durable event after it. Default: none, start from now. */
   since?: number | null;
+  /** The tag of the event at `since` (its message's `tag`, or `lastTag` of an earlier feed): when
+   *  the server's event at `since` is another (a failover lost it), the feed gets `resync`. */
+  tag?: string | null;
   /** Every message but `connected` and `resync`: durable events exactly once and in seq order,
    *  ephemeral ones (typing, presence, mention, notification, error) as they come. */
   onMessage?: (message: FeedMessage) => void;
@@ -300,6 +317,8 @@ export interface ConnectOptions {
 export interface Feed {
   /** The seq of the last durable event delivered (or `since`); null before the first `connected`. */
   readonly lastSeq: number | null;
+  /** The tag of that event (or `tag`); null when unknown. Keep it with lastSeq, for `tag`. */
+  readonly lastTag: string | null;
   readonly status: Status;
   /** The WebSocket in use, or null: for diagnostics only. */
   readonly socket: WebSocket | null;

@@ -1,9 +1,9 @@
 // tracktalk's browser client: the live messages of one track over a WebSocket.
 //
-// A dependency-free ES module; its types are in tracktalk.d.ts beside it. It keeps the seq of the
-// last durable event it delivered and resumes with `since=` after every drop, so that each
-// durable event reaches the caller exactly once and in order, whichever replica the socket
-// lands on. The protocol it speaks is in tracktalk's repository (docs/protocol.md), and as a
+// A dependency-free ES module; its types are in tracktalk.d.ts beside it. It keeps the seq and
+// the tag of the last durable event it delivered and resumes with `since=` and `tag=` after every
+// drop, so that each durable event reaches the caller exactly once and in order, whichever
+// replica the socket lands on (and a database failover that lost events it has gives `resync`). The protocol it speaks is in tracktalk's repository (docs/protocol.md), and as a
 // schema at /schema/asyncapi.json.
 //
 //   import { connect } from "https://tracktalk.example/client/tracktalk.js";
@@ -94,14 +94,20 @@ function moduleServer() {
   return url;
 }
 
-/** The socket's address: ws(s)://…/api/ws/track/{trackId}?token=…&since=… */
-function socketUrl(base, trackId, token, since) {
+/** The socket's address: ws(s)://…/api/ws/track/{trackId}?token=…&since=…&tag=… */
+function socketUrl(base, trackId, token, since, tag) {
   const url = new URL(`api/ws/track/${encodeURIComponent(trackId)}`, base);
   if (url.protocol === "https:") url.protocol = "wss:";
   else if (url.protocol === "http:") url.protocol = "ws:";
   if (token) url.searchParams.set("token", token);
   if (since !== null) url.searchParams.set("since", String(since));
+  if (since !== null && tag) url.searchParams.set("tag", tag);
   return url.href;
+}
+
+/** An event's tag as the server gives it (16 hex digits), or null. */
+function tagOf(message) {
+  return typeof message.tag === "string" && /^[0-9a-f]{1,32}$/.test(message.tag) ? message.tag : null;
 }
 
 /** Call a caller's hook; an exception in it is reported, and the feed goes on. */
@@ -121,6 +127,7 @@ class Feed {
   #base;
   #socket = null;
   #lastSeq;
+  #lastTag; // the tag of the event #lastSeq (null: unknown)
   #status = "connecting";
   #attempt = 0; // reconnect attempts since the server last answered (or a flap's head start)
   #flaps = 0; // live connections in a row that ended before STABLE_MS
@@ -138,14 +145,18 @@ class Feed {
   #onWake = () => this.reconnectNow();
 
   constructor(options) {
-    const { trackId, since = null } = options || {};
+    const { trackId, since = null, tag = null } = options || {};
     if (typeof trackId !== "string" || trackId === "") throw new TypeError("connect: trackId must be a non-empty string");
     if (since !== null && !(Number.isSafeInteger(since) && since >= 0)) {
       throw new TypeError("connect: since must be a whole number >= 0 (the last seq you have), or null");
     }
+    if (tag !== null && !(typeof tag === "string" && /^[0-9a-f]{1,32}$/.test(tag) && since !== null)) {
+      throw new TypeError("connect: tag must be the tag of the event at since (hex digits), or null");
+    }
     this.#options = options;
     this.#base = serverBase(options.baseUrl);
     this.#lastSeq = since;
+    this.#lastTag = tag;
     if (globalThis.addEventListener) globalThis.addEventListener("online", this.#onWake);
     if (globalThis.document) globalThis.document.addEventListener("visibilitychange", this.#onWake);
     this.#open(false);
@@ -154,6 +165,11 @@ class Feed {
   /** The seq of the last durable event delivered (or given as `since`); null before the first. */
   get lastSeq() {
     return this.#lastSeq;
+  }
+
+  /** The tag of that event (or given as `tag`); null when unknown. Keep it with lastSeq. */
+  get lastTag() {
+    return this.#lastTag;
   }
 
   /** "connecting" | "live" | "reconnecting" | "closed". */
@@ -213,7 +229,7 @@ class Feed {
     if (!this.#started) this.#setStatus("connecting", {}); // later attempts were announced as "reconnecting"
     this.#started = true;
     this.#anonymous = !token;
-    const socket = new WebSocket(socketUrl(this.#base, this.#options.trackId, token, this.#lastSeq));
+    const socket = new WebSocket(socketUrl(this.#base, this.#options.trackId, token, this.#lastSeq, this.#lastTag));
     this.#socket = socket;
     socket.addEventListener("message", (event) => this.#receive(socket, event));
     socket.addEventListener("close", (event) => this.#dropped(socket, event));
@@ -240,19 +256,26 @@ class Feed {
     if (message.type === "connected") return this.#connected(message);
     if (message.type === "resync") {
       this.#lastSeq = message.seq;
+      this.#lastTag = tagOf(message);
       return callHook(this.#options.onResync, message);
     }
     if (typeof message.seq === "number" && this.#lastSeq !== null) {
       if (message.seq <= this.#lastSeq) return; // delivered already (a replay overlapping live frames)
       if (message.seq > this.#lastSeq + 1) return this.#gap(socket, message.seq);
     }
-    if (typeof message.seq === "number") this.#lastSeq = message.seq;
+    if (typeof message.seq === "number") {
+      this.#lastSeq = message.seq;
+      this.#lastTag = tagOf(message);
+    }
     callHook(this.#options.onMessage, message);
   }
 
   #connected(message) {
     const resumed = this.#lastSeq !== null;
-    if (!resumed) this.#lastSeq = message.seq;
+    if (!resumed) {
+      this.#lastSeq = message.seq;
+      this.#lastTag = tagOf(message);
+    }
     this.#liveAt = Date.now();
     this.#renewed = false;
     this.#typingSent = false;

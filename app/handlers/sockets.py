@@ -1,4 +1,4 @@
-"""The WebSocket of a track: `/api/ws/track/{track_id}?token=…[&since=SEQ]`, as a bare ASGI app.
+"""The WebSocket of a track: `/api/ws/track/{track_id}?token=…[&since=SEQ[&tag=TAG]]`, as a bare ASGI app.
 
 Sockets are what a replica holds by the thousand, so this one route skips the framework:
 `app/main.py` sends its path here ahead of Litestar, whose per-request machinery would cost about
@@ -29,7 +29,6 @@ from psycopg_pool import PoolTimeout
 from app import close_codes
 from app.addresses import PerAddress, client_key
 from app.auth import IdentityProviderUnavailable, TokenError
-from app.channels import track_channel
 from app.frames import message_frame
 from app.hub import ShuttingDown, TooManySockets
 from app.services import Services
@@ -50,6 +49,9 @@ log = logging.getLogger(__name__)
 PATH = "/api/ws/track/"
 """Where the track sockets live; the track id follows (URL-encoded)."""
 MAX_TRACK_ID = 200
+MAX_TAG = 32
+"""Longest `tag=` (an event's tag: 16 hex digits as the database makes them)."""
+_HEX = frozenset("0123456789abcdef")
 REPLAY_STALL = 10.0
 """Seconds a resuming client may leave its replay unread before it is closed as too slow."""
 DATABASE_ERRORS = (psycopg.OperationalError, PoolTimeout, TimeoutError)
@@ -116,7 +118,7 @@ async def _serve(
     if services.hub.closing:
         raise Refused(close_codes.SHUTTING_DOWN, close_codes.GOING_AWAY)
     query = parse_qs(scope["query_string"].decode("latin-1"))
-    since = _since(query)  # a bad one is refused before the database is asked anything
+    since, tag = _since(query)  # a bad one is refused before the database is asked anything
     address = _count_anonymous(scope, query, services, anonymous)  # so is one too many
     try:
         epoch = services.feed.access_epoch
@@ -128,11 +130,13 @@ async def _serve(
                 # before anything of the track is sent.
                 await _may_watch(track_id, user_id, services)
             with services.presence.present(sub):  # counted; its `presence` waits for go_live
-                hello = Connected(track_id=track_id, message="Connected to comment updates", seq=start)
+                hello = Connected(
+                    track_id=track_id, message="Connected to comment updates", seq=start.seq, tag=start.tag
+                )
                 if not conn.accept_with(message_frame(hello)):
                     return  # the client left while it waited
                 if since is not None:
-                    async for frames in services.feed.replay(sub, since, start):
+                    async for frames in services.feed.replay(sub, since, start, tag):
                         if not sub.write_now(frames):
                             return
                         try:  # this client's pace; live frames wait meanwhile
@@ -200,13 +204,18 @@ async def _may_watch(track_id: str, user_id: int, services: Services) -> str | N
     return found.username
 
 
-def _since(query: dict[str, list[str]]) -> int | None:
-    raw = _one(query, "since")
+def _since(query: dict[str, list[str]]) -> tuple[int | None, str | None]:
+    """`since` and `tag`: the last seq the client has, and that event's tag (optional)."""
+    raw, tag = _one(query, "since"), _one(query, "tag") or None
     if raw is None or raw == "":
-        return None
+        if tag is not None:
+            raise Refused("invalid tag: give it with since=, as the tag of the event at that seq")
+        return None, None
     if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
         raise Refused("invalid since: give the last seq you received, a whole number >= 0")
-    return int(raw)
+    if tag is not None and (len(tag) > MAX_TAG or not tag.isascii() or not all(c in _HEX for c in tag)):
+        raise Refused(f"invalid tag: give the tag of the event at since=, up to {MAX_TAG} hex digits")
+    return int(raw), tag
 
 
 def _one(query: dict[str, list[str]], name: str) -> str | None:
@@ -263,6 +272,6 @@ async def _relay_typing(services: Services, sub: Subscriber, username: str, is_t
     message = UserTyping(track_id=sub.track_id, user_id=sub.user_id, username=username, is_typing=is_typing)
     payload = services.codec.seal(sub.track_id, encoder.encode(message))
     try:
-        await services.events.notify(track_channel(sub.track_id), payload)
+        await services.events.notify(services.codec.track_channel(sub.track_id), payload)
     except Exception as exc:
         log.warning("typing not relayed: %s", type(exc).__name__)
