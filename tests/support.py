@@ -111,6 +111,30 @@ async def metric(server: LocalServer, name: str) -> float:
     return values[name]
 
 
+def rss_kib(pid: int) -> int:
+    """The resident memory of a process now (VmRSS), in KiB."""
+    return _status_kib(pid, "VmRSS")
+
+
+def reset_peak_rss(pid: int) -> int:
+    """Start the process's peak resident memory (VmHWM) afresh from now; its RSS now, in KiB.
+
+    The kernel keeps the peak at every page the process touches: read with peak_rss_kib, it is
+    the true highest, where sampling RSS from outside would miss what lasts less than a sample."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # 5: reset the peak RSS (proc(5))
+    return rss_kib(pid)
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The highest resident memory of the process (VmHWM) since reset_peak_rss, in KiB."""
+    return _status_kib(pid, "VmHWM")
+
+
+def _status_kib(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(f"{field}:"))
+
+
 class LocalServer:
     """Base URLs of a server listening on 127.0.0.1:`port`."""
 
@@ -173,6 +197,11 @@ class Replica(LocalServer):
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "the replica was not started"
+        return self.process.pid
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         if self.process is None or self.process.poll() is not None:

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from app.auth import issue_token
-from tests.support import SECRET, Replica, World, open_socket
+from tests.support import SECRET, Replica, World, open_socket, rss_kib
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -295,7 +295,7 @@ async def test_statements_of_10000_rows_arrive_as_events_without_flooding_memory
     in NOTIFY payloads. They reach a live socket as events, in order, each once (no resync), read
     from the log page by page, and the replica's memory stays bounded."""
     a, _ = pair
-    rss_before = _rss_kib(a)
+    rss_before = rss_kib(a.pid)
     async with open_socket(a.ws, world.timed, world.tokens["alice"]) as watcher:
         start = (await watcher.expect("connected"))["seq"]
         await sql(
@@ -312,13 +312,7 @@ async def test_statements_of_10000_rows_arrive_as_events_without_flooding_memory
         after = await insert_comment(db_url, world.timed, world.users["dave"], "still live")
         event = (await watcher.events(1))[0]
         assert (event["seq"], event["comment"]["id"]) == (start + 20_001, after)
-    assert _rss_kib(a) - rss_before < 100 * 1024, "the replica's memory grew by more than 100 MiB"
-
-
-def _rss_kib(replica: Replica) -> int:
-    assert replica.process is not None
-    with open(f"/proc/{replica.process.pid}/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    assert rss_kib(a.pid) - rss_before < 100 * 1024, "the replica's memory grew by more than 100 MiB"
 
 
 async def test_typing_crosses_replicas_once_a_second_at_most(
