@@ -27,6 +27,7 @@ from tests.support import (
     World,
     async_wait_until,
     metrics,
+    new_track,
     open_socket,
     replicas,
     seed,
@@ -136,14 +137,23 @@ def test_token_prints_a_token_the_api_accepts(replica: Replica, world: World) ->
 
 
 async def test_metrics_count_sockets_deliveries_and_lag(replica: Replica, world: World, db_url: str) -> None:
-    async with open_socket(replica.ws, world.other, world.tokens["carol"]) as sock:
+    track = new_track(db_url)  # nobody else's frames
+    before = await metrics(replica)
+    async with open_socket(replica.ws, track, world.tokens["alice"], presence=True) as sock:
         await sock.expect("connected")
-        await insert_comment(db_url, world.other, world.users["bob"], "counted")
+        await sock.expect("presence")  # the socket's own frame, counted as it is handed over
+        opened = await metrics(replica)
+        await insert_comment(db_url, track, world.users["bob"], "counted")
         await sock.events(1)
         values = await metrics(replica)
-    assert values["tracktalk_open_sockets"] >= 1
-    assert values["tracktalk_events_delivered_total"] >= 1
-    assert values["tracktalk_delivery_lag_seconds_count"] >= 1
+
+    def grew(name: str, since: dict[str, float] = opened) -> float:
+        return values[name] - since[name]
+
+    assert grew("tracktalk_open_sockets", before) == 1
+    assert opened["tracktalk_events_delivered_total"] - before["tracktalk_events_delivered_total"] == 1
+    assert grew("tracktalk_events_delivered_total") == 1
+    assert grew("tracktalk_delivery_lag_seconds_count") == 1
     assert values["tracktalk_listener_ready"] == 1
     assert 0 <= values["tracktalk_notify_queue_usage"] < 1
     assert (
