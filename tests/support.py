@@ -4,6 +4,7 @@ Every wait has a deadline."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import grp
 import json
@@ -30,6 +31,7 @@ import psycopg
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import DATA_OPCODES, Frame
 
 from app.auth import issue_token
 from app.wire import server_message_decoder
@@ -229,35 +231,55 @@ def replicas(database_url: str, log_dir: Path, count: int = 1, **env: str) -> It
                 replica.stop()
 
 
+class StampedConnection(ClientConnection):
+    """A client connection that notes when each message arrives (time.monotonic()), as its
+    frame is read off the socket, whenever the test gets to read the message."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.arrivals: collections.deque[float] = collections.deque()
+
+    def process_event(self, event: Any) -> None:
+        if isinstance(event, Frame) and event.opcode in DATA_OPCODES and event.fin:
+            self.arrivals.append(time.monotonic())
+        super().process_event(event)
+
+
 class Socket:
     """A WebSocket client that decodes (and so checks) every server frame.
 
     `presence` frames come on their own schedule (on connect, and as others come and go): they
     are kept in `presence` and skipped by `recv`, unless the socket was opened with presence=True.
+    Times are those of arrival (StampedConnection), not of the test's reading: a test that reads
+    late does not make the server's gaps look shorter.
     """
 
-    def __init__(self, conn: ClientConnection, presence: bool = False) -> None:
+    def __init__(self, conn: StampedConnection, presence: bool = False) -> None:
         self.conn = conn
         self.received: list[dict[str, Any]] = []
         self.presence: list[dict[str, Any]] = []
         """Every `presence` message, in order ..."""
         self.presence_at: list[float] = []
         """... and when each arrived (time.monotonic())."""
+        self.arrived_at = 0.0
+        """When the message `recv` last returned arrived (time.monotonic())."""
         self._with_presence = presence
 
     async def recv(self, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             raw = await asyncio.wait_for(self.conn.recv(), max(0.01, deadline - time.monotonic()))
+            arrived = self.conn.arrivals.popleft()
             assert isinstance(raw, str), f"expected a text frame, got {raw!r:.80}"
             server_message_decoder.decode(raw)  # every frame must match the wire types
             message: dict[str, Any] = json.loads(raw)
             if message["type"] == "presence":
                 self.presence.append(message)
-                self.presence_at.append(time.monotonic())
+                self.presence_at.append(arrived)
                 if not self._with_presence:
                     continue
             self.received.append(message)
+            self.arrived_at = arrived
             return message
 
     async def expect(
@@ -330,7 +352,15 @@ async def open_socket(  # type: ignore[no-untyped-def]
     if since is not None:
         query.append(f"since={since}")
     url = f"{base}/api/ws/track/{track_id}" + ("?" + "&".join(query) if query else "")
-    async with connect(url, open_timeout=RECV_TIMEOUT, close_timeout=2, max_size=2**22, **kw) as conn:
+    async with connect(
+        url,
+        open_timeout=RECV_TIMEOUT,
+        close_timeout=2,
+        max_size=2**22,
+        create_connection=StampedConnection,
+        **kw,
+    ) as conn:
+        assert isinstance(conn, StampedConnection)
         yield Socket(conn, presence)
 
 
