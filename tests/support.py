@@ -56,10 +56,35 @@ CHROMIUM_ARGS = [
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
+    """A TCP port nobody listens on right now (another process may take it before it is bound:
+    a server started on it must check that it got it, as Replica.start does)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class PortTaken(Exception):
+    """A server could not bind its port: another process had it."""
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """The process `pid` itself listens on 127.0.0.1:`port` (and not some other process that took
+    the port first: its answers would pass for those of the server under test)."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    inodes = set()
+    with contextlib.suppress(OSError):  # the process may be gone, or an fd closed as it is read
+        for fd in fd_dir.iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+    wanted = f"0100007F:{port:04X}"  # 127.0.0.1 as /proc/net/tcp writes it
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == wanted and fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                return True
+    return False
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
@@ -161,7 +186,17 @@ class Replica(LocalServer):
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
-    def start(self, log_dir: Path) -> Replica:
+    def start(self, log_dir: Path, tries: int = 5) -> Replica:
+        """Start it and wait until it is ready; on a port another process took meanwhile (free_port
+        only found it free), again on another port."""
+        for _ in range(tries - 1):
+            try:
+                return self._start(log_dir)
+            except PortTaken:
+                self.port = free_port()
+        return self._start(log_dir)
+
+    def _start(self, log_dir: Path) -> Replica:
         self.log_path = log_dir / f"replica-{self.port}.log"
         env = {
             **os.environ,
@@ -190,10 +225,16 @@ class Replica(LocalServer):
             return False
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait until it answers /readyz on its port, and it is the one listening there; PortTaken
+        if it exited because another process had the port."""
+
         def up() -> bool:
-            if self.process is not None and self.process.poll() is not None:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                if "address already in use" in self.log():
+                    raise PortTaken(self.port)
                 raise AssertionError(f"replica exited with {self.process.returncode}:\n{self.log()}")
-            return self.ready()
+            return self.ready() and listens_on(self.process.pid, self.port)
 
         wait_until(up, timeout, f"replica on port {self.port} to be ready")
 
@@ -432,7 +473,8 @@ class TcpProxy:
 
     def __init__(self, target_port: int, port: int | None = None) -> None:
         self.target_port = target_port
-        self.port = port or free_port()
+        self.port = port or 0
+        """Its own port: the one given, or the one the system gives at its first start."""
         self._server: socketserver.ThreadingTCPServer | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -446,6 +488,7 @@ class TcpProxy:
 
         socketserver.ThreadingTCPServer.allow_reuse_address = True
         self._server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]  # the same again after a cut
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self

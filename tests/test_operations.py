@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -479,3 +481,34 @@ def test_the_sql_applied_again_changes_nothing_a_replica_relies_on(new_database:
             "SELECT array_agg(seq ORDER BY seq) FROM tracktalk.events WHERE track_id = %s", (world.public,)
         ).fetchone()
     assert seqs is not None and seqs[0] == list(range(1, len(seqs[0]) + 1))  # numbering went on
+
+
+def test_a_replica_whose_port_was_taken_meanwhile_starts_on_another(
+    db_url: str, world: World, log_dir: Path
+) -> None:
+    """free_port() only finds a port free: another process may listen on it before the replica
+    binds it. The helper must not take that process's answers for the replica's (here another
+    server answers /readyz with 200 on it), and must start the replica on a port of its own."""
+    impostor = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AlwaysReady)
+    threading.Thread(target=impostor.serve_forever, daemon=True).start()
+    taken = impostor.server_address[1]
+    try:
+        replica = Replica(db_url, port=taken).start(log_dir)
+        try:
+            assert replica.port != taken
+            assert httpx.get(f"{replica.http}/readyz", timeout=5).json()["status"] == "ok"
+        finally:
+            replica.stop()
+    finally:
+        impostor.shutdown()
+        impostor.server_close()
+
+
+class _AlwaysReady(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
