@@ -16,10 +16,10 @@ from app import close_codes
 ANONYMOUS = 0
 """The user id of a socket without a token (never a users.id: ids start at 1)."""
 WRITE_MOST = 64 * 1024
-"""Bytes of frames joined into one write, at most (one larger frame goes alone): the bound is
-checked after each write, so a socket's unsent bytes never pass it by more than this and a frame.
-A catch-up's page (up to 500 events of up to 400 KB) written whole to each socket of a track
-would put up to a page in every stalled socket's buffer."""
+"""Bytes of frames joined before they are written (the frame that reaches it is the write's
+last): the bound is checked after each write, so a socket's unsent bytes never pass it by more
+than this and a frame. A catch-up's page (up to 500 events of up to 400 KB) written whole to each
+socket of a track put up to a page in every stalled socket's buffer."""
 
 
 class FrameSocket(Protocol):
