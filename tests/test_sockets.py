@@ -104,6 +104,7 @@ async def connect(
         "path": PATH + track,
         "query_string": "&".join(query).encode(),
         "headers": [],
+        "client": ("127.0.0.1", 50_000),
         "extensions": {EXTENSION: conn},
     }
     handler = TrackSockets(lambda: services)  # type: ignore[arg-type,return-value]
