@@ -221,18 +221,19 @@ async def test_since_older_than_what_is_kept_gets_resync(
     pair: list[Replica], world: World, db_url: str
 ) -> None:
     a, _ = pair
-    await insert_comment(db_url, world.other, world.users["bob"], "soon pruned")
-    latest = (
-        await sql(db_url, "SELECT last_seq FROM tracktalk.track_state WHERE track_id = %s", (world.other,))
-    )[0][0]
-    await sql(
-        db_url, "DELETE FROM tracktalk.events WHERE track_id = %s AND seq <= %s", (world.other, latest - 1)
-    )
-    async with open_socket(a.ws, world.other, world.tokens["alice"], since=0) as late:
+    track = new_track(db_url)  # alone or after any other test: two events, the first pruned
+    for text in ("soon pruned", "kept"):
+        await insert_comment(db_url, track, world.users["bob"], text)
+    latest = 2
+    assert await sql(db_url, "SELECT last_seq FROM tracktalk.track_state WHERE track_id = %s", (track,)) == [
+        (latest,)
+    ]
+    await sql(db_url, "DELETE FROM tracktalk.events WHERE track_id = %s AND seq <= %s", (track, latest - 1))
+    async with open_socket(a.ws, track, world.tokens["alice"], since=0) as late:
         await late.expect("connected")
         resync = await late.expect("resync")
         assert resync["seq"] == latest
-        fresh = await insert_comment(db_url, world.other, world.users["bob"], "after resync")
+        fresh = await insert_comment(db_url, track, world.users["bob"], "after resync")
         assert (await late.events(1))[0]["comment"]["id"] == fresh
 
 
