@@ -1,20 +1,31 @@
-"""In-memory stand-ins for the feed's unit tests: sockets, the event log, the listener's channels.
+"""In-memory stand-ins for the feed's and the socket handler's unit tests: sockets, the event
+log, the listener's channels, and the services a socket reaches for.
 
 Each implements the small Protocol the real part implements (app/subscriber.py's FrameSocket,
-app/feed.py's Log and Channels), and can be made slow, stuck or failing on demand, which the real
-server cannot be made to be at a chosen moment.
+app/feed.py's Log and Channels), or the part of it that app/handlers/sockets.py uses, and can be
+made slow, stuck or failing on demand, which the real server cannot be made to be at a chosen
+moment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+from app.channels import Codec
+from app.config import Settings
 from app.events import PAGE, Cursor, Page
+from app.feed import Feed
+from app.hub import Hub
+from app.ratelimit import RateLimiter
+from app.tokens import TokenVerifier
+from app.tracks import Watcher
 
 
 def parse_frames(data: bytes) -> list[dict[str, Any]]:
@@ -223,3 +234,144 @@ class FakeChannels:
 
     def unlisten(self, channels: Iterable[str]) -> None:
         self.listening.difference_update(channels)
+
+
+# ---------------------------------------------------------------------------------------------
+# The socket handler's world (app/handlers/sockets.py): its connection and its services
+# ---------------------------------------------------------------------------------------------
+
+
+class FakeConnection(FakeSocket):
+    """A socket's connection as the handler uses it (app/wsprotocol.py's FrameProtocol), with the
+    ASGI receive and send of its handler: what the client sends goes in `inbox`, the handler's
+    ASGI messages are kept in `sent`; `reading` cleared plays a client that reads nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handshake_complete = False
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.inbox.put_nowait({"type": "websocket.connect"})
+        self.sent: list[dict[str, Any]] = []
+        self.reading = asyncio.Event()
+        self.reading.set()
+
+    def accept_with(self, data: bytes) -> bool:
+        """Complete the handshake and write the first frames; False when the client is gone."""
+        if self.handshake_complete or self.closed_with is not None:
+            return False
+        self.handshake_complete = True
+        self.writes.append(data)
+        return True
+
+    def close_now(self, code: int, reason: str) -> None:
+        """As the real one: only after the handshake; the handler's receive() then ends."""
+        if not self.handshake_complete or self.closed_with is not None:
+            return
+        super().close_now(code, reason)
+        self.inbox.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+
+    async def drained(self) -> None:
+        await self.reading.wait()
+
+    async def receive(self) -> dict[str, Any]:
+        return await self.inbox.get()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+        if message["type"] == "websocket.accept":
+            self.handshake_complete = True
+
+    def client_sends(self, text: str) -> None:
+        self.inbox.put_nowait({"type": "websocket.receive", "text": text})
+
+    def client_leaves(self) -> None:
+        self.inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
+
+
+class FakeWatchers:
+    """app/tracks.py's `watchers` lookup (Services.watchers): every user of `users` may see every
+    track but those of `hidden`; `fail` is raised instead of answering (a database that is down)."""
+
+    def __init__(self, users: dict[int, str]) -> None:
+        self.users = users
+        self.hidden: set[tuple[str, int | None]] = set()
+        self.fail: BaseException | None = None
+        self.asked: list[tuple[str, int | None]] = []
+        self.hold: asyncio.Event | None = None
+        """While set but not yet fired, an answer, once made, waits for it (the query took its
+        snapshot; a revocation may commit, and be heard, before the answer arrives)."""
+        self.held = 0
+
+    async def __call__(self, wanted: tuple[str, int | None]) -> Watcher:
+        self.asked.append(wanted)
+        await asyncio.sleep(0)
+        if self.fail is not None:
+            raise self.fail
+        user_id = wanted[1]
+        username = self.users.get(user_id) if user_id is not None else None
+        known = user_id is None or username is not None
+        answer = Watcher(username=username, may_see=known and wanted not in self.hidden)
+        if self.hold is not None:
+            self.held += 1
+            await self.hold.wait()
+            self.held -= 1
+        return answer
+
+
+class FakeEvents:
+    """EventLog.notify (the typing relay): records (channel, payload)."""
+
+    def __init__(self) -> None:
+        self.notified: list[tuple[str, str]] = []
+
+    async def notify(self, channel: str, payload: str) -> None:
+        self.notified.append((channel, payload))
+
+
+class FakePresence:
+    """Presence.present: which sockets are counted now."""
+
+    def __init__(self) -> None:
+        self.counted: set[Any] = set()
+
+    @contextlib.contextmanager
+    def present(self, sub: Any) -> Iterator[None]:
+        self.counted.add(sub)
+        try:
+            yield
+        finally:
+            self.counted.discard(sub)
+
+
+@dataclass
+class FakeServices:
+    """What the socket handler reaches for in app/services.py's Services, over the fakes above:
+    the real hub, feed (over MemoryLog and FakeChannels), token verifier, typing limit and codec."""
+
+    settings: Settings
+    hub: Hub
+    feed: Feed
+    log: MemoryLog
+    channels: FakeChannels
+    tokens: TokenVerifier
+    watchers: FakeWatchers
+    events: FakeEvents = field(default_factory=FakeEvents)
+    presence: FakePresence = field(default_factory=FakePresence)
+    typing: RateLimiter = field(default_factory=lambda: RateLimiter(1, seconds=1.0))
+    codec: Codec = field(default_factory=lambda: Codec(b"k" * 32))
+    handlers: list[tuple[FakeConnection, asyncio.Task[None]]] = field(default_factory=list)
+    """The socket handlers a test started (it ends those still running)."""
+
+    @classmethod
+    def make(cls, secret: str, users: dict[int, str], **settings: Any) -> FakeServices:
+        hub = Hub(sockets_per_user=settings.pop("sockets_per_user", 20))
+        log, channels = MemoryLog(), FakeChannels()
+        return cls(
+            settings=Settings(database_url="postgresql://unused", secret=secret, **settings),
+            hub=hub,
+            feed=Feed(hub, log, channels),
+            log=log,
+            channels=channels,
+            tokens=TokenVerifier(secret, None),
+            watchers=FakeWatchers(users),
+        )

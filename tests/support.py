@@ -4,6 +4,7 @@ Every wait has a deadline."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import grp
 import json
@@ -30,6 +31,7 @@ import psycopg
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import DATA_OPCODES, Frame
 
 from app.auth import issue_token
 from app.wire import server_message_decoder
@@ -54,10 +56,35 @@ CHROMIUM_ARGS = [
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
+    """A TCP port nobody listens on right now (another process may take it before it is bound:
+    a server started on it must check that it got it, as Replica.start does)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class PortTaken(Exception):
+    """A server could not bind its port: another process had it."""
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """The process `pid` itself listens on 127.0.0.1:`port` (and not some other process that took
+    the port first: its answers would pass for those of the server under test)."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    inodes = set()
+    with contextlib.suppress(OSError):  # the process may be gone, or an fd closed as it is read
+        for fd in fd_dir.iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+    wanted = f"0100007F:{port:04X}"  # 127.0.0.1 as /proc/net/tcp writes it
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == wanted and fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                return True
+    return False
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
@@ -111,6 +138,30 @@ async def metric(server: LocalServer, name: str) -> float:
     return values[name]
 
 
+def rss_kib(pid: int) -> int:
+    """The resident memory of a process now (VmRSS), in KiB."""
+    return _status_kib(pid, "VmRSS")
+
+
+def reset_peak_rss(pid: int) -> int:
+    """Start the process's peak resident memory (VmHWM) afresh from now; its RSS now, in KiB.
+
+    The kernel keeps the peak at every page the process touches: read with peak_rss_kib, it is
+    the true highest, where sampling RSS from outside would miss what lasts less than a sample."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # 5: reset the peak RSS (proc(5))
+    return rss_kib(pid)
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The highest resident memory of the process (VmHWM) since reset_peak_rss, in KiB."""
+    return _status_kib(pid, "VmHWM")
+
+
+def _status_kib(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(f"{field}:"))
+
+
 class LocalServer:
     """Base URLs of a server listening on 127.0.0.1:`port`."""
 
@@ -135,7 +186,17 @@ class Replica(LocalServer):
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
-    def start(self, log_dir: Path) -> Replica:
+    def start(self, log_dir: Path, tries: int = 5) -> Replica:
+        """Start it and wait until it is ready; on a port another process took meanwhile (free_port
+        only found it free), again on another port."""
+        for _ in range(tries - 1):
+            try:
+                return self._start(log_dir)
+            except PortTaken:
+                self.port = free_port()
+        return self._start(log_dir)
+
+    def _start(self, log_dir: Path) -> Replica:
         self.log_path = log_dir / f"replica-{self.port}.log"
         env = {
             **os.environ,
@@ -164,15 +225,26 @@ class Replica(LocalServer):
             return False
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait until it answers /readyz on its port, and it is the one listening there; PortTaken
+        if it exited because another process had the port."""
+
         def up() -> bool:
-            if self.process is not None and self.process.poll() is not None:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                if "address already in use" in self.log():
+                    raise PortTaken(self.port)
                 raise AssertionError(f"replica exited with {self.process.returncode}:\n{self.log()}")
-            return self.ready()
+            return self.ready() and listens_on(self.process.pid, self.port)
 
         wait_until(up, timeout, f"replica on port {self.port} to be ready")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "the replica was not started"
+        return self.process.pid
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         if self.process is None or self.process.poll() is not None:
@@ -200,35 +272,55 @@ def replicas(database_url: str, log_dir: Path, count: int = 1, **env: str) -> It
                 replica.stop()
 
 
+class StampedConnection(ClientConnection):
+    """A client connection that notes when each message arrives (time.monotonic()), as its
+    frame is read off the socket, whenever the test gets to read the message."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.arrivals: collections.deque[float] = collections.deque()
+
+    def process_event(self, event: Any) -> None:
+        if isinstance(event, Frame) and event.opcode in DATA_OPCODES and event.fin:
+            self.arrivals.append(time.monotonic())
+        super().process_event(event)
+
+
 class Socket:
     """A WebSocket client that decodes (and so checks) every server frame.
 
     `presence` frames come on their own schedule (on connect, and as others come and go): they
     are kept in `presence` and skipped by `recv`, unless the socket was opened with presence=True.
+    Times are those of arrival (StampedConnection), not of the test's reading: a test that reads
+    late does not make the server's gaps look shorter.
     """
 
-    def __init__(self, conn: ClientConnection, presence: bool = False) -> None:
+    def __init__(self, conn: StampedConnection, presence: bool = False) -> None:
         self.conn = conn
         self.received: list[dict[str, Any]] = []
         self.presence: list[dict[str, Any]] = []
         """Every `presence` message, in order ..."""
         self.presence_at: list[float] = []
         """... and when each arrived (time.monotonic())."""
+        self.arrived_at = 0.0
+        """When the message `recv` last returned arrived (time.monotonic())."""
         self._with_presence = presence
 
     async def recv(self, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             raw = await asyncio.wait_for(self.conn.recv(), max(0.01, deadline - time.monotonic()))
+            arrived = self.conn.arrivals.popleft()
             assert isinstance(raw, str), f"expected a text frame, got {raw!r:.80}"
             server_message_decoder.decode(raw)  # every frame must match the wire types
             message: dict[str, Any] = json.loads(raw)
             if message["type"] == "presence":
                 self.presence.append(message)
-                self.presence_at.append(time.monotonic())
+                self.presence_at.append(arrived)
                 if not self._with_presence:
                     continue
             self.received.append(message)
+            self.arrived_at = arrived
             return message
 
     async def expect(
@@ -301,7 +393,15 @@ async def open_socket(  # type: ignore[no-untyped-def]
     if since is not None:
         query.append(f"since={since}")
     url = f"{base}/api/ws/track/{track_id}" + ("?" + "&".join(query) if query else "")
-    async with connect(url, open_timeout=RECV_TIMEOUT, close_timeout=2, max_size=2**22, **kw) as conn:
+    async with connect(
+        url,
+        open_timeout=RECV_TIMEOUT,
+        close_timeout=2,
+        max_size=2**22,
+        create_connection=StampedConnection,
+        **kw,
+    ) as conn:
+        assert isinstance(conn, StampedConnection)
         yield Socket(conn, presence)
 
 
@@ -373,7 +473,8 @@ class TcpProxy:
 
     def __init__(self, target_port: int, port: int | None = None) -> None:
         self.target_port = target_port
-        self.port = port or free_port()
+        self.port = port or 0
+        """Its own port: the one given, or the one the system gives at its first start."""
         self._server: socketserver.ThreadingTCPServer | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -387,6 +488,7 @@ class TcpProxy:
 
         socketserver.ThreadingTCPServer.allow_reuse_address = True
         self._server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]  # the same again after a cut
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self

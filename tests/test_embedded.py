@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
@@ -29,9 +30,13 @@ PROJECT = Path(__file__).resolve().parents[1]
 DEADLINE = 10.0  # seconds any awaited event may take
 
 # Runs in a child Python: start a server on argv[1], print its PID, then wait for a signal.
+# Ctrl-C as a program run from a terminal gets it: whatever the test runner inherited (a runner
+# started in the background by a script, without a terminal, has SIGINT ignored, and so would the
+# child: it would never stop, and the test would wait on it for good).
 CHILD = """
 import signal, sys
 from pathlib import Path
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import app.embedded as embedded
 if sys.argv[2] == "no-death-signal":
     embedded._DEATH_SIGNAL = None
@@ -108,16 +113,25 @@ def _read_pid_line(proc: subprocess.Popen[str]) -> int:
     return int(line)
 
 
-def _start_child(root: Path, mode: str = "death-signal") -> subprocess.Popen[str]:
-    """A child Python (its own session, like a program run from a terminal) running CHILD."""
-    return subprocess.Popen(
+@contextlib.contextmanager
+def _start_child(root: Path, mode: str = "death-signal") -> Iterator[subprocess.Popen[str]]:
+    """A child Python (its own session, like a program run from a terminal) running CHILD;
+    killed at the end if it is still running (a failed test leaves no child behind)."""
+    with subprocess.Popen(
         [sys.executable, "-c", CHILD, str(root), mode],
         cwd=PROJECT,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-    )
+    ) as child:
+        try:
+            yield child
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(DEADLINE)
 
 
 def _query(url: str, sql: str) -> object:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -27,6 +29,7 @@ from tests.support import (
     World,
     async_wait_until,
     metrics,
+    new_track,
     open_socket,
     replicas,
     seed,
@@ -136,14 +139,23 @@ def test_token_prints_a_token_the_api_accepts(replica: Replica, world: World) ->
 
 
 async def test_metrics_count_sockets_deliveries_and_lag(replica: Replica, world: World, db_url: str) -> None:
-    async with open_socket(replica.ws, world.other, world.tokens["carol"]) as sock:
+    track = new_track(db_url)  # nobody else's frames
+    before = await metrics(replica)
+    async with open_socket(replica.ws, track, world.tokens["alice"], presence=True) as sock:
         await sock.expect("connected")
-        await insert_comment(db_url, world.other, world.users["bob"], "counted")
+        await sock.expect("presence")  # the socket's own frame, counted as it is handed over
+        opened = await metrics(replica)
+        await insert_comment(db_url, track, world.users["bob"], "counted")
         await sock.events(1)
         values = await metrics(replica)
-    assert values["tracktalk_open_sockets"] >= 1
-    assert values["tracktalk_events_delivered_total"] >= 1
-    assert values["tracktalk_delivery_lag_seconds_count"] >= 1
+
+    def grew(name: str, since: dict[str, float] = opened) -> float:
+        return values[name] - since[name]
+
+    assert grew("tracktalk_open_sockets", before) == 1
+    assert opened["tracktalk_events_delivered_total"] - before["tracktalk_events_delivered_total"] == 1
+    assert grew("tracktalk_events_delivered_total") == 1
+    assert grew("tracktalk_delivery_lag_seconds_count") == 1
     assert values["tracktalk_listener_ready"] == 1
     assert 0 <= values["tracktalk_notify_queue_usage"] < 1
     assert (
@@ -469,3 +481,34 @@ def test_the_sql_applied_again_changes_nothing_a_replica_relies_on(new_database:
             "SELECT array_agg(seq ORDER BY seq) FROM tracktalk.events WHERE track_id = %s", (world.public,)
         ).fetchone()
     assert seqs is not None and seqs[0] == list(range(1, len(seqs[0]) + 1))  # numbering went on
+
+
+def test_a_replica_whose_port_was_taken_meanwhile_starts_on_another(
+    db_url: str, world: World, log_dir: Path
+) -> None:
+    """free_port() only finds a port free: another process may listen on it before the replica
+    binds it. The helper must not take that process's answers for the replica's (here another
+    server answers /readyz with 200 on it), and must start the replica on a port of its own."""
+    impostor = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AlwaysReady)
+    threading.Thread(target=impostor.serve_forever, daemon=True).start()
+    taken = impostor.server_address[1]
+    try:
+        replica = Replica(db_url, port=taken).start(log_dir)
+        try:
+            assert replica.port != taken
+            assert httpx.get(f"{replica.http}/readyz", timeout=5).json()["status"] == "ok"
+        finally:
+            replica.stop()
+    finally:
+        impostor.shutdown()
+        impostor.server_close()
+
+
+class _AlwaysReady(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
