@@ -19,7 +19,7 @@ WORKDIR /srv/tracktalk
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY sql ./sql
-# Editable on purpose: `tracktalk migrate` reads sql/ beside the app package (app/db.py), which a
+# Editable on purpose: `tracktalk migrate` reads sql/ beside the app package (app/data/db.py), which a
 # plain install into site-packages would leave behind. The files stay root-owned and read-only
 # for the user that runs the service. psycopg[binary] brings its own libpq: no apt packages.
 RUN pip install -e .

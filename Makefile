@@ -15,7 +15,7 @@ $(BIN)/tracktalk: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .
 	@# No PostgreSQL on this machine? Bring one through pip (see README, "Embedded PostgreSQL").
-	@if ! $(BIN)/python -m app.embedded --has-binaries; then \
+	@if ! $(BIN)/python -m app.dev.embedded --has-binaries; then \
 		echo "no PostgreSQL binaries found: installing pgserver"; \
 		$(BIN)/python -m pip install --quiet -e '.[pgserver]'; fi
 	touch $@

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import psycopg
 
-from app.auth import DEFAULT_TTL, issue_token
-from app.check import QUEUE_ALERT
-from app.config import ConfigError, Settings
-from app.db import MigrateError, SchemaError, check_schema, migrate
+from app.auth.hs256 import DEFAULT_TTL, issue_token
+from app.config import Settings
+from app.data.db import MigrateError, SchemaError, check_schema, migrate
+from app.env import ConfigError
+from app.ops.check import QUEUE_ALERT
 
 log = logging.getLogger("app.cli")
 
@@ -44,7 +45,7 @@ def database() -> Iterator[tuple[str, bool]]:
     if url:
         yield url, False
         return
-    from app.embedded import EmbeddedPostgres
+    from app.dev.embedded import EmbeddedPostgres
 
     with EmbeddedPostgres(home()) as server:
         yield server.url, server.created
@@ -97,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def _load_demo(url: str) -> None:
-    from app.demo import load_demo
+    from app.dev.demo import load_demo
 
     summary = load_demo(url)
     if not summary.already_loaded:
@@ -122,7 +123,7 @@ def cmd_token(args: argparse.Namespace) -> None:
 
 def cmd_demo(_: argparse.Namespace) -> None:
     """Load the demo data."""
-    from app.demo import load_demo
+    from app.dev.demo import load_demo
 
     with database() as (url, _created):
         migrate(url) if not os.environ.get("DATABASE_URL") else check_schema(url)
@@ -133,7 +134,7 @@ def cmd_demo(_: argparse.Namespace) -> None:
 
 def cmd_check(args: argparse.Namespace) -> None:
     """Report the database's exposure; exit 1 on findings."""
-    from app.check import check, report
+    from app.ops.check import check, report
 
     if not 0 < args.queue_alert <= 1:
         raise ConfigError("--queue-alert must be a fraction of the NOTIFY queue: greater than 0, at most 1")

@@ -2,87 +2,17 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from app.keys import key_from_pem
-from app.readiness import NOTIFY_QUEUE_LIMIT
+from app.auth.provider import IdentityProvider, identity_provider
+from app.env import ConfigError, addresses, flag, fraction, limit, names, number
+from app.ops.readiness import NOTIFY_QUEUE_LIMIT
 
-
-class ConfigError(Exception):
-    """The environment is missing or has a wrong value; the message names the variable."""
-
-
-_MAX_LIMIT = 1_000_000
-
-
-def _limit(env: Mapping[str, str], name: str, default: int) -> int:
-    """A whole number from 0 (no limit) to 1,000,000."""
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.strip().isascii() or not raw.strip().isdigit() or int(raw) > _MAX_LIMIT:
-        raise ConfigError(f"{name}={raw!r} must be a whole number from 0 (no limit) to {_MAX_LIMIT:,}")
-    return int(raw)
-
-
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if not value > 0:
-        raise ConfigError(f"{name}={raw!r} must be greater than 0")
-    return value
-
-
-def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
-    """A number greater than 0 and at most 1."""
-    value = _number(env, name, default)
-    if value > 1:
-        raise ConfigError(f"{name}={env.get(name)!r} must be a fraction: greater than 0, at most 1")
-    return value
-
-
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw == "":
-        return default
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    if raw in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{name}={raw!r}: use 1 or 0")
-
-
-def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
-
-
-def _addresses(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    """Comma-separated IP addresses and networks (`10.0.0.7`, `10.0.0.0/8`, `fd00::/8`), each
-    written out as Python's ipaddress writes it."""
-    items = _list(env, name)
-    if not items:
-        return default
-    written = []
-    for item in items:
-        try:
-            written.append(str(ipaddress.ip_network(item) if "/" in item else ipaddress.ip_address(item)))
-        except ValueError as exc:
-            raise ConfigError(
-                f"{name}={env[name]!r}: {item!r} is not an IP address or network ({exc}); give "
-                "comma-separated addresses or networks, e.g. 127.0.0.1,10.0.0.0/8"
-            ) from None
-    return tuple(written)
-
+_SECRET_HINT = 'e.g. python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 _MIN_METRICS_TOKEN = 16
 
@@ -99,7 +29,7 @@ def _metrics_token(env: Mapping[str, str]) -> str:
 
 def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
     """TRACKTALK_ALLOWED_ORIGINS: each as a browser sends it in `Origin`, or it would never match."""
-    origins = _list(env, "TRACKTALK_ALLOWED_ORIGINS")
+    origins = names(env, "TRACKTALK_ALLOWED_ORIGINS")
     for origin in origins:
         parts = urlsplit(origin)
         exact = origin == f"{parts.scheme}://{parts.netloc}" and "*" not in origin
@@ -129,71 +59,6 @@ def _replica_id(env: Mapping[str, str], port: int | None) -> str:
             "(unset: host name:port)"
         )
     return raw
-
-
-@dataclass(frozen=True)
-class IdentityProvider:
-    """The host's identity provider, whose tokens are accepted besides tracktalk's own."""
-
-    jwks_url: str = ""
-    """TRACKTALK_JWKS_URL: where its keys are, by kid (or else `public_key`)."""
-    public_key: str = ""
-    """TRACKTALK_JWT_PUBLIC_KEY: its one key, as PEM."""
-    issuer: str = ""
-    """TRACKTALK_JWT_ISSUER: the `iss` its tokens must have; empty: not checked."""
-    audience: str = ""
-    """TRACKTALK_JWT_AUDIENCE: the `aud` its tokens must have; empty: not checked."""
-    user_claim: str = "sub"
-    """TRACKTALK_JWT_USER_CLAIM: the claim that holds the tracktalk user id."""
-    refresh: float = 300.0
-    """TRACKTALK_JWKS_REFRESH: seconds before the JWKS is fetched again (a removed key stops
-    working then)."""
-
-
-_IDENTITY_PROVIDER_OPTIONS = (
-    "TRACKTALK_JWT_ISSUER",
-    "TRACKTALK_JWT_AUDIENCE",
-    "TRACKTALK_JWT_USER_CLAIM",
-    "TRACKTALK_JWKS_REFRESH",
-)
-_SECRET_HINT = 'e.g. python -c "import secrets; print(secrets.token_urlsafe(32))"'
-
-
-def _identity_provider(env: Mapping[str, str]) -> IdentityProvider | None:
-    """TRACKTALK_JWKS_URL or TRACKTALK_JWT_PUBLIC_KEY and what goes with them; None without either."""
-    url = env.get("TRACKTALK_JWKS_URL", "").strip()
-    pem = env.get("TRACKTALK_JWT_PUBLIC_KEY", "").strip()
-    if not url and not pem:
-        for name in _IDENTITY_PROVIDER_OPTIONS:
-            if env.get(name, "").strip():
-                raise ConfigError(
-                    f"{name} is set, but neither TRACKTALK_JWKS_URL nor TRACKTALK_JWT_PUBLIC_KEY: "
-                    "set one of them, or unset it"
-                )
-        return None
-    if url and pem:
-        raise ConfigError("TRACKTALK_JWKS_URL and TRACKTALK_JWT_PUBLIC_KEY are both set: keep one of them")
-    if url:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(
-                f"TRACKTALK_JWKS_URL={url!r} must be the http(s) URL of the identity provider's JWKS, "
-                "e.g. https://idp.example/.well-known/jwks.json"
-            )
-    if pem:
-        try:
-            key_from_pem(pem)
-        except ValueError as exc:
-            raise ConfigError(f"TRACKTALK_JWT_PUBLIC_KEY {exc}") from None
-    claim = env.get("TRACKTALK_JWT_USER_CLAIM", "").strip() or "sub"
-    return IdentityProvider(
-        jwks_url=url,
-        public_key=pem,
-        issuer=env.get("TRACKTALK_JWT_ISSUER", "").strip(),
-        audience=env.get("TRACKTALK_JWT_AUDIENCE", "").strip(),
-        user_claim=claim,
-        refresh=_number(env, "TRACKTALK_JWKS_REFRESH", 300.0),
-    )
 
 
 @dataclass(frozen=True)
@@ -234,12 +99,12 @@ class Settings:
     uvicorn, which puts it in the ASGI scope for every route and socket)."""
     max_connections: int = 0
     """TRACKTALK_MAX_CONNECTIONS: client connections (requests and sockets) this replica holds;
-    past it a new one is answered 503 (app/httpprotocol.py). 0: as many as the file limit allows
+    past it a new one is answered 503 (app/edge/httpprotocol.py). 0: as many as the file limit allows
     (app/server.py)."""
     metrics_token: str = ""
     """TRACKTALK_METRICS_TOKEN: the bearer token /metrics asks for (401 without it); empty: open."""
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)
-    """Origins allowed to open a WebSocket and to call the API from a browser (CORS, app/cors.py);
+    """Origins allowed to open a WebSocket and to call the API from a browser (CORS, app/edge/cors.py);
     empty: sockets from any origin, no CORS on the API."""
     log_json: bool = False
     identity_provider: IdentityProvider | None = None
@@ -247,10 +112,10 @@ class Settings:
     replica_id: str = ""
     """TRACKTALK_REPLICA_ID: this replica's name in the presence tables, the same across its
     restarts and different from every other replica's (default host name:port); empty: made up
-    at start (app/presence.py)."""
+    at start (app/presence/tracker.py)."""
     notify_queue_limit: float = NOTIFY_QUEUE_LIMIT
     """TRACKTALK_NOTIFY_QUEUE_LIMIT: the fraction of PostgreSQL's NOTIFY queue in use past which
-    /readyz fails (app/readiness.py)."""
+    /readyz fails (app/ops/readiness.py)."""
 
     def __post_init__(self) -> None:
         if not self.listen_url:
@@ -293,8 +158,8 @@ class Settings:
                 "client address is the same for every purpose: set that instead, and unset FORWARDED_ALLOW_IPS"
             )
         key = secret or env.get("TRACKTALK_SECRET", "")
-        provider = _identity_provider(env)
-        demo = demo or _flag(env, "TRACKTALK_DEMO", False)
+        provider = identity_provider(env)
+        demo = demo or flag(env, "TRACKTALK_DEMO", False)
         if not key and provider is None:
             raise ConfigError(
                 "TRACKTALK_SECRET is not set: set it to a long random string "
@@ -314,21 +179,21 @@ class Settings:
             secret=key,
             listen_url=env.get("TRACKTALK_LISTEN_URL", "") or url,
             demo=demo,
-            pool_max=int(_number(env, "TRACKTALK_POOL_MAX", 10)),
-            pool_timeout=_number(env, "TRACKTALK_POOL_TIMEOUT", 5.0),
-            statement_timeout=_number(env, "TRACKTALK_STATEMENT_TIMEOUT", 5.0),
-            socket_buffer=int(_number(env, "TRACKTALK_SOCKET_BUFFER_KIB", 512) * 1024),
-            anonymous_sockets=_flag(env, "TRACKTALK_ANONYMOUS_SOCKETS", False),
-            comments_per_minute=_limit(env, "TRACKTALK_COMMENTS_PER_MINUTE", 30),
-            writes_per_minute=_limit(env, "TRACKTALK_WRITES_PER_MINUTE", 120),
-            sockets_per_user=int(_number(env, "TRACKTALK_SOCKETS_PER_USER", 20)),
-            anonymous_sockets_per_address=_limit(env, "TRACKTALK_ANONYMOUS_SOCKETS_PER_ADDRESS", 10),
-            trusted_proxies=_addresses(env, "TRACKTALK_TRUSTED_PROXIES", ("127.0.0.1",)),
-            max_connections=_limit(env, "TRACKTALK_MAX_CONNECTIONS", 0),
+            pool_max=int(number(env, "TRACKTALK_POOL_MAX", 10)),
+            pool_timeout=number(env, "TRACKTALK_POOL_TIMEOUT", 5.0),
+            statement_timeout=number(env, "TRACKTALK_STATEMENT_TIMEOUT", 5.0),
+            socket_buffer=int(number(env, "TRACKTALK_SOCKET_BUFFER_KIB", 512) * 1024),
+            anonymous_sockets=flag(env, "TRACKTALK_ANONYMOUS_SOCKETS", False),
+            comments_per_minute=limit(env, "TRACKTALK_COMMENTS_PER_MINUTE", 30),
+            writes_per_minute=limit(env, "TRACKTALK_WRITES_PER_MINUTE", 120),
+            sockets_per_user=int(number(env, "TRACKTALK_SOCKETS_PER_USER", 20)),
+            anonymous_sockets_per_address=limit(env, "TRACKTALK_ANONYMOUS_SOCKETS_PER_ADDRESS", 10),
+            trusted_proxies=addresses(env, "TRACKTALK_TRUSTED_PROXIES", ("127.0.0.1",)),
+            max_connections=limit(env, "TRACKTALK_MAX_CONNECTIONS", 0),
             metrics_token=_metrics_token(env),
             allowed_origins=_origins(env),
-            log_json=_flag(env, "TRACKTALK_LOG_JSON", False),
+            log_json=flag(env, "TRACKTALK_LOG_JSON", False),
             identity_provider=provider,
             replica_id=_replica_id(env, port),
-            notify_queue_limit=_fraction(env, "TRACKTALK_NOTIFY_QUEUE_LIMIT", NOTIFY_QUEUE_LIMIT),
+            notify_queue_limit=fraction(env, "TRACKTALK_NOTIFY_QUEUE_LIMIT", NOTIFY_QUEUE_LIMIT),
         )

@@ -2,7 +2,7 @@
 
 It is its own autocommit connection (not from the request pool; through PgBouncer it must be a
 session-mode URL: TRACKTALK_LISTEN_URL). It LISTENs only on the topics the feed asks for (the
-tracks and users with sockets here), under the names the channel key gives them (app/channels.py),
+tracks and users with sockets here), under the names the channel key gives them (app/live/notices.py),
 adding and dropping channels in batches: one round trip for however many sockets arrived
 meanwhile. Nobody without the key can name these channels, so a flood of NOTIFYs on any name an
 outsider can compute never reaches this process.
@@ -36,8 +36,8 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
 
-from app.channels import REKEY_TOPIC, Codec, Opened
-from app.events import read_channel_key_and_snapshot, still_running
+from app.data.events import read_channel_key_and_snapshot, still_running
+from app.live.notices import REKEY_TOPIC, Codec, Opened
 from app.logs import one_line
 from app.wire import Rekey
 
@@ -83,7 +83,7 @@ class Listener:
         self._sink: NoticeSink | None = None
         self._ready = False
         self._wanted: set[str] = set()
-        """Topics (app/channels.py's track_topic, user_topic) to listen on."""
+        """Topics (app/live/notices.py's track_topic, user_topic) to listen on."""
         self._listening: set[str] = set()
         """Channel names listened on."""
         self._unlistening: set[str] = set()

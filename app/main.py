@@ -16,13 +16,13 @@ from litestar.datastructures import State
 from litestar.di import Provide
 
 from app.config import Settings
-from app.cors import Cors
-from app.deps import provide_services, provide_user, provide_viewer
-from app.errors import MAX_BODY, exception_handlers
+from app.edge.cors import Cors
 from app.handlers import client, comments, demo, health, notifications, pages, schema, tracks
+from app.handlers.deps import provide_services, provide_user, provide_viewer
+from app.handlers.errors import MAX_BODY, exception_handlers
+from app.handlers.request import TracktalkRequest
 from app.handlers.sockets import PATH, TrackSockets
 from app.logs import configure_logging
-from app.request import TracktalkRequest
 from app.services import Services, running
 
 
@@ -33,7 +33,7 @@ class Tracktalk:
         self.http = http
         self.sockets = TrackSockets(lambda: self.services)
         self._serve_http = Cors(http, allowed_origins)
-        """Litestar, behind the API's OPTIONS and CORS answers (app/cors.py)."""
+        """Litestar, behind the API's OPTIONS and CORS answers (app/edge/cors.py)."""
 
     @property
     def state(self) -> State:

@@ -1,6 +1,6 @@
 """What can go wrong with a request, in the words of the code that finds it out.
 
-The data layer and the checks of what a client sent raise these; `app/errors.py` answers each with
+The data layer and the checks of what a client sent raise these; `app/handlers/errors.py` answers each with
 its HTTP status, in one place. Every message is safe to show and says what to fix or do.
 """
 

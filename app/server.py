@@ -1,5 +1,5 @@
 """uvicorn, set up for tracktalk: the replica's edge (a deadline on each request and a cap on
-connections, app/httpprotocol.py; the file limit raised and the cap fitted to it; the proxies
+connections, app/edge/httpprotocol.py; the file limit raised and the cap fitted to it; the proxies
 whose X-Forwarded-For is believed), and a shutdown that says goodbye to the sockets first."""
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from types import FrameType
 
 import uvicorn
 
-from app import close_codes
-from app.config import ConfigError, Settings
-from app.httpprotocol import HEALTH_ROOM, EdgeProtocol
+from app.config import Settings
+from app.edge.httpprotocol import HEALTH_ROOM, EdgeProtocol
+from app.env import ConfigError
+from app.live import close_codes
+from app.live.wsprotocol import FrameProtocol
 from app.logs import tame_uvicorn
 from app.main import Tracktalk
 from app.wire import MAX_FRAME
-from app.wsprotocol import FrameProtocol
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +110,9 @@ def config(app: Tracktalk, settings: Settings, host: str, port: int, connections
         app,
         host=host,
         port=port,
-        # h11 with a deadline on each request and the cap on connections (app/httpprotocol.py).
+        # h11 with a deadline on each request and the cap on connections (app/edge/httpprotocol.py).
         http=EdgeProtocol.limited(connections),
-        # wsproto's connection, plus the fast path for prepared frames (app/wsprotocol.py).
+        # wsproto's connection, plus the fast path for prepared frames (app/live/wsprotocol.py).
         ws=FrameProtocol,
         ws_max_size=MAX_FRAME,
         # Off, and never negotiated (FrameProtocol.accept_with offers no extension): a track's

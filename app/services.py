@@ -11,30 +11,24 @@ from dataclasses import dataclass
 
 from psycopg_pool import AsyncConnectionPool
 
-from app import close_codes
+from app.auth.verifier import TokenVerifier
 from app.background import background
-from app.batch import Batched
-from app.channels import Codec
 from app.config import Settings
-from app.db import (
-    SCHEMA_VERSION,
-    SchemaError,
-    check_role_settings,
-    create_pool,
-    schema_version,
-    serves,
-)
-from app.events import EventLog
-from app.feed import Feed
-from app.hub import Hub
+from app.data.batch import Batched
+from app.data.db import SCHEMA_VERSION, SchemaError, check_role_settings, create_pool, schema_version, serves
+from app.data.events import EventLog
+from app.data.tracks import Watcher, watchers
+from app.handlers.write_limits import Refusals
 from app.listener import Listener
-from app.metrics import Metrics
-from app.presence import Presence
-from app.presence_table import PresenceTable
-from app.ratelimit import RateLimiter, Refusals
-from app.readiness import Readiness
-from app.tokens import TokenVerifier
-from app.tracks import Watcher, watchers
+from app.live import close_codes
+from app.live.feed import Feed
+from app.live.hub import Hub
+from app.live.notices import Codec
+from app.live.throttle import RateLimiter
+from app.ops.prometheus import Metrics
+from app.ops.readiness import Readiness
+from app.presence.table import PresenceTable
+from app.presence.tracker import Presence
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +58,7 @@ class Services:
     listener: Listener
     typing: RateLimiter
     refused: Refusals
-    """Users told to wait by a write limit, by (kind, user id): until when (app/writes.py)."""
+    """Users told to wait by a write limit, by (kind, user id): until when (app/handlers/write_limits.py)."""
     metrics: Metrics
     tokens: TokenVerifier
     """Checks access tokens (tracktalk's own, and the identity provider's)."""

@@ -379,7 +379,7 @@ class ClientEnvelope(Struct):
 
 
 # ---------------------------------------------------------------------------------------------
-# NOTIFY payloads (see app/channels.py and the head of sql/triggers.sql)
+# NOTIFY payloads (see app/live/notices.py and the head of sql/triggers.sql)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -424,7 +424,7 @@ class Revoke(Struct, tag_field="k", tag="revoke"):
 
 class Ephemeral(Struct, tag_field="k", tag="ephemeral"):
     """A message for a track's sockets that is not kept (typing), sent by a replica, sealed
-    (app/channels.py): `sender` and `n` (its counter) stop replays, `at` stale ones."""
+    (app/live/notices.py): `sender` and `n` (its counter) stop replays, `at` stale ones."""
 
     track_id: str
     message: Raw

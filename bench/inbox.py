@@ -37,9 +37,9 @@ import httpx
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from app import notifications
-from app.auth import issue_token
-from app.db import migrate
+from app.auth.hs256 import issue_token
+from app.data import notifications
+from app.data.db import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-0123456789-abcdefghijklmnop"
@@ -61,7 +61,7 @@ def database() -> Iterator[str]:
     with contextlib.ExitStack() as stack:
         admin = os.environ.get("DATABASE_URL")
         if not admin:
-            from app.embedded import EmbeddedPostgres
+            from app.dev.embedded import EmbeddedPostgres
 
             pg = stack.enter_context(EmbeddedPostgres(ROOT / "bench" / "results" / "pg-inbox", fast=True))
             admin = pg.url_for("postgres")

@@ -221,7 +221,7 @@ def run_mode(world: World, logdir: Path, presence: bool, args: argparse.Namespac
 
 def serve(argv: list[str], presence: bool) -> None:
     """`tracktalk serve`, with presence made a no-op unless `presence`."""
-    import app.presence
+    import app.presence.tracker
     from app.cli import main as tracktalk
 
     if not presence:
@@ -249,7 +249,7 @@ def main() -> None:
     parser.add_argument("--listeners", type=int, default=400, help="idle sockets on replica B")
     parser.add_argument("--tracks", type=int, default=20, help="tracks they are spread over")
     args = parser.parse_args()
-    from app import embedded
+    from app.dev import embedded
 
     embedded._FAST_SETTINGS = (*embedded._FAST_SETTINGS, "shared_preload_libraries=pg_stat_statements")
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ Any role that can connect may NOTIFY on any channel whose name it knows. The nam
 a replica listens on come from the channel key, so an outsider cannot name them; one that learned
 a name anyway (the worst case, measured here) can flood it, and the replica's listener reads every
 payload and drops what does not verify. This measures that rate end to end (PostgreSQL's LISTEN session,
-libpq, app/listener.py and app/channels.py): the forged payloads are sent in transactions of
+libpq, app/listener.py and app/live/notices.py): the forged payloads are sent in transactions of
 `--batch`, then one real signed payload; the rate is the payloads over the time from the first
 flood's commit to that real payload's arrival. Two kinds of forgery: unsigned JSON (a track batch
 with a fresh `at`), and the same behind 64 hex digits and a space (it looks signed, so the HMAC is
@@ -28,11 +28,11 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from app.channels import Codec, Opened, track_topic
-from app.db import migrate
-from app.embedded import EmbeddedPostgres
-from app.events import read_channel_key
+from app.data.db import migrate
+from app.data.events import read_channel_key
+from app.dev.embedded import EmbeddedPostgres
 from app.listener import Listener
+from app.live.notices import Codec, Opened, track_topic
 from app.wire import TrackBatch, encoder
 
 TRACK = "bench-flooded"

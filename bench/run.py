@@ -35,8 +35,8 @@ import numpy as np
 import psutil
 import psycopg
 
-from app.auth import issue_token
-from app.db import migrate
+from app.auth.hs256 import issue_token
+from app.data.db import migrate
 from bench.httpload import post_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -377,7 +377,7 @@ def database(n_tracks: int, n_users: int) -> Iterator[World]:
         if external:
             admin = external
         else:
-            from app import embedded
+            from app.dev import embedded
 
             # Commit timestamps, so that latency runs from the commit the database recorded.
             embedded._FAST_SETTINGS = (*embedded._FAST_SETTINGS, "track_commit_timestamp=on")

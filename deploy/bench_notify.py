@@ -41,8 +41,8 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from app.db import SQL_DIR, migrate
-from app.embedded import EmbeddedPostgres, find_bindir
+from app.data.db import SQL_DIR, migrate
+from app.dev.embedded import EmbeddedPostgres, find_bindir
 
 DATABASE = "tracktalk_bench"
 VALUES = "('b-' || :t, :u, 'a benchmark comment, about this length', 1.5)"

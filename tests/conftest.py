@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from playwright.async_api import Browser, async_playwright
 
-from app.db import migrate
-from app.demo import DemoSummary, load_demo
-from app.embedded import EmbeddedPostgres
+from app.data.db import migrate
+from app.dev.demo import DemoSummary, load_demo
+from app.dev.embedded import EmbeddedPostgres
 from tests.support import CHROMIUM, CHROMIUM_ARGS, Nginx, Replica, World, replicas, seed
 
 TEMPLATE = "tracktalk_template"

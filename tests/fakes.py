@@ -1,8 +1,8 @@
 """In-memory stand-ins for the feed's and the socket handler's unit tests: sockets, the event
 log, the listener's channels, and the services a socket reaches for.
 
-Each implements the small Protocol the real part implements (app/subscriber.py's FrameSocket,
-app/feed.py's Log and Channels), or the part of it that app/handlers/sockets.py uses, and can be
+Each implements the small Protocol the real part implements (app/live/subscriber.py's FrameSocket,
+app/live/feed.py's Log and Channels), or the part of it that app/handlers/sockets.py uses, and can be
 made slow, stuck or failing on demand, which the real server cannot be made to be at a chosen
 moment.
 """
@@ -18,14 +18,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.channels import Codec
+from app.auth.verifier import TokenVerifier
 from app.config import Settings
-from app.events import PAGE, Cursor, Page
-from app.feed import Feed
-from app.hub import Hub
-from app.ratelimit import RateLimiter
-from app.tokens import TokenVerifier
-from app.tracks import Watcher
+from app.data.events import PAGE, Cursor, Page
+from app.data.tracks import Watcher
+from app.live.feed import Feed
+from app.live.hub import Hub
+from app.live.notices import Codec
+from app.live.throttle import RateLimiter
 
 
 def parse_frames(data: bytes) -> list[dict[str, Any]]:
@@ -242,7 +242,7 @@ class FakeChannels:
 
 
 class FakeConnection(FakeSocket):
-    """A socket's connection as the handler uses it (app/wsprotocol.py's FrameProtocol), with the
+    """A socket's connection as the handler uses it (app/live/wsprotocol.py's FrameProtocol), with the
     ASGI receive and send of its handler: what the client sends goes in `inbox`, the handler's
     ASGI messages are kept in `sent`; `reading` cleared plays a client that reads nothing."""
 
@@ -289,7 +289,7 @@ class FakeConnection(FakeSocket):
 
 
 class FakeWatchers:
-    """app/tracks.py's `watchers` lookup (Services.watchers): every user of `users` may see every
+    """app/data/tracks.py's `watchers` lookup (Services.watchers): every user of `users` may see every
     track but those of `hidden`; `fail` is raised instead of answering (a database that is down)."""
 
     def __init__(self, users: dict[int, str]) -> None:

@@ -33,7 +33,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import DATA_OPCODES, Frame
 
-from app.auth import issue_token
+from app.auth.hs256 import issue_token
 from app.wire import server_message_decoder
 
 ROOT = Path(__file__).resolve().parent.parent

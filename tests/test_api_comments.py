@@ -24,7 +24,7 @@ import httpx
 import psycopg
 import pytest
 
-from app.auth import issue_token
+from app.auth.hs256 import issue_token
 from tests.support import SECRET, Replica, World, async_wait_until
 
 TIMEOUT = 10.0

@@ -1,4 +1,4 @@
-"""app/batch.py: callers that come while a query is in flight share the next one."""
+"""app/data/batch.py: callers that come while a query is in flight share the next one."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.batch import Batched
+from app.data.batch import Batched
 
 
 async def test_a_lone_caller_is_answered_at_once_and_the_crowd_behind_it_in_one_query() -> None:

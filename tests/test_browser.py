@@ -21,8 +21,8 @@ import psycopg
 import pytest
 from playwright.async_api import Browser, Dialog, Locator, Page, expect
 
-from app.auth import issue_token
-from app.demo import DemoSummary
+from app.auth.hs256 import issue_token
+from app.dev.demo import DemoSummary
 from tests.support import ROOT, SECRET, Replica
 
 WAIT_MS = 15_000

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
-from app.demo import DemoSummary
+from app.dev.demo import DemoSummary
 from tests.support import ROOT, Replica
 
 pytestmark = pytest.mark.timeout(120)

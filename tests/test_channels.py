@@ -1,4 +1,4 @@
-"""app/channels.py: what a replica believes of a NOTIFY payload, whoever sent it, and the names
+"""app/live/notices.py: what a replica believes of a NOTIFY payload, whoever sent it, and the names
 of the channels it listens on.
 
 In-process: the codec never raises, never parses what is not signed with its key, lets each
@@ -14,8 +14,8 @@ import hmac
 import os
 import time
 
-from app.channels import Codec, Opened
 from app.listener import Listener
+from app.live.notices import Codec, Opened
 from app.wire import Ephemeral, Rekey, Revoke, TrackBatch, encoder
 
 KEY = os.urandom(32)

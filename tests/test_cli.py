@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app.auth import verify_token
+from app.auth.hs256 import verify_token
 from tests.support import ROOT, START_TIMEOUT, Replica, free_port, wait_until
 
 TRACKTALK = Path(sys.executable).with_name("tracktalk")

@@ -32,7 +32,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from app import wire
-from app.auth import issue_token
+from app.auth.hs256 import issue_token
 from tests.support import (
     RECV_TIMEOUT,
     SECRET,

@@ -13,8 +13,9 @@ import httpx
 import pytest
 from playwright.async_api import Browser
 
-from app.config import ConfigError, Settings
-from app.cors import ALLOW_HEADERS, MAX_AGE
+from app.config import Settings
+from app.edge.cors import ALLOW_HEADERS, MAX_AGE
+from app.env import ConfigError
 from tests.support import Replica, World, open_socket, replicas
 from tests.test_client import HostApp, host_page
 from tests.test_realtime import post_comment

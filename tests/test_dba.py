@@ -29,8 +29,8 @@ import pytest
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from app.db import SCHEMA_VERSION, migrate
-from app.embedded import EmbeddedPostgres, find_bindir
+from app.data.db import SCHEMA_VERSION, migrate
+from app.dev.embedded import EmbeddedPostgres, find_bindir
 from tests.support import (
     ROOT,
     Replica,

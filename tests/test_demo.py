@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from app.demo import DemoSummary, load_demo, synthesize_wav
+from app.dev.demo import DemoSummary, load_demo, synthesize_wav
 
 COUNTED_TABLES = ("users", "albums", "tracks", "comments", "comment_likes", "track_likes", "track_shares")
 

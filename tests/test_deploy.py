@@ -39,8 +39,8 @@ import yaml
 from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
 
-from app.db import migrate
-from app.embedded import EmbeddedPostgres
+from app.data.db import migrate
+from app.dev.embedded import EmbeddedPostgres
 from tests.support import (
     NGINX_TEMPLATE,
     PLACEHOLDER,

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from app.demo import load_demo
+from app.dev.demo import load_demo
 from tests.support import ROOT, SECRET, replicas
 
 SCALING = ROOT / "docs" / "scaling.md"

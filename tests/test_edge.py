@@ -21,8 +21,8 @@ import psycopg
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from app.addresses import PerAddress, client_key
-from app.httpprotocol import HEALTH_ROOM, REQUEST_TIMEOUT
+from app.edge.addresses import PerAddress, client_key
+from app.edge.httpprotocol import HEALTH_ROOM, REQUEST_TIMEOUT
 from tests.support import (
     RECV_TIMEOUT,
     ROOT,

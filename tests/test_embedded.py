@@ -18,8 +18,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from app import embedded
-from app.embedded import EmbeddedError, EmbeddedPostgres, find_bindir
+from app.dev import embedded
+from app.dev.embedded import EmbeddedError, EmbeddedPostgres, find_bindir
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="checks processes through /proc"),
@@ -37,7 +37,7 @@ CHILD = """
 import signal, sys
 from pathlib import Path
 signal.signal(signal.SIGINT, signal.default_int_handler)
-import app.embedded as embedded
+import app.dev.embedded as embedded
 if sys.argv[2] == "no-death-signal":
     embedded._DEATH_SIGNAL = None
 with embedded.EmbeddedPostgres(Path(sys.argv[1]), fast=True) as pg:
@@ -309,7 +309,7 @@ def test_find_bindir_and_has_binaries() -> None:
     assert bindir is not None
     assert os.access(bindir / "postgres", os.X_OK) and os.access(bindir / "initdb", os.X_OK)
     done = subprocess.run(
-        [sys.executable, "-m", "app.embedded", "--has-binaries"],
+        [sys.executable, "-m", "app.dev.embedded", "--has-binaries"],
         cwd=PROJECT,
         capture_output=True,
         text=True,

@@ -27,8 +27,8 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from websockets.asyncio.client import connect
 
-from app.db import migrate
-from app.embedded import find_bindir
+from app.data.db import migrate
+from app.dev.embedded import find_bindir
 from tests.support import (
     RECV_TIMEOUT,
     Socket,

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 import msgspec
 import pytest
 
-from app import close_codes
-from app.channels import Codec, Opened, track_topic, user_topic
-from app.events import Cursor
-from app.feed import Feed
-from app.hub import Hub, ShuttingDown, TooManySockets
+from app.data.events import Cursor
 from app.listener import Listener
-from app.subscriber import ANONYMOUS, Subscriber
+from app.live import close_codes
+from app.live.feed import Feed
+from app.live.hub import Hub, ShuttingDown, TooManySockets
+from app.live.notices import Codec, Opened, track_topic, user_topic
+from app.live.subscriber import ANONYMOUS, Subscriber
 from app.wire import Ephemeral, Revoke, TrackBatch, UserBatch, encoder
 from tests.fakes import FakeChannels, FakeSocket, MemoryLog
 from tests.support import async_wait_until

@@ -15,8 +15,8 @@ import msgspec
 import pytest
 
 from app.config import Settings
-from app.feed import Feed
 from app.handlers.health import readyz
+from app.live.feed import Feed
 from app.services import Services, running
 from tests.support import SECRET, async_wait_until
 

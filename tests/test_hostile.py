@@ -28,10 +28,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from app.auth import issue_token
-from app.channels import Codec
-from app.embedded import EmbeddedPostgres
-from app.events import read_channel_key
+from app.auth.hs256 import issue_token
+from app.data.events import read_channel_key
+from app.dev.embedded import EmbeddedPostgres
+from app.live.notices import Codec
 from tests.support import (
     RECV_TIMEOUT,
     SECRET,

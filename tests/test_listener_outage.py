@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
-from app.embedded import EmbeddedPostgres
+from app.dev.embedded import EmbeddedPostgres
 from tests.support import Replica, TcpProxy, World, async_wait_until, open_socket, replicas
 from tests.test_realtime import insert_comment
 

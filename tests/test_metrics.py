@@ -21,8 +21,8 @@ import httpx
 import psycopg
 import pytest
 
-from app import tracks
-from app.auth import issue_token
+from app.auth.hs256 import issue_token
+from app.data import tracks
 from tests.support import SECRET, Replica, Socket, World, new_track, open_socket, wait_until
 
 COUNTS = ("likes", "comments", "shares")

@@ -20,8 +20,8 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from app.auth import issue_token
-from app.events import EventLog
+from app.auth.hs256 import issue_token
+from app.data.events import EventLog
 from app.services import prune
 from tests.support import SECRET, Replica, World, new_track, open_socket
 

@@ -33,7 +33,7 @@ from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 from playwright.async_api import Browser, Route
 
-from app.embedded import EmbeddedPostgres
+from app.dev.embedded import EmbeddedPostgres
 from app.handlers.schema import BEARER
 from app.wire import PROTOCOL
 from tests.support import Replica, TcpProxy, World, replicas

@@ -20,8 +20,8 @@ import psycopg
 import pytest
 
 from app.config import Settings
-from app.db import SCHEMA_VERSION, create_pool, migrate
-from app.embedded import EmbeddedPostgres
+from app.data.db import SCHEMA_VERSION, create_pool, migrate
+from app.dev.embedded import EmbeddedPostgres
 from tests.support import (
     ROOT,
     SECRET,

@@ -18,7 +18,7 @@ import httpx
 import psycopg
 import pytest
 
-from app.presence import Timing
+from app.presence.tracker import Timing
 from tests.support import (
     Replica,
     Socket,

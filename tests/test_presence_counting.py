@@ -1,4 +1,4 @@
-"""app/presence.py and app/roster.py in one process: the counting, the expiry of replicas, the
+"""app/presence/tracker.py and app/presence/roster.py in one process: the counting, the expiry of replicas, the
 writes coalesced, the frames throttled. The tables are in memory (their semantics: rows by
 (replica, track), a transaction id per write, a read that returns what changed since a horizon),
 so that a replica's death, a restart, a lost heartbeat row or a failing database happen on demand.
@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from app.hub import Hub
-from app.presence import Presence, Timing
-from app.presence_table import Beat, Peer, Row, Snapshot
-from app.subscriber import ANONYMOUS, Subscriber
+from app.live.hub import Hub
+from app.live.subscriber import ANONYMOUS, Subscriber
+from app.presence.table import Beat, Peer, Row, Snapshot
+from app.presence.tracker import Presence, Timing
 from tests.fakes import FakeSocket
 from tests.support import async_wait_until
 

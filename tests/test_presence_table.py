@@ -1,4 +1,4 @@
-"""app/presence_table.py against PostgreSQL: the statements of presence on the module's own
+"""app/presence/table.py against PostgreSQL: the statements of presence on the module's own
 database (the schema applied by `migrate`), each test starting from empty tables.
 
 tests/test_presence_counting.py runs presence over an in-memory copy of these semantics; here
@@ -17,8 +17,8 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
-from app.db import create_pool
-from app.presence_table import Beat, PresenceTable, Row, Snapshot
+from app.data.db import create_pool
+from app.presence.table import Beat, PresenceTable, Row, Snapshot
 from tests.support import async_wait_until
 
 FORGET = 600.0

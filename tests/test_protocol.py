@@ -26,10 +26,10 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
 from app import wire
-from app.asyncapi import ASYNCAPI_VERSION
-from app.close_codes import WHAT_TO_DO
 from app.config import Settings
+from app.handlers.asyncapi import ASYNCAPI_VERSION
 from app.handlers.sockets import PATH as SOCKET_PATH
+from app.live.close_codes import WHAT_TO_DO
 from app.main import create_app
 from tests.support import RECV_TIMEOUT, ROOT, Replica, Socket, World, open_socket
 from tests.test_realtime import post_comment

@@ -10,7 +10,7 @@ import httpx
 import psycopg
 import pytest
 
-from app.auth import issue_token
+from app.auth.hs256 import issue_token
 from tests.support import SECRET, Replica, World, new_track, open_socket, rss_kib
 
 pytestmark = pytest.mark.timeout(180)

@@ -18,7 +18,7 @@ import httpx
 import psycopg
 import pytest
 
-from app.auth import issue_token
+from app.auth.hs256 import issue_token
 from tests.support import ROOT, SECRET, Replica, World, free_port, open_socket, replicas, seed
 from tests.test_realtime import insert_comment
 

@@ -1,6 +1,6 @@
 """The socket handler in-process: app/handlers/sockets.py's TrackSockets over fake services.
 
-Its connection is tests/fakes.py's FakeConnection (what app/wsprotocol.py's FrameProtocol does for
+Its connection is tests/fakes.py's FakeConnection (what app/live/wsprotocol.py's FrameProtocol does for
 it), the feed the real one over the in-memory log, the tokens real: admission, `since=`, the
 replay's pace, typing, the close codes of a database that cannot be reached, and what the feed
 and the hub do for a socket as it comes and goes. Milliseconds each; the same paths through real
@@ -23,15 +23,15 @@ import pytest
 from prometheus_client import generate_latest
 from psycopg_pool import PoolTimeout
 
-from app import close_codes
-from app.auth import issue_token
-from app.channels import Opened, track_topic, user_topic
+from app.auth.hs256 import issue_token
 from app.handlers import sockets
 from app.handlers.sockets import PATH, TrackSockets
-from app.metrics import Metrics
-from app.subscriber import WRITE_MOST, Subscriber
+from app.live import close_codes
+from app.live.notices import Opened, track_topic, user_topic
+from app.live.subscriber import WRITE_MOST, Subscriber
+from app.live.wsprotocol import EXTENSION
+from app.ops.prometheus import Metrics
 from app.wire import Revoke, TrackBatch
-from app.wsprotocol import EXTENSION
 from tests.fakes import FakeConnection, FakeServices, FakeSocket
 from tests.support import async_wait_until, parse_metrics
 
@@ -303,7 +303,7 @@ async def test_anonymous_typing_gets_an_error_and_is_not_relayed(services: FakeS
 async def test_a_track_and_a_user_without_sockets_are_unlistened_once_forgotten(
     services: FakeServices, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("app.feed._FORGET_AFTER", 0.01)
+    monkeypatch.setattr("app.live.feed._FORGET_AFTER", 0.01)
     client = await connect(services)
     await client.connected()
     channels = {track_topic(T), user_topic(ALICE)}
@@ -318,7 +318,7 @@ async def test_a_track_and_a_user_without_sockets_are_unlistened_once_forgotten(
 async def test_a_socket_that_comes_back_in_time_keeps_its_channels(
     services: FakeServices, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("app.feed._FORGET_AFTER", 0.05)
+    monkeypatch.setattr("app.live.feed._FORGET_AFTER", 0.05)
     first = await connect(services)
     await first.connected()
     first.conn.client_leaves()

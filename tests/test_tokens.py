@@ -22,9 +22,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from app.auth import TokenError, issue_token
-from app.jwks import FETCH_TIMEOUT, JwksKeys
-from app.tokens import TokenVerifier
+from app.auth.claims import TokenError
+from app.auth.hs256 import issue_token
+from app.auth.jwks import FETCH_TIMEOUT, JwksKeys
+from app.auth.verifier import TokenVerifier
 from tests.idp import JwksServer, SigningKey, claims, ec_key, ed_key, forge, jwks_server, rsa_key
 from tests.support import ROOT, SECRET, Replica, World, async_wait_until, open_socket, replicas
 
@@ -520,7 +521,7 @@ async def test_a_jwks_fetched_in_clear_from_another_host_is_warned_about(
 ) -> None:
     keys = JwksKeys(url, 300)
     await keys.aclose()
-    said = [r.getMessage() for r in caplog.records if r.name == "app.jwks"]
+    said = [r.getMessage() for r in caplog.records if r.name == "app.auth.jwks"]
     assert bool(said) == warned, said
     if warned:
         assert "use https" in said[0]

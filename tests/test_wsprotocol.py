@@ -1,4 +1,4 @@
-"""The light stand-ins app/wsprotocol.py gives uvicorn's connection for its queue and its event.
+"""The light stand-ins app/live/wsprotocol.py gives uvicorn's connection for its queue and its event.
 
 They replace asyncio.Queue and asyncio.Event on every socket to save memory (docs/performance.md),
 so they must behave as uvicorn expects of those: in order, never losing a wake-up.
@@ -13,7 +13,7 @@ import uvicorn
 from uvicorn.server import ServerState
 from wsproto import events
 
-from app.wsprotocol import _DONE, EXTENSION, FrameProtocol, _Flag, _Inbox
+from app.live.wsprotocol import _DONE, EXTENSION, FrameProtocol, _Flag, _Inbox
 from tests.support import async_wait_until
 
 
@@ -136,7 +136,7 @@ async def test_after_the_handshake_the_protocol_lets_go_of_its_request_and_token
 async def test_a_client_that_reads_nothing_is_cut_however_the_close_began(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("app.wsprotocol.CLOSE_TIMEOUT", 0.01)
+    monkeypatch.setattr("app.live.wsprotocol.CLOSE_TIMEOUT", 0.01)
     for begin in ("close_now", "keepalive", "twice"):
         done = asyncio.Event()
         protocol, transport, _ = await _connected(done)

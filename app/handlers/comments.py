@@ -9,15 +9,15 @@ from litestar import Response, delete, get, post, put
 from litestar.datastructures import ResponseHeader
 from litestar.params import Parameter
 
-from app import comments
-from app.deps import Viewer
+from app.data import comments
+from app.data.tracks import visible_track
+from app.data.users import Viewer
 from app.handlers.schema import SIGNED_IN, TOKEN_OPTIONAL, errors
 from app.handlers.validation import check_id, check_timestamp, check_track_id, clean_content
+from app.handlers.write_limits import counted_write
 from app.problems import Forbidden, Unprocessable
 from app.services import Services
-from app.tracks import visible_track
 from app.wire import Comment, CommentEdit, CommentIn, LikeState
-from app.writes import counted_write
 
 _TAG = ["comments"]
 _LIKE_ERRORS = errors(401, 404, 429, 503)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from litestar import get, post
 from psycopg.rows import class_row
 
-from app.auth import issue_token
+from app.auth.hs256 import issue_token
 from app.handlers.schema import errors
 from app.handlers.validation import check_id
 from app.problems import NotFound

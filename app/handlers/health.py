@@ -11,8 +11,8 @@ from litestar.exceptions import NotAuthorizedException
 from litestar.openapi import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.db import serves
-from app.readiness import describe_holder
+from app.data.db import serves
+from app.ops.readiness import describe_holder
 from app.services import Services
 from app.wire import Health, NotifyQueue, Readiness
 

@@ -7,8 +7,8 @@ from typing import Annotated
 from litestar import Response, get, post
 from litestar.params import Parameter
 
-from app import notifications
-from app.deps import Viewer
+from app.data import notifications
+from app.data.users import Viewer
 from app.handlers.comments import LINK
 from app.handlers.schema import SIGNED_IN, errors
 from app.services import Services

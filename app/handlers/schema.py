@@ -27,8 +27,8 @@ from litestar.routes import HTTPRoute
 from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
-from app.asyncapi import document_json
-from app.request import FORM
+from app.handlers.asyncapi import document_json
+from app.handlers.request import FORM
 from app.wire import PROTOCOL, ErrorBody
 
 BEARER = "BearerToken"

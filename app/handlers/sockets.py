@@ -3,15 +3,15 @@
 Sockets are what a replica holds by the thousand, so this one route skips the framework:
 `app/main.py` sends its path here ahead of Litestar, whose per-request machinery would cost about
 3 KiB per idle socket (docs/performance.md). Frames go out through uvicorn's connection with
-`app/wsprotocol.py`'s fast path: the hub writes them there and then, so this handler has no
+`app/live/wsprotocol.py`'s fast path: the hub writes them there and then, so this handler has no
 writer task; it only reads the client's frames.
 
 Order on a new socket: accept; check `since`, an anonymous socket's client address (at most
-TRACKTALK_ANONYMOUS_SOCKETS_PER_ADDRESS on this replica, app/addresses.py), origin, token and
+TRACKTALK_ANONYMOUS_SOCKETS_PER_ADDRESS on this replica, app/edge/addresses.py), origin, token and
 track (closing with 1008 and a reason before anything is sent); join the feed, which fixes the
 seq that live frames follow; send `connected`, then the replay of `since` (or `resync`) at the
 client's pace while live frames wait; then live, starting with the track's `presence`
-(app/presence.py counts the socket from the moment the feed registers it).
+(app/presence/tracker.py counts the socket from the moment the feed registers it).
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ import msgspec
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from app import close_codes
-from app.addresses import PerAddress, client_key
-from app.auth import IdentityProviderUnavailable, TokenError
-from app.frames import message_frame
-from app.hub import ShuttingDown, TooManySockets
+from app.auth.claims import IdentityProviderUnavailable, TokenError
+from app.edge.addresses import PerAddress, client_key
+from app.live import close_codes
+from app.live.frames import message_frame
+from app.live.hub import ShuttingDown, TooManySockets
+from app.live.subscriber import ANONYMOUS, Subscriber
+from app.live.wsprotocol import EXTENSION, FrameProtocol
 from app.services import Services
-from app.subscriber import ANONYMOUS, Subscriber
 from app.wire import (
     MAX_FRAME,
     Connected,
@@ -42,7 +43,6 @@ from app.wire import (
     client_message_decoder,
     encoder,
 )
-from app.wsprotocol import EXTENSION, FrameProtocol
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class TrackSockets:
         conn: FrameProtocol | None = scope["extensions"].get(EXTENSION)
         if conn is None:
             log.error(
-                "track sockets need tracktalk's uvicorn protocol (app/wsprotocol.py): run `tracktalk serve`"
+                "track sockets need tracktalk's uvicorn protocol (app/live/wsprotocol.py): run `tracktalk serve`"
             )
             await send({"type": "websocket.accept"})
             await send(

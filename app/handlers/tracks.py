@@ -9,15 +9,15 @@ import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.openapi import ResponseSpec
 
-from app import tracks
-from app.db import Conn
-from app.deps import Viewer
+from app.data import tracks
+from app.data.db import Conn
+from app.data.users import Viewer
 from app.handlers.schema import SIGNED_IN, TOKEN_OPTIONAL, errors
 from app.handlers.validation import check_track_id
+from app.handlers.write_limits import counted_write
 from app.problems import NotFound
 from app.services import Services
 from app.wire import Track, TrackMetrics
-from app.writes import counted_write
 
 _TAG = ["tracks"]
 _READ_ERRORS = errors(401, 404, 503)
@@ -90,7 +90,7 @@ async def _change(track_id: str, services: Services, user: Viewer, action: Any) 
 
 
 async def _with_listening(services: Services, conn: Conn, found: TrackMetrics) -> TrackMetrics:
-    """The metrics with `listening`, the track's count across replicas (app/presence.py)."""
+    """The metrics with `listening`, the track's count across replicas (app/presence/tracker.py)."""
     return msgspec.structs.replace(found, listening=await services.presence.count(conn, found.track_id))
 
 

@@ -1,0 +1,69 @@
+"""What a verified access token says (`Claims`), and why one is refused.
+
+tracktalk's own tokens are app/auth/hs256.py's; every token a replica is shown is checked by
+app/auth/verifier.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.problems import whole_seconds
+
+_MAX_USER_ID_DIGITS = 18
+"""A user id is a positive bigint; 18 digits always fit."""
+
+
+class TokenError(Exception):
+    """The token cannot be trusted; the message is safe to show (`invalid token…`, `token expired`)."""
+
+
+class IdentityProviderUnavailable(Exception):
+    """The token needs a key of the identity provider that cannot be fetched right now."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(
+            "identity provider unavailable: its keys cannot be fetched to check the token; "
+            "try again in a few seconds"
+        )
+        self.retry_after = whole_seconds(retry_after)
+        """Seconds until tracktalk asks the identity provider again."""
+
+
+class Claims:
+    """What a verified token says."""
+
+    __slots__ = ("expires_at", "user_id")
+
+    def __init__(self, user_id: int, expires_at: int) -> None:
+        self.user_id = user_id
+        self.expires_at = expires_at
+
+
+def claims_of(payload: dict[str, Any], user_claim: str) -> Claims:
+    """The claims of a verified payload whose `user_claim` holds a tracktalk user id (`users.id`)."""
+    value = payload.get(user_claim)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if (
+        not isinstance(value, str)
+        or not value.isascii()
+        or not value.isdigit()
+        or len(value) > _MAX_USER_ID_DIGITS
+        or int(value) < 1  # 0 stands for "no user" on a socket (subscriber.ANONYMOUS)
+    ):
+        # A close reason holds 123 bytes at most: the claim's name is cut short.
+        raise TokenError(
+            f"invalid token: its `{user_claim[:40]}` claim must be a user id (a whole number from 1)"
+        )
+    return Claims(int(value), int(payload["exp"]))
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, None when there is no header."""
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise TokenError("invalid token: send `Authorization: Bearer <token>`")
+    return token.strip()

@@ -1,0 +1,1 @@
+"""For development only: the embedded PostgreSQL (embedded.py) and the demo data (demo.py)."""

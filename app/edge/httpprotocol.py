@@ -1,0 +1,181 @@
+"""uvicorn's h11 HTTP protocol, with the two limits a replica that faces clients directly needs.
+
+Every connection starts here, sockets included (uvicorn hands an upgrade to app/live/wsprotocol.py).
+
+- A deadline on each request: a client has REQUEST_TIMEOUT seconds to send it whole (its head and
+  its body) from the moment the connection waits for it (when it opens, and after each response
+  on a kept-alive connection); sending slowly does not extend it. uvicorn has no such deadline:
+  its keep-alive timeout ends at the first byte of the next request, and the first request has
+  none at all, so a connection that sent nothing, half a request line, or its headers a byte a
+  second stayed open for good. Past the deadline: 408, and the connection is closed (when the
+  app is already answering a request whose body is late, the connection is only closed).
+- A cap on client connections (uvicorn's `server_state.connections`: requests and sockets
+  alike): the one past `max_connections` is read and, unless it asks for /healthz, answered 503
+  (a socket's handshake too) and closed; past `max_connections + HEALTH_ROOM`, 503 goes out at
+  once, before anything is read. So a full replica still says it is alive, and its file
+  descriptors stay within the limit app/server.py derives the cap from. (uvicorn's own
+  `limit_concurrency` stays unused: it counts open sockets too but never refuses one, since an
+  upgrade skips its check, and once it is reached every request gets 503, /healthz included.)
+
+The connections that are let in cost one comparison and one timer per request more than uvicorn's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, ClassVar, cast
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 10.0
+"""Seconds a client has to send a whole request, from when the connection waits for it."""
+HEALTH_ROOM = 16
+"""Connections past the cap that are still read, so that /healthz can be answered."""
+HEALTH_PATH = "/healthz"
+_CUT_AFTER = 5.0
+"""Seconds a closed connection's last bytes get to leave before it is cut (a client that reads
+nothing would keep it open)."""
+_SAY_FULL_EVERY = 10.0
+"""Seconds between two warnings that the replica is full."""
+_WAITING = (h11.IDLE, h11.SEND_BODY)
+"""The client's states while its request is not all in."""
+
+
+def _response(status: int, reason: str, detail: str, headers: str = "") -> bytes:
+    body = json.dumps({"status_code": status, "detail": detail}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n{headers}connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+_FULL_DETAIL = "this replica holds as many connections as it may: try again shortly"
+FULL = _response(503, "Service Unavailable", _FULL_DETAIL, "retry-after: 1\r\n")
+"""The answer past the cap, as it goes on the wire."""
+_FULL_BODY = FULL.partition(b"\r\n\r\n")[2]
+TIMED_OUT = _response(
+    408,
+    "Request Timeout",
+    f"the request did not arrive whole within {REQUEST_TIMEOUT:g} s of the connection waiting for it: "
+    "send it at once",
+)
+
+
+class EdgeProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 connection, with a deadline on each request and a cap on connections."""
+
+    max_connections = 1_000_000
+    """The cap; `limited()` makes the class with a replica's own."""
+    _said_full_at: ClassVar[float] = float("-inf")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._full = False
+        self._upgraded = False
+
+    @classmethod
+    def limited(cls, max_connections: int) -> type[EdgeProtocol]:
+        """The protocol for a server that holds at most `max_connections` client connections."""
+        return cast("type[EdgeProtocol]", type(cls.__name__, (cls,), {"max_connections": max_connections}))
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        held = len(self.connections)  # this one included
+        if held > self.max_connections:
+            self._say_full(held)
+            if held > self.max_connections + HEALTH_ROOM:
+                self._answer(FULL)
+                return
+            self._full = True
+            self.app = _HealthOnly(self.app)
+        self._watch()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._watch()
+
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        """Hand the connection to the socket protocol (it has deadlines of its own), or answer 503
+        when the replica is full."""
+        self._upgraded = True
+        self._stop_clock()
+        if self._full:
+            self._answer(FULL)
+            return
+        super().handle_websocket_upgrade(event)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._stop_clock()
+
+    def _watch(self) -> None:
+        """Start the clock when the connection begins to wait for a request; stop it once the
+        request is all in."""
+        waiting = not self._upgraded and self.conn.their_state in _WAITING and not self.transport.is_closing()
+        if waiting and self._deadline is None:
+            self._deadline = self.loop.call_later(REQUEST_TIMEOUT, self._too_late)
+        elif not waiting:
+            self._stop_clock()
+
+    def _stop_clock(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_late(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        # 408 only where no response has begun (the app answers the requests whose head came).
+        self._answer(TIMED_OUT if self.conn.our_state is h11.IDLE else b"")
+
+    def _answer(self, response: bytes) -> None:
+        """Write `response` (raw: the connection ends with it) and close."""
+        transport = self.transport
+        if response:
+            transport.write(response)
+        transport.close()
+        if transport.get_write_buffer_size():
+            self.loop.call_later(_CUT_AFTER, transport.abort)
+
+    def _say_full(self, held: int) -> None:
+        now = self.loop.time()
+        if now - EdgeProtocol._said_full_at >= _SAY_FULL_EVERY:
+            EdgeProtocol._said_full_at = now
+            log.warning(
+                "full: %d client connections, at most %d (TRACKTALK_MAX_CONNECTIONS): new ones get 503",
+                held - 1,
+                self.max_connections,
+            )
+
+
+class _HealthOnly:
+    """The app for a connection past the cap: /healthz as usual, 503 for anything else."""
+
+    __slots__ = ("_app",)
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == HEALTH_PATH:
+            await self._app(scope, receive, send)
+            return
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"retry-after", b"1"),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": _FULL_BODY})

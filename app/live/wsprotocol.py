@@ -1,0 +1,230 @@
+"""uvicorn's wsproto WebSocket protocol, with a way to write prepared frames straight to the socket.
+
+Through ASGI, every message of every socket goes through the app's send wrappers, uvicorn's
+`send()` (an await per frame) and wsproto, which frames and UTF-8-encodes the same text again for
+each socket. A track's events are the same bytes for all of its sockets (server frames are not
+masked), so the feed builds each frame once (`app/live/frames.py`) and the socket's `Subscriber`
+writes it here, straight to the transport: no await, no task wake-up, one `send()` system call,
+and several queued frames in one write.
+
+The handshake, client frames, pings and the closing handshake stay uvicorn's and wsproto's.
+The app finds this object in `scope["extensions"][EXTENSION]`; see `app/handlers/sockets.py`.
+
+It also holds an idle socket in less memory (a replica holds them by the ten thousand, see
+docs/performance.md): uvicorn's per-connection asyncio.Queue and asyncio.Event carry four
+collections.deque of 624 bytes each whatever they hold, replaced here by a list and a future made
+only while someone waits; once the handshake is done, wsproto's HTTP/1.1 machinery for it and the
+scope's request headers and query string (which carries the token) are let go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
+from wsproto import events
+from wsproto.utilities import LocalProtocolError
+
+EXTENSION = "tracktalk.frames"
+"""Key of this protocol in the ASGI scope's `extensions`."""
+CLOSE_TIMEOUT = 5.0
+"""Seconds a client gets to answer the server's close frame before the connection is cut."""
+_PONG_BACKLOG = 64 * 1024
+"""Unsent bytes past which a client's pings are not answered."""
+
+
+class _Inbox:
+    """What asyncio.Queue does for uvicorn's connection (put_nowait, get, empty), in a list."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+    def empty(self) -> bool:
+        return not self._items
+
+
+class _Flag:
+    """What asyncio.Event does for uvicorn's connection (set, clear, wait), without a deque."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        await waiter
+
+
+class _Done:
+    """Stands for wsproto's finished HTTP/1.1 handshake: it has no more events to give."""
+
+    __slots__ = ()
+
+    def events(self) -> Iterator[Any]:
+        return iter(())
+
+
+_DONE = _Done()
+
+
+class FrameProtocol(WSProtocol):
+    """A WebSocket connection that also takes ready-made frames (`app.subscriber.FrameSocket`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = _Inbox()  # type: ignore[assignment]
+        self.writable = _Flag()  # type: ignore[assignment]
+        self._cut: asyncio.TimerHandle | None = None
+
+    def handle_connect(self, event: events.Request) -> None:
+        """Make the scope as uvicorn does, and put this protocol in its extensions."""
+        super().handle_connect(event)
+        self.scope["extensions"][EXTENSION] = self  # type: ignore[assignment]
+
+    def accept_with(self, data: bytes) -> bool:
+        """Complete the handshake (as the ASGI `websocket.accept` does) and write `data`, the
+        first frames, in the same write; False when the client is already gone."""
+        if self.handshake_complete or self.transport.is_closing():
+            return False
+        self.logger.info(
+            '%s - "WebSocket %s" [accepted]',
+            get_client_addr(self.scope),
+            get_path_with_query_string(self.scope),
+        )
+        self.handshake_complete = True
+        self.transport.write(
+            self.conn.send(events.AcceptConnection(extra_headers=self.default_headers)) + data
+        )
+        self.start_keepalive()
+        self._let_go_of_the_handshake()
+        return True
+
+    def _let_go_of_the_handshake(self) -> None:
+        """Drop what only the handshake needed: wsproto's HTTP/1.1 machinery for it (once the
+        connection is made, `events()` is all that is asked of it), and the scope's request
+        headers and query string (which carries the token)."""
+        self.conn.handshake = _DONE  # type: ignore[assignment]
+        self.scope["headers"] = []
+        self.scope["query_string"] = b""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """As uvicorn does, and let go of this protocol's entry in its own scope (a reference
+        cycle that only the garbage collector's rare full passes would free)."""
+        super().connection_lost(exc)
+        if self._cut is not None:
+            self._cut.cancel()
+        self.scope["extensions"].pop(EXTENSION, None)
+
+    # uvicorn closes a connection with `transport.close()`, which waits until everything buffered
+    # has gone out: a client that stopped reading would keep the connection and its buffer for
+    # good. Wherever the server closes (or answers a close), a stuck connection is cut after
+    # CLOSE_TIMEOUT seconds; a connection that closes as it should cancels that.
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        self._cut_if_stuck()
+
+    def handle_close(self, event: events.CloseConnection) -> None:
+        super().handle_close(event)
+        self._cut_if_stuck()
+
+    def handle_message(self, event: events.TextMessage | events.BytesMessage) -> None:
+        super().handle_message(event)
+        if self.close_sent:  # too big: uvicorn closed it with 1009
+            self._cut_if_stuck()
+
+    def handle_ping(self, event: events.Ping) -> None:
+        """Answer, unless the client is not reading what it is sent (a flood of pings from a
+        client that reads nothing would grow the buffer without end)."""
+        if self.transport.get_write_buffer_size() < _PONG_BACKLOG:
+            super().handle_ping(event)
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self._cut_if_stuck()
+
+    def _cut_if_stuck(self) -> None:
+        if self._cut is None:
+            self._cut = self.loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
+
+    def write_frames(self, data: bytes) -> bool:
+        """Write whole frames now (queued by the transport if the kernel cannot take them yet);
+        False once the socket is closing."""
+        transport = self.transport
+        if self.close_sent or transport.is_closing():
+            return False
+        transport.write(data)
+        return True
+
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the kernel."""
+        return self.transport.get_write_buffer_size()
+
+    async def drained(self) -> None:
+        """Return once the transport's buffer is below its low-water mark (or the socket is gone)."""
+        await self.writable.wait()
+
+    def close_now(self, code: int, reason: str) -> None:
+        """Send the close frame now, without waiting for a client that may not be reading, and
+        tell the app (its `receive()` answers `websocket.disconnect`). Idempotent.
+
+        The close frame goes out after what is already buffered. A client that does not read it
+        within CLOSE_TIMEOUT seconds is cut off (uvicorn would `close()`, which waits for the
+        buffer to drain: a stalled client would keep it in memory for good)."""
+        transport = self.transport
+        if self.close_sent or transport.is_closing() or not self.handshake_complete:
+            if self.handshake_complete:
+                self._cut_if_stuck()
+            return
+        self.close_sent = True
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        try:
+            transport.write(self.conn.send(events.CloseConnection(code=code, reason=reason)))
+        except LocalProtocolError:  # the client's own close came first
+            transport.abort()
+            return
+        if self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()
+        # uvicorn waits for the client's answer while a close timer is set; this one cuts.
+        self.close_timer = self.loop.call_later(CLOSE_TIMEOUT, transport.abort)

@@ -1,0 +1,190 @@
+"""Who listens where: per track, this replica's sockets and the other replicas' rows as last read,
+which replicas are alive, and the count that follows from them.
+
+The count of a track is |union of the live replicas' users| + the sum of their anonymous sockets,
+kept up to date at each change rather than computed again (`TrackListeners.present`: user ->
+how many live replicas, this one included, have them). No I/O and no clock here: app/presence/tracker.py
+feeds the roster what its sockets do and what its reads of the tables find, and sends the counts.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from app.live.subscriber import ANONYMOUS
+from app.presence.table import Snapshot
+
+log = logging.getLogger(__name__)
+
+Listeners = tuple[frozenset[int], int]
+"""One replica's listeners on a track: its distinct users, and its anonymous sockets."""
+NOBODY: Listeners = (frozenset(), 0)
+
+
+class TrackListeners:
+    """One track: this replica's sockets, the other replicas' rows, and the count."""
+
+    __slots__ = ("anonymous", "loaded", "present", "remote", "remote_anonymous", "users")
+
+    def __init__(self) -> None:
+        self.users: dict[int, int] = {}
+        """This replica's users on the track -> their sockets here."""
+        self.anonymous = 0
+        """This replica's anonymous sockets on the track."""
+        self.remote: dict[str, Listeners] = {}
+        """The other replicas' rows as last read (alive or not)."""
+        self.present: dict[int, int] = {}
+        """User -> how many live replicas (this one included) have them here."""
+        self.remote_anonymous = 0
+        """Anonymous sockets of the live other replicas."""
+        self.loaded = False
+        """The other replicas' rows have been read (until then the count is not known)."""
+
+    @property
+    def listening(self) -> int:
+        """Distinct users plus anonymous sockets, on every live replica."""
+        return len(self.present) + self.anonymous + self.remote_anonymous
+
+    @property
+    def empty_here(self) -> bool:
+        """No socket of this replica is on the track."""
+        return not self.users and not self.anonymous
+
+    def arrive(self, user_id: int) -> bool:
+        """A socket of `user_id` (or an anonymous one) is here; True when this replica's row changes."""
+        if user_id == ANONYMOUS:
+            self.anonymous += 1
+            return True
+        sockets = self.users.get(user_id, 0)
+        self.users[user_id] = sockets + 1
+        if sockets:
+            return False  # another tab of someone already here
+        self._count(user_id, 1)
+        return True
+
+    def depart(self, user_id: int) -> bool:
+        """A socket of `user_id` (or an anonymous one) left; True when this replica's row changes."""
+        if user_id == ANONYMOUS:
+            self.anonymous -= 1
+            return True
+        sockets = self.users[user_id] - 1
+        if sockets:
+            self.users[user_id] = sockets
+            return False
+        del self.users[user_id]
+        self._count(user_id, -1)
+        return True
+
+    def hold(self, listeners: Listeners) -> None:
+        """Count a live replica's listeners."""
+        users, anonymous = listeners
+        for user in users:
+            self._count(user, 1)
+        self.remote_anonymous += anonymous
+
+    def release(self, listeners: Listeners) -> None:
+        """Stop counting a replica's listeners."""
+        users, anonymous = listeners
+        for user in users:
+            self._count(user, -1)
+        self.remote_anonymous -= anonymous
+
+    def _count(self, user: int, delta: int) -> None:
+        holders = self.present.get(user, 0) + delta
+        if holders:
+            self.present[user] = holders
+        else:
+            del self.present[user]
+
+
+class Roster:
+    """Every track with sockets here (or lately), and every other replica's heartbeat."""
+
+    def __init__(self, me: str, dead_after: float) -> None:
+        self.me = me
+        """This replica's id: its own rows are never read back (its sockets are the truth)."""
+        self._dead_after = dead_after
+        self.tracks: dict[str, TrackListeners] = {}
+        self._instances: dict[str, str] = {}
+        """Every other replica with a heartbeat row -> its instance."""
+        self._alive: set[str] = set()
+
+    @property
+    def live_replicas(self) -> int:
+        """Replicas counted now, this one included."""
+        return len(self._alive) + 1
+
+    def listening(self, track_id: str) -> int | None:
+        """The count of a loaded track; None when it is not known here."""
+        track = self.tracks.get(track_id)
+        return track.listening if track is not None and track.loaded else None
+
+    def take(self, snapshot: Snapshot, complete: set[str]) -> set[str]:
+        """Take in a read: who is alive, then the rows; `complete`: the tracks whose every row is
+        in it (the others' rows are changes). The tracks whose count may have changed."""
+        touched: set[str] = set()
+        self._heartbeats(snapshot, touched)
+        found: dict[str, dict[str, Listeners]] = {t: {} for t in complete if t in self.tracks}
+        for row in snapshot.rows:
+            if row.replica == self.me or row.track_id not in self.tracks:
+                continue
+            listeners = (frozenset(row.users), row.anonymous) if row.users or row.anonymous else NOBODY
+            if row.track_id in found:
+                found[row.track_id][row.replica] = listeners
+            else:
+                self._set(row.track_id, row.replica, listeners)
+                touched.add(row.track_id)
+        for track_id, rows in found.items():
+            track = self.tracks[track_id]
+            for replica in set(track.remote) | set(rows):
+                self._set(track_id, replica, rows.get(replica, NOBODY))
+            track.loaded = True
+            touched.add(track_id)
+        return touched
+
+    def _heartbeats(self, snapshot: Snapshot, touched: set[str]) -> None:
+        """A replica gone or restarted is forgotten; one dead, or alive again, stops or starts
+        counting."""
+        peers = {replica: peer for replica, peer in snapshot.peers.items() if replica != self.me}
+        for replica, instance in list(self._instances.items()):
+            peer = peers.get(replica)
+            if peer is None or peer.instance != instance:
+                self._forget(replica, touched)
+        for replica, peer in peers.items():
+            self._instances[replica] = peer.instance
+            alive = peer.age <= self._dead_after
+            if alive and replica not in self._alive:
+                self._alive.add(replica)
+                self._count_replica(replica, touched, True)
+            elif not alive and replica in self._alive:
+                log.info("replica %r not seen for %.0f s: its listeners no longer count", replica, peer.age)
+                self._alive.discard(replica)
+                self._count_replica(replica, touched, False)
+
+    def _count_replica(self, replica: str, touched: set[str], counted: bool) -> None:
+        for track_id, track in self.tracks.items():
+            listeners = track.remote.get(replica)
+            if listeners is not None:
+                (track.hold if counted else track.release)(listeners)
+                touched.add(track_id)
+
+    def _forget(self, replica: str, touched: set[str]) -> None:
+        if replica in self._alive:
+            self._alive.discard(replica)
+            self._count_replica(replica, touched, False)
+        del self._instances[replica]
+        for track in self.tracks.values():
+            track.remote.pop(replica, None)
+
+    def _set(self, track_id: str, replica: str, listeners: Listeners) -> None:
+        track = self.tracks[track_id]
+        old = track.remote.get(replica, NOBODY)
+        if old == listeners:
+            return
+        if replica in self._alive:  # only who came and went: a party's row changes by a few
+            track.release((old[0] - listeners[0], old[1]))
+            track.hold((listeners[0] - old[0], listeners[1]))
+        if listeners == NOBODY:
+            track.remote.pop(replica, None)
+        else:
+            track.remote[replica] = listeners

@@ -1,0 +1,431 @@
+"""Who is here: per track, the distinct users with a socket open on it on any replica, and the
+`presence` frames that tell the track's sockets.
+
+Each replica knows its own sockets at once (`present`, around each socket's life). What the
+others have it learns from PostgreSQL, in two unlogged tables (sql/schema.sql), on a tick of a
+quarter second:
+
+- write: one row per track of this replica's, the distinct users it has there and its anonymous
+  sockets, only for the tracks whose set changed since the last tick, all in one statement. A
+  user's second tab changes nothing; 200 sockets a second coming and going on one track is at
+  most four writes a second, not 200. A track this replica left keeps an empty row for a minute
+  (so that every reader sees it go), then the row is deleted.
+- read: in one statement, every replica's heartbeat and the rows changed since the last read,
+  by transaction id against the last read's snapshot (a row that committed late is never
+  missed), plus all rows of the tracks that just got their first socket here.
+- heartbeat, every 5 s: a replica not seen for 12 s counts no one (a SIGKILL, a network cut), and
+  is deleted with its rows after 10 minutes. A replica id is stable across restarts
+  (TRACKTALK_REPLICA_ID, default host name:port): a restart deletes its old rows and changes its
+  `instance`, and the others drop the old instance's rows when they see the new one. A write
+  takes effect only while its process holds the id: one whose id another live process claimed
+  writes nothing more under it, and moves to an id of its own (`id/instance`).
+
+The count of a track is |union of the live replicas' users| + the sum of their anonymous
+sockets (app/presence/roster.py keeps it). A change goes out as `presence` at most once a second per
+track: the first at once, the ones within the second after it coalesced into one with the latest
+count when the second is up. A new socket is greeted with the count as soon as it joins (the
+frame waits behind `connected` and its replay); a socket is never sent the number it was last told.
+
+Why tables and not NOTIFY: a replica's set of users on a track does not fit NOTIFY's 8000 bytes
+once a listening party passes ~1,000 users (it would have to travel as deltas, and a replica that
+missed one would count wrong until some full resend); every NOTIFY also takes the cluster-wide
+lock that the comment writers queue on at commit (docs/dba.md). Rows written on a tick, read by
+transaction id, are whole each time, cost no WAL, and a reader that missed some reads them later.
+
+Costs and figures: docs/performance.md, "Presence".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+from app.background import background
+from app.data.db import Conn
+from app.live.frames import message_frame
+from app.live.hub import Hub
+from app.live.subscriber import Subscriber
+from app.logs import one_line
+from app.presence.roster import Roster, TrackListeners
+from app.presence.table import Beat, Row, Snapshot
+from app.wire import Presence as PresenceMessage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Presence's clock, in seconds (the defaults are the service's; tests shorten them)."""
+
+    tick: float = 0.25
+    """Between two rounds of write and read. A change reaches the other replicas' memory within
+    two ticks; with the one-second limit on frames that stays within the 2 s the issue allows."""
+    send_every: float = 1.0
+    """At most one `presence` per track per this long (the contract's once a second)."""
+    fresh_pause: float = 0.05
+    """A track's first socket here makes the next read come at once, but never sooner than this
+    after the last one (sockets arriving on many new tracks share a read)."""
+    heartbeat: float = 5.0
+    dead_after: float = 12.0
+    """A replica whose heartbeat is older counts no one: dead within 12 s of its last beat, which
+    is at most 5 s before its death, plus a tick and a frame's second: under the 15 s allowed."""
+    forget_replica: float = 600.0
+    """A replica silent this long is deleted, with its rows, by the others' heartbeats."""
+    keep_track: float = 10.0
+    """A track without sockets here stays loaded this long (a page reload finds it warm)."""
+    keep_empty_row: float = 60.0
+    """An empty row (this replica left the track) is kept this long so that every reader sees it."""
+    release_timeout: float = 2.0
+    """At shutdown, the longest wait to delete this replica's rows (the others drop them anyway
+    once its heartbeat is old)."""
+
+
+class Table(Protocol):
+    """What presence asks of the database (app/presence/table.py; an in-memory one in tests)."""
+
+    async def claim(self, replica: str, instance: str) -> None:
+        """Take the replica id: its rows of an earlier run go."""
+
+    async def beat(self, replica: str, instance: str, forget: float) -> Beat:
+        """The heartbeat."""
+
+    async def write(self, replica: str, instance: str, rows: list[Row], drop: list[str]) -> bool:
+        """Write rows of tracks that changed, delete empty rows of `drop`, if this process still
+        holds the replica id; False (nothing written) if it does not."""
+
+    async def read(self, since: int, fresh: list[str]) -> Snapshot:
+        """Heartbeats, rows changed since `since` (0: all), all rows of `fresh` tracks."""
+
+    async def release(self, replica: str, instance: str) -> None:
+        """Delete the heartbeat and rows of this process."""
+
+    async def count(self, conn: Conn, track_id: str, exclude: str, alive: float) -> int:
+        """The count of a track from the rows of the other live replicas."""
+
+
+class _Track:
+    """One track as presence sends it: its listeners (the roster's), what its sockets were last
+    told, and the timers."""
+
+    __slots__ = ("forget", "greeted", "listeners", "sent", "sent_at", "timer")
+
+    def __init__(self, listeners: TrackListeners) -> None:
+        self.listeners = listeners
+        self.sent: int | None = None
+        """The count last sent to all the track's sockets."""
+        self.sent_at = -math.inf
+        self.timer: asyncio.TimerHandle | None = None
+        """The coalesced send, when one is due."""
+        self.greeted: dict[Subscriber, int] = {}
+        """Sockets told a count other than `sent` when they joined (until the next send)."""
+        self.forget: asyncio.TimerHandle | None = None
+        """When the track, without sockets here, is let go."""
+
+
+class _Counted:
+    """`with presence.present(sub):` the socket counts on its track."""
+
+    __slots__ = ("_presence", "_sub")
+
+    def __init__(self, presence: Presence, sub: Subscriber) -> None:
+        self._presence = presence
+        self._sub = sub
+
+    def __enter__(self) -> None:
+        self._presence._join(self._sub)
+
+    def __exit__(self, *exc: object) -> None:
+        self._presence._leave(self._sub)
+
+
+class Presence:
+    """Counts listeners per track across replicas and sends `presence` to the track's sockets."""
+
+    def __init__(self, hub: Hub, table: Table, replica: str, timing: Timing | None = None) -> None:
+        self._hub = hub
+        self._table = table
+        self._timing = timing or Timing()
+        self._roster = Roster(replica, self._timing.dead_after)
+        self._instance = os.urandom(8).hex()
+        self._tracks: dict[str, _Track] = {}
+        self._dirty: set[str] = set()
+        """Tracks whose row must be written (their users or anonymous sockets here changed)."""
+        self._empty_rows: dict[str, float] = {}
+        """Tracks left, whose empty row was written -> when (loop time)."""
+        self._fresh: set[str] = set()
+        """Tracks whose rows must be read whole (their first socket here)."""
+        self._since: int | None = None
+        """Where the next read starts (None: read every row, as after a failure)."""
+        self._wake = asyncio.Event()
+        self._claimed = False
+        self._failing = False
+        self._next_beat = self._last_write = self._last_read = -math.inf
+        self.writes = 0
+        """Statements run that write (rows, heartbeats; for /metrics)."""
+        self.reads = 0
+
+    @property
+    def replica(self) -> str:
+        """This replica's id in tracktalk.replicas (TRACKTALK_REPLICA_ID)."""
+        return self._roster.me
+
+    @property
+    def live_replicas(self) -> int:
+        """Replicas counted now, this one included."""
+        return self._roster.live_replicas
+
+    def listening(self, track_id: str) -> int | None:
+        """The count of a track with sockets here (lately); None for the others (ask `count`)."""
+        return self._roster.listening(track_id)
+
+    async def count(self, conn: Conn, track_id: str) -> int:
+        """The count of any track: from memory when it has sockets here, else from the others' rows."""
+        known = self.listening(track_id)
+        if known is not None:
+            return known
+        return await self._table.count(conn, track_id, self.replica, self._timing.dead_after)
+
+    # -----------------------------------------------------------------------------------------
+    # Sockets
+    # -----------------------------------------------------------------------------------------
+
+    def present(self, sub: Subscriber) -> _Counted:
+        """Count the socket on its track while the block runs (the hub has it registered); a
+        context manager of two slots, not a generator: it lives as long as the socket."""
+        return _Counted(self, sub)
+
+    def _join(self, sub: Subscriber) -> None:
+        track_id = sub.track_id
+        track = self._tracks.get(track_id)
+        if track is None:
+            listeners = self._roster.tracks[track_id] = TrackListeners()
+            track = self._tracks[track_id] = _Track(listeners)
+            self._fresh.add(track_id)
+            self._wake.set()
+        if track.forget is not None:
+            track.forget.cancel()
+            track.forget = None
+        if track.listeners.arrive(sub.user_id):
+            self._dirty.add(track_id)
+        if not track.listeners.loaded:
+            return  # the read that loads it sends the count to every socket of the track
+        count = track.listeners.listening
+        if count != track.sent:
+            track.greeted[sub] = count
+        self._hub.offer_each([sub], _frame(track_id, count))
+        self._changed(track_id, track)
+
+    def _leave(self, sub: Subscriber) -> None:
+        track_id = sub.track_id
+        track = self._tracks[track_id]
+        track.greeted.pop(sub, None)
+        if track.listeners.depart(sub.user_id):
+            self._dirty.add(track_id)
+        if track.listeners.empty_here:
+            loop = asyncio.get_running_loop()
+            track.forget = loop.call_later(self._timing.keep_track, self._let_go, track_id, track)
+        self._changed(track_id, track, leaving=sub)
+
+    def _let_go(self, track_id: str, track: _Track) -> None:
+        """The track has had no socket here for a while: stop following it."""
+        if track.listeners.empty_here and self._tracks.get(track_id) is track:
+            del self._tracks[track_id]
+            del self._roster.tracks[track_id]
+            self._fresh.discard(track_id)
+            if track.timer is not None:
+                track.timer.cancel()
+
+    # -----------------------------------------------------------------------------------------
+    # Sending
+    # -----------------------------------------------------------------------------------------
+
+    def _changed(self, track_id: str, track: _Track, leaving: Subscriber | None = None) -> None:
+        """The count may have changed: send it now, or when the track's second is up (`leaving`:
+        a socket on its way out, still in the hub)."""
+        if not track.listeners.loaded or track.timer is not None:
+            return
+        if track.listeners.listening == track.sent and not track.greeted:
+            return
+        loop = asyncio.get_running_loop()
+        due = track.sent_at + self._timing.send_every
+        if loop.time() >= due:
+            self._send(track_id, track, leaving)
+        else:
+            track.timer = loop.call_at(due, self._send, track_id, track)
+
+    def _send(self, track_id: str, track: _Track, leaving: Subscriber | None = None) -> None:
+        """Tell each socket of the track the count, unless it is what the socket was last told."""
+        track.timer = None
+        if self._tracks.get(track_id) is not track:
+            return
+        count = track.listeners.listening
+        greeted, track.greeted = track.greeted, {}
+        if count != track.sent:
+            told = track.sent
+            track.sent, track.sent_at = count, asyncio.get_running_loop().time()
+            targets = [
+                s
+                for s in self._hub.track_sockets(track_id)
+                if s is not leaving and greeted.get(s, told) != count
+            ]
+        else:
+            targets = [s for s, told in greeted.items() if told != count]
+        if targets:
+            self._hub.offer_each(targets, _frame(track_id, count))
+
+    # -----------------------------------------------------------------------------------------
+    # The database
+    # -----------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Claim the replica id, keep the tables and the counts up to date while the block runs,
+        then delete this replica's rows."""
+        try:
+            async with background(self._run()):
+                yield
+        finally:
+            if self._claimed:
+                try:
+                    await asyncio.wait_for(
+                        self._table.release(self.replica, self._instance), self._timing.release_timeout
+                    )
+                except Exception as exc:
+                    log.warning("rows not deleted at shutdown (%s): the others drop them", one_line(exc))
+
+    async def _run(self) -> None:
+        while True:
+            await self._pause()
+            await self.tick()
+
+    async def _pause(self) -> None:
+        """Until the next tick; sooner when a track got its first socket here (but never sooner
+        than `fresh_pause` after the last read)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wake.clear()
+            gap = self._timing.fresh_pause if self._fresh else self._timing.tick
+            wait = gap - (loop.time() - self._last_read)
+            if wait <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def tick(self) -> None:
+        """One round: the heartbeat and the write when they are due, then the read. A failure is
+        logged, makes the next read a whole one, and the next round tries again."""
+        now = asyncio.get_running_loop().time()
+        self._last_read = now
+        try:
+            if now >= self._next_beat:
+                await self._beat()
+                self._next_beat = now + self._timing.heartbeat
+            if now - self._last_write >= self._timing.tick:
+                self._last_write = now
+                await self._write()
+            await self._read()
+        except Exception as exc:
+            if not self._failing:
+                log.warning("the database failed (%s): counts may lag until it answers", one_line(exc))
+            self._failing = True
+            self._since = None  # rows deleted meanwhile would be missed: read them all next time
+        else:
+            if self._failing:
+                log.info("the database answers again")
+            self._failing = False
+
+    async def _beat(self) -> None:
+        if not self._claimed:
+            await self._table.claim(self.replica, self._instance)
+            self.writes += 1
+            self._claimed = True
+            log.info("counting as replica %r", self.replica)
+        beat = await self._table.beat(self.replica, self._instance, self._timing.forget_replica)
+        self.writes += 1
+        if beat is Beat.LOST:
+            # The unlogged tables were emptied (a crash, a failover) or this replica was
+            # forgotten: write every row again, and read every row (xids may have gone back).
+            log.warning("replica %r had no heartbeat row: writing its rows again", self.replica)
+            self._write_all()
+            self._since = None
+        elif beat is Beat.TAKEN:
+            taken = self._roster.me
+            self._roster.me = f"{taken}/{self._instance[:8]}"
+            log.error(
+                "another running replica has TRACKTALK_REPLICA_ID %r: this one counts as %r; "
+                "give each replica its own id",
+                taken,
+                self.replica,
+            )
+            self._claimed = False
+            self._write_all()
+            await self._beat()
+
+    def _write_all(self) -> None:
+        """Every row of this replica must be written again (they were lost)."""
+        self._empty_rows.clear()
+        self._dirty.update(t for t, track in self._tracks.items() if not track.listeners.empty_here)
+
+    async def _write(self) -> None:
+        if not self._claimed:
+            return
+        loop = asyncio.get_running_loop()
+        dirty, self._dirty = self._dirty, set()
+        rows = []
+        for track_id in sorted(dirty):
+            track = self._tracks.get(track_id)
+            users = list(track.listeners.users) if track else []
+            rows.append(Row(self.replica, track_id, users, track.listeners.anonymous if track else 0))
+        old = loop.time() - self._timing.keep_empty_row
+        drop = [t for t, at in self._empty_rows.items() if at <= old and t not in dirty]
+        if not rows and not drop:
+            return
+        try:
+            held = await self._table.write(self.replica, self._instance, rows, drop)
+        except BaseException:
+            self._dirty |= dirty
+            raise
+        self.writes += 1
+        if not held:
+            # The heartbeat row is gone, or another process claimed the id: nothing was written.
+            # The heartbeat finds which, and does what it does then (rows written again, or
+            # under an id of this process's own) without waiting for its turn.
+            self._dirty |= dirty
+            await self._beat()
+            return
+        now = loop.time()
+        for track_id in drop:
+            del self._empty_rows[track_id]
+        for row in rows:
+            if row.users or row.anonymous:
+                self._empty_rows.pop(row.track_id, None)
+            else:
+                self._empty_rows[row.track_id] = now
+
+    async def _read(self) -> None:
+        fresh = set(self._fresh)
+        since = self._since
+        snapshot = await self._table.read(since or 0, [] if since is None else sorted(fresh))
+        self.reads += 1
+        if since is not None and snapshot.horizon < since:
+            # Transaction ids went back: a restored or failed-over database. Read it all again.
+            log.warning("the database's transaction ids went back: reading every row again")
+            self._since = None
+            return
+        complete = set(self._tracks) if since is None else fresh
+        for track_id in self._roster.take(snapshot, complete):
+            if (track := self._tracks.get(track_id)) is not None:
+                self._changed(track_id, track)
+        self._fresh -= complete
+        self._since = snapshot.horizon
+
+
+def _frame(track_id: str, listening: int) -> bytes:
+    return message_frame(PresenceMessage(track_id=track_id, listening=listening))
