@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -36,6 +35,7 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
 
+from app.backoff import Backoff
 from app.data.events import read_channel_key_and_snapshot, still_running
 from app.live.notices import REKEY_TOPIC, Codec, Opened
 from app.logs import one_line
@@ -43,10 +43,11 @@ from app.wire import Rekey
 
 log = logging.getLogger(__name__)
 
-_BACKOFF_FIRST = 0.05
-"""Seconds before the first reconnect attempt (then doubling, with jitter)."""
-_BACKOFF_MAX = 5.0
-"""Longest wait between reconnect attempts."""
+_RECONNECT_FIRST = 0.1
+"""Seconds before the first reconnect attempt, at most (then doubling; each wait drawn from its
+second half, so that replicas cut off together do not all come back at once) ..."""
+_RECONNECT_MOST = 5.0
+"""... and the longest wait between two attempts."""
 _KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
 """TCP keepalives, so that a peer that vanished without a word is noticed within ~25 s."""
 _CONNECT_TIMEOUT = 5
@@ -137,7 +138,7 @@ class Listener:
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting whenever the connection is lost."""
-        failures = 0
+        backoff = Backoff(_RECONNECT_FIRST, _RECONNECT_MOST, jitter=0.5)
         while True:
             try:
                 await self._session()
@@ -148,15 +149,13 @@ class Listener:
             except Exception:
                 log.exception("listener failed; reconnecting to catch up")
             finally:
-                # A session that got as far as ready starts the backoff afresh.
-                failures = 0 if self._ready else failures
+                if self._ready:  # a session that got as far as ready starts the backoff afresh
+                    backoff.reset()
                 self._ready = False
                 self._listening = set()
                 self.backend_pid = None
-            failures += 1
             self.reconnects += 1
-            delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** min(failures, 10))
-            await asyncio.sleep(random.uniform(delay / 2, delay))
+            await backoff.wait()
 
     def deliver(self, payload: bytes) -> None:
         """Check one payload and hand it over (what the connection does for each notification);

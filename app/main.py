@@ -15,11 +15,12 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 
+from app.bounds import MAX_BODY
 from app.config import Settings
 from app.edge.cors import Cors
 from app.handlers import client, comments, demo, health, notifications, pages, schema, tracks
 from app.handlers.deps import provide_services, provide_user, provide_viewer
-from app.handlers.errors import MAX_BODY, exception_handlers
+from app.handlers.errors import exception_handlers
 from app.handlers.request import TracktalkRequest
 from app.handlers.sockets import PATH, TrackSockets
 from app.logs import configure_logging

@@ -14,6 +14,7 @@ from types import FrameType
 
 import uvicorn
 
+from app.bounds import MAX_FRAME
 from app.config import Settings
 from app.edge.httpprotocol import HEALTH_ROOM, EdgeProtocol
 from app.env import ConfigError
@@ -21,7 +22,6 @@ from app.live import close_codes
 from app.live.wsprotocol import FrameProtocol
 from app.logs import tame_uvicorn
 from app.main import Tracktalk
-from app.wire import MAX_FRAME
 
 log = logging.getLogger(__name__)
 

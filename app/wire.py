@@ -14,6 +14,9 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Raw, Struct
 
+# MAX_CONTENT and MAX_FRAME are here too for the clients of this module: what they may send.
+from app.bounds import MAX_BIGINT, MAX_CONTENT, MAX_FRAME  # noqa: F401
+
 PROTOCOL = 1
 """The protocol's version: `protocol` in `connected`, `info.version` of /schema/openapi.json and
 /schema/asyncapi.json, the `v1` of /client/v1/. Fields and messages may be added within a version
@@ -24,13 +27,7 @@ makes the next one. CHANGELOG.md says what each version has."""
 # HTTP
 # ---------------------------------------------------------------------------------------------
 
-MAX_CONTENT = 5000
-"""Longest comment the API accepts, in characters (after trimming)."""
-
-MAX_FRAME = 4096
-"""Largest frame a client may send on a socket, in bytes; a bigger one closes it with 1009."""
-
-CommentId = Annotated[int, Meta(ge=1, le=2**63 - 1)]
+CommentId = Annotated[int, Meta(ge=1, le=MAX_BIGINT)]
 
 
 class ErrorBody(Struct):
@@ -128,7 +125,7 @@ class NotificationPage(Struct):
     unread: int
 
 
-NotificationId = Annotated[int, Meta(ge=1, le=2**63 - 1)]
+NotificationId = Annotated[int, Meta(ge=1, le=MAX_BIGINT)]
 
 
 class MarkRead(Struct):

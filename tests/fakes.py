@@ -2,7 +2,7 @@
 log, the listener's channels, and the services a socket reaches for.
 
 Each implements the small Protocol the real part implements (app/live/subscriber.py's FrameSocket,
-app/live/feed.py's Log and Channels), or the part of it that app/handlers/sockets.py uses, and can be
+app/live/feed.py's Log and Listening), or the part of it that app/handlers/sockets.py uses, and can be
 made slow, stuck or failing on demand, which the real server cannot be made to be at a chosen
 moment.
 """
@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.auth.verifier import TokenVerifier
+from app.bounds import EVENT_PAGE
 from app.config import Settings
-from app.data.events import PAGE, Cursor, Page
+from app.data.events import Cursor, Page
 from app.data.tracks import Watcher
 from app.live.feed import Feed
 from app.live.hub import Hub
@@ -164,7 +165,9 @@ class MemoryLog:
             await self._hold(track_id)
         return answer
 
-    async def page(self, track_id: str, after: int, limit: int = PAGE, through: int | None = None) -> Page:
+    async def page(
+        self, track_id: str, after: int, limit: int = EVENT_PAGE, through: int | None = None
+    ) -> Page:
         if (gate := self.gate.get(track_id)) is not None:
             await gate.wait()
         await asyncio.sleep(0)
@@ -211,7 +214,7 @@ class MemoryLog:
             raise OSError("the database is down")
 
 
-class FakeChannels:
+class FakeListening:
     """The listener's LISTEN set; `hold` keeps listen() from returning until released."""
 
     def __init__(self) -> None:
@@ -346,13 +349,13 @@ class FakePresence:
 @dataclass
 class FakeServices:
     """What the socket handler reaches for in app/services.py's Services, over the fakes above:
-    the real hub, feed (over MemoryLog and FakeChannels), token verifier, typing limit and codec."""
+    the real hub, feed (over MemoryLog and FakeListening), token verifier, typing limit and codec."""
 
     settings: Settings
     hub: Hub
     feed: Feed
     log: MemoryLog
-    channels: FakeChannels
+    channels: FakeListening
     tokens: TokenVerifier
     watchers: FakeWatchers
     events: FakeEvents = field(default_factory=FakeEvents)
@@ -365,7 +368,7 @@ class FakeServices:
     @classmethod
     def make(cls, secret: str, users: dict[int, str], **settings: Any) -> FakeServices:
         hub = Hub(sockets_per_user=settings.pop("sockets_per_user", 20))
-        log, channels = MemoryLog(), FakeChannels()
+        log, channels = MemoryLog(), FakeListening()
         return cls(
             settings=Settings(database_url="postgresql://unused", secret=secret, **settings),
             hub=hub,

@@ -26,7 +26,7 @@ from app.live.hub import Hub, ShuttingDown, TooManySockets
 from app.live.notices import Codec, Opened, track_topic, user_topic
 from app.live.subscriber import ANONYMOUS, Subscriber
 from app.wire import Ephemeral, Revoke, TrackBatch, UserBatch, encoder
-from tests.fakes import FakeChannels, FakeSocket, MemoryLog
+from tests.fakes import FakeListening, FakeSocket, MemoryLog
 from tests.support import async_wait_until
 
 LIMIT = 64 * 1024
@@ -47,7 +47,7 @@ async def until(check: Callable[[], object], what: str, turns: int = 2000) -> No
 class World:
     hub: Hub
     log: MemoryLog
-    channels: FakeChannels
+    channels: FakeListening
     feed: Feed
     stack: contextlib.AsyncExitStack
 
@@ -90,7 +90,7 @@ class World:
 async def world() -> AsyncIterator[World]:
     hub = Hub(sockets_per_user=3)
     log = MemoryLog()
-    channels = FakeChannels()
+    channels = FakeListening()
     feed = Feed(hub, log, channels, page=3)
     async with contextlib.AsyncExitStack() as stack:
         yield World(hub, log, channels, feed, stack)

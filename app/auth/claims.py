@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.bounds import MAX_USER_ID_DIGITS
 from app.problems import whole_seconds
-
-_MAX_USER_ID_DIGITS = 18
-"""A user id is a positive bigint; 18 digits always fit."""
 
 
 class TokenError(Exception):
@@ -49,7 +47,7 @@ def claims_of(payload: dict[str, Any], user_claim: str) -> Claims:
         not isinstance(value, str)
         or not value.isascii()
         or not value.isdigit()
-        or len(value) > _MAX_USER_ID_DIGITS
+        or len(value) > MAX_USER_ID_DIGITS
         or int(value) < 1  # 0 stands for "no user" on a socket (subscriber.ANONYMOUS)
     ):
         # A close reason holds 123 bytes at most: the claim's name is cut short.

@@ -30,6 +30,7 @@ import msgspec
 
 from app.auth.claims import IdentityProviderUnavailable, TokenError
 from app.auth.keys import VerifyKey, key_from_jwk
+from app.bounds import MAX_JWKS_BODY
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,6 @@ FETCH_TIMEOUT = 3.0
 """Seconds a fetch of the JWKS may take, all of it (connect, wait, read), before it counts as failed."""
 REFETCH_COOLDOWN = 30.0
 """Seconds between two fetches for an unknown kid, at least."""
-_MAX_BODY = 1024 * 1024
-"""Largest JWKS read, in bytes."""
 
 
 class _Jwks(msgspec.Struct):
@@ -150,8 +149,8 @@ class JwksKeys:
             body = bytearray()
             async for chunk in response.aiter_bytes():
                 body += chunk
-                if len(body) > _MAX_BODY:
-                    raise ValueError(f"it is larger than {_MAX_BODY} bytes")
+                if len(body) > MAX_JWKS_BODY:
+                    raise ValueError(f"it is larger than {MAX_JWKS_BODY} bytes")
         keys: dict[str, VerifyKey] = {}
         for jwk in _decoder.decode(body).keys:
             kid = jwk.get("kid")

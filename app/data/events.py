@@ -13,10 +13,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-PAGE = 500
-"""Events read per query when replaying or catching up."""
-
-_NO_END = 2**63 - 1
+from app.bounds import EVENT_PAGE, MAX_BIGINT
 
 
 class Cursor(NamedTuple):
@@ -51,7 +48,9 @@ class EventLog:
             found = {str(track): Cursor(int(seq), tag) for track, seq, tag in await cur.fetchall()}
         return {track: found.get(track, Cursor(0)) for track in track_ids}
 
-    async def page(self, track_id: str, after: int, limit: int = PAGE, through: int | None = None) -> Page:
+    async def page(
+        self, track_id: str, after: int, limit: int = EVENT_PAGE, through: int | None = None
+    ) -> Page:
         """Up to `limit` events of a track after `after` (and up to `through`), with the track's
         latest event: one statement, so one snapshot (the log and the latest seq agree: an event
         the log lacks is not kept, not on its way). What is kept may have holes (pruning): the
@@ -72,7 +71,7 @@ class EventLog:
                 {
                     "track": track_id,
                     "after": after,
-                    "through": through if through is not None else _NO_END,
+                    "through": through if through is not None else MAX_BIGINT,
                     "limit": limit,
                 },
             )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from psycopg.rows import class_row, tuple_row
 
+from app.bounds import MAX_TRACKS_LISTED
 from app.data.db import Conn
 from app.problems import NotFound
 from app.wire import Track, TrackMetrics
@@ -73,9 +74,9 @@ async def list_tracks(conn: Conn, viewer_id: int | None) -> list[Track]:
               FROM tracks t JOIN albums a ON a.id = t.album_id
              WHERE tracktalk.can_see(%s, t.id)
              ORDER BY a.id, t.created_at, t.id
-             LIMIT 500
+             LIMIT %s
             """,
-            (viewer_id,),
+            (viewer_id, MAX_TRACKS_LISTED),
         )
         return await cur.fetchall()
 

@@ -56,7 +56,7 @@ class _User:
 
 
 @dataclass(frozen=True)
-class _Track:
+class _DemoTrack:
     """A demo track: its phrase (note names like "C5" or "G#4", "-" a rest) plays `repeats` times."""
 
     id: str
@@ -89,21 +89,21 @@ _USERS = (
 )
 
 _TRACKS = (
-    _Track(
+    _DemoTrack(
         "sunrise",
         "Sunrise",
         32.0,
         "C5 E5 G5 E5 D5 F5 A5 F5 E5 G5 C6 G5 F5 E5 D5 - A4 C5 E5 C5 B4 D5 G5 D5 C5 E5 G5 C6 G5 E5 C5 -",
         repeats=2,
     ),
-    _Track(
+    _DemoTrack(
         "night-drive",
         "Night Drive",
         36.0,
         "A4 C5 E5 A5 E5 C5 A4 C5 F4 A4 C5 F5 C5 A4 F4 A4 G4 B4 D5 G5 D5 B4 G4 B4 E4 G#4 B4 E5 B4 G#4 E5 -",
         repeats=3,
     ),
-    _Track(
+    _DemoTrack(
         "b-side",
         "B-Side (unreleased)",
         24.0,
@@ -243,7 +243,7 @@ def _insert_album(conn: Connection, creator_id: int) -> int:
     return int(album_id)
 
 
-def _insert_track(conn: Connection, album_id: int, track: _Track) -> None:
+def _insert_track(conn: Connection, album_id: int, track: _DemoTrack) -> None:
     """Create a track and its synthesized audio."""
     audio = synthesize_wav(track.seconds, _frequencies(track.phrase.split() * track.repeats))
     conn.execute(

@@ -15,8 +15,8 @@ from typing import Any, get_args
 import msgspec
 
 from app import wire
+from app.bounds import MAX_FRAME
 from app.live.close_codes import WHAT_TO_DO
-from app.wire import MAX_FRAME
 
 ASYNCAPI_VERSION = "3.0.0"
 CHANNEL = "trackSocket"

@@ -9,6 +9,7 @@ from litestar import Response, delete, get, post, put
 from litestar.datastructures import ResponseHeader
 from litestar.params import Parameter
 
+from app.bounds import COMMENT_PAGE, MAX_BIGINT, MAX_COMMENT_PAGE
 from app.data import comments
 from app.data.tracks import visible_track
 from app.data.users import Viewer
@@ -40,9 +41,11 @@ async def list_comments(
     track_id: str,
     services: Services,
     viewer: Viewer | None,
-    limit: Annotated[int, Parameter(ge=1, le=500, description="Comments per page.")] = 100,
+    limit: Annotated[
+        int, Parameter(ge=1, le=MAX_COMMENT_PAGE, description="Comments per page.")
+    ] = COMMENT_PAGE,
     after_id: Annotated[
-        int, Parameter(ge=0, le=2**63 - 1, description="Cursor: the last id of the previous page.")
+        int, Parameter(ge=0, le=MAX_BIGINT, description="Cursor: the last id of the previous page.")
     ] = 0,
 ) -> Response[list[Comment]]:
     """A page of the track's comments, oldest first; a `Link: rel="next"` header points at the next page."""

@@ -16,12 +16,10 @@ from litestar.types import ExceptionHandlersMap
 from psycopg_pool import PoolTimeout
 
 from app.auth.claims import IdentityProviderUnavailable
+from app.bounds import MAX_BODY
 from app.problems import Forbidden, NotFound, Problem, TooMany, Unprocessable
 
 log = logging.getLogger(__name__)
-
-MAX_BODY = 64 * 1024
-"""Largest request body the API reads, in bytes."""
 
 
 def unauthorized(detail: str = "sign in: send `Authorization: Bearer <token>`") -> NotAuthorizedException:

@@ -7,6 +7,7 @@ from typing import Annotated
 from litestar import Response, get, post
 from litestar.params import Parameter
 
+from app.bounds import MAX_BIGINT, MAX_NOTIFICATION_PAGE, NOTIFICATION_PAGE
 from app.data import notifications
 from app.data.users import Viewer
 from app.handlers.comments import LINK
@@ -27,9 +28,11 @@ _TAG = ["notifications"]
 async def list_notifications(
     services: Services,
     user: Viewer,
-    limit: Annotated[int, Parameter(ge=1, le=200, description="Notifications per page.")] = 50,
+    limit: Annotated[
+        int, Parameter(ge=1, le=MAX_NOTIFICATION_PAGE, description="Notifications per page.")
+    ] = NOTIFICATION_PAGE,
     before_id: Annotated[
-        int | None, Parameter(ge=1, le=2**63 - 1, description="Cursor: the last id of the previous page.")
+        int | None, Parameter(ge=1, le=MAX_BIGINT, description="Cursor: the last id of the previous page.")
     ] = None,
 ) -> Response[NotificationPage]:
     """The caller's notifications, newest first, with the unread count; `Link: rel="next"` pages on."""

@@ -27,15 +27,15 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from app.auth.claims import IdentityProviderUnavailable, TokenError
+from app.bounds import MAX_FRAME, MAX_TAG, MAX_TRACK_ID
 from app.edge.addresses import PerAddress, client_key
 from app.live import close_codes
 from app.live.frames import message_frame
 from app.live.hub import ShuttingDown, TooManySockets
-from app.live.subscriber import ANONYMOUS, Subscriber
+from app.live.subscriber import ANONYMOUS, EPHEMERAL, Subscriber
 from app.live.wsprotocol import EXTENSION, FrameProtocol
 from app.services import Services
 from app.wire import (
-    MAX_FRAME,
     Connected,
     Error,
     UserTyping,
@@ -48,9 +48,6 @@ log = logging.getLogger(__name__)
 
 PATH = "/api/ws/track/"
 """Where the track sockets live; the track id follows (URL-encoded)."""
-MAX_TRACK_ID = 200
-MAX_TAG = 32
-"""Longest `tag=` (an event's tag: 16 hex digits as the database makes them)."""
 _HEX = frozenset("0123456789abcdef")
 REPLAY_STALL = 10.0
 """Seconds a resuming client may leave its replay unread before it is closed as too slow."""
@@ -264,7 +261,7 @@ async def _read(receive: Any, sub: Subscriber, username: str | None, services: S
 
 
 def _error(sub: Subscriber, message: str) -> None:
-    sub.offer(0, message_frame(Error(message=message, track_id=sub.track_id)))
+    sub.offer(EPHEMERAL, message_frame(Error(message=message, track_id=sub.track_id)))
 
 
 async def _relay_typing(services: Services, sub: Subscriber, username: str, is_typing: bool) -> None:

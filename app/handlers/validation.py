@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 
+from app.bounds import MAX_BIGINT, MAX_CONTENT, MAX_TRACK_ID
 from app.problems import NotFound, Unprocessable
-from app.wire import MAX_CONTENT
 
-MAX_ID = 2**63 - 1
 """Largest id PostgreSQL's bigint holds."""
 
 
@@ -33,13 +32,13 @@ def check_timestamp(timestamp: float, duration: float | None) -> None:
 
 def check_id(kind: str, value: int) -> int:
     """404 for an id that no row can have (<= 0, or beyond bigint)."""
-    if not 0 < value <= MAX_ID:
+    if not 0 < value <= MAX_BIGINT:
         raise NotFound(f"{kind} {value}")
     return value
 
 
 def check_track_id(track_id: str) -> str:
     """404 for a track id that no row can have."""
-    if not track_id or "\x00" in track_id or len(track_id) > 200:
+    if not track_id or "\x00" in track_id or len(track_id) > MAX_TRACK_ID:
         raise NotFound(f"track {track_id[:50]!r}")
     return track_id

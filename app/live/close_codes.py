@@ -6,7 +6,7 @@ what to do after each. A reason that asks the client to come back says how (`RES
 
 from __future__ import annotations
 
-from app.wire import MAX_FRAME
+from app.bounds import MAX_FRAME
 
 NORMAL = 1000
 """The client left, or the server closed a socket that did nothing wrong."""

@@ -34,13 +34,15 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
+from app.backoff import Backoff
+from app.bounds import EVENT_PAGE
 from app.data.batch import Batched
-from app.data.events import PAGE, Cursor, Page
+from app.data.events import Cursor, Page
 from app.live import close_codes
 from app.live.frames import message_frame, text_frame
 from app.live.hub import Hub
 from app.live.notices import Opened, track_topic, user_topic
-from app.live.subscriber import ANONYMOUS, Subscriber
+from app.live.subscriber import ANONYMOUS, EPHEMERAL, Subscriber
 from app.logs import one_line
 from app.wire import Ephemeral, Resync, Revoke, TrackBatch, UserBatch
 
@@ -50,9 +52,14 @@ _FORGET_AFTER = 10.0
 """Seconds a track or user without sockets stays listened to (a client that reconnects finds
 its cursor warm)."""
 _RETRY_FIRST = 0.1
-_RETRY_MAX = 5.0
-"""Back-off between failed reads of a catch-up (the database may be down: the listener's
-reconnection starts the catch-up afresh anyway)."""
+"""Seconds before a failed read of the log (a catch-up's, or the check after a reconnect) is
+tried again (then doubling) ..."""
+_RETRY_MOST = 5.0
+"""... and the longest wait (the database may be down: the listener's reconnection starts the
+catch-up afresh anyway)."""
+_RECHECK_RETRY = 1.0
+"""Seconds before a failed access recheck is tried again, every time (steady, not growing: a socket
+that lost access is closed within 5 s of the database's answer)."""
 _PACE_MAX = 1.0
 """A catch-up waits for its track's sockets to drain between pages, for at most this long per
 page: the healthy ones keep up, and one that does not is closed with 1013 on a later page."""
@@ -82,7 +89,9 @@ class Log(Protocol):
     async def latest(self, track_ids: list[str]) -> dict[str, Cursor]:
         """The latest event of each track (seq 0 if none)."""
 
-    async def page(self, track_id: str, after: int, limit: int = PAGE, through: int | None = None) -> Page:
+    async def page(
+        self, track_id: str, after: int, limit: int = EVENT_PAGE, through: int | None = None
+    ) -> Page:
         """Up to `limit` kept events after `after` (<= through), in seq order, with the track's
         latest event, all in one snapshot."""
 
@@ -93,7 +102,7 @@ class Log(Protocol):
         """Which (user, track) pairs may still watch."""
 
 
-class Channels(Protocol):
+class Listening(Protocol):
     """What the feed asks of the listener (app/listener.py)."""
 
     async def listen(self, topics: Iterable[str]) -> bool:
@@ -129,7 +138,7 @@ class _Read:
         """The track's latest event, in the same snapshot."""
 
 
-class _Track:
+class _TrackCursor:
     """A watched track: its cursor, and whether it is starting or catching up."""
 
     __slots__ = (
@@ -180,16 +189,16 @@ class Feed:
         self,
         hub: Hub,
         log: Log,
-        channels: Channels,
+        listening: Listening,
         on_lag: Callable[[float], None] | None = None,
-        page: int = PAGE,
+        page: int = EVENT_PAGE,
     ) -> None:
         self._hub = hub
         self._log = log
-        self._channels = channels
+        self._listening = listening
         self._on_lag = on_lag
         self._page = page
-        self._tracks: dict[str, _Track] = {}
+        self._tracks: dict[str, _TrackCursor] = {}
         self._reconnects = 0
         self.access_epoch = 0
         """Goes up whenever a revocation may have passed a socket being admitted: a revocation
@@ -307,15 +316,14 @@ class Feed:
         the tracks where they differ: events to read, or another history (a failover that lost
         commits: the catch-up finds the cursor's event is not the log's, and the sockets reload).
         The catch-ups it started."""
-        delay = _RETRY_FIRST
+        backoff = Backoff(_RETRY_FIRST, _RETRY_MOST)
         while True:
             tracks = {t: track for t, track in self._tracks.items() if _started(track)}
             try:
                 latest = await self._log.latest(list(tracks)) if tracks else {}
             except Exception as exc:
                 log.warning("catching up with the log failed (%s), retrying", one_line(exc))
-                await asyncio.sleep(delay)
-                delay = min(_RETRY_MAX, delay * 2)
+                await backoff.wait()
                 continue
             break
         catching_up = []
@@ -348,7 +356,7 @@ class Feed:
                 self.access_epoch += 1
                 self._ask_recheck((user, sub.track_id) for sub in self._hub.user_sockets(user))
             case Ephemeral(track_id=track_id, message=message):
-                self._hub.send_track(track_id, [(0, text_frame(bytes(message)))])
+                self._hub.send_track(track_id, [(EPHEMERAL, text_frame(bytes(message)))])
 
     # -----------------------------------------------------------------------------------------
     # Background work, run by the replica for as long as it serves
@@ -374,6 +382,7 @@ class Feed:
 
     async def enforce_access(self) -> None:
         """Close the sockets whose user may no longer see their track, as revocations come in."""
+        recheck_backoff = Backoff(_RECHECK_RETRY, _RECHECK_RETRY)
         while True:
             await self._recheck_wake.wait()
             self._recheck_wake.clear()
@@ -383,8 +392,9 @@ class Feed:
             except Exception as exc:
                 log.warning("access not checked again (will retry): %s", type(exc).__name__)
                 self._ask_recheck(pairs)
-                await asyncio.sleep(_RETRY_FIRST * 10)
+                await recheck_backoff.wait()
                 continue
+            recheck_backoff.reset()
             refused: dict[str, set[int]] = {}
             for user_id, track_id in set(pairs) - allowed:
                 refused.setdefault(track_id, set()).add(user_id)
@@ -405,10 +415,10 @@ class Feed:
     # Tracks
     # -----------------------------------------------------------------------------------------
 
-    def _join_track(self, track_id: str) -> _Track:
+    def _join_track(self, track_id: str) -> _TrackCursor:
         track = self._tracks.get(track_id)
         if track is None or (track.ready.done() and track.ready.exception() is not None):
-            track = self._tracks[track_id] = _Track()
+            track = self._tracks[track_id] = _TrackCursor()
             self._spawn(self._start(track_id, track))
         track.sockets += 1
         if track.forget is not None:
@@ -416,28 +426,28 @@ class Feed:
             track.forget = None
         return track
 
-    async def _joined(self, sub: Subscriber, track: _Track) -> None:
+    async def _joined(self, sub: Subscriber, track: _TrackCursor) -> None:
         await asyncio.shield(track.ready)
-        if sub.user_id != ANONYMOUS and await self._channels.listen([user_topic(sub.user_id)]):
+        if sub.user_id != ANONYMOUS and await self._listening.listen([user_topic(sub.user_id)]):
             self.access_epoch += 1  # a revocation before this LISTEN went unheard here
 
-    def _leave_track(self, track_id: str, track: _Track) -> None:
+    def _leave_track(self, track_id: str, track: _TrackCursor) -> None:
         track.sockets -= 1
         if track.sockets == 0 and self._tracks.get(track_id) is track:
             loop = asyncio.get_running_loop()
             track.forget = loop.call_later(_FORGET_AFTER, self._forget_track, track_id, track)
 
-    def _forget_track(self, track_id: str, track: _Track) -> None:
+    def _forget_track(self, track_id: str, track: _TrackCursor) -> None:
         if track.sockets == 0 and self._tracks.get(track_id) is track:
             del self._tracks[track_id]
-            self._channels.unlisten([track_topic(track_id)])
+            self._listening.unlisten([track_topic(track_id)])
 
-    async def _start(self, track_id: str, track: _Track) -> None:
+    async def _start(self, track_id: str, track: _TrackCursor) -> None:
         """Listen on the track's channel, then read its cursor (in that order: an event that
         commits in between is in the cursor, or notified, or both)."""
         reconnects = self._reconnects
         try:
-            if await self._channels.listen([track_topic(track_id)]):
+            if await self._listening.listen([track_topic(track_id)]):
                 self.access_epoch += 1  # a revocation before this LISTEN went unheard here
             latest = await self._cursor(track_id)
         except BaseException as exc:
@@ -504,7 +514,7 @@ class Feed:
         if _started(track):
             self._fill(track_id, track)
 
-    def _fill(self, track_id: str, track: _Track) -> asyncio.Task[None] | None:
+    def _fill(self, track_id: str, track: _TrackCursor) -> asyncio.Task[None] | None:
         """Catch the track up from the log, in a task of its own (one at a time per track); the
         task, when this call started it."""
         if track.filling:
@@ -512,8 +522,8 @@ class Feed:
         track.filling = True
         return self._spawn(self._catch_up(track_id, track))
 
-    async def _catch_up(self, track_id: str, track: _Track) -> None:
-        delay = _RETRY_FIRST
+    async def _catch_up(self, track_id: str, track: _TrackCursor) -> None:
+        backoff = Backoff(_RETRY_FIRST, _RETRY_MOST)
         try:
             while self._tracks.get(track_id) is track:
                 try:
@@ -521,14 +531,13 @@ class Feed:
                         return
                 except Exception as exc:
                     log.warning("track %r: catch-up failed (%s), retrying", track_id[:100], one_line(exc))
-                    await asyncio.sleep(delay)
-                    delay = min(_RETRY_MAX, delay * 2)
+                    await backoff.wait()
                 else:
-                    delay = _RETRY_FIRST
+                    backoff.reset()
         finally:
             track.filling = False
 
-    async def _catch_up_page(self, track_id: str, track: _Track) -> bool:
+    async def _catch_up_page(self, track_id: str, track: _TrackCursor) -> bool:
         """Read the log after the track's cursor once (one snapshot) and deliver what follows it;
         False when the track is caught up."""
         asked, track.check = track.wanted, False
@@ -593,14 +602,14 @@ class Feed:
             end = Cursor(seq, tag)
         return _Read(frames, end, len(rows) >= self._page and len(frames) == len(rows), lost, page.latest)
 
-    def _resync(self, track_id: str, track: _Track, at: Cursor) -> None:
+    def _resync(self, track_id: str, track: _TrackCursor, at: Cursor) -> None:
         """Tell the track's sockets to reload; numbering goes on after `at`."""
         log.info("track %r: seq %d -> %d, sockets told to resync", track_id[:100], track.last_seq, at.seq)
         track.move(at)
         track.wanted = max(track.wanted, at.seq)
         for sub in self._hub.track_sockets(track_id):
             sub.skip_through = min(sub.skip_through, at.seq)
-        self._hub.send_track(track_id, [(0, resync_frame(track_id, at))])
+        self._hub.send_track(track_id, [(EPHEMERAL, resync_frame(track_id, at))])
 
     # -----------------------------------------------------------------------------------------
     # Users
@@ -625,7 +634,7 @@ class Feed:
         self._user_forget.pop(user_id, None)
         if self._users.get(user_id) == 0:
             del self._users[user_id]
-            self._channels.unlisten([user_topic(user_id)])
+            self._listening.unlisten([user_topic(user_id)])
 
     def _user_batch(self, batch: UserBatch) -> None:
         """Queue the user's new notifications for the user lane (once each, while fresh)."""
@@ -661,7 +670,7 @@ def _stale(at: float, seconds: float) -> bool:
     return time.time() - at > seconds
 
 
-def _started(track: _Track) -> bool:
+def _started(track: _TrackCursor) -> bool:
     return track.ready.done() and track.ready.exception() is None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from app.live import close_codes
-from app.live.subscriber import ANONYMOUS, Subscriber
+from app.live.subscriber import ANONYMOUS, EPHEMERAL, Subscriber
 
 
 class TooManySockets(Exception):
@@ -63,7 +63,7 @@ class Hub:
                 del self.users[sub.user_id]
 
     def send_track(self, track_id: str, frames: list[tuple[int, bytes]]) -> None:
-        """Offer frames (seq, bytes; seq 0 for ephemeral ones) to every socket of a track, in
+        """Offer frames (seq, bytes; EPHEMERAL for the ones not kept) to every socket of a track, in
         order; each socket writes them at once, in one write."""
         subs = self.tracks.get(track_id)
         if not subs:
@@ -80,13 +80,13 @@ class Hub:
 
     def offer_each(self, subs: Iterable[Subscriber], frame: bytes) -> None:
         """Offer one ephemeral frame to each of `subs` (some of a track's sockets, chosen)."""
-        self.delivered += sum(sub.offer(0, frame) for sub in subs)
+        self.delivered += sum(sub.offer(EPHEMERAL, frame) for sub in subs)
 
     def send_user(self, user_id: int, frame: bytes) -> None:
         """Offer a frame to every socket of a user, whatever track it watches."""
         subs = self.users.get(user_id)
         if subs and user_id != ANONYMOUS:
-            self.delivered += sum(sub.offer(0, frame) for sub in subs)
+            self.delivered += sum(sub.offer(EPHEMERAL, frame) for sub in subs)
 
     def track_sockets(self, track_id: str) -> Iterable[Subscriber]:
         """The sockets of a track (a copy: safe to close them while iterating)."""

@@ -15,6 +15,9 @@ from app.live import close_codes
 
 ANONYMOUS = 0
 """The user id of a socket without a token (never a users.id: ids start at 1)."""
+EPHEMERAL = 0
+"""The seq of a frame that is not durable (typing, presence, resync, an error, a joined chunk of
+frames): never skipped as one the client has (durable seqs start at 1)."""
 WRITE_MOST = 64 * 1024
 """Bytes of frames joined before they are written (the frame that reaches it is the write's
 last): the bound is checked after each write, so a socket's unsent bytes never pass it by more
@@ -89,10 +92,10 @@ class Subscriber:
         return self.closed_for is close_codes.TOO_SLOW
 
     def offer(self, seq: int, frame: bytes) -> bool:
-        """Send one frame (seq 0: not durable); False when the subscriber is closed or too slow."""
+        """Send one frame (seq EPHEMERAL: not durable); False when the subscriber is closed or too slow."""
         if self.closed_for is not None:
             return False
-        if seq and seq <= self.skip_through:
+        if seq != EPHEMERAL and seq <= self.skip_through:
             return True  # the client has it already
         if not self.live:
             return self._hold(seq, frame)
@@ -114,15 +117,15 @@ class Subscriber:
         chunk: list[bytes] = []
         size = 0
         for seq, frame in frames:
-            if seq and seq <= skip:
+            if seq != EPHEMERAL and seq <= skip:
                 continue
             chunk.append(frame)
             size += len(frame)
             if size >= WRITE_MOST:  # written, and the bound checked, before more is joined
-                if not self.offer(0, b"".join(chunk)):
+                if not self.offer(EPHEMERAL, b"".join(chunk)):
                     return False
                 chunk, size = [], 0
-        return self.offer(0, b"".join(chunk)) if chunk else True
+        return self.offer(EPHEMERAL, b"".join(chunk)) if chunk else True
 
     def behind(self) -> bool:
         """Open, live, and more than half its bound unsent (a catch-up lets it drain first)."""

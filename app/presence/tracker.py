@@ -110,7 +110,7 @@ class Table(Protocol):
         """The count of a track from the rows of the other live replicas."""
 
 
-class _Track:
+class _TrackPresence:
     """One track as presence sends it: its listeners (the roster's), what its sockets were last
     told, and the timers."""
 
@@ -154,7 +154,7 @@ class Presence:
         self._timing = timing or Timing()
         self._roster = Roster(replica, self._timing.dead_after)
         self._instance = os.urandom(8).hex()
-        self._tracks: dict[str, _Track] = {}
+        self._tracks: dict[str, _TrackPresence] = {}
         self._dirty: set[str] = set()
         """Tracks whose row must be written (their users or anonymous sockets here changed)."""
         self._empty_rows: dict[str, float] = {}
@@ -206,7 +206,7 @@ class Presence:
         track = self._tracks.get(track_id)
         if track is None:
             listeners = self._roster.tracks[track_id] = TrackListeners()
-            track = self._tracks[track_id] = _Track(listeners)
+            track = self._tracks[track_id] = _TrackPresence(listeners)
             self._fresh.add(track_id)
             self._wake.set()
         if track.forget is not None:
@@ -233,7 +233,7 @@ class Presence:
             track.forget = loop.call_later(self._timing.keep_track, self._let_go, track_id, track)
         self._changed(track_id, track, leaving=sub)
 
-    def _let_go(self, track_id: str, track: _Track) -> None:
+    def _let_go(self, track_id: str, track: _TrackPresence) -> None:
         """The track has had no socket here for a while: stop following it."""
         if track.listeners.empty_here and self._tracks.get(track_id) is track:
             del self._tracks[track_id]
@@ -246,7 +246,7 @@ class Presence:
     # Sending
     # -----------------------------------------------------------------------------------------
 
-    def _changed(self, track_id: str, track: _Track, leaving: Subscriber | None = None) -> None:
+    def _changed(self, track_id: str, track: _TrackPresence, leaving: Subscriber | None = None) -> None:
         """The count may have changed: send it now, or when the track's second is up (`leaving`:
         a socket on its way out, still in the hub)."""
         if not track.listeners.loaded or track.timer is not None:
@@ -260,7 +260,7 @@ class Presence:
         else:
             track.timer = loop.call_at(due, self._send, track_id, track)
 
-    def _send(self, track_id: str, track: _Track, leaving: Subscriber | None = None) -> None:
+    def _send(self, track_id: str, track: _TrackPresence, leaving: Subscriber | None = None) -> None:
         """Tell each socket of the track the count, unless it is what the socket was last told."""
         track.timer = None
         if self._tracks.get(track_id) is not track:
