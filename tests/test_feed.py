@@ -272,7 +272,7 @@ async def test_a_catch_up_of_2000_events_arrives_as_events_not_resync(world: Wor
     await until(lambda: len(sock.seqs) == 2000, "all 2000")
     assert sock.seqs == list(range(1, 2001))
     assert not [m for m in sock.messages if m["type"] == "resync"]
-    await until(lambda: not world.feed._tracks[T].filling, "the catch-up to end")
+    await until(lambda: not world.feed.cursors._tracks[T].filling, "the catch-up to end")
     assert world.log.reads == 5  # four full pages and the short one that ends it
     await world.feed.stop()
 
@@ -544,7 +544,7 @@ async def test_notifications_are_read_once_and_sent_to_their_users_sockets(world
         world.feed.on_notice(Opened(batch))  # replayed: not sent again
         world.feed.on_notice(Opened(UserBatch(user=1, ids=[42], at=time.time() - 3600)))  # old news
         await until(lambda: bool(mine.messages), "the notification")
-        await until(world.feed._user_lane.empty, "the lane to go through its queue")
+        await until(world.feed.user_lane._queue.empty, "the lane to go through its queue")
     finally:
         lane.cancel()
     assert [m["type"] for m in mine.messages] == ["notification"]
@@ -648,6 +648,6 @@ async def test_a_catch_up_ends_when_the_log_lacks_events_the_track_numbered(worl
     world.log.write(T, 4)  # 1..4 committed, their notices not yet here ...
     world.log.delete_track(T)  # ... and gone with the track
     world.feed.on_notice(Opened(TrackBatch(track_id=T, first=4, last=4, at=time.time())))
-    await until(lambda: not world.feed._tracks[T].filling, "the catch-up to end", turns=200)
+    await until(lambda: not world.feed.cursors._tracks[T].filling, "the catch-up to end", turns=200)
     assert [m["type"] for m in sock.messages] == ["resync"] and sock.messages[0]["seq"] == 4
     assert world.log.reads <= 2

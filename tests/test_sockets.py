@@ -303,7 +303,8 @@ async def test_anonymous_typing_gets_an_error_and_is_not_relayed(services: FakeS
 async def test_a_track_and_a_user_without_sockets_are_unlistened_once_forgotten(
     services: FakeServices, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("app.live.feed._FORGET_AFTER", 0.01)
+    monkeypatch.setattr("app.live.cursors._FORGET_AFTER", 0.01)
+    monkeypatch.setattr("app.live.user_lane._FORGET_AFTER", 0.01)
     client = await connect(services)
     await client.connected()
     channels = {track_topic(T), user_topic(ALICE)}
@@ -318,7 +319,8 @@ async def test_a_track_and_a_user_without_sockets_are_unlistened_once_forgotten(
 async def test_a_socket_that_comes_back_in_time_keeps_its_channels(
     services: FakeServices, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("app.live.feed._FORGET_AFTER", 0.05)
+    monkeypatch.setattr("app.live.cursors._FORGET_AFTER", 0.05)
+    monkeypatch.setattr("app.live.user_lane._FORGET_AFTER", 0.05)
     first = await connect(services)
     await first.connected()
     first.conn.client_leaves()

@@ -72,6 +72,11 @@ _NAMES_KEPT = 100_000
 """Channel names remembered (a name costs an HMAC to make)."""
 
 
+def stale(at: float, seconds: float) -> bool:
+    """A signed payload made more than `seconds` ago (or without a time: `at` 0)."""
+    return time.time() - at > seconds
+
+
 def track_topic(track_id: str) -> str:
     """What names the channel of a track's events (see Codec.channel)."""
     return "track " + track_id
