@@ -106,7 +106,8 @@ def _load_demo(url: str) -> None:
 
 
 def cmd_migrate(_: argparse.Namespace) -> None:
-    """Apply sql/schema.sql and sql/triggers.sql."""
+    """Bring the database to this version: the steps of sql/upgrade/ above its version, then
+    sql/schema.sql and sql/triggers.sql."""
     with database() as (url, _created):
         version = migrate(url)
     print(f"tracktalk: schema version {version} applied")
@@ -152,9 +153,10 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(run=cmd_serve)
-    commands.add_parser("migrate", help="apply sql/schema.sql and sql/triggers.sql").set_defaults(
-        run=cmd_migrate
-    )
+    commands.add_parser(
+        "migrate",
+        help="apply the SQL: sql/upgrade/ steps above the database's version, sql/schema.sql, sql/triggers.sql",
+    ).set_defaults(run=cmd_migrate)
     token = commands.add_parser("token", help="print an access token for a user")
     token.add_argument("user_id", type=int, metavar="USER_ID")
     token.add_argument("--ttl", type=int, default=DEFAULT_TTL, metavar="SECONDS")

@@ -1,13 +1,16 @@
 -- tracktalk: tables.
 --
--- Safe to run again and again: every statement creates only what is missing, or turns what an
--- older version made into what this one needs (no rows of the app's are dropped).
--- Apply it, then sql/triggers.sql, in one transaction:
+-- What is, readable top to bottom: the tables, then the views. Safe to run again and again:
+-- every statement creates only what is missing. Apply it, then sql/triggers.sql, in one
+-- transaction:
 --
 --     psql "$DATABASE_URL" -v ON_ERROR_STOP=1 --single-transaction \
 --          -f sql/schema.sql -f sql/triggers.sql
 --
--- or run `tracktalk migrate`, which does exactly that. See docs/dba.md.
+-- A database made by an older version first takes the steps of sql/upgrade/ above its version, in
+-- order, in the same transaction (they change what these files would not: a column added to a
+-- table that exists, what a version no longer has). `tracktalk migrate` does all of it. See
+-- docs/dba.md.
 --
 -- The tables in the public schema are the ones other services may write to directly
 -- (comments, comment_likes, track_likes, track_shares); their writes go live through the
@@ -159,12 +162,11 @@ CREATE TABLE IF NOT EXISTS tracktalk.settings (
     -- Team members (users.is_team) get a 'comment' notification for every comment.
     notify_team      boolean NOT NULL DEFAULT true,
     -- How long tracktalk.events keeps an event for resume and catch-up.
-    event_retention  interval NOT NULL DEFAULT '24 hours' CHECK (event_retention > interval '0')
-);
--- How long a notification is kept, read or not (tracktalk.prune_notifications).
-ALTER TABLE tracktalk.settings ADD COLUMN IF NOT EXISTS
+    event_retention  interval NOT NULL DEFAULT '24 hours' CHECK (event_retention > interval '0'),
+    -- How long a notification is kept, read or not (tracktalk.prune_notifications).
     notification_retention interval NOT NULL DEFAULT '90 days'
-        CONSTRAINT settings_notification_retention_positive CHECK (notification_retention > interval '0');
+        CONSTRAINT settings_notification_retention_positive CHECK (notification_retention > interval '0')
+);
 INSERT INTO tracktalk.settings DEFAULT VALUES ON CONFLICT (singleton) DO NOTHING;
 
 -- One row per track: the last event number, and the track's counters (sent with its events).
@@ -177,14 +179,13 @@ CREATE TABLE IF NOT EXISTS tracktalk.track_state (
     last_seq  bigint NOT NULL DEFAULT 0 CHECK (last_seq >= 0),
     comments  bigint NOT NULL DEFAULT 0 CHECK (comments >= 0),
     likes     bigint NOT NULL DEFAULT 0 CHECK (likes >= 0),
-    shares    bigint NOT NULL DEFAULT 0 CHECK (shares >= 0)
+    shares    bigint NOT NULL DEFAULT 0 CHECK (shares >= 0),
+    -- The tag of the track's latest event (tracktalk.events.tag), and of the one before the last
+    -- statement's first (publish() reads it back: the UPDATE's SET sees the old row). NULL before
+    -- the first event, or for events made before tags.
+    last_tag  text,
+    prev_tag  text
 );
-ALTER TABLE tracktalk.track_state DROP CONSTRAINT IF EXISTS track_state_track_id_fkey;
--- The tag of the track's latest event (tracktalk.events.tag), and of the one before the last
--- statement's first (publish() reads it back: the UPDATE's SET sees the old row). NULL before the
--- first event, or for events made before tags.
-ALTER TABLE tracktalk.track_state ADD COLUMN IF NOT EXISTS last_tag text;
-ALTER TABLE tracktalk.track_state ADD COLUMN IF NOT EXISTS prev_tag text;
 
 -- Like counts of comments, kept by the comment_likes trigger (no COUNT(*) per read).
 CREATE TABLE IF NOT EXISTS tracktalk.comment_stats (
@@ -199,25 +200,24 @@ CREATE TABLE IF NOT EXISTS tracktalk.events (
     seq         bigint NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
     message     json NOT NULL,
+    -- Random, made with the event (one per statement and track): after a failover that lost
+    -- commits the new primary numbers new events with the seqs of lost ones, and their tags tell
+    -- them apart. Every message carries it; a client resumes with since=SEQ&tag=TAG
+    -- (docs/protocol.md). NULL for events made before tags.
+    tag         text,
+    -- The tag of the event before (seq - 1), so that a reader can check that the log goes on from
+    -- the event it has, even when that one is no longer kept.
+    prev_tag    text,
     PRIMARY KEY (track_id, seq)
 );
 CREATE INDEX IF NOT EXISTS events_created_at ON tracktalk.events (created_at);
--- Random, made with the event (one per statement and track): after a failover that lost commits
--- the new primary numbers new events with the seqs of lost ones, and their tags tell them apart.
--- Every message carries it; a client resumes with since=SEQ&tag=TAG (docs/protocol.md). prev_tag
--- is the tag of the event before (seq - 1), so that a reader can check that the log goes on from
--- the event it has, even when that one is no longer kept. NULL for events made before tags.
-ALTER TABLE tracktalk.events ADD COLUMN IF NOT EXISTS tag text;
-ALTER TABLE tracktalk.events ADD COLUMN IF NOT EXISTS prev_tag text;
 
 -- What each user wrote through the API lately, by kind: comment posts ('comment', the
 -- comments-per-minute limit) and every other write ('write': edits, comment and track likes
 -- and unlikes, shares; the writes-per-minute limit). What the limits count
 -- (tracktalk.wait_to_write), on every replica alike. Posts, not comments: deleting a comment
 -- gives no room back. UNLOGGED (no WAL): after a crash it starts empty, which forgives at most a
--- minute of writing. Pruned with the events (tracktalk.prune_events). It replaces
--- tracktalk.comment_posts, which counted comment posts only.
-DROP TABLE IF EXISTS tracktalk.comment_posts;
+-- minute of writing. Pruned with the events (tracktalk.prune_events).
 CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.recent_writes (
     user_id  bigint NOT NULL,
     kind     text NOT NULL CHECK (kind IN ('comment', 'write')),
@@ -261,18 +261,6 @@ CREATE TABLE IF NOT EXISTS tracktalk.comment_mentions (
     PRIMARY KEY (comment_id, user_id)
 );
 CREATE INDEX IF NOT EXISTS comment_mentions_user_id ON tracktalk.comment_mentions (user_id);
--- In a database that had mentions before this table (it is empty then), they count toward their
--- comment's ten.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM tracktalk.comment_mentions) THEN
-        INSERT INTO tracktalk.comment_mentions (comment_id, user_id)
-        SELECT comment_id, user_id FROM notifications
-         WHERE kind = 'mention' AND comment_id IS NOT NULL
-        ON CONFLICT DO NOTHING;
-    END IF;
-END
-$$;
 
 -- Who is here (app/presence.py). Each replica keeps, per track it has sockets on, one row of the
 -- distinct users it has there and its anonymous sockets; it writes only the tracks whose set

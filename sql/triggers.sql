@@ -1,7 +1,10 @@
 -- tracktalk: what makes a change go live, whoever makes it.
 --
 -- Apply after sql/schema.sql, in the same transaction (see the head of that file). Safe to run
--- again and again: functions are replaced, triggers dropped and created anew.
+-- again and again: functions are replaced, triggers dropped and created anew. It holds what is,
+-- top to bottom: shared functions, the channels and their key, publishing, the triggers of each
+-- table, maintenance (last: the version stamp). What turns an older schema into this one is in
+-- sql/upgrade/, one numbered file per version.
 --
 -- How an event travels:
 --   1. A statement changes comments, comment_likes, track_likes or track_shares.
@@ -42,6 +45,10 @@
 -- tables public.<table>: a service whose search_path lacks public writes all the same.
 SET search_path = public;
 
+---------------------------------------------------------------------------------------------
+-- Shared functions
+---------------------------------------------------------------------------------------------
+
 -- Largest NOTIFY payload we send; PostgreSQL refuses 8000 bytes and more.
 CREATE OR REPLACE FUNCTION tracktalk.max_payload() RETURNS integer
 LANGUAGE sql IMMUTABLE AS $$ SELECT 7900 $$;
@@ -53,8 +60,105 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT 7900 $$;
 CREATE OR REPLACE FUNCTION tracktalk.max_mentions() RETURNS integer
 LANGUAGE sql IMMUTABLE AS $$ SELECT 10 $$;
 
+-- A time as the JSON of every message and answer writes it (HTTP answers are msgspec's, and
+-- this is exactly what msgspec writes for a UTC time): RFC 3339 in UTC with `Z`, microseconds
+-- as six digits, left out when they are zero. to_json would write the session's zone
+-- (`+00:00`) and drop trailing zeros (`.69860`).
+CREATE OR REPLACE FUNCTION tracktalk.json_time(t timestamptz) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+        || CASE WHEN extract(microseconds FROM t)::bigint % 1000000 = 0 THEN ''
+                ELSE to_char(t AT TIME ZONE 'UTC', '.US') END
+        || 'Z'
+$$;
+
+-- A comment of tracktalk.comment_objects as the messages carry it (the same for everyone:
+-- user_has_liked is false).
+CREATE OR REPLACE FUNCTION tracktalk.comment_json(o tracktalk.comment_objects) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT to_jsonb(o) || jsonb_build_object('user_has_liked', false,
+                                             'created_at', tracktalk.json_time(o.created_at),
+                                             'last_edited_at', tracktalk.json_time(o.last_edited_at))
+$$;
+
+-- A notification of tracktalk.notification_objects as the `notification` message carries it.
+CREATE OR REPLACE FUNCTION tracktalk.notification_json(n tracktalk.notification_objects) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT to_jsonb(n) || jsonb_build_object('created_at', tracktalk.json_time(n.created_at),
+                                             'read_at', tracktalk.json_time(n.read_at))
+$$;
+
+-- Can `viewer` see `track`? Private tracks are for their album's creator and team members
+-- (NULL when there is no such track). Every API request asks it. PL/pgSQL keeps the query's
+-- plan for the session: as a LANGUAGE sql function (which PostgreSQL cannot inline: its body
+-- reads tables) it was parsed and planned again in every query that called it, about 0.13 ms
+-- of the server's CPU per request.
+CREATE OR REPLACE FUNCTION tracktalk.can_see(viewer bigint, track text) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT NOT t.is_private
+                   OR a.created_by_id = viewer
+                   OR EXISTS (SELECT 1 FROM public.users u WHERE u.id = viewer AND u.is_team)
+              FROM public.tracks t
+              JOIN public.albums a ON a.id = t.album_id
+             WHERE t.id = track);
+END
+$$;
+
+-- Usernames @mentioned in `content`, lower-cased, each once, in the order of their first
+-- appearance (read it WITH ORDINALITY). An @ inside a word (mail addresses) is no mention.
+CREATE OR REPLACE FUNCTION tracktalk.mentioned_names(content text) RETURNS SETOF text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT name
+      FROM regexp_matches(content, '(?<![A-Za-z0-9_])@([A-Za-z0-9_]{1,64})', 'g') WITH ORDINALITY AS m (match, at)
+     CROSS JOIN LATERAL lower(m.match[1]) AS name
+     GROUP BY name
+     ORDER BY min(m.at)
+$$;
+
+-- Seconds until `author` may write again through the API, by `kind` ('comment': a post;
+-- 'write': an edit, a comment like or unlike, a track like, unlike or share): 0 while they made
+-- fewer than `most` writes of that kind within `per`, and then this one is counted (in
+-- tracktalk.recent_writes, in the caller's transaction: a write that fails is not counted); else
+-- until the `most`-th newest of those leaves the window. One user's writes of a kind are taken in
+-- turn here (the lock of the user's row of that kind in tracktalk.write_turns, held to commit;
+-- each kind its own, so that posts and likes queue apart), so that replicas answering at the same
+-- moment cannot both let the last one through. Only tracktalk's owner can take that lock: not an
+-- advisory lock, whose keys any role that can connect may compute and hold. A write that changes
+-- nothing (a second like) counts: it is a request, and it costs one. Expects READ COMMITTED
+-- (PostgreSQL's default; the app's pool sets it). SECURITY DEFINER: it writes
+-- tracktalk.recent_writes and tracktalk.write_turns as their owner, so the app role needs no grant
+-- on them.
+CREATE OR REPLACE FUNCTION tracktalk.wait_to_write(author bigint, kind text, most integer, per interval)
+RETURNS double precision
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    nth timestamptz;
+BEGIN
+    -- The user's turn: lock the row, made on the first write of the kind. A writer that finds no
+    -- row inserts it (a second one waits on that insert, finds it made, and locks it next).
+    LOOP
+        PERFORM FROM tracktalk.write_turns t WHERE t.user_id = author AND t.kind = wait_to_write.kind FOR UPDATE;
+        EXIT WHEN FOUND;
+        INSERT INTO tracktalk.write_turns (user_id, kind) VALUES (author, wait_to_write.kind) ON CONFLICT DO NOTHING;
+    END LOOP;
+    DELETE FROM tracktalk.recent_writes w WHERE w.user_id = author AND w.kind = wait_to_write.kind AND w.at <= now() - per;
+    SELECT w.at INTO nth
+      FROM tracktalk.recent_writes w
+     WHERE w.user_id = author AND w.kind = wait_to_write.kind
+     ORDER BY w.at DESC
+    OFFSET greatest(most, 1) - 1
+     LIMIT 1;
+    IF nth IS NOT NULL THEN
+        RETURN greatest(extract(epoch FROM nth + per - clock_timestamp())::double precision, 0.001);
+    END IF;
+    INSERT INTO tracktalk.recent_writes (user_id, kind) VALUES (author, wait_to_write.kind);
+    RETURN 0;
+END
+$$;
+
 ---------------------------------------------------------------------------------------------
--- Channels and their key
+-- Channels, their key, and signed notices
 ---------------------------------------------------------------------------------------------
 
 -- HMAC-SHA256 of `body`'s UTF-8 bytes, in hex, under the key whose pads (tracktalk.channel_key's
@@ -107,27 +211,6 @@ BEGIN
        SET key = excluded.key, inner_pad = excluded.inner_pad, outer_pad = excluded.outer_pad;
 END
 $$;
-
--- The key changed (rotate_channel_key, or any UPDATE of it): said on the OLD key's 'rekey'
--- channel, signed with the old key, so that only the replicas, which listen there, hear it; they
--- read the new key and LISTEN under the new names (app/listener.py). A key changed with the
--- triggers off (session_replication_role = replica) is noticed by the replicas within a minute.
-CREATE OR REPLACE FUNCTION tracktalk.channel_key_changed() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    body constant text := format('{"k":"rekey","at":%s}', round(extract(epoch FROM clock_timestamp()), 6));
-BEGIN
-    PERFORM pg_notify(tracktalk.channel_name(OLD.inner_pad, OLD.outer_pad, 'rekey'),
-                      tracktalk.hmac(OLD.inner_pad, OLD.outer_pad, body) || ' ' || body);
-    RETURN NULL;
-END
-$$;
-
-DROP TRIGGER IF EXISTS channel_key_changed ON tracktalk.channel_key;
-CREATE TRIGGER channel_key_changed
-    AFTER UPDATE ON tracktalk.channel_key
-    FOR EACH ROW WHEN (OLD.key IS DISTINCT FROM NEW.key)
-    EXECUTE FUNCTION tracktalk.channel_key_changed();
 
 -- `body` signed: HMAC-SHA256 of its UTF-8 bytes under the channel key, in hex, a space, `body`.
 CREATE OR REPLACE FUNCTION tracktalk.sign(body text) RETURNS text
@@ -268,7 +351,6 @@ $$;
 -- Announces notifications rows on their recipients' channels: ids only. The replicas where a
 -- recipient has a socket read the messages (tracktalk.user_messages) after the commit, so the
 -- writer never pays for building messages that nobody may read.
-DROP FUNCTION IF EXISTS tracktalk.announce_notifications(bigint[]);
 CREATE OR REPLACE FUNCTION tracktalk.announce_notifications(ids bigint[], recipients bigint[])
 RETURNS void
 LANGUAGE plpgsql AS $$
@@ -290,34 +372,6 @@ BEGIN
         END LOOP;
     END LOOP;
 END
-$$;
-
--- A time as the JSON of every message and answer writes it (HTTP answers are msgspec's, and
--- this is exactly what msgspec writes for a UTC time): RFC 3339 in UTC with `Z`, microseconds
--- as six digits, left out when they are zero. to_json would write the session's zone
--- (`+00:00`) and drop trailing zeros (`.69860`).
-CREATE OR REPLACE FUNCTION tracktalk.json_time(t timestamptz) RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
-        || CASE WHEN extract(microseconds FROM t)::bigint % 1000000 = 0 THEN ''
-                ELSE to_char(t AT TIME ZONE 'UTC', '.US') END
-        || 'Z'
-$$;
-
--- A comment of tracktalk.comment_objects as the messages carry it (the same for everyone:
--- user_has_liked is false).
-CREATE OR REPLACE FUNCTION tracktalk.comment_json(o tracktalk.comment_objects) RETURNS jsonb
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT to_jsonb(o) || jsonb_build_object('user_has_liked', false,
-                                             'created_at', tracktalk.json_time(o.created_at),
-                                             'last_edited_at', tracktalk.json_time(o.last_edited_at))
-$$;
-
--- A notification of tracktalk.notification_objects as the `notification` message carries it.
-CREATE OR REPLACE FUNCTION tracktalk.notification_json(n tracktalk.notification_objects) RETURNS jsonb
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT to_jsonb(n) || jsonb_build_object('created_at', tracktalk.json_time(n.created_at),
-                                             'read_at', tracktalk.json_time(n.read_at))
 $$;
 
 -- The messages that tell recipients about notifications `ids`, in id order: none for a recipient
@@ -345,170 +399,6 @@ BEGIN
     ) AS m
     ORDER BY m.id, m.part;
 END
-$$;
-
--- Sets a track's counters from its rows (one scan of each table), making its row in
--- tracktalk.track_state if it has none. For a track made while the triggers were off, or by a
--- DBA who suspects drift: SELECT tracktalk.recount(id) FROM tracks;
--- Inside a statement whose trigger is about to add that statement's changes to the counters
--- (publish() on a track without a row), pass those changes as the deltas: the rows already hold
--- them, so they are left out here and counted once, by publish().
--- It first takes the counter row's lock (writers to the track take it too, and hold it to
--- commit), so that a writer still running finishes first and its rows are counted, and later
--- writers wait; then counts from a fresh snapshot (READ COMMITTED: each statement takes one).
-DROP FUNCTION IF EXISTS tracktalk.recount(text);
-CREATE OR REPLACE FUNCTION tracktalk.recount(
-    track           text,
-    comments_delta  bigint DEFAULT 0,
-    likes_delta     bigint DEFAULT 0,
-    shares_delta    bigint DEFAULT 0
-) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    INSERT INTO tracktalk.track_state AS s (track_id)
-    SELECT t.id FROM public.tracks t WHERE t.id = track
-    ON CONFLICT (track_id) DO UPDATE SET last_seq = s.last_seq;
-    UPDATE tracktalk.track_state AS s
-       SET comments = greatest((SELECT count(*) FROM public.comments WHERE track_id = track) - comments_delta, 0),
-           likes = greatest((SELECT count(*) FROM public.track_likes WHERE track_id = track) - likes_delta, 0),
-           shares = greatest((SELECT count(*) FROM public.track_shares WHERE track_id = track) - shares_delta, 0)
-     WHERE s.track_id = track;
-END
-$$;
-
--- Deletes at most `most` notifications past settings.notification_retention, read or not, the
--- oldest first (index notifications_created_at), skipping rows that another transaction holds
--- (a replica pruning at the same moment, a user marking them read): a short transaction that
--- keeps few rows locked, however many have expired. Returns how many went. SECURITY DEFINER, as
--- prune_events, which calls it. Planned for each call (force_custom_plan), with the cutoff known:
--- a plan made for an unknown cutoff expects a third of the table to be past it.
-CREATE OR REPLACE FUNCTION tracktalk.prune_notifications(most integer DEFAULT 10000) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_custom_plan
-AS $$
-DECLARE
-    cutoff constant timestamptz := now() - (SELECT notification_retention FROM tracktalk.settings);
-    gone bigint;
-BEGIN
-    -- The batch's ids, then each row by its primary key (`id IN (SELECT ...)` is planned as a
-    -- hash join over the whole table).
-    DELETE FROM public.notifications
-     WHERE id = ANY (ARRAY(SELECT n.id
-                             FROM public.notifications n
-                            WHERE n.created_at < cutoff
-                            ORDER BY n.created_at
-                            LIMIT most
-                              FOR UPDATE SKIP LOCKED));
-    GET DIAGNOSTICS gone = ROW_COUNT;
-    RETURN gone;
-END
-$$;
-
--- Deletes the events past settings.event_retention, keeping a contiguous tail of each track:
--- per track, every event up to the newest expired one goes. (created_at is the writer's
--- transaction start, seq is numbered later under the track's lock: an event that a long
--- transaction numbered after others can be older than they are, and pruning by time alone would
--- cut a hole after them.) Then one batch of the notifications past settings.notification_retention
--- (tracktalk.prune_notifications), and the API's writes older than an hour
--- (tracktalk.recent_writes). Returns how many events and notifications went.
--- Every replica calls it every few minutes, and again at once while a call deleted many rows; a
--- DBA may schedule it instead (pg_cron). SECURITY DEFINER, as wait_to_write.
--- The expired events come from the index events_created_at, and each track's are deleted as one
--- range of the primary key: one DELETE per track, because a single join of the two would be
--- planned without knowing how few events per track have expired (a third of the log, the planner
--- guesses), as a scan of the whole log.
-CREATE OR REPLACE FUNCTION tracktalk.prune_events() RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    cutoff constant timestamptz := now() - (SELECT event_retention FROM tracktalk.settings);
-    expired record;
-    deleted bigint;
-    gone bigint := 0;
-BEGIN
-    DELETE FROM tracktalk.recent_writes WHERE at < now() - interval '1 hour';
-    FOR expired IN
-        SELECT e.track_id, max(e.seq) AS through
-          FROM tracktalk.events e
-         WHERE e.created_at < cutoff
-         GROUP BY e.track_id
-         ORDER BY e.track_id
-    LOOP
-        DELETE FROM tracktalk.events e WHERE e.track_id = expired.track_id AND e.seq <= expired.through;
-        GET DIAGNOSTICS deleted = ROW_COUNT;
-        gone := gone + deleted;
-    END LOOP;
-    RETURN gone + tracktalk.prune_notifications();
-END
-$$;
-
--- Can `viewer` see `track`? Private tracks are for their album's creator and team members
--- (NULL when there is no such track). Every API request asks it. PL/pgSQL keeps the query's
--- plan for the session: as a LANGUAGE sql function (which PostgreSQL cannot inline: its body
--- reads tables) it was parsed and planned again in every query that called it, about 0.13 ms
--- of the server's CPU per request.
-CREATE OR REPLACE FUNCTION tracktalk.can_see(viewer bigint, track text) RETURNS boolean
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    RETURN (SELECT NOT t.is_private
-                   OR a.created_by_id = viewer
-                   OR EXISTS (SELECT 1 FROM public.users u WHERE u.id = viewer AND u.is_team)
-              FROM public.tracks t
-              JOIN public.albums a ON a.id = t.album_id
-             WHERE t.id = track);
-END
-$$;
-
--- Seconds until `author` may write again through the API, by `kind` ('comment': a post;
--- 'write': an edit, a comment like or unlike, a track like, unlike or share): 0 while they made
--- fewer than `most` writes of that kind within `per`, and then this one is counted (in
--- tracktalk.recent_writes, in the caller's transaction: a write that fails is not counted); else
--- until the `most`-th newest of those leaves the window. One user's writes of a kind are taken in
--- turn here (the lock of the user's row of that kind in tracktalk.write_turns, held to commit;
--- each kind its own, so that posts and likes queue apart), so that replicas answering at the same
--- moment cannot both let the last one through. Only tracktalk's owner can take that lock: not an
--- advisory lock, whose keys any role that can connect may compute and hold. A write that changes
--- nothing (a second like) counts: it is a request, and it costs one. Expects READ COMMITTED
--- (PostgreSQL's default; the app's pool sets it). SECURITY DEFINER: it writes
--- tracktalk.recent_writes and tracktalk.write_turns as their owner, so the app role needs no grant
--- on them.
-DROP FUNCTION IF EXISTS tracktalk.comment_wait(bigint, integer, interval);
-DROP FUNCTION IF EXISTS tracktalk.write_wait(bigint, integer, interval);
-CREATE OR REPLACE FUNCTION tracktalk.wait_to_write(author bigint, kind text, most integer, per interval)
-RETURNS double precision
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    nth timestamptz;
-BEGIN
-    -- The user's turn: lock the row, made on the first write of the kind. A writer that finds no
-    -- row inserts it (a second one waits on that insert, finds it made, and locks it next).
-    LOOP
-        PERFORM FROM tracktalk.write_turns t WHERE t.user_id = author AND t.kind = wait_to_write.kind FOR UPDATE;
-        EXIT WHEN FOUND;
-        INSERT INTO tracktalk.write_turns (user_id, kind) VALUES (author, wait_to_write.kind) ON CONFLICT DO NOTHING;
-    END LOOP;
-    DELETE FROM tracktalk.recent_writes w WHERE w.user_id = author AND w.kind = wait_to_write.kind AND w.at <= now() - per;
-    SELECT w.at INTO nth
-      FROM tracktalk.recent_writes w
-     WHERE w.user_id = author AND w.kind = wait_to_write.kind
-     ORDER BY w.at DESC
-    OFFSET greatest(most, 1) - 1
-     LIMIT 1;
-    IF nth IS NOT NULL THEN
-        RETURN greatest(extract(epoch FROM nth + per - clock_timestamp())::double precision, 0.001);
-    END IF;
-    INSERT INTO tracktalk.recent_writes (user_id, kind) VALUES (author, wait_to_write.kind);
-    RETURN 0;
-END
-$$;
-
--- Usernames @mentioned in `content`, lower-cased, each once, in the order of their first
--- appearance (read it WITH ORDINALITY). An @ inside a word (mail addresses) is no mention.
-CREATE OR REPLACE FUNCTION tracktalk.mentioned_names(content text) RETURNS SETOF text
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT name
-      FROM regexp_matches(content, '(?<![A-Za-z0-9_])@([A-Za-z0-9_]{1,64})', 'g') WITH ORDINALITY AS m (match, at)
-     CROSS JOIN LATERAL lower(m.match[1]) AS name
-     GROUP BY name
-     ORDER BY min(m.at)
 $$;
 
 ---------------------------------------------------------------------------------------------
@@ -563,9 +453,6 @@ CREATE TRIGGER comments_before_delete
 -- writer, never someone who cannot see the track, and one notification per person and comment,
 -- of the most specific kind: the rules run in that order, and the unique index
 -- notifications_one_per_comment turns away what a later, less specific rule finds again.
--- Earlier signatures of this function.
-DROP FUNCTION IF EXISTS tracktalk.notify_comment_readers(bigint[], text[]);
-DROP FUNCTION IF EXISTS tracktalk.notify_comment_readers(comments[], comments[]);
 CREATE OR REPLACE FUNCTION tracktalk.notify_comment_readers(
     ids bigint[], track_ids text[], user_ids bigint[], parent_ids bigint[], contents text[],
     old_contents text[] DEFAULT NULL
@@ -1068,8 +955,125 @@ CREATE TRIGGER notifications_after_update
     EXECUTE FUNCTION tracktalk.notifications_after_update();
 
 ---------------------------------------------------------------------------------------------
--- Counters for rows that existed before these triggers, then the version stamp (last).
+-- tracktalk.channel_key
 ---------------------------------------------------------------------------------------------
+
+-- The key changed (rotate_channel_key, or any UPDATE of it): said on the OLD key's 'rekey'
+-- channel, signed with the old key, so that only the replicas, which listen there, hear it; they
+-- read the new key and LISTEN under the new names (app/listener.py). A key changed with the
+-- triggers off (session_replication_role = replica) is noticed by the replicas within a minute.
+CREATE OR REPLACE FUNCTION tracktalk.channel_key_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    body constant text := format('{"k":"rekey","at":%s}', round(extract(epoch FROM clock_timestamp()), 6));
+BEGIN
+    PERFORM pg_notify(tracktalk.channel_name(OLD.inner_pad, OLD.outer_pad, 'rekey'),
+                      tracktalk.hmac(OLD.inner_pad, OLD.outer_pad, body) || ' ' || body);
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS channel_key_changed ON tracktalk.channel_key;
+CREATE TRIGGER channel_key_changed
+    AFTER UPDATE ON tracktalk.channel_key
+    FOR EACH ROW WHEN (OLD.key IS DISTINCT FROM NEW.key)
+    EXECUTE FUNCTION tracktalk.channel_key_changed();
+
+---------------------------------------------------------------------------------------------
+-- Maintenance: recounts, pruning, counters for rows made before these triggers, the key; the stamp last
+---------------------------------------------------------------------------------------------
+
+-- Sets a track's counters from its rows (one scan of each table), making its row in
+-- tracktalk.track_state if it has none. For a track made while the triggers were off, or by a
+-- DBA who suspects drift: SELECT tracktalk.recount(id) FROM tracks;
+-- Inside a statement whose trigger is about to add that statement's changes to the counters
+-- (publish() on a track without a row), pass those changes as the deltas: the rows already hold
+-- them, so they are left out here and counted once, by publish().
+-- It first takes the counter row's lock (writers to the track take it too, and hold it to
+-- commit), so that a writer still running finishes first and its rows are counted, and later
+-- writers wait; then counts from a fresh snapshot (READ COMMITTED: each statement takes one).
+CREATE OR REPLACE FUNCTION tracktalk.recount(
+    track           text,
+    comments_delta  bigint DEFAULT 0,
+    likes_delta     bigint DEFAULT 0,
+    shares_delta    bigint DEFAULT 0
+) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO tracktalk.track_state AS s (track_id)
+    SELECT t.id FROM public.tracks t WHERE t.id = track
+    ON CONFLICT (track_id) DO UPDATE SET last_seq = s.last_seq;
+    UPDATE tracktalk.track_state AS s
+       SET comments = greatest((SELECT count(*) FROM public.comments WHERE track_id = track) - comments_delta, 0),
+           likes = greatest((SELECT count(*) FROM public.track_likes WHERE track_id = track) - likes_delta, 0),
+           shares = greatest((SELECT count(*) FROM public.track_shares WHERE track_id = track) - shares_delta, 0)
+     WHERE s.track_id = track;
+END
+$$;
+
+-- Deletes at most `most` notifications past settings.notification_retention, read or not, the
+-- oldest first (index notifications_created_at), skipping rows that another transaction holds
+-- (a replica pruning at the same moment, a user marking them read): a short transaction that
+-- keeps few rows locked, however many have expired. Returns how many went. SECURITY DEFINER, as
+-- prune_events, which calls it. Planned for each call (force_custom_plan), with the cutoff known:
+-- a plan made for an unknown cutoff expects a third of the table to be past it.
+CREATE OR REPLACE FUNCTION tracktalk.prune_notifications(most integer DEFAULT 10000) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    cutoff constant timestamptz := now() - (SELECT notification_retention FROM tracktalk.settings);
+    gone bigint;
+BEGIN
+    -- The batch's ids, then each row by its primary key (`id IN (SELECT ...)` is planned as a
+    -- hash join over the whole table).
+    DELETE FROM public.notifications
+     WHERE id = ANY (ARRAY(SELECT n.id
+                             FROM public.notifications n
+                            WHERE n.created_at < cutoff
+                            ORDER BY n.created_at
+                            LIMIT most
+                              FOR UPDATE SKIP LOCKED));
+    GET DIAGNOSTICS gone = ROW_COUNT;
+    RETURN gone;
+END
+$$;
+
+-- Deletes the events past settings.event_retention, keeping a contiguous tail of each track:
+-- per track, every event up to the newest expired one goes. (created_at is the writer's
+-- transaction start, seq is numbered later under the track's lock: an event that a long
+-- transaction numbered after others can be older than they are, and pruning by time alone would
+-- cut a hole after them.) Then one batch of the notifications past settings.notification_retention
+-- (tracktalk.prune_notifications), and the API's writes older than an hour
+-- (tracktalk.recent_writes). Returns how many events and notifications went.
+-- Every replica calls it every few minutes, and again at once while a call deleted many rows; a
+-- DBA may schedule it instead (pg_cron). SECURITY DEFINER, as wait_to_write.
+-- The expired events come from the index events_created_at, and each track's are deleted as one
+-- range of the primary key: one DELETE per track, because a single join of the two would be
+-- planned without knowing how few events per track have expired (a third of the log, the planner
+-- guesses), as a scan of the whole log.
+CREATE OR REPLACE FUNCTION tracktalk.prune_events() RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cutoff constant timestamptz := now() - (SELECT event_retention FROM tracktalk.settings);
+    expired record;
+    deleted bigint;
+    gone bigint := 0;
+BEGIN
+    DELETE FROM tracktalk.recent_writes WHERE at < now() - interval '1 hour';
+    FOR expired IN
+        SELECT e.track_id, max(e.seq) AS through
+          FROM tracktalk.events e
+         WHERE e.created_at < cutoff
+         GROUP BY e.track_id
+         ORDER BY e.track_id
+    LOOP
+        DELETE FROM tracktalk.events e WHERE e.track_id = expired.track_id AND e.seq <= expired.through;
+        GET DIAGNOSTICS deleted = ROW_COUNT;
+        gone := gone + deleted;
+    END LOOP;
+    RETURN gone + tracktalk.prune_notifications();
+END
+$$;
 
 INSERT INTO tracktalk.track_state (track_id, comments, likes, shares)
 SELECT t.id,
@@ -1082,13 +1086,6 @@ ON CONFLICT (track_id) DO NOTHING;
 INSERT INTO tracktalk.comment_stats (comment_id, likes)
 SELECT comment_id, count(*) FROM comment_likes GROUP BY comment_id
 ON CONFLICT (comment_id) DO NOTHING;
-
--- Events of tracks deleted while track_state rows still went with their track (schema versions
--- before 3): their numbers would be used again by a track made with the same id. Only then: on a
--- newer schema there are none, and the scan of the whole log is not made.
-DELETE FROM tracktalk.events e
- WHERE (SELECT coalesce(max(version), 0) FROM tracktalk.schema_version) < 3
-   AND NOT EXISTS (SELECT 1 FROM tracktalk.track_state s WHERE s.track_id = e.track_id);
 
 -- The channel key, made once.
 SELECT tracktalk.rotate_channel_key() WHERE NOT EXISTS (SELECT 1 FROM tracktalk.channel_key);

@@ -24,6 +24,9 @@ Conn: TypeAlias = psycopg.AsyncConnection[Any]
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 SQL_FILES = ("schema.sql", "triggers.sql")
+"""What is: applied to every database, fresh or not, in this order."""
+UPGRADE_DIR = SQL_DIR / "upgrade"
+"""The steps from one version to the next: NNN_what.sql, NNN the version the step reaches."""
 
 SCHEMA_VERSION = 5
 """The version that sql/triggers.sql stamps. The app serves it or a newer one, and refuses an
@@ -55,12 +58,24 @@ _FIRST_MIGRATION_TRIES = 3
 """Runs of a migration that met another one making the schema at the same moment."""
 
 
-def migrate(conninfo: str) -> int:
-    """Apply sql/schema.sql then sql/triggers.sql in one transaction; return the version.
+def upgrade_steps(found: int | None) -> list[Path]:
+    """The files of sql/upgrade/ that a database at version `found` takes, in order: those above
+    it (none for a fresh database: schema.sql and triggers.sql make it whole)."""
+    if found is None:
+        return []
+    steps = sorted((int(path.name[:3]), path) for path in UPGRADE_DIR.glob("[0-9][0-9][0-9]_*.sql"))
+    return [path for version, path in steps if version > found]
 
-    One migration at a time: schema.sql locks tracktalk.schema_version first, a lock only the
-    schema's owner can take. Two first migrations at once both try to make the schema; the later
-    one fails on pg_namespace's unique index once the earlier commits, and runs again.
+
+def migrate(conninfo: str) -> int:
+    """Bring the database to this version in one transaction; return the version.
+
+    A database at version V first takes the steps of sql/upgrade/ above V, in order; then every
+    database gets sql/schema.sql and sql/triggers.sql (which make what is missing and replace
+    functions, views and triggers) and the stamp, last. One migration at a time: the lock on
+    tracktalk.schema_version is taken before its version is read, a lock only the schema's owner
+    can take. Two first migrations at once both try to make the schema; the later one fails on
+    pg_namespace's unique index once the earlier commits, and runs again (as an upgrade of nothing).
     """
     for attempt in range(1, _FIRST_MIGRATION_TRIES + 1):
         try:
@@ -80,10 +95,21 @@ def migrate(conninfo: str) -> int:
 def _apply(conninfo: str) -> int:
     with psycopg.connect(conninfo, autocommit=False) as conn:
         conn.execute("SET LOCAL client_min_messages = warning")
-        for name in SQL_FILES:
-            conn.execute((SQL_DIR / name).read_text(encoding="utf-8").encode())
+        found = _lock_version(conn)
+        for path in [*upgrade_steps(found), *(SQL_DIR / name for name in SQL_FILES)]:
+            conn.execute(path.read_text(encoding="utf-8").encode())
         version = _read_version(conn)
     return version if version is not None else 0
+
+
+def _lock_version(conn: psycopg.Connection[tuple[object, ...]]) -> int | None:
+    """Lock tracktalk.schema_version for this transaction and read it; None when there is none
+    (a fresh database: schema.sql makes it and takes the lock)."""
+    row = conn.execute("SELECT to_regclass('tracktalk.schema_version') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return None
+    conn.execute("LOCK TABLE tracktalk.schema_version IN EXCLUSIVE MODE")
+    return _read_version(conn)
 
 
 def _refused(conninfo: str, exc: psycopg.errors.InsufficientPrivilege) -> str:
@@ -133,7 +159,7 @@ def check_schema(conninfo: str) -> None:
         state = "has no tracktalk schema" if found is None else f"has schema version {found}"
         raise SchemaError(
             f"the database {state}; this tracktalk needs version {SCHEMA_VERSION} or newer. "
-            "Run `tracktalk migrate` (or apply sql/schema.sql and sql/triggers.sql with psql), "
+            "Run `tracktalk migrate` (or apply the SQL with psql, as docs/dba.md says), "
             "then start again."
         )
 

@@ -1,0 +1,155 @@
+"""`tracktalk migrate` by version: a database made by an older version's SQL (tests/integration/
+old_schemas/) takes the steps of sql/upgrade/ above its version, then sql/schema.sql and
+sql/triggers.sql, and ends with the catalog of a database made fresh; migrating again changes
+nothing."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from app.data.db import SCHEMA_VERSION, UPGRADE_DIR, upgrade_steps
+from app.dev.embedded import find_bindir
+from tests.support import ROOT
+
+OLD_SCHEMAS = Path(__file__).resolve().parent / "old_schemas"
+
+
+def catalog(url: str) -> str:
+    """The database's schema as pg_dump writes it (tables, columns, constraints, indexes, views,
+    functions, triggers, grants), without what differs between two dumps of the same schema."""
+    bindir = find_bindir()
+    assert bindir is not None
+    done = subprocess.run(
+        [str(bindir / "pg_dump"), "--schema-only", f"--dbname={url}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    kept = [
+        line
+        for line in done.stdout.splitlines()
+        if line.strip()
+        and not line.startswith(("--", "SET ", "SELECT pg_catalog.set_config", "\\restrict", "\\unrestrict"))
+    ]
+    return "\n".join(kept)
+
+
+def tracktalk_migrate(url: str) -> str:
+    """`tracktalk migrate` against `url`, as a DBA runs it; what it printed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKTALK_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "migrate"],
+        cwd=ROOT,
+        env={**env, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def old_database(make_empty: Callable[[], str], version: int) -> str:
+    """An empty database given version `version`'s SQL, and a little of everything in it."""
+    url = make_empty()
+    with psycopg.connect(url) as conn:
+        for name in ("schema.sql", "triggers.sql"):
+            conn.execute((OLD_SCHEMAS / f"v{version}" / name).read_text().encode())
+        found = conn.execute("SELECT version FROM tracktalk.schema_version").fetchone()
+        assert found == (version,)
+        conn.execute(
+            "INSERT INTO users (id, username, is_creator) VALUES (1, 'carol', true), (2, 'alice', false)"
+        )
+        conn.execute("INSERT INTO albums (id, title, created_by_id) VALUES (1, 'A', 1)")
+        conn.execute("INSERT INTO tracks (id, album_id, title) VALUES ('t1', 1, 'T'), ('gone', 1, 'G')")
+        conn.execute(
+            "INSERT INTO comments (track_id, user_id, content, timestamp) VALUES ('t1', 2, 'hi @carol', 1)"
+        )
+        conn.execute("INSERT INTO track_likes (track_id, user_id) VALUES ('t1', 2)")
+        conn.execute("DELETE FROM tracks WHERE id = 'gone'")
+    return url
+
+
+@pytest.fixture(scope="module")
+def empty_database(pg) -> Callable[[], str]:  # type: ignore[no-untyped-def]
+    """Make an empty database (not from the migrated template); dropped with the server."""
+
+    def make() -> str:
+        name = f"u_{os.urandom(6).hex()}"
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return str(pg.url_for(name))
+
+    return make
+
+
+def test_the_steps_are_numbered_files_up_to_this_version_and_taken_above_a_databases() -> None:
+    names = sorted(path.name for path in UPGRADE_DIR.iterdir())
+    assert all(re.fullmatch(r"\d{3}_[a-z0-9_]+\.sql", name) for name in names), names
+    numbers = [int(name[:3]) for name in names]
+    assert numbers == sorted(set(numbers)) and max(numbers) == SCHEMA_VERSION
+    assert f"VALUES ({SCHEMA_VERSION})" in (UPGRADE_DIR.parent / "triggers.sql").read_text()
+    assert upgrade_steps(None) == []
+    assert upgrade_steps(SCHEMA_VERSION) == []
+    assert [path.name[:3] for path in upgrade_steps(4)] == ["005"]
+    assert [path.name[:3] for path in upgrade_steps(2)] == ["003", "004", "005"]
+
+
+def test_the_re_runnable_files_hold_no_upgrade_step() -> None:
+    for name in ("schema.sql", "triggers.sql"):
+        text = (UPGRADE_DIR.parent / name).read_text()
+        for step in ("ADD COLUMN", "DROP FUNCTION", "DROP TABLE", "DROP CONSTRAINT", "schema_version) <"):
+            assert step not in text, f"sql/{name} has an upgrade step ({step}): it goes to sql/upgrade/"
+
+
+@pytest.mark.parametrize("version", [4, 2])
+def test_an_old_database_upgraded_by_migrate_has_the_catalog_of_a_fresh_one(
+    version: int, empty_database: Callable[[], str], new_database: Callable[[], str]
+) -> None:
+    fresh = empty_database()
+    tracktalk_migrate(fresh)
+    old = old_database(empty_database, version)
+    assert f"schema version {SCHEMA_VERSION} applied" in tracktalk_migrate(old)
+    assert catalog(old) == catalog(fresh)
+    assert catalog(new_database()) == catalog(fresh)  # the template the suite copies: made fresh too
+    with psycopg.connect(old) as conn:
+        assert conn.execute("SELECT count(*) FROM comments").fetchone() == (1,)
+        assert conn.execute(
+            "SELECT comments, likes FROM tracktalk.track_state WHERE track_id = 't1'"
+        ).fetchone() == (
+            1,
+            1,
+        )
+        assert conn.execute("SELECT notification_retention FROM tracktalk.settings").fetchone() is not None
+        mentioned = conn.execute("SELECT user_id FROM tracktalk.comment_mentions").fetchall()
+        assert mentioned == [(1,)]
+
+
+def test_migrate_twice_changes_nothing(empty_database: Callable[[], str]) -> None:
+    url = old_database(empty_database, 4)
+    tracktalk_migrate(url)
+
+    def state() -> tuple[str, list[tuple[object, ...]]]:
+        with psycopg.connect(url) as conn:
+            rows = conn.execute(
+                "SELECT track_id, last_seq, comments, likes, shares, last_tag FROM tracktalk.track_state"
+                " ORDER BY track_id"
+            ).fetchall()
+            rows += conn.execute("SELECT track_id, seq, tag FROM tracktalk.events ORDER BY 1, 2").fetchall()
+            rows += conn.execute("SELECT key FROM tracktalk.channel_key").fetchall()
+        return catalog(url), rows
+
+    before = state()
+    tracktalk_migrate(url)
+    assert state() == before
