@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test test-packages lint typecheck pytest install install-test clean-db bench bench-quick
+.PHONY: run test check test-packages lint typecheck pytest install install-test clean-db bench bench-quick
 
 # The virtualenv and the project, reinstalled only when pyproject.toml changes.
 $(BIN)/tracktalk: pyproject.toml
@@ -33,7 +33,7 @@ run: install
 	@$(BIN)/tracktalk serve --host $(HOST) --port $(PORT) || { status=$$?; \
 		[ $$status -eq 143 ] || [ $$status -eq 130 ] || exit $$status; }
 
-PY_DIRS := $(wildcard app tests bench deploy)
+PY_DIRS := $(wildcard app tests bench)
 
 lint: install-test
 	$(BIN)/ruff check $(PY_DIRS)
@@ -44,10 +44,10 @@ typecheck: install-test
 
 # Debian packages the tests drive as real processes (never downloaded binaries), and where the
 # tests look for them:
-#   chromium   $(CHROMIUM)           the browser tests (tests/test_browser.py)
-#   nginx      PATH or /usr/sbin     in front of two replicas (tests/test_deploy.py)
-#   pgbouncer  PATH or /usr/sbin     in front of the request pools (tests/test_deploy.py)
-#   nodejs npm PATH                  TypeScript from the OpenAPI document (tests/test_typescript.py:
+#   chromium   $(CHROMIUM)           the browser tests (tests/system/test_browser.py)
+#   nginx      PATH or /usr/sbin     in front of two replicas (tests/system/test_deploy.py)
+#   pgbouncer  PATH or /usr/sbin     in front of the request pools (tests/system/test_deploy.py)
+#   nodejs npm PATH                  TypeScript from the OpenAPI document (tests/system/test_typescript.py:
 #                                    npm ci of tests/typescript/package-lock.json, then tsc)
 # Missing ones are installed where that can be done (root, with apt-get); elsewhere `make test`
 # stops at once with the command that installs them. `make run` needs none of them.
@@ -76,6 +76,11 @@ pytest: install-test
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: test-packages lint typecheck pytest
+
+# The inner loop: lint, types and the unit tests (tests/unit: in-process, no PostgreSQL, no
+# process; seconds). `make test` runs them too, with tests/integration and tests/system.
+check: lint typecheck
+	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
 clean-db:
 	rm -rf .tracktalk

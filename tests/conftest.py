@@ -4,6 +4,7 @@ that use them."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import uuid
@@ -17,7 +18,12 @@ from playwright.async_api import Browser, async_playwright
 from app.data.db import migrate
 from app.dev.demo import DemoSummary, load_demo
 from app.dev.embedded import EmbeddedPostgres
-from tests.support import CHROMIUM, CHROMIUM_ARGS, Nginx, Replica, World, replicas, seed
+from app.logs import LIBRARIES
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.host_app import HostApp
+from tests.support.processes import Replica, replicas
+from tests.support.proxies import Nginx
+from tests.support.seed import World, seed
 
 TEMPLATE = "tracktalk_template"
 
@@ -126,3 +132,51 @@ async def browser(chromium: str) -> AsyncIterator[Browser]:
         launched = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         yield launched
         await launched.close()
+
+
+@pytest.fixture(scope="module")
+def host_app() -> Iterator[HostApp]:
+    """A host app's web server, on an origin of its own (tests/support/host_app.py)."""
+    app = HostApp()
+    yield app
+    app.server.shutdown()
+    app.server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """Loggers as the test found them: create_app() sends the app's logs (and its libraries') to
+    its own handler and stops them from propagating, which would hide them from the caplog of
+    every later test in the process (random order made that depend on which ran first)."""
+    names = ("app", *LIBRARIES)
+    saved = {}
+    for name in names:
+        logger = logging.getLogger(name)
+        saved[name] = (logger.propagate, list(logger.handlers), list(logger.filters), logger.level)
+    yield
+    for name, (propagate, handlers, filters, level) in saved.items():
+        logger = logging.getLogger(name)
+        logger.propagate, logger.handlers, logger.filters = propagate, handlers, filters
+        logger.setLevel(level)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "in_file_order: the module's tests tell one story, each building on the one before (a page "
+        "that posts, then likes what it posted; nginx stopped last): they run in file order, in the "
+        "places the random order gave them",
+    )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """After pytest-randomly's shuffle: each `in_file_order` module's tests back in file order."""
+    by_module: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        if item.get_closest_marker("in_file_order") is not None:
+            by_module.setdefault(str(item.path), []).append(index)
+    for places in by_module.values():
+        story = sorted((items[i] for i in places), key=lambda item: item.location[1] or 0)
+        for place, item in zip(places, story, strict=True):
+            items[place] = item

@@ -1,5 +1,5 @@
 // Types of tracktalk's browser client (/client/tracktalk.js) and of the messages it delivers.
-// The message shapes are the server's (app/wire.py); tests/test_client.py checks that every
+// The message shapes are the server's (app/wire.py); tests/unit/test_client.py checks that every
 // interface here names exactly the fields of its wire type.
 
 // ---- HTTP answers ------------------------------------------------------------------------

@@ -6,7 +6,6 @@ nothing."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,9 +14,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from app.data.db import SCHEMA_VERSION, UPGRADE_DIR, upgrade_steps
+from app.data.db import SCHEMA_VERSION
 from app.dev.embedded import find_bindir
-from tests.support import ROOT
+from tests.support.processes import ROOT
 
 OLD_SCHEMAS = Path(__file__).resolve().parent / "old_schemas"
 
@@ -92,25 +91,6 @@ def empty_database(pg) -> Callable[[], str]:  # type: ignore[no-untyped-def]
         return str(pg.url_for(name))
 
     return make
-
-
-def test_the_steps_are_numbered_files_up_to_this_version_and_taken_above_a_databases() -> None:
-    names = sorted(path.name for path in UPGRADE_DIR.iterdir())
-    assert all(re.fullmatch(r"\d{3}_[a-z0-9_]+\.sql", name) for name in names), names
-    numbers = [int(name[:3]) for name in names]
-    assert numbers == sorted(set(numbers)) and max(numbers) == SCHEMA_VERSION
-    assert f"VALUES ({SCHEMA_VERSION})" in (UPGRADE_DIR.parent / "triggers.sql").read_text()
-    assert upgrade_steps(None) == []
-    assert upgrade_steps(SCHEMA_VERSION) == []
-    assert [path.name[:3] for path in upgrade_steps(4)] == ["005"]
-    assert [path.name[:3] for path in upgrade_steps(2)] == ["003", "004", "005"]
-
-
-def test_the_re_runnable_files_hold_no_upgrade_step() -> None:
-    for name in ("schema.sql", "triggers.sql"):
-        text = (UPGRADE_DIR.parent / name).read_text()
-        for step in ("ADD COLUMN", "DROP FUNCTION", "DROP TABLE", "DROP CONSTRAINT", "schema_version) <"):
-            assert step not in text, f"sql/{name} has an upgrade step ({step}): it goes to sql/upgrade/"
 
 
 @pytest.mark.parametrize("version", [4, 2])

@@ -1,6 +1,6 @@
 // A host service's calls of tracktalk's HTTP API through a client generated from
 // /schema/openapi.json (openapi-typescript's types, openapi-fetch's client). tsc checks it;
-// tests/test_typescript.py then runs `run` against a real replica.
+// tests/system/test_typescript.py then runs `run` against a real replica.
 import createClient from "openapi-fetch";
 import type { components, paths } from "./api.js";
 

@@ -1,0 +1,4 @@
+"""What the tests share, one module per thing it provides: waiting.py (waits with a deadline),
+processes.py (replicas and ports), sockets.py (WebSocket clients), seed.py (seed data),
+proxies.py (nginx, a TCP proxy), metrics.py (/metrics), browser.py (chromium), fakes.py (the
+in-process stand-ins of the unit tests), idp.py (an identity provider)."""

@@ -1,0 +1,167 @@
+"""The light stand-ins app/live/wsprotocol.py gives uvicorn's connection for its queue and its event.
+
+They replace asyncio.Queue and asyncio.Event on every socket to save memory (docs/performance.md),
+so they must behave as uvicorn expects of those: in order, never losing a wake-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import uvicorn
+from uvicorn.server import ServerState
+from wsproto import events
+
+from app.live.wsprotocol import _DONE, EXTENSION, FrameProtocol, _Flag, _Inbox
+from tests.support.waiting import async_wait_until
+
+
+async def test_the_inbox_gives_items_in_order_and_wakes_a_waiting_reader() -> None:
+    inbox = _Inbox()
+    assert inbox.empty()
+    inbox.put_nowait(1)
+    inbox.put_nowait(2)
+    assert [await inbox.get(), await inbox.get()] == [1, 2]
+    reader = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    assert not reader.done()
+    inbox.put_nowait(3)
+    inbox.put_nowait(4)
+    assert await asyncio.wait_for(reader, 1) == 3
+    assert not inbox.empty() and await inbox.get() == 4 and inbox.empty()
+
+
+async def test_a_cancelled_reader_leaves_the_inbox_usable() -> None:
+    inbox = _Inbox()
+    reader = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    inbox.put_nowait("after")
+    assert await asyncio.wait_for(inbox.get(), 1) == "after"
+
+
+async def test_the_flag_lets_waiters_through_only_while_set() -> None:
+    flag = _Flag()
+    assert flag.is_set()
+    await asyncio.wait_for(flag.wait(), 1)
+    flag.clear()
+    waiters = [asyncio.create_task(flag.wait()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in waiters)
+    flag.set()
+    await asyncio.wait_for(asyncio.gather(*waiters), 1)
+    assert flag.is_set()
+
+
+# ---------------------------------------------------------------------------------------------
+# FrameProtocol on a fake transport: the handshake, what it lets go of, and how it closes
+# ---------------------------------------------------------------------------------------------
+
+HANDSHAKE = (
+    b"GET /api/ws/track/t1?token=secret-token HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+class FakeTransport:
+    """What uvicorn's protocol asks of an asyncio transport; `stuck` plays a client that reads nothing."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.stuck = 0
+        self.closing = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def get_write_buffer_size(self) -> int:
+        return self.stuck
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True  # a real transport waits for its buffer to drain first
+
+    def abort(self) -> None:
+        self.closing = self.aborted = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+
+async def _connected(app_done: asyncio.Event) -> tuple[FrameProtocol, FakeTransport, dict[str, object]]:
+    seen: dict[str, object] = {}
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        seen["scope"] = scope
+        await app_done.wait()
+
+    config = uvicorn.Config(app, ws=FrameProtocol, lifespan="off", log_level="warning")
+    config.load()
+    protocol = FrameProtocol(config, ServerState(), {})
+    transport = FakeTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(HANDSHAKE)
+    await asyncio.sleep(0)  # the app's task starts
+    return protocol, transport, seen
+
+
+async def test_after_the_handshake_the_protocol_lets_go_of_its_request_and_token() -> None:
+    done = asyncio.Event()
+    protocol, transport, seen = await _connected(done)
+    scope = seen["scope"]
+    assert isinstance(scope, dict) and scope["extensions"][EXTENSION] is protocol
+    assert protocol.accept_with(b"\x81\x02{}")
+    assert transport.written.startswith(b"HTTP/1.1 101 ") and transport.written.endswith(b"\x81\x02{}")
+    assert scope["headers"] == [] and scope["query_string"] == b""  # the token is gone
+    assert protocol.conn.handshake is _DONE
+    assert protocol.write_frames(b"\x81\x00")
+    protocol.connection_lost(None)
+    assert EXTENSION not in scope["extensions"]  # no cycle left for the garbage collector
+    assert not protocol.write_frames(b"\x81\x00")
+    done.set()
+
+
+async def test_a_client_that_reads_nothing_is_cut_however_the_close_began(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("app.live.wsprotocol.CLOSE_TIMEOUT", 0.01)
+    for begin in ("close_now", "keepalive", "twice"):
+        done = asyncio.Event()
+        protocol, transport, _ = await _connected(done)
+        protocol.accept_with(b"")
+        transport.stuck = 10**6
+        if begin == "close_now":
+            protocol.close_now(1013, "too slow")
+        elif begin == "keepalive":
+            protocol.keepalive_timeout()  # uvicorn's own close: transport.close(), which would wait
+        else:
+            protocol.keepalive_timeout()
+            protocol.close_now(1013, "too slow")  # already closing: must not put the cut off
+        await async_wait_until(lambda t=transport: t.aborted, 1, f"the cut after {begin}")
+        done.set()
+
+
+async def test_pings_from_a_client_that_reads_nothing_are_not_answered() -> None:
+    done = asyncio.Event()
+    protocol, transport, _ = await _connected(done)
+    protocol.accept_with(b"")
+    before = len(transport.written)
+    protocol.handle_ping(events.Ping(payload=b"1"))
+    assert len(transport.written) > before  # answered
+    transport.stuck = 10**6
+    before = len(transport.written)
+    protocol.handle_ping(events.Ping(payload=b"2"))
+    assert len(transport.written) == before
+    done.set()
