@@ -1,8 +1,8 @@
 """How many comments a second one PostgreSQL commits through tracktalk's triggers, and what
 NOTIFY's commit-time lock costs. The figures in docs/dba.md and docs/scaling.md come from it.
 
-    .venv/bin/python deploy/bench_notify.py                      # an embedded, durable server
-    .venv/bin/python deploy/bench_notify.py --server-url postgresql://postgres@db-host/postgres
+    .venv/bin/python -m bench.notify_lock                      # an embedded, durable server
+    .venv/bin/python -m bench.notify_lock --server-url postgresql://postgres@db-host/postgres
 
 For each script it makes a fresh scratch database (`tracktalk_bench`, dropped at the end; with
 --server-url the role must be allowed to CREATE DATABASE), applies the SQL, seeds 5 users and

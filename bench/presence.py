@@ -35,21 +35,10 @@ import httpx
 import psycopg
 from websockets.asyncio.client import connect
 
-from bench.run import (
-    PY,
-    RESULTS,
-    SECRET,
-    Server,
-    World,
-    cpu_seconds,
-    database,
-    db_cpu,
-    machine,
-    rss_kib,
-    start_server,
-    stop_all,
-    wait_ready,
-)
+from bench.lib.database import World, database, db_cpu
+from bench.lib.processes import Server, cpu_seconds, rss_kib, start_server, stop_all, wait_ready
+from bench.lib.report import machine
+from bench.lib.settings import PY, RESULTS, SECRET
 
 _PRESENCE_TABLES = ("tracktalk.presence", "tracktalk.replicas")
 

@@ -23,7 +23,8 @@ import sys
 
 import psycopg
 
-from bench.run import comment_triggers, database, sql_insert_rate
+from bench.lib.database import database
+from bench.lib.scenarios import comment_triggers, sql_insert_rate
 
 SECONDS = 4.0
 WORKERS = 4

@@ -13,7 +13,7 @@ import time
 
 import psycopg
 
-from bench.run import database
+from bench.lib.database import database
 
 N = 2000
 

@@ -1,0 +1,206 @@
+"""The benchmark's processes: servers (tracktalk, the baselines) and the picows client processes, with their CPU and memory."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psutil
+
+from bench.lib.settings import PY, ROOT, SECRET
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}): {log.read_text()[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} did not start: {log.read_text()[-2000:]}")
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    grace: float = 15.0
+    """Seconds to wait after SIGTERM (the baselines do not close their sockets: they get 1 s)."""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(self.grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def stop_all(servers: list[Server]) -> None:
+    for server in servers:
+        if server.proc.poll() is None:
+            server.proc.send_signal(signal.SIGTERM)
+    for server in servers:
+        server.stop()
+
+
+def start_server(args: list[str], env: dict[str, str], logdir: Path, name: str) -> Server:
+    port = free_port()
+    log = logdir / f"{name}-{port}.log"
+    argv = [a.replace("{port}", str(port)) for a in args]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+        )
+    server = Server(proc, port, log)
+    wait_port(port, proc, log)
+    return server
+
+
+def start_tracktalk(url: str, logdir: Path) -> Server:
+    env = {
+        "DATABASE_URL": url,
+        "TRACKTALK_SECRET": SECRET,
+        # No comments-per-minute limit: the writers post far faster than any limit allows. (The
+        # limit costs each POST one more statement, reading at most the limit's number of rows.)
+        "TRACKTALK_COMMENTS_PER_MINUTE": "0",
+        "TRACKTALK_SOCKETS_PER_USER": "1000000",
+    }
+    args = [PY, "-m", "app", "serve", "--port", "{port}"]
+    return wait_ready(start_server(args, env, logdir, "tracktalk"))
+
+
+def wait_ready(server: Server, timeout: float = 30) -> Server:
+    """`server` once its /readyz answers 200; an error with its log's end after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{server.port}/readyz", timeout=1).status_code == 200:
+                return server
+        time.sleep(0.1)
+    raise RuntimeError(f"server not ready (log {server.log}): {server.log.read_text()[-2000:]}")
+
+
+class Clients:
+    """The picows load-client processes, sockets spread over them."""
+
+    def __init__(self, urls: list[str], count: int, workdir: Path) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+        self.outs: list[str] = []
+        self.frames = [0] * count
+        self.closed = [0] * count
+        self.ready: list[tuple[int, int]] = []
+        for i in range(count):
+            out = str(workdir / f"client-{i}-{time.monotonic_ns()}.json")
+            config = {"urls": urls[i::count], "out": out, "concurrency": 40}
+            path = out + ".config"
+            Path(path).write_text(json.dumps(config))
+            proc = subprocess.Popen(
+                [PY, "-m", "bench.client", path],
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            self.procs.append(proc)
+            self.outs.append(out)
+        for proc in self.procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline().split()
+            if not line or line[0] != "ready":
+                raise RuntimeError(f"client failed to start: {line}")
+            self.ready.append((int(line[1]), int(line[2])))
+        for i, proc in enumerate(self.procs):
+            threading.Thread(target=self._read, args=(i, proc), daemon=True).start()
+
+    def _read(self, i: int, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            parts = line.split()
+            if parts and parts[0] == "stat":
+                self.frames[i] = int(parts[1])
+                self.closed[i] = int(parts[2])
+
+    @property
+    def opened(self) -> int:
+        return sum(r[0] for r in self.ready)
+
+    @property
+    def failed(self) -> int:
+        return sum(r[1] for r in self.ready)
+
+    def command(self, text: str) -> None:
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write(text + "\n")
+            proc.stdin.flush()
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p.pid) for p in self.procs)
+
+    def stop(self) -> dict[str, Any]:
+        self.command("stop")
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        frames = closed = 0
+        ids: list[np.ndarray] = []
+        times: list[np.ndarray] = []
+        for out in self.outs:
+            with contextlib.suppress(FileNotFoundError):
+                data = json.loads(Path(out).read_text())
+                frames += data["frames"]
+                closed += data["closed"]
+                ids.append(np.fromfile(out + ".ids", dtype=np.int64))
+                times.append(np.fromfile(out + ".times", dtype=np.float64))
+        return {
+            "frames": frames,
+            "closed": closed,
+            "ids": np.concatenate(ids) if ids else np.zeros(0, np.int64),
+            "times": np.concatenate(times) if times else np.zeros(0),
+        }
