@@ -146,6 +146,9 @@ class Settings:
         url = database_url or env.get("DATABASE_URL", "")
         if not url:
             raise ConfigError("DATABASE_URL is not set: set it, or run `tracktalk serve` without it")
+        # A deployment that sets TRACKTALK_SOCKET_QUEUE believes it bounds each socket's queue (in
+        # frames); nothing reads it, so that belief would run silently with another bound. Refused
+        # at start, naming the variable that does bound it (docs/protocol.md lists it).
         if env.get("TRACKTALK_SOCKET_QUEUE"):
             raise ConfigError(
                 "TRACKTALK_SOCKET_QUEUE (frames) is replaced by TRACKTALK_SOCKET_BUFFER_KIB (unsent KiB "

@@ -132,13 +132,13 @@ def config(app: Tracktalk, settings: Settings, host: str, port: int, connections
 def tune_gc() -> None:
     """Collect garbage cycles less often, and never look at what startup made again.
 
-    Measured when each socket still had a writer task and ASGI messages (a few short-lived
-    objects per socket per event): with Python's default threshold of 700 they piled into the
-    oldest generation, whose full collections scan every socket's objects (the bench's fan-out
-    to 5,000 sockets: 17 full collections, 5.0 s of CPU in 25 s, up to 0.44 s each); with these
-    thresholds, ~0.5 s of collections and none of the oldest. Frames are now written straight
-    to the transports, which makes far fewer such objects; the thresholds stay for what is left
-    (admissions, replays, requests), and the fan-out's profile shows no collection worth a line.
+    A replica holds many long-lived objects per socket (its subscriber, its connection, its
+    buffers), and a full collection scans every one of them. What makes short-lived objects here
+    (admissions, replays, requests) would, at Python's default threshold of 700, run the young
+    collections often and promote survivors into the oldest generation, whose full collections
+    grow with the sockets held. With these thresholds collections are rare (the fan-out's profile
+    in docs/performance.md shows no collection worth a line), and what startup made (the modules,
+    the app) is frozen out of them.
     """
     gc.collect()  # what startup left unreachable, before the rest is frozen for good
     gc.freeze()
@@ -152,7 +152,7 @@ def tune_malloc() -> None:
     of hundreds of KB. glibc maps such blocks on their own and unmaps them when freed, but each
     time it frees one it raises the size from which it does so, up to 32 MB; from then on they
     come from the heap, which keeps what is freed. Measured with 100 stalled sockets cut off
-    three times over (tests/test_backpressure.py): the replica's memory ratcheted 70 -> 160 ->
+    three times over (tests/integration/test_backpressure.py): the replica's memory ratcheted 70 -> 160 ->
     280 MiB with 13 MiB in use, 227 MiB of it freed but kept. Fixed at its default, the
     threshold no longer moves and what the stalled sockets took goes back once they are gone.
     """

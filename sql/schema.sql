@@ -228,9 +228,9 @@ CREATE INDEX IF NOT EXISTS recent_writes_user_kind_at ON tracktalk.recent_writes
 -- One row per user and kind of write, made on the user's first write of that kind: what
 -- tracktalk.wait_to_write locks (FOR UPDATE, held to commit) to take one user's writes of a kind
 -- in turn. A row lock on a table of tracktalk's own can be taken only by tracktalk's owner (the
--- functions that run as it): the advisory locks used before shared a key space with every role
--- that may connect, and any of them could hold a user's key and stall that user's writes
--- (docs/security.md, issue 23). UNLOGGED, as recent_writes: after a crash the rows are made again.
+-- functions that run as it), where advisory locks share one key space with every role that may
+-- connect, any of which could hold a user's key and stall that user's writes (docs/security.md,
+-- issue 23). UNLOGGED, as recent_writes: after a crash the rows are made again.
 CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.write_turns (
     user_id  bigint NOT NULL,
     kind     text NOT NULL CHECK (kind IN ('comment', 'write')),
