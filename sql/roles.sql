@@ -89,7 +89,7 @@ GRANT USAGE ON SCHEMA public TO tracktalk_writer, tracktalk_app;
 
 -- Tables and views, once the owner has made them (skipped when they do not exist yet). Each run
 -- takes back what either role had on a relation, then grants what is listed: a privilege no
--- longer listed goes. Every relation of sql/schema.sql is listed: tests/test_deploy.py fails
+-- longer listed goes. Every relation of sql/schema.sql is listed: tests/system/test_deploy.py fails
 -- when one is missing.
 DO $$
 DECLARE

@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS tracktalk.schema_version (
 -- keys every role that can connect may take and hold. EXCLUSIVE mode does not conflict with ACCESS
 -- SHARE, the one lock other roles can get on it (the replicas read it): none of them holds it up. Two
 -- first migrations at once cannot both make the schema: the second fails on pg_namespace's unique
--- index, and `tracktalk migrate` runs again (app/db.py). In a DO block, so that psql without
+-- index, and `tracktalk migrate` runs again (app/data/db.py). In a DO block, so that psql without
 -- --single-transaction runs it too (the lock then lasts for the block only).
 DO $$
 BEGIN
@@ -238,7 +238,7 @@ CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.write_turns (
 );
 
 -- The key that names tracktalk's NOTIFY channels and signs what the triggers send on them, and
--- from which the replicas derive the key that seals what they send each other (app/channels.py).
+-- from which the replicas derive the key that seals what they send each other (app/live/notices.py).
 -- PostgreSQL lets any role that can connect LISTEN and NOTIFY on any channel whose name it knows:
 -- the key, readable only by tracktalk's roles, keeps the names unknown to others and tells a real
 -- payload from a forged one. Made at random here, once; replace it with
@@ -262,7 +262,7 @@ CREATE TABLE IF NOT EXISTS tracktalk.comment_mentions (
 );
 CREATE INDEX IF NOT EXISTS comment_mentions_user_id ON tracktalk.comment_mentions (user_id);
 
--- Who is here (app/presence.py). Each replica keeps, per track it has sockets on, one row of the
+-- Who is here (app/presence/tracker.py). Each replica keeps, per track it has sockets on, one row of the
 -- distinct users it has there and its anonymous sockets; it writes only the tracks whose set
 -- changed, at most every quarter second, all in one statement (a user's second tab, or 200
 -- sockets a second coming and going, is not a write each). The other replicas read the rows
@@ -327,7 +327,7 @@ LEFT JOIN tracktalk.comment_stats s ON s.comment_id = c.id;
 -- made while they could (a team member's, say) is not shown once they cannot (off the team, the
 -- track made private): not its track's title, not the comment's text, which is read here as it is
 -- now, edits included. The row stays, and shows again if access comes back. The unread count
--- leaves the same ones out (app/notifications.py).
+-- leaves the same ones out (app/data/notifications.py).
 CREATE OR REPLACE VIEW tracktalk.notification_objects AS
 SELECT n.id,
        n.user_id,

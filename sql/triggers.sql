@@ -30,7 +30,7 @@
 -- the topic: 'track <id>', 'user <id>', 'rekey'; tracktalk.channel_name): nobody without the key
 -- can flood a channel a replica listens on. And every payload is signed (HMAC-SHA256 under the
 -- same key): the replicas do not believe what is not signed. Payloads (JSON after the 64 hex
--- digits and a space; read by app/channels.py):
+-- digits and a space; read by app/live/notices.py):
 --   {"k":"track","track_id":T,"first":F,"last":L,"at":EPOCH,"tag":G,"prev":P[,"events":[message F, ..., message L]]}
 --       (G: the events' tag; P: the tag of event F - 1, or null)
 --   {"k":"user","user":U,"ids":[notification ids],"at":EPOCH}
@@ -169,7 +169,7 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
 $$;
 
 -- The channel of `topic` ('track <id>', 'user <id>', 'rekey') under the key of those pads:
--- 'tracktalk:' and 32 hex digits of its HMAC (app/channels.py names it the same way).
+-- 'tracktalk:' and 32 hex digits of its HMAC (app/live/notices.py names it the same way).
 CREATE OR REPLACE FUNCTION tracktalk.channel_name(inner_pad bytea, outer_pad bytea, topic text) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT 'tracktalk:' || left(tracktalk.hmac(inner_pad, outer_pad, topic), 32)

@@ -27,7 +27,7 @@ is left open:
 Signed payloads carry the time they were made (`at`): the feed drops revocations and
 notifications that are old, and takes an old track payload only as a prompt to read the log. A
 durable event replayed by a listener is dropped by its seq (and its `prev` tag must be the tag of
-the event before it: app/live/feed.py), a notification by its id.
+the event before it: app/live/cursors.py), a notification by its id.
 """
 
 from __future__ import annotations

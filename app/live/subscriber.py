@@ -137,7 +137,7 @@ class Subscriber:
 
     async def drained(self) -> None:
         """Wait until this socket's buffer is low again (its replay's pace, or its track's
-        catch-up's: app/live/feed.py)."""
+        catch-up's: app/live/cursors.py)."""
         await self._socket.drained()
 
     def go_live(self) -> None:
