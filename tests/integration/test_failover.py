@@ -32,7 +32,7 @@ from app.dev.embedded import find_bindir
 from tests.support.processes import free_port, replicas
 from tests.support.proxies import TcpProxy
 from tests.support.seed import World, seed
-from tests.support.sockets import RECV_TIMEOUT, Socket, open_socket
+from tests.support.sockets import RECV_TIMEOUT, Socket, StampedConnection, open_socket
 from tests.support.waiting import async_wait_until
 from tests.support.writes import insert_comment, sql
 
@@ -141,7 +141,10 @@ def servers() -> Iterator[tuple[Cluster, Path]]:
 async def resume(base: str, track: str, token: str, since: int, tag: str | None) -> AsyncIterator[Socket]:
     """A socket that resumes with since= and tag= (the event's tag the client kept)."""
     url = f"{base}/api/ws/track/{track}?token={token}&since={since}" + (f"&tag={tag}" if tag else "")
-    async with connect(url, open_timeout=RECV_TIMEOUT, close_timeout=2) as conn:
+    async with connect(
+        url, open_timeout=RECV_TIMEOUT, close_timeout=2, create_connection=StampedConnection
+    ) as conn:
+        assert isinstance(conn, StampedConnection)
         yield Socket(conn)
 
 
