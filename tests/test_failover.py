@@ -32,6 +32,7 @@ from app.embedded import find_bindir
 from tests.support import (
     RECV_TIMEOUT,
     Socket,
+    StampedConnection,
     TcpProxy,
     World,
     async_wait_until,
@@ -147,7 +148,10 @@ def servers() -> Iterator[tuple[Cluster, Path]]:
 async def resume(base: str, track: str, token: str, since: int, tag: str | None) -> AsyncIterator[Socket]:
     """A socket that resumes with since= and tag= (the event's tag the client kept)."""
     url = f"{base}/api/ws/track/{track}?token={token}&since={since}" + (f"&tag={tag}" if tag else "")
-    async with connect(url, open_timeout=RECV_TIMEOUT, close_timeout=2) as conn:
+    async with connect(
+        url, open_timeout=RECV_TIMEOUT, close_timeout=2, create_connection=StampedConnection
+    ) as conn:
+        assert isinstance(conn, StampedConnection)
         yield Socket(conn)
 
 
