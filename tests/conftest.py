@@ -158,25 +158,3 @@ def _logging_left_as_found() -> Iterator[None]:
         logger = logging.getLogger(name)
         logger.propagate, logger.handlers, logger.filters = propagate, handlers, filters
         logger.setLevel(level)
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "in_file_order: the module's tests tell one story, each building on the one before (a page "
-        "that posts, then likes what it posted; nginx stopped last): they run in file order, in the "
-        "places the random order gave them",
-    )
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """After pytest-randomly's shuffle: each `in_file_order` module's tests back in file order."""
-    by_module: dict[str, list[int]] = {}
-    for index, item in enumerate(items):
-        if item.get_closest_marker("in_file_order") is not None:
-            by_module.setdefault(str(item.path), []).append(index)
-    for places in by_module.values():
-        story = sorted((items[i] for i in places), key=lambda item: item.location[1] or 0)
-        for place, item in zip(places, story, strict=True):
-            items[place] = item

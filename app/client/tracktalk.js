@@ -140,6 +140,7 @@ class Feed {
   #closed = false;
   #typingWanted = false;
   #typingSent = false;
+  #typingChanged = false; // the wanted state changed since the last send (true, false, true again)
   #typingSentAt = -Infinity;
   #typingTimer = null;
   #onWake = () => this.reconnectNow();
@@ -189,7 +190,9 @@ class Feed {
    * final state. Ignored on a socket without a token (read-only).
    */
   typing(isTyping) {
-    this.#typingWanted = Boolean(isTyping);
+    const wanted = Boolean(isTyping);
+    if (wanted !== this.#typingWanted) this.#typingChanged = true;
+    this.#typingWanted = wanted;
     this.#flushTyping();
   }
 
@@ -377,7 +380,11 @@ class Feed {
     if (this.#closed || this.#anonymous || !socket || socket.readyState !== WebSocket.OPEN) return;
     const wanted = this.#typingWanted;
     const now = Date.now();
-    const due = wanted !== this.#typingSent || (wanted && now - this.#typingSentAt >= TYPING_REPEAT_MS);
+    // A true that went false and back before the false could be sent is due again: the others
+    // forgot the typist meanwhile (their comment came, or their indicator timed out).
+    const due =
+      wanted !== this.#typingSent ||
+      (wanted && (this.#typingChanged || now - this.#typingSentAt >= TYPING_REPEAT_MS));
     if (!due) return;
     const wait = this.#typingSentAt + TYPING_GAP_MS - now;
     if (wait > 0) {
@@ -387,5 +394,6 @@ class Feed {
     socket.send(JSON.stringify({ type: "typing", is_typing: wanted }));
     this.#typingSent = wanted;
     this.#typingSentAt = now;
+    this.#typingChanged = false;
   }
 }

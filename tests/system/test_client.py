@@ -345,6 +345,28 @@ async def test_typing_keeps_to_one_message_a_second_and_the_last_state_gets_thro
         wire.client_message_decoder.decode(json.dumps(frame))
 
 
+async def test_typing_again_before_a_pending_stop_went_out_is_sent_again(
+    page: Page, scripted: ScriptedServer
+) -> None:
+    """true, then false (held back: under a second since the true), then true again: the others
+    may have forgotten the typist meanwhile (their comment came), so the second true goes out
+    (a second after the first), not swallowed as "already said"."""
+    sock = await open_scripted(page, scripted)
+    await sock.send(connected(1))
+    await wait_status(page, "live")
+    await page.evaluate(
+        """async () => {
+            feed.typing(true);
+            feed.typing(false);  // a comment was posted: stop (held back by the rate limit)
+            await new Promise((done) => setTimeout(done, 300));
+            feed.typing(true);  // typing the next one
+        }"""
+    )
+    await async_wait_until(lambda: len(sock.frames) >= 2, RECV_TIMEOUT, "the second typing frame")
+    assert sock.frames == [{"type": "typing", "is_typing": True}, {"type": "typing", "is_typing": True}]
+    assert sock.frame_times[1] - sock.frame_times[0] >= 1.0  # still one a second
+
+
 async def test_a_socket_without_a_token_sends_no_typing(page: Page, scripted: ScriptedServer) -> None:
     """An anonymous socket is read-only: typing would only get an `error` back."""
     await page.evaluate(
