@@ -380,11 +380,12 @@ class ClientEnvelope(Struct):
 # ---------------------------------------------------------------------------------------------
 
 
-class TrackBatch(Struct, tag_field="k", tag="track"):
-    """Events first..last of a track; `events` is absent when they are not in the payload (a
-    private track's, or too many to fit): the replica reads them from tracktalk.events."""
+class TopicBatch(Struct, tag_field="k", tag="topic"):
+    """Events first..last of a topic; `events` is absent when they are not in the payload (a topic
+    not everyone may see, events with a restricted variant, or too many to fit): the replica reads
+    them from tracktalk.events."""
 
-    track_id: str
+    topic: str
     first: int
     last: int
     at: float = 0.0
@@ -407,12 +408,12 @@ class UserBatch(Struct, tag_field="k", tag="user"):
 
 
 class Revoke(Struct, tag_field="k", tag="revoke"):
-    """Who may see what changed: the sockets of the track (a track made private, moved or
-    deleted) or of the user (no longer on the team, or deleted) are checked again. `gone`: the
-    track was deleted (one made again with its id goes on with its numbering: its sockets that
-    may still see it reload)."""
+    """Who may see what changed: the subscriptions to the topic (a track made private, moved or
+    deleted) or of the user (no longer on the team, or deleted) are checked again. `gone`: what
+    the topic is about was deleted (one made again goes on with its numbering: its subscribers
+    that may still see it reload)."""
 
-    track_id: str | None = None
+    topic: str | None = None
     user: int | None = None
     gone: bool = False
     at: float = 0.0
@@ -420,10 +421,10 @@ class Revoke(Struct, tag_field="k", tag="revoke"):
 
 
 class Ephemeral(Struct, tag_field="k", tag="ephemeral"):
-    """A message for a track's sockets that is not kept (typing), sent by a replica, sealed
+    """A message for a topic's sockets that is not kept (typing), sent by a replica, sealed
     (app/live/notices.py): `sender` and `n` (its counter) stop replays, `at` stale ones."""
 
-    track_id: str
+    topic: str
     message: Raw
     sender: str = ""
     n: int = 0
@@ -437,7 +438,7 @@ class Rekey(Struct, tag_field="k", tag="rekey"):
     at: float = 0.0
 
 
-Notice = TrackBatch | UserBatch | Revoke | Ephemeral | Rekey
+Notice = TopicBatch | UserBatch | Revoke | Ephemeral | Rekey
 
 notice_decoder = msgspec.json.Decoder(Notice)
 server_message_decoder = msgspec.json.Decoder(ServerMessage)

@@ -42,8 +42,8 @@ class EventLog:
         """The latest event of each track (seq 0 for a track with no events, or none at all)."""
         async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute(
-                "SELECT track_id, last_seq, last_tag FROM tracktalk.track_state WHERE track_id = ANY (%s)",
-                (track_ids,),
+                "SELECT substr(topic, 7), last_seq, last_tag FROM tracktalk.topic_state WHERE topic = ANY (%s)",
+                (["track:" + track for track in track_ids],),
             )
             found = {str(track): Cursor(int(seq), tag) for track, seq, tag in await cur.fetchall()}
         return {track: found.get(track, Cursor(0)) for track in track_ids}
@@ -59,17 +59,17 @@ class EventLog:
             await cur.execute(
                 """
                 SELECT s.last_seq, s.last_tag, e.seq, e.message::text, e.tag, e.prev_tag
-                  FROM (VALUES (%(track)s::text)) AS w (track_id)
-                  LEFT JOIN tracktalk.track_state s ON s.track_id = w.track_id
+                  FROM (VALUES (%(track)s::text)) AS w (topic)
+                  LEFT JOIN tracktalk.topic_state s ON s.topic = w.topic
                   LEFT JOIN LATERAL (
                         SELECT seq, message, tag, prev_tag FROM tracktalk.events
-                         WHERE track_id = w.track_id AND seq > %(after)s AND seq <= %(through)s
+                         WHERE topic = w.topic AND seq > %(after)s AND seq <= %(through)s
                          ORDER BY seq LIMIT %(limit)s
                        ) AS e ON true
                  ORDER BY e.seq
                 """,
                 {
-                    "track": track_id,
+                    "track": "track:" + track_id,
                     "after": after,
                     "through": through if through is not None else MAX_BIGINT,
                     "limit": limit,

@@ -33,6 +33,7 @@ from app.live import close_codes
 from app.live.frames import message_frame
 from app.live.hub import ShuttingDown, TooManySockets
 from app.live.subscriber import ANONYMOUS, EPHEMERAL, Subscriber
+from app.live.topics import track_topic
 from app.live.wsprotocol import EXTENSION, FrameProtocol
 from app.services import Services
 from app.wire import (
@@ -267,8 +268,9 @@ def _error(sub: Subscriber, message: str) -> None:
 async def _relay_typing(services: Services, sub: Subscriber, username: str, is_typing: bool) -> None:
     """Tell every replica's sockets of the track, sealed, through NOTIFY (not kept)."""
     message = UserTyping(track_id=sub.track_id, user_id=sub.user_id, username=username, is_typing=is_typing)
-    payload = services.codec.seal(sub.track_id, encoder.encode(message))
+    topic = track_topic(sub.track_id)
+    payload = services.codec.seal(topic, encoder.encode(message))
     try:
-        await services.events.notify(services.codec.track_channel(sub.track_id), payload)
+        await services.events.notify(services.codec.topic_channel(topic), payload)
     except Exception as exc:
         log.warning("typing not relayed: %s", type(exc).__name__)

@@ -40,10 +40,11 @@ from app.data.events import Cursor, Page
 from app.live.access import AccessGuard
 from app.live.frames import message_frame, text_frame
 from app.live.hub import Hub
-from app.live.notices import stale, track_topic
+from app.live.notices import stale, topic_name
 from app.live.subscriber import EPHEMERAL, Subscriber
+from app.live.topics import track_topic
 from app.logs import one_line
-from app.wire import Resync, TrackBatch
+from app.wire import Resync, TopicBatch
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +84,12 @@ class EventReader(Protocol):
 class Listening(Protocol):
     """What the feed's parts ask of the listener (app/listener.py)."""
 
-    async def listen(self, topics: Iterable[str]) -> bool:
-        """LISTEN on the channels of `topics`; return once in place: True when some were not in
+    async def listen(self, names: Iterable[str]) -> bool:
+        """LISTEN on the channels of `names`; return once in place: True when some were not in
         place before (a notice sent on them meanwhile was not heard here)."""
 
-    def unlisten(self, topics: Iterable[str]) -> None:
-        """Stop listening on the channels of `topics`."""
+    def unlisten(self, names: Iterable[str]) -> None:
+        """Stop listening on the channels of `names`."""
 
 
 def resync_frame(track_id: str, at: Cursor) -> bytes:
@@ -277,14 +278,14 @@ class Cursors:
     def _forget_track(self, track_id: str, track: _TrackCursor) -> None:
         if track.sockets == 0 and self._tracks.get(track_id) is track:
             del self._tracks[track_id]
-            self._listening.unlisten([track_topic(track_id)])
+            self._listening.unlisten([topic_name(track_topic(track_id))])
 
     async def _start(self, track_id: str, track: _TrackCursor) -> None:
         """Listen on the track's channel, then read its cursor (in that order: an event that
         commits in between is in the cursor, or notified, or both)."""
         reconnects = self._reconnects
         try:
-            if await self._listening.listen([track_topic(track_id)]):
+            if await self._listening.listen([topic_name(track_topic(track_id))]):
                 self._access.moved()  # a revocation before this LISTEN went unheard here
             latest = await self._cursor(track_id)
         except BaseException as exc:
@@ -299,10 +300,9 @@ class Cursors:
         if track.wanted > latest.seq or track.reload or track.check:  # notices came while starting
             self._fill(track_id, track)
 
-    def on_batch(self, batch: TrackBatch) -> None:
+    def on_batch(self, track_id: str, batch: TopicBatch) -> None:
         """A verified notice of a track's new events: delivered as it came when it continues the
         cursor, else the track catches up from the log."""
-        track_id = batch.track_id
         track = self._tracks.get(track_id)
         if track is None:
             return

@@ -31,8 +31,9 @@ from app.live.frames import text_frame
 from app.live.hub import Hub
 from app.live.notices import Opened, stale
 from app.live.subscriber import EPHEMERAL, Subscriber
+from app.live.topics import track_of
 from app.live.user_lane import MessageReader, UserLane
-from app.wire import Ephemeral, Revoke, TrackBatch, UserBatch
+from app.wire import Ephemeral, Revoke, TopicBatch, UserBatch
 
 _REVOKE_STALE = 60.0
 """Seconds after which a revocation is old news (a replayed one is dropped)."""
@@ -131,22 +132,25 @@ class Feed:
         """Route one payload that verified (synchronously: nothing here waits)."""
         notice = opened.notice
         match notice:
-            case TrackBatch():
-                self.cursors.on_batch(notice)
+            case TopicBatch(topic=topic):
+                if (track_id := track_of(topic)) is not None:
+                    self.cursors.on_batch(track_id, notice)
             case UserBatch():
                 self.user_lane.on_batch(notice)
             case Revoke(at=at) if stale(at, _REVOKE_STALE):
                 return  # old news, or sent again by someone listening
-            case Revoke(track_id=str(track_id), gone=gone, at=at):
+            case Revoke(topic=str(topic), gone=gone, at=at):
                 self.access.moved()
-                if gone:
-                    self.cursors.gone(track_id, at)
-                self.access.recheck_track(track_id)
+                if (track_id := track_of(topic)) is not None:
+                    if gone:
+                        self.cursors.gone(track_id, at)
+                    self.access.recheck_track(track_id)
             case Revoke(user=int(user)):
                 self.access.moved()
                 self.access.recheck_user(user)
-            case Ephemeral(track_id=track_id, message=message):
-                self._hub.send_track(track_id, [(EPHEMERAL, text_frame(bytes(message)))])
+            case Ephemeral(topic=topic, message=message):
+                if (track_id := track_of(topic)) is not None:
+                    self._hub.send_track(track_id, [(EPHEMERAL, text_frame(bytes(message)))])
 
     async def _after_reconnect(self) -> None:
         """What did every watched track miss meanwhile? And may every socket still see its track

@@ -85,18 +85,18 @@ _WRITE = """
          WHERE id = %(replica)s AND instance = %(instance)s
            FOR SHARE
     ), written AS (
-        INSERT INTO tracktalk.presence AS p (replica, track_id, users, anonymous)
-        SELECT %(replica)s, w.track_id, w.users::bigint[], w.anonymous
+        INSERT INTO tracktalk.presence AS p (replica, topic, users, anonymous)
+        SELECT %(replica)s, w.topic, w.users::bigint[], w.anonymous
           FROM unnest(%(tracks)s::text[], %(users)s::text[], %(anonymous)s::int[])
-               AS w (track_id, users, anonymous)
+               AS w (topic, users, anonymous)
          WHERE EXISTS (SELECT FROM mine)
-        ON CONFLICT (replica, track_id) DO UPDATE
+        ON CONFLICT (replica, topic) DO UPDATE
            SET users = excluded.users, anonymous = excluded.anonymous,
                changed = pg_current_xact_id(), changed_at = now()
     ), dropped AS (
         DELETE FROM tracktalk.presence
-         WHERE replica = %(replica)s AND track_id = ANY(%(drop)s::text[])
-           AND track_id <> ALL(%(tracks)s::text[]) AND users = '{}' AND anonymous = 0
+         WHERE replica = %(replica)s AND topic = ANY(%(drop)s::text[])
+           AND topic <> ALL(%(tracks)s::text[]) AND users = '{}' AND anonymous = 0
            AND EXISTS (SELECT FROM mine)
     )
     SELECT EXISTS (SELECT FROM mine)
@@ -104,12 +104,12 @@ _WRITE = """
 
 _READ = """
     SELECT h.xmin::text, r.id, r.instance, extract(epoch FROM now() - r.seen_at)::float8,
-           p.track_id, p.users, p.anonymous
+           p.topic, p.users, p.anonymous
       FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) AS h
       LEFT JOIN (tracktalk.replicas r
                  LEFT JOIN tracktalk.presence p
                         ON p.replica = r.id
-                       AND (p.changed >= %(since)s::xid8 OR p.track_id = ANY(%(fresh)s::text[])))
+                       AND (p.changed >= %(since)s::xid8 OR p.topic = ANY(%(fresh)s::text[])))
              ON true
 """
 
@@ -124,7 +124,7 @@ _COUNT = """
     WITH live AS (
         SELECT p.users, p.anonymous
           FROM tracktalk.presence p JOIN tracktalk.replicas r ON r.id = p.replica
-         WHERE p.track_id = %(track)s AND p.replica <> %(replica)s
+         WHERE p.topic = %(track)s AND p.replica <> %(replica)s
            AND r.seen_at >= now() - %(alive)s * interval '1 second'
     )
     SELECT (SELECT count(DISTINCT u) FROM live, unnest(live.users) AS u)
@@ -168,10 +168,10 @@ class PresenceTable:
                 {
                     "replica": replica,
                     "instance": instance,
-                    "tracks": [row.track_id for row in rows],
+                    "tracks": [_TRACK + row.track_id for row in rows],
                     "users": [_array(row.users) for row in rows],
                     "anonymous": [row.anonymous for row in rows],
-                    "drop": drop,
+                    "drop": [_TRACK + track_id for track_id in drop],
                 },
             )
             row = await cur.fetchone()
@@ -181,15 +181,17 @@ class PresenceTable:
         """Every replica's heartbeat, the rows changed since `since` (a horizon; 0: all rows)
         and all rows of the tracks in `fresh`."""
         async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(_READ, {"since": str(since), "fresh": fresh})
+            await cur.execute(
+                _READ, {"since": str(since), "fresh": [_TRACK + track_id for track_id in fresh]}
+            )
             found = await cur.fetchall()
         peers: dict[str, Peer] = {}
         rows: list[Row] = []
         for _, replica, instance, age, track_id, users, anonymous in found:
             if replica is not None:
                 peers[replica] = Peer(instance, age)
-            if track_id is not None:
-                rows.append(Row(replica, track_id, users, anonymous))
+            if track_id is not None and track_id.startswith(_TRACK):
+                rows.append(Row(replica, track_id[len(_TRACK) :], users, anonymous))
         return Snapshot(peers, rows, int(found[0][0]))
 
     async def release(self, replica: str, instance: str) -> None:
@@ -201,9 +203,13 @@ class PresenceTable:
         """Distinct users and anonymous sockets on a track, from the rows of the replicas other
         than `exclude` that were seen within `alive` seconds (one statement)."""
         async with conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(_COUNT, {"track": track_id, "replica": exclude, "alive": alive})
+            await cur.execute(_COUNT, {"track": _TRACK + track_id, "replica": exclude, "alive": alive})
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+
+_TRACK = "track:"
+"""A track's topic: the rows of tracktalk.presence are per topic."""
 
 
 def _array(users: list[int]) -> str:

@@ -23,9 +23,10 @@ from app.listener import Listener
 from app.live import close_codes
 from app.live.feed import Feed
 from app.live.hub import Hub, ShuttingDown, TooManySockets
-from app.live.notices import Codec, Opened, track_topic, user_topic
+from app.live.notices import Codec, Opened, topic_name, user_name
 from app.live.subscriber import ANONYMOUS, Subscriber
-from app.wire import Ephemeral, Revoke, TrackBatch, UserBatch, encoder
+from app.live.topics import track_topic
+from app.wire import Ephemeral, Revoke, TopicBatch, UserBatch, encoder
 from tests.support.fakes import FakeListening, FakeSocket, MemoryLog
 from tests.support.waiting import async_wait_until
 
@@ -53,11 +54,11 @@ class World:
 
     def batch(
         self, track_id: str, rows: list[tuple[int, bytes]], events: bool = True, at: float = 0.0
-    ) -> TrackBatch:
+    ) -> TopicBatch:
         """The signed NOTIFY of the statement that made `rows` (its tag, and the tag before it)."""
         first, last = rows[0][0], rows[-1][0]
-        return TrackBatch(
-            track_id=track_id,
+        return TopicBatch(
+            topic=track_topic(track_id),
             first=first,
             last=last,
             at=at or time.time(),
@@ -444,10 +445,10 @@ async def test_the_first_socket_listens_before_reading_the_cursor_and_loses_noth
     world.channels.hold = asyncio.Event()
     joining = asyncio.create_task(world.socket())
     await asyncio.sleep(0)
-    assert track_topic(T) not in world.channels.listening
+    assert topic_name(track_topic(T)) not in world.channels.listening
     world.channels.hold.set()
     _, sock, start = await joining
-    assert track_topic(T) in world.channels.listening and user_topic(1) in world.channels.listening
+    assert topic_name(track_topic(T)) in world.channels.listening and user_name(1) in world.channels.listening
     assert start.seq == 3
     world.notice(T, world.log.write(T, 1))
     assert sock.seqs == [4]
@@ -556,7 +557,7 @@ async def test_typing_that_opened_goes_to_the_tracks_sockets(world: World) -> No
     typing = msgspec.Raw(
         b'{"type":"user_typing","track_id":"t1","user_id":2,"username":"b","is_typing":true}'
     )
-    world.feed.on_notice(Opened(Ephemeral(track_id=T, message=typing)))
+    world.feed.on_notice(Opened(Ephemeral(topic=track_topic(T), message=typing)))
     assert [m["type"] for m in sock.messages] == ["user_typing"]
 
 
@@ -568,9 +569,9 @@ async def test_revoked_access_closes_the_sockets_that_lost_it(world: World) -> N
     try:
         world.log.visible_pairs = {(1, T)}
         epoch = world.feed.access_epoch
-        world.feed.on_notice(Opened(Revoke(track_id=T, at=time.time() - 3600)))  # old: dropped
+        world.feed.on_notice(Opened(Revoke(topic=track_topic(T), at=time.time() - 3600)))  # old: dropped
         assert world.feed.access_epoch == epoch
-        world.feed.on_notice(Opened(Revoke(track_id=T, at=time.time())))
+        world.feed.on_notice(Opened(Revoke(topic=track_topic(T), at=time.time())))
         assert world.feed.access_epoch > epoch  # sockets being admitted check again
         await until(lambda: lost.closed_with is not None and anonymous.closed_with is not None, "the closes")
     finally:
@@ -615,10 +616,12 @@ async def test_a_track_whose_start_failed_is_not_listened_on_once_its_sockets_ga
     with pytest.raises(TimeoutError):
         async with world.feed.subscription(sub, 0.05):
             pass
-    assert track_topic(T) in world.channels.listening  # its start is still reading the cursor
+    assert topic_name(track_topic(T)) in world.channels.listening  # its start is still reading the cursor
     world.log.fail = True
     world.log.slow.set()
-    await until(lambda: track_topic(T) not in world.channels.listening, "the channel to be let go")
+    await until(
+        lambda: topic_name(track_topic(T)) not in world.channels.listening, "the channel to be let go"
+    )
 
 
 async def test_a_deleted_and_remade_track_makes_its_sockets_resync_from_the_latest_seq(world: World) -> None:
@@ -626,7 +629,7 @@ async def test_a_deleted_and_remade_track_makes_its_sockets_resync_from_the_late
     world.notice(T, world.log.write(T, 2))
     world.log.write(T, 3)  # more comments, then the track deleted in the same transaction
     world.log.delete_track(T)  # (their events went with it; the numbering stays at 5)
-    world.feed.on_notice(Opened(Revoke(track_id=T, gone=True, at=time.time())))
+    world.feed.on_notice(Opened(Revoke(topic=track_topic(T), gone=True, at=time.time())))
     await until(lambda: any(m["type"] == "resync" for m in sock.messages), "the resync")
     assert sock.messages[-1] == {
         "type": "resync",
@@ -637,7 +640,7 @@ async def test_a_deleted_and_remade_track_makes_its_sockets_resync_from_the_late
     }
     world.notice(T, world.log.write(T, 1))  # the new track's first event goes on from 5
     await until(lambda: sock.seqs == [1, 2, 6], "the new track's first event")
-    world.feed.on_notice(Opened(Revoke(track_id=T, gone=True, at=time.time() - 1)))  # seen: no more
+    world.feed.on_notice(Opened(Revoke(topic=track_topic(T), gone=True, at=time.time() - 1)))  # seen: no more
     assert [m["type"] for m in sock.messages].count("resync") == 1
 
 
@@ -647,7 +650,7 @@ async def test_a_catch_up_ends_when_the_log_lacks_events_the_track_numbered(worl
     _, sock, _ = await world.socket()
     world.log.write(T, 4)  # 1..4 committed, their notices not yet here ...
     world.log.delete_track(T)  # ... and gone with the track
-    world.feed.on_notice(Opened(TrackBatch(track_id=T, first=4, last=4, at=time.time())))
+    world.feed.on_notice(Opened(TopicBatch(topic=track_topic(T), first=4, last=4, at=time.time())))
     await until(lambda: not world.feed.cursors._tracks[T].filling, "the catch-up to end", turns=200)
     assert [m["type"] for m in sock.messages] == ["resync"] and sock.messages[0]["seq"] == 4
     assert world.log.reads <= 2

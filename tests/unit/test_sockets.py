@@ -27,11 +27,12 @@ from app.auth.hs256 import issue_token
 from app.handlers import sockets
 from app.handlers.sockets import PATH, TrackSockets
 from app.live import close_codes
-from app.live.notices import Opened, track_topic, user_topic
+from app.live.notices import Opened, topic_name, user_name
 from app.live.subscriber import WRITE_MOST, Subscriber
+from app.live.topics import track_topic
 from app.live.wsprotocol import EXTENSION
 from app.ops.prometheus import Metrics
-from app.wire import Revoke, TrackBatch
+from app.wire import Revoke, TopicBatch
 from tests.support.fakes import FakeConnection, FakeServices, FakeSocket
 from tests.support.metrics import parse_metrics
 from tests.support.waiting import async_wait_until
@@ -117,8 +118,8 @@ async def connect(
 def notice(services: FakeServices, track: str, rows: list[tuple[int, bytes]]) -> None:
     """The listener hands over the signed NOTIFY of a statement that made `rows`."""
     first, last = rows[0][0], rows[-1][0]
-    batch = TrackBatch(
-        track_id=track,
+    batch = TopicBatch(
+        topic=track_topic(track),
         first=first,
         last=last,
         at=time.time(),
@@ -196,7 +197,7 @@ async def test_access_revoked_while_a_socket_is_admitted_is_checked_again_before
     await until(lambda: services.watchers.held, "alice's admission to have its answer")
     # The admission's query said yes; then alice is taken off the team and the feed hears it.
     services.watchers.hidden.add((T, ALICE))
-    services.feed.on_notice(Opened(Revoke(track_id=T, at=time.time())))
+    services.feed.on_notice(Opened(Revoke(topic=track_topic(T), at=time.time())))
     services.watchers.hold.set()
     assert await alice.ended() == (close_codes.POLICY, close_codes.TRACK_NOT_FOUND)
     assert alice.messages == []
@@ -308,7 +309,7 @@ async def test_a_track_and_a_user_without_sockets_are_unlistened_once_forgotten(
     monkeypatch.setattr("app.live.user_lane._FORGET_AFTER", 0.01)
     client = await connect(services)
     await client.connected()
-    channels = {track_topic(T), user_topic(ALICE)}
+    channels = {topic_name(track_topic(T)), user_name(ALICE)}
     assert channels <= services.channels.listening
     client.conn.client_leaves()
     await client.ended()
@@ -329,7 +330,7 @@ async def test_a_socket_that_comes_back_in_time_keeps_its_channels(
     again = await connect(services)
     await again.connected()
     await asyncio.sleep(0.1)  # past the first socket's forgetting: it must have been called off
-    assert {track_topic(T), user_topic(ALICE)} <= services.channels.listening
+    assert {topic_name(track_topic(T)), user_name(ALICE)} <= services.channels.listening
 
 
 async def test_each_frame_handed_to_a_socket_is_counted_once_in_the_delivered_metric(
