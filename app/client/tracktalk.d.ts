@@ -190,6 +190,8 @@ export interface ErrorMessage {
   type: "error";
   message: string;
   track_id?: string | null;
+  /** On /api/ws: the topic the error is about, if any. */
+  topic?: string;
 }
 
 /** Every message the server sends. */

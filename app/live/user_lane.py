@@ -14,11 +14,11 @@ import logging
 import time
 from typing import Protocol
 
+from app.live.connection import ANONYMOUS
 from app.live.cursors import Listening
 from app.live.frames import text_frame
 from app.live.hub import Hub
 from app.live.notices import stale, user_name
-from app.live.subscriber import ANONYMOUS
 from app.wire import UserBatch
 
 log = logging.getLogger(__name__)

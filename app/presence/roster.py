@@ -1,8 +1,8 @@
-"""Who listens where: per track, this replica's sockets and the other replicas' rows as last read,
+"""Who listens where: per topic, this replica's sockets and the other replicas' rows as last read,
 which replicas are alive, and the count that follows from them.
 
-The count of a track is |union of the live replicas' users| + the sum of their anonymous sockets,
-kept up to date at each change rather than computed again (`TrackListeners.present`: user ->
+The count of a topic is |union of the live replicas' users| + the sum of their anonymous sockets,
+kept up to date at each change rather than computed again (`TopicListeners.present`: user ->
 how many live replicas, this one included, have them). No I/O and no clock here: app/presence/tracker.py
 feeds the roster what its sockets do and what its reads of the tables find, and sends the counts.
 """
@@ -11,26 +11,26 @@ from __future__ import annotations
 
 import logging
 
-from app.live.subscriber import ANONYMOUS
+from app.live.connection import ANONYMOUS
 from app.presence.table import Snapshot
 
 log = logging.getLogger(__name__)
 
 Listeners = tuple[frozenset[int], int]
-"""One replica's listeners on a track: its distinct users, and its anonymous sockets."""
+"""One replica's listeners on a topic: its distinct users, and its anonymous sockets."""
 NOBODY: Listeners = (frozenset(), 0)
 
 
-class TrackListeners:
-    """One track: this replica's sockets, the other replicas' rows, and the count."""
+class TopicListeners:
+    """One topic: this replica's sockets, the other replicas' rows, and the count."""
 
     __slots__ = ("anonymous", "loaded", "present", "remote", "remote_anonymous", "users")
 
     def __init__(self) -> None:
         self.users: dict[int, int] = {}
-        """This replica's users on the track -> their sockets here."""
+        """This replica's users on the topic -> their sockets here."""
         self.anonymous = 0
-        """This replica's anonymous sockets on the track."""
+        """This replica's anonymous sockets on the topic."""
         self.remote: dict[str, Listeners] = {}
         """The other replicas' rows as last read (alive or not)."""
         self.present: dict[int, int] = {}
@@ -47,7 +47,7 @@ class TrackListeners:
 
     @property
     def empty_here(self) -> bool:
-        """No socket of this replica is on the track."""
+        """No socket of this replica is on the topic."""
         return not self.users and not self.anonymous
 
     def arrive(self, user_id: int) -> bool:
@@ -98,13 +98,13 @@ class TrackListeners:
 
 
 class Roster:
-    """Every track with sockets here (or lately), and every other replica's heartbeat."""
+    """Every topic with sockets here (or lately), and every other replica's heartbeat."""
 
     def __init__(self, me: str, dead_after: float) -> None:
         self.me = me
         """This replica's id: its own rows are never read back (its sockets are the truth)."""
         self._dead_after = dead_after
-        self.tracks: dict[str, TrackListeners] = {}
+        self.topics: dict[str, TopicListeners] = {}
         self._instances: dict[str, str] = {}
         """Every other replica with a heartbeat row -> its instance."""
         self._alive: set[str] = set()
@@ -114,32 +114,32 @@ class Roster:
         """Replicas counted now, this one included."""
         return len(self._alive) + 1
 
-    def listening(self, track_id: str) -> int | None:
-        """The count of a loaded track; None when it is not known here."""
-        track = self.tracks.get(track_id)
-        return track.listening if track is not None and track.loaded else None
+    def listening(self, topic: str) -> int | None:
+        """The count of a loaded topic; None when it is not known here."""
+        place = self.topics.get(topic)
+        return place.listening if place is not None and place.loaded else None
 
     def take(self, snapshot: Snapshot, complete: set[str]) -> set[str]:
-        """Take in a read: who is alive, then the rows; `complete`: the tracks whose every row is
-        in it (the others' rows are changes). The tracks whose count may have changed."""
+        """Take in a read: who is alive, then the rows; `complete`: the topics whose every row is
+        in it (the others' rows are changes). The topics whose count may have changed."""
         touched: set[str] = set()
         self._heartbeats(snapshot, touched)
-        found: dict[str, dict[str, Listeners]] = {t: {} for t in complete if t in self.tracks}
+        found: dict[str, dict[str, Listeners]] = {t: {} for t in complete if t in self.topics}
         for row in snapshot.rows:
-            if row.replica == self.me or row.track_id not in self.tracks:
+            if row.replica == self.me or row.topic not in self.topics:
                 continue
             listeners = (frozenset(row.users), row.anonymous) if row.users or row.anonymous else NOBODY
-            if row.track_id in found:
-                found[row.track_id][row.replica] = listeners
+            if row.topic in found:
+                found[row.topic][row.replica] = listeners
             else:
-                self._set(row.track_id, row.replica, listeners)
-                touched.add(row.track_id)
-        for track_id, rows in found.items():
-            track = self.tracks[track_id]
-            for replica in set(track.remote) | set(rows):
-                self._set(track_id, replica, rows.get(replica, NOBODY))
-            track.loaded = True
-            touched.add(track_id)
+                self._set(row.topic, row.replica, listeners)
+                touched.add(row.topic)
+        for topic, rows in found.items():
+            place = self.topics[topic]
+            for replica in set(place.remote) | set(rows):
+                self._set(topic, replica, rows.get(replica, NOBODY))
+            place.loaded = True
+            touched.add(topic)
         return touched
 
     def _heartbeats(self, snapshot: Snapshot, touched: set[str]) -> None:
@@ -162,29 +162,29 @@ class Roster:
                 self._count_replica(replica, touched, False)
 
     def _count_replica(self, replica: str, touched: set[str], counted: bool) -> None:
-        for track_id, track in self.tracks.items():
-            listeners = track.remote.get(replica)
+        for topic, place in self.topics.items():
+            listeners = place.remote.get(replica)
             if listeners is not None:
-                (track.hold if counted else track.release)(listeners)
-                touched.add(track_id)
+                (place.hold if counted else place.release)(listeners)
+                touched.add(topic)
 
     def _forget(self, replica: str, touched: set[str]) -> None:
         if replica in self._alive:
             self._alive.discard(replica)
             self._count_replica(replica, touched, False)
         del self._instances[replica]
-        for track in self.tracks.values():
-            track.remote.pop(replica, None)
+        for place in self.topics.values():
+            place.remote.pop(replica, None)
 
-    def _set(self, track_id: str, replica: str, listeners: Listeners) -> None:
-        track = self.tracks[track_id]
-        old = track.remote.get(replica, NOBODY)
+    def _set(self, topic: str, replica: str, listeners: Listeners) -> None:
+        place = self.topics[topic]
+        old = place.remote.get(replica, NOBODY)
         if old == listeners:
             return
         if replica in self._alive:  # only who came and went: a party's row changes by a few
-            track.release((old[0] - listeners[0], old[1]))
-            track.hold((listeners[0] - old[0], listeners[1]))
+            place.release((old[0] - listeners[0], old[1]))
+            place.hold((listeners[0] - old[0], listeners[1]))
         if listeners == NOBODY:
-            track.remote.pop(replica, None)
+            place.remote.pop(replica, None)
         else:
-            track.remote[replica] = listeners
+            place.remote[replica] = listeners

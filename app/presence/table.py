@@ -1,4 +1,4 @@
-"""Presence in PostgreSQL: the replicas' heartbeats and their listeners per track (the tables
+"""Presence in PostgreSQL: the replicas' heartbeats and their listeners per topic (the tables
 tracktalk.replicas and tracktalk.presence, sql/schema.sql). Only SQL here; app/presence/tracker.py
 decides when each statement runs and what the rows mean.
 """
@@ -28,10 +28,10 @@ class Beat(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One replica's listeners on one track."""
+    """One replica's listeners on one topic."""
 
     replica: str
-    track_id: str
+    topic: str
     users: list[int]
     anonymous: int
 
@@ -87,7 +87,7 @@ _WRITE = """
     ), written AS (
         INSERT INTO tracktalk.presence AS p (replica, topic, users, anonymous)
         SELECT %(replica)s, w.topic, w.users::bigint[], w.anonymous
-          FROM unnest(%(tracks)s::text[], %(users)s::text[], %(anonymous)s::int[])
+          FROM unnest(%(topics)s::text[], %(users)s::text[], %(anonymous)s::int[])
                AS w (topic, users, anonymous)
          WHERE EXISTS (SELECT FROM mine)
         ON CONFLICT (replica, topic) DO UPDATE
@@ -96,7 +96,7 @@ _WRITE = """
     ), dropped AS (
         DELETE FROM tracktalk.presence
          WHERE replica = %(replica)s AND topic = ANY(%(drop)s::text[])
-           AND topic <> ALL(%(tracks)s::text[]) AND users = '{}' AND anonymous = 0
+           AND topic <> ALL(%(topics)s::text[]) AND users = '{}' AND anonymous = 0
            AND EXISTS (SELECT FROM mine)
     )
     SELECT EXISTS (SELECT FROM mine)
@@ -124,7 +124,7 @@ _COUNT = """
     WITH live AS (
         SELECT p.users, p.anonymous
           FROM tracktalk.presence p JOIN tracktalk.replicas r ON r.id = p.replica
-         WHERE p.topic = %(track)s AND p.replica <> %(replica)s
+         WHERE p.topic = %(topic)s AND p.replica <> %(replica)s
            AND r.seen_at >= now() - %(alive)s * interval '1 second'
     )
     SELECT (SELECT count(DISTINCT u) FROM live, unnest(live.users) AS u)
@@ -158,7 +158,7 @@ class PresenceTable:
         return Beat.LOST if row[0] else Beat.KEPT
 
     async def write(self, replica: str, instance: str, rows: list[Row], drop: list[str]) -> bool:
-        """Write this replica's rows of tracks whose listeners changed, and delete its empty rows
+        """Write this replica's rows of topics whose listeners changed, and delete its empty rows
         of `drop`, in one statement, if this process (`instance`) still holds `replica`. False
         when it does not (the heartbeat row is gone, or another process claimed it): nothing
         was written."""
@@ -168,10 +168,10 @@ class PresenceTable:
                 {
                     "replica": replica,
                     "instance": instance,
-                    "tracks": [_TRACK + row.track_id for row in rows],
+                    "topics": [row.topic for row in rows],
                     "users": [_array(row.users) for row in rows],
                     "anonymous": [row.anonymous for row in rows],
-                    "drop": [_TRACK + track_id for track_id in drop],
+                    "drop": drop,
                 },
             )
             row = await cur.fetchone()
@@ -179,19 +179,17 @@ class PresenceTable:
 
     async def read(self, since: int, fresh: list[str]) -> Snapshot:
         """Every replica's heartbeat, the rows changed since `since` (a horizon; 0: all rows)
-        and all rows of the tracks in `fresh`."""
+        and all rows of the topics in `fresh`."""
         async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(
-                _READ, {"since": str(since), "fresh": [_TRACK + track_id for track_id in fresh]}
-            )
+            await cur.execute(_READ, {"since": str(since), "fresh": fresh})
             found = await cur.fetchall()
         peers: dict[str, Peer] = {}
         rows: list[Row] = []
-        for _, replica, instance, age, track_id, users, anonymous in found:
+        for _, replica, instance, age, topic, users, anonymous in found:
             if replica is not None:
                 peers[replica] = Peer(instance, age)
-            if track_id is not None and track_id.startswith(_TRACK):
-                rows.append(Row(replica, track_id[len(_TRACK) :], users, anonymous))
+            if topic is not None:
+                rows.append(Row(replica, topic, users, anonymous))
         return Snapshot(peers, rows, int(found[0][0]))
 
     async def release(self, replica: str, instance: str) -> None:
@@ -199,17 +197,13 @@ class PresenceTable:
         async with self._pool.connection() as conn:
             await conn.execute(_RELEASE, {"replica": replica, "instance": instance})
 
-    async def count(self, conn: Conn, track_id: str, exclude: str, alive: float) -> int:
-        """Distinct users and anonymous sockets on a track, from the rows of the replicas other
+    async def count(self, conn: Conn, topic: str, exclude: str, alive: float) -> int:
+        """Distinct users and anonymous sockets on a topic, from the rows of the replicas other
         than `exclude` that were seen within `alive` seconds (one statement)."""
         async with conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(_COUNT, {"track": _TRACK + track_id, "replica": exclude, "alive": alive})
+            await cur.execute(_COUNT, {"topic": topic, "replica": exclude, "alive": alive})
             row = await cur.fetchone()
         return int(row[0]) if row else 0
-
-
-_TRACK = "track:"
-"""A track's topic: the rows of tracktalk.presence are per topic."""
 
 
 def _array(users: list[int]) -> str:
