@@ -340,6 +340,7 @@ class FakeAccess:
         self.moderates: set[tuple[str, int | None]] = set()
         self.presence = True
         """Every topic's kind has presence."""
+        self.batches: list[int] = []
         self.fail: BaseException | None = None
         self.asked: list[tuple[str | None, int | None]] = []
         self.hold: asyncio.Event | None = None
@@ -362,6 +363,12 @@ class FakeAccess:
             await self.hold.wait()
             self.held -= 1
         return answer
+
+    async def many(self, wanted: list[tuple[str | None, int | None]]) -> list[Access]:
+        """The same for many at once (app/data/batch.py's Batched gathers them: services.access
+        is one in a replica); `batches` records each call's size."""
+        self.batches.append(len(wanted))
+        return [await self(one) for one in wanted]
 
 
 class FakeEvents:

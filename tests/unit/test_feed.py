@@ -662,3 +662,32 @@ async def test_a_catch_up_ends_when_the_log_lacks_events_the_track_numbered(worl
     await until(lambda: not world.feed.cursors._topics[T].filling, "the catch-up to end", turns=200)
     assert [m["type"] for m in sock.messages] == ["resync"] and sock.messages[0]["seq"] == 4
     assert world.log.reads <= 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-audience events (issue 20's hook)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_an_event_with_a_restricted_variant_is_built_once_per_form_for_1000_sockets() -> None:
+    """1,000 sockets on a track, half of them /api/ws, 5 moderators and the event's author: four
+    forms (public and restricted, with and without the topic), each built once, and each socket
+    in the audience gets the restricted one."""
+    hub = Hub()
+    sockets = {}
+    for user in range(1, 1001):
+        sock = FakeSocket()
+        conn = Connection(sock, user, LIMIT, tagged=user % 2 == 0)
+        hub.add(conn)
+        hub.subscribe(conn, T)
+        conn.moderate(T, user <= 5)
+        sockets[user] = sock
+    event = Frames(1, b'{"type":"skip","seq":1}', prefix(T), b'{"type":"comment_moderated","seq":1}', author=500)
+    hub.send(T, [event])
+    written = [sock.writes[-1] for sock in sockets.values()]
+    assert len({id(data) for data in written}) == 4  # one object per form, shared by every socket
+    kinds = {user: sock.messages[-1]["type"] for user, sock in sockets.items()}
+    audience = {1, 2, 3, 4, 5, 500}
+    assert {user for user, kind in kinds.items() if kind == "comment_moderated"} == audience
+    assert all("topic" in sock.messages[-1] for user, sock in sockets.items() if user % 2 == 0)
+    assert hub.delivered == 1000
