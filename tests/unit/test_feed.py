@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import msgspec
 import pytest
 
+from app.bounds import EVENT_PAGE_BYTES
 from app.data.events import Cursor
 from app.listener import Listener
 from app.live import close_codes
@@ -682,7 +683,9 @@ def test_an_event_with_a_restricted_variant_is_built_once_per_form_for_1000_sock
         hub.subscribe(conn, T)
         conn.moderate(T, user <= 5)
         sockets[user] = sock
-    event = Frames(1, b'{"type":"skip","seq":1}', prefix(T), b'{"type":"comment_moderated","seq":1}', author=500)
+    event = Frames(
+        1, b'{"type":"skip","seq":1}', prefix(T), b'{"type":"comment_moderated","seq":1}', author=500
+    )
     hub.send(T, [event])
     written = [sock.writes[-1] for sock in sockets.values()]
     assert len({id(data) for data in written}) == 4  # one object per form, shared by every socket
@@ -691,3 +694,20 @@ def test_an_event_with_a_restricted_variant_is_built_once_per_form_for_1000_sock
     assert {user for user, kind in kinds.items() if kind == "comment_moderated"} == audience
     assert all("topic" in sock.messages[-1] for user, sock in sockets.items() if user % 2 == 0)
     assert hub.delivered == 1000
+
+
+async def test_a_replay_of_large_events_is_read_and_written_a_mebibyte_at_a_time(world: World) -> None:
+    """10 events of 400 KB: pages of at most ~1 MiB of messages (the one that passes it ends the
+    page), each written to the socket on its own; before, a page was up to 500 events read and
+    written at once."""
+    world.feed = Feed(world.hub, world.log, world.channels)  # pages as a replica reads them
+    big = b'{"type": "comment_edited", "content": "' + b"x" * 400_000 + b'"}'
+    world.log.write(T, 10, message=big)
+    await world.socket()  # the track is watched: its cursor is 10
+    _, sock, _ = await world.socket(user=2, since=0)
+    assert sock.seqs == list(range(1, 11))
+    assert [read for topic, _, read in world.log.pages if topic == T] == [3, 3, 3, 1]
+    assert (
+        max(map(len, sock.writes)) < EVENT_PAGE_BYTES + 400_100
+    )  # a page: under 1 MiB, plus the event that passed it
+    await world.feed.stop()

@@ -160,9 +160,7 @@ async def test_three_topics_on_one_socket_each_numbered_with_their_topic_and_no_
     notice(services, T2, services.log.write(T2, 1))
     assert (client.seqs(T1), client.seqs(T2), client.seqs(TH)) == ([3], [1], [1, 2])
     new = client.of(T1)[-1]
-    assert (
-        new["track_id"] == "t1" and list(new)[0] == "topic"
-    )  # the track's message, the topic spliced in front
+    assert new["track_id"] == "t1" and next(iter(new)) == "topic"  # the track's message, the topic in front
     assert "track_id" not in client.of(TH)[-1]
     client.send(type="unsubscribe", topic=T1)
     await client.answered(T1, "unsubscribed")
