@@ -92,7 +92,9 @@ async def _change(track_id: str, services: Services, user: Viewer, action: Any) 
 
 async def _with_listening(services: Services, conn: Conn, found: TrackMetrics) -> TrackMetrics:
     """The metrics with `listening`, the track's count across replicas (app/presence/tracker.py)."""
-    return msgspec.structs.replace(found, listening=await services.presence.count(conn, track_topic(found.track_id)))
+    return msgspec.structs.replace(
+        found, listening=await services.presence.count(conn, track_topic(found.track_id))
+    )
 
 
 @get(
