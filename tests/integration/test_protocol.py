@@ -277,3 +277,22 @@ def test_the_socket_examples_in_the_doc_match_the_document(document: dict[str, A
     for example in examples:
         (received if example.get("type") == "typing" else sent).check(example)
     assert {example["type"] for example in examples} == SENT | {"typing"}
+
+
+def test_the_examples_of_the_socket_of_topics_in_the_doc_match_the_document(document: dict[str, Any]) -> None:
+    sent = Messages(document, "sendTopicMessages")
+    received = Messages(document, "receiveTopicClientMessages")
+    examples = list(json_examples(section(doc_text(), "One socket, many topics")))
+    for example in examples:
+        (received if example.get("type") in ("subscribe", "unsubscribe", "typing") else sent).check(example)
+    assert {example["type"] for example in examples} >= {
+        "connected",
+        "subscribed",
+        "subscribe_error",
+        "unsubscribed",
+        "error",
+        "subscribe",
+        "unsubscribe",
+        "typing",
+        "new_comment",
+    }

@@ -201,3 +201,39 @@ async def test_a_page_of_the_log_is_cut_past_its_bytes_without_reading_the_rest(
     assert [row.seq for row in one.rows] == [1] and one.more  # at least one
     last = await log.page(f"track:{track}", 3, max_bytes=200_000)
     assert [row.seq for row in last.rows] == [4, 5] and not last.more and last.latest.seq == 5
+
+
+async def test_a_kind_whose_access_function_raises_refuses_only_its_topics_and_says_nothing_of_why(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    """A kind registered by tracktalk.topic_kind whose may_see raises: its topic is `forbidden`
+    (logged as a WARNING by the server), the subscribes asked in the same query are answered, and
+    the error's text reaches no client. A function of another signature is refused at
+    registration."""
+    await sql(
+        db_url,
+        "CREATE OR REPLACE FUNCTION public.kind_raises(user_id bigint, topic text) RETURNS boolean"
+        " LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'a secret detail'; END $$",
+    )
+    await sql(db_url, "SELECT tracktalk.topic_kind('boom', 'public.kind_raises(bigint, text)')")
+    try:
+        with pytest.raises(Exception, match="must be \\(user_id bigint, topic text\\) RETURNS boolean"):
+            await sql(db_url, "SELECT tracktalk.topic_kind('bad', 'pg_catalog.upper(text)')")
+        track = new_track(db_url)
+        async with open_topics(replica.ws, world.tokens["alice"]) as alice:
+            for topic in ("boom:1", f"track:{track}", "boom:2"):
+                await alice.send({"type": "subscribe", "topic": topic})
+            await alice.until(
+                lambda: (
+                    bool(
+                        alice.answers("boom:1", "subscribe_error")
+                        and alice.answers("boom:2", "subscribe_error")
+                    )
+                    and bool(alice.answers(f"track:{track}", "subscribed"))
+                ),
+                "the three answers",
+            )
+            refused = alice.answers("boom:1", "subscribe_error")[0]
+            assert refused["reason"] == "forbidden" and "secret" not in str(alice.received)
+    finally:
+        await sql(db_url, "DELETE FROM tracktalk.topic_kinds WHERE kind = 'boom'")
