@@ -125,6 +125,10 @@ BEGIN
             ('tracktalk.channel_key',           'SELECT', 'tracktalk_app'),
             ('tracktalk.comment_stats',         'SELECT', 'tracktalk_app'),
             ('tracktalk.events',                'SELECT', 'tracktalk_app'),
+            -- what the fan-out nodes send (written by the triggers and tracktalk.relay()), and the
+            -- primary's heartbeat (written by tracktalk.beat()); the replicas on a node read its copy
+            ('tracktalk.outbox',                'SELECT', 'tracktalk_app'),
+            ('tracktalk.heartbeat',             'SELECT', 'tracktalk_app'),
             ('tracktalk.recent_writes',         'SELECT', 'tracktalk_app'),
             ('tracktalk.write_turns',           'SELECT', 'tracktalk_app'),
             ('tracktalk.comment_mentions',      'SELECT', 'tracktalk_app'),

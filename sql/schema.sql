@@ -165,7 +165,12 @@ CREATE TABLE IF NOT EXISTS tracktalk.settings (
     event_retention  interval NOT NULL DEFAULT '24 hours' CHECK (event_retention > interval '0'),
     -- How long a notification is kept, read or not (tracktalk.prune_notifications).
     notification_retention interval NOT NULL DEFAULT '90 days'
-        CONSTRAINT settings_notification_retention_positive CHECK (notification_retention > interval '0')
+        CONSTRAINT settings_notification_retention_positive CHECK (notification_retention > interval '0'),
+    -- Who sends the NOTIFYs: 'direct', the writers' triggers (pg_notify in every writing
+    -- transaction); 'fanout', the fan-out nodes (the triggers only write the event log and the
+    -- outbox, which logical replication carries to the nodes; docs/dba.md, "Fan-out nodes").
+    notify_mode      text NOT NULL DEFAULT 'direct'
+        CONSTRAINT settings_notify_mode_known CHECK (notify_mode IN ('direct', 'fanout'))
 );
 INSERT INTO tracktalk.settings DEFAULT VALUES ON CONFLICT (singleton) DO NOTHING;
 
@@ -246,9 +251,40 @@ CREATE TABLE IF NOT EXISTS tracktalk.events (
     -- Bytes of message and restricted as the replicas read them: replays and catch-ups read pages
     -- of at most about a MiB, without reading what they leave for the next page.
     size        integer NOT NULL,
+    -- Anyone may see the topic (publish()'s `public`): `message` may travel in a NOTIFY payload.
+    -- A fan-out node's trigger, which sends the payloads from its copy of this table, reads it.
+    public      boolean NOT NULL DEFAULT false,
     PRIMARY KEY (topic, seq)
 );
 CREATE INDEX IF NOT EXISTS events_created_at ON tracktalk.events (created_at);
+
+-- What the fan-out nodes turn into NOTIFYs besides the events (revocations, notifications'
+-- announcements, the replicas' sealed typing): a row per NOTIFY, written by the triggers and by
+-- tracktalk.relay() where a fan-out publication exists (tracktalk.fans_out()), carried to the nodes by the
+-- publication `tracktalk_outbox` (inserts only), sent there by a trigger that keeps no row
+-- (docs/dba.md, "Fan-out nodes"). Logged, so that logical replication carries it; pruned by
+-- tracktalk.prune_events() after a few minutes (the nodes have it as soon as it is in the WAL).
+CREATE TABLE IF NOT EXISTS tracktalk.outbox (
+    id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- What names the channel under the node's key ('topic <topic>', 'user <id>'): the node signs
+    -- `body` (its "at" made its own)...
+    name     text,
+    -- ... or the channel itself, `body` sent as it is (a replica's sealed notice).
+    channel  text,
+    body     text NOT NULL,
+    made_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT outbox_name_or_channel CHECK ((name IS NULL) <> (channel IS NULL))
+);
+CREATE INDEX IF NOT EXISTS outbox_made_at ON tracktalk.outbox (made_at);
+
+-- The primary's clock as its fan-out nodes last saw it: the replicas that listen on a node write
+-- it on the primary about once a second (tracktalk.beat(), which makes the row), and compare it
+-- with the node's copy: how far behind the node is, in the primary's own time (no clocks
+-- compared). No row is made here: a node's copy must start empty, to take the primary's.
+CREATE TABLE IF NOT EXISTS tracktalk.heartbeat (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    at         timestamptz NOT NULL DEFAULT now()
+);
 
 -- What each user wrote through the API lately, by kind: comment posts ('comment', the
 -- comments-per-minute limit) and every other write ('write': edits, comment and track likes

@@ -251,16 +251,73 @@ BEGIN
 END
 $$;
 
+-- Do the writers' triggers send the NOTIFYs themselves (tracktalk.settings.notify_mode 'direct')?
+-- In 'fanout' they do not, and their commits do not take NOTIFY's lock: the fan-out nodes send
+-- them (docs/dba.md, "Fan-out nodes"). Read once per call by publish() and tell(): a transaction
+-- that read it before a switch commits as it read it (the replicas that listen on the primary
+-- read the log until those have ended: app/live/polling.py).
+CREATE OR REPLACE FUNCTION tracktalk.notifies() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce((SELECT s.notify_mode = 'direct' FROM tracktalk.settings s), true)
+$$;
+
+-- Is there a fan-out publication on this database (made by `tracktalk fanout-node`)? Then what
+-- travels as NOTIFYs only (revocations, notifications' announcements, typing) is also written to
+-- tracktalk.outbox, whatever notify_mode says: the nodes' replicas get it in both modes, so that a
+-- switch between them loses nothing.
+CREATE OR REPLACE FUNCTION tracktalk.fans_out() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = 'tracktalk_outbox')
+$$;
+
+-- Tells the replicas `body` (a JSON object with its "at") on the channel named `name` ('topic
+-- <topic>', 'user <id>'): signed on this database's channels unless notify_mode is 'fanout', and
+-- through the outbox to the fan-out nodes where there are any (each signs it under its copy of
+-- the key, with its own "at").
+CREATE OR REPLACE FUNCTION tracktalk.tell(name text, body text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF tracktalk.notifies() THEN
+        PERFORM tracktalk.send_signed(name, body);
+    END IF;
+    IF tracktalk.fans_out() THEN
+        INSERT INTO tracktalk.outbox (name, body) VALUES (tell.name, tell.body);
+    END IF;
+END
+$$;
+
+-- A replica's sealed notice (typing: "e:" and base64, app/live/notices.py) for every replica's
+-- sockets of a topic, on `channel`: sent on this database's channels unless notify_mode is
+-- 'fanout', and through the outbox to the fan-out nodes where there are any. Not kept, and not
+-- worth a WAL flush: its commit does not wait for one (synchronous_commit off for this
+-- transaction; the nodes get it with the next flush, within wal_writer_delay). SECURITY DEFINER:
+-- the app role writes the outbox only through it.
+CREATE OR REPLACE FUNCTION tracktalk.relay(channel text, payload text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF payload NOT LIKE 'e:%' THEN
+        RAISE EXCEPTION 'tracktalk.relay sends only sealed notices (e:...)' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF tracktalk.notifies() THEN
+        PERFORM pg_notify(channel, payload);
+    END IF;
+    IF tracktalk.fans_out() THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+        INSERT INTO tracktalk.outbox (channel, body) VALUES (relay.channel, relay.payload);
+    END IF;
+END
+$$;
+
 -- Tells the replicas to check again who may see `topic`: each subscription to it is asked of
 -- tracktalk.may_see() again, and ends if refused. `gone`: what the topic is about was deleted
 -- (its subscribers that may still see it, if it was made again, reload). "at": when (the replicas
 -- drop a revocation that is old: one sent again by someone listening).
 CREATE OR REPLACE FUNCTION tracktalk.revoke_topic(topic text, gone boolean DEFAULT false) RETURNS void
 LANGUAGE sql AS $$
-    SELECT tracktalk.send_signed('topic ' || topic,
-                                 format('{"k":"revoke","topic":%s,"at":%s%s}', to_json(topic),
-                                        round(extract(epoch FROM clock_timestamp()), 6),
-                                        CASE WHEN gone THEN ',"gone":true' ELSE '' END))
+    SELECT tracktalk.tell('topic ' || topic,
+                          format('{"k":"revoke","topic":%s,"at":%s%s}', to_json(topic),
+                                 round(extract(epoch FROM clock_timestamp()), 6),
+                                 CASE WHEN gone THEN ',"gone":true' ELSE '' END))
 $$;
 
 -- Tells the replicas to check again who may watch `track` (its topic's revocation).
@@ -272,9 +329,9 @@ $$;
 -- Tells the replicas to check again what `user_id` may see (every topic of their sockets).
 CREATE OR REPLACE FUNCTION tracktalk.revoke_user(user_id bigint) RETURNS void
 LANGUAGE sql AS $$
-    SELECT tracktalk.send_signed('user ' || user_id,
-                                 format('{"k":"revoke","user":%s,"at":%s}', user_id,
-                                        round(extract(epoch FROM clock_timestamp()), 6)))
+    SELECT tracktalk.tell('user ' || user_id,
+                          format('{"k":"revoke","user":%s,"at":%s}', user_id,
+                                 round(extract(epoch FROM clock_timestamp()), 6)))
 $$;
 
 -- What `topic` is about was deleted: its events go from the log (they tell of rows that are
@@ -349,20 +406,30 @@ BEGIN
       INTO texts
       FROM unnest(messages) WITH ORDINALITY AS u (m, o);
 
+    -- Last to first: a fan-out node's trigger, which fires for each row its copy receives (in this
+    -- order), sends the statement's one payload when the first event arrives, the others being
+    -- there by then (tracktalk.events_fan_out).
     IF restricted IS NULL THEN
-        INSERT INTO tracktalk.events (topic, seq, message, tag, prev_tag, size)
+        INSERT INTO tracktalk.events (topic, seq, message, tag, prev_tag, size, public)
         SELECT publish.topic, first_seq + o - 1, t::json, event_tag,
-               CASE WHEN o = 1 THEN state.prev_tag ELSE event_tag END, octet_length(t)
-          FROM unnest(texts) WITH ORDINALITY AS u (t, o);
+               CASE WHEN o = 1 THEN state.prev_tag ELSE event_tag END, octet_length(t), publish.public
+          FROM unnest(texts) WITH ORDINALITY AS u (t, o)
+         ORDER BY o DESC;
     ELSE
-        INSERT INTO tracktalk.events (topic, seq, message, tag, prev_tag, restricted, author, size)
+        INSERT INTO tracktalk.events (topic, seq, message, tag, prev_tag, restricted, author, size, public)
         SELECT publish.topic, first_seq + o - 1, t::json, event_tag,
                CASE WHEN o = 1 THEN state.prev_tag ELSE event_tag END, r.variant::json,
-               authors[o], octet_length(t) + coalesce(octet_length(r.variant), 0)
+               authors[o], octet_length(t) + coalesce(octet_length(r.variant), 0), publish.public
           FROM unnest(texts) WITH ORDINALITY AS u (t, o)
           CROSS JOIN LATERAL (
                 SELECT (restricted[o] || jsonb_build_object('seq', first_seq + o - 1, 'tag', event_tag))::text
-               ) AS r (variant);
+               ) AS r (variant)
+         ORDER BY o DESC;
+    END IF;
+
+    -- In 'fanout' mode the fan-out nodes send the payload, from their copy of the rows above.
+    IF NOT tracktalk.notifies() THEN
+        RETURN state.last_seq;
     END IF;
 
     -- "at": when the events were made (seconds since the epoch), for the delivery-lag metric;
@@ -468,9 +535,9 @@ BEGIN
     LOOP
         -- 300 ids a NOTIFY: even 19-digit ids fit in the payload.
         FOR i IN 1..cardinality(r.ids) BY 300 LOOP
-            PERFORM tracktalk.send_signed('user ' || r.user_id,
-                                          format('{"k":"user","user":%s,"ids":%s,"at":%s}',
-                                                 r.user_id, to_json(r.ids[i:i + 299]), at));
+            PERFORM tracktalk.tell('user ' || r.user_id,
+                                   format('{"k":"user","user":%s,"ids":%s,"at":%s}',
+                                          r.user_id, to_json(r.ids[i:i + 299]), at));
         END LOOP;
     END LOOP;
 END
@@ -1189,13 +1256,17 @@ CREATE TRIGGER notifications_after_update
 -- channel, signed with the old key, so that only the replicas, which listen there, hear it; they
 -- read the new key and LISTEN under the new names (app/listener.py). A key changed with the
 -- triggers off (session_replication_role = replica) is noticed by the replicas within a minute.
+-- On the primary in 'fanout' mode nothing is said here: each fan-out node says it when its copy
+-- of the key changes (channel_key_fan_out, below, calls this with the argument 'node').
 CREATE OR REPLACE FUNCTION tracktalk.channel_key_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     body constant text := format('{"k":"rekey","at":%s}', round(extract(epoch FROM clock_timestamp()), 6));
 BEGIN
-    PERFORM pg_notify(tracktalk.channel_name(OLD.inner_pad, OLD.outer_pad, 'rekey'),
-                      tracktalk.hmac(OLD.inner_pad, OLD.outer_pad, body) || ' ' || body);
+    IF TG_NARGS > 0 OR tracktalk.notifies() THEN
+        PERFORM pg_notify(tracktalk.channel_name(OLD.inner_pad, OLD.outer_pad, 'rekey'),
+                          tracktalk.hmac(OLD.inner_pad, OLD.outer_pad, body) || ' ' || body);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -1205,6 +1276,168 @@ CREATE TRIGGER channel_key_changed
     AFTER UPDATE ON tracktalk.channel_key
     FOR EACH ROW WHEN (OLD.key IS DISTINCT FROM NEW.key)
     EXECUTE FUNCTION tracktalk.channel_key_changed();
+
+---------------------------------------------------------------------------------------------
+-- Fan-out nodes: a PostgreSQL that subscribes to the primary's publications `tracktalk` (the event
+-- log, the numbering, the channel key, the heartbeat, who may see what) and `tracktalk_outbox`,
+-- and sends the NOTIFYs from its copies (docs/dba.md, "Fan-out nodes"; prepared by `tracktalk
+-- fanout-node`). Its triggers are made everywhere and enabled only on a node whose copy of the log
+-- is complete (tracktalk.fan_out_triggers(), run last in this file): ENABLE REPLICA, so that they
+-- fire for the rows the subscription applies, and for nothing else.
+---------------------------------------------------------------------------------------------
+
+-- The subscription of this database that makes it a fan-out node (NULL: it is none).
+CREATE OR REPLACE FUNCTION tracktalk.node_subscription() RETURNS oid
+LANGUAGE sql STABLE AS $$
+    SELECT s.oid FROM pg_catalog.pg_subscription s
+     WHERE s.subdbid = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = current_database())
+       AND 'tracktalk' = ANY (s.subpublications)
+     ORDER BY s.subname LIMIT 1
+$$;
+
+-- On a node, for each event its copy of tracktalk.events receives (the apply worker fires row
+-- triggers, never statement triggers): the payload that publish() sends on the primary in
+-- 'direct' mode, one per statement and topic, as the statement's first event arrives. publish()
+-- inserts a statement's events last to first, so the others are there by then; the first is the
+-- one whose prev_tag is not its own tag (the trigger's WHEN). "at" is the event's time on the
+-- primary (the replicas' delivery-lag metric then includes the node's lag).
+CREATE OR REPLACE FUNCTION tracktalk.events_fan_out() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    last_seq bigint;
+    joined text;
+    closed boolean;
+    payload text;
+BEGIN
+    IF NEW.public AND NEW.restricted IS NULL THEN
+        SELECT max(e.seq), string_agg(e.message::text, ',' ORDER BY e.seq), bool_or(e.restricted IS NOT NULL)
+          INTO last_seq, joined, closed
+          FROM tracktalk.events e
+         WHERE e.topic = NEW.topic AND e.seq >= NEW.seq AND e.tag = NEW.tag;
+    ELSE
+        SELECT max(e.seq), NULL, true INTO last_seq, joined, closed
+          FROM tracktalk.events e
+         WHERE e.topic = NEW.topic AND e.seq >= NEW.seq AND e.tag = NEW.tag;
+    END IF;
+    payload := format('{"k":"topic","topic":%s,"first":%s,"last":%s,"at":%s,"tag":"%s","prev":%s',
+                      to_json(NEW.topic), NEW.seq, last_seq, round(extract(epoch FROM NEW.created_at), 6),
+                      NEW.tag, coalesce(to_json(NEW.prev_tag)::text, 'null'));
+    IF NOT closed AND octet_length(payload) + octet_length(joined) + 13 + 65 <= tracktalk.max_payload() THEN
+        payload := payload || ',"events":[' || joined || ']}';
+    ELSE
+        payload := payload || '}';
+    END IF;
+    PERFORM tracktalk.send_signed('topic ' || NEW.topic, payload);
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS events_fan_out ON tracktalk.events;
+CREATE TRIGGER events_fan_out
+    AFTER INSERT ON tracktalk.events
+    FOR EACH ROW WHEN (NEW.prev_tag IS DISTINCT FROM NEW.tag)
+    EXECUTE FUNCTION tracktalk.events_fan_out();
+
+-- On a node, each row the outbox receives is sent (signed under the node's copy of the key, with
+-- the node's "at", so that a revocation that reaches a lagging node late is not dropped as old
+-- news), and not kept: the primary prunes its own rows, and its deletes are not published.
+CREATE OR REPLACE FUNCTION tracktalk.outbox_fan_out() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.channel IS NOT NULL THEN
+        PERFORM pg_notify(NEW.channel, NEW.body);
+    ELSE
+        PERFORM tracktalk.send_signed(
+            NEW.name, (NEW.body::jsonb || jsonb_build_object('at', round(extract(epoch FROM clock_timestamp()), 6)))::text);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS outbox_fan_out ON tracktalk.outbox;
+CREATE TRIGGER outbox_fan_out
+    BEFORE INSERT ON tracktalk.outbox
+    FOR EACH ROW EXECUTE FUNCTION tracktalk.outbox_fan_out();
+
+-- On a node, a change of its copy of the key is told as on the primary (channel_key_changed).
+DROP TRIGGER IF EXISTS channel_key_fan_out ON tracktalk.channel_key;
+CREATE TRIGGER channel_key_fan_out
+    AFTER UPDATE ON tracktalk.channel_key
+    FOR EACH ROW WHEN (OLD.key IS DISTINCT FROM NEW.key)
+    EXECUTE FUNCTION tracktalk.channel_key_changed('node');
+
+-- Enables the fan-out triggers where this database is a node whose copy of the event log is
+-- complete (its initial copy done: while it runs, every row it copies would fire the trigger), and
+-- disables them everywhere else (the primary). The outbox's trigger is on from the subscription's
+-- start (its copied rows are sent, none kept). Run at the end of this file and by `tracktalk
+-- fanout-node` once the initial copy is done; returns whether the events' trigger is on.
+CREATE OR REPLACE FUNCTION tracktalk.fan_out_triggers() RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    node constant oid := tracktalk.node_subscription();
+    copied constant boolean := node IS NOT NULL AND EXISTS (
+        SELECT 1 FROM pg_catalog.pg_subscription_rel r
+         WHERE r.srsubid = node AND r.srrelid = 'tracktalk.events'::regclass AND r.srsubstate = 'r');
+BEGIN
+    IF copied THEN
+        ALTER TABLE tracktalk.events ENABLE REPLICA TRIGGER events_fan_out;
+    ELSE
+        ALTER TABLE tracktalk.events DISABLE TRIGGER events_fan_out;
+    END IF;
+    IF node IS NOT NULL THEN
+        ALTER TABLE tracktalk.outbox ENABLE REPLICA TRIGGER outbox_fan_out;
+        ALTER TABLE tracktalk.channel_key ENABLE REPLICA TRIGGER channel_key_fan_out;
+    ELSE
+        ALTER TABLE tracktalk.outbox DISABLE TRIGGER outbox_fan_out;
+        ALTER TABLE tracktalk.channel_key DISABLE TRIGGER channel_key_fan_out;
+    END IF;
+    RETURN copied;
+END
+$$;
+
+-- The primary's heartbeat (tracktalk.heartbeat), written at most every half second, and only where
+-- there are fan-out nodes to read it; its time. The replicas that listen on a node call it about
+-- once a second and compare it with the node's copy: how far the node is behind. SECURITY DEFINER:
+-- the app role writes the heartbeat only through it.
+CREATE OR REPLACE FUNCTION tracktalk.beat() RETURNS timestamptz
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    beat timestamptz;
+BEGIN
+    SELECT h.at INTO beat FROM tracktalk.heartbeat h;
+    -- Read first: the replicas that find it fresh write nothing (not even a row lock).
+    IF (beat IS NULL OR beat < clock_timestamp() - interval '0.5 s') AND tracktalk.fans_out() THEN
+        INSERT INTO tracktalk.heartbeat AS h (at) VALUES (clock_timestamp())
+        ON CONFLICT (singleton) DO UPDATE SET at = excluded.at
+         WHERE h.at < excluded.at - interval '0.5 s';
+        SELECT h.at INTO beat FROM tracktalk.heartbeat h;
+    END IF;
+    RETURN beat;
+END
+$$;
+
+-- How a fan-out node stands (read by the replicas that listen on it, every second, and by
+-- `tracktalk check`): its subscription, whether its apply worker runs, whether its initial copy is
+-- done and its triggers send, and the primary's heartbeat as it last received it. No row where
+-- this database is not a node.
+CREATE OR REPLACE FUNCTION tracktalk.node_state(
+    OUT subscription text, OUT enabled boolean, OUT running boolean, OUT copied boolean,
+    OUT sending boolean, OUT beat timestamptz, OUT received_at timestamptz
+) RETURNS SETOF record
+LANGUAGE sql STABLE AS $$
+    SELECT s.subname::text, s.subenabled,
+           EXISTS (SELECT 1 FROM pg_catalog.pg_stat_subscription w
+                    WHERE w.subid = s.oid AND w.relid IS NULL AND w.pid IS NOT NULL),
+           NOT EXISTS (SELECT 1 FROM pg_catalog.pg_subscription_rel r
+                        WHERE r.srsubid = s.oid AND r.srsubstate <> 'r'),
+           EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+                    WHERE t.tgrelid = 'tracktalk.events'::regclass AND t.tgname = 'events_fan_out'
+                      AND t.tgenabled = 'R'),
+           (SELECT h.at FROM tracktalk.heartbeat h),
+           (SELECT max(w.last_msg_receipt_time) FROM pg_catalog.pg_stat_subscription w WHERE w.subid = s.oid)
+      FROM pg_catalog.pg_subscription s
+     WHERE s.oid = tracktalk.node_subscription()
+$$;
 
 ---------------------------------------------------------------------------------------------
 -- Maintenance: recounts, pruning, counters for rows made before these triggers, the key; the stamp last
@@ -1287,6 +1520,8 @@ DECLARE
     gone bigint := 0;
 BEGIN
     DELETE FROM tracktalk.recent_writes WHERE at < now() - interval '1 hour';
+    -- The outbox's rows were in the fan-out nodes' hands once in the WAL: a few minutes is plenty.
+    DELETE FROM tracktalk.outbox WHERE made_at < now() - interval '5 minutes';
     FOR expired IN
         SELECT e.topic, max(e.seq) AS through
           FROM tracktalk.events e
@@ -1317,7 +1552,10 @@ ON CONFLICT (comment_id) DO NOTHING;
 -- The channel key, made once.
 SELECT tracktalk.rotate_channel_key() WHERE NOT EXISTS (SELECT 1 FROM tracktalk.channel_key);
 
+-- The fan-out triggers: on where this database is a node with a complete copy, off elsewhere.
+SELECT tracktalk.fan_out_triggers();
+
 -- A replica serves a schema of its own version or newer; docs/dba.md lists what each version
 -- added, and which upgrades need the old replicas stopped first (2 to 3, 4 to 5, 5 to 6).
-INSERT INTO tracktalk.schema_version (version) VALUES (6)
+INSERT INTO tracktalk.schema_version (version) VALUES (9)
 ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, applied_at = now();
