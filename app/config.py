@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from app.auth.provider import IdentityProvider, identity_provider
-from app.env import ConfigError, addresses, flag, fraction, limit, names, number
-from app.ops.readiness import NOTIFY_QUEUE_LIMIT
+from app.env import ConfigError, addresses, flag, fraction, limit, names, number, url_list
+from app.ops.readiness import NODE_LAG_LIMIT, NOTIFY_QUEUE_LIMIT
 
 _SECRET_HINT = 'e.g. python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
@@ -70,6 +70,8 @@ class Settings:
     """TRACKTALK_SECRET, the key of tracktalk's own HS256 tokens; empty: none are accepted (only
     with an identity provider)."""
     listen_url: str = ""
+    """TRACKTALK_LISTEN_URL as given: one URL, or several, comma-separated (fan-out nodes, in the
+    order to try them: listen_urls)."""
     demo: bool = False
     """Offer the demo sign-in route (on with the embedded database, or TRACKTALK_DEMO=1)."""
     pool_min: int = 2
@@ -116,11 +118,20 @@ class Settings:
     notify_queue_limit: float = NOTIFY_QUEUE_LIMIT
     """TRACKTALK_NOTIFY_QUEUE_LIMIT: the fraction of PostgreSQL's NOTIFY queue in use past which
     /readyz fails (app/ops/readiness.py)."""
+    node_lag_limit: float = NODE_LAG_LIMIT
+    """TRACKTALK_NODE_LAG_LIMIT: seconds a fan-out node the listener is on may be behind the primary
+    before /readyz fails (app/ops/readiness.py)."""
 
     def __post_init__(self) -> None:
         if not self.listen_url:
             object.__setattr__(self, "listen_url", self.database_url)
         object.__setattr__(self, "pool_min", min(self.pool_min, self.pool_max))
+
+    @property
+    def listen_urls(self) -> tuple[str, ...]:
+        """Where the listener LISTENs and the live path reads the log: TRACKTALK_LISTEN_URL's
+        URLs, in order (the first that answers; the next when it fails), or DATABASE_URL."""
+        return url_list(self.listen_url) or (self.database_url,)
 
     @property
     def pooled(self) -> bool:
@@ -199,4 +210,5 @@ class Settings:
             identity_provider=provider,
             replica_id=_replica_id(env, port),
             notify_queue_limit=fraction(env, "TRACKTALK_NOTIFY_QUEUE_LIMIT", NOTIFY_QUEUE_LIMIT),
+            node_lag_limit=number(env, "TRACKTALK_NODE_LAG_LIMIT", NODE_LAG_LIMIT),
         )

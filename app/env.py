@@ -4,6 +4,7 @@ ConfigError that names the variable and says what to set."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 
 
@@ -79,3 +80,14 @@ def addresses(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tu
                 "comma-separated addresses or networks, e.g. 127.0.0.1,10.0.0.0/8"
             ) from None
     return tuple(written)
+
+
+_URL_START = re.compile(r",\s*(?=postgres(?:ql)?://)")
+"""A comma that starts another URL in a list of them: a URL's own commas (libpq's multi-host
+`postgresql://db1,db2/tracktalk`) are followed by a host, not by a scheme."""
+
+
+def url_list(raw: str) -> tuple[str, ...]:
+    """A comma-separated list of PostgreSQL URLs (`postgresql://…`), each stripped; a single
+    conninfo of any form (`host=… dbname=…`, or a multi-host URL) is one entry."""
+    return tuple(item.strip() for item in _URL_START.split(raw) if item.strip())

@@ -15,6 +15,11 @@ pg_terminate_backend, a server restart) it reconnects with backoff and jitter, r
 key, LISTENs again and only then lets the sink catch up on what committed meanwhile (the feed does
 it in the background; until it is done the replica is not ready).
 
+It may be given several URLs (TRACKTALK_LISTEN_URL, comma-separated: fan-out nodes, docs/dba.md):
+it uses the first that answers, and when the one in use fails, the next, in turn (then the first
+again). Before it LISTENs, `on_connect` looks at where it got (the replica reads the log there,
+app/data/nodes.py) and may refuse it (a node still making its initial copy): the next is tried.
+
 A new channel key renames every channel. The listener hears of it on the `rekey` channel (told
 under the old key by a trigger on tracktalk.channel_key; it also reads the key every minute, and
 at each reconnect): it reads the new key, LISTENs under the new names and has the sink read from
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import psycopg
@@ -37,6 +42,8 @@ from psycopg.conninfo import make_conninfo
 
 from app.backoff import Backoff
 from app.data.events import read_channel_key_and_snapshot, still_running
+from app.data.nodes import NotServing, describe
+from app.env import url_list
 from app.live.notices import REKEY_NAME, Codec, Opened
 from app.logs import one_line
 from app.wire import Rekey
@@ -75,11 +82,22 @@ class NoticeSink(Protocol):
         were renamed): read every watched track's log again, in the background."""
 
 
+OnConnect = Callable[[str, psycopg.AsyncConnection[Any]], Awaitable[None]]
+"""Called with each new connection's conninfo and the connection, before it LISTENs; may raise
+NotServing to have the next URL tried."""
+
+
 class Listener:
     """Holds the LISTEN connection and feeds checked payloads to a sink."""
 
-    def __init__(self, conninfo: str, codec: Codec) -> None:
-        self._conninfo = conninfo
+    def __init__(
+        self, conninfo: str | Sequence[str], codec: Codec, on_connect: OnConnect | None = None
+    ) -> None:
+        self._conninfos = list(url_list(conninfo) if isinstance(conninfo, str) else conninfo) or [""]
+        """Where to LISTEN, in order of preference."""
+        self._at = 0
+        """Index of the one in use (or to try first)."""
+        self._on_connect = on_connect
         self._codec = codec
         self._sink: NoticeSink | None = None
         self._ready = False
@@ -102,6 +120,8 @@ class Listener:
         self.rekeys = 0
         """Times a new channel key was taken."""
         self.backend_pid: int | None = None
+        self.where: str | None = None
+        """host:port/dbname of the database listened on (None: not connected)."""
 
     def attach(self, sink: NoticeSink) -> None:
         """Deliver to `sink` (the feed, made after the listener)."""
@@ -144,16 +164,18 @@ class Listener:
                 await self._session()
             except asyncio.CancelledError:
                 raise
-            except (psycopg.Error, OSError) as exc:
+            except (psycopg.Error, OSError, NotServing) as exc:
                 log.warning("listener connection lost: %s", one_line(exc))
             except Exception:
                 log.exception("listener failed; reconnecting to catch up")
             finally:
                 if self._ready:  # a session that got as far as ready starts the backoff afresh
                     backoff.reset()
+                    self._at = (self._at + 1) % len(self._conninfos)  # the next, when the one in use failed
                 self._ready = False
                 self._listening = set()
                 self.backend_pid = None
+                self.where = None
             self.reconnects += 1
             await backoff.wait()
 
@@ -172,17 +194,40 @@ class Listener:
         except Exception:
             log.exception("a notification could not be delivered")
 
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        """A connection to the first of the URLs, from the one in use on, that answers and that
+        `on_connect` takes; what the last one raised when none does."""
+        count = len(self._conninfos)
+        for step in range(count):
+            at = (self._at + step) % count
+            conninfo = make_conninfo(
+                self._conninfos[at],
+                application_name="tracktalk-listener",
+                # The triggers sign the payload's UTF-8 bytes: have them come as UTF-8, whatever the
+                # database's encoding.
+                client_encoding="UTF8",
+                connect_timeout=_CONNECT_TIMEOUT,
+                **_KEEPALIVE,
+            )
+            conn = None
+            try:
+                conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+                if self._on_connect is not None:
+                    await self._on_connect(self._conninfos[at], conn)
+            except (psycopg.Error, OSError, NotServing) as exc:
+                if conn is not None:
+                    await conn.close()
+                if step == count - 1:
+                    raise
+                log.warning("listener: %s: %s; trying the next", describe(self._conninfos[at]), one_line(exc))
+                continue
+            self._at = at
+            self.where = describe(self._conninfos[at])
+            return conn
+        raise AssertionError("unreachable")
+
     async def _session(self) -> None:
-        conninfo = make_conninfo(
-            self._conninfo,
-            application_name="tracktalk-listener",
-            # The triggers sign the payload's UTF-8 bytes: have them come as UTF-8, whatever the
-            # database's encoding.
-            client_encoding="UTF8",
-            connect_timeout=_CONNECT_TIMEOUT,
-            **_KEEPALIVE,
-        )
-        conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+        conn = await self._connect()
         async with conn:
             # Notifications that arrive while a command runs on this connection come this way.
             conn.add_notify_handler(lambda n: self.deliver(n.payload.encode()))
@@ -193,7 +238,12 @@ class Listener:
                 self._sink.on_listen()
             self._ready = True
             self._resolve_waiters()
-            log.info("listening on %d channels (backend pid %s)", len(self._listening), self.backend_pid)
+            log.info(
+                "listening on %s, %d channels (backend pid %s)",
+                self.where,
+                len(self._listening),
+                self.backend_pid,
+            )
             while True:
                 await self._idle(conn)
                 now = asyncio.get_running_loop().time()

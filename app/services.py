@@ -15,14 +15,24 @@ from app.auth.verifier import TokenVerifier
 from app.background import background
 from app.config import Settings
 from app.data.batch import Batched
-from app.data.db import SCHEMA_VERSION, SchemaError, check_role_settings, create_pool, schema_version, serves
-from app.data.events import Access, EventLog, access
+from app.data.db import (
+    SCHEMA_VERSION,
+    Conn,
+    SchemaError,
+    check_role_settings,
+    create_pool,
+    schema_version,
+    serves,
+)
+from app.data.events import Access, EventLog, access_where_listening
+from app.data.nodes import Reads, node_state
 from app.handlers.write_limits import Refusals
 from app.listener import Listener
 from app.live import close_codes
 from app.live.feed import Feed
 from app.live.hub import Hub
 from app.live.notices import Codec
+from app.live.polling import Polling
 from app.live.throttle import RateLimiter
 from app.ops.prometheus import Metrics
 from app.ops.readiness import Readiness
@@ -67,7 +77,10 @@ class Services:
     presence: Presence
     """Who is here: listeners per topic across replicas, and the `presence` frames."""
     readiness: Readiness
-    """The database's last answer for /readyz (schema version, NOTIFY queue), read every second."""
+    """The database's last answer for /readyz (schema version, NOTIFY queue, the fan-out node),
+    read every second."""
+    reads: Reads
+    """Where the live path reads the log: the request pool, or the fan-out node the listener is on."""
 
 
 @asynccontextmanager
@@ -86,18 +99,33 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
         if settings.pooled:
             log.info("DATABASE_URL is taken to be a transaction-mode pooler: no prepared statements")
             await check_role_settings(pool)
-        events = EventLog(pool)
+        reads = Reads(pool, settings.pool_max, settings.statement_timeout)
+        events = EventLog(pool, reads)
         codec = Codec(await events.channel_key())
         hub = Hub(settings.sockets_per_user)
         metrics = Metrics(hub)
-        listener = Listener(settings.listen_url, codec)
+
+        async def on_connect(conninfo: str, conn: Conn) -> None:
+            await reads.use(conninfo, await node_state(conn))
+
+        listener = Listener(settings.listen_urls, codec, on_connect)
         presence = Presence(hub, PresenceTable(pool), settings.replica_id)
         feed = Feed(hub, events, listener, on_lag=metrics.lag.observe, presence=presence)
         listener.attach(feed)
         metrics.watch(listener, codec)
         tokens = TokenVerifier.from_settings(settings)
         metrics.count_presence(presence)
-        readiness = Readiness(pool, settings.notify_queue_limit, on_usage=metrics.read_queue_usage)
+        polling = Polling(feed.catch_up, feed.access.recheck_all)
+        readiness = Readiness(
+            pool,
+            settings.notify_queue_limit,
+            on_usage=metrics.read_queue_usage,
+            reads=reads,
+            node_lag_limit=settings.node_lag_limit,
+            on_reading=lambda r: polling.observe(
+                listener.where is not None and r.node is None, r.notify_mode, r.snapshot
+            ),
+        )
         await readiness.check()
         services = Services(
             settings,
@@ -111,9 +139,10 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             refused=Refusals(),
             metrics=metrics,
             tokens=tokens,
-            access=Batched(lambda wanted: _access(pool, wanted)),
+            access=Batched(lambda wanted: access_where_listening(reads, wanted)),
             presence=presence,
             readiness=readiness,
+            reads=reads,
         )
         async with (
             tokens,
@@ -129,12 +158,8 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             hub.close_all(close_codes.GOING_AWAY, close_codes.SHUTTING_DOWN)
             await feed.stop()
     finally:
+        await reads.close()
         await pool.close()
-
-
-async def _access(pool: AsyncConnectionPool, wanted: list[tuple[str | None, int | None]]) -> list[Access]:
-    async with pool.connection() as conn:
-        return await access(conn, wanted)
 
 
 async def _expire_forever(hub: Hub) -> None:

@@ -189,9 +189,25 @@ class Health(Struct):
     checks: dict[str, bool] = msgspec.field(default_factory=dict)
 
 
+class FanoutNode(Struct):
+    """The fan-out node the replica's listener is on (docs/dba.md, "Fan-out nodes")."""
+
+    name: str
+    """host:port/dbname of the node."""
+    subscription: str | None
+    """Its subscription to the primary (null: the node did not answer)."""
+    running: bool
+    """Its apply worker runs: it receives the primary's changes."""
+    lag_seconds: float | None
+    """How far behind the primary it is (their heartbeats compared, in the primary's time; null:
+    not known yet)."""
+    lag_limit: float
+    """TRACKTALK_NODE_LAG_LIMIT: past it /readyz fails."""
+
+
 class Readiness(Struct):
     """Answer of /readyz: each check true, false, or null when it could not be made (the schema
-    and the NOTIFY queue of a database that does not answer)."""
+    and the NOTIFY queue of a database that does not answer; `node` where the listener is on none)."""
 
     status: Literal["ok", "unavailable"]
     checks: dict[str, bool | None]
@@ -199,6 +215,10 @@ class Readiness(Struct):
     """None while the database does not answer."""
     detail: str | None
     """What is wrong and what to do about it; None when all is well."""
+    notify_mode: Literal["direct", "fanout"] | None = None
+    """Who sends the NOTIFYs (tracktalk.settings.notify_mode); null while the database does not answer."""
+    node: FanoutNode | None = None
+    """The fan-out node the listener is on; null: it listens on the primary (TRACKTALK_LISTEN_URL)."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,19 +1,27 @@
-"""The event log (tracktalk.events) and the other reads of the live path, through the request pool.
+"""The event log (tracktalk.events) and the other reads of the live path.
 
 EventLog never uses the LISTEN connection (it only listens; it reads the channel key, and watches
 a change of it, with the functions at the end of this module). Every query here is one short
 statement: a page of events and the topic's latest event come from one snapshot.
+
+The log, and who may see a topic, are read where the listener is (app/data/nodes.py's Reads): the
+request pool, or the fan-out node's own pool. A node may be behind the primary; where that shows
+(the node's latest seq below what is asked for, an answer other than a plain yes to a subscribe)
+the primary is asked instead. The notifications' messages are always read on the primary (a node
+holds no notifications).
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from app.bounds import EVENT_PAGE, EVENT_PAGE_BYTES, MAX_BIGINT
+from app.data.nodes import Reads
 
 
 class Cursor(NamedTuple):
@@ -66,12 +74,14 @@ class Access(NamedTuple):
 class EventLog:
     """Reads of the durable events, the notifications' messages and who may see what."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, reads: Reads | None = None) -> None:
         self._pool = pool
+        self._reads = reads if reads is not None else Reads(pool)
 
     async def latest(self, topics: list[str]) -> dict[str, Cursor]:
-        """The latest event of each topic (seq 0 for a topic with no events)."""
-        async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+        """The latest event of each topic (seq 0 for a topic with no events), where the listener
+        is (a node's copy, while it is on one: the events it has heard of, or will)."""
+        async with self._reads.pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute(
                 "SELECT topic, last_seq, last_tag FROM tracktalk.topic_state WHERE topic = ANY (%s)",
                 (topics,),
@@ -91,8 +101,30 @@ class EventLog:
         its messages pass `max_bytes` (at least one event), with the topic's latest event: one
         statement, so one snapshot (the log and the latest seq agree: an event the log lacks is
         not kept, not on its way). A message past the cut is not read (`size` says where to cut).
-        What is kept may have holes (pruning): the caller checks every seq."""
-        async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+        What is kept may have holes (pruning): the caller checks every seq.
+
+        Read where the listener is; on a fan-out node whose latest seq is below `after` (or below
+        `through`), which is behind what the caller has or needs, on the primary instead: its
+        answer is the same history, further on (a node is never taken to have lost what it has
+        not received yet)."""
+        node = self._reads.node_pool
+        if node is not None:
+            found = await self._page(node, topic, after, limit, through, max_bytes)
+            if found.latest.seq >= max(after, through or 0):
+                return found
+            # The node is behind: the primary has it (or the history went back in time there too).
+        return await self._page(self._reads.primary, topic, after, limit, through, max_bytes)
+
+    async def _page(
+        self,
+        pool: AsyncConnectionPool,
+        topic: str,
+        after: int,
+        limit: int,
+        through: int | None,
+        max_bytes: int,
+    ) -> Page:
+        async with pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute(
                 """
                 SELECT s.last_seq, s.last_tag, e.seq, e.message::text, e.tag, e.prev_tag,
@@ -152,8 +184,7 @@ class EventLog:
         moderates the topic."""
         if not pairs:
             return {}
-        async with self._pool.connection() as conn:
-            found = await access(conn, [(topic, user or None) for user, topic in pairs])
+        found = await access_where_listening(self._reads, [(topic, user or None) for user, topic in pairs])
         return dict(zip(pairs, found, strict=True))
 
     async def channel_key(self) -> bytes:
@@ -162,9 +193,11 @@ class EventLog:
             return await read_channel_key(conn)
 
     async def notify(self, channel: str, payload: str) -> None:
-        """Send a payload on a channel, to every replica that listens on it."""
+        """Send a sealed payload on a channel, to every replica that listens on it, wherever it
+        listens (tracktalk.relay: on the primary's channels in 'direct' mode, through the outbox
+        to the fan-out nodes where there are any)."""
         async with self._pool.connection() as conn:
-            await conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+            await conn.execute("SELECT tracktalk.relay(%s, %s)", (channel, payload))
 
     async def queue_usage(self) -> float:
         """pg_notification_queue_usage(): the fraction of the server's NOTIFY queue in use."""
@@ -208,6 +241,38 @@ async def still_running(conn: AsyncConnection[Any], snapshot: str) -> int:
         )
         row = await cur.fetchone()
     return int(row[0]) if row else 0
+
+
+async def access_where_listening(reads: Reads, wanted: list[tuple[str | None, int | None]]) -> list[Access]:
+    """access() asked where the listener is: on its fan-out node, then, for every pair the node
+    does not answer with a plain yes (the user may see the topic, and exists), on the primary.
+
+    A node may not have a user, a track or a grant made a moment ago on the primary, and may not
+    hold the tables a live table's kind asks (tracktalk.may_see answers NULL or false there): the
+    primary decides those. A yes the node gives for what the primary has just revoked lasts until
+    the revocation reaches the node, which then has the change (one transaction): the recheck that
+    the revocation makes ends it."""
+    node = reads.node_pool
+    if node is None:
+        async with reads.primary.connection() as conn:
+            return await access(conn, wanted)
+    try:
+        async with node.connection() as conn:
+            found = await access(conn, wanted)
+    except psycopg.Error:
+        found = [Access(None, None)] * len(wanted)
+    doubtful = [
+        i
+        for i, ((topic, user), answer) in enumerate(zip(wanted, found, strict=True))
+        if (user is not None and answer.username is None)
+        or (topic is not None and answer.may_see is not True)
+    ]
+    if doubtful:
+        async with reads.primary.connection() as conn:
+            again = await access(conn, [wanted[i] for i in doubtful])
+        for i, answer in zip(doubtful, again, strict=True):
+            found[i] = answer
+    return found
 
 
 async def access(conn: AsyncConnection[Any], wanted: list[tuple[str | None, int | None]]) -> list[Access]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from typing import Any
+from typing import Any, Literal
 
 from litestar import Request, Response, get
 from litestar.exceptions import NotAuthorizedException
@@ -12,9 +12,9 @@ from litestar.openapi import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.data.db import serves
-from app.ops.readiness import describe_holder
+from app.ops.readiness import NodeReading, describe_holder
 from app.services import Services
-from app.wire import Health, NotifyQueue, Readiness
+from app.wire import FanoutNode, Health, NotifyQueue, Readiness
 
 _DB_CHECK_TIMEOUT = 2.0
 """Seconds /metrics waits for the database's NOTIFY queue usage before it keeps the last reading."""
@@ -32,38 +32,74 @@ async def healthz() -> Health:
     responses={
         503: ResponseSpec(
             data_container=Readiness,
-            description="Not ready: `checks` says which of database, schema, listener and notify_queue is not "
-            "(null: could not be asked), `detail` what to do.",
+            description="Not ready: `checks` says which of database, schema, listener, notify_queue, notifies "
+            "and node is not (null: could not be asked, or no fan-out node), `detail` what to do.",
             generate_examples=False,
         )
     },
 )
 async def readyz(services: Services) -> Response[Readiness]:
     """Ready: the database answers, its schema is this code's or newer, its NOTIFY queue is below
-    the limit, the listener is connected and caught up. Answers at once, from the database's last
-    reading (taken every second in the background): null where the database could not be asked."""
+    the limit, the listener is connected and caught up, and where it listens NOTIFYs are sent (not
+    the primary in 'fanout' mode), by a fan-out node that receives the primary's changes and is
+    less than TRACKTALK_NODE_LAG_LIMIT behind. Answers at once, from the database's last reading
+    (taken every second in the background): null where the database could not be asked, and
+    `node` null where the listener is on none."""
     reading = services.readiness.reading()
     limit = services.readiness.queue_limit
     queue = None if reading is None else NotifyQueue(reading.queue_usage, limit, reading.holder)
+    node = None if reading is None or reading.node is None else _node(reading.node, services)
+    # On a node that the last reading did not look at yet (the listener just got there): not ready
+    # until it has (within a second).
+    unread = services.reads.node is not None and (node is None or node.name != services.reads.node)
     checks: dict[str, bool | None] = {
         "database": reading is not None,
         "schema": None if reading is None else serves(reading.version),
         "listener": services.listener.ready and services.feed.caught_up,
         "notify_queue": None if queue is None else queue.usage < limit,
+        "notifies": None if reading is None else reading.node is not None or reading.notify_mode != "fanout",
+        "node": None if node is None and not unread else not unread and node is not None and _node_ok(node),
     }
-    ok = all(value is True for value in checks.values())
+    ok = all(value is True for key, value in checks.items() if key != "node") and checks["node"] is not False
+    mode = None if reading is None else reading.notify_mode
+    notify_mode: Literal["direct", "fanout"] | None = (
+        "fanout" if mode == "fanout" else "direct" if mode == "direct" else None
+    )
     return Response(
         Readiness(
             status="ok" if ok else "unavailable",
             checks=checks,
             notify_queue=queue,
-            detail=None if ok else _detail(checks, queue),
+            detail=None if ok else _detail(checks, queue, node, reading.node if reading else None, unread),
+            notify_mode=notify_mode,
+            node=node,
         ),
         status_code=200 if ok else 503,
     )
 
 
-def _detail(checks: dict[str, bool | None], queue: NotifyQueue | None) -> str:
+def _node(reading: NodeReading, services: Services) -> FanoutNode:
+    state = reading.state
+    return FanoutNode(
+        name=reading.name,
+        subscription=None if state is None else state.subscription,
+        running=state is not None and state.running,
+        lag_seconds=None if reading.lag is None else round(reading.lag, 3),
+        lag_limit=services.readiness.node_lag_limit,
+    )
+
+
+def _node_ok(node: FanoutNode) -> bool:
+    return node.running and (node.lag_seconds is None or node.lag_seconds <= node.lag_limit)
+
+
+def _detail(
+    checks: dict[str, bool | None],
+    queue: NotifyQueue | None,
+    node: FanoutNode | None = None,
+    reading: NodeReading | None = None,
+    unread: bool = False,
+) -> str:
     """What is wrong, for a person reading the answer."""
     wrong = []
     if not checks["database"]:
@@ -77,6 +113,28 @@ def _detail(checks: dict[str, bool | None], queue: NotifyQueue | None) -> str:
         )
     if not checks["listener"]:
         wrong.append("the listener is not connected, or still catching up")
+    if checks["notifies"] is False:
+        wrong.append(
+            "tracktalk.settings.notify_mode is 'fanout': the primary sends no NOTIFYs, and this replica "
+            "listens on it (it reads the log every second meanwhile): set TRACKTALK_LISTEN_URL to the "
+            "fan-out nodes, or set notify_mode back to 'direct'"
+        )
+    if checks["node"] is False and unread:
+        wrong.append("the fan-out node the listener just got to is not looked at yet (within a second)")
+    elif node is not None and checks["node"] is False:
+        if reading is not None and reading.state is None:
+            wrong.append(f"fan-out node {node.name}: {reading.error}")
+        elif not node.running:
+            wrong.append(
+                f"fan-out node {node.name}: its subscription {node.subscription} receives nothing from the "
+                "primary (disabled, failing, or the primary unreachable from it: see its server log and "
+                'pg_stat_subscription; docs/dba.md, "Fan-out nodes")'
+            )
+        else:
+            wrong.append(
+                f"fan-out node {node.name} is {node.lag_seconds:.1f} s behind the primary (limit "
+                f"{node.lag_limit:g} s): its sockets get events that late"
+            )
     return "; ".join(wrong)
 
 

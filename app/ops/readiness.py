@@ -1,9 +1,12 @@
 """Is the database there for this replica? Asked in the background once a second, so that /readyz
 answers at once, down or not, from the last answer.
 
-Each reading is one statement on the request pool: the schema version and
-pg_notification_queue_usage(); past the queue's limit, also the session most likely holding the
-queue back (pg_stat_activity). PostgreSQL keeps one NOTIFY queue for the whole server, and a session
+Each reading is one statement on the request pool: the schema version,
+pg_notification_queue_usage(), who sends the NOTIFYs (tracktalk.settings.notify_mode) and a
+snapshot of the running transactions; past the queue's limit, also the session most likely holding
+the queue back (pg_stat_activity). While the listener is on a fan-out node, also the node's state
+(tracktalk.node_state(), on the node) and the primary's heartbeat (tracktalk.beat(), which this
+replica keeps going): how far the node is behind, in the primary's own time. PostgreSQL keeps one NOTIFY queue for the whole server, and a session
 that LISTENs (any role that may connect, to any database) and then sits idle in a transaction keeps
 every notification after that moment in it: at 100 % every transaction that notifies fails at
 commit, so every write of tracktalk does. PostgreSQL cannot stop that; a replica can see it coming
@@ -17,12 +20,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
+from app.data.nodes import NodeState, Reads, node_state
 from app.wire import QueueHolder
 
 log = logging.getLogger(__name__)
@@ -31,6 +36,10 @@ NOTIFY_QUEUE_LIMIT = 0.5
 """Fraction of PostgreSQL's NOTIFY queue in use past which /readyz fails, naming the session that
 holds it back (TRACKTALK_NOTIFY_QUEUE_LIMIT). Every replica sees the same queue: past it they all
 report not ready, which is the point: someone must end that session before writes fail."""
+
+NODE_LAG_LIMIT = 10.0
+"""Seconds the fan-out node the listener is on may be behind the primary before /readyz fails
+(TRACKTALK_NODE_LAG_LIMIT)."""
 
 _CHECK_EVERY = 1.0
 """Seconds between two readings."""
@@ -41,8 +50,12 @@ _STALE_AFTER = 3.0
 stops being believed this long after the last one came)."""
 
 _READING = """
-    SELECT (SELECT version FROM tracktalk.schema_version), pg_notification_queue_usage()
+    SELECT (SELECT version FROM tracktalk.schema_version), pg_notification_queue_usage(),
+           (SELECT notify_mode FROM tracktalk.settings), pg_current_snapshot()::text
 """
+_BEAT = "SELECT tracktalk.beat()"
+"""The primary's heartbeat, kept going by the replicas on fan-out nodes (one write a second at most,
+whatever their number)."""
 
 HOLDER_QUERY = """
     SELECT pid, application_name, usename, datname, state,
@@ -97,6 +110,19 @@ def describe_holder(holder: QueueHolder | None) -> str:
 
 
 @dataclass(frozen=True)
+class NodeReading:
+    """The fan-out node the listener is on, at one moment."""
+
+    name: str
+    """host:port/dbname."""
+    state: NodeState | None
+    """None: the node did not answer (`error` says why)."""
+    lag: float | None = None
+    """Seconds the node is behind the primary (their heartbeats compared); None: not known yet."""
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class Reading:
     """The database's answer at one moment."""
 
@@ -107,17 +133,34 @@ class Reading:
     queue_usage: float
     holder: QueueHolder | None
     """Read only when the queue is past the limit."""
+    notify_mode: str | None = None
+    """tracktalk.settings.notify_mode: 'direct' (the writers' triggers send the NOTIFYs) or 'fanout'
+    (the fan-out nodes do)."""
+    snapshot: str | None = None
+    """pg_current_snapshot() on the primary (app/live/polling.py follows the transactions running
+    across a switch of notify_mode)."""
+    node: NodeReading | None = None
+    """While the listener is on a fan-out node."""
 
 
 class Readiness:
     """The last reading of the database, kept fresh by `run()`."""
 
     def __init__(
-        self, pool: AsyncConnectionPool, queue_limit: float, on_usage: Callable[[float], None]
+        self,
+        pool: AsyncConnectionPool,
+        queue_limit: float,
+        on_usage: Callable[[float], None],
+        reads: Reads | None = None,
+        node_lag_limit: float = NODE_LAG_LIMIT,
+        on_reading: Callable[[Reading], None] | None = None,
     ) -> None:
         self._pool = pool
         self.queue_limit = queue_limit
+        self.node_lag_limit = node_lag_limit
         self._on_usage = on_usage
+        self._reads = reads
+        self._on_reading = on_reading
         self._last: Reading | None = None
         self._failed_at: float | None = None
 
@@ -150,24 +193,56 @@ class Readiness:
             log.info("the database answers again")
         self._last, self._failed_at = reading, None
         self._on_usage(reading.queue_usage)
+        if self._on_reading is not None:
+            self._on_reading(reading)
 
     async def _read(self) -> Reading:
+        on_node = self._reads.node_pool if self._reads is not None else None
+        beat = None
         async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
             try:
                 await cur.execute(_READING)
                 row = await cur.fetchone()
-                version, usage = (row[0], row[1]) if row else (None, 0.0)
-            except psycopg.errors.UndefinedTable:  # no schema tracktalk, or no schema_version
+                version, usage, mode, snapshot = row if row else (None, 0.0, None, None)
+            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+                # No schema tracktalk, or an older one than this code's.
                 await cur.execute("SELECT pg_notification_queue_usage()")
                 row = await cur.fetchone()
-                version, usage = None, row[0] if row else 0.0
+                version, usage, mode, snapshot = None, row[0] if row else 0.0, None, None
             holder = None
             if float(usage) >= self.queue_limit:
                 await cur.execute(HOLDER_QUERY)
                 holder = holder_from_row(await cur.fetchone())
+            if on_node is not None and version is not None:
+                await cur.execute(_BEAT)
+                row = await cur.fetchone()
+                beat = row[0] if row else None
+        node = None
+        if on_node is not None and self._reads is not None:
+            node = await self._read_node(on_node, self._reads.node or "", beat)
         return Reading(
             at=time.monotonic(),
             version=None if version is None else int(version),
             queue_usage=float(usage),
             holder=holder,
+            notify_mode=None if mode is None else str(mode),
+            snapshot=None if snapshot is None else str(snapshot),
+            node=node,
         )
+
+    async def _read_node(
+        self, pool: AsyncConnectionPool, name: str, primary_beat: datetime | None
+    ) -> NodeReading:
+        """The node's state, and its lag: the primary's heartbeat (read just before) less the
+        node's copy of it, both the primary's clock."""
+        try:
+            async with pool.connection(timeout=_CHECK_TIMEOUT) as conn:
+                state = await node_state(conn)
+        except Exception as exc:
+            return NodeReading(name, None, error=f"the node does not answer ({type(exc).__name__})")
+        if state is None:
+            return NodeReading(name, None, error="the database is no longer a fan-out node")
+        lag = None
+        if primary_beat is not None and state.beat is not None:
+            lag = max(0.0, (primary_beat - state.beat).total_seconds())
+        return NodeReading(name, state, lag)

@@ -228,6 +228,8 @@ async def test_a_pinned_notify_queue_fails_readyz_and_check_naming_the_session_t
                 "schema": True,
                 "listener": True,
                 "notify_queue": False,
+                "notifies": True,
+                "node": None,
             }
             held_by = body["notify_queue"]["held_by"]
             assert (held_by["pid"], held_by["application_name"]) == (pid, "pinner"), body
@@ -318,6 +320,8 @@ async def test_readyz_answers_at_once_while_the_database_is_away_and_calls_the_s
                     "schema": None,
                     "listener": True,
                     "notify_queue": None,
+                    "notifies": None,
+                    "node": None,
                 }, body
                 assert body["detail"] == "the database does not answer"
             proxy.start()

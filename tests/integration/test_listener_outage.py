@@ -61,6 +61,8 @@ async def test_a_network_outage_makes_the_replica_unready_and_loses_nothing(
             "schema": True,
             "listener": False,
             "notify_queue": True,
+            "notifies": True,
+            "node": None,
         }
         during = [
             await insert_comment(db_url, world.public, world.users["bob"], f"during {i}") for i in range(3)

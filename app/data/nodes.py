@@ -1,0 +1,146 @@
+"""Fan-out nodes, as a replica sees them: what the database its listener is on says it is, and
+where the live path reads the event log.
+
+A fan-out node is a PostgreSQL that subscribes (logical replication) to the primary's event log,
+its numbering, the channel key, the heartbeat and who may see what, and sends the NOTIFYs from its
+copies (docs/dba.md, "Fan-out nodes"). A replica whose listener is on a node reads the log there
+too, through a small pool of its own (`Reads`): the node's copy is a consistent prefix of the
+primary's history (it applies the primary's transactions whole, in commit order), so a page and
+the latest seq read in one snapshot there agree, as they do on the primary. What a node may lack
+is the newest part: a replica that moved from a faster node, or a client that comes from a replica
+on one, is ahead of it. The log's reads then go to the primary (app/data/events.py), so that
+nothing is taken for lost, nor sent twice, because a node is behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import tuple_row
+from psycopg_pool import AsyncConnectionPool
+
+log = logging.getLogger(__name__)
+
+_OPEN_TIMEOUT = 10.0
+"""Seconds a node's read pool has to open its first connection."""
+
+
+class NotServing(Exception):
+    """A database the listener may not use: a fan-out node whose initial copy is not done, or one
+    without tracktalk's schema."""
+
+
+class NodeState(NamedTuple):
+    """How a fan-out node stands (tracktalk.node_state())."""
+
+    subscription: str
+    enabled: bool
+    """The subscription is enabled (ALTER SUBSCRIPTION … DISABLE, or an error with disable_on_error, turns it off)."""
+    running: bool
+    """Its apply worker runs (not: disabled, or failing and restarting, or the primary unreachable)."""
+    copied: bool
+    """Its initial copy is done, for every table."""
+    sending: bool
+    """Its trigger on the event log sends the NOTIFYs."""
+    beat: datetime | None
+    """The primary's heartbeat as the node last applied it."""
+    received_at: datetime | None
+    """When it last heard from the primary."""
+
+
+def describe(conninfo: str) -> str:
+    """`host:port/dbname` of a conninfo, for logs and /readyz (never its password)."""
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "(a conninfo that does not parse)"
+    host = str(params.get("host") or params.get("hostaddr") or "local")
+    port = str(params.get("port") or "5432")
+    return f"{host}:{port}/{params.get('dbname') or params.get('user') or ''}"
+
+
+async def node_state(conn: AsyncConnection[Any]) -> NodeState | None:
+    """The state of the fan-out node `conn` is on; None when its database is not a node (the
+    primary). NotServing when it has no tracktalk schema of this version."""
+    try:
+        async with conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute("SELECT * FROM tracktalk.node_state()")
+            row = await cur.fetchone()
+    except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as exc:
+        raise NotServing(f"no tracktalk schema of this version there ({exc.diag.message_primary})") from None
+    return None if row is None else NodeState(*row)
+
+
+class Reads:
+    """Where the live path reads the event log: the request pool, or, while the listener is on a
+    fan-out node, a small pool of the node's own (made when the listener gets there, closed when it
+    leaves)."""
+
+    def __init__(self, primary: AsyncConnectionPool, size: int = 4, statement_timeout: float = 5.0) -> None:
+        self.primary = primary
+        self._size = max(1, size)
+        self._statement_timeout = statement_timeout
+        self._node_pool: AsyncConnectionPool | None = None
+        self.node: str | None = None
+        """`host:port/dbname` of the node the listener is on; None: not on a node."""
+        self.node_url: str | None = None
+
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        """The pool that reads the log the listener hears about."""
+        return self._node_pool if self._node_pool is not None else self.primary
+
+    @property
+    def node_pool(self) -> AsyncConnectionPool | None:
+        """The node's pool, while the listener is on one."""
+        return self._node_pool
+
+    async def use(self, conninfo: str, state: NodeState | None) -> None:
+        """The listener is on `conninfo` now, a node in `state` (None: not a node): read the log
+        there. NotServing for a node whose initial copy is not done."""
+        if state is not None and not state.copied:
+            raise NotServing(f"fan-out node {describe(conninfo)} is still making its initial copy")
+        if state is None:
+            await self.close()
+            return
+        if self._node_pool is not None and self.node_url == conninfo:
+            return
+        # Here, not at the top: app.config imports this module (through app.ops.readiness), and
+        # app.data.db imports app.config.
+        from app.data.db import check_alive
+
+        pool = AsyncConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=self._size,
+            kwargs={
+                "autocommit": True,
+                "application_name": "tracktalk-node-reads",
+                "options": f"-c statement_timeout={int(self._statement_timeout * 1000)}",
+            },
+            name="tracktalk-node-reads",
+            check=check_alive,
+            open=False,
+        )
+        try:
+            await pool.open(wait=True, timeout=_OPEN_TIMEOUT)
+        except BaseException:
+            await pool.close()
+            raise
+        old, self._node_pool = self._node_pool, pool
+        self.node, self.node_url = describe(conninfo), conninfo
+        if old is not None:
+            await old.close()
+        log.info("reading the event log on fan-out node %s (subscription %s)", self.node, state.subscription)
+
+    async def close(self) -> None:
+        """Read the log through the request pool again (the node's pool closes)."""
+        old, self._node_pool = self._node_pool, None
+        self.node = self.node_url = None
+        if old is not None:
+            await old.close()

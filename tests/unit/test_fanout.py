@@ -1,0 +1,90 @@
+"""Fan-out nodes, in-process: TRACKTALK_LISTEN_URL as a list (a multi-host URL stays one), and what
+a replica that listens on the primary does when the primary stops sending NOTIFYs (notify_mode
+'fanout') and starts again (app/live/polling.py). The node's path through real servers:
+tests/integration/test_fanout.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.config import Settings
+from app.env import url_list
+from app.live.polling import Polling, ended
+
+
+def test_listen_url_is_a_list_of_urls_and_a_multi_host_url_is_one_of_them() -> None:
+    assert url_list("postgresql://app@db1,db2/tracktalk?target_session_attrs=read-write") == (
+        "postgresql://app@db1,db2/tracktalk?target_session_attrs=read-write",
+    )
+    assert url_list(" postgresql://app@n1/t , postgres://app@n2:5433/t,postgresql://app@n3,n4/t ") == (
+        "postgresql://app@n1/t",
+        "postgres://app@n2:5433/t",
+        "postgresql://app@n3,n4/t",
+    )
+    assert url_list("host=n1,n2 dbname=t") == ("host=n1,n2 dbname=t",)
+    assert url_list("") == ()
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": "postgresql://app@primary/t",
+            "TRACKTALK_SECRET": "s" * 32,
+            "TRACKTALK_LISTEN_URL": "postgresql://app@n1/t,postgresql://app@n2/t",
+        }
+    )
+    assert settings.listen_urls == ("postgresql://app@n1/t", "postgresql://app@n2/t")
+    assert Settings(database_url="postgresql://app@primary/t", secret="s" * 32).listen_urls == (
+        "postgresql://app@primary/t",
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "done"),
+    [
+        ("100:105:100,103", "101:110:103", False),  # 103 still runs
+        ("100:105:100,103", "104:110:", True),  # both below the new xmin
+        ("100:105:100,103", "100:110:100", False),  # 100 still runs
+        ("100:105:100,103", "103:110:104", True),  # 100 below the new xmin, 103 runs no more
+        ("100:100:", "100:120:101", True),  # nothing ran
+    ],
+)
+def test_the_transactions_of_a_snapshot_have_ended_by_another(before: str, now: str, done: bool) -> None:
+    assert ended(before, now) is done
+
+
+class Calls:
+    def __init__(self) -> None:
+        self.catch_ups = 0
+        self.rechecks = 0
+
+    def catch_up(self) -> None:
+        self.catch_ups += 1
+
+    def recheck(self) -> None:
+        self.rechecks += 1
+
+
+def test_a_replica_on_the_primary_reads_the_log_while_the_primary_sends_nothing_and_after_until_the_switch_is_over() -> (
+    None
+):
+    calls = Calls()
+    polling = Polling(calls.catch_up, calls.recheck)
+    polling.observe(True, "direct", "10:12:10")
+    assert (polling.active, calls.catch_ups) == (False, 0)  # NOTIFYs come: nothing to read
+    for _ in range(10):
+        polling.observe(True, "fanout", "10:12:10")
+    assert polling.active and calls.catch_ups == 10 and calls.rechecks == 2  # the log every reading
+    # Back to 'direct': transaction 20 may have read 'fanout' and commits later, unheard.
+    polling.observe(True, "direct", "20:25:20,22")
+    polling.observe(True, "direct", "21:26:22,25")
+    assert polling.active and calls.catch_ups == 12
+    polling.observe(True, "direct", "23:26:25")  # 20 and 22 have ended: read once more, then stop
+    assert not polling.active and calls.catch_ups == 13
+    polling.observe(True, "direct", "30:30:")
+    assert calls.catch_ups == 13
+
+
+def test_a_replica_on_a_node_or_away_never_reads_the_log_for_the_mode() -> None:
+    calls = Calls()
+    polling = Polling(calls.catch_up, calls.recheck)
+    for _ in range(3):
+        polling.observe(False, "fanout", "10:12:10")
+    assert (polling.active, calls.catch_ups) == (False, 0)
