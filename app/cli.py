@@ -1,4 +1,4 @@
-"""The `tracktalk` command: serve, migrate, token, demo, check."""
+"""The `tracktalk` command: serve, migrate, token, demo, check, fanout-node."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import psycopg
 from app.auth.hs256 import DEFAULT_TTL, issue_token
 from app.config import Settings
 from app.data.db import MigrateError, SchemaError, check_schema, migrate
-from app.env import ConfigError
+from app.env import ConfigError, url_list
 from app.ops.check import QUEUE_ALERT
 
 log = logging.getLogger("app.cli")
@@ -139,10 +139,36 @@ def cmd_check(args: argparse.Namespace) -> None:
 
     if not 0 < args.queue_alert <= 1:
         raise ConfigError("--queue-alert must be a fraction of the NOTIFY queue: greater than 0, at most 1")
+    nodes = [
+        u for u in url_list(os.environ.get("TRACKTALK_LISTEN_URL", "")) if u != os.environ.get("DATABASE_URL")
+    ]
     with database() as (url, _created):
-        text, code = report(check(url, args.queue_alert))
+        text, code = report(check(url, args.queue_alert, nodes))
     print(text)
     raise SystemExit(code)
+
+
+def cmd_fanout_node(args: argparse.Namespace) -> None:
+    """Prepare a fan-out node (app/ops/fanout_node.py)."""
+    from app.ops.fanout_node import FanoutError, prepare
+
+    if args.wait <= 0:
+        raise ConfigError("--wait must be a number of seconds greater than 0")
+    try:
+        subscription = prepare(args.primary, args.node, args.name, args.wait, say=_say)
+    except FanoutError as exc:
+        print(f"tracktalk fanout-node: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(
+        f"tracktalk fanout-node: ready (subscription {subscription}). Point replicas at it with "
+        "TRACKTALK_LISTEN_URL (the nodes, comma-separated); once every replica listens on a node, "
+        "UPDATE tracktalk.settings SET notify_mode = 'fanout' on the primary (docs/dba.md, \"Fan-out nodes\")",
+        flush=True,
+    )
+
+
+def _say(line: str) -> None:
+    print(f"tracktalk fanout-node: {line}", flush=True)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -173,6 +199,34 @@ def parser() -> argparse.ArgumentParser:
         help=f"report the NOTIFY queue from this fraction in use (default {QUEUE_ALERT})",
     )
     check.set_defaults(run=cmd_check)
+    node = commands.add_parser(
+        "fanout-node",
+        help="prepare a fan-out node: a PostgreSQL that follows the primary by logical replication and "
+        "sends the NOTIFYs (safe to run again)",
+    )
+    node.add_argument(
+        "--primary",
+        required=True,
+        metavar="URL",
+        help="the primary, as the node reaches it (its subscription connects with this URL: a role with "
+        "REPLICATION that owns tracktalk's tables, or a superuser)",
+    )
+    node.add_argument(
+        "--node", required=True, metavar="URL", help="the node's database (a superuser on PostgreSQL 15)"
+    )
+    node.add_argument(
+        "--name",
+        default=None,
+        help="the subscription's name, and its slot's on the primary (default: from --node)",
+    )
+    node.add_argument(
+        "--wait",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long to wait for the initial copy (default 600)",
+    )
+    node.set_defaults(run=cmd_fanout_node)
     return top
 
 

@@ -10,12 +10,15 @@ there is a finding, 0 otherwise. docs/dba.md explains each.
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
 from psycopg.rows import tuple_row
 
+from app.data.nodes import describe
 from app.ops.readiness import HOLDER_QUERY, describe_holder, holder_from_row
 
 QUEUE_ALERT = 0.05
@@ -46,8 +49,13 @@ class Line:
     text: str
 
 
-def check(conninfo: str, queue_alert: float = QUEUE_ALERT) -> list[Line]:
-    """Look at the database of `conninfo`; the report, one line per look."""
+_NODE_WAIT = 3.0
+"""Seconds a heartbeat written on the primary is given to reach a fan-out node."""
+
+
+def check(conninfo: str, queue_alert: float = QUEUE_ALERT, nodes: Sequence[str] = ()) -> list[Line]:
+    """Look at the database of `conninfo` (the primary), and at the fan-out nodes of `nodes`
+    (TRACKTALK_LISTEN_URL's URLs); the report, one line per look."""
     with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
         db = str(_one(conn, "SELECT current_database()"))
         return [
@@ -56,6 +64,8 @@ def check(conninfo: str, queue_alert: float = QUEUE_ALERT) -> list[Line]:
             *_replicas(conn),
             *_settings(conn, db),
             *_owners(conn),
+            *_slots(conn),
+            *(line for node in nodes for line in _node(conn, node)),
         ]
 
 
@@ -307,6 +317,132 @@ def _owners(conn: psycopg.Connection[Any]) -> list[Line]:
             "does this)",
         )
     ]
+
+
+def _slots(conn: psycopg.Connection[Any]) -> list[Line]:
+    """Who sends the NOTIFYs, and the fan-out nodes' slots on this primary: each keeps the WAL its
+    node has not confirmed, so a node that is gone keeps it without end (docs/dba.md, "Fan-out nodes")."""
+    try:
+        mode = _one(conn, "SELECT notify_mode FROM tracktalk.settings")
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+        return []
+    rows = _all(
+        conn,
+        """
+        SELECT s.slot_name, s.active, s.wal_status,
+               pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn), s.safe_wal_size
+          FROM pg_replication_slots s
+         WHERE s.database = current_database() AND s.plugin = 'pgoutput'
+           AND EXISTS (SELECT FROM pg_publication WHERE pubname = 'tracktalk')
+         ORDER BY s.slot_name
+        """,
+    )
+    lines = []
+    if mode == "fanout" and not rows:
+        lines.append(
+            Line(
+                "FIX",
+                "notify_mode is 'fanout' but no fan-out node follows this database: nothing sends the NOTIFYs "
+                "(the replicas read the log every second). Prepare nodes with `tracktalk fanout-node`, or "
+                "UPDATE tracktalk.settings SET notify_mode = 'direct'",
+            )
+        )
+    elif mode == "fanout":
+        lines.append(
+            Line(
+                "ok",
+                f"notify_mode is 'fanout': {len(rows)} fan-out node{'s' if len(rows) != 1 else ''} send the NOTIFYs",
+            )
+        )
+    elif rows:
+        lines.append(
+            Line(
+                "note",
+                f"notify_mode is 'direct' with {len(rows)} fan-out node{'s' if len(rows) != 1 else ''}: the writers still send every NOTIFY "
+                "(and take NOTIFY's lock at commit); once every replica listens on a node, UPDATE "
+                "tracktalk.settings SET notify_mode = 'fanout'",
+            )
+        )
+    keep = str(_one(conn, "SHOW max_slot_wal_keep_size"))
+    if rows and keep.strip() == "-1":
+        lines.append(
+            Line(
+                "note",
+                "max_slot_wal_keep_size is -1: a fan-out node that is down keeps the primary's WAL for good, "
+                "until its disk is full. Bound it (ALTER SYSTEM SET max_slot_wal_keep_size = '50GB'; SELECT "
+                "pg_reload_conf();): a node past it loses its slot and is rebuilt",
+            )
+        )
+    for slot, active, status, behind, safe in rows:
+        held = f"{(behind or 0) / 1048576:.1f} MiB of WAL held for it"
+        if status == "lost":
+            lines.append(
+                Line(
+                    "FIX",
+                    f"fan-out node slot {slot} lost WAL it needed (past max_slot_wal_keep_size): that node can no "
+                    f"longer follow. Rebuild it: DROP SUBSCRIPTION {slot}; on the node, a fresh database, and "
+                    "`tracktalk fanout-node` again",
+                )
+            )
+        elif not active:
+            lines.append(
+                Line(
+                    "FIX",
+                    f"fan-out node slot {slot} is not in use ({held}): its node is down or gone. If it is gone "
+                    f"for good: SELECT pg_drop_replication_slot('{slot}'); on the primary",
+                )
+            )
+        else:
+            margin = "" if safe is None else f", {safe / 1048576:.0f} MiB before max_slot_wal_keep_size"
+            lines.append(Line("ok", f"fan-out node slot {slot} is streaming ({held}{margin})"))
+    return lines
+
+
+def _node(primary: psycopg.Connection[Any], conninfo: str) -> list[Line]:
+    """A URL of TRACKTALK_LISTEN_URL: is it a fan-out node that follows this primary, and how far behind?"""
+    name = describe(conninfo)
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+            beat = _one(primary, "SELECT tracktalk.beat()")
+            found = _all(conn, "SELECT * FROM tracktalk.node_state()")
+            if not found:
+                return [Line("note", f"{name} is not a fan-out node (it has no subscription to a primary)")]
+            subscription, enabled, running, copied, sending, node_beat, received = found[0]
+            deadline = time.monotonic() + _NODE_WAIT
+            while running and beat is not None and (node_beat is None or node_beat < beat):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+                node_beat = _one(conn, "SELECT at FROM tracktalk.heartbeat")
+    except psycopg.Error as exc:
+        return [Line("FIX", f"fan-out node {name} cannot be read: {' '.join(str(exc).split())}")]
+    if not enabled or not running:
+        return [
+            Line(
+                "FIX",
+                f"fan-out node {name}: subscription {subscription} is {'disabled' if not enabled else 'not running'}"
+                f" (last heard from the primary {received or 'never'}): its replicas get nothing new. "
+                f"See its server log; ALTER SUBSCRIPTION {subscription} ENABLE; once the cause is gone",
+            )
+        ]
+    if not copied or not sending:
+        return [
+            Line(
+                "FIX",
+                f"fan-out node {name}: {'its initial copy is not done' if not copied else 'its triggers are off'}: "
+                "run `tracktalk fanout-node` for it again",
+            )
+        ]
+    lag = None if beat is None or node_beat is None else max(0.0, (beat - node_beat).total_seconds())
+    if lag is None or lag > 0:
+        behind = "has not received the primary's heartbeat" if lag is None else f"is {lag:.1f} s behind"
+        return [
+            Line(
+                "FIX",
+                f"fan-out node {name} {behind} (after {_NODE_WAIT:.0f} s): see pg_stat_subscription there",
+            )
+        ]
+    return [Line("ok", f"fan-out node {name} follows the primary (subscription {subscription})")]
 
 
 def report(lines: list[Line]) -> tuple[str, int]:

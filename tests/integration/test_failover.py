@@ -14,10 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +24,7 @@ from psycopg.conninfo import make_conninfo
 from websockets.asyncio.client import connect
 
 from app.data.db import migrate
-from app.dev.embedded import find_bindir
+from tests.support.clusters import Cluster, cluster_root
 from tests.support.processes import free_port, replicas
 from tests.support.proxies import TcpProxy
 from tests.support.seed import World, seed
@@ -38,103 +34,17 @@ from tests.support.writes import insert_comment, sql
 
 pytestmark = pytest.mark.timeout(300)
 
-ROLE = "tracktalk"
 DATABASE = "failover"
-
-
-class Cluster:
-    """A PostgreSQL data folder and its server, run with pg_ctl as the `postgres` user when root."""
-
-    def __init__(self, bindir: Path, data: Path, port: int) -> None:
-        self.bindir = bindir
-        self.data = data
-        self.port = port
-        self.log = data.parent / f"{data.name}.log"
-
-    def url(self, dbname: str = DATABASE) -> str:
-        return f"postgresql://{ROLE}@127.0.0.1:{self.port}/{dbname}"
-
-    def run(self, *args: str) -> None:
-        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        done = subprocess.run(
-            [*as_postgres, *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-        assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}{done.stderr}\n{self.tail()}"
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-
-    def initdb(self) -> Cluster:
-        self.run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", ROLE, "-A", "trust", "--no-sync")
-        with (self.data / "postgresql.conf").open("a") as conf:
-            conf.write("wal_level = replica\nmax_wal_senders = 5\nfsync = off\nhot_standby = on\n")
-        return self
-
-    def start(self) -> Cluster:
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.data.parent}"
-        )
-        self.run(
-            str(self.bindir / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.log),
-            "-o",
-            options,
-            "-w",
-            "start",
-        )
-        return self
-
-    def stop(self, mode: str = "fast") -> None:
-        if (self.data / "postmaster.pid").exists():
-            self.run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
-
-    def standby(self, data: Path, port: int) -> Cluster:
-        """A streaming standby of this server (pg_basebackup -R), started."""
-        self.run(
-            str(self.bindir / "pg_basebackup"),
-            *("-h", "127.0.0.1", "-p", str(self.port), "-U", ROLE, "-D", str(data), "-R", "-X", "stream"),
-            "--checkpoint=fast",
-        )
-        return Cluster(self.bindir, data, port).start()
-
-    def promote_alone(self, port: int) -> None:
-        """Start this stopped standby on `port`, with nothing to stream from, and promote it."""
-        with (self.data / "postgresql.auto.conf").open("a") as conf:
-            conf.write("primary_conninfo = ''\n")
-        self.port = port
-        self.start()
-        self.run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "promote")
 
 
 @pytest.fixture
 def servers() -> Iterator[tuple[Cluster, Path]]:
-    bindir = find_bindir()
-    assert bindir is not None and (bindir / "pg_basebackup").exists(), (
-        "no PostgreSQL binaries with pg_basebackup"
-    )
-    root = Path(tempfile.mkdtemp(prefix="tracktalk-failover-"))
-    root.chmod(0o755)
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-    try:
-        primary = Cluster(bindir, root / "primary", free_port()).initdb().start()
+    with cluster_root("tracktalk-failover-") as (bindir, root):
+        primary = Cluster(bindir, root / "primary", free_port(), DATABASE).initdb().start()
         with psycopg.connect(primary.url("postgres"), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {DATABASE}")
         migrate(primary.url())
         yield primary, root
-    finally:
-        for data in sorted(root.glob("*/postmaster.pid")):
-            with contextlib.suppress(AssertionError):
-                Cluster(bindir, data.parent, 0).stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager

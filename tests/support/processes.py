@@ -221,9 +221,9 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def tracktalk(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
-    """The `tracktalk` command, as a DBA runs it against `database_url`."""
-    env = {**os.environ, "DATABASE_URL": database_url, "TRACKTALK_SECRET": SECRET}
+def tracktalk(*args: str, database_url: str, **more: str) -> subprocess.CompletedProcess[str]:
+    """The `tracktalk` command, as a DBA runs it against `database_url` (and `more` variables)."""
+    env = {**os.environ, "DATABASE_URL": database_url, "TRACKTALK_SECRET": SECRET, **more}
     return subprocess.run(
         [sys.executable, "-m", "app", *args],
         check=False,

@@ -1,0 +1,496 @@
+"""Fan-out nodes (issue 22, item 1) with real PostgreSQL servers: a primary (wal_level = logical)
+and two nodes, each prepared by `tracktalk fanout-node` as a DBA runs it, and replicas that listen
+on the nodes (TRACKTALK_LISTEN_URL, a list) while they write to the primary (DATABASE_URL).
+
+What the node's path must deliver as the primary's did: a psql INSERT on the primary reaches a
+socket on a replica of a node (with the primary sending no NOTIFY at all in 'fanout' mode), and so
+do a private track's events (read from the node's copy of the log), a notification, typing
+between replicas on different nodes, and a revocation. And without loss: a node restarted under a
+writer, a node killed while the next one is behind (the replica moves on, never goes back in time
+nor resyncs), a switch of notify_mode there and back with replicas on a node and on the primary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from tests.support.clusters import Cluster, cluster_root
+from tests.support.processes import Replica, free_port, replicas, tracktalk
+from tests.support.seed import World, new_track, seed
+from tests.support.sockets import Socket, open_socket
+from tests.support.waiting import async_wait_until
+from tests.support.writes import insert_comment, sql
+
+pytestmark = pytest.mark.timeout(300)
+
+HERE_SUBSCRIBED = "SELECT count(*) FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+"""Subscriptions of the connection's database (pg_subscription is the server's)."""
+PRIMARY_SETTINGS = "wal_level = logical\nmax_wal_senders = 10\nmax_replication_slots = 10\n"
+
+
+@dataclass
+class Topology:
+    """A primary, two fan-out nodes of it, and the seed world on the primary."""
+
+    primary: Cluster
+    a: Cluster
+    b: Cluster
+    world: World
+    root: Path
+    bindir: Path
+
+    @property
+    def url(self) -> str:
+        return self.primary.url()
+
+    def node(self, *nodes: Cluster) -> str:
+        """TRACKTALK_LISTEN_URL for these nodes, in this order."""
+        return ",".join(node.url() for node in nodes)
+
+
+@pytest.fixture(scope="module")
+def topology() -> Iterator[Topology]:
+    with cluster_root("tracktalk-fanout-") as (bindir, root):
+        primary = Cluster(bindir, root / "primary", free_port()).initdb(PRIMARY_SETTINGS).start()
+        nodes = [Cluster(bindir, root / name, free_port()).initdb().start() for name in ("a", "b")]
+        for server in (primary, *nodes):
+            with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
+                conn.execute("CREATE DATABASE tracktalk")
+        done = tracktalk("migrate", database_url=primary.url())
+        assert done.returncode == 0, done.stderr
+        world = seed(primary.url())
+        for node in nodes:
+            done = tracktalk("fanout-node", "--primary", primary.url(), "--node", node.url(), database_url="")
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert "follows the primary" in done.stdout, done.stdout
+        yield Topology(primary, nodes[0], nodes[1], world, root, bindir)
+
+
+@pytest.fixture
+async def direct(topology: Topology) -> AsyncIterator[None]:
+    """notify_mode 'direct' for the test, and again after it."""
+    await set_mode(topology.url, "direct")
+    yield
+    await set_mode(topology.url, "direct")
+
+
+async def set_mode(url: str, mode: str) -> None:
+    await sql(url, "UPDATE tracktalk.settings SET notify_mode = %s", (mode,))
+
+
+def psql(topology: Topology, statement: str) -> str:
+    """A statement run by Debian's psql on the primary, as a DBA would."""
+    done = subprocess.run(
+        [
+            str(topology.bindir / "psql"),
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-At",
+            "-d",
+            topology.url,
+            "-c",
+            statement,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+async def latest(url: str, topic: str) -> int:
+    rows = await sql(
+        url, "SELECT coalesce(max(last_seq), 0) FROM tracktalk.topic_state WHERE topic = %s", (topic,)
+    )
+    return int(rows[0][0])
+
+
+class Writer:
+    """Comments by SQL on the primary, one after another, until stopped: the ids it wrote."""
+
+    def __init__(self, url: str, track: str, user: int) -> None:
+        self.url, self.track, self.user = url, track, user
+        self.ids: list[int] = []
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+            while not self._stop.is_set():
+                cur = await conn.execute(
+                    "INSERT INTO comments (track_id, user_id, content) VALUES (%s, %s, %s) RETURNING id",
+                    (self.track, self.user, f"w{len(self.ids)}"),
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                self.ids.append(int(row[0]))
+                await asyncio.sleep(0.02)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Writer]:
+        self._task = asyncio.create_task(self._run())
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            await self._task
+
+    async def wrote(self, count: int) -> None:
+        """Wait until `count` more comments have committed."""
+        goal = len(self.ids) + count
+        await async_wait_until(
+            lambda: len(self.ids) >= goal or (self._task and self._task.done()), 30, "writes"
+        )
+        assert self._task is not None and not self._task.done(), self._task.exception()
+
+
+async def every_event_once(sock: Socket, start: int, last: int, ids: list[int] | None = None) -> None:
+    """The socket gets events start+1..last, each once, in order, and no resync."""
+    got = await sock.events(last - start, timeout=60)
+    assert [m["seq"] for m in got] == list(range(start + 1, last + 1))
+    if ids is not None:
+        assert [m["comment"]["id"] for m in got] == ids
+
+
+async def until(sock: Socket, last: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """What the socket gets up to the message that `last` holds for (each checked on arrival)."""
+    got: list[dict[str, Any]] = []
+    while not got or not last(got[-1]):
+        got.append(await sock.recv())
+    return got
+
+
+def ready(replica: Replica) -> dict[str, object]:
+    answer: dict[str, object] = httpx.get(f"{replica.http}/readyz", timeout=5).json()
+    return answer
+
+
+# ---------------------------------------------------------------------------------------------
+# The node's path
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_a_psql_insert_on_the_primary_reaches_a_socket_on_a_replica_of_a_node(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    world, url = topology.world, topology.url
+    track, private = new_track(url), new_track(url, private=True)
+    await set_mode(url, "fanout")
+    with (
+        replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=topology.node(topology.a, topology.b)) as (on_a,),
+        replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=topology.node(topology.b, topology.a)) as (on_b,),
+    ):
+        assert ready(on_a)["node"]["name"].endswith(f":{topology.a.port}/tracktalk")  # type: ignore[index]
+        assert ready(on_b)["node"]["name"].endswith(f":{topology.b.port}/tracktalk")  # type: ignore[index]
+        async with (
+            open_socket(on_a.ws, track, world.tokens["alice"]) as alice,
+            open_socket(on_b.ws, track, world.tokens["bob"]) as bob,
+            open_socket(on_a.ws, private, world.tokens["carol"]) as carol,
+            await psycopg.AsyncConnection.connect(url, autocommit=True) as on_primary,
+        ):
+            for sock in (alice, bob, carol):
+                await sock.expect("connected")
+            # Nothing is sent on the primary in 'fanout' mode: a session that LISTENs there hears nothing.
+            channel = (await sql(url, "SELECT tracktalk.track_channel(%s)", (track,)))[0][0]
+            await on_primary.execute(f'LISTEN "{channel}"')
+
+            psql(
+                topology,
+                f"INSERT INTO comments (track_id, user_id, content) VALUES ('{track}', {world.users['dave']}, 'by psql')",
+            )
+            for sock in (alice, bob):
+                (event,) = await sock.events(1)
+                assert (event["type"], event["seq"], event["comment"]["content"]) == (
+                    "new_comment",
+                    1,
+                    "by psql",
+                )
+
+            # A private track's event travels without content: the replica reads it from its node's
+            # log. carol made the album: her socket gets the notification of it too (in either order:
+            # one comes from the node's log, the other is read from the primary).
+            comment = await insert_comment(url, private, world.users["tina"], "for the team")
+            got = await until(
+                carol, lambda m: m["type"] == "notification" and m["notification"]["comment_id"] == comment
+            )
+            (secret,) = [m for m in got if m["type"] == "new_comment"]
+            assert (secret["seq"], secret["comment"]["content"]) == (1, "for the team")
+
+            # Typing from a replica on node B reaches a socket on a replica of node A (through the
+            # primary's outbox).
+            await bob.send({"type": "typing", "is_typing": True})
+            typing = await alice.expect("user_typing")
+            assert (typing["username"], typing["is_typing"]) == ("bob", True)
+
+            heard = [n async for n in on_primary.notifies(timeout=0.5)]
+            assert heard == [], heard
+
+            # A revocation (the track made private) closes the sockets of those who may no longer see it.
+            await sql(url, "UPDATE tracks SET is_private = true WHERE id = %s", (track,))
+            assert (await alice.closed())[0] == 1008
+            assert (await bob.closed())[0] == 1008
+
+
+async def test_a_node_restarted_under_a_writer_resumes_without_loss(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    world, url = topology.world, topology.url
+    track = new_track(url)
+    await set_mode(url, "fanout")
+    with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=topology.node(topology.b)) as (replica,):
+        async with open_socket(replica.ws, track, world.tokens["alice"]) as sock:
+            start = (await sock.expect("connected"))["seq"]
+            writer = Writer(url, track, world.users["dave"])
+            async with writer.running():
+                await writer.wrote(20)
+                topology.b.stop("fast")
+                await writer.wrote(20)  # the node is down: the primary goes on
+                topology.b.start()
+                await writer.wrote(20)
+            last = await latest(url, f"track:{track}")
+            await every_event_once(sock, start, last, writer.ids)
+            await asyncio.to_thread(replica.wait_ready, 30)
+
+
+async def test_a_replica_whose_node_dies_moves_to_the_next_one_which_is_behind_without_loss(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """Node B is held back (its apply worker waits on a lock) while node A delivers; then A is held
+    too, the primary takes 5 more comments, and A dies. The replica moves to B, which is behind
+    what its sockets have: it neither resyncs nor goes back, and reads the 5 that follow from the
+    primary (B has none of them yet). Once B catches up, its notices of what was sent are dropped."""
+    world, url = topology.world, topology.url
+    track = new_track(url)
+    topic = f"track:{track}"
+    await set_mode(url, "fanout")
+    try:
+        with replicas(
+            url,
+            log_dir,
+            1,
+            TRACKTALK_LISTEN_URL=topology.node(topology.a, topology.b),
+            TRACKTALK_NODE_LAG_LIMIT="60",
+        ) as (replica,):
+            async with (
+                open_socket(replica.ws, track, world.tokens["alice"]) as sock,
+                await psycopg.AsyncConnection.connect(topology.b.url(), autocommit=True) as hold_b,
+            ):
+                assert (await sock.expect("connected"))["seq"] == 0
+                # Reads of B's log go on; its apply worker waits at the first event.
+                await hold_b.execute("BEGIN")
+                await hold_b.execute("LOCK TABLE tracktalk.events IN SHARE MODE")
+                ids = [await insert_comment(url, track, world.users["dave"], f"c{i}") for i in range(20)]
+                got = await sock.events(20)  # through node A
+                hold_a = await psycopg.AsyncConnection.connect(topology.a.url())
+                await hold_a.execute("LOCK TABLE tracktalk.events IN SHARE MODE")  # A delivers no more
+                ids += [await insert_comment(url, track, world.users["dave"], f"d{i}") for i in range(5)]
+                topology.a.stop("immediate")
+                with contextlib.suppress(psycopg.OperationalError):
+                    await hold_a.close()
+                await async_wait_until(lambda: on_node(replica, topology.b), 30, "the move to node B")
+                got += await sock.events(5)
+                assert await latest(topology.b.url(), topic) == 0  # they came from the primary's log
+                assert [m["seq"] for m in got] == list(range(1, 26))
+                assert [m["comment"]["id"] for m in got] == ids
+                await hold_b.execute(
+                    "ROLLBACK"
+                )  # B catches up, and tells again what was sent: dropped by seq
+                await async_wait_until(lambda: same_latest(topology.b.url(), url, topic), 30, "B to catch up")
+                await insert_comment(url, track, world.users["dave"], "after")
+                (after,) = await sock.events(1)
+                assert after["seq"] == 26
+                assert [m["type"] for m in sock.received].count("new_comment") == 26
+                assert [m for m in sock.received if m["type"] == "resync"] == []
+    finally:
+        topology.a.start()
+
+
+def on_node(replica: Replica, node: Cluster) -> bool:
+    """The replica's listener is on `node`, and it is ready."""
+    answer = ready(replica)
+    where = answer.get("node")
+    return (
+        answer["status"] == "ok"
+        and isinstance(where, dict)
+        and str(where["name"]).endswith(f":{node.port}/tracktalk")
+    )
+
+
+async def same_latest(node: str, primary: str, topic: str) -> bool:
+    return await latest(node, topic) == await latest(primary, topic)
+
+
+async def test_switching_notify_mode_there_and_back_under_a_writer_loses_and_repeats_nothing(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """A replica on a node and one on the primary, a writer throughout: 'direct', then 'fanout'
+    (the primary sends no NOTIFY: the replica on it reads the log every second and says it is not
+    ready), then 'direct' again. Every socket gets every event once, in order."""
+    world, url = topology.world, topology.url
+    track = new_track(url)
+    with (
+        replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=topology.node(topology.a)) as (on_node,),
+        replicas(url, log_dir, 1) as (on_primary,),
+    ):
+        async with (
+            open_socket(on_node.ws, track, world.tokens["alice"]) as first,
+            open_socket(on_primary.ws, track, world.tokens["bob"]) as second,
+        ):
+            start = [(await sock.expect("connected"))["seq"] for sock in (first, second)]
+            writer = Writer(url, track, world.users["dave"])
+            async with writer.running():
+                await writer.wrote(15)
+                await set_mode(url, "fanout")
+                await writer.wrote(15)
+                await async_wait_until(
+                    lambda: ready(on_primary)["status"] == "unavailable", 10, "the primary's replica unready"
+                )
+                answer = ready(on_primary)
+                assert answer["checks"]["notifies"] is False, answer  # type: ignore[index]
+                assert "notify_mode is 'fanout'" in str(answer["detail"])
+                assert ready(on_node)["status"] == "ok"
+                await writer.wrote(15)
+                await set_mode(url, "direct")
+                await writer.wrote(15)
+                await async_wait_until(
+                    lambda: ready(on_primary)["status"] == "ok", 10, "the primary's replica ready"
+                )
+            last = await latest(url, f"track:{track}")
+            for sock, seq in zip((first, second), start, strict=True):
+                await every_event_once(sock, seq, last, writer.ids)
+
+
+async def test_readyz_and_check_say_when_a_node_falls_behind_or_its_subscription_is_down(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    url, a = topology.url, topology.a
+    subscription = (await sql(a.url(), "SELECT subscription FROM tracktalk.node_state()"))[0][0]
+    listen = topology.node(a, topology.b)
+    with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=topology.node(a), TRACKTALK_NODE_LAG_LIMIT="2") as (
+        replica,
+    ):
+        healthy = ready(replica)
+        assert healthy["status"] == "ok" and healthy["checks"]["node"] is True, healthy  # type: ignore[index]
+        done = tracktalk("check", database_url=url, TRACKTALK_LISTEN_URL=listen)
+        assert f"ok    fan-out node slot {subscription} is streaming" in done.stdout, done.stdout
+        assert f"ok    fan-out node 127.0.0.1:{a.port}/tracktalk follows the primary" in done.stdout, (
+            done.stdout
+        )
+
+        # Behind: its apply worker waits on a lock (it runs, and receives): the lag grows past 2 s.
+        async with await psycopg.AsyncConnection.connect(a.url()) as hold:
+            await hold.execute("LOCK TABLE tracktalk.heartbeat IN SHARE MODE")
+            await async_wait_until(lambda: ready(replica)["status"] == "unavailable", 15, "not ready")
+            behind = ready(replica)
+            assert behind["checks"]["node"] is False and behind["node"]["running"] is True, behind  # type: ignore[index]
+            assert behind["node"]["lag_seconds"] > 2, behind  # type: ignore[index]
+            assert "s behind the primary (limit 2 s)" in str(behind["detail"])
+            done = tracktalk("check", database_url=url, TRACKTALK_LISTEN_URL=listen)
+            assert f"FIX   fan-out node 127.0.0.1:{a.port}/tracktalk is " in done.stdout, done.stdout
+            assert done.returncode == 1
+        await async_wait_until(lambda: ready(replica)["status"] == "ok", 15, "ready again")
+
+        # Down: its subscription disabled.
+        await sql(a.url(), f"ALTER SUBSCRIPTION {subscription} DISABLE")
+        try:
+            await async_wait_until(lambda: ready(replica)["status"] == "unavailable", 15, "not ready")
+            down = ready(replica)
+            assert down["node"]["running"] is False, down  # type: ignore[index]
+            assert f"its subscription {subscription} receives nothing from the primary" in str(down["detail"])
+            done = tracktalk("check", database_url=url, TRACKTALK_LISTEN_URL=listen)
+            assert f"subscription {subscription} is disabled" in done.stdout, done.stdout
+            await async_wait_until(lambda: slot_inactive(url, subscription), 15, "the slot idle")
+            done = tracktalk("check", database_url=url, TRACKTALK_LISTEN_URL=listen)
+            assert f"FIX   fan-out node slot {subscription} is not in use" in done.stdout, done.stdout
+        finally:
+            await sql(a.url(), f"ALTER SUBSCRIPTION {subscription} ENABLE")
+        await async_wait_until(lambda: ready(replica)["status"] == "ok", 30, "ready again")
+
+
+async def slot_inactive(url: str, slot: str) -> bool:
+    rows = await sql(url, "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+    return rows == [(False,)]
+
+
+def test_fanout_node_runs_again_harmlessly(topology: Topology) -> None:
+    done = tracktalk("fanout-node", "--primary", topology.url, "--node", topology.a.url(), database_url="")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "was there" in done.stdout and "made" not in done.stdout, done.stdout
+    with psycopg.connect(topology.url) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_publication").fetchone() == (2,)
+        assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (2,)
+    with psycopg.connect(topology.a.url()) as conn:
+        assert conn.execute("SELECT count(*), bool_and(sending) FROM tracktalk.node_state()").fetchone() == (
+            1,
+            True,
+        )
+
+
+def test_fanout_node_refuses_what_would_not_work_and_says_what_to_change(topology: Topology) -> None:
+    def refused(primary: str, node: str) -> str:
+        done = tracktalk("fanout-node", "--primary", primary, "--node", node, database_url="")
+        assert done.returncode == 1, done.stdout + done.stderr
+        return done.stderr
+
+    def fresh(name: str) -> str:
+        with psycopg.connect(topology.b.url("postgres"), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return topology.b.url(name)
+
+    node = fresh("fresh")
+    with psycopg.connect(topology.url, autocommit=True) as conn:
+        conn.execute("CREATE ROLE plain LOGIN")
+    assert "role plain may not stream changes from the primary" in refused(
+        topology.primary.url(user="plain"), node
+    )
+    assert "ALTER ROLE plain REPLICATION" in refused(topology.primary.url(user="plain"), node)
+    assert "--node and --primary lead to the same database" in refused(topology.url, topology.url)
+    with psycopg.connect(topology.b.url("postgres"), autocommit=True) as conn:
+        conn.execute("CREATE ROLE nodeuser LOGIN")
+        conn.execute("GRANT CONNECT ON DATABASE fresh TO nodeuser")
+    error = refused(topology.url, topology.b.url("fresh", user="nodeuser"))
+    assert "role nodeuser on the node may not make a subscription" in error and "superuser" in error, error
+    # An application's database (or any with rows in what a node copies) is never overwritten.
+    taken = fresh("taken")
+    assert tracktalk("migrate", database_url=taken).returncode == 0
+    with psycopg.connect(taken, autocommit=True) as conn:
+        conn.execute("INSERT INTO users (username) VALUES ('someone')")
+    assert "already holds rows in public.users" in refused(topology.url, taken)
+    with psycopg.connect(taken) as conn:
+        assert conn.execute(HERE_SUBSCRIBED).fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM users").fetchone() == (1,)
+
+    # A primary without wal_level = logical, then one without a free replication slot.
+    other = Cluster(topology.bindir, topology.root / "other", free_port()).initdb().start()
+    try:
+        with psycopg.connect(other.url("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE tracktalk")
+        assert tracktalk("migrate", database_url=other.url()).returncode == 0
+        error = refused(other.url(), node)
+        assert (
+            "the primary's wal_level is 'replica'" in error
+            and "ALTER SYSTEM SET wal_level = logical" in error
+        )
+        other.stop()
+        other.configure("wal_level = logical\nmax_replication_slots = 1").start()
+        with psycopg.connect(other.url(), autocommit=True) as conn:
+            conn.execute("SELECT pg_create_logical_replication_slot('someone_elses', 'pgoutput')")
+        error = refused(other.url(), node)
+        assert "max_replication_slots = 1, and 1 are taken" in error, error
+    finally:
+        other.stop("immediate")
+    with psycopg.connect(node) as conn:
+        assert conn.execute(HERE_SUBSCRIBED).fetchone() == (0,)
