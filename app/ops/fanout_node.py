@@ -104,7 +104,12 @@ def prepare(
     with psycopg.connect(primary, autocommit=True) as p:
         _publish(p, published, say)
     with psycopg.connect(node, autocommit=True) as n:
-        _subscribe(n, primary, subscription, published, say)
+        with psycopg.connect(primary, autocommit=True) as p:
+            failover = (
+                min(int(_one(p, "SHOW server_version_num")), int(_one(n, "SHOW server_version_num")))
+                >= 170000
+            )
+        _subscribe(n, primary, subscription, published, say, failover)
         _wait_copied(n, subscription, wait, say)
         sending = _one(n, "SELECT tracktalk.fan_out_triggers()")
         if not sending:
@@ -309,8 +314,11 @@ def _subscribe(
     subscription: str,
     published: list[str],
     say: Callable[[str], None],
+    failover: bool = False,
 ) -> None:
-    """The subscription, made (over an empty copy) or brought up to date."""
+    """The subscription, made (over an empty copy) or brought up to date; `failover`: its slot a
+    failover slot (PostgreSQL 17 on both sides: a standby that syncs slots has it, and the node
+    follows the promoted standby; docs/dba.md, "Fan-out nodes")."""
     found = _subscriptions(n)
     name = sql.Identifier(subscription)
     publications = [PUBLICATION, OUTBOX_PUBLICATION]
@@ -321,12 +329,13 @@ def _subscribe(
         try:
             n.execute(
                 sql.SQL(
-                    "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {}, {} WITH (synchronous_commit = 'off')"
+                    "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {}, {} WITH (synchronous_commit = 'off'{})"
                 ).format(
                     name,
                     sql.Literal(primary),
                     sql.Identifier(PUBLICATION),
                     sql.Identifier(OUTBOX_PUBLICATION),
+                    sql.SQL(", failover = true") if failover else sql.SQL(""),
                 )
             )
         except psycopg.errors.DuplicateObject as exc:
