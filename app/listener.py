@@ -110,6 +110,8 @@ class Listener:
         self._waiters: list[tuple[frozenset[str], asyncio.Future[None]]] = []
         self._wake: asyncio.Future[None] | None = None
         self._rekey_due = False
+        self._leaving: str | None = None
+        """Why the database in use is to be left for the next URL (leave())."""
         self._next_key_check = 0.0
         self._retired: tuple[str, int | None] | None = None
         """After a new key: a snapshot of the transactions then running (some may still send under
@@ -150,6 +152,13 @@ class Listener:
         self._poke()
         await waiter
         return True
+
+    def leave(self, reason: str) -> None:
+        """Leave the database in use for the next URL (a fan-out node that receives nothing from
+        the primary), as if its connection had failed; nothing when there is no other URL."""
+        if len(self._conninfos) > 1 and self._ready:
+            self._leaving = reason
+            self._poke()
 
     def unlisten(self, names: Iterable[str]) -> None:
         """Stop listening on the channels of `names` (soon, in a batch)."""
@@ -246,6 +255,9 @@ class Listener:
             )
             while True:
                 await self._idle(conn)
+                if self._leaving is not None:
+                    reason, self._leaving = self._leaving, None
+                    raise NotServing(f"leaving {self.where}: {reason}")
                 now = asyncio.get_running_loop().time()
                 renamed = False
                 if self._rekey_due or now >= self._next_key_check:

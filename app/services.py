@@ -32,10 +32,10 @@ from app.live import close_codes
 from app.live.feed import Feed
 from app.live.hub import Hub
 from app.live.notices import Codec
-from app.live.polling import Polling
+from app.live.polling import NodeWatch, Polling
 from app.live.throttle import RateLimiter
 from app.ops.prometheus import Metrics
-from app.ops.readiness import Readiness
+from app.ops.readiness import Readiness, Reading
 from app.presence.table import PresenceTable
 from app.presence.tracker import Presence
 
@@ -116,15 +116,25 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
         tokens = TokenVerifier.from_settings(settings)
         metrics.count_presence(presence)
         polling = Polling(feed.catch_up, feed.access.recheck_all)
+        node_watch = NodeWatch(listener.leave, settings.node_lag_limit)
+
+        def on_reading(reading: Reading) -> None:
+            polling.observe(
+                listener.where is not None and reading.node is None, reading.notify_mode, reading.snapshot
+            )
+            node = reading.node
+            if node is None or node.state is None:
+                node_watch.observe(None, None)
+            else:
+                node_watch.observe(node.state.running, node.lag)
+
         readiness = Readiness(
             pool,
             settings.notify_queue_limit,
             on_usage=metrics.read_queue_usage,
             reads=reads,
             node_lag_limit=settings.node_lag_limit,
-            on_reading=lambda r: polling.observe(
-                listener.where is not None and r.node is None, r.notify_mode, r.snapshot
-            ),
+            on_reading=on_reading,
         )
         await readiness.check()
         services = Services(

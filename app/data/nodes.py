@@ -102,9 +102,15 @@ class Reads:
 
     async def use(self, conninfo: str, state: NodeState | None) -> None:
         """The listener is on `conninfo` now, a node in `state` (None: not a node): read the log
-        there. NotServing for a node whose initial copy is not done."""
+        there. NotServing for a node whose initial copy is not done, or that receives nothing from
+        the primary (the listener tries the next URL)."""
         if state is not None and not state.copied:
             raise NotServing(f"fan-out node {describe(conninfo)} is still making its initial copy")
+        if state is not None and not state.running:
+            raise NotServing(
+                f"fan-out node {describe(conninfo)}: its subscription {state.subscription} receives nothing "
+                "from the primary"
+            )
         if state is None:
             await self.close()
             return

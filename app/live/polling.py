@@ -1,4 +1,8 @@
-"""A replica that listens on the primary while the primary sends no NOTIFYs (notify_mode 'fanout':
+"""What a replica does when the readiness reading (every second) shows that the NOTIFYs may not
+reach it: from the primary in 'fanout' mode (Polling), or from a fan-out node that receives nothing
+(NodeWatch).
+
+A replica that listens on the primary while the primary sends no NOTIFYs (notify_mode 'fanout':
 the fan-out nodes send them) reads the log instead, every second, so that its sockets do not stall.
 
 The readiness reading (app/ops/readiness.py, every second) says who sends the NOTIFYs and whether
@@ -70,3 +74,37 @@ class Polling:
         self._catch_up()
         if self._readings % _RECHECK_EVERY == 0:
             self._recheck()
+
+
+_LEAVE_AFTER = 5
+"""Readings (seconds) a fan-out node may receive nothing, or be past the lag limit, before the
+listener leaves it for the next URL."""
+
+
+class NodeWatch:
+    """Has the listener leave a fan-out node whose subscription receives nothing from the primary
+    (disabled, failing: after a failover of the primary on PostgreSQL 15 or 16, its slot is gone),
+    or that stays past the lag limit, for _LEAVE_AFTER readings in a row, when TRACKTALK_LISTEN_URL
+    lists another URL: the next node, or the primary itself if it is listed last. (A node that
+    receives nothing is refused at connect too: app/data/nodes.py.)"""
+
+    def __init__(self, leave: Callable[[str], None], lag_limit: float) -> None:
+        self._leave = leave
+        self._lag_limit = lag_limit
+        self._bad = 0
+
+    def observe(self, running: bool | None, lag: float | None) -> None:
+        """One reading of the node the listener is on: its subscription runs (None: not on a node,
+        or it did not answer: the listener finds out by itself), and its lag in seconds."""
+        if running is None:
+            self._bad = 0
+            return
+        late = lag is not None and lag > self._lag_limit
+        self._bad = self._bad + 1 if not running or late else 0
+        if self._bad >= _LEAVE_AFTER:
+            self._bad = 0
+            self._leave(
+                "its subscription receives nothing from the primary"
+                if not running
+                else f"it is {lag:.0f} s behind the primary (TRACKTALK_NODE_LAG_LIMIT {self._lag_limit:g})"
+            )

@@ -350,11 +350,17 @@ async def test_switching_notify_mode_there_and_back_under_a_writer_loses_and_rep
             open_socket(on_primary.ws, track, world.tokens["bob"]) as second,
         ):
             start = [(await sock.expect("connected"))["seq"] for sock in (first, second)]
+            got: list[list[dict[str, Any]]] = [[], []]
             writer = Writer(url, track, world.users["dave"])
             async with writer.running():
                 await writer.wrote(15)
                 await set_mode(url, "fanout")
                 await writer.wrote(15)
+                # Both sockets get what is written in 'fanout' mode while it lasts: the one on the
+                # primary's replica by its reading of the log.
+                now = await latest(url, f"track:{track}")
+                for i, sock in enumerate((first, second)):
+                    got[i] += await sock.events(now - start[i] - len(got[i]))
                 await async_wait_until(
                     lambda: ready(on_primary)["status"] == "unavailable", 10, "the primary's replica unready"
                 )
@@ -369,8 +375,41 @@ async def test_switching_notify_mode_there_and_back_under_a_writer_loses_and_rep
                     lambda: ready(on_primary)["status"] == "ok", 10, "the primary's replica ready"
                 )
             last = await latest(url, f"track:{track}")
-            for sock, seq in zip((first, second), start, strict=True):
-                await every_event_once(sock, seq, last, writer.ids)
+            for i, sock in enumerate((first, second)):
+                got[i] += await sock.events(last - start[i] - len(got[i]), timeout=30)
+                assert [m["seq"] for m in got[i]] == list(range(start[i] + 1, last + 1))
+                assert [m["comment"]["id"] for m in got[i]] == writer.ids
+
+
+async def test_a_writer_that_read_fanout_and_commits_after_the_switch_back_is_not_missed(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """A transaction numbers a comment in 'fanout' mode (no NOTIFY), the mode goes back to 'direct',
+    the replica on the primary sees it, and only then the transaction commits: unheard, and nothing
+    else is written on the track. The replica goes on reading the log until the transactions that
+    ran across the switch have ended, so the socket gets it."""
+    world, url = topology.world, topology.url
+    track = new_track(url)
+    with replicas(url, log_dir, 1) as (on_primary,):  # started in 'direct' mode: it is ready then
+        async with (
+            open_socket(on_primary.ws, track, world.tokens["alice"]) as sock,
+            await psycopg.AsyncConnection.connect(url) as late,
+        ):
+            start = (await sock.expect("connected"))["seq"]
+            await set_mode(url, "fanout")
+            await async_wait_until(
+                lambda: ready(on_primary)["status"] == "unavailable", 10, "the switch to 'fanout' seen"
+            )
+            await late.execute(
+                "INSERT INTO comments (track_id, user_id, content) VALUES (%s, %s, 'late')",
+                (track, world.users["dave"]),
+            )
+            await set_mode(url, "direct")
+            await async_wait_until(lambda: ready(on_primary)["status"] == "ok", 10, "the switch back seen")
+            await asyncio.sleep(1.5)  # the replica's readings go on meanwhile (this is what is tested)
+            await late.commit()
+            (event,) = await sock.events(1, timeout=5)
+            assert (event["seq"], event["comment"]["content"]) == (start + 1, "late")
 
 
 async def test_readyz_and_check_say_when_a_node_falls_behind_or_its_subscription_is_down(
@@ -494,3 +533,58 @@ def test_fanout_node_refuses_what_would_not_work_and_says_what_to_change(topolog
         other.stop("immediate")
     with psycopg.connect(node) as conn:
         assert conn.execute(HERE_SUBSCRIBED).fetchone() == (0,)
+
+
+async def test_a_replica_leaves_a_node_whose_subscription_receives_nothing_for_the_next(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """Node A's subscription is disabled (as after a failover of the primary on PostgreSQL 15, when
+    its slot is gone): a replica listening on A, B moves to B within seconds and its socket misses
+    nothing; A is refused while it stays so."""
+    world, url, a = topology.world, topology.url, topology.a
+    track = new_track(url)
+    await set_mode(url, "fanout")
+    subscription = (await sql(a.url(), "SELECT subscription FROM tracktalk.node_state()"))[0][0]
+    try:
+        with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=topology.node(a, topology.b)) as (replica,):
+            assert on_node(replica, a)
+            async with open_socket(replica.ws, track, world.tokens["alice"]) as sock:
+                start = (await sock.expect("connected"))["seq"]
+                await insert_comment(url, track, world.users["dave"], "before")
+                await sql(a.url(), f"ALTER SUBSCRIPTION {subscription} DISABLE")
+                for i in range(5):
+                    await insert_comment(url, track, world.users["dave"], f"meanwhile {i}")
+                await async_wait_until(lambda: on_node(replica, topology.b), 30, "the move to node B")
+                await insert_comment(url, track, world.users["dave"], "after")
+                await every_event_once(sock, start, await latest(url, f"track:{track}"))
+                assert (
+                    "leaving 127.0.0.1:" in replica.log()
+                    and "receives nothing from the primary" in replica.log()
+                )
+    finally:
+        await sql(a.url(), f"ALTER SUBSCRIPTION {subscription} ENABLE")
+
+
+async def test_a_new_channel_key_reaches_the_replicas_through_the_nodes(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """rotate_channel_key() on the primary in 'fanout' mode: each node says so on the old key's
+    `rekey` channel when its copy of the key changes; its replicas listen under the new names and
+    lose nothing."""
+    world, url = topology.world, topology.url
+    track = new_track(url)
+    await set_mode(url, "fanout")
+    with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=topology.node(topology.b)) as (replica,):
+        async with open_socket(replica.ws, track, world.tokens["alice"]) as sock:
+            start = (await sock.expect("connected"))["seq"]
+            await insert_comment(url, track, world.users["dave"], "old key")
+            await sock.events(1)
+            await sql(url, "SELECT tracktalk.rotate_channel_key()")
+            await async_wait_until(lambda: "the channel key changed" in replica.log(), 10, "the rekey")
+            for i in range(3):
+                await insert_comment(url, track, world.users["dave"], f"new key {i}")
+            (last,) = await sql(
+                url, "SELECT last_seq FROM tracktalk.topic_state WHERE topic = %s", (f"track:{track}",)
+            )
+            got = await sock.events(3, timeout=5)  # live, not within the minute of the key's reading
+            assert [m["seq"] for m in got] == list(range(start + 2, last[0] + 1))

@@ -9,7 +9,7 @@ import pytest
 
 from app.config import Settings
 from app.env import url_list
-from app.live.polling import Polling, ended
+from app.live.polling import NodeWatch, Polling, ended
 
 
 def test_listen_url_is_a_list_of_urls_and_a_multi_host_url_is_one_of_them() -> None:
@@ -88,3 +88,25 @@ def test_a_replica_on_a_node_or_away_never_reads_the_log_for_the_mode() -> None:
     for _ in range(3):
         polling.observe(False, "fanout", "10:12:10")
     assert (polling.active, calls.catch_ups) == (False, 0)
+
+
+def test_the_listener_leaves_a_node_that_receives_nothing_or_stays_too_far_behind_after_five_readings() -> (
+    None
+):
+    left: list[str] = []
+    watch = NodeWatch(left.append, lag_limit=10)
+    for _ in range(4):
+        watch.observe(False, 0.0)
+    watch.observe(True, 0.5)  # it came back: counting starts again
+    for _ in range(4):
+        watch.observe(False, None)
+    assert left == []
+    watch.observe(False, None)
+    assert left == ["its subscription receives nothing from the primary"]
+    for _ in range(5):
+        watch.observe(True, 12.0)
+    assert left[-1] == "it is 12 s behind the primary (TRACKTALK_NODE_LAG_LIMIT 10)"
+    for _ in range(10):
+        watch.observe(None, None)  # on the primary, or the node does not answer: the listener sees to it
+        watch.observe(True, 9.0)
+    assert len(left) == 2
