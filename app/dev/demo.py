@@ -23,7 +23,6 @@ CREATOR = "carol"
 SAMPLE_RATE = 22050
 AUDIO_CONTENT_TYPE = "audio/wav"
 
-_LOCK_KEY = "tracktalk.demo"
 _AMPLITUDE = 0.4
 _ATTACK_SECONDS = 0.02
 _RELEASE_SECONDS = 0.04
@@ -159,8 +158,11 @@ _SHARES = (("bob", "sunrise"),)
 def load_demo(conninfo: str) -> DemoSummary:
     """Load the demo data in one transaction, or report it as already loaded (writing nothing)."""
     with psycopg.connect(conninfo, connect_timeout=10) as conn:
-        # Two first runs at once (say, `tracktalk serve` and `tracktalk demo`) load it once.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_LOCK_KEY,))
+        # Two first runs at once (say, `tracktalk serve` and `tracktalk demo`) load it once: the
+        # second waits here for the first to commit. A lock on a table the loader writes (its
+        # mode conflicts with itself, not with readers), which a role without rights on albums
+        # cannot take and hold: never an advisory lock, whose keys any role may take.
+        conn.execute("LOCK TABLE public.albums IN SHARE ROW EXCLUSIVE MODE")
         creator_id = _user_ids(conn).get(CREATOR)
         album_id = None if creator_id is None else _find_album(conn, creator_id)
         if album_id is not None:
