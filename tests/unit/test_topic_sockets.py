@@ -410,6 +410,25 @@ async def test_a_tag_of_another_history_resyncs_that_topic_only(services: FakeSe
     assert "resync" not in client.types(T2)
 
 
+async def test_a_revocation_during_a_replay_stops_it_after_unsubscribed(services: FakeServices) -> None:
+    checker = asyncio.create_task(services.feed.enforce_access())
+    try:
+        services.log.write(T1, 10)
+        services.log.gate[T1] = asyncio.Event()  # its read of the log waits
+        client = await connect(services)
+        client.send(type="subscribe", topic=T1, since=0)
+        await client.answered(T1, "subscribed")
+        services.log.visible_pairs = set()
+        services.feed.on_notice(Opened(Revoke(topic=T1, at=time.time())))
+        await client.answered(T1, "unsubscribed")
+        services.log.gate[T1].set()
+        await asyncio.sleep(0.01)
+    finally:
+        checker.cancel()
+    assert client.types(T1) == ["subscribed", "unsubscribed"]  # nothing of the replay after it
+    assert client.conn.closed_with is None
+
+
 async def test_an_unsubscribe_during_a_replay_stops_it(services: FakeServices) -> None:
     services.log.write(T1, 10)
     services.log.gate[T1] = asyncio.Event()  # its read of the log waits
