@@ -9,6 +9,19 @@ MAX_BIGINT = 2**63 - 1
 MAX_TRACK_ID = 200
 """Longest track id, in characters, that a route or a socket takes."""
 
+MAX_TOPIC = 256
+"""Longest topic, in characters, that a socket subscribes to (a track's is `track:` and its id)."""
+
+MAX_TOPICS = 100
+"""Topics one /api/ws socket may hold (subscribed, or being subscribed): a page with a track, a
+forum and a few live tables needs far fewer."""
+
+SUBSCRIBE_BURST = 120
+"""Subscribes one /api/ws socket may send at once (a page's 100 topics fit, with room for a few
+it drops and takes again) ..."""
+SUBSCRIBE_RATE = 20.0
+"""... and per second after that: each costs the database a question, and a replay."""
+
 MAX_TAG = 32
 """Longest `tag=` on a socket (an event's tag: 16 hex digits as the database makes them)."""
 
@@ -38,7 +51,10 @@ MAX_NOTIFICATION_PAGE = 200
 """... and at most."""
 
 EVENT_PAGE = 500
-"""Events read from the log per query when replaying or catching up."""
+"""Events read from the log per query when replaying or catching up, at most ..."""
+EVENT_PAGE_BYTES = 1024 * 1024
+"""... and bytes of their messages (at least one event, whatever its size): a page of 500
+events of 400 KB each is not read, nor written to a resuming socket, at once."""
 
 MAX_TRACKS_LISTED = 500
 """Tracks GET /api/tracks lists at most."""

@@ -1,7 +1,7 @@
 """The one LISTEN connection of this replica.
 
 It is its own autocommit connection (not from the request pool; through PgBouncer it must be a
-session-mode URL: TRACKTALK_LISTEN_URL). It LISTENs only on the topics the feed asks for (the
+session-mode URL: TRACKTALK_LISTEN_URL). It LISTENs only on the channels the feed asks for (the
 tracks and users with sockets here), under the names the channel key gives them (app/live/notices.py),
 adding and dropping channels in batches: one round trip for however many sockets arrived
 meanwhile. Nobody without the key can name these channels, so a flood of NOTIFYs on any name an
@@ -37,7 +37,7 @@ from psycopg.conninfo import make_conninfo
 
 from app.backoff import Backoff
 from app.data.events import read_channel_key_and_snapshot, still_running
-from app.live.notices import REKEY_TOPIC, Codec, Opened
+from app.live.notices import REKEY_NAME, Codec, Opened
 from app.logs import one_line
 from app.wire import Rekey
 
@@ -84,7 +84,7 @@ class Listener:
         self._sink: NoticeSink | None = None
         self._ready = False
         self._wanted: set[str] = set()
-        """Topics (app/live/notices.py's track_topic, user_topic) to listen on."""
+        """Names of the channels to listen on (app/live/notices.py's topic_name, user_name)."""
         self._listening: set[str] = set()
         """Channel names listened on."""
         self._unlistening: set[str] = set()
@@ -117,11 +117,11 @@ class Listener:
         """How many channels are listened on now."""
         return len(self._listening)
 
-    async def listen(self, topics: Iterable[str]) -> bool:
-        """LISTEN on the channels of `topics` too; return once that is in place (callers bound the
+    async def listen(self, names: Iterable[str]) -> bool:
+        """LISTEN on the channels of `names` (app/live/notices.py's topic_name, user_name) too; return once that is in place (callers bound the
         wait): True when some of them were not in place already (a notice sent on them before now
         was not heard here), False when all were."""
-        wanted = frozenset(topics)
+        wanted = frozenset(names)
         self._wanted |= wanted
         if self._ready and self._in_place(wanted):
             return False
@@ -131,9 +131,9 @@ class Listener:
         await waiter
         return True
 
-    def unlisten(self, topics: Iterable[str]) -> None:
-        """Stop listening on the channels of `topics` (soon, in a batch)."""
-        self._wanted.difference_update(topics)
+    def unlisten(self, names: Iterable[str]) -> None:
+        """Stop listening on the channels of `names` (soon, in a batch)."""
+        self._wanted.difference_update(names)
         self._poke()
 
     async def run(self) -> None:
@@ -243,14 +243,14 @@ class Listener:
             self._wake = None
 
     def _wanted_channels(self) -> set[str]:
-        """The channel names of the wanted topics under the key in use, and its `rekey` channel."""
+        """The channels of the wanted names under the key in use, and its `rekey` channel."""
         channel = self._codec.channel
-        return {channel(topic) for topic in self._wanted} | {channel(REKEY_TOPIC)}
+        return {channel(name) for name in self._wanted} | {channel(REKEY_NAME)}
 
-    def _in_place(self, topics: frozenset[str]) -> bool:
-        for topic in topics:
-            name = self._codec.channel(topic)
-            if name not in self._listening or name in self._unlistening:
+    def _in_place(self, names: frozenset[str]) -> bool:
+        for name in names:
+            channel = self._codec.channel(name)
+            if channel not in self._listening or channel in self._unlistening:
                 return False
         return True
 
@@ -306,11 +306,11 @@ class Listener:
         if not self._ready:
             return
         pending = []
-        for topics, waiter in self._waiters:
+        for names, waiter in self._waiters:
             if waiter.done():
                 continue
-            if not topics <= self._wanted or self._in_place(topics):
+            if not names <= self._wanted or self._in_place(names):
                 waiter.set_result(None)  # in place (or no longer wanted by anyone)
             else:
-                pending.append((topics, waiter))
+                pending.append((names, waiter))
         self._waiters = pending

@@ -1,8 +1,9 @@
 """The application: `create_app()` builds it; nothing happens at import.
 
-Two parts behind one ASGI callable: the track sockets (`app/handlers/sockets.py`, a bare ASGI app:
-a replica holds them by the thousand and the framework's per-request machinery would cost ~3 KiB
-each) and everything else, Litestar's (HTTP routes, the page, the OpenAPI schema, the lifespan).
+Two parts behind one ASGI callable: the sockets (the track socket, `app/handlers/sockets.py`, and
+/api/ws, `app/handlers/topic_sockets.py`: bare ASGI apps, since a replica holds them by the
+thousand and the framework's per-request machinery would cost ~3 KiB each) and everything else,
+Litestar's (HTTP routes, the page, the OpenAPI schema, the lifespan).
 """
 
 from __future__ import annotations
@@ -17,22 +18,27 @@ from litestar.di import Provide
 
 from app.bounds import MAX_BODY
 from app.config import Settings
+from app.edge.addresses import PerAddress
 from app.edge.cors import Cors
 from app.handlers import client, comments, demo, health, notifications, pages, schema, tracks
 from app.handlers.deps import provide_services, provide_user, provide_viewer
 from app.handlers.errors import exception_handlers
 from app.handlers.request import TracktalkRequest
 from app.handlers.sockets import PATH, TrackSockets
+from app.handlers.topic_sockets import PATH as TOPICS_PATH
+from app.handlers.topic_sockets import TopicSockets
 from app.logs import configure_logging
 from app.services import Services, running
 
 
 class Tracktalk:
-    """The ASGI app of a replica: track sockets to their handler, the rest to Litestar."""
+    """The ASGI app of a replica: sockets to their handlers, the rest to Litestar."""
 
     def __init__(self, http: Litestar, allowed_origins: tuple[str, ...] = ()) -> None:
         self.http = http
-        self.sockets = TrackSockets(lambda: self.services)
+        anonymous = PerAddress()  # one count of anonymous sockets per address, both kinds together
+        self.sockets = TrackSockets(lambda: self.services, anonymous)
+        self.topic_sockets = TopicSockets(lambda: self.services, anonymous)
         self._serve_http = Cors(http, allowed_origins)
         """Litestar, behind the API's OPTIONS and CORS answers (app/edge/cors.py)."""
 
@@ -51,6 +57,8 @@ class Tracktalk:
         """Route one ASGI connection."""
         if scope["type"] == "websocket" and scope["path"].startswith(PATH):
             await self.sockets(scope, receive, send)
+        elif scope["type"] == "websocket" and scope["path"] == TOPICS_PATH:
+            await self.topic_sockets(scope, receive, send)
         else:
             await self._serve_http(scope, receive, send)
 

@@ -16,8 +16,7 @@ from app.background import background
 from app.config import Settings
 from app.data.batch import Batched
 from app.data.db import SCHEMA_VERSION, SchemaError, check_role_settings, create_pool, schema_version, serves
-from app.data.events import EventLog
-from app.data.tracks import Watcher, watchers
+from app.data.events import Access, EventLog, access
 from app.handlers.write_limits import Refusals
 from app.listener import Listener
 from app.live import close_codes
@@ -62,11 +61,11 @@ class Services:
     metrics: Metrics
     tokens: TokenVerifier
     """Checks access tokens (tracktalk's own, and the identity provider's)."""
-    watchers: Batched[tuple[str, int | None], Watcher]
-    """Who opens a socket on a track, and whether they may: one query for the sockets that
-    arrive together."""
+    access: Batched[tuple[str | None, int | None], Access]
+    """Who subscribes to a topic (topic None: only who), and whether they may: one query for the
+    subscribes of every socket that arrive together."""
     presence: Presence
-    """Who is here: listeners per track across replicas, and the `presence` frames."""
+    """Who is here: listeners per topic across replicas, and the `presence` frames."""
     readiness: Readiness
     """The database's last answer for /readyz (schema version, NOTIFY queue), read every second."""
 
@@ -92,11 +91,11 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
         hub = Hub(settings.sockets_per_user)
         metrics = Metrics(hub)
         listener = Listener(settings.listen_url, codec)
-        feed = Feed(hub, events, listener, on_lag=metrics.lag.observe)
+        presence = Presence(hub, PresenceTable(pool), settings.replica_id)
+        feed = Feed(hub, events, listener, on_lag=metrics.lag.observe, presence=presence)
         listener.attach(feed)
         metrics.watch(listener, codec)
         tokens = TokenVerifier.from_settings(settings)
-        presence = Presence(hub, PresenceTable(pool), settings.replica_id)
         metrics.count_presence(presence)
         readiness = Readiness(pool, settings.notify_queue_limit, on_usage=metrics.read_queue_usage)
         await readiness.check()
@@ -112,7 +111,7 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             refused=Refusals(),
             metrics=metrics,
             tokens=tokens,
-            watchers=Batched(lambda wanted: _watchers(pool, wanted)),
+            access=Batched(lambda wanted: _access(pool, wanted)),
             presence=presence,
             readiness=readiness,
         )
@@ -133,9 +132,9 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
         await pool.close()
 
 
-async def _watchers(pool: AsyncConnectionPool, wanted: list[tuple[str, int | None]]) -> list[Watcher]:
+async def _access(pool: AsyncConnectionPool, wanted: list[tuple[str | None, int | None]]) -> list[Access]:
     async with pool.connection() as conn:
-        return await watchers(conn, wanted)
+        return await access(conn, wanted)
 
 
 async def _expire_forever(hub: Hub) -> None:

@@ -15,7 +15,7 @@ import msgspec
 from msgspec import Meta, Raw, Struct
 
 # MAX_CONTENT and MAX_FRAME are here too for the clients of this module: what they may send.
-from app.bounds import MAX_BIGINT, MAX_CONTENT, MAX_FRAME  # noqa: F401
+from app.bounds import MAX_BIGINT, MAX_CONTENT, MAX_FRAME, MAX_TOPICS  # noqa: F401
 
 PROTOCOL = 1
 """The protocol's version: `protocol` in `connected`, `info.version` of /schema/openapi.json and
@@ -291,20 +291,21 @@ class TrackMetricsChanged(Struct, tag_field="type", tag="track_metrics"):
     """The event's tag (see EventTag)."""
 
 
-class UserTyping(Struct, tag_field="type", tag="user_typing"):
-    """Someone on the track is typing (ephemeral: no seq)."""
+class UserTyping(Struct, tag_field="type", tag="user_typing", kw_only=True, omit_defaults=True):
+    """Someone on the topic is typing (ephemeral: no seq); a track's carries its `track_id`."""
 
-    track_id: str
+    track_id: str | None = None
     user_id: int
     username: str
     is_typing: bool
 
 
-class Presence(Struct, tag_field="type", tag="presence"):
-    """How many distinct users have a socket on the track, on any replica, each anonymous socket
-    counting one (ephemeral: no seq): on connect, then on change, at most once a second per track."""
+class Presence(Struct, tag_field="type", tag="presence", kw_only=True, omit_defaults=True):
+    """How many distinct users have a socket on the topic, on any replica, each anonymous socket
+    counting one (ephemeral: no seq): on connect, then on change, at most once a second per topic.
+    A track's carries its `track_id`."""
 
-    track_id: str
+    track_id: str | None = None
     listening: int
 
 
@@ -323,21 +324,24 @@ class NotificationMessage(Struct, tag_field="type", tag="notification"):
     notification: Notification
 
 
-class Resync(Struct, tag_field="type", tag="resync"):
-    """Events were missed that can no longer be replayed, or the client's were not the track's
-    (a failover lost them): reload with GET, go on from `seq` (whose tag is `tag`)."""
+class Resync(Struct, tag_field="type", tag="resync", kw_only=True):
+    """Events were missed that can no longer be replayed, or the client's were not the topic's
+    (a failover lost them): reload with GET, go on from `seq` (whose tag is `tag`). A track's
+    carries its `track_id` (another topic's has none: app/live/cursors.py writes it so)."""
 
-    track_id: str
+    track_id: str | None = None
     seq: int
     message: str
     tag: EventTag | None = None
 
 
-class Error(Struct, tag_field="type", tag="error"):
-    """The client sent something the server did not understand; the socket stays open."""
+class Error(Struct, tag_field="type", tag="error", omit_defaults=True):
+    """The client sent something the server did not understand; the socket stays open. On the
+    track socket it carries the `track_id`; on /api/ws the `topic` it is about, if any."""
 
     message: str
     track_id: str | None = None
+    topic: str | None = None
 
 
 ServerMessage = (
@@ -356,6 +360,57 @@ ServerMessage = (
 )
 
 # ---------------------------------------------------------------------------------------------
+# WebSocket /api/ws, server -> client (besides every message of its topics, `topic` added)
+# ---------------------------------------------------------------------------------------------
+
+SubscribeFailure = Literal["invalid topic", "not found", "forbidden", "too many topics"]
+"""Why a subscribe was refused."""
+
+
+class SocketConnected(Struct, tag_field="type", tag="connected"):
+    """First message on /api/ws: the socket is open, subscribe to topics. `protocol` is the version
+    of the protocol the server speaks; `max_topics` how many topics the socket may hold."""
+
+    message: str
+    protocol: int = PROTOCOL
+    max_topics: int = MAX_TOPICS
+
+
+class Subscribed(Struct, tag_field="type", tag="subscribed"):
+    """A subscribe succeeded: `seq` is the topic's latest event number, `tag` its tag. With
+    `since`, the events after it follow (or `resync`), then the live ones."""
+
+    topic: str
+    seq: int
+    tag: EventTag | None = None
+
+
+class SubscribeError(Struct, tag_field="type", tag="subscribe_error", omit_defaults=True):
+    """A subscribe was refused (the socket stays open, its other topics too): `reason` for
+    programs, `message` for people; `retry_after` (seconds) when it was refused for coming too
+    fast."""
+
+    topic: str
+    reason: SubscribeFailure
+    message: str
+    retry_after: float | None = None
+
+
+class Unsubscribed(Struct, tag_field="type", tag="unsubscribed", omit_defaults=True):
+    """The socket no longer gets the topic's messages: it asked (no `reason`), or the user lost
+    access to it (`forbidden`; `not found`: it was deleted, or may no longer be known of)."""
+
+    topic: str
+    reason: Literal["forbidden", "not found"] | None = None
+
+
+TopicSocketMessage = (
+    SocketConnected | Subscribed | SubscribeError | Unsubscribed | Error | Mention | NotificationMessage
+)
+"""What /api/ws sends of its own (the messages of its topics are those of their kinds, with
+`topic`: a track's are ServerMessage's)."""
+
+# ---------------------------------------------------------------------------------------------
 # WebSocket, client -> server
 # ---------------------------------------------------------------------------------------------
 
@@ -369,6 +424,31 @@ class Typing(Struct, tag_field="type", tag="typing"):
 ClientMessage = Typing
 
 
+class Subscribe(Struct, tag_field="type", tag="subscribe"):
+    """/api/ws: subscribe to a topic; with `since` (and `tag`, the tag of that event), resume
+    after it, as the track socket's `since=` does."""
+
+    topic: str
+    since: Annotated[int, Meta(ge=0, le=MAX_BIGINT)] | None = None
+    tag: EventTag | None = None
+
+
+class Unsubscribe(Struct, tag_field="type", tag="unsubscribe"):
+    """/api/ws: stop getting a topic's messages."""
+
+    topic: str
+
+
+class TopicTyping(Struct, tag_field="type", tag="typing"):
+    """/api/ws: the client's user started or stopped typing in a topic (a track's, a thread's)."""
+
+    topic: str
+    is_typing: bool
+
+
+TopicClientMessage = Subscribe | Unsubscribe | TopicTyping
+
+
 class ClientEnvelope(Struct):
     """Just the `type` of a client frame, to tell an unknown type from a malformed frame."""
 
@@ -380,11 +460,12 @@ class ClientEnvelope(Struct):
 # ---------------------------------------------------------------------------------------------
 
 
-class TrackBatch(Struct, tag_field="k", tag="track"):
-    """Events first..last of a track; `events` is absent when they are not in the payload (a
-    private track's, or too many to fit): the replica reads them from tracktalk.events."""
+class TopicBatch(Struct, tag_field="k", tag="topic"):
+    """Events first..last of a topic; `events` is absent when they are not in the payload (a topic
+    not everyone may see, events with a restricted variant, or too many to fit): the replica reads
+    them from tracktalk.events."""
 
-    track_id: str
+    topic: str
     first: int
     last: int
     at: float = 0.0
@@ -407,12 +488,12 @@ class UserBatch(Struct, tag_field="k", tag="user"):
 
 
 class Revoke(Struct, tag_field="k", tag="revoke"):
-    """Who may see what changed: the sockets of the track (a track made private, moved or
-    deleted) or of the user (no longer on the team, or deleted) are checked again. `gone`: the
-    track was deleted (one made again with its id goes on with its numbering: its sockets that
-    may still see it reload)."""
+    """Who may see what changed: the subscriptions to the topic (a track made private, moved or
+    deleted) or of the user (no longer on the team, or deleted) are checked again. `gone`: what
+    the topic is about was deleted (one made again goes on with its numbering: its subscribers
+    that may still see it reload)."""
 
-    track_id: str | None = None
+    topic: str | None = None
     user: int | None = None
     gone: bool = False
     at: float = 0.0
@@ -420,10 +501,10 @@ class Revoke(Struct, tag_field="k", tag="revoke"):
 
 
 class Ephemeral(Struct, tag_field="k", tag="ephemeral"):
-    """A message for a track's sockets that is not kept (typing), sent by a replica, sealed
+    """A message for a topic's sockets that is not kept (typing), sent by a replica, sealed
     (app/live/notices.py): `sender` and `n` (its counter) stop replays, `at` stale ones."""
 
-    track_id: str
+    topic: str
     message: Raw
     sender: str = ""
     n: int = 0
@@ -437,10 +518,12 @@ class Rekey(Struct, tag_field="k", tag="rekey"):
     at: float = 0.0
 
 
-Notice = TrackBatch | UserBatch | Revoke | Ephemeral | Rekey
+Notice = TopicBatch | UserBatch | Revoke | Ephemeral | Rekey
 
 notice_decoder = msgspec.json.Decoder(Notice)
 server_message_decoder = msgspec.json.Decoder(ServerMessage)
 client_envelope_decoder = msgspec.json.Decoder(ClientEnvelope)
 client_message_decoder = msgspec.json.Decoder(ClientMessage)
+topic_client_decoder = msgspec.json.Decoder(TopicClientMessage)
+topic_socket_decoder = msgspec.json.Decoder(TopicSocketMessage)
 encoder = msgspec.json.Encoder()

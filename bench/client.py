@@ -8,7 +8,9 @@ Run by bench/run.py as `python -m bench.client CONFIG.json`; talks over stdin/st
   (write the results file, print `done`, exit).
 
 For every `new_comment` frame it keeps (comment id, time.time() on arrival), to be joined with the
-commit times afterwards. It parses nothing else, so that the client costs little per frame.
+commit times afterwards. It parses nothing else, so that the client costs little per frame. A URL
+with `subscribe=TOPIC` (tracktalk's /api/ws, which ignores the parameter) subscribes to TOPIC
+after `connected`, and counts as open once `subscribed` came.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import threading
 import time
 from array import array
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
@@ -56,8 +59,10 @@ def write_results(out: str) -> None:
 
 
 class Listener(WSListener):  # type: ignore[misc]
-    def __init__(self) -> None:
+    def __init__(self, subscribe: str | None = None) -> None:
         self.connected = asyncio.get_running_loop().create_future()
+        self.subscribe = subscribe
+        """/api/ws: the topic to subscribe to once `connected` came."""
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         pass
@@ -68,6 +73,11 @@ class Listener(WSListener):  # type: ignore[misc]
         if kind in (WSMsgType.TEXT, WSMsgType.BINARY):
             data = frame.get_payload_as_bytes()
             if not self.connected.done():
+                if self.subscribe is not None:  # `connected`: now the subscribe; `subscribed` next
+                    message = json.dumps({"type": "subscribe", "topic": self.subscribe}).encode()
+                    transport.send(WSMsgType.TEXT, message)
+                    self.subscribe = None
+                    return
                 self.connected.set_result(True)
                 return
             STATS.frames += 1
@@ -87,9 +97,12 @@ class Listener(WSListener):  # type: ignore[misc]
 
 
 async def open_one(url: str, sem: asyncio.Semaphore, first_frame: bool) -> WSTransport | None:
+    topic = parse_qs(urlsplit(url).query).get("subscribe", [None])[0]
     async with sem:
         try:
-            transport, listener = await ws_connect(Listener, url, websocket_handshake_timeout=30)
+            transport, listener = await ws_connect(
+                lambda: Listener(topic), url, websocket_handshake_timeout=30
+            )
         except Exception:
             return None
         if not first_frame:

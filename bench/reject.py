@@ -32,8 +32,9 @@ from app.data.db import migrate
 from app.data.events import read_channel_key
 from app.dev.embedded import EmbeddedPostgres
 from app.listener import Listener
-from app.live.notices import Codec, Opened, track_topic
-from app.wire import TrackBatch, encoder
+from app.live.notices import Codec, Opened, topic_name
+from app.live.topics import track_topic
+from app.wire import TopicBatch, encoder
 
 TRACK = "bench-flooded"
 """The track whose channel the forger floods (the replica watches it)."""
@@ -52,7 +53,7 @@ class Sink:
 
     def on_notice(self, opened: Opened) -> None:
         self.notices += 1
-        if isinstance(opened.notice, TrackBatch) and opened.notice.track_id == MARKER:
+        if isinstance(opened.notice, TopicBatch) and opened.notice.topic == MARKER:
             self.marker.set()
 
     def catch_up(self) -> None:
@@ -106,7 +107,7 @@ async def flood(
                 (channel, start + 1, min(payloads, start + batch)),
             )
             began = began or time.monotonic()
-        real = codec.sign(encoder.encode(TrackBatch(track_id=MARKER, first=1, last=1, at=time.time())))
+        real = codec.sign(encoder.encode(TopicBatch(topic=MARKER, first=1, last=1, at=time.time())))
         await forger.execute("SELECT pg_notify(%s, %s)", (channel, real.decode()))
     await asyncio.wait_for(sink.marker.wait(), 600)
     assert began is not None
@@ -122,7 +123,7 @@ async def run(url: str, payloads: int, batch: int, rounds: int) -> None:
     task = asyncio.create_task(listener.run())
     try:
         channel = codec.track_channel(TRACK)
-        await asyncio.wait_for(listener.listen([track_topic(TRACK)]), 30)
+        await asyncio.wait_for(listener.listen([topic_name(track_topic(TRACK))]), 30)
         for kind in FORGERIES:
             rates = [await flood(url, channel, kind, payloads, batch, codec, sink) for _ in range(rounds)]
             print(

@@ -119,6 +119,9 @@ BEGIN
             ('tracktalk.schema_version',        'SELECT', 'tracktalk_app'),
             ('tracktalk.settings',              'SELECT', 'tracktalk_app'),
             ('tracktalk.track_state',           'SELECT', 'tracktalk_app'),
+            ('tracktalk.topic_state',           'SELECT', 'tracktalk_app'),
+            -- who may see which topics: tracktalk.may_see() reads it as the app
+            ('tracktalk.topic_kinds',           'SELECT', 'tracktalk_app'),
             ('tracktalk.channel_key',           'SELECT', 'tracktalk_app'),
             ('tracktalk.comment_stats',         'SELECT', 'tracktalk_app'),
             ('tracktalk.events',                'SELECT', 'tracktalk_app'),

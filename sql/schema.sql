@@ -169,22 +169,49 @@ CREATE TABLE IF NOT EXISTS tracktalk.settings (
 );
 INSERT INTO tracktalk.settings DEFAULT VALUES ON CONFLICT (singleton) DO NOTHING;
 
--- One row per track: the last event number, and the track's counters (sent with its events).
--- The triggers update this row for every change on the track, so concurrent writers to one
--- track queue on its row lock and commit in the order of their numbers.
--- The row outlives its track (no foreign key): a track deleted and made again with the same id
--- goes on numbering where the old one stopped, so that no event number is ever used twice.
+-- One row per track: its counters (sent with its events). The triggers update this row for every
+-- change of a counter, before they number the change's events (tracktalk.publish_track), so that
+-- the counters an event carries go up with its seq. The row outlives its track (no foreign key),
+-- as the track's topic's numbering does.
 CREATE TABLE IF NOT EXISTS tracktalk.track_state (
     track_id  text PRIMARY KEY,
-    last_seq  bigint NOT NULL DEFAULT 0 CHECK (last_seq >= 0),
     comments  bigint NOT NULL DEFAULT 0 CHECK (comments >= 0),
     likes     bigint NOT NULL DEFAULT 0 CHECK (likes >= 0),
-    shares    bigint NOT NULL DEFAULT 0 CHECK (shares >= 0),
-    -- The tag of the track's latest event (tracktalk.events.tag), and of the one before the last
+    shares    bigint NOT NULL DEFAULT 0 CHECK (shares >= 0)
+);
+
+-- One row per topic (`track:{id}`, `thread:{id}`, `category:{slug}`, a live table's): the last
+-- event number and tag. tracktalk.publish() updates it for every statement that publishes on the
+-- topic, so concurrent writers to one topic queue on its row lock and commit in the order of
+-- their numbers. The row outlives what the topic is about (no foreign key): a track deleted and
+-- made again with the same id goes on numbering where the old one stopped, so that no event
+-- number of a topic is ever used twice.
+CREATE TABLE IF NOT EXISTS tracktalk.topic_state (
+    topic     text PRIMARY KEY,
+    last_seq  bigint NOT NULL DEFAULT 0 CHECK (last_seq >= 0),
+    -- The tag of the topic's latest event (tracktalk.events.tag), and of the one before the last
     -- statement's first (publish() reads it back: the UPDATE's SET sees the old row). NULL before
     -- the first event, or for events made before tags.
     last_tag  text,
     prev_tag  text
+);
+
+-- The kinds of topics, and who may see them: a topic is `kind` or `kind:key` (`track:sunrise`,
+-- `book_requests:7`), and its kind says which function answers tracktalk.may_see() and
+-- tracktalk.moderates() for it. tracktalk's own kinds (track; thread and category) are made by
+-- sql/triggers.sql; a table made live by its DBA adds its own. Function names are stored as text
+-- (schema-qualified, signature (user_id bigint, topic text) RETURNS boolean; written through
+-- tracktalk.topic_kind(), which checks them): a column of type regprocedure would stop pg_upgrade.
+CREATE TABLE IF NOT EXISTS tracktalk.topic_kinds (
+    kind       text PRIMARY KEY CHECK (kind ~ '^[a-z][a-z0-9_]{0,62}$'),
+    -- (user_id, topic) -> true: may subscribe; false: forbidden; NULL: no such topic (or one the
+    -- user may not know of). NULL here: every topic of the kind exists, and anyone may see it.
+    may_see    text,
+    -- (user_id, topic) -> true when the user moderates the topic: gets the restricted variant of
+    -- its events (tracktalk.events.restricted). NULL here: nobody does.
+    moderates  text,
+    -- Its topics have `user_typing` and `presence` ("N listening") for their sockets.
+    presence   boolean NOT NULL DEFAULT false
 );
 
 -- Like counts of comments, kept by the comment_likes trigger (no COUNT(*) per read).
@@ -193,14 +220,18 @@ CREATE TABLE IF NOT EXISTS tracktalk.comment_stats (
     likes       bigint NOT NULL DEFAULT 0 CHECK (likes >= 0)
 );
 
--- Every durable WebSocket message, exactly as sent, numbered per track. Feeds `since=`
--- replays and the listeners' catch-up; pruned after settings.event_retention.
+-- Every durable WebSocket message, exactly as sent, numbered per topic. Feeds `since=` replays
+-- and the listeners' catch-up; pruned after settings.event_retention. A message is what a socket
+-- of the topic gets (the track socket as it is; /api/ws with `"topic": …` spliced in by the
+-- replica).
 CREATE TABLE IF NOT EXISTS tracktalk.events (
-    track_id    text NOT NULL,
+    topic       text NOT NULL,
     seq         bigint NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
+    -- What every socket of the topic gets (or, when `restricted` is set, every socket outside its
+    -- audience: then it may be {"type": "skip", "seq": N}, so that their numbering stays whole).
     message     json NOT NULL,
-    -- Random, made with the event (one per statement and track): after a failover that lost
+    -- Random, made with the event (one per statement and topic): after a failover that lost
     -- commits the new primary numbers new events with the seqs of lost ones, and their tags tell
     -- them apart. Every message carries it; a client resumes with since=SEQ&tag=TAG
     -- (docs/protocol.md). NULL for events made before tags.
@@ -208,7 +239,14 @@ CREATE TABLE IF NOT EXISTS tracktalk.events (
     -- The tag of the event before (seq - 1), so that a reader can check that the log goes on from
     -- the event it has, even when that one is no longer kept.
     prev_tag    text,
-    PRIMARY KEY (track_id, seq)
+    -- The event's variant for its restricted audience: the topic's moderators
+    -- (tracktalk.moderates) and `author`. NULL: the same message for everyone.
+    restricted  json,
+    author      bigint,
+    -- Bytes of message and restricted as the replicas read them: replays and catch-ups read pages
+    -- of at most about a MiB, without reading what they leave for the next page.
+    size        integer NOT NULL,
+    PRIMARY KEY (topic, seq)
 );
 CREATE INDEX IF NOT EXISTS events_created_at ON tracktalk.events (created_at);
 
@@ -262,13 +300,14 @@ CREATE TABLE IF NOT EXISTS tracktalk.comment_mentions (
 );
 CREATE INDEX IF NOT EXISTS comment_mentions_user_id ON tracktalk.comment_mentions (user_id);
 
--- Who is here (app/presence/tracker.py). Each replica keeps, per track it has sockets on, one row of the
--- distinct users it has there and its anonymous sockets; it writes only the tracks whose set
+-- Who is here (app/presence/tracker.py). Each replica keeps, per topic with presence (a track's, a
+-- thread's) it has sockets on, one row of the distinct users it has there and its anonymous
+-- sockets; it writes only the topics whose set
 -- changed, at most every quarter second, all in one statement (a user's second tab, or 200
 -- sockets a second coming and going, is not a write each). The other replicas read the rows
 -- changed since their last read (`changed`, the writing transaction's id, compared with their
 -- last snapshot's xmin: nothing committed late is missed) and count |union of users| + the sum of
--- anonymous. A row with no one in it (a replica left the track) stays a minute, so that every
+-- anonymous. A row with no one in it (a replica left the topic) stays a minute, so that every
 -- replica reads it, then goes. UNLOGGED (no WAL, nothing to replicate): after a crash the
 -- tables start empty and each replica writes its rows again within one heartbeat.
 CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.replicas (
@@ -284,17 +323,18 @@ CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.replicas (
 
 CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.presence (
     replica     text NOT NULL,
-    track_id    text NOT NULL,
+    -- A topic with presence (tracktalk.topic_kinds.presence): `track:{id}`, `thread:{id}`.
+    topic       text NOT NULL,
     users       bigint[] NOT NULL DEFAULT '{}',
     anonymous   integer NOT NULL DEFAULT 0 CHECK (anonymous >= 0),
     changed     xid8 NOT NULL DEFAULT pg_current_xact_id(),
     changed_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (replica, track_id)
+    PRIMARY KEY (replica, topic)
 );
 -- What the replicas read every quarter second: the rows changed since their last snapshot.
 CREATE INDEX IF NOT EXISTS presence_changed ON tracktalk.presence (changed);
 -- GET /api/tracks/{track_id}/metrics of a track that has no socket on the replica asked.
-CREATE INDEX IF NOT EXISTS presence_track_id ON tracktalk.presence (track_id);
+CREATE INDEX IF NOT EXISTS presence_topic ON tracktalk.presence (topic);
 
 -- Audio for tracks whose audio_url points at tracktalk itself (the demo's tracks).
 CREATE TABLE IF NOT EXISTS tracktalk.track_audio (

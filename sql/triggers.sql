@@ -7,36 +7,43 @@
 -- sql/upgrade/, one numbered file per version.
 --
 -- How an event travels:
---   1. A statement changes comments, comment_likes, track_likes or track_shares.
+--   1. A statement changes comments, comment_likes, track_likes or track_shares (or the tables of
+--      another kind of topic: the forum's, a table made live by its DBA).
 --   2. Its AFTER ... FOR EACH STATEMENT trigger builds the WebSocket messages of the change and
---      calls tracktalk.publish() once per track, in track order.
---   3. publish() bumps the track's row in tracktalk.track_state (its lock, held to commit, makes
---      writers to one track commit in the order of their numbers), numbers the messages `seq`,
---      tags them (a random tag per statement and track: a failover that lost commits numbers new
+--      calls tracktalk.publish() once per topic, in topic order (a track's triggers through
+--      tracktalk.publish_track(), which keeps the track's counters and puts them in the messages).
+--   3. publish() bumps the topic's row in tracktalk.topic_state (its lock, held to commit, makes
+--      writers to one topic commit in the order of their numbers), numbers the messages `seq`,
+--      tags them (a random tag per statement and topic: a failover that lost commits numbers new
 --      events with their seqs, and the tags tell the two apart), keeps them in tracktalk.events,
---      and sends ONE pg_notify for them on the track's own channel: the messages themselves when
---      the track is public and they fit in NOTIFY's 8000 bytes, else only their numbers.
---   4. Each replica that has sockets on the track LISTENs on its channel, gets the NOTIFY at
+--      and sends ONE pg_notify for them on the topic's own channel: the messages themselves when
+--      the topic is public, no event has a restricted variant, and they fit in NOTIFY's 8000
+--      bytes, else only their numbers.
+--   4. Each replica that has sockets on the topic LISTENs on its channel, gets the NOTIFY at
 --      commit (never on rollback) and hands the messages to the sockets; what was not in the
 --      payload it reads from tracktalk.events.
+-- A topic is a text: `track:{track_id}`, `thread:{id}`, `category:{slug}`, or a live table's
+-- (`book_requests`, `book_requests:7`); its kind (before the first colon) names the functions that
+-- say who may see it (tracktalk.topic_kinds; tracktalk.may_see, tracktalk.moderates). The
+-- interface for those who add kinds of topics is in docs/dba.md, "Topics".
 -- New notifications rows are announced by id on their recipient's channel; a replica where the
 -- recipient has a socket reads the messages with
--- tracktalk.user_messages() after the commit. A change of who may see a track (made private,
--- moved, deleted; a user off the team, or deleted) sends a "revoke" on the track's or user's
--- channel: the replicas check those sockets again and close the ones that lost access.
+-- tracktalk.user_messages() after the commit. A change of who may see a topic (a track made
+-- private, moved, deleted; a user off the team, or deleted) sends a "revoke" on the topic's or
+-- user's channel: the replicas check those subscriptions again and end the ones that lost access.
 --
 -- PostgreSQL lets any role that can connect LISTEN and NOTIFY on any channel whose name it knows.
 -- So channels are named by tracktalk.channel_key ('tracktalk:' and 32 hex digits of the HMAC of
--- the topic: 'track <id>', 'user <id>', 'rekey'; tracktalk.channel_name): nobody without the key
--- can flood a channel a replica listens on. And every payload is signed (HMAC-SHA256 under the
--- same key): the replicas do not believe what is not signed. Payloads (JSON after the 64 hex
--- digits and a space; read by app/live/notices.py):
---   {"k":"track","track_id":T,"first":F,"last":L,"at":EPOCH,"tag":G,"prev":P[,"events":[message F, ..., message L]]}
+-- the channel's name: 'topic <topic>', 'user <id>', 'rekey'; tracktalk.channel_name): nobody
+-- without the key can flood a channel a replica listens on. And every payload is signed
+-- (HMAC-SHA256 under the same key): the replicas do not believe what is not signed. Payloads
+-- (JSON after the 64 hex digits and a space; read by app/live/notices.py):
+--   {"k":"topic","topic":T,"first":F,"last":L,"at":EPOCH,"tag":G,"prev":P[,"events":[message F, ..., message L]]}
 --       (G: the events' tag; P: the tag of event F - 1, or null)
 --   {"k":"user","user":U,"ids":[notification ids],"at":EPOCH}
---   {"k":"revoke","track_id":T,"at":EPOCH[,"gone":true]}   or   {"k":"revoke","user":U,"at":EPOCH}
+--   {"k":"revoke","topic":T,"at":EPOCH[,"gone":true]}   or   {"k":"revoke","user":U,"at":EPOCH}
 --   {"k":"rekey","at":EPOCH}   (on the old key's 'rekey' channel, signed with it: the key changed)
--- The replicas also send each other typing notices on a track's channel, sealed with a key
+-- The replicas also send each other typing notices on a topic's channel, sealed with a key
 -- derived from the same secret ("e:" and base64).
 
 -- The contract's tables belong in public, whoever runs this: for a role named "tracktalk" the
@@ -168,18 +175,24 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT encode(sha256(outer_pad || sha256(inner_pad || convert_to(body, 'UTF8'))), 'hex')
 $$;
 
--- The channel of `topic` ('track <id>', 'user <id>', 'rekey') under the key of those pads:
+-- The channel named `name` ('topic <topic>', 'user <id>', 'rekey') under the key of those pads:
 -- 'tracktalk:' and 32 hex digits of its HMAC (app/live/notices.py names it the same way).
-CREATE OR REPLACE FUNCTION tracktalk.channel_name(inner_pad bytea, outer_pad bytea, topic text) RETURNS text
+CREATE OR REPLACE FUNCTION tracktalk.channel_name(inner_pad bytea, outer_pad bytea, name text) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT 'tracktalk:' || left(tracktalk.hmac(inner_pad, outer_pad, topic), 32)
+    SELECT 'tracktalk:' || left(tracktalk.hmac(inner_pad, outer_pad, name), 32)
 $$;
 
--- The channel of a track's events, under the current key (for DBAs: who may read the key may
--- LISTEN there).
+-- The channel of a topic's events (and of the replicas' typing notices), under the current key
+-- (for DBAs: who may read the key may LISTEN there).
+CREATE OR REPLACE FUNCTION tracktalk.topic_channel(topic text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT tracktalk.channel_name(k.inner_pad, k.outer_pad, 'topic ' || topic) FROM tracktalk.channel_key k
+$$;
+
+-- The channel of a track's events: its topic's.
 CREATE OR REPLACE FUNCTION tracktalk.track_channel(track text) RETURNS text
 LANGUAGE sql STABLE AS $$
-    SELECT tracktalk.channel_name(k.inner_pad, k.outer_pad, 'track ' || track) FROM tracktalk.channel_key k
+    SELECT tracktalk.topic_channel('track:' || track)
 $$;
 
 -- The channel of a user's notifications and access changes, under the current key.
@@ -223,32 +236,40 @@ BEGIN
 END
 $$;
 
--- Sends `body`, signed, on the channel of `topic` ('track <id>', 'user <id>'): the key is read
+-- Sends `body`, signed, on the channel named `name` ('topic <topic>', 'user <id>'): the key is read
 -- once for both. Its callers have written a row first (so their transaction has an id before it
 -- reads the key): a replica that takes a new key waits for the transactions then running, which
 -- may have read the old one, to end (app/listener.py).
-CREATE OR REPLACE FUNCTION tracktalk.send_signed(topic text, body text) RETURNS void
+CREATE OR REPLACE FUNCTION tracktalk.send_signed(name text, body text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     k record;
 BEGIN
     SELECT inner_pad, outer_pad INTO STRICT k FROM tracktalk.channel_key;
-    PERFORM pg_notify(tracktalk.channel_name(k.inner_pad, k.outer_pad, topic),
+    PERFORM pg_notify(tracktalk.channel_name(k.inner_pad, k.outer_pad, name),
                       tracktalk.hmac(k.inner_pad, k.outer_pad, body) || ' ' || body);
 END
 $$;
 
--- Tells the replicas to check again who may watch `track` (deleted: `gone`, and they resync).
--- "at": when (the replicas drop a revocation that is old: one sent again by someone listening).
-CREATE OR REPLACE FUNCTION tracktalk.revoke_track(track text, gone boolean DEFAULT false) RETURNS void
+-- Tells the replicas to check again who may see `topic`: each subscription to it is asked of
+-- tracktalk.may_see() again, and ends if refused. `gone`: what the topic is about was deleted
+-- (its subscribers that may still see it, if it was made again, reload). "at": when (the replicas
+-- drop a revocation that is old: one sent again by someone listening).
+CREATE OR REPLACE FUNCTION tracktalk.revoke_topic(topic text, gone boolean DEFAULT false) RETURNS void
 LANGUAGE sql AS $$
-    SELECT tracktalk.send_signed('track ' || track,
-                                 format('{"k":"revoke","track_id":%s,"at":%s%s}', to_json(track),
+    SELECT tracktalk.send_signed('topic ' || topic,
+                                 format('{"k":"revoke","topic":%s,"at":%s%s}', to_json(topic),
                                         round(extract(epoch FROM clock_timestamp()), 6),
                                         CASE WHEN gone THEN ',"gone":true' ELSE '' END))
 $$;
 
--- Tells the replicas to check again what `user_id` may watch.
+-- Tells the replicas to check again who may watch `track` (its topic's revocation).
+CREATE OR REPLACE FUNCTION tracktalk.revoke_track(track text, gone boolean DEFAULT false) RETURNS void
+LANGUAGE sql AS $$
+    SELECT tracktalk.revoke_topic('track:' || track, gone)
+$$;
+
+-- Tells the replicas to check again what `user_id` may see (every topic of their sockets).
 CREATE OR REPLACE FUNCTION tracktalk.revoke_user(user_id bigint) RETURNS void
 LANGUAGE sql AS $$
     SELECT tracktalk.send_signed('user ' || user_id,
@@ -256,95 +277,176 @@ LANGUAGE sql AS $$
                                         round(extract(epoch FROM clock_timestamp()), 6)))
 $$;
 
+-- What `topic` is about was deleted: its events go from the log (they tell of rows that are
+-- gone; its numbering stays in tracktalk.topic_state, so that a topic made again goes on from
+-- there), and its subscribers are told (revoke_topic, gone): the replicas end the subscriptions
+-- that may no longer see it, and make the others reload. For the triggers of a kind's tables.
+CREATE OR REPLACE FUNCTION tracktalk.topic_gone(topic text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM tracktalk.events e WHERE e.topic = topic_gone.topic;
+    PERFORM tracktalk.revoke_topic(topic, gone => true);
+END
+$$;
+
 ---------------------------------------------------------------------------------------------
 -- Publishing
 ---------------------------------------------------------------------------------------------
 
--- Numbers `messages` as the next events of `track`, tags them, applies the counter deltas, keeps
--- the events in tracktalk.events and notifies the listeners once. One change, one event: when a
--- counter changed, each message carries the counters as they stand after the statement
--- (`metrics`); a change that is only counters (a track like, unlike or share) is one
--- track_metrics event.
+-- Numbers `messages` as the next events of `topic` and publishes them: THE way an event enters the
+-- live path, whatever the kind of topic (docs/dba.md, "Topics").
+--   messages    one JSON object per event, in order: what every socket of the topic gets
+--               (/api/ws adds "topic"); publish adds "seq" and "tag" to each.
+--   public      the messages may travel in the NOTIFY payload (anyone may see the topic). When
+--               false, or when a payload would pass 7,900 bytes, the payload carries only the
+--               events' numbers and the replicas read the messages from tracktalk.events.
+--   restricted  NULL, or per event (NULL in it: none) a variant of the message for the event's
+--               restricted audience: the topic's moderators (tracktalk.moderates) and the
+--               event's `authors` entry. Every other socket gets the message, which may then be
+--               {"type":"skip"} (a socket's numbering stays whole). An event with a restricted
+--               variant never travels in a payload.
+-- Returns the seq of the last event (NULL when there are none). One NOTIFY per call: call it once
+-- per statement and topic, topics in a fixed order (as the track triggers do: in track order),
+-- so that writers to several topics lock them in the same order. It runs with its caller's rights
+-- (an app role cannot publish: it may not write tracktalk's tables); call it from a trigger
+-- function that is SECURITY DEFINER, owned by tracktalk's owner.
 CREATE OR REPLACE FUNCTION tracktalk.publish(
-    track           text,
-    messages        jsonb[],
-    comments_delta  bigint DEFAULT 0,
-    likes_delta     bigint DEFAULT 0,
-    shares_delta    bigint DEFAULT 0
-) RETURNS void
+    topic       text,
+    messages    jsonb[],
+    public      boolean DEFAULT false,
+    restricted  jsonb[] DEFAULT NULL,
+    authors     bigint[] DEFAULT NULL
+) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
-    metrics_changed constant boolean := comments_delta <> 0 OR likes_delta <> 0 OR shares_delta <> 0;
-    n constant integer := greatest(coalesce(cardinality(messages), 0), metrics_changed::integer);
+    n constant integer := coalesce(cardinality(messages), 0);
     -- 64 random bits (of a version 4 UUID's 122), in hex.
     event_tag constant text := left(md5(gen_random_uuid()::text), 16);
-    extra jsonb;
-    state tracktalk.track_state;
-    private boolean;
+    state tracktalk.topic_state;
     first_seq bigint;
     texts text[];
     joined text;
     payload text;
 BEGIN
     IF n = 0 THEN
+        RETURN NULL;
+    END IF;
+    -- The topic's row, locked to commit: made at its first event (a writer that finds no row
+    -- inserts it; a second one waits on that insert, finds it made, and updates it next).
+    LOOP
+        UPDATE tracktalk.topic_state AS s
+           SET last_seq = s.last_seq + n,
+               prev_tag = s.last_tag,  -- the value before this statement (SET reads the old row)
+               last_tag = event_tag
+         WHERE s.topic = publish.topic
+        RETURNING s.* INTO state;
+        EXIT WHEN FOUND;
+        INSERT INTO tracktalk.topic_state (topic) VALUES (publish.topic) ON CONFLICT DO NOTHING;
+    END LOOP;
+
+    first_seq := state.last_seq - n + 1;
+    SELECT array_agg((m || jsonb_build_object('seq', first_seq + o - 1, 'tag', event_tag))::text ORDER BY o)
+      INTO texts
+      FROM unnest(messages) WITH ORDINALITY AS u (m, o);
+
+    IF restricted IS NULL THEN
+        INSERT INTO tracktalk.events (topic, seq, message, tag, prev_tag, size)
+        SELECT publish.topic, first_seq + o - 1, t::json, event_tag,
+               CASE WHEN o = 1 THEN state.prev_tag ELSE event_tag END, octet_length(t)
+          FROM unnest(texts) WITH ORDINALITY AS u (t, o);
+    ELSE
+        INSERT INTO tracktalk.events (topic, seq, message, tag, prev_tag, restricted, author, size)
+        SELECT publish.topic, first_seq + o - 1, t::json, event_tag,
+               CASE WHEN o = 1 THEN state.prev_tag ELSE event_tag END, r.variant::json,
+               authors[o], octet_length(t) + coalesce(octet_length(r.variant), 0)
+          FROM unnest(texts) WITH ORDINALITY AS u (t, o)
+          CROSS JOIN LATERAL (
+                SELECT (restricted[o] || jsonb_build_object('seq', first_seq + o - 1, 'tag', event_tag))::text
+               ) AS r (variant);
+    END IF;
+
+    -- "at": when the events were made (seconds since the epoch), for the delivery-lag metric;
+    -- "prev": the tag of the event before these, so that a replica whose event first - 1 was
+    -- another (it has events a failover lost) knows it.
+    payload := format('{"k":"topic","topic":%s,"first":%s,"last":%s,"at":%s,"tag":"%s","prev":%s',
+                      to_json(topic), first_seq, state.last_seq,
+                      round(extract(epoch FROM clock_timestamp()), 6), event_tag,
+                      coalesce(to_json(state.prev_tag)::text, 'null'));
+    joined := array_to_string(texts, ',');
+    -- Content that not everyone may see never travels on a channel (anyone who learns a channel's
+    -- name may LISTEN): its replicas read it from tracktalk.events. 13 bytes of ',"events":[]}',
+    -- 65 of the signature.
+    IF public AND (restricted IS NULL OR cardinality(array_remove(restricted, NULL)) = 0)
+       AND octet_length(payload) + octet_length(joined) + 13 + 65 <= tracktalk.max_payload() THEN
+        payload := payload || ',"events":[' || joined || ']}';
+    ELSE
+        payload := payload || '}';
+    END IF;
+    PERFORM tracktalk.send_signed('topic ' || topic, payload);
+    RETURN state.last_seq;
+END
+$$;
+
+-- Publishes `messages` on the topic of `track` (`track:{id}`), with what every track message
+-- carries: `track_id`, and, when a counter changed, the counters as they stand after the
+-- statement (`metrics`): one change, one event. A change that is only counters (a track like,
+-- unlike or share) is one track_metrics event. The counters (tracktalk.track_state) are updated
+-- before the events are numbered, both rows locked to commit, so that the counters writers send
+-- go up with their seqs. `restricted` and `authors` as for publish() (each variant gets
+-- `track_id` and `metrics` too). Nothing is published for a track being deleted
+-- (tracks_after_delete tells its sockets).
+CREATE OR REPLACE FUNCTION tracktalk.publish_track(
+    track           text,
+    messages        jsonb[],
+    comments_delta  bigint DEFAULT 0,
+    likes_delta     bigint DEFAULT 0,
+    shares_delta    bigint DEFAULT 0,
+    restricted      jsonb[] DEFAULT NULL,
+    authors         bigint[] DEFAULT NULL
+) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    metrics_changed constant boolean := comments_delta <> 0 OR likes_delta <> 0 OR shares_delta <> 0;
+    extra jsonb := jsonb_build_object('track_id', track);
+    counts tracktalk.track_state;
+    private boolean;
+BEGIN
+    IF coalesce(cardinality(messages), 0) = 0 AND NOT metrics_changed THEN
         RETURN;
     END IF;
     SELECT t.is_private INTO private FROM public.tracks t WHERE t.id = track;
     IF NOT FOUND THEN
         RETURN;  -- the track is being deleted: nothing to tell (tracks_after_delete tells its sockets)
     END IF;
-    FOR attempt IN 1..2 LOOP
-        UPDATE tracktalk.track_state AS s
-           SET last_seq = s.last_seq + n,
-               prev_tag = s.last_tag,  -- the value before this statement (SET reads the old row)
-               last_tag = event_tag,
-               comments = greatest(s.comments + comments_delta, 0),
-               likes = greatest(s.likes + likes_delta, 0),
-               shares = greatest(s.shares + shares_delta, 0)
-         WHERE s.track_id = track
-        RETURNING s.* INTO state;
-        EXIT WHEN FOUND;
-        -- No row: the track was made while the triggers were off (count it now, then number
-        -- from there).
-        PERFORM tracktalk.recount(track, comments_delta, likes_delta, shares_delta);
-    END LOOP;
-
-    first_seq := state.last_seq - n + 1;
-    IF coalesce(cardinality(messages), 0) = 0 THEN
-        texts := ARRAY[jsonb_build_object(
-            'type', 'track_metrics', 'track_id', track, 'seq', state.last_seq, 'tag', event_tag,
-            'likes', state.likes, 'comments', state.comments, 'shares', state.shares)::text];
-    ELSE
-        extra := jsonb_build_object('track_id', track, 'tag', event_tag);
-        IF metrics_changed THEN
+    IF metrics_changed THEN
+        FOR attempt IN 1..2 LOOP
+            UPDATE tracktalk.track_state AS s
+               SET comments = greatest(s.comments + comments_delta, 0),
+                   likes = greatest(s.likes + likes_delta, 0),
+                   shares = greatest(s.shares + shares_delta, 0)
+             WHERE s.track_id = track
+            RETURNING s.* INTO counts;
+            EXIT WHEN FOUND;
+            -- No row: the track was made while the triggers were off (count it now, then go on
+            -- from there).
+            PERFORM tracktalk.recount(track, comments_delta, likes_delta, shares_delta);
+        END LOOP;
+        IF coalesce(cardinality(messages), 0) = 0 THEN
+            messages := ARRAY[jsonb_build_object('type', 'track_metrics', 'likes', counts.likes,
+                                                 'comments', counts.comments, 'shares', counts.shares)];
+        ELSE
             extra := extra || jsonb_build_object('metrics', jsonb_build_object(
-                'likes', state.likes, 'comments', state.comments, 'shares', state.shares));
+                'likes', counts.likes, 'comments', counts.comments, 'shares', counts.shares));
         END IF;
-        SELECT array_agg((m || extra || jsonb_build_object('seq', first_seq + o - 1))::text ORDER BY o)
-          INTO texts
-          FROM unnest(messages) WITH ORDINALITY AS u (m, o);
     END IF;
-
-    INSERT INTO tracktalk.events (track_id, seq, message, tag, prev_tag)
-    SELECT track, first_seq + o - 1, t::json, event_tag, CASE WHEN o = 1 THEN state.prev_tag ELSE event_tag END
-      FROM unnest(texts) WITH ORDINALITY AS u (t, o);
-
-    -- "at": when the event was made (seconds since the epoch), for the delivery-lag metric;
-    -- "prev": the tag of the event before these, so that a replica whose event first - 1 was
-    -- another (it has events a failover lost) knows it.
-    payload := format('{"k":"track","track_id":%s,"first":%s,"last":%s,"at":%s,"tag":"%s","prev":%s',
-                      to_json(track), first_seq, state.last_seq,
-                      round(extract(epoch FROM clock_timestamp()), 6), event_tag,
-                      coalesce(to_json(state.prev_tag)::text, 'null'));
-    joined := array_to_string(texts, ',');
-    -- A private track's content never travels on a channel (anyone may LISTEN): its replicas
-    -- read it from tracktalk.events. 13 bytes of ',"events":[]}', 65 of the signature.
-    IF NOT private AND octet_length(payload) + octet_length(joined) + 13 + 65 <= tracktalk.max_payload() THEN
-        payload := payload || ',"events":[' || joined || ']}';
-    ELSE
-        payload := payload || '}';
-    END IF;
-    PERFORM tracktalk.send_signed('track ' || track, payload);
+    PERFORM tracktalk.publish(
+        'track:' || track,
+        ARRAY(SELECT m || extra FROM unnest(messages) WITH ORDINALITY AS u (m, o) ORDER BY o),
+        public => NOT private,
+        restricted => CASE WHEN restricted IS NOT NULL THEN
+                          ARRAY(SELECT r || extra FROM unnest(restricted) WITH ORDINALITY AS u (r, o) ORDER BY o)
+                      END,
+        authors => authors);
 END
 $$;
 
@@ -400,6 +502,131 @@ BEGIN
     ORDER BY m.id, m.part;
 END
 $$;
+
+---------------------------------------------------------------------------------------------
+-- Topics: their kinds, and who may see them
+---------------------------------------------------------------------------------------------
+
+-- The kinds of topic that tracktalk itself makes (the forum's among them): no live table may be
+-- made live under these names.
+CREATE OR REPLACE FUNCTION tracktalk.reserved_kinds() RETURNS text[]
+LANGUAGE sql IMMUTABLE AS $$ SELECT ARRAY['track', 'thread', 'category'] $$;
+
+-- Registers a kind of topic, or changes it (re-runnable): the functions that answer
+-- tracktalk.may_see() and tracktalk.moderates() for its topics, each `(user_id bigint, topic text)
+-- RETURNS boolean` (NULL: anyone may see every topic of the kind / nobody moderates it), and
+-- whether its topics have typing and presence. Only who may write tracktalk.topic_kinds (its
+-- owner) can call it.
+CREATE OR REPLACE FUNCTION tracktalk.topic_kind(
+    kind       text,
+    may_see    regprocedure DEFAULT NULL,
+    moderates  regprocedure DEFAULT NULL,
+    presence   boolean DEFAULT false
+) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO tracktalk.topic_kinds AS k (kind, may_see, moderates, presence)
+    VALUES (topic_kind.kind, tracktalk.kind_function(topic_kind.kind, 'may_see', topic_kind.may_see),
+            tracktalk.kind_function(topic_kind.kind, 'moderates', topic_kind.moderates), topic_kind.presence)
+    ON CONFLICT ON CONSTRAINT topic_kinds_pkey DO UPDATE
+       SET may_see = excluded.may_see, moderates = excluded.moderates, presence = excluded.presence;
+END
+$$;
+
+-- The schema-qualified name of `fn`, checked to be `(bigint, text) RETURNS boolean` (the `role`
+-- function of topic kind `kind`); NULL for NULL.
+CREATE OR REPLACE FUNCTION tracktalk.kind_function(kind text, role text, fn regprocedure) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    name text;
+BEGIN
+    IF fn IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT format('%I.%I', n.nspname, p.proname) INTO name
+      FROM pg_proc p
+      JOIN pg_namespace n ON n.oid = p.pronamespace
+     WHERE p.oid = fn
+       AND p.prorettype = 'boolean'::regtype
+       AND p.pronargs = 2 AND p.proargtypes[0] = 'bigint'::regtype AND p.proargtypes[1] = 'text'::regtype
+       AND p.prokind = 'f' AND NOT p.proretset;
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'the % function of topic kind % must be (user_id bigint, topic text) RETURNS boolean: % is not',
+                        role, kind, fn
+            USING ERRCODE = 'invalid_function_definition';
+    END IF;
+    RETURN name;
+END
+$$;
+
+-- May `user_id` (NULL: an anonymous socket) subscribe to `topic`? true: yes; false: forbidden;
+-- NULL: there is no such topic (an unknown kind, a track that does not exist or that the user may
+-- not know of). Asked by the replicas when a socket subscribes (many pairs in one query) and again
+-- when a revocation names the topic or the user. Dispatches on the topic's kind (the text before
+-- its first colon) to the kind's function (tracktalk.topic_kinds.may_see). A kind's function
+-- that raises refuses, with a WARNING in the server's log: one bad function fails none of the
+-- other pairs asked with it, and its error reaches no client.
+CREATE OR REPLACE FUNCTION tracktalk.may_see(user_id bigint, topic text) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    fn text;
+    seen boolean;
+BEGIN
+    SELECT k.may_see INTO fn FROM tracktalk.topic_kinds k WHERE k.kind = split_part(topic, ':', 1);
+    IF NOT FOUND THEN
+        RETURN NULL;
+    ELSIF fn IS NULL THEN
+        RETURN true;
+    END IF;
+    BEGIN
+        EXECUTE format('SELECT %s($1, $2)', fn) INTO seen USING user_id, topic;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'tracktalk.may_see: % failed for topic % (refused): %', fn, left(topic, 100), SQLERRM;
+        RETURN false;
+    END;
+    RETURN seen;
+END
+$$;
+
+-- Does `user_id` moderate `topic` (get the restricted variant of its events: tracktalk.events)?
+-- Asked when a socket subscribes, and again with may_see(). Never NULL.
+CREATE OR REPLACE FUNCTION tracktalk.moderates(user_id bigint, topic text) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    fn text;
+    yes boolean;
+BEGIN
+    SELECT k.moderates INTO fn FROM tracktalk.topic_kinds k WHERE k.kind = split_part(topic, ':', 1);
+    IF fn IS NULL OR user_id IS NULL THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        EXECUTE format('SELECT %s($1, $2)', fn) INTO yes USING user_id, topic;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'tracktalk.moderates: % failed for topic % (not a moderator): %', fn, left(topic, 100), SQLERRM;
+        RETURN false;
+    END;
+    RETURN coalesce(yes, false);
+END
+$$;
+
+-- `track:{id}`: the track exists and the user may see it (tracktalk.can_see). A private track
+-- exists only for those who may see it (as over HTTP, where others get 404): NULL, not false.
+CREATE OR REPLACE FUNCTION tracktalk.track_may_see(user_id bigint, topic text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN tracktalk.can_see(user_id, substr(topic, 7)) THEN true END
+$$;
+
+-- The moderators of `track:{id}`: its album's creator and the team.
+CREATE OR REPLACE FUNCTION tracktalk.track_moderates(user_id bigint, topic text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM public.users u WHERE u.id = user_id AND u.is_team)
+        OR EXISTS (SELECT 1 FROM public.tracks t JOIN public.albums a ON a.id = t.album_id
+                    WHERE t.id = substr(topic, 7) AND a.created_by_id = user_id)
+$$;
+
+SELECT tracktalk.topic_kind('track', 'tracktalk.track_may_see(bigint, text)',
+                            'tracktalk.track_moderates(bigint, text)', presence => true);
 
 ---------------------------------------------------------------------------------------------
 -- comments
@@ -564,7 +791,7 @@ BEGIN
          GROUP BY n.track_id
          ORDER BY n.track_id
     LOOP
-        PERFORM tracktalk.publish(r.track_id, r.messages, comments_delta => r.added);
+        PERFORM tracktalk.publish_track(r.track_id, r.messages, comments_delta => r.added);
     END LOOP;
     PERFORM tracktalk.notify_comment_readers(
                 array_agg(n.id ORDER BY n.id), array_agg(n.track_id ORDER BY n.id),
@@ -598,7 +825,7 @@ BEGIN
          ORDER BY n.track_id
     $q$
     LOOP
-        PERFORM tracktalk.publish(r.track_id, r.messages);
+        PERFORM tracktalk.publish_track(r.track_id, r.messages);
     END LOOP;
     EXECUTE $q$
         SELECT tracktalk.notify_comment_readers(
@@ -627,7 +854,7 @@ BEGIN
          GROUP BY o.track_id
          ORDER BY o.track_id
     LOOP
-        PERFORM tracktalk.publish(r.track_id, r.messages, comments_delta => -r.removed);
+        PERFORM tracktalk.publish_track(r.track_id, r.messages, comments_delta => -r.removed);
     END LOOP;
     RETURN NULL;
 END
@@ -683,7 +910,7 @@ BEGIN
          GROUP BY c.track_id
          ORDER BY c.track_id
     LOOP
-        PERFORM tracktalk.publish(r.track_id, r.messages);
+        PERFORM tracktalk.publish_track(r.track_id, r.messages);
     END LOOP;
 
     IF TG_OP = 'INSERT' THEN
@@ -728,9 +955,9 @@ BEGIN
         SELECT track_id, count(*) AS n FROM changed_rows GROUP BY track_id ORDER BY track_id
     LOOP
         IF TG_TABLE_NAME = 'track_likes' THEN
-            PERFORM tracktalk.publish(r.track_id, NULL, likes_delta => sign * r.n);
+            PERFORM tracktalk.publish_track(r.track_id, NULL, likes_delta => sign * r.n);
         ELSE
-            PERFORM tracktalk.publish(r.track_id, NULL, shares_delta => sign * r.n);
+            PERFORM tracktalk.publish_track(r.track_id, NULL, shares_delta => sign * r.n);
         END IF;
     END LOOP;
     RETURN NULL;
@@ -754,9 +981,10 @@ CREATE TRIGGER track_shares_after_delete
     AFTER DELETE ON track_shares REFERENCING OLD TABLE AS changed_rows
     FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.track_counts_changed();
 
--- A new track starts its counters at zero. Its numbering starts at zero too, or, for an id that
--- a deleted track had, goes on where that one stopped (its track_state row outlived it): an
--- event number is never used twice, so no replica or client can take a new event for an old one.
+-- A new track starts its counters at zero. Its numbering (its topic's) starts at zero too, or, for
+-- an id that a deleted track had, goes on where that one stopped (its tracktalk.topic_state row
+-- outlived it): an event number is never used twice, so no replica or client can take a new event
+-- for an old one.
 CREATE OR REPLACE FUNCTION tracktalk.tracks_after_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -772,19 +1000,18 @@ CREATE TRIGGER tracks_after_insert
     AFTER INSERT ON tracks REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.tracks_after_insert();
 
--- A deleted track: its events go from the log (they tell of comments that are gone), its
--- counters to zero (its row stays, for the numbering), and its sockets are told: the replicas
--- close them (the track is not found), or, if a track with the same id was made again in the
--- same transaction, make them reload.
+-- A deleted track: its topic's events go from the log (they tell of comments that are gone), its
+-- counters to zero (its row stays, as its topic's numbering does), and its sockets are told
+-- (tracktalk.topic_gone): the replicas close them (the track is not found), or, if a track with
+-- the same id was made again in the same transaction, make them reload.
 CREATE OR REPLACE FUNCTION tracktalk.tracks_after_delete() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     dead text;
 BEGIN
     FOR dead IN SELECT id FROM old_rows ORDER BY id LOOP
-        DELETE FROM tracktalk.events e WHERE e.track_id = dead;
         UPDATE tracktalk.track_state s SET comments = 0, likes = 0, shares = 0 WHERE s.track_id = dead;
-        PERFORM tracktalk.revoke_track(dead, gone => true);
+        PERFORM tracktalk.topic_gone('track:' || dead);
     END LOOP;
     RETURN NULL;
 END
@@ -987,10 +1214,10 @@ CREATE TRIGGER channel_key_changed
 -- tracktalk.track_state if it has none. For a track made while the triggers were off, or by a
 -- DBA who suspects drift: SELECT tracktalk.recount(id) FROM tracks;
 -- Inside a statement whose trigger is about to add that statement's changes to the counters
--- (publish() on a track without a row), pass those changes as the deltas: the rows already hold
--- them, so they are left out here and counted once, by publish().
--- It first takes the counter row's lock (writers to the track take it too, and hold it to
--- commit), so that a writer still running finishes first and its rows are counted, and later
+-- (publish_track() on a track without a row), pass those changes as the deltas: the rows already
+-- hold them, so they are left out here and counted once, by publish_track().
+-- It first takes the counter row's lock (writers that change the track's counters take it too,
+-- and hold it to commit), so that a writer still running finishes first and its rows are counted, and later
 -- writers wait; then counts from a fresh snapshot (READ COMMITTED: each statement takes one).
 CREATE OR REPLACE FUNCTION tracktalk.recount(
     track           text,
@@ -1002,7 +1229,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     INSERT INTO tracktalk.track_state AS s (track_id)
     SELECT t.id FROM public.tracks t WHERE t.id = track
-    ON CONFLICT (track_id) DO UPDATE SET last_seq = s.last_seq;
+    ON CONFLICT (track_id) DO UPDATE SET comments = s.comments;
     UPDATE tracktalk.track_state AS s
        SET comments = greatest((SELECT count(*) FROM public.comments WHERE track_id = track) - comments_delta, 0),
            likes = greatest((SELECT count(*) FROM public.track_likes WHERE track_id = track) - likes_delta, 0),
@@ -1038,18 +1265,18 @@ BEGIN
 END
 $$;
 
--- Deletes the events past settings.event_retention, keeping a contiguous tail of each track:
--- per track, every event up to the newest expired one goes. (created_at is the writer's
--- transaction start, seq is numbered later under the track's lock: an event that a long
+-- Deletes the events past settings.event_retention, keeping a contiguous tail of each topic:
+-- per topic, every event up to the newest expired one goes. (created_at is the writer's
+-- transaction start, seq is numbered later under the topic's lock: an event that a long
 -- transaction numbered after others can be older than they are, and pruning by time alone would
 -- cut a hole after them.) Then one batch of the notifications past settings.notification_retention
 -- (tracktalk.prune_notifications), and the API's writes older than an hour
 -- (tracktalk.recent_writes). Returns how many events and notifications went.
 -- Every replica calls it every few minutes, and again at once while a call deleted many rows; a
 -- DBA may schedule it instead (pg_cron). SECURITY DEFINER, as wait_to_write.
--- The expired events come from the index events_created_at, and each track's are deleted as one
--- range of the primary key: one DELETE per track, because a single join of the two would be
--- planned without knowing how few events per track have expired (a third of the log, the planner
+-- The expired events come from the index events_created_at, and each topic's are deleted as one
+-- range of the primary key: one DELETE per topic, because a single join of the two would be
+-- planned without knowing how few events per topic have expired (a third of the log, the planner
 -- guesses), as a scan of the whole log.
 CREATE OR REPLACE FUNCTION tracktalk.prune_events() RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -1061,13 +1288,13 @@ DECLARE
 BEGIN
     DELETE FROM tracktalk.recent_writes WHERE at < now() - interval '1 hour';
     FOR expired IN
-        SELECT e.track_id, max(e.seq) AS through
+        SELECT e.topic, max(e.seq) AS through
           FROM tracktalk.events e
          WHERE e.created_at < cutoff
-         GROUP BY e.track_id
-         ORDER BY e.track_id
+         GROUP BY e.topic
+         ORDER BY e.topic
     LOOP
-        DELETE FROM tracktalk.events e WHERE e.track_id = expired.track_id AND e.seq <= expired.through;
+        DELETE FROM tracktalk.events e WHERE e.topic = expired.topic AND e.seq <= expired.through;
         GET DIAGNOSTICS deleted = ROW_COUNT;
         gone := gone + deleted;
     END LOOP;
@@ -1091,6 +1318,6 @@ ON CONFLICT (comment_id) DO NOTHING;
 SELECT tracktalk.rotate_channel_key() WHERE NOT EXISTS (SELECT 1 FROM tracktalk.channel_key);
 
 -- A replica serves a schema of its own version or newer; docs/dba.md lists what each version
--- added, and which upgrades need the old replicas stopped first (2 to 3, 4 to 5).
-INSERT INTO tracktalk.schema_version (version) VALUES (5)
+-- added, and which upgrades need the old replicas stopped first (2 to 3, 4 to 5, 5 to 6).
+INSERT INTO tracktalk.schema_version (version) VALUES (6)
 ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, applied_at = now();

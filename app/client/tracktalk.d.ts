@@ -190,6 +190,8 @@ export interface ErrorMessage {
   type: "error";
   message: string;
   track_id?: string | null;
+  /** On /api/ws: the topic the error is about, if any. */
+  topic?: string;
 }
 
 /** Every message the server sends. */
@@ -213,6 +215,48 @@ export type DurableEvent = NewComment | CommentEdited | CommentDeleted | Comment
 /** What onMessage gets: everything but `connected` (onStatus) and `resync` (onResync). */
 export type FeedMessage = Exclude<ServerMessage, Connected | Resync>;
 
+// ---- /api/ws: one socket, many topics --------------------------------------------------------
+
+/** First message on /api/ws. Reported through onStatus("live"). */
+export interface SocketConnected {
+  type: "connected";
+  message: string;
+  protocol: number;
+  /** How many topics the socket may hold (100). */
+  max_topics: number;
+}
+
+/** A subscribe succeeded: `seq` is the topic's latest event number; with `since`, the events after
+ *  it follow (or `resync`), then the live ones. */
+export interface Subscribed {
+  type: "subscribed";
+  topic: string;
+  seq: number;
+  tag?: string | null;
+}
+
+/** A subscribe was refused; the socket and its other topics go on. */
+export interface SubscribeError {
+  type: "subscribe_error";
+  topic: string;
+  reason: "invalid topic" | "not found" | "forbidden" | "too many topics";
+  /** For people. */
+  message: string;
+  /** Seconds: it was refused for coming too fast (the client subscribes again then). */
+  retry_after?: number | null;
+}
+
+/** The socket no longer gets the topic's messages: it asked (no `reason`), or the user lost access. */
+export interface Unsubscribed {
+  type: "unsubscribed";
+  topic: string;
+  reason?: "forbidden" | "not found" | null;
+}
+
+/** A message of a topic on /api/ws: the topic's message (a track's are the track socket's) with
+ *  `topic` added. Durable ones have the topic's `seq`. */
+export type TopicMessage = { topic: string; type: string; seq?: number; tag?: string | null } & Record<string, unknown>;
+
 // ---- client -> server ----------------------------------------------------------------------
 
 /** The only message a client sends; use `feed.typing()`, which keeps to the server's limit. */
@@ -222,6 +266,29 @@ export interface Typing {
 }
 
 export type ClientMessage = Typing;
+
+/** /api/ws: subscribe to a topic, resuming after `since` (and its `tag`) if given. */
+export interface Subscribe {
+  type: "subscribe";
+  topic: string;
+  since?: number | null;
+  tag?: string | null;
+}
+
+/** /api/ws: stop getting a topic's messages. */
+export interface Unsubscribe {
+  type: "unsubscribe";
+  topic: string;
+}
+
+/** /api/ws: the user is typing in a topic (tracks and threads); use `subscription.typing()`. */
+export interface TopicTyping {
+  type: "typing";
+  topic: string;
+  is_typing: boolean;
+}
+
+export type TopicClientMessage = Subscribe | Unsubscribe | TopicTyping;
 
 // ---- the client ----------------------------------------------------------------------------
 
@@ -251,6 +318,10 @@ export declare const CloseCode: Readonly<{
 }>;
 
 export type Status = "connecting" | "live" | "reconnecting" | "closed";
+
+/** Open one socket for many topics (/api/ws) and keep it open until `close()`. */
+export declare function openTopics(options?: TopicsOptions): Topics;
+
 
 /** What goes with a status: `seq`, `resumed` and `anonymous` with "live"; why with the others. */
 export interface StatusDetail {
@@ -334,3 +405,64 @@ export interface Feed {
 
 /** Open the live feed of one track. */
 export declare function connect(options: ConnectOptions): Feed;
+
+export interface TopicsOptions {
+  /** The tracktalk server (as ConnectOptions.baseUrl). */
+  baseUrl?: string | URL;
+  /** As ConnectOptions.getToken. */
+  getToken?: (context: { expired: boolean }) => string | null | undefined | Promise<string | null | undefined>;
+  /** As ConnectOptions.token. */
+  token?: string | null;
+  /** The user's `mention` and `notification` messages: once per socket, whatever it subscribes to. */
+  onUserMessage?: (message: Mention | NotificationMessage) => void;
+  /** The socket's state changed (`seq` and `resumed` are per subscription: onSubscribed). */
+  onStatus?: (status: Status, detail: StatusDetail) => void;
+  /** The server refused the socket (1008), or a token expired and no fresh one came: it has stopped. */
+  onRefused?: (refusal: Refusal) => void;
+  /** As ConnectOptions.backoff. */
+  backoff?: { firstMs?: number; maxMs?: number };
+}
+
+export interface SubscribeHandlers {
+  /** The last seq the caller already has of this topic: the subscribe replays what follows it. */
+  since?: number | null;
+  /** The tag of the event at `since` (resync if the server's is another). */
+  tag?: string | null;
+  /** The topic's messages, `topic` included: durable events exactly once and in seq order across
+   *  every reconnect, ephemeral ones (typing, presence) as they come. */
+  onMessage?: (message: TopicMessage) => void;
+  /** Each `subscribed` (after every reconnect too); `resumed`: it went on from a seq the caller has. */
+  onSubscribed?: (message: Subscribed & { resumed: boolean }) => void;
+  /** Events were missed that cannot be replayed: reload the topic's state with GET. */
+  onResync?: (message: Resync & { topic: string }) => void;
+  /** A subscribe was refused (the subscription ends, unless it came too fast: it is asked again
+   *  after `retry_after`), or the server said an `error` about the topic. */
+  onError?: (message: SubscribeError | ErrorMessage) => void;
+  /** The user lost access to the topic (`reason`): the subscription has ended. */
+  onUnsubscribed?: (message: Unsubscribed) => void;
+}
+
+/** One socket of many topics, open until `close()`. */
+export interface Topics {
+  readonly status: Status;
+  readonly socket: WebSocket | null;
+  /** The topics subscribed to (or being subscribed to). */
+  readonly topics: string[];
+  /** Subscribe to a topic (`track:{id}`, `thread:{id}`, `category:{slug}`, a live table's); at most
+   *  100 per socket. Throws TypeError for a topic already subscribed to. */
+  subscribe(topic: string, handlers?: SubscribeHandlers): Subscription;
+  reconnectNow(): void;
+  close(): void;
+}
+
+/** One topic of a Topics socket. */
+export interface Subscription {
+  readonly topic: string;
+  /** The seq of the last durable event delivered (or `since`); null before the first `subscribed`. */
+  readonly lastSeq: number | null;
+  readonly lastTag: string | null;
+  /** Whether the user is typing here (tracks and threads), kept to the server's limit as Feed.typing. */
+  typing(isTyping: boolean): void;
+  /** Stop getting the topic's messages, for good. */
+  unsubscribe(): void;
+}

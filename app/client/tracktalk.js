@@ -1,12 +1,14 @@
-// tracktalk's browser client: the live messages of one track over a WebSocket.
+// tracktalk's browser client: live messages over a WebSocket, of one track (`connect`) or of many
+// topics on one socket (`openTopics`).
 //
 // A dependency-free ES module; its types are in tracktalk.d.ts beside it. It keeps the seq and
-// the tag of the last durable event it delivered and resumes with `since=` and `tag=` after every
-// drop, so that each durable event reaches the caller exactly once and in order, whichever
-// replica the socket lands on (and a database failover that lost events it has gives `resync`). The protocol it speaks is in tracktalk's repository (docs/protocol.md), and as a
+// the tag of the last durable event it delivered (per topic) and resumes with `since` and `tag`
+// after every drop, so that each durable event reaches the caller exactly once and in order,
+// whichever replica the socket lands on (and a database failover that lost events it has gives
+// `resync`). The protocol it speaks is in tracktalk's repository (docs/protocol.md), and as a
 // schema at /schema/asyncapi.json.
 //
-//   import { connect } from "https://tracktalk.example/client/tracktalk.js";
+//   import { connect, openTopics } from "https://tracktalk.example/client/tracktalk.js";
 //   const feed = connect({
 //     trackId: "sunrise",
 //     getToken: async ({ expired }) => (expired ? await myApp.freshToken() : myApp.token),
@@ -17,6 +19,13 @@
 //   });
 //   input.oninput = () => feed.typing(true);
 //   feed.close();
+//
+//   // A page with a track, the bell and a forum thread: one socket.
+//   const live = openTopics({ getToken, onUserMessage: (m) => bell(m), onStatus });
+//   const track = live.subscribe("track:sunrise", { onMessage: render, onResync: reloadComments });
+//   const thread = live.subscribe("thread:42", { onMessage: renderPost, onError: (e) => say(e.message) });
+//   input.oninput = () => thread.typing(true);
+//   thread.unsubscribe();
 
 /** The protocol version this client speaks: `protocol` in `connected` (CHANGELOG.md). */
 export const PROTOCOL = 1;
@@ -70,6 +79,17 @@ export function connect(options) {
   return new Feed(options);
 }
 
+/**
+ * Open one socket for many topics (`/api/ws`) and keep it open until `close()`; `subscribe` to
+ * topics on it.
+ *
+ * @param {import("./tracktalk").TopicsOptions} options
+ * @returns {import("./tracktalk").Topics}
+ */
+export function openTopics(options) {
+  return new Topics(options || {});
+}
+
 /** The delay before reconnect attempt `attempt` (0, 1, 2…): doubling steps, "equal jitter". */
 function backoffDelay(attempt, { firstMs = BACKOFF_FIRST_MS, maxMs = BACKOFF_MAX_MS } = {}) {
   const ceiling = Math.min(maxMs, firstMs * 2 ** attempt);
@@ -94,15 +114,31 @@ function moduleServer() {
   return url;
 }
 
-/** The socket's address: ws(s)://…/api/ws/track/{trackId}?token=…&since=…&tag=… */
-function socketUrl(base, trackId, token, since, tag) {
-  const url = new URL(`api/ws/track/${encodeURIComponent(trackId)}`, base);
+/** A socket's address: ws(s)://…/{path}?token=… */
+function socketUrl(base, path, token) {
+  const url = new URL(path, base);
   if (url.protocol === "https:") url.protocol = "wss:";
   else if (url.protocol === "http:") url.protocol = "ws:";
   if (token) url.searchParams.set("token", token);
+  return url;
+}
+
+/** The track socket's address: ws(s)://…/api/ws/track/{trackId}?token=…&since=…&tag=… */
+function trackUrl(base, trackId, token, since, tag) {
+  const url = socketUrl(base, `api/ws/track/${encodeURIComponent(trackId)}`, token);
   if (since !== null) url.searchParams.set("since", String(since));
   if (since !== null && tag) url.searchParams.set("tag", tag);
   return url.href;
+}
+
+/** Check a `since` and `tag` given by the caller (`what` names the call). */
+function checkResume(what, since, tag) {
+  if (since !== null && !(Number.isSafeInteger(since) && since >= 0)) {
+    throw new TypeError(`${what}: since must be a whole number >= 0 (the last seq you have), or null`);
+  }
+  if (tag !== null && !(typeof tag === "string" && /^[0-9a-f]{1,32}$/.test(tag) && since !== null)) {
+    throw new TypeError(`${what}: tag must be the tag of the event at since (hex digits), or null`);
+  }
 }
 
 /** An event's tag as the server gives it (16 hex digits), or null. */
@@ -122,12 +158,17 @@ function callHook(hook, ...args) {
   }
 }
 
-class Feed {
+/**
+ * One WebSocket kept open until `close()`: the token before each connection (a fresh one after
+ * 4001), the reconnects after each drop (at once after a live socket's 1001 or 1013, else after a
+ * backoff that a stable connection starts over), a refusal (1008) that stops it, the status. The
+ * track's Feed and the many topics' Topics are made of it; they say where to connect and what
+ * the messages mean.
+ */
+class Live {
   #options;
   #base;
   #socket = null;
-  #lastSeq;
-  #lastTag; // the tag of the event #lastSeq (null: unknown)
   #status = "connecting";
   #attempt = 0; // reconnect attempts since the server last answered (or a flap's head start)
   #flaps = 0; // live connections in a row that ended before STABLE_MS
@@ -138,39 +179,13 @@ class Feed {
   #renewed = false; // reconnected with a fresh token, not yet live again
   #anonymous = false; // the current socket has no token (read-only)
   #closed = false;
-  #typingWanted = false;
-  #typingSent = false;
-  #typingChanged = false; // the wanted state changed since the last send (true, false, true again)
-  #typingSentAt = -Infinity;
-  #typingTimer = null;
   #onWake = () => this.reconnectNow();
 
   constructor(options) {
-    const { trackId, since = null, tag = null } = options || {};
-    if (typeof trackId !== "string" || trackId === "") throw new TypeError("connect: trackId must be a non-empty string");
-    if (since !== null && !(Number.isSafeInteger(since) && since >= 0)) {
-      throw new TypeError("connect: since must be a whole number >= 0 (the last seq you have), or null");
-    }
-    if (tag !== null && !(typeof tag === "string" && /^[0-9a-f]{1,32}$/.test(tag) && since !== null)) {
-      throw new TypeError("connect: tag must be the tag of the event at since (hex digits), or null");
-    }
     this.#options = options;
     this.#base = serverBase(options.baseUrl);
-    this.#lastSeq = since;
-    this.#lastTag = tag;
     if (globalThis.addEventListener) globalThis.addEventListener("online", this.#onWake);
     if (globalThis.document) globalThis.document.addEventListener("visibilitychange", this.#onWake);
-    this.#open(false);
-  }
-
-  /** The seq of the last durable event delivered (or given as `since`); null before the first. */
-  get lastSeq() {
-    return this.#lastSeq;
-  }
-
-  /** The tag of that event (or given as `tag`); null when unknown. Keep it with lastSeq. */
-  get lastTag() {
-    return this.#lastTag;
   }
 
   /** "connecting" | "live" | "reconnecting" | "closed". */
@@ -178,22 +193,9 @@ class Feed {
     return this.#status;
   }
 
-  /** The WebSocket in use, or null: for diagnostics (send with `typing()`, never on it directly). */
+  /** The WebSocket in use, or null: for diagnostics (send through the client, never on it directly). */
   get socket() {
     return this.#socket;
-  }
-
-  /**
-   * Say whether the user is typing. Call it as often as you like (e.g. true on every keystroke,
-   * false when they stop or send): it sends at most one message per second, says `true` again
-   * every 2 s while the calls keep coming (others forget a silent typist), and always sends the
-   * final state. Ignored on a socket without a token (read-only).
-   */
-  typing(isTyping) {
-    const wanted = Boolean(isTyping);
-    if (wanted !== this.#typingWanted) this.#typingChanged = true;
-    this.#typingWanted = wanted;
-    this.#flushTyping();
   }
 
   /** Reconnect now if waiting to (the client does it itself when the browser comes back online). */
@@ -209,6 +211,65 @@ class Feed {
     if (this.#closed) return;
     this.#shutDown();
     this.#setStatus("closed", { code: CloseCode.NORMAL, reason: "closed by the client" });
+  }
+
+  // ---- what the kinds of socket say ------------------------------------------------------
+
+  /** The address of the next socket (`token` may be null). */
+  url(token) {
+    throw new Error(`url(${token ? "token" : "null"}) is the socket's own`);
+  }
+
+  /** A message of the current socket, parsed. */
+  receive(message) {
+    throw new Error(`receive(${message.type}) is the socket's own`);
+  }
+
+  /** A socket ended (dropped, or closed by the client): what it had in flight is done with. */
+  ended() {}
+
+  // ---- what they may use -----------------------------------------------------------------
+
+  start() {
+    this.#open(false);
+  }
+
+  /** The server's address. */
+  get base() {
+    return this.#base;
+  }
+
+  get closed() {
+    return this.#closed;
+  }
+
+  /** The current socket has no token (read-only). */
+  get anonymous() {
+    return this.#anonymous;
+  }
+
+  /** Send a message on the current socket, if it is open; whether it was. */
+  send(message) {
+    const socket = this.#socket;
+    if (this.#closed || !socket || socket.readyState !== WebSocket.OPEN) return false;
+    socket.send(JSON.stringify(message));
+    return true;
+  }
+
+  /** The server said `connected`: the socket is live. */
+  wentLive(detail) {
+    this.#liveAt = Date.now();
+    this.#renewed = false;
+    this.#setStatus("live", { ...detail, anonymous: this.#anonymous });
+  }
+
+  /** Events were skipped (the server guarantees they are not): drop the socket, resume at once. */
+  resumeNow() {
+    const socket = this.#socket;
+    this.#socket = null;
+    if (socket) socket.close(CLOSE_GAP, "gap in seq: resuming");
+    this.ended();
+    this.#afterDrop({ code: CLOSE_GAP, reason: "gap in seq" }, true);
   }
 
   // ---- connecting ------------------------------------------------------------------------
@@ -232,9 +293,9 @@ class Feed {
     if (!this.#started) this.#setStatus("connecting", {}); // later attempts were announced as "reconnecting"
     this.#started = true;
     this.#anonymous = !token;
-    const socket = new WebSocket(socketUrl(this.#base, this.#options.trackId, token, this.#lastSeq, this.#lastTag));
+    const socket = new WebSocket(this.url(token));
     this.#socket = socket;
-    socket.addEventListener("message", (event) => this.#receive(socket, event));
+    socket.addEventListener("message", (event) => this.#message(socket, event));
     socket.addEventListener("close", (event) => this.#dropped(socket, event));
   }
 
@@ -244,9 +305,7 @@ class Feed {
     return expired ? null : token || null;
   }
 
-  // ---- receiving -------------------------------------------------------------------------
-
-  #receive(socket, event) {
+  #message(socket, event) {
     if (socket !== this.#socket || this.#closed) return;
     let message;
     try {
@@ -256,42 +315,7 @@ class Feed {
       return;
     }
     if (message === null || typeof message !== "object" || typeof message.type !== "string") return;
-    if (message.type === "connected") return this.#connected(message);
-    if (message.type === "resync") {
-      this.#lastSeq = message.seq;
-      this.#lastTag = tagOf(message);
-      return callHook(this.#options.onResync, message);
-    }
-    if (typeof message.seq === "number" && this.#lastSeq !== null) {
-      if (message.seq <= this.#lastSeq) return; // delivered already (a replay overlapping live frames)
-      if (message.seq > this.#lastSeq + 1) return this.#gap(socket, message.seq);
-    }
-    if (typeof message.seq === "number") {
-      this.#lastSeq = message.seq;
-      this.#lastTag = tagOf(message);
-    }
-    callHook(this.#options.onMessage, message);
-  }
-
-  #connected(message) {
-    const resumed = this.#lastSeq !== null;
-    if (!resumed) {
-      this.#lastSeq = message.seq;
-      this.#lastTag = tagOf(message);
-    }
-    this.#liveAt = Date.now();
-    this.#renewed = false;
-    this.#typingSent = false;
-    this.#setStatus("live", { seq: message.seq, resumed, anonymous: this.#anonymous, protocol: message.protocol });
-    if (this.#typingWanted) this.#flushTyping();
-  }
-
-  /** Events were skipped (the server guarantees they are not): resume from the last one seen. */
-  #gap(socket, seq) {
-    console.warn(`tracktalk: events ${this.#lastSeq + 1}..${seq - 1} missing; resuming with since=${this.#lastSeq}`);
-    this.#socket = null;
-    socket.close(CLOSE_GAP, "gap in seq: resuming");
-    this.#afterDrop({ code: CLOSE_GAP, reason: "gap in seq" }, true);
+    this.receive(message);
   }
 
   // ---- dropping --------------------------------------------------------------------------
@@ -300,6 +324,7 @@ class Feed {
     if (socket !== this.#socket) return;
     this.#socket = null;
     if (this.#closed) return;
+    this.ended();
     const why = { code: event.code, reason: event.reason || "" };
     const tokenExpired =
       event.code === CloseCode.TOKEN_EXPIRED || (event.code === CloseCode.POLICY && why.reason.startsWith("token expired"));
@@ -356,8 +381,8 @@ class Feed {
   #shutDown() {
     this.#closed = true;
     clearTimeout(this.#timer);
-    clearTimeout(this.#typingTimer);
     this.#timer = null;
+    this.ended();
     if (globalThis.removeEventListener) globalThis.removeEventListener("online", this.#onWake);
     if (globalThis.document) globalThis.document.removeEventListener("visibilitychange", this.#onWake);
     const socket = this.#socket;
@@ -369,31 +394,341 @@ class Feed {
     this.#status = status;
     callHook(this.#options.onStatus, status, detail);
   }
+}
 
-  // ---- typing ----------------------------------------------------------------------------
+/**
+ * Whether a user is typing, kept to the server's limit: at most one message a second, `true`
+ * again every 2 s while the calls keep coming (others forget a silent typist), the final state
+ * always. `send(isTyping)` sends it and says whether it could.
+ */
+class Typist {
+  #send;
+  #wanted = false;
+  #sent = false;
+  #changed = false; // the wanted state changed since the last send (true, false, true again)
+  #sentAt = -Infinity;
+  #timer = null;
 
-  /** Send the wanted typing state when it is due and the server's limit allows; later otherwise. */
-  #flushTyping() {
-    clearTimeout(this.#typingTimer);
-    this.#typingTimer = null;
-    const socket = this.#socket;
-    if (this.#closed || this.#anonymous || !socket || socket.readyState !== WebSocket.OPEN) return;
-    const wanted = this.#typingWanted;
+  constructor(send) {
+    this.#send = send;
+  }
+
+  set(isTyping) {
+    const wanted = Boolean(isTyping);
+    if (wanted !== this.#wanted) this.#changed = true;
+    this.#wanted = wanted;
+    this.flush();
+  }
+
+  /** A new socket: nothing was said on it yet. */
+  forget() {
+    this.#sent = false;
+  }
+
+  /** Say the wanted state if the user is typing (on a new socket). */
+  resume() {
+    if (this.#wanted) this.flush();
+  }
+
+  stop() {
+    clearTimeout(this.#timer);
+    this.#timer = null;
+  }
+
+  /** Send the wanted state when it is due and the server's limit allows; later otherwise. */
+  flush() {
+    this.stop();
+    const wanted = this.#wanted;
     const now = Date.now();
     // A true that went false and back before the false could be sent is due again: the others
     // forgot the typist meanwhile (their comment came, or their indicator timed out).
-    const due =
-      wanted !== this.#typingSent ||
-      (wanted && (this.#typingChanged || now - this.#typingSentAt >= TYPING_REPEAT_MS));
+    const due = wanted !== this.#sent || (wanted && (this.#changed || now - this.#sentAt >= TYPING_REPEAT_MS));
     if (!due) return;
-    const wait = this.#typingSentAt + TYPING_GAP_MS - now;
+    const wait = this.#sentAt + TYPING_GAP_MS - now;
     if (wait > 0) {
-      this.#typingTimer = setTimeout(() => this.#flushTyping(), wait);
+      this.#timer = setTimeout(() => this.flush(), wait);
       return;
     }
-    socket.send(JSON.stringify({ type: "typing", is_typing: wanted }));
-    this.#typingSent = wanted;
-    this.#typingSentAt = now;
-    this.#typingChanged = false;
+    if (!this.#send(wanted)) return;
+    this.#sent = wanted;
+    this.#sentAt = now;
+    this.#changed = false;
+  }
+}
+
+/** The live feed of one track: the track socket. */
+class Feed extends Live {
+  #trackId;
+  #onMessage;
+  #onResync;
+  #lastSeq;
+  #lastTag; // the tag of the event #lastSeq (null: unknown)
+  #typist = new Typist((isTyping) => !this.anonymous && this.send({ type: "typing", is_typing: isTyping }));
+
+  constructor(options) {
+    const { trackId, since = null, tag = null } = options || {};
+    if (typeof trackId !== "string" || trackId === "") throw new TypeError("connect: trackId must be a non-empty string");
+    checkResume("connect", since, tag);
+    super(options);
+    this.#trackId = trackId;
+    this.#onMessage = options.onMessage;
+    this.#onResync = options.onResync;
+    this.#lastSeq = since;
+    this.#lastTag = tag;
+    this.start();
+  }
+
+  /** The seq of the last durable event delivered (or given as `since`); null before the first. */
+  get lastSeq() {
+    return this.#lastSeq;
+  }
+
+  /** The tag of that event (or given as `tag`); null when unknown. Keep it with lastSeq. */
+  get lastTag() {
+    return this.#lastTag;
+  }
+
+  /**
+   * Say whether the user is typing. Call it as often as you like (e.g. true on every keystroke,
+   * false when they stop or send): it sends at most one message per second, says `true` again
+   * every 2 s while the calls keep coming (others forget a silent typist), and always sends the
+   * final state. Ignored on a socket without a token (read-only).
+   */
+  typing(isTyping) {
+    this.#typist.set(isTyping);
+  }
+
+  close() {
+    this.#typist.stop();
+    super.close();
+  }
+
+  url(token) {
+    return trackUrl(this.base, this.#trackId, token, this.#lastSeq, this.#lastTag);
+  }
+
+  receive(message) {
+    if (message.type === "connected") return this.#connected(message);
+    if (message.type === "resync") {
+      this.#lastSeq = message.seq;
+      this.#lastTag = tagOf(message);
+      return callHook(this.#onResync, message);
+    }
+    if (typeof message.seq === "number" && this.#lastSeq !== null) {
+      if (message.seq <= this.#lastSeq) return; // delivered already (a replay overlapping live frames)
+      if (message.seq > this.#lastSeq + 1) return this.#gap(message.seq);
+    }
+    if (typeof message.seq === "number") {
+      this.#lastSeq = message.seq;
+      this.#lastTag = tagOf(message);
+    }
+    callHook(this.#onMessage, message);
+  }
+
+  ended() {
+    if (this.closed) this.#typist.stop();
+  }
+
+  #connected(message) {
+    const resumed = this.#lastSeq !== null;
+    if (!resumed) {
+      this.#lastSeq = message.seq;
+      this.#lastTag = tagOf(message);
+    }
+    this.#typist.forget();
+    this.wentLive({ seq: message.seq, resumed, protocol: message.protocol });
+    this.#typist.resume();
+  }
+
+  /** Events were skipped (the server guarantees they are not): resume from the last one seen. */
+  #gap(seq) {
+    console.warn(`tracktalk: events ${this.#lastSeq + 1}..${seq - 1} missing; resuming with since=${this.#lastSeq}`);
+    this.resumeNow();
+  }
+}
+
+/**
+ * One socket for many topics (`/api/ws`): each subscription keeps the seq and tag of its last
+ * durable event, and after every drop the new socket subscribes to each again with `since` and
+ * `tag`. The user's own messages (`mention`, `notification`) come once, to `onUserMessage`.
+ */
+class Topics extends Live {
+  #subscriptions = new Map(); // topic -> Subscription
+  #onUserMessage;
+
+  constructor(options) {
+    super(options);
+    this.#onUserMessage = options.onUserMessage;
+    this.start();
+  }
+
+  /** The topics subscribed to (or being subscribed to). */
+  get topics() {
+    return [...this.#subscriptions.keys()];
+  }
+
+  /**
+   * Subscribe to a topic: its messages go to `handlers.onMessage`, durable ones exactly once and
+   * in seq order, across every reconnect. A topic already subscribed to is refused (TypeError):
+   * keep the one subscription.
+   *
+   * @param {string} topic
+   * @param {import("./tracktalk").SubscribeHandlers} handlers
+   * @returns {import("./tracktalk").Subscription}
+   */
+  subscribe(topic, handlers = {}) {
+    if (typeof topic !== "string" || topic === "") throw new TypeError("subscribe: topic must be a non-empty string");
+    if (this.#subscriptions.has(topic)) throw new TypeError(`subscribe: already subscribed to ${topic}`);
+    const { since = null, tag = null } = handlers;
+    checkResume("subscribe", since, tag);
+    const subscription = new Subscription(this, topic, handlers, since, tag);
+    this.#subscriptions.set(topic, subscription);
+    if (this.status === "live") this.ask(subscription);
+    return subscription;
+  }
+
+  close() {
+    for (const subscription of this.#subscriptions.values()) subscription.typist.stop();
+    super.close();
+  }
+
+  url(token) {
+    return socketUrl(this.base, "api/ws", token).href;
+  }
+
+  receive(message) {
+    const subscription = typeof message.topic === "string" ? this.#subscriptions.get(message.topic) : undefined;
+    switch (message.type) {
+      case "connected":
+        this.wentLive({ protocol: message.protocol });
+        for (const each of this.#subscriptions.values()) this.ask(each);
+        return;
+      case "mention":
+      case "notification":
+        return callHook(this.#onUserMessage, message);
+      case "error":
+        if (subscription) return callHook(subscription.handlers.onError, message);
+        console.warn("tracktalk:", message.message);
+        return;
+    }
+    if (!subscription) return; // a topic given up on meanwhile
+    switch (message.type) {
+      case "subscribed":
+        return subscription.subscribed(message);
+      case "subscribe_error":
+        return subscription.refused(message);
+      case "unsubscribed":
+        return subscription.dropped(message);
+      case "resync":
+        return subscription.resynced(message);
+    }
+    if (typeof message.seq === "number" && subscription.lastSeq !== null) {
+      if (message.seq <= subscription.lastSeq) return; // delivered already
+      if (message.seq > subscription.lastSeq + 1) {
+        console.warn(`tracktalk: ${message.topic}: events ${subscription.lastSeq + 1}..${message.seq - 1} missing; resuming`);
+        return this.resumeNow();
+      }
+    }
+    subscription.deliver(message);
+  }
+
+  ended() {
+    for (const subscription of this.#subscriptions.values()) {
+      subscription.live = false;
+      if (this.closed) subscription.typist.stop();
+    }
+  }
+
+  /** Send the subscribe of a subscription (with its since and tag, once it has any). */
+  ask(subscription) {
+    const message = { type: "subscribe", topic: subscription.topic };
+    if (subscription.lastSeq !== null) {
+      message.since = subscription.lastSeq;
+      if (subscription.lastTag) message.tag = subscription.lastTag;
+    }
+    subscription.live = false;
+    this.send(message);
+  }
+
+  forget(subscription, tellServer) {
+    if (this.#subscriptions.get(subscription.topic) !== subscription) return;
+    this.#subscriptions.delete(subscription.topic);
+    subscription.typist.stop();
+    if (tellServer) this.send({ type: "unsubscribe", topic: subscription.topic });
+  }
+}
+
+/** One topic of a Topics socket. */
+class Subscription {
+  #socket;
+  #retry = null;
+  lastSeq;
+  lastTag;
+  live = false; // the current socket said `subscribed`
+
+  constructor(socket, topic, handlers, since, tag) {
+    this.#socket = socket;
+    this.topic = topic;
+    this.handlers = handlers;
+    this.lastSeq = since;
+    this.lastTag = tag;
+    this.typist = new Typist(
+      (isTyping) => this.live && !socket.anonymous && socket.send({ type: "typing", topic, is_typing: isTyping }),
+    );
+  }
+
+  /** Whether the user is typing in this topic (tracks and threads): as Feed.typing. */
+  typing(isTyping) {
+    this.typist.set(isTyping);
+  }
+
+  /** Stop getting the topic's messages (for good). */
+  unsubscribe() {
+    clearTimeout(this.#retry);
+    this.#socket.forget(this, true);
+  }
+
+  subscribed(message) {
+    const resumed = this.lastSeq !== null;
+    if (!resumed) {
+      this.lastSeq = message.seq;
+      this.lastTag = tagOf(message);
+    }
+    this.live = true;
+    this.typist.forget();
+    callHook(this.handlers.onSubscribed, { ...message, resumed });
+    this.typist.resume();
+  }
+
+  refused(message) {
+    this.live = false;
+    if (message.reason === "too many topics" && typeof message.retry_after === "number") {
+      // Subscribing too fast: ask again when the server says one may.
+      this.#retry = setTimeout(() => this.#socket.ask(this), message.retry_after * 1000);
+      return callHook(this.handlers.onError, message);
+    }
+    this.#socket.forget(this, false);
+    callHook(this.handlers.onError, message);
+  }
+
+  dropped(message) {
+    this.live = false;
+    if (!message.reason) return; // the answer to our own unsubscribe
+    this.#socket.forget(this, false);
+    callHook(this.handlers.onUnsubscribed, message);
+  }
+
+  resynced(message) {
+    this.lastSeq = message.seq;
+    this.lastTag = tagOf(message);
+    callHook(this.handlers.onResync, message);
+  }
+
+  deliver(message) {
+    if (typeof message.seq === "number") {
+      this.lastSeq = message.seq;
+      this.lastTag = tagOf(message);
+    }
+    callHook(this.handlers.onMessage, message);
   }
 }

@@ -2,7 +2,7 @@
 
 EventLog never uses the LISTEN connection (it only listens; it reads the channel key, and watches
 a change of it, with the functions at the end of this module). Every query here is one short
-statement: a page of events and the track's latest event come from one snapshot.
+statement: a page of events and the topic's latest event come from one snapshot.
 """
 
 from __future__ import annotations
@@ -13,23 +13,54 @@ from psycopg import AsyncConnection
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-from app.bounds import EVENT_PAGE, MAX_BIGINT
+from app.bounds import EVENT_PAGE, EVENT_PAGE_BYTES, MAX_BIGINT
 
 
 class Cursor(NamedTuple):
-    """A point in a track's history: an event's seq and its tag (None: no event yet, or one made
+    """A point in a topic's history: an event's seq and its tag (None: no event yet, or one made
     before events had tags). Two histories that share a seq differ in its tag."""
 
     seq: int
     tag: str | None = None
 
 
-class Page(NamedTuple):
-    """Events of a track read in one snapshot, with the track's latest event in that snapshot."""
+class Row(NamedTuple):
+    """An event of the log."""
 
-    rows: list[tuple[int, bytes, str | None, str | None]]
-    """(seq, message as UTF-8 JSON, tag, prev: the tag of the event before it), in seq order."""
+    seq: int
+    message: bytes
+    """As every socket of the topic gets it (UTF-8 JSON), or, with `restricted`, every socket
+    outside its audience."""
+    tag: str | None
+    prev: str | None
+    """The tag of the event before it."""
+    restricted: bytes | None = None
+    """The variant for the topic's moderators and `author`."""
+    author: int | None = None
+
+
+class Page(NamedTuple):
+    """Events of a topic read in one snapshot, with the topic's latest event in that snapshot."""
+
+    rows: list[Row]
+    """In seq order."""
     latest: Cursor
+    more: bool = False
+    """The page was cut (by its count or its bytes): the log may hold more after it."""
+
+
+class Access(NamedTuple):
+    """Who subscribes to a topic, and what they may do there, as the database says (one query
+    for the subscribes that arrive together: app/data/batch.py)."""
+
+    username: str | None
+    """None when there is no such user (or no user: an anonymous socket)."""
+    may_see: bool | None
+    """tracktalk.may_see: True, False (forbidden) or None (no such topic)."""
+    moderator: bool = False
+    """tracktalk.moderates: the user gets the restricted variant of its events."""
+    presence: bool = False
+    """The topic's kind has typing and presence."""
 
 
 class EventLog:
@@ -38,51 +69,73 @@ class EventLog:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
 
-    async def latest(self, track_ids: list[str]) -> dict[str, Cursor]:
-        """The latest event of each track (seq 0 for a track with no events, or none at all)."""
+    async def latest(self, topics: list[str]) -> dict[str, Cursor]:
+        """The latest event of each topic (seq 0 for a topic with no events)."""
         async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute(
-                "SELECT track_id, last_seq, last_tag FROM tracktalk.track_state WHERE track_id = ANY (%s)",
-                (track_ids,),
+                "SELECT topic, last_seq, last_tag FROM tracktalk.topic_state WHERE topic = ANY (%s)",
+                (topics,),
             )
-            found = {str(track): Cursor(int(seq), tag) for track, seq, tag in await cur.fetchall()}
-        return {track: found.get(track, Cursor(0)) for track in track_ids}
+            found = {str(topic): Cursor(int(seq), tag) for topic, seq, tag in await cur.fetchall()}
+        return {topic: found.get(topic, Cursor(0)) for topic in topics}
 
     async def page(
-        self, track_id: str, after: int, limit: int = EVENT_PAGE, through: int | None = None
+        self,
+        topic: str,
+        after: int,
+        limit: int = EVENT_PAGE,
+        through: int | None = None,
+        max_bytes: int = EVENT_PAGE_BYTES,
     ) -> Page:
-        """Up to `limit` events of a track after `after` (and up to `through`), with the track's
-        latest event: one statement, so one snapshot (the log and the latest seq agree: an event
-        the log lacks is not kept, not on its way). What is kept may have holes (pruning): the
-        caller checks every seq."""
+        """Up to `limit` events of a topic after `after` (and up to `through`), the page cut where
+        its messages pass `max_bytes` (at least one event), with the topic's latest event: one
+        statement, so one snapshot (the log and the latest seq agree: an event the log lacks is
+        not kept, not on its way). A message past the cut is not read (`size` says where to cut).
+        What is kept may have holes (pruning): the caller checks every seq."""
         async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute(
                 """
-                SELECT s.last_seq, s.last_tag, e.seq, e.message::text, e.tag, e.prev_tag
-                  FROM (VALUES (%(track)s::text)) AS w (track_id)
-                  LEFT JOIN tracktalk.track_state s ON s.track_id = w.track_id
+                SELECT s.last_seq, s.last_tag, e.seq, e.message::text, e.tag, e.prev_tag,
+                       e.restricted::text, e.author, e.read
+                  FROM (VALUES (%(topic)s::text)) AS w (topic)
+                  LEFT JOIN tracktalk.topic_state s ON s.topic = w.topic
                   LEFT JOIN LATERAL (
-                        SELECT seq, message, tag, prev_tag FROM tracktalk.events
-                         WHERE track_id = w.track_id AND seq > %(after)s AND seq <= %(through)s
-                         ORDER BY seq LIMIT %(limit)s
+                        SELECT c.*
+                          FROM (SELECT x.*, sum(x.size) OVER (ORDER BY x.seq) - x.size AS before,
+                                       count(*) OVER () AS read
+                                  FROM (SELECT seq, message, tag, prev_tag, restricted, author, size
+                                          FROM tracktalk.events
+                                         WHERE topic = w.topic AND seq > %(after)s AND seq <= %(through)s
+                                         ORDER BY seq LIMIT %(limit)s) AS x
+                               ) AS c
+                         WHERE c.before < %(bytes)s
                        ) AS e ON true
                  ORDER BY e.seq
                 """,
                 {
-                    "track": track_id,
+                    "topic": topic,
                     "after": after,
                     "through": through if through is not None else MAX_BIGINT,
                     "limit": limit,
+                    "bytes": max_bytes,
                 },
             )
             found = await cur.fetchall()
         last_seq, last_tag = found[0][0], found[0][1]
         rows = [
-            (int(seq), str(text).encode(), tag, prev)
-            for _, _, seq, text, tag, prev in found
+            Row(
+                int(seq),
+                str(text).encode(),
+                tag,
+                prev,
+                None if restricted is None else str(restricted).encode(),
+                None if author is None else int(author),
+            )
+            for _, _, seq, text, tag, prev, restricted, author, _ in found
             if seq is not None
         ]
-        return Page(rows, Cursor(int(last_seq or 0), last_tag))
+        read = int(found[0][8] or 0)
+        return Page(rows, Cursor(int(last_seq or 0), last_tag), more=read >= limit or len(rows) < read)
 
     async def user_messages(self, notification_ids: list[int]) -> list[tuple[int, bytes]]:
         """The (user id, message) pairs that announce notifications `notification_ids`."""
@@ -93,23 +146,15 @@ class EventLog:
             )
             return [(int(user), str(text).encode()) for user, text in await cur.fetchall()]
 
-    async def visible(self, pairs: list[tuple[int, str]]) -> set[tuple[int, str]]:
-        """Which (user id, track id) pairs may still watch: the track exists, the user (0: anonymous)
-        exists and may see it."""
+    async def visible(self, pairs: list[tuple[int, str]]) -> dict[tuple[int, str], Access]:
+        """Whether each (user id, topic) pair may still subscribe (tracktalk.may_see; the user, 0:
+        anonymous, must still exist: `username` None when it does not) and whether the user
+        moderates the topic."""
         if not pairs:
-            return set()
-        users, tracks = zip(*pairs, strict=True)
-        async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(
-                """
-                SELECT p.user_id, p.track_id
-                  FROM unnest(%s::bigint[], %s::text[]) AS p (user_id, track_id)
-                 WHERE (p.user_id = 0 OR EXISTS (SELECT 1 FROM users u WHERE u.id = p.user_id))
-                   AND coalesce(tracktalk.can_see(nullif(p.user_id, 0), p.track_id), false)
-                """,
-                (list(users), list(tracks)),
-            )
-            return {(int(user), str(track)) for user, track in await cur.fetchall()}
+            return {}
+        async with self._pool.connection() as conn:
+            found = await access(conn, [(topic, user or None) for user, topic in pairs])
+        return dict(zip(pairs, found, strict=True))
 
     async def channel_key(self) -> bytes:
         """The key that signs and seals what travels on tracktalk's channels."""
@@ -163,3 +208,28 @@ async def still_running(conn: AsyncConnection[Any], snapshot: str) -> int:
         )
         row = await cur.fetchone()
     return int(row[0]) if row else 0
+
+
+async def access(conn: AsyncConnection[Any], wanted: list[tuple[str | None, int | None]]) -> list[Access]:
+    """For each (topic, user id or None for anonymous): the user's name, whether they may see the
+    topic (tracktalk.may_see) and moderate it, and whether its kind has presence; in the order
+    asked. A topic None asks only for the user."""
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(
+            """
+            SELECT u.username,
+                   CASE WHEN w.topic IS NOT NULL AND (w.user_id IS NULL OR u.id IS NOT NULL)
+                        THEN tracktalk.may_see(w.user_id, w.topic) END,
+                   w.topic IS NOT NULL AND u.id IS NOT NULL AND tracktalk.moderates(w.user_id, w.topic),
+                   coalesce(k.presence, false)
+              FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS w (topic, user_id, i)
+              LEFT JOIN users u ON u.id = w.user_id
+              LEFT JOIN tracktalk.topic_kinds k ON k.kind = split_part(w.topic, ':', 1)
+             ORDER BY w.i
+            """,
+            ([topic for topic, _ in wanted], [user for _, user in wanted]),
+        )
+        return [
+            Access(username, may_see, bool(moderator), bool(presence))
+            for username, may_see, moderator, presence in await cur.fetchall()
+        ]

@@ -38,32 +38,6 @@ async def visible_track(conn: Conn, track_id: str, viewer_id: int | None) -> Tra
     return track
 
 
-@dataclass(frozen=True, slots=True)
-class Watcher:
-    """Who opens a socket on a track, as the database sees them (one query per socket)."""
-
-    username: str | None
-    """None when there is no such user (or no user: an anonymous socket)."""
-    may_see: bool
-    """The track exists and the user (anyone, for an anonymous socket) may see it."""
-
-
-async def watchers(conn: Conn, wanted: list[tuple[str, int | None]]) -> list[Watcher]:
-    """For each (track id, user id or None for anonymous): the user, and whether they may watch
-    the track; in the order asked (one query for many sockets: app/data/batch.py)."""
-    async with conn.cursor(row_factory=class_row(Watcher)) as cur:
-        await cur.execute(
-            """
-            SELECT u.username, coalesce(tracktalk.can_see(w.user_id, w.track_id), false) AS may_see
-              FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS w (track_id, user_id, i)
-              LEFT JOIN users u ON u.id = w.user_id
-             ORDER BY w.i
-            """,
-            ([track for track, _ in wanted], [user for _, user in wanted]),
-        )
-        return await cur.fetchall()
-
-
 async def list_tracks(conn: Conn, viewer_id: int | None) -> list[Track]:
     """Every track the viewer may see, album by album."""
     async with conn.cursor(row_factory=class_row(Track)) as cur:

@@ -1,17 +1,20 @@
-"""The WebSocket of a track: `/api/ws/track/{track_id}?token=…[&since=SEQ[&tag=TAG]]`, as a bare ASGI app.
+"""The WebSocket of a track: `/api/ws/track/{track_id}?token=…[&since=SEQ[&tag=TAG]]`, as a bare ASGI
+app; and what it shares with /api/ws (app/handlers/topic_sockets.py): admission, closing.
 
-Sockets are what a replica holds by the thousand, so this one route skips the framework:
-`app/main.py` sends its path here ahead of Litestar, whose per-request machinery would cost about
+Sockets are what a replica holds by the thousand, so these routes skip the framework:
+`app/main.py` sends their paths here ahead of Litestar, whose per-request machinery would cost about
 3 KiB per idle socket (docs/performance.md). Frames go out through uvicorn's connection with
-`app/live/wsprotocol.py`'s fast path: the hub writes them there and then, so this handler has no
+`app/live/wsprotocol.py`'s fast path: the hub writes them there and then, so a handler has no
 writer task; it only reads the client's frames.
 
-Order on a new socket: accept; check `since`, an anonymous socket's client address (at most
-TRACKTALK_ANONYMOUS_SOCKETS_PER_ADDRESS on this replica, app/edge/addresses.py), origin, token and
-track (closing with 1008 and a reason before anything is sent); join the feed, which fixes the
-seq that live frames follow; send `connected`, then the replay of `since` (or `resync`) at the
+The track socket is a connection with one subscription, to the topic `track:{track_id}`, whose
+frames carry no `topic`. Order on a new socket: accept; check `since`, an anonymous socket's
+client address (at most TRACKTALK_ANONYMOUS_SOCKETS_PER_ADDRESS on this replica, counted with its
+/api/ws sockets: app/edge/addresses.py), origin, token and track (closing with 1008 and a reason
+before anything is sent); join the feed (the user's lane, then the track's topic, which fixes the
+seq that live frames follow); send `connected`, then the replay of `since` (or `resync`) at the
 client's pace while live frames wait; then live, starting with the track's `presence`
-(app/presence/tracker.py counts the socket from the moment the feed registers it).
+(app/presence/tracker.py counts the subscription from the moment the feed registers it).
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from psycopg_pool import PoolTimeout
 
 from app.auth.claims import IdentityProviderUnavailable, TokenError
 from app.bounds import MAX_FRAME, MAX_TAG, MAX_TRACK_ID
+from app.data.events import Access
 from app.edge.addresses import PerAddress, client_key
 from app.live import close_codes
+from app.live.connection import ANONYMOUS, Connection
 from app.live.frames import message_frame
 from app.live.hub import ShuttingDown, TooManySockets
-from app.live.subscriber import ANONYMOUS, EPHEMERAL, Subscriber
+from app.live.topics import track_topic
 from app.live.wsprotocol import EXTENSION, FrameProtocol
 from app.services import Services
 from app.wire import (
@@ -65,41 +70,48 @@ class Refused(Exception):
 
 
 class TrackSockets:
-    """The ASGI app of the track sockets (`services_of` gives the running replica's services)."""
+    """The ASGI app of the track sockets (`services_of` gives the running replica's services;
+    `anonymous` counts the anonymous sockets of each client address, shared with /api/ws)."""
 
-    def __init__(self, services_of: Callable[[], Services]) -> None:
+    def __init__(self, services_of: Callable[[], Services], anonymous: PerAddress | None = None) -> None:
         self._services_of = services_of
-        self.anonymous = PerAddress()
+        self.anonymous = anonymous if anonymous is not None else PerAddress()
         """The anonymous sockets of each client address on this replica."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Serve one socket, from its handshake to its end."""
-        if (await receive())["type"] != "websocket.connect":
-            return
-        conn: FrameProtocol | None = scope["extensions"].get(EXTENSION)
+        conn = await handshake(receive, send, scope)
         if conn is None:
-            log.error(
-                "track sockets need tracktalk's uvicorn protocol (app/live/wsprotocol.py): run `tracktalk serve`"
-            )
-            await send({"type": "websocket.accept"})
-            await send(
-                {"type": "websocket.close", "code": close_codes.INTERNAL, "reason": "server misconfigured"}
-            )
             return
         services = self._services_of()
         track_id = scope["path"][len(PATH) :]
         try:
             await _serve(scope, receive, conn, track_id, services, self.anonymous)
         except Refused as exc:
-            await _close(send, conn, exc.code, str(exc))
+            await close(send, conn, exc.code, str(exc))
         except DATABASE_ERRORS:
-            await _close(send, conn, close_codes.TRY_AGAIN, close_codes.DATABASE_DOWN)
+            await close(send, conn, close_codes.TRY_AGAIN, close_codes.DATABASE_DOWN)
         except Exception:
             log.exception("socket of track %r failed", track_id[:100])
-            await _close(send, conn, close_codes.INTERNAL, close_codes.SERVER_FAILED)
+            await close(send, conn, close_codes.INTERNAL, close_codes.SERVER_FAILED)
 
 
-async def _close(send: Any, conn: FrameProtocol, code: int, reason: str) -> None:
+async def handshake(receive: Any, send: Any, scope: Any) -> FrameProtocol | None:
+    """The socket's connection, once its handshake request came (None: it went, or the server runs
+    without tracktalk's protocol, which is then said and logged)."""
+    if (await receive())["type"] != "websocket.connect":
+        return None
+    conn: FrameProtocol | None = scope["extensions"].get(EXTENSION)
+    if conn is None:
+        log.error("sockets need tracktalk's uvicorn protocol (app/live/wsprotocol.py): run `tracktalk serve`")
+        await send({"type": "websocket.accept"})
+        await send(
+            {"type": "websocket.close", "code": close_codes.INTERNAL, "reason": "server misconfigured"}
+        )
+    return conn
+
+
+async def close(send: Any, conn: FrameProtocol, code: int, reason: str) -> None:
     """Close with a reason the browser can read: after the handshake (a refused handshake's
     status is hidden from scripts)."""
     if not conn.handshake_complete:
@@ -116,33 +128,39 @@ async def _serve(
         raise Refused(close_codes.SHUTTING_DOWN, close_codes.GOING_AWAY)
     query = parse_qs(scope["query_string"].decode("latin-1"))
     since, tag = _since(query)  # a bad one is refused before the database is asked anything
-    address = _count_anonymous(scope, query, services, anonymous)  # so is one too many
+    address = count_anonymous(scope, query, services, anonymous)  # so is one too many
+    topic = track_topic(track_id)
     try:
         epoch = services.feed.access_epoch
-        user_id, username, expires_at = await _admit(scope, query, track_id, services)
-        sub = Subscriber(conn, user_id, track_id, services.settings.socket_buffer, expires_at)
-        async with services.feed.subscription(sub, services.settings.pool_timeout) as start:
+        user_id, expires_at = await admit(scope, query, services)
+        if not track_id or "\x00" in track_id or len(track_id) > MAX_TRACK_ID:
+            raise Refused(close_codes.TRACK_NOT_FOUND)
+        found = await _may_watch(topic, user_id, services)
+        socket = Connection(conn, user_id, services.settings.socket_buffer, expires_at)
+        wait = services.settings.pool_timeout
+        async with services.feed.connection(socket, wait):
+            start = await services.feed.subscribe(socket, topic, wait, found.moderator, found.presence)
             if services.feed.access_epoch != epoch:
                 # A revocation may have passed between the admission and the join: ask again,
                 # before anything of the track is sent.
-                await _may_watch(track_id, user_id, services)
-            with services.presence.present(sub):  # counted; its `presence` waits for go_live
-                hello = Connected(
-                    track_id=track_id, message="Connected to comment updates", seq=start.seq, tag=start.tag
-                )
-                if not conn.accept_with(message_frame(hello)):
-                    return  # the client left while it waited
-                if since is not None:
-                    async for frames in services.feed.replay(sub, since, start, tag):
-                        if not sub.write_now(frames):
-                            return
-                        try:  # this client's pace; live frames wait meanwhile
-                            await asyncio.wait_for(sub.drained(), REPLAY_STALL)
-                        except TimeoutError:
-                            sub.close(close_codes.TRY_AGAIN, close_codes.TOO_SLOW)
-                            return
-                sub.go_live()
-                await _read(receive, sub, username, services)
+                found = await _may_watch(topic, user_id, services)
+                socket.moderate(topic, found.moderator)
+            hello = Connected(
+                track_id=track_id, message="Connected to comment updates", seq=start.seq, tag=start.tag
+            )
+            if not conn.accept_with(message_frame(hello)):
+                return  # the client left while it waited
+            if since is not None:
+                async for frames in services.feed.replay(socket, topic, since, start, tag):
+                    if not socket.write_now(frames):
+                        return
+                    try:  # this client's pace; live frames wait meanwhile
+                        await asyncio.wait_for(socket.drained(), REPLAY_STALL)
+                    except TimeoutError:
+                        socket.close(close_codes.TRY_AGAIN, close_codes.TOO_SLOW)
+                        return
+            socket.go_live(topic)
+            await _read(receive, socket, track_id, found.username, services)
     except TooManySockets as exc:
         raise Refused(str(exc)) from None
     except ShuttingDown:
@@ -152,13 +170,13 @@ async def _serve(
             anonymous.give_back(address)
 
 
-def _count_anonymous(
+def count_anonymous(
     scope: Any, query: dict[str, list[str]], services: Services, anonymous: PerAddress
 ) -> str | None:
     """The client address an anonymous socket is counted under (None for a socket with a token,
     or where anonymous sockets are off); Refused when the address holds as many as it may."""
     settings = services.settings
-    if not settings.anonymous_sockets or _one(query, "token"):
+    if not settings.anonymous_sockets or one(query, "token"):
         return None
     address = client_key(scope)
     limit = settings.anonymous_sockets_per_address
@@ -167,43 +185,40 @@ def _count_anonymous(
     return address
 
 
-async def _admit(
-    scope: Any, query: dict[str, list[str]], track_id: str, services: Services
-) -> tuple[int, str | None, float]:
-    """Who is connecting (user id, username, token expiry), or Refused with the reason."""
+async def admit(scope: Any, query: dict[str, list[str]], services: Services) -> tuple[int, float]:
+    """Who is connecting (user id, ANONYMOUS without a token; token expiry), or Refused with the
+    reason: an origin not allowed, a bad token (or none where anonymous sockets are off)."""
     settings = services.settings
-    if settings.allowed_origins and _header(scope, b"origin") not in settings.allowed_origins:
+    if settings.allowed_origins and header(scope, b"origin") not in settings.allowed_origins:
         raise Refused("origin not allowed")
-    token = _one(query, "token")
+    token = one(query, "token")
     if not token and not settings.anonymous_sockets:
         raise Refused("invalid token: pass ?token=<access token>")
-    user_id, expires_at = ANONYMOUS, float("inf")
-    if token:
-        try:
-            claims = await services.tokens.verify(token)
-        except TokenError as exc:
-            raise Refused(str(exc)) from None
-        except IdentityProviderUnavailable as exc:
-            raise Refused(str(exc), close_codes.TRY_AGAIN) from None
-        user_id, expires_at = claims.user_id, float(claims.expires_at)
-    if not track_id or "\x00" in track_id or len(track_id) > MAX_TRACK_ID:
-        raise Refused(close_codes.TRACK_NOT_FOUND)
-    return user_id, await _may_watch(track_id, user_id, services), expires_at
+    if not token:
+        return ANONYMOUS, float("inf")
+    try:
+        claims = await services.tokens.verify(token)
+    except TokenError as exc:
+        raise Refused(str(exc)) from None
+    except IdentityProviderUnavailable as exc:
+        raise Refused(str(exc), close_codes.TRY_AGAIN) from None
+    return claims.user_id, float(claims.expires_at)
 
 
-async def _may_watch(track_id: str, user_id: int, services: Services) -> str | None:
-    """The user's name (None: anonymous), if they exist and may watch the track; else Refused."""
-    found = await services.watchers((track_id, user_id or None))
+async def _may_watch(topic: str, user_id: int, services: Services) -> Access:
+    """The user (if they exist) and their access to the track's topic, if they may watch it; else
+    Refused."""
+    found = await services.access((topic, user_id or None))
     if user_id != ANONYMOUS and found.username is None:
-        raise Refused("invalid token: its user does not exist")
+        raise Refused(close_codes.USER_GONE)
     if not found.may_see:
         raise Refused(close_codes.TRACK_NOT_FOUND)
-    return found.username
+    return found
 
 
 def _since(query: dict[str, list[str]]) -> tuple[int | None, str | None]:
     """`since` and `tag`: the last seq the client has, and that event's tag (optional)."""
-    raw, tag = _one(query, "since"), _one(query, "tag") or None
+    raw, tag = one(query, "since"), one(query, "tag") or None
     if raw is None or raw == "":
         if tag is not None:
             raise Refused("invalid tag: give it with since=, as the tag of the event at that seq")
@@ -215,60 +230,75 @@ def _since(query: dict[str, list[str]]) -> tuple[int | None, str | None]:
     return int(raw), tag
 
 
-def _one(query: dict[str, list[str]], name: str) -> str | None:
+def one(query: dict[str, list[str]], name: str) -> str | None:
+    """The last value of a query parameter."""
     values = query.get(name)
     return values[-1] if values else None
 
 
-def _header(scope: Any, name: bytes) -> str | None:
+def header(scope: Any, name: bytes) -> str | None:
+    """A request header's value."""
     for key, value in scope["headers"]:
         if key == name:
             return str(value.decode("latin-1"))
     return None
 
 
-async def _read(receive: Any, sub: Subscriber, username: str | None, services: Services) -> None:
+async def _read(
+    receive: Any, socket: Connection, track_id: str, username: str | None, services: Services
+) -> None:
     """Handle the client's frames until it leaves or breaks a rule (the close ends it too: the
     connection answers `websocket.disconnect` then)."""
     while True:
-        message = await receive()
-        if message["type"] == "websocket.disconnect" or sub.closed:
+        text = await read_text(receive, socket)
+        if text is None:
             return
-        text = message.get("text")
-        if not isinstance(text, str):
-            sub.close(close_codes.UNSUPPORTED, "send JSON text frames")
-            continue
-        if len(text) > MAX_FRAME or len(text.encode()) > MAX_FRAME:
-            sub.close(close_codes.TOO_BIG, f"frames are limited to {MAX_FRAME} bytes")
-            continue
         try:
             kind = client_envelope_decoder.decode(text).type
         except msgspec.DecodeError:
-            sub.close(close_codes.UNSUPPORTED, f"frames must be JSON objects like {_TYPING_HELP}")
+            socket.close(close_codes.UNSUPPORTED, f"frames must be JSON objects like {_TYPING_HELP}")
             continue
         if kind != "typing":
-            _error(sub, f"unknown message type {kind[:40]!r}: send {_TYPING_HELP}")
+            _error(socket, track_id, f"unknown message type {kind[:40]!r}: send {_TYPING_HELP}")
             continue
         try:
             typing = client_message_decoder.decode(text)
         except msgspec.DecodeError as exc:
-            _error(sub, f"bad typing message: {exc}")
+            _error(socket, track_id, f"bad typing message: {exc}")
             continue
         if username is None:
-            _error(sub, "sign in to say you are typing: reconnect with ?token=<access token>")
-        elif services.typing.allow((sub.user_id, sub.track_id)):
-            await _relay_typing(services, sub, username, typing.is_typing)
+            _error(socket, track_id, "sign in to say you are typing: reconnect with ?token=<access token>")
+        elif services.typing.allow((socket.user_id, track_topic(track_id))):
+            await relay_typing(services, track_topic(track_id), socket.user_id, username, typing.is_typing)
 
 
-def _error(sub: Subscriber, message: str) -> None:
-    sub.offer(EPHEMERAL, message_frame(Error(message=message, track_id=sub.track_id)))
+async def read_text(receive: Any, socket: Connection) -> str | None:
+    """The client's next text frame; None once the socket ended. A frame that is not text, or
+    over MAX_FRAME bytes, closes it (1003, 1009)."""
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect" or socket.closed:
+            return None
+        text = message.get("text")
+        if not isinstance(text, str):
+            socket.close(close_codes.UNSUPPORTED, "send JSON text frames")
+            continue
+        if len(text) > MAX_FRAME or len(text.encode()) > MAX_FRAME:
+            socket.close(close_codes.TOO_BIG, f"frames are limited to {MAX_FRAME} bytes")
+            continue
+        return text
 
 
-async def _relay_typing(services: Services, sub: Subscriber, username: str, is_typing: bool) -> None:
-    """Tell every replica's sockets of the track, sealed, through NOTIFY (not kept)."""
-    message = UserTyping(track_id=sub.track_id, user_id=sub.user_id, username=username, is_typing=is_typing)
-    payload = services.codec.seal(sub.track_id, encoder.encode(message))
+def _error(socket: Connection, track_id: str, message: str) -> None:
+    socket.send(message_frame(Error(message=message, track_id=track_id)))
+
+
+async def relay_typing(services: Services, topic: str, user_id: int, username: str, is_typing: bool) -> None:
+    """Tell every replica's sockets of the topic, sealed, through NOTIFY (not kept)."""
+    track_id = topic[len("track:") :] if topic.startswith("track:") else None
+    message = UserTyping(track_id=track_id, user_id=user_id, username=username, is_typing=is_typing)
+    payload = services.codec.seal(topic, encoder.encode(message))
     try:
-        await services.events.notify(services.codec.track_channel(sub.track_id), payload)
+        await services.events.notify(services.codec.topic_channel(topic), payload)
     except Exception as exc:
         log.warning("typing not relayed: %s", type(exc).__name__)

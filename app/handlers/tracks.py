@@ -15,6 +15,7 @@ from app.data.users import Viewer
 from app.handlers.schema import SIGNED_IN, TOKEN_OPTIONAL, errors
 from app.handlers.validation import check_track_id
 from app.handlers.write_limits import counted_write
+from app.live.topics import track_topic
 from app.problems import NotFound
 from app.services import Services
 from app.wire import Track, TrackMetrics
@@ -91,7 +92,9 @@ async def _change(track_id: str, services: Services, user: Viewer, action: Any) 
 
 async def _with_listening(services: Services, conn: Conn, found: TrackMetrics) -> TrackMetrics:
     """The metrics with `listening`, the track's count across replicas (app/presence/tracker.py)."""
-    return msgspec.structs.replace(found, listening=await services.presence.count(conn, found.track_id))
+    return msgspec.structs.replace(
+        found, listening=await services.presence.count(conn, track_topic(found.track_id))
+    )
 
 
 @get(

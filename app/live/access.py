@@ -1,47 +1,56 @@
-"""The access guard: sockets whose user may no longer see their track are closed.
+"""The access guard: subscriptions whose user may no longer see their topic end.
 
-A revocation (a track made private, moved or deleted; a user off the team or deleted) names the
-track's or the user's sockets; each (user, track) pair is asked of the database again
-(tracktalk.can_see), and the sockets refused are closed with 1008. A revocation may also pass
-unheard (before a channel was listened on, while the listener was away): `epoch` moves then, and
-the socket handler asks again for a socket admitted meanwhile.
+A revocation (a track made private, moved or deleted; a user off the team or deleted; any topic's
+tracktalk.revoke_topic) names the topic's or the user's subscriptions; each (user, topic) pair is
+asked of the database again (tracktalk.may_see, and whether the user still exists and moderates
+the topic), and the refused ones are handed to `on_refused` (the feed ends them: the track socket
+is closed with 1008, a subscription of /api/ws is dropped with `unsubscribed`). A revocation may
+also pass unheard (before a channel was listened on, while the listener was away): `epoch` moves
+then, and the socket handlers ask again for a subscription admitted meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from app.backoff import Backoff
-from app.live import close_codes
+from app.data.events import Access
+from app.live.connection import Connection
 from app.live.hub import Hub
 
 log = logging.getLogger(__name__)
 
 _RECHECK_RETRY = 1.0
-"""Seconds before a failed access recheck is tried again, every time (steady, not growing: a socket
-that lost access is closed within 5 s of the database's answer)."""
+"""Seconds before a failed access recheck is tried again, every time (steady, not growing: a
+subscription that lost access ends within 5 s of the database's answer)."""
 
 
 class AccessReader(Protocol):
     """What the guard asks (app/data/events.py's EventLog; an in-memory one in the unit tests)."""
 
-    async def visible(self, pairs: list[tuple[int, str]]) -> set[tuple[int, str]]:
-        """Which (user, track) pairs may still watch."""
+    async def visible(self, pairs: list[tuple[int, str]]) -> dict[tuple[int, str], Access]:
+        """For each (user, topic) pair: may the user (who must exist) still see the topic, and
+        moderate it."""
+
+
+Refused = Callable[[Connection, str, Access], None]
+"""Ends a subscription that lost access (given why: the answer)."""
 
 
 class AccessGuard:
-    """Checks again who may watch, as revocations come in."""
+    """Checks again who may see what, as revocations come in."""
 
-    def __init__(self, hub: Hub, log: AccessReader) -> None:
+    def __init__(self, hub: Hub, log: AccessReader, on_refused: Refused) -> None:
         self._hub = hub
         self._log = log
+        self._on_refused = on_refused
         self.epoch = 0
-        """Goes up whenever a revocation may have passed a socket being admitted: a revocation
-        heard, a reconnect, a channel newly listened on. The socket handler checks access again
-        when it moved during the admission."""
+        """Goes up whenever a revocation may have passed a subscription being admitted: a
+        revocation heard, a reconnect, a channel newly listened on. The socket handlers check
+        access again when it moved during the admission."""
         self._recheck: set[tuple[int, str]] = set()
         self._wake = asyncio.Event()
 
@@ -50,42 +59,47 @@ class AccessGuard:
         self.epoch += 1
 
     def recheck(self, pairs: Iterable[tuple[int, str]]) -> None:
-        """Ask again whether each (user, track) may watch (soon, in one query)."""
+        """Ask again whether each (user, topic) may see it (soon, in one query)."""
         self._recheck.update(pairs)
         if self._recheck:
             self._wake.set()
 
-    def recheck_track(self, track_id: str) -> None:
-        """Ask again for every socket of the track."""
-        self.recheck((sub.user_id, track_id) for sub in self._hub.track_sockets(track_id))
+    def recheck_topic(self, topic: str) -> None:
+        """Ask again for every subscription of the topic."""
+        self.recheck((conn.user_id, topic) for conn in self._hub.topic_sockets(topic))
 
     def recheck_user(self, user_id: int) -> None:
-        """Ask again for every socket of the user."""
-        self.recheck((user_id, sub.track_id) for sub in self._hub.user_sockets(user_id))
+        """Ask again for every subscription of the user."""
+        self.recheck((user_id, topic) for conn in self._hub.user_sockets(user_id) for topic in conn.topics)
 
     def recheck_all(self) -> None:
-        """Ask again for every socket here."""
-        self.recheck((sub.user_id, sub.track_id) for sub in self._hub.all_sockets())
+        """Ask again for every subscription here."""
+        self.recheck((conn.user_id, topic) for conn in self._hub.all_sockets() for topic in conn.topics)
 
     async def enforce(self) -> None:
-        """Close the sockets whose user may no longer see their track, as revocations come in."""
+        """End the subscriptions whose user may no longer see their topic, as revocations come in
+        (and follow who moderates what)."""
         recheck_backoff = Backoff(_RECHECK_RETRY, _RECHECK_RETRY)
         while True:
             await self._wake.wait()
             self._wake.clear()
             pairs, self._recheck = list(self._recheck), set()
             try:
-                allowed = await self._log.visible(pairs)
+                answers = await self._log.visible(pairs)
             except Exception as exc:
                 log.warning("access not checked again (will retry): %s", type(exc).__name__)
                 self.recheck(pairs)
                 await recheck_backoff.wait()
                 continue
             recheck_backoff.reset()
-            refused: dict[str, set[int]] = {}
-            for user_id, track_id in set(pairs) - allowed:
-                refused.setdefault(track_id, set()).add(user_id)
-            for track_id, users in refused.items():
-                for sub in self._hub.track_sockets(track_id):
-                    if sub.user_id in users:
-                        sub.close(close_codes.POLICY, close_codes.ACCESS_REVOKED)
+            by_topic: dict[str, dict[int, Access]] = {}
+            for (user_id, topic), found in answers.items():
+                by_topic.setdefault(topic, {})[user_id] = found
+            for topic, users in by_topic.items():
+                for conn in self._hub.topic_sockets(topic):
+                    if (answer := users.get(conn.user_id)) is None:
+                        continue
+                    if answer.may_see and (answer.username is not None or not conn.user_id):
+                        conn.moderate(topic, answer.moderator)
+                    else:
+                        self._on_refused(conn, topic, answer)

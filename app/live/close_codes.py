@@ -35,6 +35,7 @@ DATABASE_DOWN = f"database unavailable: {RESUME} in a few seconds"
 SERVER_FAILED = f"server error (logged): {RESUME}"
 TRACK_NOT_FOUND = "track not found"
 ACCESS_REVOKED = "track not found: access to it was taken away"
+USER_GONE = "invalid token: its user does not exist"
 
 WHAT_TO_DO = {
     NORMAL: f"the socket ended (the client left, or a proxy closed it): {RESUME} if still wanted",

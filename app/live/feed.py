@@ -1,18 +1,24 @@
-"""The listener's sink: each verified notice routed to the part that handles it, and a socket's
-`subscription` to its track and its user.
+"""The listener's sink: each verified notice routed to the part that handles it; and the way a
+socket joins: its connection (its user's lane), then its subscriptions to topics.
 
 Three parts, each with its own job:
-- app/live/cursors.py: the tracks' cursors (events in seq order, no gap, no duplicate), the
+- app/live/cursors.py: the topics' cursors (events in seq order, no gap, no duplicate), the
   catch-ups from the log and the `since=` replays;
 - app/live/user_lane.py: the users' channels and their notifications, read off the listener's
   path;
-- app/live/access.py: the access guard, which closes the sockets that lost access as
+- app/live/access.py: the access guard, which ends the subscriptions that lost access as
   revocations come in.
 
 Nothing here waits: `on_notice` is called by the listener for each payload, synchronously, and
-hands it over (typing goes straight to the track's sockets). A (re)connect of the listener starts
-the check of every watched track in the background; the replica is ready once it is done. The
-hub only routes and the socket handler only sends.
+hands it over (typing goes straight to the topic's sockets). A (re)connect of the listener starts
+the check of every watched topic in the background; the replica is ready once it is done. The hub
+only routes and the socket handlers only send.
+
+How a socket uses it (app/handlers/sockets.py for the track socket, app/handlers/topic_sockets.py
+for /api/ws): `async with feed.connection(conn, wait)` registers the socket (its user's limit, its
+user's channel); `await feed.subscribe(conn, topic, wait, …)` joins a topic and returns the event
+its live frames follow (they are held until `conn.go_live(topic)`, after the replay that
+`feed.replay` gives); `feed.unsubscribe(conn, topic)` leaves it; leaving the block leaves all.
 """
 
 from __future__ import annotations
@@ -23,16 +29,17 @@ from contextlib import asynccontextmanager
 from typing import Protocol
 
 from app.background import Tasks
-from app.bounds import EVENT_PAGE
-from app.data.events import Cursor
+from app.bounds import EVENT_PAGE, EVENT_PAGE_BYTES
+from app.data.events import Access, Cursor
+from app.live import close_codes
 from app.live.access import AccessGuard, AccessReader
-from app.live.cursors import Cursors, EventReader, Listening, _TrackCursor
-from app.live.frames import text_frame
+from app.live.connection import Connection
+from app.live.cursors import Cursors, EventReader, Listening
+from app.live.frames import message_frame
 from app.live.hub import Hub
 from app.live.notices import Opened, stale
-from app.live.subscriber import EPHEMERAL, Subscriber
 from app.live.user_lane import MessageReader, UserLane
-from app.wire import Ephemeral, Revoke, TrackBatch, UserBatch
+from app.wire import Ephemeral, Revoke, TopicBatch, Unsubscribed, UserBatch
 
 _REVOKE_STALE = 60.0
 """Seconds after which a revocation is old news (a replayed one is dropped)."""
@@ -43,9 +50,20 @@ class Log(EventReader, MessageReader, AccessReader, Protocol):
     tests)."""
 
 
+class Counting(Protocol):
+    """Who is here, as the live path tells it (app/presence/tracker.py's Presence): a
+    subscription to a topic whose kind has presence is counted while it lasts."""
+
+    def join(self, conn: Connection, topic: str) -> None:
+        """Count the connection on the topic."""
+
+    def leave(self, conn: Connection, topic: str) -> None:
+        """Stop counting it there."""
+
+
 class Feed:
-    """The listener's sink: routes notices to the track cursors, the user lane and the access
-    guard."""
+    """The listener's sink: routes notices to the topic cursors, the user lane and the access
+    guard; and the sockets' way in."""
 
     def __init__(
         self,
@@ -54,18 +72,22 @@ class Feed:
         listening: Listening,
         on_lag: Callable[[float], None] | None = None,
         page: int = EVENT_PAGE,
+        page_bytes: int = EVENT_PAGE_BYTES,
+        presence: Counting | None = None,
     ) -> None:
         self._hub = hub
         self._tasks = Tasks(__name__)
-        self.access = AccessGuard(hub, log)
-        self.cursors = Cursors(hub, log, listening, self.access, self._tasks, on_lag, page)
+        self._presence = presence
+        self.access = AccessGuard(hub, log, self._refused)
+        self.cursors = Cursors(hub, log, listening, self.access.moved, self._tasks, on_lag, page, page_bytes)
         self.user_lane = UserLane(hub, log, listening)
         self._caught_up = True
         self._reconnected: asyncio.Task[None] | None = None
 
     @property
     def access_epoch(self) -> int:
-        """Goes up whenever a revocation may have passed a socket being admitted (AccessGuard.epoch)."""
+        """Goes up whenever a revocation may have passed a subscription being admitted
+        (AccessGuard.epoch)."""
         return self.access.epoch
 
     # -----------------------------------------------------------------------------------------
@@ -73,35 +95,90 @@ class Feed:
     # -----------------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def subscription(self, sub: Subscriber, wait: float) -> AsyncIterator[Cursor]:
-        """Register a socket for its track and user; yields the event its live frames follow.
+    async def connection(self, conn: Connection, wait: float) -> AsyncIterator[None]:
+        """Register a socket for its user (their notifications, their limit of sockets) while the
+        block runs; at its end every subscription of the socket goes too.
 
-        Raises TimeoutError when the track's channel and cursor are not in place within `wait`
-        seconds, what the database raised when they cannot be, hub.TooManySockets and hub.ShuttingDown.
+        Raises TimeoutError when the user's channel is not in place within `wait` seconds, what
+        the database raised when it cannot be, hub.TooManySockets and hub.ShuttingDown.
         """
-        track = self.cursors.join(sub.track_id)
-        self.user_lane.join(sub.user_id)
+        self.user_lane.join(conn.user_id)
         try:
-            await asyncio.wait_for(self._joined(sub, track), wait)
-            self._hub.add(sub)  # counted and added in one step: see Hub.add
+            if await asyncio.wait_for(self.user_lane.listen(conn.user_id), wait):
+                self.access.moved()  # a revocation before this LISTEN went unheard here
+            self._hub.add(conn)  # counted and added in one step: see Hub.add
             try:
-                yield track.cursor
+                yield
             finally:
-                self._hub.remove(sub)
+                for topic in list(conn.topics):
+                    self.unsubscribe(conn, topic)
+                self._hub.remove(conn)
         finally:
-            self.cursors.leave(sub.track_id, track)
-            self.user_lane.leave(sub.user_id)
+            self.user_lane.leave(conn.user_id)
+
+    async def subscribe(
+        self, conn: Connection, topic: str, wait: float, moderator: bool = False, presence: bool = False
+    ) -> Cursor:
+        """Subscribe a registered socket to a topic; return the event its live frames follow.
+        They are held until `conn.go_live(topic)` (its replay goes first). `moderator`: the user
+        gets the restricted variant of the topic's events; `presence`: the topic's kind has typing
+        and presence (counted from now on).
+
+        Raises TimeoutError when the topic's channel and cursor are not in place within `wait`
+        seconds, and what the database raised when they cannot be.
+        """
+        cursor = self.cursors.join(topic)
+        if cursor.sockets == 1:
+            cursor.presence = presence
+        try:
+            await asyncio.wait_for(asyncio.shield(cursor.ready), wait)
+        except BaseException:
+            self.cursors.leave(topic, cursor)
+            raise
+        conn.hold(topic)
+        conn.moderate(topic, moderator)
+        self._hub.subscribe(conn, topic)
+        if cursor.presence and self._presence is not None:
+            self._presence.join(conn, topic)
+        return cursor.cursor
+
+    def unsubscribe(self, conn: Connection, topic: str) -> bool:
+        """End a subscription (at once); False when there was none."""
+        cursor = self.cursors.cursor(topic)
+        if not self._hub.unsubscribe(conn, topic):
+            return False
+        if cursor is not None:
+            if cursor.presence and self._presence is not None:
+                self._presence.leave(conn, topic)
+            self.cursors.leave(topic, cursor)
+        return True
+
+    def presence(self, topic: str) -> bool:
+        """The watched topic's kind has typing and presence."""
+        cursor = self.cursors.cursor(topic)
+        return cursor is not None and cursor.presence
 
     def replay(
-        self, sub: Subscriber, since: int, start: Cursor, tag: str | None = None
+        self, conn: Connection, topic: str, since: int, start: Cursor, tag: str | None = None
     ) -> AsyncIterator[bytes]:
-        """The frames a socket resuming after `since` needs before its live ones (Cursors.replay)."""
-        return self.cursors.replay(sub, since, start, tag)
+        """The frames a subscription resuming after `since` needs before its live ones
+        (Cursors.replay), built for its socket."""
+        return self.cursors.replay(conn, topic, since, start, tag)
 
-    async def _joined(self, sub: Subscriber, track: _TrackCursor) -> None:
-        await asyncio.shield(track.ready)
-        if await self.user_lane.listen(sub.user_id):
-            self.access.moved()  # a revocation before this LISTEN went unheard here
+    def _refused(self, conn: Connection, topic: str, answer: Access) -> None:
+        """A subscription lost access: the track socket is closed (1008, as its contract says); a
+        subscription of /api/ws ends, and its socket is told (`unsubscribed`, with the reason),
+        unless its user is gone, which closes the socket."""
+        if not conn.tagged:
+            conn.close(close_codes.POLICY, close_codes.ACCESS_REVOKED)
+        elif conn.user_id and answer.username is None:
+            conn.close(close_codes.POLICY, close_codes.USER_GONE)
+        elif self.unsubscribe(conn, topic):
+            conn.send(
+                message_frame(
+                    Unsubscribed(topic=topic, reason="forbidden" if answer.may_see is False else "not found")
+                )
+            )
 
     # -----------------------------------------------------------------------------------------
     # The listener's sink
@@ -119,45 +196,45 @@ class Feed:
 
     @property
     def caught_up(self) -> bool:
-        """What the tracks missed while the listener was away has been delivered."""
+        """What the topics missed while the listener was away has been delivered."""
         return self._caught_up
 
     def catch_up(self) -> None:
         """Notices may have gone by unheard (the channels were renamed): read every watched
-        track's log again, in the background."""
-        self._tasks.spawn(self._check_tracks())
+        topic's log again, in the background."""
+        self._tasks.spawn(self._check_topics())
 
     def on_notice(self, opened: Opened) -> None:
         """Route one payload that verified (synchronously: nothing here waits)."""
         notice = opened.notice
         match notice:
-            case TrackBatch():
+            case TopicBatch():
                 self.cursors.on_batch(notice)
             case UserBatch():
                 self.user_lane.on_batch(notice)
             case Revoke(at=at) if stale(at, _REVOKE_STALE):
                 return  # old news, or sent again by someone listening
-            case Revoke(track_id=str(track_id), gone=gone, at=at):
+            case Revoke(topic=str(topic), gone=gone, at=at):
                 self.access.moved()
                 if gone:
-                    self.cursors.gone(track_id, at)
-                self.access.recheck_track(track_id)
+                    self.cursors.gone(topic, at)
+                self.access.recheck_topic(topic)
             case Revoke(user=int(user)):
                 self.access.moved()
                 self.access.recheck_user(user)
-            case Ephemeral(track_id=track_id, message=message):
-                self._hub.send_track(track_id, [(EPHEMERAL, text_frame(bytes(message)))])
+            case Ephemeral(topic=topic, message=message):
+                self._hub.send(topic, [self.cursors.message(topic, bytes(message))])
 
     async def _after_reconnect(self) -> None:
-        """What did every watched track miss meanwhile? And may every socket still see its track
-        (a revocation may have passed unheard)?"""
+        """What did every watched topic miss meanwhile? And may every subscription still see its
+        topic (a revocation may have passed unheard)?"""
         catching_up = await self.cursors.check()
         self.access.recheck_all()
         if catching_up:
             await asyncio.wait(catching_up)
         self._caught_up = True
 
-    async def _check_tracks(self) -> None:
+    async def _check_topics(self) -> None:
         await self.cursors.check()
 
     # -----------------------------------------------------------------------------------------

@@ -1,11 +1,20 @@
-"""This replica's sockets, by track and by user. Routing only: no I/O of its own, no waiting."""
+"""This replica's sockets, by topic and by user. Routing only: no I/O of its own, no waiting.
+
+A topic's subscribers are a list of connections (a reference each: 8 bytes a subscription, where
+a set would take 30 to 40), a connection's topics a list of strings shared with the hub's keys
+(app/live/connection.py): a socket with 100 topics costs about 1.6 KiB more than one with one
+(bench/memory.py measures it).
+"""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator
 
 from app.live import close_codes
-from app.live.subscriber import ANONYMOUS, EPHEMERAL, Subscriber
+from app.live.connection import ANONYMOUS, Connection
+from app.live.frames import Frames
+from app.live.topics import TRACK
 
 
 class TooManySockets(Exception):
@@ -17,11 +26,11 @@ class ShuttingDown(Exception):
 
 
 class Hub:
-    """`track id -> sockets` and `user id -> sockets`; every send is a non-blocking offer."""
+    """`topic -> connections` and `user id -> connections`; every send is a non-blocking offer."""
 
     def __init__(self, sockets_per_user: int = 0) -> None:
-        self.tracks: dict[str, set[Subscriber]] = {}
-        self.users: dict[int, set[Subscriber]] = {}
+        self.topics: dict[str, list[Connection]] = {}
+        self.users: dict[int, set[Connection]] = {}
         self._per_user = sockets_per_user
         self.delivered = 0
         """Frames handed to sockets since start (for metrics)."""
@@ -30,7 +39,11 @@ class Hub:
         self.closing = False
         """Set at shutdown: new sockets are turned away."""
 
-    def add(self, sub: Subscriber) -> None:
+    # -----------------------------------------------------------------------------------------
+    # Connections and their subscriptions
+    # -----------------------------------------------------------------------------------------
+
+    def add(self, conn: Connection) -> None:
         """Register a socket; TooManySockets when its user already has the most allowed,
         ShuttingDown after `close_all`.
 
@@ -39,80 +52,111 @@ class Hub:
         """
         if self.closing:
             raise ShuttingDown
-        mine = self.users.get(sub.user_id)
-        if self._per_user and sub.user_id != ANONYMOUS and mine and len(mine) >= self._per_user:
+        mine = self.users.get(conn.user_id)
+        if self._per_user and conn.user_id != ANONYMOUS and mine and len(mine) >= self._per_user:
             raise TooManySockets(f"too many sockets: at most {self._per_user} per user; close one first")
         if mine is None:
-            mine = self.users[sub.user_id] = set()
-        mine.add(sub)
-        self.tracks.setdefault(sub.track_id, set()).add(sub)
+            mine = self.users[conn.user_id] = set()
+        mine.add(conn)
 
-    def remove(self, sub: Subscriber) -> None:
-        """Forget a socket; a track or user entry left empty goes too."""
-        subs = self.tracks.get(sub.track_id)
-        if subs is not None and sub in subs:
-            subs.discard(sub)
-            if not subs:
-                del self.tracks[sub.track_id]
-            if sub.too_slow:
-                self.dropped_slow += 1
-        mine = self.users.get(sub.user_id)
-        if mine is not None:
-            mine.discard(sub)
+    def remove(self, conn: Connection) -> None:
+        """Forget a socket and its subscriptions; a user or topic entry left empty goes too."""
+        for topic in list(conn.topics):
+            self.unsubscribe(conn, topic)
+        mine = self.users.get(conn.user_id)
+        if mine is not None and conn in mine:
+            mine.discard(conn)
             if not mine:
-                del self.users[sub.user_id]
+                del self.users[conn.user_id]
+            if conn.too_slow:
+                self.dropped_slow += 1
 
-    def send_track(self, track_id: str, frames: list[tuple[int, bytes]]) -> None:
-        """Offer frames (seq, bytes; EPHEMERAL for the ones not kept) to every socket of a track, in
-        order; each socket writes them at once, in one write."""
-        subs = self.tracks.get(track_id)
-        if not subs:
+    def subscribe(self, conn: Connection, topic: str) -> None:
+        """The connection gets the topic's frames from now on."""
+        topic = sys.intern(topic)  # one string for the hub's key and every subscription's entry
+        conns = self.topics.get(topic)
+        if conns is None:
+            conns = self.topics[topic] = []
+        conns.append(conn)
+        conn.topics.append(topic)
+
+    def unsubscribe(self, conn: Connection, topic: str) -> bool:
+        """The connection gets no more of the topic's frames; False when it had none."""
+        if topic not in conn.topics:
+            return False
+        conn.topics.remove(topic)
+        conn.drop(topic)
+        conns = self.topics.get(topic)
+        if conns is not None:
+            conns.remove(conn)
+            if not conns:
+                del self.topics[topic]
+        return True
+
+    # -----------------------------------------------------------------------------------------
+    # Frames
+    # -----------------------------------------------------------------------------------------
+
+    def send(self, topic: str, many: list[Frames]) -> None:
+        """Offer messages of a topic to each of its connections, in order; each writes them at
+        once, in one write."""
+        conns = self.topics.get(topic)
+        if not conns:
             return
         sent = 0
-        if len(frames) == 1:
-            seq, frame = frames[0]
-            for sub in subs:
-                sent += sub.offer(seq, frame)
+        if len(many) == 1:
+            frames = many[0]
+            for conn in conns:
+                sent += conn.offer(topic, frames)
         else:
-            for sub in subs:
-                sent += len(frames) * sub.offer_many(frames)
+            for conn in conns:
+                sent += len(many) * conn.offer_many(topic, many)
         self.delivered += sent
 
-    def offer_each(self, subs: Iterable[Subscriber], frame: bytes) -> None:
-        """Offer one ephemeral frame to each of `subs` (some of a track's sockets, chosen)."""
-        self.delivered += sum(sub.offer(EPHEMERAL, frame) for sub in subs)
+    def offer_each(self, topic: str, conns: Iterable[Connection], frames: Frames) -> None:
+        """Offer one message of a topic to each of `conns` (some of its connections, chosen)."""
+        self.delivered += sum(conn.offer(topic, frames) for conn in conns)
 
     def send_user(self, user_id: int, frame: bytes) -> None:
-        """Offer a frame to every socket of a user, whatever track it watches."""
-        subs = self.users.get(user_id)
-        if subs and user_id != ANONYMOUS:
-            self.delivered += sum(sub.offer(EPHEMERAL, frame) for sub in subs)
+        """Offer a frame to every socket of a user, whatever it subscribes to."""
+        conns = self.users.get(user_id)
+        if conns and user_id != ANONYMOUS:
+            self.delivered += sum(conn.send(frame) for conn in conns)
 
-    def track_sockets(self, track_id: str) -> Iterable[Subscriber]:
-        """The sockets of a track (a copy: safe to close them while iterating)."""
-        return list(self.tracks.get(track_id, ()))
+    # -----------------------------------------------------------------------------------------
+    # Looking
+    # -----------------------------------------------------------------------------------------
 
-    def user_sockets(self, user_id: int) -> Iterable[Subscriber]:
-        """The sockets of a user (a copy)."""
+    def topic_sockets(self, topic: str) -> list[Connection]:
+        """The connections subscribed to a topic (a copy: safe to close them while iterating)."""
+        return list(self.topics.get(topic, ()))
+
+    def user_sockets(self, user_id: int) -> list[Connection]:
+        """The connections of a user (a copy)."""
         return list(self.users.get(user_id, ()))
 
-    def all_sockets(self) -> Iterator[Subscriber]:
-        """Every socket (a copy)."""
-        return iter([sub for subs in self.tracks.values() for sub in subs])
+    def all_sockets(self) -> Iterator[Connection]:
+        """Every connection (a copy)."""
+        return iter([conn for conns in self.users.values() for conn in conns])
 
     def close_all(self, code: int, reason: str) -> None:
         """Turn new sockets away and close every open one (shutdown)."""
         self.closing = True
-        for sub in self.all_sockets():
-            sub.close(code, reason)
+        for conn in self.all_sockets():
+            conn.close(code, reason)
 
     def close_expired(self, now: float) -> None:
         """Close the sockets whose token expired by `now` (one sweep instead of a timer each)."""
-        for sub in self.all_sockets():
-            if sub.expires_at <= now:
-                sub.close(close_codes.TOKEN_EXPIRED, close_codes.EXPIRED)
+        for conn in self.all_sockets():
+            if conn.expires_at <= now:
+                conn.close(close_codes.TOKEN_EXPIRED, close_codes.EXPIRED)
 
     @property
     def sockets(self) -> int:
         """How many sockets are open here."""
-        return sum(len(subs) for subs in self.tracks.values())
+        return sum(len(conns) for conns in self.users.values())
+
+    @property
+    def watched_tracks(self) -> int:
+        """Tracks with sockets here."""
+        return sum(topic.startswith(TRACK) for topic in self.topics)

@@ -5,15 +5,16 @@ channel and send anything on a channel whose name it knows. So neither the names
 is left open:
 
 - Channels are named by the channel key (tracktalk.channel_key, readable only by tracktalk's
-  roles): `tracktalk:` and 32 hex digits of HMAC-SHA256(key, topic), the topic being
-  `track <track id>`, `user <user id>` or `rekey`, the same in sql/triggers.sql. Nobody without the
+  roles): `tracktalk:` and 32 hex digits of HMAC-SHA256(key, name), the name being
+  `topic <topic>`, `user <user id>` or `rekey`, the same in sql/triggers.sql. Nobody without the
   key can name a channel a replica listens on, so a flood of NOTIFYs (on the old md5 names, on
   made-up ones) reaches no replica: PostgreSQL's LISTEN session skips it, the replica never sees
-  it. A replica LISTENs only on the tracks and users it has sockets for.
+  it. A replica LISTENs only on the topics and users it has sockets for.
 - The triggers sign what they send with HMAC-SHA256 under the same key: `<64 hex digits> <json>`.
   A payload that fails the check (someone who learned a channel's name) is dropped unparsed, at
   the cost of one HMAC (~1 µs): it never delivers, hides, delays or reorders anything.
-- They carry no content of private tracks (only the numbers of new events), notification ids but
+- They carry no content of topics that not everyone may see (only the numbers of new events),
+  notification ids but
   no notification, so a listener without the key learns nothing it could not read anyway.
 - Replicas seal what they send each other (typing) with ChaCha20-Poly1305 under a key derived
   from the same secret: `e:<base64 of nonce and ciphertext>`. Nobody without the key reads or
@@ -25,7 +26,7 @@ is left open:
   from the log what it missed meanwhile (app/listener.py).
 
 Signed payloads carry the time they were made (`at`): the feed drops revocations and
-notifications that are old, and takes an old track payload only as a prompt to read the log. A
+notifications that are old, and takes an old topic payload only as a prompt to read the log. A
 durable event replayed by a listener is dropped by its seq (and its `prev` tag must be the tag of
 the event before it: app/live/cursors.py), a notification by its id.
 """
@@ -45,6 +46,7 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from app.live.topics import track_topic
 from app.wire import Ephemeral, Notice, encoder, notice_decoder
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,8 @@ log = logging.getLogger(__name__)
 CHANNEL_PREFIX = "tracktalk:"
 _NAME_HEX = 32
 """Hex digits of the HMAC in a channel's name (128 bits; PostgreSQL allows 63 bytes a name)."""
-REKEY_TOPIC = "rekey"
-"""The topic of the channel on which a change of the key is told (under the old key)."""
+REKEY_NAME = "rekey"
+"""The name of the channel on which a change of the key is told (under the old key)."""
 _SIGNED_AT = 64
 """Where the space between a signature (64 hex digits) and its body is."""
 _BLOCK = 64
@@ -77,12 +79,12 @@ def stale(at: float, seconds: float) -> bool:
     return time.time() - at > seconds
 
 
-def track_topic(track_id: str) -> str:
-    """What names the channel of a track's events (see Codec.channel)."""
-    return "track " + track_id
+def topic_name(topic: str) -> str:
+    """What names the channel of a topic's events (see Codec.channel; tracktalk.topic_channel)."""
+    return "topic " + topic
 
 
-def user_topic(user_id: int) -> str:
+def user_name(user_id: int) -> str:
     """What names the channel of a user's notifications and access changes."""
     return f"user {user_id}"
 
@@ -131,32 +133,37 @@ class Codec:
         self._aead = ChaCha20Poly1305(hmac.digest(key, _SEAL_CONTEXT, "sha256"))
         self._names = {}
 
-    def channel(self, topic: str) -> str:
-        """The channel of `topic` under the key: only holders of the key can name it."""
-        name = self._names.get(topic)
-        if name is None:
+    def channel(self, name: str) -> str:
+        """The channel named `name` (topic_name, user_name, REKEY_NAME) under the key: only holders
+        of the key can name it."""
+        channel = self._names.get(name)
+        if channel is None:
             if len(self._names) >= _NAMES_KEPT:
                 self._names.clear()
-            name = self._names[topic] = CHANNEL_PREFIX + self._mac(topic.encode())[:_NAME_HEX]
-        return name
+            channel = self._names[name] = CHANNEL_PREFIX + self._mac(name.encode())[:_NAME_HEX]
+        return channel
+
+    def topic_channel(self, topic: str) -> str:
+        """The channel of a topic's events (and of the replicas' typing notices)."""
+        return self.channel(topic_name(topic))
 
     def track_channel(self, track_id: str) -> str:
-        """The channel of a track's events (and of the replicas' typing notices)."""
-        return self.channel(track_topic(track_id))
+        """The channel of a track's events: its topic's."""
+        return self.topic_channel(track_topic(track_id))
 
     def user_channel(self, user_id: int) -> str:
         """The channel of a user's notifications and access changes."""
-        return self.channel(user_topic(user_id))
+        return self.channel(user_name(user_id))
 
     def sign(self, body: bytes) -> bytes:
         """`body` as the triggers send it (signed); for tests and tools."""
         return self._mac(body).encode() + b" " + body
 
-    def seal(self, track_id: str, message: bytes) -> str:
-        """An ephemeral message for every replica's sockets of a track, sealed."""
+    def seal(self, topic: str, message: bytes) -> str:
+        """An ephemeral message for every replica's sockets of a topic, sealed."""
         plain = encoder.encode(
             Ephemeral(
-                track_id=track_id,
+                topic=topic,
                 message=msgspec.Raw(message),
                 sender=self._sender,
                 n=next(self._counter),

@@ -1,4 +1,5 @@
-"""A rate limit kept in one replica: a token bucket per key (the typing relayed from a socket)."""
+"""Rate limits kept in one replica: a token bucket per key (the typing relayed from a socket), and
+one token bucket (the subscribes of a socket)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,25 @@ class RateLimiter:
             for key, (tokens, at) in self._buckets.items()
             if tokens + (now - at) * self._refill < self._capacity
         }
+
+
+class Bucket:
+    """One token bucket (one socket's subscribes): `burst` at once, then `rate` a second."""
+
+    __slots__ = ("_at", "_burst", "_rate", "_tokens")
+
+    def __init__(self, burst: float, rate: float) -> None:
+        self._burst = burst
+        self._rate = rate
+        self._tokens = burst
+        self._at = time.monotonic()
+
+    def take(self) -> float:
+        """0 when one may act now (and it is counted); else the seconds until one may."""
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            return (1 - self._tokens) / self._rate
+        self._tokens -= 1
+        return 0.0

@@ -14,11 +14,11 @@ import logging
 import time
 from typing import Protocol
 
+from app.live.connection import ANONYMOUS
 from app.live.cursors import Listening
 from app.live.frames import text_frame
 from app.live.hub import Hub
-from app.live.notices import stale, user_topic
-from app.live.subscriber import ANONYMOUS
+from app.live.notices import stale, user_name
 from app.wire import UserBatch
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class UserLane:
     async def listen(self, user_id: int) -> bool:
         """Listen on the user's channel (none for an anonymous socket); True when it was not in
         place before (a notice sent on it meanwhile was not heard here)."""
-        return user_id != ANONYMOUS and await self._listening.listen([user_topic(user_id)])
+        return user_id != ANONYMOUS and await self._listening.listen([user_name(user_id)])
 
     def join(self, user_id: int) -> None:
         """A socket of the user joined."""
@@ -83,7 +83,7 @@ class UserLane:
         self._forget.pop(user_id, None)
         if self._users.get(user_id) == 0:
             del self._users[user_id]
-            self._listening.unlisten([user_topic(user_id)])
+            self._listening.unlisten([user_name(user_id)])
 
     def on_batch(self, batch: UserBatch) -> None:
         """Queue the user's new notifications for the user lane (once each, while fresh)."""

@@ -3,7 +3,7 @@
 Through ASGI, every message of every socket goes through the app's send wrappers, uvicorn's
 `send()` (an await per frame) and wsproto, which frames and UTF-8-encodes the same text again for
 each socket. A track's events are the same bytes for all of its sockets (server frames are not
-masked), so the feed builds each frame once (`app/live/frames.py`) and the socket's `Subscriber`
+masked), so the feed builds each frame once (`app/live/frames.py`) and the socket's `Connection`
 writes it here, straight to the transport: no await, no task wake-up, one `send()` system call,
 and several queued frames in one write.
 

@@ -64,7 +64,12 @@ class _Live(Collector):
             "tracktalk_open_sockets", "WebSockets open on this replica.", value=self._hub.sockets
         )
         yield GaugeMetricFamily(
-            "tracktalk_watched_tracks", "Tracks with sockets on this replica.", value=len(self._hub.tracks)
+            "tracktalk_watched_tracks", "Tracks with sockets on this replica.", value=self._hub.watched_tracks
+        )
+        yield GaugeMetricFamily(
+            "tracktalk_watched_topics",
+            "Topics (tracks among them) with sockets on this replica.",
+            value=len(self._hub.topics),
         )
         yield CounterMetricFamily(
             "tracktalk_events_delivered", "Frames handed to sockets.", value=self._hub.delivered
@@ -86,7 +91,7 @@ class _Live(Collector):
         )
         yield GaugeMetricFamily(
             "tracktalk_listened_channels",
-            "NOTIFY channels (tracks and users with sockets here) the listener listens on.",
+            "NOTIFY channels (topics and users with sockets here) the listener listens on.",
             value=self._listener.channels,
         )
         yield CounterMetricFamily(

@@ -1,4 +1,4 @@
-"""Presence in PostgreSQL: the replicas' heartbeats and their listeners per track (the tables
+"""Presence in PostgreSQL: the replicas' heartbeats and their listeners per topic (the tables
 tracktalk.replicas and tracktalk.presence, sql/schema.sql). Only SQL here; app/presence/tracker.py
 decides when each statement runs and what the rows mean.
 """
@@ -28,10 +28,10 @@ class Beat(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One replica's listeners on one track."""
+    """One replica's listeners on one topic."""
 
     replica: str
-    track_id: str
+    topic: str
     users: list[int]
     anonymous: int
 
@@ -85,18 +85,18 @@ _WRITE = """
          WHERE id = %(replica)s AND instance = %(instance)s
            FOR SHARE
     ), written AS (
-        INSERT INTO tracktalk.presence AS p (replica, track_id, users, anonymous)
-        SELECT %(replica)s, w.track_id, w.users::bigint[], w.anonymous
-          FROM unnest(%(tracks)s::text[], %(users)s::text[], %(anonymous)s::int[])
-               AS w (track_id, users, anonymous)
+        INSERT INTO tracktalk.presence AS p (replica, topic, users, anonymous)
+        SELECT %(replica)s, w.topic, w.users::bigint[], w.anonymous
+          FROM unnest(%(topics)s::text[], %(users)s::text[], %(anonymous)s::int[])
+               AS w (topic, users, anonymous)
          WHERE EXISTS (SELECT FROM mine)
-        ON CONFLICT (replica, track_id) DO UPDATE
+        ON CONFLICT (replica, topic) DO UPDATE
            SET users = excluded.users, anonymous = excluded.anonymous,
                changed = pg_current_xact_id(), changed_at = now()
     ), dropped AS (
         DELETE FROM tracktalk.presence
-         WHERE replica = %(replica)s AND track_id = ANY(%(drop)s::text[])
-           AND track_id <> ALL(%(tracks)s::text[]) AND users = '{}' AND anonymous = 0
+         WHERE replica = %(replica)s AND topic = ANY(%(drop)s::text[])
+           AND topic <> ALL(%(topics)s::text[]) AND users = '{}' AND anonymous = 0
            AND EXISTS (SELECT FROM mine)
     )
     SELECT EXISTS (SELECT FROM mine)
@@ -104,12 +104,12 @@ _WRITE = """
 
 _READ = """
     SELECT h.xmin::text, r.id, r.instance, extract(epoch FROM now() - r.seen_at)::float8,
-           p.track_id, p.users, p.anonymous
+           p.topic, p.users, p.anonymous
       FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) AS h
       LEFT JOIN (tracktalk.replicas r
                  LEFT JOIN tracktalk.presence p
                         ON p.replica = r.id
-                       AND (p.changed >= %(since)s::xid8 OR p.track_id = ANY(%(fresh)s::text[])))
+                       AND (p.changed >= %(since)s::xid8 OR p.topic = ANY(%(fresh)s::text[])))
              ON true
 """
 
@@ -124,7 +124,7 @@ _COUNT = """
     WITH live AS (
         SELECT p.users, p.anonymous
           FROM tracktalk.presence p JOIN tracktalk.replicas r ON r.id = p.replica
-         WHERE p.track_id = %(track)s AND p.replica <> %(replica)s
+         WHERE p.topic = %(topic)s AND p.replica <> %(replica)s
            AND r.seen_at >= now() - %(alive)s * interval '1 second'
     )
     SELECT (SELECT count(DISTINCT u) FROM live, unnest(live.users) AS u)
@@ -158,7 +158,7 @@ class PresenceTable:
         return Beat.LOST if row[0] else Beat.KEPT
 
     async def write(self, replica: str, instance: str, rows: list[Row], drop: list[str]) -> bool:
-        """Write this replica's rows of tracks whose listeners changed, and delete its empty rows
+        """Write this replica's rows of topics whose listeners changed, and delete its empty rows
         of `drop`, in one statement, if this process (`instance`) still holds `replica`. False
         when it does not (the heartbeat row is gone, or another process claimed it): nothing
         was written."""
@@ -168,7 +168,7 @@ class PresenceTable:
                 {
                     "replica": replica,
                     "instance": instance,
-                    "tracks": [row.track_id for row in rows],
+                    "topics": [row.topic for row in rows],
                     "users": [_array(row.users) for row in rows],
                     "anonymous": [row.anonymous for row in rows],
                     "drop": drop,
@@ -179,17 +179,17 @@ class PresenceTable:
 
     async def read(self, since: int, fresh: list[str]) -> Snapshot:
         """Every replica's heartbeat, the rows changed since `since` (a horizon; 0: all rows)
-        and all rows of the tracks in `fresh`."""
+        and all rows of the topics in `fresh`."""
         async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute(_READ, {"since": str(since), "fresh": fresh})
             found = await cur.fetchall()
         peers: dict[str, Peer] = {}
         rows: list[Row] = []
-        for _, replica, instance, age, track_id, users, anonymous in found:
+        for _, replica, instance, age, topic, users, anonymous in found:
             if replica is not None:
                 peers[replica] = Peer(instance, age)
-            if track_id is not None:
-                rows.append(Row(replica, track_id, users, anonymous))
+            if topic is not None:
+                rows.append(Row(replica, topic, users, anonymous))
         return Snapshot(peers, rows, int(found[0][0]))
 
     async def release(self, replica: str, instance: str) -> None:
@@ -197,11 +197,11 @@ class PresenceTable:
         async with self._pool.connection() as conn:
             await conn.execute(_RELEASE, {"replica": replica, "instance": instance})
 
-    async def count(self, conn: Conn, track_id: str, exclude: str, alive: float) -> int:
-        """Distinct users and anonymous sockets on a track, from the rows of the replicas other
+    async def count(self, conn: Conn, topic: str, exclude: str, alive: float) -> int:
+        """Distinct users and anonymous sockets on a topic, from the rows of the replicas other
         than `exclude` that were seen within `alive` seconds (one statement)."""
         async with conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(_COUNT, {"track": track_id, "replica": exclude, "alive": alive})
+            await cur.execute(_COUNT, {"topic": topic, "replica": exclude, "alive": alive})
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 

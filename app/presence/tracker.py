@@ -1,18 +1,18 @@
-"""Who is here: per track, the distinct users with a socket open on it on any replica, and the
-`presence` frames that tell the track's sockets.
+"""Who is here: per topic whose kind has presence (a track's, a thread's), the distinct users with
+a socket subscribed to it on any replica, and the `presence` frames that tell the topic's sockets.
 
-Each replica knows its own sockets at once (`present`, around each socket's life). What the
-others have it learns from PostgreSQL, in two unlogged tables (sql/schema.sql), on a tick of a
-quarter second:
+Each replica knows its own subscriptions at once (`join` and `leave`, which the feed calls as
+subscriptions to such topics begin and end). What the others have it learns from PostgreSQL, in
+two unlogged tables (sql/schema.sql), on a tick of a quarter second:
 
-- write: one row per track of this replica's, the distinct users it has there and its anonymous
-  sockets, only for the tracks whose set changed since the last tick, all in one statement. A
-  user's second tab changes nothing; 200 sockets a second coming and going on one track is at
-  most four writes a second, not 200. A track this replica left keeps an empty row for a minute
+- write: one row per topic of this replica's, the distinct users it has there and its anonymous
+  sockets, only for the topics whose set changed since the last tick, all in one statement. A
+  user's second tab changes nothing; 200 sockets a second coming and going on one topic is at
+  most four writes a second, not 200. A topic this replica left keeps an empty row for a minute
   (so that every reader sees it go), then the row is deleted.
 - read: in one statement, every replica's heartbeat and the rows changed since the last read,
   by transaction id against the last read's snapshot (a row that committed late is never
-  missed), plus all rows of the tracks that just got their first socket here.
+  missed), plus all rows of the topics that just got their first socket here.
 - heartbeat, every 5 s: a replica not seen for 12 s counts no one (a SIGKILL, a network cut), and
   is deleted with its rows after 10 minutes. A replica id is stable across restarts
   (TRACKTALK_REPLICA_ID, default host name:port): a restart deletes its old rows and changes its
@@ -20,13 +20,14 @@ quarter second:
   takes effect only while its process holds the id: one whose id another live process claimed
   writes nothing more under it, and moves to an id of its own (`id/instance`).
 
-The count of a track is |union of the live replicas' users| + the sum of their anonymous
+The count of a topic is |union of the live replicas' users| + the sum of their anonymous
 sockets (app/presence/roster.py keeps it). A change goes out as `presence` at most once a second per
-track: the first at once, the ones within the second after it coalesced into one with the latest
-count when the second is up. A new socket is greeted with the count as soon as it joins (the
-frame waits behind `connected` and its replay); a socket is never sent the number it was last told.
+topic: the first at once, the ones within the second after it coalesced into one with the latest
+count when the second is up. A new subscription is greeted with the count as soon as it joins (the
+frame waits behind `connected` or `subscribed` and its replay); a socket is never sent the number
+it was last told.
 
-Why tables and not NOTIFY: a replica's set of users on a track does not fit NOTIFY's 8000 bytes
+Why tables and not NOTIFY: a replica's set of users on a topic does not fit NOTIFY's 8000 bytes
 once a listening party passes ~1,000 users (it would have to travel as deltas, and a replica that
 missed one would count wrong until some full resend); every NOTIFY also takes the cluster-wide
 lock that the comment writers queue on at commit (docs/dba.md). Rows written on a tick, read by
@@ -49,13 +50,14 @@ from typing import Protocol
 
 from app.background import background
 from app.data.db import Conn
-from app.live.frames import message_frame
+from app.live.connection import EPHEMERAL, Connection
+from app.live.frames import Frames
 from app.live.hub import Hub
-from app.live.subscriber import Subscriber
+from app.live.topics import identity, prefix
 from app.logs import one_line
-from app.presence.roster import Roster, TrackListeners
+from app.presence.roster import Roster, TopicListeners
 from app.presence.table import Beat, Row, Snapshot
-from app.wire import Presence as PresenceMessage
+from app.wire import encoder
 
 log = logging.getLogger(__name__)
 
@@ -68,20 +70,20 @@ class Timing:
     """Between two rounds of write and read. A change reaches the other replicas' memory within
     two ticks; with the one-second limit on frames that stays within the 2 s the issue allows."""
     send_every: float = 1.0
-    """At most one `presence` per track per this long (the contract's once a second)."""
+    """At most one `presence` per topic per this long (the contract's once a second)."""
     fresh_pause: float = 0.05
-    """A track's first socket here makes the next read come at once, but never sooner than this
-    after the last one (sockets arriving on many new tracks share a read)."""
+    """A topic's first socket here makes the next read come at once, but never sooner than this
+    after the last one (sockets arriving on many new topics share a read)."""
     heartbeat: float = 5.0
     dead_after: float = 12.0
     """A replica whose heartbeat is older counts no one: dead within 12 s of its last beat, which
     is at most 5 s before its death, plus a tick and a frame's second: under the 15 s allowed."""
     forget_replica: float = 600.0
     """A replica silent this long is deleted, with its rows, by the others' heartbeats."""
-    keep_track: float = 10.0
-    """A track without sockets here stays loaded this long (a page reload finds it warm)."""
+    keep_topic: float = 10.0
+    """A topic without sockets here stays loaded this long (a page reload finds it warm)."""
     keep_empty_row: float = 60.0
-    """An empty row (this replica left the track) is kept this long so that every reader sees it."""
+    """An empty row (this replica left the topic) is kept this long so that every reader sees it."""
     release_timeout: float = 2.0
     """At shutdown, the longest wait to delete this replica's rows (the others drop them anyway
     once its heartbeat is old)."""
@@ -97,56 +99,40 @@ class Table(Protocol):
         """The heartbeat."""
 
     async def write(self, replica: str, instance: str, rows: list[Row], drop: list[str]) -> bool:
-        """Write rows of tracks that changed, delete empty rows of `drop`, if this process still
+        """Write rows of topics that changed, delete empty rows of `drop`, if this process still
         holds the replica id; False (nothing written) if it does not."""
 
     async def read(self, since: int, fresh: list[str]) -> Snapshot:
-        """Heartbeats, rows changed since `since` (0: all), all rows of `fresh` tracks."""
+        """Heartbeats, rows changed since `since` (0: all), all rows of `fresh` topics."""
 
     async def release(self, replica: str, instance: str) -> None:
         """Delete the heartbeat and rows of this process."""
 
-    async def count(self, conn: Conn, track_id: str, exclude: str, alive: float) -> int:
-        """The count of a track from the rows of the other live replicas."""
+    async def count(self, conn: Conn, topic: str, exclude: str, alive: float) -> int:
+        """The count of a topic from the rows of the other live replicas."""
 
 
-class _TrackPresence:
-    """One track as presence sends it: its listeners (the roster's), what its sockets were last
+class _TopicPresence:
+    """One topic as presence sends it: its listeners (the roster's), what its sockets were last
     told, and the timers."""
 
     __slots__ = ("forget", "greeted", "listeners", "sent", "sent_at", "timer")
 
-    def __init__(self, listeners: TrackListeners) -> None:
+    def __init__(self, listeners: TopicListeners) -> None:
         self.listeners = listeners
         self.sent: int | None = None
-        """The count last sent to all the track's sockets."""
+        """The count last sent to all the topic's sockets."""
         self.sent_at = -math.inf
         self.timer: asyncio.TimerHandle | None = None
         """The coalesced send, when one is due."""
-        self.greeted: dict[Subscriber, int] = {}
+        self.greeted: dict[Connection, int] = {}
         """Sockets told a count other than `sent` when they joined (until the next send)."""
         self.forget: asyncio.TimerHandle | None = None
-        """When the track, without sockets here, is let go."""
-
-
-class _Counted:
-    """`with presence.present(sub):` the socket counts on its track."""
-
-    __slots__ = ("_presence", "_sub")
-
-    def __init__(self, presence: Presence, sub: Subscriber) -> None:
-        self._presence = presence
-        self._sub = sub
-
-    def __enter__(self) -> None:
-        self._presence._join(self._sub)
-
-    def __exit__(self, *exc: object) -> None:
-        self._presence._leave(self._sub)
+        """When the topic, without sockets here, is let go."""
 
 
 class Presence:
-    """Counts listeners per track across replicas and sends `presence` to the track's sockets."""
+    """Counts listeners per topic across replicas and sends `presence` to the topic's sockets."""
 
     def __init__(self, hub: Hub, table: Table, replica: str, timing: Timing | None = None) -> None:
         self._hub = hub
@@ -154,7 +140,7 @@ class Presence:
         self._timing = timing or Timing()
         self._roster = Roster(replica, self._timing.dead_after)
         self._instance = os.urandom(8).hex()
-        self._tracks: dict[str, _TrackPresence] = {}
+        self._topics: dict[str, _TopicPresence] = {}
         self._dirty: set[str] = set()
         """Tracks whose row must be written (their users or anonymous sockets here changed)."""
         self._empty_rows: dict[str, float] = {}
@@ -181,104 +167,99 @@ class Presence:
         """Replicas counted now, this one included."""
         return self._roster.live_replicas
 
-    def listening(self, track_id: str) -> int | None:
-        """The count of a track with sockets here (lately); None for the others (ask `count`)."""
-        return self._roster.listening(track_id)
+    def listening(self, topic: str) -> int | None:
+        """The count of a topic with sockets here (lately); None for the others (ask `count`)."""
+        return self._roster.listening(topic)
 
-    async def count(self, conn: Conn, track_id: str) -> int:
-        """The count of any track: from memory when it has sockets here, else from the others' rows."""
-        known = self.listening(track_id)
+    async def count(self, conn: Conn, topic: str) -> int:
+        """The count of any topic: from memory when it has sockets here, else from the others' rows."""
+        known = self.listening(topic)
         if known is not None:
             return known
-        return await self._table.count(conn, track_id, self.replica, self._timing.dead_after)
+        return await self._table.count(conn, topic, self.replica, self._timing.dead_after)
 
     # -----------------------------------------------------------------------------------------
     # Sockets
     # -----------------------------------------------------------------------------------------
 
-    def present(self, sub: Subscriber) -> _Counted:
-        """Count the socket on its track while the block runs (the hub has it registered); a
-        context manager of two slots, not a generator: it lives as long as the socket."""
-        return _Counted(self, sub)
-
-    def _join(self, sub: Subscriber) -> None:
-        track_id = sub.track_id
-        track = self._tracks.get(track_id)
-        if track is None:
-            listeners = self._roster.tracks[track_id] = TrackListeners()
-            track = self._tracks[track_id] = _TrackPresence(listeners)
-            self._fresh.add(track_id)
+    def join(self, conn: Connection, topic: str) -> None:
+        """Count a subscription (the hub has it registered; its frames wait for go_live)."""
+        place = self._topics.get(topic)
+        if place is None:
+            listeners = self._roster.topics[topic] = TopicListeners()
+            place = self._topics[topic] = _TopicPresence(listeners)
+            self._fresh.add(topic)
             self._wake.set()
-        if track.forget is not None:
-            track.forget.cancel()
-            track.forget = None
-        if track.listeners.arrive(sub.user_id):
-            self._dirty.add(track_id)
-        if not track.listeners.loaded:
-            return  # the read that loads it sends the count to every socket of the track
-        count = track.listeners.listening
-        if count != track.sent:
-            track.greeted[sub] = count
-        self._hub.offer_each([sub], _frame(track_id, count))
-        self._changed(track_id, track)
+        if place.forget is not None:
+            place.forget.cancel()
+            place.forget = None
+        if place.listeners.arrive(conn.user_id):
+            self._dirty.add(topic)
+        if not place.listeners.loaded:
+            return  # the read that loads it sends the count to every socket of the topic
+        count = place.listeners.listening
+        if count != place.sent:
+            place.greeted[conn] = count
+        self._hub.offer_each(topic, [conn], _frames(topic, count))
+        self._changed(topic, place)
 
-    def _leave(self, sub: Subscriber) -> None:
-        track_id = sub.track_id
-        track = self._tracks[track_id]
-        track.greeted.pop(sub, None)
-        if track.listeners.depart(sub.user_id):
-            self._dirty.add(track_id)
-        if track.listeners.empty_here:
+    def leave(self, conn: Connection, topic: str) -> None:
+        """Stop counting a subscription (still in the hub, or just gone from it)."""
+        place = self._topics[topic]
+        place.greeted.pop(conn, None)
+        if place.listeners.depart(conn.user_id):
+            self._dirty.add(topic)
+        if place.listeners.empty_here:
             loop = asyncio.get_running_loop()
-            track.forget = loop.call_later(self._timing.keep_track, self._let_go, track_id, track)
-        self._changed(track_id, track, leaving=sub)
+            place.forget = loop.call_later(self._timing.keep_topic, self._let_go, topic, place)
+        self._changed(topic, place, leaving=conn)
 
-    def _let_go(self, track_id: str, track: _TrackPresence) -> None:
-        """The track has had no socket here for a while: stop following it."""
-        if track.listeners.empty_here and self._tracks.get(track_id) is track:
-            del self._tracks[track_id]
-            del self._roster.tracks[track_id]
-            self._fresh.discard(track_id)
-            if track.timer is not None:
-                track.timer.cancel()
+    def _let_go(self, topic: str, place: _TopicPresence) -> None:
+        """The topic has had no socket here for a while: stop following it."""
+        if place.listeners.empty_here and self._topics.get(topic) is place:
+            del self._topics[topic]
+            del self._roster.topics[topic]
+            self._fresh.discard(topic)
+            if place.timer is not None:
+                place.timer.cancel()
 
     # -----------------------------------------------------------------------------------------
     # Sending
     # -----------------------------------------------------------------------------------------
 
-    def _changed(self, track_id: str, track: _TrackPresence, leaving: Subscriber | None = None) -> None:
-        """The count may have changed: send it now, or when the track's second is up (`leaving`:
+    def _changed(self, topic: str, place: _TopicPresence, leaving: Connection | None = None) -> None:
+        """The count may have changed: send it now, or when the topic's second is up (`leaving`:
         a socket on its way out, still in the hub)."""
-        if not track.listeners.loaded or track.timer is not None:
+        if not place.listeners.loaded or place.timer is not None:
             return
-        if track.listeners.listening == track.sent and not track.greeted:
+        if place.listeners.listening == place.sent and not place.greeted:
             return
         loop = asyncio.get_running_loop()
-        due = track.sent_at + self._timing.send_every
+        due = place.sent_at + self._timing.send_every
         if loop.time() >= due:
-            self._send(track_id, track, leaving)
+            self._send(topic, place, leaving)
         else:
-            track.timer = loop.call_at(due, self._send, track_id, track)
+            place.timer = loop.call_at(due, self._send, topic, place)
 
-    def _send(self, track_id: str, track: _TrackPresence, leaving: Subscriber | None = None) -> None:
-        """Tell each socket of the track the count, unless it is what the socket was last told."""
-        track.timer = None
-        if self._tracks.get(track_id) is not track:
+    def _send(self, topic: str, place: _TopicPresence, leaving: Connection | None = None) -> None:
+        """Tell each socket of the topic the count, unless it is what the socket was last told."""
+        place.timer = None
+        if self._topics.get(topic) is not place:
             return
-        count = track.listeners.listening
-        greeted, track.greeted = track.greeted, {}
-        if count != track.sent:
-            told = track.sent
-            track.sent, track.sent_at = count, asyncio.get_running_loop().time()
+        count = place.listeners.listening
+        greeted, place.greeted = place.greeted, {}
+        if count != place.sent:
+            told = place.sent
+            place.sent, place.sent_at = count, asyncio.get_running_loop().time()
             targets = [
                 s
-                for s in self._hub.track_sockets(track_id)
+                for s in self._hub.topic_sockets(topic)
                 if s is not leaving and greeted.get(s, told) != count
             ]
         else:
             targets = [s for s, told in greeted.items() if told != count]
         if targets:
-            self._hub.offer_each(targets, _frame(track_id, count))
+            self._hub.offer_each(topic, targets, _frames(topic, count))
 
     # -----------------------------------------------------------------------------------------
     # The database
@@ -306,7 +287,7 @@ class Presence:
             await self.tick()
 
     async def _pause(self) -> None:
-        """Until the next tick; sooner when a track got its first socket here (but never sooner
+        """Until the next tick; sooner when a topic got its first socket here (but never sooner
         than `fresh_pause` after the last read)."""
         loop = asyncio.get_running_loop()
         while True:
@@ -371,7 +352,7 @@ class Presence:
     def _write_all(self) -> None:
         """Every row of this replica must be written again (they were lost)."""
         self._empty_rows.clear()
-        self._dirty.update(t for t, track in self._tracks.items() if not track.listeners.empty_here)
+        self._dirty.update(t for t, place in self._topics.items() if not place.listeners.empty_here)
 
     async def _write(self) -> None:
         if not self._claimed:
@@ -379,10 +360,10 @@ class Presence:
         loop = asyncio.get_running_loop()
         dirty, self._dirty = self._dirty, set()
         rows = []
-        for track_id in sorted(dirty):
-            track = self._tracks.get(track_id)
-            users = list(track.listeners.users) if track else []
-            rows.append(Row(self.replica, track_id, users, track.listeners.anonymous if track else 0))
+        for topic in sorted(dirty):
+            place = self._topics.get(topic)
+            users = list(place.listeners.users) if place else []
+            rows.append(Row(self.replica, topic, users, place.listeners.anonymous if place else 0))
         old = loop.time() - self._timing.keep_empty_row
         drop = [t for t, at in self._empty_rows.items() if at <= old and t not in dirty]
         if not rows and not drop:
@@ -401,13 +382,13 @@ class Presence:
             await self._beat()
             return
         now = loop.time()
-        for track_id in drop:
-            del self._empty_rows[track_id]
+        for topic in drop:
+            del self._empty_rows[topic]
         for row in rows:
             if row.users or row.anonymous:
-                self._empty_rows.pop(row.track_id, None)
+                self._empty_rows.pop(row.topic, None)
             else:
-                self._empty_rows[row.track_id] = now
+                self._empty_rows[row.topic] = now
 
     async def _read(self) -> None:
         fresh = set(self._fresh)
@@ -419,13 +400,15 @@ class Presence:
             log.warning("the database's transaction ids went back: reading every row again")
             self._since = None
             return
-        complete = set(self._tracks) if since is None else fresh
-        for track_id in self._roster.take(snapshot, complete):
-            if (track := self._tracks.get(track_id)) is not None:
-                self._changed(track_id, track)
+        complete = set(self._topics) if since is None else fresh
+        for topic in self._roster.take(snapshot, complete):
+            if (place := self._topics.get(topic)) is not None:
+                self._changed(topic, place)
         self._fresh -= complete
         self._since = snapshot.horizon
 
 
-def _frame(track_id: str, listening: int) -> bytes:
-    return message_frame(PresenceMessage(track_id=track_id, listening=listening))
+def _frames(topic: str, listening: int) -> Frames:
+    """The `presence` message of a topic (app/wire.py's Presence), to be built once per form."""
+    message = encoder.encode({"type": "presence", **identity(topic), "listening": listening})
+    return Frames(EPHEMERAL, message, prefix(topic))

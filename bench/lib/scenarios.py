@@ -23,7 +23,7 @@ import psycopg
 from bench.httpload import post_until
 from bench.lib.database import World, commit_times, db_cpu, listener_backends
 from bench.lib.processes import Clients, Server, cpu_seconds, rss_kib, start_server, start_tracktalk, stop_all
-from bench.lib.settings import PY, RESULTS, ROOT, Sizes
+from bench.lib.settings import PY, RESULTS, ROOT, TRACKTALK, Sizes
 from bench.lib.writers import Writer, Written
 
 
@@ -78,7 +78,7 @@ class Env:
 
 
 def start_design(design: str, env: Env, replicas: int) -> list[Server]:
-    if design == "tracktalk":
+    if design in TRACKTALK:
         return [start_tracktalk(env.world.url, env.logdir) for _ in range(replicas)]
     base = [PY, "-m", "bench.baselines", design, "--port", "{port}"]
     if design == "redis":
@@ -101,6 +101,11 @@ def socket_urls(design: str, servers: list[Server], tracks: list[str], world: Wo
         if design == "tracktalk":
             user = world.users[i % len(world.users)]
             urls.append(f"ws://127.0.0.1:{server.port}/api/ws/track/{track}?token={world.tokens[user]}")
+        elif design == "topics":  # the client subscribes to `subscribe` (the server ignores the parameter)
+            user = world.users[i % len(world.users)]
+            urls.append(
+                f"ws://127.0.0.1:{server.port}/api/ws?token={world.tokens[user]}&subscribe=track:{track}"
+            )
         else:
             urls.append(f"ws://127.0.0.1:{server.port}/ws/{track}")
     return urls
@@ -151,7 +156,7 @@ def load(
         clients.command("mark")
         cpu0 = [cpu_seconds(s.pid) for s in servers]
         ccpu0, dcpu0 = clients.cpu(), db_cpu(world)
-        listeners = listener_backends(world) if design == "tracktalk" else []
+        listeners = listener_backends(world) if design in TRACKTALK else []
         lcpu0 = sum(cpu_seconds(pid) for pid in listeners)
         stop, peak = threading.Event(), [0.0]
         sampler = threading.Thread(target=queue_sampler, args=(world, stop, peak), daemon=True)

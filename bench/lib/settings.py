@@ -18,7 +18,11 @@ SECRET = "bench-secret-0123456789-abcdefghijklmnop"
 PY = sys.executable
 
 
-DESIGNS = ("tracktalk", "floor", "redis", "channels")
+DESIGNS = ("tracktalk", "topics", "floor", "redis", "channels")
+"""`topics` is tracktalk through /api/ws: each socket subscribes to its track's topic."""
+
+TRACKTALK = ("tracktalk", "topics")
+"""The designs that are tracktalk's replicas (its tables, its triggers, its API)."""
 
 
 SCENARIOS = ("idle", "hot", "catalog", "fanout", "elsewhere", "write")

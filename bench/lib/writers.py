@@ -14,6 +14,7 @@ import httpx
 import psycopg
 
 from bench.lib.database import World
+from bench.lib.settings import TRACKTALK
 
 
 @dataclass
@@ -72,7 +73,7 @@ class Writer:
         self.api = api
         self.extra = extra
         self.connections = connections
-        self.out = Written(table="comments" if design == "tracktalk" else "bench_plain_comments")
+        self.out = Written(table="comments" if design in TRACKTALK else "bench_plain_comments")
         self.seq: dict[str, int] = {}
 
     async def run(self, rate: float, duration: float) -> Written:
@@ -134,7 +135,7 @@ class Writer:
                 self.out.writer_time[cid] = time.time()
                 await floor_ws.send(payload)
                 return
-            if self.design == "tracktalk" and self.api and i % 2 == 1:
+            if self.design in TRACKTALK and self.api and i % 2 == 1:
                 base = self.api[i // 2 % len(self.api)]
                 r = await http.post(
                     f"{base}/api/tracks/{track}/comments",
@@ -151,7 +152,7 @@ class Writer:
                 return
             conn = await free.get()
             try:
-                if self.design == "tracktalk":
+                if self.design in TRACKTALK:
                     cur = await conn.execute(
                         "INSERT INTO comments (track_id, user_id, content, timestamp) VALUES (%s, %s, %s, 1) RETURNING id",
                         (track, user, f"bench sql {i}"),

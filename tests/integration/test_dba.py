@@ -437,7 +437,11 @@ async def test_a_dump_restored_as_docs_dba_says_is_served_and_goes_live(
     world = seed(owner)
     before = await insert_comment(owner, world.public, world.users["alice"], "before the dump")
     before_seq = int(
-        one(owner, "SELECT last_seq FROM tracktalk.track_state WHERE track_id = %s", (world.public,))
+        one(
+            owner,
+            "SELECT coalesce((SELECT last_seq FROM tracktalk.topic_state WHERE topic = 'track:' || %s), 0)",
+            (world.public,),
+        )
     )
     dump = restore_folder / "tracktalk.dump"
     run_client("pg_dump", "--format=custom", f"--file={dump}", f"--dbname={source}")

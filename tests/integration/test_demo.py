@@ -121,11 +121,12 @@ def test_triggers_notified_mentions_and_replies(demo_db_url: str, loaded: DemoSu
 def test_track_state_counters_equal_row_counts(demo_db_url: str, loaded: DemoSummary) -> None:
     with psycopg.connect(demo_db_url) as conn:
         rows = conn.execute(
-            "SELECT s.track_id, s.comments, s.likes, s.shares, s.last_seq,"
+            "SELECT s.track_id, s.comments, s.likes, s.shares,"
+            " (SELECT t.last_seq FROM tracktalk.topic_state t WHERE t.topic = 'track:' || s.track_id),"
             " (SELECT count(*) FROM comments c WHERE c.track_id = s.track_id),"
             " (SELECT count(*) FROM track_likes l WHERE l.track_id = s.track_id),"
             " (SELECT count(*) FROM track_shares h WHERE h.track_id = s.track_id),"
-            " (SELECT count(*) FROM tracktalk.events e WHERE e.track_id = s.track_id)"
+            " (SELECT count(*) FROM tracktalk.events e WHERE e.topic = 'track:' || s.track_id)"
             " FROM tracktalk.track_state s ORDER BY s.track_id"
         ).fetchall()
         stats = conn.execute(

@@ -195,10 +195,14 @@ async def write(url: str, track: str, user: int, count: int, label: str) -> None
 async def log_of(url: str, track: str) -> tuple[dict[int, Event], int]:
     rows = await sql(
         url,
-        "SELECT seq, tag, message -> 'comment' ->> 'content' FROM tracktalk.events WHERE track_id = %s",
+        "SELECT seq, tag, message -> 'comment' ->> 'content' FROM tracktalk.events WHERE topic = 'track:' || %s",
         (track,),
     )
-    latest = await sql(url, "SELECT last_seq FROM tracktalk.track_state WHERE track_id = %s", (track,))
+    latest = await sql(
+        url,
+        "SELECT coalesce((SELECT last_seq FROM tracktalk.topic_state WHERE topic = 'track:' || %s), 0)",
+        (track,),
+    )
     return {int(seq): (tag, str(content)) for seq, tag, content in rows}, int(latest[0][0])
 
 

@@ -61,7 +61,13 @@ async def hostile_role(db_url: str) -> AsyncIterator[str]:
 
 async def latest_seq(db_url: str, track: str) -> int:
     return int(
-        (await sql(db_url, "SELECT last_seq FROM tracktalk.track_state WHERE track_id = %s", (track,)))[0][0]
+        (
+            await sql(
+                db_url,
+                "SELECT coalesce((SELECT last_seq FROM tracktalk.topic_state WHERE topic = 'track:' || %s), 0)",
+                (track,),
+            )
+        )[0][0]
     )
 
 
@@ -515,7 +521,9 @@ async def test_a_hole_in_the_middle_of_a_replay_page_gives_resync_not_a_silent_g
     left_at = await latest_seq(db_url, track)
     for i in range(5):
         await insert_comment(db_url, track, world.users["bob"], f"kept {i}")
-    await sql(db_url, "DELETE FROM tracktalk.events WHERE track_id = %s AND seq = %s", (track, left_at + 3))
+    await sql(
+        db_url, "DELETE FROM tracktalk.events WHERE topic = 'track:' || %s AND seq = %s", (track, left_at + 3)
+    )
     async with open_socket(pair[0].ws, track, world.tokens["alice"], since=left_at) as back:
         latest = (await back.expect("connected"))["seq"]
         got = await back.events(2)
@@ -697,7 +705,11 @@ async def _written_past(url: str, track: str, seq: int, when: str) -> None:
     """Wait until the track's latest seq is STEADY past `seq`: the writer is in steady state."""
 
     async def there() -> bool:
-        rows = await sql(url, "SELECT last_seq FROM tracktalk.track_state WHERE track_id = %s", (track,))
+        rows = await sql(
+            url,
+            "SELECT coalesce((SELECT last_seq FROM tracktalk.topic_state WHERE topic = 'track:' || %s), 0)",
+            (track,),
+        )
         return bool(rows) and int(rows[0][0]) >= seq + STEADY
 
     await async_wait_until(there, 30, f"{STEADY} comments written {when}", interval=0.05)

@@ -198,7 +198,7 @@ def test_prune_events_drops_only_what_is_past_the_retention(world: World, db_url
         )
         kept_before = conn.execute("SELECT count(*) FROM tracktalk.events").fetchone()
         conn.execute(
-            "UPDATE tracktalk.events SET created_at = now() - interval '25 hours' WHERE track_id = %s AND seq = 1",
+            "UPDATE tracktalk.events SET created_at = now() - interval '25 hours' WHERE topic = 'track:' || %s AND seq = 1",
             (world.timed,),
         )
         gone = conn.execute("SELECT tracktalk.prune_events()").fetchone()
@@ -216,7 +216,7 @@ def test_pruning_keeps_a_contiguous_tail_of_each_track(new_database: Callable[[]
 
     def last_event(conn: psycopg.Connection[Any], track: str) -> tuple[int, datetime]:
         row = conn.execute(
-            "SELECT seq, created_at FROM tracktalk.events WHERE track_id = %s ORDER BY seq DESC LIMIT 1",
+            "SELECT seq, created_at FROM tracktalk.events WHERE topic = 'track:' || %s ORDER BY seq DESC LIMIT 1",
             (track,),
         ).fetchone()
         assert row is not None
@@ -248,12 +248,12 @@ def test_pruning_keeps_a_contiguous_tail_of_each_track(new_database: Callable[[]
             track: [
                 int(seq)
                 for (seq,) in conn.execute(
-                    "SELECT seq FROM tracktalk.events WHERE track_id = %s ORDER BY seq", (track,)
+                    "SELECT seq FROM tracktalk.events WHERE topic = 'track:' || %s ORDER BY seq", (track,)
                 ).fetchall()
             ]
             for track in (world.public, world.timed, world.other)
         }
-        latest = dict(conn.execute("SELECT track_id, last_seq FROM tracktalk.track_state").fetchall())
+        latest = dict(conn.execute("SELECT substr(topic, 7), last_seq FROM tracktalk.topic_state").fetchall())
     for track, seqs in kept.items():
         # What is kept is a contiguous tail of each track: from some seq through its last one.
         assert seqs == list(range(latest[track] - len(seqs) + 1, latest[track] + 1)), (track, seqs)
@@ -432,7 +432,8 @@ def test_the_sql_applied_again_changes_nothing_a_replica_relies_on(new_database:
     world = seed(url)
     state = (
         "SELECT (SELECT json_agg(s ORDER BY track_id) FROM tracktalk.track_state s),"
-        " (SELECT json_agg(json_build_array(track_id, seq, message::text) ORDER BY track_id, seq)"
+        " (SELECT json_agg(s ORDER BY topic) FROM tracktalk.topic_state s),"
+        " (SELECT json_agg(json_build_array(topic, seq, message::text) ORDER BY topic, seq)"
         "    FROM tracktalk.events),"
         " (SELECT key FROM tracktalk.channel_key),"
         " (SELECT count(*) FROM notifications)"
@@ -455,7 +456,8 @@ def test_the_sql_applied_again_changes_nothing_a_replica_relies_on(new_database:
             (world.public, world.users["alice"]),
         )
         seqs = conn.execute(
-            "SELECT array_agg(seq ORDER BY seq) FROM tracktalk.events WHERE track_id = %s", (world.public,)
+            "SELECT array_agg(seq ORDER BY seq) FROM tracktalk.events WHERE topic = 'track:' || %s",
+            (world.public,),
         ).fetchone()
     assert seqs is not None and seqs[0] == list(range(1, len(seqs[0]) + 1))  # numbering went on
 

@@ -25,8 +25,8 @@ from referencing.jsonschema import DRAFT7
 from app import wire
 from app.handlers.asyncapi import ASYNCAPI_VERSION
 from tests.support.processes import ROOT, Replica
-from tests.support.seed import World
-from tests.support.sockets import RECV_TIMEOUT, Socket, open_socket
+from tests.support.seed import World, new_track
+from tests.support.sockets import RECV_TIMEOUT, Socket, open_socket, open_topics
 from tests.support.writes import post_comment
 
 pytestmark = pytest.mark.timeout(120)
@@ -178,6 +178,67 @@ async def test_every_message_the_server_sends_matches_the_asyncapi_document(
         sent.check(frame)
 
 
+async def test_every_message_of_the_socket_of_topics_matches_the_asyncapi_document(
+    replica: Replica, world: World, document: dict[str, Any], db_url: str
+) -> None:
+    channel = document["channels"]["topicSocket"]
+    assert channel["address"] == "/api/ws" and set(channel["bindings"]["ws"]["query"]["properties"]) == {
+        "token"
+    }
+    sent = Messages(document, "sendTopicMessages")
+    received = Messages(document, "receiveTopicClientMessages")
+    assert set(received.validators) == {"subscribe", "unsubscribe", "typing"}
+    track = new_track(db_url)
+    topic = f"track:{track}"
+    async with (
+        open_topics(replica.ws, world.tokens["alice"]) as alice,
+        open_topics(replica.ws, world.tokens["bob"]) as bob,
+        httpx.AsyncClient(base_url=replica.http, timeout=10) as client,
+    ):
+        for sock in (alice, bob):
+            await sock.subscribe(topic)
+        for message in [
+            {
+                "type": "subscribe",
+                "topic": f"track:{world.public}",
+                "since": 10**15,
+            },  # from the future: resync
+            {"type": "subscribe", "topic": "track:no-such-track"},
+            {"type": "typing", "topic": topic, "is_typing": True},
+            {"type": "unsubscribe", "topic": topic},
+            {"type": "hello"},
+        ]:
+            assert not received.problems(message) or message["type"] == "hello"
+            await bob.send(message)
+        comment = await post_comment(replica.http, world, "bob", track, "hey @alice, listen")
+        cid = comment["id"]
+        for method, path, who in [
+            ("PUT", f"/api/comments/{cid}", "bob"),
+            ("POST", f"/api/comments/{cid}/like", "alice"),
+            ("POST", f"/api/tracks/{track}/like", "alice"),
+            ("DELETE", f"/api/comments/{cid}", "bob"),
+        ]:
+            body = {"content": "hey @alice, listen again"} if method == "PUT" else None
+            answer = await client.request(method, path, json=body, headers=world.auth(who))
+            assert answer.status_code in (200, 204), answer.text
+        kinds = {"new_comment", "comment_edited", "comment_liked", "track_metrics", "comment_deleted"}
+        await alice.until(
+            lambda: kinds | {"user_typing", "presence", "mention"} <= {m["type"] for m in alice.received},
+            "every kind on alice's socket",
+        )
+        await bob.until(
+            lambda: (
+                {"resync", "subscribe_error", "unsubscribed", "error", "notification"}
+                <= {m["type"] for m in bob.received}
+            ),
+            "every kind on bob's socket",
+        )
+        frames = alice.received + bob.received
+    assert {frame["type"] for frame in frames} == {name.removeprefix("topics.") for name in sent.validators}
+    for frame in frames:
+        sent.check(frame)
+
+
 def test_the_validation_fails_a_frame_that_drifts_from_the_document(document: dict[str, Any]) -> None:
     """What would make the test above fail: a missing, extra or mistyped field, an unknown type."""
     sent = Messages(document, "sendTrackMessages")
@@ -216,3 +277,22 @@ def test_the_socket_examples_in_the_doc_match_the_document(document: dict[str, A
     for example in examples:
         (received if example.get("type") == "typing" else sent).check(example)
     assert {example["type"] for example in examples} == SENT | {"typing"}
+
+
+def test_the_examples_of_the_socket_of_topics_in_the_doc_match_the_document(document: dict[str, Any]) -> None:
+    sent = Messages(document, "sendTopicMessages")
+    received = Messages(document, "receiveTopicClientMessages")
+    examples = list(json_examples(section(doc_text(), "One socket, many topics")))
+    for example in examples:
+        (received if example.get("type") in ("subscribe", "unsubscribe", "typing") else sent).check(example)
+    assert {example["type"] for example in examples} >= {
+        "connected",
+        "subscribed",
+        "subscribe_error",
+        "unsubscribed",
+        "error",
+        "subscribe",
+        "unsubscribe",
+        "typing",
+        "new_comment",
+    }

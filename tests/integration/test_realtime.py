@@ -180,7 +180,9 @@ async def test_resume_while_others_keep_writing_has_no_gap_or_duplicate_at_the_s
             await writing
             latest = (
                 await sql(
-                    db_url, "SELECT last_seq FROM tracktalk.track_state WHERE track_id = %s", (world.other,)
+                    db_url,
+                    "SELECT coalesce((SELECT last_seq FROM tracktalk.topic_state WHERE topic = 'track:' || %s), 0)",
+                    (world.other,),
                 )
             )[0][0]
             got = await back.events(latest - left_at)
@@ -199,10 +201,14 @@ async def test_since_older_than_what_is_kept_gets_resync(
     for text in ("soon pruned", "kept"):
         await insert_comment(db_url, track, world.users["bob"], text)
     latest = 2
-    assert await sql(db_url, "SELECT last_seq FROM tracktalk.track_state WHERE track_id = %s", (track,)) == [
-        (latest,)
-    ]
-    await sql(db_url, "DELETE FROM tracktalk.events WHERE track_id = %s AND seq <= %s", (track, latest - 1))
+    assert await sql(
+        db_url,
+        "SELECT coalesce((SELECT last_seq FROM tracktalk.topic_state WHERE topic = 'track:' || %s), 0)",
+        (track,),
+    ) == [(latest,)]
+    await sql(
+        db_url, "DELETE FROM tracktalk.events WHERE topic = 'track:' || %s AND seq <= %s", (track, latest - 1)
+    )
     async with open_socket(a.ws, track, world.tokens["alice"], since=0) as late:
         await late.expect("connected")
         resync = await late.expect("resync")
@@ -441,12 +447,14 @@ async def test_a_database_that_went_back_in_time_makes_sockets_resync(
     async with open_socket(a.ws, track, world.tokens["alice"]) as sock:
         seen = (await sock.expect("connected"))["seq"]
         back_to = seen - 4
-        await sql(db_url, "DELETE FROM tracktalk.events WHERE track_id = %s AND seq > %s", (track, back_to))
+        await sql(
+            db_url, "DELETE FROM tracktalk.events WHERE topic = 'track:' || %s AND seq > %s", (track, back_to)
+        )
         await sql(
             db_url,
-            "UPDATE tracktalk.track_state SET last_seq = %(seq)s, last_tag ="
-            " (SELECT tag FROM tracktalk.events WHERE track_id = %(track)s AND seq = %(seq)s)"
-            " WHERE track_id = %(track)s",
+            "UPDATE tracktalk.topic_state SET last_seq = %(seq)s, last_tag ="
+            " (SELECT tag FROM tracktalk.events WHERE topic = 'track:' || %(track)s AND seq = %(seq)s)"
+            " WHERE topic = 'track:' || %(track)s",
             {"seq": back_to, "track": track},
         )
         await sql(

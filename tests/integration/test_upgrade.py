@@ -93,7 +93,7 @@ def empty_database(pg) -> Callable[[], str]:  # type: ignore[no-untyped-def]
     return make
 
 
-@pytest.mark.parametrize("version", [4, 2])
+@pytest.mark.parametrize("version", [5, 4, 2])
 def test_an_old_database_upgraded_by_migrate_has_the_catalog_of_a_fresh_one(
     version: int, empty_database: Callable[[], str], new_database: Callable[[], str]
 ) -> None:
@@ -116,6 +116,34 @@ def test_an_old_database_upgraded_by_migrate_has_the_catalog_of_a_fresh_one(
         assert mentioned == [(1,)]
 
 
+def test_a_version_5_log_becomes_the_log_of_the_tracks_topics_and_numbering_goes_on(
+    empty_database: Callable[[], str],
+) -> None:
+    url = old_database(empty_database, 5)
+    with psycopg.connect(url) as conn:
+        events = conn.execute(
+            "SELECT seq, tag, prev_tag, message::text FROM tracktalk.events ORDER BY seq"
+        ).fetchall()
+        numbering = conn.execute(
+            "SELECT track_id, last_seq, last_tag, prev_tag FROM tracktalk.track_state"
+        ).fetchall()
+    assert [seq for seq, *_ in events] == [1, 2]
+    tracktalk_migrate(url)
+    with psycopg.connect(url) as conn:
+        moved = conn.execute(
+            "SELECT topic, seq, tag, prev_tag, message::text, size FROM tracktalk.events ORDER BY seq"
+        ).fetchall()
+        assert moved == [("track:t1", *event, len(event[3].encode())) for event in events]
+        assert sorted(conn.execute("SELECT * FROM tracktalk.topic_state").fetchall()) == sorted(
+            ("track:" + track, *rest) for track, *rest in numbering
+        )
+        conn.execute(
+            "INSERT INTO comments (track_id, user_id, content, timestamp) VALUES ('t1', 2, 'after', 2)"
+        )
+        after = conn.execute("SELECT seq, prev_tag FROM tracktalk.events WHERE seq > 2").fetchall()
+    assert after == [(3, events[-1][1])]  # the next seq, and its prev is the last event moved
+
+
 def test_migrate_twice_changes_nothing(empty_database: Callable[[], str]) -> None:
     url = old_database(empty_database, 4)
     tracktalk_migrate(url)
@@ -123,10 +151,12 @@ def test_migrate_twice_changes_nothing(empty_database: Callable[[], str]) -> Non
     def state() -> tuple[str, list[tuple[object, ...]]]:
         with psycopg.connect(url) as conn:
             rows = conn.execute(
-                "SELECT track_id, last_seq, comments, likes, shares, last_tag FROM tracktalk.track_state"
-                " ORDER BY track_id"
+                "SELECT track_id, comments, likes, shares FROM tracktalk.track_state ORDER BY track_id"
             ).fetchall()
-            rows += conn.execute("SELECT track_id, seq, tag FROM tracktalk.events ORDER BY 1, 2").fetchall()
+            rows += conn.execute(
+                "SELECT topic, last_seq, last_tag FROM tracktalk.topic_state ORDER BY 1"
+            ).fetchall()
+            rows += conn.execute("SELECT topic, seq, tag FROM tracktalk.events ORDER BY 1, 2").fetchall()
             rows += conn.execute("SELECT key FROM tracktalk.channel_key").fetchall()
         return catalog(url), rows
 

@@ -10,19 +10,17 @@ moment.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.auth.verifier import TokenVerifier
-from app.bounds import EVENT_PAGE
+from app.bounds import EVENT_PAGE, EVENT_PAGE_BYTES
 from app.config import Settings
-from app.data.events import Cursor, Page
-from app.data.tracks import Watcher
+from app.data.events import Access, Cursor, Page, Row
 from app.live.feed import Feed
 from app.live.hub import Hub
 from app.live.notices import Codec
@@ -86,25 +84,33 @@ class FakeSocket:
         return [m for m in self.messages if m["type"] == "resync"]
 
 
-def event(track_id: str, seq: int, kind: str = "comment_liked", tag: str | None = None) -> bytes:
-    """A durable message as the triggers make it."""
+def event(topic: str, seq: int, kind: str = "comment_liked", tag: str | None = None) -> bytes:
+    """A durable message as the triggers make it (a track's carries its track_id)."""
+    identity = {"track_id": topic.removeprefix("track:")} if topic.startswith("track:") else {}
     return json.dumps(
-        {"type": kind, "track_id": track_id, "seq": seq, "tag": tag, "comment_id": seq, "like_count": 1}
+        {"type": kind, **identity, "seq": seq, "tag": tag, "comment_id": seq, "like_count": 1}
     ).encode()
 
 
 class MemoryLog:
-    """tracktalk.events and track_state in memory; `gate` holds reads of a track's events until set."""
+    """tracktalk.events and topic_state in memory, by topic; `gate` holds reads of a topic's events
+    until set."""
 
     def __init__(self) -> None:
         self.events: dict[str, dict[int, bytes]] = {}
+        self.restricted: dict[str, dict[int, tuple[bytes, int | None]]] = {}
+        """An event's restricted variant and its author, by topic and seq."""
         self.tags: dict[str, dict[int, str]] = {}
         """Every event's tag, kept or not (as the statement that made it: one per `write`) ..."""
         self.prevs: dict[str, dict[int, str | None]] = {}
         """... and the tag of the event before it."""
         self.last: dict[str, int] = {}
         self.visible_pairs: set[tuple[int, str]] | None = None
-        """None: every pair may watch."""
+        """None: every pair may watch (the others are forbidden)."""
+        self.moderators: set[tuple[int, str]] = set()
+        """(user, topic): the user moderates the topic."""
+        self.pages: list[tuple[str, int, int]] = []
+        """(topic, after, events returned) of each page read."""
         self.messages: dict[int, tuple[int, bytes]] = {}
         self.gate: dict[str, asyncio.Event] = {}
         self.answer_gate: dict[str, asyncio.Event] = {}
@@ -119,16 +125,28 @@ class MemoryLog:
         """While set but not yet fired, `latest` waits for it (a database that does not answer)."""
         self.waiting = 0
 
-    def write(self, track_id: str, count: int = 1) -> list[tuple[int, bytes]]:
-        """Commit `count` new events of a track in one statement (one tag); their (seq, message)."""
+    def write(
+        self,
+        track_id: str,
+        count: int = 1,
+        message: bytes | None = None,
+        restricted: tuple[bytes, int | None] | None = None,
+    ) -> list[tuple[int, bytes]]:
+        """Commit `count` new events of a topic in one statement (one tag); their (seq, message).
+        `message`: each event's JSON but for its seq and tag (default: a comment_liked);
+        `restricted`: each one's restricted variant (likewise) and its author."""
         tag = os.urandom(8).hex()
         made = []
         for _ in range(count):
             seq = self.last[track_id] = self.last.get(track_id, 0) + 1
-            message = self.events.setdefault(track_id, {})[seq] = event(track_id, seq, tag=tag)
+            text = event(track_id, seq, tag=tag) if message is None else _numbered(message, seq, tag)
+            self.events.setdefault(track_id, {})[seq] = text
+            if restricted is not None:
+                variant, author = restricted
+                self.restricted.setdefault(track_id, {})[seq] = (_numbered(variant, seq, tag), author)
             self.prevs.setdefault(track_id, {})[seq] = self.tag(track_id, seq - 1)
             self.tags.setdefault(track_id, {})[seq] = tag
-            made.append((seq, message))
+            made.append((seq, text))
         return made
 
     def tag(self, track_id: str, seq: int) -> str | None:
@@ -166,7 +184,12 @@ class MemoryLog:
         return answer
 
     async def page(
-        self, track_id: str, after: int, limit: int = EVENT_PAGE, through: int | None = None
+        self,
+        track_id: str,
+        after: int,
+        limit: int = EVENT_PAGE,
+        through: int | None = None,
+        max_bytes: int = EVENT_PAGE_BYTES,
     ) -> Page:
         if (gate := self.gate.get(track_id)) is not None:
             await gate.wait()
@@ -176,13 +199,21 @@ class MemoryLog:
         kept = self.events.get(track_id, {})
         top = through if through is not None else 2**62
         prevs = self.prevs.get(track_id, {})
-        rows = [
-            (seq, kept[seq], self.tag(track_id, seq), prevs.get(seq))
+        restricted = self.restricted.get(track_id, {})
+        read = [
+            Row(seq, kept[seq], self.tag(track_id, seq), prevs.get(seq), *restricted.get(seq, (None, None)))
             for seq in sorted(kept)
             if after < seq <= top
-        ]
-        rows = rows[:limit]
-        answer = Page(rows, self._latest(track_id))  # one snapshot, as the real one's statement
+        ][:limit]
+        rows: list[Row] = []
+        size = 0
+        for row in read:  # as the real one: cut where the bytes pass max_bytes, at least one
+            if size >= max_bytes:
+                break
+            rows.append(row)
+            size += len(row.message) + len(row.restricted or b"")
+        answer = Page(rows, self._latest(track_id), more=len(read) >= limit or len(rows) < len(read))
+        self.pages.append((track_id, after, len(rows)))
         await self._hold(track_id)
         return answer
 
@@ -201,12 +232,17 @@ class MemoryLog:
         self._check()
         return [self.messages[i] for i in notification_ids if i in self.messages]
 
-    async def visible(self, pairs: list[tuple[int, str]]) -> set[tuple[int, str]]:
+    async def visible(self, pairs: list[tuple[int, str]]) -> dict[tuple[int, str], Access]:
         await asyncio.sleep(0)
         self._check()
-        if self.visible_pairs is None:
-            return set(pairs)
-        return set(pairs) & self.visible_pairs
+        return {
+            pair: Access(
+                username=f"user{pair[0]}" if pair[0] else None,
+                may_see=self.visible_pairs is None or pair in self.visible_pairs,
+                moderator=pair in self.moderators,
+            )
+            for pair in pairs
+        }
 
     def _check(self) -> None:
         if self.fail:
@@ -291,34 +327,48 @@ class FakeConnection(FakeSocket):
         self.inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
 
 
-class FakeWatchers:
-    """app/data/tracks.py's `watchers` lookup (Services.watchers): every user of `users` may see every
-    track but those of `hidden`; `fail` is raised instead of answering (a database that is down)."""
+class FakeAccess:
+    """app/data/events.py's `access` lookup (Services.access), by (topic, user): every user of
+    `users` may see every topic but those of `hidden` (forbidden) and `missing` (not found), and
+    moderates those of `moderates`; `fail` is raised instead of answering (a database that is
+    down)."""
 
     def __init__(self, users: dict[int, str]) -> None:
         self.users = users
         self.hidden: set[tuple[str, int | None]] = set()
+        self.missing: set[str] = set()
+        self.moderates: set[tuple[str, int | None]] = set()
+        self.presence = True
+        """Every topic's kind has presence."""
+        self.batches: list[int] = []
         self.fail: BaseException | None = None
-        self.asked: list[tuple[str, int | None]] = []
+        self.asked: list[tuple[str | None, int | None]] = []
         self.hold: asyncio.Event | None = None
         """While set but not yet fired, an answer, once made, waits for it (the query took its
         snapshot; a revocation may commit, and be heard, before the answer arrives)."""
         self.held = 0
 
-    async def __call__(self, wanted: tuple[str, int | None]) -> Watcher:
+    async def __call__(self, wanted: tuple[str | None, int | None]) -> Access:
         self.asked.append(wanted)
         await asyncio.sleep(0)
         if self.fail is not None:
             raise self.fail
-        user_id = wanted[1]
+        topic, user_id = wanted
         username = self.users.get(user_id) if user_id is not None else None
         known = user_id is None or username is not None
-        answer = Watcher(username=username, may_see=known and wanted not in self.hidden)
+        may_see = None if not known or topic is None or topic in self.missing else wanted not in self.hidden
+        answer = Access(username, may_see, wanted in self.moderates, self.presence)
         if self.hold is not None:
             self.held += 1
             await self.hold.wait()
             self.held -= 1
         return answer
+
+    async def many(self, wanted: list[tuple[str | None, int | None]]) -> list[Access]:
+        """The same for many at once (app/data/batch.py's Batched gathers them: services.access
+        is one in a replica); `batches` records each call's size."""
+        self.batches.append(len(wanted))
+        return [await self(one) for one in wanted]
 
 
 class FakeEvents:
@@ -332,24 +382,23 @@ class FakeEvents:
 
 
 class FakePresence:
-    """Presence.present: which sockets are counted now."""
+    """Presence's join and leave (app/live/feed.py's Counting): which subscriptions are counted now."""
 
     def __init__(self) -> None:
-        self.counted: set[Any] = set()
+        self.counted: set[tuple[Any, str]] = set()
 
-    @contextlib.contextmanager
-    def present(self, sub: Any) -> Iterator[None]:
-        self.counted.add(sub)
-        try:
-            yield
-        finally:
-            self.counted.discard(sub)
+    def join(self, conn: Any, topic: str) -> None:
+        self.counted.add((conn, topic))
+
+    def leave(self, conn: Any, topic: str) -> None:
+        self.counted.discard((conn, topic))
 
 
 @dataclass
 class FakeServices:
-    """What the socket handler reaches for in app/services.py's Services, over the fakes above:
-    the real hub, feed (over MemoryLog and FakeListening), token verifier, typing limit and codec."""
+    """What the socket handlers reach for in app/services.py's Services, over the fakes above:
+    the real hub, feed (over MemoryLog, FakeListening and FakePresence), token verifier, typing
+    limit and codec."""
 
     settings: Settings
     hub: Hub
@@ -357,9 +406,9 @@ class FakeServices:
     log: MemoryLog
     channels: FakeListening
     tokens: TokenVerifier
-    watchers: FakeWatchers
+    access: FakeAccess
+    presence: FakePresence
     events: FakeEvents = field(default_factory=FakeEvents)
-    presence: FakePresence = field(default_factory=FakePresence)
     typing: RateLimiter = field(default_factory=lambda: RateLimiter(1, seconds=1.0))
     codec: Codec = field(default_factory=lambda: Codec(b"k" * 32))
     handlers: list[tuple[FakeConnection, asyncio.Task[None]]] = field(default_factory=list)
@@ -368,13 +417,19 @@ class FakeServices:
     @classmethod
     def make(cls, secret: str, users: dict[int, str], **settings: Any) -> FakeServices:
         hub = Hub(sockets_per_user=settings.pop("sockets_per_user", 20))
-        log, channels = MemoryLog(), FakeListening()
+        log, channels, presence = MemoryLog(), FakeListening(), FakePresence()
         return cls(
             settings=Settings(database_url="postgresql://unused", secret=secret, **settings),
             hub=hub,
-            feed=Feed(hub, log, channels),
+            feed=Feed(hub, log, channels, presence=presence),
             log=log,
             channels=channels,
             tokens=TokenVerifier(secret, None),
-            watchers=FakeWatchers(users),
+            access=FakeAccess(users),
+            presence=presence,
         )
+
+
+def _numbered(message: bytes, seq: int, tag: str) -> bytes:
+    """`message` (a JSON object) with the seq and tag tracktalk.publish adds."""
+    return json.dumps({**json.loads(message), "seq": seq, "tag": tag}).encode()

@@ -47,6 +47,31 @@ window.start = (options) => {{
     onRefused: (refusal) => log.refusals.push(refusal),
   }});
 }};
+window.topicLog = {{ messages: {{}}, subscribed: [], errors: [], unsubscribed: [], resyncs: [], user: [] }};
+window.startTopics = (options, topics) => {{
+  window.live = tracktalk.openTopics({{
+    ...options,
+    getToken: async ({{ expired }}) => {{
+      log.tokenCalls.push(expired);
+      return expired ? tokens.fresh : tokens.current;
+    }},
+    onUserMessage: (message) => topicLog.user.push(message),
+    onStatus: (status, detail) => log.statuses.push([status, detail]),
+    onRefused: (refusal) => log.refusals.push(refusal),
+  }});
+  window.subs = {{}};
+  for (const topic of topics) subscribeTopic(topic);
+}};
+window.subscribeTopic = (topic, extra = {{}}) => {{
+  subs[topic] = live.subscribe(topic, {{
+    ...extra,
+    onMessage: (message) => (topicLog.messages[topic] ??= []).push(message),
+    onSubscribed: (message) => topicLog.subscribed.push(message),
+    onError: (message) => topicLog.errors.push(message),
+    onUnsubscribed: (message) => topicLog.unsubscribed.push(message),
+    onResync: (message) => topicLog.resyncs.push(message),
+  }});
+}};
 window.ready = true;
 </script>
 """
@@ -101,6 +126,12 @@ async def start(page: Page, token: str | None, **options: Any) -> None:
     await page.evaluate("(options) => start(options)", options)
 
 
+async def start_topics(page: Page, token: str | None, topics: list[str], **options: Any) -> None:
+    """openTopics() in the page with `options` (baseUrl, backoff), subscribed to `topics`."""
+    await page.evaluate("(token) => { tokens.current = token; }", token)
+    await page.evaluate("([options, topics]) => startTopics(options, topics)", [options, topics])
+
+
 async def wait_status(page: Page, status: str, count: int = 1) -> list[Any]:
     """Wait until the feed reported `status` `count` times; the details."""
     await page.wait_for_function(
@@ -126,8 +157,16 @@ class Scripted:
     frames: list[dict[str, Any]] = field(default_factory=list)
     frame_times: list[float] = field(default_factory=list)
 
-    async def send(self, message: msgspec.Struct) -> None:
+    async def send(self, message: msgspec.Struct | dict[str, Any]) -> None:
         await self.conn.send(wire.encoder.encode(message).decode())
+
+    async def received(self, count: int) -> list[dict[str, Any]]:
+        """The first `count` frames the client sent (waiting for them)."""
+        deadline = time.monotonic() + RECV_TIMEOUT
+        while len(self.frames) < count:
+            assert time.monotonic() < deadline, f"the client sent {self.frames}, not {count} frames"
+            await asyncio.sleep(0.01)
+        return self.frames[:count]
 
     async def close(self, code: int, reason: str) -> float:
         """Close with `code`; when it was sent."""

@@ -1,4 +1,5 @@
-"""WebSocket clients of a replica, each frame stamped with when it arrived."""
+"""WebSocket clients of a replica (the track socket's, /api/ws's), each frame stamped with when it
+arrived."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import contextlib
 import json
 import socket
 import time
-from typing import Any
+from typing import Any, get_args
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import DATA_OPCODES, Frame
 
-from app.wire import server_message_decoder
+from app.wire import ServerMessage, server_message_decoder, topic_socket_decoder
 
 RECV_TIMEOUT = 10.0
 
@@ -150,3 +151,111 @@ async def open_socket(  # type: ignore[no-untyped-def]
     ) as conn:
         assert isinstance(conn, StampedConnection)
         yield Socket(conn, presence)
+
+
+_TOPIC_SOCKET_OWN = frozenset(
+    {"connected", "subscribed", "subscribe_error", "unsubscribed", "error", "mention", "notification"}
+)
+"""What /api/ws sends of its own (app/wire.py's TopicSocketMessage)."""
+_TRACK_MESSAGES = frozenset(m.__struct_config__.tag for m in get_args(ServerMessage))
+"""The track socket's messages (app/wire.py's ServerMessage): a track topic's are checked against
+them (another type, such as moderation's of issue 20, is a kind's own)."""
+
+
+class TopicSocket:
+    """A client of /api/ws that checks every frame: its own messages against their wire types, a
+    topic's message (with `topic`) against the track socket's once `topic` is taken out; and keeps
+    what came per topic."""
+
+    def __init__(self, conn: StampedConnection) -> None:
+        self.conn = conn
+        self.received: list[dict[str, Any]] = []
+        self.by_topic: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        """Every message about a topic (its events and its own answers), in order of arrival."""
+
+    async def recv(self, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+        raw = await asyncio.wait_for(self.conn.recv(), timeout)
+        self.conn.arrivals.popleft()
+        assert isinstance(raw, str), f"expected a text frame, got {raw!r:.80}"
+        message: dict[str, Any] = json.loads(raw)
+        topic = message.get("topic")
+        if message["type"] in _TOPIC_SOCKET_OWN:
+            topic_socket_decoder.decode(raw)
+        else:
+            assert isinstance(topic, str) and next(iter(message)) == "topic", message  # spliced in front
+            if topic.startswith("track:") and message["type"] in _TRACK_MESSAGES:
+                server_message_decoder.decode(json.dumps({k: v for k, v in message.items() if k != "topic"}))
+        if isinstance(topic, str):
+            self.by_topic[topic].append(message)
+        self.received.append(message)
+        return message
+
+    async def until(self, check: Any, what: str, timeout: float = RECV_TIMEOUT) -> None:
+        """Read until `check()` holds (every message read is kept)."""
+        deadline = time.monotonic() + timeout
+        while not check():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            with contextlib.suppress(TimeoutError):
+                await self.recv(left)
+
+    def answers(self, topic: str, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.by_topic[topic] if m["type"] == kind]
+
+    def seqs(self, topic: str) -> list[int]:
+        """The seqs of the topic's durable events, in order of arrival."""
+        return [
+            m["seq"] for m in self.by_topic[topic] if "seq" in m and m["type"] not in ("subscribed", "resync")
+        ]
+
+    async def subscribe(self, topic: str, since: int | None = None, tag: str | None = None) -> dict[str, Any]:
+        """Subscribe; the `subscribed` answer (a `subscribe_error` fails the test)."""
+        ok, refused = len(self.answers(topic, "subscribed")), len(self.answers(topic, "subscribe_error"))
+        message: dict[str, Any] = {"type": "subscribe", "topic": topic}
+        if since is not None:
+            message["since"] = since
+        if tag is not None:
+            message["tag"] = tag
+        await self.send(message)
+        await self.until(
+            lambda: (
+                len(self.answers(topic, "subscribed")) > ok
+                or len(self.answers(topic, "subscribe_error")) > refused
+            ),
+            f"the answer to subscribe {topic}",
+        )
+        assert len(self.answers(topic, "subscribe_error")) == refused, self.answers(topic, "subscribe_error")[
+            -1
+        ]
+        return self.answers(topic, "subscribed")[-1]
+
+    async def send(self, message: Any) -> None:
+        await self.conn.send(message if isinstance(message, (str, bytes)) else json.dumps(message))
+
+    async def closed(self, timeout: float = RECV_TIMEOUT) -> tuple[int | None, str | None]:
+        """Wait for the server to close; (code, reason)."""
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(ConnectionClosed):
+            while time.monotonic() < deadline:
+                await self.recv(max(0.01, deadline - time.monotonic()))
+        await asyncio.wait_for(self.conn.wait_closed(), max(0.01, deadline - time.monotonic()))
+        return self.conn.close_code, self.conn.close_reason
+
+
+@contextlib.asynccontextmanager
+async def open_topics(base: str, token: str | None, **kw: Any):  # type: ignore[no-untyped-def]
+    """A socket of many topics (/api/ws), past its `connected`."""
+    url = f"{base}/api/ws" + (f"?token={token}" if token is not None else "")
+    async with connect(
+        url,
+        open_timeout=RECV_TIMEOUT,
+        close_timeout=2,
+        max_size=2**22,
+        create_connection=StampedConnection,
+        **kw,
+    ) as conn:
+        assert isinstance(conn, StampedConnection)
+        sock = TopicSocket(conn)
+        assert (await sock.recv())["type"] == "connected"
+        yield sock

@@ -310,7 +310,7 @@ async def test_resync_reloads_the_list(alice: Visitor, bob: Visitor, db_url: str
     await _post(alice, "Only a reload shows this one.")
     # As a retention shorter than bob's absence would: the events he missed are gone.
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("DELETE FROM tracktalk.events WHERE track_id = %s", (TRACK,))
+        conn.execute("DELETE FROM tracktalk.events WHERE topic = 'track:' || %s", (TRACK,))
     await asyncio.to_thread(bob.replica.start, log_dir)
     await expect(bob.comment("Only a reload shows this one.")).to_be_visible(timeout=RECONNECT_MS)
     await expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)

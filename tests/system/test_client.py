@@ -65,7 +65,7 @@ async def stored_events(db_url: str, track: str, after: int) -> list[dict[str, A
     """The track's events after `after`, as the server keeps them (and replays them)."""
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
         cur = await conn.execute(
-            "SELECT message::text FROM tracktalk.events WHERE track_id = %s AND seq > %s ORDER BY seq",
+            "SELECT message::text FROM tracktalk.events WHERE topic = 'track:' || %s AND seq > %s ORDER BY seq",
             (track, after),
         )
         return [json.loads(text) for (text,) in await cur.fetchall()]

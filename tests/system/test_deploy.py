@@ -375,7 +375,10 @@ async def test_the_service_runs_as_the_app_role_which_cannot_change_the_schema(
             "TRUNCATE tracktalk.events",
             "CREATE OR REPLACE FUNCTION tracktalk.max_payload() RETURNS integer LANGUAGE sql AS 'SELECT 1'",
             "UPDATE tracktalk.settings SET notify_team = false",
-            "INSERT INTO tracktalk.events (track_id, seq, message) VALUES ('x', 1, '{}')",
+            "INSERT INTO tracktalk.events (topic, seq, message, size) VALUES ('x', 1, '{}', 2)",
+            # publish() runs with its caller's rights: the app role cannot number or log an event
+            "SELECT tracktalk.publish('track:t-public', ARRAY['{}'::jsonb], true)",
+            "SELECT tracktalk.topic_kind('mine')",
         ]:
             with pytest.raises(errors.InsufficientPrivilege):
                 conn.execute(statement)
@@ -400,7 +403,7 @@ async def test_the_service_runs_as_the_app_role_which_cannot_change_the_schema(
         for statement in [
             "SELECT key FROM tracktalk.channel_key",
             "SELECT * FROM tracktalk.events",
-            "INSERT INTO tracktalk.events (track_id, seq, message) VALUES ('x', 1, '{}')",
+            "INSERT INTO tracktalk.events (topic, seq, message, size) VALUES ('x', 1, '{}', 2)",
             "SELECT tracktalk.sign('forged')",
             "SELECT tracktalk.publish('t-public', ARRAY['{}'::jsonb])",
             "UPDATE notifications SET read_at = now()",

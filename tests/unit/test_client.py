@@ -40,6 +40,13 @@ WIRE_TYPES: dict[str, type[msgspec.Struct]] = {
     "NotificationPage": wire.NotificationPage,
     "Counters": wire.Counters,
     "Typing": wire.Typing,
+    "SocketConnected": wire.SocketConnected,
+    "Subscribed": wire.Subscribed,
+    "SubscribeError": wire.SubscribeError,
+    "Unsubscribed": wire.Unsubscribed,
+    "Subscribe": wire.Subscribe,
+    "Unsubscribe": wire.Unsubscribe,
+    "TopicTyping": wire.TopicTyping,
     **{
         struct.__name__ if struct is not wire.Error else "ErrorMessage": struct
         for struct in get_args(wire.ServerMessage)

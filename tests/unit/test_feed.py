@@ -1,4 +1,4 @@
-"""The resume protocol in-process: the feed, the hub and the subscriber over an in-memory event log.
+"""The resume protocol in-process: the feed, the hub and the connections over an in-memory event log.
 
 Fast (no server, no database): gaps, resync, a database that went back in time, a client ahead of
 the replica, the seam between replay and live, and a catch-up that must not hold other tracks up.
@@ -18,19 +18,23 @@ from dataclasses import dataclass
 import msgspec
 import pytest
 
+from app.bounds import EVENT_PAGE_BYTES
 from app.data.events import Cursor
 from app.listener import Listener
 from app.live import close_codes
+from app.live.connection import ANONYMOUS, Connection
 from app.live.feed import Feed
+from app.live.frames import Frames, text_frame
 from app.live.hub import Hub, ShuttingDown, TooManySockets
-from app.live.notices import Codec, Opened, track_topic, user_topic
-from app.live.subscriber import ANONYMOUS, Subscriber
-from app.wire import Ephemeral, Revoke, TrackBatch, UserBatch, encoder
+from app.live.notices import Codec, Opened, topic_name, user_name
+from app.live.topics import prefix
+from app.wire import Ephemeral, Revoke, TopicBatch, UserBatch, encoder
 from tests.support.fakes import FakeListening, FakeSocket, MemoryLog
 from tests.support.waiting import async_wait_until
 
 LIMIT = 64 * 1024
-T, U = "t1", "t2"
+T, U = "track:t1", "track:t2"
+"""Topics (a track's: the feed knows no other kind)."""
 KEY = os.urandom(32)
 
 
@@ -53,11 +57,11 @@ class World:
 
     def batch(
         self, track_id: str, rows: list[tuple[int, bytes]], events: bool = True, at: float = 0.0
-    ) -> TrackBatch:
+    ) -> TopicBatch:
         """The signed NOTIFY of the statement that made `rows` (its tag, and the tag before it)."""
         first, last = rows[0][0], rows[-1][0]
-        return TrackBatch(
-            track_id=track_id,
+        return TopicBatch(
+            topic=track_id,
             first=first,
             last=last,
             at=at or time.time(),
@@ -74,16 +78,17 @@ class World:
 
     async def socket(
         self, track_id: str = T, user: int = 1, since: int | None = None, tag: str | None = None
-    ) -> tuple[Subscriber, FakeSocket, Cursor]:
-        """A socket as app/handlers/sockets.py runs one: join, replay, go live."""
+    ) -> tuple[Connection, FakeSocket, Cursor]:
+        """A track socket as app/handlers/sockets.py runs one: connect, subscribe, replay, go live."""
         sock = FakeSocket()
-        sub = Subscriber(sock, user, track_id, LIMIT)
-        start = await self.stack.enter_async_context(self.feed.subscription(sub, 1.0))
+        conn = Connection(sock, user, LIMIT)
+        await self.stack.enter_async_context(self.feed.connection(conn, 1.0))
+        start = await self.feed.subscribe(conn, track_id, 1.0)
         if since is not None:
-            async for frames in self.feed.replay(sub, since, start, tag):
-                sub.write_now(frames)
-        sub.go_live()
-        return sub, sock, start
+            async for frames in self.feed.replay(conn, track_id, since, start, tag):
+                conn.write_now(frames)
+        conn.go_live(track_id)
+        return conn, sock, start
 
 
 @pytest.fixture
@@ -98,61 +103,67 @@ async def world() -> AsyncIterator[World]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Subscriber and hub
+# Connection and hub
 # ---------------------------------------------------------------------------------------------
 
 
-def test_a_live_subscriber_writes_each_offer_at_once_and_several_frames_in_one_write() -> None:
+def frames(seq: int, message: bytes) -> Frames:
+    """A message of topic T, as the feed hands it to the hub."""
+    return Frames(seq, message, prefix(T))
+
+
+def test_a_live_connection_writes_each_offer_at_once_and_several_frames_in_one_write() -> None:
     sock = FakeSocket()
-    sub = Subscriber(sock, 1, T, LIMIT)
-    sub.go_live()
-    sub.offer(1, b"\x81\x01a")
-    sub.offer_many([(2, b"\x81\x01b"), (3, b"\x81\x01c")])
+    conn = Connection(sock, 1, LIMIT)
+    conn.offer(T, frames(1, b"a"))
+    conn.offer_many(T, [frames(2, b"b"), frames(3, b"c")])
     assert sock.writes == [b"\x81\x01a", b"\x81\x01b\x81\x01c"]
 
 
 def test_frames_held_during_a_replay_go_out_after_it_without_what_it_sent() -> None:
     sock = FakeSocket()
-    sub = Subscriber(sock, 1, T, LIMIT)
-    sub.offer(5, b"five")
-    sub.offer(6, b"six")
-    sub.offer(0, b"typing")
+    conn = Connection(sock, 1, LIMIT)
+    conn.hold(T)
+    conn.offer(T, frames(5, b"five"))
+    conn.offer(T, frames(6, b"six"))
+    conn.offer(T, frames(0, b"typing"))
     assert sock.writes == []
-    sub.write_now(b"replayed 4 and 5")
-    sub.skip_through = 5
-    sub.go_live()
-    assert sock.writes == [b"replayed 4 and 5", b"sixtyping"]
+    conn.write_now(b"replayed 4 and 5")
+    conn.skip_through(T, 5)
+    conn.go_live(T)
+    assert sock.writes == [b"replayed 4 and 5", text_frame(b"six") + text_frame(b"typing")]
 
 
 def test_a_socket_that_cannot_keep_up_is_closed_with_1013_and_counted_once_it_leaves() -> None:
     hub = Hub()
     sock = FakeSocket()
-    sub = Subscriber(sock, 1, T, LIMIT)
-    hub.add(sub)
-    sub.go_live()
-    hub.send_track(T, [(1, b"x")])
+    conn = Connection(sock, 1, LIMIT)
+    hub.add(conn)
+    hub.subscribe(conn, T)
+    hub.send(T, [frames(1, b"x")])
     sock.backlog = LIMIT + 1
-    hub.send_track(T, [(2, b"y")])
+    hub.send(T, [frames(2, b"y")])
     assert sock.closed_with == (close_codes.TRY_AGAIN, close_codes.TOO_SLOW)
-    assert not sub.offer(3, b"z")
+    assert not conn.offer(T, frames(3, b"z"))
     assert hub.dropped_slow == 0
-    hub.remove(sub)
+    hub.remove(conn)
     assert hub.dropped_slow == 1
 
 
 def test_frames_held_past_the_bound_close_the_socket_too() -> None:
     sock = FakeSocket()
-    sub = Subscriber(sock, 1, T, limit=10)
-    assert sub.offer(1, b"12345678")
-    assert not sub.offer(2, b"12345678")
+    conn = Connection(sock, 1, limit=10)
+    conn.hold(T)
+    assert conn.offer(T, frames(1, b"12345678"))
+    assert not conn.offer(T, frames(2, b"12345678"))
     assert sock.closed_with == (close_codes.TRY_AGAIN, close_codes.TOO_SLOW)
 
 
 def test_expired_tokens_close_their_sockets_with_4001() -> None:
     hub = Hub()
     old, fresh = FakeSocket(), FakeSocket()
-    hub.add(Subscriber(old, 1, T, LIMIT, expires_at=100.0))
-    hub.add(Subscriber(fresh, 2, T, LIMIT, expires_at=200.0))
+    hub.add(Connection(old, 1, LIMIT, expires_at=100.0))
+    hub.add(Connection(fresh, 2, LIMIT, expires_at=200.0))
     hub.close_expired(150.0)
     assert old.closed_with == (close_codes.TOKEN_EXPIRED, close_codes.EXPIRED)
     assert fresh.closed_with is None
@@ -272,7 +283,7 @@ async def test_a_catch_up_of_2000_events_arrives_as_events_not_resync(world: Wor
     await until(lambda: len(sock.seqs) == 2000, "all 2000")
     assert sock.seqs == list(range(1, 2001))
     assert not [m for m in sock.messages if m["type"] == "resync"]
-    await until(lambda: not world.feed.cursors._tracks[T].filling, "the catch-up to end")
+    await until(lambda: not world.feed.cursors._topics[T].filling, "the catch-up to end")
     assert world.log.reads == 5  # four full pages and the short one that ends it
     await world.feed.stop()
 
@@ -444,10 +455,10 @@ async def test_the_first_socket_listens_before_reading_the_cursor_and_loses_noth
     world.channels.hold = asyncio.Event()
     joining = asyncio.create_task(world.socket())
     await asyncio.sleep(0)
-    assert track_topic(T) not in world.channels.listening
+    assert topic_name(T) not in world.channels.listening
     world.channels.hold.set()
     _, sock, start = await joining
-    assert track_topic(T) in world.channels.listening and user_topic(1) in world.channels.listening
+    assert topic_name(T) in world.channels.listening and user_name(1) in world.channels.listening
     assert start.seq == 3
     world.notice(T, world.log.write(T, 1))
     assert sock.seqs == [4]
@@ -483,14 +494,15 @@ async def test_live_events_during_a_replay_come_after_it_without_gap_or_duplicat
     world.log.write(T, 7)
     await world.socket()  # the track is watched: its cursor is 7
     sock = FakeSocket()
-    sub = Subscriber(sock, 2, T, LIMIT)
-    start = await world.stack.enter_async_context(world.feed.subscription(sub, 1.0))
-    replay = world.feed.replay(sub, 2, start)
-    sub.write_now(await anext(replay))  # 3, 4, 5
+    conn = Connection(sock, 2, LIMIT)
+    await world.stack.enter_async_context(world.feed.connection(conn, 1.0))
+    start = await world.feed.subscribe(conn, T, 1.0)
+    replay = world.feed.replay(conn, T, 2, start)
+    conn.write_now(await anext(replay))  # 3, 4, 5
     world.notice(T, world.log.write(T, 2))  # 8, 9 come live, mid-replay: held
-    async for frames in replay:
-        sub.write_now(frames)  # 6, 7
-    sub.go_live()
+    async for page in replay:
+        conn.write_now(page)  # 6, 7
+    conn.go_live(T)
     world.notice(T, world.log.write(T, 1))
     assert sock.seqs == list(range(3, 11))
 
@@ -512,8 +524,8 @@ async def test_a_client_ahead_of_this_replica_gets_nothing_twice(world: World) -
     world.log.write(T, 3)
     await world.socket()  # this replica's cursor: 3
     late = world.log.write(T, 2)  # 4 and 5 committed; their NOTIFY has not reached this replica
-    sub, sock, start = await world.socket(user=2, since=5)  # the client saw 5 on another one
-    assert (start.seq, sub.skip_through) == (3, 5)
+    conn, sock, start = await world.socket(user=2, since=5)  # the client saw 5 on another one
+    assert (start.seq, conn.skipping(T)) == (3, 5)
     world.notice(T, late)
     world.notice(T, world.log.write(T, 1))
     assert sock.seqs == [6]
@@ -556,7 +568,7 @@ async def test_typing_that_opened_goes_to_the_tracks_sockets(world: World) -> No
     typing = msgspec.Raw(
         b'{"type":"user_typing","track_id":"t1","user_id":2,"username":"b","is_typing":true}'
     )
-    world.feed.on_notice(Opened(Ephemeral(track_id=T, message=typing)))
+    world.feed.on_notice(Opened(Ephemeral(topic=T, message=typing)))
     assert [m["type"] for m in sock.messages] == ["user_typing"]
 
 
@@ -568,9 +580,9 @@ async def test_revoked_access_closes_the_sockets_that_lost_it(world: World) -> N
     try:
         world.log.visible_pairs = {(1, T)}
         epoch = world.feed.access_epoch
-        world.feed.on_notice(Opened(Revoke(track_id=T, at=time.time() - 3600)))  # old: dropped
+        world.feed.on_notice(Opened(Revoke(topic=T, at=time.time() - 3600)))  # old: dropped
         assert world.feed.access_epoch == epoch
-        world.feed.on_notice(Opened(Revoke(track_id=T, at=time.time())))
+        world.feed.on_notice(Opened(Revoke(topic=T, at=time.time())))
         assert world.feed.access_epoch > epoch  # sockets being admitted check again
         await until(lambda: lost.closed_with is not None and anonymous.closed_with is not None, "the closes")
     finally:
@@ -592,7 +604,7 @@ def test_a_hub_that_closed_its_sockets_takes_no_new_one() -> None:
     hub = Hub()
     hub.close_all(close_codes.GOING_AWAY, close_codes.SHUTTING_DOWN)
     with pytest.raises(ShuttingDown):
-        hub.add(Subscriber(FakeSocket(), 1, T, LIMIT))
+        hub.add(Connection(FakeSocket(), 1, LIMIT))
     assert hub.sockets == 0
 
 
@@ -611,14 +623,14 @@ async def test_two_first_sockets_of_a_user_joining_at_once_both_move_the_access_
 
 async def test_a_track_whose_start_failed_is_not_listened_on_once_its_sockets_gave_up(world: World) -> None:
     world.log.slow = asyncio.Event()
-    sub = Subscriber(FakeSocket(), 1, T, LIMIT)
+    conn = Connection(FakeSocket(), 1, LIMIT)
     with pytest.raises(TimeoutError):
-        async with world.feed.subscription(sub, 0.05):
-            pass
-    assert track_topic(T) in world.channels.listening  # its start is still reading the cursor
+        async with world.feed.connection(conn, 0.05):
+            await world.feed.subscribe(conn, T, 0.05)
+    assert topic_name(T) in world.channels.listening  # its start is still reading the cursor
     world.log.fail = True
     world.log.slow.set()
-    await until(lambda: track_topic(T) not in world.channels.listening, "the channel to be let go")
+    await until(lambda: topic_name(T) not in world.channels.listening, "the channel to be let go")
 
 
 async def test_a_deleted_and_remade_track_makes_its_sockets_resync_from_the_latest_seq(world: World) -> None:
@@ -626,18 +638,18 @@ async def test_a_deleted_and_remade_track_makes_its_sockets_resync_from_the_late
     world.notice(T, world.log.write(T, 2))
     world.log.write(T, 3)  # more comments, then the track deleted in the same transaction
     world.log.delete_track(T)  # (their events went with it; the numbering stays at 5)
-    world.feed.on_notice(Opened(Revoke(track_id=T, gone=True, at=time.time())))
+    world.feed.on_notice(Opened(Revoke(topic=T, gone=True, at=time.time())))
     await until(lambda: any(m["type"] == "resync" for m in sock.messages), "the resync")
     assert sock.messages[-1] == {
         "type": "resync",
-        "track_id": T,
+        "track_id": "t1",
         "seq": 5,
         "tag": world.log.tag(T, 5),
         "message": "events were missed: reload the comments",
     }
     world.notice(T, world.log.write(T, 1))  # the new track's first event goes on from 5
     await until(lambda: sock.seqs == [1, 2, 6], "the new track's first event")
-    world.feed.on_notice(Opened(Revoke(track_id=T, gone=True, at=time.time() - 1)))  # seen: no more
+    world.feed.on_notice(Opened(Revoke(topic=T, gone=True, at=time.time() - 1)))  # seen: no more
     assert [m["type"] for m in sock.messages].count("resync") == 1
 
 
@@ -647,7 +659,55 @@ async def test_a_catch_up_ends_when_the_log_lacks_events_the_track_numbered(worl
     _, sock, _ = await world.socket()
     world.log.write(T, 4)  # 1..4 committed, their notices not yet here ...
     world.log.delete_track(T)  # ... and gone with the track
-    world.feed.on_notice(Opened(TrackBatch(track_id=T, first=4, last=4, at=time.time())))
-    await until(lambda: not world.feed.cursors._tracks[T].filling, "the catch-up to end", turns=200)
+    world.feed.on_notice(Opened(TopicBatch(topic=T, first=4, last=4, at=time.time())))
+    await until(lambda: not world.feed.cursors._topics[T].filling, "the catch-up to end", turns=200)
     assert [m["type"] for m in sock.messages] == ["resync"] and sock.messages[0]["seq"] == 4
     assert world.log.reads <= 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-audience events (issue 20's hook)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_an_event_with_a_restricted_variant_is_built_once_per_form_for_1000_sockets() -> None:
+    """1,000 sockets on a track, half of them /api/ws, 5 moderators and the event's author: four
+    forms (public and restricted, with and without the topic), each built once, and each socket
+    in the audience gets the restricted one."""
+    hub = Hub()
+    sockets = {}
+    for user in range(1, 1001):
+        sock = FakeSocket()
+        conn = Connection(sock, user, LIMIT, tagged=user % 2 == 0)
+        hub.add(conn)
+        hub.subscribe(conn, T)
+        conn.moderate(T, user <= 5)
+        sockets[user] = sock
+    event = Frames(
+        1, b'{"type":"skip","seq":1}', prefix(T), b'{"type":"comment_moderated","seq":1}', author=500
+    )
+    hub.send(T, [event])
+    written = [sock.writes[-1] for sock in sockets.values()]
+    assert len({id(data) for data in written}) == 4  # one object per form, shared by every socket
+    kinds = {user: sock.messages[-1]["type"] for user, sock in sockets.items()}
+    audience = {1, 2, 3, 4, 5, 500}
+    assert {user for user, kind in kinds.items() if kind == "comment_moderated"} == audience
+    assert all("topic" in sock.messages[-1] for user, sock in sockets.items() if user % 2 == 0)
+    assert hub.delivered == 1000
+
+
+async def test_a_replay_of_large_events_is_read_and_written_a_mebibyte_at_a_time(world: World) -> None:
+    """10 events of 400 KB: pages of at most ~1 MiB of messages (the one that passes it ends the
+    page), each written to the socket on its own; before, a page was up to 500 events read and
+    written at once."""
+    world.feed = Feed(world.hub, world.log, world.channels)  # pages as a replica reads them
+    big = b'{"type": "comment_edited", "content": "' + b"x" * 400_000 + b'"}'
+    world.log.write(T, 10, message=big)
+    await world.socket()  # the track is watched: its cursor is 10
+    _, sock, _ = await world.socket(user=2, since=0)
+    assert sock.seqs == list(range(1, 11))
+    assert [read for topic, _, read in world.log.pages if topic == T] == [3, 3, 3, 1]
+    assert (
+        max(map(len, sock.writes)) < EVENT_PAGE_BYTES + 400_100
+    )  # a page: under 1 MiB, plus the event that passed it
+    await world.feed.stop()

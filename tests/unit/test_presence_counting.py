@@ -1,6 +1,6 @@
 """app/presence/tracker.py and app/presence/roster.py in one process: the counting, the expiry of replicas, the
 writes coalesced, the frames throttled. The tables are in memory (their semantics: rows by
-(replica, track), a transaction id per write, a read that returns what changed since a horizon),
+(replica, topic), a transaction id per write, a read that returns what changed since a horizon),
 so that a replica's death, a restart, a lost heartbeat row or a failing database happen on demand.
 """
 
@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
+from app.live.connection import ANONYMOUS, Connection
 from app.live.hub import Hub
-from app.live.subscriber import ANONYMOUS, Subscriber
 from app.presence.table import Beat, Peer, Row, Snapshot
 from app.presence.tracker import Presence, Timing
 from tests.support.fakes import FakeSocket
 from tests.support.waiting import async_wait_until
 
-T = "track"
+T = "track:t1"
 ALICE, BOB, DAVE, TINA = 1, 2, 3, 4
 EVERY_ROUND = Timing(tick=0.0, heartbeat=0.0, send_every=0.0)
 """Each tick() beats, writes and reads; every change is sent at once."""
@@ -61,7 +61,7 @@ class Table:
             return False
         self.xid += 1
         for row in rows:
-            self.rows[(replica, row.track_id)] = (list(row.users), row.anonymous, self.xid)
+            self.rows[(replica, row.topic)] = (list(row.users), row.anonymous, self.xid)
         for track in drop:
             if self.rows.get((replica, track), ([1], 0, 0))[:2] == ([], 0):
                 del self.rows[(replica, track)]
@@ -114,33 +114,36 @@ class Table:
 
 
 class Replica:
-    """A Presence with its hub, and sockets joined the way app/handlers/sockets.py joins them."""
+    """A Presence with its hub, and subscriptions joined the way app/live/feed.py joins them."""
 
     def __init__(self, table: Table, name: str = "me", timing: Timing = EVERY_ROUND) -> None:
         self.hub = Hub()
         self.presence = Presence(self.hub, table, name, timing)
-        self._exits: dict[Subscriber, Any] = {}
+        self._topics: dict[Connection, str] = {}
 
-    def join(self, user: int, track: str = T) -> Subscriber:
-        sub = Subscriber(FakeSocket(), user, track, 1 << 20)
-        self.hub.add(sub)
-        counted = self.presence.present(sub)
-        counted.__enter__()
-        self._exits[sub] = counted
-        sub.go_live()
-        return sub
+    def join(self, user: int, track: str = T) -> Connection:
+        conn = Connection(FakeSocket(), user, 1 << 20)
+        self.hub.add(conn)
+        self.hub.subscribe(conn, track)
+        conn.hold(track)
+        self.presence.join(conn, track)
+        self._topics[conn] = track
+        conn.go_live(track)
+        return conn
 
-    def leave(self, sub: Subscriber) -> None:
-        self._exits.pop(sub).__exit__(None, None, None)
-        self.hub.remove(sub)
+    def leave(self, conn: Connection) -> None:
+        track = self._topics.pop(conn)
+        self.hub.unsubscribe(conn, track)
+        self.presence.leave(conn, track)
+        self.hub.remove(conn)
 
     def count(self, track: str = T) -> int | None:
         return self.presence.listening(track)
 
 
-def heard(sub: Subscriber) -> list[int]:
+def heard(conn: Connection) -> list[int]:
     """The counts a socket was sent."""
-    socket = sub._socket
+    socket = conn._socket
     assert isinstance(socket, FakeSocket)
     return [m["listening"] for m in socket.messages if m["type"] == "presence"]
 
@@ -199,30 +202,28 @@ async def test_counts_agree_on_every_replica_whatever_happens_in_between() -> No
     table = Table()
     replicas = [Replica(table, name) for name in ("a", "b", "c")]
     tracks = ["x", "y"]
-    open_: list[tuple[Replica, Subscriber]] = []
+    open_: list[tuple[Replica, Connection, str]] = []
     for _ in range(40):
         for _ in range(rng.randint(0, 12)):
             if open_ and rng.random() < 0.45:
-                replica, sub = open_.pop(rng.randrange(len(open_)))
+                replica, sub, _ = open_.pop(rng.randrange(len(open_)))
                 replica.leave(sub)
             else:
-                replica = rng.choice(replicas)
-                open_.append(
-                    (replica, replica.join(rng.choice([ANONYMOUS, 1, 2, 3, 4, 5]), rng.choice(tracks)))
-                )
+                replica, track = rng.choice(replicas), rng.choice(tracks)
+                open_.append((replica, replica.join(rng.choice([ANONYMOUS, 1, 2, 3, 4, 5]), track), track))
         await rng.choice(replicas).presence.tick()
     for _ in range(2):
         for replica in replicas:
             await replica.presence.tick()
     for track in tracks:
-        here = [sub for _, sub in open_ if sub.track_id == track]
+        here = [sub for _, sub, on in open_ if on == track]
         truth = len({s.user_id for s in here if s.user_id != ANONYMOUS}) + sum(
             s.user_id == ANONYMOUS for s in here
         )
         for replica in replicas:
-            if any(r is replica and s.track_id == track for r, s in open_):
+            if any(r is replica and on == track for r, _, on in open_):
                 assert replica.count(track) == truth
-            for sub in replica.hub.track_sockets(track):
+            for sub in replica.hub.topic_sockets(track):
                 assert heard(sub)[-1] == truth
 
 
@@ -290,7 +291,7 @@ async def test_a_silent_replica_is_deleted_with_its_rows_after_10_minutes() -> N
 
 async def test_a_left_track_keeps_an_empty_row_for_the_readers_then_the_row_goes() -> None:
     table = Table()
-    me = Replica(table, timing=Timing(tick=0.0, heartbeat=0.0, keep_empty_row=0.05, keep_track=0.01))
+    me = Replica(table, timing=Timing(tick=0.0, heartbeat=0.0, keep_empty_row=0.05, keep_topic=0.01))
     sub = me.join(ALICE)
     await me.presence.tick()
     me.leave(sub)

@@ -19,6 +19,7 @@ from litestar.exceptions import LitestarDeprecationWarning
 
 from app.config import Settings
 from app.handlers.sockets import PATH as SOCKET_PATH
+from app.handlers.topic_sockets import PATH as TOPICS_PATH
 from app.live.close_codes import WHAT_TO_DO
 from app.main import create_app
 from tests.support.processes import ROOT
@@ -40,6 +41,7 @@ def routes() -> Iterator[str]:
         warnings.simplefilter("ignore", LitestarDeprecationWarning)
         app = create_app(Settings(database_url="postgresql://unused/unused", secret="x" * 32, demo=True))
     yield f"WS {SOCKET_PATH}{{track_id}}"  # served in front of Litestar (app/main.py)
+    yield f"WS {TOPICS_PATH}"  # so is the socket of many topics
     for route in app.http.routes:
         if route.path.startswith("/schema") and route.path != "/schema/asyncapi.json":
             continue  # Litestar's OpenAPI pages

@@ -27,11 +27,13 @@ from app.auth.hs256 import issue_token
 from app.handlers import sockets
 from app.handlers.sockets import PATH, TrackSockets
 from app.live import close_codes
-from app.live.notices import Opened, track_topic, user_topic
-from app.live.subscriber import WRITE_MOST, Subscriber
+from app.live.connection import WRITE_MOST, Connection
+from app.live.frames import Frames
+from app.live.notices import Opened, topic_name, user_name
+from app.live.topics import prefix, track_topic
 from app.live.wsprotocol import EXTENSION
 from app.ops.prometheus import Metrics
-from app.wire import Revoke, TrackBatch
+from app.wire import Revoke, TopicBatch
 from tests.support.fakes import FakeConnection, FakeServices, FakeSocket
 from tests.support.metrics import parse_metrics
 from tests.support.waiting import async_wait_until
@@ -117,14 +119,14 @@ async def connect(
 def notice(services: FakeServices, track: str, rows: list[tuple[int, bytes]]) -> None:
     """The listener hands over the signed NOTIFY of a statement that made `rows`."""
     first, last = rows[0][0], rows[-1][0]
-    batch = TrackBatch(
-        track_id=track,
+    batch = TopicBatch(
+        topic=track_topic(track),
         first=first,
         last=last,
         at=time.time(),
         events=[msgspec.Raw(message) for _, message in rows],
-        tag=services.log.tag(track, last),
-        prev=services.log.tag(track, first - 1),
+        tag=services.log.tag(track_topic(track), last),
+        prev=services.log.tag(track_topic(track), first - 1),
     )
     services.feed.on_notice(Opened(batch))
 
@@ -159,7 +161,7 @@ async def test_a_socket_is_admitted_gets_its_tracks_events_and_leaves_no_trace(
     assert (await client.connected())["seq"] == 0
     await until(lambda: services.hub.sockets == 1, "the socket in the hub")
     assert len(services.presence.counted) == 1
-    notice(services, T, services.log.write(T, 2))
+    notice(services, T, services.log.write(track_topic(T), 2))
     assert client.conn.seqs == [1, 2]
     client.conn.client_leaves()
     assert await client.ended() is None
@@ -173,7 +175,7 @@ async def test_a_bad_since_is_refused_with_1008_before_the_database_is_asked(
     client = await connect(services, since=since)
     code, reason = await client.ended() or (None, "")
     assert (code, reason) == (1008, "invalid since: give the last seq you received, a whole number >= 0")
-    assert services.watchers.asked == [] and client.messages == []
+    assert services.access.asked == [] and client.messages == []
 
 
 @pytest.mark.parametrize("since", ["", "0", "000", "9" * 18])
@@ -191,16 +193,16 @@ async def test_access_revoked_while_a_socket_is_admitted_is_checked_again_before
     await bob.connected()
     elsewhere = await connect(services, track=U, user=ALICE)
     await elsewhere.connected()
-    services.watchers.hold = asyncio.Event()
+    services.access.hold = asyncio.Event()
     alice = await connect(services, user=ALICE)
-    await until(lambda: services.watchers.held, "alice's admission to have its answer")
+    await until(lambda: services.access.held, "alice's admission to have its answer")
     # The admission's query said yes; then alice is taken off the team and the feed hears it.
-    services.watchers.hidden.add((T, ALICE))
-    services.feed.on_notice(Opened(Revoke(track_id=T, at=time.time())))
-    services.watchers.hold.set()
+    services.access.hidden.add((track_topic(T), ALICE))
+    services.feed.on_notice(Opened(Revoke(topic=track_topic(T), at=time.time())))
+    services.access.hold.set()
     assert await alice.ended() == (close_codes.POLICY, close_codes.TRACK_NOT_FOUND)
     assert alice.messages == []
-    assert services.watchers.asked.count((T, ALICE)) == 2
+    assert services.access.asked.count((track_topic(T), ALICE)) == 2
 
 
 async def test_without_a_revocation_the_admission_asks_once(services: FakeServices) -> None:
@@ -210,7 +212,7 @@ async def test_without_a_revocation_the_admission_asks_once(services: FakeServic
     await elsewhere.connected()
     alice = await connect(services, user=ALICE)
     await alice.connected()
-    assert services.watchers.asked.count((T, ALICE)) == 1
+    assert services.access.asked.count((track_topic(T), ALICE)) == 1
 
 
 @pytest.mark.parametrize(
@@ -221,7 +223,7 @@ async def test_without_a_revocation_the_admission_asks_once(services: FakeServic
 async def test_a_database_that_cannot_be_reached_closes_with_1013_not_1011(
     services: FakeServices, failure: BaseException
 ) -> None:
-    services.watchers.fail = failure
+    services.access.fail = failure
     client = await connect(services)
     assert await client.ended() == (close_codes.TRY_AGAIN, close_codes.DATABASE_DOWN)
 
@@ -237,7 +239,7 @@ async def test_a_track_that_cannot_be_joined_in_time_closes_with_1013() -> None:
 
 
 async def test_a_failure_nobody_foresaw_closes_with_1011(services: FakeServices) -> None:
-    services.watchers.fail = RuntimeError("a bug")
+    services.access.fail = RuntimeError("a bug")
     client = await connect(services)
     assert await client.ended() == (close_codes.INTERNAL, close_codes.SERVER_FAILED)
 
@@ -248,11 +250,14 @@ async def test_a_failure_nobody_foresaw_closes_with_1011(services: FakeServices)
 
 
 async def test_a_replay_goes_at_the_clients_pace_then_live(services: FakeServices) -> None:
-    services.log.write(T, 5)
+    services.log.write(track_topic(T), 5)
     client = await connect(services, since="2")
     assert (await client.connected())["seq"] == 5
-    await until(lambda: all(sub.live for sub in services.hub.track_sockets(T)), "the socket live")
-    notice(services, T, services.log.write(T, 1))
+    await until(
+        lambda: all(conn.live(track_topic(T)) for conn in services.hub.topic_sockets(track_topic(T))),
+        "the socket live",
+    )
+    notice(services, T, services.log.write(track_topic(T), 1))
     assert client.conn.seqs == [3, 4, 5, 6]
 
 
@@ -260,7 +265,7 @@ async def test_a_replay_left_unread_closes_the_socket_with_1013(
     services: FakeServices, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sockets, "REPLAY_STALL", 0.05)
-    services.log.write(T, 5)
+    services.log.write(track_topic(T), 5)
     client = await connect(services, since="0", reading=False)
     started = time.monotonic()
     assert await client.ended() == (close_codes.TRY_AGAIN, close_codes.TOO_SLOW)
@@ -282,7 +287,7 @@ async def test_typing_is_relayed_sealed_once_a_second_at_most(services: FakeServ
     client.conn.client_sends(UNKNOWN)  # its error says both before it were handled
     await until(lambda: "error" in client.types(), "the frames handled")
     (channel, payload), *more = services.events.notified
-    assert (channel, more) == (services.codec.track_channel(T), [])
+    assert (channel, more) == (services.codec.topic_channel(track_topic(T)), [])
     assert b"alice" not in payload.encode(), "typing travels sealed"
 
 
@@ -308,7 +313,7 @@ async def test_a_track_and_a_user_without_sockets_are_unlistened_once_forgotten(
     monkeypatch.setattr("app.live.user_lane._FORGET_AFTER", 0.01)
     client = await connect(services)
     await client.connected()
-    channels = {track_topic(T), user_topic(ALICE)}
+    channels = {topic_name(track_topic(T)), user_name(ALICE)}
     assert channels <= services.channels.listening
     client.conn.client_leaves()
     await client.ended()
@@ -329,7 +334,7 @@ async def test_a_socket_that_comes_back_in_time_keeps_its_channels(
     again = await connect(services)
     await again.connected()
     await asyncio.sleep(0.1)  # past the first socket's forgetting: it must have been called off
-    assert {track_topic(T), user_topic(ALICE)} <= services.channels.listening
+    assert {topic_name(track_topic(T)), user_name(ALICE)} <= services.channels.listening
 
 
 async def test_each_frame_handed_to_a_socket_is_counted_once_in_the_delivered_metric(
@@ -343,8 +348,8 @@ async def test_each_frame_handed_to_a_socket_is_counted_once_in_the_delivered_me
     listener = SimpleNamespace(reconnects=0, rekeys=0, channels=0, ready=True)
     metrics.watch(listener, services.codec)  # type: ignore[arg-type]
     before = services.hub.delivered
-    notice(services, T, services.log.write(T, 3))  # one batch of three events, to two sockets
-    notice(services, U, services.log.write(U, 1))  # a track nobody here watches
+    notice(services, T, services.log.write(track_topic(T), 3))  # one batch of three events, to two sockets
+    notice(services, U, services.log.write(track_topic(U), 1))  # a track nobody here watches
     assert services.hub.delivered - before == 6
     exposed = parse_metrics(generate_latest(metrics.registry).decode())
     assert exposed["tracktalk_events_delivered_total"] == services.hub.delivered
@@ -372,10 +377,9 @@ def test_a_page_of_frames_stops_at_the_bound_of_a_stalled_socket(count: int, siz
     written whole to it)."""
     limit = 256 * 1024
     sock = StalledSocket()
-    sub = Subscriber(sock, ALICE, T, limit)
-    sub.go_live()
-    frames = [(seq, b"\x81" + bytes(size - 1)) for seq in range(1, count + 1)]
-    assert not sub.offer_many(frames)
+    conn = Connection(sock, ALICE, limit)
+    frames = [Frames(seq, bytes(size - 10), prefix(track_topic(T))) for seq in range(1, count + 1)]
+    assert not conn.offer_many(track_topic(T), frames)
     assert sock.closed_with == (close_codes.TRY_AGAIN, close_codes.TOO_SLOW)
     assert max(map(len, sock.writes)) <= max(size, WRITE_MOST + size)
     assert sock.buffered() <= limit + WRITE_MOST + size
