@@ -25,6 +25,21 @@ export interface Comment {
   user_has_liked: boolean;
 }
 
+/** A forum post (GET /api/forum/threads/{id}/posts, `new_post`). */
+export interface Post {
+  id: number;
+  thread_id: number;
+  user_id: number;
+  username: string;
+  parent_id: number | null;
+  content: string;
+  created_at: string;
+  is_edited: boolean;
+  last_edited_at: string | null;
+  like_count: number;
+  user_has_liked: boolean;
+}
+
 /** GET /api/tracks/{track_id}/metrics, and the answer of the track like and share routes. */
 export interface TrackMetrics {
   track_id: string;
@@ -47,15 +62,19 @@ export interface LikeState {
 export interface Notification {
   id: number;
   user_id: number;
-  kind: "comment" | "reply" | "mention" | "comment_like";
+  /** About a comment (comment, reply, mention, comment_like) or a forum post (post_reply, post_mention). */
+  kind: "comment" | "reply" | "mention" | "comment_like" | "post_reply" | "post_mention";
   actor_id: number;
   actor_username: string;
-  track_id: string;
-  track_title: string;
+  track_id: string | null;
+  track_title: string | null;
   comment_id: number | null;
   excerpt: string | null;
   created_at: string;
   read_at: string | null;
+  thread_id?: number | null;
+  thread_title?: string | null;
+  post_id?: number | null;
 }
 
 /** GET /api/notifications: newest first, and how many are unread in all. */
@@ -160,18 +179,23 @@ export interface Presence {
   listening: number;
 }
 
-/** The socket's user was @mentioned, on whatever track. A live hint: GET /api/notifications is the truth. */
+/** The socket's user was @mentioned, in a comment (`track_id`, `comment`) or a forum post
+ *  (`thread_id`, `post`), whatever the socket watches. A live hint: GET /api/notifications is the truth. */
 export interface Mention {
   type: "mention";
-  track_id: string;
-  comment: Comment;
+  track_id?: string;
+  comment?: Comment;
+  thread_id?: number;
+  post?: Post;
   from_user: string;
 }
 
-/** The socket's user has a new notification. A live hint: GET /api/notifications is the truth. */
+/** The socket's user has a new notification, about a track (`track_id`) or a forum thread
+ *  (`thread_id`). A live hint: GET /api/notifications is the truth. */
 export interface NotificationMessage {
   type: "notification";
-  track_id: string;
+  track_id?: string;
+  thread_id?: number;
   notification: Notification;
 }
 
