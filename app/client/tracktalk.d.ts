@@ -281,6 +281,123 @@ export interface Unsubscribed {
  *  `topic` added. Durable ones have the topic's `seq`. */
 export type TopicMessage = { topic: string; type: string; seq?: number; tag?: string | null } & Record<string, unknown>;
 
+// ---- the forum's topics (on /api/ws: `thread:{id}`, `category:{slug}`) ----------------------
+
+/** A forum thread (GET /api/forum/threads/{id}); `post_count` and `last_post_at` are kept by the
+ *  database. */
+export interface Thread {
+  id: number;
+  category_id: number;
+  category_slug: string;
+  user_id: number;
+  username: string;
+  title: string;
+  created_at: string;
+  last_post_at: string;
+  post_count: number;
+  is_locked: boolean;
+  is_pinned: boolean;
+}
+
+/** A forum category (GET /api/forum/categories); a private one is the team's. */
+export interface Category {
+  id: number;
+  slug: string;
+  title: string;
+  description: string;
+  is_private: boolean;
+  thread_count: number;
+}
+
+/** POST and DELETE /api/forum/posts/{id}/like. */
+export interface PostLikeState {
+  post_id: number;
+  like_count: number;
+  user_has_liked: boolean;
+}
+
+/** A thread's counters after a change (the `thread` of new_post and post_deleted). */
+export interface ThreadCounters {
+  id: number;
+  post_count: number;
+  last_post_at: string;
+}
+
+/** `thread:{id}`: a post was written. */
+export interface NewPost {
+  type: "new_post";
+  seq: number;
+  tag?: string | null;
+  post: Post;
+  thread: ThreadCounters;
+}
+
+/** `thread:{id}`: a post's content changed. */
+export interface PostEdited {
+  type: "post_edited";
+  seq: number;
+  tag?: string | null;
+  post_id: number;
+  content: string;
+  is_edited: boolean;
+  last_edited_at: string | null;
+}
+
+/** `thread:{id}`: a post is gone (its replies stay, without their parent). */
+export interface PostDeleted {
+  type: "post_deleted";
+  seq: number;
+  tag?: string | null;
+  post_id: number;
+  thread: ThreadCounters;
+}
+
+/** `thread:{id}`: a post's like count changed. */
+export interface PostLiked {
+  type: "post_liked";
+  seq: number;
+  tag?: string | null;
+  post_id: number;
+  like_count: number;
+}
+
+/** `thread:{id}` and `category:{slug}`: the thread changed (title, lock, pin; on a category's
+ *  topic also its counters). */
+export interface ThreadUpdated {
+  type: "thread_updated";
+  seq: number;
+  tag?: string | null;
+  thread: Thread;
+}
+
+/** `category:{slug}`: a thread was started in the category, or moved into it. */
+export interface ThreadCreated {
+  type: "thread_created";
+  seq: number;
+  tag?: string | null;
+  thread: Thread;
+}
+
+/** `category:{slug}`: a thread left the category (deleted, or moved out). */
+export interface ThreadDeleted {
+  type: "thread_deleted";
+  seq: number;
+  tag?: string | null;
+  thread_id: number;
+}
+
+/** The durable messages of the forum's topics, as onMessage gets them (`topic` added). A thread's
+ *  topic also has `user_typing` and `presence`. */
+export type ForumMessage = (
+  | NewPost
+  | PostEdited
+  | PostDeleted
+  | PostLiked
+  | ThreadUpdated
+  | ThreadCreated
+  | ThreadDeleted
+) & { topic: string };
+
 // ---- client -> server ----------------------------------------------------------------------
 
 /** The only message a client sends; use `feed.typing()`, which keeps to the server's limit. */
