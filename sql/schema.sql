@@ -13,7 +13,8 @@
 -- docs/dba.md.
 --
 -- The tables in the public schema are the ones other services may write to directly
--- (comments, comment_likes, track_likes, track_shares); their writes go live through the
+-- (comments, comment_likes, track_likes, track_shares, and the forum's forum_threads, forum_posts,
+-- forum_post_likes); their writes go live through the
 -- triggers of sql/triggers.sql exactly like the API's. Bookkeeping that belongs to tracktalk
 -- alone lives in the schema "tracktalk".
 

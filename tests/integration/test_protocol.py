@@ -366,3 +366,11 @@ def test_the_examples_of_the_socket_of_topics_in_the_doc_match_the_document(docu
         "typing",
         "new_comment",
     }
+
+
+def test_the_examples_of_the_forums_topics_in_the_doc_match_the_document(document: dict[str, Any]) -> None:
+    sent = Messages(document, "sendTopicMessages")
+    examples = list(json_examples(section(doc_text(), "The forum's topics")))
+    for example in examples:
+        sent.check(example)
+    assert {example["type"] for example in examples} == FORUM
