@@ -1037,3 +1037,28 @@ async def test_liking_twice_or_unliking_twice_changes_nothing(
     assert await sql(
         db_url, "SELECT likes FROM tracktalk.post_stats WHERE post_id = %s", (thread["first_post"]["id"],)
     ) == [(0,)]
+
+
+@pytest.fixture(scope="module")
+def open_to_readers(db_url: str, world: World, log_dir: Path) -> Iterator[Replica]:
+    """A replica that lets sockets without a token watch public topics."""
+    with replicas(db_url, log_dir, 1, TRACKTALK_ANONYMOUS_SOCKETS="1") as (started,):
+        yield started
+
+
+async def test_a_socket_without_a_token_may_watch_public_forum_topics_only(
+    open_to_readers: Replica, world: World, db_url: str
+) -> None:
+    public, team = make_category(db_url), make_category(db_url, private=True)
+    open_thread = await insert_thread(db_url, public, world.users["alice"])
+    secret = await insert_thread(db_url, team, world.users["tina"])
+    async with open_topics(open_to_readers.ws, None) as reader:
+        await reader.subscribe(f"thread:{open_thread}")
+        await reader.subscribe(f"category:{public}")
+        for topic in (f"thread:{secret}", f"category:{team}"):
+            await reader.send({"type": "subscribe", "topic": topic})
+            await reader.until(lambda t=topic: bool(reader.answers(t, "subscribe_error")), topic)  # type: ignore[misc]
+            assert reader.answers(topic, "subscribe_error")[0]["reason"] == "not found"
+        await insert_post(db_url, open_thread, world.users["bob"], "for everyone")
+        got = await events(reader, f"thread:{open_thread}", 1)
+        assert got[0]["post"]["content"] == "for everyone"
