@@ -22,6 +22,7 @@ from app.auth.hs256 import issue_token
 from tests.support.processes import SECRET, Replica, replicas
 from tests.support.seed import World
 from tests.support.sockets import TopicSocket, open_topics
+from tests.support.waiting import async_wait_until
 from tests.support.writes import sql
 
 pytestmark = pytest.mark.timeout(180)
@@ -359,7 +360,6 @@ async def test_a_post_committed_while_another_waits_for_the_thread_is_counted_by
         await psycopg.AsyncConnection.connect(db_url) as late,
     ):
         await early.execute("SELECT now()")  # its transaction (and its posts' created_at) begins first
-        await asyncio.sleep(0.05)
         await late.execute(
             "INSERT INTO forum_posts (thread_id, user_id, content) VALUES (%s, %s, 'later, but first')",
             (tid, world.users["bob"]),
@@ -370,8 +370,14 @@ async def test_a_post_committed_while_another_waits_for_the_thread_is_counted_by
                 (tid, world.users["dave"]),
             )
         )
-        await asyncio.sleep(0.3)
-        assert not waiting.done()  # waits for the thread's row
+        pid = early.info.backend_pid
+
+        async def blocked() -> bool:
+            rows = await sql(db_url, "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,))
+            return rows == [("Lock",)]
+
+        await async_wait_until(blocked, 10, "the early writer to wait for the thread's row")
+        assert not waiting.done()
         await late.commit()
         await waiting
         await early.commit()
@@ -935,8 +941,7 @@ async def test_threads_are_listed_pinned_first_then_by_their_newest_post_page_by
     slug = make_category(db_url)
     made = [await insert_thread(db_url, slug, world.users["alice"], f"t{i}") for i in range(7)]
     for tid in (made[2], made[0], made[5]):  # the newest post: in made[5], then made[0], then made[2]
-        await insert_post(db_url, tid, world.users["bob"], "bump")
-        await asyncio.sleep(0.002)
+        await insert_post(db_url, tid, world.users["bob"], "bump")  # each a transaction of its own: later
     await sql(db_url, "UPDATE forum_threads SET is_pinned = true WHERE id = ANY (%s)", ([made[3], made[6]],))
     expected = [made[6], made[3], made[5], made[0], made[2], made[4], made[1]]
     seen: list[int] = []
