@@ -1304,13 +1304,17 @@ $$;
 -- A thread's title, lock, pin or author changed: thread_updated on its topic and its category's.
 -- Moved to another category: thread_deleted on the old one's, thread_created on the new one's,
 -- and its subscribers are checked again (the new category may be private). Its counters changing
--- (count_posts) publishes nothing here: the posts' triggers say it, in the post's own event.
+-- (count_posts, recount_thread: tracktalk.counting is on) publishes nothing here: the posts'
+-- triggers say it, in the post's own event; and it returns at once, for every post fires it.
 -- (Through EXECUTE: a join of the two transition tables, planned for each statement's rows.)
 CREATE OR REPLACE FUNCTION tracktalk.forum_threads_after_update() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
 BEGIN
+    IF current_setting('tracktalk.counting', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
     FOR r IN EXECUTE $q$
         WITH changed AS (
             SELECT n.id, o.category_id AS was_in, tracktalk.thread_json(t) AS thread, t.category_slug,
