@@ -477,7 +477,9 @@ END
 $$;
 
 -- The messages that tell recipients about notifications `ids`, in id order: none for a recipient
--- who may no longer see the track (tracktalk.notification_objects leaves those out).
+-- who may no longer see the track or the thread (tracktalk.notification_objects leaves those out).
+-- A notification of a track carries its `track_id`, one of the forum its `thread_id`; a mention
+-- carries the comment (`comment`) or the post (`post`).
 CREATE OR REPLACE FUNCTION tracktalk.user_messages(ids bigint[])
 RETURNS TABLE (user_id bigint, message jsonb)
 LANGUAGE plpgsql STABLE AS $$
@@ -486,7 +488,9 @@ BEGIN
     SELECT m.user_id, m.message
     FROM (
         SELECT n.id, 1 AS part, n.user_id,
-               jsonb_build_object('type', 'notification', 'track_id', n.track_id,
+               jsonb_build_object('type', 'notification',
+                                  CASE WHEN n.thread_id IS NULL THEN 'track_id' ELSE 'thread_id' END,
+                                  coalesce(to_jsonb(n.track_id), to_jsonb(n.thread_id)),
                                   'notification', tracktalk.notification_json(n)) AS message
           FROM tracktalk.notification_objects n
          WHERE n.id = ANY (ids)
@@ -498,6 +502,14 @@ BEGIN
           FROM tracktalk.notification_objects n
           JOIN tracktalk.comment_objects c ON c.id = n.comment_id
          WHERE n.id = ANY (ids) AND n.kind = 'mention'
+        UNION ALL
+        SELECT n.id, 2, n.user_id,
+               jsonb_build_object('type', 'mention', 'thread_id', n.thread_id,
+                                  'post', tracktalk.post_json(p),
+                                  'from_user', n.actor_username)
+          FROM tracktalk.notification_objects n
+          JOIN tracktalk.post_objects p ON p.id = n.post_id
+         WHERE n.id = ANY (ids) AND n.kind = 'post_mention'
     ) AS m
     ORDER BY m.id, m.part;
 END
@@ -1147,6 +1159,658 @@ CREATE TRIGGER track_shares_refuse_move
     EXECUTE FUNCTION tracktalk.refuse_move('a share', 'another track', 'track_id');
 
 ---------------------------------------------------------------------------------------------
+-- The forum: forum_categories, forum_threads, forum_posts, forum_post_likes
+---------------------------------------------------------------------------------------------
+-- Two kinds of topic: a thread's (`thread:{id}`: new_post, post_edited, post_deleted,
+-- post_liked, thread_updated; typing and "N here") and a category's (`category:{slug}`:
+-- thread_created, thread_updated, thread_deleted). A statement publishes on the category topics
+-- before the thread topics (each in the order of its topic's text, COLLATE "C"), after locking
+-- the threads' rows it counts (in id order): writers of the forum take their locks in one order.
+-- Every change is made live by these triggers, whoever makes it (the API or any SQL client).
+
+-- Can `viewer` (NULL: anonymous) see category `category`, its threads and their posts? A private
+-- category is for team members only. NULL when there is no such category.
+CREATE OR REPLACE FUNCTION tracktalk.can_see_category(viewer bigint, category bigint) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT NOT c.is_private
+                   OR EXISTS (SELECT 1 FROM public.users u WHERE u.id = viewer AND u.is_team)
+              FROM public.forum_categories c
+             WHERE c.id = category);
+END
+$$;
+
+-- `thread:{id}`: the thread exists and the user may see its category. A private category's
+-- threads exist only for the team (as over HTTP, where others get 404): NULL, not false.
+CREATE OR REPLACE FUNCTION tracktalk.thread_may_see(user_id bigint, topic text) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    key constant text := substr(topic, 8);
+BEGIN
+    IF key !~ '^[1-9][0-9]{0,17}$' THEN
+        RETURN NULL;
+    END IF;
+    RETURN (SELECT CASE WHEN tracktalk.can_see_category(thread_may_see.user_id, t.category_id) THEN true END
+              FROM public.forum_threads t
+             WHERE t.id = key::bigint);
+END
+$$;
+
+-- `category:{slug}`: the category exists and the user may see it (NULL for a private one, to
+-- anyone off the team).
+CREATE OR REPLACE FUNCTION tracktalk.category_may_see(user_id bigint, topic text) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT CASE WHEN tracktalk.can_see_category(category_may_see.user_id, c.id) THEN true END
+              FROM public.forum_categories c
+             WHERE c.slug = substr(topic, 10));
+END
+$$;
+
+SELECT tracktalk.topic_kind('thread', 'tracktalk.thread_may_see(bigint, text)', NULL, presence => true);
+SELECT tracktalk.topic_kind('category', 'tracktalk.category_may_see(bigint, text)', NULL);
+
+-- A post of tracktalk.post_objects as the messages carry it (user_has_liked: false).
+CREATE OR REPLACE FUNCTION tracktalk.post_json(o tracktalk.post_objects) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT to_jsonb(o) || jsonb_build_object('user_has_liked', false,
+                                             'created_at', tracktalk.json_time(o.created_at),
+                                             'last_edited_at', tracktalk.json_time(o.last_edited_at))
+$$;
+
+-- A thread of tracktalk.thread_objects as the messages carry it.
+CREATE OR REPLACE FUNCTION tracktalk.thread_json(o tracktalk.thread_objects) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT to_jsonb(o) || jsonb_build_object('created_at', tracktalk.json_time(o.created_at),
+                                             'last_post_at', tracktalk.json_time(o.last_post_at))
+$$;
+
+-- A thread's counters as new_post and post_deleted carry them (`thread`).
+CREATE OR REPLACE FUNCTION tracktalk.thread_counters(id bigint, post_count integer, last_post_at timestamptz)
+RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object('id', id, 'post_count', post_count,
+                              'last_post_at', tracktalk.json_time(last_post_at))
+$$;
+
+-- Sets post_count and last_post_at of the threads `ids` after a statement added `deltas` posts to
+-- each (negative: removed; 0: only a post's time changed). The rows are locked first, in id order,
+-- FOR NO KEY UPDATE (the foreign-key checks of other writers' posts, which take KEY SHARE, go on);
+-- then they are set in a statement of its own, whose fresh snapshot (READ COMMITTED) sees what
+-- the writers who held the lock before committed: post_count moves by the deltas under the lock
+-- (concurrent posts never lose a count), and last_post_at is read from the posts (one index
+-- lookup: forum_posts_thread_created_at), the thread's own created_at while it has none. Threads
+-- being deleted are skipped. The columns are tracktalk's: forum_threads_before_write sets aside
+-- what anyone else writes there, unless tracktalk.counting is on (as here, for one statement).
+CREATE OR REPLACE FUNCTION tracktalk.count_posts(ids bigint[], deltas bigint[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM FROM public.forum_threads t WHERE t.id = ANY (ids) ORDER BY t.id FOR NO KEY UPDATE;
+    PERFORM set_config('tracktalk.counting', 'on', true);
+    UPDATE public.forum_threads t
+       SET post_count = greatest(t.post_count + d.delta, 0),
+           last_post_at = coalesce((SELECT max(p.created_at) FROM public.forum_posts p WHERE p.thread_id = t.id),
+                                   t.created_at)
+      FROM unnest(ids, deltas) AS d (id, delta)
+     WHERE t.id = d.id;
+    PERFORM set_config('tracktalk.counting', 'off', true);
+END
+$$;
+
+-- A thread's counters are tracktalk's: an INSERT starts them at zero (and last_post_at at the
+-- thread's created_at), and an UPDATE by anyone but the triggers and recount_thread() leaves
+-- them as they are (an ORM that writes every column back writes the title all the same).
+CREATE OR REPLACE FUNCTION tracktalk.forum_threads_before_write() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        NEW.post_count := 0;
+        NEW.last_post_at := NEW.created_at;
+    ELSIF current_setting('tracktalk.counting', true) IS DISTINCT FROM 'on' THEN
+        NEW.post_count := OLD.post_count;
+        NEW.last_post_at := OLD.last_post_at;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+DROP TRIGGER IF EXISTS forum_threads_before_write ON forum_threads;
+CREATE TRIGGER forum_threads_before_write
+    BEFORE INSERT OR UPDATE ON forum_threads
+    FOR EACH ROW EXECUTE FUNCTION tracktalk.forum_threads_before_write();
+
+-- New threads: thread_created on their categories' topics.
+CREATE OR REPLACE FUNCTION tracktalk.forum_threads_after_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT 'category:' || o.category_slug AS topic, NOT c.is_private AS public,
+               array_agg(jsonb_build_object('type', 'thread_created', 'thread', tracktalk.thread_json(o))
+                         ORDER BY o.id) AS messages
+          FROM new_rows n
+          JOIN tracktalk.thread_objects o ON o.id = n.id
+          JOIN public.forum_categories c ON c.id = o.category_id
+         GROUP BY o.category_slug, c.is_private
+         ORDER BY o.category_slug COLLATE "C"
+    LOOP
+        PERFORM tracktalk.publish(r.topic, r.messages, public => r.public);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+-- A thread's title, lock, pin or author changed: thread_updated on its topic and its category's.
+-- Moved to another category: thread_deleted on the old one's, thread_created on the new one's,
+-- and its subscribers are checked again (the new category may be private). Its counters changing
+-- (count_posts, recount_thread: tracktalk.counting is on) publishes nothing here: the posts'
+-- triggers say it, in the post's own event; and it returns at once, for every post fires it.
+-- (Through EXECUTE: a join of the two transition tables, planned for each statement's rows.)
+CREATE OR REPLACE FUNCTION tracktalk.forum_threads_after_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    IF current_setting('tracktalk.counting', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    FOR r IN EXECUTE $q$
+        WITH changed AS (
+            SELECT n.id, o.category_id AS was_in, tracktalk.thread_json(t) AS thread, t.category_slug,
+                   NOT c.is_private AS public
+              FROM new_rows n
+              JOIN old_rows o ON o.id = n.id
+              JOIN tracktalk.thread_objects t ON t.id = n.id
+              JOIN public.forum_categories c ON c.id = t.category_id
+             WHERE n.title IS DISTINCT FROM o.title
+                OR n.is_locked IS DISTINCT FROM o.is_locked
+                OR n.is_pinned IS DISTINCT FROM o.is_pinned
+                OR n.user_id IS DISTINCT FROM o.user_id
+                OR n.category_id IS DISTINCT FROM o.category_id
+        ), events AS (
+            SELECT 'thread:' || x.id AS topic, x.public, x.id AS ord,
+                   jsonb_build_object('type', 'thread_updated', 'thread', x.thread) AS message
+              FROM changed x
+            UNION ALL
+            SELECT 'category:' || x.category_slug, x.public, x.id,
+                   jsonb_build_object('type', CASE WHEN x.was_in = (x.thread ->> 'category_id')::bigint
+                                                   THEN 'thread_updated' ELSE 'thread_created' END,
+                                      'thread', x.thread)
+              FROM changed x
+            UNION ALL
+            SELECT 'category:' || c.slug, NOT c.is_private, x.id,
+                   jsonb_build_object('type', 'thread_deleted', 'thread_id', x.id)
+              FROM changed x
+              JOIN public.forum_categories c ON c.id = x.was_in
+             WHERE x.was_in <> (x.thread ->> 'category_id')::bigint
+        )
+        SELECT e.topic, bool_and(e.public) AS public, array_agg(e.message ORDER BY e.ord) AS messages
+          FROM events e
+         GROUP BY e.topic
+         ORDER BY e.topic COLLATE "C"
+    $q$
+    LOOP
+        PERFORM tracktalk.publish(r.topic, r.messages, public => r.public);
+    END LOOP;
+    EXECUTE $q$
+        SELECT tracktalk.revoke_topic('thread:' || n.id)
+          FROM new_rows n JOIN old_rows o ON o.id = n.id
+         WHERE n.category_id IS DISTINCT FROM o.category_id
+         ORDER BY n.id
+    $q$;
+    RETURN NULL;
+END
+$$;
+
+-- Deleted threads: thread_deleted on their categories' topics (unless the category goes too),
+-- and their own topics are gone (tracktalk.topic_gone: their events leave the log, their sockets
+-- are told).
+CREATE OR REPLACE FUNCTION tracktalk.forum_threads_after_delete() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT 'category:' || c.slug AS topic, NOT c.is_private AS public,
+               array_agg(jsonb_build_object('type', 'thread_deleted', 'thread_id', o.id) ORDER BY o.id) AS messages
+          FROM old_rows o
+          JOIN public.forum_categories c ON c.id = o.category_id
+         GROUP BY c.slug, c.is_private
+         ORDER BY c.slug COLLATE "C"
+    LOOP
+        PERFORM tracktalk.publish(r.topic, r.messages, public => r.public);
+    END LOOP;
+    PERFORM tracktalk.topic_gone('thread:' || o.id) FROM old_rows o ORDER BY o.id;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS forum_threads_after_insert ON forum_threads;
+CREATE TRIGGER forum_threads_after_insert
+    AFTER INSERT ON forum_threads REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.forum_threads_after_insert();
+
+DROP TRIGGER IF EXISTS forum_threads_after_update ON forum_threads;
+CREATE TRIGGER forum_threads_after_update
+    AFTER UPDATE ON forum_threads REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.forum_threads_after_update();
+
+DROP TRIGGER IF EXISTS forum_threads_after_delete ON forum_threads;
+CREATE TRIGGER forum_threads_after_delete
+    AFTER DELETE ON forum_threads REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.forum_threads_after_delete();
+
+-- A category made private: its subscribers, and its threads', are checked again (one revocation
+-- per thread: a rare change, which a DBA makes). Its slug changed, or it was deleted: its topic
+-- is gone (its threads' go with them, through their own trigger).
+CREATE OR REPLACE FUNCTION tracktalk.forum_categories_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' OR NEW.slug IS DISTINCT FROM OLD.slug THEN
+        PERFORM tracktalk.topic_gone('category:' || OLD.slug);
+    ELSIF NEW.is_private AND NOT OLD.is_private THEN
+        PERFORM tracktalk.revoke_topic('category:' || NEW.slug);
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.is_private AND NOT OLD.is_private THEN
+        PERFORM tracktalk.revoke_topic('thread:' || t.id) FROM public.forum_threads t WHERE t.category_id = NEW.id ORDER BY t.id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS forum_categories_after_update ON forum_categories;
+CREATE TRIGGER forum_categories_after_update
+    AFTER UPDATE ON forum_categories
+    FOR EACH ROW
+    WHEN (OLD.slug IS DISTINCT FROM NEW.slug OR (NEW.is_private AND NOT OLD.is_private))
+    EXECUTE FUNCTION tracktalk.forum_categories_changed();
+
+DROP TRIGGER IF EXISTS forum_categories_after_delete ON forum_categories;
+CREATE TRIGGER forum_categories_after_delete
+    AFTER DELETE ON forum_categories
+    FOR EACH ROW EXECUTE FUNCTION tracktalk.forum_categories_changed();
+
+-- An edited post is marked so, as the API does.
+CREATE OR REPLACE FUNCTION tracktalk.forum_posts_before_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.is_edited := true;
+    NEW.last_edited_at := now();
+    RETURN NEW;
+END
+$$;
+
+DROP TRIGGER IF EXISTS forum_posts_before_update ON forum_posts;
+CREATE TRIGGER forum_posts_before_update
+    BEFORE UPDATE OF content ON forum_posts
+    FOR EACH ROW WHEN (OLD.content IS DISTINCT FROM NEW.content)
+    EXECUTE FUNCTION tracktalk.forum_posts_before_update();
+
+-- A deleted post takes its unread notifications with it (before the foreign key sets post_id to
+-- NULL on the read ones).
+CREATE OR REPLACE FUNCTION tracktalk.forum_posts_before_delete() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM public.notifications WHERE post_id = OLD.id AND read_at IS NULL;
+    RETURN OLD;
+END
+$$;
+
+DROP TRIGGER IF EXISTS forum_posts_before_delete ON forum_posts;
+CREATE TRIGGER forum_posts_before_delete
+    BEFORE DELETE ON forum_posts
+    FOR EACH ROW EXECUTE FUNCTION tracktalk.forum_posts_before_delete();
+
+-- Notifies about posts (new ones; or edited ones, with their `old_contents`), given column by
+-- column, as tracktalk.notify_comment_readers does about comments: each @mentioned user (at
+-- most max_mentions() per post, its edits included: tracktalk.post_mentions) as post_mention,
+-- then the parent's author as post_reply; never the writer, never someone who cannot see the
+-- thread (a private category's are the team's), and one notification per person and post, of the
+-- most specific kind (the unique index notifications_one_per_post turns away the rest).
+CREATE OR REPLACE FUNCTION tracktalk.notify_post_readers(
+    ids bigint[], thread_ids bigint[], user_ids bigint[], parent_ids bigint[], contents text[],
+    old_contents text[] DEFAULT NULL
+) RETURNS void
+-- Generic plans and per-row subqueries, for the reasons given at notify_comment_readers.
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    edited constant boolean := old_contents IS NOT NULL;
+BEGIN
+    IF EXISTS (SELECT 1 FROM unnest(contents) AS c WHERE c LIKE '%@%') THEN
+        WITH named AS (
+            INSERT INTO tracktalk.post_mentions (post_id, user_id)
+            SELECT w.id, newly.id
+              FROM unnest(ids, contents) AS w (id, content)
+             CROSS JOIN LATERAL (
+                   SELECT u.id
+                     FROM tracktalk.mentioned_names(w.content) WITH ORDINALITY AS m (name, at)
+                    CROSS JOIN LATERAL (SELECT u.id FROM public.users u WHERE lower(u.username) = m.name
+                                        OFFSET 0  -- keeps this a per-name index lookup
+                                       ) AS u
+                    WHERE NOT EXISTS (SELECT 1 FROM tracktalk.post_mentions c
+                                       WHERE c.post_id = w.id AND c.user_id = u.id)
+                    ORDER BY m.at, u.id
+                    LIMIT greatest(tracktalk.max_mentions()
+                                   - (SELECT count(*) FROM tracktalk.post_mentions c WHERE c.post_id = w.id),
+                                   0)
+                   ) AS newly
+             WHERE w.content LIKE '%@%'
+             ORDER BY w.id, newly.id
+            ON CONFLICT DO NOTHING
+            RETURNING post_id, user_id
+        )
+        INSERT INTO public.notifications (user_id, kind, actor_id, thread_id, post_id)
+        SELECT named.user_id, 'post_mention', w.user_id, w.thread_id, w.id
+          FROM named
+          JOIN unnest(ids, thread_ids, user_ids) AS w (id, thread_id, user_id) ON w.id = named.post_id
+          JOIN public.forum_threads t ON t.id = w.thread_id
+          JOIN public.forum_categories c ON c.id = t.category_id
+         CROSS JOIN LATERAL (SELECT u.is_team FROM public.users u WHERE u.id = named.user_id
+                             OFFSET 0  -- keeps this a per-row index lookup
+                            ) AS mentioned
+         WHERE named.user_id <> w.user_id
+           -- tracktalk.can_see_category(mentioned, category), written out
+           AND (NOT c.is_private OR mentioned.is_team)
+         ORDER BY w.id, named.user_id
+        ON CONFLICT (user_id, post_id) WHERE kind IN ('post_reply', 'post_mention')
+        -- An edit that mentions someone already told of the post (a reply) makes it news again.
+        DO UPDATE SET kind = excluded.kind, created_at = now(), read_at = NULL
+            WHERE notifications.kind <> 'post_mention';
+    END IF;
+    IF edited THEN
+        RETURN;
+    END IF;
+
+    IF cardinality(array_remove(parent_ids, NULL)) > 0 THEN
+        INSERT INTO public.notifications (user_id, kind, actor_id, thread_id, post_id)
+        SELECT parent.user_id, 'post_reply', w.user_id, w.thread_id, w.id
+          FROM unnest(ids, thread_ids, user_ids, parent_ids) AS w (id, thread_id, user_id, parent_id)
+          JOIN public.forum_threads t ON t.id = w.thread_id
+          JOIN public.forum_categories c ON c.id = t.category_id
+         CROSS JOIN LATERAL (SELECT p.user_id, u.is_team
+                               FROM public.forum_posts p JOIN public.users u ON u.id = p.user_id
+                              WHERE p.id = w.parent_id
+                             OFFSET 0  -- keeps this a per-row index lookup
+                            ) AS parent
+         WHERE parent.user_id <> w.user_id
+           -- tracktalk.can_see_category(parent author, category), written out
+           AND (NOT c.is_private OR parent.is_team)
+         ORDER BY w.id
+        ON CONFLICT (user_id, post_id) WHERE kind IN ('post_reply', 'post_mention') DO NOTHING;
+    END IF;
+END
+$$;
+
+-- New posts: their threads' counters (tracktalk.count_posts), then new_post on each thread's
+-- topic, carrying the thread's counters after the statement (one change, one event), and
+-- thread_updated on each category's topic; then the notifications.
+CREATE OR REPLACE FUNCTION tracktalk.forum_posts_after_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    PERFORM tracktalk.count_posts(array_agg(x.thread_id ORDER BY x.thread_id), array_agg(x.added ORDER BY x.thread_id))
+       FROM (SELECT n.thread_id, count(*) AS added FROM new_rows n GROUP BY n.thread_id) AS x;
+    FOR r IN
+        SELECT * FROM (
+            SELECT 'thread:' || t.id AS topic, NOT c.is_private AS public,
+                   array_agg(jsonb_build_object('type', 'new_post', 'post', tracktalk.post_json(p),
+                                                'thread', tracktalk.thread_counters(t.id, t.post_count, t.last_post_at))
+                             ORDER BY n.id) AS messages
+              FROM new_rows n
+              JOIN public.forum_threads t ON t.id = n.thread_id
+              JOIN public.forum_categories c ON c.id = t.category_id
+              JOIN tracktalk.post_objects p ON p.id = n.id
+             GROUP BY t.id, c.is_private
+            UNION ALL
+            SELECT 'category:' || o.category_slug, NOT c.is_private,
+                   array_agg(jsonb_build_object('type', 'thread_updated', 'thread', tracktalk.thread_json(o))
+                             ORDER BY o.id)
+              FROM tracktalk.thread_objects o
+              JOIN public.forum_categories c ON c.id = o.category_id
+             WHERE o.id IN (SELECT n.thread_id FROM new_rows n)
+             GROUP BY o.category_slug, c.is_private
+        ) AS e
+        ORDER BY e.topic COLLATE "C"
+    LOOP
+        PERFORM tracktalk.publish(r.topic, r.messages, public => r.public);
+    END LOOP;
+    PERFORM tracktalk.notify_post_readers(
+                array_agg(n.id ORDER BY n.id), array_agg(n.thread_id ORDER BY n.id),
+                array_agg(n.user_id ORDER BY n.id), array_agg(n.parent_id ORDER BY n.id),
+                array_agg(n.content ORDER BY n.id))
+       FROM new_rows n;
+    RETURN NULL;
+END
+$$;
+
+-- Edited posts: post_edited on their threads' topics, and the notifications of the @names an
+-- edit adds. A post whose created_at a writer changed moves its thread's last_post_at: its
+-- counters are set again (tracktalk.count_posts) and thread_updated goes to the thread's and the
+-- category's topics.
+-- (Through EXECUTE: a join of the two transition tables, planned for each statement's rows.)
+CREATE OR REPLACE FUNCTION tracktalk.forum_posts_after_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    EXECUTE $q$
+        SELECT tracktalk.count_posts(array_agg(x.thread_id ORDER BY x.thread_id), array_agg(0::bigint))
+          FROM (SELECT DISTINCT n.thread_id
+                  FROM new_rows n JOIN old_rows o ON o.id = n.id
+                 WHERE n.created_at IS DISTINCT FROM o.created_at) AS x
+        HAVING count(*) > 0
+    $q$;
+    FOR r IN EXECUTE $q$
+        WITH edits AS (
+            SELECT n.thread_id, n.id,
+                   jsonb_build_object('type', 'post_edited', 'post_id', n.id, 'content', n.content,
+                                      'is_edited', n.is_edited,
+                                      'last_edited_at', tracktalk.json_time(n.last_edited_at)) AS message
+              FROM new_rows n
+              JOIN old_rows o ON o.id = n.id
+             WHERE n.content IS DISTINCT FROM o.content
+        ), retimed AS (
+            SELECT t.id, t.category_slug, tracktalk.thread_json(t) AS thread
+              FROM tracktalk.thread_objects t
+             WHERE t.id IN (SELECT n.thread_id FROM new_rows n JOIN old_rows o ON o.id = n.id
+                             WHERE n.created_at IS DISTINCT FROM o.created_at)
+        ), events AS (
+            SELECT 'thread:' || e.thread_id AS topic, e.thread_id AS thread_id, e.id AS ord, e.message
+              FROM edits e
+            UNION ALL
+            SELECT 'thread:' || x.id, x.id, 9223372036854775807,
+                   jsonb_build_object('type', 'thread_updated', 'thread', x.thread)
+              FROM retimed x
+            UNION ALL
+            SELECT 'category:' || x.category_slug, x.id, x.id,
+                   jsonb_build_object('type', 'thread_updated', 'thread', x.thread)
+              FROM retimed x
+        )
+        SELECT e.topic, NOT c.is_private AS public, array_agg(e.message ORDER BY e.ord) AS messages
+          FROM events e
+          JOIN public.forum_threads t ON t.id = e.thread_id
+          JOIN public.forum_categories c ON c.id = t.category_id
+         GROUP BY e.topic, c.is_private
+         ORDER BY e.topic COLLATE "C"
+    $q$
+    LOOP
+        PERFORM tracktalk.publish(r.topic, r.messages, public => r.public);
+    END LOOP;
+    EXECUTE $q$
+        SELECT tracktalk.notify_post_readers(
+                   array_agg(n.id ORDER BY n.id), array_agg(n.thread_id ORDER BY n.id),
+                   array_agg(n.user_id ORDER BY n.id), array_agg(n.parent_id ORDER BY n.id),
+                   array_agg(n.content ORDER BY n.id), array_agg(o.content ORDER BY n.id))
+          FROM new_rows n
+          JOIN old_rows o ON o.id = n.id
+         WHERE n.content IS DISTINCT FROM o.content
+    $q$;
+    RETURN NULL;
+END
+$$;
+
+-- Deleted posts: their threads' counters, then post_deleted on each thread's topic (with the
+-- counters) and thread_updated on each category's. Nothing for a thread that goes too (its
+-- topic is gone: forum_threads_after_delete).
+CREATE OR REPLACE FUNCTION tracktalk.forum_posts_after_delete() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    PERFORM tracktalk.count_posts(array_agg(x.thread_id ORDER BY x.thread_id), array_agg(-x.removed ORDER BY x.thread_id))
+       FROM (SELECT o.thread_id, count(*) AS removed FROM old_rows o GROUP BY o.thread_id) AS x;
+    FOR r IN
+        SELECT * FROM (
+            SELECT 'thread:' || t.id AS topic, NOT c.is_private AS public,
+                   array_agg(jsonb_build_object('type', 'post_deleted', 'post_id', o.id,
+                                                'thread', tracktalk.thread_counters(t.id, t.post_count, t.last_post_at))
+                             ORDER BY o.id) AS messages
+              FROM old_rows o
+              JOIN public.forum_threads t ON t.id = o.thread_id
+              JOIN public.forum_categories c ON c.id = t.category_id
+             GROUP BY t.id, c.is_private
+            UNION ALL
+            SELECT 'category:' || t.category_slug, NOT c.is_private,
+                   array_agg(jsonb_build_object('type', 'thread_updated', 'thread', tracktalk.thread_json(t))
+                             ORDER BY t.id)
+              FROM tracktalk.thread_objects t
+              JOIN public.forum_categories c ON c.id = t.category_id
+             WHERE t.id IN (SELECT o.thread_id FROM old_rows o)
+             GROUP BY t.category_slug, c.is_private
+        ) AS e
+        ORDER BY e.topic COLLATE "C"
+    LOOP
+        PERFORM tracktalk.publish(r.topic, r.messages, public => r.public);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS forum_posts_after_insert ON forum_posts;
+CREATE TRIGGER forum_posts_after_insert
+    AFTER INSERT ON forum_posts REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.forum_posts_after_insert();
+
+DROP TRIGGER IF EXISTS forum_posts_after_update ON forum_posts;
+CREATE TRIGGER forum_posts_after_update
+    AFTER UPDATE ON forum_posts REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.forum_posts_after_update();
+
+DROP TRIGGER IF EXISTS forum_posts_after_delete ON forum_posts;
+CREATE TRIGGER forum_posts_after_delete
+    AFTER DELETE ON forum_posts REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.forum_posts_after_delete();
+
+-- Keeps post_stats, and sends post_liked with the fresh count (as comment_likes_changed).
+CREATE OR REPLACE FUNCTION tracktalk.forum_post_likes_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    sign constant integer := CASE TG_OP WHEN 'INSERT' THEN 1 ELSE -1 END;
+    r record;
+BEGIN
+    FOR r IN
+        WITH counted AS (
+            INSERT INTO tracktalk.post_stats AS s (post_id, likes)
+            SELECT d.post_id, greatest(sign * count(*), 0)
+              FROM changed_rows d
+             -- A post being deleted takes its likes along: nothing to count or tell then.
+             WHERE EXISTS (SELECT 1 FROM public.forum_posts p WHERE p.id = d.post_id)
+             GROUP BY d.post_id
+             ORDER BY d.post_id
+            ON CONFLICT (post_id) DO UPDATE
+               SET likes = greatest(s.likes + sign * (SELECT count(*) FROM changed_rows d
+                                                       WHERE d.post_id = s.post_id), 0)
+            RETURNING s.post_id, s.likes
+        )
+        SELECT 'thread:' || p.thread_id AS topic, NOT c.is_private AS public,
+               array_agg(jsonb_build_object('type', 'post_liked', 'post_id', k.post_id, 'like_count', k.likes)
+                         ORDER BY k.post_id) AS messages
+          FROM counted k
+          JOIN public.forum_posts p ON p.id = k.post_id
+          JOIN public.forum_threads t ON t.id = p.thread_id
+          JOIN public.forum_categories c ON c.id = t.category_id
+         GROUP BY p.thread_id, c.is_private
+         ORDER BY ('thread:' || p.thread_id) COLLATE "C"
+    LOOP
+        PERFORM tracktalk.publish(r.topic, r.messages, public => r.public);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS forum_post_likes_after_insert ON forum_post_likes;
+CREATE TRIGGER forum_post_likes_after_insert
+    AFTER INSERT ON forum_post_likes REFERENCING NEW TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.forum_post_likes_changed();
+
+DROP TRIGGER IF EXISTS forum_post_likes_after_delete ON forum_post_likes;
+CREATE TRIGGER forum_post_likes_after_delete
+    AFTER DELETE ON forum_post_likes REFERENCING OLD TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.forum_post_likes_changed();
+
+-- Posts, likes and threads do not move (tracktalk.refuse_move): a post moved to another thread
+-- would leave both threads' counters and events wrong.
+DROP TRIGGER IF EXISTS forum_posts_refuse_move ON forum_posts;
+CREATE TRIGGER forum_posts_refuse_move
+    BEFORE UPDATE OF id, thread_id ON forum_posts
+    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id OR OLD.thread_id IS DISTINCT FROM NEW.thread_id)
+    EXECUTE FUNCTION tracktalk.refuse_move('a post', 'another thread', 'id', 'thread_id');
+
+DROP TRIGGER IF EXISTS forum_post_likes_refuse_move ON forum_post_likes;
+CREATE TRIGGER forum_post_likes_refuse_move
+    BEFORE UPDATE OF post_id, user_id ON forum_post_likes
+    FOR EACH ROW WHEN (OLD.post_id IS DISTINCT FROM NEW.post_id OR OLD.user_id IS DISTINCT FROM NEW.user_id)
+    EXECUTE FUNCTION tracktalk.refuse_move('a like', 'another post or user', 'post_id', 'user_id');
+
+DROP TRIGGER IF EXISTS forum_threads_refuse_move ON forum_threads;
+CREATE TRIGGER forum_threads_refuse_move
+    BEFORE UPDATE OF id ON forum_threads
+    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id)
+    EXECUTE FUNCTION tracktalk.refuse_move('a thread', 'another id', 'id');
+
+-- Sets a thread's post_count and last_post_at from its posts: for a DBA who suspects drift, or for
+-- threads written while the triggers were off: SELECT tracktalk.recount_thread(id) FROM forum_threads;
+-- Locks the row first, then counts from a fresh snapshot (as count_posts does). When they changed,
+-- the thread's and its category's sockets get thread_updated.
+CREATE OR REPLACE FUNCTION tracktalk.recount_thread(thread bigint) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    was public.forum_threads;
+    now_ public.forum_threads;
+    r record;
+BEGIN
+    SELECT * INTO was FROM public.forum_threads t WHERE t.id = thread FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    PERFORM set_config('tracktalk.counting', 'on', true);
+    UPDATE public.forum_threads t
+       SET post_count = (SELECT count(*) FROM public.forum_posts p WHERE p.thread_id = t.id),
+           last_post_at = coalesce((SELECT max(p.created_at) FROM public.forum_posts p WHERE p.thread_id = t.id),
+                                   t.created_at)
+     WHERE t.id = thread
+    RETURNING t.* INTO now_;
+    PERFORM set_config('tracktalk.counting', 'off', true);
+    IF (now_.post_count, now_.last_post_at) IS NOT DISTINCT FROM (was.post_count, was.last_post_at) THEN
+        RETURN;
+    END IF;
+    FOR r IN
+        SELECT x.topic, NOT c.is_private AS public,
+               ARRAY[jsonb_build_object('type', 'thread_updated', 'thread', tracktalk.thread_json(o))] AS messages
+          FROM tracktalk.thread_objects o
+          JOIN public.forum_categories c ON c.id = o.category_id
+         CROSS JOIN LATERAL (VALUES ('category:' || o.category_slug), ('thread:' || o.id)) AS x (topic)
+         WHERE o.id = thread
+         ORDER BY x.topic COLLATE "C"
+    LOOP
+        PERFORM tracktalk.publish(r.topic, r.messages, public => r.public);
+    END LOOP;
+END
+$$;
+
+---------------------------------------------------------------------------------------------
 -- notifications
 ---------------------------------------------------------------------------------------------
 
@@ -1314,10 +1978,14 @@ INSERT INTO tracktalk.comment_stats (comment_id, likes)
 SELECT comment_id, count(*) FROM comment_likes GROUP BY comment_id
 ON CONFLICT (comment_id) DO NOTHING;
 
+INSERT INTO tracktalk.post_stats (post_id, likes)
+SELECT post_id, count(*) FROM forum_post_likes GROUP BY post_id
+ON CONFLICT (post_id) DO NOTHING;
+
 -- The channel key, made once.
 SELECT tracktalk.rotate_channel_key() WHERE NOT EXISTS (SELECT 1 FROM tracktalk.channel_key);
 
 -- A replica serves a schema of its own version or newer; docs/dba.md lists what each version
 -- added, and which upgrades need the old replicas stopped first (2 to 3, 4 to 5, 5 to 6).
-INSERT INTO tracktalk.schema_version (version) VALUES (6)
+INSERT INTO tracktalk.schema_version (version) VALUES (7)
 ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, applied_at = now();

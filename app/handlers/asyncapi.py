@@ -40,6 +40,9 @@ _TOPIC_EVENTS = (
     wire.Resync,
 )
 """The track socket's messages that /api/ws sends as messages of a topic (`topic` added)."""
+_FORUM_EVENTS = tuple(get_args(wire.ForumMessage))
+"""The forum's messages, which only /api/ws sends (on `thread:{id}` and `category:{slug}`, with
+`topic`); their `user_typing` and `presence` are the tracks' (of _TOPIC_EVENTS)."""
 
 
 def _members(union: Any) -> list[type[msgspec.Struct]]:
@@ -92,20 +95,24 @@ def document() -> dict[str, Any]:
     topics_own = _members(wire.TopicSocketMessage)
     topics_received = _members(wire.TopicClientMessage)
     _, schemas = msgspec.json.schema_components(
-        sent + received + topics_own + topics_received, ref_template=SCHEMAS
+        sent + received + topics_own + topics_received + list(_FORUM_EVENTS), ref_template=SCHEMAS
     )
-    for struct in _TOPIC_EVENTS:
+    for struct in _TOPIC_EVENTS + _FORUM_EVENTS:
         schemas["Topic" + struct.__name__] = _with_topic(schemas[struct.__name__])
+    for struct in _FORUM_EVENTS:
+        del schemas[struct.__name__]  # sent only with `topic`
     messages = {_tag(struct): _message(struct) for struct in sent + received}
     topic_messages = {
         TOPICS_PREFIX + _tag(struct): _message(struct)
         for struct in topics_own + topics_received
         if struct not in (wire.Error, wire.Mention, wire.NotificationMessage)
     }
-    topic_messages |= {TOPICS_PREFIX + _tag(s): _message(s, "Topic" + s.__name__) for s in _TOPIC_EVENTS}
+    topic_messages |= {
+        TOPICS_PREFIX + _tag(s): _message(s, "Topic" + s.__name__) for s in _TOPIC_EVENTS + _FORUM_EVENTS
+    }
     shared = {"error": wire.Error, "mention": wire.Mention, "notification": wire.NotificationMessage}
     topics_sent = [TOPICS_PREFIX + _tag(s) for s in topics_own if s not in shared.values()]
-    topics_sent += [*shared, *(TOPICS_PREFIX + _tag(s) for s in _TOPIC_EVENTS)]
+    topics_sent += [*shared, *(TOPICS_PREFIX + _tag(s) for s in _TOPIC_EVENTS + _FORUM_EVENTS)]
     return {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {
