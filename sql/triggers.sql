@@ -1766,7 +1766,7 @@ BEGIN
         RAISE EXCEPTION 'enabled must be true or false' USING ERRCODE = 'null_value_not_allowed';
     ELSIF NOT pg_catalog.pg_has_role(current_user, rel.relowner, 'USAGE') THEN
         RAISE EXCEPTION 'only the owner of % (%) or a superuser may make it live, or undo it, not %',
-                        tbl, pg_catalog.pg_get_userbyid(rel.relowner), current_user
+                        rel.qualified, pg_catalog.pg_get_userbyid(rel.relowner), current_user
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Connect as its owner (or a member of the owning role), or as a superuser.';
     END IF;
