@@ -1226,10 +1226,13 @@ CREATE TRIGGER channel_key_changed
 
 -- The columns of `tbl`'s primary key, in its order, each with the SQL of its equality operator
 -- (the one its index uses, schema-qualified: a citext key compares as citext); none when it has no
--- primary key.
+-- primary key. PL/pgSQL: its query is planned once per session (a LANGUAGE sql function with a SET
+-- clause is planned at every call: 0.8 ms here, more than the rest of a statement's trigger).
 CREATE OR REPLACE FUNCTION tracktalk.live_key(tbl regclass)
 RETURNS TABLE (name text, equals text)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
     SELECT a.attname::text, format('OPERATOR(%I.%s)', opn.nspname, op.oprname)
       FROM pg_index i
      CROSS JOIN LATERAL unnest(i.indkey::int2[], i.indclass::oid[]) WITH ORDINALITY AS k (attnum, opclass, o)
@@ -1240,7 +1243,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       JOIN pg_operator op ON op.oid = am.amopopr
       JOIN pg_namespace opn ON opn.oid = op.oprnamespace
      WHERE i.indrelid = tbl AND i.indisprimary
-     ORDER BY k.o
+     ORDER BY k.o;
+END
 $$;
 
 -- The SQL of the topic of a row of the live table `live`, the row written as the expression `r`
