@@ -1271,6 +1271,27 @@ BEGIN
 END
 $$;
 
+-- The SQL of the JSON of a row of the live table `tbl`, the row written as the expression `r`:
+-- to_jsonb, with each timestamptz column (or one of a domain over it) written as every other time
+-- of the protocol is (tracktalk.json_time: `2026-12-05T13:07:52.199147Z`; an infinite one as
+-- to_jsonb writes it). Times inside arrays and composites stay to_jsonb's (in UTC: the trigger
+-- sets the zone).
+CREATE OR REPLACE FUNCTION tracktalk.live_row_sql(tbl regclass, r text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    times text;
+BEGIN
+    SELECT string_agg(format('%1$L, CASE WHEN isfinite((%2$s).%1$I) THEN to_jsonb(tracktalk.json_time((%2$s).%1$I))'
+                             ' ELSE to_jsonb((%2$s).%1$I) END', a.attname, r), ', ' ORDER BY a.attnum)
+      INTO times
+      FROM pg_attribute a
+      JOIN pg_type t ON t.oid = a.atttypid
+     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
+       AND 'timestamptz'::regtype IN (t.oid, t.typbasetype);
+    RETURN format('to_jsonb(%s)', r) || coalesce(format(' || jsonb_build_object(%s)', times), '');
+END
+$$;
+
 -- The query that turns the rows of one statement on the live table `live` (its transition tables
 -- live_old and live_new) into messages: one row per topic, in topic order (the order in which
 -- publish() locks them), with its messages in the order of the rows. `op`: TG_OP.
@@ -1285,6 +1306,7 @@ DECLARE
     same_row text;    -- o.r and n.r have the same primary key
     old_topic constant text := tracktalk.live_topic_sql(live, 'o.r');
     new_topic constant text := tracktalk.live_topic_sql(live, 'n.r');
+    new_row constant text := tracktalk.live_row_sql(live.tbl, 'n.r');
     changes text;
 BEGIN
     SELECT format('jsonb_build_object(%s)', string_agg(format('%L, (o.r).%I', k.name, k.name), ', ')),
@@ -1300,9 +1322,9 @@ BEGIN
     IF op = 'INSERT' THEN
         changes := format($q$
             SELECT %s AS topic, n.ord, 0 AS part,
-                   jsonb_build_object('type', 'row_inserted', 'row', to_jsonb(n.r)) AS message
+                   jsonb_build_object('type', 'row_inserted', 'row', %s) AS message
               FROM (SELECT r, row_number() OVER () AS ord FROM live_new r) AS n
-        $q$, new_topic);
+        $q$, new_topic, new_row);
     ELSIF op = 'DELETE' THEN
         changes := format($q$
             SELECT %s AS topic, o.ord, 0 AS part,
@@ -1314,7 +1336,7 @@ BEGIN
             WITH o AS (SELECT r, row_number() OVER () AS ord FROM live_old r),
                  n AS (SELECT r, row_number() OVER () AS ord FROM live_new r),
                  p AS (SELECT o.ord AS o_ord, n.ord AS n_ord, %s AS old_topic, %s AS new_topic,
-                              %s AS old_key, to_jsonb(n.r) AS new_row
+                              %s AS old_key, CASE WHEN n.ord IS NOT NULL THEN %s END AS new_row
                          FROM o FULL JOIN n ON %s)
             SELECT new_topic AS topic, n_ord AS ord, 1 AS part,
                    jsonb_build_object('type', 'row_updated', 'row', new_row) AS message
@@ -1328,7 +1350,7 @@ BEGIN
             SELECT new_topic, coalesce(n_ord, o_ord), 2, jsonb_build_object('type', 'row_inserted', 'row', new_row)
               FROM p
              WHERE n_ord IS NOT NULL AND (o_ord IS NULL OR old_topic IS DISTINCT FROM new_topic)
-        $q$, old_topic, new_topic, old_key, same_row);
+        $q$, old_topic, new_topic, old_key, new_row, same_row);
     END IF;
     RETURN format($q$
         SELECT c.topic, array_agg(c.message ORDER BY c.ord, c.part) AS messages

@@ -106,7 +106,7 @@ async def test_a_psql_insert_into_a_live_table_reaches_sockets_on_both_replicas_
                 "title": title,
                 "made_at": event["row"]["made_at"],
             }
-            assert event["row"]["made_at"].endswith("+00:00")  # UTC, whoever wrote it
+            assert event["row"]["made_at"].endswith("Z")  # as every time of the protocol, whoever wrote it
             assert datetime.fromisoformat(event["row"]["made_at"]) == made_at
 
 
@@ -597,3 +597,26 @@ def test_a_dropped_live_table_is_not_found_and_its_registration_goes_at_the_next
     assert conn.execute(
         "SELECT last_seq FROM tracktalk.topic_state WHERE topic = %s", (table,)
     ).fetchone() == (2,)
+
+
+def test_rows_and_topics_are_the_same_text_whatever_the_writers_and_the_readers_settings(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """A timestamptz topic column and times inside an array, written and asked in a session whose
+    zone is not UTC: the topic is the UTC text, the same one may_see knows."""
+    conn.execute("CREATE TABLE public.shows (id int PRIMARY KEY, starts timestamptz, moved timestamptz[])")
+    conn.execute("SELECT tracktalk.make_live('public.shows', topic_column => 'starts')")
+    conn.execute("SET TimeZone = 'Asia/Tokyo'")
+    conn.execute("SET DateStyle = 'German'")
+    conn.execute(
+        "INSERT INTO shows VALUES (1, '2026-01-01 09:00+09', ARRAY['2026-01-02 09:00+09'::timestamptz])"
+    )
+    topic, row = conn.execute(
+        "SELECT topic, message->'row' FROM tracktalk.events WHERE topic LIKE 'shows:%'"
+    ).fetchone()
+    assert topic == "shows:2026-01-01 00:00:00+00"
+    assert row == {"id": 1, "starts": "2026-01-01T00:00:00Z", "moved": ["2026-01-02T00:00:00+00:00"]}
+    assert conn.execute("SELECT tracktalk.may_see(1, %s)", (topic,)).fetchone() == (True,)
+    tokyo = conn.execute("SELECT 'shows:' || '2026-01-01 00:00:00+00'::timestamptz::text").fetchone()
+    assert tokyo is not None and tokyo[0] != topic  # what the session alone would write
+    assert conn.execute("SELECT tracktalk.may_see(1, %s)", (tokyo[0],)).fetchone() == (None,)

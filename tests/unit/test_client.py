@@ -47,6 +47,9 @@ WIRE_TYPES: dict[str, type[msgspec.Struct]] = {
     "Subscribe": wire.Subscribe,
     "Unsubscribe": wire.Unsubscribe,
     "TopicTyping": wire.TopicTyping,
+    "RowInserted": wire.RowInserted,
+    "RowUpdated": wire.RowUpdated,
+    "RowDeleted": wire.RowDeleted,
     **{
         struct.__name__ if struct is not wire.Error else "ErrorMessage": struct
         for struct in get_args(wire.ServerMessage)
