@@ -1536,7 +1536,7 @@ DECLARE
     fix text;
     made tracktalk.live_tables;
 BEGIN
-    SELECT c.relkind, c.relpersistence, c.relowner, n.nspname INTO rel
+    SELECT c.relkind, c.relpersistence, c.relowner, c.relispartition, n.nspname INTO rel
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE c.oid = tbl;
     IF NOT FOUND THEN
@@ -1546,11 +1546,11 @@ BEGIN
                         tbl, pg_get_userbyid(rel.relowner), session_user
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Connect as its owner (or a member of the owning role), or as a superuser.';
-    ELSIF rel.relkind = 'p' THEN
-        RAISE EXCEPTION '% is a partitioned table: it cannot be made live', tbl
+    ELSIF rel.relkind = 'p' OR rel.relispartition THEN
+        RAISE EXCEPTION '% is a partitioned table, or a partition: it cannot be made live', tbl
             USING ERRCODE = 'feature_not_supported',
-                  DETAIL = 'Writes made straight into a partition would not fire its statement triggers.',
-                  HINT = 'Make each partition live, each with a topic of its own.';
+                  DETAIL = 'A statement fires the statement triggers of the table it names only: writes made '
+                           'straight into a partition, or through its parent, would not all be seen.';
     ELSIF rel.relkind <> 'r' THEN
         RAISE EXCEPTION '% is not a table: only tables can be made live', tbl
             USING ERRCODE = 'wrong_object_type';

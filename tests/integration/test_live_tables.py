@@ -467,10 +467,12 @@ def test_make_live_errors_each_say_what_to_do(conn: psycopg.Connection[Any], db_
         and message.startswith("public.comments is one of tracktalk's own tables")
     )
     conn.execute("CREATE TABLE public.parted (id int PRIMARY KEY) PARTITION BY RANGE (id)")
-    assert said(refused(conn, "SELECT tracktalk.make_live('public.parted')"))[:2] == (
-        "0A000",
-        "public.parted is a partitioned table: it cannot be made live",
-    )
+    conn.execute("CREATE TABLE public.parted_1 PARTITION OF public.parted FOR VALUES FROM (1) TO (10)")
+    for parted in ("public.parted", "public.parted_1"):
+        assert said(refused(conn, "SELECT tracktalk.make_live(%s)", (parted,)))[:2] == (
+            "0A000",
+            f"{parted} is a partitioned table, or a partition: it cannot be made live",
+        )
     # Nothing of the refused calls was left behind.
     assert conn.execute(
         "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass", (f"public.{other}",)
@@ -620,3 +622,28 @@ def test_rows_and_topics_are_the_same_text_whatever_the_writers_and_the_readers_
     tokyo = conn.execute("SELECT 'shows:' || '2026-01-01 00:00:00+00'::timestamptz::text").fetchone()
     assert tokyo is not None and tokyo[0] != topic  # what the session alone would write
     assert conn.execute("SELECT tracktalk.may_see(1, %s)", (tokyo[0],)).fetchone() == (None,)
+
+
+def test_a_live_tables_writes_fail_saying_what_to_do_once_its_topic_column_is_renamed(
+    conn: psycopg.Connection[Any], db_url: str
+) -> None:
+    """A change that cannot be published is not made unseen."""
+    table = new_table(db_url)
+    conn.execute("SELECT tracktalk.make_live(%s, topic_column => 'album_id')", (f"public.{table}",))
+    conn.execute(f"ALTER TABLE public.{table} RENAME COLUMN album_id TO album")
+    state, message, hint = said(refused(conn, f"INSERT INTO public.{table} (album, title) VALUES (1, 'x')"))
+    assert (state, message) == (
+        "55000",
+        f"public.{table} is live with a topic per value of its column album_id, which it no longer has",
+    )
+    assert hint is not None and f"SELECT tracktalk.make_live('public.{table}', enabled => false);" in hint
+    conn.execute(f"ALTER TABLE public.{table} RENAME COLUMN id TO request_id")  # the key may be renamed
+    conn.execute(f"ALTER TABLE public.{table} RENAME COLUMN album TO album_id")
+    made = conn.execute(f"INSERT INTO public.{table} (album_id, title) VALUES (1, 'x') RETURNING request_id")
+    row = made.fetchone()
+    conn.execute(f"DELETE FROM public.{table}")
+    assert row is not None and conn.execute(
+        "SELECT array_agg(message->>'type' ORDER BY seq), (array_agg(message->'row' ORDER BY seq))[2]"
+        " FROM tracktalk.events WHERE topic = %s",
+        (f"{table}:1",),
+    ).fetchone() == (["row_inserted", "row_deleted"], {"request_id": row[0]})
