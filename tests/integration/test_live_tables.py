@@ -82,16 +82,20 @@ async def test_a_psql_insert_into_a_live_table_reaches_sockets_on_both_replicas_
     async with (
         open_topics(a.ws, world.tokens["alice"]) as on_a,
         open_topics(b.ws, world.tokens["bob"]) as on_b,
+        open_topics(b.ws, None) as anonymous,  # no can_see: anonymous sockets too, where allowed
     ):
         assert (await on_a.subscribe(table))["seq"] == (await on_b.subscribe(table))["seq"] == 0
+        assert (await anonymous.subscribe(table))["seq"] == 0
         await sql(db_url, f"INSERT INTO {table} (album_id, title) VALUES (7, 'one'), (8, 'two')")
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as writer:
             await writer.execute("SET TimeZone = 'Asia/Tokyo'")  # a writer's zone changes nothing
             await writer.execute(f"INSERT INTO {table} (album_id, title) VALUES (NULL, 'three')")
-        for sock in (on_a, on_b):
+        for sock in (on_a, on_b, anonymous):
             await sock.until(lambda s=sock: len(durable(s, table)) >= 3, "three events")  # type: ignore[misc]
         events = durable(on_a, table)
-        assert events == durable(on_b, table)  # the same frames, seqs and tags on both replicas
+        assert (
+            events == durable(on_b, table) == durable(anonymous, table)
+        )  # the same frames, on both replicas
         assert shape(events) == [
             (1, "row_inserted", "one"),
             (2, "row_inserted", "two"),
@@ -225,6 +229,17 @@ async def test_can_see_refuses_a_raising_one_refuses_and_logs_leaking_nothing_an
         await sql(db_url, f"INSERT INTO {table} (album_id, title) VALUES (7, 'for members')")
         await alice.until(lambda: bool(durable(alice, topic)), "the event")  # the replica is well
         assert shape(durable(alice, topic)) == [(1, "row_inserted", "for members")]
+
+        # recheck_user: bob, a member of album 5, moved to album 6 (an UPDATE: no recheck of its
+        # own), then the DBA asks for bob's subscriptions to be checked again.
+        await sql(db_url, f"INSERT INTO {table}_members VALUES (%s, 5)", (world.users["bob"],))
+        assert (await bob.subscribe(f"{table}:5"))["seq"] == 0
+        await sql(
+            db_url, f"UPDATE {table}_members SET album_id = 6 WHERE user_id = %s", (world.users["bob"],)
+        )
+        await sql(db_url, "SELECT tracktalk.recheck_user(%s)", (world.users["bob"],))
+        await bob.until(lambda: bool(bob.answers(f"{table}:5", "unsubscribed")), "bob's recheck", timeout=5)
+        assert bob.answers(f"{table}:5", "unsubscribed")[0]["reason"] == "forbidden"
 
         await sql(db_url, f"DELETE FROM {table}_members WHERE user_id = %s", (world.users["alice"],))
         await alice.until(lambda: bool(alice.answers(topic, "unsubscribed")), "the recheck", timeout=5)
