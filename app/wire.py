@@ -9,7 +9,7 @@ frame with `server_message_decoder`).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Raw, Struct
@@ -597,6 +597,47 @@ TopicSocketMessage = (
 `topic`: a track's are ServerMessage's)."""
 
 # ---------------------------------------------------------------------------------------------
+# WebSocket /api/ws: the topics of a table made live by its DBA (tracktalk.make_live)
+# ---------------------------------------------------------------------------------------------
+
+
+class RowInserted(Struct, tag_field="type", tag="row_inserted"):
+    """A row of a live table was inserted, or came into the topic (an UPDATE changed its
+    topic_column, or its primary key): `row` is the row as JSON, every column (times in UTC)."""
+
+    topic: str
+    seq: int
+    row: dict[str, Any]
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
+
+
+class RowUpdated(Struct, tag_field="type", tag="row_updated"):
+    """A row of a live table was updated and stays in the topic: `row` is the row as it is now."""
+
+    topic: str
+    seq: int
+    row: dict[str, Any]
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
+
+
+class RowDeleted(Struct, tag_field="type", tag="row_deleted"):
+    """A row of a live table was deleted, or left the topic: `row` is its primary key
+    (`{"id": 7}`; every column of a composite key)."""
+
+    topic: str
+    seq: int
+    row: dict[str, Any]
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
+
+
+LiveRowMessage = RowInserted | RowUpdated | RowDeleted
+"""The durable messages of a live table's topics (built by tracktalk.live_rows_changed in
+sql/triggers.sql; /api/ws puts `topic` first)."""
+
+# ---------------------------------------------------------------------------------------------
 # WebSocket, client -> server
 # ---------------------------------------------------------------------------------------------
 
@@ -713,4 +754,5 @@ client_envelope_decoder = msgspec.json.Decoder(ClientEnvelope)
 client_message_decoder = msgspec.json.Decoder(ClientMessage)
 topic_client_decoder = msgspec.json.Decoder(TopicClientMessage)
 topic_socket_decoder = msgspec.json.Decoder(TopicSocketMessage)
+live_row_decoder = msgspec.json.Decoder(LiveRowMessage)
 encoder = msgspec.json.Encoder()

@@ -127,6 +127,9 @@ BEGIN
             ('tracktalk.topic_state',           'SELECT', 'tracktalk_app'),
             -- who may see which topics: tracktalk.may_see() reads it as the app
             ('tracktalk.topic_kinds',           'SELECT', 'tracktalk_app'),
+            -- the tables made live by their DBA: tracktalk.live_may_see() reads it as the app
+            -- (sql/schema.sql grants SELECT to PUBLIC too: the DBAs who call make_live read it)
+            ('tracktalk.live_tables',           'SELECT', 'tracktalk_app'),
             ('tracktalk.channel_key',           'SELECT', 'tracktalk_app'),
             ('tracktalk.comment_stats',         'SELECT', 'tracktalk_app'),
             ('tracktalk.events',                'SELECT', 'tracktalk_app'),

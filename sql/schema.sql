@@ -303,6 +303,26 @@ CREATE TABLE IF NOT EXISTS tracktalk.topic_kinds (
     presence   boolean NOT NULL DEFAULT false
 );
 
+-- The tables made live by their DBA (tracktalk.make_live; docs/dba.md, "Any table live"): one row
+-- per table, written only by make_live, each with its kind of topic in tracktalk.topic_kinds and
+-- its triggers (tracktalk_live_*) on the table. `tbl` is a regclass (pg_upgrade keeps tables'
+-- oids, and pg_dump writes it as the table's name); `can_see` is the text of a regprocedure
+-- (`public.can_see_book_requests(bigint,text)`), as topic_kinds keeps its functions. Readable by
+-- every role that may use the schema: the DBAs who make tables live read it.
+CREATE TABLE IF NOT EXISTS tracktalk.live_tables (
+    tbl           regclass PRIMARY KEY,
+    -- The kind of the table's topics: its topic (`book_requests`), or the text before the colon
+    -- of its topics (`book_requests:7`) when it has a topic_column.
+    topic         text NOT NULL UNIQUE CHECK (topic ~ '^[a-z][a-z0-9_]{0,62}$'),
+    -- The column whose value (as text) follows the colon: one topic per value; NULL: one topic.
+    topic_column  text,
+    -- (user_id bigint, topic text) -> boolean, asked when a socket subscribes; NULL: any user.
+    can_see       text,
+    made_at       timestamptz NOT NULL DEFAULT now(),
+    made_by       text NOT NULL DEFAULT session_user
+);
+GRANT SELECT ON tracktalk.live_tables TO PUBLIC;
+
 -- Like counts of comments, kept by the comment_likes trigger (no COUNT(*) per read).
 CREATE TABLE IF NOT EXISTS tracktalk.comment_stats (
     comment_id  bigint PRIMARY KEY REFERENCES comments (id) ON DELETE CASCADE,

@@ -1871,6 +1871,660 @@ CREATE TRIGGER channel_key_changed
     EXECUTE FUNCTION tracktalk.channel_key_changed();
 
 ---------------------------------------------------------------------------------------------
+-- Tables made live by their DBA: tracktalk.make_live (docs/dba.md, "Any table live")
+---------------------------------------------------------------------------------------------
+-- SELECT tracktalk.make_live('public.book_requests', topic_column => 'album_id', can_see => …)
+-- puts four statement triggers on the table (tracktalk_live_insert, _update, _delete, _truncate,
+-- all running tracktalk.live_rows_changed), a row in tracktalk.live_tables and a kind of topic in
+-- tracktalk.topic_kinds (its may_see: tracktalk.live_may_see). Who may do it is checked twice:
+-- make_live runs as its caller, who must be able to act as the table's owner (the triggers are
+-- made with the caller's rights); the registry is written by SECURITY DEFINER functions, which
+-- check the session's role again (they may be called directly by any role that may use the
+-- schema) and register only a table that carries the triggers.
+
+-- The settings under which a live table's rows and topics become text, whoever writes them: the
+-- same row is the same JSON (times in UTC), and the same value the same topic, whatever the
+-- writer's session says (each function below that makes or reads topics SETs them).
+--   SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres'
+--   SET extra_float_digits = 1 SET bytea_output = 'hex'
+
+-- The columns of `tbl`'s primary key, in its order, each with the SQL of its equality operator
+-- (the one its index uses, schema-qualified: a citext key compares as citext); none when it has no
+-- primary key. PL/pgSQL: its query is planned once per session (a LANGUAGE sql function with a SET
+-- clause is planned at every call: 0.8 ms here, more than the rest of a statement's trigger).
+CREATE OR REPLACE FUNCTION tracktalk.live_key(tbl regclass)
+RETURNS TABLE (name text, equals text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+    SELECT a.attname::text, format('OPERATOR(%I.%s)', opn.nspname, op.oprname)
+      FROM pg_index i
+     CROSS JOIN LATERAL unnest(i.indkey::int2[], i.indclass::oid[]) WITH ORDINALITY AS k (attnum, opclass, o)
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+      JOIN pg_opclass c ON c.oid = k.opclass
+      JOIN pg_amop am ON am.amopfamily = c.opcfamily AND am.amoplefttype = c.opcintype
+                     AND am.amoprighttype = c.opcintype AND am.amopstrategy = 3  -- btree's "="
+      JOIN pg_operator op ON op.oid = am.amopopr
+      JOIN pg_namespace opn ON opn.oid = op.oprnamespace
+     WHERE i.indrelid = tbl AND i.indisprimary
+     ORDER BY k.o;
+END
+$$;
+
+-- The SQL of the topic of a row of the live table `live`, the row written as the expression `r`
+-- (`o.r`): its topic, or `topic:` and the text of its topic_column's value; NULL (no topic, nothing
+-- published) when that value is NULL or empty. Raises when the column is gone (renamed or dropped
+-- since make_live): the writer's statement fails rather than go unseen.
+CREATE OR REPLACE FUNCTION tracktalk.live_topic_sql(live tracktalk.live_tables, r text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF live.topic_column IS NULL THEN
+        RETURN quote_literal(live.topic);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute a
+                    WHERE a.attrelid = live.tbl AND a.attname = live.topic_column
+                      AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION '% is live with a topic per value of its column %, which it no longer has',
+                        live.tbl, live.topic_column
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('Make it live again by the column''s new name: SELECT tracktalk.make_live(%L, '
+                                'enabled => false); then tracktalk.make_live(%L, topic_column => …).',
+                                live.tbl::text, live.tbl::text);
+    END IF;
+    RETURN format('%L || nullif((%s).%I::text, %L)', live.topic || ':', r, live.topic_column, '');
+END
+$$;
+
+-- The SQL of the JSON of a row of the live table `tbl`, the row written as the expression `r`:
+-- to_jsonb, with each timestamptz column (or one of a domain over it) written as every other time
+-- of the protocol is (tracktalk.json_time: `2026-12-05T13:07:52.199147Z`; an infinite one as
+-- to_jsonb writes it). Times inside arrays and composites stay to_jsonb's (in UTC: the trigger
+-- sets the zone).
+CREATE OR REPLACE FUNCTION tracktalk.live_row_sql(tbl regclass, r text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    times text;
+BEGIN
+    SELECT string_agg(format('%1$L, CASE WHEN isfinite((%2$s).%1$I) THEN to_jsonb(tracktalk.json_time((%2$s).%1$I))'
+                             ' ELSE to_jsonb((%2$s).%1$I) END', a.attname, r), ', ' ORDER BY a.attnum)
+      INTO times
+      FROM pg_attribute a
+      JOIN pg_type t ON t.oid = a.atttypid
+     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
+       AND 'timestamptz'::regtype IN (t.oid, t.typbasetype);
+    RETURN format('to_jsonb(%s)', r) || coalesce(format(' || jsonb_build_object(%s)', times), '');
+END
+$$;
+
+-- The query that turns the rows of one statement on the live table `live` (its transition tables
+-- live_old and live_new) into messages: one row per topic, in topic order (the order in which
+-- publish() locks them), with its messages in the order of the rows. `op`: TG_OP.
+--   INSERT: row_inserted {row}; DELETE: row_deleted {row: its primary key};
+--   UPDATE: old and new rows paired by primary key: row_updated {row} on the row's topic; a row
+--   whose topic changed is row_deleted on the old topic and row_inserted on the new one; a key
+--   that changed is the old key's row_deleted and the new one's row_inserted.
+CREATE OR REPLACE FUNCTION tracktalk.live_changes_sql(live tracktalk.live_tables, op text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    old_key text;     -- the primary key of o.r, as a JSON object
+    same_row text;    -- o.r and n.r have the same primary key
+    old_topic constant text := tracktalk.live_topic_sql(live, 'o.r');
+    new_topic constant text := tracktalk.live_topic_sql(live, 'n.r');
+    new_row constant text := tracktalk.live_row_sql(live.tbl, 'n.r');
+    changes text;
+BEGIN
+    SELECT format('jsonb_build_object(%s)', string_agg(format('%L, (o.r).%I', k.name, k.name), ', ')),
+           string_agg(format('(o.r).%1$I %2$s (n.r).%1$I', k.name, k.equals), ' AND ')
+      INTO old_key, same_row
+      FROM tracktalk.live_key(live.tbl) AS k;
+    IF old_key IS NULL THEN
+        RAISE EXCEPTION '% is live and has no primary key any more', live.tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('Give it one again (row_deleted names a row by it), or undo make_live: '
+                                'SELECT tracktalk.make_live(%L, enabled => false);', live.tbl::text);
+    END IF;
+    IF op = 'INSERT' THEN
+        changes := format($q$
+            SELECT %s AS topic, n.ord, 0 AS part,
+                   jsonb_build_object('type', 'row_inserted', 'row', %s) AS message
+              FROM (SELECT r, row_number() OVER () AS ord FROM live_new r) AS n
+        $q$, new_topic, new_row);
+    ELSIF op = 'DELETE' THEN
+        changes := format($q$
+            SELECT %s AS topic, o.ord, 0 AS part,
+                   jsonb_build_object('type', 'row_deleted', 'row', %s) AS message
+              FROM (SELECT r, row_number() OVER () AS ord FROM live_old r) AS o
+        $q$, old_topic, old_key);
+    ELSE
+        changes := format($q$
+            WITH o AS (SELECT r, row_number() OVER () AS ord FROM live_old r),
+                 n AS (SELECT r, row_number() OVER () AS ord FROM live_new r),
+                 p AS (SELECT o.ord AS o_ord, n.ord AS n_ord, %s AS old_topic, %s AS new_topic,
+                              %s AS old_key, CASE WHEN n.ord IS NOT NULL THEN %s END AS new_row
+                         FROM o FULL JOIN n ON %s)
+            SELECT new_topic AS topic, n_ord AS ord, 1 AS part,
+                   jsonb_build_object('type', 'row_updated', 'row', new_row) AS message
+              FROM p
+             WHERE o_ord IS NOT NULL AND n_ord IS NOT NULL AND old_topic IS NOT DISTINCT FROM new_topic
+            UNION ALL
+            SELECT old_topic, coalesce(n_ord, o_ord), 0, jsonb_build_object('type', 'row_deleted', 'row', old_key)
+              FROM p
+             WHERE o_ord IS NOT NULL AND (n_ord IS NULL OR old_topic IS DISTINCT FROM new_topic)
+            UNION ALL
+            SELECT new_topic, coalesce(n_ord, o_ord), 2, jsonb_build_object('type', 'row_inserted', 'row', new_row)
+              FROM p
+             WHERE n_ord IS NOT NULL AND (o_ord IS NULL OR old_topic IS DISTINCT FROM new_topic)
+        $q$, old_topic, new_topic, old_key, new_row, same_row);
+    END IF;
+    RETURN format($q$
+        SELECT c.topic, array_agg(c.message ORDER BY c.ord, c.part) AS messages
+          FROM (%s) AS c
+         WHERE c.topic IS NOT NULL
+         GROUP BY c.topic
+         ORDER BY c.topic COLLATE "C"
+    $q$, changes);
+END
+$$;
+
+-- Every topic of the live kind `topic` (`topic` and `topic:…`) starts again: its events leave the
+-- log and its subscribers are told (tracktalk.topic_gone: those that may no longer see it lose the
+-- subscription, the others reload), and its numbering skips a seq, with no event: a client that
+-- resumes later with a since= from before gets resync, since what happened meanwhile (rows
+-- written while the table was not live, a TRUNCATE) is in no event. One NOTIFY per topic the kind
+-- ever had (tracktalk.topic_state keeps them all).
+CREATE OR REPLACE FUNCTION tracktalk.live_reset(topic text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    each_topic text;
+BEGIN
+    FOR each_topic IN
+        SELECT s.topic FROM tracktalk.topic_state s
+         WHERE s.topic = live_reset.topic OR starts_with(s.topic, live_reset.topic || ':')
+         ORDER BY s.topic COLLATE "C"
+    LOOP
+        UPDATE tracktalk.topic_state s
+           SET last_seq = s.last_seq + 1, prev_tag = s.last_tag,
+               last_tag = left(md5(gen_random_uuid()::text), 16)
+         WHERE s.topic = each_topic;
+        PERFORM tracktalk.topic_gone(each_topic);
+    END LOOP;
+END
+$$;
+
+-- The trigger of every live table (AFTER INSERT, UPDATE, DELETE and TRUNCATE, FOR EACH STATEMENT,
+-- with transition tables live_old and live_new): publishes the statement's rows, one call of
+-- publish() per topic, in topic order; public (the rows may travel in the NOTIFY payload) when the
+-- table has no can_see. Nothing for a table that is not registered (a trigger left or made by
+-- hand). TRUNCATE: every topic of the table starts again (tracktalk.live_reset). SECURITY DEFINER,
+-- as every trigger that publishes; the settings make the JSON of a row the same in every session.
+CREATE OR REPLACE FUNCTION tracktalk.live_rows_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres'
+SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
+DECLARE
+    live tracktalk.live_tables;
+    batch record;
+BEGIN
+    SELECT * INTO live FROM tracktalk.live_tables l WHERE l.tbl = TG_RELID;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'TRUNCATE' THEN
+        PERFORM tracktalk.live_reset(live.topic);
+        RETURN NULL;
+    END IF;
+    FOR batch IN EXECUTE tracktalk.live_changes_sql(live, TG_OP) LOOP
+        PERFORM tracktalk.publish(batch.topic, batch.messages, public => live.can_see IS NULL);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+-- May `user_id` (NULL: an anonymous socket) subscribe to `topic`, of a live table? The kind's
+-- may_see (tracktalk.may_see calls it, as the replicas' role). NULL (not found): no live table
+-- has that topic, or a key of a table without topic_column, no key (or one that is not the
+-- canonical text of a value of the column: `book_requests:07` for an integer column) for one with
+-- it. Then the table's can_see, if any: its answer (true, false, or NULL: not found). A can_see
+-- that raises, or is gone, refuses (false) with a WARNING in the server's log; its error reaches
+-- no client.
+CREATE OR REPLACE FUNCTION tracktalk.live_may_see(user_id bigint, topic text) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres'
+SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
+DECLARE
+    colon constant integer := strpos(topic, ':');
+    key constant text := CASE WHEN colon > 0 THEN substr(topic, colon + 1) END;
+    live tracktalk.live_tables;
+    column_type text;
+    canonical text;
+    fn text;
+    seen boolean;
+BEGIN
+    SELECT * INTO live FROM tracktalk.live_tables l
+     WHERE l.topic = CASE WHEN colon > 0 THEN left(live_may_see.topic, colon - 1) ELSE live_may_see.topic END;
+    IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM pg_trigger t
+                                 WHERE t.tgrelid = live.tbl
+                                   AND t.tgfoid = 'tracktalk.live_rows_changed()'::regprocedure) THEN
+        RETURN NULL;
+    END IF;
+    IF live.topic_column IS NULL THEN
+        IF key IS NOT NULL THEN
+            RETURN NULL;
+        END IF;
+    ELSE
+        SELECT format_type(a.atttypid, a.atttypmod) INTO column_type
+          FROM pg_attribute a
+         WHERE a.attrelid = live.tbl AND a.attname = live.topic_column AND a.attnum > 0 AND NOT a.attisdropped;
+        IF key IS NULL OR key = '' OR column_type IS NULL THEN
+            RETURN NULL;
+        END IF;
+        BEGIN
+            EXECUTE format('SELECT ($1::%s)::text', column_type) INTO canonical USING key;
+        EXCEPTION WHEN OTHERS THEN
+            RETURN NULL;  -- not a value of the column
+        END;
+        IF canonical IS DISTINCT FROM key THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    IF live.can_see IS NULL THEN
+        RETURN true;
+    END IF;
+    SELECT format('%I.%I', n.nspname, p.proname) INTO fn
+      FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+     WHERE p.oid = to_regprocedure(live.can_see);
+    IF fn IS NULL THEN
+        RAISE WARNING 'tracktalk.live_may_see: the can_see of %, %, is gone (topic % refused)',
+                      live.tbl, live.can_see, left(topic, 100);
+        RETURN false;
+    END IF;
+    BEGIN
+        EXECUTE format('SELECT %s($1, $2)', fn) INTO seen USING user_id, topic;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'tracktalk.live_may_see: %, the can_see of %, failed for topic % (refused): % (SQLSTATE %)',
+                      live.can_see, live.tbl, left(topic, 100), SQLERRM, SQLSTATE;
+        RETURN false;
+    END;
+    RETURN seen;
+END
+$$;
+
+-- The function that `can_see` names, resolved as the caller of make_live would (its search_path):
+-- with its argument types (`public.f(bigint, text)`), or by name alone, where the one of that name
+-- that takes (bigint, text) wins over others. NULL for NULL; raises when there is none.
+CREATE OR REPLACE FUNCTION tracktalk.live_function(can_see text) RETURNS regprocedure
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    fn regprocedure;
+BEGIN
+    IF can_see IS NULL THEN
+        RETURN NULL;
+    ELSIF strpos(can_see, '(') > 0 THEN
+        fn := pg_catalog.to_regprocedure(can_see);
+    ELSE
+        -- (One function of that name, of other arguments: live_check says what is wrong with it.)
+        fn := coalesce(pg_catalog.to_regprocedure(can_see || '(bigint, text)'),
+                       pg_catalog.to_regproc(can_see)::oid::regprocedure);
+    END IF;
+    IF fn IS NULL THEN
+        RAISE EXCEPTION 'can_see: there is no function %(user_id bigint, topic text)', can_see
+            USING ERRCODE = 'undefined_function',
+                  HINT = 'can_see names a function (user_id bigint, topic text) RETURNS boolean, with its schema: '
+                         '''public.can_see_book_requests''.';
+    END IF;
+    RETURN fn;
+END
+$$;
+
+-- The row that make_live would write in tracktalk.live_tables for these arguments, every one
+-- checked (each error says what to do): who asks (the session's role must be able to act as the
+-- table's owner: a superuser, the owner, or a member of the owning role), the table (an ordinary,
+-- permanent table of its own schema, with a primary key, not one of tracktalk's), its topic (the
+-- `topic` argument, else the table's name: a kind of topic that is not reserved and not another's),
+-- its topic_column, its can_see. SECURITY DEFINER, to read tracktalk.topic_kinds; it writes
+-- nothing.
+--
+-- can_see runs as its owner, whatever asks it: it must be SECURITY DEFINER with a fixed
+-- search_path, owned by a role the session's role may act as. tracktalk asks it as the replicas'
+-- role (which reads the channel key and every topic's events): run as that role (SECURITY
+-- INVOKER), the code of whoever made the table live would get those rights; run as a role
+-- the caller could not act as, it would get that role's.
+CREATE OR REPLACE FUNCTION tracktalk.live_check(tbl regclass, topic text, topic_column text, can_see regprocedure)
+RETURNS tracktalk.live_tables
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel record;
+    kind_of text := coalesce(topic, (SELECT c.relname::text FROM pg_class c WHERE c.oid = tbl));
+    other text;
+    fn record;
+    fix text;
+    made tracktalk.live_tables;
+BEGIN
+    SELECT c.relkind, c.relpersistence, c.relowner, c.relispartition, n.nspname INTO rel
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = tbl;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'there is no table %', tbl USING ERRCODE = 'undefined_table';
+    ELSIF NOT pg_has_role(session_user, rel.relowner, 'USAGE') THEN
+        RAISE EXCEPTION 'only the owner of % (%) or a superuser may make it live, not %',
+                        tbl, pg_get_userbyid(rel.relowner), session_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Connect as its owner (or a member of the owning role), or as a superuser.';
+    ELSIF rel.relkind = 'p' OR rel.relispartition THEN
+        RAISE EXCEPTION '% is a partitioned table, or a partition: it cannot be made live', tbl
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'A statement fires the statement triggers of the table it names only: writes made '
+                           'straight into a partition, or through its parent, would not all be seen.';
+    ELSIF rel.relkind <> 'r' THEN
+        RAISE EXCEPTION '% is not a table: only tables can be made live', tbl
+            USING ERRCODE = 'wrong_object_type';
+    ELSIF rel.relpersistence = 't' THEN
+        RAISE EXCEPTION '% is a temporary table: it cannot be made live', tbl
+            USING ERRCODE = 'feature_not_supported';
+    ELSIF rel.nspname IN ('tracktalk', 'pg_catalog', 'information_schema') THEN
+        RAISE EXCEPTION '% belongs to %: it cannot be made live', tbl, rel.nspname
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    SELECT format('its trigger %I runs %s', t.tgname, t.tgfoid::regprocedure) INTO other
+      FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+     WHERE t.tgrelid = tbl AND p.pronamespace = 'tracktalk'::regnamespace
+       AND t.tgfoid <> 'tracktalk.live_rows_changed()'::regprocedure
+     LIMIT 1;
+    IF other IS NOT NULL THEN
+        RAISE EXCEPTION '% is one of tracktalk''s own tables (%): it goes live through its own topics', tbl, other
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = 'Subscribe to its topics (track:{id}, thread:{id}, category:{slug}): docs/protocol.md.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM tracktalk.live_key(tbl)) THEN
+        RAISE EXCEPTION '% has no primary key: a live table needs one', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'row_deleted names the row by its primary key, and an UPDATE''s rows are paired by it.',
+                  HINT = format('Give it one: ALTER TABLE %s ADD PRIMARY KEY (…);', tbl);
+    END IF;
+
+    IF kind_of !~ '^[a-z][a-z0-9_]{0,62}$' THEN
+        IF topic IS NULL THEN
+            RAISE EXCEPTION 'the name of % cannot be its topic: a topic is a-z, 0-9 and _, starting with a letter, at most 63 characters', tbl
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = format('Name its topic: SELECT tracktalk.make_live(%L, topic => ''…'');', tbl::text);
+        END IF;
+        RAISE EXCEPTION 'the topic % is not a-z, 0-9 and _, starting with a letter, at most 63 characters', quote_literal(kind_of)
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF kind_of = ANY (tracktalk.reserved_kinds()) THEN
+        RAISE EXCEPTION 'the topic % is tracktalk''s own (%)', kind_of, array_to_string(tracktalk.reserved_kinds(), ', ')
+            USING ERRCODE = 'duplicate_object',
+                  HINT = format('Name another: SELECT tracktalk.make_live(%L, topic => ''…'');', tbl::text);
+    END IF;
+    SELECT l.tbl::text INTO other
+      FROM tracktalk.live_tables l
+     WHERE l.topic = kind_of AND l.tbl <> live_check.tbl
+       AND EXISTS (SELECT 1 FROM pg_trigger t   -- (not a table dropped since: live_register forgets it)
+                    WHERE t.tgrelid = l.tbl AND t.tgfoid = 'tracktalk.live_rows_changed()'::regprocedure);
+    IF other IS NOT NULL THEN
+        RAISE EXCEPTION 'the topic % is the topic of the live table % already', kind_of, other
+            USING ERRCODE = 'duplicate_object',
+                  HINT = format('Name another: SELECT tracktalk.make_live(%L, topic => ''…'');', tbl::text);
+    ELSIF EXISTS (SELECT 1 FROM tracktalk.topic_kinds k WHERE k.kind = kind_of)
+          AND NOT EXISTS (SELECT 1 FROM tracktalk.live_tables l WHERE l.topic = kind_of) THEN
+        RAISE EXCEPTION 'the topic % is a kind of topic of tracktalk''s already', kind_of
+            USING ERRCODE = 'duplicate_object',
+                  HINT = format('Name another: SELECT tracktalk.make_live(%L, topic => ''…'');', tbl::text);
+    END IF;
+
+    IF topic_column IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM pg_attribute a
+             WHERE a.attrelid = tbl AND a.attname = topic_column AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION '% has no column %', tbl, quote_ident(topic_column)
+            USING ERRCODE = 'undefined_column',
+                  HINT = 'topic_column names a column of the table (one topic per value): its name as the catalog has it, unquoted.';
+    END IF;
+
+    IF can_see IS NOT NULL THEN
+        SELECT p.*, pg_get_userbyid(p.proowner) AS owner_name,
+               EXISTS (SELECT 1 FROM unnest(p.proconfig) AS s WHERE s LIKE 'search\_path=%') AS fixed_path
+          INTO fn
+          FROM pg_proc p WHERE p.oid = can_see;
+        IF NOT (fn.prorettype = 'boolean'::regtype AND fn.pronargs = 2 AND fn.prokind = 'f' AND NOT fn.proretset
+                AND fn.proargtypes[0] = 'bigint'::regtype AND fn.proargtypes[1] = 'text'::regtype) THEN
+            RAISE EXCEPTION 'can_see must be (user_id bigint, topic text) RETURNS boolean: % is not', can_see
+                USING ERRCODE = 'invalid_function_definition',
+                      HINT = 'CREATE FUNCTION … (user_id bigint, topic text) RETURNS boolean LANGUAGE sql STABLE '
+                             'SECURITY DEFINER SET search_path = pg_catalog, public AS …;';
+        END IF;
+        fix := format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, public;', can_see);
+        IF NOT fn.prosecdef THEN
+            RAISE EXCEPTION 'can_see % must be SECURITY DEFINER: it runs as its owner', can_see
+                USING ERRCODE = 'invalid_function_definition',
+                      DETAIL = 'The replicas ask it as their own role, which reads the channel key and every topic''s '
+                               'events: the code of whoever made the table live must not run with those rights.',
+                      HINT = fix;
+        ELSIF NOT fn.fixed_path THEN
+            RAISE EXCEPTION 'can_see % must fix its search_path: as SECURITY DEFINER it would run with its caller''s', can_see
+                USING ERRCODE = 'invalid_function_definition',
+                      HINT = fix;
+        ELSIF NOT pg_has_role(session_user, fn.proowner, 'USAGE') THEN
+            RAISE EXCEPTION 'can_see % belongs to %, a role that % may not act as: it would run as that role',
+                            can_see, fn.owner_name, session_user
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Use a function of the table''s owner (ALTER FUNCTION … OWNER TO …).';
+        END IF;
+    END IF;
+
+    made := ROW(tbl, kind_of, topic_column, can_see::text, now(), session_user);
+    RETURN made;
+END
+$$;
+
+-- Registers the table `tbl` as live_check() makes it, once it carries its four triggers (made by
+-- make_live as the table's owner): the row of tracktalk.live_tables, and its kind of topic.
+-- Registrations of tables that are gone, or no longer carry the triggers, go first.
+CREATE OR REPLACE FUNCTION tracktalk.live_register(tbl regclass, topic text, topic_column text, can_see regprocedure)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    made constant tracktalk.live_tables := tracktalk.live_check(tbl, topic, topic_column, can_see);
+BEGIN
+    PERFORM tracktalk.live_forget_stale();
+    IF (SELECT count(*) FROM pg_trigger t
+         WHERE t.tgrelid = tbl AND t.tgfoid = 'tracktalk.live_rows_changed()'::regprocedure) <> 4 THEN
+        RAISE EXCEPTION '% does not carry the triggers of a live table', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Make it live with tracktalk.make_live(), which makes them.';
+    END IF;
+    BEGIN
+        INSERT INTO tracktalk.live_tables VALUES (made.*);
+        INSERT INTO tracktalk.topic_kinds (kind, may_see)
+        VALUES (made.topic, tracktalk.kind_function(made.topic, 'may_see', 'tracktalk.live_may_see(bigint, text)'));
+    EXCEPTION WHEN unique_violation THEN
+        RAISE EXCEPTION '% or the topic % was made live at the same moment by another session', tbl, made.topic
+            USING ERRCODE = 'duplicate_object', HINT = 'See tracktalk.live_tables.';
+    END;
+END
+$$;
+
+-- The registration of `tbl` goes, once its triggers are gone (make_live drops them first): its
+-- row, its kind of topic (its subscribers are then refused: not found), and its topics start
+-- again (tracktalk.live_reset: their events go, the subscriptions end). False when it was not live.
+CREATE OR REPLACE FUNCTION tracktalk.live_unregister(tbl regclass) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    owner oid := (SELECT c.relowner FROM pg_class c WHERE c.oid = tbl);
+    gone tracktalk.live_tables;
+BEGIN
+    IF owner IS NOT NULL AND NOT pg_has_role(session_user, owner, 'USAGE') THEN
+        RAISE EXCEPTION 'only the owner of % (%) or a superuser may undo make_live, not %',
+                        tbl, pg_get_userbyid(owner), session_user
+            USING ERRCODE = 'insufficient_privilege';
+    ELSIF EXISTS (SELECT 1 FROM pg_trigger t
+                   WHERE t.tgrelid = tbl AND t.tgfoid = 'tracktalk.live_rows_changed()'::regprocedure) THEN
+        RAISE EXCEPTION '% still carries the triggers of a live table', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('Undo it with SELECT tracktalk.make_live(%L, enabled => false);', tbl::text);
+    END IF;
+    DELETE FROM tracktalk.live_tables l WHERE l.tbl = live_unregister.tbl RETURNING l.* INTO gone;
+    IF gone.tbl IS NULL THEN
+        RETURN false;
+    END IF;
+    DELETE FROM tracktalk.topic_kinds k WHERE k.kind = gone.topic;
+    PERFORM tracktalk.live_reset(gone.topic);
+    RETURN true;
+END
+$$;
+
+-- Registrations whose table is gone (dropped: its triggers went with it) or no longer carries
+-- its triggers (dropped by hand) go, as make_live(…, enabled => false) would undo them. Until then
+-- their topics are not found (tracktalk.live_may_see).
+CREATE OR REPLACE FUNCTION tracktalk.live_forget_stale() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    stale record;
+BEGIN
+    FOR stale IN
+        DELETE FROM tracktalk.live_tables l
+         WHERE NOT EXISTS (SELECT 1 FROM pg_trigger t
+                            WHERE t.tgrelid = l.tbl AND t.tgfoid = 'tracktalk.live_rows_changed()'::regprocedure)
+        RETURNING l.topic
+    LOOP
+        DELETE FROM tracktalk.topic_kinds k WHERE k.kind = stale.topic;
+        PERFORM tracktalk.live_reset(stale.topic);
+    END LOOP;
+END
+$$;
+
+-- Makes the live triggers on the table named `qualified` (create or replace: each is made again
+-- as it should be), or drops them.
+CREATE OR REPLACE FUNCTION tracktalk.live_triggers(qualified text, made boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN
+        SELECT * FROM (VALUES
+            ('tracktalk_live_insert',   'INSERT',   'REFERENCING NEW TABLE AS live_new FOR EACH STATEMENT'),
+            ('tracktalk_live_update',   'UPDATE',   'REFERENCING OLD TABLE AS live_old NEW TABLE AS live_new FOR EACH STATEMENT'),
+            ('tracktalk_live_delete',   'DELETE',   'REFERENCING OLD TABLE AS live_old FOR EACH STATEMENT'),
+            ('tracktalk_live_truncate', 'TRUNCATE', 'FOR EACH STATEMENT')
+        ) AS w (name, event, how)
+    LOOP
+        IF made THEN
+            EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER %s ON %s %s EXECUTE FUNCTION tracktalk.live_rows_changed()',
+                           t.name, t.event, qualified, t.how);
+        ELSIF EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = qualified::regclass AND g.tgname = t.name) THEN
+            EXECUTE format('DROP TRIGGER %I ON %s', t.name, qualified);
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- How a live table is live, in words: `book_requests:{album_id}, can_see public.f(bigint,text)`.
+CREATE OR REPLACE FUNCTION tracktalk.live_described(live tracktalk.live_tables) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT live.topic || coalesce(':{' || live.topic_column || '}', '') || coalesce(', can_see ' || live.can_see, '')
+$$;
+
+-- Makes the table `tbl` live (docs/dba.md, "Any table live"): its inserts, updates and deletes
+-- reach the sockets subscribed to its topics as row_inserted, row_updated and row_deleted.
+--   topic         the kind of its topics (default: the table's name): the topic itself, or
+--   topic_column  with it, one topic per value of that column: `topic:value`
+--   can_see       a function (user_id bigint, topic text) RETURNS boolean, SECURITY DEFINER, asked
+--                 when a socket subscribes and when tracktalk.recheck_topic() says to (default:
+--                 any user may subscribe)
+--   enabled       false: undo it (its triggers and registration go; its events too, and its
+--                 subscribers are told)
+-- Returns its topics (`book_requests`, `book_requests:{album_id}`); NULL when undone. Called again
+-- with the same arguments it changes nothing; with others, it says to undo it first. It runs as
+-- its caller (who must act as the table's owner: the triggers are made with the caller's rights),
+-- and `tbl` and `can_see` are found as the caller would find them (its search_path).
+CREATE OR REPLACE FUNCTION tracktalk.make_live(
+    tbl           regclass,
+    topic         text DEFAULT NULL,
+    topic_column  text DEFAULT NULL,
+    can_see       text DEFAULT NULL,
+    enabled       boolean DEFAULT true
+) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    rel record;
+    fn regprocedure;
+    wanted tracktalk.live_tables;
+    live tracktalk.live_tables;
+BEGIN
+    SELECT c.relowner, format('%I.%I', n.nspname, c.relname) AS qualified INTO rel
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = tbl;
+    IF enabled IS NULL THEN
+        RAISE EXCEPTION 'enabled must be true or false' USING ERRCODE = 'null_value_not_allowed';
+    ELSIF NOT pg_catalog.pg_has_role(current_user, rel.relowner, 'USAGE') THEN
+        RAISE EXCEPTION 'only the owner of % (%) or a superuser may make it live, or undo it, not %',
+                        rel.qualified, pg_catalog.pg_get_userbyid(rel.relowner), current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Connect as its owner (or a member of the owning role), or as a superuser.';
+    END IF;
+
+    IF NOT enabled THEN
+        EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', rel.qualified);
+        PERFORM tracktalk.live_triggers(rel.qualified, made => false);
+        IF NOT tracktalk.live_unregister(tbl) THEN
+            RAISE NOTICE '% was not live', rel.qualified;
+        END IF;
+        RETURN NULL;
+    END IF;
+
+    fn := tracktalk.live_function(can_see);
+    wanted := tracktalk.live_check(tbl, topic, topic_column, fn);
+    -- One make_live of a table at a time (the lock is its own: writers wait, readers do not).
+    EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', rel.qualified);
+    SELECT * INTO live FROM tracktalk.live_tables l WHERE l.tbl = make_live.tbl;
+    IF FOUND AND (live.topic, live.topic_column, live.can_see)
+                 IS NOT DISTINCT FROM (wanted.topic, wanted.topic_column, wanted.can_see) THEN
+        IF (SELECT count(*) FROM pg_catalog.pg_trigger t
+             WHERE t.tgrelid = tbl AND t.tgfoid = 'tracktalk.live_rows_changed()'::regprocedure) <> 4 THEN
+            PERFORM tracktalk.live_triggers(rel.qualified, made => true);
+        END IF;
+    ELSIF FOUND THEN
+        RAISE EXCEPTION '% is live already, as %', rel.qualified, tracktalk.live_described(live)
+            USING ERRCODE = 'duplicate_object',
+                  DETAIL = format('make_live was called for it again with other arguments (%s).',
+                                  tracktalk.live_described(wanted)),
+                  HINT = format('Undo it first, then make it live as you want it: SELECT tracktalk.make_live(%L, '
+                                'enabled => false); (its events so far go, and its subscribers are told).',
+                                rel.qualified);
+    ELSE
+        PERFORM tracktalk.live_triggers(rel.qualified, made => true);
+        PERFORM tracktalk.live_register(tbl, wanted.topic, wanted.topic_column, fn);
+    END IF;
+    RETURN wanted.topic || CASE WHEN wanted.topic_column IS NOT NULL THEN format(':{%s}', wanted.topic_column) ELSE '' END;
+END
+$$;
+
+-- Asks the replicas to check again who may see `topic`, a live table's (`book_requests:7`, or
+-- `book_requests`): every subscription to it is asked of the table's can_see again, and ends
+-- (unsubscribed, forbidden) where refused. For the DBA's triggers on the tables that decide who may
+-- see (docs/dba.md). SECURITY DEFINER: it signs with the channel key, which its callers may not read.
+CREATE OR REPLACE FUNCTION tracktalk.recheck_topic(topic text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM tracktalk.live_tables l WHERE l.topic = split_part(recheck_topic.topic, ':', 1)) THEN
+        RAISE EXCEPTION '% is not a topic of a live table', quote_nullable(topic)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'tracktalk.live_tables lists them. Who may see tracktalk''s own topics is checked again by its triggers.';
+    END IF;
+    PERFORM pg_current_xact_id();  -- an id before the key is read (tracktalk.send_signed)
+    PERFORM tracktalk.revoke_topic(topic);
+END
+$$;
+
+-- Asks the replicas to check again every subscription of `user_id` (a user whose rights changed
+-- in the DBA's tables): each is asked of may_see again. SECURITY DEFINER, as recheck_topic.
+CREATE OR REPLACE FUNCTION tracktalk.recheck_user(user_id bigint) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pg_current_xact_id();
+    PERFORM tracktalk.revoke_user(user_id);
+END
+$$;
+
+---------------------------------------------------------------------------------------------
 -- Maintenance: recounts, pruning, counters for rows made before these triggers, the key; the stamp last
 ---------------------------------------------------------------------------------------------
 
@@ -1982,10 +2636,30 @@ INSERT INTO tracktalk.post_stats (post_id, likes)
 SELECT post_id, count(*) FROM forum_post_likes GROUP BY post_id
 ON CONFLICT (post_id) DO NOTHING;
 
+-- Only tracktalk's owner may put tracktalk's trigger functions on a table (CREATE TRIGGER needs
+-- EXECUTE on the function): they run as the owner and publish what their table's rows say, so a
+-- role that may use the schema (a DBA granted USAGE on it to call make_live) could put, say,
+-- comments_after_insert on a table of its own shaped like comments and forge a track's events.
+-- The live tables' trigger is the exception: make_live puts it on a table as the table's owner,
+-- and it publishes only for the tables registered in tracktalk.live_tables.
+DO $$
+DECLARE
+    fn regprocedure;
+BEGIN
+    FOR fn IN
+        SELECT p.oid FROM pg_proc p
+         WHERE p.pronamespace = 'tracktalk'::regnamespace AND p.prorettype = 'trigger'::regtype
+           AND p.oid <> 'tracktalk.live_rows_changed()'::regprocedure
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', fn);
+    END LOOP;
+END
+$$;
+
 -- The channel key, made once.
 SELECT tracktalk.rotate_channel_key() WHERE NOT EXISTS (SELECT 1 FROM tracktalk.channel_key);
 
 -- A replica serves a schema of its own version or newer; docs/dba.md lists what each version
 -- added, and which upgrades need the old replicas stopped first (2 to 3, 4 to 5, 5 to 6).
-INSERT INTO tracktalk.schema_version (version) VALUES (7)
+INSERT INTO tracktalk.schema_version (version) VALUES (8)
 ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, applied_at = now();

@@ -397,6 +397,36 @@ export type ForumMessage = (
   | ThreadCreated
   | ThreadDeleted
 ) & { topic: string };
+/** A row of a table its DBA made live (tracktalk.make_live) was inserted, or came into the topic
+ *  (an UPDATE changed the column its topics are named by): `row` is the row, every column. */
+export interface RowInserted {
+  topic: string;
+  type: "row_inserted";
+  seq: number;
+  row: Record<string, unknown>;
+  tag?: string | null;
+}
+
+/** A row of a live table was updated and stays in the topic: `row` as it is now. */
+export interface RowUpdated {
+  topic: string;
+  type: "row_updated";
+  seq: number;
+  row: Record<string, unknown>;
+  tag?: string | null;
+}
+
+/** A row of a live table was deleted, or left the topic: `row` is its primary key (`{id: 7}`). */
+export interface RowDeleted {
+  topic: string;
+  type: "row_deleted";
+  seq: number;
+  row: Record<string, unknown>;
+  tag?: string | null;
+}
+
+/** The durable messages of a live table's topics (a kind of TopicMessage). */
+export type LiveRowMessage = RowInserted | RowUpdated | RowDeleted;
 
 // ---- client -> server ----------------------------------------------------------------------
 

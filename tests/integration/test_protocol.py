@@ -29,7 +29,7 @@ from app.handlers.asyncapi import ASYNCAPI_VERSION
 from tests.support.processes import ROOT, Replica
 from tests.support.seed import World, new_track
 from tests.support.sockets import RECV_TIMEOUT, Socket, open_socket, open_topics
-from tests.support.writes import post_comment
+from tests.support.writes import post_comment, sql
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -194,6 +194,8 @@ async def test_every_message_of_the_socket_of_topics_matches_the_asyncapi_docume
     assert set(received.validators) == {"subscribe", "unsubscribe", "typing"}
     track = new_track(db_url)
     topic = f"track:{track}"
+    await sql(db_url, "CREATE TABLE public.protocol_rows (id int PRIMARY KEY, title text)")
+    await sql(db_url, "SELECT tracktalk.make_live('public.protocol_rows')")  # row_* (docs/dba.md)
     async with (
         open_topics(replica.ws, world.tokens["alice"]) as alice,
         open_topics(replica.ws, world.tokens["bob"]) as bob,
@@ -201,6 +203,13 @@ async def test_every_message_of_the_socket_of_topics_matches_the_asyncapi_docume
     ):
         for sock in (alice, bob):
             await sock.subscribe(topic)
+        await alice.subscribe("protocol_rows")
+        for statement in (
+            "INSERT INTO protocol_rows VALUES (1, 'one')",
+            "UPDATE protocol_rows SET title = 'two'",
+            "DELETE FROM protocol_rows",
+        ):
+            await sql(db_url, statement)
         for message in [
             {
                 "type": "subscribe",
@@ -226,6 +235,7 @@ async def test_every_message_of_the_socket_of_topics_matches_the_asyncapi_docume
             answer = await client.request(method, path, json=body, headers=world.auth(who))
             assert answer.status_code in (200, 204), answer.text
         kinds = {"new_comment", "comment_edited", "comment_liked", "track_metrics", "comment_deleted"}
+        kinds |= {"row_inserted", "row_updated", "row_deleted"}
         await alice.until(
             lambda: kinds | {"user_typing", "presence", "mention"} <= {m["type"] for m in alice.received},
             "every kind on alice's socket",
@@ -365,6 +375,9 @@ def test_the_examples_of_the_socket_of_topics_in_the_doc_match_the_document(docu
         "unsubscribe",
         "typing",
         "new_comment",
+        "row_inserted",
+        "row_updated",
+        "row_deleted",
     }
 
 

@@ -17,8 +17,10 @@ from websockets.frames import DATA_OPCODES, Frame
 
 from app.wire import (
     ForumMessage,
+    LiveRowMessage,
     ServerMessage,
     forum_message_decoder,
+    live_row_decoder,
     server_message_decoder,
     topic_socket_decoder,
 )
@@ -169,6 +171,8 @@ them (another type, such as moderation's of issue 20, is a kind's own)."""
 _FORUM_MESSAGES = frozenset(m.__struct_config__.tag for m in get_args(ForumMessage))
 """The durable messages of the forum's topics (app/wire.py's ForumMessage): a thread's or a
 category's are checked against them, their user_typing and presence against the track socket's."""
+_LIVE_ROWS = frozenset(m.__struct_config__.tag for m in get_args(LiveRowMessage))
+"""The messages of a table made live by its DBA (app/wire.py's LiveRowMessage)."""
 
 
 class TopicSocket:
@@ -199,6 +203,8 @@ class TopicSocket:
                 (
                     forum_message_decoder if message["type"] in _FORUM_MESSAGES else server_message_decoder
                 ).decode(bare)
+            elif message["type"] in _LIVE_ROWS:
+                live_row_decoder.decode(raw)
         if isinstance(topic, str):
             self.by_topic[topic].append(message)
         self.received.append(message)

@@ -53,6 +53,9 @@ WIRE_TYPES: dict[str, type[msgspec.Struct]] = {
     "PostLikeState": wire.PostLikeState,
     "ThreadCounters": wire.ThreadCounters,
     **{struct.__name__: struct for struct in get_args(wire.ForumMessage)},
+    "RowInserted": wire.RowInserted,
+    "RowUpdated": wire.RowUpdated,
+    "RowDeleted": wire.RowDeleted,
     **{
         struct.__name__ if struct is not wire.Error else "ErrorMessage": struct
         for struct in get_args(wire.ServerMessage)
