@@ -93,7 +93,7 @@ def empty_database(pg) -> Callable[[], str]:  # type: ignore[no-untyped-def]
     return make
 
 
-@pytest.mark.parametrize("version", [4, 2])
+@pytest.mark.parametrize("version", [5, 4, 2])
 def test_an_old_database_upgraded_by_migrate_has_the_catalog_of_a_fresh_one(
     version: int, empty_database: Callable[[], str], new_database: Callable[[], str]
 ) -> None:
