@@ -127,11 +127,14 @@ class Subscribed(msgspec.Struct, tag_field="type", tag="subscribed"):
 
 
 class SubscribeError(msgspec.Struct, tag_field="type", tag="subscribe_error"):
-    """/api/ws: the topic could not be subscribed (`invalid topic`, `not found`, `forbidden`, `too
-    many topics`); it is not asked for again."""
+    """/api/ws: the topic could not be subscribed (`reason`: `invalid topic`, `not found`,
+    `forbidden`, `too many topics`; `message` for people); it is not asked for again. (One refused
+    for coming too fast, with `retry_after`, is not yielded: it is asked for again after that.)"""
 
     topic: str
     reason: str
+    message: str = ""
+    retry_after: float | None = None
 
 
 class Unsubscribed(msgspec.Struct, tag_field="type", tag="unsubscribed"):
@@ -451,6 +454,8 @@ class Topics(_Reconnecting):
     ) -> None:
         super().__init__(base_url, token, backoff=backoff)
         self._topics: dict[str, _Topic] = {}
+        self._retries: set[asyncio.Task[None]] = set()
+        """Subscribes refused for coming too fast, waiting to be sent again."""
 
     def __aiter__(self) -> AsyncIterator[TopicMessage]:
         return self._run()
@@ -480,6 +485,21 @@ class Topics(_Reconnecting):
         if self._socket is not None:
             await self._socket.send(json.dumps({"type": "typing", "topic": topic, "is_typing": is_typing}))
 
+    def _retry(self, topic: str, after: float) -> None:
+        async def again() -> None:
+            await asyncio.sleep(after)
+            await self._send_subscribe(topic)
+
+        task = asyncio.create_task(again())
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def aclose(self) -> None:
+        """Stop: the socket is closed and the iteration ends (from any task)."""
+        for task in list(self._retries):
+            task.cancel()
+        await super().aclose()
+
     async def _send_subscribe(self, topic: str) -> None:
         socket = self._socket
         wanted = self._topics.get(topic)
@@ -490,7 +510,8 @@ class Topics(_Reconnecting):
             frame["since"] = wanted.position.seq
             if wanted.position.tag:
                 frame["tag"] = wanted.position.tag
-        await socket.send(json.dumps(frame))
+        with contextlib.suppress(ConnectionClosed):  # sent again when the next socket opens
+            await socket.send(json.dumps(frame))
 
     def _url(self, token: str | None) -> str:
         return _address(self._base, "/api/ws", {"token": token} if token else {})
@@ -513,6 +534,9 @@ class Topics(_Reconnecting):
                     return []  # unsubscribed meanwhile
                 wanted.subscribed = True
                 wanted.position.start(head)
+            elif isinstance(reply, SubscribeError) and reply.retry_after is not None and wanted is not None:
+                self._retry(reply.topic, reply.retry_after)
+                return []
             else:
                 self._topics.pop(reply.topic, None)
             return [TopicMessage(reply.topic, reply)]

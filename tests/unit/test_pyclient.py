@@ -267,3 +267,32 @@ def _liked(seq: int) -> dict[str, Any]:
 
 
 _ = Connected  # (the decoded types the assertions name)
+
+
+async def test_a_subscribe_refused_for_coming_too_fast_is_sent_again_after_the_wait(
+    scripted: ScriptedServer,
+) -> None:
+    topics = Topics(scripted.http, token="t")
+    await topics.subscribe("track:a")
+    reader = Reader(topics)
+    one = await scripted.next()
+    await async_wait_until(lambda: len(one.frames) == 1, WAIT, "the subscription")
+    refused_at = time.monotonic()
+    await send(
+        one,
+        {
+            "type": "subscribe_error",
+            "topic": "track:a",
+            "reason": "too many topics",
+            "message": "subscribing too fast",
+            "retry_after": 0.3,
+        },
+    )
+    await async_wait_until(lambda: len(one.frame_times) == 2, WAIT, "the subscription again")
+    assert one.frames[1] == {"type": "subscribe", "topic": "track:a"}
+    assert one.frame_times[1] - refused_at >= 0.3
+    await send(one, {"type": "subscribed", "topic": "track:a", "seq": 2})
+    (item,) = await reader.has(1)
+    assert item == TopicMessage("track:a", Subscribed(topic="track:a", seq=2))
+    await topics.aclose()
+    assert await reader.ended() is None
