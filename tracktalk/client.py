@@ -279,7 +279,12 @@ class _Reconnecting:
     async def _run(self) -> AsyncIterator[Any]:
         renewing = False
         while not self._closed:
-            token = await call_token_source(self._token, expired=renewing)
+            try:
+                token = await call_token_source(self._token, expired=renewing)
+            except Exception as exc:  # the caller's identity provider may be away for a moment
+                log.warning("tracktalk: the token callback failed: %r", exc)
+                await self._wait("no token")
+                continue
             if renewing and not token:
                 raise Refused(CloseCode.TOKEN_EXPIRED, "token expired, and no fresh token was given")
             try:
@@ -313,6 +318,9 @@ class _Reconnecting:
                         self.status = "live"
                     try:
                         items = self._take(raw)
+                    except msgspec.DecodeError as exc:  # a server's bug: never the caller's problem
+                        log.warning("tracktalk: a frame that is not a message (%s): %.200r", exc, raw)
+                        continue
                     except _Gap as exc:
                         log.warning("tracktalk: %s: resuming", exc)
                         gap = True
@@ -411,7 +419,8 @@ class TrackFeed(_Reconnecting):
         """Tell the track's listeners whether this user is typing (the server relays one a second)."""
         socket = self._socket
         if socket is not None:
-            await socket.send(json.dumps({"type": "typing", "is_typing": is_typing}))
+            with contextlib.suppress(ConnectionClosed):  # (said again by the caller, if it still types)
+                await socket.send(json.dumps({"type": "typing", "is_typing": is_typing}))
 
     def _url(self, token: str | None) -> str:
         query: dict[str, str] = {}
@@ -478,12 +487,16 @@ class Topics(_Reconnecting):
     async def unsubscribe(self, topic: str) -> None:
         """No more of the topic's messages."""
         if self._topics.pop(topic, None) is not None and self._socket is not None:
-            await self._socket.send(json.dumps({"type": "unsubscribe", "topic": topic}))
+            with contextlib.suppress(ConnectionClosed):  # (the next socket does not subscribe it)
+                await self._socket.send(json.dumps({"type": "unsubscribe", "topic": topic}))
 
     async def typing(self, topic: str, is_typing: bool) -> None:
         """Tell the topic's listeners whether this user is typing."""
         if self._socket is not None:
-            await self._socket.send(json.dumps({"type": "typing", "topic": topic, "is_typing": is_typing}))
+            with contextlib.suppress(ConnectionClosed):
+                await self._socket.send(
+                    json.dumps({"type": "typing", "topic": topic, "is_typing": is_typing})
+                )
 
     def _retry(self, topic: str, after: float) -> None:
         async def again() -> None:

@@ -296,3 +296,28 @@ async def test_a_subscribe_refused_for_coming_too_fast_is_sent_again_after_the_w
     assert item == TopicMessage("track:a", Subscribed(topic="track:a", seq=2))
     await topics.aclose()
     assert await reader.ended() is None
+
+
+async def test_a_frame_that_is_no_message_is_skipped_and_a_failing_token_callback_tried_again(
+    scripted: ScriptedServer,
+) -> None:
+    calls: list[bool] = []
+
+    def token(*, expired: bool) -> str:
+        calls.append(expired)
+        if len(calls) == 1:
+            raise ConnectionError("the identity provider is away")
+        return "t"
+
+    feed = TrackFeed(scripted.http, TRACK, token=token, backoff=Backoff(0.2, 0.2))
+    reader = Reader(feed)
+    one = await scripted.next()  # after the backoff
+    assert one.query == {"token": "t"} and calls == [False, False]
+    await one.send(connected(0))
+    await one.conn.send("not json")
+    await send(one, {"no": "type"})
+    await one.send(liked(1))
+    items = await reader.has(2)
+    assert [type(item).__name__ for item in items] == ["Connected", "CommentLiked"]
+    await feed.aclose()
+    assert await reader.ended() is None
