@@ -37,6 +37,10 @@ MAX_BODY = 64 * 1024
 MAX_USER_ID_DIGITS = 18
 """Longest user id a token may name, in digits (a positive bigint; 18 digits always fit)."""
 
+MAX_EXTERNAL_ID = 255
+"""Longest external id (the host identity provider's subject: users.external_id) a token may name,
+in characters (Auth0's, Keycloak's, Clerk's and Cognito's are under 70)."""
+
 MAX_JWKS_BODY = 1024 * 1024
 """Largest JWKS read from the identity provider, in bytes."""
 

@@ -95,7 +95,7 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
         feed = Feed(hub, events, listener, on_lag=metrics.lag.observe, presence=presence)
         listener.attach(feed)
         metrics.watch(listener, codec)
-        tokens = TokenVerifier.from_settings(settings)
+        tokens = TokenVerifier.from_settings(settings, pool)
         metrics.count_presence(presence)
         readiness = Readiness(pool, settings.notify_queue_limit, on_usage=metrics.read_queue_usage)
         await readiness.check()

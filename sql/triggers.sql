@@ -1106,6 +1106,53 @@ CREATE TRIGGER users_after_update
     AFTER UPDATE ON users REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.users_left_team();
 
+-- The user whose users.external_id is `subject` (a subject of the host's identity provider), made
+-- when there is none: what a replica with TRACKTALK_JWT_PROVISION=1 calls on a valid token of a
+-- subject it does not know (app/auth/subjects.py). The new row is named `wanted`, or, when a user
+-- has that name already (in any case: @mentions match names case-insensitively), `wanted_2`,
+-- `wanted_3`, … the first that is free. `wanted` must be a name an @mention reaches: 1 to 48 of
+-- A-Z, a-z, 0-9 and _ (so that `_` and a number still fit in the 64 characters a mention reads;
+-- app/data/users.py makes it from the token's username claim).
+-- One at a time across replicas: the second of two first requests of a new user, on two replicas
+-- at once, finds the row the first made, and two new users who want one name get two. The lock on
+-- users (SHARE ROW EXCLUSIVE, to commit) holds other writers of users for that moment, never their
+-- readers, nor the writers of comments and likes (their foreign keys' locks pass). Only on first
+-- sight: a subject that has its row returns before the lock. Expects READ COMMITTED (PostgreSQL's
+-- default; the app's pool sets it): after the lock it reads what committed before. SECURITY
+-- DEFINER: the app role may not write users otherwise.
+CREATE OR REPLACE FUNCTION tracktalk.provision_user(subject text, wanted text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found bigint;
+    name text := wanted;
+    n integer := 1;
+BEGIN
+    IF subject IS NULL OR subject = '' THEN
+        RAISE EXCEPTION 'tracktalk.provision_user: give the subject (the external_id), not an empty one'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF wanted IS NULL OR wanted !~ '^[A-Za-z0-9_]{1,48}$' THEN
+        RAISE EXCEPTION 'tracktalk.provision_user: the username % is not one an @mention reaches: use 1 to 48 of A-Z, a-z, 0-9 and _', quote_nullable(wanted)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT u.id INTO found FROM public.users u WHERE u.external_id = subject;
+    IF found IS NOT NULL THEN
+        RETURN found;
+    END IF;
+    LOCK TABLE public.users IN SHARE ROW EXCLUSIVE MODE;
+    SELECT u.id INTO found FROM public.users u WHERE u.external_id = subject;
+    IF found IS NOT NULL THEN
+        RETURN found;
+    END IF;
+    WHILE EXISTS (SELECT 1 FROM public.users u WHERE lower(u.username) = lower(name)) LOOP
+        n := n + 1;
+        name := wanted || '_' || n;
+    END LOOP;
+    INSERT INTO public.users (username, external_id) VALUES (name, subject) RETURNING id INTO found;
+    RETURN found;
+END
+$$;
+
 ---------------------------------------------------------------------------------------------
 -- Rows do not move: comments, likes and shares keep their track and owner
 ---------------------------------------------------------------------------------------------
@@ -2661,5 +2708,5 @@ SELECT tracktalk.rotate_channel_key() WHERE NOT EXISTS (SELECT 1 FROM tracktalk.
 
 -- A replica serves a schema of its own version or newer; docs/dba.md lists what each version
 -- added, and which upgrades need the old replicas stopped first (2 to 3, 4 to 5, 5 to 6).
-INSERT INTO tracktalk.schema_version (version) VALUES (8)
+INSERT INTO tracktalk.schema_version (version) VALUES (9)
 ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, applied_at = now();
