@@ -479,15 +479,17 @@ $$;
 -- The messages that tell recipients about notifications `ids`, in id order: none for a recipient
 -- who may no longer see the track or the thread (tracktalk.notification_objects leaves those out).
 -- A notification of a track carries its `track_id`, one of the forum its `thread_id`; a mention
--- carries the comment (`comment`) or the post (`post`).
+-- carries the comment (`comment`) or the post (`post`). `about_track`: the message is about a
+-- track (a comment's), which the track socket's contract knows; a forum's goes to /api/ws sockets
+-- only (the track socket's `mention` carries a comment, its `notification` a track_id).
 CREATE OR REPLACE FUNCTION tracktalk.user_messages(ids bigint[])
-RETURNS TABLE (user_id bigint, message jsonb)
+RETURNS TABLE (user_id bigint, message jsonb, about_track boolean)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN QUERY
-    SELECT m.user_id, m.message
+    SELECT m.user_id, m.message, m.about_track
     FROM (
-        SELECT n.id, 1 AS part, n.user_id,
+        SELECT n.id, 1 AS part, n.user_id, n.thread_id IS NULL AS about_track,
                jsonb_build_object('type', 'notification',
                                   CASE WHEN n.thread_id IS NULL THEN 'track_id' ELSE 'thread_id' END,
                                   coalesce(to_jsonb(n.track_id), to_jsonb(n.thread_id)),
@@ -495,7 +497,7 @@ BEGIN
           FROM tracktalk.notification_objects n
          WHERE n.id = ANY (ids)
         UNION ALL
-        SELECT n.id, 2, n.user_id,
+        SELECT n.id, 2, n.user_id, true,
                jsonb_build_object('type', 'mention', 'track_id', n.track_id,
                                   'comment', tracktalk.comment_json(c),
                                   'from_user', n.actor_username)
@@ -503,7 +505,7 @@ BEGIN
           JOIN tracktalk.comment_objects c ON c.id = n.comment_id
          WHERE n.id = ANY (ids) AND n.kind = 'mention'
         UNION ALL
-        SELECT n.id, 2, n.user_id,
+        SELECT n.id, 2, n.user_id, false,
                jsonb_build_object('type', 'mention', 'thread_id', n.thread_id,
                                   'post', tracktalk.post_json(p),
                                   'from_user', n.actor_username)

@@ -81,3 +81,8 @@ ALTER TABLE notifications DROP CONSTRAINT IF EXISTS notifications_about_one_thin
 ALTER TABLE notifications ADD CONSTRAINT notifications_about_one_thing CHECK (
     CASE WHEN kind IN ('post_reply', 'post_mention') THEN thread_id IS NOT NULL AND track_id IS NULL
          ELSE track_id IS NOT NULL AND thread_id IS NULL AND post_id IS NULL END);
+
+-- tracktalk.user_messages() says of each message whether it is about a track (sql/triggers.sql
+-- makes it again with the new column): its result's shape changes, which CREATE OR REPLACE cannot.
+-- A replica of version 6 reads its two first columns by name, as before.
+DROP FUNCTION IF EXISTS tracktalk.user_messages(bigint[]);

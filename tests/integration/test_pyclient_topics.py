@@ -49,10 +49,15 @@ async def test_topics_follow_their_tracks_across_a_replica_restart(
     reader = asyncio.create_task(read())
 
     def comments(topic: str) -> list[tuple[int, str]]:
-        return [(m.message.seq, m.message.comment.content) for m in got
-                if m.topic == topic and isinstance(m.message, NewComment)]
+        return [
+            (m.message.seq, m.message.comment.content)
+            for m in got
+            if m.topic == topic and isinstance(m.message, NewComment)
+        ]
 
-    await async_wait_until(lambda: sum(isinstance(m.message, (Subscribed, SubscribeError)) for m in got) >= 3, 10, "answers")
+    await async_wait_until(
+        lambda: sum(isinstance(m.message, (Subscribed, SubscribeError)) for m in got) >= 3, 10, "answers"
+    )
     refused = [m for m in got if isinstance(m.message, SubscribeError)]
     assert [(m.topic, m.message.reason) for m in refused] == [(f"track:{world.private}", "not found")]
     written: dict[str, list[str]] = {one: [], two: []}
@@ -73,8 +78,12 @@ async def test_topics_follow_their_tracks_across_a_replica_restart(
     await writing
     await write(4)
     await async_wait_until(
-        lambda: len(comments(f"track:{one}")) == len(written[one]) and len(comments(f"track:{two}")) == len(written[two]),
-        20, "every comment",
+        lambda: (
+            len(comments(f"track:{one}")) == len(written[one])
+            and len(comments(f"track:{two}")) == len(written[two])
+        ),
+        20,
+        "every comment",
     )
     for track in (one, two):
         seen = comments(f"track:{track}")

@@ -24,6 +24,8 @@ from app.bounds import MAX_TOPICS, SUBSCRIBE_BURST
 from app.data.batch import Batched
 from app.edge.addresses import PerAddress
 from app.handlers import topic_sockets
+from app.handlers.sockets import PATH as TRACK_PATH
+from app.handlers.sockets import TrackSockets
 from app.handlers.topic_sockets import PATH, TopicSockets
 from app.live import close_codes
 from app.live.notices import Opened
@@ -195,6 +197,51 @@ async def test_the_user_s_notifications_come_once_per_socket_whatever_it_subscri
     finally:
         lane.cancel()
     assert client.types().count("notification") == 1
+
+
+async def test_the_forum_s_notifications_go_to_api_ws_sockets_only_a_track_s_to_both(
+    services: FakeServices,
+) -> None:
+    """The track socket's contract knows a track's `mention` (a comment) and `notification` (a
+    track_id): the forum's (a post, a thread_id) go only to the user's /api/ws sockets."""
+    lane = asyncio.create_task(services.feed.deliver_user_messages())
+    try:
+        topics = await connect(services)
+        await topics.subscribe(TH)
+        track = await connect_track(services)
+        services.log.messages[5] = (ALICE, b'{"type":"notification","track_id":"t1","notification":{"id":5}}')
+        services.log.messages[6] = (
+            ALICE,
+            b'{"type":"mention","thread_id":7,"post":{"id":6},"from_user":"bob"}',
+        )
+        services.log.forum.add(6)
+        services.feed.on_notice(Opened(UserBatch(user=ALICE, ids=[5, 6], at=time.time())))
+        await until(lambda: "mention" in topics.types(), "the forum's mention on /api/ws")
+        await until(lambda: "notification" in track.types(), "the track's notification on the track socket")
+        await asyncio.sleep(0.01)
+    finally:
+        lane.cancel()
+    assert topics.types().count("notification") == 1 and topics.types().count("mention") == 1
+    assert track.types().count("notification") == 1 and "mention" not in track.types()
+
+
+async def connect_track(services: FakeServices, track: str = "t1") -> Any:
+    """A track socket of ALICE's (app/handlers/sockets.py) on the same replica."""
+    conn = FakeConnection()
+    scope = {
+        "type": "websocket",
+        "path": TRACK_PATH + track,
+        "query_string": f"token={issue_token(SECRET, ALICE, 600)}".encode(),
+        "headers": [],
+        "client": ("127.0.0.1", 50_001),
+        "extensions": {EXTENSION: conn},
+    }
+    handler = TrackSockets(lambda: services)  # type: ignore[arg-type,return-value]
+    task = asyncio.create_task(handler(scope, conn.receive, conn.send))
+    services.handlers.append((conn, task))
+    client = Client(conn, task)
+    await client.connected()
+    return client
 
 
 async def test_a_socket_holds_100_topics_and_a_101st_is_refused_while_the_socket_stays_open(
