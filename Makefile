@@ -33,7 +33,7 @@ run: install
 	@$(BIN)/tracktalk serve --host $(HOST) --port $(PORT) || { status=$$?; \
 		[ $$status -eq 143 ] || [ $$status -eq 130 ] || exit $$status; }
 
-PY_DIRS := $(wildcard app tests bench)
+PY_DIRS := $(wildcard app tracktalk tests bench)
 
 lint: install-test
 	$(BIN)/ruff check $(PY_DIRS)

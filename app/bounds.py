@@ -37,6 +37,10 @@ MAX_BODY = 64 * 1024
 MAX_USER_ID_DIGITS = 18
 """Longest user id a token may name, in digits (a positive bigint; 18 digits always fit)."""
 
+MAX_EXTERNAL_ID = 255
+"""Longest external id (the host identity provider's subject: users.external_id) a token may name,
+in characters (Auth0's, Keycloak's, Clerk's and Cognito's are under 70)."""
+
 MAX_JWKS_BODY = 1024 * 1024
 """Largest JWKS read from the identity provider, in bytes."""
 
@@ -58,3 +62,23 @@ events of 400 KB each is not read, nor written to a resuming socket, at once."""
 
 MAX_TRACKS_LISTED = 500
 """Tracks GET /api/tracks lists at most."""
+
+MAX_TITLE = 200
+"""Longest forum thread title the API accepts, in characters (after trimming): a line of a list,
+not a post (the database allows 1,000, for SQL writers)."""
+
+MAX_SLUG = 64
+"""Longest forum category slug a route takes (forum_categories.slug allows no more)."""
+
+THREAD_PAGE = 50
+"""Threads per page of GET /api/forum/categories/{slug}/threads unless `limit` says otherwise ..."""
+MAX_THREAD_PAGE = 200
+"""... and at most."""
+
+POST_PAGE = 100
+"""Posts per page of GET /api/forum/threads/{thread_id}/posts unless `limit` says otherwise ..."""
+MAX_POST_PAGE = 500
+"""... and at most."""
+
+MAX_CATEGORIES_LISTED = 500
+"""Forum categories GET /api/forum/categories lists at most."""

@@ -113,7 +113,7 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
         feed = Feed(hub, events, listener, on_lag=metrics.lag.observe, presence=presence)
         listener.attach(feed)
         metrics.watch(listener, codec)
-        tokens = TokenVerifier.from_settings(settings)
+        tokens = TokenVerifier.from_settings(settings, pool)
         metrics.count_presence(presence)
         polling = Polling(feed.catch_up, feed.access.recheck_all)
         node_watch = NodeWatch(listener.leave, settings.node_lag_limit)

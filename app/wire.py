@@ -9,7 +9,7 @@ frame with `server_message_decoder`).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Raw, Struct
@@ -103,19 +103,24 @@ class Track(Struct):
 
 
 class Notification(Struct):
-    """One row of the caller's notifications."""
+    """One row of the caller's notifications: about a track and a comment of it (`comment`,
+    `reply`, `mention`, `comment_like`), or about a forum thread and a post of it (`post_reply`,
+    `post_mention`); the fields of the other are null."""
 
     id: int
     user_id: int
-    kind: Literal["comment", "reply", "mention", "comment_like"]
+    kind: Literal["comment", "reply", "mention", "comment_like", "post_reply", "post_mention"]
     actor_id: int
     actor_username: str
-    track_id: str
-    track_title: str
+    track_id: str | None
+    track_title: str | None
     comment_id: int | None
     excerpt: str | None
     created_at: datetime
     read_at: datetime | None
+    thread_id: int | None = None
+    thread_title: str | None = None
+    post_id: int | None = None
 
 
 class NotificationPage(Struct):
@@ -143,6 +148,100 @@ class UnreadCount(Struct):
     """Answer of POST /api/notifications/read."""
 
     unread: int
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP: the forum
+# ---------------------------------------------------------------------------------------------
+
+PostId = Annotated[int, Meta(ge=1, le=MAX_BIGINT)]
+
+
+class Category(Struct):
+    """A forum category the caller may see (a private one is the team's)."""
+
+    id: int
+    slug: str
+    title: str
+    description: str
+    is_private: bool
+    thread_count: int
+
+
+class Thread(Struct):
+    """A forum thread as the API and the WebSocket show it: `post_count` and `last_post_at` (the
+    newest post's time, the thread's own while it has none) are kept by the database."""
+
+    id: int
+    category_id: int
+    category_slug: str
+    user_id: int
+    username: str
+    title: str
+    created_at: datetime
+    last_post_at: datetime
+    post_count: int
+    is_locked: bool
+    is_pinned: bool
+
+
+class Post(Struct):
+    """A forum post as the API and the WebSocket show it."""
+
+    id: int
+    thread_id: int
+    user_id: int
+    username: str
+    parent_id: int | None
+    content: str
+    created_at: datetime
+    is_edited: bool
+    last_edited_at: datetime | None
+    like_count: int
+    user_has_liked: bool
+
+
+class NewThread(Thread):
+    """Answer of POST /api/forum/categories/{slug}/threads: the thread, with its first post."""
+
+    first_post: Post
+
+
+class ThreadIn(Struct):
+    """Body of POST /api/forum/categories/{slug}/threads: the title, and the first post's content."""
+
+    title: str
+    content: str
+
+
+class ThreadEdit(Struct, forbid_unknown_fields=True):
+    """Body of PUT /api/forum/threads/{thread_id}: any of the title (its author, or the team),
+    is_locked and is_pinned (the team); at least one."""
+
+    title: str | None = None
+    is_locked: bool | None = None
+    is_pinned: bool | None = None
+
+
+class PostIn(Struct):
+    """Body of POST /api/forum/threads/{thread_id}/posts."""
+
+    content: str
+    parent_id: PostId | None = None
+
+
+class PostEdit(Struct):
+    """Body of PUT /api/forum/posts/{post_id}."""
+
+    content: str
+
+
+class PostLikeState(Struct):
+    """Answer of POST and DELETE /api/forum/posts/{post_id}/like."""
+
+    post_id: int
+    like_count: int
+    user_has_liked: bool
 
 
 class DemoUser(Struct):
@@ -329,18 +428,23 @@ class Presence(Struct, tag_field="type", tag="presence", kw_only=True, omit_defa
     listening: int
 
 
-class Mention(Struct, tag_field="type", tag="mention"):
-    """The socket's user was @mentioned, on whatever track."""
+class Mention(Struct, tag_field="type", tag="mention", kw_only=True, omit_defaults=True):
+    """The socket's user was @mentioned, on whatever track or forum thread it watches: in a
+    comment (`track_id`, `comment`) or in a forum post (`thread_id`, `post`)."""
 
-    track_id: str
-    comment: Comment
+    track_id: str | None = None
+    comment: Comment | None = None
+    thread_id: int | None = None
+    post: Post | None = None
     from_user: str
 
 
-class NotificationMessage(Struct, tag_field="type", tag="notification"):
-    """The socket's user has a new notification."""
+class NotificationMessage(Struct, tag_field="type", tag="notification", kw_only=True, omit_defaults=True):
+    """The socket's user has a new notification: about a track (`track_id`) or a forum thread
+    (`thread_id`)."""
 
-    track_id: str
+    track_id: str | None = None
+    thread_id: int | None = None
     notification: Notification
 
 
@@ -378,6 +482,88 @@ ServerMessage = (
     | Resync
     | Error
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# WebSocket: the forum's topics (on /api/ws, each message with its `topic` added)
+# ---------------------------------------------------------------------------------------------
+
+
+class ThreadCounters(Struct):
+    """A thread's counters as they stand after a change (the `thread` of new_post and post_deleted)."""
+
+    id: int
+    post_count: int
+    last_post_at: datetime
+
+
+class NewPost(Struct, tag_field="type", tag="new_post"):
+    """`thread:{id}`: a post was written; `thread` has the thread's counters after it."""
+
+    seq: int
+    post: Post
+    thread: ThreadCounters
+    tag: EventTag | None = None
+
+
+class PostEdited(Struct, tag_field="type", tag="post_edited"):
+    """`thread:{id}`: a post's content changed."""
+
+    seq: int
+    post_id: int
+    content: str
+    is_edited: bool
+    last_edited_at: datetime | None
+    tag: EventTag | None = None
+
+
+class PostDeleted(Struct, tag_field="type", tag="post_deleted"):
+    """`thread:{id}`: a post is gone (its replies stay, without their parent); `thread` has the
+    thread's counters after it."""
+
+    seq: int
+    post_id: int
+    thread: ThreadCounters
+    tag: EventTag | None = None
+
+
+class PostLiked(Struct, tag_field="type", tag="post_liked"):
+    """`thread:{id}`: a post's like count changed."""
+
+    seq: int
+    post_id: int
+    like_count: int
+    tag: EventTag | None = None
+
+
+class ThreadUpdated(Struct, tag_field="type", tag="thread_updated"):
+    """`thread:{id}` and `category:{slug}`: the thread's title, lock, pin or author changed; on the
+    category's topic also its counters (a post written or deleted)."""
+
+    seq: int
+    thread: Thread
+    tag: EventTag | None = None
+
+
+class ThreadCreated(Struct, tag_field="type", tag="thread_created"):
+    """`category:{slug}`: a thread was started in the category (or moved into it); its first
+    post follows as a thread_updated."""
+
+    seq: int
+    thread: Thread
+    tag: EventTag | None = None
+
+
+class ThreadDeleted(Struct, tag_field="type", tag="thread_deleted"):
+    """`category:{slug}`: a thread is gone from the category (deleted, or moved out of it)."""
+
+    seq: int
+    thread_id: int
+    tag: EventTag | None = None
+
+
+ForumMessage = NewPost | PostEdited | PostDeleted | PostLiked | ThreadUpdated | ThreadCreated | ThreadDeleted
+"""The durable messages of the forum's topics (built by the triggers of sql/triggers.sql)."""
 
 # ---------------------------------------------------------------------------------------------
 # WebSocket /api/ws, server -> client (besides every message of its topics, `topic` added)
@@ -429,6 +615,47 @@ TopicSocketMessage = (
 )
 """What /api/ws sends of its own (the messages of its topics are those of their kinds, with
 `topic`: a track's are ServerMessage's)."""
+
+# ---------------------------------------------------------------------------------------------
+# WebSocket /api/ws: the topics of a table made live by its DBA (tracktalk.make_live)
+# ---------------------------------------------------------------------------------------------
+
+
+class RowInserted(Struct, tag_field="type", tag="row_inserted"):
+    """A row of a live table was inserted, or came into the topic (an UPDATE changed its
+    topic_column, or its primary key): `row` is the row as JSON, every column (times in UTC)."""
+
+    topic: str
+    seq: int
+    row: dict[str, Any]
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
+
+
+class RowUpdated(Struct, tag_field="type", tag="row_updated"):
+    """A row of a live table was updated and stays in the topic: `row` is the row as it is now."""
+
+    topic: str
+    seq: int
+    row: dict[str, Any]
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
+
+
+class RowDeleted(Struct, tag_field="type", tag="row_deleted"):
+    """A row of a live table was deleted, or left the topic: `row` is its primary key
+    (`{"id": 7}`; every column of a composite key)."""
+
+    topic: str
+    seq: int
+    row: dict[str, Any]
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
+
+
+LiveRowMessage = RowInserted | RowUpdated | RowDeleted
+"""The durable messages of a live table's topics (built by tracktalk.live_rows_changed in
+sql/triggers.sql; /api/ws puts `topic` first)."""
 
 # ---------------------------------------------------------------------------------------------
 # WebSocket, client -> server
@@ -542,8 +769,10 @@ Notice = TopicBatch | UserBatch | Revoke | Ephemeral | Rekey
 
 notice_decoder = msgspec.json.Decoder(Notice)
 server_message_decoder = msgspec.json.Decoder(ServerMessage)
+forum_message_decoder = msgspec.json.Decoder(ForumMessage)
 client_envelope_decoder = msgspec.json.Decoder(ClientEnvelope)
 client_message_decoder = msgspec.json.Decoder(ClientMessage)
 topic_client_decoder = msgspec.json.Decoder(TopicClientMessage)
 topic_socket_decoder = msgspec.json.Decoder(TopicSocketMessage)
+live_row_decoder = msgspec.json.Decoder(LiveRowMessage)
 encoder = msgspec.json.Encoder()

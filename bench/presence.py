@@ -219,8 +219,9 @@ def serve(argv: list[str], presence: bool) -> None:
         async def running(self: Any) -> AsyncIterator[None]:
             yield
 
-        app.presence.Presence.running = running  # type: ignore[method-assign]
-        app.presence.Presence.present = lambda self, sub: contextlib.nullcontext()  # type: ignore[method-assign,assignment,return-value]
+        app.presence.tracker.Presence.running = running  # type: ignore[method-assign]
+        app.presence.tracker.Presence.join = lambda self, conn, topic: None  # type: ignore[method-assign]
+        app.presence.tracker.Presence.leave = lambda self, conn, topic: None  # type: ignore[method-assign]
     tracktalk(["serve", *argv])
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import statistics
@@ -80,9 +81,30 @@ async def subscribe(sock: ClientConnection, topics: list[str], since: int | None
             got[topic] += 1
 
 
-async def settle(server: Server) -> int:
-    await asyncio.sleep(1.5)
-    return rss_kib(server.pid)
+async def settle(server: Server, socks: list[ClientConnection]) -> int:
+    """The replica's RSS once it is steady, every socket read meanwhile (a client that does not
+    read leaves the replica holding the frames it sends, such as presence's counts, in its
+    buffers)."""
+
+    async def drain(sock: ClientConnection) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                await sock.recv()
+
+    readers = [asyncio.create_task(drain(sock)) for sock in socks]
+    try:
+        last = rss_kib(server.pid)
+        for _ in range(20):
+            await asyncio.sleep(1.0)
+            now = rss_kib(server.pid)
+            if abs(now - last) <= last * 0.002:
+                break
+            last = now
+        return now
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
 
 
 async def memory_in_the_replica(
@@ -94,10 +116,10 @@ async def memory_in_the_replica(
     socks = [await open_socket(server, world.tokens[world.users[i]]) for i in range(sockets)]
     for sock in socks:
         await subscribe(sock, topics[:1])
-    one = await settle(server)
+    one = await settle(server, [warm, *socks])
     for sock in socks:
         await subscribe(sock, topics[1:])
-    many = await settle(server)
+    many = await settle(server, [warm, *socks])
     for sock in [warm, *socks]:
         await sock.close()
     return {

@@ -2,8 +2,8 @@
 --
 --   tracktalk_owner   owns the schema: runs `tracktalk migrate` (or applies schema.sql and
 --                     triggers.sql with psql). Not a superuser; never used by the service.
---   tracktalk_writer  what any service that writes comments, likes or shares with SQL needs:
---                     those four tables and nothing of tracktalk's (NOLOGIN: grant it to the
+--   tracktalk_writer  what any service that writes comments, likes, shares or forum posts with
+--                     SQL needs: those tables and nothing of tracktalk's (NOLOGIN: grant it to the
 --                     service's own role). The triggers run as the owner (SECURITY DEFINER), so
 --                     a writer can neither read the key that signs NOTIFY payloads nor write
 --                     the event log: it can only make real changes, which go live.
@@ -30,7 +30,7 @@
 --     ALTER ROLE tracktalk_app   PASSWORD '<app-password>';
 -- replacing the <placeholders>. Re-running this file never changes a password.
 --
--- Another service that writes comments, likes or shares with SQL: GRANT tracktalk_writer TO it.
+-- Another service that writes comments, likes, shares or forum posts with SQL: GRANT tracktalk_writer TO it.
 
 -- Roles (cluster-wide): made once, left alone afterwards.
 DO $$
@@ -112,6 +112,11 @@ BEGIN
             ('public.comment_likes',            'SELECT, INSERT, DELETE', 'tracktalk_writer'),
             ('public.track_likes',              'SELECT, INSERT, DELETE', 'tracktalk_writer'),
             ('public.track_shares',             'SELECT, INSERT', 'tracktalk_writer'),
+            -- the forum: categories are the host app's (or a DBA's); the rest is written like comments
+            ('public.forum_categories',         'SELECT', 'tracktalk_writer'),
+            ('public.forum_threads',            'SELECT, INSERT, UPDATE, DELETE', 'tracktalk_writer'),
+            ('public.forum_posts',              'SELECT, INSERT, UPDATE, DELETE', 'tracktalk_writer'),
+            ('public.forum_post_likes',         'SELECT, INSERT, DELETE', 'tracktalk_writer'),
             -- made by the triggers; read and marked read by the API
             ('public.notifications',            'SELECT, UPDATE', 'tracktalk_app'),
             -- bookkeeping, written by the triggers and the SECURITY DEFINER functions; read by
@@ -122,6 +127,9 @@ BEGIN
             ('tracktalk.topic_state',           'SELECT', 'tracktalk_app'),
             -- who may see which topics: tracktalk.may_see() reads it as the app
             ('tracktalk.topic_kinds',           'SELECT', 'tracktalk_app'),
+            -- the tables made live by their DBA: tracktalk.live_may_see() reads it as the app
+            -- (sql/schema.sql grants SELECT to PUBLIC too: the DBAs who call make_live read it)
+            ('tracktalk.live_tables',           'SELECT', 'tracktalk_app'),
             ('tracktalk.channel_key',           'SELECT', 'tracktalk_app'),
             ('tracktalk.comment_stats',         'SELECT', 'tracktalk_app'),
             ('tracktalk.events',                'SELECT', 'tracktalk_app'),
@@ -132,11 +140,15 @@ BEGIN
             ('tracktalk.recent_writes',         'SELECT', 'tracktalk_app'),
             ('tracktalk.write_turns',           'SELECT', 'tracktalk_app'),
             ('tracktalk.comment_mentions',      'SELECT', 'tracktalk_app'),
+            ('tracktalk.post_stats',            'SELECT', 'tracktalk_app'),
+            ('tracktalk.post_mentions',         'SELECT', 'tracktalk_app'),
             ('tracktalk.track_audio',           'SELECT', 'tracktalk_app'),
             -- who is here: each replica's heartbeat and its listeners per track
             ('tracktalk.replicas',              'SELECT, INSERT, UPDATE, DELETE', 'tracktalk_app'),
             ('tracktalk.presence',              'SELECT, INSERT, UPDATE, DELETE', 'tracktalk_app'),
             ('tracktalk.comment_objects',       'SELECT', 'tracktalk_app'),
+            ('tracktalk.post_objects',          'SELECT', 'tracktalk_app'),
+            ('tracktalk.thread_objects',        'SELECT', 'tracktalk_app'),
             ('tracktalk.notification_objects',  'SELECT', 'tracktalk_app')
         ) AS g (relation, privileges, grantee)
     LOOP

@@ -544,27 +544,41 @@ END
 $$;
 
 -- The messages that tell recipients about notifications `ids`, in id order: none for a recipient
--- who may no longer see the track (tracktalk.notification_objects leaves those out).
+-- who may no longer see the track or the thread (tracktalk.notification_objects leaves those out).
+-- A notification of a track carries its `track_id`, one of the forum its `thread_id`; a mention
+-- carries the comment (`comment`) or the post (`post`). `about_track`: the message is about a
+-- track (a comment's), which the track socket's contract knows; a forum's goes to /api/ws sockets
+-- only (the track socket's `mention` carries a comment, its `notification` a track_id).
 CREATE OR REPLACE FUNCTION tracktalk.user_messages(ids bigint[])
-RETURNS TABLE (user_id bigint, message jsonb)
+RETURNS TABLE (user_id bigint, message jsonb, about_track boolean)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN QUERY
-    SELECT m.user_id, m.message
+    SELECT m.user_id, m.message, m.about_track
     FROM (
-        SELECT n.id, 1 AS part, n.user_id,
-               jsonb_build_object('type', 'notification', 'track_id', n.track_id,
+        SELECT n.id, 1 AS part, n.user_id, n.thread_id IS NULL AS about_track,
+               jsonb_build_object('type', 'notification',
+                                  CASE WHEN n.thread_id IS NULL THEN 'track_id' ELSE 'thread_id' END,
+                                  coalesce(to_jsonb(n.track_id), to_jsonb(n.thread_id)),
                                   'notification', tracktalk.notification_json(n)) AS message
           FROM tracktalk.notification_objects n
          WHERE n.id = ANY (ids)
         UNION ALL
-        SELECT n.id, 2, n.user_id,
+        SELECT n.id, 2, n.user_id, true,
                jsonb_build_object('type', 'mention', 'track_id', n.track_id,
                                   'comment', tracktalk.comment_json(c),
                                   'from_user', n.actor_username)
           FROM tracktalk.notification_objects n
           JOIN tracktalk.comment_objects c ON c.id = n.comment_id
          WHERE n.id = ANY (ids) AND n.kind = 'mention'
+        UNION ALL
+        SELECT n.id, 2, n.user_id, false,
+               jsonb_build_object('type', 'mention', 'thread_id', n.thread_id,
+                                  'post', tracktalk.post_json(p),
+                                  'from_user', n.actor_username)
+          FROM tracktalk.notification_objects n
+          JOIN tracktalk.post_objects p ON p.id = n.post_id
+         WHERE n.id = ANY (ids) AND n.kind = 'post_mention'
     ) AS m
     ORDER BY m.id, m.part;
 END
@@ -1161,6 +1175,53 @@ CREATE TRIGGER users_after_update
     AFTER UPDATE ON users REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.users_left_team();
 
+-- The user whose users.external_id is `subject` (a subject of the host's identity provider), made
+-- when there is none: what a replica with TRACKTALK_JWT_PROVISION=1 calls on a valid token of a
+-- subject it does not know (app/auth/subjects.py). The new row is named `wanted`, or, when a user
+-- has that name already (in any case: @mentions match names case-insensitively), `wanted_2`,
+-- `wanted_3`, … the first that is free. `wanted` must be a name an @mention reaches: 1 to 48 of
+-- A-Z, a-z, 0-9 and _ (so that `_` and a number still fit in the 64 characters a mention reads;
+-- app/data/users.py makes it from the token's username claim).
+-- One at a time across replicas: the second of two first requests of a new user, on two replicas
+-- at once, finds the row the first made, and two new users who want one name get two. The lock on
+-- users (SHARE ROW EXCLUSIVE, to commit) holds other writers of users for that moment, never their
+-- readers, nor the writers of comments and likes (their foreign keys' locks pass). Only on first
+-- sight: a subject that has its row returns before the lock. Expects READ COMMITTED (PostgreSQL's
+-- default; the app's pool sets it): after the lock it reads what committed before. SECURITY
+-- DEFINER: the app role may not write users otherwise.
+CREATE OR REPLACE FUNCTION tracktalk.provision_user(subject text, wanted text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found bigint;
+    name text := wanted;
+    n integer := 1;
+BEGIN
+    IF subject IS NULL OR subject = '' THEN
+        RAISE EXCEPTION 'tracktalk.provision_user: give the subject (the external_id), not an empty one'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF wanted IS NULL OR wanted !~ '^[A-Za-z0-9_]{1,48}$' THEN
+        RAISE EXCEPTION 'tracktalk.provision_user: the username % is not one an @mention reaches: use 1 to 48 of A-Z, a-z, 0-9 and _', quote_nullable(wanted)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT u.id INTO found FROM public.users u WHERE u.external_id = subject;
+    IF found IS NOT NULL THEN
+        RETURN found;
+    END IF;
+    LOCK TABLE public.users IN SHARE ROW EXCLUSIVE MODE;
+    SELECT u.id INTO found FROM public.users u WHERE u.external_id = subject;
+    IF found IS NOT NULL THEN
+        RETURN found;
+    END IF;
+    WHILE EXISTS (SELECT 1 FROM public.users u WHERE lower(u.username) = lower(name)) LOOP
+        n := n + 1;
+        name := wanted || '_' || n;
+    END LOOP;
+    INSERT INTO public.users (username, external_id) VALUES (name, subject) RETURNING id INTO found;
+    RETURN found;
+END
+$$;
+
 ---------------------------------------------------------------------------------------------
 -- Rows do not move: comments, likes and shares keep their track and owner
 ---------------------------------------------------------------------------------------------
@@ -1212,6 +1273,658 @@ CREATE TRIGGER track_shares_refuse_move
     BEFORE UPDATE OF track_id ON track_shares
     FOR EACH ROW WHEN (OLD.track_id IS DISTINCT FROM NEW.track_id)
     EXECUTE FUNCTION tracktalk.refuse_move('a share', 'another track', 'track_id');
+
+---------------------------------------------------------------------------------------------
+-- The forum: forum_categories, forum_threads, forum_posts, forum_post_likes
+---------------------------------------------------------------------------------------------
+-- Two kinds of topic: a thread's (`thread:{id}`: new_post, post_edited, post_deleted,
+-- post_liked, thread_updated; typing and "N here") and a category's (`category:{slug}`:
+-- thread_created, thread_updated, thread_deleted). A statement publishes on the category topics
+-- before the thread topics (each in the order of its topic's text, COLLATE "C"), after locking
+-- the threads' rows it counts (in id order): writers of the forum take their locks in one order.
+-- Every change is made live by these triggers, whoever makes it (the API or any SQL client).
+
+-- Can `viewer` (NULL: anonymous) see category `category`, its threads and their posts? A private
+-- category is for team members only. NULL when there is no such category.
+CREATE OR REPLACE FUNCTION tracktalk.can_see_category(viewer bigint, category bigint) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT NOT c.is_private
+                   OR EXISTS (SELECT 1 FROM public.users u WHERE u.id = viewer AND u.is_team)
+              FROM public.forum_categories c
+             WHERE c.id = category);
+END
+$$;
+
+-- `thread:{id}`: the thread exists and the user may see its category. A private category's
+-- threads exist only for the team (as over HTTP, where others get 404): NULL, not false.
+CREATE OR REPLACE FUNCTION tracktalk.thread_may_see(user_id bigint, topic text) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    key constant text := substr(topic, 8);
+BEGIN
+    IF key !~ '^[1-9][0-9]{0,17}$' THEN
+        RETURN NULL;
+    END IF;
+    RETURN (SELECT CASE WHEN tracktalk.can_see_category(thread_may_see.user_id, t.category_id) THEN true END
+              FROM public.forum_threads t
+             WHERE t.id = key::bigint);
+END
+$$;
+
+-- `category:{slug}`: the category exists and the user may see it (NULL for a private one, to
+-- anyone off the team).
+CREATE OR REPLACE FUNCTION tracktalk.category_may_see(user_id bigint, topic text) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT CASE WHEN tracktalk.can_see_category(category_may_see.user_id, c.id) THEN true END
+              FROM public.forum_categories c
+             WHERE c.slug = substr(topic, 10));
+END
+$$;
+
+SELECT tracktalk.topic_kind('thread', 'tracktalk.thread_may_see(bigint, text)', NULL, presence => true);
+SELECT tracktalk.topic_kind('category', 'tracktalk.category_may_see(bigint, text)', NULL);
+
+-- A post of tracktalk.post_objects as the messages carry it (user_has_liked: false).
+CREATE OR REPLACE FUNCTION tracktalk.post_json(o tracktalk.post_objects) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT to_jsonb(o) || jsonb_build_object('user_has_liked', false,
+                                             'created_at', tracktalk.json_time(o.created_at),
+                                             'last_edited_at', tracktalk.json_time(o.last_edited_at))
+$$;
+
+-- A thread of tracktalk.thread_objects as the messages carry it.
+CREATE OR REPLACE FUNCTION tracktalk.thread_json(o tracktalk.thread_objects) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT to_jsonb(o) || jsonb_build_object('created_at', tracktalk.json_time(o.created_at),
+                                             'last_post_at', tracktalk.json_time(o.last_post_at))
+$$;
+
+-- A thread's counters as new_post and post_deleted carry them (`thread`).
+CREATE OR REPLACE FUNCTION tracktalk.thread_counters(id bigint, post_count integer, last_post_at timestamptz)
+RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object('id', id, 'post_count', post_count,
+                              'last_post_at', tracktalk.json_time(last_post_at))
+$$;
+
+-- Sets post_count and last_post_at of the threads `ids` after a statement added `deltas` posts to
+-- each (negative: removed; 0: only a post's time changed). The rows are locked first, in id order,
+-- FOR NO KEY UPDATE (the foreign-key checks of other writers' posts, which take KEY SHARE, go on);
+-- then they are set in a statement of its own, whose fresh snapshot (READ COMMITTED) sees what
+-- the writers who held the lock before committed: post_count moves by the deltas under the lock
+-- (concurrent posts never lose a count), and last_post_at is read from the posts (one index
+-- lookup: forum_posts_thread_created_at), the thread's own created_at while it has none. Threads
+-- being deleted are skipped. The columns are tracktalk's: forum_threads_before_write sets aside
+-- what anyone else writes there, unless tracktalk.counting is on (as here, for one statement).
+CREATE OR REPLACE FUNCTION tracktalk.count_posts(ids bigint[], deltas bigint[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM FROM public.forum_threads t WHERE t.id = ANY (ids) ORDER BY t.id FOR NO KEY UPDATE;
+    PERFORM set_config('tracktalk.counting', 'on', true);
+    UPDATE public.forum_threads t
+       SET post_count = greatest(t.post_count + d.delta, 0),
+           last_post_at = coalesce((SELECT max(p.created_at) FROM public.forum_posts p WHERE p.thread_id = t.id),
+                                   t.created_at)
+      FROM unnest(ids, deltas) AS d (id, delta)
+     WHERE t.id = d.id;
+    PERFORM set_config('tracktalk.counting', 'off', true);
+END
+$$;
+
+-- A thread's counters are tracktalk's: an INSERT starts them at zero (and last_post_at at the
+-- thread's created_at), and an UPDATE by anyone but the triggers and recount_thread() leaves
+-- them as they are (an ORM that writes every column back writes the title all the same).
+CREATE OR REPLACE FUNCTION tracktalk.forum_threads_before_write() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        NEW.post_count := 0;
+        NEW.last_post_at := NEW.created_at;
+    ELSIF current_setting('tracktalk.counting', true) IS DISTINCT FROM 'on' THEN
+        NEW.post_count := OLD.post_count;
+        NEW.last_post_at := OLD.last_post_at;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+DROP TRIGGER IF EXISTS forum_threads_before_write ON forum_threads;
+CREATE TRIGGER forum_threads_before_write
+    BEFORE INSERT OR UPDATE ON forum_threads
+    FOR EACH ROW EXECUTE FUNCTION tracktalk.forum_threads_before_write();
+
+-- New threads: thread_created on their categories' topics.
+CREATE OR REPLACE FUNCTION tracktalk.forum_threads_after_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT 'category:' || o.category_slug AS topic, NOT c.is_private AS public,
+               array_agg(jsonb_build_object('type', 'thread_created', 'thread', tracktalk.thread_json(o))
+                         ORDER BY o.id) AS messages
+          FROM new_rows n
+          JOIN tracktalk.thread_objects o ON o.id = n.id
+          JOIN public.forum_categories c ON c.id = o.category_id
+         GROUP BY o.category_slug, c.is_private
+         ORDER BY o.category_slug COLLATE "C"
+    LOOP
+        PERFORM tracktalk.publish(r.topic, r.messages, public => r.public);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+-- A thread's title, lock, pin or author changed: thread_updated on its topic and its category's.
+-- Moved to another category: thread_deleted on the old one's, thread_created on the new one's,
+-- and its subscribers are checked again (the new category may be private). Its counters changing
+-- (count_posts, recount_thread: tracktalk.counting is on) publishes nothing here: the posts'
+-- triggers say it, in the post's own event; and it returns at once, for every post fires it.
+-- (Through EXECUTE: a join of the two transition tables, planned for each statement's rows.)
+CREATE OR REPLACE FUNCTION tracktalk.forum_threads_after_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    IF current_setting('tracktalk.counting', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    FOR r IN EXECUTE $q$
+        WITH changed AS (
+            SELECT n.id, o.category_id AS was_in, tracktalk.thread_json(t) AS thread, t.category_slug,
+                   NOT c.is_private AS public
+              FROM new_rows n
+              JOIN old_rows o ON o.id = n.id
+              JOIN tracktalk.thread_objects t ON t.id = n.id
+              JOIN public.forum_categories c ON c.id = t.category_id
+             WHERE n.title IS DISTINCT FROM o.title
+                OR n.is_locked IS DISTINCT FROM o.is_locked
+                OR n.is_pinned IS DISTINCT FROM o.is_pinned
+                OR n.user_id IS DISTINCT FROM o.user_id
+                OR n.category_id IS DISTINCT FROM o.category_id
+        ), events AS (
+            SELECT 'thread:' || x.id AS topic, x.public, x.id AS ord,
+                   jsonb_build_object('type', 'thread_updated', 'thread', x.thread) AS message
+              FROM changed x
+            UNION ALL
+            SELECT 'category:' || x.category_slug, x.public, x.id,
+                   jsonb_build_object('type', CASE WHEN x.was_in = (x.thread ->> 'category_id')::bigint
+                                                   THEN 'thread_updated' ELSE 'thread_created' END,
+                                      'thread', x.thread)
+              FROM changed x
+            UNION ALL
+            SELECT 'category:' || c.slug, NOT c.is_private, x.id,
+                   jsonb_build_object('type', 'thread_deleted', 'thread_id', x.id)
+              FROM changed x
+              JOIN public.forum_categories c ON c.id = x.was_in
+             WHERE x.was_in <> (x.thread ->> 'category_id')::bigint
+        )
+        SELECT e.topic, bool_and(e.public) AS public, array_agg(e.message ORDER BY e.ord) AS messages
+          FROM events e
+         GROUP BY e.topic
+         ORDER BY e.topic COLLATE "C"
+    $q$
+    LOOP
+        PERFORM tracktalk.publish(r.topic, r.messages, public => r.public);
+    END LOOP;
+    EXECUTE $q$
+        SELECT tracktalk.revoke_topic('thread:' || n.id)
+          FROM new_rows n JOIN old_rows o ON o.id = n.id
+         WHERE n.category_id IS DISTINCT FROM o.category_id
+         ORDER BY n.id
+    $q$;
+    RETURN NULL;
+END
+$$;
+
+-- Deleted threads: thread_deleted on their categories' topics (unless the category goes too),
+-- and their own topics are gone (tracktalk.topic_gone: their events leave the log, their sockets
+-- are told).
+CREATE OR REPLACE FUNCTION tracktalk.forum_threads_after_delete() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT 'category:' || c.slug AS topic, NOT c.is_private AS public,
+               array_agg(jsonb_build_object('type', 'thread_deleted', 'thread_id', o.id) ORDER BY o.id) AS messages
+          FROM old_rows o
+          JOIN public.forum_categories c ON c.id = o.category_id
+         GROUP BY c.slug, c.is_private
+         ORDER BY c.slug COLLATE "C"
+    LOOP
+        PERFORM tracktalk.publish(r.topic, r.messages, public => r.public);
+    END LOOP;
+    PERFORM tracktalk.topic_gone('thread:' || o.id) FROM old_rows o ORDER BY o.id;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS forum_threads_after_insert ON forum_threads;
+CREATE TRIGGER forum_threads_after_insert
+    AFTER INSERT ON forum_threads REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.forum_threads_after_insert();
+
+DROP TRIGGER IF EXISTS forum_threads_after_update ON forum_threads;
+CREATE TRIGGER forum_threads_after_update
+    AFTER UPDATE ON forum_threads REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.forum_threads_after_update();
+
+DROP TRIGGER IF EXISTS forum_threads_after_delete ON forum_threads;
+CREATE TRIGGER forum_threads_after_delete
+    AFTER DELETE ON forum_threads REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.forum_threads_after_delete();
+
+-- A category made private: its subscribers, and its threads', are checked again (one revocation
+-- per thread: a rare change, which a DBA makes). Its slug changed, or it was deleted: its topic
+-- is gone (its threads' go with them, through their own trigger).
+CREATE OR REPLACE FUNCTION tracktalk.forum_categories_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'DELETE' OR NEW.slug IS DISTINCT FROM OLD.slug THEN
+        PERFORM tracktalk.topic_gone('category:' || OLD.slug);
+    ELSIF NEW.is_private AND NOT OLD.is_private THEN
+        PERFORM tracktalk.revoke_topic('category:' || NEW.slug);
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.is_private AND NOT OLD.is_private THEN
+        PERFORM tracktalk.revoke_topic('thread:' || t.id) FROM public.forum_threads t WHERE t.category_id = NEW.id ORDER BY t.id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS forum_categories_after_update ON forum_categories;
+CREATE TRIGGER forum_categories_after_update
+    AFTER UPDATE ON forum_categories
+    FOR EACH ROW
+    WHEN (OLD.slug IS DISTINCT FROM NEW.slug OR (NEW.is_private AND NOT OLD.is_private))
+    EXECUTE FUNCTION tracktalk.forum_categories_changed();
+
+DROP TRIGGER IF EXISTS forum_categories_after_delete ON forum_categories;
+CREATE TRIGGER forum_categories_after_delete
+    AFTER DELETE ON forum_categories
+    FOR EACH ROW EXECUTE FUNCTION tracktalk.forum_categories_changed();
+
+-- An edited post is marked so, as the API does.
+CREATE OR REPLACE FUNCTION tracktalk.forum_posts_before_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.is_edited := true;
+    NEW.last_edited_at := now();
+    RETURN NEW;
+END
+$$;
+
+DROP TRIGGER IF EXISTS forum_posts_before_update ON forum_posts;
+CREATE TRIGGER forum_posts_before_update
+    BEFORE UPDATE OF content ON forum_posts
+    FOR EACH ROW WHEN (OLD.content IS DISTINCT FROM NEW.content)
+    EXECUTE FUNCTION tracktalk.forum_posts_before_update();
+
+-- A deleted post takes its unread notifications with it (before the foreign key sets post_id to
+-- NULL on the read ones).
+CREATE OR REPLACE FUNCTION tracktalk.forum_posts_before_delete() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM public.notifications WHERE post_id = OLD.id AND read_at IS NULL;
+    RETURN OLD;
+END
+$$;
+
+DROP TRIGGER IF EXISTS forum_posts_before_delete ON forum_posts;
+CREATE TRIGGER forum_posts_before_delete
+    BEFORE DELETE ON forum_posts
+    FOR EACH ROW EXECUTE FUNCTION tracktalk.forum_posts_before_delete();
+
+-- Notifies about posts (new ones; or edited ones, with their `old_contents`), given column by
+-- column, as tracktalk.notify_comment_readers does about comments: each @mentioned user (at
+-- most max_mentions() per post, its edits included: tracktalk.post_mentions) as post_mention,
+-- then the parent's author as post_reply; never the writer, never someone who cannot see the
+-- thread (a private category's are the team's), and one notification per person and post, of the
+-- most specific kind (the unique index notifications_one_per_post turns away the rest).
+CREATE OR REPLACE FUNCTION tracktalk.notify_post_readers(
+    ids bigint[], thread_ids bigint[], user_ids bigint[], parent_ids bigint[], contents text[],
+    old_contents text[] DEFAULT NULL
+) RETURNS void
+-- Generic plans and per-row subqueries, for the reasons given at notify_comment_readers.
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    edited constant boolean := old_contents IS NOT NULL;
+BEGIN
+    IF EXISTS (SELECT 1 FROM unnest(contents) AS c WHERE c LIKE '%@%') THEN
+        WITH named AS (
+            INSERT INTO tracktalk.post_mentions (post_id, user_id)
+            SELECT w.id, newly.id
+              FROM unnest(ids, contents) AS w (id, content)
+             CROSS JOIN LATERAL (
+                   SELECT u.id
+                     FROM tracktalk.mentioned_names(w.content) WITH ORDINALITY AS m (name, at)
+                    CROSS JOIN LATERAL (SELECT u.id FROM public.users u WHERE lower(u.username) = m.name
+                                        OFFSET 0  -- keeps this a per-name index lookup
+                                       ) AS u
+                    WHERE NOT EXISTS (SELECT 1 FROM tracktalk.post_mentions c
+                                       WHERE c.post_id = w.id AND c.user_id = u.id)
+                    ORDER BY m.at, u.id
+                    LIMIT greatest(tracktalk.max_mentions()
+                                   - (SELECT count(*) FROM tracktalk.post_mentions c WHERE c.post_id = w.id),
+                                   0)
+                   ) AS newly
+             WHERE w.content LIKE '%@%'
+             ORDER BY w.id, newly.id
+            ON CONFLICT DO NOTHING
+            RETURNING post_id, user_id
+        )
+        INSERT INTO public.notifications (user_id, kind, actor_id, thread_id, post_id)
+        SELECT named.user_id, 'post_mention', w.user_id, w.thread_id, w.id
+          FROM named
+          JOIN unnest(ids, thread_ids, user_ids) AS w (id, thread_id, user_id) ON w.id = named.post_id
+          JOIN public.forum_threads t ON t.id = w.thread_id
+          JOIN public.forum_categories c ON c.id = t.category_id
+         CROSS JOIN LATERAL (SELECT u.is_team FROM public.users u WHERE u.id = named.user_id
+                             OFFSET 0  -- keeps this a per-row index lookup
+                            ) AS mentioned
+         WHERE named.user_id <> w.user_id
+           -- tracktalk.can_see_category(mentioned, category), written out
+           AND (NOT c.is_private OR mentioned.is_team)
+         ORDER BY w.id, named.user_id
+        ON CONFLICT (user_id, post_id) WHERE kind IN ('post_reply', 'post_mention')
+        -- An edit that mentions someone already told of the post (a reply) makes it news again.
+        DO UPDATE SET kind = excluded.kind, created_at = now(), read_at = NULL
+            WHERE notifications.kind <> 'post_mention';
+    END IF;
+    IF edited THEN
+        RETURN;
+    END IF;
+
+    IF cardinality(array_remove(parent_ids, NULL)) > 0 THEN
+        INSERT INTO public.notifications (user_id, kind, actor_id, thread_id, post_id)
+        SELECT parent.user_id, 'post_reply', w.user_id, w.thread_id, w.id
+          FROM unnest(ids, thread_ids, user_ids, parent_ids) AS w (id, thread_id, user_id, parent_id)
+          JOIN public.forum_threads t ON t.id = w.thread_id
+          JOIN public.forum_categories c ON c.id = t.category_id
+         CROSS JOIN LATERAL (SELECT p.user_id, u.is_team
+                               FROM public.forum_posts p JOIN public.users u ON u.id = p.user_id
+                              WHERE p.id = w.parent_id
+                             OFFSET 0  -- keeps this a per-row index lookup
+                            ) AS parent
+         WHERE parent.user_id <> w.user_id
+           -- tracktalk.can_see_category(parent author, category), written out
+           AND (NOT c.is_private OR parent.is_team)
+         ORDER BY w.id
+        ON CONFLICT (user_id, post_id) WHERE kind IN ('post_reply', 'post_mention') DO NOTHING;
+    END IF;
+END
+$$;
+
+-- New posts: their threads' counters (tracktalk.count_posts), then new_post on each thread's
+-- topic, carrying the thread's counters after the statement (one change, one event), and
+-- thread_updated on each category's topic; then the notifications.
+CREATE OR REPLACE FUNCTION tracktalk.forum_posts_after_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    PERFORM tracktalk.count_posts(array_agg(x.thread_id ORDER BY x.thread_id), array_agg(x.added ORDER BY x.thread_id))
+       FROM (SELECT n.thread_id, count(*) AS added FROM new_rows n GROUP BY n.thread_id) AS x;
+    FOR r IN
+        SELECT * FROM (
+            SELECT 'thread:' || t.id AS topic, NOT c.is_private AS public,
+                   array_agg(jsonb_build_object('type', 'new_post', 'post', tracktalk.post_json(p),
+                                                'thread', tracktalk.thread_counters(t.id, t.post_count, t.last_post_at))
+                             ORDER BY n.id) AS messages
+              FROM new_rows n
+              JOIN public.forum_threads t ON t.id = n.thread_id
+              JOIN public.forum_categories c ON c.id = t.category_id
+              JOIN tracktalk.post_objects p ON p.id = n.id
+             GROUP BY t.id, c.is_private
+            UNION ALL
+            SELECT 'category:' || o.category_slug, NOT c.is_private,
+                   array_agg(jsonb_build_object('type', 'thread_updated', 'thread', tracktalk.thread_json(o))
+                             ORDER BY o.id)
+              FROM tracktalk.thread_objects o
+              JOIN public.forum_categories c ON c.id = o.category_id
+             WHERE o.id IN (SELECT n.thread_id FROM new_rows n)
+             GROUP BY o.category_slug, c.is_private
+        ) AS e
+        ORDER BY e.topic COLLATE "C"
+    LOOP
+        PERFORM tracktalk.publish(r.topic, r.messages, public => r.public);
+    END LOOP;
+    PERFORM tracktalk.notify_post_readers(
+                array_agg(n.id ORDER BY n.id), array_agg(n.thread_id ORDER BY n.id),
+                array_agg(n.user_id ORDER BY n.id), array_agg(n.parent_id ORDER BY n.id),
+                array_agg(n.content ORDER BY n.id))
+       FROM new_rows n;
+    RETURN NULL;
+END
+$$;
+
+-- Edited posts: post_edited on their threads' topics, and the notifications of the @names an
+-- edit adds. A post whose created_at a writer changed moves its thread's last_post_at: its
+-- counters are set again (tracktalk.count_posts) and thread_updated goes to the thread's and the
+-- category's topics.
+-- (Through EXECUTE: a join of the two transition tables, planned for each statement's rows.)
+CREATE OR REPLACE FUNCTION tracktalk.forum_posts_after_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    EXECUTE $q$
+        SELECT tracktalk.count_posts(array_agg(x.thread_id ORDER BY x.thread_id), array_agg(0::bigint))
+          FROM (SELECT DISTINCT n.thread_id
+                  FROM new_rows n JOIN old_rows o ON o.id = n.id
+                 WHERE n.created_at IS DISTINCT FROM o.created_at) AS x
+        HAVING count(*) > 0
+    $q$;
+    FOR r IN EXECUTE $q$
+        WITH edits AS (
+            SELECT n.thread_id, n.id,
+                   jsonb_build_object('type', 'post_edited', 'post_id', n.id, 'content', n.content,
+                                      'is_edited', n.is_edited,
+                                      'last_edited_at', tracktalk.json_time(n.last_edited_at)) AS message
+              FROM new_rows n
+              JOIN old_rows o ON o.id = n.id
+             WHERE n.content IS DISTINCT FROM o.content
+        ), retimed AS (
+            SELECT t.id, t.category_slug, tracktalk.thread_json(t) AS thread
+              FROM tracktalk.thread_objects t
+             WHERE t.id IN (SELECT n.thread_id FROM new_rows n JOIN old_rows o ON o.id = n.id
+                             WHERE n.created_at IS DISTINCT FROM o.created_at)
+        ), events AS (
+            SELECT 'thread:' || e.thread_id AS topic, e.thread_id AS thread_id, e.id AS ord, e.message
+              FROM edits e
+            UNION ALL
+            SELECT 'thread:' || x.id, x.id, 9223372036854775807,
+                   jsonb_build_object('type', 'thread_updated', 'thread', x.thread)
+              FROM retimed x
+            UNION ALL
+            SELECT 'category:' || x.category_slug, x.id, x.id,
+                   jsonb_build_object('type', 'thread_updated', 'thread', x.thread)
+              FROM retimed x
+        )
+        SELECT e.topic, NOT c.is_private AS public, array_agg(e.message ORDER BY e.ord) AS messages
+          FROM events e
+          JOIN public.forum_threads t ON t.id = e.thread_id
+          JOIN public.forum_categories c ON c.id = t.category_id
+         GROUP BY e.topic, c.is_private
+         ORDER BY e.topic COLLATE "C"
+    $q$
+    LOOP
+        PERFORM tracktalk.publish(r.topic, r.messages, public => r.public);
+    END LOOP;
+    EXECUTE $q$
+        SELECT tracktalk.notify_post_readers(
+                   array_agg(n.id ORDER BY n.id), array_agg(n.thread_id ORDER BY n.id),
+                   array_agg(n.user_id ORDER BY n.id), array_agg(n.parent_id ORDER BY n.id),
+                   array_agg(n.content ORDER BY n.id), array_agg(o.content ORDER BY n.id))
+          FROM new_rows n
+          JOIN old_rows o ON o.id = n.id
+         WHERE n.content IS DISTINCT FROM o.content
+    $q$;
+    RETURN NULL;
+END
+$$;
+
+-- Deleted posts: their threads' counters, then post_deleted on each thread's topic (with the
+-- counters) and thread_updated on each category's. Nothing for a thread that goes too (its
+-- topic is gone: forum_threads_after_delete).
+CREATE OR REPLACE FUNCTION tracktalk.forum_posts_after_delete() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    PERFORM tracktalk.count_posts(array_agg(x.thread_id ORDER BY x.thread_id), array_agg(-x.removed ORDER BY x.thread_id))
+       FROM (SELECT o.thread_id, count(*) AS removed FROM old_rows o GROUP BY o.thread_id) AS x;
+    FOR r IN
+        SELECT * FROM (
+            SELECT 'thread:' || t.id AS topic, NOT c.is_private AS public,
+                   array_agg(jsonb_build_object('type', 'post_deleted', 'post_id', o.id,
+                                                'thread', tracktalk.thread_counters(t.id, t.post_count, t.last_post_at))
+                             ORDER BY o.id) AS messages
+              FROM old_rows o
+              JOIN public.forum_threads t ON t.id = o.thread_id
+              JOIN public.forum_categories c ON c.id = t.category_id
+             GROUP BY t.id, c.is_private
+            UNION ALL
+            SELECT 'category:' || t.category_slug, NOT c.is_private,
+                   array_agg(jsonb_build_object('type', 'thread_updated', 'thread', tracktalk.thread_json(t))
+                             ORDER BY t.id)
+              FROM tracktalk.thread_objects t
+              JOIN public.forum_categories c ON c.id = t.category_id
+             WHERE t.id IN (SELECT o.thread_id FROM old_rows o)
+             GROUP BY t.category_slug, c.is_private
+        ) AS e
+        ORDER BY e.topic COLLATE "C"
+    LOOP
+        PERFORM tracktalk.publish(r.topic, r.messages, public => r.public);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS forum_posts_after_insert ON forum_posts;
+CREATE TRIGGER forum_posts_after_insert
+    AFTER INSERT ON forum_posts REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.forum_posts_after_insert();
+
+DROP TRIGGER IF EXISTS forum_posts_after_update ON forum_posts;
+CREATE TRIGGER forum_posts_after_update
+    AFTER UPDATE ON forum_posts REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.forum_posts_after_update();
+
+DROP TRIGGER IF EXISTS forum_posts_after_delete ON forum_posts;
+CREATE TRIGGER forum_posts_after_delete
+    AFTER DELETE ON forum_posts REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.forum_posts_after_delete();
+
+-- Keeps post_stats, and sends post_liked with the fresh count (as comment_likes_changed).
+CREATE OR REPLACE FUNCTION tracktalk.forum_post_likes_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    sign constant integer := CASE TG_OP WHEN 'INSERT' THEN 1 ELSE -1 END;
+    r record;
+BEGIN
+    FOR r IN
+        WITH counted AS (
+            INSERT INTO tracktalk.post_stats AS s (post_id, likes)
+            SELECT d.post_id, greatest(sign * count(*), 0)
+              FROM changed_rows d
+             -- A post being deleted takes its likes along: nothing to count or tell then.
+             WHERE EXISTS (SELECT 1 FROM public.forum_posts p WHERE p.id = d.post_id)
+             GROUP BY d.post_id
+             ORDER BY d.post_id
+            ON CONFLICT (post_id) DO UPDATE
+               SET likes = greatest(s.likes + sign * (SELECT count(*) FROM changed_rows d
+                                                       WHERE d.post_id = s.post_id), 0)
+            RETURNING s.post_id, s.likes
+        )
+        SELECT 'thread:' || p.thread_id AS topic, NOT c.is_private AS public,
+               array_agg(jsonb_build_object('type', 'post_liked', 'post_id', k.post_id, 'like_count', k.likes)
+                         ORDER BY k.post_id) AS messages
+          FROM counted k
+          JOIN public.forum_posts p ON p.id = k.post_id
+          JOIN public.forum_threads t ON t.id = p.thread_id
+          JOIN public.forum_categories c ON c.id = t.category_id
+         GROUP BY p.thread_id, c.is_private
+         ORDER BY ('thread:' || p.thread_id) COLLATE "C"
+    LOOP
+        PERFORM tracktalk.publish(r.topic, r.messages, public => r.public);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS forum_post_likes_after_insert ON forum_post_likes;
+CREATE TRIGGER forum_post_likes_after_insert
+    AFTER INSERT ON forum_post_likes REFERENCING NEW TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.forum_post_likes_changed();
+
+DROP TRIGGER IF EXISTS forum_post_likes_after_delete ON forum_post_likes;
+CREATE TRIGGER forum_post_likes_after_delete
+    AFTER DELETE ON forum_post_likes REFERENCING OLD TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.forum_post_likes_changed();
+
+-- Posts, likes and threads do not move (tracktalk.refuse_move): a post moved to another thread
+-- would leave both threads' counters and events wrong.
+DROP TRIGGER IF EXISTS forum_posts_refuse_move ON forum_posts;
+CREATE TRIGGER forum_posts_refuse_move
+    BEFORE UPDATE OF id, thread_id ON forum_posts
+    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id OR OLD.thread_id IS DISTINCT FROM NEW.thread_id)
+    EXECUTE FUNCTION tracktalk.refuse_move('a post', 'another thread', 'id', 'thread_id');
+
+DROP TRIGGER IF EXISTS forum_post_likes_refuse_move ON forum_post_likes;
+CREATE TRIGGER forum_post_likes_refuse_move
+    BEFORE UPDATE OF post_id, user_id ON forum_post_likes
+    FOR EACH ROW WHEN (OLD.post_id IS DISTINCT FROM NEW.post_id OR OLD.user_id IS DISTINCT FROM NEW.user_id)
+    EXECUTE FUNCTION tracktalk.refuse_move('a like', 'another post or user', 'post_id', 'user_id');
+
+DROP TRIGGER IF EXISTS forum_threads_refuse_move ON forum_threads;
+CREATE TRIGGER forum_threads_refuse_move
+    BEFORE UPDATE OF id ON forum_threads
+    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id)
+    EXECUTE FUNCTION tracktalk.refuse_move('a thread', 'another id', 'id');
+
+-- Sets a thread's post_count and last_post_at from its posts: for a DBA who suspects drift, or for
+-- threads written while the triggers were off: SELECT tracktalk.recount_thread(id) FROM forum_threads;
+-- Locks the row first, then counts from a fresh snapshot (as count_posts does). When they changed,
+-- the thread's and its category's sockets get thread_updated.
+CREATE OR REPLACE FUNCTION tracktalk.recount_thread(thread bigint) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    was public.forum_threads;
+    now_ public.forum_threads;
+    r record;
+BEGIN
+    SELECT * INTO was FROM public.forum_threads t WHERE t.id = thread FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    PERFORM set_config('tracktalk.counting', 'on', true);
+    UPDATE public.forum_threads t
+       SET post_count = (SELECT count(*) FROM public.forum_posts p WHERE p.thread_id = t.id),
+           last_post_at = coalesce((SELECT max(p.created_at) FROM public.forum_posts p WHERE p.thread_id = t.id),
+                                   t.created_at)
+     WHERE t.id = thread
+    RETURNING t.* INTO now_;
+    PERFORM set_config('tracktalk.counting', 'off', true);
+    IF (now_.post_count, now_.last_post_at) IS NOT DISTINCT FROM (was.post_count, was.last_post_at) THEN
+        RETURN;
+    END IF;
+    FOR r IN
+        SELECT x.topic, NOT c.is_private AS public,
+               ARRAY[jsonb_build_object('type', 'thread_updated', 'thread', tracktalk.thread_json(o))] AS messages
+          FROM tracktalk.thread_objects o
+          JOIN public.forum_categories c ON c.id = o.category_id
+         CROSS JOIN LATERAL (VALUES ('category:' || o.category_slug), ('thread:' || o.id)) AS x (topic)
+         WHERE o.id = thread
+         ORDER BY x.topic COLLATE "C"
+    LOOP
+        PERFORM tracktalk.publish(r.topic, r.messages, public => r.public);
+    END LOOP;
+END
+$$;
 
 ---------------------------------------------------------------------------------------------
 -- notifications
@@ -1440,6 +2153,660 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 ---------------------------------------------------------------------------------------------
+-- Tables made live by their DBA: tracktalk.make_live (docs/dba.md, "Any table live")
+---------------------------------------------------------------------------------------------
+-- SELECT tracktalk.make_live('public.book_requests', topic_column => 'album_id', can_see => …)
+-- puts four statement triggers on the table (tracktalk_live_insert, _update, _delete, _truncate,
+-- all running tracktalk.live_rows_changed), a row in tracktalk.live_tables and a kind of topic in
+-- tracktalk.topic_kinds (its may_see: tracktalk.live_may_see). Who may do it is checked twice:
+-- make_live runs as its caller, who must be able to act as the table's owner (the triggers are
+-- made with the caller's rights); the registry is written by SECURITY DEFINER functions, which
+-- check the session's role again (they may be called directly by any role that may use the
+-- schema) and register only a table that carries the triggers.
+
+-- The settings under which a live table's rows and topics become text, whoever writes them: the
+-- same row is the same JSON (times in UTC), and the same value the same topic, whatever the
+-- writer's session says (each function below that makes or reads topics SETs them).
+--   SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres'
+--   SET extra_float_digits = 1 SET bytea_output = 'hex'
+
+-- The columns of `tbl`'s primary key, in its order, each with the SQL of its equality operator
+-- (the one its index uses, schema-qualified: a citext key compares as citext); none when it has no
+-- primary key. PL/pgSQL: its query is planned once per session (a LANGUAGE sql function with a SET
+-- clause is planned at every call: 0.8 ms here, more than the rest of a statement's trigger).
+CREATE OR REPLACE FUNCTION tracktalk.live_key(tbl regclass)
+RETURNS TABLE (name text, equals text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+    SELECT a.attname::text, format('OPERATOR(%I.%s)', opn.nspname, op.oprname)
+      FROM pg_index i
+     CROSS JOIN LATERAL unnest(i.indkey::int2[], i.indclass::oid[]) WITH ORDINALITY AS k (attnum, opclass, o)
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+      JOIN pg_opclass c ON c.oid = k.opclass
+      JOIN pg_amop am ON am.amopfamily = c.opcfamily AND am.amoplefttype = c.opcintype
+                     AND am.amoprighttype = c.opcintype AND am.amopstrategy = 3  -- btree's "="
+      JOIN pg_operator op ON op.oid = am.amopopr
+      JOIN pg_namespace opn ON opn.oid = op.oprnamespace
+     WHERE i.indrelid = tbl AND i.indisprimary
+     ORDER BY k.o;
+END
+$$;
+
+-- The SQL of the topic of a row of the live table `live`, the row written as the expression `r`
+-- (`o.r`): its topic, or `topic:` and the text of its topic_column's value; NULL (no topic, nothing
+-- published) when that value is NULL or empty. Raises when the column is gone (renamed or dropped
+-- since make_live): the writer's statement fails rather than go unseen.
+CREATE OR REPLACE FUNCTION tracktalk.live_topic_sql(live tracktalk.live_tables, r text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF live.topic_column IS NULL THEN
+        RETURN quote_literal(live.topic);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute a
+                    WHERE a.attrelid = live.tbl AND a.attname = live.topic_column
+                      AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION '% is live with a topic per value of its column %, which it no longer has',
+                        live.tbl, live.topic_column
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('Make it live again by the column''s new name: SELECT tracktalk.make_live(%L, '
+                                'enabled => false); then tracktalk.make_live(%L, topic_column => …).',
+                                live.tbl::text, live.tbl::text);
+    END IF;
+    RETURN format('%L || nullif((%s).%I::text, %L)', live.topic || ':', r, live.topic_column, '');
+END
+$$;
+
+-- The SQL of the JSON of a row of the live table `tbl`, the row written as the expression `r`:
+-- to_jsonb, with each timestamptz column (or one of a domain over it) written as every other time
+-- of the protocol is (tracktalk.json_time: `2026-12-05T13:07:52.199147Z`; an infinite one as
+-- to_jsonb writes it). Times inside arrays and composites stay to_jsonb's (in UTC: the trigger
+-- sets the zone).
+CREATE OR REPLACE FUNCTION tracktalk.live_row_sql(tbl regclass, r text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    times text;
+BEGIN
+    SELECT string_agg(format('%1$L, CASE WHEN isfinite((%2$s).%1$I) THEN to_jsonb(tracktalk.json_time((%2$s).%1$I))'
+                             ' ELSE to_jsonb((%2$s).%1$I) END', a.attname, r), ', ' ORDER BY a.attnum)
+      INTO times
+      FROM pg_attribute a
+      JOIN pg_type t ON t.oid = a.atttypid
+     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
+       AND 'timestamptz'::regtype IN (t.oid, t.typbasetype);
+    RETURN format('to_jsonb(%s)', r) || coalesce(format(' || jsonb_build_object(%s)', times), '');
+END
+$$;
+
+-- The query that turns the rows of one statement on the live table `live` (its transition tables
+-- live_old and live_new) into messages: one row per topic, in topic order (the order in which
+-- publish() locks them), with its messages in the order of the rows. `op`: TG_OP.
+--   INSERT: row_inserted {row}; DELETE: row_deleted {row: its primary key};
+--   UPDATE: old and new rows paired by primary key: row_updated {row} on the row's topic; a row
+--   whose topic changed is row_deleted on the old topic and row_inserted on the new one; a key
+--   that changed is the old key's row_deleted and the new one's row_inserted.
+CREATE OR REPLACE FUNCTION tracktalk.live_changes_sql(live tracktalk.live_tables, op text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    old_key text;     -- the primary key of o.r, as a JSON object
+    same_row text;    -- o.r and n.r have the same primary key
+    old_topic constant text := tracktalk.live_topic_sql(live, 'o.r');
+    new_topic constant text := tracktalk.live_topic_sql(live, 'n.r');
+    new_row constant text := tracktalk.live_row_sql(live.tbl, 'n.r');
+    changes text;
+BEGIN
+    SELECT format('jsonb_build_object(%s)', string_agg(format('%L, (o.r).%I', k.name, k.name), ', ')),
+           string_agg(format('(o.r).%1$I %2$s (n.r).%1$I', k.name, k.equals), ' AND ')
+      INTO old_key, same_row
+      FROM tracktalk.live_key(live.tbl) AS k;
+    IF old_key IS NULL THEN
+        RAISE EXCEPTION '% is live and has no primary key any more', live.tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('Give it one again (row_deleted names a row by it), or undo make_live: '
+                                'SELECT tracktalk.make_live(%L, enabled => false);', live.tbl::text);
+    END IF;
+    IF op = 'INSERT' THEN
+        changes := format($q$
+            SELECT %s AS topic, n.ord, 0 AS part,
+                   jsonb_build_object('type', 'row_inserted', 'row', %s) AS message
+              FROM (SELECT r, row_number() OVER () AS ord FROM live_new r) AS n
+        $q$, new_topic, new_row);
+    ELSIF op = 'DELETE' THEN
+        changes := format($q$
+            SELECT %s AS topic, o.ord, 0 AS part,
+                   jsonb_build_object('type', 'row_deleted', 'row', %s) AS message
+              FROM (SELECT r, row_number() OVER () AS ord FROM live_old r) AS o
+        $q$, old_topic, old_key);
+    ELSE
+        changes := format($q$
+            WITH o AS (SELECT r, row_number() OVER () AS ord FROM live_old r),
+                 n AS (SELECT r, row_number() OVER () AS ord FROM live_new r),
+                 p AS (SELECT o.ord AS o_ord, n.ord AS n_ord, %s AS old_topic, %s AS new_topic,
+                              %s AS old_key, CASE WHEN n.ord IS NOT NULL THEN %s END AS new_row
+                         FROM o FULL JOIN n ON %s)
+            SELECT new_topic AS topic, n_ord AS ord, 1 AS part,
+                   jsonb_build_object('type', 'row_updated', 'row', new_row) AS message
+              FROM p
+             WHERE o_ord IS NOT NULL AND n_ord IS NOT NULL AND old_topic IS NOT DISTINCT FROM new_topic
+            UNION ALL
+            SELECT old_topic, coalesce(n_ord, o_ord), 0, jsonb_build_object('type', 'row_deleted', 'row', old_key)
+              FROM p
+             WHERE o_ord IS NOT NULL AND (n_ord IS NULL OR old_topic IS DISTINCT FROM new_topic)
+            UNION ALL
+            SELECT new_topic, coalesce(n_ord, o_ord), 2, jsonb_build_object('type', 'row_inserted', 'row', new_row)
+              FROM p
+             WHERE n_ord IS NOT NULL AND (o_ord IS NULL OR old_topic IS DISTINCT FROM new_topic)
+        $q$, old_topic, new_topic, old_key, new_row, same_row);
+    END IF;
+    RETURN format($q$
+        SELECT c.topic, array_agg(c.message ORDER BY c.ord, c.part) AS messages
+          FROM (%s) AS c
+         WHERE c.topic IS NOT NULL
+         GROUP BY c.topic
+         ORDER BY c.topic COLLATE "C"
+    $q$, changes);
+END
+$$;
+
+-- Every topic of the live kind `topic` (`topic` and `topic:…`) starts again: its events leave the
+-- log and its subscribers are told (tracktalk.topic_gone: those that may no longer see it lose the
+-- subscription, the others reload), and its numbering skips a seq, with no event: a client that
+-- resumes later with a since= from before gets resync, since what happened meanwhile (rows
+-- written while the table was not live, a TRUNCATE) is in no event. One NOTIFY per topic the kind
+-- ever had (tracktalk.topic_state keeps them all).
+CREATE OR REPLACE FUNCTION tracktalk.live_reset(topic text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    each_topic text;
+BEGIN
+    FOR each_topic IN
+        SELECT s.topic FROM tracktalk.topic_state s
+         WHERE s.topic = live_reset.topic OR starts_with(s.topic, live_reset.topic || ':')
+         ORDER BY s.topic COLLATE "C"
+    LOOP
+        UPDATE tracktalk.topic_state s
+           SET last_seq = s.last_seq + 1, prev_tag = s.last_tag,
+               last_tag = left(md5(gen_random_uuid()::text), 16)
+         WHERE s.topic = each_topic;
+        PERFORM tracktalk.topic_gone(each_topic);
+    END LOOP;
+END
+$$;
+
+-- The trigger of every live table (AFTER INSERT, UPDATE, DELETE and TRUNCATE, FOR EACH STATEMENT,
+-- with transition tables live_old and live_new): publishes the statement's rows, one call of
+-- publish() per topic, in topic order; public (the rows may travel in the NOTIFY payload) when the
+-- table has no can_see. Nothing for a table that is not registered (a trigger left or made by
+-- hand). TRUNCATE: every topic of the table starts again (tracktalk.live_reset). SECURITY DEFINER,
+-- as every trigger that publishes; the settings make the JSON of a row the same in every session.
+CREATE OR REPLACE FUNCTION tracktalk.live_rows_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres'
+SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
+DECLARE
+    live tracktalk.live_tables;
+    batch record;
+BEGIN
+    SELECT * INTO live FROM tracktalk.live_tables l WHERE l.tbl = TG_RELID;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'TRUNCATE' THEN
+        PERFORM tracktalk.live_reset(live.topic);
+        RETURN NULL;
+    END IF;
+    FOR batch IN EXECUTE tracktalk.live_changes_sql(live, TG_OP) LOOP
+        PERFORM tracktalk.publish(batch.topic, batch.messages, public => live.can_see IS NULL);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+-- May `user_id` (NULL: an anonymous socket) subscribe to `topic`, of a live table? The kind's
+-- may_see (tracktalk.may_see calls it, as the replicas' role). NULL (not found): no live table
+-- has that topic, or a key of a table without topic_column, no key (or one that is not the
+-- canonical text of a value of the column: `book_requests:07` for an integer column) for one with
+-- it. Then the table's can_see, if any: its answer (true, false, or NULL: not found). A can_see
+-- that raises, or is gone, refuses (false) with a WARNING in the server's log; its error reaches
+-- no client.
+CREATE OR REPLACE FUNCTION tracktalk.live_may_see(user_id bigint, topic text) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres'
+SET extra_float_digits = 1 SET bytea_output = 'hex' AS $$
+DECLARE
+    colon constant integer := strpos(topic, ':');
+    key constant text := CASE WHEN colon > 0 THEN substr(topic, colon + 1) END;
+    live tracktalk.live_tables;
+    column_type text;
+    canonical text;
+    fn text;
+    seen boolean;
+BEGIN
+    SELECT * INTO live FROM tracktalk.live_tables l
+     WHERE l.topic = CASE WHEN colon > 0 THEN left(live_may_see.topic, colon - 1) ELSE live_may_see.topic END;
+    IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM pg_trigger t
+                                 WHERE t.tgrelid = live.tbl
+                                   AND t.tgfoid = 'tracktalk.live_rows_changed()'::regprocedure) THEN
+        RETURN NULL;
+    END IF;
+    IF live.topic_column IS NULL THEN
+        IF key IS NOT NULL THEN
+            RETURN NULL;
+        END IF;
+    ELSE
+        SELECT format_type(a.atttypid, a.atttypmod) INTO column_type
+          FROM pg_attribute a
+         WHERE a.attrelid = live.tbl AND a.attname = live.topic_column AND a.attnum > 0 AND NOT a.attisdropped;
+        IF key IS NULL OR key = '' OR column_type IS NULL THEN
+            RETURN NULL;
+        END IF;
+        BEGIN
+            EXECUTE format('SELECT ($1::%s)::text', column_type) INTO canonical USING key;
+        EXCEPTION WHEN OTHERS THEN
+            RETURN NULL;  -- not a value of the column
+        END;
+        IF canonical IS DISTINCT FROM key THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    IF live.can_see IS NULL THEN
+        RETURN true;
+    END IF;
+    SELECT format('%I.%I', n.nspname, p.proname) INTO fn
+      FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+     WHERE p.oid = to_regprocedure(live.can_see);
+    IF fn IS NULL THEN
+        RAISE WARNING 'tracktalk.live_may_see: the can_see of %, %, is gone (topic % refused)',
+                      live.tbl, live.can_see, left(topic, 100);
+        RETURN false;
+    END IF;
+    BEGIN
+        EXECUTE format('SELECT %s($1, $2)', fn) INTO seen USING user_id, topic;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'tracktalk.live_may_see: %, the can_see of %, failed for topic % (refused): % (SQLSTATE %)',
+                      live.can_see, live.tbl, left(topic, 100), SQLERRM, SQLSTATE;
+        RETURN false;
+    END;
+    RETURN seen;
+END
+$$;
+
+-- The function that `can_see` names, resolved as the caller of make_live would (its search_path):
+-- with its argument types (`public.f(bigint, text)`), or by name alone, where the one of that name
+-- that takes (bigint, text) wins over others. NULL for NULL; raises when there is none.
+CREATE OR REPLACE FUNCTION tracktalk.live_function(can_see text) RETURNS regprocedure
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    fn regprocedure;
+BEGIN
+    IF can_see IS NULL THEN
+        RETURN NULL;
+    ELSIF strpos(can_see, '(') > 0 THEN
+        fn := pg_catalog.to_regprocedure(can_see);
+    ELSE
+        -- (One function of that name, of other arguments: live_check says what is wrong with it.)
+        fn := coalesce(pg_catalog.to_regprocedure(can_see || '(bigint, text)'),
+                       pg_catalog.to_regproc(can_see)::oid::regprocedure);
+    END IF;
+    IF fn IS NULL THEN
+        RAISE EXCEPTION 'can_see: there is no function %(user_id bigint, topic text)', can_see
+            USING ERRCODE = 'undefined_function',
+                  HINT = 'can_see names a function (user_id bigint, topic text) RETURNS boolean, with its schema: '
+                         '''public.can_see_book_requests''.';
+    END IF;
+    RETURN fn;
+END
+$$;
+
+-- The row that make_live would write in tracktalk.live_tables for these arguments, every one
+-- checked (each error says what to do): who asks (the session's role must be able to act as the
+-- table's owner: a superuser, the owner, or a member of the owning role), the table (an ordinary,
+-- permanent table of its own schema, with a primary key, not one of tracktalk's), its topic (the
+-- `topic` argument, else the table's name: a kind of topic that is not reserved and not another's),
+-- its topic_column, its can_see. SECURITY DEFINER, to read tracktalk.topic_kinds; it writes
+-- nothing.
+--
+-- can_see runs as its owner, whatever asks it: it must be SECURITY DEFINER with a fixed
+-- search_path, owned by a role the session's role may act as. tracktalk asks it as the replicas'
+-- role (which reads the channel key and every topic's events): run as that role (SECURITY
+-- INVOKER), the code of whoever made the table live would get those rights; run as a role
+-- the caller could not act as, it would get that role's.
+CREATE OR REPLACE FUNCTION tracktalk.live_check(tbl regclass, topic text, topic_column text, can_see regprocedure)
+RETURNS tracktalk.live_tables
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel record;
+    kind_of text := coalesce(topic, (SELECT c.relname::text FROM pg_class c WHERE c.oid = tbl));
+    other text;
+    fn record;
+    fix text;
+    made tracktalk.live_tables;
+BEGIN
+    SELECT c.relkind, c.relpersistence, c.relowner, c.relispartition, n.nspname INTO rel
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = tbl;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'there is no table %', tbl USING ERRCODE = 'undefined_table';
+    ELSIF NOT pg_has_role(session_user, rel.relowner, 'USAGE') THEN
+        RAISE EXCEPTION 'only the owner of % (%) or a superuser may make it live, not %',
+                        tbl, pg_get_userbyid(rel.relowner), session_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Connect as its owner (or a member of the owning role), or as a superuser.';
+    ELSIF rel.relkind = 'p' OR rel.relispartition THEN
+        RAISE EXCEPTION '% is a partitioned table, or a partition: it cannot be made live', tbl
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'A statement fires the statement triggers of the table it names only: writes made '
+                           'straight into a partition, or through its parent, would not all be seen.';
+    ELSIF rel.relkind <> 'r' THEN
+        RAISE EXCEPTION '% is not a table: only tables can be made live', tbl
+            USING ERRCODE = 'wrong_object_type';
+    ELSIF rel.relpersistence = 't' THEN
+        RAISE EXCEPTION '% is a temporary table: it cannot be made live', tbl
+            USING ERRCODE = 'feature_not_supported';
+    ELSIF rel.nspname IN ('tracktalk', 'pg_catalog', 'information_schema') THEN
+        RAISE EXCEPTION '% belongs to %: it cannot be made live', tbl, rel.nspname
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    SELECT format('its trigger %I runs %s', t.tgname, t.tgfoid::regprocedure) INTO other
+      FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+     WHERE t.tgrelid = tbl AND p.pronamespace = 'tracktalk'::regnamespace
+       AND t.tgfoid <> 'tracktalk.live_rows_changed()'::regprocedure
+     LIMIT 1;
+    IF other IS NOT NULL THEN
+        RAISE EXCEPTION '% is one of tracktalk''s own tables (%): it goes live through its own topics', tbl, other
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = 'Subscribe to its topics (track:{id}, thread:{id}, category:{slug}): docs/protocol.md.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM tracktalk.live_key(tbl)) THEN
+        RAISE EXCEPTION '% has no primary key: a live table needs one', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'row_deleted names the row by its primary key, and an UPDATE''s rows are paired by it.',
+                  HINT = format('Give it one: ALTER TABLE %s ADD PRIMARY KEY (…);', tbl);
+    END IF;
+
+    IF kind_of !~ '^[a-z][a-z0-9_]{0,62}$' THEN
+        IF topic IS NULL THEN
+            RAISE EXCEPTION 'the name of % cannot be its topic: a topic is a-z, 0-9 and _, starting with a letter, at most 63 characters', tbl
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = format('Name its topic: SELECT tracktalk.make_live(%L, topic => ''…'');', tbl::text);
+        END IF;
+        RAISE EXCEPTION 'the topic % is not a-z, 0-9 and _, starting with a letter, at most 63 characters', quote_literal(kind_of)
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF kind_of = ANY (tracktalk.reserved_kinds()) THEN
+        RAISE EXCEPTION 'the topic % is tracktalk''s own (%)', kind_of, array_to_string(tracktalk.reserved_kinds(), ', ')
+            USING ERRCODE = 'duplicate_object',
+                  HINT = format('Name another: SELECT tracktalk.make_live(%L, topic => ''…'');', tbl::text);
+    END IF;
+    SELECT l.tbl::text INTO other
+      FROM tracktalk.live_tables l
+     WHERE l.topic = kind_of AND l.tbl <> live_check.tbl
+       AND EXISTS (SELECT 1 FROM pg_trigger t   -- (not a table dropped since: live_register forgets it)
+                    WHERE t.tgrelid = l.tbl AND t.tgfoid = 'tracktalk.live_rows_changed()'::regprocedure);
+    IF other IS NOT NULL THEN
+        RAISE EXCEPTION 'the topic % is the topic of the live table % already', kind_of, other
+            USING ERRCODE = 'duplicate_object',
+                  HINT = format('Name another: SELECT tracktalk.make_live(%L, topic => ''…'');', tbl::text);
+    ELSIF EXISTS (SELECT 1 FROM tracktalk.topic_kinds k WHERE k.kind = kind_of)
+          AND NOT EXISTS (SELECT 1 FROM tracktalk.live_tables l WHERE l.topic = kind_of) THEN
+        RAISE EXCEPTION 'the topic % is a kind of topic of tracktalk''s already', kind_of
+            USING ERRCODE = 'duplicate_object',
+                  HINT = format('Name another: SELECT tracktalk.make_live(%L, topic => ''…'');', tbl::text);
+    END IF;
+
+    IF topic_column IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM pg_attribute a
+             WHERE a.attrelid = tbl AND a.attname = topic_column AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION '% has no column %', tbl, quote_ident(topic_column)
+            USING ERRCODE = 'undefined_column',
+                  HINT = 'topic_column names a column of the table (one topic per value): its name as the catalog has it, unquoted.';
+    END IF;
+
+    IF can_see IS NOT NULL THEN
+        SELECT p.*, pg_get_userbyid(p.proowner) AS owner_name,
+               EXISTS (SELECT 1 FROM unnest(p.proconfig) AS s WHERE s LIKE 'search\_path=%') AS fixed_path
+          INTO fn
+          FROM pg_proc p WHERE p.oid = can_see;
+        IF NOT (fn.prorettype = 'boolean'::regtype AND fn.pronargs = 2 AND fn.prokind = 'f' AND NOT fn.proretset
+                AND fn.proargtypes[0] = 'bigint'::regtype AND fn.proargtypes[1] = 'text'::regtype) THEN
+            RAISE EXCEPTION 'can_see must be (user_id bigint, topic text) RETURNS boolean: % is not', can_see
+                USING ERRCODE = 'invalid_function_definition',
+                      HINT = 'CREATE FUNCTION … (user_id bigint, topic text) RETURNS boolean LANGUAGE sql STABLE '
+                             'SECURITY DEFINER SET search_path = pg_catalog, public AS …;';
+        END IF;
+        fix := format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, public;', can_see);
+        IF NOT fn.prosecdef THEN
+            RAISE EXCEPTION 'can_see % must be SECURITY DEFINER: it runs as its owner', can_see
+                USING ERRCODE = 'invalid_function_definition',
+                      DETAIL = 'The replicas ask it as their own role, which reads the channel key and every topic''s '
+                               'events: the code of whoever made the table live must not run with those rights.',
+                      HINT = fix;
+        ELSIF NOT fn.fixed_path THEN
+            RAISE EXCEPTION 'can_see % must fix its search_path: as SECURITY DEFINER it would run with its caller''s', can_see
+                USING ERRCODE = 'invalid_function_definition',
+                      HINT = fix;
+        ELSIF NOT pg_has_role(session_user, fn.proowner, 'USAGE') THEN
+            RAISE EXCEPTION 'can_see % belongs to %, a role that % may not act as: it would run as that role',
+                            can_see, fn.owner_name, session_user
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Use a function of the table''s owner (ALTER FUNCTION … OWNER TO …).';
+        END IF;
+    END IF;
+
+    made := ROW(tbl, kind_of, topic_column, can_see::text, now(), session_user);
+    RETURN made;
+END
+$$;
+
+-- Registers the table `tbl` as live_check() makes it, once it carries its four triggers (made by
+-- make_live as the table's owner): the row of tracktalk.live_tables, and its kind of topic.
+-- Registrations of tables that are gone, or no longer carry the triggers, go first.
+CREATE OR REPLACE FUNCTION tracktalk.live_register(tbl regclass, topic text, topic_column text, can_see regprocedure)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    made constant tracktalk.live_tables := tracktalk.live_check(tbl, topic, topic_column, can_see);
+BEGIN
+    PERFORM tracktalk.live_forget_stale();
+    IF (SELECT count(*) FROM pg_trigger t
+         WHERE t.tgrelid = tbl AND t.tgfoid = 'tracktalk.live_rows_changed()'::regprocedure) <> 4 THEN
+        RAISE EXCEPTION '% does not carry the triggers of a live table', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Make it live with tracktalk.make_live(), which makes them.';
+    END IF;
+    BEGIN
+        INSERT INTO tracktalk.live_tables VALUES (made.*);
+        INSERT INTO tracktalk.topic_kinds (kind, may_see)
+        VALUES (made.topic, tracktalk.kind_function(made.topic, 'may_see', 'tracktalk.live_may_see(bigint, text)'));
+    EXCEPTION WHEN unique_violation THEN
+        RAISE EXCEPTION '% or the topic % was made live at the same moment by another session', tbl, made.topic
+            USING ERRCODE = 'duplicate_object', HINT = 'See tracktalk.live_tables.';
+    END;
+END
+$$;
+
+-- The registration of `tbl` goes, once its triggers are gone (make_live drops them first): its
+-- row, its kind of topic (its subscribers are then refused: not found), and its topics start
+-- again (tracktalk.live_reset: their events go, the subscriptions end). False when it was not live.
+CREATE OR REPLACE FUNCTION tracktalk.live_unregister(tbl regclass) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    owner oid := (SELECT c.relowner FROM pg_class c WHERE c.oid = tbl);
+    gone tracktalk.live_tables;
+BEGIN
+    IF owner IS NOT NULL AND NOT pg_has_role(session_user, owner, 'USAGE') THEN
+        RAISE EXCEPTION 'only the owner of % (%) or a superuser may undo make_live, not %',
+                        tbl, pg_get_userbyid(owner), session_user
+            USING ERRCODE = 'insufficient_privilege';
+    ELSIF EXISTS (SELECT 1 FROM pg_trigger t
+                   WHERE t.tgrelid = tbl AND t.tgfoid = 'tracktalk.live_rows_changed()'::regprocedure) THEN
+        RAISE EXCEPTION '% still carries the triggers of a live table', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('Undo it with SELECT tracktalk.make_live(%L, enabled => false);', tbl::text);
+    END IF;
+    DELETE FROM tracktalk.live_tables l WHERE l.tbl = live_unregister.tbl RETURNING l.* INTO gone;
+    IF gone.tbl IS NULL THEN
+        RETURN false;
+    END IF;
+    DELETE FROM tracktalk.topic_kinds k WHERE k.kind = gone.topic;
+    PERFORM tracktalk.live_reset(gone.topic);
+    RETURN true;
+END
+$$;
+
+-- Registrations whose table is gone (dropped: its triggers went with it) or no longer carries
+-- its triggers (dropped by hand) go, as make_live(…, enabled => false) would undo them. Until then
+-- their topics are not found (tracktalk.live_may_see).
+CREATE OR REPLACE FUNCTION tracktalk.live_forget_stale() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    stale record;
+BEGIN
+    FOR stale IN
+        DELETE FROM tracktalk.live_tables l
+         WHERE NOT EXISTS (SELECT 1 FROM pg_trigger t
+                            WHERE t.tgrelid = l.tbl AND t.tgfoid = 'tracktalk.live_rows_changed()'::regprocedure)
+        RETURNING l.topic
+    LOOP
+        DELETE FROM tracktalk.topic_kinds k WHERE k.kind = stale.topic;
+        PERFORM tracktalk.live_reset(stale.topic);
+    END LOOP;
+END
+$$;
+
+-- Makes the live triggers on the table named `qualified` (create or replace: each is made again
+-- as it should be), or drops them.
+CREATE OR REPLACE FUNCTION tracktalk.live_triggers(qualified text, made boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN
+        SELECT * FROM (VALUES
+            ('tracktalk_live_insert',   'INSERT',   'REFERENCING NEW TABLE AS live_new FOR EACH STATEMENT'),
+            ('tracktalk_live_update',   'UPDATE',   'REFERENCING OLD TABLE AS live_old NEW TABLE AS live_new FOR EACH STATEMENT'),
+            ('tracktalk_live_delete',   'DELETE',   'REFERENCING OLD TABLE AS live_old FOR EACH STATEMENT'),
+            ('tracktalk_live_truncate', 'TRUNCATE', 'FOR EACH STATEMENT')
+        ) AS w (name, event, how)
+    LOOP
+        IF made THEN
+            EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER %s ON %s %s EXECUTE FUNCTION tracktalk.live_rows_changed()',
+                           t.name, t.event, qualified, t.how);
+        ELSIF EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = qualified::regclass AND g.tgname = t.name) THEN
+            EXECUTE format('DROP TRIGGER %I ON %s', t.name, qualified);
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- How a live table is live, in words: `book_requests:{album_id}, can_see public.f(bigint,text)`.
+CREATE OR REPLACE FUNCTION tracktalk.live_described(live tracktalk.live_tables) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT live.topic || coalesce(':{' || live.topic_column || '}', '') || coalesce(', can_see ' || live.can_see, '')
+$$;
+
+-- Makes the table `tbl` live (docs/dba.md, "Any table live"): its inserts, updates and deletes
+-- reach the sockets subscribed to its topics as row_inserted, row_updated and row_deleted.
+--   topic         the kind of its topics (default: the table's name): the topic itself, or
+--   topic_column  with it, one topic per value of that column: `topic:value`
+--   can_see       a function (user_id bigint, topic text) RETURNS boolean, SECURITY DEFINER, asked
+--                 when a socket subscribes and when tracktalk.recheck_topic() says to (default:
+--                 any user may subscribe)
+--   enabled       false: undo it (its triggers and registration go; its events too, and its
+--                 subscribers are told)
+-- Returns its topics (`book_requests`, `book_requests:{album_id}`); NULL when undone. Called again
+-- with the same arguments it changes nothing; with others, it says to undo it first. It runs as
+-- its caller (who must act as the table's owner: the triggers are made with the caller's rights),
+-- and `tbl` and `can_see` are found as the caller would find them (its search_path).
+CREATE OR REPLACE FUNCTION tracktalk.make_live(
+    tbl           regclass,
+    topic         text DEFAULT NULL,
+    topic_column  text DEFAULT NULL,
+    can_see       text DEFAULT NULL,
+    enabled       boolean DEFAULT true
+) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    rel record;
+    fn regprocedure;
+    wanted tracktalk.live_tables;
+    live tracktalk.live_tables;
+BEGIN
+    SELECT c.relowner, format('%I.%I', n.nspname, c.relname) AS qualified INTO rel
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = tbl;
+    IF enabled IS NULL THEN
+        RAISE EXCEPTION 'enabled must be true or false' USING ERRCODE = 'null_value_not_allowed';
+    ELSIF NOT pg_catalog.pg_has_role(current_user, rel.relowner, 'USAGE') THEN
+        RAISE EXCEPTION 'only the owner of % (%) or a superuser may make it live, or undo it, not %',
+                        rel.qualified, pg_catalog.pg_get_userbyid(rel.relowner), current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Connect as its owner (or a member of the owning role), or as a superuser.';
+    END IF;
+
+    IF NOT enabled THEN
+        EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', rel.qualified);
+        PERFORM tracktalk.live_triggers(rel.qualified, made => false);
+        IF NOT tracktalk.live_unregister(tbl) THEN
+            RAISE NOTICE '% was not live', rel.qualified;
+        END IF;
+        RETURN NULL;
+    END IF;
+
+    fn := tracktalk.live_function(can_see);
+    wanted := tracktalk.live_check(tbl, topic, topic_column, fn);
+    -- One make_live of a table at a time (the lock is its own: writers wait, readers do not).
+    EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', rel.qualified);
+    SELECT * INTO live FROM tracktalk.live_tables l WHERE l.tbl = make_live.tbl;
+    IF FOUND AND (live.topic, live.topic_column, live.can_see)
+                 IS NOT DISTINCT FROM (wanted.topic, wanted.topic_column, wanted.can_see) THEN
+        IF (SELECT count(*) FROM pg_catalog.pg_trigger t
+             WHERE t.tgrelid = tbl AND t.tgfoid = 'tracktalk.live_rows_changed()'::regprocedure) <> 4 THEN
+            PERFORM tracktalk.live_triggers(rel.qualified, made => true);
+        END IF;
+    ELSIF FOUND THEN
+        RAISE EXCEPTION '% is live already, as %', rel.qualified, tracktalk.live_described(live)
+            USING ERRCODE = 'duplicate_object',
+                  DETAIL = format('make_live was called for it again with other arguments (%s).',
+                                  tracktalk.live_described(wanted)),
+                  HINT = format('Undo it first, then make it live as you want it: SELECT tracktalk.make_live(%L, '
+                                'enabled => false); (its events so far go, and its subscribers are told).',
+                                rel.qualified);
+    ELSE
+        PERFORM tracktalk.live_triggers(rel.qualified, made => true);
+        PERFORM tracktalk.live_register(tbl, wanted.topic, wanted.topic_column, fn);
+    END IF;
+    RETURN wanted.topic || CASE WHEN wanted.topic_column IS NOT NULL THEN format(':{%s}', wanted.topic_column) ELSE '' END;
+END
+$$;
+
+-- Asks the replicas to check again who may see `topic`, a live table's (`book_requests:7`, or
+-- `book_requests`): every subscription to it is asked of the table's can_see again, and ends
+-- (unsubscribed, forbidden) where refused. For the DBA's triggers on the tables that decide who may
+-- see (docs/dba.md). SECURITY DEFINER: it signs with the channel key, which its callers may not read.
+CREATE OR REPLACE FUNCTION tracktalk.recheck_topic(topic text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM tracktalk.live_tables l WHERE l.topic = split_part(recheck_topic.topic, ':', 1)) THEN
+        RAISE EXCEPTION '% is not a topic of a live table', quote_nullable(topic)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'tracktalk.live_tables lists them. Who may see tracktalk''s own topics is checked again by its triggers.';
+    END IF;
+    PERFORM pg_current_xact_id();  -- an id before the key is read (tracktalk.send_signed)
+    PERFORM tracktalk.revoke_topic(topic);
+END
+$$;
+
+-- Asks the replicas to check again every subscription of `user_id` (a user whose rights changed
+-- in the DBA's tables): each is asked of may_see again. SECURITY DEFINER, as recheck_topic.
+CREATE OR REPLACE FUNCTION tracktalk.recheck_user(user_id bigint) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pg_current_xact_id();
+    PERFORM tracktalk.revoke_user(user_id);
+END
+$$;
+
+---------------------------------------------------------------------------------------------
 -- Maintenance: recounts, pruning, counters for rows made before these triggers, the key; the stamp last
 ---------------------------------------------------------------------------------------------
 
@@ -1549,6 +2916,30 @@ INSERT INTO tracktalk.comment_stats (comment_id, likes)
 SELECT comment_id, count(*) FROM comment_likes GROUP BY comment_id
 ON CONFLICT (comment_id) DO NOTHING;
 
+INSERT INTO tracktalk.post_stats (post_id, likes)
+SELECT post_id, count(*) FROM forum_post_likes GROUP BY post_id
+ON CONFLICT (post_id) DO NOTHING;
+
+-- Only tracktalk's owner may put tracktalk's trigger functions on a table (CREATE TRIGGER needs
+-- EXECUTE on the function): they run as the owner and publish what their table's rows say, so a
+-- role that may use the schema (a DBA granted USAGE on it to call make_live) could put, say,
+-- comments_after_insert on a table of its own shaped like comments and forge a track's events.
+-- The live tables' trigger is the exception: make_live puts it on a table as the table's owner,
+-- and it publishes only for the tables registered in tracktalk.live_tables.
+DO $$
+DECLARE
+    fn regprocedure;
+BEGIN
+    FOR fn IN
+        SELECT p.oid FROM pg_proc p
+         WHERE p.pronamespace = 'tracktalk'::regnamespace AND p.prorettype = 'trigger'::regtype
+           AND p.oid <> 'tracktalk.live_rows_changed()'::regprocedure
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', fn);
+    END LOOP;
+END
+$$;
+
 -- The channel key, made once.
 SELECT tracktalk.rotate_channel_key() WHERE NOT EXISTS (SELECT 1 FROM tracktalk.channel_key);
 
@@ -1557,5 +2948,5 @@ SELECT tracktalk.fan_out_triggers();
 
 -- A replica serves a schema of its own version or newer; docs/dba.md lists what each version
 -- added, and which upgrades need the old replicas stopped first (2 to 3, 4 to 5, 5 to 6).
-INSERT INTO tracktalk.schema_version (version) VALUES (9)
+INSERT INTO tracktalk.schema_version (version) VALUES (10)
 ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, applied_at = now();

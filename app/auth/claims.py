@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.bounds import MAX_USER_ID_DIGITS
+from app.bounds import MAX_EXTERNAL_ID, MAX_USER_ID_DIGITS
 from app.problems import whole_seconds
 
 
@@ -40,21 +40,33 @@ class Claims:
 
 def claims_of(payload: dict[str, Any], user_claim: str) -> Claims:
     """The claims of a verified payload whose `user_claim` holds a tracktalk user id (`users.id`)."""
-    value = payload.get(user_claim)
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if (
-        not isinstance(value, str)
-        or not value.isascii()
-        or not value.isdigit()
-        or len(value) > MAX_USER_ID_DIGITS
-        or int(value) < 1  # 0 stands for "no user" on a socket (subscriber.ANONYMOUS)
-    ):
-        # A close reason holds 123 bytes at most: the claim's name is cut short.
+    user = user_of(payload, user_claim)
+    if isinstance(user, str):
         raise TokenError(
             f"invalid token: its `{user_claim[:40]}` claim must be a user id (a whole number from 1)"
         )
-    return Claims(int(value), int(payload["exp"]))
+    return Claims(user, int(payload["exp"]))
+
+
+def user_of(payload: dict[str, Any], user_claim: str) -> int | str:
+    """Who a verified payload's `user_claim` names: a users.id (a number, or a string of up to 18
+    digits), or else the host's own id for the user, to be looked up in users.external_id (any
+    other string of 1 to MAX_EXTERNAL_ID characters: `auth0|…`, a UUID, `user_…`, the 21 digits of
+    a Google subject)."""
+    value = payload.get(user_claim)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    # A close reason holds 123 bytes at most: the claim's name is cut short.
+    claim = user_claim[:40]
+    if not isinstance(value, str) or not value:
+        raise TokenError(f"invalid token: its `{claim}` claim must be a user id or your user's id (a string)")
+    if value.isascii() and value.isdigit() and len(value) <= MAX_USER_ID_DIGITS:
+        if int(value) < 1:  # 0 stands for "no user" on a socket (subscriber.ANONYMOUS)
+            raise TokenError(f"invalid token: its `{claim}` claim must be a user id (a whole number from 1)")
+        return int(value)
+    if len(value) > MAX_EXTERNAL_ID:
+        raise TokenError(f"invalid token: its `{claim}` claim is longer than {MAX_EXTERNAL_ID} characters")
+    return value
 
 
 def bearer_token(header: str | None) -> str | None:

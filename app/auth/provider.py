@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from app.auth.keys import key_from_pem
-from app.env import ConfigError, number
+from app.env import ConfigError, flag, number
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,12 @@ class IdentityProvider:
     audience: str = ""
     """TRACKTALK_JWT_AUDIENCE: the `aud` its tokens must have; empty: not checked."""
     user_claim: str = "sub"
-    """TRACKTALK_JWT_USER_CLAIM: the claim that holds the tracktalk user id."""
+    """TRACKTALK_JWT_USER_CLAIM: the claim that holds the user: a users.id (a number, or a string of
+    digits), or else the host's own id for the user, looked up in users.external_id."""
+    provision: bool = False
+    """TRACKTALK_JWT_PROVISION: make the user of a valid token whose subject no user has."""
+    username_claim: str = "preferred_username"
+    """TRACKTALK_JWT_USERNAME_CLAIM: the claim a user made on first sight is named after."""
     refresh: float = 300.0
     """TRACKTALK_JWKS_REFRESH: seconds before the JWKS is fetched again (a removed key stops
     working then)."""
@@ -35,6 +40,8 @@ _IDENTITY_PROVIDER_OPTIONS = (
     "TRACKTALK_JWT_ISSUER",
     "TRACKTALK_JWT_AUDIENCE",
     "TRACKTALK_JWT_USER_CLAIM",
+    "TRACKTALK_JWT_PROVISION",
+    "TRACKTALK_JWT_USERNAME_CLAIM",
     "TRACKTALK_JWKS_REFRESH",
 )
 
@@ -72,5 +79,7 @@ def identity_provider(env: Mapping[str, str]) -> IdentityProvider | None:
         issuer=env.get("TRACKTALK_JWT_ISSUER", "").strip(),
         audience=env.get("TRACKTALK_JWT_AUDIENCE", "").strip(),
         user_claim=claim,
+        provision=flag(env, "TRACKTALK_JWT_PROVISION", False),
+        username_claim=env.get("TRACKTALK_JWT_USERNAME_CLAIM", "").strip() or "preferred_username",
         refresh=number(env, "TRACKTALK_JWKS_REFRESH", 300.0),
     )

@@ -5,8 +5,9 @@ Two issuers may be trusted at once:
   sign-in), where that secret is set;
 - the host's identity provider: RS256, ES256 or EdDSA tokens of a key from TRACKTALK_JWKS_URL
   (by the token's `kid`) or of the one TRACKTALK_JWT_PUBLIC_KEY, with `iss` and `aud` checked
-  when TRACKTALK_JWT_ISSUER and TRACKTALK_JWT_AUDIENCE are set, and the user id in the claim
-  TRACKTALK_JWT_USER_CLAIM names.
+  when TRACKTALK_JWT_ISSUER and TRACKTALK_JWT_AUDIENCE are set, and the user in the claim
+  TRACKTALK_JWT_USER_CLAIM names: a users.id, or else the host's own id for the user, found in
+  users.external_id (app/auth/subjects.py; made on first sight with TRACKTALK_JWT_PROVISION=1).
 
 The token's `alg` only says which of the two to ask; the key then fixes the one algorithm it
 may be, so `none`, and an HS256 token signed with a public key, are refused.
@@ -20,12 +21,14 @@ from typing import Any
 
 import jwt
 from jwt.types import Options
+from psycopg_pool import AsyncConnectionPool
 
-from app.auth.claims import Claims, TokenError, claims_of
+from app.auth.claims import Claims, TokenError, user_of
 from app.auth.hs256 import ALGORITHM, verify_token
 from app.auth.jwks import JwksKeys
 from app.auth.keys import ALGORITHMS, VerifyKey, key_from_pem
 from app.auth.provider import IdentityProvider
+from app.auth.subjects import Subjects, UnknownUser
 from app.config import Settings
 
 _REMEMBER = 60.0
@@ -39,9 +42,14 @@ _REMEMBERED = 10_000
 class TokenVerifier:
     """Verifies tokens for one replica; use it as `async with` (a JWKS holds an HTTP client)."""
 
-    def __init__(self, secret: str, provider: IdentityProvider | None) -> None:
+    def __init__(
+        self, secret: str, provider: IdentityProvider | None, subjects: Subjects | None = None
+    ) -> None:
         self._secret = secret
         self._provider = provider
+        self._subjects = subjects
+        """Finds the users the identity provider's tokens name by their external_id (None: no
+        database, and such tokens are refused)."""
         self._public_key: VerifyKey | None = None
         self._jwks: JwksKeys | None = None
         if provider is not None and provider.public_key:
@@ -56,9 +64,13 @@ class TokenVerifier:
         """token -> (its claims, until when they are taken again unchecked, the JWKS generation)"""
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> TokenVerifier:
-        """The verifier that the settings describe."""
-        return cls(settings.secret, settings.identity_provider)
+    def from_settings(cls, settings: Settings, pool: AsyncConnectionPool) -> TokenVerifier:
+        """The verifier that the settings describe, finding external ids through `pool`."""
+        provider = settings.identity_provider
+        subjects = None
+        if provider is not None:
+            subjects = Subjects(pool, provision=provider.provision, user_claim=provider.user_claim)
+        return cls(settings.secret, provider, subjects)
 
     async def __aenter__(self) -> TokenVerifier:
         return self
@@ -87,6 +99,14 @@ class TokenVerifier:
         self._verified[token] = (claims, min(now + _REMEMBER, claims.expires_at), generation)
         return claims
 
+    def forget(self, user_id: int) -> bool:
+        """Forget what was remembered of a user found gone: the tokens that named them, and the
+        external id they were found by; whether they had been found by an external id (which may
+        now name another user, or, with provisioning, a new one)."""
+        for token in [token for token, (claims, _, _) in self._verified.items() if claims.user_id == user_id]:
+            del self._verified[token]
+        return self._subjects is not None and self._subjects.forget(user_id)
+
     async def _verify(self, token: str) -> Claims:
         try:
             header = jwt.get_unverified_header(token)
@@ -102,7 +122,14 @@ class TokenVerifier:
             raise TokenError(
                 f"invalid token: its alg must be {', '.join(others) + ' or ' if others else ''}{last}"
             )
-        return self._decode(token, await self._key_of(header), self._provider)
+        provider = self._provider
+        payload = self._decode(token, await self._key_of(header), provider)
+        user = user_of(payload, provider.user_claim)
+        if isinstance(user, str):
+            if self._subjects is None:
+                raise UnknownUser("unknown user: this replica cannot look up external ids")
+            user = await self._subjects.user_id(user, payload.get(provider.username_claim))
+        return Claims(user, int(payload["exp"]))
 
     async def _key_of(self, header: dict[str, Any]) -> VerifyKey:
         if self._public_key is not None:
@@ -114,7 +141,7 @@ class TokenVerifier:
         return await self._jwks.key(kid)
 
     @staticmethod
-    def _decode(token: str, key: VerifyKey, provider: IdentityProvider) -> Claims:
+    def _decode(token: str, key: VerifyKey, provider: IdentityProvider) -> dict[str, Any]:
         options: Options = {
             "require": ["exp", provider.user_claim],
             "verify_aud": bool(
@@ -146,4 +173,4 @@ class TokenVerifier:
             raise TokenError("invalid token: not valid yet (`nbf`)") from None
         except jwt.PyJWTError:
             raise TokenError("invalid token") from None
-        return claims_of(payload, provider.user_claim)
+        return payload

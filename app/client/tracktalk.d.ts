@@ -25,6 +25,21 @@ export interface Comment {
   user_has_liked: boolean;
 }
 
+/** A forum post (GET /api/forum/threads/{id}/posts, `new_post`). */
+export interface Post {
+  id: number;
+  thread_id: number;
+  user_id: number;
+  username: string;
+  parent_id: number | null;
+  content: string;
+  created_at: string;
+  is_edited: boolean;
+  last_edited_at: string | null;
+  like_count: number;
+  user_has_liked: boolean;
+}
+
 /** GET /api/tracks/{track_id}/metrics, and the answer of the track like and share routes. */
 export interface TrackMetrics {
   track_id: string;
@@ -47,15 +62,19 @@ export interface LikeState {
 export interface Notification {
   id: number;
   user_id: number;
-  kind: "comment" | "reply" | "mention" | "comment_like";
+  /** About a comment (comment, reply, mention, comment_like) or a forum post (post_reply, post_mention). */
+  kind: "comment" | "reply" | "mention" | "comment_like" | "post_reply" | "post_mention";
   actor_id: number;
   actor_username: string;
-  track_id: string;
-  track_title: string;
+  track_id: string | null;
+  track_title: string | null;
   comment_id: number | null;
   excerpt: string | null;
   created_at: string;
   read_at: string | null;
+  thread_id?: number | null;
+  thread_title?: string | null;
+  post_id?: number | null;
 }
 
 /** GET /api/notifications: newest first, and how many are unread in all. */
@@ -160,18 +179,23 @@ export interface Presence {
   listening: number;
 }
 
-/** The socket's user was @mentioned, on whatever track. A live hint: GET /api/notifications is the truth. */
+/** The socket's user was @mentioned, in a comment (`track_id`, `comment`) or a forum post
+ *  (`thread_id`, `post`), whatever the socket watches. A live hint: GET /api/notifications is the truth. */
 export interface Mention {
   type: "mention";
-  track_id: string;
-  comment: Comment;
+  track_id?: string;
+  comment?: Comment;
+  thread_id?: number;
+  post?: Post;
   from_user: string;
 }
 
-/** The socket's user has a new notification. A live hint: GET /api/notifications is the truth. */
+/** The socket's user has a new notification, about a track (`track_id`) or a forum thread
+ *  (`thread_id`). A live hint: GET /api/notifications is the truth. */
 export interface NotificationMessage {
   type: "notification";
-  track_id: string;
+  track_id?: string;
+  thread_id?: number;
   notification: Notification;
 }
 
@@ -256,6 +280,153 @@ export interface Unsubscribed {
 /** A message of a topic on /api/ws: the topic's message (a track's are the track socket's) with
  *  `topic` added. Durable ones have the topic's `seq`. */
 export type TopicMessage = { topic: string; type: string; seq?: number; tag?: string | null } & Record<string, unknown>;
+
+// ---- the forum's topics (on /api/ws: `thread:{id}`, `category:{slug}`) ----------------------
+
+/** A forum thread (GET /api/forum/threads/{id}); `post_count` and `last_post_at` are kept by the
+ *  database. */
+export interface Thread {
+  id: number;
+  category_id: number;
+  category_slug: string;
+  user_id: number;
+  username: string;
+  title: string;
+  created_at: string;
+  last_post_at: string;
+  post_count: number;
+  is_locked: boolean;
+  is_pinned: boolean;
+}
+
+/** A forum category (GET /api/forum/categories); a private one is the team's. */
+export interface Category {
+  id: number;
+  slug: string;
+  title: string;
+  description: string;
+  is_private: boolean;
+  thread_count: number;
+}
+
+/** POST and DELETE /api/forum/posts/{id}/like. */
+export interface PostLikeState {
+  post_id: number;
+  like_count: number;
+  user_has_liked: boolean;
+}
+
+/** A thread's counters after a change (the `thread` of new_post and post_deleted). */
+export interface ThreadCounters {
+  id: number;
+  post_count: number;
+  last_post_at: string;
+}
+
+/** `thread:{id}`: a post was written. */
+export interface NewPost {
+  type: "new_post";
+  seq: number;
+  tag?: string | null;
+  post: Post;
+  thread: ThreadCounters;
+}
+
+/** `thread:{id}`: a post's content changed. */
+export interface PostEdited {
+  type: "post_edited";
+  seq: number;
+  tag?: string | null;
+  post_id: number;
+  content: string;
+  is_edited: boolean;
+  last_edited_at: string | null;
+}
+
+/** `thread:{id}`: a post is gone (its replies stay, without their parent). */
+export interface PostDeleted {
+  type: "post_deleted";
+  seq: number;
+  tag?: string | null;
+  post_id: number;
+  thread: ThreadCounters;
+}
+
+/** `thread:{id}`: a post's like count changed. */
+export interface PostLiked {
+  type: "post_liked";
+  seq: number;
+  tag?: string | null;
+  post_id: number;
+  like_count: number;
+}
+
+/** `thread:{id}` and `category:{slug}`: the thread changed (title, lock, pin; on a category's
+ *  topic also its counters). */
+export interface ThreadUpdated {
+  type: "thread_updated";
+  seq: number;
+  tag?: string | null;
+  thread: Thread;
+}
+
+/** `category:{slug}`: a thread was started in the category, or moved into it. */
+export interface ThreadCreated {
+  type: "thread_created";
+  seq: number;
+  tag?: string | null;
+  thread: Thread;
+}
+
+/** `category:{slug}`: a thread left the category (deleted, or moved out). */
+export interface ThreadDeleted {
+  type: "thread_deleted";
+  seq: number;
+  tag?: string | null;
+  thread_id: number;
+}
+
+/** The durable messages of the forum's topics, as onMessage gets them (`topic` added). A thread's
+ *  topic also has `user_typing` and `presence`. */
+export type ForumMessage = (
+  | NewPost
+  | PostEdited
+  | PostDeleted
+  | PostLiked
+  | ThreadUpdated
+  | ThreadCreated
+  | ThreadDeleted
+) & { topic: string };
+/** A row of a table its DBA made live (tracktalk.make_live) was inserted, or came into the topic
+ *  (an UPDATE changed the column its topics are named by): `row` is the row, every column. */
+export interface RowInserted {
+  topic: string;
+  type: "row_inserted";
+  seq: number;
+  row: Record<string, unknown>;
+  tag?: string | null;
+}
+
+/** A row of a live table was updated and stays in the topic: `row` as it is now. */
+export interface RowUpdated {
+  topic: string;
+  type: "row_updated";
+  seq: number;
+  row: Record<string, unknown>;
+  tag?: string | null;
+}
+
+/** A row of a live table was deleted, or left the topic: `row` is its primary key (`{id: 7}`). */
+export interface RowDeleted {
+  topic: string;
+  type: "row_deleted";
+  seq: number;
+  row: Record<string, unknown>;
+  tag?: string | null;
+}
+
+/** The durable messages of a live table's topics (a kind of TopicMessage). */
+export type LiveRowMessage = RowInserted | RowUpdated | RowDeleted;
 
 // ---- client -> server ----------------------------------------------------------------------
 

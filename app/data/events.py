@@ -169,14 +169,16 @@ class EventLog:
         read = int(found[0][8] or 0)
         return Page(rows, Cursor(int(last_seq or 0), last_tag), more=read >= limit or len(rows) < read)
 
-    async def user_messages(self, notification_ids: list[int]) -> list[tuple[int, bytes]]:
-        """The (user id, message) pairs that announce notifications `notification_ids`."""
+    async def user_messages(self, notification_ids: list[int]) -> list[tuple[int, bytes, bool]]:
+        """The (user id, message, about a track) that announce notifications `notification_ids`."""
         async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute(
-                "SELECT user_id, message::text FROM tracktalk.user_messages(%s::bigint[])",
+                "SELECT user_id, message::text, about_track FROM tracktalk.user_messages(%s::bigint[])",
                 (notification_ids,),
             )
-            return [(int(user), str(text).encode()) for user, text in await cur.fetchall()]
+            return [
+                (int(user), str(text).encode(), bool(track)) for user, text, track in await cur.fetchall()
+            ]
 
     async def visible(self, pairs: list[tuple[int, str]]) -> dict[tuple[int, str], Access]:
         """Whether each (user id, topic) pair may still subscribe (tracktalk.may_see; the user, 0:

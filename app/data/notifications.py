@@ -27,18 +27,24 @@ async def page(conn: Conn, user_id: int, *, before_id: int | None, limit: int) -
 
 
 async def unread(conn: Conn, user_id: int) -> int:
-    """How many of the user's notifications are unread, leaving out those of tracks the user may
-    no longer see (as tracktalk.notification_objects does)."""
+    """How many of the user's notifications are unread, leaving out those of tracks and forum
+    threads the user may no longer see (as tracktalk.notification_objects does)."""
     async with conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(
             """
             SELECT (SELECT count(*) FROM notifications WHERE user_id = %(user)s AND read_at IS NULL)
-                 - (SELECT count(*)
-                      FROM notifications n
-                      JOIN tracks t ON t.id = n.track_id AND t.is_private
-                      JOIN albums a ON a.id = t.album_id AND a.created_by_id <> n.user_id
-                     WHERE n.user_id = %(user)s AND n.read_at IS NULL
-                       AND NOT EXISTS (SELECT 1 FROM users r WHERE r.id = %(user)s AND r.is_team))
+                 - CASE WHEN EXISTS (SELECT 1 FROM users r WHERE r.id = %(user)s AND r.is_team) THEN 0 ELSE
+                       (SELECT count(*)
+                          FROM notifications n
+                          JOIN tracks t ON t.id = n.track_id AND t.is_private
+                          JOIN albums a ON a.id = t.album_id AND a.created_by_id <> n.user_id
+                         WHERE n.user_id = %(user)s AND n.read_at IS NULL)
+                     + (SELECT count(*)
+                          FROM notifications n
+                          JOIN forum_threads th ON th.id = n.thread_id
+                          JOIN forum_categories c ON c.id = th.category_id AND c.is_private
+                         WHERE n.user_id = %(user)s AND n.read_at IS NULL)
+                   END
             """,
             {"user": user_id},
         )

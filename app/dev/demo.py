@@ -1,7 +1,10 @@
-"""The demo data: five people, an album by carol, three tracks with real audio, and a lively thread.
+"""The demo data: five people, an album by carol, three tracks with real audio and their comments,
+and a forum: three categories (one for the team only), a pinned and locked welcome, and a lively
+thread with replies, mentions and likes.
 
 `tracktalk demo` and the first run of the embedded server call load_demo(). It writes plain rows in
-one transaction; the triggers of sql/triggers.sql make the notifications, counters and events.
+one transaction; the triggers of sql/triggers.sql make the notifications, counters and events. A
+database that has the album but not the forum (made before the forum) gets the forum.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ CREATOR = "carol"
 SAMPLE_RATE = 22050
 AUDIO_CONTENT_TYPE = "audio/wav"
 
-_LOCK_KEY = "tracktalk.demo"
 _AMPLITUDE = 0.4
 _ATTACK_SECONDS = 0.02
 _RELEASE_SECONDS = 0.04
@@ -44,6 +46,8 @@ class DemoSummary:
     track_ids: list[str]
     comments: int
     already_loaded: bool
+    forum_threads: int = 0
+    """Threads of the demo's forum (already there or made now)."""
 
 
 @dataclass(frozen=True)
@@ -156,15 +160,133 @@ _TRACK_LIKES = (
 _SHARES = (("bob", "sunrise"),)
 
 
+@dataclass(frozen=True)
+class _Category:
+    """A demo forum category."""
+
+    slug: str
+    title: str
+    description: str
+    is_private: bool = False
+
+
+@dataclass(frozen=True)
+class _Thread:
+    """A demo thread; its posts are (key, username, content, minutes ago, key of the post replied to)."""
+
+    category: str
+    username: str
+    title: str
+    posts: tuple[tuple[str, str, str, int, str | None], ...]
+    is_pinned: bool = False
+    is_locked: bool = False
+
+
+_CATEGORIES = (
+    _Category("general", "General", "The music, the gear, the mornings: anything goes."),
+    _Category("feedback", "Feedback & ideas", "What would make the albums, or this site, better?"),
+    _Category("backstage", "Backstage", "For the team: plans, mixes, release dates.", is_private=True),
+)
+
+_THREADS = (
+    _Thread(
+        "general",
+        "tina",
+        "Welcome: read me first",
+        (
+            (
+                "w1",
+                "tina",
+                "Be kind, stay on topic, and tell us what you hear. Threads about one track: name it in the title.",
+                4320,
+                None,
+            ),
+        ),
+        is_pinned=True,
+        is_locked=True,
+    ),
+    _Thread(
+        "general",
+        "alice",
+        "Your favourite moment on Sunrise?",
+        (
+            ("s1", "alice", "Mine is the high C at 0:24, every single time. What about you?", 600, None),
+            (
+                "s2",
+                "bob",
+                "The arpeggio at the very start. It sounds like light coming through the blinds.",
+                540,
+                "s1",
+            ),
+            ("s3", "dave", "@alice the second pass of the melody, it lifts more than the first.", 420, "s1"),
+            (
+                "s4",
+                "carol",
+                "You three are making my day. The high C was a happy accident, by the way.",
+                300,
+                None,
+            ),
+            ("s5", "alice", "@carol a happy accident! Keep them coming.", 240, "s4"),
+            ("s6", "bob", "Is there a longer version planned? @tina", 120, None),
+            ("s7", "tina", "Not yet, but the mastered one lands next week.", 60, "s6"),
+            ("s8", "dave", "Counting the days.", 20, "s7"),
+        ),
+    ),
+    _Thread(
+        "feedback",
+        "dave",
+        "A dark mode, please",
+        (
+            (
+                "d1",
+                "dave",
+                "Listening at night, the page is bright. A dark mode would be lovely.",
+                1440,
+                None,
+            ),
+            ("d2", "tina", "Noted! It is on the list.", 1400, "d1"),
+        ),
+    ),
+    _Thread(
+        "backstage",
+        "tina",
+        "Deluxe edition: track list",
+        (
+            ("b1", "tina", "B-Side goes in as the last track. Quiet until @carol announces it!", 90, None),
+            ("b2", "tina", "Mastering booked for Thursday.", 45, "b1"),
+        ),
+    ),
+)
+
+_POST_LIKES = (
+    ("bob", "s1"),
+    ("dave", "s1"),
+    ("carol", "s1"),
+    ("alice", "s2"),
+    ("alice", "s4"),
+    ("bob", "s4"),
+    ("dave", "s4"),
+    ("carol", "s7"),
+    ("alice", "d1"),
+)
+
+
 def load_demo(conninfo: str) -> DemoSummary:
     """Load the demo data in one transaction, or report it as already loaded (writing nothing)."""
     with psycopg.connect(conninfo, connect_timeout=10) as conn:
-        # Two first runs at once (say, `tracktalk serve` and `tracktalk demo`) load it once.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_LOCK_KEY,))
+        # Two first runs at once (say, `tracktalk serve` and `tracktalk demo`) load it once: the
+        # second waits here for the first to commit. A lock on a table the loader writes (its
+        # mode conflicts with itself, not with readers), which a role without rights on albums
+        # cannot take and hold: never an advisory lock, whose keys any role may take.
+        conn.execute("LOCK TABLE public.albums IN SHARE ROW EXCLUSIVE MODE")
         creator_id = _user_ids(conn).get(CREATOR)
         album_id = None if creator_id is None else _find_album(conn, creator_id)
         if album_id is not None:
-            return _existing_summary(conn, album_id)
+            summary = _existing_summary(conn, album_id)
+            threads = _forum_threads(conn)
+            if threads is None:  # an album loaded before the forum was
+                threads = _insert_forum(conn, summary.users)
+            return DemoSummary(summary.users, summary.track_ids, summary.comments, True, threads)
         _check_track_ids_free(conn)
         users = _ensure_users(conn)
         album_id = _insert_album(conn, users[CREATOR])
@@ -172,7 +294,10 @@ def load_demo(conninfo: str) -> DemoSummary:
             _insert_track(conn, album_id, track)
         comment_ids = _insert_comments(conn, users)
         _insert_reactions(conn, users, comment_ids)
-        return DemoSummary(users, [t.id for t in _TRACKS], len(comment_ids), already_loaded=False)
+        threads = _forum_threads(conn)
+        if threads is None:
+            threads = _insert_forum(conn, users)
+        return DemoSummary(users, [t.id for t in _TRACKS], len(comment_ids), False, threads)
 
 
 def _one(conn: Connection, query: str, params: Sequence[object]) -> tuple[Any, ...]:
@@ -300,6 +425,58 @@ def _insert_reactions(conn: Connection, users: dict[str, int], comment_ids: dict
             "INSERT INTO track_shares (track_id, user_id) VALUES (%s, %s)",
             [(track_id, users[name]) for name, track_id in _SHARES],
         )
+
+
+def _forum_threads(conn: Connection) -> int | None:
+    """How many threads the demo's categories hold; None when they are not there."""
+    row = conn.execute(
+        "SELECT count(c.id), count(t.id) FROM forum_categories c LEFT JOIN forum_threads t ON t.category_id = c.id"
+        " WHERE c.slug = ANY(%s)",
+        ([c.slug for c in _CATEGORIES],),
+    ).fetchone()
+    return None if row is None or row[0] == 0 else int(row[1])
+
+
+def _insert_forum(conn: Connection, users: dict[str, int]) -> int:
+    """Create the categories, threads, posts (oldest first: the threads' counters follow them) and
+    post likes, one statement a row, as people make them; return how many threads."""
+    categories: dict[str, int] = {}
+    for category in _CATEGORIES:
+        (categories[category.slug],) = _one(
+            conn,
+            "INSERT INTO forum_categories (slug, title, description, is_private) VALUES (%s, %s, %s, %s)"
+            " RETURNING id",
+            (category.slug, category.title, category.description, category.is_private),
+        )
+    posts: dict[str, int] = {}
+    for thread in _THREADS:
+        (thread_id,) = _one(
+            conn,
+            "INSERT INTO forum_threads (category_id, user_id, title, is_pinned, created_at)"
+            " VALUES (%s, %s, %s, %s, now() - make_interval(mins => %s::int)) RETURNING id",
+            (
+                categories[thread.category],
+                users[thread.username],
+                thread.title,
+                thread.is_pinned,
+                thread.posts[0][3],
+            ),
+        )
+        for key, username, content, minutes_ago, parent in thread.posts:
+            (posts[key],) = _one(
+                conn,
+                "INSERT INTO forum_posts (thread_id, user_id, parent_id, content, created_at)"
+                " VALUES (%s, %s, %s, %s, now() - make_interval(mins => %s::int)) RETURNING id",
+                (thread_id, users[username], None if parent is None else posts[parent], content, minutes_ago),
+            )
+        if thread.is_locked:  # after its posts: a locked thread takes none through the API
+            conn.execute("UPDATE forum_threads SET is_locked = true WHERE id = %s", (thread_id,))
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO forum_post_likes (post_id, user_id) VALUES (%s, %s)",
+            [(posts[key], users[name]) for name, key in _POST_LIKES],
+        )
+    return len(_THREADS)
 
 
 def _frequencies(names: Sequence[str]) -> list[float]:

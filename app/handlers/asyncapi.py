@@ -3,7 +3,8 @@
 Two channels: the track socket, with its query parameters, and /api/ws, one socket of many topics.
 One message per `type` and channel, whose payload is msgspec's JSON Schema of the struct
 (AsyncAPI's default schema format is a superset of JSON Schema draft 07); a message of a topic on
-/api/ws is the track socket's with `topic` added (its schema: the same, `topic` required). The
+/api/ws is the track socket's with `topic` added (its schema: the same, `topic` required; a live
+table's, LiveRowMessage, has `topic` of its own). The
 document describes the server: on the track socket it sends the ServerMessage union and receives
 the ClientMessage one; on /api/ws it sends TopicSocketMessage's and the topics' messages, and
 receives TopicClientMessage's. Served at /schema/asyncapi.json; docs/protocol.md says the same for
@@ -40,6 +41,9 @@ _TOPIC_EVENTS = (
     wire.Resync,
 )
 """The track socket's messages that /api/ws sends as messages of a topic (`topic` added)."""
+_FORUM_EVENTS = tuple(get_args(wire.ForumMessage))
+"""The forum's messages, which only /api/ws sends (on `thread:{id}` and `category:{slug}`, with
+`topic`); their `user_typing` and `presence` are the tracks' (of _TOPIC_EVENTS)."""
 
 
 def _members(union: Any) -> list[type[msgspec.Struct]]:
@@ -91,21 +95,28 @@ def document() -> dict[str, Any]:
     received = _members(wire.ClientMessage)
     topics_own = _members(wire.TopicSocketMessage)
     topics_received = _members(wire.TopicClientMessage)
+    live_rows = _members(wire.LiveRowMessage)
     _, schemas = msgspec.json.schema_components(
-        sent + received + topics_own + topics_received, ref_template=SCHEMAS
+        sent + received + topics_own + topics_received + list(_FORUM_EVENTS) + live_rows, ref_template=SCHEMAS
     )
-    for struct in _TOPIC_EVENTS:
+    for struct in _TOPIC_EVENTS + _FORUM_EVENTS:
         schemas["Topic" + struct.__name__] = _with_topic(schemas[struct.__name__])
+    for struct in _FORUM_EVENTS:
+        del schemas[struct.__name__]  # sent only with `topic`
     messages = {_tag(struct): _message(struct) for struct in sent + received}
     topic_messages = {
         TOPICS_PREFIX + _tag(struct): _message(struct)
         for struct in topics_own + topics_received
         if struct not in (wire.Error, wire.Mention, wire.NotificationMessage)
     }
-    topic_messages |= {TOPICS_PREFIX + _tag(s): _message(s, "Topic" + s.__name__) for s in _TOPIC_EVENTS}
+    topic_messages |= {
+        TOPICS_PREFIX + _tag(s): _message(s, "Topic" + s.__name__) for s in _TOPIC_EVENTS + _FORUM_EVENTS
+    }
+    topic_messages |= {TOPICS_PREFIX + _tag(s): _message(s) for s in live_rows}  # `topic` in their own
     shared = {"error": wire.Error, "mention": wire.Mention, "notification": wire.NotificationMessage}
     topics_sent = [TOPICS_PREFIX + _tag(s) for s in topics_own if s not in shared.values()]
-    topics_sent += [*shared, *(TOPICS_PREFIX + _tag(s) for s in _TOPIC_EVENTS)]
+    topics_sent += [*shared, *(TOPICS_PREFIX + _tag(s) for s in _TOPIC_EVENTS + _FORUM_EVENTS)]
+    topics_sent += [TOPICS_PREFIX + _tag(s) for s in live_rows]
     return {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {

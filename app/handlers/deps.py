@@ -36,7 +36,15 @@ async def provide_viewer(request: Request[Any, Any, Any], services: Services) ->
         if token is None:
             return None
         claims = await services.tokens.verify(token)
-        return await load_viewer(services, claims.user_id)
+        try:
+            return await load_viewer(services, claims.user_id)
+        except TokenError:
+            # A user found by the token's external id, deleted since: look the id up afresh (it
+            # may name another user now, or, with TRACKTALK_JWT_PROVISION=1, a new one).
+            if not services.tokens.forget(claims.user_id):
+                raise
+            claims = await services.tokens.verify(token)
+            return await load_viewer(services, claims.user_id)
     except TokenError as exc:
         raise unauthorized(str(exc)) from None
 

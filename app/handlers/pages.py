@@ -1,4 +1,6 @@
-"""The web page: `/` lists the tracks, `/tracks/{track_id}` plays one with its comments.
+"""The web page: `/` lists the tracks, `/tracks/{track_id}` plays one with its comments; `/forum`
+lists the forum's categories, `/forum/{slug}` a category's threads, `/forum/threads/{thread_id}` a
+thread's posts.
 
 One HTML page and plain ES modules under /static (no build step); the script reads the track id
 from the address. The Content-Security-Policy allows scripts and styles from this server only, so
@@ -37,9 +39,13 @@ PAGE_HEADERS = {
 }
 
 
-@get(["/", "/tracks/{track_id:str}"], media_type=MediaType.HTML, include_in_schema=False)
+@get(
+    ["/", "/tracks/{track_id:str}", "/forum", "/forum/{slug:str}", "/forum/threads/{thread_id:int}"],
+    media_type=MediaType.HTML,
+    include_in_schema=False,
+)
 async def page() -> Response[str]:
-    """The single page; the script reads the track id from the address."""
+    """The single page; the script reads what to show from the address."""
     return Response((STATIC / "index.html").read_text(encoding="utf-8"), headers=PAGE_HEADERS)
 
 

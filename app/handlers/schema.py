@@ -43,8 +43,11 @@ ASSETS = "/schema/assets"
 WHEN = {
     400: "The body is not valid JSON.",
     401: "No token where one is needed, or a token that is invalid or expired (`detail` says which).",
-    403: "Signed in, but not allowed to do this.",
-    404: "No such track, comment or user, or a private track the caller may not see.",
+    403: "Signed in, but not allowed to do this (or not in a locked forum thread).",
+    404: (
+        "No such track, comment, user, forum category, thread or post, or a private one (a track, "
+        "a team-only category and what is in it) the caller may not see."
+    ),
     413: "The body is over 64 KiB.",
     422: "A value is not acceptable: `detail` names the field and says why.",
     429: "Too many writes of this user for now: try again after `Retry-After` seconds.",

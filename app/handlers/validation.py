@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 
-from app.bounds import MAX_BIGINT, MAX_CONTENT, MAX_TRACK_ID
+from app.bounds import MAX_BIGINT, MAX_CONTENT, MAX_SLUG, MAX_TITLE, MAX_TRACK_ID
 from app.problems import NotFound, Unprocessable
 
 """Largest id PostgreSQL's bigint holds."""
@@ -42,3 +43,26 @@ def check_track_id(track_id: str) -> str:
     if not track_id or "\x00" in track_id or len(track_id) > MAX_TRACK_ID:
         raise NotFound(f"track {track_id[:50]!r}")
     return track_id
+
+
+_SLUG = re.compile(rf"[a-z0-9][a-z0-9_-]{{0,{MAX_SLUG - 1}}}")
+"""A category slug as forum_categories.slug allows it."""
+
+
+def check_slug(slug: str) -> str:
+    """404 for a category slug that no row can have."""
+    if not _SLUG.fullmatch(slug):
+        raise NotFound(f"category {slug[:50]!r}")
+    return slug
+
+
+def clean_title(title: str) -> str:
+    """The title trimmed; 422 unless one line of 1 to MAX_TITLE characters."""
+    text = title.strip()
+    if not text:
+        raise Unprocessable("title: write something (it is empty after trimming spaces)")
+    if len(text) > MAX_TITLE:
+        raise Unprocessable(f"title: at most {MAX_TITLE} characters (got {len(text)})")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in text):
+        raise Unprocessable("title: one line, without control characters (newlines, tabs, NUL)")
+    return text

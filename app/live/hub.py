@@ -117,11 +117,12 @@ class Hub:
         """Offer one message of a topic to each of `conns` (some of its connections, chosen)."""
         self.delivered += sum(conn.offer(topic, frames) for conn in conns)
 
-    def send_user(self, user_id: int, frame: bytes) -> None:
-        """Offer a frame to every socket of a user, whatever it subscribes to."""
+    def send_user(self, user_id: int, frame: bytes, track_sockets: bool = True) -> None:
+        """Offer a frame to every socket of a user, whatever it subscribes to (`track_sockets`
+        False: to its /api/ws sockets only)."""
         conns = self.users.get(user_id)
         if conns and user_id != ANONYMOUS:
-            self.delivered += sum(conn.send(frame) for conn in conns)
+            self.delivered += sum(conn.send(frame) for conn in conns if track_sockets or conn.tagged)
 
     # -----------------------------------------------------------------------------------------
     # Looking

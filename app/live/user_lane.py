@@ -40,8 +40,8 @@ _SENT_KEPT = 50_000
 class MessageReader(Protocol):
     """What the lane reads (app/data/events.py's EventLog; an in-memory one in the unit tests)."""
 
-    async def user_messages(self, notification_ids: list[int]) -> list[tuple[int, bytes]]:
-        """(user id, message) for notifications."""
+    async def user_messages(self, notification_ids: list[int]) -> list[tuple[int, bytes, bool]]:
+        """(user id, message, whether it is about a track) for notifications."""
 
 
 class UserLane:
@@ -114,8 +114,10 @@ class UserLane:
             if not ids:
                 continue
             try:
-                for user_id, message in await self._log.user_messages(ids):
-                    self._hub.send_user(user_id, text_frame(message))
+                for user_id, message, about_track in await self._log.user_messages(ids):
+                    # The track socket's `mention` and `notification` are a track's (its contract):
+                    # the forum's go to /api/ws sockets only.
+                    self._hub.send_user(user_id, text_frame(message), track_sockets=about_track)
             except Exception:
                 log.exception("%d notifications not sent live", len(ids))
 

@@ -1,8 +1,11 @@
-// tracktalk's page. `/` lists the tracks, `/tracks/{id}` plays one with its comments, live.
+// tracktalk's page. `/` lists the tracks, `/tracks/{id}` plays one with its comments, live;
+// `/forum` lists the forum's categories, `/forum/{slug}` a category's threads and
+// `/forum/threads/{id}` a thread's posts, both live (forum.js).
 // Plain ES modules, no build step. How the page gets its token: see session.js.
 
 import { api } from "./api.js";
 import { avatar, byId, h, refreshTimes, replaceChildren, toast } from "./dom.js";
+import { showCategory, showForum, showThread } from "./forum.js";
 import { Bell } from "./notifications.js";
 import {
   demoSignIn,
@@ -89,7 +92,7 @@ async function switchUser(value) {
 }
 
 function openComment(trackId, commentId) {
-  const here = app.page && app.page.track.id === trackId;
+  const here = app.page && app.page.track && app.page.track.id === trackId;
   if (here && commentId) return app.page.list.flash(commentId);
   location.href = `/tracks/${encodeURIComponent(trackId)}${commentId ? `#comment-${commentId}` : ""}`;
 }
@@ -134,11 +137,19 @@ async function main() {
   app.renderWho();
   if (session.token) app.bell.start();
   setInterval(() => refreshTimes(), 30000);
-  const match = /^\/tracks\/([^/]+)\/?$/.exec(location.pathname);
-  if (!match) return showTrackList();
+  const path = location.pathname;
+  const forum = /^\/forum\/?$/.test(path);
+  const thread = /^\/forum\/threads\/(\d+)\/?$/.exec(path);
+  const category = /^\/forum\/([^/]+)\/?$/.exec(path);
+  const track = /^\/tracks\/([^/]+)\/?$/.exec(path);
+  byId(forum || thread || category ? "nav-forum" : "nav-tracks").setAttribute("aria-current", "page");
+  if (forum) return showForum();
+  if (!thread && !category && !track) return showTrackList();
   byId("conn").hidden = false;
   app.setConnection(session.token ? "connecting" : "readonly", session.token ? "" : "sign in to talk live");
-  app.page = await showTrack(decodeURIComponent(match[1]), app);
+  if (thread) app.page = await showThread(Number(thread[1]), app);
+  else if (category) app.page = await showCategory(decodeURIComponent(category[1]), app);
+  else app.page = await showTrack(decodeURIComponent(track[1]), app);
 }
 
 main()

@@ -9,6 +9,8 @@ const VERBS = {
   reply: "replied to you on",
   mention: "mentioned you on",
   comment_like: "liked your comment on",
+  post_reply: "replied to you in",
+  post_mention: "mentioned you in",
 };
 
 export class Bell {
@@ -110,7 +112,7 @@ export class Bell {
           { class: "note-text" },
           h("strong", { text: n.actor_username }),
           ` ${VERBS[n.kind] || n.kind} `,
-          h("strong", { text: n.track_title }),
+          h("strong", { text: n.track_title || n.thread_title }),
           n.excerpt ? h("span", { class: "excerpt", text: `“${n.excerpt}”` }) : null,
           h("span", { class: "muted" }, agoElement(n.created_at)),
         ),
@@ -120,6 +122,7 @@ export class Bell {
 
   pick(n) {
     this.close();
-    this.onOpenComment(n.track_id, n.comment_id);
+    if (n.thread_id) location.href = `/forum/threads/${n.thread_id}${n.post_id ? `#post-${n.post_id}` : ""}`;
+    else this.onOpenComment(n.track_id, n.comment_id);
   }
 }

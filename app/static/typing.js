@@ -5,9 +5,10 @@ import { byId } from "./dom.js";
 const IDLE_MS = 2500; // no key for this long: "stopped typing"
 const SHOW_MS = 4000; // someone else's indicator goes away this long after their last message
 
-/** Tells the track's feed while the user types; the feed keeps to the server's rate limit. */
+/** Tells the track's feed (or a thread's subscription) while the user types; the client keeps to
+ *  the server's rate limit. */
 export class TypingSender {
-  /** @param {() => object | null} feed  the page's current feed (tracktalk.js), or null */
+  /** @param {() => object | null} feed  the page's current feed or subscription (tracktalk.js), or null */
   constructor(feed) {
     this.feed = feed;
     this.idle = null;
@@ -27,11 +28,12 @@ export class TypingSender {
   }
 }
 
-/** Shows the others who are typing; each entry fades SHOW_MS after its last update. */
+/** Shows the others who are typing (in `node`, the track page's #typing by default); each entry
+ *  fades SHOW_MS after its last update. */
 export class TypingIndicator {
-  constructor(me) {
+  constructor(me, node = null) {
     this.me = me;
-    this.node = byId("typing");
+    this.node = node || byId("typing");
     this.typers = new Map(); // user_id -> {username, timer}
   }
 

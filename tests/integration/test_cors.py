@@ -60,6 +60,9 @@ async def test_a_preflight_from_an_allowed_origin_gets_the_routes_methods(
             ("/api/comments/1", "DELETE", {"PUT", "DELETE", "OPTIONS"}),
             ("/api/comments/1/like", "POST", {"POST", "DELETE", "OPTIONS"}),
             ("/api/notifications", "GET", {"GET", "OPTIONS"}),
+            ("/api/forum/categories/general/threads", "POST", {"GET", "POST", "OPTIONS"}),
+            ("/api/forum/threads/1", "PUT", {"GET", "PUT", "OPTIONS"}),
+            ("/api/forum/posts/1", "DELETE", {"PUT", "DELETE", "OPTIONS"}),
         ]:
             answer = await client.options(path, headers=preflight(origin, method))
             assert answer.status_code == 204, (path, answer.text)

@@ -493,3 +493,26 @@ def test_the_readme_names_every_database_setting(db_url: str) -> None:
     assert len(columns) >= 3
     missing = [column for column in columns if f"tracktalk.settings.{column}" not in readme]
     assert missing == [], f"the README does not name these settings: {missing}"
+
+
+def test_two_first_demo_loads_load_it_once_and_no_stranger_holds_them_up(
+    new_database: Callable[[], str],
+) -> None:
+    """`tracktalk serve` and `tracktalk demo` started together load the demo once (the second
+    waits for the first, then finds it); a role with nothing but CONNECT that holds the key the
+    loader once took as an advisory lock holds up neither."""
+    from app.dev.demo import load_demo
+
+    url = new_database()
+    # The pool outlives the stranger's session: should the loads wait on it, the session's end
+    # (leaving the block, after the failed wait) lets them finish and the test ends at once.
+    with (
+        ThreadPoolExecutor(2) as pool,
+        stranger(url) as outsider,
+        psycopg.connect(outsider, autocommit=True) as held,
+    ):
+        held.execute("SELECT pg_advisory_lock(hashtext('tracktalk.demo'))")
+        loads = [pool.submit(load_demo, url) for _ in range(2)]
+        summaries = [load.result(timeout=30) for load in loads]
+    assert sorted(summary.already_loaded for summary in summaries) == [False, True]
+    assert one(url, "SELECT count(*) FROM albums") == 1

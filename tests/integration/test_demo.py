@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import wave
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -141,3 +142,50 @@ def test_track_state_counters_equal_row_counts(demo_db_url: str, loaded: DemoSum
     assert sum(r[3] for r in rows) == 1
     assert all((likes or 0) == counted for likes, counted in stats)
     assert sum(counted for _, counted in stats) >= 5
+
+
+def test_the_forum_has_a_team_only_category_a_pinned_locked_welcome_and_a_lively_thread(
+    demo_db_url: str, loaded: DemoSummary
+) -> None:
+    assert loaded.forum_threads == 4
+    with psycopg.connect(demo_db_url) as conn:
+        categories = conn.execute("SELECT slug, is_private FROM forum_categories ORDER BY id").fetchall()
+        threads = conn.execute(
+            "SELECT t.title, t.is_pinned, t.is_locked, t.post_count, t.last_post_at,"
+            " (SELECT count(*) FROM forum_posts p WHERE p.thread_id = t.id),"
+            " (SELECT max(created_at) FROM forum_posts p WHERE p.thread_id = t.id)"
+            " FROM forum_threads t ORDER BY t.id"
+        ).fetchall()
+        likes = conn.execute(
+            "SELECT sum(likes), (SELECT count(*) FROM forum_post_likes) FROM tracktalk.post_stats"
+        ).fetchone()
+        notes = conn.execute(
+            "SELECT u.username, n.kind, a.username, th.title FROM notifications n"
+            " JOIN users u ON u.id = n.user_id JOIN users a ON a.id = n.actor_id"
+            " JOIN forum_threads th ON th.id = n.thread_id"
+        ).fetchall()
+    assert categories == [("general", False), ("feedback", False), ("backstage", True)]
+    assert threads[0][:3] == ("Welcome: read me first", True, True)
+    lively = threads[1]
+    assert lively[0] == "Your favourite moment on Sunrise?" and lively[3] == lively[5] == 8
+    for title, _, _, post_count, last_post_at, posts, newest in threads:
+        assert (post_count, last_post_at) == (posts, newest), title
+    assert likes is not None and likes[0] == likes[1] == 9
+    assert ("alice", "post_mention", "dave", "Your favourite moment on Sunrise?") in notes
+    assert ("alice", "post_reply", "bob", "Your favourite moment on Sunrise?") in notes
+    # Nobody off the team hears of the backstage (not even carol, whom it mentions).
+    assert not [n for n in notes if n[3] == "Deluxe edition: track list"]
+
+
+def test_a_demo_loaded_before_the_forum_gets_the_forum(new_database: Callable[[], str]) -> None:
+    url = new_database()
+    load_demo(url)
+    with psycopg.connect(url) as conn:
+        conn.execute("DELETE FROM forum_categories")
+    again = load_demo(url)
+    assert again.already_loaded and again.forum_threads == 4
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM forum_threads").fetchone() == (4,)
+    assert load_demo(url).forum_threads == 4  # and once only
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM forum_threads").fetchone() == (4,)

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -93,6 +94,75 @@ def test_paths_and_queries(client: httpx.Client, world: World, track: str, numbe
         ("DELETE", f"/api/comments/{n}"),
         ("POST", f"/api/comments/{n}/like"),
         ("GET", f"/api/notifications?limit={n}&before_id={n}"),
+    ]:
+        assert_answered(client.request(method, path, headers=world.auth("dave")))
+
+
+forum_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "title": json_values | st.text(max_size=250),
+        "content": json_values | st.text(max_size=200),
+        "parent_id": json_values,
+        "is_locked": json_values,
+        "is_pinned": json_values,
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def forum(client: httpx.Client, world: World, db_url: str) -> tuple[str, int, int]:
+    """A category of the module's (its slug), a thread of bob's in it and its first post."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO forum_categories (slug, title) VALUES ('fuzz', 'Fuzz') ON CONFLICT DO NOTHING"
+        )
+    made = client.post(
+        "/api/forum/categories/fuzz/threads",
+        json={"title": "fuzzed", "content": "first"},
+        headers=world.auth("bob"),
+    )
+    assert made.status_code == 201, made.text
+    return "fuzz", made.json()["id"], made.json()["first_post"]["id"]
+
+
+@_SETTINGS
+@given(body=forum_fields)
+def test_forum_bodies(
+    client: httpx.Client, world: World, forum: tuple[str, int, int], body: dict[str, Any]
+) -> None:
+    slug, thread, post = forum
+    for method, path in [
+        ("POST", f"/api/forum/categories/{slug}/threads"),
+        ("PUT", f"/api/forum/threads/{thread}"),
+        ("POST", f"/api/forum/threads/{thread}/posts"),
+        ("PUT", f"/api/forum/posts/{post}"),
+    ]:
+        assert_answered(client.request(method, path, json=body, headers=world.auth("bob")))
+        assert_answered(
+            client.request(
+                method, path, data={k: str(v) for k, v in body.items()}, headers=world.auth("tina")
+            )
+        )
+
+
+@_SETTINGS
+@given(
+    slug=st.text(min_size=1, max_size=80),
+    number=st.one_of(st.integers(min_value=-(2**70), max_value=2**70).map(str), st.text(max_size=12)),
+    cursor=st.text(max_size=70),
+)
+def test_forum_paths_and_queries(
+    client: httpx.Client, world: World, slug: str, number: str, cursor: str
+) -> None:
+    c, n, after = quote(slug, safe=""), quote(number, safe=""), quote(cursor, safe="")
+    for method, path in [
+        ("GET", f"/api/forum/categories/{c}/threads?limit={n}&after={after}"),
+        ("GET", f"/api/forum/categories/fuzz/threads?after={after}"),
+        ("GET", f"/api/forum/threads/{n}"),
+        ("GET", f"/api/forum/threads/{n}/posts?limit={n}&after_id={n}"),
+        ("DELETE", f"/api/forum/posts/{n}"),
+        ("POST", f"/api/forum/posts/{n}/like"),
     ]:
         assert_answered(client.request(method, path, headers=world.auth("dave")))
 

@@ -46,7 +46,14 @@ pytestmark = pytest.mark.timeout(180)
 FORM = "application/x-www-form-urlencoded"
 
 
-MISSING = {"track_id": "no-such-track", "comment_id": "999999999", "user_id": "999999999"}
+MISSING = {
+    "track_id": "no-such-track",
+    "comment_id": "999999999",
+    "user_id": "999999999",
+    "slug": "no-such-category",
+    "thread_id": "999999999",
+    "post_id": "999999999",
+}
 """A value of each path parameter that names nothing."""
 
 
@@ -112,6 +119,10 @@ def test_form_encoded_bodies_are_declared_beside_json(document: dict[str, Any]) 
         ("POST", "/api/tracks/{track_id}/comments"),
         ("PUT", "/api/comments/{comment_id}"),
         ("POST", "/api/notifications/read"),
+        ("POST", "/api/forum/categories/{slug}/threads"),
+        ("PUT", "/api/forum/threads/{thread_id}"),
+        ("POST", "/api/forum/threads/{thread_id}/posts"),
+        ("PUT", "/api/forum/posts/{post_id}"),
     }
     for _, _, op in with_bodies:
         content = op["requestBody"]["content"]
@@ -148,6 +159,15 @@ def bodies_of(method: str, path: str) -> dict[str, Any]:
         return {"json": {"content": "edited"}}
     if (method, path) == ("POST", "/api/notifications/read"):
         return {"json": {"ids": [1]}}
+    if (method, path) == ("POST", "/api/forum/categories/{slug}/threads"):
+        return {"json": {"title": "a provoking thread", "content": "its first post"}}
+    if (method, path) == ("PUT", "/api/forum/threads/{thread_id}"):
+        return {"json": {"title": "renamed"}}
+    if (method, path) in (
+        ("POST", "/api/forum/threads/{thread_id}/posts"),
+        ("PUT", "/api/forum/posts/{post_id}"),
+    ):
+        return {"json": {"content": "a provoking post"}}
     return {}
 
 
@@ -157,8 +177,37 @@ BAD_VALUES = {
     ("POST", "/api/notifications/read"): {"json": {"ids": ["one"]}},
     ("GET", "/api/tracks/{track_id}/comments"): {"params": {"limit": 0}},
     ("GET", "/api/notifications"): {"params": {"limit": 100000}},
+    ("POST", "/api/forum/categories/{slug}/threads"): {"json": {"title": "", "content": "x"}},
+    ("GET", "/api/forum/categories/{slug}/threads"): {"params": {"limit": 0}},
+    ("PUT", "/api/forum/threads/{thread_id}"): {"json": {"title": "t" * 201}},
+    ("GET", "/api/forum/threads/{thread_id}/posts"): {"params": {"limit": 0}},
+    ("POST", "/api/forum/threads/{thread_id}/posts"): {"json": {"content": ""}},
+    ("PUT", "/api/forum/posts/{post_id}"): {"json": {"content": "x" * 5001}},
 }
 """A request each operation that checks values refuses with 422."""
+
+
+async def start_thread(db_url: str, slug: str, user_id: int, locked: bool) -> tuple[int, int]:
+    """A thread of the user's in category `slug` (made if missing), with one post: (thread, post)."""
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO forum_categories (slug, title) VALUES (%s, %s) ON CONFLICT (slug) DO NOTHING",
+            (slug, slug),
+        )
+        cur = await conn.execute(
+            "INSERT INTO forum_threads (category_id, user_id, title, is_locked)"
+            " SELECT id, %s, 'a thread', %s FROM forum_categories WHERE slug = %s RETURNING id",
+            (user_id, locked, slug),
+        )
+        thread = await cur.fetchone()
+        assert thread is not None
+        cur = await conn.execute(
+            "INSERT INTO forum_posts (thread_id, user_id, content) VALUES (%s, %s, 'a post') RETURNING id",
+            (thread[0], user_id),
+        )
+        made = await cur.fetchone()
+        assert made is not None
+    return int(thread[0]), int(made[0])
 
 
 @pytest.fixture(scope="module")
@@ -201,10 +250,16 @@ async def test_every_error_status_a_route_answers_is_declared_and_every_declared
     ops = {(m, p): op for m, p, op in operations(document)}
     seen = Seen()
     comment = await post_comment(replica.http, world, "alice", world.public, "alice's, to be refused to bob")
+    slug, locked = "general", "locked"
+    thread = await start_thread(db_url, slug, world.users["alice"], locked=False)
+    locked_thread = await start_thread(db_url, locked, world.users["alice"], locked=True)
     existing = {
         "track_id": world.public,
         "comment_id": str(comment["id"]),
         "user_id": str(world.users["bob"]),
+        "slug": slug,
+        "thread_id": str(thread[0]),
+        "post_id": str(thread[1]),
     }
     with psycopg.connect(db_url, autocommit=True) as conn:  # audio, for the ranges
         conn.execute(
@@ -230,20 +285,32 @@ async def test_every_error_status_a_route_answers_is_declared_and_every_declared
                 await seen.call(
                     client, method, path, existing, headers=world.auth("alice"), **BAD_VALUES[(method, path)]
                 )
-        for method in ("PUT", "DELETE"):  # bob, on alice's comment
+        for method, path in [  # bob, on alice's comment, thread and post
+            ("PUT", "/api/comments/{comment_id}"),
+            ("DELETE", "/api/comments/{comment_id}"),
+            ("PUT", "/api/forum/threads/{thread_id}"),
+            ("PUT", "/api/forum/posts/{post_id}"),
+            ("DELETE", "/api/forum/posts/{post_id}"),
+        ]:
             await seen.call(
-                client,
-                method,
-                "/api/comments/{comment_id}",
-                existing,
-                headers=world.auth("bob"),
-                **bodies_of(method, "/api/comments/{comment_id}"),
+                client, method, path, existing, headers=world.auth("bob"), **bodies_of(method, path)
             )
+        posts = "/api/forum/threads/{thread_id}/posts"  # in a locked thread
+        locked_values = {**existing, "thread_id": str(locked_thread[0])}
+        await seen.call(
+            client, "POST", posts, locked_values, headers=world.auth("alice"), **bodies_of("POST", posts)
+        )
         audio = "/api/tracks/{track_id}/audio"
         for wanted in ("bytes=0-9", "bytes=5000-"):
             await seen.call(client, "GET", audio, existing, headers={"Range": wanted})
     daves = await post_comment(replica.http, world, "dave", world.public, "dave's, to edit and like")
-    his = {**existing, "comment_id": str(daves["id"])}
+    his_thread = await start_thread(db_url, slug, world.users["dave"], locked=False)
+    his = {
+        **existing,
+        "comment_id": str(daves["id"]),
+        "thread_id": str(his_thread[0]),
+        "post_id": str(his_thread[1]),
+    }
     async with httpx.AsyncClient(base_url=limited.http, timeout=15) as client:
         for method, path in api:
             if "429" in ops[(method, path)]["responses"]:

@@ -52,9 +52,9 @@ async def run(pool: AsyncConnectionPool, sql: str, *params: object) -> None:
 
 
 async def stored(pool: AsyncConnectionPool) -> dict[tuple[str, str], tuple[list[int], int]]:
-    """Every row of tracktalk.presence: (replica, track) -> (users, anonymous)."""
+    """Every row of tracktalk.presence: (replica, topic) -> (users, anonymous)."""
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT replica, substr(topic, 7), users, anonymous FROM tracktalk.presence")
+        cur = await conn.execute("SELECT replica, topic, users, anonymous FROM tracktalk.presence")
         return {(r, t): (list(users), anonymous) for r, t, users, anonymous in await cur.fetchall()}
 
 
@@ -81,7 +81,7 @@ async def count(table: PresenceTable, pool: AsyncConnectionPool, track: str, exc
 
 
 def found(snapshot: Snapshot) -> dict[tuple[str, str], tuple[list[int], int]]:
-    return {(row.replica, row.track_id): (row.users, row.anonymous) for row in snapshot.rows}
+    return {(row.replica, row.topic): (row.users, row.anonymous) for row in snapshot.rows}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +149,7 @@ async def test_a_read_returns_the_rows_changed_since_its_horizon_and_the_fresh_t
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as late:
         async with late.transaction():
             await late.execute(
-                "INSERT INTO tracktalk.presence (replica, topic, users) VALUES ('r1', 'track:late', '{9}')"
+                "INSERT INTO tracktalk.presence (replica, topic, users) VALUES ('r1', 'late', '{9}')"
             )
             during = await table.read(first.horizon, [])
             assert ("r1", "late") not in found(during)
@@ -259,7 +259,7 @@ async def test_a_claim_waits_for_a_write_in_flight_and_then_deletes_its_rows(
             # Hold row x, so that the write stops in the middle: after it checked its claim,
             # before it commits (it also writes a row y that no snapshot before its commit has).
             await blocker.execute(
-                "SELECT 1 FROM tracktalk.presence WHERE replica = 'r1' AND topic = 'track:x' FOR UPDATE"
+                "SELECT 1 FROM tracktalk.presence WHERE replica = 'r1' AND topic = 'x' FOR UPDATE"
             )
             write = asyncio.create_task(
                 table.write("r1", "old", [Row("r1", "x", [1, 2], 0), Row("r1", "y", [3], 0)], [])

@@ -13,11 +13,13 @@ import copy
 import json
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any, get_args
 
 import httpx
 import jsonschema
+import psycopg
 import pytest
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
@@ -27,7 +29,7 @@ from app.handlers.asyncapi import ASYNCAPI_VERSION
 from tests.support.processes import ROOT, Replica
 from tests.support.seed import World, new_track
 from tests.support.sockets import RECV_TIMEOUT, Socket, open_socket, open_topics
-from tests.support.writes import post_comment
+from tests.support.writes import post_comment, sql
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,6 +43,8 @@ BASE = "urn:tracktalk:asyncapi"
 
 SENT = {struct.__struct_config__.tag for struct in get_args(wire.ServerMessage)}
 """Every `type` of the ServerMessage union."""
+FORUM = {struct.__struct_config__.tag for struct in get_args(wire.ForumMessage)}
+"""Every `type` of the forum's topics (sent on /api/ws only)."""
 
 
 def closed(schema: Any) -> Any:
@@ -190,6 +194,8 @@ async def test_every_message_of_the_socket_of_topics_matches_the_asyncapi_docume
     assert set(received.validators) == {"subscribe", "unsubscribe", "typing"}
     track = new_track(db_url)
     topic = f"track:{track}"
+    await sql(db_url, "CREATE TABLE public.protocol_rows (id int PRIMARY KEY, title text)")
+    await sql(db_url, "SELECT tracktalk.make_live('public.protocol_rows')")  # row_* (docs/dba.md)
     async with (
         open_topics(replica.ws, world.tokens["alice"]) as alice,
         open_topics(replica.ws, world.tokens["bob"]) as bob,
@@ -197,6 +203,13 @@ async def test_every_message_of_the_socket_of_topics_matches_the_asyncapi_docume
     ):
         for sock in (alice, bob):
             await sock.subscribe(topic)
+        await alice.subscribe("protocol_rows")
+        for statement in (
+            "INSERT INTO protocol_rows VALUES (1, 'one')",
+            "UPDATE protocol_rows SET title = 'two'",
+            "DELETE FROM protocol_rows",
+        ):
+            await sql(db_url, statement)
         for message in [
             {
                 "type": "subscribe",
@@ -222,6 +235,7 @@ async def test_every_message_of_the_socket_of_topics_matches_the_asyncapi_docume
             answer = await client.request(method, path, json=body, headers=world.auth(who))
             assert answer.status_code in (200, 204), answer.text
         kinds = {"new_comment", "comment_edited", "comment_liked", "track_metrics", "comment_deleted"}
+        kinds |= {"row_inserted", "row_updated", "row_deleted"}
         await alice.until(
             lambda: kinds | {"user_typing", "presence", "mention"} <= {m["type"] for m in alice.received},
             "every kind on alice's socket",
@@ -234,7 +248,73 @@ async def test_every_message_of_the_socket_of_topics_matches_the_asyncapi_docume
             "every kind on bob's socket",
         )
         frames = alice.received + bob.received
-    assert {frame["type"] for frame in frames} == {name.removeprefix("topics.") for name in sent.validators}
+    assert {frame["type"] for frame in frames} == {
+        name.removeprefix("topics.") for name in sent.validators
+    } - FORUM
+    for frame in frames:
+        sent.check(frame)
+
+
+async def test_every_message_of_the_forums_topics_matches_the_asyncapi_document(
+    replica: Replica, world: World, document: dict[str, Any], db_url: str
+) -> None:
+    """The forum's messages on /api/ws (its thread's and category's topics, its mention and
+    notification), each provoked, each checked against the document; a category's topic has no
+    presence nor typing, a thread's has both."""
+    sent = Messages(document, "sendTopicMessages")
+    assert {name.removeprefix("topics.") for name in sent.validators} >= FORUM
+    slug, moved_to = f"f-{uuid.uuid4().hex[:8]}", f"f-{uuid.uuid4().hex[:8]}"
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO forum_categories (slug, title) VALUES (%s, 'Forum'), (%s, 'Elsewhere')",
+            (slug, moved_to),
+        )
+    async with (
+        open_topics(replica.ws, world.tokens["alice"]) as alice,
+        open_topics(replica.ws, world.tokens["bob"]) as bob,
+        httpx.AsyncClient(base_url=replica.http, timeout=10) as client,
+    ):
+        await alice.subscribe(f"category:{slug}")
+        made = await client.post(
+            f"/api/forum/categories/{slug}/threads",
+            json={"title": "Protocol", "content": "first"},
+            headers=world.auth("alice"),
+        )
+        thread = made.json()
+        topic, first = f"thread:{thread['id']}", thread["first_post"]["id"]
+        for sock in (alice, bob):
+            await sock.subscribe(topic)
+        await bob.send({"type": "typing", "topic": topic, "is_typing": True})
+        reply = await client.post(
+            f"/api/forum/threads/{thread['id']}/posts",
+            json={"content": "hi @alice", "parent_id": first},
+            headers=world.auth("bob"),
+        )
+        for method, path, who, body in [
+            ("PUT", f"/api/forum/posts/{reply.json()['id']}", "bob", {"content": "hi again @alice"}),
+            ("POST", f"/api/forum/posts/{first}/like", "bob", None),
+            ("PUT", f"/api/forum/threads/{thread['id']}", "alice", {"title": "Protocol, renamed"}),
+            ("DELETE", f"/api/forum/posts/{reply.json()['id']}", "bob", None),
+        ]:
+            answer = await client.request(method, path, json=body, headers=world.auth(who))
+            assert answer.status_code in (200, 204), answer.text
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            await conn.execute(
+                "UPDATE forum_threads SET category_id = (SELECT id FROM forum_categories WHERE slug = %s)"
+                " WHERE id = %s",
+                (moved_to, thread["id"]),
+            )
+        await alice.until(
+            lambda: (
+                FORUM | {"user_typing", "presence", "mention", "notification"}
+                <= {m["type"] for m in alice.received}
+            ),
+            "every kind of the forum on alice's socket",
+        )
+        frames = alice.received
+    assert not [
+        f for f in frames if f.get("topic") == f"category:{slug}" and f["type"] in ("presence", "user_typing")
+    ]
     for frame in frames:
         sent.check(frame)
 
@@ -295,4 +375,15 @@ def test_the_examples_of_the_socket_of_topics_in_the_doc_match_the_document(docu
         "unsubscribe",
         "typing",
         "new_comment",
+        "row_inserted",
+        "row_updated",
+        "row_deleted",
     }
+
+
+def test_the_examples_of_the_forums_topics_in_the_doc_match_the_document(document: dict[str, Any]) -> None:
+    sent = Messages(document, "sendTopicMessages")
+    examples = list(json_examples(section(doc_text(), "The forum's topics")))
+    for example in examples:
+        sent.check(example)
+    assert {example["type"] for example in examples} == FORUM

@@ -93,7 +93,7 @@ def empty_database(pg) -> Callable[[], str]:  # type: ignore[no-untyped-def]
     return make
 
 
-@pytest.mark.parametrize("version", [5, 4, 2])
+@pytest.mark.parametrize("version", [6, 5, 4, 2])
 def test_an_old_database_upgraded_by_migrate_has_the_catalog_of_a_fresh_one(
     version: int, empty_database: Callable[[], str], new_database: Callable[[], str]
 ) -> None:
@@ -163,3 +163,27 @@ def test_migrate_twice_changes_nothing(empty_database: Callable[[], str]) -> Non
     before = state()
     tracktalk_migrate(url)
     assert state() == before
+
+
+def test_a_version_6_inbox_keeps_its_notifications_and_takes_the_forums(
+    empty_database: Callable[[], str],
+) -> None:
+    url = old_database(empty_database, 6)
+    with psycopg.connect(url) as conn:
+        before = conn.execute("SELECT id, user_id, kind, track_id, comment_id FROM notifications").fetchall()
+    assert [kind for _, _, kind, _, _ in before] == ["mention"]
+    tracktalk_migrate(url)
+    with psycopg.connect(url) as conn:
+        after = conn.execute(
+            "SELECT id, user_id, kind, track_id, comment_id, thread_id, post_id FROM notifications"
+        ).fetchall()
+        assert after == [(*row, None, None) for row in before]
+        conn.execute("INSERT INTO forum_categories (slug, title) VALUES ('general', 'General')")
+        conn.execute("INSERT INTO forum_threads (category_id, user_id, title) VALUES (1, 1, 'T')")
+        conn.execute("INSERT INTO forum_posts (thread_id, user_id, content) VALUES (1, 2, 'hi @carol')")
+        told = conn.execute(
+            "SELECT kind, track_id, thread_id FROM tracktalk.notification_objects ORDER BY id"
+        ).fetchall()
+        assert told == [("mention", "t1", None), ("post_mention", None, 1)]
+        with pytest.raises(psycopg.errors.CheckViolation):  # about a track or a thread: not both, not neither
+            conn.execute("INSERT INTO notifications (user_id, kind, actor_id) VALUES (1, 'post_reply', 2)")

@@ -112,6 +112,9 @@ class MemoryLog:
         self.pages: list[tuple[str, int, int]] = []
         """(topic, after, events returned) of each page read."""
         self.messages: dict[int, tuple[int, bytes]] = {}
+        """notification id -> (user id, its message)."""
+        self.forum: set[int] = set()
+        """The notifications of those that are the forum's (not about a track)."""
         self.gate: dict[str, asyncio.Event] = {}
         self.answer_gate: dict[str, asyncio.Event] = {}
         """Holds a read's answer for a track (`latest`, `page`), once read, until set: the read
@@ -227,10 +230,10 @@ class MemoryLog:
             await gate.wait()
             self.answers_held -= 1
 
-    async def user_messages(self, notification_ids: list[int]) -> list[tuple[int, bytes]]:
+    async def user_messages(self, notification_ids: list[int]) -> list[tuple[int, bytes, bool]]:
         await asyncio.sleep(0)
         self._check()
-        return [self.messages[i] for i in notification_ids if i in self.messages]
+        return [(*self.messages[i], i not in self.forum) for i in notification_ids if i in self.messages]
 
     async def visible(self, pairs: list[tuple[int, str]]) -> dict[tuple[int, str], Access]:
         await asyncio.sleep(0)

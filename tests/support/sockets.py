@@ -15,7 +15,15 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import DATA_OPCODES, Frame
 
-from app.wire import ServerMessage, server_message_decoder, topic_socket_decoder
+from app.wire import (
+    ForumMessage,
+    LiveRowMessage,
+    ServerMessage,
+    forum_message_decoder,
+    live_row_decoder,
+    server_message_decoder,
+    topic_socket_decoder,
+)
 
 RECV_TIMEOUT = 10.0
 
@@ -160,6 +168,11 @@ _TOPIC_SOCKET_OWN = frozenset(
 _TRACK_MESSAGES = frozenset(m.__struct_config__.tag for m in get_args(ServerMessage))
 """The track socket's messages (app/wire.py's ServerMessage): a track topic's are checked against
 them (another type, such as moderation's of issue 20, is a kind's own)."""
+_FORUM_MESSAGES = frozenset(m.__struct_config__.tag for m in get_args(ForumMessage))
+"""The durable messages of the forum's topics (app/wire.py's ForumMessage): a thread's or a
+category's are checked against them, their user_typing and presence against the track socket's."""
+_LIVE_ROWS = frozenset(m.__struct_config__.tag for m in get_args(LiveRowMessage))
+"""The messages of a table made live by its DBA (app/wire.py's LiveRowMessage)."""
 
 
 class TopicSocket:
@@ -183,8 +196,15 @@ class TopicSocket:
             topic_socket_decoder.decode(raw)
         else:
             assert isinstance(topic, str) and next(iter(message)) == "topic", message  # spliced in front
+            bare = json.dumps({k: v for k, v in message.items() if k != "topic"})
             if topic.startswith("track:") and message["type"] in _TRACK_MESSAGES:
-                server_message_decoder.decode(json.dumps({k: v for k, v in message.items() if k != "topic"}))
+                server_message_decoder.decode(bare)
+            elif topic.startswith(("thread:", "category:")):  # the forum's (typing, presence: the tracks')
+                (
+                    forum_message_decoder if message["type"] in _FORUM_MESSAGES else server_message_decoder
+                ).decode(bare)
+            elif message["type"] in _LIVE_ROWS:
+                live_row_decoder.decode(raw)
         if isinstance(topic, str):
             self.by_topic[topic].append(message)
         self.received.append(message)

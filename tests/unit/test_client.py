@@ -47,6 +47,15 @@ WIRE_TYPES: dict[str, type[msgspec.Struct]] = {
     "Subscribe": wire.Subscribe,
     "Unsubscribe": wire.Unsubscribe,
     "TopicTyping": wire.TopicTyping,
+    "Post": wire.Post,
+    "Thread": wire.Thread,
+    "Category": wire.Category,
+    "PostLikeState": wire.PostLikeState,
+    "ThreadCounters": wire.ThreadCounters,
+    **{struct.__name__: struct for struct in get_args(wire.ForumMessage)},
+    "RowInserted": wire.RowInserted,
+    "RowUpdated": wire.RowUpdated,
+    "RowDeleted": wire.RowDeleted,
     **{
         struct.__name__ if struct is not wire.Error else "ErrorMessage": struct
         for struct in get_args(wire.ServerMessage)
@@ -65,3 +74,6 @@ def test_the_declarations_have_every_field_of_every_wire_type() -> None:
     assert unions is not None
     members = set(re.findall(r"\| (\w+)", unions.group(1)))
     assert members == {n for n, s in WIRE_TYPES.items() if s in get_args(wire.ServerMessage)}
+    forum = re.search(r"^export type ForumMessage = \((.*?)\)", DTS.read_text(), re.M | re.S)
+    assert forum is not None
+    assert set(re.findall(r"\| (\w+)", forum.group(1))) == {s.__name__ for s in get_args(wire.ForumMessage)}

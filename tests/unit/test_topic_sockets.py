@@ -24,6 +24,8 @@ from app.bounds import MAX_TOPICS, SUBSCRIBE_BURST
 from app.data.batch import Batched
 from app.edge.addresses import PerAddress
 from app.handlers import topic_sockets
+from app.handlers.sockets import PATH as TRACK_PATH
+from app.handlers.sockets import TrackSockets
 from app.handlers.topic_sockets import PATH, TopicSockets
 from app.live import close_codes
 from app.live.notices import Opened
@@ -197,19 +199,80 @@ async def test_the_user_s_notifications_come_once_per_socket_whatever_it_subscri
     assert client.types().count("notification") == 1
 
 
+async def test_the_forum_s_notifications_go_to_api_ws_sockets_only_a_track_s_to_both(
+    services: FakeServices,
+) -> None:
+    """The track socket's contract knows a track's `mention` (a comment) and `notification` (a
+    track_id): the forum's (a post, a thread_id) go only to the user's /api/ws sockets."""
+    lane = asyncio.create_task(services.feed.deliver_user_messages())
+    try:
+        topics = await connect(services)
+        await topics.subscribe(TH)
+        track = await connect_track(services)
+        services.log.messages[5] = (ALICE, b'{"type":"notification","track_id":"t1","notification":{"id":5}}')
+        services.log.messages[6] = (
+            ALICE,
+            b'{"type":"mention","thread_id":7,"post":{"id":6},"from_user":"bob"}',
+        )
+        services.log.forum.add(6)
+        services.feed.on_notice(Opened(UserBatch(user=ALICE, ids=[5, 6], at=time.time())))
+        await until(lambda: "mention" in topics.types(), "the forum's mention on /api/ws")
+        await until(lambda: "notification" in track.types(), "the track's notification on the track socket")
+        await asyncio.sleep(0.01)
+    finally:
+        lane.cancel()
+    assert topics.types().count("notification") == 1 and topics.types().count("mention") == 1
+    assert track.types().count("notification") == 1 and "mention" not in track.types()
+
+
+async def connect_track(services: FakeServices, track: str = "t1") -> Any:
+    """A track socket of ALICE's (app/handlers/sockets.py) on the same replica."""
+    conn = FakeConnection()
+    scope = {
+        "type": "websocket",
+        "path": TRACK_PATH + track,
+        "query_string": f"token={issue_token(SECRET, ALICE, 600)}".encode(),
+        "headers": [],
+        "client": ("127.0.0.1", 50_001),
+        "extensions": {EXTENSION: conn},
+    }
+    handler = TrackSockets(lambda: services)  # type: ignore[arg-type,return-value]
+    task = asyncio.create_task(handler(scope, conn.receive, conn.send))
+    services.handlers.append((conn, task))
+    client = Client(conn, task)
+    await client.connected()
+    return client
+
+
 async def test_a_socket_holds_100_topics_and_a_101st_is_refused_while_the_socket_stays_open(
     services: FakeServices,
 ) -> None:
     client = await connect(services)
     for n in range(MAX_TOPICS):
         client.send(type="subscribe", topic=f"track:t{n}")
-    await until(lambda: client.types().count("subscribed") == MAX_TOPICS, "100 subscribed")
+    await until(lambda: client.types().count("subscribed") == MAX_TOPICS, "100 subscribed", turns=100_000)
     client.send(type="subscribe", topic="track:one-too-many")
     refused = await client.answered("track:one-too-many", "subscribe_error")
     assert refused["reason"] == "too many topics" and "100" in refused["message"]
     client.send(type="unsubscribe", topic="track:t0")
     assert (await client.subscribe("track:one-too-many"))["seq"] == 0  # room again
     assert client.conn.closed_with is None
+
+
+async def test_a_topic_whose_replay_runs_counts_once_toward_the_100(services: FakeServices) -> None:
+    """A topic subscribed to whose replay is still running is both subscribed and being
+    subscribed: it counted twice, and a page's 100th topic was refused (bench/topics.py found it)."""
+    services.log.write(T1, 5)
+    services.log.gate[T1] = asyncio.Event()  # T1's replay waits on its read of the log
+    client = await connect(services)
+    client.send(type="subscribe", topic=T1, since=0)
+    await client.answered(T1, "subscribed")
+    for n in range(MAX_TOPICS - 1):
+        client.send(type="subscribe", topic=f"track:other{n}")
+    await until(lambda: client.types().count("subscribed") == MAX_TOPICS, "100 subscribed", turns=100_000)
+    assert "subscribe_error" not in client.types()
+    services.log.gate[T1].set()
+    await until(lambda: client.seqs(T1) == [1, 2, 3, 4, 5], "T1's replay")
 
 
 async def test_a_subscribe_flood_is_refused_past_the_burst_with_when_to_try_again(
@@ -408,6 +471,25 @@ async def test_a_tag_of_another_history_resyncs_that_topic_only(services: FakeSe
     resync = await client.answered(T1, "resync")
     assert resync["seq"] == 3 and resync["track_id"] == "t1"
     assert "resync" not in client.types(T2)
+
+
+async def test_a_revocation_during_a_replay_stops_it_after_unsubscribed(services: FakeServices) -> None:
+    checker = asyncio.create_task(services.feed.enforce_access())
+    try:
+        services.log.write(T1, 10)
+        services.log.gate[T1] = asyncio.Event()  # its read of the log waits
+        client = await connect(services)
+        client.send(type="subscribe", topic=T1, since=0)
+        await client.answered(T1, "subscribed")
+        services.log.visible_pairs = set()
+        services.feed.on_notice(Opened(Revoke(topic=T1, at=time.time())))
+        await client.answered(T1, "unsubscribed")
+        services.log.gate[T1].set()
+        await asyncio.sleep(0.01)
+    finally:
+        checker.cancel()
+    assert client.types(T1) == ["subscribed", "unsubscribed"]  # nothing of the replay after it
+    assert client.conn.closed_with is None
 
 
 async def test_an_unsubscribe_during_a_replay_stops_it(services: FakeServices) -> None:

@@ -1,4 +1,4 @@
--- tracktalk: the step to schema version 9 (fan-out nodes, issue 22), for a database at an older
+-- tracktalk: the step to schema version 10 (fan-out nodes, issue 22), for a database at an older
 -- version. Run by `tracktalk migrate` before sql/schema.sql and sql/triggers.sql, in the same
 -- transaction (docs/dba.md); each statement may run again harmlessly.
 --
@@ -6,8 +6,8 @@
 -- sends the NOTIFYs: 'direct', the writers' triggers, as before; or 'fanout', the fan-out nodes)
 -- and tracktalk.events.public (may the event travel in a NOTIFY payload: a node's trigger reads
 -- it). Both are added with a constant default, which PostgreSQL does without rewriting the table.
--- The outbox and the heartbeat are new tables: sql/schema.sql makes them. Replicas of version 6
--- keep working on version 9 in 'direct' mode (publish() writes `public` itself, and sends what it
+-- The outbox and the heartbeat are new tables: sql/schema.sql makes them. Replicas of version 9
+-- keep working on version 10 in 'direct' mode (publish() writes `public` itself, and sends what it
 -- sent), so the replicas can be upgraded one at a time after the SQL.
 
 SET search_path = public;
