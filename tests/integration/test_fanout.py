@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ import pytest
 from tests.support.clusters import Cluster, cluster_root
 from tests.support.processes import Replica, free_port, replicas, tracktalk
 from tests.support.seed import World, new_track, seed
-from tests.support.sockets import Socket, open_socket
+from tests.support.sockets import Socket, TopicSocket, open_socket, open_topics
 from tests.support.waiting import async_wait_until
 from tests.support.writes import insert_comment, sql
 
@@ -588,3 +589,88 @@ async def test_a_new_channel_key_reaches_the_replicas_through_the_nodes(
             )
             got = await sock.events(3, timeout=5)  # live, not within the minute of the key's reading
             assert [m["seq"] for m in got] == list(range(start + 2, last[0] + 1))
+
+
+async def test_a_forum_post_and_a_live_tables_row_inserted_on_the_primary_reach_api_ws_through_a_node(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """The forum's and make_live's events go through the same publish() and log as a track's: in
+    'fanout' mode a psql INSERT into forum_posts (a public category's thread, and a team-only one,
+    whose post travels without content and is read from the node's log) and into a table made live
+    reach /api/ws sockets on a node's replica, with no NOTIFY on the primary."""
+    world, url = topology.world, topology.url
+    slug, secret = f"c-{uuid.uuid4().hex[:10]}", f"c-{uuid.uuid4().hex[:10]}"
+    await sql(
+        url,
+        "INSERT INTO forum_categories (slug, title, is_private) VALUES (%s, 'Open', false), (%s, 'Team', true)",
+        (slug, secret),
+    )
+    thread, hidden = [
+        (
+            await sql(
+                url,
+                "INSERT INTO forum_threads (category_id, user_id, title)"
+                " SELECT id, %s, 'by psql' FROM forum_categories WHERE slug = %s RETURNING id",
+                (world.users["tina"], s),
+            )
+        )[0][0]
+        for s in (slug, secret)
+    ]
+    table = f"req_{uuid.uuid4().hex[:10]}"
+    await sql(
+        url, f"CREATE TABLE public.{table} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title text)"
+    )
+    await sql(url, "SELECT tracktalk.make_live(%s, topic => %s)", (f"public.{table}", table))
+    await set_mode(url, "fanout")
+
+    async def copied() -> bool:
+        rows = await sql(
+            topology.a.url(), "SELECT count(*) FROM forum_threads WHERE id IN (%s, %s)", (thread, hidden)
+        )
+        return bool(rows[0][0] == 2)
+
+    await async_wait_until(copied, 30, "node A to have the threads")
+    with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=topology.node(topology.a)) as (replica,):
+        assert on_node(replica, topology.a)
+        async with (
+            open_topics(replica.ws, world.tokens["alice"]) as alice,
+            open_topics(replica.ws, world.tokens["tina"]) as tina,
+            await psycopg.AsyncConnection.connect(url, autocommit=True) as on_primary,
+        ):
+            start = {}
+            for sock, topics in ((alice, [f"thread:{thread}", table]), (tina, [f"thread:{hidden}"])):
+                for topic in topics:
+                    start[topic] = (await sock.subscribe(topic))["seq"]
+            for topic in (f"thread:{thread}", f"thread:{hidden}"):
+                channel = (await sql(url, "SELECT tracktalk.topic_channel(%s)", (topic,)))[0][0]
+                await on_primary.execute(f'LISTEN "{channel}"')
+
+            for tid, content in ((thread, "in the open"), (hidden, "for the team")):
+                psql(
+                    topology,
+                    f"INSERT INTO forum_posts (thread_id, user_id, content) VALUES ({tid}, {world.users['tina']}, '{content}')",
+                )
+            psql(topology, f"INSERT INTO {table} (title) VALUES ('live')")
+
+            for sock, topic, check in (
+                (alice, f"thread:{thread}", lambda m: m["post"]["content"] == "in the open"),
+                (tina, f"thread:{hidden}", lambda m: m["post"]["content"] == "for the team"),
+                (alice, table, lambda m: m["row"]["title"] == "live"),
+            ):
+                await sock.until(lambda s=sock, t=topic: fresh(s, t, start[t]) != [], f"the event of {topic}")
+                (event,) = fresh(sock, topic, start[topic])
+                assert event["seq"] == start[topic] + 1 and check(event), event
+            assert [m["type"] for m in fresh(alice, f"thread:{thread}", start[f"thread:{thread}"])] == [
+                "new_post"
+            ]
+            heard = [n async for n in on_primary.notifies(timeout=0.5)]
+            assert heard == [], heard
+
+
+def fresh(sock: TopicSocket, topic: str, start: int) -> list[dict[str, Any]]:
+    """The topic's durable events past `start` that the socket got."""
+    return [
+        m
+        for m in sock.by_topic[topic]
+        if "seq" in m and m["type"] not in ("subscribed", "resync") and m["seq"] > start
+    ]
