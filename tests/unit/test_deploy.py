@@ -54,6 +54,29 @@ def test_compose_runs_the_topology_that_is_tested_here() -> None:
     assert upstreams == {f"{name}:8000" for name in replica_names}
 
 
+def test_compose_has_the_fan_out_topology_that_test_fanout_runs() -> None:
+    """A primary with wal_level = logical, two nodes prepared by `tracktalk fanout-node`, the mode
+    set once both are, and each replica listening on its own node first, the other next
+    (tests/integration/test_fanout.py runs the same topology with processes)."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert "wal_level=logical" in services["postgres"]["command"]
+    primary = services["tracktalk-1"]["environment"]["DATABASE_URL"]
+    nodes = {}
+    for name in ("a", "b"):
+        assert services[f"node-{name}"]["image"] == "postgres:16"
+        command = services[f"fanout-{name}"]["command"]
+        assert command[0] == "fanout-node" and command[command.index("--primary") + 1] == primary
+        nodes[name] = command[command.index("--node") + 1]
+        assert f"@node-{name}:" in nodes[name]
+        assert services[f"fanout-{name}"]["depends_on"][f"node-{name}"]["condition"] == "service_healthy"
+    assert "notify_mode = 'fanout'" in services["fanout-mode"]["command"][-1]
+    for replica, order in (("tracktalk-1", "ab"), ("tracktalk-2", "ba")):
+        environment = services[replica]["environment"]
+        assert environment["DATABASE_URL"] == primary  # writes go to the primary
+        assert environment["TRACKTALK_LISTEN_URL"] == ",".join(nodes[n] for n in order)
+        assert services[replica]["depends_on"]["fanout-mode"]["condition"] == "service_completed_successfully"
+
+
 def test_the_image_gets_what_the_service_reads() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
