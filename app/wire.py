@@ -732,6 +732,10 @@ class UserBatch(Struct, tag_field="k", tag="user"):
     user: int
     ids: list[int]
     at: float = 0.0
+    x: int | None = None
+    """The writer's transaction on the primary, when a fan-out node sent this: the messages are
+    read there once it is visible (a node may announce it a moment before the primary's own
+    sessions see it)."""
 
 
 class Revoke(Struct, tag_field="k", tag="revoke"):
@@ -745,6 +749,9 @@ class Revoke(Struct, tag_field="k", tag="revoke"):
     gone: bool = False
     at: float = 0.0
     """When the change was made (seconds since the epoch, the database's clock)."""
+    x: int | None = None
+    """The writer's transaction on the primary, when a fan-out node sent this: what the primary is
+    asked again is asked once it is visible there (UserBatch.x)."""
 
 
 class Ephemeral(Struct, tag_field="k", tag="ephemeral"):

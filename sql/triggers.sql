@@ -281,7 +281,11 @@ BEGIN
         PERFORM tracktalk.send_signed(name, body);
     END IF;
     IF tracktalk.fans_out() THEN
-        INSERT INTO tracktalk.outbox (name, body) VALUES (tell.name, tell.body);
+        -- "x": this transaction's id. A node applies it once its commit is flushed here, which
+        -- can be a moment before this server's own sessions see it: a replica that reads what
+        -- the notice announces on the primary waits until "x" is visible (app/data/events.py).
+        INSERT INTO tracktalk.outbox (name, body)
+        VALUES (tell.name, (tell.body::jsonb || jsonb_build_object('x', pg_current_xact_id()::text::bigint))::text);
     END IF;
 END
 $$;

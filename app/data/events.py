@@ -13,6 +13,7 @@ holds no notifications).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, NamedTuple
 
 import psycopg
@@ -22,6 +23,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from app.bounds import EVENT_PAGE, EVENT_PAGE_BYTES, MAX_BIGINT
 from app.data.nodes import Reads
+
+_VISIBLE_WAIT = 2.0
+"""Seconds the user lane's read waits for the primary's transactions that a fan-out node announced
+to be visible on the primary (a moment, normally; bounded so that the lane never stalls)."""
+_VISIBLE_STEP = 0.002
+"""Seconds between two looks."""
 
 
 class Cursor(NamedTuple):
@@ -169,9 +176,15 @@ class EventLog:
         read = int(found[0][8] or 0)
         return Page(rows, Cursor(int(last_seq or 0), last_tag), more=read >= limit or len(rows) < read)
 
-    async def user_messages(self, notification_ids: list[int]) -> list[tuple[int, bytes, bool]]:
-        """The (user id, message, about a track) that announce notifications `notification_ids`."""
+    async def user_messages(
+        self, notification_ids: list[int], written_by: list[int] | None = None
+    ) -> list[tuple[int, bytes, bool]]:
+        """The (user id, message, about a track) that announce notifications `notification_ids`;
+        read once the primary's transactions `written_by` (from a fan-out node's notices) are
+        visible here: a node applies a transaction once its commit is flushed on the primary,
+        which can be a moment before the primary's own sessions see it (at most _VISIBLE_WAIT)."""
         async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            await wait_visible(conn, written_by)
             await cur.execute(
                 "SELECT user_id, message::text, about_track FROM tracktalk.user_messages(%s::bigint[])",
                 (notification_ids,),
@@ -180,13 +193,18 @@ class EventLog:
                 (int(user), str(text).encode(), bool(track)) for user, text, track in await cur.fetchall()
             ]
 
-    async def visible(self, pairs: list[tuple[int, str]]) -> dict[tuple[int, str], Access]:
+    async def visible(
+        self, pairs: list[tuple[int, str]], written_by: list[int] | None = None
+    ) -> dict[tuple[int, str], Access]:
         """Whether each (user id, topic) pair may still subscribe (tracktalk.may_see; the user, 0:
         anonymous, must still exist: `username` None when it does not) and whether the user
-        moderates the topic."""
+        moderates the topic; what the primary is asked, asked once its transactions `written_by`
+        (the revocations' that a fan-out node sent) are visible there."""
         if not pairs:
             return {}
-        found = await access_where_listening(self._reads, [(topic, user or None) for user, topic in pairs])
+        found = await access_where_listening(
+            self._reads, [(topic, user or None) for user, topic in pairs], written_by
+        )
         return dict(zip(pairs, found, strict=True))
 
     async def channel_key(self) -> bytes:
@@ -245,7 +263,28 @@ async def still_running(conn: AsyncConnection[Any], snapshot: str) -> int:
     return int(row[0]) if row else 0
 
 
-async def access_where_listening(reads: Reads, wanted: list[tuple[str | None, int | None]]) -> list[Access]:
+async def wait_visible(conn: AsyncConnection[Any], written_by: list[int] | None) -> None:
+    """Wait, at most _VISIBLE_WAIT, until the primary's transactions `written_by` are visible to
+    `conn` (the primary's). A fan-out node applies a transaction as soon as its commit is flushed on
+    the primary, which can be a moment before the primary's own sessions see it: what a node's
+    notice makes a replica read on the primary could otherwise be read from before it."""
+    deadline = asyncio.get_running_loop().time() + _VISIBLE_WAIT
+    while written_by:
+        async with conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(
+                "SELECT bool_and(pg_visible_in_snapshot(x::text::xid8, pg_current_snapshot()))"
+                " FROM unnest(%s::bigint[]) AS x",
+                (written_by,),
+            )
+            row = await cur.fetchone()
+        if (row is not None and row[0]) or asyncio.get_running_loop().time() > deadline:
+            return
+        await asyncio.sleep(_VISIBLE_STEP)
+
+
+async def access_where_listening(
+    reads: Reads, wanted: list[tuple[str | None, int | None]], written_by: list[int] | None = None
+) -> list[Access]:
     """access() asked where the listener is: on its fan-out node, then, for every pair the node
     does not answer with a plain yes (the user may see the topic, and exists), on the primary.
 
@@ -253,7 +292,8 @@ async def access_where_listening(reads: Reads, wanted: list[tuple[str | None, in
     hold the tables a live table's kind asks (tracktalk.may_see answers NULL or false there): the
     primary decides those. A yes the node gives for what the primary has just revoked lasts until
     the revocation reaches the node, which then has the change (one transaction): the recheck that
-    the revocation makes ends it."""
+    the revocation makes ends it. `written_by`: the revocations' transactions on the primary, to
+    wait for there (wait_visible)."""
     node = reads.node_pool
     if node is None:
         async with reads.primary.connection() as conn:
@@ -271,6 +311,8 @@ async def access_where_listening(reads: Reads, wanted: list[tuple[str | None, in
     ]
     if doubtful:
         async with reads.primary.connection() as conn:
+            # The node may have a revocation's change before the primary's sessions see it.
+            await wait_visible(conn, written_by)
             again = await access(conn, [wanted[i] for i in doubtful])
         for i, answer in zip(doubtful, again, strict=True):
             found[i] = answer

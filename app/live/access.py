@@ -31,9 +31,12 @@ subscription that lost access ends within 5 s of the database's answer)."""
 class AccessReader(Protocol):
     """What the guard asks (app/data/events.py's EventLog; an in-memory one in the unit tests)."""
 
-    async def visible(self, pairs: list[tuple[int, str]]) -> dict[tuple[int, str], Access]:
+    async def visible(
+        self, pairs: list[tuple[int, str]], written_by: list[int] | None = None
+    ) -> dict[tuple[int, str], Access]:
         """For each (user, topic) pair: may the user (who must exist) still see the topic, and
-        moderate it."""
+        moderate it; `written_by`: the primary's transactions of the revocations (from a fan-out
+        node), whose changes the answers must see."""
 
 
 Refused = Callable[[Connection, str, Access], None]
@@ -52,6 +55,8 @@ class AccessGuard:
         revocation heard, a reconnect, a channel newly listened on. The socket handlers check
         access again when it moved during the admission."""
         self._recheck: set[tuple[int, str]] = set()
+        self._written_by: set[int] = set()
+        """The primary's transactions of the revocations heard from a fan-out node, not asked yet."""
         self._wake = asyncio.Event()
 
     def moved(self) -> None:
@@ -64,12 +69,17 @@ class AccessGuard:
         if self._recheck:
             self._wake.set()
 
-    def recheck_topic(self, topic: str) -> None:
-        """Ask again for every subscription of the topic."""
+    def recheck_topic(self, topic: str, written_by: int | None = None) -> None:
+        """Ask again for every subscription of the topic (once the primary's transaction
+        `written_by`, a fan-out node's revocation's, is visible there)."""
+        if written_by is not None:
+            self._written_by.add(written_by)
         self.recheck((conn.user_id, topic) for conn in self._hub.topic_sockets(topic))
 
-    def recheck_user(self, user_id: int) -> None:
-        """Ask again for every subscription of the user."""
+    def recheck_user(self, user_id: int, written_by: int | None = None) -> None:
+        """Ask again for every subscription of the user (as recheck_topic)."""
+        if written_by is not None:
+            self._written_by.add(written_by)
         self.recheck((user_id, topic) for conn in self._hub.user_sockets(user_id) for topic in conn.topics)
 
     def recheck_all(self) -> None:
@@ -84,8 +94,9 @@ class AccessGuard:
             await self._wake.wait()
             self._wake.clear()
             pairs, self._recheck = list(self._recheck), set()
+            written_by, self._written_by = sorted(self._written_by), set()
             try:
-                answers = await self._log.visible(pairs)
+                answers = await self._log.visible(pairs, written_by)
             except Exception as exc:
                 log.warning("access not checked again (will retry): %s", type(exc).__name__)
                 self.recheck(pairs)

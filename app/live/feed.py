@@ -214,14 +214,14 @@ class Feed:
                 self.user_lane.on_batch(notice)
             case Revoke(at=at) if stale(at, _REVOKE_STALE):
                 return  # old news, or sent again by someone listening
-            case Revoke(topic=str(topic), gone=gone, at=at):
+            case Revoke(topic=str(topic), gone=gone, at=at, x=x):
                 self.access.moved()
                 if gone:
                     self.cursors.gone(topic, at)
-                self.access.recheck_topic(topic)
-            case Revoke(user=int(user)):
+                self.access.recheck_topic(topic, x)
+            case Revoke(user=int(user), x=x):
                 self.access.moved()
-                self.access.recheck_user(user)
+                self.access.recheck_user(user, x)
             case Ephemeral(topic=topic, message=message):
                 self._hub.send(topic, [self.cursors.message(topic, bytes(message))])
 

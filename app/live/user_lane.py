@@ -40,8 +40,11 @@ _SENT_KEPT = 50_000
 class MessageReader(Protocol):
     """What the lane reads (app/data/events.py's EventLog; an in-memory one in the unit tests)."""
 
-    async def user_messages(self, notification_ids: list[int]) -> list[tuple[int, bytes, bool]]:
-        """(user id, message, whether it is about a track) for notifications."""
+    async def user_messages(
+        self, notification_ids: list[int], written_by: list[int] | None = None
+    ) -> list[tuple[int, bytes, bool]]:
+        """(user id, message, whether it is about a track) for notifications; `written_by`: the
+        primary's transactions that wrote them (a fan-out node's notices), to wait for."""
 
 
 class UserLane:
@@ -54,7 +57,7 @@ class UserLane:
         self._users: dict[int, int] = {}
         """Sockets per user here (the user's channel is listened on while any)."""
         self._forget: dict[int, asyncio.TimerHandle] = {}
-        self._queue: asyncio.Queue[tuple[float, list[int]]] = asyncio.Queue(_USER_LANE)
+        self._queue: asyncio.Queue[tuple[float, list[int], int | None]] = asyncio.Queue(_USER_LANE)
         self._sent: dict[int, None] = {}
 
     async def listen(self, user_id: int) -> bool:
@@ -97,7 +100,7 @@ class UserLane:
                 del self._sent[old]
         self._sent.update(dict.fromkeys(ids))
         try:
-            self._queue.put_nowait((time.monotonic(), ids))
+            self._queue.put_nowait((time.monotonic(), ids, batch.x))
         except asyncio.QueueFull:
             log.warning("user lane full: %d notifications not sent live (they are in the inbox)", len(ids))
 
@@ -108,13 +111,15 @@ class UserLane:
         that cannot be read is not sent live (it stays in the inbox); the lane goes on.
         """
         while True:
-            ids = _fresh(*await self._queue.get())
+            ids, written_by = _fresh(*await self._queue.get())
             while len(ids) < _USER_READ and not self._queue.empty():
-                ids += _fresh(*self._queue.get_nowait())
+                more, by = _fresh(*self._queue.get_nowait())
+                ids += more
+                written_by += by
             if not ids:
                 continue
             try:
-                for user_id, message, about_track in await self._log.user_messages(ids):
+                for user_id, message, about_track in await self._log.user_messages(ids, written_by):
                     # The track socket's `mention` and `notification` are a track's (its contract):
                     # the forum's go to /api/ws sockets only.
                     self._hub.send_user(user_id, text_frame(message), track_sockets=about_track)
@@ -122,9 +127,10 @@ class UserLane:
                 log.exception("%d notifications not sent live", len(ids))
 
 
-def _fresh(queued_at: float, ids: list[int]) -> list[int]:
-    """`ids`, unless they waited in the user lane for longer than _USER_STALE."""
+def _fresh(queued_at: float, ids: list[int], written_by: int | None) -> tuple[list[int], list[int]]:
+    """`ids` and the transaction that wrote them (if a fan-out node said), unless they waited in the
+    user lane for longer than _USER_STALE."""
     if time.monotonic() - queued_at <= _USER_STALE:
-        return ids
+        return ids, [] if written_by is None else [written_by]
     log.warning("%d notifications queued for over %.0f s: not sent live", len(ids), _USER_STALE)
-    return []
+    return [], []

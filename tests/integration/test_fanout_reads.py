@@ -9,6 +9,7 @@ track or grant the node has not received yet)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
@@ -122,3 +123,65 @@ async def test_a_subscribe_is_answered_by_the_node_when_it_says_yes_else_by_the_
         ("carol", True),
     ]
     assert answers[4].moderator is True
+
+
+async def test_notifications_a_node_announced_are_read_once_their_transaction_is_visible_on_the_primary(
+    db_url: str, world: World
+) -> None:
+    """A node sends a notification's announcement once the writer's commit is flushed on the
+    primary, which can be a moment before the primary's own sessions see it (seen here: the read
+    found nothing, and the notification never reached the socket). The announcement carries the
+    writer's transaction ("x"): the read waits until it is visible. Here the writer has not even
+    committed while the read is asked; it gets the notification once it does."""
+    track = new_track(db_url)
+    async with (
+        AsyncConnectionPool(db_url, kwargs={"autocommit": True}, open=False) as pool,
+        await psycopg.AsyncConnection.connect(db_url) as writer,
+    ):
+        await writer.execute(
+            "INSERT INTO comments (track_id, user_id, content) VALUES (%s, %s, 'for carol')",
+            (track, world.users["dave"]),
+        )
+        cur = await writer.execute(
+            "SELECT n.id, pg_current_xact_id()::text::bigint FROM notifications n JOIN comments c"
+            " ON c.id = n.comment_id WHERE c.track_id = %s AND n.user_id = %s",
+            (track, world.users["carol"]),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        notification, xid = row
+        read = asyncio.create_task(EventLog(pool).user_messages([notification], [xid]))
+        done, _ = await asyncio.wait([read], timeout=0.3)  # what a read not waiting gives: at once
+        assert not done, read.result()
+        await writer.commit()
+        got = await asyncio.wait_for(read, 5)
+        assert [(user, about) for user, _, about in got] == [(world.users["carol"], True)]
+        assert b'"type":"notification"' in got[0][1].replace(b" ", b"")
+        # Without a transaction to wait for (direct mode: the primary's own NOTIFY), no wait.
+        assert len(await asyncio.wait_for(EventLog(pool).user_messages([notification]), 1)) == 1
+
+
+async def test_a_recheck_after_a_nodes_revocation_asks_the_primary_once_the_revocation_is_visible_there(
+    db_url: str, world: World, reads: tuple[Reads, str]
+) -> None:
+    """The node has a track made private (and the revocation) before the primary's own sessions
+    see it: the node says no, the primary, asked at once, would still say yes and keep a
+    subscription that lost access. With the revocation's transaction ("x") the primary is asked
+    once it is visible there. Here the writer has not committed yet while the recheck is asked."""
+    on, node = reads
+    track = new_track(db_url)
+    copy_prefix(db_url, node, f"track:{track}", 0)
+    with psycopg.connect(node, autocommit=True) as conn:  # the node is ahead
+        conn.execute("UPDATE tracks SET is_private = true WHERE id = %s", (track,))
+    pair = [(f"track:{track}", world.users["alice"])]
+    async with await psycopg.AsyncConnection.connect(db_url) as writer:
+        await writer.execute("UPDATE tracks SET is_private = true WHERE id = %s", (track,))
+        cur = await writer.execute("SELECT pg_current_xact_id()::text::bigint")
+        row = await cur.fetchone()
+        assert row is not None
+        recheck = asyncio.create_task(access_where_listening(on, pair, [row[0]]))
+        done, _ = await asyncio.wait([recheck], timeout=0.3)  # what a recheck not waiting gives: at once
+        assert not done, [(a.username, a.may_see) for a in recheck.result()]
+        await writer.commit()
+        (answer,) = await asyncio.wait_for(recheck, 5)
+        assert (answer.username, answer.may_see) == ("alice", None)

@@ -108,6 +108,8 @@ class MemoryLog:
         self.visible_pairs: set[tuple[int, str]] | None = None
         """None: every pair may watch (the others are forbidden)."""
         self.moderators: set[tuple[int, str]] = set()
+        self.waited_for: list[tuple[str, list[int]]] = []
+        """(which read, the primary's transactions it was to wait for), for reads given some."""
         """(user, topic): the user moderates the topic."""
         self.pages: list[tuple[str, int, int]] = []
         """(topic, after, events returned) of each page read."""
@@ -230,14 +232,22 @@ class MemoryLog:
             await gate.wait()
             self.answers_held -= 1
 
-    async def user_messages(self, notification_ids: list[int]) -> list[tuple[int, bytes, bool]]:
+    async def user_messages(
+        self, notification_ids: list[int], written_by: list[int] | None = None
+    ) -> list[tuple[int, bytes, bool]]:
         await asyncio.sleep(0)
         self._check()
+        if written_by:
+            self.waited_for.append(("user_messages", written_by))
         return [(*self.messages[i], i not in self.forum) for i in notification_ids if i in self.messages]
 
-    async def visible(self, pairs: list[tuple[int, str]]) -> dict[tuple[int, str], Access]:
+    async def visible(
+        self, pairs: list[tuple[int, str]], written_by: list[int] | None = None
+    ) -> dict[tuple[int, str], Access]:
         await asyncio.sleep(0)
         self._check()
+        if written_by:
+            self.waited_for.append(("visible", written_by))
         return {
             pair: Access(
                 username=f"user{pair[0]}" if pair[0] else None,

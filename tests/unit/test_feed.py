@@ -563,6 +563,32 @@ async def test_notifications_are_read_once_and_sent_to_their_users_sockets(world
     assert theirs.messages == []
 
 
+async def test_what_a_nodes_notices_make_a_replica_read_on_the_primary_waits_for_their_transaction(
+    world: World,
+) -> None:
+    """A fan-out node's announcement and revocation carry the writer's transaction on the primary
+    ("x"): the reads they cause there are asked to wait for it (app/data/events.py's wait_visible);
+    the primary's own notices carry none, and nothing waits."""
+    _, sock, _ = await world.socket(user=1)
+    world.log.messages[41] = (1, b'{"type":"notification","track_id":"t1","notification":{}}')
+    world.log.messages[42] = (1, b'{"type":"notification","track_id":"t1","notification":{"id":42}}')
+    lane = asyncio.create_task(world.feed.deliver_user_messages())
+    checker = asyncio.create_task(world.feed.enforce_access())
+    try:
+        world.feed.on_notice(Opened(UserBatch(user=1, ids=[41], at=time.time())))
+        await until(lambda: len(sock.messages) == 1, "the primary's notification")
+        world.feed.on_notice(Opened(UserBatch(user=1, ids=[42], at=time.time(), x=77)))
+        await until(lambda: len(sock.messages) == 2, "the node's notification")
+        world.feed.on_notice(Opened(Revoke(topic=T, at=time.time(), x=78)))
+        await until(lambda: len(world.log.waited_for) == 2, "the recheck")
+        world.feed.on_notice(Opened(Revoke(user=1, at=time.time(), x=79)))
+        await until(lambda: len(world.log.waited_for) == 3, "the user's recheck")
+    finally:
+        lane.cancel()
+        checker.cancel()
+    assert world.log.waited_for == [("user_messages", [77]), ("visible", [78]), ("visible", [79])]
+
+
 async def test_typing_that_opened_goes_to_the_tracks_sockets(world: World) -> None:
     _, sock, _ = await world.socket()
     typing = msgspec.Raw(
