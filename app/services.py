@@ -119,12 +119,11 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
         node_watch = NodeWatch(listener.leave, settings.node_lag_limit)
 
         def on_reading(reading: Reading) -> None:
-            polling.observe(
-                listener.where is not None and reading.node is None, reading.notify_mode, reading.snapshot
-            )
+            on_primary = listener.where is not None and reading.node is None
+            polling.observe(on_primary, reading.notify_mode, reading.snapshot)
             node = reading.node
             if node is None or node.state is None:
-                node_watch.observe(None, None)
+                node_watch.observe(None, None, unheard=on_primary and reading.notify_mode == "fanout")
             else:
                 node_watch.observe(node.state.running, node.lag)
 

@@ -79,6 +79,9 @@ class Polling:
 _LEAVE_AFTER = 5
 """Readings (seconds) a fan-out node may receive nothing, or be past the lag limit, before the
 listener leaves it for the next URL."""
+_RETRY_NODES_AFTER = 10
+"""Readings (seconds) between two attempts to get back to the fan-out nodes for a listener that
+fell back to the primary (listed last in TRACKTALK_LISTEN_URL) while it sends no NOTIFYs."""
 
 
 class NodeWatch:
@@ -86,16 +89,27 @@ class NodeWatch:
     (disabled, failing: after a failover of the primary on PostgreSQL 15 or 16, its slot is gone),
     or that stays past the lag limit, for _LEAVE_AFTER readings in a row, when TRACKTALK_LISTEN_URL
     lists another URL: the next node, or the primary itself if it is listed last. (A node that
-    receives nothing is refused at connect too: app/data/nodes.py.)"""
+    receives nothing is refused at connect too: app/data/nodes.py.) And has a listener that fell
+    back to the primary while it sends no NOTIFYs ('fanout' mode: the replica polls the log and is
+    not ready) try the nodes again every _RETRY_NODES_AFTER readings (the URLs are tried in turn
+    from the next one, which wraps around to the first)."""
 
     def __init__(self, leave: Callable[[str], None], lag_limit: float) -> None:
         self._leave = leave
         self._lag_limit = lag_limit
         self._bad = 0
+        self._unheard = 0
 
-    def observe(self, running: bool | None, lag: float | None) -> None:
+    def observe(self, running: bool | None, lag: float | None, unheard: bool = False) -> None:
         """One reading of the node the listener is on: its subscription runs (None: not on a node,
-        or it did not answer: the listener finds out by itself), and its lag in seconds."""
+        or it did not answer: the listener finds out by itself), and its lag in seconds;
+        `unheard`: the listener is on the primary, which sends no NOTIFYs."""
+        self._unheard = self._unheard + 1 if unheard else 0
+        if self._unheard >= _RETRY_NODES_AFTER:
+            self._unheard = 0
+            self._leave(
+                "it listens on the primary, which sends no NOTIFYs in 'fanout' mode: trying the nodes again"
+            )
         if running is None:
             self._bad = 0
             return

@@ -674,3 +674,38 @@ def fresh(sock: TopicSocket, topic: str, start: int) -> list[dict[str, Any]]:
         for m in sock.by_topic[topic]
         if "seq" in m and m["type"] not in ("subscribed", "resync") and m["seq"] > start
     ]
+
+
+async def test_a_replica_fallen_back_to_the_primary_returns_to_its_node_when_it_is_back(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """TRACKTALK_LISTEN_URL lists node A, then the primary. A stops: the replica falls back to the
+    primary, which sends nothing in 'fanout' mode (the replica reads the log and says it is not
+    ready); A comes back: within a few readings the replica is on A again, and its socket has had
+    every event once throughout."""
+    world, url, a = topology.world, topology.url, topology.a
+    track = new_track(url)
+    await set_mode(url, "fanout")
+    try:
+        with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=f"{a.url()},{url}") as (replica,):
+            assert on_node(replica, a)
+            async with open_socket(replica.ws, track, world.tokens["alice"]) as sock:
+                start = (await sock.expect("connected"))["seq"]
+                writer = Writer(url, track, world.users["dave"])
+                async with writer.running():
+                    await writer.wrote(10)
+                    a.stop("fast")
+                    await async_wait_until(
+                        lambda: ready(replica)["checks"]["notifies"] is False,  # type: ignore[index]
+                        30,
+                        "the fall back to the primary",
+                    )
+                    await writer.wrote(10)
+                    a.start()
+                    await async_wait_until(lambda: on_node(replica, a), 40, "the return to node A")
+                    await writer.wrote(10)
+                await every_event_once(sock, start, await latest(url, f"track:{track}"), writer.ids)
+                assert "trying the nodes again" in replica.log()
+    finally:
+        if not (a.data / "postmaster.pid").exists():
+            a.start()

@@ -110,3 +110,21 @@ def test_the_listener_leaves_a_node_that_receives_nothing_or_stays_too_far_behin
         watch.observe(None, None)  # on the primary, or the node does not answer: the listener sees to it
         watch.observe(True, 9.0)
     assert len(left) == 2
+
+
+def test_a_listener_fallen_back_to_a_primary_that_sends_nothing_tries_the_nodes_every_ten_readings() -> None:
+    left: list[str] = []
+    watch = NodeWatch(left.append, lag_limit=10)
+    for _ in range(9):
+        watch.observe(None, None, unheard=True)
+    watch.observe(None, None)  # 'direct' again: counting starts over
+    for _ in range(9):
+        watch.observe(None, None, unheard=True)
+    assert left == []
+    watch.observe(None, None, unheard=True)
+    assert left == [
+        "it listens on the primary, which sends no NOTIFYs in 'fanout' mode: trying the nodes again"
+    ]
+    for _ in range(10):
+        watch.observe(None, None, unheard=True)
+    assert len(left) == 2
