@@ -104,14 +104,31 @@ class Server:
 
     def cpu(self) -> float:
         """CPU seconds of the server's processes so far (the postmaster and its children)."""
+        return sum(self.cpu_by_kind().values())
+
+    def cpu_by_kind(self) -> dict[str, float]:
+        """The same, by kind of process: sessions (the writers' and the listeners'), WAL senders
+        (logical decoding for the nodes), the rest (background workers, the postmaster)."""
         postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
-        total = process_cpu(postmaster)[1]
+        kinds = {"sessions": 0.0, "WAL senders": 0.0, "the rest": process_cpu(postmaster)[1]}
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 parent, seconds = process_cpu(int(entry.name))
-                if parent == postmaster:
-                    total += seconds
-        return total
+                if parent != postmaster:
+                    continue
+                try:
+                    title = (entry / "cmdline").read_bytes().decode(errors="replace")
+                except OSError:
+                    continue
+                kind = (
+                    "WAL senders"
+                    if "walsender" in title
+                    else "sessions"
+                    if "127.0.0.1(" in title or "[local]" in title
+                    else "the rest"
+                )
+                kinds[kind] += seconds
+        return kinds
 
 
 @contextlib.contextmanager
@@ -281,15 +298,21 @@ def cpu(
             ]
             # The writer's session stays open until its CPU is counted (a backend's ends with it).
             writer = stack.enter_context(psycopg.connect(primary.url(), autocommit=True))
-            before, nodes_before = primary.cpu(), sum(n.cpu() for n in nodes)
+            before, nodes_before = primary.cpu_by_kind(), sum(n.cpu() for n in nodes)
             written = write_at(writer, rate, seconds, tracks)
             caught_up(primary, nodes)
-            spent, nodes_spent = primary.cpu() - before, sum(n.cpu() for n in nodes) - nodes_before
+            after = primary.cpu_by_kind()
+            by_kind = {kind: after[kind] - before.get(kind, 0.0) for kind in after}
+            spent, nodes_spent = sum(by_kind.values()), sum(n.cpu() for n in nodes) - nodes_before
             heard = min(s.count for s in sessions)
         place = "primary" if mode == "direct" else f"{len(nodes)} nodes"
         print(
             f"| {mode} | {place} | {written:,} | {spent:.2f} s | {(spent - idle) / written * 1e6:,.0f} µs | {nodes_spent:.2f} s |",
             flush=True,
+        )
+        print(
+            "  per comment: "
+            + ", ".join(f"{kind} {cpu / written * 1e6:,.0f} µs" for kind, cpu in by_kind.items())
         )
         if heard < written:
             print(f"  (a listener heard {heard:,} of {written:,} payloads)")
