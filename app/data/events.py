@@ -144,7 +144,9 @@ class EventLog:
                 "SELECT user_id, message::text, about_track FROM tracktalk.user_messages(%s::bigint[])",
                 (notification_ids,),
             )
-            return [(int(user), str(text).encode(), bool(track)) for user, text, track in await cur.fetchall()]
+            return [
+                (int(user), str(text).encode(), bool(track)) for user, text, track in await cur.fetchall()
+            ]
 
     async def visible(self, pairs: list[tuple[int, str]]) -> dict[tuple[int, str], Access]:
         """Whether each (user id, topic) pair may still subscribe (tracktalk.may_see; the user, 0:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from app.wire import CommentLiked, Mention, NewComment
+from app.wire import Mention, NewComment
 from tests.support.processes import Replica
 from tests.support.seed import World, new_track
 from tests.support.waiting import async_wait_until
 from tests.support.writes import insert_comment
-from tracktalk.client import SubscribeError, Subscribed, TopicMessage, Topics
+from tracktalk.client import Subscribed, SubscribeError, TopicMessage, Topics
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -36,7 +36,7 @@ async def test_topics_follow_their_tracks_across_a_replica_restart(
     own_replica: Replica, world: World, db_url: str, log_dir: Path
 ) -> None:
     one, two = new_track(db_url), new_track(db_url)
-    alice, bob = world.users["alice"], world.users["bob"]
+    alice = world.users["alice"]
     got: list[TopicMessage] = []
     topics = Topics(own_replica.http, token=world.tokens["bob"])
     for topic in (f"track:{one}", f"track:{two}", f"track:{world.private}"):
