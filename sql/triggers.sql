@@ -1962,8 +1962,10 @@ $$;
 
 -- The SQL of the topic of a row of the live table `live`, the row written as the expression `r`
 -- (`o.r`): its topic, or `topic:` and the text of its topic_column's value; NULL (no topic, nothing
--- published) when that value is NULL or empty. Raises when the column is gone (renamed or dropped
--- since make_live): the writer's statement fails rather than go unseen.
+-- published) when that value is NULL or empty, or makes a topic of more than 256 characters, which
+-- no socket may subscribe to (app/bounds.py's MAX_TOPIC; as a key of topic_state it would fail the
+-- writer's statement past 2,704 bytes). Raises when the column is gone (renamed or dropped since
+-- make_live): the writer's statement fails rather than go unseen.
 CREATE OR REPLACE FUNCTION tracktalk.live_topic_sql(live tracktalk.live_tables, r text) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -1980,7 +1982,8 @@ BEGIN
                                 'enabled => false); then tracktalk.make_live(%L, topic_column => …).',
                                 live.tbl::text, live.tbl::text);
     END IF;
-    RETURN format('%L || nullif((%s).%I::text, %L)', live.topic || ':', r, live.topic_column, '');
+    RETURN format('CASE WHEN char_length((%2$s).%3$I::text) <= %4$s THEN %1$L || nullif((%2$s).%3$I::text, %5$L) END',
+                  live.topic || ':', r, live.topic_column, 256 - char_length(live.topic || ':'), '');
 END
 $$;
 

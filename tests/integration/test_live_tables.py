@@ -662,3 +662,26 @@ def test_a_live_tables_writes_fail_saying_what_to_do_once_its_topic_column_is_re
         " FROM tracktalk.events WHERE topic = %s",
         (f"{table}:1",),
     ).fetchone() == (["row_inserted", "row_deleted"], {"request_id": row[0]})
+
+
+def test_a_row_whose_topic_would_pass_256_characters_is_written_and_in_no_topic(
+    conn: psycopg.Connection[Any], db_url: str
+) -> None:
+    """No socket may subscribe to a topic of more than 256 characters: such a row is in no topic,
+    as a row whose column is NULL, and its writer's statement goes through (it failed on the
+    topic's key, past 2,704 bytes, or on NOTIFY's payload)."""
+    table = new_table(db_url)
+    conn.execute("SELECT tracktalk.make_live(%s, topic_column => 'title')", (f"public.{table}",))
+    longest = "x" * (256 - len(table) - 1)
+    noise = "(SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 300))"  # 9,600 bytes
+    conn.execute(f"INSERT INTO public.{table} (title) VALUES (%s)", (longest,))
+    conn.execute(f"INSERT INTO public.{table} (title) VALUES (%s)", (longest + "x",))
+    conn.execute(f"INSERT INTO public.{table} (title) SELECT left({noise}, 2800)")
+    conn.execute(f"INSERT INTO public.{table} (title) SELECT {noise}")
+    conn.execute(f"UPDATE public.{table} SET title = title || 'y' WHERE title = %s", (longest,))
+    assert conn.execute(f"SELECT count(*) FROM public.{table}").fetchone() == (4,)
+    assert conn.execute(
+        "SELECT topic, array_agg(message->>'type' ORDER BY seq) FROM tracktalk.events"
+        " WHERE starts_with(topic, %s) GROUP BY topic",
+        (f"{table}:",),
+    ).fetchall() == [(f"{table}:{longest}", ["row_inserted", "row_deleted"])]  # it left for no topic
