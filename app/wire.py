@@ -740,12 +740,13 @@ class UserBatch(Struct, tag_field="k", tag="user"):
 
 class Revoke(Struct, tag_field="k", tag="revoke"):
     """Who may see what changed: the subscriptions to the topic (a track made private, moved or
-    deleted) or of the user (no longer on the team, or deleted) are checked again. `gone`: what
-    the topic is about was deleted (one made again goes on with its numbering: its subscribers
-    that may still see it reload)."""
+    deleted), of the user (no longer on the team, or deleted) or to every topic of the kind (a
+    live table's, undone) are checked again. `gone`: what the topic is about was deleted (one
+    made again goes on with its numbering: its subscribers that may still see it reload)."""
 
     topic: str | None = None
     user: int | None = None
+    kind: str | None = None
     gone: bool = False
     at: float = 0.0
     """When the change was made (seconds since the epoch, the database's clock)."""

@@ -42,6 +42,8 @@
 --       (G: the events' tag; P: the tag of event F - 1, or null)
 --   {"k":"user","user":U,"ids":[notification ids],"at":EPOCH}
 --   {"k":"revoke","topic":T,"at":EPOCH[,"gone":true]}   or   {"k":"revoke","user":U,"at":EPOCH}
+--   {"k":"revoke","kind":K,"at":EPOCH,"gone":true}   (on the 'rekey' channel, which every replica
+--       listens on: every topic of kind K, numbered or not, is gone: tracktalk.revoke_kind)
 --   {"k":"rekey","at":EPOCH}   (on the old key's 'rekey' channel, signed with it: the key changed)
 -- The replicas also send each other typing notices on a topic's channel, sealed with a key
 -- derived from the same secret ("e:" and base64).
@@ -335,6 +337,19 @@ CREATE OR REPLACE FUNCTION tracktalk.revoke_user(user_id bigint) RETURNS void
 LANGUAGE sql AS $$
     SELECT tracktalk.tell('user ' || user_id,
                           format('{"k":"revoke","user":%s,"at":%s}', user_id,
+                                 round(extract(epoch FROM clock_timestamp()), 6)))
+$$;
+
+-- The kind of topic `kind` is gone (a live table's, undone): every replica checks again each
+-- subscription to a topic of that kind, and ends it (its topics are not found). Said on the
+-- 'rekey' channel, which every replica listens on: a topic that never had an event has no row in
+-- tracktalk.topic_state to revoke it by, and its subscribers would stay (and get the events of a
+-- table made live again, whatever its new can_see says). Through tell(), as every revocation: the
+-- fan-out nodes say it too.
+CREATE OR REPLACE FUNCTION tracktalk.revoke_kind(kind text) RETURNS void
+LANGUAGE sql AS $$
+    SELECT tracktalk.tell('rekey',
+                          format('{"k":"revoke","kind":%s,"at":%s,"gone":true}', to_json(kind),
                                  round(extract(epoch FROM clock_timestamp()), 6)))
 $$;
 
@@ -2199,8 +2214,10 @@ $$;
 
 -- The SQL of the topic of a row of the live table `live`, the row written as the expression `r`
 -- (`o.r`): its topic, or `topic:` and the text of its topic_column's value; NULL (no topic, nothing
--- published) when that value is NULL or empty. Raises when the column is gone (renamed or dropped
--- since make_live): the writer's statement fails rather than go unseen.
+-- published) when that value is NULL or empty, or makes a topic of more than 256 characters, which
+-- no socket may subscribe to (app/bounds.py's MAX_TOPIC; as a key of topic_state it would fail the
+-- writer's statement past 2,704 bytes). Raises when the column is gone (renamed or dropped since
+-- make_live): the writer's statement fails rather than go unseen.
 CREATE OR REPLACE FUNCTION tracktalk.live_topic_sql(live tracktalk.live_tables, r text) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -2217,7 +2234,8 @@ BEGIN
                                 'enabled => false); then tracktalk.make_live(%L, topic_column => …).',
                                 live.tbl::text, live.tbl::text);
     END IF;
-    RETURN format('%L || nullif((%s).%I::text, %L)', live.topic || ':', r, live.topic_column, '');
+    RETURN format('CASE WHEN char_length((%2$s).%3$I::text) <= %4$s THEN %1$L || nullif((%2$s).%3$I::text, %5$L) END',
+                  live.topic || ':', r, live.topic_column, 256 - char_length(live.topic || ':'), '');
 END
 $$;
 
@@ -2653,6 +2671,7 @@ BEGIN
     END IF;
     DELETE FROM tracktalk.topic_kinds k WHERE k.kind = gone.topic;
     PERFORM tracktalk.live_reset(gone.topic);
+    PERFORM tracktalk.revoke_kind(gone.topic);
     RETURN true;
 END
 $$;
@@ -2673,6 +2692,7 @@ BEGIN
     LOOP
         DELETE FROM tracktalk.topic_kinds k WHERE k.kind = stale.topic;
         PERFORM tracktalk.live_reset(stale.topic);
+        PERFORM tracktalk.revoke_kind(stale.topic);
     END LOOP;
 END
 $$;

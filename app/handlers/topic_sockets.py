@@ -262,7 +262,10 @@ class _Session:
                         return
             socket.go_live(topic)
         except asyncio.CancelledError:
-            feed.unsubscribe(socket, topic)
+            # An unsubscribe took this subscribe out of _joining and dropped the subscription
+            # itself; its end may come after a subscribe again to the topic: that one is not ours.
+            if self._joining.get(topic) is asyncio.current_task():
+                feed.unsubscribe(socket, topic)
             raise
         except DATABASE_ERRORS:
             # No database to ask: the socket closes as the track socket would, and the client

@@ -38,6 +38,7 @@ from app.live.cursors import Cursors, EventReader, Listening
 from app.live.frames import message_frame
 from app.live.hub import Hub
 from app.live.notices import Opened, stale
+from app.live.topics import kind_of
 from app.live.user_lane import MessageReader, UserLane
 from app.wire import Ephemeral, Revoke, TopicBatch, Unsubscribed, UserBatch
 
@@ -222,6 +223,12 @@ class Feed:
             case Revoke(user=int(user), x=x):
                 self.access.moved()
                 self.access.recheck_user(user, x)
+            case Revoke(kind=str(kind), gone=gone, at=at, x=x):
+                self.access.moved()
+                for topic in [t for t in self._hub.topics if kind_of(t) == kind]:
+                    if gone:
+                        self.cursors.gone(topic, at)
+                    self.access.recheck_topic(topic, x)
             case Ephemeral(topic=topic, message=message):
                 self._hub.send(topic, [self.cursors.message(topic, bytes(message))])
 

@@ -709,3 +709,26 @@ async def test_a_replica_fallen_back_to_the_primary_returns_to_its_node_when_it_
     finally:
         if not (a.data / "postmaster.pid").exists():
             a.start()
+
+
+async def test_a_live_table_undone_ends_its_subscriptions_on_a_nodes_replica(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """make_live(…, enabled => false) says so on the 'rekey' channel (tracktalk.revoke_kind): in
+    'fanout' mode the primary sends nothing, and the nodes must say it, through the outbox, for a
+    subscription on a node's replica to end (here to a topic that never had an event)."""
+    world, url = topology.world, topology.url
+    table = f"req_{uuid.uuid4().hex[:10]}"
+    await sql(
+        url,
+        f"CREATE TABLE public.{table} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, album_id bigint)",
+    )
+    await sql(url, "SELECT tracktalk.make_live(%s, topic_column => 'album_id')", (f"public.{table}",))
+    await set_mode(url, "fanout")
+    with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=topology.node(topology.b)) as (replica,):
+        assert on_node(replica, topology.b)
+        async with open_topics(replica.ws, world.tokens["alice"]) as sock:
+            await sock.subscribe(f"{table}:5")
+            await sql(url, "SELECT tracktalk.make_live(%s, enabled => false)", (f"public.{table}",))
+            await sock.until(lambda: bool(sock.answers(f"{table}:5", "unsubscribed")), "the end", timeout=5)
+            assert sock.answers(f"{table}:5", "unsubscribed")[0]["reason"] == "not found"

@@ -662,3 +662,60 @@ def test_a_live_tables_writes_fail_saying_what_to_do_once_its_topic_column_is_re
         " FROM tracktalk.events WHERE topic = %s",
         (f"{table}:1",),
     ).fetchone() == (["row_inserted", "row_deleted"], {"request_id": row[0]})
+
+
+def test_a_row_whose_topic_would_pass_256_characters_is_written_and_in_no_topic(
+    conn: psycopg.Connection[Any], db_url: str
+) -> None:
+    """No socket may subscribe to a topic of more than 256 characters: such a row is in no topic,
+    as a row whose column is NULL, and its writer's statement goes through (it failed on the
+    topic's key, past 2,704 bytes, or on NOTIFY's payload)."""
+    table = new_table(db_url)
+    conn.execute("SELECT tracktalk.make_live(%s, topic_column => 'title')", (f"public.{table}",))
+    longest = "x" * (256 - len(table) - 1)
+    noise = "(SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 300))"  # 9,600 bytes
+    conn.execute(f"INSERT INTO public.{table} (title) VALUES (%s)", (longest,))
+    conn.execute(f"INSERT INTO public.{table} (title) VALUES (%s)", (longest + "x",))
+    conn.execute(f"INSERT INTO public.{table} (title) SELECT left({noise}, 2800)")
+    conn.execute(f"INSERT INTO public.{table} (title) SELECT {noise}")
+    conn.execute(f"UPDATE public.{table} SET title = title || 'y' WHERE title = %s", (longest,))
+    assert conn.execute(f"SELECT count(*) FROM public.{table}").fetchone() == (4,)
+    assert conn.execute(
+        "SELECT topic, array_agg(message->>'type' ORDER BY seq) FROM tracktalk.events"
+        " WHERE starts_with(topic, %s) GROUP BY topic",
+        (f"{table}:",),
+    ).fetchall() == [(f"{table}:{longest}", ["row_inserted", "row_deleted"])]  # it left for no topic
+
+
+async def test_enabled_false_ends_the_subscriptions_of_topics_that_never_had_an_event(
+    pair: list[Replica], world: World, db_url: str
+) -> None:
+    """A topic subscribed to before its first row has no numbering yet: undoing make_live ends
+    its subscriptions all the same, so that a table made live again (here with a can_see that
+    refuses everyone) sends them nothing."""
+    a, _ = pair
+    table = new_table(db_url)
+    await make_live(db_url, table, topic_column="album_id")
+    async with open_topics(a.ws, world.tokens["alice"]) as sock:
+        await sock.subscribe(table + ":5")
+        await sock.subscribe(table + ":6")
+        await sql(db_url, f"INSERT INTO {table} (album_id, title) VALUES (6, 'one')")
+        await sock.until(lambda: bool(durable(sock, table + ":6")), "the event of album 6")
+        assert await make_live(db_url, table, enabled=False) is None
+        for topic in (table + ":5", table + ":6"):
+            await sock.until(lambda t=topic: bool(sock.answers(t, "unsubscribed")), topic, timeout=5)  # type: ignore[misc]
+            assert sock.answers(topic, "unsubscribed")[0]["reason"] == "not found"
+        await sql(
+            db_url,
+            f"CREATE FUNCTION public.{table}_nobody(user_id bigint, topic text) RETURNS boolean"
+            " LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS 'SELECT false'",
+        )
+        await make_live(db_url, table, topic_column="album_id", can_see=f"public.{table}_nobody")
+        await sql(db_url, f"INSERT INTO {table} (album_id, title) VALUES (5, 'not for alice')")
+        await sql(db_url, f"INSERT INTO {table} (album_id, title) VALUES (6, 'nor this')")
+        assert (await subscribe_refused(sock, table + ":5"))["reason"] == "forbidden"  # the socket goes on
+        assert [m["type"] for m in sock.by_topic[table + ":5"]] == [
+            "subscribed",
+            "unsubscribed",
+            "subscribe_error",
+        ]

@@ -239,3 +239,31 @@ async def test_a_kind_whose_access_function_raises_refuses_only_its_topics_and_s
             assert refused["reason"] == "forbidden" and "secret" not in str(alice.received)
     finally:
         await sql(db_url, "DELETE FROM tracktalk.topic_kinds WHERE kind = 'boom'")
+
+
+async def test_a_topic_unsubscribed_during_its_replay_and_subscribed_again_gets_its_live_events(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    """The first subscribe's replay is reading the log when the unsubscribe ends it: psycopg
+    cancels that query and waits for it, while the second subscribe is answered. The first one's
+    end must not take the second one's subscription with it."""
+    track = new_track(db_url)
+    topic = f"track:{track}"
+    await sql(
+        db_url,
+        "INSERT INTO comments (track_id, user_id, content, timestamp)"
+        " SELECT %s, %s, repeat('x', 3000), 1 FROM generate_series(1, 2000)",
+        (track, world.users["bob"]),
+    )
+    async with open_topics(replica.ws, world.tokens["alice"]) as alice:
+        await alice.subscribe(topic, since=0)  # its replay (6 MB of the log) begins
+        await alice.send({"type": "unsubscribe", "topic": topic})
+        await alice.send({"type": "subscribe", "topic": topic})
+        await alice.until(lambda: len(alice.answers(topic, "subscribed")) == 2, "the second subscribed")
+        comment = await insert_comment(db_url, track, world.users["bob"], "live")
+        await alice.until(
+            lambda: any(
+                m.get("comment", {}).get("id") == comment for m in alice.answers(topic, "new_comment")
+            ),
+            "the live comment",
+        )

@@ -549,3 +549,34 @@ async def test_a_restricted_event_reaches_its_audience_in_its_form_and_everyone_
     await late.subscribe(T1, since=0)  # a replay builds the same forms
     await until(lambda: late.seqs(T1) == [1], "the replay")
     assert late.of(T1)[-1]["type"] == "comment_moderated"
+
+
+async def test_a_subscribe_again_after_an_unsubscribe_during_a_replay_keeps_its_subscription(
+    services: FakeServices,
+) -> None:
+    services.log.write(T1, 10)
+    services.log.gate[T1] = asyncio.Event()  # the first subscribe's replay waits on the log
+    cancelled = asyncio.Event()
+    read = services.log.page
+
+    async def page(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await read(*args, **kwargs)
+        except asyncio.CancelledError:
+            # As psycopg does: a query whose wait is cancelled is cancelled in the server, and
+            # waited for, before the cancellation goes on.
+            await cancelled.wait()
+            raise
+
+    services.log.page = page  # type: ignore[method-assign]
+    client = await connect(services)
+    client.send(type="subscribe", topic=T1, since=0)
+    await client.answered(T1, "subscribed")
+    client.send(type="unsubscribe", topic=T1)
+    client.send(type="subscribe", topic=T1)  # taken again, live from now on
+    await client.answered(T1, "subscribed", count=2)
+    cancelled.set()  # the first subscribe's read ends now
+    await asyncio.sleep(0.01)
+    notice(services, T1, services.log.write(T1, 1))
+    await until(lambda: client.seqs(T1) == [11], "the live event of the second subscription")
+    assert [conn.user_id for conn in services.hub.topic_sockets(T1)] == [ALICE]
