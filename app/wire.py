@@ -51,8 +51,9 @@ class CommentEdit(Struct):
     content: str
 
 
-class Comment(Struct):
-    """A comment as the API and the WebSocket show it."""
+class Comment(Struct, omit_defaults=True):
+    """A comment as the API and the WebSocket show it. `hidden`, `held` and `report_count` are
+    there only for its author and the track's moderators (left out for everyone else)."""
 
     id: int
     user_id: int
@@ -68,6 +69,18 @@ class Comment(Struct):
     last_edited_at: datetime | None
     like_count: int
     user_has_liked: bool
+    pinned: bool
+    """First in every order; one per track (issue 20)."""
+    hearted: bool
+    """The artist's heart."""
+    deleted: bool
+    """A tombstone: deleted, its replies kept (content is empty)."""
+    hidden: bool | None = None
+    """Hidden by a moderator (for its author and the moderators only)."""
+    held: bool | None = None
+    """Held for review (for its author and the moderators only)."""
+    report_count: int | None = None
+    """Reports of it (for its author and the moderators only)."""
 
 
 class LikeState(Struct):
@@ -357,7 +370,8 @@ class CommentEdited(Struct, tag_field="type", tag="comment_edited"):
 
 
 class CommentDeleted(Struct, tag_field="type", tag="comment_deleted"):
-    """A comment is gone (its replies get their own message); `metrics` are the counters after it."""
+    """A comment is gone (its replies get their own message); `metrics` are the counters after it.
+    `tombstone`: it had replies, which stay: it is now shown as deleted, with empty content."""
 
     track_id: str
     seq: int
@@ -365,6 +379,83 @@ class CommentDeleted(Struct, tag_field="type", tag="comment_deleted"):
     metrics: Counters
     tag: EventTag | None = None
     """The event's tag (see EventTag)."""
+    tombstone: bool = False
+
+
+class CommentPinned(Struct, tag_field="type", tag="comment_pinned"):
+    """A comment was pinned (first in every order; pinning another unpins it) or unpinned."""
+
+    track_id: str
+    seq: int
+    comment_id: int
+    pinned: bool
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
+
+
+class CommentHearted(Struct, tag_field="type", tag="comment_hearted"):
+    """The artist's heart was given to a comment, or taken back."""
+
+    track_id: str
+    seq: int
+    comment_id: int
+    hearted: bool
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
+
+
+class CommentHidden(Struct, tag_field="type", tag="comment_hidden"):
+    """A comment was hidden or held for review: remove it (sent to those who may no longer see it)."""
+
+    track_id: str
+    seq: int
+    comment_id: int
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
+
+
+class CommentModerated(Struct, tag_field="type", tag="comment_moderated"):
+    """A comment's moderation changed (hidden, held, restored, reported): the comment with its marks,
+    to its author and the track's moderators only."""
+
+    track_id: str
+    seq: int
+    comment: Comment
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
+
+
+class CommentRestored(Struct, tag_field="type", tag="comment_restored"):
+    """A hidden or held comment was made visible: add it (sent to those who did not see it)."""
+
+    track_id: str
+    seq: int
+    comment: Comment
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
+
+
+class TrackSettings(Struct, tag_field="type", tag="track_settings"):
+    """The track's settings changed: comments on or off, slow mode (seconds between a user's
+    comments; 0: off)."""
+
+    track_id: str
+    seq: int
+    comments_enabled: bool
+    slow_mode_seconds: int
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
+
+
+class Skip(Struct, tag_field="type", tag="skip"):
+    """An event this socket may not see (a hidden or held comment's): nothing to do but note its
+    `seq`, so that the numbering stays whole. It may carry the track's counters (`metrics`)."""
+
+    seq: int
+    track_id: str | None = None
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
+    metrics: Counters | None = None
 
 
 class CommentLiked(Struct, tag_field="type", tag="comment_liked"):
@@ -455,6 +546,13 @@ ServerMessage = (
     | CommentDeleted
     | CommentLiked
     | TrackMetricsChanged
+    | CommentPinned
+    | CommentHearted
+    | CommentHidden
+    | CommentModerated
+    | CommentRestored
+    | TrackSettings
+    | Skip
     | UserTyping
     | Presence
     | Mention

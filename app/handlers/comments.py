@@ -47,16 +47,27 @@ async def list_comments(
     after_id: Annotated[
         int, Parameter(ge=0, le=MAX_BIGINT, description="Cursor: the last id of the previous page.")
     ] = 0,
+    sort: Annotated[
+        comments.Sort,
+        Parameter(
+            description="`timestamp`: by position in the track; `newest`: newest first; `top`: most liked"
+            " first. The pinned comment comes first (on the first page) in every order."
+        ),
+    ] = "timestamp",
 ) -> Response[list[Comment]]:
-    """A page of the track's comments, oldest first; a `Link: rel="next"` header points at the next page."""
+    """A page of the track's comments (by default in the order of their position in the track, the
+    pinned one first); a `Link: rel="next"` header points at the next page. Hidden and held
+    comments are there for their author and the track's moderators only, marked."""
     check_track_id(track_id)
     viewer_id = viewer.id if viewer else None
     async with services.pool.connection() as conn:
         await visible_track(conn, track_id, viewer_id)
-        items = await comments.page(conn, track_id, viewer_id, after_id=after_id, limit=limit)
+        items = await comments.page(conn, track_id, viewer_id, after_id=after_id, limit=limit, sort=sort)
     headers = {}
-    if len(items) == limit:
-        next_page = f"/api/tracks/{quote(track_id, safe='')}/comments?after_id={items[-1].id}&limit={limit}"
+    if len(items) >= limit and any(not item.pinned for item in items):
+        last = next(item for item in reversed(items) if not item.pinned)
+        order = "" if sort == "timestamp" else f"&sort={sort}"
+        next_page = f"/api/tracks/{quote(track_id, safe='')}/comments?after_id={last.id}&limit={limit}{order}"
         headers["Link"] = f'<{next_page}>; rel="next"'
     return Response(items, headers=headers)
 
