@@ -1227,11 +1227,12 @@ CREATE TRIGGER tracks_access_changed
           OR OLD.album_id IS DISTINCT FROM NEW.album_id)
     EXECUTE FUNCTION tracktalk.tracks_access_changed();
 
--- An album changed hands: the sockets of its private tracks are checked again.
+-- An album changed hands: the sockets of its tracks are checked again (who may see its private
+-- ones, and who moderates them all: the old creator's sockets stop getting the restricted variants).
 CREATE OR REPLACE FUNCTION tracktalk.albums_access_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM tracktalk.revoke_track(t.id) FROM public.tracks t WHERE t.album_id = NEW.id AND t.is_private;
+    PERFORM tracktalk.revoke_track(t.id) FROM public.tracks t WHERE t.album_id = NEW.id ORDER BY t.id;
     RETURN NULL;
 END
 $$;

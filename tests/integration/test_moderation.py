@@ -284,3 +284,42 @@ async def test_a_replay_gives_each_socket_its_audiences_form(
         "bob": ["comment_hidden", "skip"],
     }
     assert [e["seq"] for e in got["bob"]] == [2, 3]
+
+
+async def test_a_team_member_who_leaves_the_team_is_told_to_reload_and_sees_no_more_hidden_events(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    track = new_track(db_url)
+    comment = await insert_comment(db_url, track, world.users["alice"], "will be hidden")
+    await sql(db_url, "UPDATE comments SET hidden_at = now() WHERE id = %s", (comment,))
+    try:
+        async with open_socket(replica.ws, track, world.tokens["tina"]) as tina:
+            connected = await tina.expect("connected")
+            await sql(db_url, "UPDATE users SET is_team = false WHERE id = %s", (world.users["tina"],))
+            resync = await tina.expect("resync", ignore=("presence",))
+            assert resync["seq"] == connected["seq"]
+            await sql(db_url, "UPDATE comments SET content = 'still hidden' WHERE id = %s", (comment,))
+            (event,) = await tina.events(1)
+            assert event["type"] == "skip" and "content" not in event
+    finally:
+        await sql(db_url, "UPDATE users SET is_team = true WHERE id = %s", (world.users["tina"],))
+
+
+async def test_a_creator_whose_album_goes_to_another_is_told_to_reload(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    rows = await sql(
+        db_url,
+        "INSERT INTO albums (title, created_by_id) VALUES ('Theirs', %s) RETURNING id",
+        (world.users["carol"],),
+    )
+    track = f"t-album-{rows[0][0]}"
+    await sql(
+        db_url, "INSERT INTO tracks (id, album_id, title) VALUES (%s, %s, 'Theirs')", (track, rows[0][0])
+    )
+    async with open_socket(replica.ws, track, world.tokens["carol"]) as carol:
+        await carol.expect("connected")
+        await sql(
+            db_url, "UPDATE albums SET created_by_id = %s WHERE id = %s", (world.users["dave"], rows[0][0])
+        )
+        await carol.expect("resync")
