@@ -83,6 +83,60 @@ class Comment(Struct, omit_defaults=True):
     """Reports of it (for its author and the moderators only)."""
 
 
+class CommentThread(Struct):
+    """Answer of GET /api/comments/{comment_id} (a deep link): the comment, the one it replies to
+    (null for a top-level comment), and its replies (oldest first, at most 500)."""
+
+    comment: Comment
+    parent: Comment | None
+    replies: list[Comment]
+
+
+class ReportIn(Struct):
+    """Body of POST /api/comments/{comment_id}/report."""
+
+    reason: str
+
+
+class Report(Struct):
+    """A report of a comment (the answer of POST …/report; in the moderation queue)."""
+
+    comment_id: int
+    user_id: int
+    username: str
+    reason: str
+    created_at: datetime
+
+
+class QueueItem(Struct):
+    """A comment of GET /api/moderation/queue: held for review, or reported; with its reports."""
+
+    comment: Comment
+    reports: list[Report]
+
+
+class TrackSettingsIn(Struct, forbid_unknown_fields=True):
+    """Body of PUT /api/tracks/{track_id}/settings: either or both."""
+
+    comments_enabled: bool | None = None
+    slow_mode_seconds: Annotated[int, Meta(ge=0, le=86400)] | None = None
+
+
+class TrackSettingsState(Struct):
+    """A track's settings (the answer of PUT /api/tracks/{track_id}/settings)."""
+
+    track_id: str
+    comments_enabled: bool
+    slow_mode_seconds: int
+
+
+class MuteState(Struct):
+    """Answer of POST and DELETE /api/users/{user_id}/mute: whether the caller mutes the user."""
+
+    user_id: int
+    muted: bool
+
+
 class LikeState(Struct):
     """Answer of POST and DELETE /api/comments/{comment_id}/like."""
 

@@ -12,7 +12,7 @@ from app.data.db import Conn
 from app.problems import NotFound, Unprocessable
 from app.wire import Comment, LikeState
 
-_SELECT = """
+SELECT_COMMENTS = """
     SELECT o.id, o.user_id, o.username, o.author_is_creator, o.author_is_team, o.track_id,
            o.parent_id, o.content, o."timestamp", o.is_edited, o.created_at, o.last_edited_at,
            o.like_count,
@@ -78,11 +78,14 @@ async def page(
     found: list[Comment] = []
     async with conn.cursor(row_factory=class_row(Comment)) as cur:
         if after_id == 0:
-            await cur.execute(_SELECT + marks + " WHERE o.track_id = %(track)s AND o.pinned" + _SEEN, params)
+            await cur.execute(
+                SELECT_COMMENTS + marks + " WHERE o.track_id = %(track)s AND o.pinned" + _SEEN, params
+            )
             found = await cur.fetchall()
         cursor = after_clause if after_id else ""
+        params["limit"] = limit - len(found)  # the pinned comment takes its place on the page
         await cur.execute(
-            _SELECT
+            SELECT_COMMENTS
             + marks
             + " WHERE o.track_id = %(track)s AND NOT o.pinned"
             + _SEEN
@@ -98,7 +101,7 @@ async def get(conn: Conn, comment_id: int, viewer_id: int | None) -> Comment:
     """One comment as the viewer sees it (404 when it is gone, or hidden or held from them)."""
     async with conn.cursor(row_factory=class_row(Comment)) as cur:
         await cur.execute(
-            _SELECT
+            SELECT_COMMENTS
             + " CROSS JOIN LATERAL (SELECT tracktalk.moderates_track(%(viewer)s, o.track_id) AS marks) v"
             " WHERE o.id = %(id)s" + _SEEN,
             {"viewer": viewer_id, "id": comment_id},
@@ -113,7 +116,8 @@ async def thread(conn: Conn, comment: Comment, viewer_id: int | None, limit: int
     """The replies to `comment` the viewer may see, oldest first, at most `limit`."""
     async with conn.cursor(row_factory=class_row(Comment)) as cur:
         await cur.execute(
-            _SELECT + " CROSS JOIN (SELECT tracktalk.moderates_track(%(viewer)s, %(track)s) AS marks) v"
+            SELECT_COMMENTS
+            + " CROSS JOIN (SELECT tracktalk.moderates_track(%(viewer)s, %(track)s) AS marks) v"
             " WHERE o.parent_id = %(id)s AND o.track_id = %(track)s"
             + _SEEN
             + " ORDER BY o.id LIMIT %(limit)s",

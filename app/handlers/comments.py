@@ -10,13 +10,13 @@ from litestar.datastructures import ResponseHeader
 from litestar.params import Parameter
 
 from app.bounds import COMMENT_PAGE, MAX_BIGINT, MAX_COMMENT_PAGE
-from app.data import comments
+from app.data import comments, moderation
 from app.data.tracks import visible_track
 from app.data.users import Viewer
 from app.handlers.schema import SIGNED_IN, TOKEN_OPTIONAL, errors
 from app.handlers.validation import check_id, check_timestamp, check_track_id, clean_content
 from app.handlers.write_limits import counted_write
-from app.problems import Forbidden, Unprocessable
+from app.problems import Forbidden, TooMany, Unprocessable, whole_seconds
 from app.services import Services
 from app.wire import Comment, CommentEdit, CommentIn, LikeState
 
@@ -77,16 +77,27 @@ async def list_comments(
     status_code=201,
     tags=_TAG,
     security=SIGNED_IN,
-    responses=errors(400, 401, 404, 413, 422, 429, 503),
+    responses=errors(400, 401, 403, 404, 413, 422, 429, 503),
 )
 async def create_comment(track_id: str, data: CommentIn, services: Services, user: Viewer) -> Comment:
-    """Post a comment at `timestamp` seconds into the track, or a reply to `parent_id`."""
+    """Post a comment at `timestamp` seconds into the track, or a reply to `parent_id`. 403 when the
+    track's comments are off, 429 with `Retry-After` in its slow mode (its creator and team are
+    above both)."""
     check_track_id(track_id)
     content = clean_content(data.content)
     # One transaction: a parent deleted meanwhile waits for the reply, not the reply's read-back
     # for it; and the author's next post waits for this one's commit to be counted.
     async with counted_write(services, user.id, "comment") as conn:
         track = await visible_track(conn, track_id, user.id)
+        rules = await moderation.posting_rules(conn, track_id, user.id)
+        if not rules.moderator:  # the track's creator and team are above its settings
+            if not rules.comments_enabled:
+                raise Forbidden(f"comments are off on track {track_id!r}: its creator turned them off")
+            if rules.wait > 0:
+                raise TooMany(
+                    f"slow mode: one comment every {rules.slow_mode_seconds} s on this track",
+                    whole_seconds(rules.wait),
+                )
         check_timestamp(data.timestamp, track.duration_seconds)
         if data.parent_id is not None and await comments.parent_track(conn, data.parent_id) != track_id:
             raise Unprocessable(f"parent_id: {data.parent_id} is not a comment of track {track_id!r}")
