@@ -2824,7 +2824,7 @@ $$;
 -- Maintenance: recounts, pruning, counters for rows made before these triggers, the key; the stamp last
 ---------------------------------------------------------------------------------------------
 
--- Sets a track's counters from its rows (one scan of each table), making its row in
+-- Sets a track's counters from its rows (one scan of each table; tombstones are no comments), making its row in
 -- tracktalk.track_state if it has none. For a track made while the triggers were off, or by a
 -- DBA who suspects drift: SELECT tracktalk.recount(id) FROM tracks;
 -- Inside a statement whose trigger is about to add that statement's changes to the counters
@@ -2845,7 +2845,8 @@ BEGIN
     SELECT t.id FROM public.tracks t WHERE t.id = track
     ON CONFLICT (track_id) DO UPDATE SET comments = s.comments;
     UPDATE tracktalk.track_state AS s
-       SET comments = greatest((SELECT count(*) FROM public.comments WHERE track_id = track) - comments_delta, 0),
+       SET comments = greatest((SELECT count(*) FROM public.comments WHERE track_id = track AND deleted_at IS NULL)
+                               - comments_delta, 0),
            likes = greatest((SELECT count(*) FROM public.track_likes WHERE track_id = track) - likes_delta, 0),
            shares = greatest((SELECT count(*) FROM public.track_shares WHERE track_id = track) - shares_delta, 0)
      WHERE s.track_id = track;
