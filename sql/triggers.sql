@@ -681,6 +681,12 @@ LANGUAGE sql STABLE AS $$
                       AND strpos(lower(content), lower(w.word)) > 0)
 $$;
 
+-- The creator of `track`'s album (NULL for no such track).
+CREATE OR REPLACE FUNCTION tracktalk.track_creator(track text) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT a.created_by_id FROM public.tracks t JOIN public.albums a ON a.id = t.album_id WHERE t.id = track
+$$;
+
 -- Row checks that a constraint cannot make, the edit marks of the contract, and moderation's rules
 -- (issue 20), whoever writes: a new comment by a user the track's creator muted is hidden from the
 -- start (hidden_by: the creator); a new or edited comment with one of the creator's
@@ -698,23 +704,29 @@ BEGIN
         NEW.is_edited := true;
         NEW.last_edited_at := now();
     END IF;
-    IF TG_OP = 'INSERT' OR NEW."timestamp" IS DISTINCT FROM OLD."timestamp"
-       OR (NEW.content IS DISTINCT FROM OLD.content AND NEW.deleted_at IS NULL) THEN
-        SELECT t.duration_seconds, a.created_by_id INTO duration, creator
-          FROM public.tracks t JOIN public.albums a ON a.id = t.album_id
-         WHERE t.id = NEW.track_id;
+    IF TG_OP = 'INSERT' OR NEW."timestamp" IS DISTINCT FROM OLD."timestamp" THEN
+        SELECT duration_seconds INTO duration FROM public.tracks WHERE id = NEW.track_id;
         IF NEW."timestamp" > duration THEN
             RAISE EXCEPTION 'comment timestamp % is past the end of track % (% seconds)',
                 NEW."timestamp", NEW.track_id, duration
                 USING ERRCODE = 'check_violation', CONSTRAINT = 'comments_timestamp_within_track';
         END IF;
-        IF TG_OP = 'INSERT' AND NEW.hidden_at IS NULL
-           AND EXISTS (SELECT 1 FROM public.muted_users m WHERE m.creator_id = creator AND m.user_id = NEW.user_id) THEN
+    END IF;
+    -- Moderation's rules cost a comment nothing where nobody uses them: the creator is looked up
+    -- only when its author is muted by someone, or when some creator has words (one probe each).
+    IF TG_OP = 'INSERT' AND NEW.hidden_at IS NULL
+       AND EXISTS (SELECT 1 FROM public.muted_users m WHERE m.user_id = NEW.user_id) THEN
+        creator := tracktalk.track_creator(NEW.track_id);
+        IF EXISTS (SELECT 1 FROM public.muted_users m WHERE m.creator_id = creator AND m.user_id = NEW.user_id) THEN
             NEW.hidden_at := now();
             NEW.hidden_by := creator;
         END IF;
-        IF NEW.held_at IS NULL AND (TG_OP = 'INSERT' OR NEW.content IS DISTINCT FROM OLD.content)
-           AND tracktalk.has_moderation_word(creator, NEW.content) THEN
+    END IF;
+    IF NEW.held_at IS NULL AND NEW.deleted_at IS NULL
+       AND (TG_OP = 'INSERT' OR NEW.content IS DISTINCT FROM OLD.content)
+       AND EXISTS (SELECT 1 FROM public.moderation_words) THEN
+        creator := coalesce(creator, tracktalk.track_creator(NEW.track_id));
+        IF tracktalk.has_moderation_word(creator, NEW.content) THEN
             NEW.held_at := now();
         END IF;
     END IF;
@@ -908,6 +920,7 @@ $$;
 CREATE OR REPLACE FUNCTION tracktalk.comments_after_update() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    plain boolean;
     r record;
 BEGIN
     -- Each row's changes, as events in this order: made a tombstone (comment_deleted, tombstone),
@@ -915,6 +928,36 @@ BEGIN
     -- everyone else, comment_moderated for its author and the moderators), pinned
     -- (comment_pinned), hearted (comment_hearted). An event about a comment that is hidden or held
     -- goes to its author and the moderators only (everyone else: skip).
+    -- The common statement (edits of visible comments, nothing else) takes the short way: as
+    -- before moderation, at a third of the cost for 10,000 rows.
+    -- (Each transition table scanned on its own: a join of the two would be planned blind.)
+    SELECT NOT EXISTS (SELECT 1 FROM new_rows n
+                        WHERE n.hidden_at IS NOT NULL OR n.held_at IS NOT NULL OR n.deleted_at IS NOT NULL)
+       AND NOT EXISTS (SELECT 1 FROM old_rows o WHERE o.hidden_at IS NOT NULL OR o.held_at IS NOT NULL)
+       AND (SELECT array_agg(n.id ORDER BY n.id) FROM new_rows n WHERE n.pinned_at IS NOT NULL)
+           IS NOT DISTINCT FROM (SELECT array_agg(o.id ORDER BY o.id) FROM old_rows o WHERE o.pinned_at IS NOT NULL)
+       AND (SELECT array_agg(n.id ORDER BY n.id) FROM new_rows n WHERE n.hearted_at IS NOT NULL)
+           IS NOT DISTINCT FROM (SELECT array_agg(o.id ORDER BY o.id) FROM old_rows o WHERE o.hearted_at IS NOT NULL)
+      INTO plain;
+    IF plain THEN
+        FOR r IN EXECUTE $q$
+            SELECT n.track_id,
+                   array_agg(jsonb_build_object('type', 'comment_edited', 'comment_id', n.id,
+                                                'content', n.content, 'timestamp', n."timestamp",
+                                                'is_edited', n.is_edited,
+                                                'last_edited_at', tracktalk.json_time(n.last_edited_at))
+                             ORDER BY n.id) AS messages
+              FROM new_rows n
+              JOIN old_rows o ON o.id = n.id
+             WHERE n.content IS DISTINCT FROM o.content
+                OR n."timestamp" IS DISTINCT FROM o."timestamp"
+             GROUP BY n.track_id
+             ORDER BY n.track_id
+        $q$
+        LOOP
+            PERFORM tracktalk.publish_track(r.track_id, r.messages);
+        END LOOP;
+    ELSE
     FOR r IN EXECUTE $q$
         WITH changed AS (
             SELECT n.track_id, n.id, n.user_id, n.content, n."timestamp", n.is_edited, n.last_edited_at,
@@ -977,6 +1020,7 @@ BEGIN
         PERFORM tracktalk.publish_track(r.track_id, r.messages, comments_delta => r.delta,
                                         restricted => r.restricted, authors => r.authors);
     END LOOP;
+    END IF;
     EXECUTE $q$
         SELECT tracktalk.notify_comment_readers(
                    array_agg(n.id ORDER BY n.id), array_agg(n.track_id ORDER BY n.id),
