@@ -31,8 +31,8 @@ UPGRADE_DIR = SQL_DIR / "upgrade"
 SCHEMA_VERSION = 11
 """The version that sql/triggers.sql stamps. The app serves it or a newer one, and refuses an
 older one: replicas can be upgraded one at a time after the SQL where a version keeps what the
-one before it uses (3 to 4, 6 to 7, 7 to 8 and 8 to 9 do; 2 to 3, 4 to 5 and 5 to 6 do not, and need the old replicas
-stopped first: docs/dba.md)."""
+one before it uses (3 to 4, 6 to 7, 7 to 8 and 8 to 9 do; 2 to 3, 4 to 5, 5 to 6 and 9 to 11 do not, and need the
+old replicas stopped first: docs/dba.md)."""
 
 
 def serves(found: int | None) -> bool:
