@@ -167,6 +167,12 @@ class Track(Struct):
     duration_seconds: float | None
     is_private: bool
     audio_url: str | None
+    creator_id: int
+    """The album's creator (with the team, the track's moderators)."""
+    comments_enabled: bool
+    """False: new comments are refused (403); those there stay."""
+    slow_mode_seconds: int
+    """A user's next comment on the track waits this long after their last (0: off)."""
 
 
 class Notification(Struct):
