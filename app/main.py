@@ -20,7 +20,18 @@ from app.bounds import MAX_BODY
 from app.config import Settings
 from app.edge.addresses import PerAddress
 from app.edge.cors import Cors
-from app.handlers import client, comments, demo, forum, health, notifications, pages, schema, tracks
+from app.handlers import (
+    client,
+    comments,
+    demo,
+    forum,
+    health,
+    moderation,
+    notifications,
+    pages,
+    schema,
+    tracks,
+)
 from app.handlers.deps import provide_services, provide_user, provide_viewer
 from app.handlers.errors import exception_handlers
 from app.handlers.request import TracktalkRequest
@@ -76,6 +87,7 @@ def create_app(settings: Settings | None = None) -> Tracktalk:
 
     handlers: list[Any] = [
         *comments.route_handlers,
+        *moderation.route_handlers,
         *tracks.route_handlers,
         *notifications.route_handlers,
         *forum.route_handlers,

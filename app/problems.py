@@ -24,6 +24,10 @@ class Forbidden(Problem):
     """The caller is known but may not do this (403)."""
 
 
+class Conflict(Problem):
+    """The request clashes with what exists, and asking again will not change that (409)."""
+
+
 class Unprocessable(Problem):
     """A well-formed request whose values cannot be accepted (422)."""
 

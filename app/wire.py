@@ -51,8 +51,9 @@ class CommentEdit(Struct):
     content: str
 
 
-class Comment(Struct):
-    """A comment as the API and the WebSocket show it."""
+class Comment(Struct, omit_defaults=True):
+    """A comment as the API and the WebSocket show it. `hidden`, `held` and `report_count` are
+    there only for its author and the track's moderators (left out for everyone else)."""
 
     id: int
     user_id: int
@@ -68,6 +69,72 @@ class Comment(Struct):
     last_edited_at: datetime | None
     like_count: int
     user_has_liked: bool
+    pinned: bool
+    """First in every order; one per track (issue 20)."""
+    hearted: bool
+    """The artist's heart."""
+    deleted: bool
+    """A tombstone: deleted, its replies kept (content is empty)."""
+    hidden: bool | None = None
+    """Hidden by a moderator (for its author and the moderators only)."""
+    held: bool | None = None
+    """Held for review (for its author and the moderators only)."""
+    report_count: int | None = None
+    """Reports of it (for its author and the moderators only)."""
+
+
+class CommentThread(Struct):
+    """Answer of GET /api/comments/{comment_id} (a deep link): the comment, the one it replies to
+    (null for a top-level comment), and its replies (oldest first, at most 500)."""
+
+    comment: Comment
+    parent: Comment | None
+    replies: list[Comment]
+
+
+class ReportIn(Struct):
+    """Body of POST /api/comments/{comment_id}/report."""
+
+    reason: str
+
+
+class Report(Struct):
+    """A report of a comment (the answer of POST …/report; in the moderation queue)."""
+
+    comment_id: int
+    user_id: int
+    username: str
+    reason: str
+    created_at: datetime
+
+
+class QueueItem(Struct):
+    """A comment of GET /api/moderation/queue: held for review, or reported; with its reports."""
+
+    comment: Comment
+    reports: list[Report]
+
+
+class TrackSettingsIn(Struct, forbid_unknown_fields=True):
+    """Body of PUT /api/tracks/{track_id}/settings: either or both."""
+
+    comments_enabled: bool | None = None
+    slow_mode_seconds: Annotated[int, Meta(ge=0, le=86400)] | None = None
+
+
+class TrackSettingsState(Struct):
+    """A track's settings (the answer of PUT /api/tracks/{track_id}/settings)."""
+
+    track_id: str
+    comments_enabled: bool
+    slow_mode_seconds: int
+
+
+class MuteState(Struct):
+    """Answer of POST and DELETE /api/users/{user_id}/mute: whether the caller mutes the user."""
+
+    user_id: int
+    muted: bool
 
 
 class LikeState(Struct):
@@ -100,6 +167,12 @@ class Track(Struct):
     duration_seconds: float | None
     is_private: bool
     audio_url: str | None
+    creator_id: int
+    """The album's creator (with the team, the track's moderators)."""
+    comments_enabled: bool
+    """False: new comments are refused (403); those there stay."""
+    slow_mode_seconds: int
+    """A user's next comment on the track waits this long after their last (0: off)."""
 
 
 class Notification(Struct):
@@ -377,7 +450,8 @@ class CommentEdited(Struct, tag_field="type", tag="comment_edited"):
 
 
 class CommentDeleted(Struct, tag_field="type", tag="comment_deleted"):
-    """A comment is gone (its replies get their own message); `metrics` are the counters after it."""
+    """A comment is gone (its replies get their own message); `metrics` are the counters after it.
+    `tombstone`: it had replies, which stay: it is now shown as deleted, with empty content."""
 
     track_id: str
     seq: int
@@ -385,6 +459,83 @@ class CommentDeleted(Struct, tag_field="type", tag="comment_deleted"):
     metrics: Counters
     tag: EventTag | None = None
     """The event's tag (see EventTag)."""
+    tombstone: bool = False
+
+
+class CommentPinned(Struct, tag_field="type", tag="comment_pinned"):
+    """A comment was pinned (first in every order; pinning another unpins it) or unpinned."""
+
+    track_id: str
+    seq: int
+    comment_id: int
+    pinned: bool
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
+
+
+class CommentHearted(Struct, tag_field="type", tag="comment_hearted"):
+    """The artist's heart was given to a comment, or taken back."""
+
+    track_id: str
+    seq: int
+    comment_id: int
+    hearted: bool
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
+
+
+class CommentHidden(Struct, tag_field="type", tag="comment_hidden"):
+    """A comment was hidden or held for review: remove it (sent to those who may no longer see it)."""
+
+    track_id: str
+    seq: int
+    comment_id: int
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
+
+
+class CommentModerated(Struct, tag_field="type", tag="comment_moderated"):
+    """A comment's moderation changed (hidden, held, restored, reported): the comment with its marks,
+    to its author and the track's moderators only."""
+
+    track_id: str
+    seq: int
+    comment: Comment
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
+
+
+class CommentRestored(Struct, tag_field="type", tag="comment_restored"):
+    """A hidden or held comment was made visible: add it (sent to those who did not see it)."""
+
+    track_id: str
+    seq: int
+    comment: Comment
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
+
+
+class TrackSettings(Struct, tag_field="type", tag="track_settings"):
+    """The track's settings changed: comments on or off, slow mode (seconds between a user's
+    comments; 0: off)."""
+
+    track_id: str
+    seq: int
+    comments_enabled: bool
+    slow_mode_seconds: int
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
+
+
+class Skip(Struct, tag_field="type", tag="skip"):
+    """An event this socket may not see (a hidden or held comment's): nothing to do but note its
+    `seq`, so that the numbering stays whole. It may carry the track's counters (`metrics`)."""
+
+    seq: int
+    track_id: str | None = None
+    tag: EventTag | None = None
+    """The event's tag (see EventTag)."""
+    metrics: Counters | None = None
 
 
 class CommentLiked(Struct, tag_field="type", tag="comment_liked"):
@@ -475,6 +626,13 @@ ServerMessage = (
     | CommentDeleted
     | CommentLiked
     | TrackMetricsChanged
+    | CommentPinned
+    | CommentHearted
+    | CommentHidden
+    | CommentModerated
+    | CommentRestored
+    | TrackSettings
+    | Skip
     | UserTyping
     | Presence
     | Mention

@@ -106,12 +106,17 @@ BEGIN
             -- the host app's rows: read
             ('public.users',                    'SELECT', 'tracktalk_writer'),
             ('public.albums',                   'SELECT', 'tracktalk_writer'),
-            ('public.tracks',                   'SELECT', 'tracktalk_writer'),
+            -- a track's moderation settings are its creator's and the team's, through the API
+            ('public.tracks',                   'SELECT, UPDATE (comments_enabled, slow_mode_seconds)', 'tracktalk_writer'),
             -- what listeners write (the triggers do the rest, as the owner)
             ('public.comments',                 'SELECT, INSERT, UPDATE, DELETE', 'tracktalk_writer'),
             ('public.comment_likes',            'SELECT, INSERT, DELETE', 'tracktalk_writer'),
             ('public.track_likes',              'SELECT, INSERT, DELETE', 'tracktalk_writer'),
             ('public.track_shares',             'SELECT, INSERT', 'tracktalk_writer'),
+            -- moderation (issue 20): reports (an approval clears them), mutes, the creators' words
+            ('public.comment_reports',          'SELECT, INSERT, DELETE', 'tracktalk_writer'),
+            ('public.muted_users',              'SELECT, INSERT, DELETE', 'tracktalk_writer'),
+            ('public.moderation_words',         'SELECT, INSERT, UPDATE, DELETE', 'tracktalk_writer'),
             -- the forum: categories are the host app's (or a DBA's); the rest is written like comments
             ('public.forum_categories',         'SELECT', 'tracktalk_writer'),
             ('public.forum_threads',            'SELECT, INSERT, UPDATE, DELETE', 'tracktalk_writer'),

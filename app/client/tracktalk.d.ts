@@ -23,6 +23,18 @@ export interface Comment {
   like_count: number;
   /** Whether the caller liked it; false in socket messages (they are the same for everyone). */
   user_has_liked: boolean;
+  /** Pinned by the track's creator or team: first in every order (one per track). */
+  pinned: boolean;
+  /** The artist's heart. */
+  hearted: boolean;
+  /** A tombstone: deleted, its replies kept (`content` is empty). */
+  deleted: boolean;
+  /** Hidden by a moderator: only for its author and the track's moderators. */
+  hidden?: boolean;
+  /** Held for review: only for its author and the track's moderators. */
+  held?: boolean;
+  /** How many reported it: only for its author and the track's moderators. */
+  report_count?: number;
 }
 
 /** A forum post (GET /api/forum/threads/{id}/posts, `new_post`). */
@@ -138,6 +150,8 @@ export interface CommentDeleted {
   tag?: string | null;
   comment_id: number;
   metrics: Counters;
+  /** It had replies, which stay: show it as deleted, with empty content. */
+  tombstone?: boolean;
 }
 
 /** A comment's like count changed. Durable. */
@@ -161,6 +175,81 @@ export interface TrackMetricsChanged {
   likes: number;
   comments: number;
   shares: number;
+}
+
+/** A comment was pinned (pinning another unpins it) or unpinned. Durable. */
+export interface CommentPinned {
+  type: "comment_pinned";
+  track_id: string;
+  seq: number;
+  /** The event's tag: resume with since=seq&tag=tag (the feed does). */
+  tag?: string | null;
+  comment_id: number;
+  pinned: boolean;
+}
+
+/** The artist's heart given to a comment, or taken back. Durable. */
+export interface CommentHearted {
+  type: "comment_hearted";
+  track_id: string;
+  seq: number;
+  /** The event's tag: resume with since=seq&tag=tag (the feed does). */
+  tag?: string | null;
+  comment_id: number;
+  hearted: boolean;
+}
+
+/** A comment was hidden or held for review: remove it. Durable. */
+export interface CommentHidden {
+  type: "comment_hidden";
+  track_id: string;
+  seq: number;
+  /** The event's tag: resume with since=seq&tag=tag (the feed does). */
+  tag?: string | null;
+  comment_id: number;
+}
+
+/** A comment's moderation changed (hidden, held, restored, reported): the comment with its marks,
+ *  to its author and the track's moderators only. Durable. */
+export interface CommentModerated {
+  type: "comment_moderated";
+  track_id: string;
+  seq: number;
+  /** The event's tag: resume with since=seq&tag=tag (the feed does). */
+  tag?: string | null;
+  comment: Comment;
+}
+
+/** A hidden or held comment was made visible: add it. Durable. */
+export interface CommentRestored {
+  type: "comment_restored";
+  track_id: string;
+  seq: number;
+  /** The event's tag: resume with since=seq&tag=tag (the feed does). */
+  tag?: string | null;
+  comment: Comment;
+}
+
+/** The track's settings changed: comments on or off, slow mode (0: off). Durable. */
+export interface TrackSettings {
+  type: "track_settings";
+  track_id: string;
+  seq: number;
+  /** The event's tag: resume with since=seq&tag=tag (the feed does). */
+  tag?: string | null;
+  comments_enabled: boolean;
+  slow_mode_seconds: number;
+}
+
+/** An event this socket may not see (a hidden or held comment's): only its seq counts. Durable. */
+export interface Skip {
+  type: "skip";
+  seq: number;
+  track_id?: string | null;
+  /** The event's tag: resume with since=seq&tag=tag (the feed does). */
+  tag?: string | null;
+  /** The track's counters after the event, when it changed them. */
+  metrics?: Counters | null;
 }
 
 /** Someone on the track started or stopped typing. Ephemeral (no seq). */
@@ -226,6 +315,13 @@ export type ServerMessage =
   | CommentDeleted
   | CommentLiked
   | TrackMetricsChanged
+  | CommentPinned
+  | CommentHearted
+  | CommentHidden
+  | CommentModerated
+  | CommentRestored
+  | TrackSettings
+  | Skip
   | UserTyping
   | Presence
   | Mention
@@ -234,7 +330,19 @@ export type ServerMessage =
   | ErrorMessage;
 
 /** The durable events: each has the track's `seq`, and is delivered exactly once, in order. */
-export type DurableEvent = NewComment | CommentEdited | CommentDeleted | CommentLiked | TrackMetricsChanged;
+export type DurableEvent =
+  | NewComment
+  | CommentEdited
+  | CommentDeleted
+  | CommentLiked
+  | TrackMetricsChanged
+  | CommentPinned
+  | CommentHearted
+  | CommentHidden
+  | CommentModerated
+  | CommentRestored
+  | TrackSettings
+  | Skip;
 
 /** What onMessage gets: everything but `connected` (onStatus) and `resync` (onResync). */
 export type FeedMessage = Exclude<ServerMessage, Connected | Resync>;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from psycopg.errors import ForeignKeyViolation
 from psycopg.rows import class_row, tuple_row
@@ -11,12 +12,42 @@ from app.data.db import Conn
 from app.problems import NotFound, Unprocessable
 from app.wire import Comment, LikeState
 
-_SELECT = """
-    SELECT o.*,
+SELECT_COMMENTS = """
+    SELECT o.id, o.user_id, o.username, o.author_is_creator, o.author_is_team, o.track_id,
+           o.parent_id, o.content, o."timestamp", o.is_edited, o.created_at, o.last_edited_at,
+           o.like_count,
            EXISTS (SELECT 1 FROM comment_likes l
-                    WHERE l.comment_id = o.id AND l.user_id = %(viewer)s) AS user_has_liked
+                    WHERE l.comment_id = o.id AND l.user_id = %(viewer)s) AS user_has_liked,
+           o.pinned, o.hearted, o.deleted,
+           CASE WHEN v.marks OR o.user_id = %(viewer)s THEN o.hidden END AS hidden,
+           CASE WHEN v.marks OR o.user_id = %(viewer)s THEN o.held END AS held,
+           CASE WHEN v.marks OR o.user_id = %(viewer)s THEN o.report_count END AS report_count
       FROM tracktalk.comment_objects o
 """
+"""A comment as the viewer sees it: with its marks (hidden, held, report_count) for its author and
+the track's moderators (`v.marks`, joined by each query)."""
+
+_SEEN = " AND (v.marks OR o.user_id = %(viewer)s OR NOT (o.hidden OR o.held))"
+"""A hidden or held comment exists only for its author and the track's moderators."""
+
+Sort = Literal["timestamp", "newest", "top"]
+
+_ORDER: dict[str, tuple[str, str]] = {
+    # (the cursor's condition: after comment %(after)s in this order, the order)
+    "timestamp": (
+        ' AND (o."timestamp", o.id) > (coalesce((SELECT c."timestamp" FROM comments c WHERE c.id = %(after)s), -1),'
+        " %(after)s)",
+        ' ORDER BY o."timestamp", o.id',
+    ),
+    "newest": (" AND o.id < %(after)s", " ORDER BY o.id DESC"),
+    "top": (
+        " AND (-o.like_count, o.id) > (-coalesce((SELECT s.likes FROM tracktalk.comment_stats s"
+        " WHERE s.comment_id = %(after)s), 0), %(after)s)",
+        " ORDER BY o.like_count DESC, o.id",
+    ),
+}
+"""How each order of GET /api/tracks/{id}/comments walks (the pinned comment comes first, on the
+first page, whatever the order)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,29 +61,74 @@ class CommentAccess:
 
 
 async def page(
-    conn: Conn, track_id: str, viewer_id: int | None, *, after_id: int, limit: int
+    conn: Conn,
+    track_id: str,
+    viewer_id: int | None,
+    *,
+    after_id: int,
+    limit: int,
+    sort: Sort = "timestamp",
 ) -> list[Comment]:
-    """Comments of a track in the order they were written, `limit` of them after `after_id`."""
+    """A page of a track's comments in `sort` order, `limit` of them after comment `after_id` (0:
+    the first page, which starts with the pinned comment, if any). Hidden and held comments only
+    for their author and the track's moderators."""
+    after_clause, order = _ORDER[sort]
+    params = {"viewer": viewer_id, "track": track_id, "after": after_id, "limit": limit}
+    marks = " CROSS JOIN (SELECT tracktalk.moderates_track(%(viewer)s, %(track)s) AS marks) v"
+    found: list[Comment] = []
     async with conn.cursor(row_factory=class_row(Comment)) as cur:
+        if after_id == 0:
+            await cur.execute(
+                SELECT_COMMENTS + marks + " WHERE o.track_id = %(track)s AND o.pinned" + _SEEN, params
+            )
+            found = await cur.fetchall()
+        cursor = after_clause if after_id else ""
+        params["limit"] = limit - len(found)  # the pinned comment takes its place on the page
         await cur.execute(
-            _SELECT + " WHERE o.track_id = %(track)s AND o.id > %(after)s ORDER BY o.id LIMIT %(limit)s",
-            {"viewer": viewer_id, "track": track_id, "after": after_id, "limit": limit},
+            SELECT_COMMENTS
+            + marks
+            + " WHERE o.track_id = %(track)s AND NOT o.pinned"
+            + _SEEN
+            + cursor
+            + order
+            + " LIMIT %(limit)s",
+            params,
         )
-        return await cur.fetchall()
+        return found + await cur.fetchall()
 
 
 async def get(conn: Conn, comment_id: int, viewer_id: int | None) -> Comment:
-    """One comment as the viewer sees it (404 when it is gone)."""
+    """One comment as the viewer sees it (404 when it is gone, or hidden or held from them)."""
     async with conn.cursor(row_factory=class_row(Comment)) as cur:
-        await cur.execute(_SELECT + " WHERE o.id = %(id)s", {"viewer": viewer_id, "id": comment_id})
+        await cur.execute(
+            SELECT_COMMENTS
+            + " CROSS JOIN LATERAL (SELECT tracktalk.moderates_track(%(viewer)s, o.track_id) AS marks) v"
+            " WHERE o.id = %(id)s" + _SEEN,
+            {"viewer": viewer_id, "id": comment_id},
+        )
         comment = await cur.fetchone()
     if comment is None:
         raise NotFound(f"comment {comment_id}")
     return comment
 
 
+async def thread(conn: Conn, comment: Comment, viewer_id: int | None, limit: int) -> list[Comment]:
+    """The replies to `comment` the viewer may see, oldest first, at most `limit`."""
+    async with conn.cursor(row_factory=class_row(Comment)) as cur:
+        await cur.execute(
+            SELECT_COMMENTS
+            + " CROSS JOIN (SELECT tracktalk.moderates_track(%(viewer)s, %(track)s) AS marks) v"
+            " WHERE o.parent_id = %(id)s AND o.track_id = %(track)s"
+            + _SEEN
+            + " ORDER BY o.id LIMIT %(limit)s",
+            {"viewer": viewer_id, "id": comment.id, "track": comment.track_id, "limit": limit},
+        )
+        return await cur.fetchall()
+
+
 async def access(conn: Conn, comment_id: int, viewer_id: int | None) -> CommentAccess:
-    """The comment's owner and track, if the viewer may see its track; 404 otherwise."""
+    """The comment's owner and track, if the viewer may see it (its track; and, hidden or held, its
+    author and the track's moderators only); 404 otherwise."""
     async with conn.cursor(row_factory=class_row(CommentAccess)) as cur:
         await cur.execute(
             """
@@ -60,9 +136,11 @@ async def access(conn: Conn, comment_id: int, viewer_id: int | None) -> CommentA
               FROM comments c
               JOIN tracks t ON t.id = c.track_id
               JOIN albums a ON a.id = t.album_id
-             WHERE c.id = %s AND tracktalk.can_see(%s, c.track_id)
+             WHERE c.id = %(id)s AND tracktalk.can_see(%(viewer)s, c.track_id)
+               AND (c.hidden_at IS NULL AND c.held_at IS NULL OR c.user_id = %(viewer)s
+                    OR tracktalk.moderates_track(%(viewer)s, c.track_id))
             """,
-            (comment_id, viewer_id),
+            {"id": comment_id, "viewer": viewer_id},
         )
         found = await cur.fetchone()
     if found is None:

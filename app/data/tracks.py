@@ -44,7 +44,8 @@ async def list_tracks(conn: Conn, viewer_id: int | None) -> list[Track]:
         await cur.execute(
             """
             SELECT t.id, t.title, t.album_id, a.title AS album_title, t.duration_seconds,
-                   t.is_private, t.audio_url
+                   t.is_private, t.audio_url, a.created_by_id AS creator_id, t.comments_enabled,
+                   t.slow_mode_seconds
               FROM tracks t JOIN albums a ON a.id = t.album_id
              WHERE tracktalk.can_see(%s, t.id)
              ORDER BY a.id, t.created_at, t.id
@@ -61,7 +62,8 @@ async def get_track(conn: Conn, track_id: str, viewer_id: int | None) -> Track:
         await cur.execute(
             """
             SELECT t.id, t.title, t.album_id, a.title AS album_title, t.duration_seconds,
-                   t.is_private, t.audio_url
+                   t.is_private, t.audio_url, a.created_by_id AS creator_id, t.comments_enabled,
+                   t.slow_mode_seconds
               FROM tracks t JOIN albums a ON a.id = t.album_id
              WHERE t.id = %s AND tracktalk.can_see(%s, t.id)
             """,

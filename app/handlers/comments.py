@@ -10,13 +10,13 @@ from litestar.datastructures import ResponseHeader
 from litestar.params import Parameter
 
 from app.bounds import COMMENT_PAGE, MAX_BIGINT, MAX_COMMENT_PAGE
-from app.data import comments
+from app.data import comments, moderation
 from app.data.tracks import visible_track
 from app.data.users import Viewer
 from app.handlers.schema import SIGNED_IN, TOKEN_OPTIONAL, errors
 from app.handlers.validation import check_id, check_timestamp, check_track_id, clean_content
 from app.handlers.write_limits import counted_write
-from app.problems import Forbidden, Unprocessable
+from app.problems import Forbidden, TooMany, Unprocessable, whole_seconds
 from app.services import Services
 from app.wire import Comment, CommentEdit, CommentIn, LikeState
 
@@ -47,16 +47,27 @@ async def list_comments(
     after_id: Annotated[
         int, Parameter(ge=0, le=MAX_BIGINT, description="Cursor: the last id of the previous page.")
     ] = 0,
+    sort: Annotated[
+        comments.Sort,
+        Parameter(
+            description="`timestamp`: by position in the track; `newest`: newest first; `top`: most liked"
+            " first. The pinned comment comes first (on the first page) in every order."
+        ),
+    ] = "timestamp",
 ) -> Response[list[Comment]]:
-    """A page of the track's comments, oldest first; a `Link: rel="next"` header points at the next page."""
+    """A page of the track's comments (by default in the order of their position in the track, the
+    pinned one first); a `Link: rel="next"` header points at the next page. Hidden and held
+    comments are there for their author and the track's moderators only, marked."""
     check_track_id(track_id)
     viewer_id = viewer.id if viewer else None
     async with services.pool.connection() as conn:
         await visible_track(conn, track_id, viewer_id)
-        items = await comments.page(conn, track_id, viewer_id, after_id=after_id, limit=limit)
+        items = await comments.page(conn, track_id, viewer_id, after_id=after_id, limit=limit, sort=sort)
     headers = {}
-    if len(items) == limit:
-        next_page = f"/api/tracks/{quote(track_id, safe='')}/comments?after_id={items[-1].id}&limit={limit}"
+    if len(items) >= limit and any(not item.pinned for item in items):
+        last = next(item for item in reversed(items) if not item.pinned)
+        order = "" if sort == "timestamp" else f"&sort={sort}"
+        next_page = f"/api/tracks/{quote(track_id, safe='')}/comments?after_id={last.id}&limit={limit}{order}"
         headers["Link"] = f'<{next_page}>; rel="next"'
     return Response(items, headers=headers)
 
@@ -66,16 +77,27 @@ async def list_comments(
     status_code=201,
     tags=_TAG,
     security=SIGNED_IN,
-    responses=errors(400, 401, 404, 413, 422, 429, 503),
+    responses=errors(400, 401, 403, 404, 413, 422, 429, 503),
 )
 async def create_comment(track_id: str, data: CommentIn, services: Services, user: Viewer) -> Comment:
-    """Post a comment at `timestamp` seconds into the track, or a reply to `parent_id`."""
+    """Post a comment at `timestamp` seconds into the track, or a reply to `parent_id`. 403 when the
+    track's comments are off, 429 with `Retry-After` in its slow mode (its creator and team are
+    above both)."""
     check_track_id(track_id)
     content = clean_content(data.content)
     # One transaction: a parent deleted meanwhile waits for the reply, not the reply's read-back
     # for it; and the author's next post waits for this one's commit to be counted.
     async with counted_write(services, user.id, "comment") as conn:
         track = await visible_track(conn, track_id, user.id)
+        rules = await moderation.posting_rules(conn, track_id, user.id)
+        if not rules.moderator:  # the track's creator and team are above its settings
+            if not rules.comments_enabled:
+                raise Forbidden(f"comments are off on track {track_id!r}: its creator turned them off")
+            if rules.wait > 0:
+                raise TooMany(
+                    f"slow mode: one comment every {rules.slow_mode_seconds} s on this track",
+                    whole_seconds(rules.wait),
+                )
         check_timestamp(data.timestamp, track.duration_seconds)
         if data.parent_id is not None and await comments.parent_track(conn, data.parent_id) != track_id:
             raise Unprocessable(f"parent_id: {data.parent_id} is not a comment of track {track_id!r}")

@@ -17,7 +17,7 @@ from psycopg_pool import PoolTimeout
 
 from app.auth.claims import IdentityProviderUnavailable
 from app.bounds import MAX_BODY
-from app.problems import Forbidden, NotFound, Problem, TooMany, Unprocessable
+from app.problems import Conflict, Forbidden, NotFound, Problem, TooMany, Unprocessable
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,13 @@ def unauthorized(detail: str = "sign in: send `Authorization: Bearer <token>`") 
     return NotAuthorizedException(detail=detail)
 
 
-_STATUS: dict[type[Problem], int] = {NotFound: 404, Forbidden: 403, Unprocessable: 422, TooMany: 429}
+_STATUS: dict[type[Problem], int] = {
+    NotFound: 404,
+    Forbidden: 403,
+    Conflict: 409,
+    Unprocessable: 422,
+    TooMany: 429,
+}
 """The HTTP status of each kind of problem."""
 
 

@@ -48,6 +48,7 @@ WHEN = {
         "No such track, comment, user, forum category, thread or post, or a private one (a track, "
         "a team-only category and what is in it) the caller may not see."
     ),
+    409: "It clashes with what is there already (a second report of the same comment).",
     413: "The body is over 64 KiB.",
     422: "A value is not acceptable: `detail` names the field and says why.",
     429: "Too many writes of this user for now: try again after `Retry-After` seconds.",

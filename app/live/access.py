@@ -4,7 +4,10 @@ A revocation (a track made private, moved or deleted; a user off the team or del
 tracktalk.revoke_topic) names the topic's or the user's subscriptions; each (user, topic) pair is
 asked of the database again (tracktalk.may_see, and whether the user still exists and moderates
 the topic), and the refused ones are handed to `on_refused` (the feed ends them: the track socket
-is closed with 1008, a subscription of /api/ws is dropped with `unsubscribed`). A revocation may
+is closed with 1008, a subscription of /api/ws is dropped with `unsubscribed`); one whose user
+still may see the topic but no longer moderates it (off the team, the album given to another
+creator) stops getting the restricted variants of its events and is told to reload (`on_demoted`:
+a `resync`), since its client holds what only moderators see. A revocation may
 also pass unheard (before a channel was listened on, while the listener was away): `epoch` moves
 then, and the socket handlers ask again for a subscription admitted meanwhile.
 """
@@ -42,14 +45,21 @@ class AccessReader(Protocol):
 Refused = Callable[[Connection, str, Access], None]
 """Ends a subscription that lost access (given why: the answer)."""
 
+Demoted = Callable[[Connection, str], None]
+"""Tells a subscription whose user no longer moderates its topic to reload (it holds what only
+moderators may see: hidden and held comments)."""
+
 
 class AccessGuard:
     """Checks again who may see what, as revocations come in."""
 
-    def __init__(self, hub: Hub, log: AccessReader, on_refused: Refused) -> None:
+    def __init__(
+        self, hub: Hub, log: AccessReader, on_refused: Refused, on_demoted: Demoted | None = None
+    ) -> None:
         self._hub = hub
         self._log = log
         self._on_refused = on_refused
+        self._on_demoted = on_demoted
         self.epoch = 0
         """Goes up whenever a revocation may have passed a subscription being admitted: a
         revocation heard, a reconnect, a channel newly listened on. The socket handlers check
@@ -111,6 +121,9 @@ class AccessGuard:
                     if (answer := users.get(conn.user_id)) is None:
                         continue
                     if answer.may_see and (answer.username is not None or not conn.user_id):
+                        demoted = conn.moderates(topic) and not answer.moderator
                         conn.moderate(topic, answer.moderator)
+                        if demoted and self._on_demoted is not None:
+                            self._on_demoted(conn, topic)
                     else:
                         self._on_refused(conn, topic, answer)

@@ -33,8 +33,8 @@ from app.bounds import EVENT_PAGE, EVENT_PAGE_BYTES
 from app.data.events import Access, Cursor
 from app.live import close_codes
 from app.live.access import AccessGuard, AccessReader
-from app.live.connection import Connection
-from app.live.cursors import Cursors, EventReader, Listening
+from app.live.connection import EPHEMERAL, Connection
+from app.live.cursors import Cursors, EventReader, Listening, resync_message
 from app.live.frames import message_frame
 from app.live.hub import Hub
 from app.live.notices import Opened, stale
@@ -79,7 +79,7 @@ class Feed:
         self._hub = hub
         self._tasks = Tasks(__name__)
         self._presence = presence
-        self.access = AccessGuard(hub, log, self._refused)
+        self.access = AccessGuard(hub, log, self._refused, self._demoted)
         self.cursors = Cursors(hub, log, listening, self.access.moved, self._tasks, on_lag, page, page_bytes)
         self.user_lane = UserLane(hub, log, listening)
         self._caught_up = True
@@ -180,6 +180,15 @@ class Feed:
                     Unsubscribed(topic=topic, reason="forbidden" if answer.may_see is False else "not found")
                 )
             )
+
+    def _demoted(self, conn: Connection, topic: str) -> None:
+        """A subscription's user no longer moderates the topic (off the team, say): from now on it
+        gets the public variant of each event, and a `resync` at the topic's latest seq here makes
+        its client reload (with GET, which no longer shows it hidden or held comments) and go on
+        from there. Offered like a frame of the topic: a replay in progress delivers it in turn."""
+        cursor = self.cursors.cursor(topic)
+        if cursor is not None:
+            conn.offer(topic, cursor.frames(EPHEMERAL, resync_message(topic, cursor.cursor)))
 
     # -----------------------------------------------------------------------------------------
     # The listener's sink

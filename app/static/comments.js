@@ -4,12 +4,24 @@
 import { agoElement, avatar, formatTime, h, icon, replaceChildren, withMentions } from "./dom.js";
 import { byTrackTime } from "./store.js";
 
+/** The orders of the list's top-level comments: the pinned one first in every one. */
+export const ORDERS = {
+  timestamp: byTrackTime,
+  newest: (a, b) => b.id - a.id,
+  top: (a, b) => b.like_count - a.like_count || a.id - b.id,
+};
+
+function pinnedFirst(order) {
+  return (a, b) => Number(Boolean(b.pinned)) - Number(Boolean(a.pinned)) || order(a, b);
+}
+
 const FLASH_MS = 2400;
 
 export class CommentList {
   /**
    * @param {HTMLElement} root  the <ol> of top-level comments
-   * @param {object} actions    {like, reply, edit, remove, seek, typing, me}
+   * @param {object} actions    {like, reply, edit, remove, seek, typing, me, moderator, order,
+   *                             pin, heart, hide, approve, report}
    */
   constructor(root, store, actions) {
     this.root = root;
@@ -55,7 +67,7 @@ export class CommentList {
     const parent = comment.parent_id === null ? null : this.nodes.get(comment.parent_id);
     const container = parent ? parent.replies : this.root;
     view.root.classList.toggle("orphan", comment.parent_id !== null && !parent);
-    const compare = parent ? (a, b) => a.id - b.id : byTrackTime;
+    const compare = parent ? (a, b) => a.id - b.id : pinnedFirst(ORDERS[this.actions.order()] || byTrackTime);
     const next = [...container.children].find(
       (node) => node !== view.root && compare(this.nodes.get(Number(node.dataset.id))?.comment || {}, comment) > 0,
     );
@@ -68,6 +80,11 @@ export class CommentList {
     if (!view) return;
     view.root.remove();
     this.nodes.delete(id);
+  }
+
+  /** Place the top-level comments again (the order changed). */
+  resort() {
+    this.renderAll();
   }
 
   /** Scroll to a comment and make it glow for a moment. */
@@ -98,6 +115,9 @@ class CommentView {
     this.at = h("button", { class: "at link", type: "button", onclick: () => this.actions.seek(this.comment) });
     this.when = h("span", { class: "when" });
     this.edited = h("span", { class: "edited", text: "edited" });
+    this.pinMark = h("span", { class: "pill pinned-mark", text: "pinned" });
+    this.heartMark = h("span", { class: "artist-heart", title: "The artist's heart" }, icon("heart"), "by the artist");
+    this.modMark = h("span", { class: "pill mod-mark" });
     this.content = h("p", { class: "content" });
     this.likeCount = h("span", { class: "like-count" });
     this.likeButton = h(
@@ -119,9 +139,9 @@ class CommentView {
         h(
           "div",
           { class: "comment-main" },
-          h("div", { class: "meta" }, this.author, this.badge, this.at, this.when, this.edited),
+          h("div", { class: "meta" }, this.pinMark, this.author, this.badge, this.at, this.when, this.edited, this.modMark),
           this.content,
-          h("div", { class: "actions" }, this.likeButton, this.replyButton(), this.buttons),
+          h("div", { class: "actions" }, this.likeButton, this.replyButton(), this.heartMark, this.buttons),
           this.slot,
         ),
       ),
@@ -145,25 +165,55 @@ class CommentView {
     replaceChildren(this.when, agoElement(c.created_at));
     this.edited.hidden = !c.is_edited;
     if (c.last_edited_at) this.edited.title = `edited ${new Date(c.last_edited_at).toLocaleString()}`;
-    replaceChildren(this.content, withMentions(c.content));
+    replaceChildren(this.content, c.deleted ? "This comment was deleted." : withMentions(c.content));
+    this.root.classList.toggle("tombstone", Boolean(c.deleted));
+    this.root.classList.toggle("pinned", Boolean(c.pinned));
+    this.pinMark.hidden = !c.pinned;
+    this.heartMark.hidden = !c.hearted;
+    // Hidden and held are for the moderators' eyes: the author is not told (issue 20).
+    const moderator = this.actions.moderator();
+    const marks = moderator
+      ? [c.hidden && "hidden", c.held && "held for review", c.report_count > 0 && `${c.report_count} reported`]
+      : [];
+    this.modMark.textContent = marks.filter(Boolean).join(" · ");
+    this.modMark.hidden = !this.modMark.textContent;
+    this.root.classList.toggle("moderated", Boolean(moderator && (c.hidden || c.held)));
     this.likeCount.textContent = String(c.like_count);
     this.likeButton.classList.toggle("liked", c.user_has_liked);
     this.likeButton.setAttribute("aria-pressed", String(c.user_has_liked));
     this.likeButton.setAttribute("aria-label", c.user_has_liked ? "Unlike" : "Like");
-    this.likeButton.disabled = !me;
+    this.likeButton.disabled = !me || Boolean(c.deleted);
+    this.likeButton.hidden = Boolean(c.deleted);
     this.updateOwnButtons(me);
   }
 
   updateOwnButtons(me) {
     const c = this.comment;
+    if (c.deleted) return void replaceChildren(this.buttons);
     const mine = Boolean(me && me.id === c.user_id);
-    const mayDelete = mine || Boolean(me && (me.is_team || me.is_creator));
+    const moderator = this.actions.moderator();
+    const mayDelete = mine || moderator;
+    const act = (cls, label, fn) => h("button", { class: `${cls} link`, type: "button", onclick: fn }, label);
     replaceChildren(
       this.buttons,
-      mine && h("button", { class: "edit link", type: "button", onclick: () => this.openEdit() }, "Edit"),
-      mayDelete &&
-        h("button", { class: "delete link", type: "button", onclick: () => this.confirmDelete() }, "Delete"),
+      mine && act("edit", "Edit", () => this.openEdit()),
+      mayDelete && act("delete", "Delete", () => this.confirmDelete()),
+      moderator && act("pin", c.pinned ? "Unpin" : "Pin", () => this.actions.pin(c, !c.pinned)),
+      moderator && act("heart", c.hearted ? "Unheart" : "Heart", () => this.actions.heart(c, !c.hearted)),
+      moderator && act("hide", c.hidden ? "Unhide" : "Hide", () => this.actions.hide(c, !c.hidden)),
+      moderator && (c.held || c.report_count > 0) && act("approve", "Approve", () => this.actions.approve(c)),
+      me && !mine && !moderator && act("report", "Report", () => this.openReport()),
     );
+  }
+
+  openReport() {
+    this.openForm({
+      kind: "report",
+      placeholder: "Why report this comment?",
+      initial: "",
+      label: "Report",
+      submit: (text) => this.actions.report(this.comment, text),
+    });
   }
 
   openReply() {
@@ -207,7 +257,7 @@ class CommentView {
     const root = h(
       "div",
       { class: "confirm" },
-      h("span", { text: this.comment.parent_id === null ? "Delete this comment and its replies?" : "Delete this reply?" }),
+      h("span", { text: this.comment.parent_id === null ? "Delete this comment? Its replies stay." : "Delete this reply?" }),
       h("button", { class: "danger", type: "button", onclick: () => this.actions.remove(this.comment) }, "Delete"),
       h("button", { class: "link", type: "button", onclick: () => this.closeForm() }, "Cancel"),
     );

@@ -1,7 +1,19 @@
 // The comments of one track, keyed by id. Every change is idempotent: the same comment may come
 // from the page's own HTTP answer, from the live socket, and from a reload, in any order.
 
-const LIVE_FIELDS = ["content", "timestamp", "is_edited", "last_edited_at", "like_count"];
+const LIVE_FIELDS = [
+  "content",
+  "timestamp",
+  "is_edited",
+  "last_edited_at",
+  "like_count",
+  "pinned",
+  "hearted",
+  "deleted",
+  "hidden",
+  "held",
+  "report_count",
+];
 
 export class CommentStore {
   constructor() {
@@ -48,6 +60,21 @@ export class CommentStore {
     }
     this.byId.set(id, changed);
     this.emit({ kind: "upsert", comment: changed });
+  }
+
+  /** A comment hidden from this page (hidden or held by a moderator): it goes, its replies stay; a
+   *  later comment_restored brings it back. */
+  hide(id) {
+    if (!this.byId.delete(id)) return;
+    this.emit({ kind: "reset" });
+  }
+
+  /** Only one pinned comment per track: the others are unpinned here. */
+  pinOnly(id) {
+    for (const comment of this.byId.values()) {
+      if (comment.pinned && comment.id !== id) this.patch(comment.id, { pinned: false });
+    }
+    this.patch(id, { pinned: true });
   }
 
   /** Remove a comment and its replies. */

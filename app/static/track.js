@@ -3,6 +3,7 @@
 import { CloseCode, connect } from "/client/tracktalk.js";
 import { allComments, api, ApiError } from "./api.js";
 import { CommentList } from "./comments.js";
+import { Moderation } from "./moderation.js";
 import { Composer } from "./composer.js";
 import { byId, formatTime, replaceChildren, h, toast, icon } from "./dom.js";
 import { Player } from "./player.js";
@@ -73,7 +74,13 @@ export class TrackPage {
     this.typingIn = new TypingIndicator(() => session.user);
     this.typingOut = new TypingSender(() => this.live);
     this.metrics = new Metrics(track.id, (fn) => this.call(fn));
+    this.sort = "timestamp";
     this.list = new CommentList(byId("comments"), this.store, this.actions());
+    this.moderation = new Moderation(track, this.store, (fn) => this.call(fn));
+    byId("comment-sort").addEventListener("change", (event) => {
+      this.sort = event.target.value;
+      this.list.resort();
+    });
     this.composer = new Composer(this.player, {
       post: (text, timestamp) => this.post(text, timestamp),
       typing: this.typingOut,
@@ -93,11 +100,26 @@ export class TrackPage {
       reply: (c, text) => this.post(text, c.timestamp, c.id),
       edit: (c, text) => this.edit(c, text),
       remove: (c) => this.remove(c).catch(ignore),
+      moderator: () => this.moderator(),
+      order: () => this.sort,
+      pin: (c, on) => this.moderate(c, "pin", on).catch(ignore),
+      heart: (c, on) => this.moderate(c, "heart", on).catch(ignore),
+      hide: (c, on) => this.moderate(c, "hide", on).catch(ignore),
+      approve: (c) => this.moderate(c, "approve", true).catch(ignore),
+      report: (c, reason) => this.report(c, reason),
     };
+  }
+
+  /** The track's album creator, or the team: they pin, heart, hide, approve (the API decides). */
+  moderator() {
+    const me = session.user;
+    return Boolean(me && (me.is_team || me.id === this.track.creator_id));
   }
 
   async start() {
     this.showHeader();
+    this.moderation.show(this.moderator());
+    this.moderation.settings(this.track);
     this.player.load().then((bytes) => this.timeline.loadWave(this.track, bytes));
     if (session.token) this.startLive();
     else await this.reload();
@@ -193,17 +215,34 @@ export class TrackPage {
   }
 
   firstLoad() {
+    this.moderation.reload();
     if (this.loaded) return;
     this.loaded = true;
-    const wanted = /^#comment-(\d+)$/.exec(location.hash);
-    if (wanted) this.list.flash(Number(wanted[1]));
+    // A deep link: /tracks/{id}?comment={cid} (or #comment-{cid}) opens at the comment, highlighted.
+    const wanted = new URLSearchParams(location.search).get("comment") || /^#comment-(\d+)$/.exec(location.hash)?.[1];
+    if (wanted && /^\d+$/.test(wanted)) this.openAt(Number(wanted)).catch(ignore);
+  }
+
+  /** Show comment `id` (with its thread), scrolled to and highlighted; say so when it is gone. */
+  async openAt(id) {
+    if (!this.store.get(id)) {
+      try {
+        const thread = await api(`/api/comments/${id}`);
+        for (const c of [thread.parent, thread.comment, ...thread.replies]) if (c) this.store.upsert(c);
+      } catch {
+        return void toast("That comment is no longer there.", "info");
+      }
+    }
+    this.list.flash(id);
+    this.list.nodes.get(id)?.root.classList.add("linked");
   }
 
   commentsChanged() {
     const all = this.store.all();
-    this.timeline.setComments(all);
+    this.timeline.setComments(all.filter((c) => !c.deleted)); // a tombstone has no place in the track
     if (all.length) this.player.fitDuration(all[all.length - 1].timestamp);
-    byId("comment-total").textContent = `${all.length} ${all.length === 1 ? "comment" : "comments"}`;
+    const shown = all.filter((c) => !c.deleted).length; // a tombstone is no comment
+    byId("comment-total").textContent = `${shown} ${shown === 1 ? "comment" : "comments"}`;
   }
 
   // ---- HTTP actions --------------------------------------------------------------------------
@@ -234,7 +273,24 @@ export class TrackPage {
 
   async remove(c) {
     await this.call(() => api(`/api/comments/${c.id}`, { method: "DELETE" }));
-    this.store.remove(c.id);
+    const hasReplies = this.store.descendants(c.id).length > 0;
+    if (hasReplies) this.store.patch(c.id, { deleted: true, content: "", pinned: false });
+    else this.store.remove(c.id);
+  }
+
+  /** Pin, heart, hide (on or off) or approve; the answer is the comment as moderators see it. */
+  async moderate(c, action, on) {
+    const method = on ? "POST" : "DELETE";
+    const path = `/api/comments/${c.id}/${action}?track_id=${enc(this.track.id)}`;
+    const comment = await this.call(() => api(path, { method }));
+    if (action === "pin" && comment.pinned) this.store.pinOnly(comment.id);
+    this.store.upsert(comment);
+    this.moderation.reload();
+  }
+
+  async report(c, reason) {
+    await this.call(() => api(`/api/comments/${c.id}/report`, { method: "POST", body: { reason } }));
+    toast("Thanks: the artist's team will look at it.", "info");
   }
 
   async like(c) {
@@ -269,10 +325,21 @@ const MESSAGE_HANDLERS = {
   },
   comment_edited: (page, m) => page.store.patch(m.comment_id, m),
   comment_deleted: (page, m) => {
-    page.store.remove(m.comment_id);
+    if (m.tombstone) page.store.patch(m.comment_id, { deleted: true, content: "", pinned: false });
+    else page.store.remove(m.comment_id);
     page.metrics.set(m.metrics);
   },
   comment_liked: (page, m) => page.store.patch(m.comment_id, { like_count: m.like_count }),
+  comment_pinned: (page, m) => (m.pinned ? page.store.pinOnly(m.comment_id) : page.store.patch(m.comment_id, m)),
+  comment_hearted: (page, m) => page.store.patch(m.comment_id, { hearted: m.hearted }),
+  comment_hidden: (page, m) => page.store.hide(m.comment_id),
+  comment_moderated: (page, m) => {
+    page.store.upsert(m.comment);
+    page.moderation.reload();
+  },
+  comment_restored: (page, m) => page.store.upsert(m.comment),
+  track_settings: (page, m) => page.moderation.settings(m),
+  skip: (page, m) => m.metrics && page.metrics.set(m.metrics),
   track_metrics: (page, m) => page.metrics.set(m),
   user_typing: (page, m) => page.typingIn.update(m),
   mention: (page, m) => toast(`${m.from_user} mentioned you: “${(m.comment || m.post).content.slice(0, 80)}”`, "info", 8000),

@@ -46,7 +46,12 @@ COMMENT_FIELDS = {
     "last_edited_at",
     "like_count",
     "user_has_liked",
+    "pinned",
+    "hearted",
+    "deleted",
 }
+MARKS = {"hidden", "held", "report_count"}
+"""The fields only a comment's author and the track's moderators get."""
 LIKE_FIELDS = {"comment_id", "like_count", "user_has_liked"}
 OTHER_SECRET = "another-secret-that-is-long-enough-for-hs256"
 
@@ -108,16 +113,16 @@ def make_track(
     )
 
 
-def sql_comments(db_url: str, track_id: str, user_id: int, count: int) -> list[int]:
-    """`count` comments written by plain SQL; their ids in order."""
+def sql_comments(db_url: str, track_id: str, user_id: int, count: int, at: int = 0) -> list[int]:
+    """`count` comments written by plain SQL, at `at` + 1, 2, … seconds; their ids in order."""
     rows = sql_rows(
         db_url,
         """
         INSERT INTO comments (track_id, user_id, content, "timestamp")
-        SELECT %s, %s, 'bulk ' || n, n FROM generate_series(1, %s) AS n
+        SELECT %s, %s, 'bulk ' || n, %s + n FROM generate_series(1, %s) AS n
         RETURNING id
         """,
-        (track_id, user_id, count),
+        (track_id, user_id, at, count),
     )
     return sorted(int(row[0]) for row in rows)
 
@@ -137,8 +142,9 @@ def assert_error(response: httpx.Response, status: int, *words: str) -> str:
 
 
 def assert_comment(comment: dict[str, Any], **expected: Any) -> None:
-    """`comment` has every field of the contract's comment object, of the right type, and `expected`."""
-    assert set(comment) == COMMENT_FIELDS, comment
+    """`comment` has every field of the contract's comment object, of the right type, and `expected`
+    (and the marks, or none of them: they are its author's and the moderators')."""
+    assert set(comment) in (COMMENT_FIELDS, COMMENT_FIELDS | MARKS), comment
     assert isinstance(comment["id"], int) and comment["id"] > 0
     assert isinstance(comment["user_id"], int)
     assert isinstance(comment["username"], str)
@@ -212,8 +218,10 @@ AsUser = Callable[[str | None], Api]
 
 
 def assert_untouched(as_user: AsUser, comment: dict[str, Any], track: str) -> None:
-    """The comment and its track are as the fixture made them."""
-    assert as_user(None).list(track) == [comment]
+    """The comment and its track are as the fixture made them (as anyone sees it: without the marks
+    only its author and the moderators get)."""
+    public = {key: value for key, value in comment.items() if key not in ("hidden", "held", "report_count")}
+    assert as_user(None).list(track) == [public]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,7 +576,8 @@ def test_edit_marks_the_comment_edited(as_user: AsUser, comment: dict[str, Any],
         user_has_liked=False,
     )
     assert edited["last_edited_at"] is not None
-    assert as_user(None).one(track, comment["id"]) == edited
+    assert as_user("alice").one(track, comment["id"]) == edited
+    assert as_user(None).one(track, comment["id"]) == {k: v for k, v in edited.items() if k not in MARKS}
 
 
 def test_edit_keeps_likes(as_user: AsUser, comment: dict[str, Any]) -> None:
@@ -662,7 +671,7 @@ def test_private_track_duration_is_checked(client: httpx.Client, world: World) -
 # ---------------------------------------------------------------------------------------------
 
 
-def test_delete_removes_the_replies(
+def test_delete_leaves_a_tombstone_that_keeps_the_replies_and_goes_with_the_last(
     as_user: AsUser, db_url: str, comment: dict[str, Any], track: str
 ) -> None:
     reply = as_user("bob").post(track, "reply", parent_id=comment["id"])
@@ -672,6 +681,13 @@ def test_delete_removes_the_replies(
 
     as_user("alice").delete(comment["id"])
 
+    listed = {c["id"]: c for c in as_user(None).list(track)}
+    assert set(listed) == {comment["id"], reply["id"], nested["id"], kept["id"]}
+    assert (listed[comment["id"]]["deleted"], listed[comment["id"]]["content"]) == (True, "")
+    assert listed[reply["id"]]["like_count"] == 1 and not listed[reply["id"]]["deleted"]
+
+    as_user("dave").delete(nested["id"])  # a reply without replies: removed
+    as_user("bob").delete(reply["id"])  # the tombstone's last reply: the tombstone goes with it
     assert [c["id"] for c in as_user(None).list(track)] == [kept["id"]]
     gone = [comment["id"], reply["id"], nested["id"]]
     assert sql_value(db_url, "SELECT count(*) FROM comments WHERE id = ANY(%s)", (gone,)) == 0
@@ -860,7 +876,9 @@ def test_comments_written_while_walking_are_not_missed(
     written = sql_comments(db_url, track, world.users["bob"], 10)
 
     def write_more(page: int) -> None:
-        written.extend(sql_comments(db_url, track, world.users["dave"], 3))
+        # Later in the track than the walk's cursor (comments are listed by their position in the
+        # track: one written meanwhile before the cursor's position reaches a page by its socket).
+        written.extend(sql_comments(db_url, track, world.users["dave"], 3, at=100 + 10 * page))
 
     ids, _ = walk_pages(client, f"{comments_url(track)}?limit=4", write_more)
     assert len(ids) == len(set(ids))

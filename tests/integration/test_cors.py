@@ -57,7 +57,7 @@ async def test_a_preflight_from_an_allowed_origin_gets_the_routes_methods(
     async with httpx.AsyncClient(base_url=allowing.http, timeout=10) as client:
         for path, method, methods in [
             (f"/api/tracks/{world.public}/comments", "POST", {"GET", "POST", "OPTIONS"}),
-            ("/api/comments/1", "DELETE", {"PUT", "DELETE", "OPTIONS"}),
+            ("/api/comments/1", "DELETE", {"GET", "PUT", "DELETE", "OPTIONS"}),
             ("/api/comments/1/like", "POST", {"POST", "DELETE", "OPTIONS"}),
             ("/api/notifications", "GET", {"GET", "OPTIONS"}),
             ("/api/forum/categories/general/threads", "POST", {"GET", "POST", "OPTIONS"}),

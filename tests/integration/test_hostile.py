@@ -599,7 +599,9 @@ async def test_a_user_off_the_team_or_deleted_loses_their_sockets_on_every_repli
         await sql(db_url, "DELETE FROM users WHERE id = %s", (doomed,))
         for sock in [*tina, *gone]:
             assert await sock.closed(timeout=5) == (1008, "track not found: access to it was taken away")
-        # Off the team, tina still watches the public track.
+        # Off the team, tina still watches the public track: told to reload (she no longer
+        # moderates it: what only moderators see goes from her page), then its events go on.
+        await tina_public.expect("resync")
         marker = await insert_comment(db_url, world.public, world.users["alice"], "public news")
         assert (await tina_public.events(1))[0]["comment"]["id"] == marker
 
@@ -665,7 +667,11 @@ async def test_deleting_a_comment_with_200_replies_sends_201_events_not_resync(
         for sock in (on_a, on_b):
             start = (await sock.expect("connected"))["seq"]
             await sock.events(before - start)  # what the inserts made, if this replica was behind
-        await sql(db_url, "DELETE FROM comments WHERE id = %s", (parent,))
+        # The whole thread, as a DBA removes one (with replies, a comment alone would stay as a
+        # tombstone: one event): one statement, 201 rows.
+        async with await psycopg.AsyncConnection.connect(db_url) as conn, conn.transaction():
+            await conn.execute("SET LOCAL tracktalk.delete_threads = on")
+            await conn.execute("DELETE FROM comments WHERE id = %s", (parent,))
         for sock in (on_a, on_b):
             got = await sock.events(201)
             assert [e["seq"] for e in got] == list(range(before + 1, before + 202))

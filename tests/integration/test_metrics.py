@@ -43,11 +43,12 @@ def counts(likes: int, comments: int, shares: int) -> dict[str, int]:
 
 
 def counts_by_rows(db_url: str, track_id: str) -> dict[str, int]:
-    """The counts as COUNT(*) over the rows gives them (the truth the counters must match)."""
+    """The counts as COUNT(*) over the rows gives them (the truth the counters must match): a
+    tombstone (a deleted comment whose replies stay) is no comment."""
     ((likes, comments, shares),) = run(
         db_url,
         "SELECT (SELECT count(*) FROM track_likes WHERE track_id = %s),"
-        " (SELECT count(*) FROM comments WHERE track_id = %s),"
+        " (SELECT count(*) FROM comments WHERE track_id = %s AND deleted_at IS NULL),"
         " (SELECT count(*) FROM track_shares WHERE track_id = %s)",
         *[track_id] * 3,
     )

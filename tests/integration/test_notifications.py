@@ -393,10 +393,7 @@ def test_deleting_a_comment_removes_its_unread_notifications_only(
     db_url: str, writer: Writer, api: httpx.Client, people: People
 ) -> None:
     comment_id = writer.comment("alice", "t-public", "@bob @dave: soon gone")
-    reply = writer.comment("dave", "t-public", "ok", comment_id)
     rows = dict(query(db_url, "SELECT user_id, id FROM notifications WHERE comment_id = %s", comment_id))
-    reply_rows = [r[0] for r in query(db_url, "SELECT id FROM notifications WHERE comment_id = %s", reply)]
-    assert len(reply_rows) == 3  # alice (reply), carol and tina
     bobs = rows[people.ids["bob"]]
     mark_read(api, people, "bob", json={"ids": [bobs]})
 
@@ -405,12 +402,22 @@ def test_deleting_a_comment_removes_its_unread_notifications_only(
     left = query(
         db_url,
         "SELECT id, comment_id, read_at IS NOT NULL FROM notifications WHERE id = ANY(%s)",
-        [*rows.values(), *reply_rows],
+        [*rows.values()],
     )
     assert left == [(bobs, None, True)]
     listed = {n["id"]: n for n in inbox(api, people, "bob", limit=200).json()["notifications"]}
     assert listed[bobs]["comment_id"] is None
     assert listed[bobs]["read_at"] is not None
+
+    # A comment with replies stays as a tombstone: its own unread notifications go (nothing is left
+    # to read), its replies' stay with them.
+    parent = writer.comment("alice", "t-public", "@bob a thread")
+    reply = writer.comment("dave", "t-public", "ok", parent)
+    reply_rows = [r[0] for r in query(db_url, "SELECT id FROM notifications WHERE comment_id = %s", reply)]
+    assert len(reply_rows) == 3  # alice (reply), carol and tina
+    writer.delete("alice", parent)
+    assert query(db_url, "SELECT id FROM notifications WHERE comment_id = %s", parent) == []
+    assert len(query(db_url, "SELECT id FROM notifications WHERE id = ANY(%s)", reply_rows)) == 3
 
 
 # ---------------------------------------------------------------------------------------------

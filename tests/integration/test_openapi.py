@@ -37,7 +37,7 @@ from app.handlers.schema import BEARER
 from app.wire import PROTOCOL
 from tests.support.processes import Replica, replicas
 from tests.support.proxies import TcpProxy
-from tests.support.seed import World
+from tests.support.seed import World, new_track
 from tests.support.writes import post_comment
 
 pytestmark = pytest.mark.timeout(180)
@@ -123,6 +123,8 @@ def test_form_encoded_bodies_are_declared_beside_json(document: dict[str, Any]) 
         ("PUT", "/api/forum/threads/{thread_id}"),
         ("POST", "/api/forum/threads/{thread_id}/posts"),
         ("PUT", "/api/forum/posts/{post_id}"),
+        ("POST", "/api/comments/{comment_id}/report"),
+        ("PUT", "/api/tracks/{track_id}/settings"),
     }
     for _, _, op in with_bodies:
         content = op["requestBody"]["content"]
@@ -168,6 +170,10 @@ def bodies_of(method: str, path: str) -> dict[str, Any]:
         ("PUT", "/api/forum/posts/{post_id}"),
     ):
         return {"json": {"content": "a provoking post"}}
+    if (method, path) == ("POST", "/api/comments/{comment_id}/report"):
+        return {"json": {"reason": "a provoking report"}}
+    if (method, path) == ("PUT", "/api/tracks/{track_id}/settings"):
+        return {"json": {"slow_mode_seconds": 0}}
     return {}
 
 
@@ -183,6 +189,9 @@ BAD_VALUES = {
     ("GET", "/api/forum/threads/{thread_id}/posts"): {"params": {"limit": 0}},
     ("POST", "/api/forum/threads/{thread_id}/posts"): {"json": {"content": ""}},
     ("PUT", "/api/forum/posts/{post_id}"): {"json": {"content": "x" * 5001}},
+    ("POST", "/api/comments/{comment_id}/report"): {"json": {"reason": ""}},
+    ("PUT", "/api/tracks/{track_id}/settings"): {"json": {"slow_mode_seconds": -1}},
+    ("GET", "/api/moderation/queue"): {"params": {"limit": 0}},
 }
 """A request each operation that checks values refuses with 422."""
 
@@ -291,10 +300,52 @@ async def test_every_error_status_a_route_answers_is_declared_and_every_declared
             ("PUT", "/api/forum/threads/{thread_id}"),
             ("PUT", "/api/forum/posts/{post_id}"),
             ("DELETE", "/api/forum/posts/{post_id}"),
+            # moderation: bob moderates nothing, and is no creator
+            *[
+                (m, f"/api/comments/{{comment_id}}/{a}")
+                for m in ("POST", "DELETE")
+                for a in ("pin", "heart", "hide")
+            ],
+            ("POST", "/api/comments/{comment_id}/approve"),
+            ("PUT", "/api/tracks/{track_id}/settings"),
+            ("GET", "/api/moderation/queue"),
+            ("POST", "/api/users/{user_id}/mute"),
+            ("DELETE", "/api/users/{user_id}/mute"),
         ]:
             await seen.call(
                 client, method, path, existing, headers=world.auth("bob"), **bodies_of(method, path)
             )
+        # Moderation (issue 20): a second report (409); the queue of a track that is not there
+        # (404); a creator muting nobody (404) and herself (422); a post where comments are off (403).
+        report = "/api/comments/{comment_id}/report"
+        for _ in range(2):
+            await seen.call(
+                client, "POST", report, existing, headers=world.auth("bob"), **bodies_of("POST", report)
+            )
+        await seen.call(
+            client,
+            "GET",
+            "/api/moderation/queue",
+            {},
+            headers=world.auth("carol"),
+            params={"track_id": "no-such"},
+        )
+        for method in ("POST", "DELETE"):
+            await seen.call(client, method, "/api/users/{user_id}/mute", MISSING, headers=world.auth("carol"))
+            carol = {**existing, "user_id": str(world.users["carol"])}
+            await seen.call(client, method, "/api/users/{user_id}/mute", carol, headers=world.auth("carol"))
+        closed = new_track(db_url)
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("UPDATE tracks SET comments_enabled = false WHERE id = %s", (closed,))
+        comments = "/api/tracks/{track_id}/comments"
+        await seen.call(
+            client,
+            "POST",
+            comments,
+            {**existing, "track_id": closed},
+            headers=world.auth("alice"),
+            **bodies_of("POST", comments),
+        )
         posts = "/api/forum/threads/{thread_id}/posts"  # in a locked thread
         locked_values = {**existing, "thread_id": str(locked_thread[0])}
         await seen.call(

@@ -138,7 +138,7 @@ async def until_seen(socket: Socket, kinds: set[str], timeout: float = RECV_TIME
 
 
 async def test_every_message_the_server_sends_matches_the_asyncapi_document(
-    replica: Replica, world: World, document: dict[str, Any]
+    replica: Replica, world: World, document: dict[str, Any], db_url: str
 ) -> None:
     sent, received = Messages(document, "sendTrackMessages"), Messages(document, "receiveClientMessages")
     track = world.public
@@ -162,6 +162,18 @@ async def test_every_message_the_server_sends_matches_the_asyncapi_document(
             body = {"content": "hey @alice, listen to this one"} if method == "PUT" else None
             answer = await client.request(method, path, json=body, headers=world.auth(who))
             assert answer.status_code == 200, answer.text
+        # Moderation (issue 20), as any SQL client makes it: alice gets the public forms
+        # (comment_hidden, skip, comment_restored), bob, the author, the restricted one.
+        for statement in (
+            "UPDATE comments SET pinned_at = now() WHERE id = %s",
+            "UPDATE comments SET hearted_at = now() WHERE id = %s",
+            "UPDATE comments SET hidden_at = now() WHERE id = %s",
+            "UPDATE comments SET content = 'hidden words' WHERE id = %s",
+            "UPDATE comments SET hidden_at = NULL WHERE id = %s",
+        ):
+            await sql(db_url, statement, (cid,))
+        await sql(db_url, "UPDATE tracks SET slow_mode_seconds = 5 WHERE id = %s", (track,))
+        await sql(db_url, "UPDATE tracks SET slow_mode_seconds = 0 WHERE id = %s", (track,))
         typing = {"type": "typing", "is_typing": True}
         received.check(typing)
         await bob.send(typing)
@@ -173,9 +185,18 @@ async def test_every_message_the_server_sends_matches_the_asyncapi_document(
         await until_seen(
             alice,
             {"new_comment", "comment_edited", "comment_liked", "track_metrics", "comment_deleted"}
-            | {"user_typing", "presence", "mention", "notification", "error"},
+            | {"user_typing", "presence", "mention", "notification", "error"}
+            | {
+                "comment_pinned",
+                "comment_hearted",
+                "comment_hidden",
+                "skip",
+                "comment_restored",
+                "track_settings",
+            },
         )
-        await until_seen(bob, {"comment_deleted", "notification"})  # alice liked bob's comment
+        # alice liked bob's comment; bob wrote the hidden one
+        await until_seen(bob, {"comment_deleted", "notification", "comment_moderated"})
         frames = alice.received + bob.received + bob.presence + ahead.received + ahead.presence
     assert {frame["type"] for frame in frames} == SENT
     for frame in frames:

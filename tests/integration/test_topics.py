@@ -167,7 +167,7 @@ async def test_an_event_published_with_a_restricted_variant_reaches_moderators_a
         await sql(
             db_url,
             'SELECT tracktalk.publish_track(%s, ARRAY[\'{"type": "skip"}\'::jsonb],'
-            ' restricted => ARRAY[\'{"type": "comment_moderated", "comment_id": 1}\'::jsonb],'
+            ' restricted => ARRAY[\'{"type": "comment_pinned", "comment_id": 1, "pinned": true}\'::jsonb],'
             " authors => ARRAY[%s::bigint])",
             (track, world.users["alice"]),
         )
@@ -175,8 +175,8 @@ async def test_an_event_published_with_a_restricted_variant_reaches_moderators_a
             await sock.until(lambda s=sock: bool(durable(s, topic)), "the event")  # type: ignore[misc]
         got = {name: durable(sock, topic)[0] for name, sock in socks.items()}
         assert {name: (m["seq"], m["type"]) for name, m in got.items()} == {
-            "carol": (1, "comment_moderated"),
-            "alice": (1, "comment_moderated"),
+            "carol": (1, "comment_pinned"),
+            "alice": (1, "comment_pinned"),
             "bob": (1, "skip"),
         }
         assert got["bob"]["track_id"] == track and "comment_id" not in got["bob"]

@@ -250,12 +250,14 @@ async def test_reply_edit_delete_and_the_bell(alice: Visitor, bob: Visitor) -> N
     await expect(edited).to_be_visible(timeout=WAIT_MS)
     await expect(edited.locator("> .comment-row .edited")).to_be_visible()
 
-    # alice deletes: gone from bob's page, with its reply
+    # alice deletes: on bob's page it stays as a tombstone, its reply kept (issue 20)
     await alice.comment("The pad at 0:20 (edited) gets me.").locator("> .comment-row .delete").click()
     await alice.page.locator(".confirm .danger").click()
     await expect(edited).to_have_count(0, timeout=WAIT_MS)
-    await expect(bob.page.locator("#comments .content", has_text=reply)).to_have_count(0, timeout=WAIT_MS)
-    await expect(bob.page.locator("#comment-total")).to_have_text(f"{before - 1} comments", timeout=WAIT_MS)
+    tombstone = bob.comment("This comment was deleted.")
+    await expect(tombstone).to_have_class(re.compile(r"\btombstone\b"), timeout=WAIT_MS)
+    await expect(tombstone.locator(".replies .content")).to_have_text([reply], timeout=WAIT_MS)
+    await expect(bob.page.locator("#comment-total")).to_have_text(f"{before} comments", timeout=WAIT_MS)
 
 
 async def test_markup_in_a_comment_is_shown_as_text(alice: Visitor, bob: Visitor) -> None:

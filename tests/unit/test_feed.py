@@ -22,6 +22,7 @@ from app.bounds import EVENT_PAGE_BYTES
 from app.data.events import Cursor
 from app.listener import Listener
 from app.live import close_codes
+from app.live import frames as frames_module
 from app.live.connection import ANONYMOUS, Connection
 from app.live.feed import Feed
 from app.live.frames import Frames, text_frame
@@ -720,6 +721,34 @@ def test_an_event_with_a_restricted_variant_is_built_once_per_form_for_1000_sock
     assert {user for user, kind in kinds.items() if kind == "comment_moderated"} == audience
     assert all("topic" in sock.messages[-1] for user, sock in sockets.items() if user % 2 == 0)
     assert hub.delivered == 1000
+
+
+def test_a_public_event_on_a_track_with_1000_listeners_and_5_moderators_is_one_frame_built_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Moderation does not cost the common case: an event without a restricted variant (a new
+    visible comment) is built into a frame once, and that one frame goes to the 1,000 listeners and
+    the 5 moderators alike (the frame builds counted where they happen)."""
+    builds: list[bytes] = []
+
+    def counted(payload: bytes) -> bytes:
+        builds.append(payload)
+        return text_frame(payload)
+
+    monkeypatch.setattr(frames_module, "text_frame", counted)
+    hub = Hub()
+    sockets = []
+    for user in range(1, 1006):
+        sock = FakeSocket()
+        conn = Connection(sock, user, LIMIT)
+        hub.add(conn)
+        hub.subscribe(conn, T)
+        conn.moderate(T, user > 1000)  # 1,000 listeners, 5 moderators
+        sockets.append(sock)
+    hub.send(T, [Frames(1, b'{"type":"new_comment","seq":1}', prefix(T))])
+    assert len(builds) == 1
+    assert len({id(sock.writes[-1]) for sock in sockets}) == 1
+    assert hub.delivered == 1005
 
 
 async def test_a_replay_of_large_events_is_read_and_written_a_mebibyte_at_a_time(world: World) -> None:

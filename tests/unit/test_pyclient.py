@@ -84,8 +84,8 @@ async def test_durable_events_once_in_order_and_a_gap_resumes_from_the_last(scri
     for seq in (1, 2, 2, 1):  # a duplicate, and an older one
         await first.send(liked(seq))
     await send(first, {"type": "skip", "track_id": TRACK, "seq": 3})  # hidden from this socket
-    await send(
-        first, {"type": "comment_pinned", "track_id": TRACK, "seq": 4, "comment_id": 9, "pinned": True}
+    await send(  # a durable message of a newer server, unknown to this client
+        first, {"type": "comment_sparkled", "track_id": TRACK, "seq": 4, "comment_id": 9, "sparkles": 3}
     )
     await send(first, {"type": "wave", "track_id": TRACK})  # ephemeral, unknown
     gap_at = time.monotonic()
@@ -111,9 +111,9 @@ async def test_durable_events_once_in_order_and_a_gap_resumes_from_the_last(scri
         ("CommentLiked", 6),
     ]
     assert items[3] == Other(
-        "comment_pinned",
+        "comment_sparkled",
         4,
-        {"type": "comment_pinned", "track_id": TRACK, "seq": 4, "comment_id": 9, "pinned": True},
+        {"type": "comment_sparkled", "track_id": TRACK, "seq": 4, "comment_id": 9, "sparkles": 3},
     )
     assert (feed.last_seq, feed.status) == (6, "closed")
 

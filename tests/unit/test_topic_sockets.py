@@ -580,3 +580,38 @@ async def test_a_subscribe_again_after_an_unsubscribe_during_a_replay_keeps_its_
     notice(services, T1, services.log.write(T1, 1))
     await until(lambda: client.seqs(T1) == [11], "the live event of the second subscription")
     assert [conn.user_id for conn in services.hub.topic_sockets(T1)] == [ALICE]
+
+
+async def test_a_moderator_who_loses_the_role_is_told_to_reload_then_gets_the_public_forms(
+    services: FakeServices,
+) -> None:
+    """Off the team (a revocation): the subscription stays (the topic is public), a `resync` at the
+    latest seq makes the client reload what it may now see, and the next restricted event comes in
+    its public form. A moderator who still is one (asked in the same pass) is not told anything."""
+    hidden = (b'{"type": "comment_moderated", "track_id": "t1", "comment_id": 9}', ALICE)
+    skip = b'{"type": "skip", "track_id": "t1"}'
+    checker = asyncio.create_task(services.feed.enforce_access())
+    try:
+        for user in (CAROL, BOB):
+            services.access.moderates.add((T1, user))
+            services.log.moderators.add((user, T1))
+        carol, bob = await connect(services, CAROL), await connect(services, BOB)
+        for client in (carol, bob):
+            await client.subscribe(T1)
+        notice(services, T1, services.log.write(T1, 1, message=skip, restricted=hidden), events=False)
+        await until(lambda: carol.seqs(T1) == bob.seqs(T1) == [1], "the first event")
+        services.log.moderators.discard((CAROL, T1))
+        services.feed.on_notice(Opened(Revoke(topic=T1, at=time.time())))  # both asked again, in one pass
+        resync = await carol.answered(T1, "resync")
+    finally:
+        checker.cancel()
+    assert resync["seq"] == 1
+    notice(services, T1, services.log.write(T1, 1, message=skip, restricted=hidden), events=False)
+    await until(lambda: carol.seqs(T1) == bob.seqs(T1) == [1, 2], "the second event")
+    assert [m["type"] for m in carol.of(T1) if m["type"] != "subscribed"] == [
+        "comment_moderated",
+        "resync",
+        "skip",
+    ]
+    assert [m["type"] for m in bob.of(T1) if m["type"] != "subscribed"] == ["comment_moderated"] * 2
+    assert carol.conn.closed_with is None

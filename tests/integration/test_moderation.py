@@ -1,0 +1,325 @@
+"""Moderation (issue 20) made by SQL, as a DBA's psql or a moderation service would: each row change
+goes live through a real replica, in its form for each audience (the track's moderators and the
+comment's author; everyone else), every socket's seqs whole; and replays (`since=`) give each socket
+its audience's form."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.support.processes import Replica
+from tests.support.seed import World, new_track
+from tests.support.sockets import Socket, open_socket
+from tests.support.writes import insert_comment, sql
+
+pytestmark = pytest.mark.timeout(120)
+
+AUDIENCE = ("carol", "tina", "alice", "bob")
+"""carol: the album's creator; tina: the team; alice: the comments' author; bob: anyone else."""
+
+
+@contextlib.asynccontextmanager
+async def watching(
+    replica: Replica, world: World, track: str, since: int | None = None
+) -> AsyncIterator[dict[str, Socket]]:
+    """A track socket for each of AUDIENCE, past `connected`."""
+    async with contextlib.AsyncExitStack() as stack:
+        socks = {}
+        for name in AUDIENCE:
+            socks[name] = await stack.enter_async_context(
+                open_socket(replica.ws, track, world.tokens[name], since=since)
+            )
+            await socks[name].expect("connected")
+        yield socks
+
+
+async def next_events(socks: dict[str, Socket], count: int = 1) -> dict[str, list[dict[str, Any]]]:
+    got = {name: await sock.events(count) for name, sock in socks.items()}
+    seqs = {name: [e["seq"] for e in events] for name, events in got.items()}
+    assert len({tuple(s) for s in seqs.values()}) == 1, f"every socket gets every seq: {seqs}"
+    return got
+
+
+def kinds(got: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
+    return {name: [e["type"] for e in events] for name, events in got.items()}
+
+
+async def test_pinning_by_sql_goes_live_and_pinning_another_unpins_the_first(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    track = new_track(db_url)
+    first = await insert_comment(db_url, track, world.users["alice"], "first")
+    second = await insert_comment(db_url, track, world.users["bob"], "second")
+    async with watching(replica, world, track) as socks:
+        await sql(db_url, "UPDATE comments SET pinned_at = now() WHERE id = %s", (first,))
+        got = await next_events(socks)
+        assert all(
+            e[0]["type"] == "comment_pinned" and (e[0]["comment_id"], e[0]["pinned"]) == (first, True)
+            for e in got.values()
+        )
+        await sql(db_url, "UPDATE comments SET pinned_at = now() WHERE id = %s", (second,))
+        got = await next_events(socks, 2)
+        for events in got.values():
+            assert [(e["type"], e["comment_id"], e["pinned"]) for e in events] == [
+                ("comment_pinned", first, False),
+                ("comment_pinned", second, True),
+            ]
+    rows = await sql(
+        db_url, "SELECT id FROM comments WHERE track_id = %s AND pinned_at IS NOT NULL", (track,)
+    )
+    assert rows == [(second,)]
+
+
+async def test_hearting_by_sql_goes_live(replica: Replica, world: World, db_url: str) -> None:
+    track = new_track(db_url)
+    comment = await insert_comment(db_url, track, world.users["alice"], "love it")
+    async with watching(replica, world, track) as socks:
+        await sql(db_url, "UPDATE comments SET hearted_at = now() WHERE id = %s", (comment,))
+        await sql(db_url, "UPDATE comments SET hearted_at = NULL WHERE id = %s", (comment,))
+        got = await next_events(socks, 2)
+        for events in got.values():
+            assert [(e["type"], e["hearted"]) for e in events] == [
+                ("comment_hearted", True),
+                ("comment_hearted", False),
+            ]
+
+
+async def test_hiding_by_sql_reaches_each_audience_in_its_form_and_unhiding_restores_it(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    track = new_track(db_url)
+    comment = await insert_comment(db_url, track, world.users["alice"], "a hot take")
+    async with watching(replica, world, track) as socks:
+        await sql(
+            db_url,
+            "UPDATE comments SET hidden_at = now(), hidden_by = %s WHERE id = %s",
+            (world.users["carol"], comment),
+        )
+        got = await next_events(socks)
+        assert kinds(got) == {
+            "carol": ["comment_moderated"],
+            "tina": ["comment_moderated"],
+            "alice": ["comment_moderated"],
+            "bob": ["comment_hidden"],
+        }
+        assert got["bob"][0]["comment_id"] == comment and "comment" not in got["bob"][0]
+        marked = got["carol"][0]["comment"]
+        assert (marked["id"], marked["hidden"], marked["held"], marked["report_count"]) == (
+            comment,
+            True,
+            False,
+            0,
+        )
+
+        # While hidden, its edit and its likes reach its audience only: everyone else gets skip.
+        await sql(db_url, "UPDATE comments SET content = 'a hotter take' WHERE id = %s", (comment,))
+        await sql(
+            db_url,
+            "INSERT INTO comment_likes (comment_id, user_id) VALUES (%s, %s)",
+            (comment, world.users["tina"]),
+        )
+        got = await next_events(socks, 2)
+        assert kinds(got)["alice"] == kinds(got)["carol"] == ["comment_edited", "comment_liked"]
+        assert kinds(got)["bob"] == ["skip", "skip"] and "content" not in str(got["bob"])
+
+        await sql(db_url, "UPDATE comments SET hidden_at = NULL, hidden_by = NULL WHERE id = %s", (comment,))
+        got = await next_events(socks)
+        assert kinds(got)["bob"] == ["comment_restored"] and kinds(got)["carol"] == ["comment_moderated"]
+        restored = got["bob"][0]["comment"]
+        assert (restored["id"], restored["content"], restored["like_count"]) == (comment, "a hotter take", 1)
+        assert not {"hidden", "held", "report_count"} & set(restored)
+        assert got["alice"][0]["comment"]["hidden"] is False
+
+
+async def test_a_creators_word_holds_a_comment_from_the_start_and_an_edit_keeps_it_held(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    track = new_track(db_url)
+    await sql(
+        db_url,
+        "INSERT INTO moderation_words (creator_id, word) VALUES (%s, 'Spoiler'), (%s, 'buy now')"
+        " ON CONFLICT DO NOTHING",
+        (world.users["carol"], world.users["carol"]),
+    )
+    async with watching(replica, world, track) as socks:
+        held = await insert_comment(db_url, track, world.users["alice"], "huge SPOILER: he dies")
+        phrase = await insert_comment(db_url, track, world.users["alice"], "please Buy Now!!")
+        fine = await insert_comment(db_url, track, world.users["alice"], "spoilers are words too")
+        got = await next_events(socks, 3)
+        assert kinds(got)["bob"] == ["skip", "skip", "new_comment"]
+        assert kinds(got)["carol"] == kinds(got)["alice"] == ["new_comment"] * 3
+        assert [e["comment"]["held"] for e in got["carol"][:2]] == [True, True]
+        assert got["bob"][2]["comment"]["id"] == fine and got["bob"][0]["metrics"]["comments"] == 1
+        assert [e["comment"]["id"] for e in got["carol"][:2]] == [held, phrase]
+
+        await sql(db_url, "UPDATE comments SET content = 'no more words here' WHERE id = %s", (held,))
+        got = await next_events(socks)
+        assert kinds(got)["bob"] == ["skip"] and kinds(got)["alice"] == ["comment_edited"]
+    rows = await sql(db_url, "SELECT held_at IS NOT NULL FROM comments WHERE id = %s", (held,))
+    assert rows == [(True,)], "an edit never clears a hold"
+
+
+async def test_a_muted_users_comments_and_replies_are_hidden_from_the_start(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    track = new_track(db_url)
+    visible = await insert_comment(db_url, track, world.users["bob"], "a visible thread")
+    await sql(
+        db_url,
+        "INSERT INTO muted_users (creator_id, user_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+        (world.users["carol"], world.users["alice"]),
+    )
+    try:
+        async with watching(replica, world, track) as socks:
+            rows = await sql(
+                db_url,
+                "INSERT INTO comments (track_id, user_id, parent_id, content) VALUES (%s, %s, %s, 'a reply')"
+                " RETURNING id, hidden_at IS NOT NULL, hidden_by",
+                (track, world.users["alice"], visible),
+            )
+            assert rows[0][1:] == (True, world.users["carol"])
+            got = await next_events(socks)
+            assert kinds(got) == {
+                "carol": ["new_comment"],
+                "tina": ["new_comment"],
+                "alice": ["new_comment"],
+                "bob": ["skip"],
+            }
+            assert got["alice"][0]["comment"]["parent_id"] == visible
+    finally:
+        await sql(db_url, "DELETE FROM muted_users WHERE creator_id = %s", (world.users["carol"],))
+
+
+async def test_reports_by_sql_reach_the_moderators_and_the_threshold_holds_the_comment(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    track = new_track(db_url)
+    comment = await insert_comment(db_url, track, world.users["alice"], "reported")
+    async with watching(replica, world, track) as socks:
+        for name in ("bob", "dave", "tina"):  # reports_to_hide is 3 by default
+            await sql(
+                db_url,
+                "INSERT INTO comment_reports (comment_id, user_id, reason) VALUES (%s, %s, 'spam')",
+                (comment, world.users[name]),
+            )
+        got = await next_events(socks, 3)
+        assert kinds(got)["bob"] == ["skip", "skip", "comment_hidden"]
+        assert kinds(got)["carol"] == ["comment_moderated"] * 3
+        assert [(e["comment"]["report_count"], e["comment"]["held"]) for e in got["carol"]] == [
+            (1, False),
+            (2, False),
+            (3, True),
+        ]
+
+
+async def test_track_settings_by_sql_go_live(replica: Replica, world: World, db_url: str) -> None:
+    track = new_track(db_url)
+    async with watching(replica, world, track) as socks:
+        await sql(
+            db_url,
+            "UPDATE tracks SET comments_enabled = false, slow_mode_seconds = 30 WHERE id = %s",
+            (track,),
+        )
+        await sql(db_url, "UPDATE tracks SET title = 'renamed' WHERE id = %s", (track,))  # no event
+        await sql(db_url, "UPDATE tracks SET comments_enabled = true WHERE id = %s", (track,))
+        got = await next_events(socks, 2)
+        for events in got.values():
+            assert [(e["type"], e["comments_enabled"], e["slow_mode_seconds"]) for e in events] == [
+                ("track_settings", False, 30),
+                ("track_settings", True, 30),
+            ]
+
+
+async def test_deleting_a_comment_with_replies_by_sql_leaves_a_tombstone(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    track = new_track(db_url)
+    parent = await insert_comment(db_url, track, world.users["alice"], "a question")
+    reply = (
+        await sql(
+            db_url,
+            "INSERT INTO comments (track_id, user_id, parent_id, content) VALUES (%s, %s, %s, 'an answer')"
+            " RETURNING id",
+            (track, world.users["bob"], parent),
+        )
+    )[0][0]
+    async with watching(replica, world, track) as socks:
+        await sql(db_url, "DELETE FROM comments WHERE id = %s", (parent,))
+        got = await next_events(socks)
+        for events in got.values():
+            assert (events[0]["type"], events[0]["comment_id"], events[0]["tombstone"]) == (
+                "comment_deleted",
+                parent,
+                True,
+            )
+            assert events[0]["metrics"]["comments"] == 1
+        await sql(db_url, "DELETE FROM comments WHERE id = %s", (reply,))
+        got = await next_events(socks, 2)
+        for events in got.values():  # the reply, then the tombstone it held
+            assert [(e["type"], e["comment_id"], e.get("tombstone", False)) for e in events] == [
+                ("comment_deleted", reply, False),
+                ("comment_deleted", parent, False),
+            ]
+    rows = await sql(db_url, "SELECT count(*) FROM comments WHERE track_id = %s", (track,))
+    assert rows == [(0,)]
+
+
+async def test_a_replay_gives_each_socket_its_audiences_form(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    track = new_track(db_url)
+    comment = await insert_comment(db_url, track, world.users["alice"], "soon hidden")
+    await sql(db_url, "UPDATE comments SET held_at = now() WHERE id = %s", (comment,))
+    await sql(db_url, "UPDATE comments SET content = 'edited while held' WHERE id = %s", (comment,))
+    async with watching(replica, world, track, since=1) as socks:
+        got = await next_events(socks, 2)
+    assert kinds(got) == {
+        "carol": ["comment_moderated", "comment_edited"],
+        "tina": ["comment_moderated", "comment_edited"],
+        "alice": ["comment_moderated", "comment_edited"],
+        "bob": ["comment_hidden", "skip"],
+    }
+    assert [e["seq"] for e in got["bob"]] == [2, 3]
+
+
+async def test_a_team_member_who_leaves_the_team_is_told_to_reload_and_sees_no_more_hidden_events(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    track = new_track(db_url)
+    comment = await insert_comment(db_url, track, world.users["alice"], "will be hidden")
+    await sql(db_url, "UPDATE comments SET hidden_at = now() WHERE id = %s", (comment,))
+    try:
+        async with open_socket(replica.ws, track, world.tokens["tina"]) as tina:
+            connected = await tina.expect("connected")
+            await sql(db_url, "UPDATE users SET is_team = false WHERE id = %s", (world.users["tina"],))
+            resync = await tina.expect("resync", ignore=("presence",))
+            assert resync["seq"] == connected["seq"]
+            await sql(db_url, "UPDATE comments SET content = 'still hidden' WHERE id = %s", (comment,))
+            (event,) = await tina.events(1)
+            assert event["type"] == "skip" and "content" not in event
+    finally:
+        await sql(db_url, "UPDATE users SET is_team = true WHERE id = %s", (world.users["tina"],))
+
+
+async def test_a_creator_whose_album_goes_to_another_is_told_to_reload(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    rows = await sql(
+        db_url,
+        "INSERT INTO albums (title, created_by_id) VALUES ('Theirs', %s) RETURNING id",
+        (world.users["carol"],),
+    )
+    track = f"t-album-{rows[0][0]}"
+    await sql(
+        db_url, "INSERT INTO tracks (id, album_id, title) VALUES (%s, %s, 'Theirs')", (track, rows[0][0])
+    )
+    async with open_socket(replica.ws, track, world.tokens["carol"]) as carol:
+        await carol.expect("connected")
+        await sql(
+            db_url, "UPDATE albums SET created_by_id = %s WHERE id = %s", (world.users["dave"], rows[0][0])
+        )
+        await carol.expect("resync")

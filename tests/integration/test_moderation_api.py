@@ -1,0 +1,431 @@
+"""Moderation's routes (issue 20) through a real replica and PostgreSQL: who may do what (403 for
+anyone but the track's creator and team), what a hidden or held comment is for whom (404 for anyone
+but its author and the moderators), reports (once; the write limit counts them; the threshold holds),
+the queue, track settings (comments off: 403; slow mode: 429 with Retry-After), mutes, the deep link
+and the orders; and that each action through the API goes live as the same change made with SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from tests.support.processes import Replica, replicas
+from tests.support.seed import World, new_track
+from tests.support.sockets import open_socket
+from tests.support.writes import insert_comment
+
+pytestmark = pytest.mark.timeout(120)
+
+MARKS = {"hidden", "held", "report_count"}
+
+
+@pytest.fixture(scope="module")
+def client(replica: Replica) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=replica.http, timeout=10) as http:
+        yield http
+
+
+class Api:
+    def __init__(self, client: httpx.Client, world: World) -> None:
+        self.client = client
+        self.world = world
+
+    def __call__(self, who: str | None, method: str, path: str, **kw: Any) -> httpx.Response:
+        headers = self.world.auth(who) if who else {}
+        return self.client.request(method, path, headers=headers, **kw)
+
+    def post(self, who: str, track: str, content: str, ts: float = 1.0, **extra: Any) -> dict[str, Any]:
+        answer = self(
+            who, "POST", f"/api/tracks/{track}/comments", json={"content": content, "timestamp": ts, **extra}
+        )
+        assert answer.status_code == 201, answer.text
+        made: dict[str, Any] = answer.json()
+        return made
+
+    def listing(self, who: str | None, track: str, **params: Any) -> list[dict[str, Any]]:
+        answer = self(who, "GET", f"/api/tracks/{track}/comments", params=params)
+        assert answer.status_code == 200, answer.text
+        found: list[dict[str, Any]] = answer.json()
+        return found
+
+    def ok(self, who: str, method: str, path: str, status: int = 200, **kw: Any) -> Any:
+        answer = self(who, method, path, **kw)
+        assert answer.status_code == status, answer.text
+        return answer.json()
+
+
+@pytest.fixture(scope="module")
+def api(client: httpx.Client, world: World) -> Api:
+    return Api(client, world)
+
+
+def error(answer: httpx.Response, status: int, *words: str) -> None:
+    assert answer.status_code == status, answer.text
+    body = answer.json()
+    assert body["status_code"] == status and body["detail"]
+    for word in words:
+        assert word in body["detail"], body
+
+
+# ---------------------------------------------------------------------------------------------
+# Who may
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "action"),
+    [
+        ("POST", "pin"),
+        ("DELETE", "pin"),
+        ("POST", "heart"),
+        ("DELETE", "heart"),
+        ("POST", "hide"),
+        ("DELETE", "hide"),
+        ("POST", "approve"),
+    ],
+)
+def test_moderation_routes_by_anyone_but_the_creator_and_team_are_403(
+    api: Api, world: World, db_url: str, method: str, action: str
+) -> None:
+    track = new_track(db_url)
+    comment = api.post("alice", track, "mine")
+    for who in ("alice", "bob"):  # its author, anyone else
+        error(api(who, method, f"/api/comments/{comment['id']}/{action}"), 403, "creator or a team member")
+    assert api(None, method, f"/api/comments/{comment['id']}/{action}").status_code == 401
+    for who in ("carol", "tina"):
+        api.ok(who, method, f"/api/comments/{comment['id']}/{action}")
+
+
+def test_a_comment_of_another_track_is_404_for_a_route_that_names_its_track(api: Api, db_url: str) -> None:
+    track, other = new_track(db_url), new_track(db_url)
+    comment = api.post("alice", track, "here")
+    for action in ("pin", "hide", "heart", "approve"):
+        error(
+            api("carol", "POST", f"/api/comments/{comment['id']}/{action}", params={"track_id": other}),
+            404,
+            f"comment {comment['id']} of track",
+        )
+    assert api.listing(None, track)[0]["pinned"] is False  # nothing happened
+    api.ok("carol", "POST", f"/api/comments/{comment['id']}/pin", params={"track_id": track})
+    error(api("carol", "POST", "/api/comments/999999999/pin"), 404, "not found")
+
+
+def test_settings_by_anyone_else_are_403_and_bad_values_422(api: Api, db_url: str) -> None:
+    track = new_track(db_url)
+    error(
+        api("bob", "PUT", f"/api/tracks/{track}/settings", json={"comments_enabled": False}), 403, "settings"
+    )
+    error(
+        api("carol", "PUT", f"/api/tracks/{track}/settings", json={"slow_mode_seconds": -1}),
+        422,
+        "slow_mode_seconds",
+    )
+    error(api("carol", "PUT", f"/api/tracks/{track}/settings", json={}), 422, "comments_enabled")
+    error(
+        api("carol", "PUT", "/api/tracks/no-such-track/settings", json={"slow_mode_seconds": 5}), 404, "track"
+    )
+    state = api.ok("tina", "PUT", f"/api/tracks/{track}/settings", data={"slow_mode_seconds": "7"})  # a form
+    assert state == {"track_id": track, "comments_enabled": True, "slow_mode_seconds": 7}
+
+
+def test_the_queue_is_for_creators_and_the_team(api: Api, world: World) -> None:
+    error(api("bob", "GET", "/api/moderation/queue"), 403, "creators and team")
+    error(api("bob", "GET", "/api/moderation/queue", params={"track_id": world.public}), 403, "queue")
+    error(api("bob", "GET", "/api/moderation/queue", params={"track_id": world.private}), 404, "track")
+    assert api("carol", "GET", "/api/moderation/queue").status_code == 200
+
+
+def test_mute_is_for_creators_and_names_a_user(api: Api, world: World) -> None:
+    error(api("bob", "POST", f"/api/users/{world.users['alice']}/mute"), 403, "creator")
+    error(api("carol", "POST", "/api/users/999999999/mute"), 404, "user")
+    error(api("carol", "DELETE", "/api/users/999999999/mute"), 404, "user")
+    error(api("carol", "POST", f"/api/users/{world.users['carol']}/mute"), 422, "yourself")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pin, heart, hide, the orders
+# ---------------------------------------------------------------------------------------------
+
+
+def test_one_pinned_comment_per_track_first_in_every_order(api: Api, db_url: str) -> None:
+    track = new_track(db_url)
+    early = api.post("alice", track, "early", ts=1)
+    late = api.post("bob", track, "late and liked", ts=50)
+    middle = api.post("dave", track, "middle", ts=20)
+    api.ok("alice", "POST", f"/api/comments/{late['id']}/like")
+    assert [c["id"] for c in api.listing(None, track)] == [early["id"], middle["id"], late["id"]]
+    assert [c["id"] for c in api.listing(None, track, sort="newest")] == [
+        middle["id"],
+        late["id"],
+        early["id"],
+    ]
+    assert api.listing(None, track, sort="top")[0]["id"] == late["id"]
+    assert api.ok("carol", "POST", f"/api/comments/{middle['id']}/pin")["pinned"] is True
+    assert api.ok("carol", "POST", f"/api/comments/{early['id']}/pin")["pinned"] is True  # unpins middle
+    for sort in ("timestamp", "newest", "top"):
+        listed = api.listing(None, track, sort=sort)
+        assert listed[0]["id"] == early["id"] and [c["pinned"] for c in listed] == [True, False, False], sort
+    # Pages: the pinned comment once, on the first page; the rest in order after it.
+    first = api("bob", "GET", f"/api/tracks/{track}/comments", params={"limit": 2, "sort": "newest"})
+    assert [c["id"] for c in first.json()] == [early["id"], middle["id"]]
+    rest = api.client.get(first.links["next"]["url"])
+    assert [c["id"] for c in rest.json()] == [late["id"]]
+    assert api.ok("carol", "DELETE", f"/api/comments/{early['id']}/pin")["pinned"] is False
+
+
+def test_the_artists_heart(api: Api, db_url: str) -> None:
+    track = new_track(db_url)
+    comment = api.post("alice", track, "a heart please")
+    assert api.ok("carol", "POST", f"/api/comments/{comment['id']}/heart")["hearted"] is True
+    assert api.listing("bob", track)[0]["hearted"] is True
+    assert api.ok("carol", "DELETE", f"/api/comments/{comment['id']}/heart")["hearted"] is False
+
+
+def test_a_hidden_comment_exists_only_for_its_author_and_the_moderators(api: Api, db_url: str) -> None:
+    track = new_track(db_url)
+    comment = api.post("alice", track, "rude")
+    reply = api.post("bob", track, "a reply to it", parent_id=comment["id"])
+    hidden = api.ok("tina", "POST", f"/api/comments/{comment['id']}/hide")
+    assert (hidden["hidden"], hidden["held"]) == (True, False)
+    for who in (None, "bob", "dave"):
+        assert [c["id"] for c in api.listing(who, track)] == [reply["id"]]
+        error(api(who, "GET", f"/api/comments/{comment['id']}"), 404, "not found")
+        if who != "bob":  # (the reply is bob's: he gets its marks)
+            assert set(api.listing(who, track)[0]) & MARKS == set()
+    error(api("bob", "POST", f"/api/comments/{comment['id']}/like"), 404, "not found")
+    error(api("bob", "POST", f"/api/comments/{comment['id']}/report", json={"reason": "x"}), 404, "not found")
+    for who in ("alice", "carol", "tina"):
+        mine = {c["id"]: c for c in api.listing(who, track)}
+        assert mine[comment["id"]]["hidden"] is True
+        assert api.ok(who, "GET", f"/api/comments/{comment['id']}")["comment"]["hidden"] is True
+    # A reply's deep link still works; its hidden parent is null for others.
+    assert api.ok("bob", "GET", f"/api/comments/{reply['id']}")["parent"] is None
+    assert api.ok("alice", "GET", f"/api/comments/{reply['id']}")["parent"]["id"] == comment["id"]
+    api.ok("carol", "DELETE", f"/api/comments/{comment['id']}/hide")
+    assert api.ok("bob", "GET", f"/api/comments/{comment['id']}")["comment"]["content"] == "rude"
+
+
+def test_the_deep_link_has_the_parent_and_the_replies(api: Api, db_url: str) -> None:
+    track = new_track(db_url)
+    top = api.post("alice", track, "top")
+    replies = [api.post(who, track, f"reply of {who}", parent_id=top["id"]) for who in ("bob", "dave")]
+    thread = api.ok("bob", "GET", f"/api/comments/{top['id']}")
+    assert thread["comment"]["id"] == top["id"] and thread["parent"] is None
+    assert [c["id"] for c in thread["replies"]] == [r["id"] for r in replies]
+    one = api.ok("dave", "GET", f"/api/comments/{replies[0]['id']}")
+    assert one["parent"]["id"] == top["id"] and one["replies"] == []
+    error(api(None, "GET", "/api/comments/0"), 404, "comment")
+
+
+def test_a_private_tracks_comment_is_404_by_deep_link_for_outsiders(api: Api, world: World) -> None:
+    comment = api.post("carol", world.private, "inside")
+    error(api("bob", "GET", f"/api/comments/{comment['id']}"), 404, "not found")
+    assert api.ok("tina", "GET", f"/api/comments/{comment['id']}")["comment"]["id"] == comment["id"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hold: words, mutes, reports; the queue
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_held_comment_edited_by_its_author_stays_held(api: Api, world: World, db_url: str) -> None:
+    track = new_track(db_url)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO moderation_words (creator_id, word) VALUES (%s, 'forbiddenword') ON CONFLICT DO NOTHING",
+            (world.users["carol"],),
+        )
+    made = api.post("alice", track, "a ForbiddenWord here")
+    assert made["held"] is True
+    error(api("bob", "GET", f"/api/comments/{made['id']}"), 404, "not found")
+    edited = api.ok("alice", "PUT", f"/api/comments/{made['id']}", json={"content": "all clean now"})
+    assert (edited["held"], edited["content"]) == (True, "all clean now")
+    error(api("bob", "GET", f"/api/comments/{made['id']}"), 404, "not found")
+    queue = api.ok("carol", "GET", "/api/moderation/queue", params={"track_id": track})
+    assert [item["comment"]["id"] for item in queue] == [made["id"]]
+    api.ok("carol", "POST", f"/api/comments/{made['id']}/approve")
+    assert api.ok("bob", "GET", f"/api/comments/{made['id']}")["comment"]["content"] == "all clean now"
+
+
+def test_a_muted_users_replies_in_a_visible_thread_are_hidden_too(
+    api: Api, world: World, db_url: str
+) -> None:
+    track = new_track(db_url)
+    thread = api.post("bob", track, "a visible thread")
+    assert api.ok("carol", "POST", f"/api/users/{world.users['dave']}/mute") == {
+        "user_id": world.users["dave"],
+        "muted": True,
+    }
+    try:
+        reply = api.post("dave", track, "muted words", parent_id=thread["id"])
+        assert reply["hidden"] is True  # its author sees it (and is not told otherwise)
+        assert [c["id"] for c in api.listing("bob", track)] == [thread["id"]]
+        assert api.ok("bob", "GET", f"/api/comments/{thread['id']}")["replies"] == []
+        assert [c["id"] for c in api.ok("tina", "GET", f"/api/comments/{thread['id']}")["replies"]] == [
+            reply["id"]
+        ]
+    finally:
+        api.ok("carol", "DELETE", f"/api/users/{world.users['dave']}/mute")
+    assert api.post("dave", track, "heard again", parent_id=thread["id"])["hidden"] is False
+
+
+def test_reports_once_each_hold_at_the_threshold_and_approve_clears_them(
+    api: Api, world: World, db_url: str
+) -> None:
+    track = new_track(db_url)
+    older = api.post("alice", track, "first in the queue")
+    comment = api.post("alice", track, "reported thrice")
+    made = api.ok("bob", "POST", f"/api/comments/{older['id']}/report", status=201, json={"reason": "meh"})
+    assert (made["comment_id"], made["username"], made["reason"]) == (older["id"], "bob", "meh")
+    for who in ("bob", "dave", "tina"):
+        api.ok(
+            who,
+            "POST",
+            f"/api/comments/{comment['id']}/report",
+            status=201,
+            data={"reason": f"spam says {who}"},
+        )
+        if who == "bob":  # (before the third: a held comment is 404 for bob)
+            again = api("bob", "POST", f"/api/comments/{comment['id']}/report", json={"reason": "again"})
+            error(again, 409, "already")
+    error(
+        api("alice", "POST", f"/api/comments/{older['id']}/report", json={"reason": "mine"}), 422, "your own"
+    )
+    error(api("dave", "POST", f"/api/comments/{older['id']}/report", json={"reason": "  "}), 422, "reason")
+    error(api("dave", "POST", f"/api/comments/{older['id']}/report", json={}), 422, "reason")
+    error(api("bob", "GET", f"/api/comments/{comment['id']}"), 404, "not found")  # held: 3 reports
+    queue = api.ok("carol", "GET", "/api/moderation/queue", params={"track_id": track})
+    assert [item["comment"]["id"] for item in queue] == [older["id"], comment["id"]]  # oldest first
+    assert [r["username"] for r in queue[1]["reports"]] == ["bob", "dave", "tina"]
+    assert (queue[1]["comment"]["held"], queue[1]["comment"]["report_count"]) == (True, 3)
+    approved = api.ok("carol", "POST", f"/api/comments/{comment['id']}/approve")
+    assert (approved["held"], approved["report_count"]) == (False, 0)
+    assert api.ok("bob", "GET", f"/api/comments/{comment['id']}")["comment"]["id"] == comment["id"]
+    hidden = api.ok("carol", "POST", f"/api/comments/{older['id']}/hide")  # decided: hidden, off the queue
+    assert hidden["hidden"] is True
+    assert api.ok("carol", "GET", "/api/moderation/queue", params={"track_id": track}) == []
+
+
+@pytest.fixture(scope="module")
+def strict(db_url: str, world: World, log_dir: Path) -> Iterator[Replica]:
+    """A replica that allows 3 writes a minute."""
+    with replicas(db_url, log_dir, 1, TRACKTALK_WRITES_PER_MINUTE="3") as started:
+        yield started[0]
+
+
+def test_a_flood_of_reports_meets_the_write_limit(strict: Replica, world: World, db_url: str) -> None:
+    track = new_track(db_url)
+    with httpx.Client(base_url=strict.http, timeout=10) as http:
+        ids = []
+        for i in range(4):
+            answer = http.post(
+                f"/api/tracks/{track}/comments",
+                json={"content": f"c{i}", "timestamp": 1},
+                headers=world.auth("alice"),
+            )
+            assert answer.status_code == 201, answer.text
+            ids.append(answer.json()["id"])
+        answers = [
+            http.post(f"/api/comments/{i}/report", json={"reason": "flood"}, headers=world.auth("dave"))
+            for i in ids
+        ]
+    assert [a.status_code for a in answers] == [201, 201, 201, 429]
+    assert int(answers[3].headers["Retry-After"]) >= 1 and "writes a minute" in answers[3].json()["detail"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Track settings
+# ---------------------------------------------------------------------------------------------
+
+
+def test_comments_off_refuses_posts_and_keeps_the_comments(api: Api, db_url: str) -> None:
+    track = new_track(db_url)
+    kept = api.post("alice", track, "before")
+    api.ok("carol", "PUT", f"/api/tracks/{track}/settings", json={"comments_enabled": False})
+    error(
+        api("bob", "POST", f"/api/tracks/{track}/comments", json={"content": "hey", "timestamp": 1}),
+        403,
+        "comments are off",
+    )
+    error(
+        api(
+            "bob",
+            "POST",
+            f"/api/tracks/{track}/comments",
+            json={"content": "hey", "timestamp": 1, "parent_id": kept["id"]},
+        ),
+        403,
+        "comments are off",
+    )
+    assert [c["id"] for c in api.listing(None, track)] == [kept["id"]]
+    api.post("carol", track, "the creator may")  # the track's creator and team are above it
+    api.ok("carol", "PUT", f"/api/tracks/{track}/settings", json={"comments_enabled": True})
+    api.post("bob", track, "back on")
+
+
+def test_slow_mode_answers_a_second_comment_with_429_and_retry_after(api: Api, db_url: str) -> None:
+    track = new_track(db_url)
+    api.ok("carol", "PUT", f"/api/tracks/{track}/settings", json={"slow_mode_seconds": 60})
+    api.post("bob", track, "one")
+    second = api("bob", "POST", f"/api/tracks/{track}/comments", json={"content": "two", "timestamp": 1})
+    error(second, 429, "slow mode")
+    assert 55 <= int(second.headers["Retry-After"]) <= 60
+    api.post("dave", track, "someone else may")  # per user
+    api.post("tina", track, "the team may")
+    api.post("tina", track, "and again")
+    api.ok("carol", "PUT", f"/api/tracks/{track}/settings", json={"slow_mode_seconds": 0})
+    api.post("bob", track, "off again")
+
+
+# ---------------------------------------------------------------------------------------------
+# The API's actions go live like SQL's
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_each_action_through_the_api_goes_live(replica: Replica, world: World, db_url: str) -> None:
+    track = new_track(db_url)
+    comment = await insert_comment(db_url, track, world.users["alice"], "live")
+    async with (
+        httpx.AsyncClient(base_url=replica.http, timeout=10) as http,
+        open_socket(replica.ws, track, world.tokens["bob"]) as bob,
+        open_socket(replica.ws, track, world.tokens["carol"]) as carol,
+    ):
+        await bob.expect("connected")
+        await carol.expect("connected")
+        for method, path, body in [
+            ("POST", f"/api/comments/{comment}/pin", None),
+            ("POST", f"/api/comments/{comment}/heart", None),
+            ("POST", f"/api/comments/{comment}/hide", None),
+            ("POST", f"/api/comments/{comment}/approve", None),
+            ("PUT", f"/api/tracks/{track}/settings", {"slow_mode_seconds": 3}),
+        ]:
+            answer = await http.request(method, path, json=body, headers=world.auth("carol"))
+            assert answer.status_code == 200, answer.text
+        answer = await http.post(
+            f"/api/comments/{comment}/report", json={"reason": "r"}, headers=world.auth("dave")
+        )
+        assert answer.status_code == 201
+        bobs, carols = await bob.events(6), await carol.events(6)
+    assert [e["type"] for e in bobs] == [
+        "comment_pinned",
+        "comment_hearted",
+        "comment_hidden",
+        "comment_restored",
+        "track_settings",
+        "skip",
+    ]
+    assert [e["type"] for e in carols] == [
+        "comment_pinned",
+        "comment_hearted",
+        "comment_moderated",
+        "comment_moderated",
+        "track_settings",
+        "comment_moderated",
+    ]
+    assert [e["seq"] for e in bobs] == [e["seq"] for e in carols]
+    assert carols[-1]["comment"]["report_count"] == 1
