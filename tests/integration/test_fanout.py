@@ -732,3 +732,37 @@ async def test_a_live_table_undone_ends_its_subscriptions_on_a_nodes_replica(
             await sql(url, "SELECT tracktalk.make_live(%s, enabled => false)", (f"public.{table}",))
             await sock.until(lambda: bool(sock.answers(f"{table}:5", "unsubscribed")), "the end", timeout=5)
             assert sock.answers(f"{table}:5", "unsubscribed")[0]["reason"] == "not found"
+
+
+async def test_a_comment_hidden_by_psql_reaches_each_audience_in_its_form_through_a_node(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """Moderation's per-audience events travel the node's path as the primary's: in 'fanout' mode a
+    comment hidden by psql on the primary reaches the track's moderators (carol, its album's
+    creator; tina, the team) and its author (alice) as `comment_moderated`, and everyone else (bob)
+    as `comment_hidden`, with the same seq, on a replica that listens on a node."""
+    world, url = topology.world, topology.url
+    track = new_track(url)
+    comment = await insert_comment(url, track, world.users["alice"], "a hot take")
+    await set_mode(url, "fanout")
+    with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=topology.node(topology.a)) as (replica,):
+        assert on_node(replica, topology.a)
+        async with contextlib.AsyncExitStack() as stack:
+            socks = {}
+            for name in ("carol", "tina", "alice", "bob"):
+                socks[name] = await stack.enter_async_context(
+                    open_socket(replica.ws, track, world.tokens[name])
+                )
+                await socks[name].expect("connected")
+            psql(
+                topology,
+                f"UPDATE comments SET hidden_at = now(), hidden_by = {world.users['carol']} WHERE id = {comment}",
+            )
+            got = {name: (await sock.events(1, timeout=30))[0] for name, sock in socks.items()}
+    assert {name: (e["type"], e["seq"]) for name, e in got.items()} == {
+        "carol": ("comment_moderated", 2),
+        "tina": ("comment_moderated", 2),
+        "alice": ("comment_moderated", 2),
+        "bob": ("comment_hidden", 2),
+    }
+    assert got["alice"]["comment"]["hidden"] is True and "comment" not in got["bob"]
