@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.processes import Replica
 from tests.support.seed import World, new_track
-from tests.support.sockets import Socket, open_socket
+from tests.support.sockets import Socket, TopicSocket, open_socket, open_topics
 from tests.support.writes import insert_comment, sql
 
 pytestmark = pytest.mark.timeout(120)
@@ -323,3 +323,49 @@ async def test_a_creator_whose_album_goes_to_another_is_told_to_reload(
             db_url, "UPDATE albums SET created_by_id = %s WHERE id = %s", (world.users["dave"], rows[0][0])
         )
         await carol.expect("resync")
+
+
+def durable(sock: TopicSocket, topic: str) -> list[dict[str, Any]]:
+    """The topic's durable events the socket got, in order."""
+    return [m for m in sock.by_topic[topic] if "seq" in m and m["type"] not in ("subscribed", "resync")]
+
+
+async def test_on_api_ws_a_hidden_comment_reaches_each_audience_in_its_form_live_and_in_a_replay(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    """/api/ws carries the same per-audience forms as the track socket: a comment hidden by SQL
+    reaches carol (creator), tina (team) and alice (author) as `comment_moderated` and bob as
+    `comment_hidden`, the same seq for all; its edit while hidden reaches bob as `skip`; and a
+    subscription resumed with `since=` replays each audience's form."""
+    track = new_track(db_url)
+    topic = f"track:{track}"
+    comment = await insert_comment(db_url, track, world.users["alice"], "a hot take")
+    async with contextlib.AsyncExitStack() as stack:
+        socks: dict[str, TopicSocket] = {}
+        for name in AUDIENCE:
+            socks[name] = await stack.enter_async_context(open_topics(replica.ws, world.tokens[name]))
+            assert (await socks[name].subscribe(topic))["seq"] == 1
+        await sql(
+            db_url,
+            "UPDATE comments SET hidden_at = now(), hidden_by = %s WHERE id = %s",
+            (world.users["carol"], comment),
+        )
+        await sql(db_url, "UPDATE comments SET content = 'a hotter take' WHERE id = %s", (comment,))
+        for sock in socks.values():
+            await sock.until(lambda s=sock: len(durable(s, topic)) >= 2, "two events")  # type: ignore[misc]
+        live = {name: [(m["seq"], m["type"]) for m in durable(sock, topic)] for name, sock in socks.items()}
+        replayed = {}
+        for name in ("tina", "bob"):
+            again = await stack.enter_async_context(open_topics(replica.ws, world.tokens[name]))
+            await again.subscribe(topic, since=1)
+            await again.until(lambda s=again: len(durable(s, topic)) >= 2, "the replay")  # type: ignore[misc]
+            replayed[name] = [(m["seq"], m["type"]) for m in durable(again, topic)]
+    moderated = [(2, "comment_moderated"), (3, "comment_edited")]
+    assert live == {
+        "carol": moderated,
+        "tina": moderated,
+        "alice": moderated,
+        "bob": [(2, "comment_hidden"), (3, "skip")],
+    }
+    assert replayed == {"tina": moderated, "bob": [(2, "comment_hidden"), (3, "skip")]}
+    assert "a hotter take" not in str(socks["bob"].received)
