@@ -1116,8 +1116,25 @@ BEGIN
           JOIN old_rows o ON o.id = n.id
          WHERE n.content IS DISTINCT FROM o.content
            AND n.hidden_at IS NULL AND n.held_at IS NULL AND n.deleted_at IS NULL
+           AND o.hidden_at IS NULL AND o.held_at IS NULL
         HAVING count(*) > 0
     $q$;
+    IF NOT plain THEN
+        -- A comment shown at last (approved, or unhidden) notifies as a new one would have: its
+        -- mentions, its parent's author, the team. Who was told already (it was shown once, then
+        -- hidden) is not told again (tracktalk.comment_mentions and the unique index).
+        EXECUTE $q$
+            SELECT tracktalk.notify_comment_readers(
+                       array_agg(n.id ORDER BY n.id), array_agg(n.track_id ORDER BY n.id),
+                       array_agg(n.user_id ORDER BY n.id), array_agg(n.parent_id ORDER BY n.id),
+                       array_agg(n.content ORDER BY n.id))
+              FROM new_rows n
+              JOIN old_rows o ON o.id = n.id
+             WHERE (o.hidden_at IS NOT NULL OR o.held_at IS NOT NULL)
+               AND n.hidden_at IS NULL AND n.held_at IS NULL AND n.deleted_at IS NULL
+            HAVING count(*) > 0
+        $q$;
+    END IF;
     RETURN NULL;
 END
 $$;

@@ -369,3 +369,28 @@ async def test_on_api_ws_a_hidden_comment_reaches_each_audience_in_its_form_live
     }
     assert replayed == {"tina": moderated, "bob": [(2, "comment_hidden"), (3, "skip")]}
     assert "a hotter take" not in str(socks["bob"].received)
+
+
+async def test_a_held_comment_approved_by_sql_notifies_as_a_new_one_would_have_and_only_then(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    """Held comments tell nobody (a mention in a held comment must not reach the one it names); the
+    approval makes the mention's notification, once (hiding and showing it again adds none)."""
+    track = new_track(db_url)
+    carol, alice, bob = world.users["carol"], world.users["alice"], world.users["bob"]
+    await sql(db_url, "INSERT INTO moderation_words (creator_id, word) VALUES (%s, 'zeugma')", (carol,))
+    try:
+        comment = await insert_comment(db_url, track, alice, "a zeugma for @bob")
+        mentions = (
+            "SELECT count(*) FROM notifications WHERE comment_id = %s AND user_id = %s AND kind = 'mention'"
+        )
+        assert await sql(db_url, mentions, (comment, bob)) == [(0,)]
+        await sql(db_url, "UPDATE comments SET held_at = NULL WHERE id = %s", (comment,))
+        assert await sql(db_url, mentions, (comment, bob)) == [(1,)]
+        await sql(
+            db_url, "UPDATE comments SET hidden_at = now(), hidden_by = %s WHERE id = %s", (carol, comment)
+        )
+        await sql(db_url, "UPDATE comments SET hidden_at = NULL, hidden_by = NULL WHERE id = %s", (comment,))
+        assert await sql(db_url, mentions, (comment, bob)) == [(1,)]
+    finally:
+        await sql(db_url, "DELETE FROM moderation_words WHERE creator_id = %s AND word = 'zeugma'", (carol,))
