@@ -40,10 +40,14 @@ def compact(message: bytes) -> bytes:
     """`message` (JSON) without the spaces PostgreSQL's jsonb text puts after every `:` and `,`:
     the same values, about a tenth fewer bytes in every frame of every socket (the kernel's send
     of those bytes is most of a hot track's cost: docs/performance.md). Done once per message,
-    never per socket; a message without such spaces (msgspec's own) is returned as it is."""
+    never per socket; a message without such spaces (msgspec's own), or one that is not JSON
+    (never seen: it would be sent as it came rather than stop the fan-out), is returned as it is."""
     if b'": ' not in message and b', "' not in message:
         return message
-    return _write_compact.encode(_read_exact.decode(message))
+    try:
+        return _write_compact.encode(_read_exact.decode(message))
+    except msgspec.DecodeError:
+        return message
 
 
 def message_frame(message: msgspec.Struct) -> bytes:

@@ -36,3 +36,5 @@ def test_a_restricted_variant_is_compacted_too_and_a_compact_message_is_left_as_
     assert frames.form(tagged=False, restricted=True)[2:] == b'{"type":"comment_moderated","id":1}'
     already = b'{"type":"presence","listening":3}'
     assert compact(already) is already
+    broken = b'{"type": "skip", '
+    assert compact(broken) is broken  # sent as it came, never an exception in the fan-out
