@@ -9,7 +9,9 @@ still may see the topic but no longer moderates it (off the team, the album give
 creator) stops getting the restricted variants of its events and is told to reload (`on_demoted`:
 a `resync`), since its client holds what only moderators see. A revocation may
 also pass unheard (before a channel was listened on, while the listener was away): `epoch` moves
-then, and the socket handlers ask again for a subscription admitted meanwhile.
+then, and the socket handlers ask again for a subscription admitted meanwhile. `answered` waits
+for the rechecks asked so far: a topic whose subject is gone tells its subscribers to reload only
+once the ones that lost it are gone (app/live/cursors.py).
 """
 
 from __future__ import annotations
@@ -68,6 +70,12 @@ class AccessGuard:
         self._written_by: set[int] = set()
         """The primary's transactions of the revocations heard from a fan-out node, not asked yet."""
         self._wake = asyncio.Event()
+        self._asked = 0
+        """Rechecks asked so far (each call of `recheck` that left pairs to ask) ..."""
+        self._answered = 0
+        """... and how many of them were answered, their refusals handed over."""
+        self._told = asyncio.Event()
+        """Set (and replaced) each time rechecks were answered."""
 
     def moved(self) -> None:
         """A revocation may have passed unheard, or was heard: move the epoch."""
@@ -77,7 +85,16 @@ class AccessGuard:
         """Ask again whether each (user, topic) may see it (soon, in one query)."""
         self._recheck.update(pairs)
         if self._recheck:
+            self._asked += 1
             self._wake.set()
+
+    async def answered(self) -> None:
+        """Return once every recheck asked before this call has been answered and its refusals
+        handed over (at once when none is pending). The caller bounds the wait: a database that
+        does not answer keeps it waiting."""
+        asked = self._asked
+        while self._answered < asked:
+            await self._told.wait()
 
     def recheck_topic(self, topic: str, written_by: int | None = None) -> None:
         """Ask again for every subscription of the topic (once the primary's transaction
@@ -104,6 +121,7 @@ class AccessGuard:
             await self._wake.wait()
             self._wake.clear()
             pairs, self._recheck = list(self._recheck), set()
+            asked = self._asked
             written_by, self._written_by = sorted(self._written_by), set()
             try:
                 answers = await self._log.visible(pairs, written_by)
@@ -127,3 +145,6 @@ class AccessGuard:
                             self._on_demoted(conn, topic)
                     else:
                         self._on_refused(conn, topic, answer)
+            self._answered = asked
+            self._told.set()
+            self._told = asyncio.Event()

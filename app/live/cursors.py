@@ -19,6 +19,12 @@ notice that comes while a read is in flight makes it read again; nothing else ev
 topic waits for, so nothing but a verified notice or the log itself can deliver, hold up or skip
 an event.
 
+A topic whose subject was deleted (`gone`: its events left the log) makes its sockets reload from
+its latest event; not all of them: the revocation that says so also makes the access guard ask
+who may still see the topic, and the catch-up waits for those answers (at most _REFUSALS_WAIT)
+before it reads the log and tells the subscriptions that are left. A subscription that ends gets
+`unsubscribed` (or its track socket is closed), never a `resync` first.
+
 The first subscription of a topic makes the listener LISTEN on its channel, then reads its latest
 seq (the cursor). `replay` gives a resuming subscription the events after its `since=`, read from
 the log in pages at the client's pace, each row checked to follow the one before it: a hole (what
@@ -29,9 +35,10 @@ is kept no longer reaches back that far), or a `tag=` that is not the tag of the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Protocol
 
 from app.background import Tasks
@@ -65,6 +72,11 @@ _SIGNED_STALE = 30.0
 """Seconds after which a signed topic payload's events are not taken from it but read from the
 log (a payload captured and sent again later need not be believed). The database's clock and the
 replica's are assumed within seconds."""
+
+_REFUSALS_WAIT = 5.0
+"""Seconds a topic's reload (its subject deleted) waits for the access guard to end the
+subscriptions that lost the topic, before it tells the others to reload. Past it (the database
+does not answer), every subscription is told, and the guard ends the refused ones later."""
 
 _RESYNC_MESSAGE = "events were missed: reload the comments"
 
@@ -201,12 +213,15 @@ class Cursors:
         on_lag: Callable[[float], None] | None = None,
         page: int = EVENT_PAGE,
         page_bytes: int = EVENT_PAGE_BYTES,
+        rechecked: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._hub = hub
         self._log = log
         self._listening = listening
         self._moved = moved
         """Called when a topic's channel was newly listened on (a revocation may have gone by)."""
+        self._rechecked = rechecked
+        """Returns once the access rechecks asked so far are answered (AccessGuard.answered)."""
         self._tasks = tasks
         self._on_lag = on_lag
         self._page = page
@@ -416,6 +431,8 @@ class Cursors:
         False when the topic is caught up."""
         asked, cursor.check = cursor.wanted, False
         reload, cursor.reload = cursor.reload, False
+        if reload:
+            await self._refusals_first()
         read = await self._read(topic, cursor.cursor)
         if self._topics.get(topic) is not cursor:
             return False
@@ -440,6 +457,15 @@ class Cursors:
         # holds what they named, unless the database went back in time since. Nothing more to wait for.
         cursor.wanted = min(cursor.wanted, cursor.last_seq)
         return False
+
+    async def _refusals_first(self) -> None:
+        """Before a reload: let the access guard end the subscriptions that may no longer see the
+        topic (the revocation that said it is gone asked it to), so that only the others are told
+        to reload it; at most _REFUSALS_WAIT. The topic's notices wait meanwhile, as for any read
+        of its catch-up."""
+        if self._rechecked is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rechecked(), _REFUSALS_WAIT)
 
     async def _latest(self, topics: list[str]) -> list[Cursor]:
         latest = await self._log.latest(topics)

@@ -80,7 +80,17 @@ class Feed:
         self._tasks = Tasks(__name__)
         self._presence = presence
         self.access = AccessGuard(hub, log, self._refused, self._demoted)
-        self.cursors = Cursors(hub, log, listening, self.access.moved, self._tasks, on_lag, page, page_bytes)
+        self.cursors = Cursors(
+            hub,
+            log,
+            listening,
+            self.access.moved,
+            self._tasks,
+            on_lag,
+            page,
+            page_bytes,
+            rechecked=self.access.answered,
+        )
         self.user_lane = UserLane(hub, log, listening)
         self._caught_up = True
         self._reconnected: asyncio.Task[None] | None = None

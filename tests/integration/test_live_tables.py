@@ -22,6 +22,7 @@ from app.dev.embedded import EmbeddedPostgres
 from tests.support.processes import Replica, replicas
 from tests.support.seed import World
 from tests.support.sockets import TopicSocket, open_topics
+from tests.support.waiting import async_wait_until
 from tests.support.writes import sql
 
 pytestmark = pytest.mark.timeout(180)
@@ -714,8 +715,50 @@ async def test_enabled_false_ends_the_subscriptions_of_topics_that_never_had_an_
         await sql(db_url, f"INSERT INTO {table} (album_id, title) VALUES (5, 'not for alice')")
         await sql(db_url, f"INSERT INTO {table} (album_id, title) VALUES (6, 'nor this')")
         assert (await subscribe_refused(sock, table + ":5"))["reason"] == "forbidden"  # the socket goes on
-        # Nothing of the table reached the topic after it was undone: no row, only the end of the
-        # subscription and the refusal (a `resync` may come first: seen once in the ten full runs of the
-        # suite, not explained yet; it carries no row).
-        kinds = [m["type"] for m in sock.by_topic[table + ":5"] if m["type"] != "resync"]
+        # Nothing of the table reached the topic after it was undone: no row, no `resync` (a
+        # subscription that ends is not told to reload first), only its end and the refusal.
+        kinds = [m["type"] for m in sock.by_topic[table + ":5"]]
         assert kinds == ["subscribed", "unsubscribed", "subscribe_error"]
+
+
+async def test_the_subscribers_of_a_table_undone_are_not_told_to_reload_it_however_late_the_recheck(
+    pair: list[Replica], world: World, db_url: str
+) -> None:
+    """Undoing make_live deletes the table's events and says its topics are gone: each replica
+    asks again who may see them (`unsubscribed` for those who may not) and reads the log to tell
+    those who may to reload. The recheck, which reads `users`, is held back here by a lock until
+    the log could be read: the subscriptions still end with `unsubscribed` and nothing before it
+    (they got a `resync` first whenever the log answered before the recheck did)."""
+    a, _ = pair
+    table = new_table(db_url)
+    await make_live(db_url, table, topic_column="album_id")
+    never, once = table + ":5", table + ":6"
+    async with open_topics(a.ws, world.tokens["alice"]) as sock:
+        await sock.subscribe(never)
+        await sock.subscribe(once)
+        await sql(db_url, f"INSERT INTO {table} (album_id, title) VALUES (6, 'one')")
+        await sock.until(lambda: bool(durable(sock, once)), "the event of album 6")
+        async with await psycopg.AsyncConnection.connect(db_url) as holder:
+            await holder.execute("LOCK TABLE public.users IN ACCESS EXCLUSIVE MODE")
+            assert await make_live(db_url, table, enabled=False) is None
+            await async_wait_until(
+                lambda: blocked_on_a_lock(db_url, "tracktalk.may_see(w.user_id, w.topic)"),
+                10,
+                "the replica's recheck, waiting for the lock",
+            )
+            await holder.rollback()
+        for topic in (never, once):
+            await sock.until(lambda t=topic: bool(sock.answers(t, "unsubscribed")), topic, timeout=5)  # type: ignore[misc]
+    assert [m["type"] for m in sock.by_topic[never]] == ["subscribed", "unsubscribed"]
+    assert [m["type"] for m in sock.by_topic[once]] == ["subscribed", "row_inserted", "unsubscribed"]
+
+
+async def blocked_on_a_lock(db_url: str, query: str) -> bool:
+    """Some session runs a statement that holds `query` and waits for a lock."""
+    rows = await sql(
+        db_url,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND strpos(query, %s) > 0",
+        (query,),
+    )
+    return bool(rows[0][0])

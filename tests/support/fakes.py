@@ -129,6 +129,11 @@ class MemoryLog:
         self.slow: asyncio.Event | None = None
         """While set but not yet fired, `latest` waits for it (a database that does not answer)."""
         self.waiting = 0
+        self.access_gate: asyncio.Event | None = None
+        """While set but not yet fired, `visible` holds its answers (a recheck that answers after
+        the reads of the log) ..."""
+        self.access_held = 0
+        """... and how many it holds."""
 
     def write(
         self,
@@ -248,7 +253,7 @@ class MemoryLog:
         self._check()
         if written_by:
             self.waited_for.append(("visible", written_by))
-        return {
+        answer = {
             pair: Access(
                 username=f"user{pair[0]}" if pair[0] else None,
                 may_see=self.visible_pairs is None or pair in self.visible_pairs,
@@ -256,6 +261,11 @@ class MemoryLog:
             )
             for pair in pairs
         }
+        if self.access_gate is not None:
+            self.access_held += 1
+            await self.access_gate.wait()
+            self.access_held -= 1
+        return answer
 
     def _check(self) -> None:
         if self.fail:

@@ -660,13 +660,32 @@ async def test_a_track_whose_start_failed_is_not_listened_on_once_its_sockets_ga
     await until(lambda: topic_name(T) not in world.channels.listening, "the channel to be let go")
 
 
+@contextlib.asynccontextmanager
+async def enforcing(world: World) -> AsyncIterator[None]:
+    """The access guard at work, as a replica runs it (a gone topic's reload waits for it)."""
+    checker = asyncio.create_task(world.feed.enforce_access())
+    try:
+        yield
+    finally:
+        checker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await checker
+
+
+async def idle() -> None:
+    """Let every task that can run do so: in-memory work ends within a few turns of the loop."""
+    for _ in range(100):
+        await asyncio.sleep(0)
+
+
 async def test_a_deleted_and_remade_track_makes_its_sockets_resync_from_the_latest_seq(world: World) -> None:
     _, sock, _ = await world.socket()
     world.notice(T, world.log.write(T, 2))
     world.log.write(T, 3)  # more comments, then the track deleted in the same transaction
     world.log.delete_track(T)  # (their events went with it; the numbering stays at 5)
-    world.feed.on_notice(Opened(Revoke(topic=T, gone=True, at=time.time())))
-    await until(lambda: any(m["type"] == "resync" for m in sock.messages), "the resync")
+    async with enforcing(world):
+        world.feed.on_notice(Opened(Revoke(topic=T, gone=True, at=time.time())))
+        await until(lambda: any(m["type"] == "resync" for m in sock.messages), "the resync")
     assert sock.messages[-1] == {
         "type": "resync",
         "track_id": "t1",
@@ -678,6 +697,28 @@ async def test_a_deleted_and_remade_track_makes_its_sockets_resync_from_the_late
     await until(lambda: sock.seqs == [1, 2, 6], "the new track's first event")
     world.feed.on_notice(Opened(Revoke(topic=T, gone=True, at=time.time() - 1)))  # seen: no more
     assert [m["type"] for m in sock.messages].count("resync") == 1
+
+
+async def test_a_gone_topic_tells_only_the_subscribers_that_may_still_see_it_to_reload(world: World) -> None:
+    """The subject of a topic deleted (and made again, for user 1 only): its subscribers that may
+    no longer see it lose the subscription and are never told to reload it first, however late
+    the access recheck answers; the others reload from the latest seq."""
+    _, kept, _ = await world.socket(user=1)
+    _, lost, _ = await world.socket(user=2)
+    world.notice(T, world.log.write(T, 2))
+    world.log.delete_track(T)
+    world.log.visible_pairs = {(1, T)}
+    world.log.access_gate = asyncio.Event()  # the recheck answers after the log could be read
+    async with enforcing(world):
+        world.feed.on_notice(Opened(Revoke(topic=T, gone=True, at=time.time())))
+        await until(lambda: world.log.access_held == 1, "the recheck, asked")
+        await idle()  # (the reload's read of the log ran here, and told both sockets to reload)
+        world.log.access_gate.set()
+        await until(lambda: kept.resyncs and lost.closed_with is not None, "the reload and the end")
+    assert lost.closed_with == (close_codes.POLICY, close_codes.ACCESS_REVOKED)
+    assert [m["type"] for m in lost.messages] == ["comment_liked", "comment_liked"]  # no resync
+    assert [m["type"] for m in kept.messages] == ["comment_liked", "comment_liked", "resync"]
+    assert kept.resyncs[0]["seq"] == 2
 
 
 async def test_a_catch_up_ends_when_the_log_lacks_events_the_track_numbered(world: World) -> None:
