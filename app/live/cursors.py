@@ -451,8 +451,8 @@ class Cursors:
             # The log holds nothing more after the cursor, though the topic numbered more: those
             # events are not kept (pruned, or deleted with their subject). Reload from the latest.
             self._resync(topic, cursor, read.latest)
-        if cursor.wanted > asked or cursor.check:
-            return True  # a notice (or a check) came while the log was read: read it again
+        if cursor.wanted > asked or cursor.check or cursor.reload:
+            return True  # a notice (a check, a deletion) came while the log was read: read it again
         # Every notice counted in `asked` came before this read, whose snapshot is later: the log
         # holds what they named, unless the database went back in time since. Nothing more to wait for.
         cursor.wanted = min(cursor.wanted, cursor.last_seq)

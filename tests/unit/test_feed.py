@@ -699,6 +699,22 @@ async def test_a_deleted_and_remade_track_makes_its_sockets_resync_from_the_late
     assert [m["type"] for m in sock.messages].count("resync") == 1
 
 
+async def test_a_topic_gone_while_its_catch_up_reads_the_log_is_reloaded_all_the_same(world: World) -> None:
+    """The track deleted and made again while a catch-up of its events is in flight: the catch-up
+    reads again and its sockets reload (the reload was dropped when the read in flight found
+    nothing more to read)."""
+    _, sock, _ = await world.socket()
+    world.log.answer_gate[T] = asyncio.Event()
+    world.notice(T, world.log.write(T, 1), events=False)  # its events are read from the log
+    await until(lambda: world.log.answers_held == 1, "the catch-up's read, in flight")
+    world.log.delete_track(T)
+    async with enforcing(world):
+        world.feed.on_notice(Opened(Revoke(topic=T, gone=True, at=time.time())))
+        world.log.answer_gate[T].set()
+        await until(lambda: sock.resyncs, "the reload")
+    assert sock.seqs == [1] and sock.resyncs[0]["seq"] == 1
+
+
 async def test_a_gone_topic_tells_only_the_subscribers_that_may_still_see_it_to_reload(world: World) -> None:
     """The subject of a topic deleted (and made again, for user 1 only): its subscribers that may
     no longer see it lose the subscription and are never told to reload it first, however late
