@@ -431,9 +431,13 @@ class Cursors:
         False when the topic is caught up."""
         asked, cursor.check = cursor.wanted, False
         reload, cursor.reload = cursor.reload, False
-        if reload:
-            await self._refusals_first()
-        read = await self._read(topic, cursor.cursor)
+        try:
+            if reload:
+                await self._refusals_first()
+            read = await self._read(topic, cursor.cursor)
+        except BaseException:
+            cursor.reload = cursor.reload or reload  # not told yet: the next try tells it
+            raise
         if self._topics.get(topic) is not cursor:
             return False
         if reload or read.lost:

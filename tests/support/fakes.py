@@ -134,6 +134,8 @@ class MemoryLog:
         the reads of the log) ..."""
         self.access_held = 0
         """... and how many it holds."""
+        self.failing_pages = 0
+        """Reads of events (`page`) that raise before the next ones answer again."""
 
     def write(
         self,
@@ -205,6 +207,9 @@ class MemoryLog:
             await gate.wait()
         await asyncio.sleep(0)
         self._check()
+        if self.failing_pages:
+            self.failing_pages -= 1
+            raise OSError("the database did not answer")
         self.reads += 1
         kept = self.events.get(track_id, {})
         top = through if through is not None else 2**62

@@ -715,6 +715,22 @@ async def test_a_topic_gone_while_its_catch_up_reads_the_log_is_reloaded_all_the
     assert sock.seqs == [1] and sock.resyncs[0]["seq"] == 1
 
 
+async def test_a_reload_whose_read_of_the_log_fails_is_told_when_the_read_is_tried_again(
+    world: World,
+) -> None:
+    """The track deleted and made again, and the catch-up's read fails: the read tried again
+    still makes the sockets reload (the failed try had used the reload up)."""
+    _, sock, _ = await world.socket()
+    world.notice(T, world.log.write(T, 2))
+    world.log.delete_track(T)
+    world.log.failing_pages = 1
+    async with enforcing(world):
+        world.feed.on_notice(Opened(Revoke(topic=T, gone=True, at=time.time())))
+        await async_wait_until(lambda: sock.resyncs, 5, "the reload, after the read is tried again")
+    assert world.log.failing_pages == 0
+    assert sock.seqs == [1, 2] and sock.resyncs[0]["seq"] == 2
+
+
 async def test_a_gone_topic_tells_only_the_subscribers_that_may_still_see_it_to_reload(world: World) -> None:
     """The subject of a topic deleted (and made again, for user 1 only): its subscribers that may
     no longer see it lose the subscription and are never told to reload it first, however late
