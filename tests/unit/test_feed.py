@@ -22,6 +22,7 @@ from app.bounds import EVENT_PAGE_BYTES
 from app.data.events import Cursor
 from app.listener import Listener
 from app.live import close_codes
+from app.live import cursors as cursors_module
 from app.live import frames as frames_module
 from app.live.connection import ANONYMOUS, Connection
 from app.live.feed import Feed
@@ -751,6 +752,23 @@ async def test_a_gone_topic_tells_only_the_subscribers_that_may_still_see_it_to_
     assert [m["type"] for m in lost.messages] == ["comment_liked", "comment_liked"]  # no resync
     assert [m["type"] for m in kept.messages] == ["comment_liked", "comment_liked", "resync"]
     assert kept.resyncs[0]["seq"] == 2
+
+
+async def test_a_reload_waits_for_a_recheck_that_does_not_answer_only_so_long(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The access recheck does not answer (the database is stuck): the subscribers are told to
+    reload all the same once _REFUSALS_WAIT has passed."""
+    monkeypatch.setattr(cursors_module, "_REFUSALS_WAIT", 0.05)
+    _, sock, _ = await world.socket()
+    world.notice(T, world.log.write(T, 2))
+    world.log.delete_track(T)
+    world.log.access_gate = asyncio.Event()  # never set: the recheck never answers
+    async with enforcing(world):
+        world.feed.on_notice(Opened(Revoke(topic=T, gone=True, at=time.time())))
+        await async_wait_until(lambda: sock.resyncs, 5, "the reload, without the recheck's answer")
+        assert world.log.access_held == 1
+    assert sock.resyncs[0]["seq"] == 2
 
 
 async def test_a_catch_up_ends_when_the_log_lacks_events_the_track_numbered(world: World) -> None:
