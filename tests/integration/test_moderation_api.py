@@ -210,6 +210,42 @@ def test_a_hidden_comment_exists_only_for_its_author_and_the_moderators(api: Api
     assert api.ok("bob", "GET", f"/api/comments/{comment['id']}")["comment"]["content"] == "rude"
 
 
+def test_a_notification_of_a_comment_hidden_since_shows_nothing_of_it(
+    api: Api, world: World, db_url: str
+) -> None:
+    """bob was told of a mention and of a reply; both are then hidden (one by a moderator, one held
+    by reports): his notifications no longer show them, nor count them unread, until they are
+    shown again. The moderators and the comments' authors keep theirs."""
+    track = new_track(db_url)
+    asked = api.post("bob", track, "bob asks")
+    mention = api.post("alice", track, "a secret mention of @bob")
+    reply = api.post("dave", track, "a secret reply", parent_id=asked["id"])
+    api.ok("carol", "POST", f"/api/comments/{mention['id']}/like")  # alice's own notification of it
+
+    def bobs() -> tuple[set[int], int, str]:
+        answer = api("bob", "GET", "/api/notifications", params={"limit": 100})
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        about = {n["comment_id"] for n in page["notifications"] if n["track_id"] == track}
+        return about, page["unread"], answer.text
+
+    told, unread, _ = bobs()
+    assert told == {mention["id"], reply["id"]}
+    api.ok("tina", "POST", f"/api/comments/{mention['id']}/hide")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE comments SET held_at = now() WHERE id = %s", (reply["id"],))
+    told, unread_now, text = bobs()
+    assert told == set() and unread_now == unread - 2
+    assert "secret" not in text
+    for who, comment in (("carol", mention), ("tina", reply), ("alice", mention)):
+        page = api.ok(who, "GET", "/api/notifications", params={"limit": 100})
+        assert comment["id"] in {n["comment_id"] for n in page["notifications"]}, who
+    api.ok("carol", "POST", f"/api/comments/{mention['id']}/approve")
+    api.ok("carol", "POST", f"/api/comments/{reply['id']}/approve")
+    told, unread_again, _ = bobs()
+    assert told == {mention["id"], reply["id"]} and unread_again == unread
+
+
 def test_the_deep_link_has_the_parent_and_the_replies(api: Api, db_url: str) -> None:
     track = new_track(db_url)
     top = api.post("alice", track, "top")
