@@ -148,10 +148,16 @@ async def access(conn: Conn, comment_id: int, viewer_id: int | None) -> CommentA
     return found
 
 
-async def parent_track(conn: Conn, parent_id: int) -> str | None:
-    """The track of comment `parent_id`, None when there is no such comment."""
+async def parent_track(conn: Conn, parent_id: int, viewer_id: int, moderator: bool) -> str | None:
+    """The track of comment `parent_id`, None when there is no such comment for the viewer (hidden
+    or held, it exists for its author and the track's moderators only: `moderator`, the viewer
+    moderates the track the reply is for, which a parent must share)."""
     async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute("SELECT track_id FROM comments WHERE id = %s", (parent_id,))
+        await cur.execute(
+            "SELECT track_id FROM comments WHERE id = %s"
+            " AND (hidden_at IS NULL AND held_at IS NULL OR user_id = %s OR %s)",
+            (parent_id, viewer_id, moderator),
+        )
         row = await cur.fetchone()
     return str(row[0]) if row else None
 

@@ -99,7 +99,10 @@ async def create_comment(track_id: str, data: CommentIn, services: Services, use
                     whole_seconds(rules.wait),
                 )
         check_timestamp(data.timestamp, track.duration_seconds)
-        if data.parent_id is not None and await comments.parent_track(conn, data.parent_id) != track_id:
+        if (
+            data.parent_id is not None
+            and await comments.parent_track(conn, data.parent_id, user.id, rules.moderator) != track_id
+        ):
             raise Unprocessable(f"parent_id: {data.parent_id} is not a comment of track {track_id!r}")
         comment_id = await comments.insert(conn, track_id, user.id, content, data.timestamp, data.parent_id)
         return await comments.get(conn, comment_id, user.id)

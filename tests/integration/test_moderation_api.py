@@ -210,6 +210,33 @@ def test_a_hidden_comment_exists_only_for_its_author_and_the_moderators(api: Api
     assert api.ok("bob", "GET", f"/api/comments/{comment['id']}")["comment"]["content"] == "rude"
 
 
+def test_a_hidden_or_held_comment_takes_no_reply_from_anyone_it_does_not_exist_for(
+    api: Api, db_url: str
+) -> None:
+    """A reply names a parent that does not exist for its writer: 422, as for no such comment (its
+    answer would tell that it exists; and it would notify the hidden comment's author)."""
+    track = new_track(db_url)
+    hidden = api.post("alice", track, "hidden soon")
+    held = api.post("alice", track, "held soon")
+    api.ok("tina", "POST", f"/api/comments/{hidden['id']}/hide")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE comments SET held_at = now() WHERE id = %s", (held["id"],))
+    for parent in (hidden, held):
+        for who in ("bob", "dave"):
+            answer = api(
+                who,
+                "POST",
+                f"/api/tracks/{track}/comments",
+                json={"content": "found you", "timestamp": 1, "parent_id": parent["id"]},
+            )
+            error(answer, 422, f"parent_id: {parent['id']} is not a comment of track")
+        for who in ("alice", "carol", "tina"):  # its author and the moderators see it
+            assert (
+                api.post(who, track, f"a reply of {who}", parent_id=parent["id"])["parent_id"] == parent["id"]
+            )
+    assert "found you" not in str(api.listing("alice", track))
+
+
 def test_a_notification_of_a_comment_hidden_since_shows_nothing_of_it(
     api: Api, world: World, db_url: str
 ) -> None:
