@@ -58,6 +58,8 @@ class CommentAccess:
     track_id: str
     user_id: int
     creator_id: int
+    deleted: bool
+    """A tombstone: deleted, kept (empty) for its replies."""
 
 
 async def page(
@@ -132,7 +134,7 @@ async def access(conn: Conn, comment_id: int, viewer_id: int | None) -> CommentA
     async with conn.cursor(row_factory=class_row(CommentAccess)) as cur:
         await cur.execute(
             """
-            SELECT c.id, c.track_id, c.user_id, a.created_by_id AS creator_id
+            SELECT c.id, c.track_id, c.user_id, a.created_by_id AS creator_id, c.deleted_at IS NOT NULL AS deleted
               FROM comments c
               JOIN tracks t ON t.id = c.track_id
               JOIN albums a ON a.id = t.album_id
@@ -146,6 +148,15 @@ async def access(conn: Conn, comment_id: int, viewer_id: int | None) -> CommentA
     if found is None:
         raise NotFound(f"comment {comment_id}")
     return found
+
+
+def refuse_tombstone(comment_id: int, deleted: bool, what: str) -> None:
+    """Unprocessable when the comment is a tombstone (deleted, kept empty for its replies): there
+    is nothing to `what` (pin, like, edit ...)."""
+    if deleted:
+        raise Unprocessable(
+            f"comment {comment_id} was deleted (kept, empty, for its replies): nothing to {what}"
+        )
 
 
 async def parent_track(conn: Conn, parent_id: int, viewer_id: int, moderator: bool) -> str | None:

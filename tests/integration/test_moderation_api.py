@@ -273,6 +273,42 @@ def test_a_notification_of_a_comment_hidden_since_shows_nothing_of_it(
     assert told == {mention["id"], reply["id"]} and unread_again == unread
 
 
+def test_a_tombstone_is_not_pinned_hearted_liked_reported_or_edited(api: Api, db_url: str) -> None:
+    """A deleted comment kept for its replies is empty: pinning (its deletion unpinned it), hearting,
+    liking, reporting or editing it is a 422 that says it was deleted; nothing changes."""
+    track = new_track(db_url)
+    gone = api.post("alice", track, "soon gone")
+    api.post("bob", track, "a reply keeps it", parent_id=gone["id"])
+    assert api("alice", "DELETE", f"/api/comments/{gone['id']}").status_code == 204
+    path = f"/api/comments/{gone['id']}"
+    for who, method, action, body in (
+        ("carol", "POST", "/pin", None),
+        ("tina", "POST", "/heart", None),
+        ("bob", "POST", "/like", None),
+        ("dave", "POST", "/report", {"reason": "empty"}),
+        ("alice", "PUT", "", {"content": "back again"}),
+    ):
+        error(api(who, method, path + action, json=body), 422, f"comment {gone['id']} was deleted")
+    tombstone = api.ok("bob", "GET", path)["comment"]
+    assert (tombstone["deleted"], tombstone["pinned"], tombstone["hearted"], tombstone["like_count"]) == (
+        True,
+        False,
+        False,
+        0,
+    )
+    assert (
+        tombstone["content"] == ""
+        and api.ok("carol", "GET", "/api/moderation/queue", params={"track_id": track}) == []
+    )
+    # Taking back is never refused (nothing to take back here: it changes nothing).
+    for who, method, action in (
+        ("carol", "DELETE", "/pin"),
+        ("carol", "DELETE", "/heart"),
+        ("bob", "DELETE", "/like"),
+    ):
+        assert api(who, method, path + action).status_code == 200, action
+
+
 def test_the_deep_link_has_the_parent_and_the_replies(api: Api, db_url: str) -> None:
     track = new_track(db_url)
     top = api.post("alice", track, "top")
