@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.support.processes import Replica
@@ -214,6 +215,31 @@ async def test_reports_by_sql_reach_the_moderators_and_the_threshold_holds_the_c
             (2, False),
             (3, True),
         ]
+
+
+async def test_reports_taken_away_reach_the_moderators_with_the_new_count(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    """An approval of a visible reported comment (nothing to show: it changes no mark) and a DBA's
+    DELETE of reports each reach its author and the moderators as comment_moderated with the count
+    that remains (everyone else: skip), as a report does; the next event follows in order."""
+    track = new_track(db_url)
+    comment = await insert_comment(db_url, track, world.users["alice"], "reported, then cleared")
+    report = "INSERT INTO comment_reports (comment_id, user_id, reason) VALUES (%s, %s, 'meh')"
+    async with watching(replica, world, track) as socks, httpx.AsyncClient(base_url=replica.http) as http:
+        await sql(db_url, report, (comment, world.users["bob"]))
+        got = await next_events(socks)
+        assert got["tina"][0]["comment"]["report_count"] == 1
+        answer = await http.post(f"/api/comments/{comment}/approve", headers=world.auth("carol"))
+        assert answer.status_code == 200 and answer.json()["report_count"] == 0, answer.text
+        await sql(db_url, report, (comment, world.users["dave"]))
+        await sql(db_url, "DELETE FROM comment_reports WHERE comment_id = %s", (comment,))
+        await sql(db_url, "UPDATE comments SET hearted_at = now() WHERE id = %s", (comment,))
+        got = await next_events(socks, 4)
+    counts = [(e["type"], e["comment"]["report_count"]) for e in got["carol"][:3]]
+    assert counts == [("comment_moderated", 0), ("comment_moderated", 1), ("comment_moderated", 0)]
+    assert kinds(got)["alice"] == kinds(got)["tina"] == kinds(got)["carol"]
+    assert kinds(got)["bob"] == ["skip", "skip", "skip", "comment_hearted"]
 
 
 async def test_track_settings_by_sql_go_live(replica: Replica, world: World, db_url: str) -> None:
