@@ -1502,7 +1502,9 @@ CREATE TRIGGER comment_reports_after_delete
 -- users
 ---------------------------------------------------------------------------------------------
 
--- A user left the team, or is gone: their sockets are checked again, on every replica.
+-- A user left the team, joined it, or is gone: their sockets are checked again, on every replica
+-- (who may see what, and who moderates what: a subscription whose user's role changed is told to
+-- reload).
 CREATE OR REPLACE FUNCTION tracktalk.users_access_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -1518,7 +1520,7 @@ BEGIN
     EXECUTE $q$
         SELECT tracktalk.revoke_user(o.id)
           FROM old_rows o JOIN new_rows n ON n.id = o.id
-         WHERE o.is_team AND NOT n.is_team
+         WHERE o.is_team IS DISTINCT FROM n.is_team
          ORDER BY o.id
     $q$;
     RETURN NULL;

@@ -331,6 +331,48 @@ async def test_a_team_member_who_leaves_the_team_is_told_to_reload_and_sees_no_m
         await sql(db_url, "UPDATE users SET is_team = true WHERE id = %s", (world.users["tina"],))
 
 
+async def test_one_who_joins_the_team_is_told_to_reload_and_gets_the_moderators_forms_at_once(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    """dave joins the team while his socket is open: a `resync` (reload: GET now shows him the
+    hidden comment) and, from then on, the moderators' form of each event, without subscribing
+    again. The creator of an album given to him, likewise, on its track."""
+    track = new_track(db_url)
+    comment = await insert_comment(db_url, track, world.users["alice"], "hidden before he joins")
+    await sql(db_url, "UPDATE comments SET hidden_at = now() WHERE id = %s", (comment,))
+    try:
+        async with open_socket(replica.ws, track, world.tokens["dave"]) as dave:
+            connected = await dave.expect("connected")
+            await sql(db_url, "UPDATE users SET is_team = true WHERE id = %s", (world.users["dave"],))
+            resync = await dave.expect("resync", ignore=("presence",))
+            assert resync["seq"] == connected["seq"]
+            await sql(db_url, "UPDATE comments SET content = 'seen by the team' WHERE id = %s", (comment,))
+            (event,) = await dave.events(1)
+            assert (event["type"], event["content"]) == ("comment_edited", "seen by the team")
+    finally:
+        await sql(db_url, "UPDATE users SET is_team = false WHERE id = %s", (world.users["dave"],))
+    rows = await sql(
+        db_url,
+        "INSERT INTO albums (title, created_by_id) VALUES ('Given', %s) RETURNING id",
+        (world.users["carol"],),
+    )
+    given = f"t-given-{rows[0][0]}"
+    await sql(
+        db_url, "INSERT INTO tracks (id, album_id, title) VALUES (%s, %s, 'Given')", (given, rows[0][0])
+    )
+    hidden = await insert_comment(db_url, given, world.users["alice"], "hidden on the given track")
+    await sql(db_url, "UPDATE comments SET hidden_at = now() WHERE id = %s", (hidden,))
+    async with open_socket(replica.ws, given, world.tokens["dave"]) as dave:
+        await dave.expect("connected")
+        await sql(
+            db_url, "UPDATE albums SET created_by_id = %s WHERE id = %s", (world.users["dave"], rows[0][0])
+        )
+        await dave.expect("resync", ignore=("presence",))
+        await sql(db_url, "UPDATE comments SET content = 'his now' WHERE id = %s", (hidden,))
+        (event,) = await dave.events(1)
+        assert (event["type"], event["content"]) == ("comment_edited", "his now")
+
+
 async def test_a_creator_whose_album_goes_to_another_is_told_to_reload(
     replica: Replica, world: World, db_url: str
 ) -> None:
