@@ -1434,6 +1434,14 @@ DECLARE
     just_held bigint[];
     r record;
 BEGIN
+    -- The reported comments' rows first, in id order, held to commit: two reports of one comment
+    -- written at once count in turn, the later one after the earlier committed (its next
+    -- statement sees it), else each would count its own and those committed before, and the
+    -- threshold could pass with nobody holding the comment.
+    PERFORM 1 FROM public.comments c
+     WHERE c.id = ANY (ARRAY(SELECT DISTINCT n.comment_id FROM new_rows n))
+     ORDER BY c.id
+       FOR NO KEY UPDATE;
     WITH newly AS (
         UPDATE public.comments c SET held_at = now()
          WHERE c.id = ANY (ARRAY(SELECT DISTINCT n.comment_id FROM new_rows n ORDER BY 1))

@@ -5,16 +5,19 @@ its audience's form."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from tests.support.processes import Replica
 from tests.support.seed import World, new_track
 from tests.support.sockets import Socket, TopicSocket, open_socket, open_topics
+from tests.support.waiting import async_wait_until
 from tests.support.writes import insert_comment, sql
 
 pytestmark = pytest.mark.timeout(120)
@@ -240,6 +243,41 @@ async def test_reports_taken_away_reach_the_moderators_with_the_new_count(
     assert counts == [("comment_moderated", 0), ("comment_moderated", 1), ("comment_moderated", 0)]
     assert kinds(got)["alice"] == kinds(got)["tina"] == kinds(got)["carol"]
     assert kinds(got)["bob"] == ["skip", "skip", "skip", "comment_hearted"]
+
+
+async def test_two_reports_at_once_that_reach_the_threshold_hold_the_comment(
+    world: World, db_url: str
+) -> None:
+    """The second and third reports, written at the same moment by two transactions, each count
+    the other's: the later one waits for the first to commit, then counts 3 and holds the
+    comment (each used to count 2, its own and the one committed before: 3 reports, not held)."""
+    track = new_track(db_url)
+    comment = await insert_comment(db_url, track, world.users["alice"], "reported at once")
+    report = "INSERT INTO comment_reports (comment_id, user_id, reason) VALUES (%s, %s, 'at once')"
+    await sql(db_url, report, (comment, world.users["bob"]))
+    async with (
+        await psycopg.AsyncConnection.connect(db_url) as first,
+        await psycopg.AsyncConnection.connect(db_url) as second,
+    ):
+        await first.execute(report, (comment, world.users["dave"]))  # not committed yet
+        waiting = asyncio.create_task(second.execute(report, (comment, world.users["tina"])))
+        pid = second.info.backend_pid
+
+        async def blocked_or_done() -> bool:
+            rows = await sql(db_url, "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,))
+            return waiting.done() or rows == [("Lock",)]
+
+        await async_wait_until(blocked_or_done, 10, "the second report to wait for the first, or end")
+        await first.commit()
+        await waiting
+        await second.commit()
+    rows = await sql(
+        db_url,
+        "SELECT held_at IS NOT NULL, (SELECT count(*) FROM comment_reports WHERE comment_id = c.id)"
+        " FROM comments c WHERE c.id = %s",
+        (comment,),
+    )
+    assert rows == [(True, 3)]
 
 
 async def test_track_settings_by_sql_go_live(replica: Replica, world: World, db_url: str) -> None:
