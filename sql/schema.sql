@@ -635,8 +635,10 @@ JOIN users u ON u.id = t.user_id;
 -- team's). A notification made while they could (a team member's, say) is not shown once they
 -- cannot (off the team, the track or the category made private): not its track's or thread's
 -- title, not the comment's or post's text, which is read here as it is now, edits included. The
--- row stays, and shows again if access comes back. The unread count leaves the same ones out
--- (app/data/notifications.py).
+-- row stays, and shows again if access comes back. So too a notification of a comment hidden or
+-- held for review since (moderation, issue 20): only its author and the track's moderators (its
+-- album's creator, the team) still get it, until it is shown again. The unread count leaves the
+-- same ones out (app/data/notifications.py).
 CREATE OR REPLACE VIEW tracktalk.notification_objects AS
 SELECT n.id,
        n.user_id,
@@ -660,6 +662,9 @@ LEFT JOIN comments c ON c.id = n.comment_id
 LEFT JOIN forum_threads th ON th.id = n.thread_id
 LEFT JOIN forum_categories fc ON fc.id = th.category_id
 LEFT JOIN forum_posts p ON p.id = n.post_id
-WHERE (t.id IS NOT NULL AND (NOT t.is_private OR al.created_by_id = n.user_id))
-   OR (fc.id IS NOT NULL AND NOT fc.is_private)
-   OR EXISTS (SELECT 1 FROM users r WHERE r.id = n.user_id AND r.is_team);
+WHERE ((t.id IS NOT NULL AND (NOT t.is_private OR al.created_by_id = n.user_id))
+       OR (fc.id IS NOT NULL AND NOT fc.is_private)
+       OR EXISTS (SELECT 1 FROM users r WHERE r.id = n.user_id AND r.is_team))
+  AND (c.hidden_at IS NULL AND c.held_at IS NULL  -- (no comment: NULL too)
+       OR c.user_id = n.user_id OR al.created_by_id = n.user_id
+       OR EXISTS (SELECT 1 FROM users r WHERE r.id = n.user_id AND r.is_team));

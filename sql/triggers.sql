@@ -1425,8 +1425,8 @@ CREATE TRIGGER tracks_settings_changed
 -- New reports: a comment that reaches tracktalk.settings.reports_to_hide distinct reports and is
 -- neither hidden nor held is held for review (that UPDATE goes live as comment_hidden /
 -- comment_moderated); any other reported comment's new report_count reaches its author and the
--- moderators as comment_moderated (everyone else: skip). Reports taken away (an approval) send
--- nothing: the approval's own event carries the new count.
+-- moderators as comment_moderated (everyone else: skip). Reports taken away: see
+-- comment_reports_after_delete.
 CREATE OR REPLACE FUNCTION tracktalk.comment_reports_after_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -1434,6 +1434,14 @@ DECLARE
     just_held bigint[];
     r record;
 BEGIN
+    -- The reported comments' rows first, in id order, held to commit: two reports of one comment
+    -- written at once count in turn, the later one after the earlier committed (its next
+    -- statement sees it), else each would count its own and those committed before, and the
+    -- threshold could pass with nobody holding the comment.
+    PERFORM 1 FROM public.comments c
+     WHERE c.id = ANY (ARRAY(SELECT DISTINCT n.comment_id FROM new_rows n))
+     ORDER BY c.id
+       FOR NO KEY UPDATE;
     WITH newly AS (
         UPDATE public.comments c SET held_at = now()
          WHERE c.id = ANY (ARRAY(SELECT DISTINCT n.comment_id FROM new_rows n ORDER BY 1))
@@ -1465,11 +1473,46 @@ CREATE TRIGGER comment_reports_after_insert
     AFTER INSERT ON comment_reports REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.comment_reports_after_insert();
 
+-- Reports taken away (an approval, a DBA's DELETE, a reporter's account deleted): each comment
+-- still there reaches its author and the moderators as comment_moderated with the reports that
+-- remain (everyone else: skip), as a report does. An approval that also shows the comment sends
+-- that event too (comment_restored / comment_moderated, from comments_after_update): both carry
+-- the comment as the statement left it. A comment being deleted takes its reports along: nothing
+-- to tell then.
+CREATE OR REPLACE FUNCTION tracktalk.comment_reports_after_delete() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT o.track_id,
+               array_agg('{"type": "skip"}'::jsonb ORDER BY o.id) AS messages,
+               array_agg(jsonb_build_object('type', 'comment_moderated',
+                                            'comment', tracktalk.comment_json_marked(o)) ORDER BY o.id) AS restricted,
+               array_agg(o.user_id ORDER BY o.id) AS authors
+          FROM tracktalk.comment_objects o
+         WHERE o.id = ANY (ARRAY(SELECT DISTINCT d.comment_id FROM old_rows d))
+         GROUP BY o.track_id
+         ORDER BY o.track_id
+    LOOP
+        PERFORM tracktalk.publish_track(r.track_id, r.messages, restricted => r.restricted, authors => r.authors);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS comment_reports_after_delete ON comment_reports;
+CREATE TRIGGER comment_reports_after_delete
+    AFTER DELETE ON comment_reports REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tracktalk.comment_reports_after_delete();
+
 ---------------------------------------------------------------------------------------------
 -- users
 ---------------------------------------------------------------------------------------------
 
--- A user left the team, or is gone: their sockets are checked again, on every replica.
+-- A user left the team, joined it, or is gone: their sockets are checked again, on every replica
+-- (who may see what, and who moderates what: a subscription whose user's role changed is told to
+-- reload).
 CREATE OR REPLACE FUNCTION tracktalk.users_access_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -1485,7 +1528,7 @@ BEGIN
     EXECUTE $q$
         SELECT tracktalk.revoke_user(o.id)
           FROM old_rows o JOIN new_rows n ON n.id = o.id
-         WHERE o.is_team AND NOT n.is_team
+         WHERE o.is_team IS DISTINCT FROM n.is_team
          ORDER BY o.id
     $q$;
     RETURN NULL;

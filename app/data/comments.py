@@ -58,6 +58,8 @@ class CommentAccess:
     track_id: str
     user_id: int
     creator_id: int
+    deleted: bool
+    """A tombstone: deleted, kept (empty) for its replies."""
 
 
 async def page(
@@ -132,7 +134,7 @@ async def access(conn: Conn, comment_id: int, viewer_id: int | None) -> CommentA
     async with conn.cursor(row_factory=class_row(CommentAccess)) as cur:
         await cur.execute(
             """
-            SELECT c.id, c.track_id, c.user_id, a.created_by_id AS creator_id
+            SELECT c.id, c.track_id, c.user_id, a.created_by_id AS creator_id, c.deleted_at IS NOT NULL AS deleted
               FROM comments c
               JOIN tracks t ON t.id = c.track_id
               JOIN albums a ON a.id = t.album_id
@@ -148,10 +150,25 @@ async def access(conn: Conn, comment_id: int, viewer_id: int | None) -> CommentA
     return found
 
 
-async def parent_track(conn: Conn, parent_id: int) -> str | None:
-    """The track of comment `parent_id`, None when there is no such comment."""
+def refuse_tombstone(comment_id: int, deleted: bool, what: str) -> None:
+    """Unprocessable when the comment is a tombstone (deleted, kept empty for its replies): there
+    is nothing to `what` (pin, like, edit ...)."""
+    if deleted:
+        raise Unprocessable(
+            f"comment {comment_id} was deleted (kept, empty, for its replies): nothing to {what}"
+        )
+
+
+async def parent_track(conn: Conn, parent_id: int, viewer_id: int, moderator: bool) -> str | None:
+    """The track of comment `parent_id`, None when there is no such comment for the viewer (hidden
+    or held, it exists for its author and the track's moderators only: `moderator`, the viewer
+    moderates the track the reply is for, which a parent must share)."""
     async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute("SELECT track_id FROM comments WHERE id = %s", (parent_id,))
+        await cur.execute(
+            "SELECT track_id FROM comments WHERE id = %s"
+            " AND (hidden_at IS NULL AND held_at IS NULL OR user_id = %s OR %s)",
+            (parent_id, viewer_id, moderator),
+        )
         row = await cur.fetchone()
     return str(row[0]) if row else None
 

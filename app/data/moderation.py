@@ -53,6 +53,8 @@ class Target:
     user_id: int
     moderator: bool
     """The caller moderates the comment's track (its album's creator, or the team)."""
+    deleted: bool
+    """A tombstone: deleted, kept (empty) for its replies."""
 
 
 async def target(conn: Conn, comment_id: int, viewer_id: int) -> Target:
@@ -61,7 +63,7 @@ async def target(conn: Conn, comment_id: int, viewer_id: int) -> Target:
     async with conn.cursor(row_factory=class_row(Target)) as cur:
         await cur.execute(
             """
-            SELECT c.id, c.track_id, c.user_id, m.moderator
+            SELECT c.id, c.track_id, c.user_id, m.moderator, c.deleted_at IS NOT NULL AS deleted
               FROM comments c
              CROSS JOIN LATERAL (SELECT tracktalk.moderates_track(%(viewer)s, c.track_id) AS moderator) m
              WHERE c.id = %(id)s AND tracktalk.can_see(%(viewer)s, c.track_id)

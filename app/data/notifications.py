@@ -28,7 +28,8 @@ async def page(conn: Conn, user_id: int, *, before_id: int | None, limit: int) -
 
 async def unread(conn: Conn, user_id: int) -> int:
     """How many of the user's notifications are unread, leaving out those of tracks and forum
-    threads the user may no longer see (as tracktalk.notification_objects does)."""
+    threads the user may no longer see, and of comments hidden or held since that are neither
+    theirs nor on a track they moderate (as tracktalk.notification_objects does)."""
     async with conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(
             """
@@ -43,6 +44,13 @@ async def unread(conn: Conn, user_id: int) -> int:
                           FROM notifications n
                           JOIN forum_threads th ON th.id = n.thread_id
                           JOIN forum_categories c ON c.id = th.category_id AND c.is_private
+                         WHERE n.user_id = %(user)s AND n.read_at IS NULL)
+                     + (SELECT count(*)  -- (a private track's are left out above already)
+                          FROM notifications n
+                          JOIN comments c ON c.id = n.comment_id AND c.user_id <> n.user_id
+                                         AND (c.hidden_at IS NOT NULL OR c.held_at IS NOT NULL)
+                          JOIN tracks t ON t.id = n.track_id AND NOT t.is_private
+                          JOIN albums a ON a.id = t.album_id AND a.created_by_id <> n.user_id
                          WHERE n.user_id = %(user)s AND n.read_at IS NULL)
                    END
             """,

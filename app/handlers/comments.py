@@ -99,7 +99,10 @@ async def create_comment(track_id: str, data: CommentIn, services: Services, use
                     whole_seconds(rules.wait),
                 )
         check_timestamp(data.timestamp, track.duration_seconds)
-        if data.parent_id is not None and await comments.parent_track(conn, data.parent_id) != track_id:
+        if (
+            data.parent_id is not None
+            and await comments.parent_track(conn, data.parent_id, user.id, rules.moderator) != track_id
+        ):
             raise Unprocessable(f"parent_id: {data.parent_id} is not a comment of track {track_id!r}")
         comment_id = await comments.insert(conn, track_id, user.id, content, data.timestamp, data.parent_id)
         return await comments.get(conn, comment_id, user.id)
@@ -119,6 +122,7 @@ async def edit_comment(comment_id: int, data: CommentEdit, services: Services, u
         found = await comments.access(conn, comment_id, user.id)
         if found.user_id != user.id:
             raise Forbidden("only the comment's author can edit it")
+        comments.refuse_tombstone(comment_id, found.deleted, "edit")
         await comments.update_content(conn, comment_id, content)
         return await comments.get(conn, comment_id, user.id)
 
@@ -145,10 +149,10 @@ async def delete_comment(comment_id: int, services: Services, user: Viewer) -> N
     status_code=200,
     tags=_TAG,
     security=SIGNED_IN,
-    responses=_LIKE_ERRORS,
+    responses=errors(401, 404, 422, 429, 503),
 )
 async def like_comment(comment_id: int, services: Services, user: Viewer) -> LikeState:
-    """Like a comment (liking twice changes nothing)."""
+    """Like a comment (liking twice changes nothing; a tombstone: 422)."""
     return await _set_like(comment_id, services, user, liked=True)
 
 
@@ -167,7 +171,9 @@ async def unlike_comment(comment_id: int, services: Services, user: Viewer) -> L
 async def _set_like(comment_id: int, services: Services, user: Viewer, *, liked: bool) -> LikeState:
     check_id("comment", comment_id)
     async with counted_write(services, user.id) as conn:
-        await comments.access(conn, comment_id, user.id)
+        found = await comments.access(conn, comment_id, user.id)
+        if liked:
+            comments.refuse_tombstone(comment_id, found.deleted, "like")
         return await comments.set_like(conn, comment_id, user.id, liked=liked)
 
 

@@ -35,7 +35,7 @@ from app.wire import (
 )
 
 _TAG = ["moderation"]
-_MARK_ERRORS = errors(401, 403, 404, 429, 503)
+_MARK_ERRORS = errors(401, 403, 404, 422, 429, 503)
 MAX_REASON = 1000
 """Characters of a report's reason."""
 MAX_REPLIES = 500
@@ -62,6 +62,8 @@ async def _moderate(
             raise NotFound(f"comment {comment_id} of track {track_id[:50]!r}")
         if not found.moderator:
             raise Forbidden("only the track's creator or a team member can moderate its comments")
+        if action in ("pin", "heart"):
+            comments.refuse_tombstone(comment_id, found.deleted, action)
         await moderation.mark(conn, comment_id, action, user.id)
         return await comments.get(conn, comment_id, user.id)
 
@@ -185,6 +187,7 @@ async def report_comment(comment_id: int, data: ReportIn, services: Services, us
         found = await moderation.target(conn, comment_id, user.id)
         if found.user_id == user.id:
             raise Unprocessable("comment_id: you cannot report your own comment")
+        comments.refuse_tombstone(comment_id, found.deleted, "report")
         return await moderation.report(conn, comment_id, user.id, reason)
 
 

@@ -1,13 +1,14 @@
 """The access guard: subscriptions whose user may no longer see their topic end.
 
-A revocation (a track made private, moved or deleted; a user off the team or deleted; any topic's
+A revocation (a track made private, moved or deleted; a user off the team, on it, or deleted; any topic's
 tracktalk.revoke_topic) names the topic's or the user's subscriptions; each (user, topic) pair is
 asked of the database again (tracktalk.may_see, and whether the user still exists and moderates
 the topic), and the refused ones are handed to `on_refused` (the feed ends them: the track socket
 is closed with 1008, a subscription of /api/ws is dropped with `unsubscribed`); one whose user
 still may see the topic but no longer moderates it (off the team, the album given to another
-creator) stops getting the restricted variants of its events and is told to reload (`on_demoted`:
-a `resync`), since its client holds what only moderators see. A revocation may
+creator), or now does (on the team, given the album), gets the restricted variants of its events
+from then on or no longer, and is told to reload (`on_role_changed`: a `resync`): its client holds
+what only moderators see, or lacks it. A revocation may
 also pass unheard (before a channel was listened on, while the listener was away): `epoch` moves
 then, and the socket handlers ask again for a subscription admitted meanwhile. `answered` waits
 for the rechecks asked so far: a topic whose subject is gone tells its subscribers to reload only
@@ -47,21 +48,21 @@ class AccessReader(Protocol):
 Refused = Callable[[Connection, str, Access], None]
 """Ends a subscription that lost access (given why: the answer)."""
 
-Demoted = Callable[[Connection, str], None]
-"""Tells a subscription whose user no longer moderates its topic to reload (it holds what only
-moderators may see: hidden and held comments)."""
+RoleChanged = Callable[[Connection, str], None]
+"""Tells a subscription whose user no longer moderates its topic, or now does, to reload (it holds
+what only moderators may see, hidden and held comments, or lacks it)."""
 
 
 class AccessGuard:
     """Checks again who may see what, as revocations come in."""
 
     def __init__(
-        self, hub: Hub, log: AccessReader, on_refused: Refused, on_demoted: Demoted | None = None
+        self, hub: Hub, log: AccessReader, on_refused: Refused, on_role_changed: RoleChanged | None = None
     ) -> None:
         self._hub = hub
         self._log = log
         self._on_refused = on_refused
-        self._on_demoted = on_demoted
+        self._on_role_changed = on_role_changed
         self.epoch = 0
         """Goes up whenever a revocation may have passed a subscription being admitted: a
         revocation heard, a reconnect, a channel newly listened on. The socket handlers check
@@ -139,10 +140,10 @@ class AccessGuard:
                     if (answer := users.get(conn.user_id)) is None:
                         continue
                     if answer.may_see and (answer.username is not None or not conn.user_id):
-                        demoted = conn.moderates(topic) and not answer.moderator
+                        changed = conn.moderates(topic) != answer.moderator
                         conn.moderate(topic, answer.moderator)
-                        if demoted and self._on_demoted is not None:
-                            self._on_demoted(conn, topic)
+                        if changed and self._on_role_changed is not None:
+                            self._on_role_changed(conn, topic)
                     else:
                         self._on_refused(conn, topic, answer)
             self._answered = asked

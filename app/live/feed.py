@@ -79,7 +79,7 @@ class Feed:
         self._hub = hub
         self._tasks = Tasks(__name__)
         self._presence = presence
-        self.access = AccessGuard(hub, log, self._refused, self._demoted)
+        self.access = AccessGuard(hub, log, self._refused, self._role_changed)
         self.cursors = Cursors(
             hub,
             log,
@@ -191,11 +191,12 @@ class Feed:
                 )
             )
 
-    def _demoted(self, conn: Connection, topic: str) -> None:
-        """A subscription's user no longer moderates the topic (off the team, say): from now on it
-        gets the public variant of each event, and a `resync` at the topic's latest seq here makes
-        its client reload (with GET, which no longer shows it hidden or held comments) and go on
-        from there. Offered like a frame of the topic: a replay in progress delivers it in turn."""
+    def _role_changed(self, conn: Connection, topic: str) -> None:
+        """A subscription's user no longer moderates the topic (off the team, say), or now does (on
+        the team): from now on it gets the public variant of each event, or the restricted one, and
+        a `resync` at the topic's latest seq here makes its client reload (with GET, which no longer
+        shows it hidden or held comments, or now does) and go on from there. Offered like a frame
+        of the topic: a replay in progress delivers it in turn."""
         cursor = self.cursors.cursor(topic)
         if cursor is not None:
             conn.offer(topic, cursor.frames(EPHEMERAL, resync_message(topic, cursor.cursor)))

@@ -5,15 +5,19 @@ its audience's form."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
+import psycopg
 import pytest
 
 from tests.support.processes import Replica
 from tests.support.seed import World, new_track
 from tests.support.sockets import Socket, TopicSocket, open_socket, open_topics
+from tests.support.waiting import async_wait_until
 from tests.support.writes import insert_comment, sql
 
 pytestmark = pytest.mark.timeout(120)
@@ -216,6 +220,66 @@ async def test_reports_by_sql_reach_the_moderators_and_the_threshold_holds_the_c
         ]
 
 
+async def test_reports_taken_away_reach_the_moderators_with_the_new_count(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    """An approval of a visible reported comment (nothing to show: it changes no mark) and a DBA's
+    DELETE of reports each reach its author and the moderators as comment_moderated with the count
+    that remains (everyone else: skip), as a report does; the next event follows in order."""
+    track = new_track(db_url)
+    comment = await insert_comment(db_url, track, world.users["alice"], "reported, then cleared")
+    report = "INSERT INTO comment_reports (comment_id, user_id, reason) VALUES (%s, %s, 'meh')"
+    async with watching(replica, world, track) as socks, httpx.AsyncClient(base_url=replica.http) as http:
+        await sql(db_url, report, (comment, world.users["bob"]))
+        got = await next_events(socks)
+        assert got["tina"][0]["comment"]["report_count"] == 1
+        answer = await http.post(f"/api/comments/{comment}/approve", headers=world.auth("carol"))
+        assert answer.status_code == 200 and answer.json()["report_count"] == 0, answer.text
+        await sql(db_url, report, (comment, world.users["dave"]))
+        await sql(db_url, "DELETE FROM comment_reports WHERE comment_id = %s", (comment,))
+        await sql(db_url, "UPDATE comments SET hearted_at = now() WHERE id = %s", (comment,))
+        got = await next_events(socks, 4)
+    counts = [(e["type"], e["comment"]["report_count"]) for e in got["carol"][:3]]
+    assert counts == [("comment_moderated", 0), ("comment_moderated", 1), ("comment_moderated", 0)]
+    assert kinds(got)["alice"] == kinds(got)["tina"] == kinds(got)["carol"]
+    assert kinds(got)["bob"] == ["skip", "skip", "skip", "comment_hearted"]
+
+
+async def test_two_reports_at_once_that_reach_the_threshold_hold_the_comment(
+    world: World, db_url: str
+) -> None:
+    """The second and third reports, written at the same moment by two transactions, each count
+    the other's: the later one waits for the first to commit, then counts 3 and holds the
+    comment (each used to count 2, its own and the one committed before: 3 reports, not held)."""
+    track = new_track(db_url)
+    comment = await insert_comment(db_url, track, world.users["alice"], "reported at once")
+    report = "INSERT INTO comment_reports (comment_id, user_id, reason) VALUES (%s, %s, 'at once')"
+    await sql(db_url, report, (comment, world.users["bob"]))
+    async with (
+        await psycopg.AsyncConnection.connect(db_url) as first,
+        await psycopg.AsyncConnection.connect(db_url) as second,
+    ):
+        await first.execute(report, (comment, world.users["dave"]))  # not committed yet
+        waiting = asyncio.create_task(second.execute(report, (comment, world.users["tina"])))
+        pid = second.info.backend_pid
+
+        async def blocked_or_done() -> bool:
+            rows = await sql(db_url, "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,))
+            return waiting.done() or rows == [("Lock",)]
+
+        await async_wait_until(blocked_or_done, 10, "the second report to wait for the first, or end")
+        await first.commit()
+        await waiting
+        await second.commit()
+    rows = await sql(
+        db_url,
+        "SELECT held_at IS NOT NULL, (SELECT count(*) FROM comment_reports WHERE comment_id = c.id)"
+        " FROM comments c WHERE c.id = %s",
+        (comment,),
+    )
+    assert rows == [(True, 3)]
+
+
 async def test_track_settings_by_sql_go_live(replica: Replica, world: World, db_url: str) -> None:
     track = new_track(db_url)
     async with watching(replica, world, track) as socks:
@@ -303,6 +367,48 @@ async def test_a_team_member_who_leaves_the_team_is_told_to_reload_and_sees_no_m
             assert event["type"] == "skip" and "content" not in event
     finally:
         await sql(db_url, "UPDATE users SET is_team = true WHERE id = %s", (world.users["tina"],))
+
+
+async def test_one_who_joins_the_team_is_told_to_reload_and_gets_the_moderators_forms_at_once(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    """dave joins the team while his socket is open: a `resync` (reload: GET now shows him the
+    hidden comment) and, from then on, the moderators' form of each event, without subscribing
+    again. The creator of an album given to him, likewise, on its track."""
+    track = new_track(db_url)
+    comment = await insert_comment(db_url, track, world.users["alice"], "hidden before he joins")
+    await sql(db_url, "UPDATE comments SET hidden_at = now() WHERE id = %s", (comment,))
+    try:
+        async with open_socket(replica.ws, track, world.tokens["dave"]) as dave:
+            connected = await dave.expect("connected")
+            await sql(db_url, "UPDATE users SET is_team = true WHERE id = %s", (world.users["dave"],))
+            resync = await dave.expect("resync", ignore=("presence",))
+            assert resync["seq"] == connected["seq"]
+            await sql(db_url, "UPDATE comments SET content = 'seen by the team' WHERE id = %s", (comment,))
+            (event,) = await dave.events(1)
+            assert (event["type"], event["content"]) == ("comment_edited", "seen by the team")
+    finally:
+        await sql(db_url, "UPDATE users SET is_team = false WHERE id = %s", (world.users["dave"],))
+    rows = await sql(
+        db_url,
+        "INSERT INTO albums (title, created_by_id) VALUES ('Given', %s) RETURNING id",
+        (world.users["carol"],),
+    )
+    given = f"t-given-{rows[0][0]}"
+    await sql(
+        db_url, "INSERT INTO tracks (id, album_id, title) VALUES (%s, %s, 'Given')", (given, rows[0][0])
+    )
+    hidden = await insert_comment(db_url, given, world.users["alice"], "hidden on the given track")
+    await sql(db_url, "UPDATE comments SET hidden_at = now() WHERE id = %s", (hidden,))
+    async with open_socket(replica.ws, given, world.tokens["dave"]) as dave:
+        await dave.expect("connected")
+        await sql(
+            db_url, "UPDATE albums SET created_by_id = %s WHERE id = %s", (world.users["dave"], rows[0][0])
+        )
+        await dave.expect("resync", ignore=("presence",))
+        await sql(db_url, "UPDATE comments SET content = 'his now' WHERE id = %s", (hidden,))
+        (event,) = await dave.events(1)
+        assert (event["type"], event["content"]) == ("comment_edited", "his now")
 
 
 async def test_a_creator_whose_album_goes_to_another_is_told_to_reload(

@@ -210,6 +210,105 @@ def test_a_hidden_comment_exists_only_for_its_author_and_the_moderators(api: Api
     assert api.ok("bob", "GET", f"/api/comments/{comment['id']}")["comment"]["content"] == "rude"
 
 
+def test_a_hidden_or_held_comment_takes_no_reply_from_anyone_it_does_not_exist_for(
+    api: Api, db_url: str
+) -> None:
+    """A reply names a parent that does not exist for its writer: 422, as for no such comment (its
+    answer would tell that it exists; and it would notify the hidden comment's author)."""
+    track = new_track(db_url)
+    hidden = api.post("alice", track, "hidden soon")
+    held = api.post("alice", track, "held soon")
+    api.ok("tina", "POST", f"/api/comments/{hidden['id']}/hide")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE comments SET held_at = now() WHERE id = %s", (held["id"],))
+    for parent in (hidden, held):
+        for who in ("bob", "dave"):
+            answer = api(
+                who,
+                "POST",
+                f"/api/tracks/{track}/comments",
+                json={"content": "found you", "timestamp": 1, "parent_id": parent["id"]},
+            )
+            error(answer, 422, f"parent_id: {parent['id']} is not a comment of track")
+        for who in ("alice", "carol", "tina"):  # its author and the moderators see it
+            assert (
+                api.post(who, track, f"a reply of {who}", parent_id=parent["id"])["parent_id"] == parent["id"]
+            )
+    assert "found you" not in str(api.listing("alice", track))
+
+
+def test_a_notification_of_a_comment_hidden_since_shows_nothing_of_it(
+    api: Api, world: World, db_url: str
+) -> None:
+    """bob was told of a mention and of a reply; both are then hidden (one by a moderator, one held
+    by reports): his notifications no longer show them, nor count them unread, until they are
+    shown again. The moderators and the comments' authors keep theirs."""
+    track = new_track(db_url)
+    asked = api.post("bob", track, "bob asks")
+    mention = api.post("alice", track, "a secret mention of @bob")
+    reply = api.post("dave", track, "a secret reply", parent_id=asked["id"])
+    api.ok("carol", "POST", f"/api/comments/{mention['id']}/like")  # alice's own notification of it
+
+    def bobs() -> tuple[set[int], int, str]:
+        answer = api("bob", "GET", "/api/notifications", params={"limit": 100})
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        about = {n["comment_id"] for n in page["notifications"] if n["track_id"] == track}
+        return about, page["unread"], answer.text
+
+    told, unread, _ = bobs()
+    assert told == {mention["id"], reply["id"]}
+    api.ok("tina", "POST", f"/api/comments/{mention['id']}/hide")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE comments SET held_at = now() WHERE id = %s", (reply["id"],))
+    told, unread_now, text = bobs()
+    assert told == set() and unread_now == unread - 2
+    assert "secret" not in text
+    for who, comment in (("carol", mention), ("tina", reply), ("alice", mention)):
+        page = api.ok(who, "GET", "/api/notifications", params={"limit": 100})
+        assert comment["id"] in {n["comment_id"] for n in page["notifications"]}, who
+    api.ok("carol", "POST", f"/api/comments/{mention['id']}/approve")
+    api.ok("carol", "POST", f"/api/comments/{reply['id']}/approve")
+    told, unread_again, _ = bobs()
+    assert told == {mention["id"], reply["id"]} and unread_again == unread
+
+
+def test_a_tombstone_is_not_pinned_hearted_liked_reported_or_edited(api: Api, db_url: str) -> None:
+    """A deleted comment kept for its replies is empty: pinning (its deletion unpinned it), hearting,
+    liking, reporting or editing it is a 422 that says it was deleted; nothing changes."""
+    track = new_track(db_url)
+    gone = api.post("alice", track, "soon gone")
+    api.post("bob", track, "a reply keeps it", parent_id=gone["id"])
+    assert api("alice", "DELETE", f"/api/comments/{gone['id']}").status_code == 204
+    path = f"/api/comments/{gone['id']}"
+    for who, method, action, body in (
+        ("carol", "POST", "/pin", None),
+        ("tina", "POST", "/heart", None),
+        ("bob", "POST", "/like", None),
+        ("dave", "POST", "/report", {"reason": "empty"}),
+        ("alice", "PUT", "", {"content": "back again"}),
+    ):
+        error(api(who, method, path + action, json=body), 422, f"comment {gone['id']} was deleted")
+    tombstone = api.ok("bob", "GET", path)["comment"]
+    assert (tombstone["deleted"], tombstone["pinned"], tombstone["hearted"], tombstone["like_count"]) == (
+        True,
+        False,
+        False,
+        0,
+    )
+    assert (
+        tombstone["content"] == ""
+        and api.ok("carol", "GET", "/api/moderation/queue", params={"track_id": track}) == []
+    )
+    # Taking back is never refused (nothing to take back here: it changes nothing).
+    for who, method, action in (
+        ("carol", "DELETE", "/pin"),
+        ("carol", "DELETE", "/heart"),
+        ("bob", "DELETE", "/like"),
+    ):
+        assert api(who, method, path + action).status_code == 200, action
+
+
 def test_the_deep_link_has_the_parent_and_the_replies(api: Api, db_url: str) -> None:
     track = new_track(db_url)
     top = api.post("alice", track, "top")

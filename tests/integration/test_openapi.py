@@ -192,6 +192,18 @@ BAD_VALUES = {
     ("POST", "/api/comments/{comment_id}/report"): {"json": {"reason": ""}},
     ("PUT", "/api/tracks/{track_id}/settings"): {"json": {"slow_mode_seconds": -1}},
     ("GET", "/api/moderation/queue"): {"params": {"limit": 0}},
+    **{
+        (method, f"/api/comments/{{comment_id}}/{action}"): {"params": {"track_id": "t" * 201}}
+        for method, action in [
+            ("POST", "pin"),
+            ("DELETE", "pin"),
+            ("POST", "heart"),
+            ("DELETE", "heart"),
+            ("POST", "hide"),
+            ("DELETE", "hide"),
+            ("POST", "approve"),
+        ]
+    },
 }
 """A request each operation that checks values refuses with 422."""
 
@@ -350,6 +362,18 @@ async def test_every_error_status_a_route_answers_is_declared_and_every_declared
         locked_values = {**existing, "thread_id": str(locked_thread[0])}
         await seen.call(
             client, "POST", posts, locked_values, headers=world.auth("alice"), **bodies_of("POST", posts)
+        )
+        # A like of a tombstone (a deleted comment kept for its reply): 422.
+        tombstone = await post_comment(replica.http, world, "alice", world.public, "soon a tombstone")
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO comments (track_id, user_id, parent_id, content) VALUES (%s, %s, %s, 'a reply')",
+                (world.public, world.users["bob"], tombstone["id"]),
+            )
+            conn.execute("DELETE FROM comments WHERE id = %s", (tombstone["id"],))
+        like = "/api/comments/{comment_id}/like"
+        await seen.call(
+            client, "POST", like, {**existing, "comment_id": str(tombstone["id"])}, headers=world.auth("bob")
         )
         audio = "/api/tracks/{track_id}/audio"
         for wanted in ("bytes=0-9", "bytes=5000-"):
