@@ -125,7 +125,7 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             if node is None or node.state is None:
                 node_watch.observe(None, None, unheard=on_primary and reading.notify_mode == "fanout")
             else:
-                node_watch.observe(node.state.running, node.lag)
+                node_watch.observe(node.state.running, node.lag, sending=node.state.sending)
 
         readiness = Readiness(
             pool,

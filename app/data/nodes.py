@@ -30,6 +30,14 @@ _OPEN_TIMEOUT = 10.0
 """Seconds a node's read pool has to open its first connection."""
 
 
+NOT_SENDING = (
+    "its trigger on the event log is off, so it sends no event's NOTIFY (run `tracktalk fanout-node` "
+    "for it again)"
+)
+"""What a replica says of a node whose copy is done but whose events_fan_out trigger is not on
+(`tracktalk fanout-node` stopped before turning it on, or a DISABLE TRIGGER)."""
+
+
 class NotServing(Exception):
     """A database the listener may not use: a fan-out node whose initial copy is not done, or one
     without tracktalk's schema."""
@@ -102,8 +110,8 @@ class Reads:
 
     async def use(self, conninfo: str, state: NodeState | None) -> None:
         """The listener is on `conninfo` now, a node in `state` (None: not a node): read the log
-        there. NotServing for a node whose initial copy is not done, or that receives nothing from
-        the primary (the listener tries the next URL)."""
+        there. NotServing for a node whose initial copy is not done, that receives nothing from
+        the primary, or whose trigger does not send the events (the listener tries the next URL)."""
         if state is not None and not state.copied:
             raise NotServing(f"fan-out node {describe(conninfo)} is still making its initial copy")
         if state is not None and not state.running:
@@ -111,6 +119,8 @@ class Reads:
                 f"fan-out node {describe(conninfo)}: its subscription {state.subscription} receives nothing "
                 "from the primary"
             )
+        if state is not None and not state.sending:
+            raise NotServing(f"fan-out node {describe(conninfo)}: {NOT_SENDING}")
         if state is None:
             await self.close()
             return

@@ -566,6 +566,38 @@ async def test_a_replica_leaves_a_node_whose_subscription_receives_nothing_for_t
         await sql(a.url(), f"ALTER SUBSCRIPTION {subscription} ENABLE")
 
 
+async def test_a_node_whose_triggers_do_not_send_is_left_and_refused_for_the_next(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """Node A receives the primary's changes but its trigger on the log is off (`tracktalk
+    fanout-node` stopped between the copy and turning the triggers on, or a DBA's DISABLE
+    TRIGGER): it sends no event's NOTIFY. A replica on it says so in /readyz and moves to B within
+    seconds, its socket missing nothing; a replica started meanwhile does not take A."""
+    world, url, a = topology.world, topology.url, topology.a
+    track = new_track(url)
+    await set_mode(url, "fanout")
+    try:
+        with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=topology.node(a, topology.b)) as (replica,):
+            assert on_node(replica, a)
+            async with open_socket(replica.ws, track, world.tokens["alice"]) as sock:
+                start = (await sock.expect("connected"))["seq"]
+                await sql(a.url(), "ALTER TABLE tracktalk.events DISABLE TRIGGER events_fan_out")
+                await async_wait_until(
+                    lambda: "its trigger on the event log is off" in str(ready(replica)["detail"]),
+                    10,
+                    "/readyz to say so",
+                )
+                for i in range(3):
+                    await insert_comment(url, track, world.users["dave"], f"meanwhile {i}")
+                await async_wait_until(lambda: on_node(replica, topology.b), 30, "the move to node B")
+                await insert_comment(url, track, world.users["dave"], "after")
+                await every_event_once(sock, start, await latest(url, f"track:{track}"))
+            with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=topology.node(a, topology.b)) as (late,):
+                assert on_node(late, topology.b)
+    finally:
+        await sql(a.url(), "SELECT tracktalk.fan_out_triggers()")
+
+
 async def test_a_new_channel_key_reaches_the_replicas_through_the_nodes(
     topology: Topology, direct: None, log_dir: Path
 ) -> None:
