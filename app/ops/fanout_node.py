@@ -232,11 +232,25 @@ def _publish(p: psycopg.Connection[Any], published: list[str], say: Callable[[st
 
 
 def _check_node(n: psycopg.Connection[Any], p: psycopg.Connection[Any], published: list[str]) -> None:
-    """Refuse a node that is the primary, that holds rows of its own (before anything is changed
-    there), or whose role or settings cannot subscribe."""
-    here = "SELECT (SELECT system_identifier FROM pg_control_system()), current_database()"
-    if _all(n, here) == _all(p, here):
-        raise FanoutError("--node and --primary lead to the same database: a fan-out node is another server")
+    """Refuse a node that is the primary or on its server, that holds rows of its own (before
+    anything is changed there), that follows another primary, or whose role or settings cannot
+    subscribe."""
+    # A server: its system identifier (a clone's is its origin's) and when it started.
+    here = "SELECT (SELECT system_identifier FROM pg_control_system()), pg_postmaster_start_time(), current_database()"
+    (node_server, node_started, node_db), (primary_server, primary_started, primary_db) = (
+        _all(n, here)[0],
+        _all(p, here)[0],
+    )
+    if (node_server, node_started) == (primary_server, primary_started):
+        if node_db == primary_db:
+            raise FanoutError(
+                "--node and --primary lead to the same database: a fan-out node is another server"
+            )
+        raise FanoutError(
+            f"--node leads to a database of the primary's own server ({node_db}): a fan-out node is another "
+            "PostgreSQL server (a subscription to its own server cannot make its slot, and waits for ever; "
+            "its NOTIFYs would share the primary's queue and lock)"
+        )
     if _one(n, "SELECT pg_is_in_recovery()"):
         raise FanoutError("--node leads to a standby (in recovery): a fan-out node is a primary of its own")
     version = int(_one(n, "SHOW server_version_num"))
@@ -250,7 +264,19 @@ def _check_node(n: psycopg.Connection[Any], p: psycopg.Connection[Any], publishe
             "superuser may (from 16: GRANT pg_create_subscription TO "
             f"{role}; and CREATE on the database): give a superuser's URL as --node"
         )
-    if not _subscriptions(n):
+    found = _subscriptions(n)
+    if found and not _one(
+        p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (found[0][0],)
+    ):
+        raise FanoutError(
+            f"the node's subscription {found[0][0]} has no slot on this primary ({describe(p.info.dsn)}): "
+            "the node follows another primary, or its slot was dropped or lost here, and a subscription "
+            "cannot follow a primary that lacks its slot. Give the --primary it follows; or rebuild it "
+            "(on the node: ALTER SUBSCRIPTION … DISABLE; ALTER SUBSCRIPTION … SET (slot_name = NONE); DROP "
+            "SUBSCRIPTION …; then a fresh database and `tracktalk fanout-node` again: docs/dba.md, "
+            '"Fan-out nodes")'
+        )
+    if not found:
         full = [
             t
             for t in published

@@ -498,6 +498,13 @@ def test_fanout_node_refuses_what_would_not_work_and_says_what_to_change(topolog
     )
     assert "ALTER ROLE plain REPLICATION" in refused(topology.primary.url(user="plain"), node)
     assert "--node and --primary lead to the same database" in refused(topology.url, topology.url)
+    # Another database of the primary's own server: a subscription to its own server would hang.
+    with psycopg.connect(topology.primary.url("postgres"), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE samehere")
+    error = refused(topology.url, topology.primary.url("samehere"))
+    assert "--node leads to a database of the primary's own server" in error, error
+    with psycopg.connect(topology.primary.url("samehere")) as conn:
+        assert conn.execute("SELECT to_regnamespace('tracktalk')").fetchone() == (None,)  # nothing made there
     with psycopg.connect(topology.b.url("postgres"), autocommit=True) as conn:
         conn.execute("CREATE ROLE nodeuser LOGIN")
         conn.execute("GRANT CONNECT ON DATABASE fresh TO nodeuser")
@@ -530,10 +537,25 @@ def test_fanout_node_refuses_what_would_not_work_and_says_what_to_change(topolog
             conn.execute("SELECT pg_create_logical_replication_slot('someone_elses', 'pgoutput')")
         error = refused(other.url(), node)
         assert "max_replication_slots = 1, and 1 are taken" in error, error
+        # Node A follows the topology's primary: pointed at this other one, which has no slot of
+        # its subscription, it is refused, and keeps following its own.
+        with psycopg.connect(other.url(), autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot('someone_elses')")
+        (before,) = _subscription_conninfo(topology.a.url())
+        error = refused(other.url(), topology.a.url())
+        assert "has no slot on this primary" in error and "rebuild it" in error, error
+        assert _subscription_conninfo(topology.a.url()) == (before,)
+        with psycopg.connect(other.url()) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_publication").fetchone() == (0,)
     finally:
         other.stop("immediate")
     with psycopg.connect(node) as conn:
         assert conn.execute(HERE_SUBSCRIBED).fetchone() == (0,)
+
+
+def _subscription_conninfo(node: str) -> tuple[str, ...]:
+    with psycopg.connect(node) as conn:
+        return tuple(row[0] for row in conn.execute("SELECT subconninfo FROM pg_subscription"))
 
 
 async def test_a_replica_leaves_a_node_whose_subscription_receives_nothing_for_the_next(
