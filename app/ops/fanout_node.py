@@ -52,6 +52,9 @@ PUBLISHED = (
 PUBLISHED_IF_THERE = ("public.forum_categories", "public.forum_threads")
 """Published too where the primary has them (the forum's kinds' may_see reads them)."""
 OWNER = "tracktalk_owner"
+SLOT_PREFIX = "tracktalk_"
+"""How every fan-out node's subscription, and so its slot on the primary, is named: other logical
+slots of the primary's database (another subscriber's, a CDC tool's) are not nodes."""
 _WAIT_STEP = 0.25
 _ROLES_SQL = SQL_DIR / "roles.sql"
 
@@ -76,7 +79,7 @@ def _all(conn: psycopg.Connection[Any], query: Any, params: Any = None) -> list[
 def subscription_name(node: str) -> str:
     """The subscription's name (and its slot's on the primary) for a node: `tracktalk_` and the
     node's host, port and database."""
-    return ("tracktalk_" + re.sub(r"[^a-z0-9_]+", "_", describe(node).lower()).strip("_"))[:63]
+    return (SLOT_PREFIX + re.sub(r"[^a-z0-9_]+", "_", describe(node).lower()).strip("_"))[:63]
 
 
 def prepare(
@@ -86,6 +89,11 @@ def prepare(
     its subscription connects with it). Return the subscription's name. FanoutError when something
     must be changed first."""
     subscription = name or subscription_name(node)
+    if not subscription.startswith(SLOT_PREFIX):
+        raise FanoutError(
+            f"--name {subscription!r}: start it with {SLOT_PREFIX} (that is how `tracktalk check` tells a "
+            "fan-out node's slot on the primary from another's)"
+        )
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", subscription):
         raise FanoutError(f"--name {subscription!r}: use lower-case letters, digits and _ (at most 63)")
     try:

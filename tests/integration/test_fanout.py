@@ -479,6 +479,27 @@ def test_fanout_node_runs_again_harmlessly(topology: Topology) -> None:
         )
 
 
+async def test_check_counts_only_the_nodes_slots_and_never_says_to_drop_anothers(
+    topology: Topology, direct: None
+) -> None:
+    """Another logical slot on the primary's database (a CDC tool's, say) is not a fan-out node:
+    `tracktalk check` neither counts it among the nodes that send the NOTIFYs nor, while it is
+    idle, tells the DBA to drop it as a node gone for good."""
+    url = topology.url
+    await sql(url, "SELECT pg_create_logical_replication_slot('cdc_tool', 'pgoutput')")
+    try:
+        await set_mode(url, "fanout")
+        done = tracktalk("check", database_url=url)
+        assert "notify_mode is 'fanout': 2 fan-out nodes send the NOTIFYs" in done.stdout, done.stdout
+        assert "cdc_tool" not in done.stdout, done.stdout
+        refused = tracktalk(
+            "fanout-node", "--primary", url, "--node", topology.a.url(), "--name", "cdc_tool", database_url=""
+        )
+        assert refused.returncode == 1 and "--name 'cdc_tool': start it with tracktalk_" in refused.stderr
+    finally:
+        await sql(url, "SELECT pg_drop_replication_slot('cdc_tool')")
+
+
 def test_fanout_node_refuses_what_would_not_work_and_says_what_to_change(topology: Topology) -> None:
     def refused(primary: str, node: str) -> str:
         done = tracktalk("fanout-node", "--primary", primary, "--node", node, database_url="")
