@@ -25,7 +25,7 @@ from app.data.db import (
     serves,
 )
 from app.data.events import Access, EventLog, access_where_listening
-from app.data.nodes import Reads, node_state
+from app.data.nodes import Reads, check_primary, node_state
 from app.handlers.write_limits import Refusals
 from app.listener import Listener
 from app.live import close_codes
@@ -106,7 +106,10 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
         metrics = Metrics(hub)
 
         async def on_connect(conninfo: str, conn: Conn) -> None:
-            await reads.use(conninfo, await node_state(conn))
+            state = await node_state(conn)
+            if state is None:
+                await check_primary(conn, conninfo, pool)
+            await reads.use(conninfo, state)
 
         listener = Listener(settings.listen_urls, codec, on_connect)
         presence = Presence(hub, PresenceTable(pool), settings.replica_id)

@@ -84,6 +84,31 @@ async def node_state(conn: AsyncConnection[Any]) -> NodeState | None:
     return None if row is None else NodeState(*row)
 
 
+_SERVER = (
+    "SELECT (SELECT system_identifier FROM pg_control_system())::text, pg_postmaster_start_time(),"
+    " current_database()"
+)
+"""Which database of which server a connection is on (a clone of a server shares its system
+identifier, not its start time)."""
+
+
+async def check_primary(conn: AsyncConnection[Any], conninfo: str, primary: AsyncConnectionPool) -> None:
+    """NotServing unless `conn`, on a database that is not a fan-out node, is on the primary's
+    database (the request pool's): anywhere else nothing is ever sent, and a listener there would
+    hear nothing while the replica said it was ready."""
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(_SERVER)
+        here = await cur.fetchone()
+    async with primary.connection(timeout=_OPEN_TIMEOUT) as pconn, pconn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(_SERVER)
+        there = await cur.fetchone()
+    if here != there:
+        raise NotServing(
+            f"{describe(conninfo)} is neither a fan-out node nor the primary (DATABASE_URL's database): "
+            "nothing is sent there. List only fan-out nodes, and the primary, in TRACKTALK_LISTEN_URL"
+        )
+
+
 class Reads:
     """Where the live path reads the event log: the request pool, or, while the listener is on a
     fan-out node, a small pool of the node's own (made when the listener gets there, closed when it

@@ -641,6 +641,28 @@ async def test_a_node_whose_triggers_do_not_send_is_left_and_refused_for_the_nex
         await sql(a.url(), "SELECT tracktalk.fan_out_triggers()")
 
 
+async def test_a_listen_url_that_is_neither_a_node_nor_the_primary_is_refused_for_the_next(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """TRACKTALK_LISTEN_URL lists first a database that has tracktalk's schema but is not the
+    primary and follows nothing (a typo; a node whose subscription was dropped to rebuild it):
+    nothing is ever sent there. In 'direct' mode the replica took it for the primary and said it
+    was ready; it is refused now, and the next URL, node A, is used."""
+    world, url, a = topology.world, topology.url, topology.a
+    stray = f"stray_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(topology.b.url("postgres"), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {stray}")
+    assert tracktalk("migrate", database_url=topology.b.url(stray)).returncode == 0
+    track = new_track(url)
+    with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=f"{topology.b.url(stray)},{a.url()}") as (replica,):
+        assert on_node(replica, a), ready(replica)
+        assert "is neither a fan-out node nor the primary" in replica.log()
+        async with open_socket(replica.ws, track, world.tokens["alice"]) as sock:
+            start = (await sock.expect("connected"))["seq"]
+            await insert_comment(url, track, world.users["dave"], "heard")
+            await every_event_once(sock, start, start + 1)
+
+
 async def test_a_new_channel_key_reaches_the_replicas_through_the_nodes(
     topology: Topology, direct: None, log_dir: Path
 ) -> None:
