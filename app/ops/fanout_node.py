@@ -199,7 +199,16 @@ def _check_primary(p: psycopg.Connection[Any], subscription: str) -> list[str]:
 
 
 def _publish(p: psycopg.Connection[Any], published: list[str], say: Callable[[str], None]) -> None:
-    """The publications, made or brought to the tables listed."""
+    """The publications, made or brought to the tables listed. Another run at the same moment (two
+    nodes prepared at once) may make one between the look and the CREATE: then look again."""
+    try:
+        _make_publications(p, published, say)
+    except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
+        say("primary: another run made the publications meanwhile")
+        _make_publications(p, published, say)
+
+
+def _make_publications(p: psycopg.Connection[Any], published: list[str], say: Callable[[str], None]) -> None:
     tables = sql.SQL(", ").join(sql.SQL(t) for t in published)
     have = {
         f"{schema}.{table}"

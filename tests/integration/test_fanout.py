@@ -500,6 +500,58 @@ async def test_check_counts_only_the_nodes_slots_and_never_says_to_drop_anothers
         await sql(url, "SELECT pg_drop_replication_slot('cdc_tool')")
 
 
+async def test_two_fanout_node_runs_at_once_both_prepare_their_node(topology: Topology) -> None:
+    """docker-compose.yml prepares its two nodes at the same time, against a primary without
+    publications yet: both runs find none, and both make it. Held at the moment that shows it
+    (the first run's CREATE PUBLICATION waits on a table lock, the second's on the first's
+    publication), then let go: both end well, the second taking the publication the first made."""
+    primary = Cluster(topology.bindir, topology.root / "twice", free_port()).initdb(PRIMARY_SETTINGS).start()
+    nodes = []
+    try:
+        with psycopg.connect(primary.url("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE tracktalk")
+        assert tracktalk("migrate", database_url=primary.url()).returncode == 0
+        for server in (topology.a, topology.b):
+            name = f"twice_{uuid.uuid4().hex[:8]}"
+            with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {name}")
+            nodes.append(server.url(name))
+        async with await psycopg.AsyncConnection.connect(primary.url()) as hold:
+            await hold.execute("LOCK TABLE public.users IN EXCLUSIVE MODE")
+            runs = [
+                asyncio.create_task(
+                    asyncio.to_thread(
+                        tracktalk, "fanout-node", "--primary", primary.url(), "--node", node, database_url=""
+                    )
+                )
+                for node in nodes
+            ]
+
+            async def both_wait() -> bool:
+                rows = await sql(
+                    primary.url(),
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE PUBLICATION%%'"
+                    " AND wait_event_type = 'Lock'",
+                )
+                return bool(rows[0][0] == 2)
+
+            await async_wait_until(both_wait, 60, "both runs to wait at CREATE PUBLICATION")
+            await hold.rollback()
+            done = await asyncio.gather(*runs)
+        for run in done:
+            assert run.returncode == 0, run.stdout + run.stderr
+            assert "follows the primary" in run.stdout, run.stdout
+    finally:
+        for node in nodes:
+            with psycopg.connect(node, autocommit=True) as conn:
+                for (name,) in conn.execute(
+                    "SELECT subname FROM pg_subscription WHERE subdbid ="
+                    " (SELECT oid FROM pg_database WHERE datname = current_database())"
+                ).fetchall():
+                    conn.execute(f"DROP SUBSCRIPTION {name}")
+        primary.stop("immediate")
+
+
 def test_fanout_node_refuses_what_would_not_work_and_says_what_to_change(topology: Topology) -> None:
     def refused(primary: str, node: str) -> str:
         done = tracktalk("fanout-node", "--primary", primary, "--node", node, database_url="")
