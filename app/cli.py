@@ -217,7 +217,8 @@ def parser() -> argparse.ArgumentParser:
     node.add_argument(
         "--name",
         default=None,
-        help="the subscription's name, and its slot's on the primary (default: from --node)",
+        help="the subscription's name, and its slot's on the primary, starting with tracktalk_ "
+        "(default: from --node)",
     )
     node.add_argument(
         "--wait",

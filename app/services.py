@@ -25,7 +25,7 @@ from app.data.db import (
     serves,
 )
 from app.data.events import Access, EventLog, access_where_listening
-from app.data.nodes import Reads, node_state
+from app.data.nodes import Reads, check_primary, node_state
 from app.handlers.write_limits import Refusals
 from app.listener import Listener
 from app.live import close_codes
@@ -106,7 +106,10 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
         metrics = Metrics(hub)
 
         async def on_connect(conninfo: str, conn: Conn) -> None:
-            await reads.use(conninfo, await node_state(conn))
+            state = await node_state(conn)
+            if state is None:
+                await check_primary(conn, conninfo, pool)
+            await reads.use(conninfo, state)
 
         listener = Listener(settings.listen_urls, codec, on_connect)
         presence = Presence(hub, PresenceTable(pool), settings.replica_id)
@@ -125,7 +128,7 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             if node is None or node.state is None:
                 node_watch.observe(None, None, unheard=on_primary and reading.notify_mode == "fanout")
             else:
-                node_watch.observe(node.state.running, node.lag)
+                node_watch.observe(node.state.running, node.lag, sending=node.state.sending)
 
         readiness = Readiness(
             pool,

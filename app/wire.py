@@ -370,6 +370,8 @@ class FanoutNode(Struct):
     """Its subscription to the primary (null: the node did not answer)."""
     running: bool
     """Its apply worker runs: it receives the primary's changes."""
+    sending: bool
+    """Its trigger on the event log is on: it sends the events' NOTIFYs."""
     lag_seconds: float | None
     """How far behind the primary it is (their heartbeats compared, in the primary's time; null:
     not known yet)."""

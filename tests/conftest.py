@@ -20,12 +20,19 @@ from app.dev.demo import DemoSummary, load_demo
 from app.dev.embedded import EmbeddedPostgres
 from app.logs import LIBRARIES
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.clusters import sweep
 from tests.support.host_app import HostApp
 from tests.support.processes import Replica, replicas
 from tests.support.proxies import Nginx
 from tests.support.seed import World, seed
 
 TEMPLATE = "tracktalk_template"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """PostgreSQL servers (and their folders) that a killed run of tests/support/clusters.py left
+    behind, their owner gone, are stopped and removed first."""
+    sweep()
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,14 @@ _OPEN_TIMEOUT = 10.0
 """Seconds a node's read pool has to open its first connection."""
 
 
+NOT_SENDING = (
+    "its trigger on the event log is off, so it sends no event's NOTIFY (run `tracktalk fanout-node` "
+    "for it again)"
+)
+"""What a replica says of a node whose copy is done but whose events_fan_out trigger is not on
+(`tracktalk fanout-node` stopped before turning it on, or a DISABLE TRIGGER)."""
+
+
 class NotServing(Exception):
     """A database the listener may not use: a fan-out node whose initial copy is not done, or one
     without tracktalk's schema."""
@@ -76,6 +84,31 @@ async def node_state(conn: AsyncConnection[Any]) -> NodeState | None:
     return None if row is None else NodeState(*row)
 
 
+_SERVER = (
+    "SELECT (SELECT system_identifier FROM pg_control_system())::text, pg_postmaster_start_time(),"
+    " current_database()"
+)
+"""Which database of which server a connection is on (a clone of a server shares its system
+identifier, not its start time)."""
+
+
+async def check_primary(conn: AsyncConnection[Any], conninfo: str, primary: AsyncConnectionPool) -> None:
+    """NotServing unless `conn`, on a database that is not a fan-out node, is on the primary's
+    database (the request pool's): anywhere else nothing is ever sent, and a listener there would
+    hear nothing while the replica said it was ready."""
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(_SERVER)
+        here = await cur.fetchone()
+    async with primary.connection(timeout=_OPEN_TIMEOUT) as pconn, pconn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(_SERVER)
+        there = await cur.fetchone()
+    if here != there:
+        raise NotServing(
+            f"{describe(conninfo)} is neither a fan-out node nor the primary (DATABASE_URL's database): "
+            "nothing is sent there. List only fan-out nodes, and the primary, in TRACKTALK_LISTEN_URL"
+        )
+
+
 class Reads:
     """Where the live path reads the event log: the request pool, or, while the listener is on a
     fan-out node, a small pool of the node's own (made when the listener gets there, closed when it
@@ -102,8 +135,8 @@ class Reads:
 
     async def use(self, conninfo: str, state: NodeState | None) -> None:
         """The listener is on `conninfo` now, a node in `state` (None: not a node): read the log
-        there. NotServing for a node whose initial copy is not done, or that receives nothing from
-        the primary (the listener tries the next URL)."""
+        there. NotServing for a node whose initial copy is not done, that receives nothing from
+        the primary, or whose trigger does not send the events (the listener tries the next URL)."""
         if state is not None and not state.copied:
             raise NotServing(f"fan-out node {describe(conninfo)} is still making its initial copy")
         if state is not None and not state.running:
@@ -111,6 +144,8 @@ class Reads:
                 f"fan-out node {describe(conninfo)}: its subscription {state.subscription} receives nothing "
                 "from the primary"
             )
+        if state is not None and not state.sending:
+            raise NotServing(f"fan-out node {describe(conninfo)}: {NOT_SENDING}")
         if state is None:
             await self.close()
             return

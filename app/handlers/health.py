@@ -12,6 +12,7 @@ from litestar.openapi import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.data.db import serves
+from app.data.nodes import NOT_SENDING
 from app.ops.readiness import NodeReading, describe_holder
 from app.services import Services
 from app.wire import FanoutNode, Health, NotifyQueue, Readiness
@@ -41,8 +42,8 @@ async def healthz() -> Health:
 async def readyz(services: Services) -> Response[Readiness]:
     """Ready: the database answers, its schema is this code's or newer, its NOTIFY queue is below
     the limit, the listener is connected and caught up, and where it listens NOTIFYs are sent (not
-    the primary in 'fanout' mode), by a fan-out node that receives the primary's changes and is
-    less than TRACKTALK_NODE_LAG_LIMIT behind. Answers at once, from the database's last reading
+    the primary in 'fanout' mode), by a fan-out node that receives the primary's changes, whose
+    trigger on the log sends them, and that is less than TRACKTALK_NODE_LAG_LIMIT behind. Answers at once, from the database's last reading
     (taken every second in the background): null where the database could not be asked, and
     `node` null where the listener is on none."""
     reading = services.readiness.reading()
@@ -84,13 +85,14 @@ def _node(reading: NodeReading, services: Services) -> FanoutNode:
         name=reading.name,
         subscription=None if state is None else state.subscription,
         running=state is not None and state.running,
+        sending=state is not None and state.sending,
         lag_seconds=None if reading.lag is None else round(reading.lag, 3),
         lag_limit=services.readiness.node_lag_limit,
     )
 
 
 def _node_ok(node: FanoutNode) -> bool:
-    return node.running and (node.lag_seconds is None or node.lag_seconds <= node.lag_limit)
+    return node.running and node.sending and (node.lag_seconds is None or node.lag_seconds <= node.lag_limit)
 
 
 def _detail(
@@ -130,6 +132,8 @@ def _detail(
                 "primary (disabled, failing, or the primary unreachable from it: see its server log and "
                 'pg_stat_subscription; docs/dba.md, "Fan-out nodes")'
             )
+        elif not node.sending:
+            wrong.append(f"fan-out node {node.name}: {NOT_SENDING}")
         else:
             wrong.append(
                 f"fan-out node {node.name} is {node.lag_seconds:.1f} s behind the primary (limit "

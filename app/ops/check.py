@@ -19,6 +19,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from app.data.nodes import describe
+from app.ops.fanout_node import SLOT_PREFIX
 from app.ops.readiness import HOLDER_QUERY, describe_holder, holder_from_row
 
 QUEUE_ALERT = 0.05
@@ -320,8 +321,9 @@ def _owners(conn: psycopg.Connection[Any]) -> list[Line]:
 
 
 def _slots(conn: psycopg.Connection[Any]) -> list[Line]:
-    """Who sends the NOTIFYs, and the fan-out nodes' slots on this primary: each keeps the WAL its
-    node has not confirmed, so a node that is gone keeps it without end (docs/dba.md, "Fan-out nodes")."""
+    """Who sends the NOTIFYs, and the fan-out nodes' slots on this primary (named tracktalk_…; other
+    logical slots are not nodes): each keeps the WAL its node has not confirmed, so a node that is
+    gone keeps it without end (docs/dba.md, "Fan-out nodes")."""
     try:
         mode = _one(conn, "SELECT notify_mode FROM tracktalk.settings")
     except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
@@ -333,9 +335,11 @@ def _slots(conn: psycopg.Connection[Any]) -> list[Line]:
                pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn), s.safe_wal_size
           FROM pg_replication_slots s
          WHERE s.database = current_database() AND s.plugin = 'pgoutput'
+           AND starts_with(s.slot_name::text, %s)
            AND EXISTS (SELECT FROM pg_publication WHERE pubname = 'tracktalk')
          ORDER BY s.slot_name
         """,
+        (SLOT_PREFIX,),
     )
     lines = []
     if mode == "fanout" and not rows:

@@ -52,6 +52,9 @@ PUBLISHED = (
 PUBLISHED_IF_THERE = ("public.forum_categories", "public.forum_threads")
 """Published too where the primary has them (the forum's kinds' may_see reads them)."""
 OWNER = "tracktalk_owner"
+SLOT_PREFIX = "tracktalk_"
+"""How every fan-out node's subscription, and so its slot on the primary, is named: other logical
+slots of the primary's database (another subscriber's, a CDC tool's) are not nodes."""
 _WAIT_STEP = 0.25
 _ROLES_SQL = SQL_DIR / "roles.sql"
 
@@ -76,7 +79,7 @@ def _all(conn: psycopg.Connection[Any], query: Any, params: Any = None) -> list[
 def subscription_name(node: str) -> str:
     """The subscription's name (and its slot's on the primary) for a node: `tracktalk_` and the
     node's host, port and database."""
-    return ("tracktalk_" + re.sub(r"[^a-z0-9_]+", "_", describe(node).lower()).strip("_"))[:63]
+    return (SLOT_PREFIX + re.sub(r"[^a-z0-9_]+", "_", describe(node).lower()).strip("_"))[:63]
 
 
 def prepare(
@@ -86,6 +89,11 @@ def prepare(
     its subscription connects with it). Return the subscription's name. FanoutError when something
     must be changed first."""
     subscription = name or subscription_name(node)
+    if not subscription.startswith(SLOT_PREFIX):
+        raise FanoutError(
+            f"--name {subscription!r}: start it with {SLOT_PREFIX} (that is how `tracktalk check` tells a "
+            "fan-out node's slot on the primary from another's)"
+        )
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", subscription):
         raise FanoutError(f"--name {subscription!r}: use lower-case letters, digits and _ (at most 63)")
     try:
@@ -191,7 +199,16 @@ def _check_primary(p: psycopg.Connection[Any], subscription: str) -> list[str]:
 
 
 def _publish(p: psycopg.Connection[Any], published: list[str], say: Callable[[str], None]) -> None:
-    """The publications, made or brought to the tables listed."""
+    """The publications, made or brought to the tables listed. Another run at the same moment (two
+    nodes prepared at once) may make one between the look and the CREATE: then look again."""
+    try:
+        _make_publications(p, published, say)
+    except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
+        say("primary: another run made the publications meanwhile")
+        _make_publications(p, published, say)
+
+
+def _make_publications(p: psycopg.Connection[Any], published: list[str], say: Callable[[str], None]) -> None:
     tables = sql.SQL(", ").join(sql.SQL(t) for t in published)
     have = {
         f"{schema}.{table}"
@@ -232,11 +249,25 @@ def _publish(p: psycopg.Connection[Any], published: list[str], say: Callable[[st
 
 
 def _check_node(n: psycopg.Connection[Any], p: psycopg.Connection[Any], published: list[str]) -> None:
-    """Refuse a node that is the primary, that holds rows of its own (before anything is changed
-    there), or whose role or settings cannot subscribe."""
-    here = "SELECT (SELECT system_identifier FROM pg_control_system()), current_database()"
-    if _all(n, here) == _all(p, here):
-        raise FanoutError("--node and --primary lead to the same database: a fan-out node is another server")
+    """Refuse a node that is the primary or on its server, that holds rows of its own (before
+    anything is changed there), that follows another primary, or whose role or settings cannot
+    subscribe."""
+    # A server: its system identifier (a clone's is its origin's) and when it started.
+    here = "SELECT (SELECT system_identifier FROM pg_control_system()), pg_postmaster_start_time(), current_database()"
+    (node_server, node_started, node_db), (primary_server, primary_started, primary_db) = (
+        _all(n, here)[0],
+        _all(p, here)[0],
+    )
+    if (node_server, node_started) == (primary_server, primary_started):
+        if node_db == primary_db:
+            raise FanoutError(
+                "--node and --primary lead to the same database: a fan-out node is another server"
+            )
+        raise FanoutError(
+            f"--node leads to a database of the primary's own server ({node_db}): a fan-out node is another "
+            "PostgreSQL server (a subscription to its own server cannot make its slot, and waits for ever; "
+            "its NOTIFYs would share the primary's queue and lock)"
+        )
     if _one(n, "SELECT pg_is_in_recovery()"):
         raise FanoutError("--node leads to a standby (in recovery): a fan-out node is a primary of its own")
     version = int(_one(n, "SHOW server_version_num"))
@@ -250,7 +281,19 @@ def _check_node(n: psycopg.Connection[Any], p: psycopg.Connection[Any], publishe
             "superuser may (from 16: GRANT pg_create_subscription TO "
             f"{role}; and CREATE on the database): give a superuser's URL as --node"
         )
-    if not _subscriptions(n):
+    found = _subscriptions(n)
+    if found and not _one(
+        p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (found[0][0],)
+    ):
+        raise FanoutError(
+            f"the node's subscription {found[0][0]} has no slot on this primary ({describe(p.info.dsn)}): "
+            "the node follows another primary, or its slot was dropped or lost here, and a subscription "
+            "cannot follow a primary that lacks its slot. Give the --primary it follows; or rebuild it "
+            "(on the node: ALTER SUBSCRIPTION … DISABLE; ALTER SUBSCRIPTION … SET (slot_name = NONE); DROP "
+            "SUBSCRIPTION …; then a fresh database and `tracktalk fanout-node` again: docs/dba.md, "
+            '"Fan-out nodes")'
+        )
+    if not found:
         full = [
             t
             for t in published

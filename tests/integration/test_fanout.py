@@ -479,6 +479,79 @@ def test_fanout_node_runs_again_harmlessly(topology: Topology) -> None:
         )
 
 
+async def test_check_counts_only_the_nodes_slots_and_never_says_to_drop_anothers(
+    topology: Topology, direct: None
+) -> None:
+    """Another logical slot on the primary's database (a CDC tool's, say) is not a fan-out node:
+    `tracktalk check` neither counts it among the nodes that send the NOTIFYs nor, while it is
+    idle, tells the DBA to drop it as a node gone for good."""
+    url = topology.url
+    await sql(url, "SELECT pg_create_logical_replication_slot('cdc_tool', 'pgoutput')")
+    try:
+        await set_mode(url, "fanout")
+        done = tracktalk("check", database_url=url)
+        assert "notify_mode is 'fanout': 2 fan-out nodes send the NOTIFYs" in done.stdout, done.stdout
+        assert "cdc_tool" not in done.stdout, done.stdout
+        refused = tracktalk(
+            "fanout-node", "--primary", url, "--node", topology.a.url(), "--name", "cdc_tool", database_url=""
+        )
+        assert refused.returncode == 1 and "--name 'cdc_tool': start it with tracktalk_" in refused.stderr
+    finally:
+        await sql(url, "SELECT pg_drop_replication_slot('cdc_tool')")
+
+
+async def test_two_fanout_node_runs_at_once_both_prepare_their_node(topology: Topology) -> None:
+    """docker-compose.yml prepares its two nodes at the same time, against a primary without
+    publications yet: both runs find none, and both make it. Held at the moment that shows it
+    (the first run's CREATE PUBLICATION waits on a table lock, the second's on the first's
+    publication), then let go: both end well, the second taking the publication the first made."""
+    primary = Cluster(topology.bindir, topology.root / "twice", free_port()).initdb(PRIMARY_SETTINGS).start()
+    nodes = []
+    try:
+        with psycopg.connect(primary.url("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE tracktalk")
+        assert tracktalk("migrate", database_url=primary.url()).returncode == 0
+        for server in (topology.a, topology.b):
+            name = f"twice_{uuid.uuid4().hex[:8]}"
+            with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {name}")
+            nodes.append(server.url(name))
+        async with await psycopg.AsyncConnection.connect(primary.url()) as hold:
+            await hold.execute("LOCK TABLE public.users IN EXCLUSIVE MODE")
+            runs = [
+                asyncio.create_task(
+                    asyncio.to_thread(
+                        tracktalk, "fanout-node", "--primary", primary.url(), "--node", node, database_url=""
+                    )
+                )
+                for node in nodes
+            ]
+
+            async def both_wait() -> bool:
+                rows = await sql(
+                    primary.url(),
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE PUBLICATION%%'"
+                    " AND wait_event_type = 'Lock'",
+                )
+                return bool(rows[0][0] == 2)
+
+            await async_wait_until(both_wait, 60, "both runs to wait at CREATE PUBLICATION")
+            await hold.rollback()
+            done = await asyncio.gather(*runs)
+        for run in done:
+            assert run.returncode == 0, run.stdout + run.stderr
+            assert "follows the primary" in run.stdout, run.stdout
+    finally:
+        for node in nodes:
+            with psycopg.connect(node, autocommit=True) as conn:
+                for (name,) in conn.execute(
+                    "SELECT subname FROM pg_subscription WHERE subdbid ="
+                    " (SELECT oid FROM pg_database WHERE datname = current_database())"
+                ).fetchall():
+                    conn.execute(f"DROP SUBSCRIPTION {name}")
+        primary.stop("immediate")
+
+
 def test_fanout_node_refuses_what_would_not_work_and_says_what_to_change(topology: Topology) -> None:
     def refused(primary: str, node: str) -> str:
         done = tracktalk("fanout-node", "--primary", primary, "--node", node, database_url="")
@@ -498,6 +571,13 @@ def test_fanout_node_refuses_what_would_not_work_and_says_what_to_change(topolog
     )
     assert "ALTER ROLE plain REPLICATION" in refused(topology.primary.url(user="plain"), node)
     assert "--node and --primary lead to the same database" in refused(topology.url, topology.url)
+    # Another database of the primary's own server: a subscription to its own server would hang.
+    with psycopg.connect(topology.primary.url("postgres"), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE samehere")
+    error = refused(topology.url, topology.primary.url("samehere"))
+    assert "--node leads to a database of the primary's own server" in error, error
+    with psycopg.connect(topology.primary.url("samehere")) as conn:
+        assert conn.execute("SELECT to_regnamespace('tracktalk')").fetchone() == (None,)  # nothing made there
     with psycopg.connect(topology.b.url("postgres"), autocommit=True) as conn:
         conn.execute("CREATE ROLE nodeuser LOGIN")
         conn.execute("GRANT CONNECT ON DATABASE fresh TO nodeuser")
@@ -530,10 +610,25 @@ def test_fanout_node_refuses_what_would_not_work_and_says_what_to_change(topolog
             conn.execute("SELECT pg_create_logical_replication_slot('someone_elses', 'pgoutput')")
         error = refused(other.url(), node)
         assert "max_replication_slots = 1, and 1 are taken" in error, error
+        # Node A follows the topology's primary: pointed at this other one, which has no slot of
+        # its subscription, it is refused, and keeps following its own.
+        with psycopg.connect(other.url(), autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot('someone_elses')")
+        (before,) = _subscription_conninfo(topology.a.url())
+        error = refused(other.url(), topology.a.url())
+        assert "has no slot on this primary" in error and "rebuild it" in error, error
+        assert _subscription_conninfo(topology.a.url()) == (before,)
+        with psycopg.connect(other.url()) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_publication").fetchone() == (0,)
     finally:
         other.stop("immediate")
     with psycopg.connect(node) as conn:
         assert conn.execute(HERE_SUBSCRIBED).fetchone() == (0,)
+
+
+def _subscription_conninfo(node: str) -> tuple[str, ...]:
+    with psycopg.connect(node) as conn:
+        return tuple(row[0] for row in conn.execute("SELECT subconninfo FROM pg_subscription"))
 
 
 async def test_a_replica_leaves_a_node_whose_subscription_receives_nothing_for_the_next(
@@ -564,6 +659,60 @@ async def test_a_replica_leaves_a_node_whose_subscription_receives_nothing_for_t
                 )
     finally:
         await sql(a.url(), f"ALTER SUBSCRIPTION {subscription} ENABLE")
+
+
+async def test_a_node_whose_triggers_do_not_send_is_left_and_refused_for_the_next(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """Node A receives the primary's changes but its trigger on the log is off (`tracktalk
+    fanout-node` stopped between the copy and turning the triggers on, or a DBA's DISABLE
+    TRIGGER): it sends no event's NOTIFY. A replica on it says so in /readyz and moves to B within
+    seconds, its socket missing nothing; a replica started meanwhile does not take A."""
+    world, url, a = topology.world, topology.url, topology.a
+    track = new_track(url)
+    await set_mode(url, "fanout")
+    try:
+        with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=topology.node(a, topology.b)) as (replica,):
+            assert on_node(replica, a)
+            async with open_socket(replica.ws, track, world.tokens["alice"]) as sock:
+                start = (await sock.expect("connected"))["seq"]
+                await sql(a.url(), "ALTER TABLE tracktalk.events DISABLE TRIGGER events_fan_out")
+                await async_wait_until(
+                    lambda: "its trigger on the event log is off" in str(ready(replica)["detail"]),
+                    10,
+                    "/readyz to say so",
+                )
+                for i in range(3):
+                    await insert_comment(url, track, world.users["dave"], f"meanwhile {i}")
+                await async_wait_until(lambda: on_node(replica, topology.b), 30, "the move to node B")
+                await insert_comment(url, track, world.users["dave"], "after")
+                await every_event_once(sock, start, await latest(url, f"track:{track}"))
+            with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=topology.node(a, topology.b)) as (late,):
+                assert on_node(late, topology.b)
+    finally:
+        await sql(a.url(), "SELECT tracktalk.fan_out_triggers()")
+
+
+async def test_a_listen_url_that_is_neither_a_node_nor_the_primary_is_refused_for_the_next(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """TRACKTALK_LISTEN_URL lists first a database that has tracktalk's schema but is not the
+    primary and follows nothing (a typo; a node whose subscription was dropped to rebuild it):
+    nothing is ever sent there. In 'direct' mode the replica took it for the primary and said it
+    was ready; it is refused now, and the next URL, node A, is used."""
+    world, url, a = topology.world, topology.url, topology.a
+    stray = f"stray_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(topology.b.url("postgres"), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {stray}")
+    assert tracktalk("migrate", database_url=topology.b.url(stray)).returncode == 0
+    track = new_track(url)
+    with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=f"{topology.b.url(stray)},{a.url()}") as (replica,):
+        assert on_node(replica, a), ready(replica)
+        assert "is neither a fan-out node nor the primary" in replica.log()
+        async with open_socket(replica.ws, track, world.tokens["alice"]) as sock:
+            start = (await sock.expect("connected"))["seq"]
+            await insert_comment(url, track, world.users["dave"], "heard")
+            await every_event_once(sock, start, start + 1)
 
 
 async def test_a_new_channel_key_reaches_the_replicas_through_the_nodes(

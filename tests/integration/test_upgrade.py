@@ -6,6 +6,7 @@ nothing."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -187,3 +188,30 @@ def test_a_version_6_inbox_keeps_its_notifications_and_takes_the_forums(
         assert told == [("mention", "t1", None), ("post_mention", None, 1)]
         with pytest.raises(psycopg.errors.CheckViolation):  # about a track or a thread: not both, not neither
             conn.execute("INSERT INTO notifications (user_id, kind, actor_id) VALUES (1, 'post_reply', 2)")
+
+
+def test_the_psql_lines_of_docs_dba_md_upgrade_a_version_4_database(
+    empty_database: Callable[[], str],
+) -> None:
+    """docs/dba.md, "Applying the SQL by hand": its example for a database at version 4, run as
+    written, upgrades one to the catalog of a fresh database (it once left out a step, and failed)."""
+    text = (ROOT / "docs" / "dba.md").read_text(encoding="utf-8")
+    block = text.split("# say it prints 4", 1)[1].split("```", 1)[0]
+    files = re.findall(r"-f (\S+)", block)
+    assert files[-2:] == ["sql/schema.sql", "sql/triggers.sql"], block
+    fresh = empty_database()
+    tracktalk_migrate(fresh)
+    old = old_database(empty_database, 4)
+    bindir = find_bindir()
+    assert bindir is not None
+    done = subprocess.run(
+        [str(bindir / "psql"), old, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"]
+        + [arg for name in files for arg in ("-f", name)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert catalog(old) == catalog(fresh)

@@ -110,6 +110,9 @@ def test_the_listener_leaves_a_node_that_receives_nothing_or_stays_too_far_behin
         watch.observe(None, None)  # on the primary, or the node does not answer: the listener sees to it
         watch.observe(True, 9.0)
     assert len(left) == 2
+    for _ in range(5):
+        watch.observe(True, 0.0, sending=False)  # it receives, but its trigger on the log is off
+    assert left[-1].startswith("its trigger on the event log is off") and len(left) == 3
 
 
 def test_a_listener_fallen_back_to_a_primary_that_sends_nothing_tries_the_nodes_every_ten_readings() -> None:
