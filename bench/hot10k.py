@@ -2,12 +2,13 @@
 comment rate the floor sustains.
 
     python -m bench.hot10k [--only search,pairs,workers,profile] [--sockets 10000] [--clients 3]
-                           [--rates 2,3,4,5,6,7,8] [--rate R] [--pairs 3] [--seconds 12]
+                           [--search floor|tracktalk] [--rates 2,3,4,5,6,7,8] [--rate R]
+                           [--workers-rate R] [--pairs 3] [--seconds 12]
 
-- search: the floor (`websockets.broadcast`, no database) with the sockets open once, comments at
-  each rate of --rates in turn (--seconds each), until one is not sustained (SUSTAINED); a rate
-  that fails is tried once more before the search stops. The highest sustained rate is the run's
-  rate, unless --rate gives one.
+- search: the floor (`websockets.broadcast`, no database; `--search tracktalk`: tracktalk) with the
+  sockets open once, comments at each rate of --rates in turn (--seconds each), until one is not
+  sustained (SUSTAINED); a rate that fails is tried once more before the search stops. The floor's
+  highest sustained rate is the run's rate, unless --rate gives one.
 - pairs: tracktalk (one `tracktalk serve`, the track socket route) and the floor, alternating, each
   with fresh sockets, at that rate: p50/p99/max, frames delivered/offered, server CPU per frame,
   and the verdict (tracktalk's p99 <= 1.2 x the floor's, medians over the pairs).
@@ -34,6 +35,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,6 +75,17 @@ def load_average() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
+def runqueue_wait(pids: list[int]) -> float:
+    """Seconds the threads of `pids` have spent runnable but waiting for a CPU (/proc/PID/task/*/schedstat)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
 def window(
     design: str, servers: list[Server], clients: Clients, world: World, rate: float, seconds: float
 ) -> dict[str, Any]:
@@ -81,6 +94,8 @@ def window(
     clients.command("mark")
     cpu0 = sum(cpu_seconds(s.pid) for s in servers)
     ccpu0 = clients.cpu()
+    client_pids = [p.pid for p in clients.procs]
+    wait0 = runqueue_wait([s.pid for s in servers]), runqueue_wait(client_pids)
     writer = Writer(
         "floor" if design == "floor" else "tracktalk",
         world,
@@ -103,6 +118,8 @@ def window(
     drained_s = time.monotonic() - t0
     server_cpu = sum(cpu_seconds(s.pid) for s in servers) - cpu0
     client_cpu = clients.cpu() - ccpu0
+    server_wait = runqueue_wait([s.pid for s in servers]) - wait0[0]
+    client_wait = runqueue_wait(client_pids) - wait0[1]
     got = clients.collect()
     source, ids, lat = arrivals(got, written, world)
     offered = written.sent * clients.opened
@@ -137,6 +154,9 @@ def window(
         "server_cpu_pct": round(100 * server_cpu / drained_s, 1),
         "cpu_us_per_frame": round(1e6 * server_cpu / delivered, 2) if delivered else None,
         "client_cpu_pct": round(100 * client_cpu / drained_s, 1),
+        # Runnable but not running (every process's threads, summed): the share of the cores others took.
+        "server_runqueue_pct": round(100 * server_wait / drained_s, 1),
+        "client_runqueue_pct": round(100 * client_wait / drained_s, 1),
     }
 
 
@@ -188,30 +208,33 @@ def line(name: str, r: dict[str, Any]) -> str:
         f"  {name:<14} {r['rate']:>5g}/s  delivered {r['delivered']:>9,}/{r['offered']:<9,}  "
         f"p50 {r['p50_ms']} p99 {r['p99_ms']} max {r['max_ms']} ms  "
         f"fan-out {r['fanout_first_third_ms']} -> {r['fanout_last_third_ms']} ms  "
-        f"cpu {r['server_cpu_pct']} % ({r['cpu_us_per_frame']} us/frame)  clients {r['client_cpu_pct']} %  "
+        f"cpu {r['server_cpu_pct']} % ({r['cpu_us_per_frame']} us/frame, waiting for a core {r['server_runqueue_pct']} %)  "
+        f"clients {r['client_cpu_pct']} % (waiting {r['client_runqueue_pct']} %)  "
         f"{'sustained' if r['sustained'] else 'NOT sustained'}"
     )
 
 
 def search(env: Env, args: argparse.Namespace) -> tuple[float | None, list[dict[str, Any]]]:
-    """The highest rate of args.rates the floor sustains with args.sockets sockets open once."""
-    print(f"search: the floor, {args.sockets} sockets on one track, {args.seconds:g} s a rate; {SUSTAINED}")
+    """The highest rate of args.rates the design args.search sustains (the floor by default) with
+    args.sockets sockets open once."""
+    design = args.search
+    print(f"search: {design}, {args.sockets} sockets on one track, {args.seconds:g} s a rate; {SUSTAINED}")
     tried: list[dict[str, Any]] = []
     best = None
-    with sockets_on("floor", env, args.sockets, args.clients) as (servers, clients, open_s):
+    with sockets_on(design, env, args.sockets, args.clients) as (servers, clients, open_s):
         print(f"  {clients.opened} sockets open in {open_s:.1f} s")
         for rate in args.rates:
             for attempt in (1, 2):
-                r = window("floor", servers, clients, env.world, rate, args.seconds)
+                r = window(design, servers, clients, env.world, rate, args.seconds)
                 r["attempt"] = attempt
                 tried.append(r)
-                print(line(f"floor try {attempt}", r), flush=True)
+                print(line(f"{design} try {attempt}", r), flush=True)
                 if r["sustained"]:
                     break
             if not r["sustained"]:
                 break
             best = rate
-    print(f"  highest rate the floor sustains: {best} comments/s ({best and best * args.sockets:,} frames/s)")
+    print(f"  highest rate {design} sustains: {best} comments/s ({best and best * args.sockets:,} frames/s)")
     return best, tried
 
 
@@ -336,6 +359,9 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=10_000)
     parser.add_argument("--clients", type=int, default=3, help="picows client processes")
     parser.add_argument("--rates", default="2,3,4,5,6,7,8", help="the search's rates, comments/s, ascending")
+    parser.add_argument(
+        "--search", default="floor", choices=["floor", "tracktalk"], help="the design searched"
+    )
     parser.add_argument("--rate", type=float, default=0, help="the rate of the pairs (default: the search's)")
     parser.add_argument(
         "--workers-rate", type=float, default=0, help="the rate of workers and profile (default 2 x --rate)"
@@ -362,7 +388,7 @@ def main() -> None:
         rate = args.rate or None
         if "search" in only:
             best, info["search"] = search(env, args)
-            rate = rate or best
+            rate = rate or (best if args.search == "floor" else None)
         if rate is None and only & {"pairs", "workers", "profile"}:
             raise SystemExit("no rate: give --rate, or run the search (--only search,...)")
         assert rate is not None or not only & {"pairs", "workers", "profile"}
