@@ -389,12 +389,13 @@ def main() -> None:
         if "search" in only:
             best, info["search"] = search(env, args)
             rate = rate or (best if args.search == "floor" else None)
-        if rate is None and only & {"pairs", "workers", "profile"}:
-            raise SystemExit("no rate: give --rate, or run the search (--only search,...)")
-        assert rate is not None or not only & {"pairs", "workers", "profile"}
+        heavy = args.workers_rate or (2 * rate if rate else 0)
+        if ("pairs" in only and not rate) or (only & {"workers", "profile"} and not heavy):
+            raise SystemExit(
+                "no rate: give --rate (and --workers-rate), or run the floor's search (--only search,...)"
+            )
         if "pairs" in only and rate:
             info["pairs"] = pairs(env, args, rate)
-        heavy = args.workers_rate or (2 * rate if rate else 0)
         if "workers" in only:
             info["workers"] = workers(env, args, heavy)
         if "profile" in only:
