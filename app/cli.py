@@ -94,7 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print(f"tracktalk: open {address}  (API schema: {address}schema/swagger)", flush=True)
         if embedded:
             print("tracktalk: a token for user 1: tracktalk token 1", flush=True)
-        serve(create_app(settings), settings, args.host, args.port)
+        serve(create_app(settings), settings, args.host, args.port, reuse_port=args.reuse_port)
 
 
 def _load_demo(url: str) -> None:
@@ -178,6 +178,12 @@ def parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the API, the WebSockets and the web page")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="bind with SO_REUSEPORT: several serve processes (same user) share the port, the kernel "
+        "spreading the connections over them; each is a whole replica, on a core of its own",
+    )
     serve.set_defaults(run=cmd_serve)
     commands.add_parser(
         "migrate",

@@ -10,6 +10,7 @@ import ctypes
 import gc
 import logging
 import resource
+import socket
 from types import FrameType
 
 import uvicorn
@@ -165,8 +166,34 @@ def tune_malloc() -> None:
         log.warning("malloc's mmap threshold not set: memory freed may stay with the process")
 
 
-def serve(app: Tracktalk, settings: Settings, host: str, port: int) -> None:
-    """Serve until SIGTERM or Ctrl-C; ConfigError when the file limit is too low."""
+def shared_port(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port` with SO_REUSEPORT, for several replicas on one port.
+
+    Every process that binds the port so (same user) gets its own accept queue once it listens,
+    and the kernel spreads new connections over the queues by a hash of their addresses: each
+    process is a whole replica (its LISTEN connection, its pool, its sockets) on one core, as if on
+    a port of its own. Bound, not listening: uvicorn listens after the app has started, so no
+    connection waits in the queue of a process that is not ready.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot bind {host}:{port} with SO_REUSEPORT ({exc}): a process holds that port without "
+            "--reuse-port, or as another user; stop it or choose another --port"
+        ) from None
+    return sock
+
+
+def serve(app: Tracktalk, settings: Settings, host: str, port: int, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM or Ctrl-C; ConfigError when the file limit is too low. With
+    `reuse_port`, on a port other processes may share (shared_port)."""
+    sockets = [shared_port(host, port)] if reuse_port else None
     files = raise_file_limit()
     connections = max_connections(settings, files)
     uvicorn_config = config(app, settings, host, port, connections)  # sets uvicorn's loggers up
@@ -179,4 +206,4 @@ def serve(app: Tracktalk, settings: Settings, host: str, port: int) -> None:
     )
     tune_gc()
     tune_malloc()
-    Server(uvicorn_config, app).run()
+    Server(uvicorn_config, app).run(sockets=sockets)

@@ -4,8 +4,9 @@ Run by bench/run.py as `python -m bench.client CONFIG.json`; talks over stdin/st
 
 - prints `ready OPENED FAILED` once every socket has been tried;
 - then prints `stat FRAMES CLOSED` every 0.5 s (frames received since start, sockets closed);
-- reads `mark` (start of the measured window: counters and samples start afresh) and `stop`
-  (write the results file, print `done`, exit).
+- reads `mark` (start of the measured window: counters and samples start afresh), `save` (write
+  the results file, start afresh, print `saved`: one window of several on the same sockets) and
+  `stop` (write the results file, print `done`, exit).
 
 For every `new_comment` frame it keeps (comment id, time.time() on arrival), to be joined with the
 commit times afterwards. It parses nothing else, so that the client costs little per frame. A URL
@@ -136,6 +137,10 @@ async def follow_commands(out: str) -> None:
     while (command := await commands.get()) != "stop":
         if command == "mark":
             STATS.reset()
+        elif command == "save":
+            write_results(out)
+            STATS.reset()
+            print("saved", flush=True)
     reporter.cancel()
     write_results(out)
 

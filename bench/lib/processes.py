@@ -87,9 +87,10 @@ def stop_all(servers: list[Server]) -> None:
         server.stop()
 
 
-def start_server(args: list[str], env: dict[str, str], logdir: Path, name: str) -> Server:
-    port = free_port()
-    log = logdir / f"{name}-{port}.log"
+def start_server(args: list[str], env: dict[str, str], logdir: Path, name: str, port: int = 0) -> Server:
+    """A server process on `port` (a free one when 0), once the port answers."""
+    port = port or free_port()
+    log = logdir / f"{name}-{port}-{time.monotonic_ns()}.log"
     argv = [a.replace("{port}", str(port)) for a in args]
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -100,7 +101,7 @@ def start_server(args: list[str], env: dict[str, str], logdir: Path, name: str) 
     return server
 
 
-def start_tracktalk(url: str, logdir: Path) -> Server:
+def start_tracktalk(url: str, logdir: Path, port: int = 0, reuse_port: bool = False) -> Server:
     env = {
         "DATABASE_URL": url,
         "TRACKTALK_SECRET": SECRET,
@@ -109,8 +110,56 @@ def start_tracktalk(url: str, logdir: Path) -> Server:
         "TRACKTALK_COMMENTS_PER_MINUTE": "0",
         "TRACKTALK_SOCKETS_PER_USER": "1000000",
     }
-    args = [PY, "-m", "app", "serve", "--port", "{port}"]
-    return wait_ready(start_server(args, env, logdir, "tracktalk"))
+    args = [PY, "-m", "app", "serve", "--port", "{port}", *(["--reuse-port"] if reuse_port else [])]
+    return wait_ready(start_server(args, env, logdir, "tracktalk", port))
+
+
+def start_tracktalk_workers(url: str, logdir: Path, workers: int) -> list[Server]:
+    """`workers` replicas on one port (`tracktalk serve --reuse-port`), each listening before the next starts."""
+    port = free_port()
+    servers: list[Server] = []
+    try:
+        for _ in range(workers):
+            server = start_tracktalk(url, logdir, port, reuse_port=True)
+            servers.append(server)
+            deadline = time.monotonic() + 30
+            while not listens_on(server.pid, port):  # /readyz may have been answered by another one
+                if time.monotonic() > deadline or server.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"worker {server.pid} not listening on {port}: {server.log.read_text()[-2000:]}"
+                    )
+                time.sleep(0.1)
+    except BaseException:
+        stop_all(servers)
+        raise
+    return servers
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """The process `pid` has a socket listening on 127.0.0.1:`port`."""
+    return _sockets_on(pid, port, "0A") > 0  # 0A: LISTEN
+
+
+def connections_on(pid: int, port: int) -> int:
+    """The established connections the process `pid` holds on its 127.0.0.1:`port`."""
+    return _sockets_on(pid, port, "01")  # 01: ESTABLISHED
+
+
+def _sockets_on(pid: int, port: int, state: str) -> int:
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+    local = f"0100007F:{port:04X}"  # 127.0.0.1 as /proc/net/tcp writes it
+    with open("/proc/net/tcp") as table:
+        return sum(
+            1
+            for f in (line.split() for line in table.readlines()[1:])
+            if f[1] == local and f[3] == state and f[9] in inodes
+        )
 
 
 def wait_ready(server: Server, timeout: float = 30) -> Server:
@@ -133,6 +182,8 @@ class Clients:
         self.frames = [0] * count
         self.closed = [0] * count
         self.ready: list[tuple[int, int]] = []
+        self.saved = threading.Semaphore(0)
+        """Released once per `saved` line (a client wrote its window's results)."""
         for i in range(count):
             out = str(workdir / f"client-{i}-{time.monotonic_ns()}.json")
             config = {"urls": urls[i::count], "out": out, "concurrency": 40}
@@ -163,6 +214,8 @@ class Clients:
             if parts and parts[0] == "stat":
                 self.frames[i] = int(parts[1])
                 self.closed[i] = int(parts[2])
+            elif parts == ["saved"]:
+                self.saved.release()
 
     @property
     def opened(self) -> int:
@@ -181,6 +234,15 @@ class Clients:
     def cpu(self) -> float:
         return sum(cpu_seconds(p.pid) for p in self.procs)
 
+    def collect(self, timeout: float = 30) -> dict[str, Any]:
+        """What arrived since `mark` (or the last collect), the sockets kept open for another window."""
+        self.command("save")
+        deadline = time.monotonic() + timeout
+        for _ in self.procs:
+            if not self.saved.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise RuntimeError(f"a client did not save its results within {timeout} s")
+        return self._results()
+
     def stop(self) -> dict[str, Any]:
         self.command("stop")
         for proc in self.procs:
@@ -188,6 +250,9 @@ class Clients:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        return self._results()
+
+    def _results(self) -> dict[str, Any]:
         frames = closed = 0
         ids: list[np.ndarray] = []
         times: list[np.ndarray] = []

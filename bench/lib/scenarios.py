@@ -31,22 +31,30 @@ def pct(values: np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(values, q)) * 1000, 2) if values.size else None
 
 
-def latencies(got: dict[str, Any], written: Written, world: World) -> dict[str, Any]:
+def arrivals(got: dict[str, Any], written: Written, world: World) -> tuple[str, np.ndarray, np.ndarray]:
+    """The clock latency is measured from, and for each arrival of a written comment its id and
+    latency in seconds (arrival time - the row's commit timestamp, or the writer's clock)."""
     ids, times = got["ids"], got["times"]
     db = commit_times(world, written.table, list(written.writer_time)) if written.table else {}
     source = "database commit timestamp" if db else "writer clock after commit"
     reference = db or written.writer_time
     if not reference or ids.size == 0:
-        return {"samples": 0, "source": source}
+        return source, np.zeros(0, np.int64), np.zeros(0)
     keys = np.fromiter(reference.keys(), dtype=np.int64)
     vals = np.fromiter(reference.values(), dtype=np.float64)
     order = np.argsort(keys)
     keys, vals = keys[order], vals[order]
     pos = np.clip(np.searchsorted(keys, ids), 0, len(keys) - 1)
     known = keys[pos] == ids
-    lat = times[known] - vals[pos[known]]
+    return source, ids[known], times[known] - vals[pos[known]]
+
+
+def latencies(got: dict[str, Any], written: Written, world: World) -> dict[str, Any]:
+    source, known_ids, lat = arrivals(got, written, world)
+    if lat.size == 0:
+        return {"samples": 0, "source": source}
     api_ids = np.fromiter(written.via_api, dtype=np.int64) if written.via_api else np.zeros(0, np.int64)
-    is_api = np.isin(ids[known], api_ids)
+    is_api = np.isin(known_ids, api_ids)
     out = {
         "source": source,
         "samples": int(lat.size),

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,8 @@ class Replica(LocalServer):
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    serve_args: tuple[str, ...] = ()
+    """More options of `tracktalk serve` (e.g. `--reuse-port`)."""
 
     def start(self, log_dir: Path, tries: int = 5) -> Replica:
         """Start it and wait until it is ready; on a port another process took meanwhile (free_port
@@ -118,7 +121,7 @@ class Replica(LocalServer):
         return self._start(log_dir)
 
     def _start(self, log_dir: Path) -> Replica:
-        self.log_path = log_dir / f"replica-{self.port}.log"
+        self.log_path = log_dir / f"replica-{self.port}-{time.monotonic_ns()}.log"
         env = {
             **os.environ,
             "DATABASE_URL": self.database_url,
@@ -130,7 +133,7 @@ class Replica(LocalServer):
         }
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "app", "serve", "--port", str(self.port), *self.serve_args],
                 cwd=ROOT,
                 env=env,
                 stdout=log,
