@@ -7,7 +7,9 @@ masked), so the feed builds each frame once (`app/live/frames.py`) and the socke
 writes it here, straight to the transport: no await, no task wake-up, one `send()` system call,
 and several queued frames in one write.
 
-The handshake, client frames, pings and the closing handshake stay uvicorn's and wsproto's.
+The handshake's request, client frames, pings and the closing handshake stay uvicorn's and
+wsproto's; the handshake's answer (a fixed 101 and one hash) is written here, which costs a tenth
+of what wsproto's HTTP/1.1 machinery does, where a reconnect storm opens sockets by the thousand.
 The app finds this object in `scope["extensions"][EXTENSION]`; see `app/handlers/sockets.py`.
 
 It also holds an idle socket in less memory (a replica holds them by the ten thousand, see
@@ -25,8 +27,9 @@ from typing import Any
 
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
-from wsproto import events
-from wsproto.utilities import LocalProtocolError
+from wsproto import ConnectionType, events
+from wsproto.connection import Connection as WSProtoConnection
+from wsproto.utilities import LocalProtocolError, generate_accept_token
 
 EXTENSION = "tracktalk.frames"
 """Key of this protocol in the ASGI scope's `extensions`."""
@@ -115,11 +118,16 @@ class FrameProtocol(WSProtocol):
         self.queue = _Inbox()  # type: ignore[assignment]
         self.writable = _Flag()  # type: ignore[assignment]
         self._cut: asyncio.TimerHandle | None = None
+        self._key = b""
+        """The handshake's Sec-WebSocket-Key."""
 
     def handle_connect(self, event: events.Request) -> None:
         """Make the scope as uvicorn does, and put this protocol in its extensions."""
         super().handle_connect(event)
         self.scope["extensions"][EXTENSION] = self  # type: ignore[assignment]
+        for name, value in event.extra_headers:
+            if name.lower() == b"sec-websocket-key":
+                self._key = value
 
     def accept_with(self, data: bytes) -> bool:
         """Complete the handshake (as the ASGI `websocket.accept` does) and write `data`, the
@@ -132,18 +140,28 @@ class FrameProtocol(WSProtocol):
             get_path_with_query_string(self.scope),
         )
         self.handshake_complete = True
-        self.transport.write(
-            self.conn.send(events.AcceptConnection(extra_headers=self.default_headers)) + data
-        )
+        self.transport.write(self._accepted() + data)
         self.start_keepalive()
         self._let_go_of_the_handshake()
         return True
+
+    def _accepted(self) -> bytes:
+        """The 101 answer to the handshake, as wsproto writes it for an `AcceptConnection` with
+        no subprotocol and no extension (none is ever negotiated here), and wsproto's connection
+        made open as its `send()` would."""
+        headers = b"".join(name + b": " + value + b"\r\n" for name, value in self.default_headers)
+        self.conn.connection = WSProtoConnection(ConnectionType.SERVER, [])
+        return (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + generate_accept_token(self._key) + b"\r\n" + headers + b"\r\n"
+        )
 
     def _let_go_of_the_handshake(self) -> None:
         """Drop what only the handshake needed: wsproto's HTTP/1.1 machinery for it (once the
         connection is made, `events()` is all that is asked of it), and the scope's request
         headers and query string (which carries the token)."""
         self.conn.handshake = _DONE  # type: ignore[assignment]
+        self._key = b""
         self.scope["headers"] = []
         self.scope["query_string"] = b""
 

@@ -165,3 +165,22 @@ async def test_pings_from_a_client_that_reads_nothing_are_not_answered() -> None
     protocol.handle_ping(events.Ping(payload=b"2"))
     assert len(transport.written) == before
     done.set()
+
+
+async def test_the_handshake_answer_is_wsprotos_own_and_the_connection_then_reads_frames() -> None:
+    """The 101 is written by hand (a reconnect storm's cost): byte for byte what wsproto writes,
+    and wsproto's connection is open after it (a client's ping is answered)."""
+    done = asyncio.Event()
+    theirs, _, _ = await _connected(done)
+    expected = theirs.conn.send(events.AcceptConnection(extra_headers=theirs.default_headers))
+    ours, transport, _ = await _connected(done)
+    assert ours.accept_with(b"")
+    assert transport.written == expected
+    assert (
+        b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in transport.written
+    )  # RFC 6455's example
+    ping = bytes([0x89, 0x80 | 1]) + b"\x00\x00\x00\x00" + b"p"  # a masked ping, mask 0
+    before = len(transport.written)
+    ours.data_received(ping)
+    assert transport.written[before:] == b"\x8a\x01p"  # its pong
+    done.set()
