@@ -22,6 +22,7 @@ scope's request headers and query string (which carries the token) are let go.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +31,8 @@ from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 from wsproto import ConnectionType, events
 from wsproto.connection import Connection as WSProtoConnection
 from wsproto.utilities import LocalProtocolError, generate_accept_token
+
+from app.live.keepalive import PING, Keepalive
 
 EXTENSION = "tracktalk.frames"
 """Key of this protocol in the ASGI scope's `extensions`."""
@@ -110,6 +113,10 @@ class _Done:
 _DONE = _Done()
 
 
+_WHEELS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Keepalive] = weakref.WeakKeyDictionary()
+"""Each event loop's keepalive wheel (a replica runs one loop; the tests, one per test)."""
+
+
 class FrameProtocol(WSProtocol):
     """A WebSocket connection that also takes ready-made frames (`app.subscriber.FrameSocket`)."""
 
@@ -120,6 +127,7 @@ class FrameProtocol(WSProtocol):
         self._cut: asyncio.TimerHandle | None = None
         self._key = b""
         """The handshake's Sec-WebSocket-Key."""
+        self.keepalive_slot = -1
 
     def handle_connect(self, event: events.Request) -> None:
         """Make the scope as uvicorn does, and put this protocol in its extensions."""
@@ -190,6 +198,41 @@ class FrameProtocol(WSProtocol):
         super().handle_message(event)
         if self.close_sent:  # too big: uvicorn closed it with 1009
             self._cut_if_stuck()
+
+    # Keepalive: one wheel per loop pings every socket (app/live/keepalive.py), in place of
+    # uvicorn's two timers per socket; a socket is pinged every `ws_ping_interval` seconds and
+    # closed as uvicorn closes it (1011) when a ping is unanswered at its next turn.
+
+    def start_keepalive(self) -> None:
+        interval = self.ping_interval
+        if interval is not None and interval > 0:
+            wheel = _WHEELS.get(self.loop)
+            if wheel is None:  # one server per loop: its sockets share one interval
+                wheel = _WHEELS[self.loop] = Keepalive(self.loop, interval)
+            wheel.add(self)
+
+    def stop_keepalive(self) -> None:
+        wheel = _WHEELS.get(self.loop)
+        if wheel is not None:
+            wheel.discard(self)
+        self.pending_ping_payload = None
+
+    def keepalive_turn(self) -> bool:
+        if self.close_sent or self.transport.is_closing():
+            return False
+        if self.pending_ping_payload is not None:
+            self.keepalive_timeout()
+            return False
+        self.pending_ping_payload = PING
+        self.ping_sent_at = self.loop.time()
+        self.transport.write(PING)
+        return True
+
+    def handle_pong(self, event: events.Pong) -> None:
+        """Any pong answers the ping in flight (the payload is the same for every ping)."""
+        if self.pending_ping_payload is not None:
+            self.last_ping_rtt = self.loop.time() - self.ping_sent_at
+            self.pending_ping_payload = None
 
     def handle_ping(self, event: events.Ping) -> None:
         """Answer, unless the client is not reading what it is sent (a flood of pings from a
