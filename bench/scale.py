@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import subprocess
 import threading
@@ -189,7 +190,7 @@ def swarm_configs(run: Run, tracks: list[str]) -> list[dict[str, Any]]:
     ]
 
 
-def measure(run: Run) -> tuple[Swarms, Written]:
+def measure(run: Run, profile: bool = False) -> tuple[Swarms, Written]:
     plan, world = run.plan, run.world
     tracks = world.tracks[: plan.sockets // PER_TRACK]
     live = run.servers[: plan.replicas]
@@ -231,9 +232,16 @@ def measure(run: Run) -> tuple[Swarms, Written]:
     # Idle: pings, presence's heartbeats and expiry, the token and access re-checks.
     cpu0 = [cpu_seconds(s.pid) for s in live]
     t0 = time.monotonic()
+    spy = (
+        start_profile(live[0].pid, run.logdir, f"scale-{plan.name}-idle", plan.idle_seconds - 1)
+        if profile
+        else None
+    )
     time.sleep(plan.idle_seconds)
     idle_s = time.monotonic() - t0
     cpu1 = [cpu_seconds(s.pid) for s in live]
+    if spy is not None:
+        run.out["idle_profile"] = finish_profile(spy)
     idle_pct = [round(100 * (b - a) / idle_s, 3) for a, b in zip(cpu0, cpu1, strict=True)]
     per_10k = round(100 * (sum(cpu1) - sum(cpu0)) / idle_s / (plan.sockets / 10_000), 3)
     print(
@@ -277,7 +285,16 @@ def storm(run: Run, swarms: Swarms, profile: bool = False) -> dict[str, Any]:
     spy = start_profile(others[0].pid, run.logdir, f"scale-{plan.name}-storm", 8) if profile else None
     victim.proc.send_signal(signal.SIGKILL)
     victim.proc.wait(10)
-    back_s = wait_for("every socket open again", lambda: swarms.total(2) - reopened0 >= had, 300)
+    last_said = [time.monotonic()]
+
+    def back() -> bool:
+        done = swarms.total(2) - reopened0
+        if time.monotonic() - last_said[0] > 5:
+            last_said[0] = time.monotonic()
+            print(f"[{plan.name}] storm: {done:,} of {had:,} open again", flush=True)
+        return done >= had
+
+    back_s = wait_for("every socket open again", back, 300)
     cpu1 = [cpu_seconds(s.pid) for s in others]
     x1 = xacts(world)
     if spy is not None:
@@ -336,6 +353,12 @@ def storm(run: Run, swarms: Swarms, profile: bool = False) -> dict[str, Any]:
     return got
 
 
+def connections_allowed(server: Server) -> int | None:
+    """The client connections the replica says at start that its file limit allows."""
+    found = re.search(r"up to (\d+) client connections", server.log.read_text())
+    return int(found.group(1)) if found else None
+
+
 def scenario(plan: Plan, keep: Path, profile: bool) -> dict[str, Any]:
     n_tracks = plan.sockets // PER_TRACK
     with database(n_tracks, 200) as world:
@@ -352,8 +375,20 @@ def scenario(plan: Plan, keep: Path, profile: bool) -> dict[str, Any]:
                 if "file limit" in line or "connections" in line
             ]
             run.out["start_log"] = limit_lines[:3]
-            swarms, written = measure(run)
-            got = storm(run, swarms, profile)
+            swarms, written = measure(run, profile)
+            survivors = plan.replicas + plan.spare - 1
+            cap = connections_allowed(servers[0])
+            if cap is not None and plan.sockets > survivors * cap:
+                why = (
+                    f"{plan.sockets:,} sockets do not fit on the {survivors} replicas left: each takes at most"
+                    f" {cap:,} (its file limit); the storm needs {plan.sockets - survivors * cap:,} fewer"
+                )
+                print(f"[{plan.name}] storm skipped: {why}", flush=True)
+                run.out["storm"] = {"skipped": why}
+                time.sleep(2)
+                got = swarms.stop()
+            else:
+                got = storm(run, swarms, profile)
             lat = latencies({"ids": got["ids"], "times": got["times"]}, written, world)
             run.out["latency"] = lat
             print(f"[{plan.name}] comment on a track of {PER_TRACK}: {lat}", flush=True)
