@@ -31,7 +31,7 @@ class Socket:
 
 
 async def test_every_socket_is_pinged_once_an_interval_and_a_storm_is_spread_over_it() -> None:
-    wheel = Keepalive(asyncio.get_running_loop(), 20)
+    wheel = Keepalive(asyncio.get_running_loop(), 20, tick=1.0)
     storm = [Socket() for _ in range(2_000)]  # opened in the same moment
     for socket in storm:
         wheel.add(socket)
@@ -48,7 +48,7 @@ async def test_every_socket_is_pinged_once_an_interval_and_a_storm_is_spread_ove
 
 
 async def test_a_socket_that_does_not_answer_is_closed_at_its_next_turn_and_leaves() -> None:
-    wheel = Keepalive(asyncio.get_running_loop(), 3)
+    wheel = Keepalive(asyncio.get_running_loop(), 3, tick=1.0)
     silent, alive = Socket(answers=False), Socket()
     wheel.add(silent)
     wheel.add(alive)
