@@ -7,6 +7,7 @@ so they must behave as uvicorn expects of those: in order, never losing a wake-u
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 import uvicorn
@@ -183,4 +184,17 @@ async def test_the_handshake_answer_is_wsprotos_own_and_the_connection_then_read
     before = len(transport.written)
     ours.data_received(ping)
     assert transport.written[before:] == b"\x8a\x01p"  # its pong
+    done.set()
+
+
+async def test_a_connection_keeps_few_enough_attributes_for_python_to_share_their_names() -> None:
+    """Past 30 attribute names an instance gets a dictionary of its own (1.5 KiB, by the ten
+    thousand on a replica): the server's settings live once per server, not on each connection."""
+    done = asyncio.Event()
+    protocol, _, _ = await _connected(done)
+    assert protocol.accept_with(b"")
+    protocol.handle_pong(events.Pong(payload=b"tt"))
+    assert len(vars(protocol)) <= 30
+    assert sys.getsizeof(vars(protocol)) < 500  # a shared-key table (an own one is ~1,600 bytes)
+    assert protocol.ping_interval == 20.0 and protocol.loop is asyncio.get_running_loop()
     done.set()
