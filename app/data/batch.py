@@ -55,3 +55,31 @@ class Batched(Generic[K, V]):
                         answer.set_result(value)
         finally:
             self._running = None
+
+
+class Shared(Generic[K, V]):
+    """`await shared(key, fetch)`: callers asking the same `key` while its fetch is in flight share
+    that one fetch, and its answer (or what it raised).
+
+    A reconnect storm brings the sockets of a track back together, each with the same `since`
+    (they were all caught up): their catch-up is the same page of the log, read once. Only equal
+    questions share: an answer is never reused after its fetch ended, so a caller never gets an
+    answer older than its own question's start by more than the one fetch in flight.
+    """
+
+    def __init__(self) -> None:
+        self._inflight: dict[K, asyncio.Future[V]] = {}
+
+    async def __call__(self, key: K, fetch: Callable[[], Awaitable[V]]) -> V:
+        answer = self._inflight.get(key)
+        if answer is None:
+            answer = self._inflight[key] = asyncio.ensure_future(fetch())
+            answer.add_done_callback(lambda done: self._forget(key, done))
+        # A caller that goes (its socket closed) leaves the fetch to the others.
+        return await asyncio.shield(answer)
+
+    def _forget(self, key: K, done: asyncio.Future[V]) -> None:
+        if self._inflight.get(key) is done:
+            del self._inflight[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: a failure nobody awaited any more is not logged as lost

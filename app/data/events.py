@@ -22,6 +22,7 @@ from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from app.bounds import EVENT_PAGE, EVENT_PAGE_BYTES, MAX_BIGINT
+from app.data.batch import Shared
 from app.data.nodes import Reads
 
 _VISIBLE_WAIT = 2.0
@@ -84,6 +85,8 @@ class EventLog:
     def __init__(self, pool: AsyncConnectionPool, reads: Reads | None = None) -> None:
         self._pool = pool
         self._reads = reads if reads is not None else Reads(pool)
+        self._pages: Shared[tuple[str, int, int, int | None, int], Page] = Shared()
+        """Equal page reads in flight share one query (a reconnect storm's catch-ups)."""
 
     async def latest(self, topics: list[str]) -> dict[str, Cursor]:
         """The latest event of each topic (seq 0 for a topic with no events), where the listener
@@ -113,7 +116,22 @@ class EventLog:
         Read where the listener is; on a fan-out node whose latest seq is below `after` (or below
         `through`), which is behind what the caller has or needs, on the primary instead: its
         answer is the same history, further on (a node is never taken to have lost what it has
-        not received yet)."""
+        not received yet).
+
+        Reads that end at a given `through` (a replay: every event up to it is committed before
+        anyone asks) share one query while equal ones are in flight: a reconnect storm's sockets
+        of one track ask the same page. A read to the end of the log (`through` None) is never
+        shared: it must see what was committed before it was asked."""
+        if through is None:
+            return await self._page_where(topic, after, limit, through, max_bytes)
+        return await self._pages(
+            (topic, after, limit, through, max_bytes),
+            lambda: self._page_where(topic, after, limit, through, max_bytes),
+        )
+
+    async def _page_where(
+        self, topic: str, after: int, limit: int, through: int | None, max_bytes: int
+    ) -> Page:
         node = self._reads.node_pool
         if node is not None:
             found = await self._page(node, topic, after, limit, through, max_bytes)

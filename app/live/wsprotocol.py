@@ -7,7 +7,9 @@ masked), so the feed builds each frame once (`app/live/frames.py`) and the socke
 writes it here, straight to the transport: no await, no task wake-up, one `send()` system call,
 and several queued frames in one write.
 
-The handshake, client frames, pings and the closing handshake stay uvicorn's and wsproto's.
+The handshake's request, client frames, pings and the closing handshake stay uvicorn's and
+wsproto's; the handshake's answer (a fixed 101 and one hash) is written here, which costs a tenth
+of what wsproto's HTTP/1.1 machinery does, where a reconnect storm opens sockets by the thousand.
 The app finds this object in `scope["extensions"][EXTENSION]`; see `app/handlers/sockets.py`.
 
 It also holds an idle socket in less memory (a replica holds them by the ten thousand, see
@@ -20,13 +22,19 @@ scope's request headers and query string (which carries the token) are let go.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
+from uvicorn.config import Config
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
-from wsproto import events
-from wsproto.utilities import LocalProtocolError
+from uvicorn.server import ServerState
+from wsproto import ConnectionType, events
+from wsproto.connection import Connection as WSProtoConnection
+from wsproto.utilities import LocalProtocolError, generate_accept_token
+
+from app.live.keepalive import PING, Keepalive
 
 EXTENSION = "tracktalk.frames"
 """Key of this protocol in the ASGI scope's `extensions`."""
@@ -107,19 +115,79 @@ class _Done:
 _DONE = _Done()
 
 
-class FrameProtocol(WSProtocol):
-    """A WebSocket connection that also takes ready-made frames (`app.subscriber.FrameSocket`)."""
+_WHEELS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Keepalive] = weakref.WeakKeyDictionary()
+"""Each event loop's keepalive wheel (a replica runs one loop; the tests, one per test)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+
+class _Shared:
+    """What uvicorn's protocol keeps on each connection though it is its server's (the app, the
+    loop, the logger, the settings): held once per server here."""
+
+
+_SERVERS: weakref.WeakKeyDictionary[ServerState, _Shared] = weakref.WeakKeyDictionary()
+
+
+def _server_wide(name: str) -> Any:
+    """An attribute uvicorn sets on each connection, kept on the server's `_Shared` instead."""
+
+    def get(self: FrameProtocol) -> Any:
+        return getattr(self._shared, name)
+
+    def put(self: FrameProtocol, value: Any) -> None:
+        setattr(self._shared, name, value)
+
+    return property(get, put)
+
+
+class FrameProtocol(WSProtocol):
+    """A WebSocket connection that also takes ready-made frames (`app.subscriber.FrameSocket`).
+
+    uvicorn's protocol sets 36 attributes on each connection, 13 of them its server's. Python
+    shares one table of attribute names among a class's instances, and keeps only the values on
+    each, up to 30 names; past that each instance has a dictionary of its own (1.5 KiB). The
+    server's 13 live once per server here (`_Shared`), so that a connection keeps its values only:
+    about 1.3 KiB less per socket (docs/performance.md, "Sockets by the hundred thousand")."""
+
+    config = _server_wide("config")
+    app = _server_wide("app")
+    loop = _server_wide("loop")
+    logger = _server_wide("logger")
+    root_path = _server_wide("root_path")
+    asgi_version = _server_wide("asgi_version")
+    app_state = _server_wide("app_state")
+    connections = _server_wide("connections")
+    tasks = _server_wide("tasks")
+    default_headers = _server_wide("default_headers")
+    close_timeout = _server_wide("close_timeout")
+    ping_interval = _server_wide("ping_interval")
+    ping_timeout = _server_wide("ping_timeout")
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        shared = _SERVERS.get(server_state)
+        if shared is None:
+            shared = _SERVERS[server_state] = _Shared()
+        self._shared = shared
+        super().__init__(config, server_state, app_state, _loop)
         self.queue = _Inbox()  # type: ignore[assignment]
         self.writable = _Flag()  # type: ignore[assignment]
         self._cut: asyncio.TimerHandle | None = None
+        self._key = b""
+        """The handshake's Sec-WebSocket-Key."""
+        self.keepalive_slot = -1
 
     def handle_connect(self, event: events.Request) -> None:
         """Make the scope as uvicorn does, and put this protocol in its extensions."""
         super().handle_connect(event)
         self.scope["extensions"][EXTENSION] = self  # type: ignore[assignment]
+        for name, value in event.extra_headers:
+            if name.lower() == b"sec-websocket-key":
+                self._key = value
 
     def accept_with(self, data: bytes) -> bool:
         """Complete the handshake (as the ASGI `websocket.accept` does) and write `data`, the
@@ -132,18 +200,28 @@ class FrameProtocol(WSProtocol):
             get_path_with_query_string(self.scope),
         )
         self.handshake_complete = True
-        self.transport.write(
-            self.conn.send(events.AcceptConnection(extra_headers=self.default_headers)) + data
-        )
+        self.transport.write(self._accepted() + data)
         self.start_keepalive()
         self._let_go_of_the_handshake()
         return True
+
+    def _accepted(self) -> bytes:
+        """The 101 answer to the handshake, as wsproto writes it for an `AcceptConnection` with
+        no subprotocol and no extension (none is ever negotiated here), and wsproto's connection
+        made open as its `send()` would."""
+        headers = b"".join(name + b": " + value + b"\r\n" for name, value in self.default_headers)
+        self.conn.connection = WSProtoConnection(ConnectionType.SERVER, [])
+        return (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + generate_accept_token(self._key) + b"\r\n" + headers + b"\r\n"
+        )
 
     def _let_go_of_the_handshake(self) -> None:
         """Drop what only the handshake needed: wsproto's HTTP/1.1 machinery for it (once the
         connection is made, `events()` is all that is asked of it), and the scope's request
         headers and query string (which carries the token)."""
         self.conn.handshake = _DONE  # type: ignore[assignment]
+        self._key = b""
         self.scope["headers"] = []
         self.scope["query_string"] = b""
 
@@ -172,6 +250,41 @@ class FrameProtocol(WSProtocol):
         super().handle_message(event)
         if self.close_sent:  # too big: uvicorn closed it with 1009
             self._cut_if_stuck()
+
+    # Keepalive: one wheel per loop pings every socket (app/live/keepalive.py), in place of
+    # uvicorn's two timers per socket; a socket is pinged every `ws_ping_interval` seconds and
+    # closed as uvicorn closes it (1011) when a ping is unanswered at its next turn.
+
+    def start_keepalive(self) -> None:
+        interval = self.ping_interval
+        if interval is not None and interval > 0:
+            wheel = _WHEELS.get(self.loop)
+            if wheel is None:  # one server per loop: its sockets share one interval
+                wheel = _WHEELS[self.loop] = Keepalive(self.loop, interval)
+            wheel.add(self)
+
+    def stop_keepalive(self) -> None:
+        wheel = _WHEELS.get(self.loop)
+        if wheel is not None:
+            wheel.discard(self)
+        self.pending_ping_payload = None
+
+    def keepalive_turn(self) -> bool:
+        if self.close_sent or self.transport.is_closing():
+            return False
+        if self.pending_ping_payload is not None:
+            self.keepalive_timeout()
+            return False
+        self.pending_ping_payload = PING
+        self.ping_sent_at = self.loop.time()
+        self.transport.write(PING)
+        return True
+
+    def handle_pong(self, event: events.Pong) -> None:
+        """Any pong answers the ping in flight (the payload is the same for every ping)."""
+        if self.pending_ping_payload is not None:
+            self.last_ping_rtt = self.loop.time() - self.ping_sent_at
+            self.pending_ping_payload = None
 
     def handle_ping(self, event: events.Ping) -> None:
         """Answer, unless the client is not reading what it is sent (a flood of pings from a

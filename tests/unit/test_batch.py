@@ -1,4 +1,4 @@
-"""app/data/batch.py: callers that come while a query is in flight share the next one."""
+"""app/data/batch.py: callers that come while a query is in flight share the next one (Batched), or, asking the same, that one (Shared)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.data.batch import Batched
+from app.data.batch import Batched, Shared
 
 
 async def test_a_lone_caller_is_answered_at_once_and_the_crowd_behind_it_in_one_query() -> None:
@@ -65,3 +65,45 @@ async def test_a_caller_that_gave_up_is_left_out() -> None:
     gate.set()
     assert (await first, await stayer) == ("first", "stayer")
     assert seen == [["first"], ["stayer"]]
+
+
+async def test_equal_questions_in_flight_share_one_fetch_and_a_later_one_fetches_again() -> None:
+    fetches = 0
+    gate = asyncio.Event()
+
+    async def fetch() -> int:
+        nonlocal fetches
+        fetches += 1
+        mine = fetches
+        await gate.wait()
+        return mine
+
+    shared: Shared[str, int] = Shared()
+    storm = [asyncio.create_task(shared("track:a since 41", fetch)) for _ in range(100)]
+    other = asyncio.create_task(shared("track:b since 7", fetch))
+    for _ in range(3):  # the callers' tasks run, then the fetches' own
+        await asyncio.sleep(0)
+    assert fetches == 2  # one per question, not one per caller
+    storm[0].cancel()  # the first asker leaves: the others still get the answer
+    gate.set()
+    assert await asyncio.gather(*storm[1:]) == [1] * 99
+    assert await other == 2
+    assert await shared("track:a since 41", fetch) == 3  # over: asked again, fetched again
+
+
+async def test_a_shared_fetch_that_fails_fails_each_caller_and_the_next_asks_afresh() -> None:
+    fail = True
+
+    async def fetch() -> str:
+        await asyncio.sleep(0)
+        if fail:
+            raise OSError("database down")
+        return "page"
+
+    shared: Shared[str, str] = Shared()
+    callers = [asyncio.create_task(shared("k", fetch)) for _ in range(3)]
+    for caller in callers:
+        with pytest.raises(OSError):
+            await caller
+    fail = False
+    assert await shared("k", fetch) == "page"

@@ -169,6 +169,17 @@ def test_expired_tokens_close_their_sockets_with_4001() -> None:
     hub.close_expired(150.0)
     assert old.closed_with == (close_codes.TOKEN_EXPIRED, close_codes.EXPIRED)
     assert fresh.closed_with is None
+    # The sweep skips the sockets until one is due: one added later that is due sooner than the
+    # rest is still closed on time, and the others at theirs.
+    sooner = FakeSocket()
+    hub.add(Connection(sooner, 3, LIMIT, expires_at=160.0))
+    hub.close_expired(155.0)
+    assert sooner.closed_with is None
+    hub.close_expired(161.0)
+    assert sooner.closed_with == (close_codes.TOKEN_EXPIRED, close_codes.EXPIRED)
+    assert fresh.closed_with is None
+    hub.close_expired(200.0)
+    assert fresh.closed_with == (close_codes.TOKEN_EXPIRED, close_codes.EXPIRED)
 
 
 async def test_sockets_opened_together_cannot_pass_the_per_user_limit(world: World) -> None:

@@ -7,6 +7,7 @@ so they must behave as uvicorn expects of those: in order, never losing a wake-u
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 import uvicorn
@@ -164,4 +165,36 @@ async def test_pings_from_a_client_that_reads_nothing_are_not_answered() -> None
     before = len(transport.written)
     protocol.handle_ping(events.Ping(payload=b"2"))
     assert len(transport.written) == before
+    done.set()
+
+
+async def test_the_handshake_answer_is_wsprotos_own_and_the_connection_then_reads_frames() -> None:
+    """The 101 is written by hand (a reconnect storm's cost): byte for byte what wsproto writes,
+    and wsproto's connection is open after it (a client's ping is answered)."""
+    done = asyncio.Event()
+    theirs, _, _ = await _connected(done)
+    expected = theirs.conn.send(events.AcceptConnection(extra_headers=theirs.default_headers))
+    ours, transport, _ = await _connected(done)
+    assert ours.accept_with(b"")
+    assert transport.written == expected
+    assert (
+        b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in transport.written
+    )  # RFC 6455's example
+    ping = bytes([0x89, 0x80 | 1]) + b"\x00\x00\x00\x00" + b"p"  # a masked ping, mask 0
+    before = len(transport.written)
+    ours.data_received(ping)
+    assert transport.written[before:] == b"\x8a\x01p"  # its pong
+    done.set()
+
+
+async def test_a_connection_keeps_few_enough_attributes_for_python_to_share_their_names() -> None:
+    """Past 30 attribute names an instance gets a dictionary of its own (1.5 KiB, by the ten
+    thousand on a replica): the server's settings live once per server, not on each connection."""
+    done = asyncio.Event()
+    protocol, _, _ = await _connected(done)
+    assert protocol.accept_with(b"")
+    protocol.handle_pong(events.Pong(payload=b"tt"))
+    assert len(vars(protocol)) <= 30
+    assert sys.getsizeof(vars(protocol)) < 500  # a shared-key table (an own one is ~1,600 bytes)
+    assert protocol.ping_interval == 20.0 and protocol.loop is asyncio.get_running_loop()
     done.set()

@@ -1,0 +1,87 @@
+"""Every socket's keepalive pings from one timer: a wheel of one-second slots.
+
+uvicorn pings each socket from two timers of its own (the next ping, then the pong's deadline),
+each a `TimerHandle` in the event loop's heap, and frames each ping through wsproto with a random
+payload. A replica holds sockets by the ten thousand; idle, that was most of its CPU (the profile
+in docs/performance.md, "Sockets by the hundred thousand"). Here the sockets are dealt round the
+slots of a wheel that turns once a second: each turn visits one slot, pings the sockets there that
+answered their last ping (one prepared frame, written as it is), and closes those that did not.
+A socket is so pinged every `interval` seconds, and closed when a ping goes unanswered for one
+interval: a dead peer is found within two intervals, as uvicorn's own timers find it within an
+interval and a timeout of the same length. The sockets that open together (a reconnect storm) are
+spread over the slots, so that their pings do not come in one burst either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Protocol
+
+TICK = 0.05
+"""Seconds between two turns of the wheel: each turn pings a slot's share of the sockets, so that
+the pings of 19,000 sockets go ~50 at a time (about a millisecond of the loop) rather than in
+bursts that a comment's frames would queue behind."""
+
+PING = b"\x89\x02tt"
+"""A server's ping frame (unmasked, FIN, opcode 9) with the payload `tt`; any pong counts."""
+
+
+class Pinged(Protocol):
+    """What the wheel asks of a socket (app/live/wsprotocol.py's FrameProtocol)."""
+
+    keepalive_slot: int
+    """The socket's slot in the wheel (-1: none): kept on the socket, which costs no entry more."""
+
+    def keepalive_turn(self) -> bool:
+        """Ping, or close if the last ping (one turn ago) is unanswered; False when the socket
+        leaves the wheel."""
+
+
+class Keepalive:
+    """The wheel of one event loop's sockets (`interval` seconds, a slot per `tick`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float, tick: float = TICK) -> None:
+        self._loop = loop
+        self.interval = interval
+        self._tick_s = tick
+        self._slots: list[set[Pinged]] = [set() for _ in range(max(1, round(interval / tick)))]
+        self._count = 0
+        self._deal = itertools.cycle(range(len(self._slots)))
+        self._turn = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, socket: Pinged) -> None:
+        """Ping `socket` from now on, first within `interval` seconds."""
+        if socket.keepalive_slot >= 0:
+            return
+        slot = socket.keepalive_slot = next(self._deal)
+        self._slots[slot].add(socket)
+        self._count += 1
+        if self._timer is None:
+            self._timer = self._loop.call_later(self._tick_s, self._tick)
+
+    def discard(self, socket: Pinged) -> None:
+        slot = socket.keepalive_slot
+        if slot >= 0:
+            socket.keepalive_slot = -1
+            self._slots[slot].discard(socket)
+            self._count -= 1
+
+    def _tick(self) -> None:
+        self._timer = None
+        slot = self._slots[self._turn]
+        self._turn = (self._turn + 1) % len(self._slots)
+        for socket in list(slot):
+            if not socket.keepalive_turn():
+                self.discard(socket)
+        if self._count:
+            self._timer = self._loop.call_later(self._tick_s, self._tick)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

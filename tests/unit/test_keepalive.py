@@ -1,0 +1,87 @@
+"""app/live/keepalive.py: one wheel pings every socket once an interval, and closes the silent."""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+from uvicorn.server import ServerState
+
+from app.live.keepalive import PING, Keepalive
+from app.live.wsprotocol import FrameProtocol
+from tests.support.waiting import async_wait_until
+from tests.unit.test_wsprotocol import HANDSHAKE, FakeTransport
+
+
+class Socket:
+    def __init__(self, answers: bool = True) -> None:
+        self.keepalive_slot = -1
+        self.answers = answers
+        self.pings = 0
+        self.pending = False
+        self.closed = False
+
+    def keepalive_turn(self) -> bool:
+        if self.pending:
+            self.closed = True
+            return False
+        self.pings += 1
+        self.pending = not self.answers
+        return True
+
+
+async def test_every_socket_is_pinged_once_an_interval_and_a_storm_is_spread_over_it() -> None:
+    wheel = Keepalive(asyncio.get_running_loop(), 20, tick=1.0)
+    storm = [Socket() for _ in range(2_000)]  # opened in the same moment
+    for socket in storm:
+        wheel.add(socket)
+    pinged_per_turn = []
+    for _ in range(20):
+        before = sum(s.pings for s in storm)
+        wheel._tick()
+        pinged_per_turn.append(sum(s.pings for s in storm) - before)
+    assert all(s.pings == 1 for s in storm)  # each once in the interval
+    assert pinged_per_turn == [100] * 20  # not 2,000 in one turn
+    wheel._tick()
+    assert sum(s.pings for s in storm) == 2_100  # the next interval begins
+    wheel.stop()
+
+
+async def test_a_socket_that_does_not_answer_is_closed_at_its_next_turn_and_leaves() -> None:
+    wheel = Keepalive(asyncio.get_running_loop(), 3, tick=1.0)
+    silent, alive = Socket(answers=False), Socket()
+    wheel.add(silent)
+    wheel.add(alive)
+    for _ in range(3):
+        wheel._tick()
+    assert silent.pings == 1 and not silent.closed
+    for _ in range(3):
+        wheel._tick()
+    assert silent.closed and silent.keepalive_slot == -1 and len(wheel) == 1
+    assert alive.pings == 2 and not alive.closed
+    wheel.discard(alive)
+    assert len(wheel) == 0
+    wheel.stop()
+
+
+async def test_a_real_socket_is_pinged_kept_while_it_answers_and_closed_with_1011_when_not() -> None:
+    async def app(scope: object, receive: object, send: object) -> None:
+        await asyncio.Event().wait()
+
+    config = uvicorn.Config(app, ws=FrameProtocol, lifespan="off", log_level="warning", ws_ping_interval=1)
+    config.load()
+    protocol = FrameProtocol(config, ServerState(), {})
+    transport = FakeTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(HANDSHAKE)
+    await asyncio.sleep(0)
+    assert protocol.accept_with(b"")
+    start = len(transport.written)
+    await async_wait_until(lambda: transport.written[start:] == PING, 5, "the first ping")
+    pong = bytes([0x8A, 0x80 | 2]) + b"\x00\x00\x00\x00" + b"tt"  # masked, mask 0
+    protocol.data_received(pong)
+    await async_wait_until(lambda: transport.written[start:] == PING + PING, 5, "the next ping")
+    # No pong this time: at its next turn the socket is closed as uvicorn closes it (1011).
+    await async_wait_until(lambda: b"keepalive ping timeout" in transport.written, 5, "the close")
+    assert transport.written[start + 2 * len(PING) : start + 2 * len(PING) + 4] == b"\x88\x18\x03\xf3"
+    protocol.connection_lost(None)
