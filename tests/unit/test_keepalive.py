@@ -12,6 +12,9 @@ from app.live.wsprotocol import FrameProtocol
 from tests.support.waiting import async_wait_until
 from tests.unit.test_wsprotocol import HANDSHAKE, FakeTransport
 
+PONG = bytes([0x8A, 0x80 | 2]) + b"\x00\x00\x00\x00" + b"tt"
+"""A client's pong (masked, mask 0)."""
+
 
 class Socket:
     def __init__(self, answers: bool = True) -> None:
@@ -78,10 +81,38 @@ async def test_a_real_socket_is_pinged_kept_while_it_answers_and_closed_with_101
     assert protocol.accept_with(b"")
     start = len(transport.written)
     await async_wait_until(lambda: transport.written[start:] == PING, 5, "the first ping")
-    pong = bytes([0x8A, 0x80 | 2]) + b"\x00\x00\x00\x00" + b"tt"  # masked, mask 0
-    protocol.data_received(pong)
+    protocol.data_received(PONG)
     await async_wait_until(lambda: transport.written[start:] == PING + PING, 5, "the next ping")
     # No pong this time: at its next turn the socket is closed as uvicorn closes it (1011).
     await async_wait_until(lambda: b"keepalive ping timeout" in transport.written, 5, "the close")
     assert transport.written[start + 2 * len(PING) : start + 2 * len(PING) + 4] == b"\x88\x18\x03\xf3"
     protocol.connection_lost(None)
+
+
+async def test_two_servers_on_one_loop_ping_each_at_its_own_interval() -> None:
+    """The wheel is the loop's and its interval's: a server made second on a loop (the tests run
+    every server on one loop) keeps its own interval, not the first server's."""
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        await asyncio.Event().wait()
+
+    def accepted(interval: float) -> tuple[FrameProtocol, FakeTransport]:
+        config = uvicorn.Config(
+            app, ws=FrameProtocol, lifespan="off", log_level="warning", ws_ping_interval=interval
+        )
+        config.load()
+        protocol = FrameProtocol(config, ServerState(), {})
+        transport = FakeTransport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(HANDSHAKE)
+        assert protocol.accept_with(b"")
+        return protocol, transport
+
+    slow, _ = accepted(600)  # first: its wheel turns once in ten minutes
+    fast, transport = accepted(0.5)
+    start = len(transport.written)
+    await async_wait_until(lambda: transport.written[start:] == PING, 3, "the fast server's ping")
+    fast.data_received(PONG)
+    await async_wait_until(lambda: transport.written[start:] == PING + PING, 3, "its next ping")
+    for protocol in (slow, fast):
+        protocol.connection_lost(None)
