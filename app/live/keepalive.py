@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 TICK = 0.05
 """Seconds between two turns of the wheel: each turn pings a slot's share of the sockets, so that
@@ -76,7 +79,14 @@ class Keepalive:
         slot = self._slots[self._turn]
         self._turn = (self._turn + 1) % len(self._slots)
         for socket in list(slot):
-            if not socket.keepalive_turn():
+            try:
+                kept = socket.keepalive_turn()
+            except Exception:
+                # One socket's failure must not stop the wheel (every socket of the loop would go
+                # unpinged until another opens) nor the rest of its slot; it is not pinged again.
+                log.exception("keepalive: a socket's turn failed; it leaves the wheel")
+                kept = False
+            if not kept:
                 self.discard(socket)
         if self._count:
             self._timer = self._loop.call_later(self._tick_s, self._tick)

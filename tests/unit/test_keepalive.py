@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
@@ -116,3 +117,22 @@ async def test_two_servers_on_one_loop_ping_each_at_its_own_interval() -> None:
     await async_wait_until(lambda: transport.written[start:] == PING + PING, 3, "its next ping")
     for protocol in (slow, fast):
         protocol.connection_lost(None)
+
+
+class Broken(Socket):
+    def keepalive_turn(self) -> bool:
+        raise RuntimeError("a socket in a state nobody expected")
+
+
+async def test_a_socket_whose_turn_fails_leaves_the_wheel_and_the_others_are_still_pinged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    wheel = Keepalive(asyncio.get_running_loop(), 0.02, tick=0.01)  # two slots
+    broken, first, second = Broken(), Socket(), Socket()
+    for socket in (broken, first, second):  # broken and second share a slot
+        wheel.add(socket)
+    assert broken.keepalive_slot == second.keepalive_slot
+    await async_wait_until(lambda: first.pings >= 5 and second.pings >= 5, 3, "the others' pings")
+    assert broken.keepalive_slot == -1 and len(wheel) == 2
+    assert "keepalive" in caplog.text and "RuntimeError" in caplog.text
+    wheel.stop()
