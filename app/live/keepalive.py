@@ -1,10 +1,11 @@
-"""Every socket's keepalive pings from one timer: a wheel of one-second slots.
+"""Every socket's keepalive pings from one timer: a wheel of slots, one visited each `TICK`.
 
 uvicorn pings each socket from two timers of its own (the next ping, then the pong's deadline),
 each a `TimerHandle` in the event loop's heap, and frames each ping through wsproto with a random
 payload. A replica holds sockets by the ten thousand; idle, that was most of its CPU (the profile
 in docs/performance.md, "Sockets by the hundred thousand"). Here the sockets are dealt round the
-slots of a wheel that turns once a second: each turn visits one slot, pings the sockets there that
+slots of a wheel that makes one revolution an interval: each turn (every `TICK` seconds, kept on
+that schedule however late the loop runs it) visits one slot, pings the sockets there that
 answered their last ping (one prepared frame, written as it is), and closes those that did not.
 A socket is so pinged every `interval` seconds, and closed when a ping goes unanswered for one
 interval: a dead peer is found within two intervals, as uvicorn's own timers find it within an
@@ -53,6 +54,9 @@ class Keepalive:
         self._deal = itertools.cycle(range(len(self._slots)))
         self._turn = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
+        """Loop time the next turn is due at: each turn is set from the last one's due time, not
+        from when it ran, so that a busy loop's lateness does not add up over the turns."""
 
     def __len__(self) -> int:
         return self._count
@@ -65,7 +69,8 @@ class Keepalive:
         self._slots[slot].add(socket)
         self._count += 1
         if self._timer is None:
-            self._timer = self._loop.call_later(self._tick_s, self._tick)
+            self._due = self._loop.time() + self._tick_s
+            self._timer = self._loop.call_at(self._due, self._tick)
 
     def discard(self, socket: Pinged) -> None:
         slot = socket.keepalive_slot
@@ -89,7 +94,11 @@ class Keepalive:
             if not kept:
                 self.discard(socket)
         if self._count:
-            self._timer = self._loop.call_later(self._tick_s, self._tick)
+            # A turn that came late is followed sooner (at the next pass of the loop, if it is
+            # already due): the wheel catches up a turn at a time, between the loop's other work,
+            # and never by more than one interval's turns (after a long stall of the loop).
+            self._due = max(self._due + self._tick_s, self._loop.time() - self.interval)
+            self._timer = self._loop.call_at(self._due, self._tick)
 
     def stop(self) -> None:
         if self._timer is not None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
+from collections.abc import Callable
 
 import pytest
 import uvicorn
@@ -135,4 +138,54 @@ async def test_a_socket_whose_turn_fails_leaves_the_wheel_and_the_others_are_sti
     await async_wait_until(lambda: first.pings >= 5 and second.pings >= 5, 3, "the others' pings")
     assert broken.keepalive_slot == -1 and len(wheel) == 2
     assert "keepalive" in caplog.text and "RuntimeError" in caplog.text
+    wheel.stop()
+
+
+class BusyLoop:
+    """A clock whose callbacks each run `late` seconds after they are due, as on a loop kept busy
+    (a storm, a big fan-out): only `time`, `call_at` and `call_later`, which the wheel uses."""
+
+    def __init__(self, late: float) -> None:
+        self.now = 0.0
+        self.late = late
+        self._due: list[tuple[float, int, asyncio.Handle]] = []
+        self._made = 0
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> asyncio.Handle:
+        handle = asyncio.Handle(callback, (), asyncio.get_running_loop())
+        self._made += 1
+        heapq.heappush(self._due, (max(when, self.now) + self.late, self._made, handle))
+        return handle
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.Handle:
+        return self.call_at(self.now + delay, callback)
+
+    def run_until(self, end: float) -> None:
+        while self._due and self._due[0][0] <= end:
+            self.now, _, handle = heapq.heappop(self._due)
+            if not handle.cancelled():
+                handle._run()
+
+
+async def test_a_busy_loop_does_not_stretch_the_interval_between_two_pings() -> None:
+    """Each turn of the wheel runs late on a busy loop; the turns are kept on their schedule, so a
+    socket is still pinged once an interval (were each turn set from when the last one ran, 400
+    turns' lateness would add up: a 20 s interval became 40 s or more, past a proxy's idle
+    timeout of 60 s on a replica under load)."""
+    loop = BusyLoop(late=0.04)
+    wheel = Keepalive(loop, 1.0, tick=0.05)  # type: ignore[arg-type]
+    pinged: list[float] = []
+
+    class Timed(Socket):
+        def keepalive_turn(self) -> bool:
+            pinged.append(loop.now)
+            return super().keepalive_turn()
+
+    wheel.add(Timed())
+    loop.run_until(10.0)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(pinged)]
+    assert len(gaps) >= 8 and max(gaps) <= 1.0 + 0.05, gaps
     wheel.stop()
