@@ -27,6 +27,10 @@ TICK = 0.05
 the pings of 19,000 sockets go ~50 at a time (about a millisecond of the loop) rather than in
 bursts that a comment's frames would queue behind."""
 
+_CATCH_UP = 0.25
+"""The most a late wheel makes up, as a share of its interval: a socket always has at least the
+rest of the interval (three quarters, less the loop's lateness) to answer a ping."""
+
 PING = b"\x89\x02tt"
 """A server's ping frame (unmasked, FIN, opcode 9) with the payload `tt`; any pong counts."""
 
@@ -95,9 +99,11 @@ class Keepalive:
                 self.discard(socket)
         if self._count:
             # A turn that came late is followed sooner (at the next pass of the loop, if it is
-            # already due): the wheel catches up a turn at a time, between the loop's other work,
-            # and never by more than one interval's turns (after a long stall of the loop).
-            self._due = max(self._due + self._tick_s, self._loop.time() - self.interval)
+            # already due): the wheel catches up a turn at a time, between the loop's other work.
+            # It catches up at most _CATCH_UP of an interval (after a longer stall, the turns
+            # missed beyond that are not made up): a socket pinged late is checked at its slot's
+            # next due time, so a longer catch-up would leave it too little time to answer.
+            self._due = max(self._due + self._tick_s, self._loop.time() - self.interval * _CATCH_UP)
             self._timer = self._loop.call_at(self._due, self._tick)
 
     def stop(self) -> None:

@@ -165,7 +165,8 @@ class BusyLoop:
 
     def run_until(self, end: float) -> None:
         while self._due and self._due[0][0] <= end:
-            self.now, _, handle = heapq.heappop(self._due)
+            when, _, handle = heapq.heappop(self._due)
+            self.now = max(self.now, when)  # what fell due during a stall runs when it ends
             if not handle.cancelled():
                 handle._run()
 
@@ -188,4 +189,26 @@ async def test_a_busy_loop_does_not_stretch_the_interval_between_two_pings() -> 
     loop.run_until(10.0)
     gaps = [later - earlier for earlier, later in itertools.pairwise(pinged)]
     assert len(gaps) >= 8 and max(gaps) <= 1.0 + 0.05, gaps
+    wheel.stop()
+
+
+async def test_after_a_stall_of_the_loop_a_socket_still_has_most_of_an_interval_to_answer() -> None:
+    """A wheel that catches up after a stall pings some sockets late; their next turn (which
+    closes them if they have not answered) must not come right after: the catch-up is bounded."""
+    loop = BusyLoop(late=0.0)
+    wheel = Keepalive(loop, 1.0, tick=0.05)  # type: ignore[arg-type]
+    turns: dict[int, list[float]] = {}
+
+    class Timed(Socket):
+        def keepalive_turn(self) -> bool:
+            turns.setdefault(id(self), []).append(loop.now)
+            return super().keepalive_turn()
+
+    for _ in range(40):
+        wheel.add(Timed())
+    loop.run_until(2.0)
+    loop.now += 3.0  # the loop stalls for three intervals
+    loop.run_until(10.0)
+    gaps = [later - earlier for times in turns.values() for earlier, later in itertools.pairwise(times)]
+    assert len(gaps) >= 40 * 6 and min(gaps) >= 0.75 - 0.05 - 1e-9, min(gaps)
     wheel.stop()
