@@ -17,9 +17,14 @@
   send each statement's payload; one session LISTENs on each, and each payload's arrival on the
   node is compared with the same payload's on the primary (same clock, stamped on arrival).
 
-What a node killed under load does to sockets is tested, not benchmarked:
-tests/integration/test_fanout.py (a node restarted under a writer; a replica whose node dies
-moving to the next one, behind, without loss).
+- kill: a node killed under load, in 'fanout' mode: --replicas replicas listen on node a (then b,
+  then the primary: TRACKTALK_LISTEN_URL), --sockets track sockets on them (bench/swarm.py, each
+  checking every seq it gets), a writer at --rate comments/s; node a is stopped with
+  `pg_ctl -m immediate` mid-run. Every socket must end with every event of its track exactly once:
+  no gap, no repeat, no resync, and its last seq the primary's.
+
+tests/integration/test_fanout.py tests the same moves with one socket each (a node restarted under
+a writer; a replica whose node dies moving to the next one, behind, without loss).
 """
 
 from __future__ import annotations
@@ -346,9 +351,113 @@ def latency(primary: Server, nodes: list[Server], rate: float, seconds: float, t
     print(f"| {len(added):,} | {p50:.1f} ms | {p90:.1f} ms | {p99:.1f} ms | {added[-1]:.1f} ms |")
 
 
+def kill(
+    primary: Server,
+    nodes: list[Server],
+    replicas: int,
+    sockets: int,
+    rate: float,
+    seconds: float,
+    tracks: int,
+) -> None:
+    from app.auth.hs256 import issue_token
+    from bench.lib.processes import start_server, stop_all, wait_ready
+    from bench.lib.settings import PY, RESULTS, SECRET
+
+    set_mode(primary.url(), "fanout")
+    caught_up(primary, nodes)
+    logdir = RESULTS / f"fanout-kill-{time.strftime('%Y%m%d-%H%M%S')}"
+    logdir.mkdir(parents=True, exist_ok=True)
+    env = {
+        "DATABASE_URL": primary.url(),
+        "TRACKTALK_LISTEN_URL": ",".join([nodes[0].url(), nodes[1].url(), primary.url()]),
+        "TRACKTALK_SECRET": SECRET,
+        "TRACKTALK_SOCKETS_PER_USER": "1000000",
+    }
+    servers = []
+    try:
+        for _ in range(replicas):
+            servers.append(
+                wait_ready(
+                    start_server([PY, "-m", "app", "serve", "--port", "{port}"], env, logdir, "replica")
+                )
+            )
+        per_track = max(1, sockets // tracks)
+        config = {
+            "servers": [f"ws://127.0.0.1:{server.port}" for server in servers],
+            "tokens": [issue_token(SECRET, user, 3600) for user in (3, 4, 5)],
+            "sockets": [[f"b-{i // per_track + 1}", i % replicas] for i in range(per_track * tracks)],
+            "out": str(logdir / "swarm.json"),
+            "concurrency": 100,
+        }
+        Path(config["out"] + ".config").write_text(json.dumps(config))
+        swarm = subprocess.Popen(
+            [PY, "-m", "bench.swarm", config["out"] + ".config"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert swarm.stdout is not None and swarm.stdin is not None
+        ready = swarm.stdout.readline().split()
+        print(
+            f"\n## a node killed under load: {replicas} replicas on node a, {ready[1]} sockets"
+            f" ({ready[2]} failed), {rate:g} comments/s for {seconds:g} s over {tracks} tracks\n",
+            flush=True,
+        )
+        threading.Thread(target=lambda: [None for _ in swarm.stdout], daemon=True).start()  # type: ignore[union-attr]
+        written: list[int] = []
+        with psycopg.connect(primary.url(), autocommit=True) as writer:
+            thread = threading.Thread(target=lambda: written.append(write_at(writer, rate, seconds, tracks)))
+            thread.start()
+            time.sleep(seconds / 3)
+            killed = time.monotonic()
+            nodes[0].stop()
+            print(f"node a stopped (pg_ctl -m immediate) {seconds / 3:.0f} s into the writes", flush=True)
+            thread.join()
+        caught_up(primary, nodes[1:])
+        # Every replica ready again, on node b: then every event has reached the sockets.
+        deadline = time.monotonic() + 60
+        import httpx
+
+        while not all(
+            httpx.get(f"http://127.0.0.1:{s.port}/readyz", timeout=2).status_code == 200 for s in servers
+        ):
+            if time.monotonic() > deadline:
+                raise SystemExit("the replicas were not ready again within 60 s of the writes' end")
+            time.sleep(0.2)
+        ready_after = time.monotonic() - killed
+        time.sleep(2)
+        swarm.stdin.write("stop\n")
+        swarm.stdin.flush()
+        swarm.wait(60)
+        got = json.loads(Path(config["out"]).read_text())
+        with psycopg.connect(primary.url(), autocommit=True) as conn:
+            latest = dict(
+                conn.execute(
+                    "SELECT substr(topic, 7), last_seq FROM tracktalk.topic_state WHERE topic LIKE 'track:%'"
+                ).fetchall()
+            )
+        behind = sum(1 for track, last in got["last"] if last != latest.get(track, 0))
+        frames = got["frames"]
+        print(
+            "| comments | sockets | frames received | gaps | repeats | resyncs | sockets not at their track's last seq | reopened |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        print(
+            f"| {written[0]:,} | {len(got['last']):,} | {frames:,} | {got['gaps']} | {got['repeats']} |"
+            f" {got['resyncs']} | {behind} | {got['reopened']} |"
+        )
+        print(f"every replica ready again {ready_after:.1f} s after the kill", flush=True)
+    finally:
+        stop_all(servers)
+        set_mode(primary.url(), "direct")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="commits,cpu,latency")
+    parser.add_argument("--only", default="commits,cpu,latency,kill")
+    parser.add_argument("--replicas", type=int, default=4, help="for kill")
+    parser.add_argument("--sockets", type=int, default=2000, help="for kill")
     parser.add_argument("--seconds", type=int, default=10, help="per pgbench run")
     parser.add_argument("--clients", default="4,16,32")
     parser.add_argument("--tracks", type=int, default=100)
@@ -373,6 +482,8 @@ def main() -> None:
             cpu(primary, nodes, args.listeners, args.rate, args.duration, 10)
         if "latency" in only:
             latency(primary, nodes, args.rate, args.duration, 10)
+        if "kill" in only:  # last: node a stays down
+            kill(primary, nodes, args.replicas, args.sockets, 50, args.duration, 20)
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

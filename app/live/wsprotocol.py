@@ -115,8 +115,11 @@ class _Done:
 _DONE = _Done()
 
 
-_WHEELS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Keepalive] = weakref.WeakKeyDictionary()
-"""Each event loop's keepalive wheel (a replica runs one loop; the tests, one per test)."""
+_WHEELS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, Keepalive]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Each event loop's keepalive wheels, one per ping interval (a replica runs one server on one
+loop; the tests run every server, each with its own interval, on one loop)."""
 
 
 class _Shared:
@@ -258,13 +261,17 @@ class FrameProtocol(WSProtocol):
     def start_keepalive(self) -> None:
         interval = self.ping_interval
         if interval is not None and interval > 0:
-            wheel = _WHEELS.get(self.loop)
-            if wheel is None:  # one server per loop: its sockets share one interval
-                wheel = _WHEELS[self.loop] = Keepalive(self.loop, interval)
+            wheels = _WHEELS.get(self.loop)
+            if wheels is None:
+                wheels = _WHEELS[self.loop] = {}
+            wheel = wheels.get(interval)
+            if wheel is None:
+                wheel = wheels[interval] = Keepalive(self.loop, interval)
             wheel.add(self)
 
     def stop_keepalive(self) -> None:
-        wheel = _WHEELS.get(self.loop)
+        interval = self.ping_interval
+        wheel = _WHEELS.get(self.loop, {}).get(interval) if interval else None
         if wheel is not None:
             wheel.discard(self)
         self.pending_ping_payload = None
