@@ -145,6 +145,10 @@ async def _serve(
                 # before anything of the track is sent.
                 found = await _may_watch(topic, user_id, services)
                 socket.moderate(topic, found.moderator)
+            if socket.closed_code:
+                # Closed while it joined (its token expired, the replica began to shut down): a
+                # close before the handshake's answer cannot be sent, so it is the refusal instead.
+                raise Refused(socket.closed_for or "", socket.closed_code)
             hello = Connected(
                 track_id=track_id, message="Connected to comment updates", seq=start.seq, tag=start.tag
             )

@@ -72,6 +72,7 @@ class Connection:
         "_moderates",
         "_resuming",
         "_socket",
+        "closed_code",
         "closed_for",
         "expires_at",
         "tagged",
@@ -99,6 +100,8 @@ class Connection:
         """The topics it subscribes to (in the hub)."""
         self.closed_for: str | None = None
         """Why the socket was closed (its close reason); None while it is open."""
+        self.closed_code = 0
+        """The close code it was closed with (0: open, or its client went)."""
         self._resuming: dict[str, _Resuming] | None = None
         self._held = 0
         """Bytes of frames held, all subscriptions together."""
@@ -265,6 +268,7 @@ class Connection:
         if self.closed_for is not None:
             return
         self.closed_for = reason
+        self.closed_code = code
         self._resuming = None
         self._held = 0
         self._socket.close_now(code, reason)

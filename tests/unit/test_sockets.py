@@ -205,6 +205,23 @@ async def test_access_revoked_while_a_socket_is_admitted_is_checked_again_before
     assert services.access.asked.count((track_topic(T), ALICE)) == 2
 
 
+async def test_a_token_that_expires_while_the_socket_joins_its_track_is_refused_not_accepted(
+    services: FakeServices,
+) -> None:
+    # The socket is in the hub while it waits for its track's channel; the expiry sweep finds its
+    # token expired then, before its handshake is answered (a close that cannot be sent yet).
+    elsewhere = await connect(services, track=U, user=ALICE)  # her own channel is listened on
+    await elsewhere.connected()
+    services.channels.hold = asyncio.Event()
+    alice = await connect(services, user=ALICE)
+    await until(lambda: services.channels.held == 1, "alice's join to wait on the listener")
+    services.hub.close_expired(time.time() + 3_600)  # her tokens' 600 s are over
+    services.channels.hold.set()
+    assert await alice.ended() == (close_codes.TOKEN_EXPIRED, close_codes.EXPIRED)
+    assert alice.messages == []  # no `connected`, nothing of the track
+    assert await elsewhere.ended() == (close_codes.TOKEN_EXPIRED, close_codes.EXPIRED)
+
+
 async def test_without_a_revocation_the_admission_asks_once(services: FakeServices) -> None:
     bob = await connect(services, user=BOB)
     await bob.connected()
