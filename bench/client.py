@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from array import array
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -116,9 +117,10 @@ async def open_one(url: str, sem: asyncio.Semaphore, first_frame: bool) -> WSTra
         return transport if ok else None
 
 
-async def follow_commands(out: str) -> None:
-    """Print the counts every 0.5 s and obey stdin (`mark` resets them, `stop` or its end stops);
-    then write the results to `out`."""
+async def obey(stat: Callable[[], str], handlers: dict[str, Callable[[], None]]) -> None:
+    """A load client's loop over its orders: print `stat` + `stat()` every 0.5 s, and run the
+    handler of each line read on stdin (an unknown one is ignored) until `stop` or stdin's end.
+    bench/swarm.py speaks the same way."""
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[str] = asyncio.Queue()
 
@@ -129,19 +131,27 @@ async def follow_commands(out: str) -> None:
 
     async def report() -> None:
         while True:
-            print(f"stat {STATS.frames} {STATS.closed}", flush=True)
+            print(f"stat {stat()}", flush=True)
             await asyncio.sleep(0.5)
 
     threading.Thread(target=read_stdin, daemon=True).start()
     reporter = asyncio.create_task(report())
     while (command := await commands.get()) != "stop":
-        if command == "mark":
-            STATS.reset()
-        elif command == "save":
-            write_results(out)
-            STATS.reset()
-            print("saved", flush=True)
+        if (handler := handlers.get(command)) is not None:
+            handler()
     reporter.cancel()
+
+
+async def follow_commands(out: str) -> None:
+    """Print the counts every 0.5 s and obey stdin (`mark` resets them, `save` writes the window's
+    results and starts another, `stop` or its end stops); then write the results to `out`."""
+
+    def save() -> None:
+        write_results(out)
+        STATS.reset()
+        print("saved", flush=True)
+
+    await obey(lambda: f"{STATS.frames} {STATS.closed}", {"mark": STATS.reset, "save": save})
     write_results(out)
 
 

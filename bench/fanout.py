@@ -360,8 +360,10 @@ def kill(
     seconds: float,
     tracks: int,
 ) -> None:
+    import httpx
+
     from app.auth.hs256 import issue_token
-    from bench.lib.processes import start_server, stop_all, wait_ready
+    from bench.lib.processes import LoadProcesses, start_server, stop_all, wait_ready
     from bench.lib.settings import PY, RESULTS, SECRET
 
     set_mode(primary.url(), "fanout")
@@ -387,24 +389,15 @@ def kill(
             "servers": [f"ws://127.0.0.1:{server.port}" for server in servers],
             "tokens": [issue_token(SECRET, user, 3600) for user in (3, 4, 5)],
             "sockets": [[f"b-{i // per_track + 1}", i % replicas] for i in range(per_track * tracks)],
-            "out": str(logdir / "swarm.json"),
             "concurrency": 100,
         }
-        Path(config["out"] + ".config").write_text(json.dumps(config))
-        swarm = subprocess.Popen(
-            [PY, "-m", "bench.swarm", config["out"] + ".config"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert swarm.stdout is not None and swarm.stdin is not None
-        ready = swarm.stdout.readline().split()
+        swarm = LoadProcesses("bench.swarm", [config], logdir)
+        opened, failed = swarm.ready[0][:2]
         print(
-            f"\n## a node killed under load: {replicas} replicas on node a, {ready[1]} sockets"
-            f" ({ready[2]} failed), {rate:g} comments/s for {seconds:g} s over {tracks} tracks\n",
+            f"\n## a node killed under load: {replicas} replicas on node a, {opened} sockets"
+            f" ({failed} failed), {rate:g} comments/s for {seconds:g} s over {tracks} tracks\n",
             flush=True,
         )
-        threading.Thread(target=lambda: [None for _ in swarm.stdout], daemon=True).start()  # type: ignore[union-attr]
         written: list[int] = []
         with psycopg.connect(primary.url(), autocommit=True) as writer:
             thread = threading.Thread(target=lambda: written.append(write_at(writer, rate, seconds, tracks)))
@@ -417,8 +410,6 @@ def kill(
         caught_up(primary, nodes[1:])
         # Every replica ready again, on node b: then every event has reached the sockets.
         deadline = time.monotonic() + 60
-        import httpx
-
         while not all(
             httpx.get(f"http://127.0.0.1:{s.port}/readyz", timeout=2).status_code == 200 for s in servers
         ):
@@ -426,11 +417,15 @@ def kill(
                 raise SystemExit("the replicas were not ready again within 60 s of the writes' end")
             time.sleep(0.2)
         ready_after = time.monotonic() - killed
-        time.sleep(2)
-        swarm.stdin.write("stop\n")
-        swarm.stdin.flush()
-        swarm.wait(60)
-        got = json.loads(Path(config["out"]).read_text())
+        # The sockets opened before the writes, per_track on each track, and the writer goes round
+        # the tracks: each comment is owed once to each of its track's sockets. The last frames
+        # may be on their way: wait until they came, or 10 s more.
+        owed = written[0] * per_track
+        deadline = time.monotonic() + 10
+        while (swarm.stats[0][:1] or [0])[0] < owed and time.monotonic() < deadline:
+            time.sleep(0.1)
+        swarm.end(60)
+        got = json.loads(Path(swarm.outs[0]).read_text())
         with psycopg.connect(primary.url(), autocommit=True) as conn:
             latest = dict(
                 conn.execute(
@@ -439,9 +434,6 @@ def kill(
             )
         behind = sum(1 for track, last in got["last"] if last != latest.get(track, 0))
         frames = got["frames"]
-        # The sockets opened before the writes, per_track on each track, and the writer goes round
-        # the tracks: each comment is owed once to each of its track's sockets.
-        owed = written[0] * per_track
         print(
             "| comments | sockets | frames owed | frames received | gaps | repeats | resyncs"
             " | sockets not at their track's last seq | reopened |"

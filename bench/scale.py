@@ -26,7 +26,6 @@ import contextlib
 import json
 import re
 import signal
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,10 +36,10 @@ import numpy as np
 import psycopg
 
 from bench.lib.database import World, database
-from bench.lib.processes import Server, cpu_seconds, rss_kib, start_tracktalk, stop_all
+from bench.lib.processes import LoadProcesses, Server, cpu_seconds, rss_kib, start_tracktalk, stop_all
 from bench.lib.report import machine
 from bench.lib.scenarios import finish_profile, latencies, start_profile
-from bench.lib.settings import PY, RESULTS, ROOT
+from bench.lib.settings import RESULTS
 from bench.lib.writers import Writer, Written
 
 PER_TRACK = 100
@@ -67,64 +66,18 @@ PLANS = {
 }
 
 
-class Swarms:
+class Swarms(LoadProcesses):
     """The swarm client processes (bench/swarm.py), each on its own loopback source address."""
 
     def __init__(self, configs: list[dict[str, Any]], workdir: Path) -> None:
-        self.procs: list[subprocess.Popen[str]] = []
-        self.outs: list[str] = []
-        self.stats: list[list[int]] = [[0] * 6 for _ in configs]
-        self.ready: list[tuple[int, int, float]] = []
-        for i, config in enumerate(configs):
-            out = str(workdir / f"swarm-{i}-{time.monotonic_ns()}.json")
-            path = out + ".config"
-            Path(path).write_text(json.dumps({**config, "out": out}))
-            self.procs.append(
-                subprocess.Popen(
-                    [PY, "-m", "bench.swarm", path],
-                    cwd=ROOT,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-            )
-            self.outs.append(out)
-        for proc in self.procs:
-            assert proc.stdout is not None
-            line = proc.stdout.readline().split()
-            if not line or line[0] != "ready":
-                raise RuntimeError(f"a swarm failed to start: {line}")
-            self.ready.append((int(line[1]), int(line[2]), float(line[3])))
-        for i, proc in enumerate(self.procs):
-            threading.Thread(target=self._read, args=(i, proc), daemon=True).start()
-
-    def _read(self, i: int, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            parts = line.split()
-            if parts and parts[0] == "stat":
-                self.stats[i] = [int(p) for p in parts[1:]]
+        super().__init__("bench.swarm", configs, workdir)
 
     def total(self, column: int) -> int:
         """Summed over the swarms: 0 frames, 1 open, 2 reopened, 3 gaps, 4 repeats, 5 resyncs."""
-        return sum(s[column] for s in self.stats)
-
-    def command(self, text: str) -> None:
-        for proc in self.procs:
-            assert proc.stdin is not None
-            proc.stdin.write(text + "\n")
-            proc.stdin.flush()
-
-    def cpu(self) -> float:
-        return sum(cpu_seconds(p.pid) for p in self.procs)
+        return sum(s[column] for s in self.stats if s)
 
     def stop(self) -> dict[str, Any]:
-        self.command("stop")
-        for proc in self.procs:
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        self.end(60)
         results = [json.loads(Path(out).read_text()) for out in self.outs]
         ids = np.concatenate([np.fromfile(out + ".ids", dtype=np.int64) for out in self.outs])
         times = np.concatenate([np.fromfile(out + ".times", dtype=np.float64) for out in self.outs])
@@ -201,8 +154,8 @@ def measure(run: Run, profile: bool = False) -> tuple[Swarms, Written]:
     rss0 = [rss_kib(s.pid) for s in live]
     started = time.monotonic()
     swarms = Swarms(swarm_configs(run, tracks), run.logdir)
-    opened = sum(r[0] for r in swarms.ready)
-    failed = sum(r[1] for r in swarms.ready)
+    opened = sum(int(r[0]) for r in swarms.ready)
+    failed = sum(int(r[1]) for r in swarms.ready)
     open_s = time.monotonic() - started
     time.sleep(2)  # settle: the last handshakes' garbage, presence's first heartbeat
     rss1 = [rss_kib(s.pid) for s in live]

@@ -25,12 +25,13 @@ import json
 import random
 import re
 import sys
-import threading
 import time
 from array import array
 from typing import Any
 
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+from bench.client import obey
 
 _TYPE = re.compile(rb'"type": ?"(\w+)"')
 _SEQ = re.compile(rb'"seq": ?(\d+)')
@@ -187,31 +188,21 @@ class Sock(WSListener):  # type: ignore[misc]
 
 
 async def follow(swarm: Swarm, out: str) -> None:
-    loop = asyncio.get_running_loop()
-    commands: asyncio.Queue[str] = asyncio.Queue()
+    """Obey the bench (bench/client.py's `obey`): `mark` starts the measured window; then, at
+    `stop`, write the results to `out`."""
 
-    def read_stdin() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(commands.put_nowait, line.strip())
-        loop.call_soon_threadsafe(commands.put_nowait, "stop")
+    def mark() -> None:
+        swarm.marked = True
+        swarm.ids = array("q")
+        swarm.times = array("d")
 
-    async def report() -> None:
-        while True:
-            print(
-                f"stat {swarm.frames} {swarm.n_open} {swarm.reopened} {swarm.gaps} {swarm.repeats} {swarm.resyncs}",
-                flush=True,
-            )
-            await asyncio.sleep(0.5)
-
-    threading.Thread(target=read_stdin, daemon=True).start()
-    reporter = asyncio.create_task(report())
-    while (command := await commands.get()) != "stop":
-        if command == "mark":
-            swarm.marked = True
-            swarm.ids = array("q")
-            swarm.times = array("d")
+    await obey(
+        lambda: (
+            f"{swarm.frames} {swarm.n_open} {swarm.reopened} {swarm.gaps} {swarm.repeats} {swarm.resyncs}"
+        ),
+        {"mark": mark},
+    )
     swarm.stopping = True
-    reporter.cancel()
     write_results(swarm, out)
 
 

@@ -173,37 +173,41 @@ def wait_ready(server: Server, timeout: float = 30) -> Server:
     raise RuntimeError(f"server not ready (log {server.log}): {server.log.read_text()[-2000:]}")
 
 
-class Clients:
-    """The picows load-client processes, sockets spread over them."""
+class LoadProcesses:
+    """Load-client processes (`python -m MODULE CONFIG`, one config each; bench/client.py,
+    bench/swarm.py): each prints `ready …` once its sockets are tried, then `stat …` (numbers)
+    every 0.5 s, `saved` after a `save`, and obeys `mark`, `save` and `stop` on stdin."""
 
-    def __init__(self, urls: list[str], count: int, workdir: Path) -> None:
+    def __init__(self, module: str, configs: list[dict[str, Any]], workdir: Path) -> None:
         self.procs: list[subprocess.Popen[str]] = []
         self.outs: list[str] = []
-        self.frames = [0] * count
-        self.closed = [0] * count
-        self.ready: list[tuple[int, int]] = []
+        self.ready: list[list[str]] = []
+        """Each process's `ready` line, after the word."""
+        self.stats: list[list[int]] = [[] for _ in configs]
+        """Each process's last `stat` line, after the word."""
         self.saved = threading.Semaphore(0)
-        """Released once per `saved` line (a client wrote its window's results)."""
-        for i in range(count):
-            out = str(workdir / f"client-{i}-{time.monotonic_ns()}.json")
-            config = {"urls": urls[i::count], "out": out, "concurrency": 40}
+        """Released once per `saved` line (a process wrote its window's results)."""
+        name = module.rsplit(".", 1)[-1]
+        for i, config in enumerate(configs):
+            out = str(workdir / f"{name}-{i}-{time.monotonic_ns()}.json")
             path = out + ".config"
-            Path(path).write_text(json.dumps(config))
-            proc = subprocess.Popen(
-                [PY, "-m", "bench.client", path],
-                cwd=ROOT,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
+            Path(path).write_text(json.dumps({**config, "out": out}))
+            self.procs.append(
+                subprocess.Popen(
+                    [PY, "-m", module, path],
+                    cwd=ROOT,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
             )
-            self.procs.append(proc)
             self.outs.append(out)
         for proc in self.procs:
             assert proc.stdout is not None
             line = proc.stdout.readline().split()
             if not line or line[0] != "ready":
-                raise RuntimeError(f"client failed to start: {line}")
-            self.ready.append((int(line[1]), int(line[2])))
+                raise RuntimeError(f"{module} failed to start: {line}")
+            self.ready.append(line[1:])
         for i, proc in enumerate(self.procs):
             threading.Thread(target=self._read, args=(i, proc), daemon=True).start()
 
@@ -212,18 +216,9 @@ class Clients:
         for line in proc.stdout:
             parts = line.split()
             if parts and parts[0] == "stat":
-                self.frames[i] = int(parts[1])
-                self.closed[i] = int(parts[2])
+                self.stats[i] = [int(p) for p in parts[1:]]
             elif parts == ["saved"]:
                 self.saved.release()
-
-    @property
-    def opened(self) -> int:
-        return sum(r[0] for r in self.ready)
-
-    @property
-    def failed(self) -> int:
-        return sum(r[1] for r in self.ready)
 
     def command(self, text: str) -> None:
         for proc in self.procs:
@@ -233,6 +228,40 @@ class Clients:
 
     def cpu(self) -> float:
         return sum(cpu_seconds(p.pid) for p in self.procs)
+
+    def end(self, timeout: float = 30) -> None:
+        """`stop` every process and wait for it (killed past `timeout` s): their results are written."""
+        self.command("stop")
+        for proc in self.procs:
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+class Clients(LoadProcesses):
+    """The picows load-client processes (bench/client.py), sockets spread over them."""
+
+    def __init__(self, urls: list[str], count: int, workdir: Path) -> None:
+        configs = [{"urls": urls[i::count], "concurrency": 40} for i in range(count)]
+        super().__init__("bench.client", configs, workdir)
+
+    @property
+    def frames(self) -> list[int]:
+        """Frames each process received so far (its last `stat`)."""
+        return [stat[0] if stat else 0 for stat in self.stats]
+
+    @property
+    def closed(self) -> list[int]:
+        return [stat[1] if stat else 0 for stat in self.stats]
+
+    @property
+    def opened(self) -> int:
+        return sum(int(r[0]) for r in self.ready)
+
+    @property
+    def failed(self) -> int:
+        return sum(int(r[1]) for r in self.ready)
 
     def collect(self, timeout: float = 30) -> dict[str, Any]:
         """What arrived since `mark` (or the last collect), the sockets kept open for another window."""
@@ -244,12 +273,7 @@ class Clients:
         return self._results()
 
     def stop(self) -> dict[str, Any]:
-        self.command("stop")
-        for proc in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        self.end()
         return self._results()
 
     def _results(self) -> dict[str, Any]:
