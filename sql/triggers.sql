@@ -1422,6 +1422,29 @@ CREATE TRIGGER tracks_settings_changed
 -- comment_reports (moderation, issue 20)
 ---------------------------------------------------------------------------------------------
 
+-- The report counts of `ids` (those still there) reach each comment's author and the track's
+-- moderators as comment_moderated, everyone else as skip: one statement's events per track.
+CREATE OR REPLACE FUNCTION tracktalk.publish_report_counts(ids bigint[]) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT o.track_id,
+               array_agg('{"type": "skip"}'::jsonb ORDER BY o.id) AS messages,
+               array_agg(jsonb_build_object('type', 'comment_moderated',
+                                            'comment', tracktalk.comment_json_marked(o)) ORDER BY o.id) AS restricted,
+               array_agg(o.user_id ORDER BY o.id) AS authors
+          FROM tracktalk.comment_objects o
+         WHERE o.id = ANY (ids)
+         GROUP BY o.track_id
+         ORDER BY o.track_id
+    LOOP
+        PERFORM tracktalk.publish_track(r.track_id, r.messages, restricted => r.restricted, authors => r.authors);
+    END LOOP;
+END
+$$;
+
 -- New reports: a comment that reaches tracktalk.settings.reports_to_hide distinct reports and is
 -- neither hidden nor held is held for review (that UPDATE goes live as comment_hidden /
 -- comment_moderated); any other reported comment's new report_count reaches its author and the
@@ -1432,7 +1455,6 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     threshold constant integer := (SELECT reports_to_hide FROM tracktalk.settings);
     just_held bigint[];
-    r record;
 BEGIN
     -- The reported comments' rows first, in id order, held to commit: two reports of one comment
     -- written at once count in turn, the later one after the earlier committed (its next
@@ -1450,20 +1472,9 @@ BEGIN
         RETURNING c.id
     )
     SELECT coalesce(array_agg(id), '{}') INTO just_held FROM newly;
-    FOR r IN
-        SELECT o.track_id,
-               array_agg('{"type": "skip"}'::jsonb ORDER BY o.id) AS messages,
-               array_agg(jsonb_build_object('type', 'comment_moderated',
-                                            'comment', tracktalk.comment_json_marked(o)) ORDER BY o.id) AS restricted,
-               array_agg(o.user_id ORDER BY o.id) AS authors
-          FROM tracktalk.comment_objects o
-         WHERE o.id = ANY (ARRAY(SELECT DISTINCT n.comment_id FROM new_rows n))
-           AND o.id <> ALL (just_held)  -- their hold told them
-         GROUP BY o.track_id
-         ORDER BY o.track_id
-    LOOP
-        PERFORM tracktalk.publish_track(r.track_id, r.messages, restricted => r.restricted, authors => r.authors);
-    END LOOP;
+    PERFORM tracktalk.publish_report_counts(ARRAY(
+        SELECT DISTINCT n.comment_id FROM new_rows n
+         WHERE n.comment_id <> ALL (just_held)));  -- their hold told them
     RETURN NULL;
 END
 $$;
@@ -1481,22 +1492,8 @@ CREATE TRIGGER comment_reports_after_insert
 -- to tell then.
 CREATE OR REPLACE FUNCTION tracktalk.comment_reports_after_delete() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    r record;
 BEGIN
-    FOR r IN
-        SELECT o.track_id,
-               array_agg('{"type": "skip"}'::jsonb ORDER BY o.id) AS messages,
-               array_agg(jsonb_build_object('type', 'comment_moderated',
-                                            'comment', tracktalk.comment_json_marked(o)) ORDER BY o.id) AS restricted,
-               array_agg(o.user_id ORDER BY o.id) AS authors
-          FROM tracktalk.comment_objects o
-         WHERE o.id = ANY (ARRAY(SELECT DISTINCT d.comment_id FROM old_rows d))
-         GROUP BY o.track_id
-         ORDER BY o.track_id
-    LOOP
-        PERFORM tracktalk.publish_track(r.track_id, r.messages, restricted => r.restricted, authors => r.authors);
-    END LOOP;
+    PERFORM tracktalk.publish_report_counts(ARRAY(SELECT DISTINCT d.comment_id FROM old_rows d));
     RETURN NULL;
 END
 $$;
