@@ -18,6 +18,9 @@ Every connection starts here, sockets included (uvicorn hands an upgrade to app/
   upgrade skips its check, and once it is reached every request gets 503, /healthz included.)
 
 The connections that are let in cost one comparison and one timer per request more than uvicorn's.
+
+A socket's handshake that comes whole in the connection's first read is read once, here
+(app/edge/upgrade.py), and handed to the socket protocol without h11; anything else is h11's.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Protocol, cast
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from app.edge import upgrade
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,15 @@ TIMED_OUT = _response(
 )
 
 
+class Upgradable(Protocol):
+    """What the socket protocol (uvicorn's `ws_protocol_class`, app/live/wsprotocol.py) takes
+    from here: the connection, and the handshake already read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
+
+    def upgraded(self, request: upgrade.Upgrade) -> None: ...
+
+
 class EdgeProtocol(H11Protocol):
     """uvicorn's HTTP/1.1 connection, with a deadline on each request and a cap on connections."""
 
@@ -79,6 +93,7 @@ class EdgeProtocol(H11Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._full = False
         self._upgraded = False
+        self._fresh = True
 
     @classmethod
     def limited(cls, max_connections: int) -> type[EdgeProtocol]:
@@ -98,8 +113,30 @@ class EdgeProtocol(H11Protocol):
         self._watch()
 
     def data_received(self, data: bytes) -> None:
+        if self._fresh:
+            self._fresh = False
+            plain = not self._full and self.ws_protocol_class is not None and not self.transport.is_closing()
+            request = upgrade.parse(data) if plain else None
+            if request is not None:
+                self._hand_over(request)
+                return
         super().data_received(data)
         self._watch()
+
+    def _hand_over(self, request: upgrade.Upgrade) -> None:
+        """What uvicorn's `handle_websocket_upgrade` does, with the request already read."""
+        self._upgraded = True
+        self._stop_clock()
+        self.connections.discard(self)
+        protocol = cast(
+            "Upgradable",
+            self.ws_protocol_class(  # type: ignore[call-arg, misc]
+                config=self.config, server_state=self.server_state, app_state=self.app_state
+            ),
+        )
+        protocol.connection_made(self.transport)
+        protocol.upgraded(request)
+        self.transport.set_protocol(cast("asyncio.BaseProtocol", protocol))
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -7,10 +7,13 @@ masked), so the feed builds each frame once (`app/live/frames.py`) and the socke
 writes it here, straight to the transport: no await, no task wake-up, one `send()` system call,
 and several queued frames in one write.
 
-The handshake's request, client frames, pings and the closing handshake stay uvicorn's and
-wsproto's; the handshake's answer (a fixed 101 and one hash) is written here, which costs a tenth
-of what wsproto's HTTP/1.1 machinery does, where a reconnect storm opens sockets by the thousand.
-The app finds this object in `scope["extensions"][EXTENSION]`; see `app/handlers/sockets.py`.
+Client frames, their pings and the closing handshake stay uvicorn's and wsproto's. What a
+reconnect storm, opening sockets by the thousand, does per socket is done here in a tenth of what
+wsproto's HTTP/1.1 machinery takes: the handshake's request comes read once (app/edge/upgrade.py;
+wsproto reads it again only when the app answers with anything but a 101), and its answer (a fixed
+101 and one hash) is written here. So is the idle socket's one message, the pong to the keepalive's
+ping, read here when it comes alone. The app finds this object in `scope["extensions"][EXTENSION]`;
+see `app/handlers/sockets.py`.
 
 It also holds an idle socket in less memory (a replica holds them by the ten thousand, see
 docs/performance.md): uvicorn's per-connection asyncio.Queue and asyncio.Event carry four
@@ -26,6 +29,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 from uvicorn.config import Config
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
@@ -34,6 +38,7 @@ from wsproto import ConnectionType, events
 from wsproto.connection import Connection as WSProtoConnection
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
+from app.edge.upgrade import Upgrade
 from app.live.keepalive import PING, Keepalive
 
 EXTENSION = "tracktalk.frames"
@@ -42,6 +47,12 @@ CLOSE_TIMEOUT = 5.0
 """Seconds a client gets to answer the server's close frame before the connection is cut."""
 _PONG_BACKLOG = 64 * 1024
 """Unsent bytes past which a client's pings are not answered."""
+_PONG = 0x8A
+"""A pong frame's first byte (FIN, opcode 10)."""
+_MASKED = 0x80
+_MAX_CONTROL = 125
+"""The longest payload of a control frame (RFC 6455, 5.5)."""
+_ONE_KEY = "send exactly one Sec-WebSocket-Key header (RFC 6455, 4.2.1)"
 
 
 class _Inbox:
@@ -182,15 +193,73 @@ class FrameProtocol(WSProtocol):
         self._cut: asyncio.TimerHandle | None = None
         self._key = b""
         """The handshake's Sec-WebSocket-Key."""
+        self._unread = b""
+        """The handshake's request, read once by app/edge/upgrade.py but not yet by wsproto."""
         self.keepalive_slot = -1
 
+    def upgraded(self, request: Upgrade) -> None:
+        """Begin with a handshake already read (app/edge/httpprotocol.py's one reading of it):
+        the scope as wsproto's reading of `request.raw` would make it. wsproto reads it only if
+        the app answers with anything but a 101 (`_read_late`)."""
+        self._unread = request.raw
+        self.handle_connect(
+            events.Request(
+                host=request.host,
+                target=request.target,
+                extra_headers=request.headers,
+                subprotocols=request.subprotocols,
+            )
+        )
+
     def handle_connect(self, event: events.Request) -> None:
-        """Make the scope as uvicorn does, and put this protocol in its extensions."""
+        """Make the scope as uvicorn does, and put this protocol in its extensions; refuse a
+        handshake with more or less than one key (400: RFC 6455 leaves no way to choose)."""
+        keys = [value for name, value in event.extra_headers if name.lower() == b"sec-websocket-key"]
+        if len(keys) != 1:
+            self.refuse(400, _ONE_KEY)
+            return
+        self._key = keys[0]
         super().handle_connect(event)
         self.scope["extensions"][EXTENSION] = self  # type: ignore[assignment]
-        for name, value in event.extra_headers:
-            if name.lower() == b"sec-websocket-key":
-                self._key = value
+
+    def refuse(self, status: int, detail: str) -> None:
+        """Answer the handshake with `status` and a JSON `detail` (as every error of the service
+        is put), then close; the app never sees this connection."""
+        body = msgspec.json.encode({"status_code": status, "detail": detail})
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        self._read_late()
+        self.handshake_complete = self.close_sent = True
+        out = self.conn.send(events.RejectConnection(status_code=status, headers=headers, has_body=True))
+        out += self.conn.send(events.RejectData(data=body))
+        self.transport.write(out)
+        self.transport.close()
+
+    def _read_late(self) -> None:
+        """Have wsproto read the handshake it was spared, for an answer other than our 101."""
+        unread, self._unread = self._unread, b""
+        if unread:
+            self.conn.receive_data(unread)
+            for _ in self.conn.events():  # the Request again: the app has it already
+                pass
+
+    async def send(self, message: Any) -> None:
+        """uvicorn's, but a plain `websocket.accept` is answered here (`accept_with`) and any
+        other answer to the handshake first has wsproto read it."""
+        if not self.handshake_complete and not self.disconnected:
+            if (
+                message["type"] == "websocket.accept"
+                and not message.get("subprotocol")
+                and not message.get("headers")
+            ):
+                await self.writable.wait()
+                self.accept_with(b"")
+                return
+            self._read_late()
+        await super().send(message)
+
+    def send_500_response(self) -> None:
+        self._read_late()
+        super().send_500_response()
 
     def accept_with(self, data: bytes) -> bool:
         """Complete the handshake (as the ASGI `websocket.accept` does) and write `data`, the
@@ -224,7 +293,7 @@ class FrameProtocol(WSProtocol):
         connection is made, `events()` is all that is asked of it), and the scope's request
         headers and query string (which carries the token)."""
         self.conn.handshake = _DONE  # type: ignore[assignment]
-        self._key = b""
+        self._key = self._unread = b""
         self.scope["headers"] = []
         self.scope["query_string"] = b""
 
@@ -234,7 +303,9 @@ class FrameProtocol(WSProtocol):
         super().connection_lost(exc)
         if self._cut is not None:
             self._cut.cancel()
-        self.scope["extensions"].pop(EXTENSION, None)
+        scope = getattr(self, "scope", None)  # none for a handshake refused before the app (`refuse`)
+        if scope is not None:
+            scope["extensions"].pop(EXTENSION, None)
 
     # uvicorn closes a connection with `transport.close()`, which waits until everything buffered
     # has gone out: a client that stopped reading would keep the connection and its buffer for
@@ -283,15 +354,28 @@ class FrameProtocol(WSProtocol):
             self.keepalive_timeout()
             return False
         self.pending_ping_payload = PING
-        self.ping_sent_at = self.loop.time()
         self.transport.write(PING)
         return True
 
+    def data_received(self, data: bytes) -> None:
+        """A pong that comes alone, between two frames (an idle socket's one message, every
+        ping interval), is read here; anything else by wsproto, as uvicorn does. wsproto's reading
+        of it was a sixth of an idle replica's CPU (docs/performance.md)."""
+        # A client's frame has 2 bytes of header and a 4-byte mask; a control frame's payload
+        # is at most 125 bytes. wsproto's connection exists once the handshake is answered.
+        if 6 <= len(data) <= 6 + _MAX_CONTROL and data[0] == _PONG and data[1] == _MASKED - 6 + len(data):
+            connection = self.conn.connection
+            if connection is not None and not self.close_sent:
+                decoder = connection._proto._frame_decoder
+                if decoder.header is None and not decoder.buffer.buffer:  # not inside a frame
+                    self.pending_ping_payload = None
+                    return
+        super().data_received(data)
+
     def handle_pong(self, event: events.Pong) -> None:
-        """Any pong answers the ping in flight (the payload is the same for every ping)."""
-        if self.pending_ping_payload is not None:
-            self.last_ping_rtt = self.loop.time() - self.ping_sent_at
-            self.pending_ping_payload = None
+        """Any pong answers the ping in flight (the payload is the same for every ping; the
+        round trip is not timed: nothing reads it)."""
+        self.pending_ping_payload = None
 
     def handle_ping(self, event: events.Ping) -> None:
         """Answer, unless the client is not reading what it is sent (a flood of pings from a

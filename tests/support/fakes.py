@@ -461,3 +461,50 @@ class FakeServices:
 def _numbered(message: bytes, seq: int, tag: str) -> bytes:
     """`message` (a JSON object) with the seq and tag tracktalk.publish adds."""
     return json.dumps({**json.loads(message), "seq": seq, "tag": tag}).encode()
+
+
+# A socket's connection under uvicorn's protocols (app/edge/, app/live/wsprotocol.py)
+
+HANDSHAKE = (
+    b"GET /api/ws/track/t1?token=secret-token HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+class FakeTransport:
+    """What uvicorn's protocol asks of an asyncio transport; `stuck` plays a client that reads nothing."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.stuck = 0
+        self.closing = False
+        self.aborted = False
+        self.protocol: object = None
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def get_write_buffer_size(self) -> int:
+        return self.stuck
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True  # a real transport waits for its buffer to drain first
+
+    def abort(self) -> None:
+        self.closing = self.aborted = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def set_protocol(self, protocol: object) -> None:
+        self.protocol = protocol
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 8000)}.get(name, default)

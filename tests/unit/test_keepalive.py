@@ -13,8 +13,8 @@ from uvicorn.server import ServerState
 
 from app.live.keepalive import PING, Keepalive
 from app.live.wsprotocol import FrameProtocol
+from tests.support.fakes import HANDSHAKE, FakeTransport
 from tests.support.waiting import async_wait_until
-from tests.unit.test_wsprotocol import HANDSHAKE, FakeTransport
 
 PONG = bytes([0x8A, 0x80 | 2]) + b"\x00\x00\x00\x00" + b"tt"
 """A client's pong (masked, mask 0)."""

@@ -15,6 +15,7 @@ from uvicorn.server import ServerState
 from wsproto import events
 
 from app.live.wsprotocol import _DONE, EXTENSION, FrameProtocol, _Flag, _Inbox
+from tests.support.fakes import HANDSHAKE, FakeTransport
 from tests.support.waiting import async_wait_until
 
 
@@ -59,46 +60,6 @@ async def test_the_flag_lets_waiters_through_only_while_set() -> None:
 # ---------------------------------------------------------------------------------------------
 # FrameProtocol on a fake transport: the handshake, what it lets go of, and how it closes
 # ---------------------------------------------------------------------------------------------
-
-HANDSHAKE = (
-    b"GET /api/ws/track/t1?token=secret-token HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-    b"Sec-WebSocket-Version: 13\r\n\r\n"
-)
-
-
-class FakeTransport:
-    """What uvicorn's protocol asks of an asyncio transport; `stuck` plays a client that reads nothing."""
-
-    def __init__(self) -> None:
-        self.written = b""
-        self.stuck = 0
-        self.closing = False
-        self.aborted = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def get_write_buffer_size(self) -> int:
-        return self.stuck
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True  # a real transport waits for its buffer to drain first
-
-    def abort(self) -> None:
-        self.closing = self.aborted = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
 
 
 async def _connected(app_done: asyncio.Event) -> tuple[FrameProtocol, FakeTransport, dict[str, object]]:
@@ -197,4 +158,60 @@ async def test_a_connection_keeps_few_enough_attributes_for_python_to_share_thei
     assert len(vars(protocol)) <= 30
     assert sys.getsizeof(vars(protocol)) < 500  # a shared-key table (an own one is ~1,600 bytes)
     assert protocol.ping_interval == 20.0 and protocol.loop is asyncio.get_running_loop()
+    done.set()
+
+
+def _masked(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """A client's frame (mask 0, so the payload reads as is)."""
+    return bytes([(0x80 if fin else 0) | opcode, 0x80 | len(payload)]) + b"\x00\x00\x00\x00" + payload
+
+
+async def test_a_pong_that_comes_alone_answers_the_ping_without_wsproto() -> None:
+    """The idle socket's one message every interval is read here (docs/performance.md): wsproto's
+    frame reader is not called for it."""
+    done = asyncio.Event()
+    protocol, _, _ = await _connected(done)
+    assert protocol.accept_with(b"")
+    assert protocol.keepalive_turn()
+    reader = protocol.conn.connection._proto  # type: ignore[union-attr]
+    read_by_wsproto: list[bytes] = []
+    original = reader.receive_bytes
+    reader.receive_bytes = lambda data: (read_by_wsproto.append(data), original(data))  # type: ignore[method-assign]
+    protocol.data_received(_masked(0xA, b"tt"))
+    assert protocol.pending_ping_payload is None and read_by_wsproto == []
+    done.set()
+
+
+@pytest.mark.parametrize(
+    "case", ["in two reads", "inside a fragmented message", "after half a frame", "unmasked"]
+)
+async def test_a_pong_that_does_not_come_alone_is_read_by_wsproto_and_nothing_is_lost(case: str) -> None:
+    done = asyncio.Event()
+    protocol, transport, _ = await _connected(done)
+    assert protocol.accept_with(b"")
+    assert protocol.keepalive_turn()
+    pong = _masked(0xA, b"tt")
+    if case == "in two reads":
+        reads = [pong[:3], pong[3:]]
+    elif case == "inside a fragmented message":
+        reads = [_masked(0x1, b'{"a":', fin=False), pong, _masked(0x0, b"1}")]
+    elif case == "after half a frame":  # the rest of a binary frame that looks like a pong
+        frame = _masked(0x2, pong)
+        reads = [frame[:6], frame[6:], pong]
+    else:
+        reads = [bytes([0x8A, 2]) + b"tt"]
+    for data in reads:
+        protocol.data_received(data)
+    if case == "unmasked":  # a protocol error: wsproto's, as before (the connection is closed)
+        assert transport.closing and protocol.pending_ping_payload is not None
+    else:
+        assert protocol.pending_ping_payload is None
+    if case in ("inside a fragmented message", "after half a frame"):
+        messages = [await asyncio.wait_for(protocol.queue.get(), 1) for _ in range(2)]  # connect, then it
+        sent = (
+            {"type": "websocket.receive", "text": '{"a":1}'}
+            if case != "after half a frame"
+            else {"type": "websocket.receive", "bytes": pong}
+        )
+        assert messages[1] == sent
     done.set()

@@ -1,0 +1,202 @@
+"""app/edge/upgrade.py: a socket's handshake read once, in place of h11's reading then wsproto's.
+
+The long way (h11, then wsproto) is the reference: a handshake read once must give the app the
+scope the long way gives, and anything the one reading does not recognise must go the long way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import h11
+import pytest
+import uvicorn
+from uvicorn.server import ServerState
+
+from app.edge import upgrade
+from app.edge.httpprotocol import EdgeProtocol
+from app.live.wsprotocol import FrameProtocol
+from tests.support.fakes import HANDSHAKE, FakeTransport
+from tests.support.waiting import async_wait_until
+
+KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+
+
+def request(*headers: bytes, target: bytes = b"/api/ws/track/t1?token=tok&since=3") -> bytes:
+    return b"GET " + target + b" HTTP/1.1\r\n" + b"".join(h + b"\r\n" for h in headers) + b"\r\n"
+
+
+PLAIN = [
+    HANDSHAKE,
+    request(
+        b"Host: example.com:8000",
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        KEY[:-2],
+        b"Sec-WebSocket-Version: 13",
+    ),
+    # case and spacing as browsers and libraries vary them; extensions and subprotocols offered
+    request(
+        b"host:EXAMPLE.com",
+        b"UPGRADE:  WebSocket  ",
+        b"connection: keep-alive, Upgrade",
+        b"sec-websocket-key:dGhlIHNhbXBsZSBub25jZQ==",
+        b"Sec-WebSocket-Version:\t13",
+        b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits",
+        b"Sec-WebSocket-Protocol: tracktalk.v1, chat",
+        b"Origin: https://app.example.com",
+        b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0",
+        b"X-Forwarded-For: 203.0.113.7, 10.0.0.1",
+        b"Cookie: a=1; b=2",
+        b"Empty:",
+    ),
+    request(
+        b"Host: [::1]:80",
+        b"Upgrade: websocket",
+        b"Connection: upgrade",
+        KEY[:-2],
+        b"Sec-WebSocket-Version: 13",
+        target=b"/api/ws",
+    ),
+]
+
+NOT_PLAIN = {
+    "split over two reads": HANDSHAKE[:-2],
+    "bytes after the head": HANDSHAKE + b"\x81\x80abcd",
+    "not GET": HANDSHAKE.replace(b"GET", b"POST", 1),
+    "HTTP/1.0": HANDSHAKE.replace(b"HTTP/1.1", b"HTTP/1.0", 1),
+    "absolute target": HANDSHAKE.replace(b"GET /", b"GET http://x/", 1),
+    "a space in the target": HANDSHAKE.replace(b"t1?", b"t 1?", 1),
+    "a body": HANDSHAKE.replace(b"Host: x", b"Host: x\r\nContent-Length: 0", 1),
+    "chunked": HANDSHAKE.replace(b"Host: x", b"Host: x\r\nTransfer-Encoding: chunked", 1),
+    "two hosts": HANDSHAKE.replace(b"Host: x", b"Host: x\r\nHost: y", 1),
+    "two keys": HANDSHAKE.replace(b"Host: x", b"Host: x\r\n" + KEY[:-2], 1),
+    "no host": HANDSHAKE.replace(b"Host: x\r\n", b"", 1),
+    "no key": HANDSHAKE.replace(KEY, b"", 1),
+    "version 8": HANDSHAKE.replace(b"Version: 13", b"Version: 8", 1),
+    "upgrade to h2c": HANDSHAKE.replace(b"Upgrade: websocket", b"Upgrade: h2c", 1),
+    "no Connection: upgrade": HANDSHAKE.replace(b"Connection: Upgrade", b"Connection: keep-alive", 1),
+    "a folded header": HANDSHAKE.replace(b"Host: x\r\n", b"Host: x\r\nX-A: 1\r\n 2\r\n", 1),
+    "a space in a header's name": HANDSHAKE.replace(b"Host: x", b"Host: x\r\nX A: 1", 1),
+    "a line without a colon": HANDSHAKE.replace(b"Host: x", b"Host: x\r\nnonsense", 1),
+    "a control character in a value": HANDSHAKE.replace(b"Host: x", b"Host: x\r\nX-A: a\x01b", 1),
+    "a value beyond ASCII": HANDSHAKE.replace(b"Host: x", b"Host: x\r\nX-A: caf\xc3\xa9", 1),
+    "an IDNA host": HANDSHAKE.replace(b"Host: x", b"Host: xn--bcher-kva.example", 1),
+    "a head past h11's limit": HANDSHAKE.replace(
+        b"Host: x", b"Host: x\r\nX-A: " + b"a" * upgrade.MAX_HEAD, 1
+    ),
+}
+
+
+@pytest.mark.parametrize("why", list(NOT_PLAIN))
+def test_what_is_not_plainly_a_handshake_is_left_to_h11_and_wsproto(why: str) -> None:
+    assert upgrade.parse(NOT_PLAIN[why]) is None
+
+
+class Connected:
+    """An EdgeProtocol on a fake transport, serving an app that records its scope and answers
+    the handshake as told."""
+
+    def __init__(self, answer: list[dict[str, Any]] | None = None) -> None:
+        self.scope: dict[str, Any] | None = None
+        self.done = asyncio.Event()
+        answer = [{"type": "websocket.accept"}] if answer is None else answer
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] != "websocket":
+                await send({"type": "http.response.start", "status": 404, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            self.scope = dict(scope)
+            await receive()
+            for message in answer:
+                await send(message)
+            await self.done.wait()
+
+        config = uvicorn.Config(  # no keepalive: its pings would come between what is compared
+            app, ws=FrameProtocol, lifespan="off", log_level="warning", ws_ping_interval=None
+        )
+        config.load()
+        self.edge = EdgeProtocol(config, ServerState(), {})
+        self.transport = FakeTransport()
+        self.edge.connection_made(self.transport)  # type: ignore[arg-type]
+
+    async def send(self, *reads: bytes) -> None:
+        for data in reads:
+            protocol = self.transport.protocol or self.edge
+            protocol.data_received(data)  # type: ignore[attr-defined]
+        await async_wait_until(lambda: self.transport.written or self.transport.closing, 2, "an answer")
+
+    def read_once(self) -> bool:
+        """Whether the edge handed the request over without h11 reading it."""
+        return self.edge.conn.their_state is h11.IDLE
+
+
+def _comparable(scope: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in scope.items() if k not in ("state", "extensions")}
+
+
+@pytest.mark.parametrize("raw", PLAIN, ids=["plain", "with port", "varied", "ipv6 host"])
+async def test_a_handshake_read_once_gives_the_app_the_scope_the_long_way_gives(raw: bytes) -> None:
+    assert upgrade.parse(raw) is not None
+    once, long_way = Connected(), Connected()
+    await once.send(raw)
+    await long_way.send(raw[:7], raw[7:])  # two reads: h11, then wsproto
+    assert once.read_once() and not long_way.read_once()
+    assert once.scope is not None and long_way.scope is not None
+    assert _comparable(once.scope) == _comparable(long_way.scope)
+    assert once.transport.written == long_way.transport.written  # the same 101
+    assert once.transport.written.startswith(b"HTTP/1.1 101 ")
+    once.done.set()
+    long_way.done.set()
+
+
+@pytest.mark.parametrize(
+    "answer, status",
+    [
+        ([{"type": "websocket.close", "code": 1000}], b"403"),
+        (
+            [
+                {
+                    "type": "websocket.http.response.start",
+                    "status": 401,
+                    "headers": [(b"content-type", b"text/plain")],
+                },
+                {"type": "websocket.http.response.body", "body": b"who are you?"},
+            ],
+            b"401",
+        ),
+    ],
+    ids=["closed", "http response"],
+)
+async def test_a_handshake_read_once_can_still_be_refused_with_any_answer(
+    answer: list[dict[str, Any]], status: bytes
+) -> None:
+    once, long_way = Connected(answer), Connected(answer)
+    await once.send(HANDSHAKE)
+    await long_way.send(HANDSHAKE[:7], HANDSHAKE[7:])
+    await async_wait_until(
+        lambda: once.transport.closing or b"who" in once.transport.written, 2, "the refusal"
+    )
+    await async_wait_until(
+        lambda: long_way.transport.closing or b"who" in long_way.transport.written, 2, "the refusal"
+    )
+    assert once.read_once()
+    assert once.transport.written.startswith(b"HTTP/1.1 " + status)
+    assert once.transport.written == long_way.transport.written
+    once.done.set()
+    long_way.done.set()
+
+
+@pytest.mark.parametrize("reads", [1, 2], ids=["one read", "two reads"])
+async def test_a_handshake_with_two_keys_is_refused_400_and_never_reaches_the_app(reads: int) -> None:
+    """RFC 6455 (4.2.1) wants one key; with two there is no right answer to hash (wsproto took
+    the last)."""
+    raw = NOT_PLAIN["two keys"]
+    connected = Connected()
+    await connected.send(*([raw] if reads == 1 else [raw[:7], raw[7:]]))
+    assert connected.transport.written.startswith(b"HTTP/1.1 400 ")
+    assert b'"detail":"send exactly one Sec-WebSocket-Key header' in connected.transport.written
+    assert connected.transport.closing and connected.scope is None
+    connected.transport.protocol.connection_lost(None)  # type: ignore[attr-defined]  # quietly
