@@ -19,7 +19,7 @@ from app.bounds import MAX_FRAME
 from app.config import Settings
 from app.edge.httpprotocol import HEALTH_ROOM, EdgeProtocol
 from app.env import ConfigError
-from app.live import close_codes
+from app.live import close_codes, keepalive
 from app.live.wsprotocol import FrameProtocol
 from app.logs import tame_uvicorn
 from app.main import Tracktalk
@@ -113,9 +113,12 @@ def config(app: Tracktalk, settings: Settings, host: str, port: int, connections
         port=port,
         # h11 with a deadline on each request and the cap on connections (app/edge/httpprotocol.py).
         http=EdgeProtocol.limited(connections),
+        # uvloop where it is installed (every platform but Windows: pyproject.toml), else asyncio's.
+        loop="auto",
         # wsproto's connection, plus the fast path for prepared frames (app/live/wsprotocol.py).
         ws=FrameProtocol,
         ws_max_size=MAX_FRAME,
+        ws_ping_interval=keepalive.INTERVAL,
         # Off, and never negotiated (FrameProtocol.accept_with offers no extension): a track's
         # frames are the same prepared bytes for every socket; deflate would compress each one
         # again for each socket and multiply an idle socket's memory. See docs/performance.md.

@@ -22,6 +22,12 @@ from typing import Protocol
 
 log = logging.getLogger(__name__)
 
+INTERVAL = 25.0
+"""Seconds between two pings of a socket (and the time it has to answer one): Centrifugo's and
+Socket.IO's 25 s, under the 60 s of a proxy's usual idle timeout (nginx's `proxy_read_timeout`,
+AWS's load balancers), which a ping resets. A dead peer is found within two intervals. The idle
+replica's CPU is these pings and their pongs (docs/performance.md, "Sockets by the hundred thousand")."""
+
 TICK = 0.05
 """Seconds between two turns of the wheel: each turn pings a slot's share of the sockets, so that
 the pings of 19,000 sockets go ~50 at a time (about a millisecond of the loop) rather than in
