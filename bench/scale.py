@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import psycopg
 
 from bench.lib.database import World, database
@@ -232,6 +233,7 @@ def storm(run: Run, swarms: Swarms, profile: bool = False) -> dict[str, Any]:
     writer.start()
     time.sleep(3)
     cpu0 = [cpu_seconds(s.pid) for s in others]
+    clients0, machine0 = swarms.cpu(), psutil.cpu_times()
     x0 = xacts(world)
     reopened0 = swarms.total(2)
     killed_at = time.time()
@@ -249,6 +251,7 @@ def storm(run: Run, swarms: Swarms, profile: bool = False) -> dict[str, Any]:
 
     back_s = wait_for("every socket open again", back, 300)
     cpu1 = [cpu_seconds(s.pid) for s in others]
+    clients1, machine1 = swarms.cpu(), psutil.cpu_times()
     x1 = xacts(world)
     if spy is not None:
         run.out["storm_profile"] = finish_profile(spy)
@@ -290,6 +293,11 @@ def storm(run: Run, swarms: Swarms, profile: bool = False) -> dict[str, Any]:
         "survivors_cpu_s": round(storm_cpu, 2),
         "survivors_cpu_us_per_reopen": round(storm_cpu / had * 1e6),
         "transactions_per_reopen": round((x1 - x0) / had, 3),
+        # Where the cores went meanwhile: the load driver shares them (one machine).
+        "clients_cpu_s": round(clients1 - clients0, 2),
+        "machine_busy_cores": round(busy(machine0, machine1), 2),
+        "machine_cores": psutil.cpu_count(),
+        "survivor_opens_per_cpu_s": round(had / storm_cpu) if storm_cpu else None,
         "sockets_behind_at_end": behind,
         **counts,
         "written_during_storm": written[0].sent if written else None,
@@ -303,7 +311,21 @@ def storm(run: Run, swarms: Swarms, profile: bool = False) -> dict[str, Any]:
         f" sockets whose last seq is not their track's: {behind}",
         flush=True,
     )
+    print(
+        f"[{plan.name}] storm: a survivor opens {out['survivor_opens_per_cpu_s']:,} sockets per second of its CPU;"
+        f" meanwhile the clients took {out['clients_cpu_s']:.2f} s of CPU and the machine was"
+        f" {out['machine_busy_cores']:.2f} of its {out['machine_cores']} cores busy",
+        flush=True,
+    )
     return got
+
+
+def busy(before: Any, after: Any) -> float:
+    """Cores busy between two `psutil.cpu_times()` (all that is not idle or waiting on I/O)."""
+    spent = {name: getattr(after, name) - getattr(before, name) for name in after._fields}
+    total = sum(spent.values())
+    idle = spent.get("idle", 0.0) + spent.get("iowait", 0.0)
+    return (total - idle) / total * (psutil.cpu_count() or 1) if total else 0.0
 
 
 def connections_allowed(server: Server) -> int | None:
