@@ -36,19 +36,24 @@ Sort = Literal["timestamp", "newest", "top"]
 _ORDER: dict[str, tuple[str, str]] = {
     # (the cursor's condition: after comment %(after)s in this order, the order)
     "timestamp": (
-        ' AND (o."timestamp", o.id) > (coalesce((SELECT c."timestamp" FROM comments c WHERE c.id = %(after)s), -1),'
-        " %(after)s)",
+        ' AND (o."timestamp", o.id) > (coalesce((SELECT c."timestamp" FROM comments c'
+        " WHERE c.id = %(after)s AND c.track_id = %(track)s), -1), %(after)s)",
         ' ORDER BY o."timestamp", o.id',
     ),
     "newest": (" AND o.id < %(after)s", " ORDER BY o.id DESC"),
     "top": (
-        " AND (-o.like_count, o.id) > (-coalesce((SELECT s.likes FROM tracktalk.comment_stats s"
-        " WHERE s.comment_id = %(after)s), 0), %(after)s)",
+        " AND (NOT EXISTS (SELECT 1 FROM comments c WHERE c.id = %(after)s AND c.track_id = %(track)s)"
+        " OR (-o.like_count, o.id) > (-coalesce((SELECT s.likes FROM tracktalk.comment_stats s"
+        " WHERE s.comment_id = %(after)s), 0), %(after)s))",
         " ORDER BY o.like_count DESC, o.id",
     ),
 }
 """How each order of GET /api/tracks/{id}/comments walks (the pinned comment comes first, on the
-first page, whatever the order)."""
+first page, whatever the order). The cursor is placed by its comment of this track, hidden or held
+from the viewer or not (a listener's last comment hidden since their last page goes on from it;
+the page shows nothing of it). A cursor that is no comment of the track (deleted since, or another
+track's) is placed nowhere: `timestamp` and `top` start over, so that nothing is skipped and
+another track's comment tells nothing; `newest` goes on below its id, which tells nothing."""
 
 
 @dataclass(frozen=True, slots=True)

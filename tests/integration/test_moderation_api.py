@@ -212,6 +212,69 @@ def test_a_hidden_comment_exists_only_for_its_author_and_the_moderators(api: Api
     assert api.ok("bob", "GET", f"/api/comments/{comment['id']}")["comment"]["content"] == "rude"
 
 
+def _ids(comments: list[dict[str, Any]]) -> list[int]:
+    return [c["id"] for c in comments]
+
+
+def _liked(api: Api, track: str) -> list[dict[str, Any]]:
+    """Five comments on `track` (alice's, bob's, dave's, alice's, bob's, 10 s apart), liked so
+    that the three orders differ: the fourth twice, the second once."""
+    authors = ["alice", "bob", "dave", "alice", "bob"]
+    made = [api.post(who, track, f"c{i}", ts=10.0 * (i + 1)) for i, who in enumerate(authors)]
+    for who in ("bob", "dave"):
+        api.ok(who, "POST", f"/api/comments/{made[3]['id']}/like")
+    api.ok("dave", "POST", f"/api/comments/{made[1]['id']}/like")
+    return made
+
+
+@pytest.mark.parametrize("sort", ["timestamp", "newest", "top"])
+def test_a_page_cursor_that_is_or_became_hidden_or_held_skips_nothing_and_shows_nothing_of_it(
+    api: Api, db_url: str, sort: str
+) -> None:
+    """A listener's next page after a comment hidden since their last page (or held, or one they
+    never saw) has every visible comment after it in the order, and not it."""
+    track = new_track(db_url)
+    made = _liked(api, track)
+    hidden, held = made[3], made[0]
+    api.ok("tina", "POST", f"/api/comments/{hidden['id']}/hide")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE comments SET held_at = now() WHERE id = %s", (held["id"],))
+    whole = _ids(api.listing("carol", track, sort=sort))  # a moderator's: all five, in order
+    assert sorted(whole) == sorted(_ids(made))
+    for cursor in (hidden["id"], held["id"]):
+        after = [i for i in whole[whole.index(cursor) + 1 :] if i not in (hidden["id"], held["id"])]
+        for who in ("dave", None):
+            assert _ids(api.listing(who, track, sort=sort, after_id=cursor)) == after, (sort, cursor, who)
+
+
+@pytest.mark.parametrize("sort", ["timestamp", "top"])
+def test_a_page_cursor_that_is_no_comment_of_the_track_starts_the_order_over(
+    api: Api, world: World, db_url: str, sort: str
+) -> None:
+    """A cursor that is no comment of the track (one of another track, a private one's even; or
+    deleted since) is placed nowhere: the order starts over, nothing skipped. Before, another
+    track's comment placed it (and so told its position and likes), and a deleted one in the `top`
+    order skipped every liked comment."""
+    track = new_track(db_url)
+    _liked(api, track)
+    gone = api.post("bob", track, "deleted soon", ts=25)
+    api.ok("dave", "POST", f"/api/comments/{gone['id']}/like")
+    assert api("bob", "DELETE", f"/api/comments/{gone['id']}").status_code == 204
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO comments (track_id, user_id, content, timestamp) VALUES (%s, %s, 'elsewhere', 35)"
+            " RETURNING id",
+            (world.private, world.users["carol"]),
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            "INSERT INTO comment_likes (comment_id, user_id) VALUES (%s, %s)", (row[0], world.users["tina"])
+        )
+    whole = _ids(api.listing("dave", track, sort=sort))
+    for cursor in (gone["id"], row[0]):
+        assert _ids(api.listing("dave", track, sort=sort, after_id=cursor)) == whole, (sort, cursor)
+
+
 def test_a_hidden_or_held_comment_takes_no_reply_from_anyone_it_does_not_exist_for(
     api: Api, db_url: str
 ) -> None:
