@@ -628,7 +628,7 @@ async def test_two_posts_at_once_in_slow_mode_take_turns_without_the_write_limit
             )
             return int(rows[0][0]) == 1
 
-        await async_wait_until(waits_on_the_first, 10, "the API's post to wait on the first one's turn")
+        await async_wait_until(waits_on_the_first, 20, "the API's post to wait on the first one's turn")
         await first.commit()
         answer = await second
     error(answer, 429, "slow mode")
