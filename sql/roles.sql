@@ -144,6 +144,7 @@ BEGIN
             ('tracktalk.heartbeat',             'SELECT', 'tracktalk_app'),
             ('tracktalk.recent_writes',         'SELECT', 'tracktalk_app'),
             ('tracktalk.write_turns',           'SELECT', 'tracktalk_app'),
+            ('tracktalk.slow_mode_posts',       'SELECT', 'tracktalk_app'),
             ('tracktalk.comment_mentions',      'SELECT', 'tracktalk_app'),
             ('tracktalk.post_stats',            'SELECT', 'tracktalk_app'),
             ('tracktalk.post_mentions',         'SELECT', 'tracktalk_app'),

@@ -82,9 +82,10 @@ CREATE TABLE IF NOT EXISTS tracks (
     -- Where the player loads the audio from; NULL when the host app serves it some other way.
     audio_url         text,
     created_at        timestamptz NOT NULL DEFAULT now(),
-    -- Moderation (issue 20): false: new comments are refused (the existing ones stay); slow mode:
-    -- a user's next comment on the track waits this many seconds after their last (0: off).
-    -- Changing either goes live as `track_settings`.
+    -- Moderation (issue 20): false: new comments are refused by the API (the existing ones
+    -- stay); slow mode: a user's next comment on the track waits this many seconds after their
+    -- last post there, deleted or not (0: off), whoever writes it (its creator and team excepted:
+    -- tracktalk.take_slow_mode_turn). Changing either goes live as `track_settings`.
     comments_enabled  boolean NOT NULL DEFAULT true,
     slow_mode_seconds integer NOT NULL DEFAULT 0
         CONSTRAINT tracks_slow_mode_seconds_range CHECK (slow_mode_seconds BETWEEN 0 AND 86400)
@@ -484,6 +485,21 @@ CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.write_turns (
     user_id  bigint NOT NULL,
     kind     text NOT NULL CHECK (kind IN ('comment', 'write')),
     PRIMARY KEY (user_id, kind)
+);
+
+-- Slow mode (tracks.slow_mode_seconds, moderation): when each user last posted on each track
+-- while it was in slow mode, the comment deleted since or not, so that deleting one's newest
+-- comment does not end the wait (tracktalk.take_slow_mode_turn). Whoever writes: the API, with or
+-- without its write limit, and SQL alike. The insert trigger locks the row (FOR UPDATE, held to
+-- commit), so that two posts of one user on one track are taken in turn. Written only on tracks in
+-- slow mode: a post from before it was turned on counts while its comment exists. UNLOGGED, as
+-- recent_writes: after a crash it starts empty, and the wait runs from the user's newest comment
+-- alone. Pruned after a day, the longest slow mode (tracktalk.prune_events).
+CREATE UNLOGGED TABLE IF NOT EXISTS tracktalk.slow_mode_posts (
+    track_id   text NOT NULL,
+    user_id    bigint NOT NULL,
+    posted_at  timestamptz NOT NULL,
+    PRIMARY KEY (track_id, user_id)
 );
 
 -- The key that names tracktalk's NOTIFY channels and signs what the triggers send on them, and

@@ -773,17 +773,58 @@ LANGUAGE sql STABLE AS $$
     SELECT a.created_by_id FROM public.tracks t JOIN public.albums a ON a.id = t.album_id WHERE t.id = track
 $$;
 
+-- Slow mode, whoever writes (the API, or SQL): a comment by `author` on `track`, whose slow mode is
+-- `seconds`, within `seconds` of their last post there (tracktalk.slow_mode_posts; or their newest
+-- comment, for a post from before slow mode) is refused: check_violation on the constraint
+-- comments_slow_mode, whose DETAIL says how long to wait (`wait 12.345 s of 30`: the API reads it
+-- for its 429). Otherwise this post is their last. The user's row is locked first (held to
+-- commit), so that two posts at the same moment are taken in turn and the second is refused, with
+-- or without the API's write limit (TRACKTALK_COMMENTS_PER_MINUTE=0). SECURITY DEFINER: it writes
+-- tracktalk.slow_mode_posts as its owner.
+CREATE OR REPLACE FUNCTION tracktalk.take_slow_mode_turn(track text, author bigint, seconds integer)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    latest timestamptz;
+    wait double precision;
+BEGIN
+    -- The user's turn on the track: lock the row, made on their first post there in slow mode (a
+    -- second writer waits on that insert, finds it made, and locks it next).
+    LOOP
+        SELECT p.posted_at INTO latest
+          FROM tracktalk.slow_mode_posts p
+         WHERE p.track_id = track AND p.user_id = author
+           FOR UPDATE;
+        EXIT WHEN FOUND;
+        INSERT INTO tracktalk.slow_mode_posts (track_id, user_id, posted_at)
+        VALUES (track, author, '-infinity') ON CONFLICT DO NOTHING;
+    END LOOP;
+    latest := greatest(latest, (SELECT max(c.created_at) FROM public.comments c
+                                 WHERE c.user_id = author AND c.track_id = track));
+    IF latest > now() - make_interval(secs => seconds) THEN
+        wait := least(extract(epoch FROM latest + make_interval(secs => seconds) - now()), seconds);
+        RAISE EXCEPTION 'slow mode on track %: user % may comment there again in % s', track, author, ceil(wait)
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'comments_slow_mode',
+                  DETAIL = format('wait %s s of %s', round(wait::numeric, 3), seconds),
+                  HINT = 'tracks.slow_mode_seconds: one comment every that many seconds per user, deleted or not; the track''s creator and team are above it';
+    END IF;
+    UPDATE tracktalk.slow_mode_posts p SET posted_at = now() WHERE p.track_id = track AND p.user_id = author;
+END
+$$;
+
 -- Row checks that a constraint cannot make, the edit marks of the contract, and moderation's rules
 -- (issue 20), whoever writes: a new comment by a user the track's creator muted is hidden from the
 -- start (hidden_by: the creator); a new or edited comment with one of the creator's
 -- moderation_words is held for review (an edit never clears a hold: only a moderator does); a
 -- tombstone is no edit; pinning a comment unpins the track's other one (the track's row locked
--- first, so that two pins of one track take turns). SECURITY DEFINER: it reads the creator's lists
--- and unpins as tracktalk's owner.
+-- first, so that two pins of one track take turns); a new comment in the track's slow mode waits
+-- its turn (tracktalk.take_slow_mode_turn), but by the track's moderators. SECURITY DEFINER: it
+-- reads the creator's lists and unpins as tracktalk's owner.
 CREATE OR REPLACE FUNCTION tracktalk.comments_before_write() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     duration double precision;
+    slow integer;
     creator bigint;
 BEGIN
     IF TG_OP = 'UPDATE' AND NEW.content IS DISTINCT FROM OLD.content AND NEW.deleted_at IS NULL THEN
@@ -791,12 +832,15 @@ BEGIN
         NEW.last_edited_at := now();
     END IF;
     IF TG_OP = 'INSERT' OR NEW."timestamp" IS DISTINCT FROM OLD."timestamp" THEN
-        SELECT duration_seconds INTO duration FROM public.tracks WHERE id = NEW.track_id;
+        SELECT duration_seconds, slow_mode_seconds INTO duration, slow FROM public.tracks WHERE id = NEW.track_id;
         IF NEW."timestamp" > duration THEN
             RAISE EXCEPTION 'comment timestamp % is past the end of track % (% seconds)',
                 NEW."timestamp", NEW.track_id, duration
                 USING ERRCODE = 'check_violation', CONSTRAINT = 'comments_timestamp_within_track';
         END IF;
+    END IF;
+    IF TG_OP = 'INSERT' AND slow > 0 AND NOT tracktalk.moderates_track(NEW.user_id, NEW.track_id) THEN
+        PERFORM tracktalk.take_slow_mode_turn(NEW.track_id, NEW.user_id, slow);
     END IF;
     -- Moderation's rules cost a comment nothing where nobody uses them: the creator is looked up
     -- only when its author is muted by someone, or when some creator has words (one probe each).
@@ -3243,8 +3287,9 @@ $$;
 -- transaction start, seq is numbered later under the topic's lock: an event that a long
 -- transaction numbered after others can be older than they are, and pruning by time alone would
 -- cut a hole after them.) Then one batch of the notifications past settings.notification_retention
--- (tracktalk.prune_notifications), and the API's writes older than an hour
--- (tracktalk.recent_writes). Returns how many events and notifications went.
+-- (tracktalk.prune_notifications), the API's writes older than an hour
+-- (tracktalk.recent_writes), and slow mode's posts older than a day (tracktalk.slow_mode_posts).
+-- Returns how many events and notifications went.
 -- Every replica calls it every few minutes, and again at once while a call deleted many rows; a
 -- DBA may schedule it instead (pg_cron). SECURITY DEFINER, as wait_to_write.
 -- The expired events come from the index events_created_at, and each topic's are deleted as one
@@ -3260,6 +3305,8 @@ DECLARE
     gone bigint := 0;
 BEGIN
     DELETE FROM tracktalk.recent_writes WHERE at < now() - interval '1 hour';
+    -- Slow mode waits at most a day (tracks_slow_mode_seconds_range).
+    DELETE FROM tracktalk.slow_mode_posts WHERE posted_at < now() - interval '1 day';
     -- The outbox's rows were in the fan-out nodes' hands once in the WAL: a few minutes is plenty.
     DELETE FROM tracktalk.outbox WHERE made_at < now() - interval '5 minutes';
     FOR expired IN
@@ -3321,5 +3368,5 @@ SELECT tracktalk.fan_out_triggers();
 
 -- A replica serves a schema of its own version or newer; docs/dba.md lists what each version
 -- added, and which upgrades need the old replicas stopped first (2 to 3, 4 to 5, 5 to 6, 10 to 11).
-INSERT INTO tracktalk.schema_version (version) VALUES (11)
+INSERT INTO tracktalk.schema_version (version) VALUES (12)
 ON CONFLICT (singleton) DO UPDATE SET version = excluded.version, applied_at = now();

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
-from psycopg.errors import ForeignKeyViolation
+from psycopg.errors import CheckViolation, ForeignKeyViolation
 from psycopg.rows import class_row, tuple_row
 
 from app.data.db import Conn
-from app.problems import NotFound, Unprocessable
+from app.problems import NotFound, TooMany, Unprocessable, whole_seconds
 from app.wire import Comment, LikeState
 
 SELECT_COMMENTS = """
@@ -35,19 +36,24 @@ Sort = Literal["timestamp", "newest", "top"]
 _ORDER: dict[str, tuple[str, str]] = {
     # (the cursor's condition: after comment %(after)s in this order, the order)
     "timestamp": (
-        ' AND (o."timestamp", o.id) > (coalesce((SELECT c."timestamp" FROM comments c WHERE c.id = %(after)s), -1),'
-        " %(after)s)",
+        ' AND (o."timestamp", o.id) > (coalesce((SELECT c."timestamp" FROM comments c'
+        " WHERE c.id = %(after)s AND c.track_id = %(track)s), -1), %(after)s)",
         ' ORDER BY o."timestamp", o.id',
     ),
     "newest": (" AND o.id < %(after)s", " ORDER BY o.id DESC"),
     "top": (
-        " AND (-o.like_count, o.id) > (-coalesce((SELECT s.likes FROM tracktalk.comment_stats s"
-        " WHERE s.comment_id = %(after)s), 0), %(after)s)",
+        " AND (NOT EXISTS (SELECT 1 FROM comments c WHERE c.id = %(after)s AND c.track_id = %(track)s)"
+        " OR (-o.like_count, o.id) > (-coalesce((SELECT s.likes FROM tracktalk.comment_stats s"
+        " WHERE s.comment_id = %(after)s), 0), %(after)s))",
         " ORDER BY o.like_count DESC, o.id",
     ),
 }
 """How each order of GET /api/tracks/{id}/comments walks (the pinned comment comes first, on the
-first page, whatever the order)."""
+first page, whatever the order). The cursor is placed by its comment of this track, hidden or held
+from the viewer or not (a listener's last comment hidden since their last page goes on from it;
+the page shows nothing of it). A cursor that is no comment of the track (deleted since, or another
+track's) is placed nowhere: `timestamp` and `top` start over, so that nothing is skipped and
+another track's comment tells nothing; `newest` goes on below its id, which tells nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,10 +179,29 @@ async def parent_track(conn: Conn, parent_id: int, viewer_id: int, moderator: bo
     return str(row[0]) if row else None
 
 
+_SLOW_MODE_WAIT = re.compile(r"wait ([0-9.]+) s of ([0-9]+)")
+"""The DETAIL of the trigger's slow-mode refusal (tracktalk.take_slow_mode_turn): the seconds to
+wait, and the track's slow mode."""
+
+
+class SlowMode(TooMany):
+    """A comment within the track's slow mode of the author's last post there, deleted or not (429)."""
+
+    def __init__(self, detail: str | None) -> None:
+        found = _SLOW_MODE_WAIT.search(detail or "")
+        wait, every = (float(found[1]), found[2]) if found else (1.0, "some")
+        seconds = whole_seconds(wait)
+        super().__init__(
+            f"slow mode: one comment every {every} s on this track (deleted ones count): post again in {seconds} s",
+            seconds,
+        )
+
+
 async def insert(
     conn: Conn, track_id: str, user_id: int, content: str, timestamp: float, parent_id: int | None
 ) -> int:
-    """Write a comment; return its id. The triggers make it go live."""
+    """Write a comment; return its id. The triggers make it go live, and hold it to the track's
+    slow mode (SlowMode) but for its moderators."""
     async with conn.cursor(row_factory=tuple_row) as cur:
         try:
             await cur.execute(
@@ -191,6 +216,10 @@ async def insert(
             if exc.diag.constraint_name != "comments_parent_same_track_fkey":
                 raise
             raise Unprocessable(f"parent_id: comment {parent_id} was just deleted") from None
+        except CheckViolation as exc:
+            if exc.diag.constraint_name != "comments_slow_mode":
+                raise
+            raise SlowMode(exc.diag.message_detail) from None
         row = await cur.fetchone()
     assert row is not None
     return int(row[0])

@@ -28,11 +28,11 @@ SQL_FILES = ("schema.sql", "triggers.sql")
 UPGRADE_DIR = SQL_DIR / "upgrade"
 """The steps from one version to the next: NNN_what.sql, NNN the version the step reaches."""
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 """The version that sql/triggers.sql stamps. The app serves it or a newer one, and refuses an
 older one: replicas can be upgraded one at a time after the SQL where a version keeps what the
-one before it uses (3 to 4, 6 to 7, 7 to 8, 8 to 9 and 9 to 10 do; 2 to 3, 4 to 5, 5 to 6 and
-10 to 11 do not, and need the old replicas stopped first: docs/dba.md)."""
+one before it uses (3 to 4, 6 to 7, 7 to 8, 8 to 9, 9 to 10 and 11 to 12 do; 2 to 3, 4 to 5, 5 to 6
+and 10 to 11 do not, and need the old replicas stopped first: docs/dba.md)."""
 
 
 def serves(found: int | None) -> bool:

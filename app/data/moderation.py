@@ -194,25 +194,16 @@ class PostingRules:
     """What a new comment on a track must pass, for its author."""
 
     comments_enabled: bool
-    slow_mode_seconds: int
     moderator: bool
-    wait: float
-    """Seconds until slow mode lets the author post again (0: now)."""
 
 
 async def posting_rules(conn: Conn, track_id: str, user_id: int) -> PostingRules:
-    """The track's settings, whether the user moderates it, and how long slow mode still holds
-    them (from their latest comment on the track; the transaction's time)."""
+    """Whether the track takes comments, and whether the user moderates it. (Slow mode is the
+    comments' insert trigger's, for every writer: comments.insert raises its 429.)"""
     async with conn.cursor(row_factory=class_row(PostingRules)) as cur:
         await cur.execute(
             """
-            SELECT t.comments_enabled, t.slow_mode_seconds,
-                   tracktalk.moderates_track(%(user)s, t.id) AS moderator,
-                   CASE WHEN t.slow_mode_seconds = 0 THEN 0
-                        ELSE greatest(0, t.slow_mode_seconds - extract(epoch FROM now() - (
-                               SELECT max(c.created_at) FROM comments c
-                                WHERE c.user_id = %(user)s AND c.track_id = t.id)))
-                   END::float8 AS wait
+            SELECT t.comments_enabled, tracktalk.moderates_track(%(user)s, t.id) AS moderator
               FROM tracks t WHERE t.id = %(track)s
             """,
             {"user": user_id, "track": track_id},

@@ -16,7 +16,7 @@ from app.data.users import Viewer
 from app.handlers.schema import SIGNED_IN, TOKEN_OPTIONAL, errors
 from app.handlers.validation import check_id, check_timestamp, check_track_id, clean_content
 from app.handlers.write_limits import counted_write
-from app.problems import Forbidden, TooMany, Unprocessable, whole_seconds
+from app.problems import Forbidden, Unprocessable
 from app.services import Services
 from app.wire import Comment, CommentEdit, CommentIn, LikeState
 
@@ -90,14 +90,9 @@ async def create_comment(track_id: str, data: CommentIn, services: Services, use
     async with counted_write(services, user.id, "comment") as conn:
         track = await visible_track(conn, track_id, user.id)
         rules = await moderation.posting_rules(conn, track_id, user.id)
-        if not rules.moderator:  # the track's creator and team are above its settings
-            if not rules.comments_enabled:
-                raise Forbidden(f"comments are off on track {track_id!r}: its creator turned them off")
-            if rules.wait > 0:
-                raise TooMany(
-                    f"slow mode: one comment every {rules.slow_mode_seconds} s on this track",
-                    whole_seconds(rules.wait),
-                )
+        # The track's creator and team are above its settings (slow mode: comments.insert).
+        if not rules.moderator and not rules.comments_enabled:
+            raise Forbidden(f"comments are off on track {track_id!r}: its creator turned them off")
         check_timestamp(data.timestamp, track.duration_seconds)
         if (
             data.parent_id is not None

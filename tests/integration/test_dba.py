@@ -374,6 +374,20 @@ def test_roles_sql_takes_connect_and_temp_from_public_and_locks_out_nobody_conne
         conn.execute("CREATE ROLE other_service LOGIN IN ROLE tracktalk_writer")
     for role_url in (owner, app, as_role(admin, "other_service")):
         assert one(role_url, "SELECT current_setting('is_superuser')") == "off"
+    # A writer is held to a track's slow mode by the trigger (as tracktalk's owner): the slow-mode
+    # refusal, not a permission's.
+    with psycopg.connect(owner, autocommit=True) as conn:
+        conn.execute("INSERT INTO users (id, username) VALUES (1, 'carol'), (2, 'bob')")
+        conn.execute("INSERT INTO albums (id, title, created_by_id) VALUES (1, 'A', 1)")
+        conn.execute(
+            "INSERT INTO tracks (id, album_id, title, slow_mode_seconds) VALUES ('slow', 1, 'S', 60)"
+        )
+    with psycopg.connect(as_role(admin, "other_service"), autocommit=True) as conn:
+        insert = "INSERT INTO comments (track_id, user_id, content) VALUES ('slow', 2, 'by a service')"
+        conn.execute(insert)
+        with pytest.raises(psycopg.errors.CheckViolation) as refused:
+            conn.execute(insert)
+        assert refused.value.diag.constraint_name == "comments_slow_mode"
     # docs/dba.md's settings: the owner changes them; the app role may only read them.
     with psycopg.connect(owner, autocommit=True) as conn:
         conn.execute("UPDATE tracktalk.settings SET event_retention = '6 hours'")

@@ -172,6 +172,7 @@ async def test_a_muted_users_comments_and_replies_are_hidden_from_the_start(
 ) -> None:
     track = new_track(db_url)
     visible = await insert_comment(db_url, track, world.users["bob"], "a visible thread")
+    before = await insert_comment(db_url, track, world.users["alice"], "written before the mute")
     await sql(
         db_url,
         "INSERT INTO muted_users (creator_id, user_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
@@ -194,6 +195,23 @@ async def test_a_muted_users_comments_and_replies_are_hidden_from_the_start(
                 "bob": ["skip"],
             }
             assert got["alice"][0]["comment"]["parent_id"] == visible
+
+            # Those before stay, until docs/dba.md's statement hides them too, live.
+            rows = await sql(db_url, "SELECT hidden_at IS NULL FROM comments WHERE id = %s", (before,))
+            assert rows == [(True,)]
+            await sql(
+                db_url,
+                "UPDATE comments c SET hidden_at = now(), hidden_by = a.created_by_id"
+                "  FROM tracks t JOIN albums a ON a.id = t.album_id"
+                " WHERE c.track_id = t.id AND a.created_by_id = %s AND c.user_id = %s"
+                "   AND c.hidden_at IS NULL AND c.deleted_at IS NULL",
+                (world.users["carol"], world.users["alice"]),
+            )
+            got = await next_events(socks)
+            assert kinds(got)["bob"] == ["comment_hidden"] and got["bob"][0]["comment_id"] == before
+            assert (
+                kinds(got)["carol"] == ["comment_moderated"] and got["carol"][0]["comment"]["hidden"] is True
+            )
     finally:
         await sql(db_url, "DELETE FROM muted_users WHERE creator_id = %s", (world.users["carol"],))
 

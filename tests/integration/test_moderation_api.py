@@ -6,6 +6,7 @@ and the orders; and that each action through the API goes live as the same chang
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ import pytest
 from tests.support.processes import Replica, replicas
 from tests.support.seed import World, new_track
 from tests.support.sockets import open_socket
-from tests.support.writes import insert_comment
+from tests.support.waiting import async_wait_until
+from tests.support.writes import insert_comment, sql
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -208,6 +210,69 @@ def test_a_hidden_comment_exists_only_for_its_author_and_the_moderators(api: Api
     assert api.ok("alice", "GET", f"/api/comments/{reply['id']}")["parent"]["id"] == comment["id"]
     api.ok("carol", "DELETE", f"/api/comments/{comment['id']}/hide")
     assert api.ok("bob", "GET", f"/api/comments/{comment['id']}")["comment"]["content"] == "rude"
+
+
+def _ids(comments: list[dict[str, Any]]) -> list[int]:
+    return [c["id"] for c in comments]
+
+
+def _liked(api: Api, track: str) -> list[dict[str, Any]]:
+    """Five comments on `track` (alice's, bob's, dave's, alice's, bob's, 10 s apart), liked so
+    that the three orders differ: the fourth twice, the second once."""
+    authors = ["alice", "bob", "dave", "alice", "bob"]
+    made = [api.post(who, track, f"c{i}", ts=10.0 * (i + 1)) for i, who in enumerate(authors)]
+    for who in ("bob", "dave"):
+        api.ok(who, "POST", f"/api/comments/{made[3]['id']}/like")
+    api.ok("dave", "POST", f"/api/comments/{made[1]['id']}/like")
+    return made
+
+
+@pytest.mark.parametrize("sort", ["timestamp", "newest", "top"])
+def test_a_page_cursor_that_is_or_became_hidden_or_held_skips_nothing_and_shows_nothing_of_it(
+    api: Api, db_url: str, sort: str
+) -> None:
+    """A listener's next page after a comment hidden since their last page (or held, or one they
+    never saw) has every visible comment after it in the order, and not it."""
+    track = new_track(db_url)
+    made = _liked(api, track)
+    hidden, held = made[3], made[0]
+    api.ok("tina", "POST", f"/api/comments/{hidden['id']}/hide")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE comments SET held_at = now() WHERE id = %s", (held["id"],))
+    whole = _ids(api.listing("carol", track, sort=sort))  # a moderator's: all five, in order
+    assert sorted(whole) == sorted(_ids(made))
+    for cursor in (hidden["id"], held["id"]):
+        after = [i for i in whole[whole.index(cursor) + 1 :] if i not in (hidden["id"], held["id"])]
+        for who in ("dave", None):
+            assert _ids(api.listing(who, track, sort=sort, after_id=cursor)) == after, (sort, cursor, who)
+
+
+@pytest.mark.parametrize("sort", ["timestamp", "top"])
+def test_a_page_cursor_that_is_no_comment_of_the_track_starts_the_order_over(
+    api: Api, world: World, db_url: str, sort: str
+) -> None:
+    """A cursor that is no comment of the track (one of another track, a private one's even; or
+    deleted since) is placed nowhere: the order starts over, nothing skipped. Before, another
+    track's comment placed it (and so told its position and likes), and a deleted one in the `top`
+    order skipped every liked comment."""
+    track = new_track(db_url)
+    _liked(api, track)
+    gone = api.post("bob", track, "deleted soon", ts=25)
+    api.ok("dave", "POST", f"/api/comments/{gone['id']}/like")
+    assert api("bob", "DELETE", f"/api/comments/{gone['id']}").status_code == 204
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO comments (track_id, user_id, content, timestamp) VALUES (%s, %s, 'elsewhere', 35)"
+            " RETURNING id",
+            (world.private, world.users["carol"]),
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            "INSERT INTO comment_likes (comment_id, user_id) VALUES (%s, %s)", (row[0], world.users["tina"])
+        )
+    whole = _ids(api.listing("dave", track, sort=sort))
+    for cursor in (gone["id"], row[0]):
+        assert _ids(api.listing("dave", track, sort=sort, after_id=cursor)) == whole, (sort, cursor)
 
 
 def test_a_hidden_or_held_comment_takes_no_reply_from_anyone_it_does_not_exist_for(
@@ -479,6 +544,103 @@ def test_slow_mode_answers_a_second_comment_with_429_and_retry_after(api: Api, d
     api.post("tina", track, "and again")
     api.ok("carol", "PUT", f"/api/tracks/{track}/settings", json={"slow_mode_seconds": 0})
     api.post("bob", track, "off again")
+
+
+def test_slow_mode_runs_from_the_last_post_deleted_or_not(api: Api, db_url: str) -> None:
+    """Deleting one's newest comment does not end the wait: it runs from the last post."""
+    track = new_track(db_url)
+    api.ok("carol", "PUT", f"/api/tracks/{track}/settings", json={"slow_mode_seconds": 60})
+    first = api.post("bob", track, "one")
+    assert api("bob", "DELETE", f"/api/comments/{first['id']}").status_code == 204
+    again = api("bob", "POST", f"/api/tracks/{track}/comments", json={"content": "two", "timestamp": 1})
+    error(again, 429, "slow mode", "one comment every 60 s", "post again in")
+    assert 55 <= int(again.headers["Retry-After"]) <= 60
+    assert api.listing(None, track) == []
+
+
+def test_slow_mode_binds_an_sql_writer_as_the_api_but_the_tracks_moderators(
+    api: Api, world: World, db_url: str
+) -> None:
+    """Another service's INSERT is held to the track's slow mode (a clear error for its DBA, and
+    nothing written), counts for the API's next post, and its deleted post counts too."""
+    track = new_track(db_url)
+    insert = "INSERT INTO comments (track_id, user_id, content) VALUES (%s, %s, %s) RETURNING id"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE tracks SET slow_mode_seconds = 60 WHERE id = %s", (track,))
+        row = conn.execute(insert, (track, world.users["dave"], "by sql")).fetchone()
+        assert row is not None
+        conn.execute("DELETE FROM comments WHERE id = %s", (row[0],))
+        with pytest.raises(psycopg.errors.CheckViolation) as refused:
+            conn.execute(insert, (track, world.users["dave"], "again by sql"))
+        diag = refused.value.diag
+        assert diag.constraint_name == "comments_slow_mode"
+        assert diag.message_primary and f"slow mode on track {track}" in diag.message_primary
+        assert diag.message_detail and diag.message_detail.startswith("wait ")
+        assert diag.message_hint and "slow_mode_seconds" in diag.message_hint
+        for _ in range(2):  # the track's team (and creator) are above it, by SQL as by the API
+            conn.execute(insert, (track, world.users["tina"], "the team may"))
+    error(
+        api("dave", "POST", f"/api/tracks/{track}/comments", json={"content": "api", "timestamp": 1}),
+        429,
+        "slow mode",
+    )
+    api.post("bob", track, "someone else may")
+    with psycopg.connect(db_url, autocommit=True) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(insert, (track, world.users["bob"], "bob again, by sql"))
+    assert [c["content"] for c in api.listing(None, track)] == [
+        "the team may",
+        "the team may",
+        "someone else may",
+    ]
+
+
+async def test_two_posts_at_once_in_slow_mode_take_turns_without_the_write_limit(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    """With TRACKTALK_COMMENTS_PER_MINUTE=0 (the test replicas' setting) nothing else takes one
+    user's posts in turn: a post made and held uncommitted by another writer, and the API's post of
+    the same user at the same moment. The API's waits for the first (seen in pg_stat_activity),
+    then is refused with 429 once the first commits."""
+    track = new_track(db_url)
+    await sql(db_url, "UPDATE tracks SET slow_mode_seconds = 60 WHERE id = %s", (track,))
+    async with (
+        await psycopg.AsyncConnection.connect(db_url) as first,
+        httpx.AsyncClient(base_url=replica.http, timeout=10) as http,
+    ):
+        await first.execute(
+            "INSERT INTO comments (track_id, user_id, content) VALUES (%s, %s, 'first')",
+            (track, world.users["bob"]),
+        )
+        second = asyncio.create_task(
+            http.post(
+                f"/api/tracks/{track}/comments",
+                json={"content": "at the same moment", "timestamp": 1},
+                headers=world.auth("bob"),
+            )
+        )
+
+        async def waits_on_the_first() -> bool:
+            assert not second.done(), (await second).text  # it went through without waiting
+            rows = await sql(
+                db_url,
+                "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY (pg_blocking_pids(pid))",
+                (first.info.backend_pid,),
+            )
+            return int(rows[0][0]) == 1
+
+        await async_wait_until(waits_on_the_first, 20, "the API's post to wait on the first one's turn")
+        await first.commit()
+        answer = await second
+    error(answer, 429, "slow mode")
+    assert [c["content"] for c in await _listing(replica, track)] == ["first"]
+
+
+async def _listing(replica: Replica, track: str) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=replica.http, timeout=10) as http:
+        answer = await http.get(f"/api/tracks/{track}/comments")
+    assert answer.status_code == 200, answer.text
+    found: list[dict[str, Any]] = answer.json()
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
