@@ -915,3 +915,42 @@ async def test_a_comment_hidden_by_psql_reaches_each_audience_in_its_form_throug
         "bob": ("comment_hidden", 2),
     }
     assert got["alice"]["comment"]["hidden"] is True and "comment" not in got["bob"]
+
+
+@contextlib.contextmanager
+def another_node(topology: Topology, primary: str) -> Iterator[str]:
+    """A fan-out node of `primary` in a fresh database of node B's server, prepared by `tracktalk
+    fanout-node`; its subscription (and so its slot on `primary`) dropped afterwards."""
+    name = f"other_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(topology.b.url("postgres"), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    node = topology.b.url(name)
+    try:
+        done = tracktalk("fanout-node", "--primary", primary, "--node", node, database_url="")
+        assert done.returncode == 0, done.stdout + done.stderr
+        yield node
+    finally:
+        with psycopg.connect(node, autocommit=True) as conn:
+            for (subscription,) in conn.execute(
+                "SELECT subname FROM pg_subscription WHERE subdbid ="
+                " (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ).fetchall():
+                conn.execute(f"DROP SUBSCRIPTION {subscription}")
+
+
+async def test_outbox_rows_copied_by_a_nodes_initial_sync_are_not_kept_there(topology: Topology) -> None:
+    """The primary keeps its outbox's rows for 5 minutes; a node prepared meanwhile copies them
+    with the table, before its trigger on the outbox is on, so they were kept there for good (its
+    outbox is never pruned: no replica prunes a node). They are dropped when the node's triggers
+    are turned on; what comes after is sent and not kept, as before."""
+    url = topology.url
+    await sql(url, "SELECT tracktalk.relay('somewhere', 'e:before the node')")
+    assert (await sql(url, "SELECT count(*) FROM tracktalk.outbox"))[0][0] >= 1
+    with another_node(topology, url) as node:
+        assert await sql(node, "SELECT count(*) FROM tracktalk.outbox") == [(0,)]
+        async with await psycopg.AsyncConnection.connect(node, autocommit=True) as listening:
+            await listening.execute("LISTEN somewhere")
+            await sql(url, "SELECT tracktalk.relay('somewhere', 'e:after')")
+            got = [n.payload async for n in listening.notifies(timeout=10, stop_after=1)]
+            assert got == ["e:after"]
+        assert await sql(node, "SELECT count(*) FROM tracktalk.outbox") == [(0,)]
