@@ -377,6 +377,10 @@ class FanoutNode(Struct):
     not known yet)."""
     lag_limit: float
     """TRACKTALK_NODE_LAG_LIMIT: past it /readyz fails."""
+    follows: bool = True
+    """Its subscription streams from the primary the replica writes to (DATABASE_URL's database: the
+    subscription's slot is there); false: it follows another primary, and none of the writes
+    reaches it."""
 
 
 class Readiness(Struct):

@@ -12,7 +12,7 @@ from litestar.openapi import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.data.db import serves
-from app.data.nodes import NOT_SENDING
+from app.data.nodes import NOT_SENDING, describe, not_following
 from app.ops.readiness import NodeReading, describe_holder
 from app.services import Services
 from app.wire import FanoutNode, Health, NotifyQueue, Readiness
@@ -71,7 +71,16 @@ async def readyz(services: Services) -> Response[Readiness]:
             status="ok" if ok else "unavailable",
             checks=checks,
             notify_queue=queue,
-            detail=None if ok else _detail(checks, queue, node, reading.node if reading else None, unread),
+            detail=None
+            if ok
+            else _detail(
+                checks,
+                queue,
+                node,
+                reading.node if reading else None,
+                unread,
+                describe(services.settings.database_url),
+            ),
             notify_mode=notify_mode,
             node=node,
         ),
@@ -88,11 +97,17 @@ def _node(reading: NodeReading, services: Services) -> FanoutNode:
         sending=state is not None and state.sending,
         lag_seconds=None if reading.lag is None else round(reading.lag, 3),
         lag_limit=services.readiness.node_lag_limit,
+        follows=reading.follows,
     )
 
 
 def _node_ok(node: FanoutNode) -> bool:
-    return node.running and node.sending and (node.lag_seconds is None or node.lag_seconds <= node.lag_limit)
+    return (
+        node.follows
+        and node.running
+        and node.sending
+        and (node.lag_seconds is None or node.lag_seconds <= node.lag_limit)
+    )
 
 
 def _detail(
@@ -101,6 +116,7 @@ def _detail(
     node: FanoutNode | None = None,
     reading: NodeReading | None = None,
     unread: bool = False,
+    primary: str = "",
 ) -> str:
     """What is wrong, for a person reading the answer."""
     wrong = []
@@ -126,6 +142,8 @@ def _detail(
     elif node is not None and checks["node"] is False:
         if reading is not None and reading.state is None:
             wrong.append(f"fan-out node {node.name}: {reading.error}")
+        elif reading is not None and reading.state is not None and not node.follows:
+            wrong.append(not_following(node.name, reading.state, primary))
         elif not node.running:
             wrong.append(
                 f"fan-out node {node.name}: its subscription {node.subscription} receives nothing from the "

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg.rows import tuple_row
 
-from app.data.nodes import describe
+from app.data.nodes import SLOTS, NodeState, describe, follows, not_following
 from app.ops.fanout_node import SLOT_PREFIX
 from app.ops.readiness import HOLDER_QUERY, describe_holder, holder_from_row
 
@@ -412,6 +412,9 @@ def _node(primary: psycopg.Connection[Any], conninfo: str) -> list[Line]:
             if not found:
                 return [Line("note", f"{name} is not a fan-out node (it has no subscription to a primary)")]
             subscription, enabled, running, copied, sending, node_beat, received = found[0]
+            state = NodeState(*found[0])
+            if not follows(_one(primary, SLOTS), state):
+                return [Line("FIX", not_following(name, state, describe(primary.info.dsn)))]
             deadline = time.monotonic() + _NODE_WAIT
             while running and beat is not None and (node_beat is None or node_beat < beat):
                 if time.monotonic() > deadline:

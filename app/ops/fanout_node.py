@@ -283,10 +283,12 @@ def _check_node(n: psycopg.Connection[Any], p: psycopg.Connection[Any], publishe
         )
     found = _subscriptions(n)
     if found and not _one(
-        p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (found[0][0],)
+        p,
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s AND database = current_database()",
+        (found[0][0],),
     ):
         raise FanoutError(
-            f"the node's subscription {found[0][0]} has no slot on this primary ({describe(p.info.dsn)}): "
+            f"the node's subscription {found[0][0]} has no slot on this primary's database ({describe(p.info.dsn)}): "
             "the node follows another primary, or its slot was dropped or lost here, and a subscription "
             "cannot follow a primary that lacks its slot. Give the --primary it follows; or rebuild it "
             "(on the node: ALTER SUBSCRIPTION … DISABLE; ALTER SUBSCRIPTION … SET (slot_name = NONE); DROP "

@@ -27,7 +27,7 @@ import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-from app.data.nodes import NodeState, Reads, node_state
+from app.data.nodes import SLOTS, NodeState, Reads, follows, node_state
 from app.wire import QueueHolder
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,9 @@ _READING = """
     SELECT (SELECT version FROM tracktalk.schema_version), pg_notification_queue_usage(),
            (SELECT notify_mode FROM tracktalk.settings), pg_current_snapshot()::text
 """
-_BEAT = "SELECT tracktalk.beat()"
+_BEAT = f"SELECT tracktalk.beat(), ({SLOTS})"
 """The primary's heartbeat, kept going by the replicas on fan-out nodes (one write a second at most,
-whatever their number)."""
+whatever their number), and its database's logical slots (is the node's subscription one of them?)."""
 
 HOLDER_QUERY = """
     SELECT pid, application_name, usename, datname, state,
@@ -120,6 +120,9 @@ class NodeReading:
     lag: float | None = None
     """Seconds the node is behind the primary (their heartbeats compared); None: not known yet."""
     error: str | None = None
+    follows: bool = True
+    """Its subscription's slot is in the primary's database (DATABASE_URL's), in use while it runs
+    (app/data/nodes.py's follows()); False: it follows another primary and hears none of the writes."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,7 @@ class Readiness:
     async def _read(self) -> Reading:
         on_node = self._reads.node_pool if self._reads is not None else None
         beat = None
+        slots: dict[str, bool] | None = None
         async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
             try:
                 await cur.execute(_READING)
@@ -216,10 +220,10 @@ class Readiness:
             if on_node is not None and version is not None:
                 await cur.execute(_BEAT)
                 row = await cur.fetchone()
-                beat = row[0] if row else None
+                beat, slots = row if row else (None, None)
         node = None
         if on_node is not None and self._reads is not None:
-            node = await self._read_node(on_node, self._reads.node or "", beat)
+            node = await self._read_node(on_node, self._reads.node or "", beat, slots)
         return Reading(
             at=time.monotonic(),
             version=None if version is None else int(version),
@@ -231,10 +235,16 @@ class Readiness:
         )
 
     async def _read_node(
-        self, pool: AsyncConnectionPool, name: str, primary_beat: datetime | None
+        self,
+        pool: AsyncConnectionPool,
+        name: str,
+        primary_beat: datetime | None,
+        slots: dict[str, bool] | None,
     ) -> NodeReading:
-        """The node's state, and its lag: the primary's heartbeat (read just before) less the
-        node's copy of it, both the primary's clock."""
+        """The node's state, whether it follows the primary (`slots`: the primary database's; None:
+        not read), and
+        its lag: the primary's heartbeat (read just before) less the node's copy of it, both the
+        primary's clock."""
         try:
             async with pool.connection(timeout=_CHECK_TIMEOUT) as conn:
                 state = await node_state(conn)
@@ -245,4 +255,4 @@ class Readiness:
         lag = None
         if primary_beat is not None and state.beat is not None:
             lag = max(0.0, (primary_beat - state.beat).total_seconds())
-        return NodeReading(name, state, lag)
+        return NodeReading(name, state, lag, follows=slots is None or follows(slots, state))

@@ -954,3 +954,86 @@ async def test_outbox_rows_copied_by_a_nodes_initial_sync_are_not_kept_there(top
             got = [n.payload async for n in listening.notifies(timeout=10, stop_after=1)]
             assert got == ["e:after"]
         assert await sql(node, "SELECT count(*) FROM tracktalk.outbox") == [(0,)]
+
+
+@contextlib.asynccontextmanager
+async def beating(url: str) -> AsyncIterator[None]:
+    """The heartbeat of the primary at `url` kept fresh, as its own replicas on its nodes keep it."""
+
+    async def beat() -> None:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            while True:
+                await conn.execute("SELECT tracktalk.beat()")
+                await asyncio.sleep(0.2)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_node_that_follows_another_live_primary_is_not_taken_for_this_ones(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """A node that follows another primary, which is live (its heartbeat fresh): it runs, sends and
+    is not behind, and a replica listening on it looked healthy while every write of its own
+    primary went by unheard. The primary's database has no slot of the node's subscription: the
+    replica does not take the node (it takes the next URL), nor does `tracktalk fanout-node` with
+    another database of the node's primary's server as --primary. With an idle slot of that name there
+    (left from before the node was rebuilt elsewhere), it takes it but /readyz says which, by name,
+    and so does `tracktalk check`."""
+    url = topology.url
+    other = (
+        Cluster(topology.bindir, topology.root / "elsewhere", free_port()).initdb(PRIMARY_SETTINGS).start()
+    )
+    try:
+        with psycopg.connect(other.url("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE tracktalk")
+        assert tracktalk("migrate", database_url=other.url()).returncode == 0
+        async with beating(other.url()):
+            with another_node(topology, other.url()) as node:
+                subscription = (await sql(node, "SELECT subscription FROM tracktalk.node_state()"))[0][0]
+                name = f"127.0.0.1:{topology.b.port}/{node.rsplit('/', 1)[1]}"
+                # `tracktalk fanout-node` with another database of the server it follows as --primary:
+                # refused (the slot is in the other database), and the node left as it was.
+                with psycopg.connect(other.url("postgres"), autocommit=True) as conn:
+                    conn.execute("CREATE DATABASE second")
+                assert tracktalk("migrate", database_url=other.url("second")).returncode == 0
+                here = HERE_SUBSCRIBED.replace("count(*)", "subconninfo")
+                before = await sql(node, here)
+                done = tracktalk(
+                    "fanout-node", "--primary", other.url("second"), "--node", node, database_url=""
+                )
+                assert done.returncode == 1 and "has no slot on this primary's database" in done.stderr, (
+                    done.stdout + done.stderr
+                )
+                assert await sql(node, here) == before
+                with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=f"{node},{topology.a.url()}") as (
+                    replica,
+                ):
+                    assert on_node(replica, topology.a), ready(replica)
+                    assert f"fan-out node {name} follows another primary" in replica.log()
+
+                await sql(url, "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (subscription,))
+                try:
+                    with replicas(url, log_dir, 1, ready=False, TRACKTALK_LISTEN_URL=node) as (replica,):
+                        await async_wait_until(
+                            lambda: ready(replica).get("node") is not None, 15, "a reading of the node"
+                        )
+                        answer = ready(replica)
+                        assert answer["status"] == "unavailable", answer
+                        assert answer["node"]["follows"] is False, answer  # type: ignore[index]
+                        assert answer["node"]["running"] and answer["node"]["sending"], answer  # type: ignore[index]
+                        assert f"fan-out node {name} follows another primary" in str(answer["detail"]), answer
+                        assert f"its subscription {subscription} has no slot in use there" in str(
+                            answer["detail"]
+                        )
+                    done = tracktalk("check", database_url=url, TRACKTALK_LISTEN_URL=node)
+                    assert f"FIX   fan-out node {name} follows another primary" in done.stdout, done.stdout
+                finally:
+                    await sql(url, "SELECT pg_drop_replication_slot(%s)", (subscription,))
+    finally:
+        other.stop("immediate")
