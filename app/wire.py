@@ -352,6 +352,9 @@ class NotifyQueue(Struct, omit_defaults=True):
     usage: float
     limit: float
     held_by: QueueHolder | None = None
+    server: str | None = None
+    """The fan-out node (host:port/dbname) on whose server the queue was read, where the listener
+    is on one; absent: the primary's (DATABASE_URL)."""
 
 
 class Health(Struct):

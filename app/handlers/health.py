@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.data.db import serves
 from app.data.nodes import NOT_SENDING, describe, not_following
-from app.ops.readiness import NodeReading, describe_holder
+from app.ops.readiness import NodeReading, Reading, describe_holder
 from app.services import Services
 from app.wire import FanoutNode, Health, NotifyQueue, Readiness
 
@@ -48,7 +48,9 @@ async def readyz(services: Services) -> Response[Readiness]:
     `node` null where the listener is on none."""
     reading = services.readiness.reading()
     limit = services.readiness.queue_limit
-    queue = None if reading is None else NotifyQueue(reading.queue_usage, limit, reading.holder)
+    queues = [] if reading is None else _queues(reading, limit)
+    # The one to show: the first past the limit, or else the listener's.
+    queue = next((q for q in queues if q.usage >= limit), queues[0] if queues else None)
     node = None if reading is None or reading.node is None else _node(reading.node, services)
     # On a node that the last reading did not look at yet (the listener just got there): not ready
     # until it has (within a second).
@@ -57,7 +59,7 @@ async def readyz(services: Services) -> Response[Readiness]:
         "database": reading is not None,
         "schema": None if reading is None else serves(reading.version),
         "listener": services.listener.ready and services.feed.caught_up,
-        "notify_queue": None if queue is None else queue.usage < limit,
+        "notify_queue": None if not queues else all(q.usage < limit for q in queues),
         "notifies": None if reading is None else reading.node is not None or reading.notify_mode != "fanout",
         "node": None if node is None and not unread else not unread and node is not None and _node_ok(node),
     }
@@ -86,6 +88,18 @@ async def readyz(services: Services) -> Response[Readiness]:
         ),
         status_code=200 if ok else 503,
     )
+
+
+def _queues(reading: Reading, limit: float) -> list[NotifyQueue]:
+    """The NOTIFY queues this replica depends on, the listener's first: on a fan-out node, the
+    node's server's (empty while the node does not answer), and the primary's while its writers
+    send NOTIFYs too ('direct'; a full queue there fails their commits); else the primary's."""
+    primary = NotifyQueue(reading.queue_usage, limit, reading.holder)
+    node = reading.node
+    if node is None:
+        return [primary]
+    found = [] if node.queue_usage is None else [NotifyQueue(node.queue_usage, limit, node.holder, node.name)]
+    return found + ([primary] if reading.notify_mode != "fanout" else [])
 
 
 def _node(reading: NodeReading, services: Services) -> FanoutNode:
@@ -125,8 +139,9 @@ def _detail(
     elif not checks["schema"]:
         wrong.append("the database's schema is missing or older than this code's: run `tracktalk migrate`")
     if queue is not None and not checks["notify_queue"]:
+        server = "the primary's" if queue.server is None else f"fan-out node {queue.server}'s"
         wrong.append(
-            f"PostgreSQL's NOTIFY queue is {queue.usage:.2%} full (limit {queue.limit:.2%}); "
+            f"PostgreSQL's NOTIFY queue ({server} server) is {queue.usage:.2%} full (limit {queue.limit:.2%}); "
             f"{describe_holder(queue.held_by)}"
         )
     if not checks["listener"]:

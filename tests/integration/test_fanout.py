@@ -1037,3 +1037,69 @@ async def test_a_node_that_follows_another_live_primary_is_not_taken_for_this_on
                     await sql(url, "SELECT pg_drop_replication_slot(%s)", (subscription,))
     finally:
         other.stop("immediate")
+
+
+@contextlib.contextmanager
+def pinned_queue(url: str) -> Iterator[int]:
+    """The NOTIFY queue of `url`'s server pinned by a session that LISTENs and then sits idle in a
+    transaction, and 300 notifications of 7.9 kB in it (about 0.03 % of the queue); the pinning
+    session's pid. Let go at the end."""
+    pinner = psycopg.connect(url, application_name="pinner")
+    try:
+        pinner.execute("LISTEN anything")
+        pinner.commit()
+        pinner.execute("SELECT 1")  # and now idle in a transaction
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_notify('filler', i || repeat('x', 7900)) FROM generate_series(1, 300) i")
+            usage = conn.execute("SELECT pg_notification_queue_usage()").fetchone()
+        assert usage is not None and usage[0] > 0.0001, usage
+        yield pinner.info.backend_pid
+    finally:
+        pinner.close()
+
+
+def readyz_body(replica: Replica, status: int) -> dict[str, Any] | None:
+    answer = httpx.get(f"{replica.http}/readyz", timeout=5)
+    return answer.json() if answer.status_code == status else None  # type: ignore[no-any-return]
+
+
+async def test_readyz_watches_the_notify_queue_of_the_node_the_replica_listens_on(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """A replica on node A: its events go through the NOTIFY queue of A's server, which a session
+    there pins (the limit lowered to 0.01 % for the test, as in test_dba.py). /readyz fails naming
+    that session and the node, and `tracktalk check` says the same; it looked at the primary's
+    queue only, and said ok. The primary's queue still counts while its writers notify ('direct'),
+    and not in 'fanout' mode, where nothing of tracktalk notifies there."""
+    url, a = topology.url, topology.a
+    name, limit = f"127.0.0.1:{a.port}/tracktalk", "0.0001"
+    await set_mode(url, "fanout")
+    with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=a.url(), TRACKTALK_NOTIFY_QUEUE_LIMIT=limit) as (
+        replica,
+    ):
+        healthy = ready(replica)
+        assert healthy["status"] == "ok" and healthy["notify_queue"]["server"] == name, healthy  # type: ignore[index]
+        with pinned_queue(a.url()) as pid:
+            body = await async_wait_until(lambda: readyz_body(replica, 503), 10, "/readyz to fail")
+            assert body["checks"]["notify_queue"] is False and body["checks"]["node"] is True, body
+            queue = body["notify_queue"]
+            assert queue["server"] == name and queue["held_by"]["pid"] == pid, body
+            assert queue["held_by"]["application_name"] == "pinner", body
+            assert f"NOTIFY queue (fan-out node {name}'s server)" in body["detail"], body
+            assert f"SELECT pg_terminate_backend({pid})" in body["detail"], body
+            done = tracktalk("check", "--queue-alert", limit, database_url=url, TRACKTALK_LISTEN_URL=a.url())
+            line = next(
+                line for line in done.stdout.splitlines() if f"fan-out node {name}'s NOTIFY queue" in line
+            )
+            assert line.startswith("FIX") and f"pid {pid} (application 'pinner'" in line, done.stdout
+        await async_wait_until(lambda: readyz_body(replica, 200), 10, "/readyz to pass again")
+
+        await set_mode(url, "direct")
+        with pinned_queue(url) as pid:
+            body = await async_wait_until(lambda: readyz_body(replica, 503), 10, "/readyz to fail")
+            assert "server" not in body["notify_queue"] and body["notify_queue"]["held_by"]["pid"] == pid, (
+                body
+            )
+            assert "NOTIFY queue (the primary's server)" in body["detail"], body
+            await set_mode(url, "fanout")
+            await async_wait_until(lambda: readyz_body(replica, 200), 10, "the primary's queue not to count")
