@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.reaper import guard
 from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,9 +215,16 @@ def debian_binary(name: str) -> str:
     return found
 
 
-def launch(args: list[str], port: int, log: Callable[[], str]) -> subprocess.Popen[bytes]:
-    """Start a server in the foreground and wait until it listens on `port` (its `log` on failure)."""
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def launch(
+    args: list[str], port: int, log: Callable[[], str], home: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a server in the foreground and wait until it listens on `port` (its `log` on failure).
+    It leads a process group of its own, killed with its folder `home` when this process ends
+    without stopping it (tests/support/reaper.py; release() it once stopped)."""
+    process = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    guard(process, home)
     name = Path(args[0]).name
 
     def up() -> bool:
