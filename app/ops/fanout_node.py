@@ -59,6 +59,20 @@ _WAIT_STEP = 0.25
 _ROLES_SQL = SQL_DIR / "roles.sql"
 
 
+FAILOVER_BY_HAND = (
+    "node: subscription {subscription}'s slot is not a failover slot (it was made before both sides were "
+    "PostgreSQL 17): a promoted standby of the primary would not have it. PostgreSQL sets that only on a "
+    "disabled subscription, and the slot must be idle by then, so it is left to you (a moment in which "
+    "this node receives nothing: its replicas' /readyz says so, and they move to the next URL if it lasts "
+    "5 s). On the node: ALTER SUBSCRIPTION "
+    "{subscription} DISABLE; then, once SELECT active FROM pg_replication_slots WHERE slot_name = "
+    "'{subscription}' says false on the primary: ALTER SUBSCRIPTION {subscription} SET (failover = true); "
+    'ALTER SUBSCRIPTION {subscription} ENABLE; (docs/dba.md, "Fan-out nodes")'
+)
+"""What a run says of an existing node whose slot could be a failover slot and is not. Never run
+here: only PostgreSQL 15 is installed (the statements are PostgreSQL 17's, as documented)."""
+
+
 class FanoutError(Exception):
     """A node cannot be prepared as asked: the message says what to change."""
 
@@ -418,6 +432,10 @@ def _subscribe(
         n.execute(sql.SQL("ALTER SUBSCRIPTION {} ENABLE").format(name))
         say(f"node: subscription {subscription} enabled again")
     say(f"node: subscription {subscription} was there")
+    if failover and not _one(
+        n, "SELECT subfailover FROM pg_subscription WHERE subname = %s", (subscription,)
+    ):
+        say(FAILOVER_BY_HAND.format(subscription=subscription))
 
 
 def _subscriptions(n: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
