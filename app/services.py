@@ -109,7 +109,7 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             state = await node_state(conn)
             if state is None:
                 await check_primary(conn, conninfo, pool)
-            elif state.copied:
+            elif state.copied and state.running:  # else reads.use() refuses it, saying why
                 await check_follows(conninfo, state, pool, settings.database_url)
             await reads.use(conninfo, state)
 
