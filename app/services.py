@@ -25,7 +25,7 @@ from app.data.db import (
     serves,
 )
 from app.data.events import Access, EventLog, access_where_listening
-from app.data.nodes import Reads, check_primary, node_state
+from app.data.nodes import Reads, check_follows, check_primary, node_state
 from app.handlers.write_limits import Refusals
 from app.listener import Listener
 from app.live import close_codes
@@ -109,6 +109,8 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             state = await node_state(conn)
             if state is None:
                 await check_primary(conn, conninfo, pool)
+            elif state.copied and state.running:  # else reads.use() refuses it, saying why
+                await check_follows(conninfo, state, pool, settings.database_url)
             await reads.use(conninfo, state)
 
         listener = Listener(settings.listen_urls, codec, on_connect)
@@ -128,7 +130,9 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
             if node is None or node.state is None:
                 node_watch.observe(None, None, unheard=on_primary and reading.notify_mode == "fanout")
             else:
-                node_watch.observe(node.state.running, node.lag, sending=node.state.sending)
+                node_watch.observe(
+                    node.state.running, node.lag, sending=node.state.sending, follows=node.follows
+                )
 
         readiness = Readiness(
             pool,

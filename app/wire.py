@@ -352,6 +352,9 @@ class NotifyQueue(Struct, omit_defaults=True):
     usage: float
     limit: float
     held_by: QueueHolder | None = None
+    server: str | None = None
+    """The fan-out node (host:port/dbname) on whose server the queue was read, where the listener
+    is on one; absent: the primary's (DATABASE_URL)."""
 
 
 class Health(Struct):
@@ -377,6 +380,10 @@ class FanoutNode(Struct):
     not known yet)."""
     lag_limit: float
     """TRACKTALK_NODE_LAG_LIMIT: past it /readyz fails."""
+    follows: bool = True
+    """Its subscription streams from the primary the replica writes to (DATABASE_URL's database: the
+    subscription's slot is there); false: it follows another primary, and none of the writes
+    reaches it."""
 
 
 class Readiness(Struct):

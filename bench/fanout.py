@@ -33,12 +33,10 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import statistics
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -49,6 +47,7 @@ import psycopg
 from app.data.db import migrate
 from app.dev.embedded import find_bindir
 from bench.notify_lock import COMMENT, RANDOM, pgbench
+from tests.support.clusters import BENCH_PREFIX, cluster_root
 
 ROLE = "tracktalk"
 PRIMARY_CONF = (
@@ -138,38 +137,37 @@ class Server:
 
 @contextlib.contextmanager
 def topology(tracks: int) -> Iterator[tuple[Server, list[Server]]]:
-    """A seeded primary and two nodes following it."""
-    bindir = find_bindir()
-    if bindir is None or not (bindir / "pg_ctl").exists():
+    """A seeded primary and two nodes following it, in a folder of the tests' cluster_root(): its
+    servers are stopped and it is removed when this process ends, however it ends (killed with
+    SIGKILL too: its watchdog does it), and one left behind anyway is cleared by the next test
+    session's sweep."""
+    found = find_bindir()
+    if found is None or not (found / "pg_basebackup").exists():
         raise SystemExit("no PostgreSQL binaries (Debian's postgresql-15)")
-    root = Path(tempfile.mkdtemp(prefix="tracktalk-bench-fanout-"))
-    root.chmod(0o755)
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-    servers: list[Server] = []
-    try:
-        primary = Server(bindir, root / "primary").start(PRIMARY_CONF)
-        servers.append(primary)
-        migrate(primary.url())
-        seed(primary.url(), tracks)
-        nodes = [Server(bindir, root / name).start(NODE_CONF) for name in ("a", "b")]
-        servers += nodes
-        for node in nodes:
-            done = subprocess.run(
-                [".venv/bin/tracktalk", "fanout-node", "--primary", primary.url(), "--node", node.url()],
-                capture_output=True,
-                text=True,
-                check=False,
-                env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
-            )
-            if done.returncode != 0:
-                raise SystemExit(f"tracktalk fanout-node failed:\n{done.stdout}{done.stderr}")
-        yield primary, nodes
-    finally:
-        for server in servers:
-            with contextlib.suppress(SystemExit):
-                server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with cluster_root(BENCH_PREFIX) as (bindir, root):
+        servers: list[Server] = []
+        try:
+            primary = Server(bindir, root / "primary").start(PRIMARY_CONF)
+            servers.append(primary)
+            migrate(primary.url())
+            seed(primary.url(), tracks)
+            nodes = [Server(bindir, root / name).start(NODE_CONF) for name in ("a", "b")]
+            servers += nodes
+            for node in nodes:
+                done = subprocess.run(
+                    [".venv/bin/tracktalk", "fanout-node", "--primary", primary.url(), "--node", node.url()],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+                )
+                if done.returncode != 0:
+                    raise SystemExit(f"tracktalk fanout-node failed:\n{done.stdout}{done.stderr}")
+            yield primary, nodes
+        finally:
+            for server in servers:
+                with contextlib.suppress(SystemExit):
+                    server.stop()
 
 
 def seed(url: str, tracks: int) -> None:

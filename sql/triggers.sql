@@ -2492,9 +2492,11 @@ CREATE TRIGGER channel_key_fan_out
 
 -- Enables the fan-out triggers where this database is a node whose copy of the event log is
 -- complete (its initial copy done: while it runs, every row it copies would fire the trigger), and
--- disables them everywhere else (the primary). The outbox's trigger is on from the subscription's
--- start (its copied rows are sent, none kept). Run at the end of this file and by `tracktalk
--- fanout-node` once the initial copy is done; returns whether the events' trigger is on.
+-- disables them everywhere else (the primary). On a node, the outbox's rows are dropped: with its
+-- trigger on none is kept, so any row there came before (the primary's last few minutes, copied
+-- by the initial sync while the trigger was off): old news that nobody prunes on a node. Run at
+-- the end of this file and by `tracktalk fanout-node` once the initial copy is done; returns
+-- whether the events' trigger is on.
 CREATE OR REPLACE FUNCTION tracktalk.fan_out_triggers() RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -2510,6 +2512,9 @@ BEGIN
     END IF;
     IF node IS NOT NULL THEN
         ALTER TABLE tracktalk.outbox ENABLE REPLICA TRIGGER outbox_fan_out;
+        -- In the same transaction as the line above, which locks the table until it commits: the
+        -- apply worker's next row finds the trigger on.
+        DELETE FROM tracktalk.outbox;
         ALTER TABLE tracktalk.channel_key ENABLE REPLICA TRIGGER channel_key_fan_out;
     ELSE
         ALTER TABLE tracktalk.outbox DISABLE TRIGGER outbox_fan_out;

@@ -109,6 +109,48 @@ async def check_primary(conn: AsyncConnection[Any], conninfo: str, primary: Asyn
         )
 
 
+SLOTS = (
+    "SELECT coalesce(jsonb_object_agg(slot_name, active), '{}') FROM pg_catalog.pg_replication_slots"
+    " WHERE database = current_database() AND slot_type = 'logical'"
+)
+"""The logical slots of the primary's database (the request pool's), each with whether it is in use:
+a fan-out node that follows it streams through the slot named as its subscription."""
+
+
+def follows(slots: dict[str, bool], state: NodeState) -> bool:
+    """Whether the node in `state` follows the primary whose database has `slots` (SLOTS): its
+    subscription's slot is there, and in use while the node's apply worker runs. A node whose
+    subscription points at another primary, or at another database of the primary's server, may
+    run, send and stay fresh (its own primary beats too), but hears none of this primary's writes."""
+    active = slots.get(state.subscription)
+    return active is not None and (bool(active) or not state.running)
+
+
+def not_following(name: str, state: NodeState, primary: str) -> str:
+    """Why the node `name` that does not follow `primary` (both describe()'s) is no use, and what
+    to do."""
+    return (
+        f"fan-out node {name} follows another primary than {primary} (DATABASE_URL's "
+        f"database): its subscription {state.subscription} has no slot in use there, so none of that "
+        "primary's writes reaches it. List only the nodes of DATABASE_URL's primary in "
+        'TRACKTALK_LISTEN_URL, or rebuild this one (docs/dba.md, "Fan-out nodes")'
+    )
+
+
+async def check_follows(
+    conninfo: str, state: NodeState, primary: AsyncConnectionPool, primary_url: str
+) -> None:
+    """NotServing when the primary's database (the request pool's, at `primary_url`) has no slot of the node's
+    subscription: the node follows another primary (a slot there but idle is left to the readings,
+    which see whether it stays so)."""
+    async with primary.connection(timeout=_OPEN_TIMEOUT) as conn, conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(SLOTS)
+        row = await cur.fetchone()
+    slots: dict[str, bool] = row[0] if row else {}
+    if state.subscription not in slots:
+        raise NotServing(not_following(describe(conninfo), state, describe(primary_url)))
+
+
 class Reads:
     """Where the live path reads the event log: the request pool, or, while the listener is on a
     fan-out node, a small pool of the node's own (made when the listener gets there, closed when it

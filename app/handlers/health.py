@@ -12,8 +12,8 @@ from litestar.openapi import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.data.db import serves
-from app.data.nodes import NOT_SENDING
-from app.ops.readiness import NodeReading, describe_holder
+from app.data.nodes import NOT_SENDING, describe, not_following
+from app.ops.readiness import NodeReading, Reading, describe_holder
 from app.services import Services
 from app.wire import FanoutNode, Health, NotifyQueue, Readiness
 
@@ -48,7 +48,9 @@ async def readyz(services: Services) -> Response[Readiness]:
     `node` null where the listener is on none."""
     reading = services.readiness.reading()
     limit = services.readiness.queue_limit
-    queue = None if reading is None else NotifyQueue(reading.queue_usage, limit, reading.holder)
+    queues = [] if reading is None else _queues(reading, limit)
+    # The one to show: the first past the limit, or else the listener's.
+    queue = next((q for q in queues if q.usage >= limit), queues[0] if queues else None)
     node = None if reading is None or reading.node is None else _node(reading.node, services)
     # On a node that the last reading did not look at yet (the listener just got there): not ready
     # until it has (within a second).
@@ -57,7 +59,7 @@ async def readyz(services: Services) -> Response[Readiness]:
         "database": reading is not None,
         "schema": None if reading is None else serves(reading.version),
         "listener": services.listener.ready and services.feed.caught_up,
-        "notify_queue": None if queue is None else queue.usage < limit,
+        "notify_queue": None if not queues else all(q.usage < limit for q in queues),
         "notifies": None if reading is None else reading.node is not None or reading.notify_mode != "fanout",
         "node": None if node is None and not unread else not unread and node is not None and _node_ok(node),
     }
@@ -71,12 +73,33 @@ async def readyz(services: Services) -> Response[Readiness]:
             status="ok" if ok else "unavailable",
             checks=checks,
             notify_queue=queue,
-            detail=None if ok else _detail(checks, queue, node, reading.node if reading else None, unread),
+            detail=None
+            if ok
+            else _detail(
+                checks,
+                queue,
+                node,
+                reading.node if reading else None,
+                unread,
+                describe(services.settings.database_url),
+            ),
             notify_mode=notify_mode,
             node=node,
         ),
         status_code=200 if ok else 503,
     )
+
+
+def _queues(reading: Reading, limit: float) -> list[NotifyQueue]:
+    """The NOTIFY queues this replica depends on, the listener's first: on a fan-out node, the
+    node's server's (empty while the node does not answer), and the primary's while its writers
+    send NOTIFYs too ('direct'; a full queue there fails their commits); else the primary's."""
+    primary = NotifyQueue(reading.queue_usage, limit, reading.holder)
+    node = reading.node
+    if node is None:
+        return [primary]
+    found = [] if node.queue_usage is None else [NotifyQueue(node.queue_usage, limit, node.holder, node.name)]
+    return found + ([primary] if reading.notify_mode != "fanout" else [])
 
 
 def _node(reading: NodeReading, services: Services) -> FanoutNode:
@@ -88,11 +111,17 @@ def _node(reading: NodeReading, services: Services) -> FanoutNode:
         sending=state is not None and state.sending,
         lag_seconds=None if reading.lag is None else round(reading.lag, 3),
         lag_limit=services.readiness.node_lag_limit,
+        follows=reading.follows,
     )
 
 
 def _node_ok(node: FanoutNode) -> bool:
-    return node.running and node.sending and (node.lag_seconds is None or node.lag_seconds <= node.lag_limit)
+    return (
+        node.follows
+        and node.running
+        and node.sending
+        and (node.lag_seconds is None or node.lag_seconds <= node.lag_limit)
+    )
 
 
 def _detail(
@@ -101,6 +130,7 @@ def _detail(
     node: FanoutNode | None = None,
     reading: NodeReading | None = None,
     unread: bool = False,
+    primary: str = "",
 ) -> str:
     """What is wrong, for a person reading the answer."""
     wrong = []
@@ -109,8 +139,9 @@ def _detail(
     elif not checks["schema"]:
         wrong.append("the database's schema is missing or older than this code's: run `tracktalk migrate`")
     if queue is not None and not checks["notify_queue"]:
+        server = "the primary's" if queue.server is None else f"fan-out node {queue.server}'s"
         wrong.append(
-            f"PostgreSQL's NOTIFY queue is {queue.usage:.2%} full (limit {queue.limit:.2%}); "
+            f"PostgreSQL's NOTIFY queue ({server} server) is {queue.usage:.2%} full (limit {queue.limit:.2%}); "
             f"{describe_holder(queue.held_by)}"
         )
     if not checks["listener"]:
@@ -126,6 +157,8 @@ def _detail(
     elif node is not None and checks["node"] is False:
         if reading is not None and reading.state is None:
             wrong.append(f"fan-out node {node.name}: {reading.error}")
+        elif reading is not None and reading.state is not None and not node.follows:
+            wrong.append(not_following(node.name, reading.state, primary))
         elif not node.running:
             wrong.append(
                 f"fan-out node {node.name}: its subscription {node.subscription} receives nothing from the "

@@ -89,7 +89,8 @@ fell back to the primary (listed last in TRACKTALK_LISTEN_URL) while it sends no
 class NodeWatch:
     """Has the listener leave a fan-out node whose subscription receives nothing from the primary
     (disabled, failing: after a failover of the primary on PostgreSQL 15 or 16, its slot is gone),
-    whose trigger on the event log does not send, or that stays past the lag limit, for
+    that follows another primary, whose trigger on the event log does not send, or that stays past
+    the lag limit, for
     _LEAVE_AFTER readings in a row, when TRACKTALK_LISTEN_URL
     lists another URL: the next node, or the primary itself if it is listed last. (A node that
     receives nothing is refused at connect too: app/data/nodes.py.) And has a listener that fell
@@ -104,12 +105,18 @@ class NodeWatch:
         self._unheard = 0
 
     def observe(
-        self, running: bool | None, lag: float | None, unheard: bool = False, sending: bool = True
+        self,
+        running: bool | None,
+        lag: float | None,
+        unheard: bool = False,
+        sending: bool = True,
+        follows: bool = True,
     ) -> None:
         """One reading of the node the listener is on: its subscription runs (None: not on a node,
         or it did not answer: the listener finds out by itself), and its lag in seconds;
         `unheard`: the listener is on the primary, which sends no NOTIFYs; `sending`: the node's
-        trigger on the event log sends them."""
+        trigger on the event log sends them; `follows`: its subscription follows the primary the
+        replica writes to."""
         self._unheard = self._unheard + 1 if unheard else 0
         if self._unheard >= _RETRY_NODES_AFTER:
             self._unheard = 0
@@ -120,11 +127,13 @@ class NodeWatch:
             self._bad = 0
             return
         late = lag is not None and lag > self._lag_limit
-        self._bad = self._bad + 1 if not running or not sending or late else 0
+        self._bad = self._bad + 1 if not running or not sending or not follows or late else 0
         if self._bad >= _LEAVE_AFTER:
             self._bad = 0
             self._leave(
-                "its subscription receives nothing from the primary"
+                "it follows another primary than DATABASE_URL's database"
+                if not follows
+                else "its subscription receives nothing from the primary"
                 if not running
                 else NOT_SENDING
                 if not sending

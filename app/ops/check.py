@@ -18,7 +18,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg.rows import tuple_row
 
-from app.data.nodes import describe
+from app.data.nodes import SLOTS, NodeState, describe, follows, not_following
 from app.ops.fanout_node import SLOT_PREFIX
 from app.ops.readiness import HOLDER_QUERY, describe_holder, holder_from_row
 
@@ -66,7 +66,7 @@ def check(conninfo: str, queue_alert: float = QUEUE_ALERT, nodes: Sequence[str] 
             *_settings(conn, db),
             *_owners(conn),
             *_slots(conn),
-            *(line for node in nodes for line in _node(conn, node)),
+            *(line for node in nodes for line in _node(conn, node, queue_alert)),
         ]
 
 
@@ -143,18 +143,20 @@ def _who_may_connect(conn: psycopg.Connection[Any], db: str) -> list[Line]:
     return lines
 
 
-def _queue(conn: psycopg.Connection[Any], alert: float) -> list[Line]:
-    """pg_notification_queue_usage(), and who holds the queue back when it is not near 0."""
+def _queue(conn: psycopg.Connection[Any], alert: float, node: str | None = None) -> list[Line]:
+    """pg_notification_queue_usage(), and who holds the queue back when it is not near 0; `node`:
+    the fan-out node `conn` is on."""
     usage = float(_one(conn, "SELECT pg_notification_queue_usage()"))
+    queue = "the NOTIFY queue" if node is None else f"fan-out node {node}'s NOTIFY queue"
     if usage < alert:
-        return [Line("ok", f"the NOTIFY queue is {usage:.2%} full")]
+        return [Line("ok", f"{queue} is {usage:.2%} full")]
     with conn.cursor(row_factory=tuple_row) as cur:
         cur.execute(HOLDER_QUERY)
         holder = holder_from_row(cur.fetchone())
     return [
         Line(
             "FIX",
-            f"the NOTIFY queue is {usage:.2%} full (reported from {alert:.2%}; at 100 % every write "
+            f"{queue} is {usage:.2%} full (reported from {alert:.2%}; at 100 % every write "
             f'fails): {describe_holder(holder)} (docs/dba.md, "Watching the NOTIFY queue")',
         )
     ]
@@ -402,8 +404,9 @@ def _slots(conn: psycopg.Connection[Any]) -> list[Line]:
     return lines
 
 
-def _node(primary: psycopg.Connection[Any], conninfo: str) -> list[Line]:
-    """A URL of TRACKTALK_LISTEN_URL: is it a fan-out node that follows this primary, and how far behind?"""
+def _node(primary: psycopg.Connection[Any], conninfo: str, queue_alert: float = QUEUE_ALERT) -> list[Line]:
+    """A URL of TRACKTALK_LISTEN_URL: is it a fan-out node that follows this primary, and how far
+    behind? And its server's NOTIFY queue."""
     name = describe(conninfo)
     try:
         with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
@@ -411,7 +414,11 @@ def _node(primary: psycopg.Connection[Any], conninfo: str) -> list[Line]:
             found = _all(conn, "SELECT * FROM tracktalk.node_state()")
             if not found:
                 return [Line("note", f"{name} is not a fan-out node (it has no subscription to a primary)")]
+            queue = _queue(conn, queue_alert, name)
             subscription, enabled, running, copied, sending, node_beat, received = found[0]
+            state = NodeState(*found[0])
+            if not follows(_one(primary, SLOTS), state):
+                return [Line("FIX", not_following(name, state, describe(primary.info.dsn))), *queue]
             deadline = time.monotonic() + _NODE_WAIT
             while running and beat is not None and (node_beat is None or node_beat < beat):
                 if time.monotonic() > deadline:
@@ -427,7 +434,8 @@ def _node(primary: psycopg.Connection[Any], conninfo: str) -> list[Line]:
                 f"fan-out node {name}: subscription {subscription} is {'disabled' if not enabled else 'not running'}"
                 f" (last heard from the primary {received or 'never'}): its replicas get nothing new. "
                 f"See its server log; ALTER SUBSCRIPTION {subscription} ENABLE; once the cause is gone",
-            )
+            ),
+            *queue,
         ]
     if not copied or not sending:
         return [
@@ -435,7 +443,8 @@ def _node(primary: psycopg.Connection[Any], conninfo: str) -> list[Line]:
                 "FIX",
                 f"fan-out node {name}: {'its initial copy is not done' if not copied else 'its triggers are off'}: "
                 "run `tracktalk fanout-node` for it again",
-            )
+            ),
+            *queue,
         ]
     lag = None if beat is None or node_beat is None else max(0.0, (beat - node_beat).total_seconds())
     if lag is None or lag > 0:
@@ -444,9 +453,10 @@ def _node(primary: psycopg.Connection[Any], conninfo: str) -> list[Line]:
             Line(
                 "FIX",
                 f"fan-out node {name} {behind} (after {_NODE_WAIT:.0f} s): see pg_stat_subscription there",
-            )
+            ),
+            *queue,
         ]
-    return [Line("ok", f"fan-out node {name} follows the primary (subscription {subscription})")]
+    return [Line("ok", f"fan-out node {name} follows the primary (subscription {subscription})"), *queue]
 
 
 def report(lines: list[Line]) -> tuple[str, int]:

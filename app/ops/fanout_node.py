@@ -59,6 +59,20 @@ _WAIT_STEP = 0.25
 _ROLES_SQL = SQL_DIR / "roles.sql"
 
 
+FAILOVER_BY_HAND = (
+    "node: subscription {subscription}'s slot is not a failover slot (it was made before both sides were "
+    "PostgreSQL 17): a promoted standby of the primary would not have it. PostgreSQL sets that only on a "
+    "disabled subscription, and the slot must be idle by then, so it is left to you (a moment in which "
+    "this node receives nothing: its replicas' /readyz says so, and they move to the next URL if it lasts "
+    "5 s). On the node: ALTER SUBSCRIPTION "
+    "{subscription} DISABLE; then, once SELECT active FROM pg_replication_slots WHERE slot_name = "
+    "'{subscription}' says false on the primary: ALTER SUBSCRIPTION {subscription} SET (failover = true); "
+    'ALTER SUBSCRIPTION {subscription} ENABLE; (docs/dba.md, "Fan-out nodes")'
+)
+"""What a run says of an existing node whose slot could be a failover slot and is not. Never run
+here: only PostgreSQL 15 is installed (the statements are PostgreSQL 17's, as documented)."""
+
+
 class FanoutError(Exception):
     """A node cannot be prepared as asked: the message says what to change."""
 
@@ -283,10 +297,12 @@ def _check_node(n: psycopg.Connection[Any], p: psycopg.Connection[Any], publishe
         )
     found = _subscriptions(n)
     if found and not _one(
-        p, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (found[0][0],)
+        p,
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s AND database = current_database()",
+        (found[0][0],),
     ):
         raise FanoutError(
-            f"the node's subscription {found[0][0]} has no slot on this primary ({describe(p.info.dsn)}): "
+            f"the node's subscription {found[0][0]} has no slot on this primary's database ({describe(p.info.dsn)}): "
             "the node follows another primary, or its slot was dropped or lost here, and a subscription "
             "cannot follow a primary that lacks its slot. Give the --primary it follows; or rebuild it "
             "(on the node: ALTER SUBSCRIPTION … DISABLE; ALTER SUBSCRIPTION … SET (slot_name = NONE); DROP "
@@ -416,6 +432,10 @@ def _subscribe(
         n.execute(sql.SQL("ALTER SUBSCRIPTION {} ENABLE").format(name))
         say(f"node: subscription {subscription} enabled again")
     say(f"node: subscription {subscription} was there")
+    if failover and not _one(
+        n, "SELECT subfailover FROM pg_subscription WHERE subname = %s", (subscription,)
+    ):
+        say(FAILOVER_BY_HAND.format(subscription=subscription))
 
 
 def _subscriptions(n: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:

@@ -6,11 +6,17 @@ pg_notification_queue_usage(), who sends the NOTIFYs (tracktalk.settings.notify_
 snapshot of the running transactions; past the queue's limit, also the session most likely holding
 the queue back (pg_stat_activity). While the listener is on a fan-out node, also the node's state
 (tracktalk.node_state(), on the node) and the primary's heartbeat (tracktalk.beat(), which this
-replica keeps going): how far the node is behind, in the primary's own time. PostgreSQL keeps one NOTIFY queue for the whole server, and a session
-that LISTENs (any role that may connect, to any database) and then sits idle in a transaction keeps
-every notification after that moment in it: at 100 % every transaction that notifies fails at
-commit, so every write of tracktalk does. PostgreSQL cannot stop that; a replica can see it coming
-and say who (docs/dba.md, "Watching the NOTIFY queue").
+replica keeps going): how far the node is behind, in the primary's own time; whether the node
+follows this primary at all (its subscription's slot in the primary's database); and the node's
+own NOTIFY queue, the one the replica's events go through there.
+
+PostgreSQL keeps one NOTIFY queue for the whole server, and a session that LISTENs (any role that
+may connect, to any database) and then sits idle in a transaction keeps every notification after
+that moment in it: at 100 % every transaction that notifies fails at commit, so every write of
+tracktalk does (on a fan-out node: its apply worker's, which then stops applying anything). PostgreSQL
+cannot stop that; a replica can see it coming and say who (docs/dba.md, "Watching the NOTIFY
+queue"). /readyz watches the queue of the server the listener is on, and the primary's while its
+writers send NOTIFYs (notify_mode 'direct').
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-from app.data.nodes import NodeState, Reads, node_state
+from app.data.nodes import SLOTS, NodeState, Reads, follows, node_state
 from app.wire import QueueHolder
 
 log = logging.getLogger(__name__)
@@ -53,9 +59,9 @@ _READING = """
     SELECT (SELECT version FROM tracktalk.schema_version), pg_notification_queue_usage(),
            (SELECT notify_mode FROM tracktalk.settings), pg_current_snapshot()::text
 """
-_BEAT = "SELECT tracktalk.beat()"
+_BEAT = f"SELECT tracktalk.beat(), ({SLOTS})"
 """The primary's heartbeat, kept going by the replicas on fan-out nodes (one write a second at most,
-whatever their number)."""
+whatever their number), and its database's logical slots (is the node's subscription one of them?)."""
 
 HOLDER_QUERY = """
     SELECT pid, application_name, usename, datname, state,
@@ -120,6 +126,14 @@ class NodeReading:
     lag: float | None = None
     """Seconds the node is behind the primary (their heartbeats compared); None: not known yet."""
     error: str | None = None
+    follows: bool = True
+    """Its subscription's slot is in the primary's database (DATABASE_URL's), in use while it runs
+    (app/data/nodes.py's follows()); False: it follows another primary and hears none of the writes."""
+    queue_usage: float | None = None
+    """pg_notification_queue_usage() on the node: the queue its replicas' NOTIFYs go through (None:
+    the node did not answer)."""
+    holder: QueueHolder | None = None
+    """Read on the node only when its queue is past the limit."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +145,7 @@ class Reading:
     version: int | None
     """The schema version (None: there is no tracktalk schema)."""
     queue_usage: float
+    """pg_notification_queue_usage() on the primary (a fan-out node's is in `node`)."""
     holder: QueueHolder | None
     """Read only when the queue is past the limit."""
     notify_mode: str | None = None
@@ -199,6 +214,7 @@ class Readiness:
     async def _read(self) -> Reading:
         on_node = self._reads.node_pool if self._reads is not None else None
         beat = None
+        slots: dict[str, bool] | None = None
         async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
             try:
                 await cur.execute(_READING)
@@ -216,10 +232,10 @@ class Readiness:
             if on_node is not None and version is not None:
                 await cur.execute(_BEAT)
                 row = await cur.fetchone()
-                beat = row[0] if row else None
+                beat, slots = row if row else (None, None)
         node = None
         if on_node is not None and self._reads is not None:
-            node = await self._read_node(on_node, self._reads.node or "", beat)
+            node = await self._read_node(on_node, self._reads.node or "", beat, slots)
         return Reading(
             at=time.monotonic(),
             version=None if version is None else int(version),
@@ -231,13 +247,26 @@ class Readiness:
         )
 
     async def _read_node(
-        self, pool: AsyncConnectionPool, name: str, primary_beat: datetime | None
+        self,
+        pool: AsyncConnectionPool,
+        name: str,
+        primary_beat: datetime | None,
+        slots: dict[str, bool] | None,
     ) -> NodeReading:
-        """The node's state, and its lag: the primary's heartbeat (read just before) less the
-        node's copy of it, both the primary's clock."""
+        """The node's state, whether it follows the primary (`slots`: the primary database's; None:
+        not read), its NOTIFY queue (the one its replicas depend on) and its lag: the primary's
+        heartbeat (read just before) less the node's copy of it, both the primary's clock."""
+        holder = None
         try:
             async with pool.connection(timeout=_CHECK_TIMEOUT) as conn:
                 state = await node_state(conn)
+                async with conn.cursor(row_factory=tuple_row) as cur:
+                    await cur.execute("SELECT pg_notification_queue_usage()")
+                    row = await cur.fetchone()
+                    usage = float(row[0]) if row else 0.0
+                    if usage >= self.queue_limit:
+                        await cur.execute(HOLDER_QUERY)
+                        holder = holder_from_row(await cur.fetchone())
         except Exception as exc:
             return NodeReading(name, None, error=f"the node does not answer ({type(exc).__name__})")
         if state is None:
@@ -245,4 +274,6 @@ class Readiness:
         lag = None
         if primary_beat is not None and state.beat is not None:
             lag = max(0.0, (primary_beat - state.beat).total_seconds())
-        return NodeReading(name, state, lag)
+        return NodeReading(
+            name, state, lag, follows=slots is None or follows(slots, state), queue_usage=usage, holder=holder
+        )

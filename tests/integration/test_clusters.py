@@ -1,5 +1,5 @@
-"""The tests' own PostgreSQL servers (tests/support/clusters.py) die with the run that started
-them: a pytest process killed with SIGKILL leaves no server running and no folder behind, and a
+"""The tests' own PostgreSQL servers (tests/support/clusters.py), and bench/fanout.py's, die with
+the run that started them: a pytest process killed with SIGKILL leaves no server running and no folder behind, and a
 folder whose owner is gone is cleared at the next session's start."""
 
 from __future__ import annotations
@@ -46,6 +46,53 @@ def test_a_run_killed_with_sigkill_leaves_no_server_and_no_folder() -> None:
         owner.wait(10)
         wait_until(lambda: not _alive(postmaster), 30, "the server of the killed run to stop")
         wait_until(lambda: not data.parent.exists(), 30, "the killed run's folder to go")
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait(10)
+        if owner.stdout is not None:
+            owner.stdout.close()
+        bindir = find_bindir()
+        if data is not None and data.parent.exists() and bindir is not None:
+            clear(bindir, data.parent)  # whatever the outcome, nothing stays behind this test
+
+
+_BENCH_STARTS = textwrap.dedent(
+    """
+    import time
+    from bench import fanout
+    started = fanout.Server.start
+    def start_and_wait(self, conf):  # the primary up: the run is killed here
+        started(self, conf)
+        print(self.data, flush=True)
+        time.sleep(600)
+    fanout.Server.start = start_and_wait
+    with fanout.topology(10):
+        pass
+    """
+)
+
+
+def test_a_fanout_bench_killed_with_sigkill_leaves_no_server_and_no_folder() -> None:
+    """bench/fanout.py's servers and folder: it made its folder itself, and a run killed (a kill
+    -9, a closed terminal) left both behind; it uses cluster_root() now."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _BENCH_STARTS],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    data = None
+    try:
+        assert owner.stdout is not None
+        data = Path(owner.stdout.readline().strip())  # the child's own timeouts (initdb, start) bound this
+        postmaster = _read_pid(data / "postmaster.pid")
+        assert postmaster is not None and _alive(postmaster), data
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(10)
+        wait_until(lambda: not _alive(postmaster), 30, "the killed bench's server to stop")
+        wait_until(lambda: not data.parent.exists(), 30, "the killed bench's folder to go")
     finally:
         if owner.poll() is None:
             owner.kill()

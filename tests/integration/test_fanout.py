@@ -915,3 +915,191 @@ async def test_a_comment_hidden_by_psql_reaches_each_audience_in_its_form_throug
         "bob": ("comment_hidden", 2),
     }
     assert got["alice"]["comment"]["hidden"] is True and "comment" not in got["bob"]
+
+
+@contextlib.contextmanager
+def another_node(topology: Topology, primary: str) -> Iterator[str]:
+    """A fan-out node of `primary` in a fresh database of node B's server, prepared by `tracktalk
+    fanout-node`; its subscription (and so its slot on `primary`) dropped afterwards."""
+    name = f"other_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(topology.b.url("postgres"), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    node = topology.b.url(name)
+    try:
+        done = tracktalk("fanout-node", "--primary", primary, "--node", node, database_url="")
+        assert done.returncode == 0, done.stdout + done.stderr
+        yield node
+    finally:
+        with psycopg.connect(node, autocommit=True) as conn:
+            for (subscription,) in conn.execute(
+                "SELECT subname FROM pg_subscription WHERE subdbid ="
+                " (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ).fetchall():
+                conn.execute(f"DROP SUBSCRIPTION {subscription}")
+
+
+async def test_outbox_rows_copied_by_a_nodes_initial_sync_are_not_kept_there(topology: Topology) -> None:
+    """The primary keeps its outbox's rows for 5 minutes; a node prepared meanwhile copies them
+    with the table, before its trigger on the outbox is on, so they were kept there for good (its
+    outbox is never pruned: no replica prunes a node). They are dropped when the node's triggers
+    are turned on; what comes after is sent and not kept, as before."""
+    url = topology.url
+    await sql(url, "SELECT tracktalk.relay('somewhere', 'e:before the node')")
+    assert (await sql(url, "SELECT count(*) FROM tracktalk.outbox"))[0][0] >= 1
+    with another_node(topology, url) as node:
+        assert await sql(node, "SELECT count(*) FROM tracktalk.outbox") == [(0,)]
+        async with await psycopg.AsyncConnection.connect(node, autocommit=True) as listening:
+            await listening.execute("LISTEN somewhere")
+            await sql(url, "SELECT tracktalk.relay('somewhere', 'e:after')")
+            got = [n.payload async for n in listening.notifies(timeout=10, stop_after=1)]
+            assert got == ["e:after"]
+        assert await sql(node, "SELECT count(*) FROM tracktalk.outbox") == [(0,)]
+
+
+@contextlib.asynccontextmanager
+async def beating(url: str) -> AsyncIterator[None]:
+    """The heartbeat of the primary at `url` kept fresh, as its own replicas on its nodes keep it."""
+
+    async def beat() -> None:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            while True:
+                await conn.execute("SELECT tracktalk.beat()")
+                await asyncio.sleep(0.2)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_node_that_follows_another_live_primary_is_not_taken_for_this_ones(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """A node that follows another primary, which is live (its heartbeat fresh): it runs, sends and
+    is not behind, and a replica listening on it looked healthy while every write of its own
+    primary went by unheard. The primary's database has no slot of the node's subscription: the
+    replica does not take the node (it takes the next URL), nor does `tracktalk fanout-node` with
+    another database of the node's primary's server as --primary. With an idle slot of that name there
+    (left from before the node was rebuilt elsewhere), it takes it but /readyz says which, by name,
+    and so does `tracktalk check`."""
+    url = topology.url
+    other = (
+        Cluster(topology.bindir, topology.root / "elsewhere", free_port()).initdb(PRIMARY_SETTINGS).start()
+    )
+    try:
+        with psycopg.connect(other.url("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE tracktalk")
+        assert tracktalk("migrate", database_url=other.url()).returncode == 0
+        async with beating(other.url()):
+            with another_node(topology, other.url()) as node:
+                subscription = (await sql(node, "SELECT subscription FROM tracktalk.node_state()"))[0][0]
+                name = f"127.0.0.1:{topology.b.port}/{node.rsplit('/', 1)[1]}"
+                # `tracktalk fanout-node` with another database of the server it follows as --primary:
+                # refused (the slot is in the other database), and the node left as it was.
+                with psycopg.connect(other.url("postgres"), autocommit=True) as conn:
+                    conn.execute("CREATE DATABASE second")
+                assert tracktalk("migrate", database_url=other.url("second")).returncode == 0
+                here = HERE_SUBSCRIBED.replace("count(*)", "subconninfo")
+                before = await sql(node, here)
+                done = tracktalk(
+                    "fanout-node", "--primary", other.url("second"), "--node", node, database_url=""
+                )
+                assert done.returncode == 1 and "has no slot on this primary's database" in done.stderr, (
+                    done.stdout + done.stderr
+                )
+                assert await sql(node, here) == before
+                with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=f"{node},{topology.a.url()}") as (
+                    replica,
+                ):
+                    assert on_node(replica, topology.a), ready(replica)
+                    assert f"fan-out node {name} follows another primary" in replica.log()
+
+                await sql(url, "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (subscription,))
+                try:
+                    with replicas(url, log_dir, 1, ready=False, TRACKTALK_LISTEN_URL=node) as (replica,):
+                        await async_wait_until(
+                            lambda: ready(replica).get("node") is not None, 15, "a reading of the node"
+                        )
+                        answer = ready(replica)
+                        assert answer["status"] == "unavailable", answer
+                        assert answer["node"]["follows"] is False, answer  # type: ignore[index]
+                        assert answer["node"]["running"] and answer["node"]["sending"], answer  # type: ignore[index]
+                        assert f"fan-out node {name} follows another primary" in str(answer["detail"]), answer
+                        assert f"its subscription {subscription} has no slot in use there" in str(
+                            answer["detail"]
+                        )
+                    done = tracktalk("check", database_url=url, TRACKTALK_LISTEN_URL=node)
+                    assert f"FIX   fan-out node {name} follows another primary" in done.stdout, done.stdout
+                finally:
+                    await sql(url, "SELECT pg_drop_replication_slot(%s)", (subscription,))
+    finally:
+        other.stop("immediate")
+
+
+@contextlib.contextmanager
+def pinned_queue(url: str) -> Iterator[int]:
+    """The NOTIFY queue of `url`'s server pinned by a session that LISTENs and then sits idle in a
+    transaction, and 300 notifications of 7.9 kB in it (about 0.03 % of the queue); the pinning
+    session's pid. Let go at the end."""
+    pinner = psycopg.connect(url, application_name="pinner")
+    try:
+        pinner.execute("LISTEN anything")
+        pinner.commit()
+        pinner.execute("SELECT 1")  # and now idle in a transaction
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_notify('filler', i || repeat('x', 7900)) FROM generate_series(1, 300) i")
+            usage = conn.execute("SELECT pg_notification_queue_usage()").fetchone()
+        assert usage is not None and usage[0] > 0.0001, usage
+        yield pinner.info.backend_pid
+    finally:
+        pinner.close()
+
+
+def readyz_body(replica: Replica, status: int) -> dict[str, Any] | None:
+    answer = httpx.get(f"{replica.http}/readyz", timeout=5)
+    return answer.json() if answer.status_code == status else None  # type: ignore[no-any-return]
+
+
+async def test_readyz_watches_the_notify_queue_of_the_node_the_replica_listens_on(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """A replica on node A: its events go through the NOTIFY queue of A's server, which a session
+    there pins (the limit lowered to 0.01 % for the test, as in test_dba.py). /readyz fails naming
+    that session and the node, and `tracktalk check` says the same; it looked at the primary's
+    queue only, and said ok. The primary's queue still counts while its writers notify ('direct'),
+    and not in 'fanout' mode, where nothing of tracktalk notifies there."""
+    url, a = topology.url, topology.a
+    name, limit = f"127.0.0.1:{a.port}/tracktalk", "0.0001"
+    await set_mode(url, "fanout")
+    with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=a.url(), TRACKTALK_NOTIFY_QUEUE_LIMIT=limit) as (
+        replica,
+    ):
+        healthy = ready(replica)
+        assert healthy["status"] == "ok" and healthy["notify_queue"]["server"] == name, healthy  # type: ignore[index]
+        with pinned_queue(a.url()) as pid:
+            body = await async_wait_until(lambda: readyz_body(replica, 503), 10, "/readyz to fail")
+            assert body["checks"]["notify_queue"] is False and body["checks"]["node"] is True, body
+            queue = body["notify_queue"]
+            assert queue["server"] == name and queue["held_by"]["pid"] == pid, body
+            assert queue["held_by"]["application_name"] == "pinner", body
+            assert f"NOTIFY queue (fan-out node {name}'s server)" in body["detail"], body
+            assert f"SELECT pg_terminate_backend({pid})" in body["detail"], body
+            done = tracktalk("check", "--queue-alert", limit, database_url=url, TRACKTALK_LISTEN_URL=a.url())
+            line = next(
+                line for line in done.stdout.splitlines() if f"fan-out node {name}'s NOTIFY queue" in line
+            )
+            assert line.startswith("FIX") and f"pid {pid} (application 'pinner'" in line, done.stdout
+        await async_wait_until(lambda: readyz_body(replica, 200), 10, "/readyz to pass again")
+
+        await set_mode(url, "direct")
+        with pinned_queue(url) as pid:
+            body = await async_wait_until(lambda: readyz_body(replica, 503), 10, "/readyz to fail")
+            assert "server" not in body["notify_queue"] and body["notify_queue"]["held_by"]["pid"] == pid, (
+                body
+            )
+            assert "NOTIFY queue (the primary's server)" in body["detail"], body
+            await set_mode(url, "fanout")
+            await async_wait_until(lambda: readyz_body(replica, 200), 10, "the primary's queue not to count")

@@ -29,8 +29,10 @@ ROLE = "tracktalk"
 """The superuser initdb makes (trust authentication, 127.0.0.1 only)."""
 OWNER = "owner"
 """The file of a cluster root that names the process it belongs to: `<pid> <start time>`."""
-PREFIXES = ("tracktalk-fanout-", "tracktalk-failover-")
-"""The prefixes of the roots that the tests make (and that sweep() looks at)."""
+BENCH_PREFIX = "tracktalk-bench-fanout-"
+"""The roots of bench/fanout.py, which uses cluster_root() too."""
+PREFIXES = ("tracktalk-fanout-", "tracktalk-failover-", BENCH_PREFIX)
+"""The prefixes of the roots that the tests (and bench/fanout.py) make, and that sweep() looks at."""
 LEGACY_AGE = 2 * 3600.0
 """Seconds after which a root without an OWNER file (made before there was one) counts as left
 behind: no test module of those that make roots runs that long."""

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.reaper import guard
 from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,6 +110,9 @@ class Replica(LocalServer):
     log_path: Path | None = None
     serve_args: tuple[str, ...] = ()
     """More options of `tracktalk serve` (e.g. `--reuse-port`)."""
+    ready_to_start: bool = True
+    """start() waits for /readyz to answer 200; False: for it to answer at all (a replica that
+    starts not ready, which is what the test looks at)."""
 
     def start(self, log_dir: Path, tries: int = 5) -> Replica:
         """Start it and wait until it is ready; on a port another process took meanwhile (free_port
@@ -143,10 +147,13 @@ class Replica(LocalServer):
         return self
 
     def ready(self) -> bool:
+        return self._readyz() == 200
+
+    def _readyz(self) -> int | None:
         try:
-            return httpx.get(f"{self.http}/readyz", timeout=1.0).status_code == 200
+            return httpx.get(f"{self.http}/readyz", timeout=1.0).status_code
         except httpx.HTTPError:
-            return False
+            return None
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         """Wait until it answers /readyz on its port, and it is the one listening there; PortTaken
@@ -158,7 +165,8 @@ class Replica(LocalServer):
                 if "address already in use" in self.log():
                     raise PortTaken(self.port)
                 raise AssertionError(f"replica exited with {self.process.returncode}:\n{self.log()}")
-            return self.ready() and listens_on(self.process.pid, self.port)
+            answered = self._readyz() in ((200,) if self.ready_to_start else (200, 503))
+            return answered and listens_on(self.process.pid, self.port)
 
         wait_until(up, timeout, f"replica on port {self.port} to be ready")
 
@@ -183,12 +191,15 @@ class Replica(LocalServer):
 
 
 @contextlib.contextmanager
-def replicas(database_url: str, log_dir: Path, count: int = 1, **env: str) -> Iterator[list[Replica]]:
-    """`count` replicas over one database, stopped at the end."""
+def replicas(
+    database_url: str, log_dir: Path, count: int = 1, *, ready: bool = True, **env: str
+) -> Iterator[list[Replica]]:
+    """`count` replicas over one database, stopped at the end; `ready`: started once ready (else
+    once /readyz answers, 503 or not)."""
     started: list[Replica] = []
     try:
         for _ in range(count):
-            started.append(Replica(database_url, env=dict(env)).start(log_dir))
+            started.append(Replica(database_url, env=dict(env), ready_to_start=ready).start(log_dir))
         yield started
     finally:
         for replica in started:
@@ -204,9 +215,16 @@ def debian_binary(name: str) -> str:
     return found
 
 
-def launch(args: list[str], port: int, log: Callable[[], str]) -> subprocess.Popen[bytes]:
-    """Start a server in the foreground and wait until it listens on `port` (its `log` on failure)."""
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def launch(
+    args: list[str], port: int, log: Callable[[], str], home: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a server in the foreground and wait until it listens on `port` (its `log` on failure).
+    It leads a process group of its own, killed with its folder `home` when this process ends
+    without stopping it (tests/support/reaper.py; release() it once stopped)."""
+    process = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    guard(process, home)
     name = Path(args[0]).name
 
     def up() -> bool:

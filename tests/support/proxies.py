@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 from tests.support.processes import ROOT, LocalServer, debian_binary, free_port, launch
+from tests.support.reaper import release
 
 NGINX_TEMPLATE = ROOT / "deploy" / "nginx.conf"
 
@@ -153,6 +154,7 @@ class Nginx(LocalServer):
             ],
             self.port,
             self.log,
+            self.prefix,
         )
         return self
 
@@ -178,3 +180,4 @@ class Nginx(LocalServer):
         with contextlib.suppress(AssertionError):
             self.stop()
         shutil.rmtree(self.prefix, ignore_errors=True)
+        release(self.process)

@@ -41,6 +41,7 @@ from app.data.db import migrate
 from app.dev.embedded import EmbeddedPostgres
 from tests.support.processes import ROOT, Replica, debian_binary, free_port, launch, port_open, replicas
 from tests.support.proxies import Nginx
+from tests.support.reaper import release
 from tests.support.seed import World, seed
 from tests.support.sockets import open_socket
 from tests.support.waiting import wait_until
@@ -225,7 +226,10 @@ class PgBouncer:
     def start(self) -> PgBouncer:
         user = ["-u", "nobody"] if os.geteuid() == 0 else []  # it refuses to run as root
         self.process = launch(
-            [debian_binary("pgbouncer"), *user, str(self.prefix / "pgbouncer.ini")], self.port, self.log
+            [debian_binary("pgbouncer"), *user, str(self.prefix / "pgbouncer.ini")],
+            self.port,
+            self.log,
+            self.prefix,
         )
         return self
 
@@ -234,6 +238,7 @@ class PgBouncer:
             self.process.terminate()
             self.process.wait(15)
         shutil.rmtree(self.prefix, ignore_errors=True)
+        release(self.process)
 
 
 @pytest.fixture

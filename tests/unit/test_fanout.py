@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from app.config import Settings
+from app.data.nodes import NodeState, follows
 from app.env import url_list
 from app.live.polling import NodeWatch, Polling, ended
 
@@ -113,6 +114,21 @@ def test_the_listener_leaves_a_node_that_receives_nothing_or_stays_too_far_behin
     for _ in range(5):
         watch.observe(True, 0.0, sending=False)  # it receives, but its trigger on the log is off
     assert left[-1].startswith("its trigger on the event log is off") and len(left) == 3
+    for _ in range(5):
+        watch.observe(True, 0.0, follows=False)  # it runs, sends, is fresh: but not from this primary
+    assert left[-1] == "it follows another primary than DATABASE_URL's database" and len(left) == 4
+
+
+def _state(running: bool) -> NodeState:
+    return NodeState("tracktalk_node_a", True, running, True, True, None, None)
+
+
+def test_a_node_follows_the_primary_whose_database_has_its_slot_in_use_while_it_runs() -> None:
+    assert follows({"tracktalk_node_a": True}, _state(running=True))
+    assert not follows({"tracktalk_node_a": False}, _state(running=True))  # it streams from elsewhere
+    assert follows({"tracktalk_node_a": False}, _state(running=False))  # idle because the node is down
+    assert not follows({"tracktalk_node_b": True}, _state(running=True))
+    assert not follows({}, _state(running=False))
 
 
 def test_a_listener_fallen_back_to_a_primary_that_sends_nothing_tries_the_nodes_every_ten_readings() -> None:
