@@ -361,6 +361,10 @@ class FrameProtocol(WSProtocol):
         """A pong that comes alone, between two frames (an idle socket's one message, every
         ping interval), is read here; anything else by wsproto, as uvicorn does. wsproto's reading
         of it was a sixth of an idle replica's CPU (docs/performance.md)."""
+        # Bytes before the answer (which a client may not send, RFC 6455 4.1) come after the
+        # handshake's request, for wsproto as on the long way: it keeps them unread.
+        if self._unread:
+            self._read_late()
         # A client's frame has 2 bytes of header and a 4-byte mask; a control frame's payload
         # is at most 125 bytes. wsproto's connection exists once the handshake is answered.
         if 6 <= len(data) <= 6 + _MAX_CONTROL and data[0] == _PONG and data[1] == _MASKED - 6 + len(data):

@@ -200,3 +200,33 @@ async def test_a_handshake_with_two_keys_is_refused_400_and_never_reaches_the_ap
     assert b'"detail":"send exactly one Sec-WebSocket-Key header' in connected.transport.written
     assert connected.transport.closing and connected.scope is None
     connected.transport.protocol.connection_lost(None)  # type: ignore[attr-defined]  # quietly
+
+
+@pytest.mark.parametrize(
+    "early",
+    [b"\x81\x82\x00\x00\x00\x00hi", b"\x81\x84\x00\x00\x00\x00\r\n\r\n"],
+    ids=["a frame", "a frame that ends a head"],
+)
+@pytest.mark.parametrize(
+    "answer",
+    [[{"type": "websocket.close", "code": 1000}], [{"type": "websocket.accept"}]],
+    ids=["refused", "accepted"],
+)
+async def test_bytes_sent_before_the_answer_change_nothing_the_long_way_would_not(
+    early: bytes, answer: list[dict[str, Any]]
+) -> None:
+    """A client may not send before the 101 (RFC 6455, 4.1); one that does (a frame in a
+    second read) gets from a handshake read once the answer the long way gives it, and the app
+    never sees an error of wsproto's."""
+    once, long_way = Connected(answer), Connected(answer)
+    await once.send(HANDSHAKE, early)
+    await long_way.send(HANDSHAKE[:7], HANDSHAKE[7:], early)
+    for connected in (once, long_way):
+        await async_wait_until(
+            lambda c=connected: c.scope is not None and c.transport.written, 2, "the answer"
+        )
+    assert once.read_once()
+    assert once.transport.written == long_way.transport.written
+    assert once.transport.closing == long_way.transport.closing
+    once.done.set()
+    long_way.done.set()
