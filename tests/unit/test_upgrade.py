@@ -12,6 +12,7 @@ from typing import Any
 import h11
 import pytest
 import uvicorn
+from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 from uvicorn.server import ServerState
 
 from app.edge import upgrade
@@ -98,7 +99,7 @@ class Connected:
     """An EdgeProtocol on a fake transport, serving an app that records its scope and answers
     the handshake as told."""
 
-    def __init__(self, answer: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, answer: list[Any] | None = None, ws: type[Any] = FrameProtocol) -> None:
         self.scope: dict[str, Any] | None = None
         self.done = asyncio.Event()
         answer = [{"type": "websocket.accept"}] if answer is None else answer
@@ -111,11 +112,13 @@ class Connected:
             self.scope = dict(scope)
             await receive()
             for message in answer:
+                if isinstance(message, Exception):
+                    raise message
                 await send(message)
             await self.done.wait()
 
         config = uvicorn.Config(  # no keepalive: its pings would come between what is compared
-            app, ws=FrameProtocol, lifespan="off", log_level="warning", ws_ping_interval=None
+            app, ws=ws, lifespan="off", log_level="warning", ws_ping_interval=None
         )
         config.load()
         self.edge = EdgeProtocol(config, ServerState(), {})
@@ -173,7 +176,7 @@ async def test_a_handshake_read_once_gives_the_app_the_scope_the_long_way_gives(
 async def test_a_handshake_read_once_can_still_be_refused_with_any_answer(
     answer: list[dict[str, Any]], status: bytes
 ) -> None:
-    once, long_way = Connected(answer), Connected(answer)
+    once, long_way = Connected(answer), Connected(answer, ws=WSProtocol)  # uvicorn's own: the reference
     await once.send(HANDSHAKE)
     await long_way.send(HANDSHAKE[:7], HANDSHAKE[7:])
     await async_wait_until(
@@ -228,5 +231,36 @@ async def test_bytes_sent_before_the_answer_change_nothing_the_long_way_would_no
     assert once.read_once()
     assert once.transport.written == long_way.transport.written
     assert once.transport.closing == long_way.transport.closing
+    once.done.set()
+    long_way.done.set()
+
+
+class _Boom(Exception):
+    """The app's failure before it answers the handshake."""
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        [{"type": "websocket.accept", "subprotocol": "chat"}],
+        [{"type": "websocket.accept", "headers": [(b"x-replica", b"r1")]}],
+        [{"type": "websocket.accept", "subprotocol": "chat", "headers": [(b"x-replica", b"r1")]}],
+        [_Boom()],
+    ],
+    ids=["a subprotocol", "headers", "both", "the app fails"],
+)
+async def test_any_other_answer_to_a_handshake_read_once_is_the_long_ways(answer: list[Any]) -> None:
+    """Anything but a plain accept is answered by wsproto, which then reads the request it was
+    spared: the same bytes as uvicorn's own protocol on the long way (a subprotocol, headers, a
+    500)."""
+    raw = HANDSHAKE.replace(b"Host: x", b"Host: x\r\nSec-WebSocket-Protocol: tracktalk.v1, chat", 1)
+    once, long_way = Connected(answer), Connected(answer, ws=WSProtocol)
+    await once.send(raw)
+    await long_way.send(raw[:7], raw[7:])
+    assert once.read_once()
+    assert once.transport.written == long_way.transport.written
+    assert once.transport.written.startswith(
+        b"HTTP/1.1 500 " if isinstance(answer[0], _Boom) else b"HTTP/1.1 101 "
+    )
     once.done.set()
     long_way.done.set()
