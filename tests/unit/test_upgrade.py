@@ -264,3 +264,29 @@ async def test_any_other_answer_to_a_handshake_read_once_is_the_long_ways(answer
     )
     once.done.set()
     long_way.done.set()
+
+
+@pytest.mark.parametrize(
+    "early", [b"", b"\x81\x82\x00\x00\x00\x00hi"], ids=["nothing more", "a frame too soon"]
+)
+async def test_a_shutdown_before_the_app_answers_a_handshake_read_once_gives_the_long_ways_500(
+    early: bytes,
+) -> None:
+    """uvicorn's shutdown tells each connection in turn (`shutdown()`): one that is still waiting
+    for the app's answer gets uvicorn's 500, whichever way its handshake was read; none raises
+    (that would stop the shutdown's loop over the others)."""
+    once, long_way = Connected([]), Connected([], ws=WSProtocol)  # an app that never answers
+    once.edge.data_received(HANDSHAKE)
+    for data in (HANDSHAKE[:7], HANDSHAKE[7:]):
+        long_way.edge.data_received(data)
+    for connected in (once, long_way):
+        if early:
+            connected.transport.protocol.data_received(early)  # type: ignore[attr-defined]
+        await async_wait_until(lambda c=connected: c.scope is not None, 2, "the app")
+        connected.transport.protocol.shutdown()  # type: ignore[attr-defined]
+    assert once.read_once()
+    assert once.transport.written.startswith(b"HTTP/1.1 500 ")
+    assert once.transport.written == long_way.transport.written
+    assert once.transport.closing and long_way.transport.closing
+    for connected in (once, long_way):
+        connected.transport.protocol.connection_lost(None)  # type: ignore[attr-defined]
