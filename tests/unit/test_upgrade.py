@@ -7,11 +7,15 @@ scope the long way gives, and anything the one reading does not recognise must g
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import h11
 import pytest
 import uvicorn
+import wsproto
+import wsproto.events
+import wsproto.utilities
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 from uvicorn.server import ServerState
 
@@ -290,3 +294,60 @@ async def test_a_shutdown_before_the_app_answers_a_handshake_read_once_gives_the
     assert once.transport.closing and long_way.transport.closing
     for connected in (once, long_way):
         connected.transport.protocol.connection_lost(None)  # type: ignore[attr-defined]
+
+
+_PIECES = [b" ", b"\t", b"\r", b"\n", b":", b",", b"\x00", b"\x80", b"a", b"A", b"-", b"?", b"%", b"\x7f"]
+_PIECES += [b"\r\n", b"\r\n\r\n", b"13", b"Upgrade", b"websocket", b"Host", b"xn--", b"Connection: upgrade"]
+
+
+def _mutated(rng: random.Random, data: bytes) -> bytes:
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        at, piece, how = rng.randrange(len(out) + 1), rng.choice(_PIECES), rng.random()
+        if how < 0.4:
+            out[at:at] = piece
+        elif how < 0.7:
+            out[at : at + 1] = piece
+        else:
+            del out[at : at + rng.randint(1, 3)]
+    return bytes(out)
+
+
+def _the_long_way(data: bytes) -> tuple[str, str, list[tuple[bytes, bytes]], list[str]] | None:
+    """What uvicorn (h11, its upgrade test) then wsproto make of `data`; None: no socket."""
+    http = h11.Connection(h11.SERVER)
+    http.receive_data(data)
+    try:
+        event = http.next_event()
+    except h11.RemoteProtocolError:
+        return None
+    if not isinstance(event, h11.Request):
+        return None
+    headers = [(name.lower(), value) for name, value in event.headers]
+    connection = [t.lower().strip() for n, v in headers if n == b"connection" for t in v.split(b",")]
+    upgrade_to = [v.lower() for n, v in headers if n == b"upgrade"]
+    if b"upgrade" not in connection or upgrade_to[-1:] != [b"websocket"]:
+        return None
+    ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+    try:
+        ws.receive_data(data)  # as received: what `_read_late` gives wsproto
+    except wsproto.utilities.RemoteProtocolError:
+        return None
+    (request,) = ws.events()
+    assert isinstance(request, wsproto.events.Request)
+    return request.host, request.target, list(request.extra_headers), list(request.subprotocols)
+
+
+def test_a_handshake_read_once_is_read_as_h11_and_wsproto_read_it_whatever_its_bytes() -> None:
+    """Handshakes changed at random (a few bytes of what parsers trip on, put in, swapped or cut):
+    each one `parse()` takes is one that the long way takes too, read the same."""
+    rng = random.Random(22)
+    taken = 0
+    for _ in range(20000):
+        raw = _mutated(rng, rng.choice(PLAIN))
+        once = upgrade.parse(raw)
+        if once is None:
+            continue
+        taken += 1
+        assert (once.host, once.target, once.headers, once.subprotocols) == _the_long_way(raw), raw
+    assert taken > 2000  # enough of them still plainly handshakes to mean something
