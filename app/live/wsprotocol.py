@@ -10,10 +10,10 @@ and several queued frames in one write.
 Client frames, their pings and the closing handshake stay uvicorn's and wsproto's. What a
 reconnect storm, opening sockets by the thousand, does per socket is done here in a tenth of what
 wsproto's HTTP/1.1 machinery takes: the handshake's request comes read once (app/edge/upgrade.py;
-wsproto reads it again only when the app answers with anything but a 101), and its answer (a fixed
-101 and one hash) is written here. So is the idle socket's one message, the pong to the keepalive's
-ping, read here when it comes alone. The app finds this object in `scope["extensions"][EXTENSION]`;
-see `app/handlers/sockets.py`.
+wsproto reads it again only when the app answers with anything but a 101, or bytes come before
+the answer), and its answer (a fixed 101 and one hash) is written here. So is the idle socket's one
+message, the pong to the keepalive's ping, read here when it comes alone. The app finds this
+object in `scope["extensions"][EXTENSION]`; see `app/handlers/sockets.py`.
 
 It also holds an idle socket in less memory (a replica holds them by the ten thousand, see
 docs/performance.md): uvicorn's per-connection asyncio.Queue and asyncio.Event carry four
@@ -200,7 +200,8 @@ class FrameProtocol(WSProtocol):
     def upgraded(self, request: Upgrade) -> None:
         """Begin with a handshake already read (app/edge/httpprotocol.py's one reading of it):
         the scope as wsproto's reading of `request.raw` would make it. wsproto reads it only if
-        the app answers with anything but a 101 (`_read_late`)."""
+        the app answers with anything but a 101, or the client sends before the answer
+        (`_read_late`)."""
         self._unread = request.raw
         self.handle_connect(
             events.Request(
@@ -235,7 +236,8 @@ class FrameProtocol(WSProtocol):
         self.transport.close()
 
     def _read_late(self) -> None:
-        """Have wsproto read the handshake it was spared, for an answer other than our 101."""
+        """Have wsproto read the handshake it was spared, for an answer other than our 101 or
+        for bytes that follow it."""
         unread, self._unread = self._unread, b""
         if unread:
             self.conn.receive_data(unread)
@@ -361,6 +363,10 @@ class FrameProtocol(WSProtocol):
         """A pong that comes alone, between two frames (an idle socket's one message, every
         ping interval), is read here; anything else by wsproto, as uvicorn does. wsproto's reading
         of it was a sixth of an idle replica's CPU (docs/performance.md)."""
+        # Bytes before the answer (which a client may not send, RFC 6455 4.1) come after the
+        # handshake's request, for wsproto as on the long way: it keeps them unread.
+        if self._unread:
+            self._read_late()
         # A client's frame has 2 bytes of header and a 4-byte mask; a control frame's payload
         # is at most 125 bytes. wsproto's connection exists once the handshake is answered.
         if 6 <= len(data) <= 6 + _MAX_CONTROL and data[0] == _PONG and data[1] == _MASKED - 6 + len(data):

@@ -438,3 +438,40 @@ async def test_metrics_answer_only_the_scraper_with_the_token(edge: Replica) -> 
         assert "tracktalk_open_sockets" in answer.text
         assert (await client.get("/healthz")).status_code == 200  # the probes need no token
         assert (await client.get("/readyz")).status_code == 200
+
+
+@pytest.mark.parametrize("parts", [1, 2], ids=["one read", "two reads"])
+async def test_a_handshake_read_once_or_the_long_way_opens_a_socket_on_the_replicas_loop(
+    edge: Replica, world: World, db_url: str, parts: int
+) -> None:
+    """Clients send the handshake in one write, which the replica reads once (app/edge/upgrade.py);
+    a proxy or a slow link may split it, which goes the long way (h11, then wsproto). Both must
+    open the socket on the replica's own loop (uvloop): the 101, then `connected`."""
+    track = new_track(db_url)
+    raw = (
+        f"GET /api/ws/track/{track}?token={world.tokens['alice']} HTTP/1.1\r\nHost: x\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    client = await Client.connect(edge)
+    try:
+        if parts == 1:
+            assert await client.send(raw)
+        else:
+            assert await client.send(raw[:7])
+            await asyncio.sleep(
+                0.2
+            )  # two reads on the replica (not a synchronisation: it answers nothing yet)
+            assert await client.send(raw[7:])
+        head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), RECV_TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
+        first = await asyncio.wait_for(client.reader.readexactly(2), RECV_TIMEOUT)
+        assert first[0] == 0x81  # a text frame, unmasked
+        length = first[1]
+        if length == 126:
+            length = int.from_bytes(await asyncio.wait_for(client.reader.readexactly(2), RECV_TIMEOUT))
+        body = await asyncio.wait_for(client.reader.readexactly(length), RECV_TIMEOUT)
+        assert b'"type":"connected"' in body
+    finally:
+        client.close()

@@ -6,13 +6,18 @@ import asyncio
 import heapq
 import itertools
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 import uvicorn
+import uvloop
 from uvicorn.server import ServerState
 
-from app.live.keepalive import PING, Keepalive
+from app import server
+from app.config import Settings
+from app.live.keepalive import INTERVAL, PING, Keepalive
 from app.live.wsprotocol import FrameProtocol
+from app.main import Tracktalk
 from tests.support.fakes import HANDSHAKE, FakeTransport
 from tests.support.waiting import async_wait_until
 
@@ -212,3 +217,19 @@ async def test_after_a_stall_of_the_loop_a_socket_still_has_most_of_an_interval_
     gaps = [later - earlier for times in turns.values() for earlier, later in itertools.pairwise(times)]
     assert len(gaps) >= 40 * 6 and min(gaps) >= 0.75 - 0.05 - 1e-9, min(gaps)
     wheel.stop()
+
+
+def test_a_replica_runs_on_uvloop_and_pings_its_sockets_every_interval() -> None:
+    """What the idle replica's figures were measured on (docs/performance.md): uvloop, and a ping
+    every 25 s. Either could go unnoticed: every test passes on asyncio's loop, and none waits 25 s."""
+    settings = Settings(database_url="postgresql://unused/unused", secret="x" * 32)
+    app = cast("Tracktalk", object())  # uvicorn loads it only when it serves
+    config = server.config(app, settings, "127.0.0.1", 8000, 100)
+    assert config.ws_ping_interval == INTERVAL == 25.0
+    factory = config.get_loop_factory()
+    assert factory is not None
+    loop = factory()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()

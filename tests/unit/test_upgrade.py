@@ -7,11 +7,16 @@ scope the long way gives, and anything the one reading does not recognise must g
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import h11
 import pytest
 import uvicorn
+import wsproto
+import wsproto.events
+import wsproto.utilities
+from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 from uvicorn.server import ServerState
 
 from app.edge import upgrade
@@ -98,7 +103,7 @@ class Connected:
     """An EdgeProtocol on a fake transport, serving an app that records its scope and answers
     the handshake as told."""
 
-    def __init__(self, answer: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, answer: list[Any] | None = None, ws: type[Any] = FrameProtocol) -> None:
         self.scope: dict[str, Any] | None = None
         self.done = asyncio.Event()
         answer = [{"type": "websocket.accept"}] if answer is None else answer
@@ -111,11 +116,13 @@ class Connected:
             self.scope = dict(scope)
             await receive()
             for message in answer:
+                if isinstance(message, Exception):
+                    raise message
                 await send(message)
             await self.done.wait()
 
         config = uvicorn.Config(  # no keepalive: its pings would come between what is compared
-            app, ws=FrameProtocol, lifespan="off", log_level="warning", ws_ping_interval=None
+            app, ws=ws, lifespan="off", log_level="warning", ws_ping_interval=None
         )
         config.load()
         self.edge = EdgeProtocol(config, ServerState(), {})
@@ -173,7 +180,7 @@ async def test_a_handshake_read_once_gives_the_app_the_scope_the_long_way_gives(
 async def test_a_handshake_read_once_can_still_be_refused_with_any_answer(
     answer: list[dict[str, Any]], status: bytes
 ) -> None:
-    once, long_way = Connected(answer), Connected(answer)
+    once, long_way = Connected(answer), Connected(answer, ws=WSProtocol)  # uvicorn's own: the reference
     await once.send(HANDSHAKE)
     await long_way.send(HANDSHAKE[:7], HANDSHAKE[7:])
     await async_wait_until(
@@ -200,3 +207,147 @@ async def test_a_handshake_with_two_keys_is_refused_400_and_never_reaches_the_ap
     assert b'"detail":"send exactly one Sec-WebSocket-Key header' in connected.transport.written
     assert connected.transport.closing and connected.scope is None
     connected.transport.protocol.connection_lost(None)  # type: ignore[attr-defined]  # quietly
+
+
+@pytest.mark.parametrize(
+    "early",
+    [b"\x81\x82\x00\x00\x00\x00hi", b"\x81\x84\x00\x00\x00\x00\r\n\r\n"],
+    ids=["a frame", "a frame that ends a head"],
+)
+@pytest.mark.parametrize(
+    "answer",
+    [[{"type": "websocket.close", "code": 1000}], [{"type": "websocket.accept"}]],
+    ids=["refused", "accepted"],
+)
+async def test_bytes_sent_before_the_answer_change_nothing_the_long_way_would_not(
+    early: bytes, answer: list[dict[str, Any]]
+) -> None:
+    """A client may not send before the 101 (RFC 6455, 4.1); one that does (a frame in a
+    second read) gets from a handshake read once the answer the long way gives it, and the app
+    never sees an error of wsproto's."""
+    once, long_way = Connected(answer), Connected(answer)
+    await once.send(HANDSHAKE, early)
+    await long_way.send(HANDSHAKE[:7], HANDSHAKE[7:], early)
+    for connected in (once, long_way):
+        await async_wait_until(
+            lambda c=connected: c.scope is not None and c.transport.written, 2, "the answer"
+        )
+    assert once.read_once()
+    assert once.transport.written == long_way.transport.written
+    assert once.transport.closing == long_way.transport.closing
+    once.done.set()
+    long_way.done.set()
+
+
+class _Boom(Exception):
+    """The app's failure before it answers the handshake."""
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        [{"type": "websocket.accept", "subprotocol": "chat"}],
+        [{"type": "websocket.accept", "headers": [(b"x-replica", b"r1")]}],
+        [{"type": "websocket.accept", "subprotocol": "chat", "headers": [(b"x-replica", b"r1")]}],
+        [_Boom()],
+    ],
+    ids=["a subprotocol", "headers", "both", "the app fails"],
+)
+async def test_any_other_answer_to_a_handshake_read_once_is_the_long_ways(answer: list[Any]) -> None:
+    """Anything but a plain accept is answered by wsproto, which then reads the request it was
+    spared: the same bytes as uvicorn's own protocol on the long way (a subprotocol, headers, a
+    500)."""
+    raw = HANDSHAKE.replace(b"Host: x", b"Host: x\r\nSec-WebSocket-Protocol: tracktalk.v1, chat", 1)
+    once, long_way = Connected(answer), Connected(answer, ws=WSProtocol)
+    await once.send(raw)
+    await long_way.send(raw[:7], raw[7:])
+    assert once.read_once()
+    assert once.transport.written == long_way.transport.written
+    assert once.transport.written.startswith(
+        b"HTTP/1.1 500 " if isinstance(answer[0], _Boom) else b"HTTP/1.1 101 "
+    )
+    once.done.set()
+    long_way.done.set()
+
+
+@pytest.mark.parametrize(
+    "early", [b"", b"\x81\x82\x00\x00\x00\x00hi"], ids=["nothing more", "a frame too soon"]
+)
+async def test_a_shutdown_before_the_app_answers_a_handshake_read_once_gives_the_long_ways_500(
+    early: bytes,
+) -> None:
+    """uvicorn's shutdown tells each connection in turn (`shutdown()`): one that is still waiting
+    for the app's answer gets uvicorn's 500, whichever way its handshake was read; none raises
+    (that would stop the shutdown's loop over the others)."""
+    once, long_way = Connected([]), Connected([], ws=WSProtocol)  # an app that never answers
+    once.edge.data_received(HANDSHAKE)
+    for data in (HANDSHAKE[:7], HANDSHAKE[7:]):
+        long_way.edge.data_received(data)
+    for connected in (once, long_way):
+        if early:
+            connected.transport.protocol.data_received(early)  # type: ignore[attr-defined]
+        await async_wait_until(lambda c=connected: c.scope is not None, 2, "the app")
+        connected.transport.protocol.shutdown()  # type: ignore[attr-defined]
+    assert once.read_once()
+    assert once.transport.written.startswith(b"HTTP/1.1 500 ")
+    assert once.transport.written == long_way.transport.written
+    assert once.transport.closing and long_way.transport.closing
+    for connected in (once, long_way):
+        connected.transport.protocol.connection_lost(None)  # type: ignore[attr-defined]
+
+
+_PIECES = [b" ", b"\t", b"\r", b"\n", b":", b",", b"\x00", b"\x80", b"a", b"A", b"-", b"?", b"%", b"\x7f"]
+_PIECES += [b"\r\n", b"\r\n\r\n", b"13", b"Upgrade", b"websocket", b"Host", b"xn--", b"Connection: upgrade"]
+
+
+def _mutated(rng: random.Random, data: bytes) -> bytes:
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        at, piece, how = rng.randrange(len(out) + 1), rng.choice(_PIECES), rng.random()
+        if how < 0.4:
+            out[at:at] = piece
+        elif how < 0.7:
+            out[at : at + 1] = piece
+        else:
+            del out[at : at + rng.randint(1, 3)]
+    return bytes(out)
+
+
+def _the_long_way(data: bytes) -> tuple[str, str, list[tuple[bytes, bytes]], list[str]] | None:
+    """What uvicorn (h11, its upgrade test) then wsproto make of `data`; None: no socket."""
+    http = h11.Connection(h11.SERVER)
+    http.receive_data(data)
+    try:
+        event = http.next_event()
+    except h11.RemoteProtocolError:
+        return None
+    if not isinstance(event, h11.Request):
+        return None
+    headers = [(name.lower(), value) for name, value in event.headers]
+    connection = [t.lower().strip() for n, v in headers if n == b"connection" for t in v.split(b",")]
+    upgrade_to = [v.lower() for n, v in headers if n == b"upgrade"]
+    if b"upgrade" not in connection or upgrade_to[-1:] != [b"websocket"]:
+        return None
+    ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+    try:
+        ws.receive_data(data)  # as received: what `_read_late` gives wsproto
+    except wsproto.utilities.RemoteProtocolError:
+        return None
+    (request,) = ws.events()
+    assert isinstance(request, wsproto.events.Request)
+    return request.host, request.target, list(request.extra_headers), list(request.subprotocols)
+
+
+def test_a_handshake_read_once_is_read_as_h11_and_wsproto_read_it_whatever_its_bytes() -> None:
+    """Handshakes changed at random (a few bytes of what parsers trip on, put in, swapped or cut):
+    each one `parse()` takes is one that the long way takes too, read the same."""
+    rng = random.Random(22)
+    taken = 0
+    for _ in range(20000):
+        raw = _mutated(rng, rng.choice(PLAIN))
+        once = upgrade.parse(raw)
+        if once is None:
+            continue
+        taken += 1
+        assert (once.host, once.target, once.headers, once.subprotocols) == _the_long_way(raw), raw
+    assert taken > 2000  # enough of them still plainly handshakes to mean something

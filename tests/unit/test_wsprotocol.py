@@ -183,7 +183,14 @@ async def test_a_pong_that_comes_alone_answers_the_ping_without_wsproto() -> Non
 
 
 @pytest.mark.parametrize(
-    "case", ["in two reads", "inside a fragmented message", "after half a frame", "unmasked"]
+    "case",
+    [
+        "in two reads",
+        "inside a fragmented message",
+        "after half a frame",
+        "after a frame's first byte",
+        "unmasked",
+    ],
 )
 async def test_a_pong_that_does_not_come_alone_is_read_by_wsproto_and_nothing_is_lost(case: str) -> None:
     done = asyncio.Event()
@@ -198,6 +205,11 @@ async def test_a_pong_that_does_not_come_alone_is_read_by_wsproto_and_nothing_is
     elif case == "after half a frame":  # the rest of a binary frame that looks like a pong
         frame = _masked(0x2, pong)
         reads = [frame[:6], frame[6:], pong]
+    elif case == "after a frame's first byte":  # a text frame whose rest has a pong's shape
+        mask = bytes([0x80 - 6 + 15, 0, 0, 0])  # the rest's second byte: a 9-byte masked payload
+        text = b"0123456789"
+        frame = b"\x81\x8a" + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(text))
+        reads = [frame[:1], frame[1:], pong]
     else:
         reads = [bytes([0x8A, 2]) + b"tt"]
     for data in reads:
@@ -206,12 +218,12 @@ async def test_a_pong_that_does_not_come_alone_is_read_by_wsproto_and_nothing_is
         assert transport.closing and protocol.pending_ping_payload is not None
     else:
         assert protocol.pending_ping_payload is None
-    if case in ("inside a fragmented message", "after half a frame"):
+    if case in ("inside a fragmented message", "after half a frame", "after a frame's first byte"):
         messages = [await asyncio.wait_for(protocol.queue.get(), 1) for _ in range(2)]  # connect, then it
-        sent = (
-            {"type": "websocket.receive", "text": '{"a":1}'}
-            if case != "after half a frame"
-            else {"type": "websocket.receive", "bytes": pong}
-        )
+        sent = {
+            "inside a fragmented message": {"type": "websocket.receive", "text": '{"a":1}'},
+            "after half a frame": {"type": "websocket.receive", "bytes": pong},
+            "after a frame's first byte": {"type": "websocket.receive", "text": "0123456789"},
+        }[case]
         assert messages[1] == sent
     done.set()
