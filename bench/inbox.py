@@ -40,6 +40,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from app.auth.hs256 import issue_token
 from app.data import notifications
 from app.data.db import migrate
+from tests.support.children import popen
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-0123456789-abcdefghijklmnop"
@@ -194,7 +195,7 @@ def main() -> None:
             "TRACKTALK_SECRET": SECRET,
             "TRACKTALK_WRITES_PER_MINUTE": "0",
         }
-        server = subprocess.Popen(
+        server = popen(  # it dies with this run, however it ends
             [sys.executable, "-m", "app", "serve", "--port", str(port)],
             cwd=ROOT,
             env=env,

@@ -24,6 +24,7 @@ from bench.lib.processes import free_port, wait_port
 from bench.lib.report import chart, figure, machine, ratios, table, targets
 from bench.lib.scenarios import Env, load, write_cost
 from bench.lib.settings import DESIGNS, FULL, QUICK, RESULTS, ROOT, SCENARIOS
+from tests.support.children import popen
 
 
 @contextlib.contextmanager
@@ -34,7 +35,7 @@ def redis_server(logdir: Path) -> Iterator[str]:
             "redis-server not found: apt-get install redis-server (or --designs without redis)"
         )
     port = free_port()
-    proc = subprocess.Popen(
+    proc = popen(  # it dies with this run, however it ends
         [
             exe,
             "--port",

@@ -237,13 +237,6 @@ class EventLog:
         async with self._pool.connection() as conn:
             await conn.execute("SELECT tracktalk.relay(%s, %s)", (channel, payload))
 
-    async def queue_usage(self) -> float:
-        """pg_notification_queue_usage(): the fraction of the server's NOTIFY queue in use."""
-        async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute("SELECT pg_notification_queue_usage()")
-            row = await cur.fetchone()
-        return float(row[0]) if row else 0.0
-
     async def prune(self) -> int:
         """Delete events older than the retention; return how many went."""
         async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from typing import Any, Literal
 
@@ -13,12 +12,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.data.db import serves
 from app.data.nodes import NOT_SENDING, describe, not_following
-from app.ops.readiness import NodeReading, Reading, describe_holder
+from app.ops.readiness import NodeReading, describe_holder, watched_queues
 from app.services import Services
 from app.wire import FanoutNode, Health, NotifyQueue, Readiness
-
-_DB_CHECK_TIMEOUT = 2.0
-"""Seconds /metrics waits for the database's NOTIFY queue usage before it keeps the last reading."""
 
 
 @get("/healthz", tags=["health"])
@@ -48,7 +44,7 @@ async def readyz(services: Services) -> Response[Readiness]:
     `node` null where the listener is on none."""
     reading = services.readiness.reading()
     limit = services.readiness.queue_limit
-    queues = [] if reading is None else _queues(reading, limit)
+    queues = [] if reading is None else watched_queues(reading, limit)
     # The one to show: the first past the limit, or else the listener's.
     queue = next((q for q in queues if q.usage >= limit), queues[0] if queues else None)
     node = None if reading is None or reading.node is None else _node(reading.node, services)
@@ -88,18 +84,6 @@ async def readyz(services: Services) -> Response[Readiness]:
         ),
         status_code=200 if ok else 503,
     )
-
-
-def _queues(reading: Reading, limit: float) -> list[NotifyQueue]:
-    """The NOTIFY queues this replica depends on, the listener's first: on a fan-out node, the
-    node's server's (empty while the node does not answer), and the primary's while its writers
-    send NOTIFYs too ('direct'; a full queue there fails their commits); else the primary's."""
-    primary = NotifyQueue(reading.queue_usage, limit, reading.holder)
-    node = reading.node
-    if node is None:
-        return [primary]
-    found = [] if node.queue_usage is None else [NotifyQueue(node.queue_usage, limit, node.holder, node.name)]
-    return found + ([primary] if reading.notify_mode != "fanout" else [])
 
 
 def _node(reading: NodeReading, services: Services) -> FanoutNode:
@@ -177,14 +161,10 @@ def _detail(
 
 @get("/metrics", tags=["health"], media_type=CONTENT_TYPE_LATEST)
 async def metrics(request: Request[Any, Any, Any], services: Services) -> Response[bytes]:
-    """Prometheus metrics: sockets, deliveries, listener, lag, NOTIFY queue usage. With
+    """Prometheus metrics: sockets, deliveries, listener, lag, NOTIFY queue usage (the fullest of
+    the queues /readyz watches, from its last reading, at most a second old). With
     TRACKTALK_METRICS_TOKEN set, only for `Authorization: Bearer <that token>` (401 otherwise)."""
     _check_scraper(request.headers.get("authorization"), services.settings.metrics_token)
-    try:
-        usage = await asyncio.wait_for(services.events.queue_usage(), _DB_CHECK_TIMEOUT)
-        services.metrics.notify_queue_usage = usage
-    except Exception:
-        pass  # keep the last reading; /readyz tells whether the database answers
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

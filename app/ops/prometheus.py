@@ -13,6 +13,7 @@ from app.listener import Listener
 from app.live.hub import Hub
 from app.live.notices import Codec
 from app.presence.tracker import Presence
+from app.wire import NotifyQueue
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,14 @@ class Metrics:
             buckets=LAG_BUCKETS,
             registry=self.registry,
         )
-        self.notify_queue_usage = 0.0
-        """pg_notification_queue_usage() as last read (every scrape of /metrics reads it, and the
-        readiness check every second)."""
+        self.notify_queue = NotifyQueue(0.0, 1.0)
+        """The fullest of the NOTIFY queues /readyz watches, as last read (every second: the server
+        the listener is on, and the primary's while its writers send NOTIFYs;
+        app/ops/readiness.py's watched_queues())."""
 
-    def read_queue_usage(self, usage: float) -> None:
-        """Keep a new reading of pg_notification_queue_usage()."""
-        self.notify_queue_usage = usage
+    def read_queue_usage(self, queue: NotifyQueue) -> None:
+        """Keep a new reading of the fullest NOTIFY queue."""
+        self.notify_queue = queue
 
     def watch(self, listener: Listener, codec: Codec) -> None:
         """Report the hub's, the listener's and the codec's live counters."""
@@ -104,11 +106,19 @@ class _Live(Collector):
             "1 when the listener is connected and caught up.",
             value=float(self._listener.ready),
         )
+        queue = self._metrics.notify_queue
         yield GaugeMetricFamily(
             "tracktalk_notify_queue_usage",
-            "pg_notification_queue_usage(): the fraction of PostgreSQL's NOTIFY queue in use.",
-            value=self._metrics.notify_queue_usage,
+            f"pg_notification_queue_usage() on {_server(queue)}: the fraction of its NOTIFY queue in "
+            "use, the fullest of those /readyz watches (the server the listener is on, and the "
+            "primary's while its writers send NOTIFYs).",
+            value=queue.usage,
         )
+
+
+def _server(queue: NotifyQueue) -> str:
+    """Whose server the queue is, as /readyz's detail says it."""
+    return "the primary's server" if queue.server is None else f"fan-out node {queue.server}'s server"
 
 
 class _Presence(Collector):

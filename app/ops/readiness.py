@@ -16,7 +16,8 @@ that moment in it: at 100 % every transaction that notifies fails at commit, so 
 tracktalk does (on a fan-out node: its apply worker's, which then stops applying anything). PostgreSQL
 cannot stop that; a replica can see it coming and say who (docs/dba.md, "Watching the NOTIFY
 queue"). /readyz watches the queue of the server the listener is on, and the primary's while its
-writers send NOTIFYs (notify_mode 'direct').
+writers send NOTIFYs (notify_mode 'direct'): watched_queues(); /metrics reports the fullest of them
+(tracktalk_notify_queue_usage, its help naming the server).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from app.data.nodes import SLOTS, NodeState, Reads, follows, node_state
-from app.wire import QueueHolder
+from app.wire import NotifyQueue, QueueHolder
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,18 @@ class Reading:
     """While the listener is on a fan-out node."""
 
 
+def watched_queues(reading: Reading, limit: float) -> list[NotifyQueue]:
+    """The NOTIFY queues this replica depends on, the listener's first: on a fan-out node, the
+    node's server's (none while the node does not answer), and the primary's while its writers
+    send NOTIFYs too ('direct'; a full queue there fails their commits); else the primary's."""
+    primary = NotifyQueue(reading.queue_usage, limit, reading.holder)
+    node = reading.node
+    if node is None:
+        return [primary]
+    found = [] if node.queue_usage is None else [NotifyQueue(node.queue_usage, limit, node.holder, node.name)]
+    return found + ([primary] if reading.notify_mode != "fanout" else [])
+
+
 class Readiness:
     """The last reading of the database, kept fresh by `run()`."""
 
@@ -165,7 +178,7 @@ class Readiness:
         self,
         pool: AsyncConnectionPool,
         queue_limit: float,
-        on_usage: Callable[[float], None],
+        on_usage: Callable[[NotifyQueue], None],
         reads: Reads | None = None,
         node_lag_limit: float = NODE_LAG_LIMIT,
         on_reading: Callable[[Reading], None] | None = None,
@@ -207,7 +220,9 @@ class Readiness:
         if self._failed_at is not None:
             log.info("the database answers again")
         self._last, self._failed_at = reading, None
-        self._on_usage(reading.queue_usage)
+        queues = watched_queues(reading, self.queue_limit)
+        if queues:  # none: the node the listener is on did not answer, in 'fanout' mode
+            self._on_usage(max(queues, key=lambda queue: queue.usage))
         if self._on_reading is not None:
             self._on_reading(reading)
 

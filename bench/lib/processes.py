@@ -1,4 +1,10 @@
-"""The benchmark's processes: servers (tracktalk, the baselines) and the picows client processes, with their CPU and memory."""
+"""The benchmark's processes: servers (tracktalk, the baselines) and the picows client processes, with their CPU and memory.
+
+Each is started by tests/support/children.py's popen(): a run killed with SIGKILL takes them with
+it (they kept their ports, files and CPU). numpy and psutil (the bench's extras) are imported where
+they are used, so that the tests, which have neither, start these processes as the bench does
+(tests/integration/test_reaper.py).
+"""
 
 from __future__ import annotations
 
@@ -12,13 +18,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import numpy as np
-import psutil
 
 from bench.lib.settings import PY, ROOT, SECRET
+from tests.support.children import popen
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def free_port() -> int:
@@ -28,6 +36,8 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
+    import psutil
+
     try:
         times = psutil.Process(pid).cpu_times()
     except psutil.Error:
@@ -93,9 +103,7 @@ def start_server(args: list[str], env: dict[str, str], logdir: Path, name: str, 
     log = logdir / f"{name}-{port}-{time.monotonic_ns()}.log"
     argv = [a.replace("{port}", str(port)) for a in args]
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            argv, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
-        )
+        proc = popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
     server = Server(proc, port, log)
     wait_port(port, proc, log)
     return server
@@ -193,7 +201,7 @@ class LoadProcesses:
             path = out + ".config"
             Path(path).write_text(json.dumps({**config, "out": out}))
             self.procs.append(
-                subprocess.Popen(
+                popen(
                     [PY, "-m", module, path],
                     cwd=ROOT,
                     stdin=subprocess.PIPE,
@@ -277,6 +285,8 @@ class Clients(LoadProcesses):
         return self._results()
 
     def _results(self) -> dict[str, Any]:
+        import numpy as np
+
         frames = closed = 0
         ids: list[np.ndarray] = []
         times: list[np.ndarray] = []

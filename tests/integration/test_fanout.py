@@ -26,6 +26,7 @@ import psycopg
 import pytest
 
 from tests.support.clusters import Cluster, cluster_root
+from tests.support.metrics import parse_metrics
 from tests.support.processes import Replica, free_port, replicas, tracktalk
 from tests.support.seed import World, new_track, seed
 from tests.support.sockets import Socket, TopicSocket, open_socket, open_topics
@@ -1103,3 +1104,63 @@ async def test_readyz_watches_the_notify_queue_of_the_node_the_replica_listens_o
             assert "NOTIFY queue (the primary's server)" in body["detail"], body
             await set_mode(url, "fanout")
             await async_wait_until(lambda: readyz_body(replica, 200), 10, "the primary's queue not to count")
+
+
+def queue_metric(replica: Replica) -> tuple[float, str]:
+    """tracktalk_notify_queue_usage on the replica's /metrics now: its value and its help."""
+    text = httpx.get(f"{replica.http}/metrics", timeout=5).text
+    help_line = next(
+        line for line in text.splitlines() if line.startswith("# HELP tracktalk_notify_queue_usage ")
+    )
+    return parse_metrics(text)["tracktalk_notify_queue_usage"], help_line
+
+
+async def queue_metric_until(
+    replica: Replica, ok: Callable[[float, str], bool], what: str
+) -> tuple[float, str]:
+    """queue_metric() once `ok(value, help)` (within 10 s: readings come every second)."""
+
+    def found() -> tuple[float, str] | None:
+        value, help_line = queue_metric(replica)
+        return (value, help_line) if ok(value, help_line) else None
+
+    answer: tuple[float, str] = await async_wait_until(found, 10, what)
+    return answer
+
+
+async def test_metrics_report_the_notify_queue_of_the_node_the_replica_listens_on(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """tracktalk_notify_queue_usage is the fullest of the queues /readyz watches, its help naming
+    whose server: node A's for a replica on A (it reported the primary's, near 0, while A's queue
+    was pinned); the primary's while its writers notify ('direct') and its queue is the fuller; A's
+    again in 'fanout' mode, the primary's queue still pinned."""
+    url, a = topology.url, topology.a
+    on_a, on_primary = f"fan-out node 127.0.0.1:{a.port}/tracktalk's server", "the primary's server"
+    usage = "SELECT pg_notification_queue_usage()"
+    await set_mode(url, "fanout")
+    with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=a.url()) as (replica,):
+        with pinned_queue(a.url()):
+            pinned = float((await sql(a.url(), usage))[0][0])
+            assert float((await sql(url, usage))[0][0]) < pinned
+            value, help_line = await queue_metric_until(
+                replica, lambda value, _: value >= pinned, "A's pinned queue on /metrics"
+            )
+            assert on_a in help_line, (value, help_line)
+        await queue_metric_until(replica, lambda value, _: value < pinned, "A's queue let go on /metrics")
+
+        await set_mode(url, "direct")
+        with pinned_queue(url):
+            pinned = float((await sql(url, usage))[0][0])
+            assert float((await sql(a.url(), usage))[0][0]) < pinned
+            await queue_metric_until(
+                replica,
+                lambda value, help_line: value >= pinned and on_primary in help_line,
+                "the primary's pinned queue on /metrics, named so",
+            )
+            await set_mode(url, "fanout")
+            await queue_metric_until(
+                replica,
+                lambda value, help_line: value < pinned and on_a in help_line,
+                "A's queue on /metrics again, the primary's not counted in 'fanout' mode",
+            )

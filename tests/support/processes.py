@@ -1,4 +1,5 @@
-"""Real processes: replicas (`tracktalk serve`), ports, what a process holds in memory."""
+"""Real processes: replicas (`tracktalk serve`), ports, what a process holds in memory. The replicas
+and `tracktalk` commands die with the run that started them (children.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.children import popen
 from tests.support.reaper import guard
 from tests.support.waiting import wait_until
 
@@ -136,7 +138,7 @@ class Replica(LocalServer):
             **self.env,
         }
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
+            self.process = popen(
                 [sys.executable, "-m", "app", "serve", "--port", str(self.port), *self.serve_args],
                 cwd=ROOT,
                 env=env,
@@ -243,14 +245,14 @@ def port_open(port: int) -> bool:
 
 
 def tracktalk(*args: str, database_url: str, **more: str) -> subprocess.CompletedProcess[str]:
-    """The `tracktalk` command, as a DBA runs it against `database_url` (and `more` variables)."""
+    """The `tracktalk` command, as a DBA runs it against `database_url` (and `more` variables);
+    killed past 60 s, or when this process ends first."""
     env = {**os.environ, "DATABASE_URL": database_url, "TRACKTALK_SECRET": SECRET, **more}
-    return subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        check=False,
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    argv = [sys.executable, "-m", "app", *args]
+    with popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            out, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    return subprocess.CompletedProcess(argv, process.returncode, out, err)
