@@ -54,6 +54,7 @@ def parse(data: bytes) -> Upgrade | None:
         not data.startswith(b"GET /")
         or len(data) > MAX_HEAD
         or data.find(_HEAD_END) != len(data) - len(_HEAD_END)
+        or b"websocket" not in data.lower()  # a page's or an API's GET: h11's, at once
     ):
         return None
     lines = data[: -len(_HEAD_END)].split(b"\r\n")
