@@ -31,21 +31,22 @@ _STARTS = textwrap.dedent(
 )
 
 
-def test_a_run_killed_with_sigkill_leaves_no_server_and_no_folder() -> None:
+def _killed_leaves_nothing(script: str, who: str) -> None:
+    """Run `script` (it starts a server, prints its data folder and waits), SIGKILL it, and see
+    its server stop and its folder go, each within a deadline."""
     owner = subprocess.Popen(
-        [sys.executable, "-c", _STARTS], cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True
+        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True
     )
     data = None
     try:
         assert owner.stdout is not None
-        data = Path(owner.stdout.readline().strip())  # the child's own timeout bounds this (initdb, start)
-        assert (data / "postmaster.pid").exists(), data
+        data = Path(owner.stdout.readline().strip())  # the child's own timeouts (initdb, start) bound this
         postmaster = _read_pid(data / "postmaster.pid")
-        assert postmaster is not None and _alive(postmaster)
+        assert postmaster is not None and _alive(postmaster), data
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait(10)
-        wait_until(lambda: not _alive(postmaster), 30, "the server of the killed run to stop")
-        wait_until(lambda: not data.parent.exists(), 30, "the killed run's folder to go")
+        wait_until(lambda: not _alive(postmaster), 30, f"the server of the killed {who} to stop")
+        wait_until(lambda: not data.parent.exists(), 30, f"the killed {who}'s folder to go")
     finally:
         if owner.poll() is None:
             owner.kill()
@@ -55,6 +56,10 @@ def test_a_run_killed_with_sigkill_leaves_no_server_and_no_folder() -> None:
         bindir = find_bindir()
         if data is not None and data.parent.exists() and bindir is not None:
             clear(bindir, data.parent)  # whatever the outcome, nothing stays behind this test
+
+
+def test_a_run_killed_with_sigkill_leaves_no_server_and_no_folder() -> None:
+    _killed_leaves_nothing(_STARTS, "run")
 
 
 _BENCH_STARTS = textwrap.dedent(
@@ -76,32 +81,7 @@ _BENCH_STARTS = textwrap.dedent(
 def test_a_fanout_bench_killed_with_sigkill_leaves_no_server_and_no_folder() -> None:
     """bench/fanout.py's servers and folder: it made its folder itself, and a run killed (a kill
     -9, a closed terminal) left both behind; it uses cluster_root() now."""
-    owner = subprocess.Popen(
-        [sys.executable, "-c", _BENCH_STARTS],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    data = None
-    try:
-        assert owner.stdout is not None
-        data = Path(owner.stdout.readline().strip())  # the child's own timeouts (initdb, start) bound this
-        postmaster = _read_pid(data / "postmaster.pid")
-        assert postmaster is not None and _alive(postmaster), data
-        os.kill(owner.pid, signal.SIGKILL)
-        owner.wait(10)
-        wait_until(lambda: not _alive(postmaster), 30, "the killed bench's server to stop")
-        wait_until(lambda: not data.parent.exists(), 30, "the killed bench's folder to go")
-    finally:
-        if owner.poll() is None:
-            owner.kill()
-            owner.wait(10)
-        if owner.stdout is not None:
-            owner.stdout.close()
-        bindir = find_bindir()
-        if data is not None and data.parent.exists() and bindir is not None:
-            clear(bindir, data.parent)  # whatever the outcome, nothing stays behind this test
+    _killed_leaves_nothing(_BENCH_STARTS, "bench")
 
 
 def test_a_folder_whose_owner_is_gone_is_cleared_at_the_start_and_a_live_ones_kept() -> None:

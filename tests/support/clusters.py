@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from app.dev.embedded import _alive, _is_postmaster_for, _read_pid, find_bindir
+from tests.support.reaper import started as _started
 
 ROLE = "tracktalk"
 """The superuser initdb makes (trust authentication, 127.0.0.1 only)."""
@@ -192,15 +193,6 @@ def _left_behind(root: Path) -> bool:
     except (OSError, ValueError):
         return False
     return not _alive(int(pid)) or _started(int(pid)) != started
-
-
-def _started(pid: int) -> str:
-    """When process `pid` started (clock ticks after boot, /proc's field 22): with the pid, it
-    names the process, whose pid may be another's later."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return "?"
 
 
 def _watch(bindir: Path, root: Path) -> None:
