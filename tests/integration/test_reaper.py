@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.support.processes import ROOT, port_open
@@ -38,17 +39,18 @@ _LAUNCHES = textwrap.dedent(
 )
 
 
-def group(pgid: int) -> list[int]:
-    """The live processes of process group `pgid` (not the zombies: they have ended)."""
-    members = []
+def processes() -> Iterator[tuple[int, list[str]]]:
+    """Every process's pid and the fields of its /proc stat after its name (state, parent, group, …)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text(encoding="utf-8").rsplit(")", 1)[1].split()
+            yield int(stat.parent.name), stat.read_text(encoding="utf-8").rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
+
+
+def group(pgid: int) -> list[int]:
+    """The live processes of process group `pgid` (not the zombies: they have ended)."""
+    return [pid for pid, fields in processes() if int(fields[2]) == pgid and fields[0] != "Z"]
 
 
 def test_a_server_launched_by_a_run_killed_with_sigkill_dies_with_its_children_and_folder() -> None:
@@ -125,15 +127,7 @@ extra): it says it is ready and stays."""
 
 def children(pid: int) -> dict[int, str]:
     """The live children of process `pid`, with their start times (reaper.started())."""
-    found = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text(encoding="utf-8").rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found[int(stat.parent.name)] = fields[19]
-    return found
+    return {child: fields[19] for child, fields in processes() if int(fields[1]) == pid and fields[0] != "Z"}
 
 
 def alive(pid: int, start: str) -> bool:
