@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from app.dev.embedded import _alive, _is_postmaster_for, _read_pid, find_bindir
+from tests.support.reaper import end as end_watchdog
 from tests.support.reaper import started as _started
 
 ROLE = "tracktalk"
@@ -148,13 +149,7 @@ def cluster_root(prefix: str) -> Iterator[tuple[Path, Path]]:
         yield bindir, root
     finally:
         clear(bindir, root)
-        assert watchdog.stdin is not None
-        watchdog.stdin.close()
-        try:
-            watchdog.wait(_WATCHDOG_EXIT)
-        except subprocess.TimeoutExpired:
-            watchdog.kill()
-            watchdog.wait()
+        end_watchdog(watchdog, _WATCHDOG_EXIT)
 
 
 def clear(bindir: Path, root: Path) -> None:

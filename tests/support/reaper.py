@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 _REPO = Path(__file__).resolve().parents[2]
 _WATCHDOGS: dict[int, subprocess.Popen[bytes]] = {}
@@ -61,12 +62,17 @@ def release(process: subprocess.Popen[bytes] | None) -> None:
     """The server was stopped and its folder removed by the run itself: its watchdog ends (after
     doing the same, which finds nothing left)."""
     watchdog = _WATCHDOGS.pop(process.pid, None) if process is not None else None
-    if watchdog is None:
-        return
+    if watchdog is not None:
+        end(watchdog)
+
+
+def end(watchdog: subprocess.Popen[Any], within: float = _WATCHDOG_EXIT) -> None:
+    """Close a watchdog's pipe, which tells it to clear up and end; killed if it has not within
+    `within` seconds."""
     assert watchdog.stdin is not None
     watchdog.stdin.close()
     try:
-        watchdog.wait(_WATCHDOG_EXIT)
+        watchdog.wait(within)
     except subprocess.TimeoutExpired:
         watchdog.kill()
         watchdog.wait()
