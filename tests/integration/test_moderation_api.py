@@ -594,15 +594,29 @@ def test_slow_mode_binds_an_sql_writer_as_the_api_but_the_tracks_moderators(
     ]
 
 
+@pytest.mark.parametrize("earlier", [False, True], ids=["first-turn", "after-an-earlier-turn"])
 async def test_two_posts_at_once_in_slow_mode_take_turns_without_the_write_limit(
-    replica: Replica, world: World, db_url: str
+    replica: Replica, world: World, db_url: str, earlier: bool
 ) -> None:
     """With TRACKTALK_COMMENTS_PER_MINUTE=0 (the test replicas' setting) nothing else takes one
     user's posts in turn: a post made and held uncommitted by another writer, and the API's post of
     the same user at the same moment. The API's waits for the first (seen in pg_stat_activity),
-    then is refused with 429 once the first commits."""
+    then is refused with 429 once the first commits. Also when the user's turn was made by an
+    earlier post, two minutes ago (their row of slow_mode_posts exists: only its lock, not the
+    insert of a new one, takes the two in turn)."""
     track = new_track(db_url)
     await sql(db_url, "UPDATE tracks SET slow_mode_seconds = 60 WHERE id = %s", (track,))
+    if earlier:
+        await sql(
+            db_url,
+            "INSERT INTO comments (track_id, user_id, content) VALUES (%s, %s, 'earlier')",
+            (track, world.users["bob"]),
+        )
+        for backdate in (
+            "UPDATE comments SET created_at = now() - interval '2 minutes' WHERE track_id = %s",
+            "UPDATE tracktalk.slow_mode_posts SET posted_at = now() - interval '2 minutes' WHERE track_id = %s",
+        ):
+            await sql(db_url, backdate, (track,))
     async with (
         await psycopg.AsyncConnection.connect(db_url) as first,
         httpx.AsyncClient(base_url=replica.http, timeout=10) as http,
@@ -632,7 +646,7 @@ async def test_two_posts_at_once_in_slow_mode_take_turns_without_the_write_limit
         await first.commit()
         answer = await second
     error(answer, 429, "slow mode")
-    assert [c["content"] for c in await _listing(replica, track)] == ["first"]
+    assert [c["content"] for c in await _listing(replica, track)] == ["earlier", "first"][not earlier :]
 
 
 async def _listing(replica: Replica, track: str) -> list[dict[str, Any]]:
