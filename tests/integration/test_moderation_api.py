@@ -558,6 +558,25 @@ def test_slow_mode_runs_from_the_last_post_deleted_or_not(api: Api, db_url: str)
     assert api.listing(None, track) == []
 
 
+def test_slow_mode_turned_on_counts_a_post_from_before_it_while_its_comment_exists(
+    api: Api, db_url: str
+) -> None:
+    """Slow mode turned on after a post (or a database upgraded from version 11, or one whose
+    unlogged slow_mode_posts a crash emptied): the wait runs from the user's newest comment, and
+    ends with its deletion (only posts made in slow mode are remembered)."""
+    track = new_track(db_url)
+    first = api.post("bob", track, "before slow mode")
+    api.ok("carol", "PUT", f"/api/tracks/{track}/settings", json={"slow_mode_seconds": 60})
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        kept = conn.execute("SELECT count(*) FROM tracktalk.slow_mode_posts WHERE track_id = %s", (track,))
+        assert kept.fetchone() == (0,)
+    again = api("bob", "POST", f"/api/tracks/{track}/comments", json={"content": "two", "timestamp": 1})
+    error(again, 429, "slow mode", "one comment every 60 s", "post again in")
+    assert 55 <= int(again.headers["Retry-After"]) <= 60
+    assert api("bob", "DELETE", f"/api/comments/{first['id']}").status_code == 204
+    api.post("bob", track, "its comment deleted, a post from before slow mode counts no more")
+
+
 def test_slow_mode_binds_an_sql_writer_as_the_api_but_the_tracks_moderators(
     api: Api, world: World, db_url: str
 ) -> None:
