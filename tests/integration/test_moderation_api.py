@@ -247,6 +247,31 @@ def test_a_page_cursor_that_is_or_became_hidden_or_held_skips_nothing_and_shows_
             assert _ids(api.listing(who, track, sort=sort, after_id=cursor)) == after, (sort, cursor, who)
 
 
+@pytest.mark.parametrize("sort", ["timestamp", "newest", "top"])
+@pytest.mark.parametrize("limit", [1, 2])
+def test_pages_followed_by_their_link_give_every_comment_once_the_pinned_one_first(
+    api: Api, db_url: str, sort: str, limit: int
+) -> None:
+    """A client that follows the `Link` from the first page gets every comment once, when the
+    pinned comment (the middle one of every order) fills a page alone (limit 1: the first page is
+    only it) or ends one; and a cursor that is the pinned comment skips nothing."""
+    track = new_track(db_url)
+    made = _liked(api, track)
+    api.ok("carol", "POST", f"/api/comments/{made[2]['id']}/pin")
+    whole = _ids(api.listing("dave", track, sort=sort, limit=500))
+    assert whole[0] == made[2]["id"] and sorted(whole) == sorted(_ids(made))
+    seen: list[int] = []
+    url: str | None = f"/api/tracks/{track}/comments?limit={limit}&sort={sort}"
+    while url is not None and len(seen) <= len(whole):
+        answer = api("dave", "GET", url)
+        assert answer.status_code == 200, answer.text
+        seen += _ids(answer.json())
+        url = answer.links.get("next", {}).get("url")
+    assert seen == whole, (sort, limit)
+    by_hand = api.listing("dave", track, sort=sort, after_id=made[2]["id"], limit=500)
+    assert _ids(by_hand) == whole[1:], (sort, limit)
+
+
 @pytest.mark.parametrize("sort", ["timestamp", "top"])
 def test_a_page_cursor_that_is_no_comment_of_the_track_starts_the_order_over(
     api: Api, world: World, db_url: str, sort: str
