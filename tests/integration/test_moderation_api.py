@@ -602,6 +602,34 @@ def test_slow_mode_turned_on_counts_a_post_from_before_it_while_its_comment_exis
     api.post("bob", track, "its comment deleted, a post from before slow mode counts no more")
 
 
+def test_slow_mode_posts_older_than_a_day_are_pruned_and_the_others_kept(
+    api: Api, world: World, db_url: str
+) -> None:
+    """tracktalk.slow_mode_posts does not grow for good: prune_events drops the rows past the
+    longest slow mode (a day), and keeps the others, which still hold their users."""
+    track = new_track(db_url)
+    insert = "INSERT INTO comments (track_id, user_id, content) VALUES (%s, %s, 'x')"
+    count = "SELECT user_id FROM tracktalk.slow_mode_posts WHERE track_id = %s ORDER BY user_id"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE tracks SET slow_mode_seconds = 86400 WHERE id = %s", (track,))
+        for who in ("bob", "dave"):
+            conn.execute(insert, (track, world.users[who]))
+        conn.execute(
+            "UPDATE tracktalk.slow_mode_posts SET posted_at = now() - interval '1 day 1 minute'"
+            " WHERE track_id = %s AND user_id = %s",
+            (track, world.users["bob"]),
+        )
+        conn.execute("DELETE FROM comments WHERE track_id = %s", (track,))
+        conn.execute("SELECT tracktalk.prune_events()")
+        assert conn.execute(count, (track,)).fetchall() == [(world.users["dave"],)]
+    api.post("bob", track, "a day later")
+    error(
+        api("dave", "POST", f"/api/tracks/{track}/comments", json={"content": "kept", "timestamp": 1}),
+        429,
+        "slow mode",
+    )
+
+
 def test_slow_mode_binds_an_sql_writer_as_the_api_but_the_tracks_moderators(
     api: Api, world: World, db_url: str
 ) -> None:
