@@ -811,6 +811,10 @@ BEGIN
     UPDATE tracktalk.slow_mode_posts p SET posted_at = now() WHERE p.track_id = track AND p.user_id = author;
 END
 $$;
+-- The comments' insert trigger's alone (it runs as tracktalk's owner): a role that may use the
+-- schema (the app role, a DBA granted USAGE to call make_live) could otherwise start any user's
+-- wait on any track, and fill the table with rows for tracks that do not exist.
+REVOKE EXECUTE ON FUNCTION tracktalk.take_slow_mode_turn(text, bigint, integer) FROM PUBLIC;
 
 -- Row checks that a constraint cannot make, the edit marks of the contract, and moderation's rules
 -- (issue 20), whoever writes: a new comment by a user the track's creator muted is hidden from the

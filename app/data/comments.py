@@ -33,16 +33,23 @@ _SEEN = " AND (v.marks OR o.user_id = %(viewer)s OR NOT (o.hidden OR o.held))"
 
 Sort = Literal["timestamp", "newest", "top"]
 
+_PLACED = "c.id = %(after)s AND c.track_id = %(track)s AND c.pinned_at IS NULL"
+"""A cursor that places the page: a comment of the track, not the pinned one."""
+
 _ORDER: dict[str, tuple[str, str]] = {
     # (the cursor's condition: after comment %(after)s in this order, the order)
     "timestamp": (
         ' AND (o."timestamp", o.id) > (coalesce((SELECT c."timestamp" FROM comments c'
-        " WHERE c.id = %(after)s AND c.track_id = %(track)s), -1), %(after)s)",
+        f" WHERE {_PLACED}), -1), %(after)s)",
         ' ORDER BY o."timestamp", o.id',
     ),
-    "newest": (" AND o.id < %(after)s", " ORDER BY o.id DESC"),
+    "newest": (
+        " AND (o.id < %(after)s OR EXISTS (SELECT 1 FROM comments c WHERE c.id = %(after)s"
+        " AND c.track_id = %(track)s AND c.pinned_at IS NOT NULL))",
+        " ORDER BY o.id DESC",
+    ),
     "top": (
-        " AND (NOT EXISTS (SELECT 1 FROM comments c WHERE c.id = %(after)s AND c.track_id = %(track)s)"
+        f" AND (NOT EXISTS (SELECT 1 FROM comments c WHERE {_PLACED})"
         " OR (-o.like_count, o.id) > (-coalesce((SELECT s.likes FROM tracktalk.comment_stats s"
         " WHERE s.comment_id = %(after)s), 0), %(after)s))",
         " ORDER BY o.like_count DESC, o.id",
@@ -53,7 +60,10 @@ first page, whatever the order). The cursor is placed by its comment of this tra
 from the viewer or not (a listener's last comment hidden since their last page goes on from it;
 the page shows nothing of it). A cursor that is no comment of the track (deleted since, or another
 track's) is placed nowhere: `timestamp` and `top` start over, so that nothing is skipped and
-another track's comment tells nothing; `newest` goes on below its id, which tells nothing."""
+another track's comment tells nothing; `newest` goes on below its id, which tells nothing. The
+track's pinned comment places nothing in any order (the order starts over, without it): it is
+the last of a first page that it fills alone (limit 1), and sits anywhere in the order, so that
+going on after its place would skip the comments before it."""
 
 
 @dataclass(frozen=True, slots=True)

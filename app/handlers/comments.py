@@ -64,8 +64,10 @@ async def list_comments(
         await visible_track(conn, track_id, viewer_id)
         items = await comments.page(conn, track_id, viewer_id, after_id=after_id, limit=limit, sort=sort)
     headers = {}
-    if len(items) >= limit and any(not item.pinned for item in items):
-        last = next(item for item in reversed(items) if not item.pinned)
+    if len(items) >= limit:
+        # The last comment but the pinned one, or the pinned one filling a first page alone
+        # (limit 1): as a cursor it places nothing, and the next page starts the order without it.
+        last = next((item for item in reversed(items) if not item.pinned), items[-1])
         order = "" if sort == "timestamp" else f"&sort={sort}"
         next_page = f"/api/tracks/{quote(track_id, safe='')}/comments?after_id={last.id}&limit={limit}{order}"
         headers["Link"] = f'<{next_page}>; rel="next"'

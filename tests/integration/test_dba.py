@@ -388,6 +388,15 @@ def test_roles_sql_takes_connect_and_temp_from_public_and_locks_out_nobody_conne
         with pytest.raises(psycopg.errors.CheckViolation) as refused:
             conn.execute(insert)
         assert refused.value.diag.constraint_name == "comments_slow_mode"
+    # The slow-mode turn is the trigger's alone: a role that may use the schema tracktalk (the app
+    # role; a DBA granted USAGE to call make_live) may not call it to start any user's wait on any
+    # track as tracktalk's owner (carol's next comment on 'slow' would be refused for a minute).
+    with psycopg.connect(app, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT tracktalk.take_slow_mode_turn('slow', 2, 86400)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT tracktalk.take_slow_mode_turn('slow', 1, 60)")
+    assert one(owner, "SELECT count(*) FROM tracktalk.slow_mode_posts WHERE user_id = 1") == 0
     # docs/dba.md's settings: the owner changes them; the app role may only read them.
     with psycopg.connect(owner, autocommit=True) as conn:
         conn.execute("UPDATE tracktalk.settings SET event_retention = '6 hours'")

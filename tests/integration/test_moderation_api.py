@@ -247,6 +247,31 @@ def test_a_page_cursor_that_is_or_became_hidden_or_held_skips_nothing_and_shows_
             assert _ids(api.listing(who, track, sort=sort, after_id=cursor)) == after, (sort, cursor, who)
 
 
+@pytest.mark.parametrize("sort", ["timestamp", "newest", "top"])
+@pytest.mark.parametrize("limit", [1, 2])
+def test_pages_followed_by_their_link_give_every_comment_once_the_pinned_one_first(
+    api: Api, db_url: str, sort: str, limit: int
+) -> None:
+    """A client that follows the `Link` from the first page gets every comment once, when the
+    pinned comment (the middle one of every order) fills a page alone (limit 1: the first page is
+    only it) or ends one; and a cursor that is the pinned comment skips nothing."""
+    track = new_track(db_url)
+    made = _liked(api, track)
+    api.ok("carol", "POST", f"/api/comments/{made[2]['id']}/pin")
+    whole = _ids(api.listing("dave", track, sort=sort, limit=500))
+    assert whole[0] == made[2]["id"] and sorted(whole) == sorted(_ids(made))
+    seen: list[int] = []
+    url: str | None = f"/api/tracks/{track}/comments?limit={limit}&sort={sort}"
+    while url is not None and len(seen) <= len(whole):
+        answer = api("dave", "GET", url)
+        assert answer.status_code == 200, answer.text
+        seen += _ids(answer.json())
+        url = answer.links.get("next", {}).get("url")
+    assert seen == whole, (sort, limit)
+    by_hand = api.listing("dave", track, sort=sort, after_id=made[2]["id"], limit=500)
+    assert _ids(by_hand) == whole[1:], (sort, limit)
+
+
 @pytest.mark.parametrize("sort", ["timestamp", "top"])
 def test_a_page_cursor_that_is_no_comment_of_the_track_starts_the_order_over(
     api: Api, world: World, db_url: str, sort: str
@@ -558,6 +583,53 @@ def test_slow_mode_runs_from_the_last_post_deleted_or_not(api: Api, db_url: str)
     assert api.listing(None, track) == []
 
 
+def test_slow_mode_turned_on_counts_a_post_from_before_it_while_its_comment_exists(
+    api: Api, db_url: str
+) -> None:
+    """Slow mode turned on after a post (or a database upgraded from version 11, or one whose
+    unlogged slow_mode_posts a crash emptied): the wait runs from the user's newest comment, and
+    ends with its deletion (only posts made in slow mode are remembered)."""
+    track = new_track(db_url)
+    first = api.post("bob", track, "before slow mode")
+    api.ok("carol", "PUT", f"/api/tracks/{track}/settings", json={"slow_mode_seconds": 60})
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        kept = conn.execute("SELECT count(*) FROM tracktalk.slow_mode_posts WHERE track_id = %s", (track,))
+        assert kept.fetchone() == (0,)
+    again = api("bob", "POST", f"/api/tracks/{track}/comments", json={"content": "two", "timestamp": 1})
+    error(again, 429, "slow mode", "one comment every 60 s", "post again in")
+    assert 55 <= int(again.headers["Retry-After"]) <= 60
+    assert api("bob", "DELETE", f"/api/comments/{first['id']}").status_code == 204
+    api.post("bob", track, "its comment deleted, a post from before slow mode counts no more")
+
+
+def test_slow_mode_posts_older_than_a_day_are_pruned_and_the_others_kept(
+    api: Api, world: World, db_url: str
+) -> None:
+    """tracktalk.slow_mode_posts does not grow for good: prune_events drops the rows past the
+    longest slow mode (a day), and keeps the others, which still hold their users."""
+    track = new_track(db_url)
+    insert = "INSERT INTO comments (track_id, user_id, content) VALUES (%s, %s, 'x')"
+    count = "SELECT user_id FROM tracktalk.slow_mode_posts WHERE track_id = %s ORDER BY user_id"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE tracks SET slow_mode_seconds = 86400 WHERE id = %s", (track,))
+        for who in ("bob", "dave"):
+            conn.execute(insert, (track, world.users[who]))
+        conn.execute(
+            "UPDATE tracktalk.slow_mode_posts SET posted_at = now() - interval '1 day 1 minute'"
+            " WHERE track_id = %s AND user_id = %s",
+            (track, world.users["bob"]),
+        )
+        conn.execute("DELETE FROM comments WHERE track_id = %s", (track,))
+        conn.execute("SELECT tracktalk.prune_events()")
+        assert conn.execute(count, (track,)).fetchall() == [(world.users["dave"],)]
+    api.post("bob", track, "a day later")
+    error(
+        api("dave", "POST", f"/api/tracks/{track}/comments", json={"content": "kept", "timestamp": 1}),
+        429,
+        "slow mode",
+    )
+
+
 def test_slow_mode_binds_an_sql_writer_as_the_api_but_the_tracks_moderators(
     api: Api, world: World, db_url: str
 ) -> None:
@@ -594,15 +666,29 @@ def test_slow_mode_binds_an_sql_writer_as_the_api_but_the_tracks_moderators(
     ]
 
 
+@pytest.mark.parametrize("earlier", [False, True], ids=["first-turn", "after-an-earlier-turn"])
 async def test_two_posts_at_once_in_slow_mode_take_turns_without_the_write_limit(
-    replica: Replica, world: World, db_url: str
+    replica: Replica, world: World, db_url: str, earlier: bool
 ) -> None:
     """With TRACKTALK_COMMENTS_PER_MINUTE=0 (the test replicas' setting) nothing else takes one
     user's posts in turn: a post made and held uncommitted by another writer, and the API's post of
     the same user at the same moment. The API's waits for the first (seen in pg_stat_activity),
-    then is refused with 429 once the first commits."""
+    then is refused with 429 once the first commits. Also when the user's turn was made by an
+    earlier post, two minutes ago (their row of slow_mode_posts exists: only its lock, not the
+    insert of a new one, takes the two in turn)."""
     track = new_track(db_url)
     await sql(db_url, "UPDATE tracks SET slow_mode_seconds = 60 WHERE id = %s", (track,))
+    if earlier:
+        await sql(
+            db_url,
+            "INSERT INTO comments (track_id, user_id, content) VALUES (%s, %s, 'earlier')",
+            (track, world.users["bob"]),
+        )
+        for backdate in (
+            "UPDATE comments SET created_at = now() - interval '2 minutes' WHERE track_id = %s",
+            "UPDATE tracktalk.slow_mode_posts SET posted_at = now() - interval '2 minutes' WHERE track_id = %s",
+        ):
+            await sql(db_url, backdate, (track,))
     async with (
         await psycopg.AsyncConnection.connect(db_url) as first,
         httpx.AsyncClient(base_url=replica.http, timeout=10) as http,
@@ -632,7 +718,7 @@ async def test_two_posts_at_once_in_slow_mode_take_turns_without_the_write_limit
         await first.commit()
         answer = await second
     error(answer, 429, "slow mode")
-    assert [c["content"] for c in await _listing(replica, track)] == ["first"]
+    assert [c["content"] for c in await _listing(replica, track)] == ["earlier", "first"][not earlier :]
 
 
 async def _listing(replica: Replica, track: str) -> list[dict[str, Any]]:
