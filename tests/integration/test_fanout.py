@@ -1164,3 +1164,47 @@ async def test_metrics_report_the_notify_queue_of_the_node_the_replica_listens_o
                 lambda value, help_line: value < pinned and on_a in help_line,
                 "A's queue on /metrics again, the primary's not counted in 'fanout' mode",
             )
+
+
+async def test_a_primary_restart_does_not_send_the_replicas_away_from_a_good_node(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """The primary restarts: each node's apply worker loses its stream, waits (the node's
+    wal_retrieve_retry_interval, 5 s by default) and streams again from the same slot. The nodes
+    are good all along (nothing is lost, nothing to rebuild): a replica stays on its node (it
+    left it, and refused the next node too, after 5 readings of a worker between two attempts),
+    and its socket misses nothing."""
+    world, url, a = topology.world, topology.url, topology.a
+    track = new_track(url)
+    await set_mode(url, "fanout")
+    subscription = (await sql(a.url(), "SELECT subscription FROM tracktalk.node_state()"))[0][0]
+    with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=topology.node(a, topology.b)) as (replica,):
+        assert on_node(replica, a)
+        async with open_socket(replica.ws, track, world.tokens["alice"]) as sock:
+            start = (await sock.expect("connected"))["seq"]
+            topology.primary.stop("fast")
+            topology.primary.start()
+
+            async def streaming() -> bool:
+                """Node A's apply worker streams from its slot on the primary again."""
+                slot = await sql(
+                    url, "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (subscription,)
+                )
+                running = await sql(a.url(), "SELECT running FROM tracktalk.node_state()")
+                return bool(slot and slot[0][0] and running[0][0])
+
+            await async_wait_until(streaming, 60, "node A to stream from the restarted primary")
+            # Two readings of the replica's since (each writes the primary's heartbeat): the watch
+            # has seen the node good again, and left it by then if it was going to.
+            for _ in range(2):
+                beat = await sql(url, "SELECT at FROM tracktalk.heartbeat")
+
+                async def beaten(before: list[tuple[Any, ...]] = beat) -> bool:
+                    return await sql(url, "SELECT at FROM tracktalk.heartbeat") != before
+
+                await async_wait_until(beaten, 30, "a reading of the replica's")
+            whole_log = replica.log_path.read_text(errors="replace") if replica.log_path else ""
+            assert "leaving 127.0.0.1:" not in whole_log, whole_log[-3000:]
+            assert on_node(replica, a), ready(replica)
+            await insert_comment(url, track, world.users["dave"], "after")
+            await every_event_once(sock, start, await latest(url, f"track:{track}"))
