@@ -1106,23 +1106,41 @@ async def test_readyz_watches_the_notify_queue_of_the_node_the_replica_listens_o
             await async_wait_until(lambda: readyz_body(replica, 200), 10, "the primary's queue not to count")
 
 
+QUEUE_HELP = (
+    "# HELP tracktalk_notify_queue_usage pg_notification_queue_usage(): the fraction of PostgreSQL's "
+    "NOTIFY queue in use."
+)
+"""The metric's help, as it was before fan-out nodes, whichever server's queue it reports: a
+Prometheus client keeps one help per metric, and some (client_golang's Gatherers, the Pushgateway)
+refuse a family whose help differs between scrapes or replicas."""
+
+
 def queue_metric(replica: Replica) -> tuple[float, str]:
-    """tracktalk_notify_queue_usage on the replica's /metrics now: its value and its help."""
+    """tracktalk_notify_queue_usage on the replica's /metrics now: its value and whose server
+    (tracktalk_notify_queue_server_info's label); its help checked to be QUEUE_HELP."""
     text = httpx.get(f"{replica.http}/metrics", timeout=5).text
     help_line = next(
         line for line in text.splitlines() if line.startswith("# HELP tracktalk_notify_queue_usage ")
     )
-    return parse_metrics(text)["tracktalk_notify_queue_usage"], help_line
+    assert help_line == QUEUE_HELP, help_line
+    values = parse_metrics(text)
+    servers = [
+        name.split('server="', 1)[1].rstrip('"}')
+        for name, value in values.items()
+        if name.startswith("tracktalk_notify_queue_server_info{") and value == 1
+    ]
+    assert len(servers) == 1, servers
+    return values["tracktalk_notify_queue_usage"], servers[0]
 
 
 async def queue_metric_until(
     replica: Replica, ok: Callable[[float, str], bool], what: str
 ) -> tuple[float, str]:
-    """queue_metric() once `ok(value, help)` (within 10 s: readings come every second)."""
+    """queue_metric() once `ok(value, server)` (within 10 s: readings come every second)."""
 
     def found() -> tuple[float, str] | None:
-        value, help_line = queue_metric(replica)
-        return (value, help_line) if ok(value, help_line) else None
+        value, server = queue_metric(replica)
+        return (value, server) if ok(value, server) else None
 
     answer: tuple[float, str] = await async_wait_until(found, 10, what)
     return answer
@@ -1131,22 +1149,23 @@ async def queue_metric_until(
 async def test_metrics_report_the_notify_queue_of_the_node_the_replica_listens_on(
     topology: Topology, direct: None, log_dir: Path
 ) -> None:
-    """tracktalk_notify_queue_usage is the fullest of the queues /readyz watches, its help naming
-    whose server: node A's for a replica on A (it reported the primary's, near 0, while A's queue
-    was pinned); the primary's while its writers notify ('direct') and its queue is the fuller; A's
-    again in 'fanout' mode, the primary's queue still pinned."""
+    """tracktalk_notify_queue_usage is the fullest of the queues /readyz watches, and
+    tracktalk_notify_queue_server_info says whose server (its help stays the same): node A's for a
+    replica on A (it reported the primary's, near 0, while A's queue was pinned); the primary's
+    while its writers notify ('direct') and its queue is the fuller; A's again in 'fanout' mode,
+    the primary's queue still pinned."""
     url, a = topology.url, topology.a
-    on_a, on_primary = f"fan-out node 127.0.0.1:{a.port}/tracktalk's server", "the primary's server"
+    on_a, on_primary = f"127.0.0.1:{a.port}/tracktalk", "primary"
     usage = "SELECT pg_notification_queue_usage()"
     await set_mode(url, "fanout")
     with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=a.url()) as (replica,):
         with pinned_queue(a.url()):
             pinned = float((await sql(a.url(), usage))[0][0])
             assert float((await sql(url, usage))[0][0]) < pinned
-            value, help_line = await queue_metric_until(
+            value, server = await queue_metric_until(
                 replica, lambda value, _: value >= pinned, "A's pinned queue on /metrics"
             )
-            assert on_a in help_line, (value, help_line)
+            assert server == on_a, (value, server)
         await queue_metric_until(replica, lambda value, _: value < pinned, "A's queue let go on /metrics")
 
         await set_mode(url, "direct")
@@ -1155,13 +1174,13 @@ async def test_metrics_report_the_notify_queue_of_the_node_the_replica_listens_o
             assert float((await sql(a.url(), usage))[0][0]) < pinned
             await queue_metric_until(
                 replica,
-                lambda value, help_line: value >= pinned and on_primary in help_line,
+                lambda value, server: value >= pinned and server == on_primary,
                 "the primary's pinned queue on /metrics, named so",
             )
             await set_mode(url, "fanout")
             await queue_metric_until(
                 replica,
-                lambda value, help_line: value < pinned and on_a in help_line,
+                lambda value, server: value < pinned and server == on_a,
                 "A's queue on /metrics again, the primary's not counted in 'fanout' mode",
             )
 
