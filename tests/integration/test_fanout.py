@@ -1225,3 +1225,53 @@ async def test_a_primary_restart_does_not_send_the_replicas_away_from_a_good_nod
             assert on_node(replica, a), ready(replica)
             await insert_comment(url, track, world.users["dave"], "after")
             await every_event_once(sock, start, await latest(url, f"track:{track}"))
+
+
+async def test_a_node_whose_subscription_has_a_slot_of_another_name_is_taken(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """A subscription made or altered WITH (slot_name = …) by hand streams through a slot not named
+    as it: the replica looked for the subscription's name among the primary's slots, refused the
+    node at connect (no such slot) and would have left it (an idle one). It looks for the
+    subscription's slot (pg_subscription.subslotname): the node is taken, ready, and delivers."""
+    world, url, b = topology.world, topology.url, topology.b
+    track = new_track(url)
+    await set_mode(url, "fanout")
+    subscription = (await sql(b.url(), "SELECT subscription FROM tracktalk.node_state()"))[0][0]
+    renamed = "by_hand_slot"
+
+    async def slot_active(name: str, active: bool) -> bool:
+        rows = await sql(url, "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (name,))
+        return bool(rows) and rows[0][0] is active
+
+    async def move_slot(old: str, new: str) -> None:
+        """Node B's subscription streams through a copy of its slot named `new`; `old` dropped."""
+        await sql(b.url(), f"ALTER SUBSCRIPTION {subscription} DISABLE")
+        await async_wait_until(lambda: slot_active(old, False), 30, "the slot to be let go")
+        await sql(url, "SELECT pg_copy_logical_replication_slot(%s, %s)", (old, new))
+        await sql(url, "SELECT pg_drop_replication_slot(%s)", (old,))
+        await sql(b.url(), f"ALTER SUBSCRIPTION {subscription} SET (slot_name = '{new}')")
+        await sql(b.url(), f"ALTER SUBSCRIPTION {subscription} ENABLE")
+        await async_wait_until(lambda: slot_active(new, True), 30, "the slot in use")
+
+    await move_slot(subscription, renamed)
+    try:
+        with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=topology.node(b, topology.a)) as (replica,):
+            assert on_node(replica, b), (ready(replica), replica.log())
+            async with open_socket(replica.ws, track, world.tokens["alice"]) as sock:
+                start = (await sock.expect("connected"))["seq"]
+                await insert_comment(url, track, world.users["dave"], "through B")
+                await every_event_once(sock, start, await latest(url, f"track:{track}"))
+            # Readings on B since (each writes the primary's heartbeat): it stays.
+            for _ in range(6):
+                beat = await sql(url, "SELECT at FROM tracktalk.heartbeat")
+
+                async def beaten(before: list[tuple[Any, ...]] = beat) -> bool:
+                    return await sql(url, "SELECT at FROM tracktalk.heartbeat") != before
+
+                await async_wait_until(beaten, 30, "a reading of the replica's")
+            assert on_node(replica, b) and not replica.logged("leaving 127.0.0.1:"), replica.log()
+        done = tracktalk("check", database_url=url, TRACKTALK_LISTEN_URL=b.url())
+        assert f"follows the primary (subscription {subscription})" in done.stdout, done.stdout
+    finally:
+        await move_slot(renamed, subscription)

@@ -138,6 +138,10 @@ def test_a_node_follows_the_primary_whose_database_has_its_slot_in_use_while_it_
     assert follows({"tracktalk_node_a": False}, _state(running=False))  # idle because the node is down
     assert not follows({"tracktalk_node_b": True}, _state(running=True))
     assert not follows({}, _state(running=False))
+    # A subscription made or altered WITH (slot_name = …): its slot is looked for by that name.
+    renamed = _state(running=True)._replace(slot="by_hand")
+    assert follows({"by_hand": True}, renamed)
+    assert not follows({"tracktalk_node_a": True}, renamed)
 
 
 def test_a_listener_fallen_back_to_a_primary_that_sends_nothing_tries_the_nodes_every_ten_readings() -> None:
