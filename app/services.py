@@ -131,7 +131,11 @@ async def running(settings: Settings) -> AsyncIterator[Services]:
                 node_watch.observe(None, None, unheard=on_primary and reading.notify_mode == "fanout")
             else:
                 node_watch.observe(
-                    node.state.running, node.lag, sending=node.state.sending, follows=node.follows
+                    node.state.running,
+                    node.lag,
+                    sending=node.state.sending,
+                    follows=node.follows,
+                    enabled=node.state.enabled,
                 )
 
         readiness = Readiness(

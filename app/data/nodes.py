@@ -59,6 +59,14 @@ class NodeState(NamedTuple):
     """The primary's heartbeat as the node last applied it."""
     received_at: datetime | None
     """When it last heard from the primary."""
+    slot: str | None = None
+    """Its subscription's slot on the primary (pg_subscription.subslotname): named as the
+    subscription unless it was made or altered with another slot_name. None: not read."""
+
+    @property
+    def slot_name(self) -> str:
+        """The name of its slot on the primary."""
+        return self.slot or self.subscription
 
 
 def describe(conninfo: str) -> str:
@@ -79,9 +87,19 @@ async def node_state(conn: AsyncConnection[Any]) -> NodeState | None:
         async with conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute("SELECT * FROM tracktalk.node_state()")
             row = await cur.fetchone()
+            if row is None:
+                return None
+            await cur.execute(SLOT_NAME)
+            slot = await cur.fetchone()
     except (psycopg.errors.UndefinedFunction, psycopg.errors.InvalidSchemaName) as exc:
         raise NotServing(f"no tracktalk schema of this version there ({exc.diag.message_primary})") from None
-    return None if row is None else NodeState(*row)
+    return NodeState(*row)._replace(slot=slot[0] if slot else None)
+
+
+SLOT_NAME = (
+    "SELECT s.subslotname::text FROM pg_catalog.pg_subscription s WHERE s.oid = tracktalk.node_subscription()"
+)
+"""On a node: its subscription's slot on the primary (readable by any role)."""
 
 
 _SERVER = (
@@ -119,10 +137,10 @@ a fan-out node that follows it streams through the slot named as its subscriptio
 
 def follows(slots: dict[str, bool], state: NodeState) -> bool:
     """Whether the node in `state` follows the primary whose database has `slots` (SLOTS): its
-    subscription's slot is there, and in use while the node's apply worker runs. A node whose
+    subscription's slot (state.slot_name) is there, and in use while the node's apply worker runs. A node whose
     subscription points at another primary, or at another database of the primary's server, may
     run, send and stay fresh (its own primary beats too), but hears none of this primary's writes."""
-    active = slots.get(state.subscription)
+    active = slots.get(state.slot_name)
     return active is not None and (bool(active) or not state.running)
 
 
@@ -131,7 +149,8 @@ def not_following(name: str, state: NodeState, primary: str) -> str:
     to do."""
     return (
         f"fan-out node {name} follows another primary than {primary} (DATABASE_URL's "
-        f"database): its subscription {state.subscription} has no slot in use there, so none of that "
+        f"database): its subscription {state.subscription}"
+        f"{'' if state.slot_name == state.subscription else f' (slot {state.slot_name})'} has no slot in use there, so none of that "
         "primary's writes reaches it. List only the nodes of DATABASE_URL's primary in "
         'TRACKTALK_LISTEN_URL, or rebuild this one (docs/dba.md, "Fan-out nodes")'
     )
@@ -147,7 +166,7 @@ async def check_follows(
         await cur.execute(SLOTS)
         row = await cur.fetchone()
     slots: dict[str, bool] = row[0] if row else {}
-    if state.subscription not in slots:
+    if state.slot_name not in slots:
         raise NotServing(not_following(describe(conninfo), state, describe(primary_url)))
 
 

@@ -81,6 +81,12 @@ class Polling:
 _LEAVE_AFTER = 5
 """Readings (seconds) a fan-out node may receive nothing, or be past the lag limit, before the
 listener leaves it for the next URL."""
+_RESTARTING_AFTER = 15
+"""Readings (seconds) a node may have its subscription enabled and its apply worker not running,
+when nothing else is wrong with it, before the listener leaves it: the worker is between two
+attempts (after the primary restarted, or a blip of the network, it waits the node's
+wal_retrieve_retry_interval, 5 s by default, then streams again from the same slot), and every
+node of the primary is so at the same moment. A disabled subscription is left after _LEAVE_AFTER."""
 _RETRY_NODES_AFTER = 10
 """Readings (seconds) between two attempts to get back to the fan-out nodes for a listener that
 fell back to the primary (listed last in TRACKTALK_LISTEN_URL) while it sends no NOTIFYs."""
@@ -91,7 +97,8 @@ class NodeWatch:
     (disabled, failing: after a failover of the primary on PostgreSQL 15 or 16, its slot is gone),
     that follows another primary, whose trigger on the event log does not send, or that stays past
     the lag limit, for
-    _LEAVE_AFTER readings in a row, when TRACKTALK_LISTEN_URL
+    _LEAVE_AFTER readings in a row (_RESTARTING_AFTER for an enabled subscription whose worker is
+    between two attempts), when TRACKTALK_LISTEN_URL
     lists another URL: the next node, or the primary itself if it is listed last. (A node that
     receives nothing is refused at connect too: app/data/nodes.py.) And has a listener that fell
     back to the primary while it sends no NOTIFYs ('fanout' mode: the replica polls the log and is
@@ -111,12 +118,14 @@ class NodeWatch:
         unheard: bool = False,
         sending: bool = True,
         follows: bool = True,
+        enabled: bool = True,
     ) -> None:
         """One reading of the node the listener is on: its subscription runs (None: not on a node,
         or it did not answer: the listener finds out by itself), and its lag in seconds;
         `unheard`: the listener is on the primary, which sends no NOTIFYs; `sending`: the node's
         trigger on the event log sends them; `follows`: its subscription follows the primary the
-        replica writes to."""
+        replica writes to; `enabled`: its subscription is enabled (a worker not running then is
+        given _RESTARTING_AFTER readings to come back)."""
         self._unheard = self._unheard + 1 if unheard else 0
         if self._unheard >= _RETRY_NODES_AFTER:
             self._unheard = 0
@@ -128,7 +137,8 @@ class NodeWatch:
             return
         late = lag is not None and lag > self._lag_limit
         self._bad = self._bad + 1 if not running or not sending or not follows or late else 0
-        if self._bad >= _LEAVE_AFTER:
+        restarting = not running and enabled and sending and follows and not late
+        if self._bad >= (_RESTARTING_AFTER if restarting else _LEAVE_AFTER):
             self._bad = 0
             self._leave(
                 "it follows another primary than DATABASE_URL's database"

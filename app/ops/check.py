@@ -18,7 +18,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg.rows import tuple_row
 
-from app.data.nodes import SLOTS, NodeState, describe, follows, not_following
+from app.data.nodes import SLOT_NAME, SLOTS, NodeState, describe, follows, not_following
 from app.ops.fanout_node import SLOT_PREFIX
 from app.ops.readiness import HOLDER_QUERY, describe_holder, holder_from_row
 
@@ -416,7 +416,7 @@ def _node(primary: psycopg.Connection[Any], conninfo: str, queue_alert: float = 
                 return [Line("note", f"{name} is not a fan-out node (it has no subscription to a primary)")]
             queue = _queue(conn, queue_alert, name)
             subscription, enabled, running, copied, sending, node_beat, received = found[0]
-            state = NodeState(*found[0])
+            state = NodeState(*found[0])._replace(slot=_one(conn, SLOT_NAME))
             if not follows(_one(primary, SLOTS), state):
                 return [Line("FIX", not_following(name, state, describe(primary.info.dsn))), *queue]
             deadline = time.monotonic() + _NODE_WAIT

@@ -107,18 +107,21 @@ class _Live(Collector):
             value=float(self._listener.ready),
         )
         queue = self._metrics.notify_queue
+        # The help stays the same whoever's queue it is (a Prometheus client keeps one per metric,
+        # and some refuse a family whose help changes): whose it is goes in a label of its own.
         yield GaugeMetricFamily(
             "tracktalk_notify_queue_usage",
-            f"pg_notification_queue_usage() on {_server(queue)}: the fraction of its NOTIFY queue in "
-            "use, the fullest of those /readyz watches (the server the listener is on, and the "
-            "primary's while its writers send NOTIFYs).",
+            "pg_notification_queue_usage(): the fraction of PostgreSQL's NOTIFY queue in use.",
             value=queue.usage,
         )
-
-
-def _server(queue: NotifyQueue) -> str:
-    """Whose server the queue is, as /readyz's detail says it."""
-    return "the primary's server" if queue.server is None else f"fan-out node {queue.server}'s server"
+        server = GaugeMetricFamily(
+            "tracktalk_notify_queue_server_info",
+            "Whose NOTIFY queue tracktalk_notify_queue_usage reports (the fullest of those /readyz "
+            "watches): server is 'primary', or the fan-out node's host:port/dbname.",
+            labels=["server"],
+        )
+        server.add_metric(["primary" if queue.server is None else queue.server], 1.0)
+        yield server
 
 
 class _Presence(Collector):

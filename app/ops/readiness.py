@@ -17,7 +17,7 @@ tracktalk does (on a fan-out node: its apply worker's, which then stops applying
 cannot stop that; a replica can see it coming and say who (docs/dba.md, "Watching the NOTIFY
 queue"). /readyz watches the queue of the server the listener is on, and the primary's while its
 writers send NOTIFYs (notify_mode 'direct'): watched_queues(); /metrics reports the fullest of them
-(tracktalk_notify_queue_usage, its help naming the server).
+(tracktalk_notify_queue_usage; tracktalk_notify_queue_server_info names the server).
 """
 
 from __future__ import annotations

@@ -654,9 +654,8 @@ async def test_a_replica_leaves_a_node_whose_subscription_receives_nothing_for_t
                 await async_wait_until(lambda: on_node(replica, topology.b), 30, "the move to node B")
                 await insert_comment(url, track, world.users["dave"], "after")
                 await every_event_once(sock, start, await latest(url, f"track:{track}"))
-                assert (
-                    "leaving 127.0.0.1:" in replica.log()
-                    and "receives nothing from the primary" in replica.log()
+                assert replica.logged("leaving 127.0.0.1:") and replica.logged(
+                    "receives nothing from the primary"
                 )
     finally:
         await sql(a.url(), f"ALTER SUBSCRIPTION {subscription} ENABLE")
@@ -709,7 +708,7 @@ async def test_a_listen_url_that_is_neither_a_node_nor_the_primary_is_refused_fo
     track = new_track(url)
     with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=f"{topology.b.url(stray)},{a.url()}") as (replica,):
         assert on_node(replica, a), ready(replica)
-        assert "is neither a fan-out node nor the primary" in replica.log()
+        assert replica.logged("is neither a fan-out node nor the primary"), replica.log()
         async with open_socket(replica.ws, track, world.tokens["alice"]) as sock:
             start = (await sock.expect("connected"))["seq"]
             await insert_comment(url, track, world.users["dave"], "heard")
@@ -731,7 +730,7 @@ async def test_a_new_channel_key_reaches_the_replicas_through_the_nodes(
             await insert_comment(url, track, world.users["dave"], "old key")
             await sock.events(1)
             await sql(url, "SELECT tracktalk.rotate_channel_key()")
-            await async_wait_until(lambda: "the channel key changed" in replica.log(), 10, "the rekey")
+            await async_wait_until(lambda: replica.logged("the channel key changed"), 10, "the rekey")
             for i in range(3):
                 await insert_comment(url, track, world.users["dave"], f"new key {i}")
             (last,) = await sql(
@@ -855,7 +854,7 @@ async def test_a_replica_fallen_back_to_the_primary_returns_to_its_node_when_it_
                     await async_wait_until(lambda: on_node(replica, a), 40, "the return to node A")
                     await writer.wrote(10)
                 await every_event_once(sock, start, await latest(url, f"track:{track}"), writer.ids)
-                assert "trying the nodes again" in replica.log()
+                assert replica.logged("trying the nodes again"), replica.log()
     finally:
         if not (a.data / "postmaster.pid").exists():
             a.start()
@@ -1016,7 +1015,7 @@ async def test_a_node_that_follows_another_live_primary_is_not_taken_for_this_on
                     replica,
                 ):
                     assert on_node(replica, topology.a), ready(replica)
-                    assert f"fan-out node {name} follows another primary" in replica.log()
+                    assert replica.logged(f"fan-out node {name} follows another primary"), replica.log()
 
                 await sql(url, "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (subscription,))
                 try:
@@ -1106,23 +1105,41 @@ async def test_readyz_watches_the_notify_queue_of_the_node_the_replica_listens_o
             await async_wait_until(lambda: readyz_body(replica, 200), 10, "the primary's queue not to count")
 
 
+QUEUE_HELP = (
+    "# HELP tracktalk_notify_queue_usage pg_notification_queue_usage(): the fraction of PostgreSQL's "
+    "NOTIFY queue in use."
+)
+"""The metric's help, as it was before fan-out nodes, whichever server's queue it reports: a
+Prometheus client keeps one help per metric, and some (client_golang's Gatherers, the Pushgateway)
+refuse a family whose help differs between scrapes or replicas."""
+
+
 def queue_metric(replica: Replica) -> tuple[float, str]:
-    """tracktalk_notify_queue_usage on the replica's /metrics now: its value and its help."""
+    """tracktalk_notify_queue_usage on the replica's /metrics now: its value and whose server
+    (tracktalk_notify_queue_server_info's label); its help checked to be QUEUE_HELP."""
     text = httpx.get(f"{replica.http}/metrics", timeout=5).text
     help_line = next(
         line for line in text.splitlines() if line.startswith("# HELP tracktalk_notify_queue_usage ")
     )
-    return parse_metrics(text)["tracktalk_notify_queue_usage"], help_line
+    assert help_line == QUEUE_HELP, help_line
+    values = parse_metrics(text)
+    servers = [
+        name.split('server="', 1)[1].rstrip('"}')
+        for name, value in values.items()
+        if name.startswith("tracktalk_notify_queue_server_info{") and value == 1
+    ]
+    assert len(servers) == 1, servers
+    return values["tracktalk_notify_queue_usage"], servers[0]
 
 
 async def queue_metric_until(
     replica: Replica, ok: Callable[[float, str], bool], what: str
 ) -> tuple[float, str]:
-    """queue_metric() once `ok(value, help)` (within 10 s: readings come every second)."""
+    """queue_metric() once `ok(value, server)` (within 10 s: readings come every second)."""
 
     def found() -> tuple[float, str] | None:
-        value, help_line = queue_metric(replica)
-        return (value, help_line) if ok(value, help_line) else None
+        value, server = queue_metric(replica)
+        return (value, server) if ok(value, server) else None
 
     answer: tuple[float, str] = await async_wait_until(found, 10, what)
     return answer
@@ -1131,22 +1148,23 @@ async def queue_metric_until(
 async def test_metrics_report_the_notify_queue_of_the_node_the_replica_listens_on(
     topology: Topology, direct: None, log_dir: Path
 ) -> None:
-    """tracktalk_notify_queue_usage is the fullest of the queues /readyz watches, its help naming
-    whose server: node A's for a replica on A (it reported the primary's, near 0, while A's queue
-    was pinned); the primary's while its writers notify ('direct') and its queue is the fuller; A's
-    again in 'fanout' mode, the primary's queue still pinned."""
+    """tracktalk_notify_queue_usage is the fullest of the queues /readyz watches, and
+    tracktalk_notify_queue_server_info says whose server (its help stays the same): node A's for a
+    replica on A (it reported the primary's, near 0, while A's queue was pinned); the primary's
+    while its writers notify ('direct') and its queue is the fuller; A's again in 'fanout' mode,
+    the primary's queue still pinned."""
     url, a = topology.url, topology.a
-    on_a, on_primary = f"fan-out node 127.0.0.1:{a.port}/tracktalk's server", "the primary's server"
+    on_a, on_primary = f"127.0.0.1:{a.port}/tracktalk", "primary"
     usage = "SELECT pg_notification_queue_usage()"
     await set_mode(url, "fanout")
     with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=a.url()) as (replica,):
         with pinned_queue(a.url()):
             pinned = float((await sql(a.url(), usage))[0][0])
             assert float((await sql(url, usage))[0][0]) < pinned
-            value, help_line = await queue_metric_until(
+            value, server = await queue_metric_until(
                 replica, lambda value, _: value >= pinned, "A's pinned queue on /metrics"
             )
-            assert on_a in help_line, (value, help_line)
+            assert server == on_a, (value, server)
         await queue_metric_until(replica, lambda value, _: value < pinned, "A's queue let go on /metrics")
 
         await set_mode(url, "direct")
@@ -1155,12 +1173,105 @@ async def test_metrics_report_the_notify_queue_of_the_node_the_replica_listens_o
             assert float((await sql(a.url(), usage))[0][0]) < pinned
             await queue_metric_until(
                 replica,
-                lambda value, help_line: value >= pinned and on_primary in help_line,
+                lambda value, server: value >= pinned and server == on_primary,
                 "the primary's pinned queue on /metrics, named so",
             )
             await set_mode(url, "fanout")
             await queue_metric_until(
                 replica,
-                lambda value, help_line: value < pinned and on_a in help_line,
+                lambda value, server: value < pinned and server == on_a,
                 "A's queue on /metrics again, the primary's not counted in 'fanout' mode",
             )
+
+
+async def test_a_primary_restart_does_not_send_the_replicas_away_from_a_good_node(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """The primary restarts: each node's apply worker loses its stream, waits (the node's
+    wal_retrieve_retry_interval, 5 s by default) and streams again from the same slot. The nodes
+    are good all along (nothing is lost, nothing to rebuild): a replica stays on its node (it
+    left it, and refused the next node too, after 5 readings of a worker between two attempts),
+    and its socket misses nothing."""
+    world, url, a = topology.world, topology.url, topology.a
+    track = new_track(url)
+    await set_mode(url, "fanout")
+    subscription = (await sql(a.url(), "SELECT subscription FROM tracktalk.node_state()"))[0][0]
+    with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=topology.node(a, topology.b)) as (replica,):
+        assert on_node(replica, a)
+        async with open_socket(replica.ws, track, world.tokens["alice"]) as sock:
+            start = (await sock.expect("connected"))["seq"]
+            topology.primary.stop("fast")
+            topology.primary.start()
+
+            async def streaming() -> bool:
+                """Node A's apply worker streams from its slot on the primary again."""
+                slot = await sql(
+                    url, "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (subscription,)
+                )
+                running = await sql(a.url(), "SELECT running FROM tracktalk.node_state()")
+                return bool(slot and slot[0][0] and running[0][0])
+
+            await async_wait_until(streaming, 60, "node A to stream from the restarted primary")
+            # Two readings of the replica's since (each writes the primary's heartbeat): the watch
+            # has seen the node good again, and left it by then if it was going to.
+            for _ in range(2):
+                beat = await sql(url, "SELECT at FROM tracktalk.heartbeat")
+
+                async def beaten(before: list[tuple[Any, ...]] = beat) -> bool:
+                    return await sql(url, "SELECT at FROM tracktalk.heartbeat") != before
+
+                await async_wait_until(beaten, 30, "a reading of the replica's")
+            assert not replica.logged("leaving 127.0.0.1:"), replica.log()
+            assert on_node(replica, a), ready(replica)
+            await insert_comment(url, track, world.users["dave"], "after")
+            await every_event_once(sock, start, await latest(url, f"track:{track}"))
+
+
+async def test_a_node_whose_subscription_has_a_slot_of_another_name_is_taken(
+    topology: Topology, direct: None, log_dir: Path
+) -> None:
+    """A subscription made or altered WITH (slot_name = …) by hand streams through a slot not named
+    as it: the replica looked for the subscription's name among the primary's slots, refused the
+    node at connect (no such slot) and would have left it (an idle one). It looks for the
+    subscription's slot (pg_subscription.subslotname): the node is taken, ready, and delivers."""
+    world, url, b = topology.world, topology.url, topology.b
+    track = new_track(url)
+    await set_mode(url, "fanout")
+    subscription = (await sql(b.url(), "SELECT subscription FROM tracktalk.node_state()"))[0][0]
+    renamed = "by_hand_slot"
+
+    async def slot_active(name: str, active: bool) -> bool:
+        rows = await sql(url, "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (name,))
+        return bool(rows) and rows[0][0] is active
+
+    async def move_slot(old: str, new: str) -> None:
+        """Node B's subscription streams through a copy of its slot named `new`; `old` dropped."""
+        await sql(b.url(), f"ALTER SUBSCRIPTION {subscription} DISABLE")
+        await async_wait_until(lambda: slot_active(old, False), 30, "the slot to be let go")
+        await sql(url, "SELECT pg_copy_logical_replication_slot(%s, %s)", (old, new))
+        await sql(url, "SELECT pg_drop_replication_slot(%s)", (old,))
+        await sql(b.url(), f"ALTER SUBSCRIPTION {subscription} SET (slot_name = '{new}')")
+        await sql(b.url(), f"ALTER SUBSCRIPTION {subscription} ENABLE")
+        await async_wait_until(lambda: slot_active(new, True), 30, "the slot in use")
+
+    await move_slot(subscription, renamed)
+    try:
+        with replicas(url, log_dir, 1, TRACKTALK_LISTEN_URL=topology.node(b, topology.a)) as (replica,):
+            assert on_node(replica, b), (ready(replica), replica.log())
+            async with open_socket(replica.ws, track, world.tokens["alice"]) as sock:
+                start = (await sock.expect("connected"))["seq"]
+                await insert_comment(url, track, world.users["dave"], "through B")
+                await every_event_once(sock, start, await latest(url, f"track:{track}"))
+            # Readings on B since (each writes the primary's heartbeat): it stays.
+            for _ in range(6):
+                beat = await sql(url, "SELECT at FROM tracktalk.heartbeat")
+
+                async def beaten(before: list[tuple[Any, ...]] = beat) -> bool:
+                    return await sql(url, "SELECT at FROM tracktalk.heartbeat") != before
+
+                await async_wait_until(beaten, 30, "a reading of the replica's")
+            assert on_node(replica, b) and not replica.logged("leaving 127.0.0.1:"), replica.log()
+        done = tracktalk("check", database_url=url, TRACKTALK_LISTEN_URL=b.url())
+        assert f"follows the primary (subscription {subscription})" in done.stdout, done.stdout
+    finally:
+        await move_slot(renamed, subscription)

@@ -173,7 +173,13 @@ class Replica(LocalServer):
         wait_until(up, timeout, f"replica on port {self.port} to be ready")
 
     def log(self) -> str:
+        """The end of its log, for a failure's message."""
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
+
+    def logged(self, text: str) -> bool:
+        """Whether its log says `text`, anywhere: log()'s last 4000 characters are about 65 lines
+        of uvicorn's access log, 1.3 s of a wait that polls /readyz every 20 ms."""
+        return self.log_path is not None and text in self.log_path.read_text(errors="replace")
 
     @property
     def pid(self) -> int:

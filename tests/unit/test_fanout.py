@@ -97,13 +97,22 @@ def test_the_listener_leaves_a_node_that_receives_nothing_or_stays_too_far_behin
     left: list[str] = []
     watch = NodeWatch(left.append, lag_limit=10)
     for _ in range(4):
-        watch.observe(False, 0.0)
+        watch.observe(False, 0.0, enabled=False)
     watch.observe(True, 0.5)  # it came back: counting starts again
     for _ in range(4):
-        watch.observe(False, None)
+        watch.observe(False, None, enabled=False)
     assert left == []
-    watch.observe(False, None)
+    watch.observe(False, None, enabled=False)
     assert left == ["its subscription receives nothing from the primary"]
+    # Enabled, its worker between two attempts (the primary restarted): 15 readings.
+    for _ in range(14):
+        watch.observe(False, 0.0)
+    assert len(left) == 1
+    watch.observe(True, 0.0)  # back, as after the primary's restart
+    for _ in range(15):
+        watch.observe(False, 0.0)
+    assert left[-1] == "its subscription receives nothing from the primary" and len(left) == 2
+    left.pop()
     for _ in range(5):
         watch.observe(True, 12.0)
     assert left[-1] == "it is 12 s behind the primary (TRACKTALK_NODE_LAG_LIMIT 10)"
@@ -129,6 +138,10 @@ def test_a_node_follows_the_primary_whose_database_has_its_slot_in_use_while_it_
     assert follows({"tracktalk_node_a": False}, _state(running=False))  # idle because the node is down
     assert not follows({"tracktalk_node_b": True}, _state(running=True))
     assert not follows({}, _state(running=False))
+    # A subscription made or altered WITH (slot_name = …): its slot is looked for by that name.
+    renamed = _state(running=True)._replace(slot="by_hand")
+    assert follows({"by_hand": True}, renamed)
+    assert not follows({"tracktalk_node_a": True}, renamed)
 
 
 def test_a_listener_fallen_back_to_a_primary_that_sends_nothing_tries_the_nodes_every_ten_readings() -> None:
