@@ -96,14 +96,13 @@ class NodeWatch:
     """Has the listener leave a fan-out node whose subscription receives nothing from the primary
     (disabled, failing: after a failover of the primary on PostgreSQL 15 or 16, its slot is gone),
     that follows another primary, whose trigger on the event log does not send, or that stays past
-    the lag limit, for
-    _LEAVE_AFTER readings in a row (_RESTARTING_AFTER for an enabled subscription whose worker is
-    between two attempts), when TRACKTALK_LISTEN_URL
-    lists another URL: the next node, or the primary itself if it is listed last. (A node that
-    receives nothing is refused at connect too: app/data/nodes.py.) And has a listener that fell
-    back to the primary while it sends no NOTIFYs ('fanout' mode: the replica polls the log and is
-    not ready) try the nodes again every _RETRY_NODES_AFTER readings (the URLs are tried in turn
-    from the next one, which wraps around to the first)."""
+    the lag limit, for _LEAVE_AFTER readings in a row (_RESTARTING_AFTER for an enabled
+    subscription whose worker is between two attempts), when TRACKTALK_LISTEN_URL lists another URL:
+    the next node, or the primary itself if it is listed last. (A node that receives nothing is
+    refused at connect too: app/data/nodes.py.) And has a listener that fell back to the primary
+    while it sends no NOTIFYs ('fanout' mode: the replica polls the log and is not ready) try the
+    nodes again every _RETRY_NODES_AFTER readings (the URLs are tried in turn from the next one,
+    which wraps around to the first)."""
 
     def __init__(self, leave: Callable[[str], None], lag_limit: float) -> None:
         self._leave = leave

@@ -25,6 +25,7 @@ import httpx
 import psycopg
 import pytest
 
+from app.background import background
 from tests.support.clusters import Cluster, cluster_root
 from tests.support.metrics import parse_metrics
 from tests.support.processes import Replica, free_port, replicas, tracktalk
@@ -956,23 +957,13 @@ async def test_outbox_rows_copied_by_a_nodes_initial_sync_are_not_kept_there(top
         assert await sql(node, "SELECT count(*) FROM tracktalk.outbox") == [(0,)]
 
 
-@contextlib.asynccontextmanager
-async def beating(url: str) -> AsyncIterator[None]:
-    """The heartbeat of the primary at `url` kept fresh, as its own replicas on its nodes keep it."""
-
-    async def beat() -> None:
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            while True:
-                await conn.execute("SELECT tracktalk.beat()")
-                await asyncio.sleep(0.2)
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+async def keep_beating(url: str) -> None:
+    """Keep the heartbeat of the primary at `url` fresh, as its own replicas on its nodes keep it
+    (run with app.background.background)."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        while True:
+            await conn.execute("SELECT tracktalk.beat()")
+            await asyncio.sleep(0.2)
 
 
 async def test_a_node_that_follows_another_live_primary_is_not_taken_for_this_ones(
@@ -993,7 +984,7 @@ async def test_a_node_that_follows_another_live_primary_is_not_taken_for_this_on
         with psycopg.connect(other.url("postgres"), autocommit=True) as conn:
             conn.execute("CREATE DATABASE tracktalk")
         assert tracktalk("migrate", database_url=other.url()).returncode == 0
-        async with beating(other.url()):
+        async with background(keep_beating(other.url())):
             with another_node(topology, other.url()) as node:
                 subscription = (await sql(node, "SELECT subscription FROM tracktalk.node_state()"))[0][0]
                 name = f"127.0.0.1:{topology.b.port}/{node.rsplit('/', 1)[1]}"

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from tests.support.processes import Replica, replicas
-from tests.support.seed import World, new_track
+from tests.support.seed import MODERATION_ACTIONS, World, new_track
 from tests.support.sockets import open_socket
 from tests.support.waiting import async_wait_until
 from tests.support.writes import insert_comment, sql
@@ -81,15 +81,7 @@ def error(answer: httpx.Response, status: int, *words: str) -> None:
 
 @pytest.mark.parametrize(
     ("method", "action"),
-    [
-        ("POST", "pin"),
-        ("DELETE", "pin"),
-        ("POST", "heart"),
-        ("DELETE", "heart"),
-        ("POST", "hide"),
-        ("DELETE", "hide"),
-        ("POST", "approve"),
-    ],
+    MODERATION_ACTIONS,
 )
 def test_moderation_routes_by_anyone_but_the_creator_and_team_are_403(
     api: Api, world: World, db_url: str, method: str, action: str

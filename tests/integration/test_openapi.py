@@ -37,7 +37,7 @@ from app.handlers.schema import BEARER
 from app.wire import PROTOCOL
 from tests.support.processes import Replica, replicas
 from tests.support.proxies import TcpProxy
-from tests.support.seed import World, new_track
+from tests.support.seed import MODERATION_ACTIONS, World, new_track
 from tests.support.writes import post_comment
 
 pytestmark = pytest.mark.timeout(180)
@@ -194,15 +194,7 @@ BAD_VALUES = {
     ("GET", "/api/moderation/queue"): {"params": {"limit": 0}},
     **{
         (method, f"/api/comments/{{comment_id}}/{action}"): {"params": {"track_id": "t" * 201}}
-        for method, action in [
-            ("POST", "pin"),
-            ("DELETE", "pin"),
-            ("POST", "heart"),
-            ("DELETE", "heart"),
-            ("POST", "hide"),
-            ("DELETE", "hide"),
-            ("POST", "approve"),
-        ]
+        for method, action in MODERATION_ACTIONS
     },
 }
 """A request each operation that checks values refuses with 422."""

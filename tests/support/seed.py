@@ -72,3 +72,15 @@ def new_track(db_url: str, private: bool = False, track_id: str | None = None) -
             (track_id, private),
         )
     return track_id
+
+
+MODERATION_ACTIONS = [
+    ("POST", "pin"),
+    ("DELETE", "pin"),
+    ("POST", "heart"),
+    ("DELETE", "heart"),
+    ("POST", "hide"),
+    ("DELETE", "hide"),
+    ("POST", "approve"),
+]
+"""The moderators' actions on a comment: (method, the last part of /api/comments/{comment_id}/…)."""
