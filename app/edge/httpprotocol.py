@@ -31,7 +31,10 @@ import logging
 from typing import Any, ClassVar, Protocol, cast
 
 import h11
+from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.utils import get_local_addr, get_remote_addr
+from uvicorn.server import ServerState
 
 from app.edge import upgrade
 
@@ -74,22 +77,35 @@ TIMED_OUT = _response(
 
 class Upgradable(Protocol):
     """What the socket protocol (uvicorn's `ws_protocol_class`, app/live/wsprotocol.py) takes
-    from here: the connection, and the handshake already read."""
+    from here: the connection, its two ends, and the handshake already read."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
-
-    def upgraded(self, request: upgrade.Upgrade) -> None: ...
+    def upgraded(
+        self, transport: asyncio.Transport, peer: upgrade.Peer, request: upgrade.Upgrade
+    ) -> None: ...
 
 
 class EdgeProtocol(H11Protocol):
-    """uvicorn's HTTP/1.1 connection, with a deadline on each request and a cap on connections."""
+    """uvicorn's HTTP/1.1 connection, with a deadline on each request and a cap on connections.
+
+    uvicorn's side of it (an h11 connection, the request cycle's state) is made when the first
+    read is not a handshake read once (`_h11`): a reconnect storm's sockets never make it."""
 
     max_connections = 1_000_000
     """The cap; `limited()` makes the class with a replica's own."""
     _said_full_at: ClassVar[float] = float("-inf")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._made_with: tuple[Any, ...] | None = (config, server_state, app_state, _loop)
+        """uvicorn's arguments, until its side is made (`_h11`)."""
+        self.connections = server_state.connections
+        self.loop = _loop or asyncio.get_event_loop()
+        self.ws_protocol_class = config.ws_protocol_class
         self._deadline: asyncio.TimerHandle | None = None
         self._full = False
         self._upgraded = False
@@ -100,10 +116,21 @@ class EdgeProtocol(H11Protocol):
         """The protocol for a server that holds at most `max_connections` client connections."""
         return cast("type[EdgeProtocol]", type(cls.__name__, (cls,), {"max_connections": max_connections}))
 
+    def _h11(self) -> None:
+        """Make uvicorn's side of the connection (once; `connection_made` did the rest of its
+        part already)."""
+        made_with, self._made_with = self._made_with, None
+        if made_with is not None:
+            transport = self.transport
+            H11Protocol.__init__(self, *made_with)
+            H11Protocol.connection_made(self, transport)
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        self.connections.add(self)
+        self.transport = transport
         held = len(self.connections)  # this one included
         if held > self.max_connections:
+            self._h11()
             self._say_full(held)
             if held > self.max_connections + HEALTH_ROOM:
                 self._answer(FULL)
@@ -120,23 +147,51 @@ class EdgeProtocol(H11Protocol):
             if request is not None:
                 self._hand_over(request)
                 return
+            self._h11()
         super().data_received(data)
         self._watch()
 
     def _hand_over(self, request: upgrade.Upgrade) -> None:
         """What uvicorn's `handle_websocket_upgrade` does, with the request already read."""
+        assert self._made_with is not None and self.ws_protocol_class is not None
+        config, server_state, app_state, _ = self._made_with
         self._upgraded = True
         self._stop_clock()
         self.connections.discard(self)
+        transport = self.transport
         protocol = cast(
             "Upgradable",
-            self.ws_protocol_class(  # type: ignore[call-arg, misc]
-                config=self.config, server_state=self.server_state, app_state=self.app_state
+            self.ws_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=server_state, app_state=app_state
             ),
         )
-        protocol.connection_made(self.transport)
-        protocol.upgraded(request)
-        self.transport.set_protocol(cast("asyncio.BaseProtocol", protocol))
+        protocol.upgraded(transport, (get_local_addr(transport), get_remote_addr(transport)), request)
+        transport.set_protocol(cast("asyncio.BaseProtocol", protocol))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._made_with is not None:  # nothing read: uvicorn's part is its first lines
+            self.connections.discard(self)
+            if exc is None:
+                self.transport.close()
+        else:
+            super().connection_lost(exc)
+        self._stop_clock()
+
+    def eof_received(self) -> None:
+        self._h11()
+        super().eof_received()
+
+    def pause_writing(self) -> None:
+        self._h11()
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        self._h11()
+        super().resume_writing()
+
+    def shutdown(self) -> None:
+        self._h11()
+        super().shutdown()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -152,14 +207,14 @@ class EdgeProtocol(H11Protocol):
             return
         super().handle_websocket_upgrade(event)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self._stop_clock()
-
     def _watch(self) -> None:
         """Start the clock when the connection begins to wait for a request; stop it once the
         request is all in."""
-        waiting = not self._upgraded and self.conn.their_state in _WAITING and not self.transport.is_closing()
+        waiting = (
+            not self._upgraded
+            and (self._made_with is not None or self.conn.their_state in _WAITING)
+            and not self.transport.is_closing()
+        )
         if waiting and self._deadline is None:
             self._deadline = self.loop.call_later(REQUEST_TIMEOUT, self._too_late)
         elif not waiting:
@@ -175,7 +230,7 @@ class EdgeProtocol(H11Protocol):
         if self.transport.is_closing():
             return
         # 408 only where no response has begun (the app answers the requests whose head came).
-        self._answer(TIMED_OUT if self.conn.our_state is h11.IDLE else b"")
+        self._answer(TIMED_OUT if self._made_with is not None or self.conn.our_state is h11.IDLE else b"")
 
     def _answer(self, response: bytes) -> None:
         """Write `response` (raw: the connection ends with it) and close."""

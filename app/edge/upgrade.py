@@ -16,7 +16,7 @@ differently (tests/unit/test_upgrade.py compares the two).
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 MAX_HEAD = 16 * 1024
 """The longest head read here: h11's own limit, past which it refuses the request."""
@@ -32,6 +32,11 @@ _ONCE = frozenset({b"host", b"connection", b"upgrade", b"sec-websocket-key", b"s
 """The headers that mean one thing only when sent once."""
 _NOT_IN_SCOPE = frozenset({b"host", b"sec-websocket-extensions", b"sec-websocket-protocol"})
 """Headers that wsproto takes out of the list it hands on (the scope gets the host first)."""
+
+
+Peer: TypeAlias = "tuple[tuple[str, int | None] | None, tuple[str, int] | None]"
+"""A connection's two ends as uvicorn's protocols keep them (`server`, `client`): read once, by
+the HTTP connection, and handed on with the handshake."""
 
 
 class Upgrade(NamedTuple):

@@ -34,6 +34,9 @@ class Hub:
         self._per_user = sockets_per_user
         self.delivered = 0
         """Frames handed to sockets since start (for metrics)."""
+        self.opened = 0
+        """Sockets registered since start (for metrics: a socket is not a log line, see
+        FrameProtocol.accept_with)."""
         self.dropped_slow = 0
         """Sockets closed for not keeping up (1013), counted when they leave."""
         self.closing = False
@@ -60,6 +63,7 @@ class Hub:
         if mine is None:
             mine = self.users[conn.user_id] = set()
         mine.add(conn)
+        self.opened += 1
         self._next_expiry = min(self._next_expiry, conn.expires_at)
 
     def remove(self, conn: Connection) -> None:

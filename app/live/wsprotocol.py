@@ -25,20 +25,22 @@ scope's request headers and query string (which carries the token) are let go.
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from uvicorn.config import Config
-from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
-from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string, is_ssl
+from uvicorn.protocols.websockets.wsproto_impl import WebsocketBuffer, WSProtocol
 from uvicorn.server import ServerState
-from wsproto import ConnectionType, events
+from wsproto import ConnectionType, WSConnection, events
 from wsproto.connection import Connection as WSProtoConnection
+from wsproto.handshake import H11Handshake
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
-from app.edge.upgrade import Upgrade
+from app.edge.upgrade import Peer, Upgrade
 from app.live.keepalive import PING, Keepalive
 
 EXTENSION = "tracktalk.frames"
@@ -135,7 +137,21 @@ loop; the tests run every server, each with its own interval, on one loop)."""
 
 class _Shared:
     """What uvicorn's protocol keeps on each connection though it is its server's (the app, the
-    loop, the logger, the settings): held once per server here."""
+    loop, the logger, the settings): held once per server here (`_settings`)."""
+
+    config: Config
+    app: Any
+    loop: asyncio.AbstractEventLoop
+    logger: logging.Logger
+    root_path: str
+    asgi_version: str
+    app_state: dict[str, Any]
+    connections: set[Any]
+    tasks: set[asyncio.Task[None]]
+    default_headers: list[tuple[bytes, bytes]]
+    close_timeout: float
+    ping_interval: float | None
+    ping_timeout: float | None
 
 
 _SERVERS: weakref.WeakKeyDictionary[ServerState, _Shared] = weakref.WeakKeyDictionary()
@@ -151,6 +167,53 @@ def _server_wide(name: str) -> Any:
         setattr(self._shared, name, value)
 
     return property(get, put)
+
+
+def _settings(
+    config: Config,
+    server_state: ServerState,
+    app_state: dict[str, Any],
+    loop: asyncio.AbstractEventLoop | None,
+) -> _Shared:
+    """What uvicorn's protocol sets on each of a server's connections though it is the server's."""
+    if not config.loaded:
+        config.load()
+    shared = _Shared()
+    shared.config = config
+    shared.app = config.loaded_app
+    shared.loop = loop or asyncio.get_event_loop()
+    shared.logger = logging.getLogger("uvicorn.error")
+    shared.root_path = config.root_path
+    shared.asgi_version = config.asgi_version
+    shared.app_state = app_state
+    shared.connections = server_state.connections
+    shared.tasks = server_state.tasks
+    shared.default_headers = server_state.default_headers
+    shared.close_timeout = 10.0
+    shared.ping_interval = config.ws_ping_interval
+    shared.ping_timeout = config.ws_ping_timeout
+    return shared
+
+
+class _Handshaking(WSConnection):
+    """wsproto's server connection, whose HTTP/1.1 handshake (an h11 connection and its state)
+    is made when it is first asked for: a handshake read once (app/edge/upgrade.py) and answered
+    with our 101 never asks for it."""
+
+    def __init__(self) -> None:  # not wsproto's: it makes the handshake at once
+        self.client = False
+        self.connection: WSProtoConnection | None = None
+        self._handshake: H11Handshake | _Done | None = None
+
+    @property  # type: ignore[override]
+    def handshake(self) -> H11Handshake | _Done:
+        if self._handshake is None:
+            self._handshake = H11Handshake(ConnectionType.SERVER)
+        return self._handshake
+
+    @handshake.setter
+    def handshake(self, value: H11Handshake | _Done) -> None:
+        self._handshake = value
 
 
 class FrameProtocol(WSProtocol):
@@ -183,13 +246,35 @@ class FrameProtocol(WSProtocol):
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
+        """What uvicorn's makes, less what a connection need not make each time (a reconnect
+        storm makes thousands a second): the server's settings are set once per server
+        (`_settings`), the queue and the event are `_Inbox` and `_Flag`, and wsproto's HTTP/1.1
+        handshake is made only if it is asked to read or answer one (`_Handshaking`). The
+        attributes are uvicorn's, set in its order (a shared table of names needs one order on
+        every instance); tests/unit/test_wsprotocol.py checks them against uvicorn's own."""
         shared = _SERVERS.get(server_state)
         if shared is None:
-            shared = _SERVERS[server_state] = _Shared()
+            shared = _SERVERS[server_state] = _settings(config, server_state, app_state, _loop)
         self._shared = shared
-        super().__init__(config, server_state, app_state, _loop)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.server: tuple[str, int | None] | None = None
+        self.client: tuple[str, int] | None = None
+        self.scheme: Literal["wss", "ws"] = None  # type: ignore[assignment]
         self.queue = _Inbox()  # type: ignore[assignment]
+        self.handshake_complete = False
+        self.close_sent = False
+        self.disconnected = False
+        self.close_timer: asyncio.TimerHandle | None = None
+        self.response_started = False
+        self.conn = _Handshaking()
+        self.read_paused = False
         self.writable = _Flag()  # type: ignore[assignment]
+        self.ping_timer: asyncio.TimerHandle | None = None
+        self.pong_timer: asyncio.TimerHandle | None = None
+        self.pending_ping_payload: bytes | None = None
+        self.ping_sent_at = 0.0
+        self.last_ping_rtt = 0.0
+        self.buffer = WebsocketBuffer(shared.config.ws_max_size)
         self._cut: asyncio.TimerHandle | None = None
         self._key = b""
         """The handshake's Sec-WebSocket-Key."""
@@ -197,11 +282,15 @@ class FrameProtocol(WSProtocol):
         """The handshake's request, read once by app/edge/upgrade.py but not yet by wsproto."""
         self.keepalive_slot = -1
 
-    def upgraded(self, request: Upgrade) -> None:
-        """Begin with a handshake already read (app/edge/httpprotocol.py's one reading of it):
-        the scope as wsproto's reading of `request.raw` would make it. wsproto reads it only if
-        the app answers with anything but a 101, or the client sends before the answer
-        (`_read_late`)."""
+    def upgraded(self, transport: asyncio.Transport, peer: Peer, request: Upgrade) -> None:
+        """Begin on a connection whose handshake was read already (app/edge/httpprotocol.py's
+        one reading of it), with its addresses as read there: the scope as wsproto's reading of
+        `request.raw` would make it. wsproto reads it only if the app answers with anything but
+        a 101, or the client sends before the answer (`_read_late`)."""
+        self.connections.add(self)  # what uvicorn's connection_made does, the addresses known
+        self.transport = transport
+        self.server, self.client = peer
+        self.scheme = "wss" if is_ssl(transport) else "ws"
         self._unread = request.raw
         self.handle_connect(
             events.Request(
@@ -265,14 +354,20 @@ class FrameProtocol(WSProtocol):
 
     def accept_with(self, data: bytes) -> bool:
         """Complete the handshake (as the ASGI `websocket.accept` does) and write `data`, the
-        first frames, in the same write; False when the client is already gone."""
+        first frames, in the same write; False when the client is already gone.
+
+        The socket is logged at debug level, where uvicorn logs it at info: a line per socket was
+        9 % of a replica's CPU in a reconnect storm (docs/performance.md), and a replica holding
+        100,000 sockets would write 100,000 of them after a deploy. `tracktalk_sockets_opened_total`
+        counts them; refusals and failures are still logged."""
         if self.handshake_complete or self.transport.is_closing():
             return False
-        self.logger.info(
-            '%s - "WebSocket %s" [accepted]',
-            get_client_addr(self.scope),
-            get_path_with_query_string(self.scope),
-        )
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug(
+                '%s - "WebSocket %s" [accepted]',
+                get_client_addr(self.scope),
+                get_path_with_query_string(self.scope),
+            )
         self.handshake_complete = True
         self.transport.write(self._accepted() + data)
         self.start_keepalive()

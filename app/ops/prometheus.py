@@ -77,6 +77,11 @@ class _Live(Collector):
             "tracktalk_events_delivered", "Frames handed to sockets.", value=self._hub.delivered
         )
         yield CounterMetricFamily(
+            "tracktalk_sockets_opened",
+            "Sockets admitted on this replica since it started.",
+            value=self._hub.opened,
+        )
+        yield CounterMetricFamily(
             "tracktalk_sockets_dropped_slow",
             "Sockets closed with 1013 for not keeping up.",
             value=self._hub.dropped_slow,

@@ -136,8 +136,9 @@ class Connected:
         await async_wait_until(lambda: self.transport.written or self.transport.closing, 2, "an answer")
 
     def read_once(self) -> bool:
-        """Whether the edge handed the request over without h11 reading it."""
-        return self.edge.conn.their_state is h11.IDLE
+        """Whether the edge handed the request over without h11 reading it (without uvicorn's
+        h11 connection even made)."""
+        return "conn" not in vars(self.edge)
 
 
 def _comparable(scope: dict[str, Any]) -> dict[str, Any]:

@@ -7,13 +7,17 @@ so they must behave as uvicorn expects of those: in order, never losing a wake-u
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 
 import pytest
 import uvicorn
+from uvicorn.protocols.websockets.wsproto_impl import WebsocketBuffer, WSProtocol
 from uvicorn.server import ServerState
-from wsproto import events
+from wsproto import ConnectionState, WSConnection, events
+from wsproto.handshake import H11Handshake
 
+from app.edge import upgrade
 from app.live.wsprotocol import _DONE, EXTENSION, FrameProtocol, _Flag, _Inbox
 from tests.support.fakes import HANDSHAKE, FakeTransport
 from tests.support.waiting import async_wait_until
@@ -148,6 +152,31 @@ async def test_the_handshake_answer_is_wsprotos_own_and_the_connection_then_read
     done.set()
 
 
+async def test_a_socket_is_logged_at_debug_level_only() -> None:
+    """A line per socket at info was a tenth of a reconnect storm's CPU; the replica counts them
+    (tracktalk_sockets_opened_total) and logs them only at debug level."""
+    done = asyncio.Event()
+    quiet, _, _ = await _connected(done)
+    told, _, _ = await _connected(done)  # (uvicorn's Config sets its loggers' levels: set them after)
+    logger = logging.getLogger("uvicorn.error")
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        logger.setLevel(logging.INFO)
+        assert quiet.accept_with(b"")
+        assert not [r for r in seen if "[accepted]" in r.getMessage()]
+        logger.setLevel(logging.DEBUG)
+        assert told.accept_with(b"")
+        lines = [r for r in seen if "[accepted]" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].levelno == logging.DEBUG
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.WARNING)
+        done.set()
+
+
 async def test_a_connection_keeps_few_enough_attributes_for_python_to_share_their_names() -> None:
     """Past 30 attribute names an instance gets a dictionary of its own (1.5 KiB, by the ten
     thousand on a replica): the server's settings live once per server, not on each connection."""
@@ -158,6 +187,57 @@ async def test_a_connection_keeps_few_enough_attributes_for_python_to_share_thei
     assert len(vars(protocol)) <= 30
     assert sys.getsizeof(vars(protocol)) < 500  # a shared-key table (an own one is ~1,600 bytes)
     assert protocol.ping_interval == 20.0 and protocol.loop is asyncio.get_running_loop()
+    done.set()
+
+
+async def test_a_connection_has_every_attribute_uvicorns_own_making_gives_it_in_its_order() -> None:
+    """FrameProtocol makes its connections without uvicorn's __init__ (in a reconnect storm, by
+    the thousand a second): each attribute uvicorn's sets is there with the same value (the
+    queue, the event and wsproto's connection are this module's own), set in uvicorn's order (a
+    shared table of names needs one order). Fails when uvicorn's protocol changes under it."""
+
+    async def app(scope: object, receive: object, send: object) -> None: ...
+
+    config = uvicorn.Config(app, ws=FrameProtocol, lifespan="off", log_level="warning")
+    config.load()
+    state = ServerState()
+    ours, theirs = FrameProtocol(config, state, {}), WSProtocol(config, state, {})
+    ours_by_name = {name: getattr(ours, name) for name in vars(theirs)}  # AttributeError: one is missing
+    own = {"queue": _Inbox, "writable": _Flag, "conn": WSConnection, "buffer": WebsocketBuffer}
+    for name, value in vars(theirs).items():
+        if name in own:
+            assert isinstance(ours_by_name[name], own[name]), name
+        else:
+            assert ours_by_name[name] == value, name
+    assert vars(ours_by_name["buffer"]) == vars(theirs.buffer)
+    per_connection = [name for name in vars(theirs) if name in vars(ours)]
+    assert [name for name in vars(ours) if name in vars(theirs)] == per_connection
+    assert ours.conn.connection is None and not ours.conn.client
+
+
+async def test_wsprotos_handshake_is_made_only_for_a_handshake_it_reads() -> None:
+    """A handshake read once and answered with our 101 never makes wsproto's (an h11 connection
+    a socket); one it must read (here, the long way's) makes it then."""
+    done = asyncio.Event()
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        await done.wait()
+
+    config = uvicorn.Config(app, ws=FrameProtocol, lifespan="off", log_level="warning")
+    config.load()
+    read_once = FrameProtocol(config, ServerState(), {})
+    request = upgrade.parse(HANDSHAKE)
+    assert request is not None
+    read_once.upgraded(FakeTransport(), (None, None), request)  # type: ignore[arg-type]
+    await asyncio.sleep(0)  # the app's task starts
+    assert read_once.conn._handshake is None
+    assert read_once.accept_with(b"")
+    assert read_once.conn._handshake is _DONE
+    long_way, _, _ = await _connected(done)  # data_received(HANDSHAKE): wsproto reads it
+    assert (
+        isinstance(long_way.conn.handshake, H11Handshake)
+        and long_way.conn.state is ConnectionState.CONNECTING
+    )
     done.set()
 
 
