@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import gc
 import logging
 import resource
 import socket
@@ -15,6 +14,7 @@ from types import FrameType
 
 import uvicorn
 
+from app import garbage
 from app.bounds import MAX_FRAME
 from app.config import Settings
 from app.edge.httpprotocol import HEALTH_ROOM, EdgeProtocol
@@ -34,8 +34,6 @@ _AS_MANY_FILES = 1 << 20
 """The file limit taken for "unlimited" (which a soft limit cannot be set to)."""
 _DRAIN_GRACE = 0.5
 """Seconds the sockets get to receive their 1001 before uvicorn closes what is left."""
-GC_THRESHOLDS = (50_000, 10, 10)
-"""The cyclic garbage collector's thresholds for a server (Python's default: 700, 10, 10)."""
 _M_MMAP_THRESHOLD = -3
 """glibc's mallopt() parameter number (malloc.h)."""
 MMAP_THRESHOLD = 128 * 1024
@@ -45,13 +43,26 @@ default, kept fixed (see tune_malloc)."""
 
 class Server(uvicorn.Server):
     """On SIGTERM or Ctrl-C: refuse new sockets, close open ones with 1001, then let uvicorn
-    finish the requests in flight and stop (within its graceful timeout)."""
+    finish the requests in flight and stop (within its graceful timeout). Each tick of its main
+    loop (0.1 s), the garbage collector is kept off the sockets opened since the last
+    (app/garbage.py)."""
 
     def __init__(self, config: uvicorn.Config, app: Tracktalk) -> None:
         super().__init__(config)
         self._app = app
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
+        self._freezer: garbage.Freezer | None = None
+
+    async def on_tick(self, counter: int) -> bool:
+        services = getattr(self._app.state, "services", None)
+        if services is not None and self._loop is not None:
+            now = self._loop.time()
+            if self._freezer is None:
+                hub = services.hub
+                self._freezer = garbage.Freezer(lambda: hub.opened, now)
+            self._freezer.tick(now)
+        return await super().on_tick(counter)
 
     async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         """Remember the loop, then serve as uvicorn does."""
@@ -133,22 +144,6 @@ def config(app: Tracktalk, settings: Settings, host: str, port: int, connections
     )
 
 
-def tune_gc() -> None:
-    """Collect garbage cycles less often, and never look at what startup made again.
-
-    A replica holds many long-lived objects per socket (its subscriber, its connection, its
-    buffers), and a full collection scans every one of them. What makes short-lived objects here
-    (admissions, replays, requests) would, at Python's default threshold of 700, run the young
-    collections often and promote survivors into the oldest generation, whose full collections
-    grow with the sockets held. With these thresholds collections are rare (the fan-out's profile
-    in docs/performance.md shows no collection worth a line), and what startup made (the modules,
-    the app) is frozen out of them.
-    """
-    gc.collect()  # what startup left unreachable, before the rest is frozen for good
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 def tune_malloc() -> None:
     """Give large blocks back to the system when they are freed (glibc only; elsewhere nothing).
 
@@ -207,6 +202,6 @@ def serve(app: Tracktalk, settings: Settings, host: str, port: int, reuse_port: 
         connections,
         " (TRACKTALK_MAX_CONNECTIONS)" if settings.max_connections else "",
     )
-    tune_gc()
+    garbage.tune()
     tune_malloc()
     Server(uvicorn_config, app).run(sockets=sockets)

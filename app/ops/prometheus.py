@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Iterator
 
@@ -80,6 +81,11 @@ class _Live(Collector):
             "tracktalk_sockets_opened",
             "Sockets admitted on this replica since it started.",
             value=self._hub.opened,
+        )
+        yield GaugeMetricFamily(
+            "tracktalk_gc_frozen_objects",
+            "Objects the garbage collector no longer scans: what startup made, and what bursts of new sockets made (app/garbage.py).",
+            value=gc.get_freeze_count(),
         )
         yield CounterMetricFamily(
             "tracktalk_sockets_dropped_slow",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import os
 import signal
@@ -17,11 +18,13 @@ import httpx
 import psycopg
 import pytest
 
+from app.auth.hs256 import issue_token
 from app.config import Settings
 from app.data.db import SCHEMA_VERSION, create_pool, migrate
 from app.dev.embedded import EmbeddedPostgres
+from app.garbage import BURST
 from tests.support.metrics import metrics
-from tests.support.processes import Replica, replicas, tracktalk
+from tests.support.processes import SECRET, Replica, replicas, tracktalk
 from tests.support.seed import World, new_track, seed
 from tests.support.sockets import open_socket
 from tests.support.waiting import async_wait_until, wait_until
@@ -141,6 +144,47 @@ async def test_metrics_count_sockets_deliveries_and_lag(replica: Replica, world:
     )
     assert values["process_resident_memory_bytes"] > 0
     assert 'python_gc_collections_total{generation="2"}' in values
+
+
+async def test_a_burst_of_sockets_is_frozen_out_of_the_garbage_collector_and_still_served(
+    replica: Replica, world: World, db_url: str
+) -> None:
+    """More than BURST sockets at once: within ticks of the replica's main loop the objects they
+    hold are frozen (the garbage collector no longer scans them), and they work as before."""
+    track = new_track(db_url)
+    with psycopg.connect(db_url, autocommit=True) as conn:  # 10 sockets each: under the per-user limit
+        listeners = [
+            issue_token(SECRET, row[0], 600)
+            for row in conn.execute(
+                "INSERT INTO users (username) SELECT 'burst-' || gen_random_uuid() FROM generate_series(1, %s) RETURNING id",
+                (BURST // 10 + 2,),
+            )
+        ]
+    before = await metrics(replica)
+    async with contextlib.AsyncExitStack() as stack:
+        socks = await asyncio.gather(
+            *(
+                stack.enter_async_context(open_socket(replica.ws, track, token))
+                for token in listeners
+                for _ in range(10)
+            )
+        )
+        for sock in socks:
+            await sock.expect("connected")
+        opened = await metrics(replica)
+        assert opened["tracktalk_sockets_opened_total"] - before["tracktalk_sockets_opened_total"] == len(
+            socks
+        )
+
+        async def frozen() -> bool:
+            return (await metrics(replica))["tracktalk_gc_frozen_objects"] > before[
+                "tracktalk_gc_frozen_objects"
+            ]
+
+        await async_wait_until(frozen, 5, "the burst's objects frozen")
+        await insert_comment(db_url, track, world.users["bob"], "after the freeze")
+        for sock in socks:
+            assert (await sock.expect("new_comment"))["comment"]["content"] == "after the freeze"
 
 
 async def test_an_unforeseen_failure_answers_json_and_is_logged_with_its_traceback(

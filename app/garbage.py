@@ -1,0 +1,86 @@
+"""Python's cyclic garbage collector in a replica: kept off the objects a socket holds.
+
+An open socket holds about 55 objects the collector tracks (its protocols, its task and their
+coroutines, its connection, wsproto's state) for as long as it is open. Left to Python, each is
+scanned when it is young, again in the middle generation, and again in every full collection,
+which runs each time the long-lived objects have grown by a quarter. Each scan of an object costs
+a few hundred nanoseconds on a heap this size, so in a reconnect storm the collector took a third
+of the CPU of the replicas that took the sockets in (one pass over a middle generation of 16,500
+sockets' objects: 0.36 s; docs/performance.md, "Sockets by the hundred thousand").
+
+So a replica freezes what a burst of new sockets made (`gc.freeze()`: moved, in one step, where
+no collection looks) at the next tick of uvicorn's main loop (every 0.1 s), before the collector
+scans it. Refcounting still frees what is frozen when it is let go; only garbage in reference
+cycles would stay. So every COLLECT_EVERY seconds, if a burst was frozen since the last time,
+everything is let back, collected once, and what is left frozen again.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+
+THRESHOLDS = (50_000, 10, 10)
+"""The collector's thresholds in a replica (Python's default: 700, 10, 10)."""
+BURST = 100
+"""Sockets opened since the last freeze that make a tick freeze them."""
+COLLECT_EVERY = 600.0
+"""Seconds between two collections of what bursts froze (each pauses the loop for about 0.1 s
+per 10,000 sockets held)."""
+
+
+def tune() -> None:
+    """Collect garbage cycles less often, and never look at what startup made again.
+
+    A replica holds many long-lived objects per socket, and a full collection scans every one of
+    them. What makes short-lived objects here (admissions, replays, requests) would, at Python's
+    default threshold of 700, run the young collections often and promote survivors into the
+    oldest generation, whose full collections grow with the sockets held. With these thresholds
+    collections are rare, and what startup made (the modules, the app) is frozen out of them.
+    """
+    gc.collect()  # what startup left unreachable, before the rest is frozen for good
+    gc.freeze()
+    gc.set_threshold(*THRESHOLDS)
+
+
+class Freezer:
+    """Freezes what bursts of new sockets made (`tick`, called by the server's main loop);
+    `opened` counts the sockets opened since start. `freeze`, `unfreeze` and `collect` are the
+    gc module's (a test passes its own, so as not to freeze its own process)."""
+
+    def __init__(
+        self,
+        opened: Callable[[], int],
+        now: float,
+        freeze: Callable[[], None] = gc.freeze,
+        unfreeze: Callable[[], None] = gc.unfreeze,
+        collect: Callable[[], object] = gc.collect,
+    ) -> None:
+        self._opened = opened
+        self._freeze = freeze
+        self._unfreeze = unfreeze
+        self._collect = collect
+        self._frozen_at = opened()
+        """`opened()` at the last freeze."""
+        self._collected_at = now
+        self._owed = False
+        """A burst was frozen since the last collection."""
+        self.freezes = 0
+        self.collections = 0
+
+    def tick(self, now: float) -> None:
+        """Freeze if a burst of sockets opened since the last freeze; collect what was frozen if
+        COLLECT_EVERY seconds passed since the last collection."""
+        opened = self._opened()
+        if opened - self._frozen_at >= BURST:
+            self._freeze()
+            self._frozen_at = opened
+            self._owed = True
+            self.freezes += 1
+        if self._owed and now - self._collected_at >= COLLECT_EVERY:
+            self._unfreeze()
+            self._collect()
+            self._freeze()
+            self._collected_at = now
+            self._owed = False
+            self.collections += 1

@@ -1,0 +1,56 @@
+"""app/garbage.py's Freezer: a burst of new sockets is frozen out of the garbage collector, and
+what bursts froze is collected once every COLLECT_EVERY seconds.
+
+The gc module's functions are stand-ins here, recording their calls: freezing this test process
+would keep its garbage for good. tests/integration/test_operations.py sees a replica do it."""
+
+from __future__ import annotations
+
+from app.garbage import BURST, COLLECT_EVERY, Freezer
+
+
+class _Sockets:
+    def __init__(self) -> None:
+        self.opened = 0
+        self.calls: list[str] = []
+
+    def freezer(self, now: float = 0.0) -> Freezer:
+        return Freezer(
+            lambda: self.opened,
+            now,
+            freeze=lambda: self.calls.append("freeze"),
+            unfreeze=lambda: self.calls.append("unfreeze"),
+            collect=lambda: self.calls.append("collect"),
+        )
+
+
+def test_a_burst_of_sockets_is_frozen_at_the_next_tick_and_a_trickle_is_not() -> None:
+    sockets = _Sockets()
+    sockets.opened = 5_000  # opened before: not a burst
+    freezer = sockets.freezer()
+    freezer.tick(0.1)
+    assert sockets.calls == []
+    sockets.opened += BURST - 1
+    freezer.tick(0.2)
+    assert sockets.calls == []
+    sockets.opened += 1
+    freezer.tick(0.3)
+    assert sockets.calls == ["freeze"] and freezer.freezes == 1
+    freezer.tick(0.4)  # nothing new since
+    assert sockets.calls == ["freeze"]
+
+
+def test_what_bursts_froze_is_collected_once_every_period_and_only_then() -> None:
+    sockets = _Sockets()
+    freezer = sockets.freezer(now=0.0)
+    freezer.tick(COLLECT_EVERY + 1)  # no burst yet: nothing owed
+    assert sockets.calls == []
+    sockets.opened += BURST
+    freezer.tick(COLLECT_EVERY + 2)
+    # the burst is frozen, then everything let back, collected once, and frozen again
+    assert sockets.calls == ["freeze", "unfreeze", "collect", "freeze"] and freezer.collections == 1
+    sockets.opened += BURST
+    freezer.tick(COLLECT_EVERY + 3)
+    assert sockets.calls[4:] == ["freeze"]  # owed again, but not before the period
+    freezer.tick(2 * COLLECT_EVERY + 2)
+    assert sockets.calls[5:] == ["unfreeze", "collect", "freeze"] and freezer.collections == 2
