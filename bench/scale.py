@@ -207,11 +207,16 @@ def measure(run: Run, profile: bool = False) -> tuple[Swarms, Written]:
     # A comment on a track of 100 sockets.
     swarms.command("mark")
     cpu0 = [cpu_seconds(s.pid) for s in live]
+    t0 = time.monotonic()
     written = write(world, tracks, plan.rate, plan.write_seconds)
     time.sleep(1)
     cpu1 = [cpu_seconds(s.pid) for s in live]
+    window = time.monotonic() - t0
     run.out["written"] = written.sent
     run.out["write_cpu_s"] = round(sum(cpu1) - sum(cpu0), 3)
+    # What each replica spends a second with its sockets held and comments coming at the storm's
+    # rate: the storm's survivors spend it too, storm or not.
+    run.out["steady_cpu_per_s"] = [round((b - a) / window, 4) for a, b in zip(cpu0, cpu1, strict=True)]
     return swarms, written
 
 
@@ -233,6 +238,7 @@ def storm(run: Run, swarms: Swarms, profile: bool = False) -> dict[str, Any]:
     writer.start()
     time.sleep(3)
     cpu0 = [cpu_seconds(s.pid) for s in others]
+    cpu_t0 = time.monotonic()
     clients0, machine0 = swarms.cpu(), psutil.cpu_times()
     x0 = xacts(world)
     reopened0 = swarms.total(2)
@@ -251,6 +257,7 @@ def storm(run: Run, swarms: Swarms, profile: bool = False) -> dict[str, Any]:
 
     back_s = wait_for("every socket open again", back, 300)
     cpu1 = [cpu_seconds(s.pid) for s in others]
+    cpu_window = time.monotonic() - cpu_t0
     clients1, machine1 = swarms.cpu(), psutil.cpu_times()
     x1 = xacts(world)
     if spy is not None:
@@ -285,6 +292,11 @@ def storm(run: Run, swarms: Swarms, profile: bool = False) -> dict[str, Any]:
         k: sum(r[k] for r in results) for k in ("gaps", "repeats", "resyncs", "failed_reopens", "reopened")
     }
     storm_cpu = sum(cpu1) - sum(cpu0)
+    # The survivors' steady spending over the same window (a spare replica held nothing before).
+    steady = run.out["steady_cpu_per_s"]
+    held = run.servers[: len(steady)]  # the replicas that held sockets before the storm
+    upkeep = cpu_window * sum(rate for server, rate in zip(held, steady, strict=True) if server is not victim)
+    above = storm_cpu - upkeep
     out = {
         "killed_sockets": had,
         "back_s": round(back_s, 2),
@@ -298,6 +310,9 @@ def storm(run: Run, swarms: Swarms, profile: bool = False) -> dict[str, Any]:
         "machine_busy_cores": round(busy(machine0, machine1), 2),
         "machine_cores": psutil.cpu_count(),
         "survivor_opens_per_cpu_s": round(had / storm_cpu) if storm_cpu else None,
+        "survivors_steady_cpu_s": round(upkeep, 2),
+        "survivors_cpu_us_per_reopen_above_steady": round(above / had * 1e6),
+        "survivor_opens_per_cpu_s_above_steady": round(had / above) if above > 0 else None,
         "sockets_behind_at_end": behind,
         **counts,
         "written_during_storm": written[0].sent if written else None,
@@ -317,6 +332,14 @@ def storm(run: Run, swarms: Swarms, profile: bool = False) -> dict[str, Any]:
         f" {out['machine_busy_cores']:.2f} of its {out['machine_cores']} cores busy",
         flush=True,
     )
+    if upkeep:
+        print(
+            f"[{plan.name}] storm: of the survivors' CPU, {upkeep:.2f} s is what they spend without a storm (their"
+            f" sockets, the same comments a second: measured before it); above that,"
+            f" {out['survivors_cpu_us_per_reopen_above_steady']} µs per reopen, so"
+            f" {out['survivor_opens_per_cpu_s_above_steady']:,} opens per second of a survivor's CPU",
+            flush=True,
+        )
     return got
 
 

@@ -4,6 +4,12 @@ A replica that many sockets reach at once (a deploy, a listening party starting)
 admission query per socket; each costs a round trip and ~150 µs of psycopg's CPU. `Batched`
 runs the first caller's query at once (no wait when it is alone) and gathers the callers that
 come meanwhile into the next, so that under load a query answers tens of sockets.
+
+When callers come in a stream (some came while the last query was in flight), the next query
+waits LINGER seconds for more first. A replica that gets a share of a storm, a few hundred
+sockets a second, otherwise ran a query for every one or two of them: in the six-replica storm
+of docs/performance.md, the round trips to PostgreSQL (a `send` each, and the wake-up of a
+backend) were the largest part of a survivor's CPU per socket. A lone caller never waits.
 """
 
 from __future__ import annotations
@@ -17,14 +23,19 @@ V = TypeVar("V")
 
 _MOST = 500
 """Callers answered by one query at most."""
+LINGER = 0.005
+"""Seconds a query waits for more callers when they come in a stream."""
 
 
 class Batched(Generic[K, V]):
     """`await batched(key)` answers `fetch([..., key, ...])[i]`; one fetch in flight at a time."""
 
-    def __init__(self, fetch: Callable[[list[K]], Awaitable[list[V]]], most: int = _MOST) -> None:
+    def __init__(
+        self, fetch: Callable[[list[K]], Awaitable[list[V]]], most: int = _MOST, linger: float = LINGER
+    ) -> None:
         self._fetch = fetch
         self._most = most
+        self._linger = linger
         self._pending: list[tuple[K, asyncio.Future[V]]] = []
         self._running: asyncio.Task[None] | None = None
 
@@ -38,7 +49,11 @@ class Batched(Generic[K, V]):
 
     async def _run(self) -> None:
         try:
+            streaming = False
             while self._pending:
+                if streaming and len(self._pending) < self._most:
+                    await asyncio.sleep(self._linger)  # these came during the last query: more follow
+                streaming = True
                 batch, self._pending = self._pending[: self._most], self._pending[self._most :]
                 batch = [(key, answer) for key, answer in batch if not answer.done()]  # callers gone
                 if not batch:

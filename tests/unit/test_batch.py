@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from app.data.batch import Batched, Shared
+from tests.support.waiting import async_wait_until
 
 
 async def test_a_lone_caller_is_answered_at_once_and_the_crowd_behind_it_in_one_query() -> None:
@@ -28,6 +29,38 @@ async def test_a_lone_caller_is_answered_at_once_and_the_crowd_behind_it_in_one_
     assert await first == 10
     assert await asyncio.gather(*crowd) == [20, 30, 40, 50, 60]
     assert calls == [[1], [2, 3, 4, 5, 6]]
+
+
+async def test_callers_that_come_in_a_stream_wait_a_moment_for_more_to_share_their_query() -> None:
+    """The callers that came while a query was in flight are asked next after LINGER seconds, so
+    that one who comes meanwhile is in the same query (a storm's share on one replica: a few
+    hundred sockets a second); a caller who finds no query running is asked at once."""
+    calls: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def fetch(keys: list[int]) -> list[int]:
+        calls.append(keys)
+        if len(calls) == 1:
+            await gate.wait()
+        return keys
+
+    batched: Batched[int, int] = Batched(fetch, linger=0.2)
+    first = asyncio.create_task(batched(1))
+    await async_wait_until(lambda: calls == [[1]], 1, "the lone caller's query, at once")
+    during = asyncio.create_task(batched(2))  # comes while the first query is in flight
+    await asyncio.sleep(0)
+    gate.set()
+    assert await first == 1
+    for _ in range(5):  # the loop turns: the next query waits
+        await asyncio.sleep(0)
+    assert calls == [[1]]
+    meanwhile = asyncio.create_task(batched(3))
+    assert await asyncio.gather(during, meanwhile) == [2, 3]
+    assert calls == [[1], [2, 3]]
+    # the stream over, the next lone caller is asked at once again
+    alone = asyncio.create_task(batched(4))
+    await async_wait_until(lambda: len(calls) == 3, 0.1, "a lone caller's query, without the linger")
+    assert await alone == 4 and calls[2] == [4]
 
 
 async def test_a_failed_query_fails_its_callers_and_the_next_one_runs() -> None:
