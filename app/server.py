@@ -60,7 +60,7 @@ class Server(uvicorn.Server):
             now = self._loop.time()
             if self._freezer is None:
                 hub = services.hub
-                self._freezer = garbage.Freezer(lambda: hub.opened, now)
+                self._freezer = garbage.Freezer(lambda: hub.opened, lambda: hub.closed, now)
             self._freezer.tick(now)
         return await super().on_tick(counter)
 

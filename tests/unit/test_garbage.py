@@ -1,5 +1,5 @@
 """app/garbage.py's Freezer: a burst of new sockets is frozen out of the garbage collector, and
-what bursts froze is collected once every COLLECT_EVERY seconds.
+what was frozen is collected once every COLLECT_EVERY seconds when sockets opened or closed since.
 
 The gc module's functions are stand-ins here, recording their calls: freezing this test process
 would keep its garbage for good. tests/integration/test_operations.py sees a replica do it."""
@@ -12,11 +12,13 @@ from app.garbage import BURST, COLLECT_EVERY, Freezer
 class _Sockets:
     def __init__(self) -> None:
         self.opened = 0
+        self.closed = 0
         self.calls: list[str] = []
 
     def freezer(self, now: float = 0.0) -> Freezer:
         return Freezer(
             lambda: self.opened,
+            lambda: self.closed,
             now,
             freeze=lambda: self.calls.append("freeze"),
             unfreeze=lambda: self.calls.append("unfreeze"),
@@ -24,7 +26,7 @@ class _Sockets:
         )
 
 
-def test_a_burst_of_sockets_is_frozen_at_the_next_tick_and_a_trickle_is_not() -> None:
+def test_a_burst_of_sockets_is_frozen_at_the_next_tick_and_fewer_are_not() -> None:
     sockets = _Sockets()
     sockets.opened = 5_000  # opened before: not a burst
     freezer = sockets.freezer()
@@ -54,3 +56,35 @@ def test_what_bursts_froze_is_collected_once_every_period_and_only_then() -> Non
     assert sockets.calls[4:] == ["freeze"]  # owed again, but not before the period
     freezer.tick(2 * COLLECT_EVERY + 2)
     assert sockets.calls[5:] == ["unfreeze", "collect", "freeze"] and freezer.collections == 2
+
+
+def test_what_closed_sockets_leave_is_collected_though_no_burst_came_since() -> None:
+    """A burst frozen, then collected (and what was left, the live sockets, frozen again): when
+    those sockets close, what they leave in reference cycles is frozen garbage that only the
+    next collection frees, with or without a new burst; with nothing opened or closed, none."""
+    sockets = _Sockets()
+    freezer = sockets.freezer(now=0.0)
+    sockets.closed += 3  # before any burst: the collector's own generations hold them
+    sockets.opened += BURST
+    freezer.tick(1.0)
+    freezer.tick(COLLECT_EVERY + 1)
+    assert sockets.calls == ["freeze", "unfreeze", "collect", "freeze"]
+    freezer.tick(3 * COLLECT_EVERY)  # nothing opened or closed since
+    assert freezer.collections == 1
+    sockets.closed += 1  # a socket frozen at the last collection goes
+    freezer.tick(3 * COLLECT_EVERY + 1)
+    assert sockets.calls[4:] == ["unfreeze", "collect", "freeze"] and freezer.collections == 2
+    sockets.closed += 1
+    freezer.tick(3 * COLLECT_EVERY + 2)  # not before the period
+    assert freezer.collections == 2
+    freezer.tick(4 * COLLECT_EVERY + 1)
+    assert freezer.collections == 3
+
+
+def test_no_collection_on_a_replica_that_never_froze_a_burst() -> None:
+    sockets = _Sockets()
+    freezer = sockets.freezer(now=0.0)
+    sockets.opened += BURST - 1
+    sockets.closed += BURST - 1
+    freezer.tick(COLLECT_EVERY + 1)
+    assert sockets.calls == [] and freezer.collections == 0
