@@ -41,6 +41,10 @@ MMAP_THRESHOLD = 128 * 1024
 default, kept fixed (see tune_malloc)."""
 
 
+_NO_FREEZER = garbage.Freezer(lambda: 0, lambda: 0, 0.0)
+"""The server's freezer once its own has failed (never ticked)."""
+
+
 class Server(uvicorn.Server):
     """On SIGTERM or Ctrl-C: refuse new sockets, close open ones with 1001, then let uvicorn
     finish the requests in flight and stop (within its graceful timeout). Each tick of its main
@@ -55,13 +59,19 @@ class Server(uvicorn.Server):
         self._freezer: garbage.Freezer | None = None
 
     async def on_tick(self, counter: int) -> bool:
+        """uvicorn's tick, after the freezer's; a freezer that fails is logged and let go of (an
+        exception here would end uvicorn's main loop, and the server with it, ungracefully)."""
         services = getattr(self._app.state, "services", None)
-        if services is not None and self._loop is not None:
+        if services is not None and self._loop is not None and self._freezer is not _NO_FREEZER:
             now = self._loop.time()
-            if self._freezer is None:
-                hub = services.hub
-                self._freezer = garbage.Freezer(lambda: hub.opened, lambda: hub.closed, now)
-            self._freezer.tick(now)
+            try:
+                if self._freezer is None:
+                    hub = services.hub
+                    self._freezer = garbage.Freezer(lambda: hub.opened, lambda: hub.closed, now)
+                self._freezer.tick(now)
+            except Exception:
+                log.exception("the garbage collector's freezer failed: it freezes nothing more")
+                self._freezer = _NO_FREEZER
         return await super().on_tick(counter)
 
     async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]

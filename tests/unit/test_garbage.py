@@ -6,7 +6,15 @@ would keep its garbage for good. tests/integration/test_operations.py sees a rep
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from types import SimpleNamespace
+
+import pytest
+import uvicorn
+
 from app.garbage import BURST, COLLECT_EVERY, Freezer
+from app.server import Server
 
 
 class _Sockets:
@@ -88,3 +96,37 @@ def test_no_collection_on_a_replica_that_never_froze_a_burst() -> None:
     sockets.closed += BURST - 1
     freezer.tick(COLLECT_EVERY + 1)
     assert sockets.calls == [] and freezer.collections == 0
+
+
+class _FailingHub:
+    @property
+    def opened(self) -> int:
+        raise RuntimeError("a freezer that fails")
+
+    closed = 0
+
+
+class _App:
+    def __init__(self) -> None:
+        self.state = SimpleNamespace(services=SimpleNamespace(hub=_FailingHub()))
+
+    async def __call__(self, scope: object, receive: object, send: object) -> None: ...
+
+
+async def test_a_freezer_that_fails_is_logged_and_uvicorns_main_loop_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """uvicorn's main loop ends, and the server with it without its graceful shutdown, at the
+    first exception of a tick: the freezer's is logged once, and the tick goes on without it."""
+    app = _App()
+    config = uvicorn.Config(app, lifespan="off", log_level="warning")
+    config.load()
+    server = Server(config, app)  # type: ignore[arg-type]
+    server._loop = asyncio.get_running_loop()
+    with caplog.at_level(logging.ERROR, logger="app.server"):
+        assert await server.on_tick(0) is False
+        assert await server.on_tick(1) is False
+    failures = [r for r in caplog.records if "freezer failed" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+    server.should_exit = True
+    assert await server.on_tick(2) is True
