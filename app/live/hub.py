@@ -36,7 +36,7 @@ class Hub:
         """Frames handed to sockets since start (for metrics)."""
         self.opened = 0
         """Sockets registered since start (for metrics: a socket is not a log line, see
-        FrameProtocol.accept_with)."""
+        FrameProtocol.accept_with; and for app/garbage.py, which freezes bursts of them)."""
         self.closed = 0
         """Sockets forgotten since start (app/garbage.py: what they leave in reference cycles is
         collected only when what was frozen is let back)."""

@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 from uvicorn.protocols.websockets.wsproto_impl import WebsocketBuffer, WSProtocol
 from uvicorn.server import ServerState
-from wsproto import ConnectionState, WSConnection, events
+from wsproto import ConnectionState, ConnectionType, WSConnection, events
 from wsproto.handshake import H11Handshake
 
 from app.edge import upgrade
@@ -215,6 +215,9 @@ async def test_a_connection_has_every_attribute_uvicorns_own_making_gives_it_in_
     per_connection = [name for name in vars(theirs) if name in vars(ours)]
     assert [name for name in vars(ours) if name in vars(theirs)] == per_connection
     assert ours.conn.connection is None and not ours.conn.client
+    # wsproto's connection, made without its __init__ too: the same attributes (the handshake lazily)
+    wsprotos = vars(WSConnection(ConnectionType.SERVER))
+    assert sorted(name.lstrip("_") for name in vars(ours.conn)) == sorted(wsprotos)
 
 
 async def test_each_socket_answers_with_the_servers_headers_of_the_moment() -> None:
