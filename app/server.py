@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import resource
 import socket
@@ -41,10 +42,6 @@ MMAP_THRESHOLD = 128 * 1024
 default, kept fixed (see tune_malloc)."""
 
 
-_NO_FREEZER = garbage.Freezer(lambda: 0, lambda: 0, 0.0)
-"""The server's freezer once its own has failed (never ticked)."""
-
-
 class Server(uvicorn.Server):
     """On SIGTERM or Ctrl-C: refuse new sockets, close open ones with 1001, then let uvicorn
     finish the requests in flight and stop (within its graceful timeout). Each tick of its main
@@ -57,12 +54,14 @@ class Server(uvicorn.Server):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
         self._freezer: garbage.Freezer | None = None
+        self._freezer_failed = False
 
     async def on_tick(self, counter: int) -> bool:
-        """uvicorn's tick, after the freezer's; a freezer that fails is logged and let go of (an
-        exception here would end uvicorn's main loop, and the server with it, ungracefully)."""
+        """uvicorn's tick, after the freezer's; a freezer that fails is logged, and the collector
+        gets back all it froze (an exception here would end uvicorn's main loop, and the server
+        with it, ungracefully)."""
         services = getattr(self._app.state, "services", None)
-        if services is not None and self._loop is not None and self._freezer is not _NO_FREEZER:
+        if services is not None and self._loop is not None and not self._freezer_failed:
             now = self._loop.time()
             try:
                 if self._freezer is None:
@@ -70,8 +69,9 @@ class Server(uvicorn.Server):
                     self._freezer = garbage.Freezer(lambda: hub.opened, lambda: hub.closed, now)
                 self._freezer.tick(now)
             except Exception:
-                log.exception("the garbage collector's freezer failed: it freezes nothing more")
-                self._freezer = _NO_FREEZER
+                log.exception("the garbage collector's freezer failed: all it froze is let back, and no more")
+                self._freezer_failed = True
+                gc.unfreeze()  # else what it froze, and what of it became garbage, stays for good
         return await super().on_tick(counter)
 
     async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
