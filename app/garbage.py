@@ -11,8 +11,9 @@ sockets' objects: 0.36 s; docs/performance.md, "Sockets by the hundred thousand"
 So a replica freezes what a burst of new sockets made (`gc.freeze()`: moved, in one step, where
 no collection looks) at the next tick of uvicorn's main loop (every 0.1 s), before the collector
 scans it. Refcounting still frees what is frozen when it is let go; only garbage in reference
-cycles would stay. So every COLLECT_EVERY seconds, if a burst was frozen since the last time,
-everything is let back, collected once, and what is left frozen again.
+cycles would stay. So every COLLECT_EVERY seconds, if a burst was frozen or a socket closed since
+the last time (a closed socket's objects were frozen), everything is let back, collected once, and
+what is left frozen again.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ THRESHOLDS = (50_000, 10, 10)
 BURST = 100
 """Sockets opened since the last freeze that make a tick freeze them."""
 COLLECT_EVERY = 600.0
-"""Seconds between two collections of what bursts froze (each pauses the loop for about 0.1 s
-per 10,000 sockets held)."""
+"""Seconds between two collections of what was frozen, when sockets opened or closed since (each
+pauses the loop for about 0.1 s per 10,000 sockets held)."""
 
 
 def tune() -> None:
@@ -45,24 +46,29 @@ def tune() -> None:
 
 class Freezer:
     """Freezes what bursts of new sockets made (`tick`, called by the server's main loop);
-    `opened` counts the sockets opened since start. `freeze`, `unfreeze` and `collect` are the
-    gc module's (a test passes its own, so as not to freeze its own process)."""
+    `opened` and `closed` count the sockets opened and closed since start. `freeze`, `unfreeze`
+    and `collect` are the gc module's (a test passes its own, so as not to freeze its own
+    process)."""
 
     def __init__(
         self,
         opened: Callable[[], int],
+        closed: Callable[[], int],
         now: float,
         freeze: Callable[[], None] = gc.freeze,
         unfreeze: Callable[[], None] = gc.unfreeze,
         collect: Callable[[], object] = gc.collect,
     ) -> None:
         self._opened = opened
+        self._closed = closed
         self._freeze = freeze
         self._unfreeze = unfreeze
         self._collect = collect
         self._frozen_at = opened()
         """`opened()` at the last freeze."""
         self._collected_at = now
+        self._closed_at = closed()
+        """`closed()` at the last collection."""
         self._owed = False
         """A burst was frozen since the last collection."""
         self.freezes = 0
@@ -70,17 +76,22 @@ class Freezer:
 
     def tick(self, now: float) -> None:
         """Freeze if a burst of sockets opened since the last freeze; collect what was frozen if
-        COLLECT_EVERY seconds passed since the last collection."""
+        COLLECT_EVERY seconds passed since the last collection and a burst was frozen or a socket
+        closed since (what it leaves in cycles with frozen objects waits for that)."""
         opened = self._opened()
         if opened - self._frozen_at >= BURST:
             self._freeze()
             self._frozen_at = opened
             self._owed = True
             self.freezes += 1
-        if self._owed and now - self._collected_at >= COLLECT_EVERY:
+        if now - self._collected_at < COLLECT_EVERY:
+            return
+        closed = self._closed()
+        if self._owed or (self.freezes and closed != self._closed_at):
             self._unfreeze()
             self._collect()
             self._freeze()
             self._collected_at = now
+            self._closed_at = closed
             self._owed = False
             self.collections += 1

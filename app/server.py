@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import resource
 import socket
@@ -53,15 +54,24 @@ class Server(uvicorn.Server):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
         self._freezer: garbage.Freezer | None = None
+        self._freezer_failed = False
 
     async def on_tick(self, counter: int) -> bool:
+        """uvicorn's tick, after the freezer's; a freezer that fails is logged, and the collector
+        gets back all it froze (an exception here would end uvicorn's main loop, and the server
+        with it, ungracefully)."""
         services = getattr(self._app.state, "services", None)
-        if services is not None and self._loop is not None:
+        if services is not None and self._loop is not None and not self._freezer_failed:
             now = self._loop.time()
-            if self._freezer is None:
-                hub = services.hub
-                self._freezer = garbage.Freezer(lambda: hub.opened, now)
-            self._freezer.tick(now)
+            try:
+                if self._freezer is None:
+                    hub = services.hub
+                    self._freezer = garbage.Freezer(lambda: hub.opened, lambda: hub.closed, now)
+                self._freezer.tick(now)
+            except Exception:
+                log.exception("the garbage collector's freezer failed: all it froze is let back, and no more")
+                self._freezer_failed = True
+                gc.unfreeze()  # else what it froze, and what of it became garbage, stays for good
         return await super().on_tick(counter)
 
     async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]

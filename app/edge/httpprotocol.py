@@ -88,7 +88,9 @@ class EdgeProtocol(H11Protocol):
     """uvicorn's HTTP/1.1 connection, with a deadline on each request and a cap on connections.
 
     uvicorn's side of it (an h11 connection, the request cycle's state) is made when the first
-    read is not a handshake read once (`_h11`): a reconnect storm's sockets never make it."""
+    read is not a whole handshake read once, or on any other entry (end of file, flow control,
+    shutdown, a connection past the cap) (`_h11`): a reconnect storm's sockets, their handshake
+    in one read, never make it."""
 
     max_connections = 1_000_000
     """The cap; `limited()` makes the class with a replica's own."""
@@ -117,8 +119,8 @@ class EdgeProtocol(H11Protocol):
         return cast("type[EdgeProtocol]", type(cls.__name__, (cls,), {"max_connections": max_connections}))
 
     def _h11(self) -> None:
-        """Make uvicorn's side of the connection (once; `connection_made` did the rest of its
-        part already)."""
+        """Make uvicorn's side of the connection, once: its __init__ and its connection_made,
+        run late (the first lines of the latter, already done by ours, are done again)."""
         made_with, self._made_with = self._made_with, None
         if made_with is not None:
             transport = self.transport

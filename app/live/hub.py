@@ -36,7 +36,10 @@ class Hub:
         """Frames handed to sockets since start (for metrics)."""
         self.opened = 0
         """Sockets registered since start (for metrics: a socket is not a log line, see
-        FrameProtocol.accept_with)."""
+        FrameProtocol.accept_with; and for app/garbage.py, which freezes bursts of them)."""
+        self.closed = 0
+        """Sockets forgotten since start (app/garbage.py: what they leave in reference cycles is
+        collected only when what was frozen is let back)."""
         self.dropped_slow = 0
         """Sockets closed for not keeping up (1013), counted when they leave."""
         self.closing = False
@@ -75,6 +78,7 @@ class Hub:
             mine.discard(conn)
             if not mine:
                 del self.users[conn.user_id]
+            self.closed += 1
             if conn.too_slow:
                 self.dropped_slow += 1
 

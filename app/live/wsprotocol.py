@@ -148,13 +148,24 @@ class _Shared:
     app_state: dict[str, Any]
     connections: set[Any]
     tasks: set[asyncio.Task[None]]
-    default_headers: list[tuple[bytes, bytes]]
+    server_state: ServerState
     close_timeout: float
     ping_interval: float | None
     ping_timeout: float | None
 
+    @property
+    def default_headers(self) -> list[tuple[bytes, bytes]]:
+        """The server's of the moment: uvicorn makes a new list every second (its Date)."""
+        return self.server_state.default_headers
 
-_SERVERS: weakref.WeakKeyDictionary[ServerState, _Shared] = weakref.WeakKeyDictionary()
+    @default_headers.setter
+    def default_headers(self, value: list[tuple[bytes, bytes]]) -> None:
+        self.server_state.default_headers = value
+
+
+_SHARED = "tracktalk_shared"
+"""The attribute of uvicorn's ServerState that holds its server's `_Shared`: it lives as long as
+the server (a table keyed by the state would be kept for good by the state the value holds)."""
 
 
 def _server_wide(name: str) -> Any:
@@ -188,7 +199,7 @@ def _settings(
     shared.app_state = app_state
     shared.connections = server_state.connections
     shared.tasks = server_state.tasks
-    shared.default_headers = server_state.default_headers
+    shared.server_state = server_state
     shared.close_timeout = 10.0
     shared.ping_interval = config.ws_ping_interval
     shared.ping_timeout = config.ws_ping_timeout
@@ -252,9 +263,10 @@ class FrameProtocol(WSProtocol):
         handshake is made only if it is asked to read or answer one (`_Handshaking`). The
         attributes are uvicorn's, set in its order (a shared table of names needs one order on
         every instance); tests/unit/test_wsprotocol.py checks them against uvicorn's own."""
-        shared = _SERVERS.get(server_state)
+        shared: _Shared | None = getattr(server_state, _SHARED, None)
         if shared is None:
-            shared = _SERVERS[server_state] = _settings(config, server_state, app_state, _loop)
+            shared = _settings(config, server_state, app_state, _loop)
+            setattr(server_state, _SHARED, shared)
         self._shared = shared
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.server: tuple[str, int | None] | None = None

@@ -147,9 +147,11 @@ def test_a_socket_that_cannot_keep_up_is_closed_with_1013_and_counted_once_it_le
     hub.send(T, [frames(2, b"y")])
     assert sock.closed_with == (close_codes.TRY_AGAIN, close_codes.TOO_SLOW)
     assert not conn.offer(T, frames(3, b"z"))
-    assert hub.dropped_slow == 0
+    assert hub.dropped_slow == 0 and (hub.opened, hub.closed) == (1, 0)
     hub.remove(conn)
-    assert hub.dropped_slow == 1
+    assert hub.dropped_slow == 1 and hub.closed == 1
+    hub.remove(conn)  # forgotten once
+    assert hub.closed == 1
 
 
 def test_frames_held_past_the_bound_close_the_socket_too() -> None:

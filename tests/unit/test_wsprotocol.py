@@ -7,14 +7,16 @@ so they must behave as uvicorn expects of those: in order, never losing a wake-u
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
+import weakref
 
 import pytest
 import uvicorn
 from uvicorn.protocols.websockets.wsproto_impl import WebsocketBuffer, WSProtocol
 from uvicorn.server import ServerState
-from wsproto import ConnectionState, WSConnection, events
+from wsproto import ConnectionState, ConnectionType, WSConnection, events
 from wsproto.handshake import H11Handshake
 
 from app.edge import upgrade
@@ -213,6 +215,45 @@ async def test_a_connection_has_every_attribute_uvicorns_own_making_gives_it_in_
     per_connection = [name for name in vars(theirs) if name in vars(ours)]
     assert [name for name in vars(ours) if name in vars(theirs)] == per_connection
     assert ours.conn.connection is None and not ours.conn.client
+    # wsproto's connection, made without its __init__ too: the same attributes (the handshake lazily)
+    wsprotos = vars(WSConnection(ConnectionType.SERVER))
+    assert sorted(name.lstrip("_") for name in vars(ours.conn)) == sorted(wsprotos)
+
+
+async def test_each_socket_answers_with_the_servers_headers_of_the_moment() -> None:
+    """uvicorn makes a new list of its default headers (the Date) every second: a socket's 101
+    carries the list of the moment it answers, not the one its server's first socket saw."""
+    done = asyncio.Event()
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        await done.wait()
+
+    config = uvicorn.Config(app, ws=FrameProtocol, lifespan="off", log_level="warning")
+    config.load()
+    state = ServerState()
+    state.default_headers = [(b"date", b"Sat, 05 Dec 2026 10:00:00 GMT")]
+    request = upgrade.parse(HANDSHAKE)
+    assert request is not None
+    first, second = FrameProtocol(config, state, {}), FrameProtocol(config, state, {})
+    first_out, second_out = FakeTransport(), FakeTransport()
+    first.upgraded(first_out, (None, None), request)  # type: ignore[arg-type]
+    assert first.accept_with(b"")
+    state.default_headers = [(b"date", b"Sat, 05 Dec 2026 10:00:01 GMT")]  # uvicorn's tick, a second on
+    second.upgraded(second_out, (None, None), request)  # type: ignore[arg-type]
+    assert second.accept_with(b"")
+    assert b"\r\ndate: Sat, 05 Dec 2026 10:00:00 GMT\r\n" in first_out.written
+    assert b"\r\ndate: Sat, 05 Dec 2026 10:00:01 GMT\r\n" in second_out.written
+    assert first.default_headers is second.default_headers is state.default_headers
+    done.set()
+    tasks = state.tasks
+    await async_wait_until(lambda: not tasks, 2, "the apps' ends")
+    first.connection_lost(None)
+    second.connection_lost(None)
+    del first, second
+    gone = weakref.ref(state)
+    del state
+    gc.collect()
+    assert gone() is None  # its connections' shared settings do not keep a server's state
 
 
 async def test_wsprotos_handshake_is_made_only_for_a_handshake_it_reads() -> None:
