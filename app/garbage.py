@@ -27,7 +27,7 @@ BURST = 100
 """Sockets opened since the last freeze that make a tick freeze them."""
 COLLECT_EVERY = 600.0
 """Seconds between two collections of what was frozen, when sockets opened or closed since (each
-pauses the loop for about 0.1 s per 10,000 sockets held)."""
+pauses the loop: 0.35 s at 19,000 sockets held, measured)."""
 
 
 def tune() -> None:
@@ -42,6 +42,10 @@ def tune() -> None:
     gc.collect()  # what startup left unreachable, before the rest is frozen for good
     gc.freeze()
     gc.set_threshold(*THRESHOLDS)
+
+
+running: Freezer | None = None
+"""The server's freezer, for /metrics (a process has one garbage collector, so one freezer)."""
 
 
 class Freezer:

@@ -66,7 +66,9 @@ class Server(uvicorn.Server):
             try:
                 if self._freezer is None:
                     hub = services.hub
-                    self._freezer = garbage.Freezer(lambda: hub.opened, lambda: hub.closed, now)
+                    self._freezer = garbage.running = garbage.Freezer(
+                        lambda: hub.opened, lambda: hub.closed, now
+                    )
                 self._freezer.tick(now)
             except Exception:
                 log.exception("the garbage collector's freezer failed: all it froze is let back, and no more")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Iterator
 
@@ -10,6 +9,7 @@ from prometheus_client import GC_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from app import garbage
 from app.listener import Listener
 from app.live.hub import Hub
 from app.live.notices import Codec
@@ -82,10 +82,16 @@ class _Live(Collector):
             "Sockets admitted on this replica since it started.",
             value=self._hub.opened,
         )
-        yield GaugeMetricFamily(
-            "tracktalk_gc_frozen_objects",
-            "Objects the garbage collector no longer scans: what startup made, and what bursts of new sockets made (app/garbage.py).",
-            value=gc.get_freeze_count(),
+        freezer = garbage.running  # counted, not read from gc: gc.get_freeze_count() walks every object
+        yield CounterMetricFamily(
+            "tracktalk_gc_freezes",
+            "Bursts of new sockets frozen out of the garbage collector (app/garbage.py).",
+            value=freezer.freezes if freezer is not None else 0,
+        )
+        yield CounterMetricFamily(
+            "tracktalk_gc_thaws",
+            "Collections of what was frozen (everything let back, collected once, frozen again).",
+            value=freezer.collections if freezer is not None else 0,
         )
         yield CounterMetricFamily(
             "tracktalk_sockets_dropped_slow",

@@ -177,8 +177,8 @@ async def test_a_burst_of_sockets_is_frozen_out_of_the_garbage_collector_and_sti
         )
 
         async def frozen() -> bool:
-            return (await metrics(replica))["tracktalk_gc_frozen_objects"] > before[
-                "tracktalk_gc_frozen_objects"
+            return (await metrics(replica))["tracktalk_gc_freezes_total"] > before[
+                "tracktalk_gc_freezes_total"
             ]
 
         await async_wait_until(frozen, 5, "the burst's objects frozen")
