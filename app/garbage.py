@@ -4,16 +4,17 @@ An open socket holds about 55 objects the collector tracks (its protocols, its t
 coroutines, its connection, wsproto's state) for as long as it is open. Left to Python, each is
 scanned when it is young, again in the middle generation, and again in every full collection,
 which runs each time the long-lived objects have grown by a quarter. Each scan of an object costs
-a few hundred nanoseconds on a heap this size, so in a reconnect storm the collector took a third
-of the CPU of the replicas that took the sockets in (one pass over a middle generation of 16,500
-sockets' objects: 0.36 s; docs/performance.md, "Sockets by the hundred thousand").
+a few hundred nanoseconds on a heap this size: in a reconnect storm the collector took about 26 µs
+of each reopen on the replica that took a 19,000-socket storm, and nearly a third of the CPU of a
+survivor of the six-replica storm (one pass over a middle generation of its own 16,500 sockets'
+objects: 0.36 s; docs/performance.md, "Sockets by the hundred thousand").
 
 So a replica freezes what a burst of new sockets made (`gc.freeze()`: moved, in one step, where
 no collection looks) at the next tick of uvicorn's main loop (every 0.1 s), before the collector
 scans it. Refcounting still frees what is frozen when it is let go; only garbage in reference
-cycles would stay. So once every COLLECT_EVERY seconds, if a burst was frozen or a socket closed since
-the last time (a closed socket's objects were frozen), everything is let back, collected once, and
-what is left frozen again.
+cycles would stay. So once every COLLECT_EVERY seconds, if a burst was frozen or a socket closed
+since the last time (a closed socket's objects were frozen), everything is let back, collected
+once, and what is left frozen again.
 """
 
 from __future__ import annotations
