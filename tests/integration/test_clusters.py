@@ -16,6 +16,7 @@ from pathlib import Path
 from app.dev.embedded import _alive, _read_pid, find_bindir
 from tests.support.clusters import OWNER, Cluster, clear, sweep
 from tests.support.processes import ROOT, free_port
+from tests.support.reaper import let_go
 from tests.support.waiting import wait_until
 
 _STARTS = textwrap.dedent(
@@ -48,11 +49,7 @@ def _killed_leaves_nothing(script: str, who: str) -> None:
         wait_until(lambda: not _alive(postmaster), 30, f"the server of the killed {who} to stop")
         wait_until(lambda: not data.parent.exists(), 30, f"the killed {who}'s folder to go")
     finally:
-        if owner.poll() is None:
-            owner.kill()
-            owner.wait(10)
-        if owner.stdout is not None:
-            owner.stdout.close()
+        let_go(owner)
         bindir = find_bindir()
         if data is not None and data.parent.exists() and bindir is not None:
             clear(bindir, data.parent)  # whatever the outcome, nothing stays behind this test

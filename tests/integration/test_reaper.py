@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.support.processes import ROOT, port_open
-from tests.support.reaper import started
+from tests.support.reaper import let_go, started
 from tests.support.waiting import wait_until
 
 _LAUNCHES = textwrap.dedent(
@@ -69,11 +69,7 @@ def test_a_server_launched_by_a_run_killed_with_sigkill_dies_with_its_children_a
         wait_until(lambda: not group(pid), 30, "the killed run's server and its child to end")
         wait_until(lambda: not home.exists(), 30, "the killed run's server's folder to go")
     finally:
-        if owner.poll() is None:
-            owner.kill()
-            owner.wait(10)
-        if owner.stdout is not None:
-            owner.stdout.close()
+        let_go(owner)
         if pid is not None:
             for member in group(pid):  # whatever the outcome, nothing stays behind this test
                 os.kill(member, signal.SIGKILL)
@@ -173,11 +169,7 @@ def kill_the_run(
         )
         return line, left
     finally:
-        if owner.poll() is None:
-            owner.kill()
-            owner.wait(10)
-        if owner.stdout is not None:
-            owner.stdout.close()
+        let_go(owner)
         for pid, start in left.items():  # whatever the outcome, nothing stays behind this test
             if alive(pid, start):
                 os.kill(pid, signal.SIGKILL)

@@ -78,6 +78,15 @@ def end(watchdog: subprocess.Popen[Any], within: float = _WATCHDOG_EXIT) -> None
         watchdog.wait()
 
 
+def let_go(owner: subprocess.Popen[Any]) -> None:
+    """Kill a test's own run if it is still there, and close its output pipe."""
+    if owner.poll() is None:
+        owner.kill()
+        owner.wait(10)
+    if owner.stdout is not None:
+        owner.stdout.close()
+
+
 def _watch(pid: int, start: str, home: str) -> None:
     """The watchdog: wait until the run closes the pipe (released, or ended), then kill what is
     left of the server's group and remove its folder."""

@@ -44,7 +44,7 @@ async def test_callers_that_come_in_a_stream_wait_a_moment_for_more_to_share_the
             await gate.wait()
         return keys
 
-    batched: Batched[int, int] = Batched(fetch, linger=0.2)
+    batched: Batched[int, int] = Batched(fetch, linger=2.0)
     first = asyncio.create_task(batched(1))
     await async_wait_until(lambda: calls == [[1]], 1, "the lone caller's query, at once")
     during = asyncio.create_task(batched(2))  # comes while the first query is in flight
@@ -59,7 +59,7 @@ async def test_callers_that_come_in_a_stream_wait_a_moment_for_more_to_share_the
     assert calls == [[1], [2, 3]]
     # the stream over, the next lone caller is asked at once again
     alone = asyncio.create_task(batched(4))
-    await async_wait_until(lambda: len(calls) == 3, 0.1, "a lone caller's query, without the linger")
+    await async_wait_until(lambda: len(calls) == 3, 1.0, "a lone caller's query, without the linger")
     assert await alone == 4 and calls[2] == [4]
 
 
