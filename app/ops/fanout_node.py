@@ -214,12 +214,17 @@ def _check_primary(p: psycopg.Connection[Any], subscription: str) -> list[str]:
 
 def _publish(p: psycopg.Connection[Any], published: list[str], say: Callable[[str], None]) -> None:
     """The publications, made or brought to the tables listed. Another run at the same moment (two
-    nodes prepared at once) may make one between the look and the CREATE: then look again."""
-    try:
-        _make_publications(p, published, say)
-    except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
-        say("primary: another run made the publications meanwhile")
-        _make_publications(p, published, say)
+    nodes prepared at once) may make one between the look and the CREATE: then look again. It can
+    do so once for each of the two publications (it made the first while this run waited, then the
+    second while this one looked), so this looks up to three times."""
+    for attempt in range(3):
+        try:
+            _make_publications(p, published, say)
+            return
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
+            if attempt == 2:
+                raise
+            say("primary: another run made a publication meanwhile")
 
 
 def _make_publications(p: psycopg.Connection[Any], published: list[str], say: Callable[[str], None]) -> None:

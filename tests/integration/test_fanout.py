@@ -26,6 +26,7 @@ import psycopg
 import pytest
 
 from app.background import background
+from app.ops import fanout_node
 from tests.support.clusters import Cluster, cluster_root
 from tests.support.metrics import parse_metrics
 from tests.support.processes import Replica, free_port, replicas, tracktalk
@@ -1266,3 +1267,36 @@ async def test_a_node_whose_subscription_has_a_slot_of_another_name_is_taken(
         assert f"follows the primary (subscription {subscription})" in done.stdout, done.stdout
     finally:
         await move_slot(renamed, subscription)
+
+
+def test_a_run_that_another_beats_to_each_publication_in_turn_still_prepares(
+    new_database: Callable[[], str],
+) -> None:
+    """The race of the test above at its worst, on demand: another run makes each publication
+    just before this run's CREATE (the first while this run waited, the second while it looked
+    again). This run takes the ones made and ends well. The other run is played by a second
+    connection that a real run cannot be made to time so."""
+    url = new_database()
+    assert tracktalk("migrate", database_url=url).returncode == 0
+    said: list[str] = []
+    with psycopg.connect(url, autocommit=True) as mine, psycopg.connect(url, autocommit=True) as other:
+
+        class Beaten:
+            """This run's connection, whose every CREATE PUBLICATION the other run makes first."""
+
+            def execute(self, query: Any, params: Any = None) -> Any:
+                text = query.as_string(mine) if hasattr(query, "as_string") else str(query)
+                if text.startswith("CREATE PUBLICATION"):
+                    other.execute(text)
+                return mine.execute(query, params)
+
+            def cursor(self, *args: Any, **kwargs: Any) -> Any:
+                return mine.cursor(*args, **kwargs)
+
+        published = list(fanout_node.PUBLISHED)
+        fanout_node._publish(Beaten(), published, said.append)  # type: ignore[arg-type]
+        names = {row[0] for row in mine.execute("SELECT pubname FROM pg_publication").fetchall()}
+        assert names == {fanout_node.PUBLICATION, fanout_node.OUTBOX_PUBLICATION}, names
+        assert said.count("primary: another run made a publication meanwhile") == 2, said
+        for name in names:
+            mine.execute(f"DROP PUBLICATION {name}")
