@@ -123,7 +123,10 @@ def write(world: World, tracks: list[str], rate: float, seconds: float) -> Writt
 
 def swarm_configs(run: Run, tracks: list[str]) -> list[dict[str, Any]]:
     """Sockets `PER_TRACK` per track; socket i of a track lives on replica i mod replicas; the
-    sockets are dealt to the swarms in turn, each swarm with its own source address."""
+    sockets are dealt to the swarms so that each swarm has an equal share of every replica's, each
+    swarm with its own source address. A killed replica's sockets are then reopened by every
+    swarm, as a storm's clients are many: when swarm n held replica n's sockets alone, that one
+    process was the storm's limit (a core of its own, about 1,000 reopens a second in all)."""
     plan = run.plan
     servers = [f"ws://127.0.0.1:{s.port}" for s in run.servers]
     tokens = [run.world.tokens[u] for u in run.world.users]
@@ -131,7 +134,7 @@ def swarm_configs(run: Run, tracks: list[str]) -> list[dict[str, Any]]:
     for i in range(plan.sockets):
         track = tracks[i // PER_TRACK]
         home = i % plan.replicas
-        per_swarm[i % plan.clients].append([track, home])
+        per_swarm[(i // plan.replicas) % plan.clients].append([track, home])
     return [
         {
             "servers": servers,
@@ -238,6 +241,7 @@ def storm(run: Run, swarms: Swarms, profile: bool = False) -> dict[str, Any]:
     writer.start()
     time.sleep(3)
     cpu0 = [cpu_seconds(s.pid) for s in others]
+    switches0 = [switches(s.pid) for s in others]
     cpu_t0 = time.monotonic()
     clients0, machine0 = swarms.cpu(), psutil.cpu_times()
     x0 = xacts(world)
@@ -257,6 +261,7 @@ def storm(run: Run, swarms: Swarms, profile: bool = False) -> dict[str, Any]:
 
     back_s = wait_for("every socket open again", back, 300)
     cpu1 = [cpu_seconds(s.pid) for s in others]
+    switches1 = [switches(s.pid) for s in others]
     cpu_window = time.monotonic() - cpu_t0
     clients1, machine1 = swarms.cpu(), psutil.cpu_times()
     x1 = xacts(world)
@@ -305,6 +310,12 @@ def storm(run: Run, swarms: Swarms, profile: bool = False) -> dict[str, Any]:
         "survivors_cpu_s": round(storm_cpu, 2),
         "survivors_cpu_us_per_reopen": round(storm_cpu / had * 1e6),
         "transactions_per_reopen": round((x1 - x0) / had, 3),
+        # A survivor's context switches (it waited; it was preempted) per socket it took: each
+        # one costs the switch and a working set brought back into the cache.
+        "survivor_switches_per_reopen": {
+            name: round(sum(b[i] - a[i] for a, b in zip(switches0, switches1, strict=True)) / had, 2)
+            for i, name in enumerate(("voluntary", "involuntary"))
+        },
         # Where the cores went meanwhile: the load driver shares them (one machine).
         "clients_cpu_s": round(clients1 - clients0, 2),
         "machine_busy_cores": round(busy(machine0, machine1), 2),
@@ -321,7 +332,8 @@ def storm(run: Run, swarms: Swarms, profile: bool = False) -> dict[str, Any]:
     print(
         f"[{plan.name}] storm: all {had:,} back in {back_s:.2f} s ({had / back_s:,.0f}/s overall);"
         f" per replica {rates}; survivors' CPU {storm_cpu:.2f} s ({out['survivors_cpu_us_per_reopen']} µs per reopen);"
-        f" {out['transactions_per_reopen']} transactions per reopen; gaps {counts['gaps']}, repeats"
+        f" {out['transactions_per_reopen']} transactions per reopen; the survivors' context switches per reopen"
+        f" {out['survivor_switches_per_reopen']}; gaps {counts['gaps']}, repeats"
         f" {counts['repeats']}, resyncs {counts['resyncs']}, failed {counts['failed_reopens']};"
         f" sockets whose last seq is not their track's: {behind}",
         flush=True,
@@ -341,6 +353,15 @@ def storm(run: Run, swarms: Swarms, profile: bool = False) -> dict[str, Any]:
             flush=True,
         )
     return got
+
+
+def switches(pid: int) -> tuple[int, int]:
+    """A process's context switches so far: (voluntary, involuntary)."""
+    try:
+        counts = psutil.Process(pid).num_ctx_switches()
+    except psutil.Error:
+        return (0, 0)
+    return (counts.voluntary, counts.involuntary)
 
 
 def busy(before: Any, after: Any) -> float:

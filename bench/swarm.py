@@ -24,6 +24,7 @@ import asyncio
 import json
 import random
 import re
+import socket
 import sys
 import time
 from array import array
@@ -37,6 +38,8 @@ _TYPE = re.compile(rb'"type": ?"(\w+)"')
 _SEQ = re.compile(rb'"seq": ?(\d+)')
 _TAG = re.compile(rb'"tag": ?"([0-9a-f]+)"')
 _COMMENT_ID = re.compile(rb'\{"id": ?(\d+)')
+_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+"""Linux's option (since 4.2; Python names it from 3.12 on)."""
 
 
 class Swarm:
@@ -78,7 +81,7 @@ class Swarm:
                 try:
                     kwargs: dict[str, Any] = {}
                     if self.local_addr:
-                        kwargs["local_addr"] = (self.local_addr, 0)
+                        kwargs["socket_factory"] = self.bound
                     # Before the connect: `connected` comes in the handshake's own TCP write.
                     connected = sock.waiter()
                     await ws_connect(
@@ -99,6 +102,23 @@ class Swarm:
             await asyncio.sleep(random.uniform(0, 0.05 * (attempt + 1)))
         self.failed_reopens += 1
         return False
+
+    def bound(self, _url: Any) -> socket.socket:
+        """A socket on this swarm's source address, its port left to the connect.
+
+        Bound with a port of 0, the kernel picks the port at `bind()`, searching the address's
+        ports in use for one free for any destination: with 16,000 sockets on the address that
+        search was a third of a storm's client CPU. IP_BIND_ADDRESS_NO_PORT defers the choice to
+        `connect()`, which needs only the 4-tuple to be unique."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((self.local_addr, 0))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     async def open_again(self, sock: Sock) -> None:
         await self.open(sock, first=False)
