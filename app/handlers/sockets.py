@@ -35,6 +35,7 @@ from app.data.events import Access
 from app.edge.addresses import PerAddress, client_key
 from app.live import close_codes
 from app.live.connection import ANONYMOUS, Connection
+from app.live.cursors import nothing_to_replay
 from app.live.frames import message_frame
 from app.live.hub import ShuttingDown, TooManySockets
 from app.live.topics import track_topic
@@ -149,12 +150,20 @@ async def _serve(
                 # Closed while it joined (its token expired, the replica began to shut down): a
                 # close before the handshake's answer cannot be sent, so it is the refusal instead.
                 raise Refused(socket.closed_for or "", socket.closed_code)
-            hello = Connected(
-                track_id=track_id, message="Connected to comment updates", seq=start.seq, tag=start.tag
+            hello = message_frame(
+                Connected(
+                    track_id=track_id, message="Connected to comment updates", seq=start.seq, tag=start.tag
+                )
             )
-            if not conn.accept_with(message_frame(hello)):
-                return  # the client left while it waited
-            if since is not None:
+            if nothing_to_replay(since, start, tag):
+                # Its first frames (presence) wait for the handshake's answer and go in its write.
+                socket.go_live(topic)
+                if not conn.accept_with(hello):
+                    return  # the client left while it waited
+            else:
+                if not conn.accept_with(hello):
+                    return
+                assert since is not None
                 async for frames in services.feed.replay(socket, topic, since, start, tag):
                     if not socket.write_now(frames):
                         return
@@ -163,7 +172,7 @@ async def _serve(
                     except TimeoutError:
                         socket.close(close_codes.TRY_AGAIN, close_codes.TOO_SLOW)
                         return
-            socket.go_live(topic)
+                socket.go_live(topic)
             await _read(receive, socket, track_id, found.username, services)
     except TooManySockets as exc:
         raise Refused(str(exc)) from None

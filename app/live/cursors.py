@@ -199,6 +199,13 @@ class _TopicCursor:
         return Frames(seq, message, self.prefix, restricted, author)
 
 
+def nothing_to_replay(since: int | None, start: Cursor, tag: str | None = None) -> bool:
+    """A subscription that asks to resume after `since` (with its event's `tag`; None: it does
+    not resume) needs nothing before the live frames that follow `start`: Cursors.replay
+    would send it nothing."""
+    return since is None or (since == start.seq and (tag is None or tag == start.tag))
+
+
 class Cursors:
     """Every watched topic's cursor, and the catch-ups and replays that keep the subscriptions'
     events contiguous."""
@@ -252,9 +259,10 @@ class Cursors:
         at a time, or `resync` when some are no longer kept, or when `tag` (the client's tag of
         its event `since`) is not the log's (the client's events are of a history a failover
         lost). A client ahead of this replica (it came from a faster one) gets nothing again."""
-        if since == start.seq:
-            if tag is not None and tag != start.tag:
-                yield self._resync_frame(conn, topic, start)
+        if nothing_to_replay(since, start, tag):
+            return
+        if since == start.seq:  # the same seq, another event (tag)
+            yield self._resync_frame(conn, topic, start)
             return
         if since > start.seq:
             read = await self._read(topic, Cursor(since, tag), through=since + 1, check=tag is not None)

@@ -141,8 +141,12 @@ class Feed:
         cursor = self.cursors.join(topic)
         if cursor.sockets == 1:
             cursor.presence = presence
+        ready = cursor.ready
         try:
-            await asyncio.wait_for(asyncio.shield(cursor.ready), wait)
+            if ready.done():  # the topic is watched here already: the common case, at no wait
+                ready.result()
+            else:
+                await asyncio.wait_for(asyncio.shield(ready), wait)
         except BaseException:
             self.cursors.leave(topic, cursor)
             raise

@@ -293,6 +293,8 @@ class FrameProtocol(WSProtocol):
         self._unread = b""
         """The handshake's request, read once by app/edge/upgrade.py but not yet by wsproto."""
         self.keepalive_slot = -1
+        self._corked = b""
+        """Frames written before the handshake's answer, which they follow in its write."""
 
     def upgraded(self, transport: asyncio.Transport, peer: Peer, request: Upgrade) -> None:
         """Begin on a connection whose handshake was read already (app/edge/httpprotocol.py's
@@ -381,7 +383,8 @@ class FrameProtocol(WSProtocol):
                 get_path_with_query_string(self.scope),
             )
         self.handshake_complete = True
-        self.transport.write(self._accepted() + data)
+        self.transport.write(self._accepted() + data + self._corked)
+        self._corked = b""
         self.start_keepalive()
         self._let_go_of_the_handshake()
         return True
@@ -506,10 +509,15 @@ class FrameProtocol(WSProtocol):
 
     def write_frames(self, data: bytes) -> bool:
         """Write whole frames now (queued by the transport if the kernel cannot take them yet);
-        False once the socket is closing."""
+        False once the socket is closing. Before the handshake is answered they wait for the
+        answer, and go in its write (`accept_with`): a new socket's first frames in one system
+        call rather than one each."""
         transport = self.transport
         if self.close_sent or transport.is_closing():
             return False
+        if not self.handshake_complete:
+            self._corked += data
+            return True
         transport.write(data)
         return True
 

@@ -316,18 +316,28 @@ class FakeConnection(FakeSocket):
     def __init__(self) -> None:
         super().__init__()
         self.handshake_complete = False
+        self.corked = b""
         self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.inbox.put_nowait({"type": "websocket.connect"})
         self.sent: list[dict[str, Any]] = []
         self.reading = asyncio.Event()
         self.reading.set()
 
+    def write_frames(self, data: bytes) -> bool:
+        """As the real one: before the handshake's answer, frames wait to go in its write."""
+        if self.closed_with is None and not self.handshake_complete:
+            self.corked += data
+            return True
+        return super().write_frames(data)
+
     def accept_with(self, data: bytes) -> bool:
-        """Complete the handshake and write the first frames; False when the client is gone."""
+        """Complete the handshake and write the first frames (and those written before), in one
+        write; False when the client is gone."""
         if self.handshake_complete or self.closed_with is not None:
             return False
         self.handshake_complete = True
-        self.writes.append(data)
+        self.writes.append(data + self.corked)
+        self.corked = b""
         return True
 
     def close_now(self, code: int, reason: str) -> None:
@@ -477,6 +487,8 @@ class FakeTransport:
 
     def __init__(self) -> None:
         self.written = b""
+        self.writes: list[bytes] = []
+        """Each write's bytes (a system call each on a real transport)."""
         self.stuck = 0
         self.closing = False
         self.aborted = False
@@ -484,6 +496,7 @@ class FakeTransport:
 
     def write(self, data: bytes) -> None:
         self.written += data
+        self.writes.append(data)
 
     def get_write_buffer_size(self) -> int:
         return self.stuck

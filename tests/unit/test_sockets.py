@@ -27,7 +27,7 @@ from app.auth.hs256 import issue_token
 from app.handlers import sockets
 from app.handlers.sockets import PATH, TrackSockets
 from app.live import close_codes
-from app.live.connection import WRITE_MOST, Connection
+from app.live.connection import EPHEMERAL, WRITE_MOST, Connection
 from app.live.frames import Frames
 from app.live.notices import Opened, topic_name, user_name
 from app.live.topics import prefix, track_topic
@@ -276,6 +276,31 @@ async def test_a_replay_goes_at_the_clients_pace_then_live(services: FakeService
     )
     notice(services, T, services.log.write(track_topic(T), 1))
     assert client.conn.seqs == [3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("since", [None, "5"], ids=["new", "resuming-with-all"])
+async def test_with_nothing_to_replay_the_answer_and_the_first_frames_go_in_one_write(
+    services: FakeServices, monkeypatch: pytest.MonkeyPatch, since: str | None
+) -> None:
+    """A reconnect storm's sockets mostly have every event already: each one's `connected` and
+    its first presence go in the handshake's one write (a system call per socket less), in
+    order. A socket with a replay gets it after `connected`, then its held frames."""
+    services.log.write(track_topic(T), 5)
+
+    def greet(conn: Connection, topic: str) -> None:
+        conn.offer(topic, Frames(EPHEMERAL, b'{"type": "presence", "listening": 1}', prefix(topic)))
+
+    monkeypatch.setattr(services.presence, "join", greet)
+    client = await connect(services, since=since)
+    await client.connected()
+    assert len(client.conn.writes) == 1
+    assert client.types() == ["connected", "presence"]
+
+    replaying = await connect(services, since="3")
+    await replaying.connected()
+    await until(lambda: len(replaying.messages) == 4, "the replay, then the presence")
+    assert replaying.types() == ["connected", "comment_liked", "comment_liked", "presence"]
+    assert len(replaying.conn.writes) == 3
 
 
 async def test_a_replay_left_unread_closes_the_socket_with_1013(

@@ -121,6 +121,23 @@ async def test_a_client_that_reads_nothing_is_cut_however_the_close_began(
         done.set()
 
 
+async def test_frames_written_before_the_answer_go_after_it_in_its_write() -> None:
+    """A new socket's first frames (its presence, held since it joined) are written before the
+    handshake is answered: they wait, and go in the answer's one write, after its own frames."""
+    done = asyncio.Event()
+    protocol, transport, _ = await _connected(done)
+    assert protocol.write_frames(b"\x81\x01p")
+    assert protocol.write_frames(b"\x81\x01q")
+    assert transport.writes == []  # nothing before the 101
+    assert protocol.accept_with(b"\x81\x01c")
+    assert len(transport.writes) == 1
+    assert transport.written.startswith(b"HTTP/1.1 101 ")
+    assert transport.written.endswith(b"\r\n\r\n\x81\x01c\x81\x01p\x81\x01q")
+    assert protocol.write_frames(b"\x81\x01r")  # after the answer: as they come
+    assert transport.writes[1:] == [b"\x81\x01r"]
+    done.set()
+
+
 async def test_pings_from_a_client_that_reads_nothing_are_not_answered() -> None:
     done = asyncio.Event()
     protocol, transport, _ = await _connected(done)
