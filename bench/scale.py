@@ -45,6 +45,9 @@ from bench.lib.writers import Writer, Written
 
 PER_TRACK = 100
 """Sockets per track: "a comment on a track of 100 of them"."""
+ADDRESSES = 8
+"""Loopback source addresses per client process: a few thousand sockets each to one replica
+keeps the kernel's search for a free port at connect() short (bench/swarm.py's `bound`)."""
 
 
 @dataclass
@@ -68,7 +71,7 @@ PLANS = {
 
 
 class Swarms(LoadProcesses):
-    """The swarm client processes (bench/swarm.py), each on its own loopback source address."""
+    """The swarm client processes (bench/swarm.py), each on loopback source addresses of its own."""
 
     def __init__(self, configs: list[dict[str, Any]], workdir: Path) -> None:
         super().__init__("bench.swarm", configs, workdir)
@@ -122,11 +125,16 @@ def write(world: World, tracks: list[str], rate: float, seconds: float) -> Writt
 
 
 def swarm_configs(run: Run, tracks: list[str]) -> list[dict[str, Any]]:
-    """Sockets `PER_TRACK` per track; socket i of a track lives on replica i mod replicas; the
-    sockets are dealt to the swarms so that each swarm has an equal share of every replica's, each
-    swarm with its own source address. A killed replica's sockets are then reopened by every
-    swarm, as a storm's clients are many: when swarm n held replica n's sockets alone, that one
-    process was the storm's limit (a core of its own, about 1,000 reopens a second in all)."""
+    """Sockets `PER_TRACK` per track; socket i of a track lives on replica i mod replicas; each
+    swarm has its own source addresses.
+
+    The sockets of replica 0, the one a storm kills, are dealt over every swarm: a storm's clients
+    are many, and when one process reopened all 16,500 of them it was the storm's limit (a core of
+    its own, about 1,000 reopens a second in all). Every other replica's sockets are held by one
+    swarm, as the client processes of one machine would (the storm's sockets then join them): on
+    one machine a frame or a ping that wakes a sleeping client process costs the replica that
+    writes it (loopback), and with every replica's sockets dealt over every swarm the replicas'
+    idle CPU was a tenth higher and a comment's p99 at 99,000 sockets twice as high (docs/performance.md)."""
     plan = run.plan
     servers = [f"ws://127.0.0.1:{s.port}" for s in run.servers]
     tokens = [run.world.tokens[u] for u in run.world.users]
@@ -134,13 +142,14 @@ def swarm_configs(run: Run, tracks: list[str]) -> list[dict[str, Any]]:
     for i in range(plan.sockets):
         track = tracks[i // PER_TRACK]
         home = i % plan.replicas
-        per_swarm[(i // plan.replicas) % plan.clients].append([track, home])
+        swarm = (i // plan.replicas) % plan.clients if home == 0 else i % plan.clients
+        per_swarm[swarm].append([track, home])
     return [
         {
             "servers": servers,
             "tokens": tokens,
             "sockets": sockets,
-            "local_addr": f"127.0.0.{10 + n}",
+            "local_addrs": [f"127.0.{10 + n}.{k}" for k in range(1, 1 + ADDRESSES)],
             "concurrency": 200,
         }
         for n, sockets in enumerate(per_swarm)

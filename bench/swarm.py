@@ -21,6 +21,7 @@ Talks over stdin/stdout with bench/scale.py:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import re
@@ -46,7 +47,9 @@ class Swarm:
     def __init__(self, config: dict[str, Any]) -> None:
         self.servers: list[str] = config["servers"]
         """Each replica's `ws://host:port`."""
-        self.local_addr: str | None = config.get("local_addr")
+        self.local_addrs: list[str] = config.get("local_addrs", [])
+        """Its loopback source addresses, taken in turn (none: the kernel's choice)."""
+        self._next_addr = itertools.cycle(self.local_addrs)
         self.tokens: list[str] = config["tokens"]
         self.sem = asyncio.Semaphore(int(config.get("concurrency", 200)))
         self.frames = 0
@@ -80,7 +83,7 @@ class Swarm:
             async with self.sem:
                 try:
                     kwargs: dict[str, Any] = {}
-                    if self.local_addr:
+                    if self.local_addrs:
                         kwargs["socket_factory"] = self.bound
                     # Before the connect: `connected` comes in the handshake's own TCP write.
                     connected = sock.waiter()
@@ -104,16 +107,17 @@ class Swarm:
         return False
 
     def bound(self, _url: Any) -> socket.socket:
-        """A socket on this swarm's source address, its port left to the connect.
+        """A socket on the next of this swarm's source addresses, its port left to the connect.
 
         Bound with a port of 0, the kernel picks the port at `bind()`, searching the address's
         ports in use for one free for any destination: with 16,000 sockets on the address that
         search was a third of a storm's client CPU. IP_BIND_ADDRESS_NO_PORT defers the choice to
-        `connect()`, which needs only the 4-tuple to be unique."""
+        `connect()`, which needs only the 4-tuple to be unique; its search is then over the ports
+        the address already uses towards that one replica, which several addresses keep short."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
-            sock.bind((self.local_addr, 0))
+            sock.bind((next(self._next_addr), 0))
             sock.setblocking(False)
         except BaseException:
             sock.close()
