@@ -3,7 +3,8 @@ a socket subscribed to it on any replica, and the `presence` frames that tell th
 
 Each replica knows its own subscriptions at once (`join` and `leave`, which the feed calls as
 subscriptions to such topics begin and end). What the others have it learns from PostgreSQL, in
-two unlogged tables (sql/schema.sql), on a tick of a quarter second:
+two unlogged tables (sql/schema.sql), on a tick of a quarter second (of a second once nothing has
+changed for two: `Timing.quiet_tick`):
 
 - write: one row per topic of this replica's, the distinct users it has there and its anonymous
   sockets, only for the topics whose set changed since the last tick, all in one statement. A
@@ -69,6 +70,12 @@ class Timing:
     tick: float = 0.25
     """Between two rounds of write and read. A change reaches the other replicas' memory within
     two ticks; with the one-second limit on frames that stays within the 2 s the issue allows."""
+    quiet_tick: float = 1.0
+    """Between two rounds once nothing has changed for `quiet_after` (no socket here came or went,
+    no row read was new): an idle replica's reads were a sixth of its idle CPU at 100 sockets
+    (docs/performance.md). A socket coming or going here ends the wait at once, so another
+    replica's change is read within a second of its write: counts still agree within 1.25 s."""
+    quiet_after: float = 2.0
     send_every: float = 1.0
     """At most one `presence` per topic per this long (the contract's once a second)."""
     fresh_pause: float = 0.05
@@ -77,7 +84,7 @@ class Timing:
     heartbeat: float = 5.0
     dead_after: float = 12.0
     """A replica whose heartbeat is older counts no one: dead within 12 s of its last beat, which
-    is at most 5 s before its death, plus a tick and a frame's second: under the 15 s allowed."""
+    is at most 5 s before its death, plus a quiet tick and a frame's second: under the 15 s allowed."""
     forget_replica: float = 600.0
     """A replica silent this long is deleted, with its rows, by the others' heartbeats."""
     keep_topic: float = 10.0
@@ -150,6 +157,10 @@ class Presence:
         self._since: int | None = None
         """Where the next read starts (None: read every row, as after a failure)."""
         self._wake = asyncio.Event()
+        self._quiet = False
+        """Waiting a quiet tick: a change here must end the wait (`_stir`)."""
+        self._stirred = -math.inf
+        """Loop time of the last round that wrote or read a change."""
         self._claimed = False
         self._failing = False
         self._next_beat = self._last_write = self._last_read = -math.inf
@@ -195,6 +206,7 @@ class Presence:
             place.forget = None
         if place.listeners.arrive(conn.user_id):
             self._dirty.add(topic)
+            self._stir()
         if not place.listeners.loaded:
             return  # the read that loads it sends the count to every socket of the topic
         count = place.listeners.listening
@@ -209,6 +221,7 @@ class Presence:
         place.greeted.pop(conn, None)
         if place.listeners.depart(conn.user_id):
             self._dirty.add(topic)
+            self._stir()
         if place.listeners.empty_here:
             loop = asyncio.get_running_loop()
             place.forget = loop.call_later(self._timing.keep_topic, self._let_go, topic, place)
@@ -286,18 +299,37 @@ class Presence:
             await self._pause()
             await self.tick()
 
+    def _stir(self) -> None:
+        """A row of this replica's must be written: end a quiet tick's wait (only then: in a
+        storm, a wake-up per socket would cost more than the reads it saves)."""
+        if self._quiet:
+            self._quiet = False
+            self._wake.set()
+
     async def _pause(self) -> None:
         """Until the next tick; sooner when a topic got its first socket here (but never sooner
-        than `fresh_pause` after the last read)."""
+        than `fresh_pause` after the last read); later, a quiet tick, when nothing changed for
+        `quiet_after` (a change here ends that wait)."""
         loop = asyncio.get_running_loop()
-        while True:
-            self._wake.clear()
-            gap = self._timing.fresh_pause if self._fresh else self._timing.tick
-            wait = gap - (loop.time() - self._last_read)
-            if wait <= 0:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+        timing = self._timing
+        try:
+            while True:
+                self._wake.clear()
+                now = loop.time()
+                if self._fresh:
+                    gap = timing.fresh_pause
+                elif self._dirty or now - self._stirred < timing.quiet_after:
+                    gap = timing.tick
+                else:
+                    gap = timing.quiet_tick
+                wait = gap - (now - self._last_read)
+                if wait <= 0:
+                    return
+                self._quiet = gap > timing.tick
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+        finally:
+            self._quiet = False
 
     async def tick(self) -> None:
         """One round: the heartbeat and the write when they are due, then the read. A failure is
@@ -310,8 +342,10 @@ class Presence:
                 self._next_beat = now + self._timing.heartbeat
             if now - self._last_write >= self._timing.tick:
                 self._last_write = now
-                await self._write()
-            await self._read()
+                if await self._write():
+                    self._stirred = now
+            if await self._read():
+                self._stirred = now
         except Exception as exc:
             if not self._failing:
                 log.warning("the database failed (%s): counts may lag until it answers", one_line(exc))
@@ -354,9 +388,10 @@ class Presence:
         self._empty_rows.clear()
         self._dirty.update(t for t, place in self._topics.items() if not place.listeners.empty_here)
 
-    async def _write(self) -> None:
+    async def _write(self) -> bool:
+        """Write the rows that changed; whether there were any."""
         if not self._claimed:
-            return
+            return False
         loop = asyncio.get_running_loop()
         dirty, self._dirty = self._dirty, set()
         rows = []
@@ -367,7 +402,7 @@ class Presence:
         old = loop.time() - self._timing.keep_empty_row
         drop = [t for t, at in self._empty_rows.items() if at <= old and t not in dirty]
         if not rows and not drop:
-            return
+            return False
         try:
             held = await self._table.write(self.replica, self._instance, rows, drop)
         except BaseException:
@@ -380,7 +415,7 @@ class Presence:
             # under an id of this process's own) without waiting for its turn.
             self._dirty |= dirty
             await self._beat()
-            return
+            return True
         now = loop.time()
         for topic in drop:
             del self._empty_rows[topic]
@@ -389,8 +424,11 @@ class Presence:
                 self._empty_rows.pop(row.topic, None)
             else:
                 self._empty_rows[row.topic] = now
+        return True
 
-    async def _read(self) -> None:
+    async def _read(self) -> bool:
+        """Read what the other replicas changed; whether a row was read (a change, or one read
+        again: a read's horizon is the oldest transaction then running)."""
         fresh = set(self._fresh)
         since = self._since
         snapshot = await self._table.read(since or 0, [] if since is None else sorted(fresh))
@@ -399,13 +437,15 @@ class Presence:
             # Transaction ids went back: a restored or failed-over database. Read it all again.
             log.warning("the database's transaction ids went back: reading every row again")
             self._since = None
-            return
+            return True
         complete = set(self._topics) if since is None else fresh
-        for topic in self._roster.take(snapshot, complete):
+        touched = self._roster.take(snapshot, complete)
+        for topic in touched:
             if (place := self._topics.get(topic)) is not None:
                 self._changed(topic, place)
         self._fresh -= complete
         self._since = snapshot.horizon
+        return bool(touched or any(row.replica != self.replica for row in snapshot.rows))
 
 
 def _frames(topic: str, listening: int) -> Frames:

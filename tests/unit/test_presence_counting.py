@@ -6,7 +6,9 @@ so that a replica's death, a restart, a lost heartbeat row or a failing database
 
 from __future__ import annotations
 
+import itertools
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +37,8 @@ class Table:
     rows: dict[tuple[str, str], tuple[list[int], int, int]] = field(default_factory=dict)
     """(replica, track) -> (users, anonymous, changed)"""
     statements: list[str] = field(default_factory=list)
+    at: list[float] = field(default_factory=list)
+    """When each statement ran (time.monotonic())."""
     fail: bool = False
 
     async def claim(self, replica: str, instance: str) -> None:
@@ -111,6 +115,11 @@ class Table:
         if self.fail:
             raise OSError("the database is down")
         self.statements.append(statement)
+        self.at.append(time.monotonic())
+
+    def times(self, statement: str) -> list[float]:
+        """When each `statement` ran."""
+        return [at for name, at in zip(self.statements, self.at, strict=True) if name == statement]
 
 
 class Replica:
@@ -359,6 +368,54 @@ async def test_shutdown_deletes_this_replicas_rows() -> None:
         me.join(ALICE)
         await async_wait_until(lambda: ("me", T) in table.rows, 2, "the row to be written")
     assert "me" not in table.replicas and ("me", T) not in table.rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Pace
+# ---------------------------------------------------------------------------------------------
+
+QUIET = Timing(tick=0.01, quiet_tick=0.5, quiet_after=0.1, heartbeat=3600.0)
+"""A round every 10 ms while things change; every 0.5 s once nothing has for 0.1 s."""
+
+
+async def test_a_replica_where_nothing_changes_reads_at_the_quiet_pace() -> None:
+    """An idle replica's reads were a sixth of its idle CPU at four a second: once nothing has
+    changed for `quiet_after`, a round comes every `quiet_tick`."""
+    table = Table()
+    me = Replica(table, timing=QUIET)
+    async with me.presence.running():
+        me.join(ALICE)
+        await async_wait_until(lambda: ("me", T) in table.rows, 2, "the row written")
+        await async_wait_until(lambda: me.presence._quiet, 5, "the quiet pace")
+        quiet = len(table.times("read"))
+        await async_wait_until(lambda: len(table.times("read")) >= quiet + 3, 5, "quiet reads")
+    reads = table.times("read")
+    gaps = [b - a for a, b in itertools.pairwise(reads)]
+    assert min(gaps[:3]) < 0.1  # changing: the tick's pace
+    assert all(gap >= 0.45 for gap in gaps[-3:]), gaps[-3:]  # then quiet
+
+
+async def test_a_socket_here_ends_a_quiet_wait_and_a_change_read_keeps_the_pace_up() -> None:
+    """A socket coming or going here is written at once, not a quiet tick later; a row another
+    replica changed is read within a quiet tick, and the rounds go at the tick's pace again."""
+    table = Table()
+    me = Replica(table, timing=QUIET)
+    async with me.presence.running():
+        me.join(ALICE)
+        await async_wait_until(lambda: me.presence._quiet, 5, "the quiet pace")
+        joined = time.monotonic()
+        me.join(BOB)
+        await async_wait_until(lambda: table.rows[("me", T)][0] == [ALICE, BOB], 2, "bob's row")
+        assert table.times("write")[-1] - joined < 0.25  # not a quiet tick (0.5 s) later
+        await async_wait_until(lambda: me.presence._quiet, 5, "quiet again")
+        written = time.monotonic()
+        table.other("r2", T, [DAVE])
+        await async_wait_until(lambda: me.count() == 3, 2, "dave, from the other replica")
+        seen = len(table.times("read"))
+        assert table.times("read")[-1] - written < 0.6  # within a quiet tick
+        await async_wait_until(lambda: len(table.times("read")) >= seen + 3, 2, "more reads")
+    reads = table.times("read")[seen - 1 : seen + 2]
+    assert all(b - a < 0.1 for a, b in itertools.pairwise(reads)), reads  # the tick's pace
 
 
 # ---------------------------------------------------------------------------------------------
