@@ -114,8 +114,12 @@ async def handshake(receive: Any, send: Any, scope: Any) -> FrameProtocol | None
 
 async def close(send: Any, conn: FrameProtocol, code: int, reason: str) -> None:
     """Close with a reason the browser can read: after the handshake (a refused handshake's
-    status is hidden from scripts)."""
+    status is hidden from scripts). A socket refused after it was registered may have frames of
+    its user's waiting for the answer (a mention heard while it joined its track): they are
+    dropped, so that only the close follows the answer (docs/protocol.md; a mention is a live
+    hint, GET /api/notifications has it)."""
     if not conn.handshake_complete:
+        conn.drop_unanswered()
         await send({"type": "websocket.accept"})
     conn.close_now(code, reason)
 

@@ -521,6 +521,11 @@ class FrameProtocol(WSProtocol):
         transport.write(data)
         return True
 
+    def drop_unanswered(self) -> None:
+        """Drop the frames waiting for the handshake's answer: a refused socket is sent nothing
+        but its close (app/handlers/sockets.py's `close`)."""
+        self._corked = b""
+
     def buffered(self) -> int:
         """Bytes written but not yet taken by the kernel."""
         return self.transport.get_write_buffer_size()

@@ -340,6 +340,9 @@ class FakeConnection(FakeSocket):
         self.corked = b""
         return True
 
+    def drop_unanswered(self) -> None:
+        self.corked = b""
+
     def close_now(self, code: int, reason: str) -> None:
         """As the real one: only after the handshake; the handler's receive() then ends."""
         if not self.handshake_complete or self.closed_with is not None:
@@ -355,8 +358,12 @@ class FakeConnection(FakeSocket):
 
     async def send(self, message: dict[str, Any]) -> None:
         self.sent.append(message)
-        if message["type"] == "websocket.accept":
+        if message["type"] == "websocket.accept" and not self.handshake_complete:
+            # As the real one (FrameProtocol.send): the answer, with the frames that waited for it.
             self.handshake_complete = True
+            if self.corked:
+                self.writes.append(self.corked)
+                self.corked = b""
 
     def client_sends(self, text: str) -> None:
         self.inbox.put_nowait({"type": "websocket.receive", "text": text})

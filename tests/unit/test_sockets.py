@@ -28,12 +28,12 @@ from app.handlers import sockets
 from app.handlers.sockets import PATH, TrackSockets
 from app.live import close_codes
 from app.live.connection import EPHEMERAL, WRITE_MOST, Connection
-from app.live.frames import Frames
+from app.live.frames import Frames, message_frame
 from app.live.notices import Opened, topic_name, user_name
 from app.live.topics import prefix, track_topic
 from app.live.wsprotocol import EXTENSION
 from app.ops.prometheus import Metrics
-from app.wire import Revoke, TopicBatch
+from app.wire import Mention, Revoke, TopicBatch
 from tests.support.fakes import FakeConnection, FakeServices, FakeSocket
 from tests.support.metrics import parse_metrics
 from tests.support.waiting import async_wait_until
@@ -220,6 +220,33 @@ async def test_a_token_that_expires_while_the_socket_joins_its_track_is_refused_
     assert await alice.ended() == (close_codes.TOKEN_EXPIRED, close_codes.EXPIRED)
     assert alice.messages == []  # no `connected`, nothing of the track
     assert await elsewhere.ended() == (close_codes.TOKEN_EXPIRED, close_codes.EXPIRED)
+
+
+@pytest.mark.parametrize("refusal", ["revoked", "expired"])
+async def test_a_socket_refused_after_it_joined_gets_nothing_but_its_close(
+    services: FakeServices, refusal: str
+) -> None:
+    """The socket is its user's from the moment it is registered: their mention, heard while it
+    waits for its track, waits for the handshake's answer. A refusal then is the answer: only the
+    close follows it (docs/protocol.md: `connected` is the first message; a refusal is closed
+    before anything is sent). A mention is a live hint: GET /api/notifications has it."""
+    elsewhere = await connect(services, track=U, user=ALICE)  # her own channel is listened on
+    await elsewhere.connected()
+    services.channels.hold = asyncio.Event()
+    alice = await connect(services, user=ALICE)
+    await until(lambda: services.channels.held == 1, "alice's join to wait on the listener")
+    services.hub.send_user(ALICE, message_frame(Mention(track_id=U, from_user="bob")))
+    await until(lambda: "mention" in elsewhere.types(), "the mention on her other socket")
+    if refusal == "revoked":
+        services.access.hidden.add((track_topic(T), ALICE))
+        services.feed.on_notice(Opened(Revoke(topic=track_topic(T), at=time.time())))
+        closed = (close_codes.POLICY, close_codes.TRACK_NOT_FOUND)
+    else:
+        services.hub.close_expired(time.time() + 3_600)
+        closed = (close_codes.TOKEN_EXPIRED, close_codes.EXPIRED)
+    services.channels.hold.set()
+    assert await alice.ended() == closed
+    assert alice.messages == []
 
 
 async def test_without_a_revocation_the_admission_asks_once(services: FakeServices) -> None:

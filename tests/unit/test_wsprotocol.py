@@ -20,6 +20,7 @@ from wsproto import ConnectionState, ConnectionType, WSConnection, events
 from wsproto.handshake import H11Handshake
 
 from app.edge import upgrade
+from app.handlers import sockets
 from app.live.wsprotocol import _DONE, EXTENSION, FrameProtocol, _Flag, _Inbox
 from tests.support.fakes import HANDSHAKE, FakeTransport
 from tests.support.waiting import async_wait_until
@@ -135,6 +136,19 @@ async def test_frames_written_before_the_answer_go_after_it_in_its_write() -> No
     assert transport.written.endswith(b"\r\n\r\n\x81\x01c\x81\x01p\x81\x01q")
     assert protocol.write_frames(b"\x81\x01r")  # after the answer: as they come
     assert transport.writes[1:] == [b"\x81\x01r"]
+    done.set()
+
+
+async def test_a_refusal_drops_the_frames_written_before_the_answer() -> None:
+    """A socket refused after it was registered (its user's mention came while it joined) gets
+    the answer and its close, nothing between (app/handlers/sockets.py's `close`)."""
+    done = asyncio.Event()
+    protocol, transport, _ = await _connected(done)
+    assert protocol.write_frames(b"\x81\x01m")
+    await sockets.close(protocol.send, protocol, 1008, "track not found")
+    answer, _, after = transport.written.partition(b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 101 ")
+    assert after == b"\x88\x11\x03\xf0track not found"  # the close frame alone
     done.set()
 
 
