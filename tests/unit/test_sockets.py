@@ -222,6 +222,22 @@ async def test_a_token_that_expires_while_the_socket_joins_its_track_is_refused_
     assert await elsewhere.ended() == (close_codes.TOKEN_EXPIRED, close_codes.EXPIRED)
 
 
+async def test_a_mention_heard_while_the_socket_joins_comes_after_connected(
+    services: FakeServices,
+) -> None:
+    """Frames of the user's that come before the handshake is answered wait for it: written
+    raw, they would come before the 101 and break the handshake."""
+    elsewhere = await connect(services, track=U, user=ALICE)  # her own channel is listened on
+    await elsewhere.connected()
+    services.channels.hold = asyncio.Event()
+    alice = await connect(services, user=ALICE)
+    await until(lambda: services.channels.held == 1, "alice's join to wait on the listener")
+    services.hub.send_user(ALICE, message_frame(Mention(track_id=U, from_user="bob")))
+    services.channels.hold.set()
+    await alice.connected()
+    assert alice.types()[:2] == ["connected", "mention"]
+
+
 @pytest.mark.parametrize("refusal", ["revoked", "expired"])
 async def test_a_socket_refused_after_it_joined_gets_nothing_but_its_close(
     services: FakeServices, refusal: str
