@@ -404,13 +404,18 @@ async def test_a_socket_here_ends_a_quiet_wait_and_a_change_read_keeps_the_pace_
         me.join(ALICE)
         await async_wait_until(lambda: me.presence._quiet, 5, "the quiet pace")
         joined = time.monotonic()
-        me.join(BOB)
+        bob = me.join(BOB)
         await async_wait_until(lambda: table.rows[("me", T)][0] == [ALICE, BOB], 2, "bob's row")
         assert table.times("write")[-1] - joined < 0.25  # not a quiet tick (0.5 s) later
         await async_wait_until(lambda: me.presence._quiet, 5, "quiet again")
+        left = time.monotonic()
+        me.leave(bob)
+        await async_wait_until(lambda: table.rows[("me", T)][0] == [ALICE], 2, "bob gone from the row")
+        assert table.times("write")[-1] - left < 0.25  # a socket going: likewise
+        await async_wait_until(lambda: me.presence._quiet, 5, "quiet again")
         written = time.monotonic()
         table.other("r2", T, [DAVE])
-        await async_wait_until(lambda: me.count() == 3, 2, "dave, from the other replica")
+        await async_wait_until(lambda: me.count() == 2, 2, "dave, from the other replica")
         seen = len(table.times("read"))
         assert table.times("read")[-1] - written < 0.6  # within a quiet tick
         await async_wait_until(lambda: len(table.times("read")) >= seen + 3, 2, "more reads")
