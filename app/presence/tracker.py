@@ -83,8 +83,8 @@ class Timing:
     after the last one (sockets arriving on many new topics share a read)."""
     heartbeat: float = 5.0
     dead_after: float = 12.0
-    """A replica whose heartbeat is older counts no one: dead within 12 s of its last beat, which
-    is at most 5 s before its death, plus a quiet tick and a frame's second: under the 15 s allowed."""
+    """A replica whose heartbeat is older counts no one: dead within 12 s of its last beat, plus a
+    quiet tick and a frame's second: under the 15 s allowed."""
     forget_replica: float = 600.0
     """A replica silent this long is deleted, with its rows, by the others' heartbeats."""
     keep_topic: float = 10.0
