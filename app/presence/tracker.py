@@ -76,6 +76,8 @@ class Timing:
     (docs/performance.md). A socket coming or going here ends the wait at once, so another
     replica's change is read within a second of its write: counts still agree within 1.25 s."""
     quiet_after: float = 2.0
+    """Seconds without a change (a row written here, another replica's row read) before the
+    rounds slow to `quiet_tick`."""
     send_every: float = 1.0
     """At most one `presence` per topic per this long (the contract's once a second)."""
     fresh_pause: float = 0.05
