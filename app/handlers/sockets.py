@@ -159,14 +159,13 @@ async def _serve(
                     track_id=track_id, message="Connected to comment updates", seq=start.seq, tag=start.tag
                 )
             )
-            if nothing_to_replay(since, start, tag):
+            live_at_once = nothing_to_replay(since, start, tag)
+            if live_at_once:
                 # Its first frames (presence) wait for the handshake's answer and go in its write.
                 socket.go_live(topic)
-                if not conn.accept_with(hello):
-                    return  # the client left while it waited
-            else:
-                if not conn.accept_with(hello):
-                    return
+            if not conn.accept_with(hello):
+                return  # the client left while it waited
+            if not live_at_once:
                 assert since is not None
                 async for frames in services.feed.replay(socket, topic, since, start, tag):
                     if not socket.write_now(frames):

@@ -222,17 +222,24 @@ async def test_a_token_that_expires_while_the_socket_joins_its_track_is_refused_
     assert await elsewhere.ended() == (close_codes.TOKEN_EXPIRED, close_codes.EXPIRED)
 
 
-async def test_a_mention_heard_while_the_socket_joins_comes_after_connected(
-    services: FakeServices,
-) -> None:
-    """Frames of the user's that come before the handshake is answered wait for it: written
-    raw, they would come before the 101 and break the handshake."""
+async def mentioned_while_joining(services: FakeServices) -> tuple[Client, Client]:
+    """Alice on another track, then a socket of hers waiting to join T (the listener held) when
+    a mention for her is heard: (the other socket, the joining one)."""
     elsewhere = await connect(services, track=U, user=ALICE)  # her own channel is listened on
     await elsewhere.connected()
     services.channels.hold = asyncio.Event()
     alice = await connect(services, user=ALICE)
     await until(lambda: services.channels.held == 1, "alice's join to wait on the listener")
     services.hub.send_user(ALICE, message_frame(Mention(track_id=U, from_user="bob")))
+    return elsewhere, alice
+
+
+async def test_a_mention_heard_while_the_socket_joins_comes_after_connected(
+    services: FakeServices,
+) -> None:
+    """Frames of the user's that come before the handshake is answered wait for it: written
+    raw, they would come before the 101 and break the handshake."""
+    _, alice = await mentioned_while_joining(services)
     services.channels.hold.set()
     await alice.connected()
     assert alice.types()[:2] == ["connected", "mention"]
@@ -246,12 +253,7 @@ async def test_a_socket_refused_after_it_joined_gets_nothing_but_its_close(
     waits for its track, waits for the handshake's answer. A refusal then is the answer: only the
     close follows it (docs/protocol.md: `connected` is the first message; a refusal is closed
     before anything is sent). A mention is a live hint: GET /api/notifications has it."""
-    elsewhere = await connect(services, track=U, user=ALICE)  # her own channel is listened on
-    await elsewhere.connected()
-    services.channels.hold = asyncio.Event()
-    alice = await connect(services, user=ALICE)
-    await until(lambda: services.channels.held == 1, "alice's join to wait on the listener")
-    services.hub.send_user(ALICE, message_frame(Mention(track_id=U, from_user="bob")))
+    elsewhere, alice = await mentioned_while_joining(services)
     await until(lambda: "mention" in elsewhere.types(), "the mention on her other socket")
     if refusal == "revoked":
         services.access.hidden.add((track_topic(T), ALICE))
