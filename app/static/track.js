@@ -197,6 +197,8 @@ export class TrackPage {
   /** Load the comments and metrics anew; socket events meanwhile wait and are applied after. */
   async reload() {
     this.buffer = this.buffer || [];
+    const list = byId("comments");
+    list.setAttribute("aria-busy", "true"); // until it shows the server's list (tests wait on it too)
     try {
       const [comments, metrics] = await Promise.all([
         allComments(this.track.id),
@@ -211,6 +213,7 @@ export class TrackPage {
       const waiting = this.buffer;
       this.buffer = null;
       waiting.forEach((m) => this.handle(m));
+      list.setAttribute("aria-busy", "false");
     }
   }
 

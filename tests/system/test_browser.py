@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from playwright.async_api import Browser, Dialog, Locator, Page, expect
+from playwright.async_api import Browser, Dialog, Locator, Page, Route, expect
 
 from app.auth.hs256 import issue_token
 from app.dev.demo import DemoSummary
@@ -84,6 +84,7 @@ async def alice(browser: Browser, servers: list[Replica]) -> Visitor:
     async with page.expect_navigation(timeout=WAIT_MS):
         await page.locator(".card-link", has_text="Sunrise").click()
     await expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+    await _loaded(visitor)
     return visitor
 
 
@@ -97,7 +98,17 @@ async def bob(browser: Browser, servers: list[Replica], demo: DemoSummary) -> Vi
     await visitor.page.goto(f"/tracks/{TRACK}#token={answer.json()['token']}")
     # Live before any test acts: a socket that never got `connected` has no seq to resume from.
     await expect(visitor.page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+    await _loaded(visitor)
     return visitor
+
+
+async def _loaded(visitor: Visitor) -> None:
+    """Wait until the page shows the server's list and counts.
+
+    `live` comes first: the page loads the list after its socket's `connected`, so that nothing
+    between the two is missed. A count read in between is the page's placeholder, 0.
+    """
+    await expect(visitor.page.locator("#comments")).to_have_attribute("aria-busy", "false", timeout=WAIT_MS)
 
 
 async def _post(visitor: Visitor, text: str, at: str | None = None) -> None:
@@ -141,7 +152,8 @@ async def test_both_pages_are_live_on_the_track(alice: Visitor, bob: Visitor) ->
 
 
 async def _count(visitor: Visitor) -> int:
-    """How many comments the page says the track has."""
+    """How many comments the page says the track has, once it has loaded them."""
+    await _loaded(visitor)
     return int((await visitor.page.locator("#comments-count").inner_text()).strip())
 
 
@@ -353,6 +365,30 @@ async def test_a_bad_token_is_dropped_for_reading(browser: Browser, servers: lis
     await stranger.shot("10-read-only")
     assert stranger.errors == []
     await stranger.page.context.close()
+
+
+async def test_the_list_says_it_is_loading_until_the_servers_answer(
+    browser: Browser, servers: list[Replica], demo: DemoSummary
+) -> None:
+    """The page goes live before it loads the list (so it misses nothing in between); until the
+    load answers, `#comments` is `aria-busy` and its counts are placeholders, not the track's."""
+    reader = await _visitor(browser, "reader", servers[0])
+    held: asyncio.Future[Route] = asyncio.get_running_loop().create_future()
+
+    def hold(route: Route) -> None:
+        held.set_result(route)
+
+    await reader.page.route(f"**/api/tracks/{TRACK}/comments?*", hold)
+    await reader.page.goto(f"/tracks/{TRACK}#token={issue_token(SECRET, demo.users['dave'], 600)}")
+    route = await asyncio.wait_for(held, WAIT_MS / 1000)
+    await expect(reader.page.locator("#conn")).to_have_attribute("data-state", "live")
+    await expect(reader.page.locator("#comments")).to_have_attribute("aria-busy", "true")
+    await route.continue_()
+    await expect(reader.page.locator("#comments")).to_have_attribute("aria-busy", "false", timeout=WAIT_MS)
+    await expect(reader.comment("That opening arpeggio is the sun coming up.")).to_be_visible()
+    assert await _count(reader) > 0
+    assert reader.errors == []
+    await reader.page.context.close()
 
 
 async def test_a_refused_socket_shows_the_reason(
