@@ -108,10 +108,12 @@ _READ = """
       FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) AS h
       LEFT JOIN (tracktalk.replicas r
                  LEFT JOIN tracktalk.presence p
-                        ON p.replica = r.id
+                        ON p.replica = r.id AND r.id <> %(exclude)s
                        AND (p.changed >= %(since)s::xid8 OR p.topic = ANY(%(fresh)s::text[])))
              ON true
 """
+"""`exclude` is the reader: its own rows would only come back to be skipped (its sockets are the
+truth), and while its sockets come and go it rewrites them up to four times a second."""
 
 _RELEASE = """
     WITH mine AS (
@@ -177,11 +179,11 @@ class PresenceTable:
             row = await cur.fetchone()
         return bool(row and row[0])
 
-    async def read(self, since: int, fresh: list[str]) -> Snapshot:
-        """Every replica's heartbeat, the rows changed since `since` (a horizon; 0: all rows)
-        and all rows of the topics in `fresh`."""
+    async def read(self, since: int, fresh: list[str], exclude: str) -> Snapshot:
+        """Every replica's heartbeat, and of the replicas other than `exclude` the rows changed
+        since `since` (a horizon; 0: all rows) and all rows of the topics in `fresh`."""
         async with self._pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(_READ, {"since": str(since), "fresh": fresh})
+            await cur.execute(_READ, {"since": str(since), "fresh": fresh, "exclude": exclude})
             found = await cur.fetchall()
         peers: dict[str, Peer] = {}
         rows: list[Row] = []

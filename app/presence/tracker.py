@@ -11,9 +11,9 @@ changed for two: `Timing.quiet_tick`):
   user's second tab changes nothing; 200 sockets a second coming and going on one topic is at
   most four writes a second, not 200. A topic this replica left keeps an empty row for a minute
   (so that every reader sees it go), then the row is deleted.
-- read: in one statement, every replica's heartbeat and the rows changed since the last read,
-  by transaction id against the last read's snapshot (a row that committed late is never
-  missed), plus all rows of the topics that just got their first socket here.
+- read: in one statement, every replica's heartbeat and the others' rows changed since the last
+  read, by transaction id against the last read's snapshot (a row that committed late is never
+  missed), plus all their rows of the topics that just got their first socket here.
 - heartbeat, every 5 s: a replica not seen for 12 s counts no one (a SIGKILL, a network cut), and
   is deleted with its rows after 10 minutes. A replica id is stable across restarts
   (TRACKTALK_REPLICA_ID, default host name:port): a restart deletes its old rows and changes its
@@ -111,8 +111,9 @@ class Table(Protocol):
         """Write rows of topics that changed, delete empty rows of `drop`, if this process still
         holds the replica id; False (nothing written) if it does not."""
 
-    async def read(self, since: int, fresh: list[str]) -> Snapshot:
-        """Heartbeats, rows changed since `since` (0: all), all rows of `fresh` topics."""
+    async def read(self, since: int, fresh: list[str], exclude: str) -> Snapshot:
+        """Heartbeats; of the replicas other than `exclude`, the rows changed since `since` (0:
+        all) and all rows of `fresh` topics."""
 
     async def release(self, replica: str, instance: str) -> None:
         """Delete the heartbeat and rows of this process."""
@@ -433,7 +434,7 @@ class Presence:
         again: a read's horizon is the oldest transaction then running)."""
         fresh = set(self._fresh)
         since = self._since
-        snapshot = await self._table.read(since or 0, [] if since is None else sorted(fresh))
+        snapshot = await self._table.read(since or 0, [] if since is None else sorted(fresh), self.replica)
         self.reads += 1
         if since is not None and snapshot.horizon < since:
             # Transaction ids went back: a restored or failed-over database. Read it all again.

@@ -25,6 +25,8 @@ FORGET = 600.0
 """The service's forget time (Timing.forget_replica)."""
 ALIVE = 12.0
 """The service's dead-after time (Timing.dead_after)."""
+OTHER = "reader"
+"""The replica that reads, when the rows read are another's."""
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +96,12 @@ async def test_claim_beat_write_and_read_round_trip(table: PresenceTable, pool: 
     assert await table.beat("r1", "i1", FORGET) is Beat.KEPT
     rows = [Row("r1", "x", [2, 1], 1), Row("r1", "y", [], 3)]
     assert await table.write("r1", "i1", rows, []) is True
-    snapshot = await table.read(0, [])
+    snapshot = await table.read(0, [], OTHER)
     assert set(snapshot.peers) == {"r1"} and snapshot.peers["r1"].instance == "i1"
     assert 0 <= snapshot.peers["r1"].age < 5
     assert found(snapshot) == {("r1", "x"): ([2, 1], 1), ("r1", "y"): ([], 3)}
+    mine = await table.read(0, ["x"], "r1")  # a replica's own rows never come back to it
+    assert found(mine) == {} and set(mine.peers) == {"r1"}
     assert await table.write("r1", "i1", [Row("r1", "x", [7], 0)], []) is True  # replaced whole
     assert await stored(pool) == {("r1", "x"): ([7], 0), ("r1", "y"): ([], 3)}
 
@@ -130,7 +134,7 @@ async def test_a_read_returns_the_rows_changed_since_its_horizon_and_the_fresh_t
 ) -> None:
     await table.claim("r1", "i1")
     await table.write("r1", "i1", [Row("r1", "x", [1], 0), Row("r1", "y", [2], 0)], [])
-    first = await table.read(0, [])
+    first = await table.read(0, [], OTHER)
     assert set(found(first)) == {("r1", "x"), ("r1", "y")}
 
     async def quiet_horizon() -> Snapshot | None:
@@ -138,22 +142,22 @@ async def test_a_read_returns_the_rows_changed_since_its_horizon_and_the_fresh_t
         anywhere in the server, and another test's may be running at the moment of a read: its
         horizon then lets the rows through again (harmless, and the next read is clean)."""
         nonlocal first
-        first = await table.read(0, [])
-        return first if not found(await table.read(first.horizon, [])) else None
+        first = await table.read(0, [], OTHER)
+        return first if not found(await table.read(first.horizon, [], OTHER)) else None
 
     await async_wait_until(quiet_horizon, 10, "a read after which nothing changed")
     await table.write("r1", "i1", [Row("r1", "x", [1, 3], 0)], [])
-    assert found(await table.read(first.horizon, [])) == {("r1", "x"): ([1, 3], 0)}
-    assert set(found(await table.read(first.horizon, ["y"]))) == {("r1", "x"), ("r1", "y")}
+    assert found(await table.read(first.horizon, [], OTHER)) == {("r1", "x"): ([1, 3], 0)}
+    assert set(found(await table.read(first.horizon, ["y"], OTHER))) == {("r1", "x"), ("r1", "y")}
     # A row whose transaction began before a read and commits after it is in the next read.
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as late:
         async with late.transaction():
             await late.execute(
                 "INSERT INTO tracktalk.presence (replica, topic, users) VALUES ('r1', 'late', '{9}')"
             )
-            during = await table.read(first.horizon, [])
+            during = await table.read(first.horizon, [], OTHER)
             assert ("r1", "late") not in found(during)
-        after = await table.read(during.horizon, [])
+        after = await table.read(during.horizon, [], OTHER)
     assert found(after)[("r1", "late")] == ([9], 0)
 
 
@@ -197,7 +201,7 @@ async def test_a_replica_not_seen_for_12_s_is_not_counted(
     assert await count(table, pool, "x", "me") == 3 + 2
     await age(pool, "r3", 13)
     assert await count(table, pool, "x", "me") == 2 + 1  # r3's user 3 and anonymous socket went
-    assert (await table.read(0, [])).peers["r3"].age >= 13  # what the others' rosters go by
+    assert (await table.read(0, [], OTHER)).peers["r3"].age >= 13  # what the others' rosters go by
 
 
 async def test_a_replica_silent_for_the_forget_time_is_deleted_with_its_rows(

@@ -71,12 +71,12 @@ class Table:
                 del self.rows[(replica, track)]
         return True
 
-    async def read(self, since: int, fresh: list[str]) -> Snapshot:
+    async def read(self, since: int, fresh: list[str], exclude: str) -> Snapshot:
         self._run("read")
         rows = [
             Row(replica, track, users, anonymous)
             for (replica, track), (users, anonymous, changed) in self.rows.items()
-            if replica in self.replicas and (changed >= since or track in fresh)
+            if replica in self.replicas and replica != exclude and (changed >= since or track in fresh)
         ]
         peers = {replica: Peer(instance, age) for replica, (instance, age) in self.replicas.items()}
         return Snapshot(peers, rows, self.xid + 1)
