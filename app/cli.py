@@ -16,6 +16,7 @@ import psycopg
 from app.auth.hs256 import DEFAULT_TTL, issue_token
 from app.config import Settings
 from app.data.db import MigrateError, SchemaError, check_schema, migrate
+from app.dev.embedded import EmbeddedError
 from app.env import ConfigError, url_list
 from app.ops.check import QUEUE_ALERT
 
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, SchemaError) as exc:
         print(f"tracktalk: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except MigrateError as exc:
+    except (MigrateError, EmbeddedError) as exc:
         print(f"tracktalk: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     except psycopg.OperationalError as exc:

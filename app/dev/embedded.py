@@ -410,11 +410,23 @@ def _lock(path: Path) -> int:
         os.close(fd)
         raise EmbeddedError(
             f"another tracktalk (PID {holder}) is using the database in {path.parent}; stop it, "
-            "or give this one another folder"
+            f"or give this one another folder{_reach_hint(path.parent / 'port')}"
         ) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def _reach_hint(port_file: Path) -> str:
+    """How a command reaches the database the folder's running server serves (its port file)."""
+    try:
+        port = int(port_file.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return ""
+    return (
+        f"; to use the database it serves, set DATABASE_URL=postgresql://{_ROLE}@127.0.0.1:{port}/{_ROLE} "
+        f"(and for `tracktalk serve`, TRACKTALK_SECRET=$(cat {port_file.parent / 'secret'}))"
+    )
 
 
 # A server left behind by a run that was killed.

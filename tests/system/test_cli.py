@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -76,6 +77,29 @@ def test_serve_without_its_database_says_so_in_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1, made.stderr
     assert lines[0].startswith("tracktalk: the database cannot be reached (DATABASE_URL): "), lines
     assert "Connection refused" in lines[0] and "Traceback" not in made.stderr
+
+
+def test_a_command_on_a_folder_whose_server_runs_says_how_to_reach_it_in_one_line(tmp_path: Path) -> None:
+    """`tracktalk migrate` (or demo, check, a second serve) while `make run` serves printed a
+    traceback; it now says who holds the folder and the DATABASE_URL of the database it serves."""
+    home = tmp_path / ".tracktalk"
+    home.mkdir()
+    (home / "port").write_text("54321\n")
+    with open(home / "lock", "w") as lock:  # as a running `tracktalk serve` holds it
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write("4242\n")
+        lock.flush()
+        for command in (["migrate"], ["demo"], ["check"], ["serve", "--port", "1"]):
+            made = run(*command, cwd=tmp_path)
+            assert made.returncode == 1, (command, made)
+            assert "Traceback" not in made.stderr, made.stderr
+            lines = made.stderr.splitlines()
+            assert len(lines) == 1, made.stderr
+            assert lines[0].startswith(
+                f"tracktalk: another tracktalk (PID 4242) is using the database in {home}"
+            )
+            assert "set DATABASE_URL=postgresql://tracktalk@127.0.0.1:54321/tracktalk" in lines[0], lines[0]
+    assert sorted(p.name for p in home.iterdir()) == ["lock", "port"]  # nothing made, nothing started
 
 
 LOG_LINES = """
