@@ -159,13 +159,21 @@ def _detail(
     return "; ".join(wrong)
 
 
-@get("/metrics", tags=["health"], media_type=CONTENT_TYPE_LATEST)
+_METRICS_MEDIA_TYPE = "; ".join(
+    part for part in CONTENT_TYPE_LATEST.split("; ") if not part.startswith("charset=")
+)
+"""Prometheus' text format without its charset: Litestar adds `; charset=utf-8` to every text type,
+and a Content-Type that names the charset twice is one Prometheus 3 refuses to scrape (Go's
+mime.ParseMediaType: "duplicate parameter name")."""
+
+
+@get("/metrics", tags=["health"], media_type=_METRICS_MEDIA_TYPE)
 async def metrics(request: Request[Any, Any, Any], services: Services) -> Response[bytes]:
     """Prometheus metrics: sockets, deliveries, listener, lag, NOTIFY queue usage (the fullest of
     the queues /readyz watches, from its last reading, at most a second old). With
     TRACKTALK_METRICS_TOKEN set, only for `Authorization: Bearer <that token>` (401 otherwise)."""
     _check_scraper(request.headers.get("authorization"), services.settings.metrics_token)
-    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(services.metrics.registry), media_type=_METRICS_MEDIA_TYPE)
 
 
 def _check_scraper(header: str | None, token: str) -> None:

@@ -146,6 +146,19 @@ async def test_metrics_count_sockets_deliveries_and_lag(replica: Replica, world:
     assert 'python_gc_collections_total{generation="2"}' in values
 
 
+async def test_metrics_answer_a_content_type_that_prometheus_parses(replica: Replica) -> None:
+    """It was `text/plain; version=1.0.0; charset=utf-8; charset=utf-8` (Litestar adds the charset to
+    the one prometheus_client names): Go's mime.ParseMediaType refuses a parameter named twice, and
+    Prometheus 3 then fails the scrape."""
+    answer = await get(f"{replica.http}/metrics")
+    assert answer.status_code == 200
+    media_type, *parameters = (part.strip() for part in answer.headers["content-type"].split(";"))
+    names = [parameter.split("=", 1)[0].lower() for parameter in parameters]
+    assert media_type == "text/plain"
+    assert sorted(names) == ["charset", "version"], answer.headers["content-type"]
+    assert "charset=utf-8" in parameters
+
+
 async def test_a_burst_of_sockets_is_frozen_out_of_the_garbage_collector_and_still_served(
     replica: Replica, world: World, db_url: str
 ) -> None:
