@@ -13,13 +13,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, async_playwright, expect
 
 from app.data.db import migrate
 from app.dev.demo import DemoSummary, load_demo
 from app.dev.embedded import EmbeddedPostgres
 from app.logs import LIBRARIES
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, EXPECT_MS
 from tests.support.clusters import sweep
 from tests.support.host_app import HostApp
 from tests.support.processes import Replica, replicas
@@ -134,7 +134,8 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 async def browser(chromium: str) -> AsyncIterator[Browser]:
-    """A headless chromium for the module's pages."""
+    """A headless chromium for the module's pages (and every `expect` of theirs waits EXPECT_MS)."""
+    expect.set_options(timeout=EXPECT_MS)
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         yield launched
