@@ -448,7 +448,7 @@ class Presence:
                 self._changed(topic, place)
         self._fresh -= complete
         self._since = snapshot.horizon
-        return bool(touched or any(row.replica != self.replica for row in snapshot.rows))
+        return bool(touched or snapshot.rows)  # the rows are the other replicas' (the read leaves ours out)
 
 
 def _frames(topic: str, listening: int) -> Frames:
